@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: lint, build, Rust tests (unit,
+# transcript, integration; SQLite and PostgreSQL), then real-client interop
+# tests (tests/interop, slixmpp) against the built binary.
+#
+# Installs what it needs and skips what is already there, so it is quick to
+# run again. Every step runs even when an earlier one failed (except tests that
+# need a binary that did not build); the exit code is non-zero if any failed.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Versions the interop suite is verified with.
+SLIXMPP_VERSION=1.17.0
+PYTEST_VERSION=9.2.0
+PYTEST_TIMEOUT_VERSION=2.4.0
+
+PG_URL_BASE="postgres://postgres@127.0.0.1:5432"
+PG_DB=test
+
+export WAXWING_TEST_POSTGRES="${WAXWING_TEST_POSTGRES:-$PG_URL_BASE/$PG_DB}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+failed=()
+step() { echo; echo "==> $*"; }
+fail() { echo "!!! FAILED: $1" >&2; failed+=("$1"); }
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_python_packages() {
+    if python3 - "$SLIXMPP_VERSION" "$PYTEST_VERSION" "$PYTEST_TIMEOUT_VERSION" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+want = dict(zip(("slixmpp", "pytest", "pytest-timeout"), sys.argv[1:]))
+sys.exit(0 if all(version(p) == v for p, v in want.items()) else 1)
+PY
+    then
+        return 0
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+        "slixmpp==$SLIXMPP_VERSION" "pytest==$PYTEST_VERSION" \
+        "pytest-timeout==$PYTEST_TIMEOUT_VERSION"
+}
+
+ensure_postgres() {
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        apt_install postgresql postgresql-client
+    fi
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        local version
+        version="$(ls /etc/postgresql | sort -V | tail -n1)"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+        for _ in $(seq 1 30); do
+            pg_isready -q -h 127.0.0.1 -p 5432 && break
+            sleep 1
+        done
+        pg_isready -q -h 127.0.0.1 -p 5432 || return 1
+    fi
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
+        createdb -h 127.0.0.1 -U postgres "$PG_DB"
+    fi
+}
+
+step "setup: Python packages (slixmpp $SLIXMPP_VERSION, pytest $PYTEST_VERSION)"
+ensure_python_packages || fail "python packages"
+
+step "setup: PostgreSQL at 127.0.0.1:5432 (WAXWING_TEST_POSTGRES=$WAXWING_TEST_POSTGRES)"
+ensure_postgres || fail "postgresql"
+
+step "cargo fmt --check"
+cargo fmt --all --check || fail "cargo fmt"
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --quiet --all-targets -- -D warnings || fail "cargo clippy"
+
+step "cargo build --bins"
+built=1
+cargo build --quiet --bins || { fail "cargo build"; built=0; }
+
+step "Rust tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast --no-tests=warn || fail "cargo nextest"
+    if [ -f src/lib.rs ]; then
+        cargo test --quiet --doc --no-fail-fast || fail "doc tests"
+    fi
+else
+    cargo test --no-fail-fast || fail "cargo test"
+fi
+
+step "interop tests (tests/interop, slixmpp against target/debug/waxwing)"
+if [ "$built" = 1 ]; then
+    WAXWING_BIN="${WAXWING_BIN:-target/debug/waxwing}" \
+        python3 -m pytest -q tests/interop || fail "interop tests"
+else
+    fail "interop tests (not run: no binary)"
+fi
+
+echo
+if [ "${#failed[@]}" -ne 0 ]; then
+    echo "==> FAILED steps: ${failed[*]}"
+    exit 1
+fi
+echo "==> all steps passed"

@@ -1,0 +1,431 @@
+//! One task per logged-in session: it keeps reading its stream in every phase
+//! (a client that stops reading would push back on the server and skew the
+//! figures), and in the chat phase it also sends to its partner, either paced
+//! open-loop or with a bounded window.
+
+use std::io::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio_rustls::client::TlsStream;
+use waxwing::xml::{Element, StreamEvent, StreamParser};
+
+use crate::stats::LatencyHistogram;
+use crate::xmpp::{Session, XmlStream};
+
+type Tls = TlsStream<TcpStream>;
+
+/// What the coordinator asks of every session.
+#[derive(Clone)]
+pub enum Cmd {
+    /// Stay connected, read and drop whatever arrives.
+    Hold,
+    /// Run the chat plan (sessions without a role in it hold).
+    Chat(Arc<ChatPlan>),
+    /// Close the stream and end.
+    Close,
+}
+
+/// Totals over all sessions.
+#[derive(Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    pub bounced: AtomicU64,
+    pub disconnected: AtomicU64,
+    pub closed_clean: AtomicU64,
+    /// Senders still writing in the current chat run.
+    pub senders_active: AtomicU64,
+}
+
+impl Counters {
+    pub fn reset_chat(&self) {
+        self.sent.store(0, Relaxed);
+        self.delivered.store(0, Relaxed);
+        self.bounced.store(0, Relaxed);
+    }
+}
+
+/// One direction of a pair (sender → receiver).
+pub struct Direction {
+    received: AtomicU64,
+    /// Wakes the sender when its window opens (saturate mode).
+    notify: Notify,
+}
+
+/// A session's part in the chat.
+pub struct Role {
+    peer_jid: String,
+    out_dir: usize,
+    in_dir: usize,
+}
+
+pub struct ChatPlan {
+    pub start: Instant,
+    pub send_end: Instant,
+    /// 0 = saturate.
+    rate: u64,
+    window: u64,
+    dirs: Vec<Direction>,
+    roles: Vec<Option<Role>>,
+    body: String,
+}
+
+impl ChatPlan {
+    /// Pairs up consecutive logged-in sessions whose accounts differ.
+    pub fn build(
+        jids: &[Option<String>],
+        accounts: usize,
+        pairs: usize,
+        rate: u64,
+        window: u64,
+        duration: Duration,
+        body: usize,
+    ) -> ChatPlan {
+        let mut roles: Vec<Option<Role>> = (0..jids.len()).map(|_| None).collect();
+        let up: Vec<usize> = (0..jids.len()).filter(|&i| jids[i].is_some()).collect();
+        let mut made = 0;
+        let mut i = 0;
+        while made < pairs && i + 1 < up.len() {
+            let (a, b) = (up[i], up[i + 1]);
+            if a % accounts == b % accounts {
+                i += 1;
+                continue;
+            }
+            let (ja, jb) = match (&jids[a], &jids[b]) {
+                (Some(ja), Some(jb)) => (ja.clone(), jb.clone()),
+                _ => unreachable!("filtered above"),
+            };
+            roles[a] = Some(Role {
+                peer_jid: jb,
+                out_dir: 2 * made,
+                in_dir: 2 * made + 1,
+            });
+            roles[b] = Some(Role {
+                peer_jid: ja,
+                out_dir: 2 * made + 1,
+                in_dir: 2 * made,
+            });
+            made += 1;
+            i += 2;
+        }
+        let dirs = (0..2 * made)
+            .map(|_| Direction {
+                received: AtomicU64::new(0),
+                notify: Notify::new(),
+            })
+            .collect();
+        // Leave every task time to see the plan before the first send is due.
+        let start = Instant::now() + Duration::from_millis(200);
+        ChatPlan {
+            start,
+            send_end: start + duration,
+            rate,
+            window: window.max(1),
+            dirs,
+            roles,
+            body: "x".repeat(body),
+        }
+    }
+
+    pub fn directions(&self) -> usize {
+        self.dirs.len()
+    }
+
+    fn micros_since_start(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_micros() as u64
+    }
+}
+
+/// The reading half of a session, with its parser.
+struct Reader {
+    rd: ReadHalf<Tls>,
+    parser: StreamParser,
+    scratch: Box<[u8]>,
+    dead: bool,
+    got_end: bool,
+}
+
+/// What a received stanza means for the chat in progress.
+struct ChatIn<'a> {
+    plan: &'a ChatPlan,
+    in_dir: usize,
+    counters: &'a Counters,
+    hist: &'a LatencyHistogram,
+}
+
+impl ChatIn<'_> {
+    fn on_stanza(&self, el: &Element) {
+        if el.name() != "message" {
+            return;
+        }
+        if el.attr("type") == Some("error") {
+            self.counters.bounced.fetch_add(1, Relaxed);
+            return;
+        }
+        let Some(ts) = el
+            .attr("id")
+            .and_then(|id| id.strip_prefix("wb"))
+            .and_then(|id| id.split('.').nth(1))
+            .and_then(|ts| ts.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let now = self.plan.micros_since_start(Instant::now());
+        self.hist.record(now.saturating_sub(ts));
+        self.counters.delivered.fetch_add(1, Relaxed);
+        let dir = &self.plan.dirs[self.in_dir];
+        dir.received.fetch_add(1, Release);
+        if self.plan.rate == 0 {
+            dir.notify.notify_one();
+        }
+    }
+}
+
+impl Reader {
+    /// Reads until the coordinator's command changes. Returns false once the
+    /// coordinator is gone.
+    async fn until_changed(
+        &mut self,
+        cmd_rx: &mut watch::Receiver<Cmd>,
+        chat: Option<ChatIn<'_>>,
+        counters: &Counters,
+    ) -> bool {
+        loop {
+            if self.dead {
+                return cmd_rx.changed().await.is_ok();
+            }
+            tokio::select! {
+                biased;
+                r = cmd_rx.changed() => return r.is_ok(),
+                r = self.rd.read(&mut self.scratch) => match r {
+                    Ok(0) | Err(_) => {
+                        self.dead = true;
+                        counters.disconnected.fetch_add(1, Relaxed);
+                    }
+                    Ok(n) => {
+                        self.parser.feed(&self.scratch[..n]);
+                        self.drain_events(chat.as_ref(), counters);
+                    }
+                },
+            }
+        }
+    }
+
+    fn drain_events(&mut self, chat: Option<&ChatIn<'_>>, counters: &Counters) {
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(StreamEvent::Stanza(el))) => {
+                    if let Some(c) = chat {
+                        c.on_stanza(&el);
+                    }
+                }
+                Ok(Some(StreamEvent::End)) => {
+                    self.got_end = true;
+                    if !self.dead {
+                        self.dead = true;
+                        counters.disconnected.fetch_add(1, Relaxed);
+                    }
+                    return;
+                }
+                Ok(Some(StreamEvent::Header(_))) => {}
+                Ok(None) => return,
+                Err(_) => {
+                    if !self.dead {
+                        self.dead = true;
+                        counters.disconnected.fetch_add(1, Relaxed);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After our `</stream:stream>`: reads until the server's end of stream or EOF.
+    async fn until_end(&mut self) {
+        while !self.got_end {
+            match self.rd.read(&mut self.scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    self.parser.feed(&self.scratch[..n]);
+                    loop {
+                        match self.parser.next_event() {
+                            Ok(Some(StreamEvent::End)) => {
+                                self.got_end = true;
+                                break;
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_message(buf: &mut Vec<u8>, plan: &ChatPlan, to: &str, seq: u64, ts: u64) {
+    let _ = write!(
+        buf,
+        "<message type='chat' to='{to}' id='wb{seq}.{ts}'><body>{}</body></message>",
+        plan.body
+    );
+}
+
+/// Open-loop pacing: message k of direction d is due at start + (d + k·D)/rate,
+/// D the number of directions, whatever the replies do. Its timestamp is the
+/// due time, so a sender that falls behind does not hide the delay
+/// (no coordinated omission); late messages go out together in one write.
+async fn send_paced(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, counters: &Counters) {
+    let ndirs = plan.dirs.len() as u64;
+    let step_ns = ndirs as f64 * 1e9 / plan.rate as f64;
+    let offset_ns = role.out_dir as f64 * 1e9 / plan.rate as f64;
+    let due = |k: u64| plan.start + Duration::from_nanos((offset_ns + k as f64 * step_ns) as u64);
+    let mut buf = Vec::with_capacity(4096);
+    let mut k = 0u64;
+    loop {
+        let next = due(k);
+        if next >= plan.send_end {
+            return;
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let now = Instant::now();
+        buf.clear();
+        let mut batch = 0;
+        loop {
+            let d = due(k);
+            if d > now || d >= plan.send_end || buf.len() > 16 * 1024 {
+                break;
+            }
+            push_message(
+                &mut buf,
+                plan,
+                &role.peer_jid,
+                k,
+                plan.micros_since_start(d),
+            );
+            k += 1;
+            batch += 1;
+        }
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+        counters.sent.fetch_add(batch, Relaxed);
+    }
+}
+
+/// Saturation: keep `window` messages in flight on this direction until the end.
+async fn send_window(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, counters: &Counters) {
+    let dir = &plan.dirs[role.out_dir];
+    let mut buf = Vec::with_capacity(4096);
+    let mut sent = 0u64;
+    let end = tokio::time::Instant::from(plan.send_end);
+    tokio::time::sleep_until(plan.start.into()).await;
+    loop {
+        let now = Instant::now();
+        if now >= plan.send_end {
+            return;
+        }
+        let in_flight = sent.saturating_sub(dir.received.load(Acquire));
+        if in_flight < plan.window {
+            buf.clear();
+            let ts = plan.micros_since_start(now);
+            let n = plan.window - in_flight;
+            for _ in 0..n {
+                push_message(&mut buf, plan, &role.peer_jid, sent, ts);
+                sent += 1;
+            }
+            if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+            counters.sent.fetch_add(n, Relaxed);
+        } else {
+            tokio::select! {
+                _ = dir.notify.notified() => {}
+                _ = tokio::time::sleep_until(end) => return,
+            }
+        }
+    }
+}
+
+/// Counts a sender as active until dropped, so the coordinator waits for the last writes.
+struct ActiveSender<'a>(&'a Counters);
+
+impl Drop for ActiveSender<'_> {
+    fn drop(&mut self) {
+        self.0.senders_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The life of one session after login, until the coordinator says Close.
+pub async fn session_loop(
+    idx: usize,
+    session: Session,
+    mut cmd_rx: watch::Receiver<Cmd>,
+    counters: Arc<Counters>,
+    hist: Arc<LatencyHistogram>,
+) {
+    let XmlStream {
+        io,
+        parser,
+        scratch,
+    } = session.stream;
+    let (rd, mut wr) = tokio::io::split(io);
+    let mut reader = Reader {
+        rd,
+        parser,
+        scratch,
+        dead: false,
+        got_end: false,
+    };
+    loop {
+        let cmd = cmd_rx.borrow_and_update().clone();
+        let alive = match cmd {
+            Cmd::Hold => reader.until_changed(&mut cmd_rx, None, &counters).await,
+            Cmd::Chat(plan) => match plan.roles.get(idx).and_then(|r| r.as_ref()) {
+                Some(role) if !reader.dead => {
+                    let chat = ChatIn {
+                        plan: &plan,
+                        in_dir: role.in_dir,
+                        counters: &counters,
+                        hist: &hist,
+                    };
+                    counters.senders_active.fetch_add(1, Relaxed);
+                    let send = async {
+                        let _active = ActiveSender(&counters);
+                        if plan.rate == 0 {
+                            send_window(&mut wr, &plan, role, &counters).await
+                        } else {
+                            send_paced(&mut wr, &plan, role, &counters).await
+                        }
+                    };
+                    let (alive, ()) = tokio::join!(
+                        reader.until_changed(&mut cmd_rx, Some(chat), &counters),
+                        send
+                    );
+                    alive
+                }
+                _ => reader.until_changed(&mut cmd_rx, None, &counters).await,
+            },
+            Cmd::Close => {
+                if !reader.dead {
+                    crate::close_stream(&mut wr).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), reader.until_end()).await;
+                    let _ = wr.shutdown().await;
+                    if reader.got_end {
+                        counters.closed_clean.fetch_add(1, Relaxed);
+                    }
+                }
+                return;
+            }
+        };
+        if !alive {
+            return;
+        }
+    }
+}

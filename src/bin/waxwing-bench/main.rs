@@ -1,0 +1,715 @@
+//! waxwing-bench: an XMPP c2s load generator that speaks plain XMPP over TCP
+//! (STARTTLS, SCRAM, bind), so the same run can be pointed at Waxwing,
+//! Prosody or ejabberd.
+//!
+//! Phases: [register] → login N sessions → hold them idle (server RSS per
+//! session) → chat between P pairs at a paced rate or saturating → close.
+//! Prints a human summary and, last, one JSON line.
+
+mod chat;
+mod stats;
+mod xmpp;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch, Semaphore};
+use waxwing::sasl::SaltedPasswordCache;
+
+use chat::{Cmd, Counters};
+use stats::LatencyHistogram;
+use xmpp::{Failure, Registered, Step, Target};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "waxwing-bench",
+    about = "XMPP c2s benchmark: logins/s, memory per idle session, message throughput and latency"
+)]
+struct Args {
+    /// Server address (loopback only).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 5222)]
+    port: u16,
+    /// XMPP domain of the accounts (also the TLS server name).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Number of accounts bench0..bench{A-1}.
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    #[arg(long, default_value = "benchpass")]
+    password: String,
+    /// Sessions to open; session i logs in as bench{i % A} with resource r{i / A}.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// PID of the server process, for RSS and CPU readings from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 200)]
+    login_concurrency: usize,
+    /// Seconds to hold all sessions idle before reading the server's RSS.
+    #[arg(long, default_value_t = 10)]
+    idle: u64,
+    /// Chatting pairs of sessions (each pair sends both ways); 0 skips the chat phase.
+    #[arg(long, default_value_t = 500)]
+    pairs: usize,
+    /// Aggregate target messages/s, paced open-loop; 0 = saturate (see --window).
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Same as --rate 0.
+    #[arg(long)]
+    saturate: bool,
+    /// Several chat runs over the same sessions, e.g. `sat,2000,halfsat`: a number is a
+    /// paced rate (msg/s), `sat` saturates, `halfsat` paces at half of the last `sat`
+    /// run's delivered rate. Overrides --rate/--saturate.
+    #[arg(long)]
+    rates: Option<String>,
+    /// In saturate mode, messages in flight per direction of a pair.
+    #[arg(long, default_value_t = 4)]
+    window: u64,
+    /// Seconds of sending in the chat phase.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Seconds to wait for stragglers after the last send before counting losses.
+    #[arg(long, default_value_t = 2)]
+    grace: u64,
+    /// Body size in bytes of each chat message.
+    #[arg(long, default_value_t = 64)]
+    body: usize,
+    /// Create the accounts by in-band registration (XEP-0077) first.
+    #[arg(long)]
+    register: bool,
+    /// Registrations in flight at once.
+    #[arg(long, default_value_t = 16)]
+    register_concurrency: usize,
+    /// Allow TLS session resumption (off: every login does a full handshake).
+    #[arg(long)]
+    tls_resume: bool,
+    /// Stop everything after this many seconds, whatever the phase.
+    #[arg(long, default_value_t = 600)]
+    max_time: u64,
+    /// A label copied into the JSON line (e.g. the server's name).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// The report, filled phase by phase so a run cut by --max-time still prints what it has.
+#[derive(Default, Debug)]
+struct Report {
+    fields: Vec<(String, String)>,
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn num(&mut self, k: &str, v: impl std::fmt::Display) {
+        self.fields.push((k.to_owned(), v.to_string()));
+    }
+    fn float(&mut self, k: &str, v: f64) {
+        let s = if v.is_finite() {
+            format!("{v:.2}")
+        } else {
+            "null".to_owned()
+        };
+        self.fields.push((k.to_owned(), s));
+    }
+    fn str(&mut self, k: &str, v: &str) {
+        let esc: String = v
+            .chars()
+            .flat_map(|c| match c {
+                '"' => "\\\"".chars().collect::<Vec<_>>(),
+                '\\' => "\\\\".chars().collect(),
+                c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32).chars().collect(),
+                c => vec![c],
+            })
+            .collect();
+        self.fields.push((k.to_owned(), format!("\"{esc}\"")));
+    }
+    fn raw(&mut self, k: &str, json: String) {
+        self.fields.push((k.to_owned(), json));
+    }
+    fn line(&mut self, s: String) {
+        println!("{s}");
+        self.lines.push(s);
+    }
+    fn json(&self) -> String {
+        let body: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+}
+
+type SharedReport = Arc<Mutex<Report>>;
+
+fn rep(r: &SharedReport) -> std::sync::MutexGuard<'_, Report> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report: SharedReport = Arc::new(Mutex::new(Report::default()));
+    let max_time = Duration::from_secs(args.max_time);
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(max_time, run(args.clone(), report.clone())).await
+    });
+    let code = match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("waxwing-bench: {e}");
+            rep(&report).str("error", &e);
+            1
+        }
+        Err(_) => {
+            eprintln!(
+                "waxwing-bench: --max-time {}s reached, stopping",
+                args.max_time
+            );
+            rep(&report).str("error", "max-time reached");
+            2
+        }
+    };
+    println!("{}", rep(&report).json());
+    // Open sessions and tasks are dropped by exiting; the servers see resets.
+    std::process::exit(code);
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {host}: no address"))?;
+    // This tool generates load: it must only ever hit this machine.
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address; refusing to send load there"
+        ));
+    }
+    Ok(addr)
+}
+
+/// Result of one session's login, sent to the coordinator.
+struct LoginDone {
+    idx: usize,
+    result: Result<String, Failure>,
+    micros: u64,
+}
+
+async fn run(args: Args, report: SharedReport) -> Result<(), String> {
+    let addr = resolve(&args.host, args.port)?;
+    if args.accounts == 0 || args.sessions == 0 {
+        return Err("--accounts and --sessions must be > 0".into());
+    }
+    let tls_name = ServerName::try_from(args.domain.clone())
+        .map_err(|e| format!("--domain {}: {e}", args.domain))?;
+    let target = Arc::new(Target {
+        addr,
+        domain: args.domain.clone(),
+        tls_name,
+        connector: xmpp::tls_connector(args.tls_resume),
+        password: args.password.clone(),
+        scram_cache: Arc::new(SaltedPasswordCache::new()),
+    });
+    let tck = stats::clk_tck();
+    let pid = args.server_pid;
+    if let Some(limit) = stats::nofile_limit() {
+        if (limit as usize) < args.sessions + 64 {
+            return Err(format!(
+                "open-file limit {limit} is below --sessions {} (+64): raise it with ulimit -n",
+                args.sessions
+            ));
+        }
+    }
+    {
+        let mut r = rep(&report);
+        r.str("label", &args.label);
+        r.str("target", &format!("{addr}"));
+        r.str("domain", &args.domain);
+        r.num("sessions_wanted", args.sessions);
+        r.num("accounts", args.accounts);
+        r.line(format!(
+            "waxwing-bench → {addr} domain {} — {} sessions over {} accounts{}",
+            args.domain,
+            args.sessions,
+            args.accounts,
+            pid.map(|p| format!(", server pid {p}")).unwrap_or_default()
+        ));
+    }
+    let rss_base = pid.and_then(stats::rss_kib);
+    if let Some(k) = rss_base {
+        let mut r = rep(&report);
+        r.num("rss_baseline_kib", k);
+        r.line(format!("server RSS baseline: {:.1} MiB", k as f64 / 1024.0));
+    }
+
+    if args.register {
+        register_all(&args, &target, &report).await?;
+    }
+
+    // ---- phase 1: login ----
+    let (cmd_tx, cmd_rx) = watch::channel(Cmd::Hold);
+    let counters = Arc::new(Counters::default());
+    let hist = Arc::new(LatencyHistogram::new());
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<LoginDone>();
+    let sem = Arc::new(Semaphore::new(args.login_concurrency.max(1)));
+    let cpu0 = pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let self0 = stats::cpu_ticks(None);
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(args.sessions);
+    for idx in 0..args.sessions {
+        let user = format!("bench{}", idx % args.accounts);
+        let resource = format!("r{}", idx / args.accounts);
+        let target = target.clone();
+        let sem = sem.clone();
+        let done_tx = done_tx.clone();
+        let cmd_rx = cmd_rx.clone();
+        let counters = counters.clone();
+        let hist = hist.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await;
+            let start = Instant::now();
+            let res = match tokio::time::timeout(
+                Duration::from_secs(60),
+                xmpp::login(&target, &user, &resource),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Failure {
+                    step: Step::Timeout,
+                    detail: "login took over 60 s".into(),
+                }),
+            };
+            drop(permit);
+            let micros = start.elapsed().as_micros() as u64;
+            match res {
+                Ok(session) => {
+                    let _ = done_tx.send(LoginDone {
+                        idx,
+                        result: Ok(session.jid.clone()),
+                        micros,
+                    });
+                    chat::session_loop(idx, session, cmd_rx, counters, hist).await;
+                }
+                Err(f) => {
+                    let _ = done_tx.send(LoginDone {
+                        idx,
+                        result: Err(f),
+                        micros,
+                    });
+                }
+            }
+        }));
+    }
+    drop(done_tx);
+    let mut jids: Vec<Option<String>> = vec![None; args.sessions];
+    let mut failures: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
+    let mut login_lat: Vec<u64> = Vec::with_capacity(args.sessions);
+    let mut received = 0;
+    let mut last_progress = Instant::now();
+    while let Some(d) = done_rx.recv().await {
+        received += 1;
+        match d.result {
+            Ok(jid) => {
+                jids[d.idx] = Some(jid);
+                login_lat.push(d.micros);
+            }
+            Err(f) => {
+                let e = failures
+                    .entry(f.step.name())
+                    .or_insert((0, f.detail.clone()));
+                e.0 += 1;
+            }
+        }
+        if last_progress.elapsed() > Duration::from_secs(5) {
+            last_progress = Instant::now();
+            eprintln!(
+                "  … {received}/{} logins done ({:.0}/s)",
+                args.sessions,
+                received as f64 / t0.elapsed().as_secs_f64()
+            );
+        }
+        if received == args.sessions {
+            break;
+        }
+    }
+    let login_wall = t0.elapsed().as_secs_f64();
+    let cpu1 = pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let self1 = stats::cpu_ticks(None);
+    let ok = login_lat.len();
+    login_lat.sort_unstable();
+    let pct = |v: &Vec<u64>, q: f64| -> f64 {
+        if v.is_empty() {
+            0.0
+        } else {
+            v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0
+        }
+    };
+    {
+        let mut r = rep(&report);
+        let failed: usize = failures.values().map(|v| v.0).sum();
+        r.num("sessions", ok);
+        r.num("login_failures", failed);
+        r.float("login_wall_s", login_wall);
+        r.float("logins_per_s", ok as f64 / login_wall);
+        r.float("login_p50_ms", pct(&login_lat, 0.5));
+        r.float("login_p99_ms", pct(&login_lat, 0.99));
+        r.line(format!(
+            "login: {ok} sessions in {login_wall:.2} s = {:.0} logins/s ({} in flight max); latency p50 {:.1} ms p99 {:.1} ms; {failed} failed",
+            ok as f64 / login_wall,
+            args.login_concurrency,
+            pct(&login_lat, 0.5),
+            pct(&login_lat, 0.99)
+        ));
+        for (step, (n, detail)) in &failures {
+            r.line(format!("  failed at {step}: {n} (e.g. {detail})"));
+            r.num(&format!("login_fail_{step}"), n);
+        }
+        if let (Some(a), Some(b)) = (cpu0, cpu1) {
+            let us = (b - a) as f64 * 1e6 / tck as f64;
+            r.float("server_cpu_us_per_login", us / ok.max(1) as f64);
+            r.line(format!(
+                "  server CPU {:.2} s = {:.0} µs per login",
+                us / 1e6,
+                us / ok.max(1) as f64
+            ));
+        }
+        if let (Some(a), Some(b)) = (self0, self1) {
+            r.float("bench_cpu_s_login", (b - a) as f64 / tck as f64);
+        }
+        let rss_login = pid.and_then(stats::rss_kib);
+        if let Some(k) = rss_login {
+            r.num("rss_after_login_kib", k);
+        }
+    }
+    if ok == 0 {
+        return Err("no session could log in".into());
+    }
+
+    // ---- phase 2: idle ----
+    if args.idle > 0 {
+        tokio::time::sleep(Duration::from_secs(args.idle)).await;
+    }
+    let alive = ok as u64 - counters.disconnected.load(Relaxed);
+    {
+        let mut r = rep(&report);
+        let rss_idle = pid.and_then(stats::rss_kib);
+        if let (Some(b), Some(i)) = (rss_base, rss_idle) {
+            let per = (i as f64 - b as f64) / ok as f64;
+            r.num("rss_after_idle_kib", i);
+            r.float("kib_per_idle_session", per);
+            r.line(format!(
+                "idle {} s: server RSS {:.1} MiB (+{:.1} MiB) = {per:.1} KiB per session; {alive} sessions still up",
+                args.idle,
+                i as f64 / 1024.0,
+                (i as f64 - b as f64) / 1024.0
+            ));
+        } else {
+            r.line(format!("idle {} s: {alive} sessions still up", args.idle));
+        }
+        r.num("sessions_alive_after_idle", alive);
+    }
+
+    // ---- phase 3: chat ----
+    if args.pairs > 0 {
+        let mut runs = Vec::new();
+        let mut last_sat: Option<f64> = None;
+        for (i, spec) in chat_specs(&args)?.into_iter().enumerate() {
+            let rate = match spec {
+                RateSpec::Saturate => 0,
+                RateSpec::Fixed(r) => r,
+                RateSpec::HalfSaturation => match last_sat {
+                    Some(s) => ((s / 2.0).round() as u64).max(1),
+                    None => return Err("'halfsat' needs a 'sat' run before it in --rates".into()),
+                },
+            };
+            if i > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let ctx = ChatCtx {
+                args: &args,
+                jids: &jids,
+                cmd_tx: &cmd_tx,
+                counters: &counters,
+                hist: &hist,
+                pid,
+                tck,
+            };
+            match chat_run(&ctx, rate, &report).await {
+                Some(res) => {
+                    if rate == 0 {
+                        last_sat = Some(res.delivered_per_s);
+                    }
+                    runs.push(res.json);
+                }
+                None => break,
+            }
+        }
+        rep(&report).raw("chat", format!("[{}]", runs.join(",")));
+    }
+
+    // ---- phase 4: close ----
+    let tc = Instant::now();
+    let _ = cmd_tx.send(Cmd::Close);
+    let close_deadline = Duration::from_secs(30);
+    let _ = tokio::time::timeout(close_deadline, async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+    let mut r = rep(&report);
+    let clean = counters.closed_clean.load(Relaxed);
+    r.num("closed_clean", clean);
+    r.line(format!(
+        "close: {clean}/{ok} streams closed cleanly in {:.2} s",
+        tc.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Creates bench0..bench{A-1} by XEP-0077 in-band registration.
+async fn register_all(
+    args: &Args,
+    target: &Arc<Target>,
+    report: &SharedReport,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let sem = Arc::new(Semaphore::new(args.register_concurrency.max(1)));
+    let mut handles = Vec::with_capacity(args.accounts);
+    for i in 0..args.accounts {
+        let sem = sem.clone();
+        let target = target.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let user = format!("bench{i}");
+            match tokio::time::timeout(Duration::from_secs(60), xmpp::register(&target, &user))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Failure {
+                    step: Step::Timeout,
+                    detail: "registration took over 60 s".into(),
+                }),
+            }
+        }));
+    }
+    let (mut created, mut existed, mut failed) = (0, 0, 0);
+    let mut example = String::new();
+    for h in handles {
+        match h.await {
+            Ok(Ok(Registered::Created)) => created += 1,
+            Ok(Ok(Registered::Existed)) => existed += 1,
+            Ok(Err(f)) => {
+                failed += 1;
+                if example.is_empty() {
+                    example = format!("{}: {}", f.step.name(), f.detail);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                example = e.to_string();
+            }
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let mut r = rep(report);
+    r.num("registered", created);
+    r.num("register_existed", existed);
+    r.num("register_failed", failed);
+    r.line(format!(
+        "register: {created} created, {existed} existed, {failed} failed in {wall:.1} s ({:.0}/s){}",
+        (created + existed) as f64 / wall,
+        if example.is_empty() {
+            String::new()
+        } else {
+            format!(" — e.g. {example}")
+        }
+    ));
+    if failed > 0 && created + existed == 0 {
+        return Err("in-band registration failed for every account".into());
+    }
+    Ok(())
+}
+
+/// Closes a stream politely: `</stream:stream>`, wait for the server's, TLS close_notify.
+pub async fn close_stream<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W) {
+    let _ = wr.write_all(b"</stream:stream>").await;
+    let _ = wr.flush().await;
+}
+
+enum RateSpec {
+    Saturate,
+    Fixed(u64),
+    HalfSaturation,
+}
+
+fn chat_specs(args: &Args) -> Result<Vec<RateSpec>, String> {
+    let Some(list) = &args.rates else {
+        return Ok(vec![if args.saturate || args.rate == 0 {
+            RateSpec::Saturate
+        } else {
+            RateSpec::Fixed(args.rate)
+        }]);
+    };
+    list.split(',')
+        .map(|s| match s.trim() {
+            "sat" | "0" => Ok(RateSpec::Saturate),
+            "halfsat" => Ok(RateSpec::HalfSaturation),
+            n => n
+                .parse()
+                .map(RateSpec::Fixed)
+                .map_err(|_| format!("--rates: '{n}' is not a rate, 'sat' or 'halfsat'")),
+        })
+        .collect()
+}
+
+struct ChatCtx<'a> {
+    args: &'a Args,
+    jids: &'a [Option<String>],
+    cmd_tx: &'a watch::Sender<Cmd>,
+    counters: &'a Counters,
+    hist: &'a LatencyHistogram,
+    pid: Option<u32>,
+    tck: u64,
+}
+
+struct ChatResult {
+    delivered_per_s: f64,
+    json: String,
+}
+
+/// One chat run (rate 0 = saturate); prints its summary and returns its JSON object.
+async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<ChatResult> {
+    let args = c.args;
+    let saturate = rate == 0;
+    let plan = chat::ChatPlan::build(
+        c.jids,
+        args.accounts,
+        args.pairs,
+        rate,
+        args.window,
+        Duration::from_secs(args.duration),
+        args.body,
+    );
+    let dirs = plan.directions();
+    if dirs == 0 {
+        rep(report).line("chat: no pairs of distinct accounts could be formed".into());
+        return None;
+    }
+    let plan = Arc::new(plan);
+    c.counters.reset_chat();
+    c.hist.reset();
+    let c0 = c.pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let s0 = stats::cpu_ticks(None);
+    let _ = c.cmd_tx.send(Cmd::Chat(plan.clone()));
+    // Every sender registers before the first send is due (plan.start is 200 ms away).
+    tokio::time::sleep_until(plan.send_end.into()).await;
+    // Wait for the stragglers, at most --grace s.
+    let grace_end = Instant::now() + Duration::from_secs(args.grace);
+    loop {
+        let sent = c.counters.sent.load(Relaxed);
+        let got = c.counters.delivered.load(Relaxed) + c.counters.bounced.load(Relaxed);
+        let writing = c.counters.senders_active.load(Relaxed) > 0;
+        if (!writing && got >= sent) || Instant::now() >= grace_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let end = Instant::now();
+    let c1 = c.pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let s1 = stats::cpu_ticks(None);
+    let _ = c.cmd_tx.send(Cmd::Hold);
+    let wall = (end - plan.start).as_secs_f64();
+    let send_wall = (plan.send_end - plan.start).as_secs_f64();
+    let sent = c.counters.sent.load(Relaxed);
+    let delivered = c.counters.delivered.load(Relaxed);
+    let bounced = c.counters.bounced.load(Relaxed);
+    let lost = sent.saturating_sub(delivered + bounced);
+    let hist = c.hist;
+    let mut j = Report::default();
+    let mut lines = Vec::new();
+    let mode = if saturate {
+        format!("saturate, window {} per direction", args.window)
+    } else {
+        format!("paced {rate} msg/s")
+    };
+    j.str("mode", if saturate { "saturate" } else { "paced" });
+    j.num("pairs", dirs / 2);
+    j.num("rate_target", rate);
+    if saturate {
+        j.num("window", args.window);
+    }
+    j.num("duration_s", args.duration);
+    j.num("sent", sent);
+    j.num("delivered", delivered);
+    j.num("bounced", bounced);
+    j.num("lost", lost);
+    j.float("sent_per_s", sent as f64 / send_wall);
+    j.float("delivered_per_s", delivered as f64 / send_wall);
+    let q = |x: f64| hist.quantile(x) as f64 / 1000.0;
+    j.float("lat_p50_ms", q(0.5));
+    j.float("lat_p99_ms", q(0.99));
+    j.float("lat_p999_ms", q(0.999));
+    j.float("lat_max_ms", hist.max() as f64 / 1000.0);
+    lines.push(format!(
+        "chat ({mode}, {} pairs both ways, {} s): sent {sent} ({:.0}/s), delivered {delivered} ({:.0}/s), bounced {bounced}, lost {lost}",
+        dirs / 2,
+        args.duration,
+        sent as f64 / send_wall,
+        delivered as f64 / send_wall
+    ));
+    lines.push(format!(
+        "  latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms{}",
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        hist.max() as f64 / 1000.0,
+        if saturate {
+            ""
+        } else {
+            " (from the scheduled send time)"
+        }
+    ));
+    if let (Some(a), Some(b)) = (c0, c1) {
+        let us = (b - a) as f64 * 1e6 / c.tck as f64;
+        let per = us / delivered.max(1) as f64;
+        j.float("server_cpu_us_per_msg", per);
+        j.float("server_cpu_util", us / 1e6 / wall);
+        lines.push(format!(
+            "  server CPU {:.2} s over {wall:.1} s ({:.0}% of one core) = {per:.1} µs per delivered message",
+            us / 1e6,
+            us / 1e6 / wall * 100.0
+        ));
+    }
+    if let (Some(a), Some(b)) = (s0, s1) {
+        let s = (b - a) as f64 / c.tck as f64;
+        j.float("bench_cpu_util", s / wall);
+        lines.push(format!(
+            "  bench tool CPU {s:.2} s ({:.0}% of one core)",
+            s / wall * 100.0
+        ));
+    }
+    let mut r = rep(report);
+    for l in lines {
+        r.line(l);
+    }
+    Some(ChatResult {
+        delivered_per_s: delivered as f64 / send_wall,
+        json: j.json(),
+    })
+}

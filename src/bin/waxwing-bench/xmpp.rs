@@ -1,0 +1,430 @@
+//! The client side of c2s negotiation, as a benchmark needs it: TCP, STARTTLS,
+//! SCRAM, bind, initial presence; and XEP-0077 in-band registration.
+//! XML goes through the server's own streaming parser (`waxwing::xml`).
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use waxwing::sasl::{SaltedPasswordCache, ScramClient, ScramHash};
+use waxwing::xml::{Element, ParserLimits, StreamEvent, StreamParser};
+
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+const NS_REGISTER: &str = "jabber:iq:register";
+
+/// Where a login or registration failed; failures are counted per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Step {
+    Connect,
+    Stream,
+    StartTls,
+    Tls,
+    Sasl,
+    Bind,
+    Register,
+    Timeout,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Connect => "connect",
+            Step::Stream => "stream",
+            Step::StartTls => "starttls",
+            Step::Tls => "tls",
+            Step::Sasl => "sasl",
+            Step::Bind => "bind",
+            Step::Register => "register",
+            Step::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub step: Step,
+    pub detail: String,
+}
+
+fn fail<T>(step: Step, detail: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure {
+        step,
+        detail: detail.into(),
+    })
+}
+
+/// Accepts any server certificate. This is a load generator pointed at servers
+/// on loopback with throw-away self-signed certificates; it must never be used
+/// to talk to anything that matters.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS client settings (ring provider, any certificate). Session resumption is
+/// off unless asked for, so every login pays a full handshake, as a first
+/// connection of a client does.
+pub fn tls_connector(resume: bool) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Everything a session needs to log in.
+pub struct Target {
+    pub addr: std::net::SocketAddr,
+    pub domain: String,
+    pub tls_name: ServerName<'static>,
+    pub connector: TlsConnector,
+    pub password: String,
+    pub scram_cache: Arc<SaltedPasswordCache>,
+}
+
+/// A stream and the parser reading it.
+pub struct XmlStream<S> {
+    pub io: S,
+    pub parser: StreamParser,
+    pub scratch: Box<[u8]>,
+}
+
+/// Read buffer size per session; stanzas larger than this arrive in several reads.
+pub const READ_BUF: usize = 4096;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
+    fn new(io: S) -> Self {
+        XmlStream {
+            io,
+            parser: StreamParser::new(ParserLimits::default()),
+            scratch: vec![0u8; READ_BUF].into_boxed_slice(),
+        }
+    }
+
+    async fn send(&mut self, step: Step, data: &[u8]) -> Result<(), Failure> {
+        let r = async {
+            self.io.write_all(data).await?;
+            self.io.flush().await
+        }
+        .await;
+        r.or_else(|e| fail(step, format!("write: {e}")))
+    }
+
+    async fn next_event(&mut self, step: Step) -> Result<StreamEvent, Failure> {
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(ev)) => return Ok(ev),
+                Ok(None) => {}
+                Err(e) => return fail(step, format!("xml: {e}")),
+            }
+            let n = match self.io.read(&mut self.scratch).await {
+                Ok(0) => return fail(step, "connection closed by server"),
+                Ok(n) => n,
+                Err(e) => return fail(step, format!("read: {e}")),
+            };
+            self.parser.feed(&self.scratch[..n]);
+        }
+    }
+
+    async fn next_stanza(&mut self, step: Step) -> Result<Element, Failure> {
+        match self.next_event(step).await? {
+            StreamEvent::Stanza(el) => {
+                if el.name() == "error" && el.ns() == NS_STREAM {
+                    let cond = el
+                        .children()
+                        .next()
+                        .map(|c| c.name().to_owned())
+                        .unwrap_or_default();
+                    return fail(step, format!("stream error {cond}"));
+                }
+                Ok(el)
+            }
+            StreamEvent::End => fail(step, "stream closed by server"),
+            StreamEvent::Header(_) => fail(step, "unexpected stream header"),
+        }
+    }
+
+    /// Sends a stream header and reads the server's header and features.
+    async fn open(&mut self, step: Step, domain: &str) -> Result<Element, Failure> {
+        self.parser.reset();
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' xml:lang='en' \
+             xmlns='jabber:client' xmlns:stream='{NS_STREAM}'>"
+        );
+        self.send(step, header.as_bytes()).await?;
+        match self.next_event(step).await? {
+            StreamEvent::Header(_) => {}
+            _ => return fail(step, "expected a stream header"),
+        }
+        let features = self.next_stanza(step).await?;
+        if features.name() != "features" || features.ns() != NS_STREAM {
+            return fail(
+                step,
+                format!("expected features, got <{}>", features.name()),
+            );
+        }
+        Ok(features)
+    }
+}
+
+/// TCP, stream, STARTTLS and the TLS handshake; returns the features of the
+/// stream opened over TLS.
+async fn connect_tls(t: &Target) -> Result<(XmlStream<TlsStream<TcpStream>>, Element), Failure> {
+    let tcp = match TcpStream::connect(t.addr).await {
+        Ok(s) => s,
+        Err(e) => return fail(Step::Connect, e.to_string()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut plain = XmlStream::new(tcp);
+    let features = plain.open(Step::Stream, &t.domain).await?;
+    if features.get_child("starttls", NS_TLS).is_none() {
+        return fail(Step::StartTls, "server offers no STARTTLS");
+    }
+    plain
+        .send(
+            Step::StartTls,
+            b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+        )
+        .await?;
+    let proceed = plain.next_stanza(Step::StartTls).await?;
+    if proceed.name() != "proceed" {
+        return fail(Step::StartTls, format!("got <{}>", proceed.name()));
+    }
+    let tls = match t.connector.connect(t.tls_name.clone(), plain.io).await {
+        Ok(s) => s,
+        Err(e) => return fail(Step::Tls, e.to_string()),
+    };
+    let mut xs = XmlStream {
+        io: tls,
+        parser: plain.parser,
+        scratch: plain.scratch,
+    };
+    let features = xs.open(Step::Stream, &t.domain).await?;
+    Ok((xs, features))
+}
+
+/// A logged-in, bound, available session.
+pub struct Session {
+    pub stream: XmlStream<TlsStream<TcpStream>>,
+    pub jid: String,
+}
+
+fn mechanisms(features: &Element) -> Vec<String> {
+    match features.get_child("mechanisms", NS_SASL) {
+        Some(m) => m
+            .children()
+            .filter(|c| c.name() == "mechanism")
+            .map(|c| c.text().trim().to_owned())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The whole login of one session: STARTTLS, SCRAM (SHA-256, else SHA-1),
+/// stream restart, bind `resource`, legacy session if required, `<presence/>`.
+pub async fn login(t: &Target, user: &str, resource: &str) -> Result<Session, Failure> {
+    let (mut xs, features) = connect_tls(t).await?;
+    let mechs = mechanisms(&features);
+    let (hash, mech) = if mechs.iter().any(|m| m == "SCRAM-SHA-256") {
+        (ScramHash::Sha256, "SCRAM-SHA-256")
+    } else if mechs.iter().any(|m| m == "SCRAM-SHA-1") {
+        (ScramHash::Sha1, "SCRAM-SHA-1")
+    } else {
+        return fail(Step::Sasl, format!("no SCRAM mechanism in {mechs:?}"));
+    };
+    let mut scram =
+        ScramClient::new(hash, user, &t.password, None).with_cache(t.scram_cache.clone());
+    let first = B64.encode(scram.client_first());
+    xs.send(
+        Step::Sasl,
+        format!("<auth xmlns='{NS_SASL}' mechanism='{mech}'>{first}</auth>").as_bytes(),
+    )
+    .await?;
+    let challenge = xs.next_stanza(Step::Sasl).await?;
+    if challenge.name() != "challenge" {
+        return fail(Step::Sasl, format!("got <{}>", challenge.name()));
+    }
+    let server_first = B64
+        .decode(challenge.text().trim())
+        .or_else(|e| fail(Step::Sasl, format!("challenge base64: {e}")))?;
+    let client_final = scram
+        .handle_server_first(&server_first)
+        .or_else(|e| fail(Step::Sasl, format!("server-first: {e:?}")))?;
+    xs.send(
+        Step::Sasl,
+        format!(
+            "<response xmlns='{NS_SASL}'>{}</response>",
+            B64.encode(client_final)
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let outcome = xs.next_stanza(Step::Sasl).await?;
+    if outcome.name() != "success" {
+        let cond = outcome
+            .children()
+            .next()
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default();
+        return fail(Step::Sasl, format!("<{}> {cond}", outcome.name()));
+    }
+    let server_final = B64
+        .decode(outcome.text().trim())
+        .or_else(|e| fail(Step::Sasl, format!("success base64: {e}")))?;
+    scram
+        .verify_server_final(&server_final)
+        .or_else(|e| fail(Step::Sasl, format!("server signature: {e:?}")))?;
+
+    let features = xs.open(Step::Bind, &t.domain).await?;
+    if features.get_child("bind", NS_BIND).is_none() {
+        return fail(Step::Bind, "server offers no bind");
+    }
+    xs.send(
+        Step::Bind,
+        format!(
+            "<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'><resource>{resource}</resource></bind></iq>"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let jid = loop {
+        let el = xs.next_stanza(Step::Bind).await?;
+        if el.name() != "iq" || el.attr("id") != Some("bind1") {
+            continue;
+        }
+        if el.attr("type") != Some("result") {
+            return fail(Step::Bind, "bind refused");
+        }
+        match el
+            .get_child("bind", NS_BIND)
+            .and_then(|b| b.get_child("jid", NS_BIND))
+        {
+            Some(j) => break j.text().trim().to_owned(),
+            None => return fail(Step::Bind, "bind result without jid"),
+        }
+    };
+    // RFC 3921 session establishment, only where the server still requires it.
+    if let Some(s) = features.get_child("session", NS_SESSION) {
+        if s.get_child("optional", NS_SESSION).is_none() {
+            xs.send(
+                Step::Bind,
+                format!("<iq type='set' id='sess1'><session xmlns='{NS_SESSION}'/></iq>")
+                    .as_bytes(),
+            )
+            .await?;
+            loop {
+                let el = xs.next_stanza(Step::Bind).await?;
+                if el.name() == "iq" && el.attr("id") == Some("sess1") {
+                    if el.attr("type") != Some("result") {
+                        return fail(Step::Bind, "session refused");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    xs.send(Step::Bind, b"<presence/>").await?;
+    Ok(Session { stream: xs, jid })
+}
+
+/// Outcome of one XEP-0077 registration.
+pub enum Registered {
+    Created,
+    Existed,
+}
+
+/// Registers `user` in band (XEP-0077) over a fresh STARTTLS stream, then closes it.
+pub async fn register(t: &Target, user: &str) -> Result<Registered, Failure> {
+    let (mut xs, features) = connect_tls(t).await?;
+    let _ = features;
+    xs.send(
+        Step::Register,
+        format!(
+            "<iq type='set' id='reg1'><query xmlns='{NS_REGISTER}'><username>{user}</username>\
+             <password>{}</password></query></iq>",
+            t.password
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let res = loop {
+        let el = xs.next_stanza(Step::Register).await?;
+        if el.name() != "iq" || el.attr("id") != Some("reg1") {
+            continue;
+        }
+        if el.attr("type") == Some("result") {
+            break Ok(Registered::Created);
+        }
+        let cond = el
+            .get_child("error", "jabber:client")
+            .and_then(|e| e.children().next().map(|c| c.name().to_owned()))
+            .unwrap_or_default();
+        if cond == "conflict" {
+            break Ok(Registered::Existed);
+        }
+        break fail(Step::Register, format!("error {cond}"));
+    };
+    let _ = xs.io.write_all(b"</stream:stream>").await;
+    let _ = xs.io.shutdown().await;
+    res
+}

@@ -1,0 +1,80 @@
+//! The `waxwing` command line: `serve`, `ctl …` and `check-config`.
+
+mod ctl;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+/// Waxwing, an XMPP server.
+#[derive(Parser, Debug)]
+#[command(name = "waxwing", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (embedded defaults when no --config is given:
+    /// localhost, SQLite under ./data, a generated dev certificate).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file, reporting every problem with its line.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Administer the server's data (works whether the server runs or not).
+    Ctl {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ctl::CtlCommand,
+    },
+}
+
+/// Loads the configuration named on the command line, or the defaults.
+fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Parses arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load_config(config.as_ref()) {
+            Ok(_) => {
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => match load_config(config.as_ref()) {
+            Ok(c) => serve::serve(c),
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Ctl { config, command } => match load_config(config.as_ref()) {
+            Ok(c) => ctl::run(c, command),
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

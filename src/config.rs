@@ -1,0 +1,568 @@
+//! The TOML configuration: its typed form, its defaults, and a validator that
+//! reports every problem in a file at once, each with its line.
+//!
+//! Validation walks the parsed document against a schema (`SCHEMA`) before
+//! serde sees it, so an operator fixing a file gets the whole list in one run
+//! instead of one error per attempt. Every option and its default is shown in
+//! `waxwing.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml_edit::{ImDocument, Item, Table, Value};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub log_level: String,
+    pub host: Vec<HostConfig>,
+    pub database: DatabaseConfig,
+    pub tls: TlsConfig,
+    pub c2s: C2sConfig,
+    pub limits: Limits,
+}
+
+/// One served domain (virtual host).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub domain: String,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// Where accounts and data live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// The fallback certificate, or where a development one is generated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+    pub dev_cert_dir: PathBuf,
+}
+
+/// Client-to-server listeners and stream policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sConfig {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    pub require_encryption: bool,
+    pub allow_plain: bool,
+    pub idle_timeout: u64,
+    pub login_timeout: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+/// Resource limits; each has a safe default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_stanza_size: usize,
+    pub max_depth: usize,
+    pub session_queue: usize,
+    pub auth_failures_per_ip: u32,
+    pub auth_failures_per_account: u32,
+    pub auth_failure_window: u64,
+    pub scram_iterations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log_level: "info".into(),
+            host: vec![HostConfig {
+                domain: "localhost".into(),
+                cert: None,
+                key: None,
+            }],
+            database: DatabaseConfig::default(),
+            tls: TlsConfig::default(),
+            c2s: C2sConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://data/waxwing.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: String::new(),
+            key: String::new(),
+            dev_cert_dir: PathBuf::from("certs"),
+        }
+    }
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5222))],
+            listen_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
+            require_encryption: true,
+            allow_plain: true,
+            idle_timeout: 300,
+            login_timeout: 60,
+            max_connections: 100_000,
+            max_connections_per_ip: 20_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_size: 256 * 1024,
+            max_depth: 48,
+            session_queue: 2048,
+            auth_failures_per_ip: 20,
+            auth_failures_per_account: 10,
+            auth_failure_window: 60,
+            scram_iterations: 4096,
+        }
+    }
+}
+
+/// One thing wrong with a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the problem can be placed.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded: one or more problems.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: Option<PathBuf>,
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "configuration".into());
+        writeln!(f, "{name}: {} problem(s)", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: Some(path.to_path_buf()),
+            problems: vec![Problem {
+                line: None,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Config::parse(&src).map_err(|problems| ConfigError {
+            path: Some(path.to_path_buf()),
+            problems,
+        })
+    }
+
+    /// Validates and parses TOML text, collecting every problem.
+    pub fn parse(src: &str) -> Result<Config, Vec<Problem>> {
+        let doc = match ImDocument::parse(src) {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(vec![Problem {
+                    line: e.span().map(|s| line_of(src, s.start)),
+                    message: e.message().trim().to_string(),
+                }])
+            }
+        };
+        let mut v = Validator {
+            src,
+            problems: Vec::new(),
+        };
+        v.table(doc.as_table(), "", SCHEMA);
+        if !v.problems.is_empty() {
+            return Err(v.problems);
+        }
+        let config: Config = toml::from_str(src).map_err(|e| {
+            vec![Problem {
+                line: e.span().map(|s| line_of(src, s.start)),
+                message: e.message().to_string(),
+            }]
+        })?;
+        let mut problems = Vec::new();
+        config.check_semantics(&doc, src, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Cross-field rules that a per-key schema cannot express.
+    fn check_semantics(&self, doc: &ImDocument<&str>, src: &str, problems: &mut Vec<Problem>) {
+        let host_line = |i: usize| {
+            doc.get("host")
+                .and_then(|h| h.as_array_of_tables())
+                .and_then(|a| a.get(i))
+                .and_then(|t| t.span())
+                .map(|s| line_of(src, s.start))
+        };
+        if self.host.is_empty() {
+            problems.push(Problem {
+                line: None,
+                message: "at least one [[host]] is required".into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in self.host.iter().enumerate() {
+            match jid::BareJid::new(&h.domain) {
+                Ok(j) if j.node().is_none() => {
+                    if !seen.insert(j.to_string()) {
+                        problems.push(Problem {
+                            line: host_line(i),
+                            message: format!("host '{}' is listed twice", h.domain),
+                        });
+                    }
+                }
+                _ => problems.push(Problem {
+                    line: host_line(i),
+                    message: format!("host domain '{}' is not a valid domain", h.domain),
+                }),
+            }
+            if h.cert.is_some() != h.key.is_some() {
+                problems.push(Problem {
+                    line: host_line(i),
+                    message: format!("host '{}': set both cert and key, or neither", h.domain),
+                });
+            }
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            problems.push(Problem {
+                line: doc
+                    .get("tls")
+                    .and_then(|t| t.span())
+                    .map(|s| line_of(src, s.start)),
+                message: "[tls]: set both cert and key, or neither".into(),
+            });
+        }
+        if self.c2s.listen.is_empty() && self.c2s.listen_tls.is_empty() {
+            problems.push(Problem {
+                line: None,
+                message: "[c2s]: no listener configured (listen and listen_tls are both empty)"
+                    .into(),
+            });
+        }
+    }
+
+    /// The configured domains, normalised.
+    pub fn domains(&self) -> Vec<String> {
+        self.host
+            .iter()
+            .filter_map(|h| jid::BareJid::new(&h.domain).ok().map(|j| j.to_string()))
+            .collect()
+    }
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// What a key may hold.
+enum Kind {
+    Str(fn(&str) -> Result<(), String>),
+    Bool,
+    Int { min: i64, max: i64 },
+    Addrs,
+    Table(&'static [Field]),
+    Tables(&'static [Field]),
+}
+
+struct Field {
+    key: &'static str,
+    kind: Kind,
+}
+
+const fn f(key: &'static str, kind: Kind) -> Field {
+    Field { key, kind }
+}
+
+fn any_str(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+fn log_filter(s: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| ())
+        .map_err(|e| format!("not a log level or filter: {e}"))
+}
+
+fn database_url(s: &str) -> Result<(), String> {
+    if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err("database url must start with sqlite:// or postgres://".into())
+    }
+}
+
+const HOST: &[Field] = &[
+    f("domain", Kind::Str(any_str)),
+    f("cert", Kind::Str(any_str)),
+    f("key", Kind::Str(any_str)),
+];
+const DATABASE: &[Field] = &[
+    f("url", Kind::Str(database_url)),
+    f("max_connections", Kind::Int { min: 1, max: 1000 }),
+];
+const TLS: &[Field] = &[
+    f("cert", Kind::Str(any_str)),
+    f("key", Kind::Str(any_str)),
+    f("dev_cert_dir", Kind::Str(any_str)),
+];
+const C2S: &[Field] = &[
+    f("listen", Kind::Addrs),
+    f("listen_tls", Kind::Addrs),
+    f("require_encryption", Kind::Bool),
+    f("allow_plain", Kind::Bool),
+    f(
+        "idle_timeout",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
+    f("login_timeout", Kind::Int { min: 1, max: 3_600 }),
+    f(
+        "max_connections",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_connections_per_ip",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+];
+const LIMITS: &[Field] = &[
+    f(
+        "max_stanza_size",
+        Kind::Int {
+            min: 1024,
+            max: 64 << 20,
+        },
+    ),
+    f("max_depth", Kind::Int { min: 4, max: 1000 }),
+    f(
+        "session_queue",
+        Kind::Int {
+            min: 16,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "auth_failures_per_ip",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "auth_failures_per_account",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "auth_failure_window",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
+    f(
+        "scram_iterations",
+        Kind::Int {
+            min: 4096,
+            max: 1_000_000,
+        },
+    ),
+];
+const SCHEMA: &[Field] = &[
+    f("log_level", Kind::Str(log_filter)),
+    f("host", Kind::Tables(HOST)),
+    f("database", Kind::Table(DATABASE)),
+    f("tls", Kind::Table(TLS)),
+    f("c2s", Kind::Table(C2S)),
+    f("limits", Kind::Table(LIMITS)),
+];
+
+struct Validator<'a> {
+    src: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: Option<std::ops::Range<usize>>, message: String) {
+        let line = span.map(|s| line_of(self.src, s.start));
+        self.problems.push(Problem { line, message });
+    }
+
+    fn table(&mut self, table: &Table, path: &str, fields: &[Field]) {
+        for (key, item) in table.iter() {
+            let full = if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+            let span = table
+                .key(key)
+                .and_then(|k| k.span())
+                .or_else(|| item.span());
+            match fields.iter().find(|f| f.key == key) {
+                None => self.problem(span, format!("unknown key '{full}'")),
+                Some(field) => self.item(item, &full, &field.kind, span),
+            }
+        }
+    }
+
+    fn item(&mut self, item: &Item, path: &str, kind: &Kind, span: Option<std::ops::Range<usize>>) {
+        match (kind, item) {
+            (Kind::Table(fields), Item::Table(t)) => self.table(t, path, fields),
+            (Kind::Table(fields), Item::Value(Value::InlineTable(t))) => {
+                let t = t.clone().into_table();
+                self.table(&t, path, fields)
+            }
+            (Kind::Tables(fields), Item::ArrayOfTables(a)) => {
+                for t in a.iter() {
+                    self.table(t, path, fields)
+                }
+            }
+            (Kind::Str(check), Item::Value(Value::String(s))) => {
+                if let Err(e) = check(s.value()) {
+                    self.problem(span, format!("{path}: {e}"))
+                }
+            }
+            (Kind::Bool, Item::Value(Value::Boolean(_))) => {}
+            (Kind::Int { min, max }, Item::Value(Value::Integer(i))) => {
+                let v = *i.value();
+                if v < *min || v > *max {
+                    self.problem(span, format!("{path}: {v} is outside {min}..={max}"))
+                }
+            }
+            (Kind::Addrs, Item::Value(Value::Array(a))) => {
+                for v in a.iter() {
+                    match v.as_str().map(str::parse::<SocketAddr>) {
+                        Some(Ok(_)) => {}
+                        _ => self.problem(
+                            v.span().or(span.clone()),
+                            format!("{path}: {v} is not an address like \"127.0.0.1:5222\""),
+                        ),
+                    }
+                }
+            }
+            (kind, _) => {
+                let want = match kind {
+                    Kind::Str(_) => "a string",
+                    Kind::Bool => "true or false",
+                    Kind::Int { .. } => "an integer",
+                    Kind::Addrs => "a list of addresses",
+                    Kind::Table(_) => "a table",
+                    Kind::Tables(_) => "an array of tables ([[…]])",
+                };
+                self.problem(span, format!("{path}: expected {want}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_valid_and_matches_defaults() {
+        let src = include_str!("../waxwing.example.toml");
+        let c = Config::parse(src).expect("example config parses");
+        let d = Config::default();
+        assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.c2s.listen, d.c2s.listen);
+        assert_eq!(c.c2s.listen_tls, d.c2s.listen_tls);
+        assert_eq!(c.limits.max_stanza_size, d.limits.max_stanza_size);
+        assert_eq!(c.database.url, d.database.url);
+        assert_eq!(c.domains(), vec!["localhost".to_string()]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let src = "log_level = \"info\"\nbogus = 1\n[c2s]\nlisten = [\"nope\"]\nidle_timeout = \"x\"\n[limits]\nmax_depth = 1\n[database]\nurl = \"mysql://x\"\n";
+        let problems = Config::parse(src).unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(
+            lines,
+            vec![Some(2), Some(4), Some(5), Some(7), Some(9)],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("unknown key 'bogus'"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let problems = Config::parse("a = 1\n[c2s\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(2));
+    }
+
+    #[test]
+    fn semantic_problems() {
+        let src = "[[host]]\ndomain = \"exa mple\"\n[[host]]\ndomain = \"a.org\"\ncert = \"x\"\n";
+        let problems = Config::parse(src).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].line, Some(1));
+        assert_eq!(problems[1].line, Some(3));
+    }
+}

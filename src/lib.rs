@@ -1,0 +1,17 @@
+//! Waxwing, an XMPP server: library crate behind the `waxwing` binary and
+//! the `waxwing-bench` load tool. See ARCHITECTURE.md for the map.
+
+pub mod accounts;
+pub mod cli;
+pub mod config;
+pub mod modules;
+pub mod net;
+pub mod router;
+pub mod sasl;
+pub mod server;
+pub mod sessions;
+pub mod stanza;
+pub mod storage;
+pub mod stream;
+pub mod throttle;
+pub mod xml;

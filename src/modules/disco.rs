@@ -1,0 +1,59 @@
+//! Service Discovery (XEP-0030): the server's identity and features, and an
+//! account's identity for its owner.
+
+use super::{IqOutcome, IqRequest, IqTarget, Module};
+use crate::stanza::StanzaErrorCondition;
+use crate::xml::Element;
+
+pub const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+
+pub const MODULE: Module = Module {
+    xep: 30,
+    namespaces: &[NS_INFO, NS_ITEMS],
+    features: &[NS_INFO, NS_ITEMS],
+    handle,
+};
+
+fn handle(req: &IqRequest<'_>) -> IqOutcome {
+    if req.is_set {
+        return Err(StanzaErrorCondition::NotAllowed);
+    }
+    // Nodes are not used yet; asking for one is asking for something absent.
+    if req.payload.attr("node").is_some() {
+        return Err(StanzaErrorCondition::ItemNotFound);
+    }
+    match (req.payload.name(), req.payload.ns(), req.target) {
+        ("query", NS_INFO, IqTarget::Server) => Ok(Some(server_info())),
+        ("query", NS_INFO, IqTarget::Account { own: true }) => Ok(Some(
+            Element::new("query", NS_INFO).with_child(identity("account", "registered", None)),
+        )),
+        ("query", NS_ITEMS, IqTarget::Server | IqTarget::Account { own: true }) => {
+            Ok(Some(Element::new("query", NS_ITEMS)))
+        }
+        ("query", _, IqTarget::Account { own: false }) => {
+            Err(StanzaErrorCondition::ServiceUnavailable)
+        }
+        _ => Err(StanzaErrorCondition::BadRequest),
+    }
+}
+
+fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
+    let mut e = Element::new("identity", NS_INFO)
+        .with_attr("category", category)
+        .with_attr("type", kind);
+    if let Some(n) = name {
+        e.set_attr("name", n);
+    }
+    e
+}
+
+/// The server's disco#info answer: identity and every module's features.
+pub fn server_info() -> Element {
+    let mut q =
+        Element::new("query", NS_INFO).with_child(identity("server", "im", Some("Waxwing")));
+    for f in super::server_features() {
+        q.append_child(Element::new("feature", NS_INFO).with_attr("var", f));
+    }
+    q
+}

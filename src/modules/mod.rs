@@ -1,0 +1,75 @@
+//! Server features, one module per XEP. Each module names the disco features
+//! it adds and answers the IQs of its namespace; `dispatch` routes an IQ
+//! addressed to the server or to an account to the module that owns the
+//! payload's namespace.
+
+pub mod disco;
+pub mod ping;
+pub mod session;
+pub mod time;
+pub mod version;
+
+use jid::FullJid;
+
+use crate::server::Server;
+use crate::stanza::StanzaErrorCondition;
+use crate::xml::Element;
+
+/// Who an IQ is addressed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IqTarget {
+    /// The server's own domain (or an IQ with no `to`, for server-only namespaces).
+    Server,
+    /// A user's bare JID; `own` when the requester is that user.
+    Account { own: bool },
+}
+
+/// One IQ request as a module sees it.
+pub struct IqRequest<'a> {
+    pub server: &'a Server,
+    pub iq: &'a Element,
+    /// The single child of the IQ.
+    pub payload: &'a Element,
+    pub from: &'a FullJid,
+    pub target: IqTarget,
+    /// True for type='set', false for 'get'.
+    pub is_set: bool,
+}
+
+/// A module's answer: a result payload (or none), or a stanza error.
+pub type IqOutcome = Result<Option<Element>, StanzaErrorCondition>;
+
+/// A feature module: its XEP and disco features, and its IQ handler.
+pub struct Module {
+    /// The XEP number (0 for an RFC feature), checked against xep/waxwing.doap.
+    pub xep: u16,
+    /// Namespaces of IQ payloads it answers.
+    pub namespaces: &'static [&'static str],
+    /// Features it adds to the server's disco#info.
+    pub features: &'static [&'static str],
+    pub handle: fn(&IqRequest<'_>) -> IqOutcome,
+}
+
+/// Every module, in disco order.
+pub const MODULES: &[&Module] = &[
+    &disco::MODULE,
+    &ping::MODULE,
+    &version::MODULE,
+    &time::MODULE,
+    &session::MODULE,
+];
+
+/// Answers an IQ get/set addressed to the server or an account.
+pub fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
+    let ns = req.payload.ns();
+    MODULES
+        .iter()
+        .find(|m| m.namespaces.contains(&ns))
+        .map(|m| (m.handle)(req))
+        .unwrap_or(Err(StanzaErrorCondition::ServiceUnavailable))
+}
+
+/// The server's disco features, from every module.
+pub fn server_features() -> impl Iterator<Item = &'static str> {
+    MODULES.iter().flat_map(|m| m.features.iter().copied())
+}

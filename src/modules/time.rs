@@ -1,0 +1,37 @@
+//! Entity Time (XEP-0202): the server's clock, in UTC.
+
+use super::{IqOutcome, IqRequest, IqTarget, Module};
+use crate::stanza::StanzaErrorCondition;
+use crate::xml::Element;
+
+pub const NS: &str = "urn:xmpp:time";
+
+pub const MODULE: Module = Module {
+    xep: 202,
+    namespaces: &[NS],
+    features: &[NS],
+    handle,
+};
+
+fn handle(req: &IqRequest<'_>) -> IqOutcome {
+    if req.target != IqTarget::Server {
+        return Err(StanzaErrorCondition::ServiceUnavailable);
+    }
+    if req.is_set {
+        return Err(StanzaErrorCondition::NotAllowed);
+    }
+    Ok(Some(
+        Element::new("time", NS)
+            .with_child(Element::new("tzo", NS).with_text("+00:00"))
+            .with_child(Element::new("utc", NS).with_text(utc_now())),
+    ))
+}
+
+/// Now as an XEP-0082 DateTime in UTC, e.g. 2026-11-21T23:04:30.123Z.
+pub fn utc_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&fmt).unwrap_or_default()
+}

@@ -1,0 +1,112 @@
+//! Sockets: listeners and their accept loops, per-IP and global connection
+//! caps, and the transport (plain TCP or TLS) a stream runs over.
+
+pub mod c2s;
+pub mod tls;
+mod transport;
+
+pub use transport::Transport;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::server::Server;
+
+/// Caps on simultaneous connections, globally and per remote IP.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Held while a connection is open; releases its slot when dropped.
+pub struct ConnectionSlot {
+    server: Arc<Server>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self.server.connections.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        ConnectionLimits {
+            max_total,
+            max_per_ip,
+            by_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.by_ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of open connections.
+    pub fn open(&self) -> usize {
+        self.lock().values().sum()
+    }
+
+    /// Takes a slot for a connection from `ip`, if the caps allow.
+    fn admit(server: &Arc<Server>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let limits = &server.connections;
+        let mut map = limits.lock();
+        let total: usize = map.values().sum();
+        let here = map.entry(ip).or_insert(0);
+        if total >= limits.max_total || *here >= limits.max_per_ip {
+            if *here == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *here += 1;
+        Some(ConnectionSlot {
+            server: server.clone(),
+            ip,
+        })
+    }
+}
+
+/// Accepts connections until shutdown, one task per connection.
+pub async fn accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    direct_tls: bool,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = ConnectionLimits::admit(&server, peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: connection limit reached");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tracker.spawn(c2s::run(server.clone(), tcp, peer, direct_tls, slot));
+    }
+}

@@ -1,0 +1,270 @@
+//! The routing decision for stanzas sent by local clients: validate and
+//! stamp addresses, then hand each stanza to a module (server or account
+//! IQs), to local sessions (RFC 6121 §8.5 rules), or bounce it.
+
+use bytes::Bytes;
+use jid::{BareJid, FullJid, Jid};
+
+use crate::modules::{self, IqRequest, IqTarget};
+use crate::server::Server;
+use crate::sessions::DeliveryError;
+use crate::stanza::{
+    error_reply, iq_result, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
+};
+use crate::xml::{Element, NS_CLIENT};
+
+/// Routes one stanza received from the session bound to `origin`.
+/// An `Err` is a stream-level fault of the sender (the stream must end).
+pub fn route_from_client(
+    server: &Server,
+    origin: &FullJid,
+    mut stanza: Element,
+) -> Result<(), StreamErrorCondition> {
+    let kind =
+        StanzaKind::of(&stanza, NS_CLIENT).ok_or(StreamErrorCondition::UnsupportedStanzaType)?;
+
+    // RFC 6120 §8.1.2.1: a client may only claim its own full or bare JID.
+    if let Some(from) = stanza.attr("from") {
+        let ok = match Jid::new(from).map(Jid::try_into_full) {
+            Ok(Ok(f)) => &f == origin,
+            Ok(Err(b)) => b == origin.to_bare(),
+            Err(_) => false,
+        };
+        if !ok {
+            return Err(StreamErrorCondition::InvalidFrom);
+        }
+    }
+    stanza.set_attr("from", origin.as_str());
+
+    let to = match stanza.attr("to") {
+        None => None,
+        Some(raw) => match Jid::new(raw) {
+            Ok(j) => Some(j),
+            Err(_) => {
+                bounce(server, origin, &stanza, StanzaErrorCondition::JidMalformed);
+                return Ok(());
+            }
+        },
+    };
+    if let Some(j) = &to {
+        // Route and deliver with the normalised form, so every recipient
+        // sees one spelling of an address.
+        stanza.set_attr("to", j.as_str());
+    }
+
+    let Some(to) = to else {
+        handle_addressed_to_self(server, origin, kind, &stanza);
+        return Ok(());
+    };
+
+    if !server.is_local_domain(to.domain().as_str()) {
+        // Federation arrives with s2s; until then no other domain is reachable.
+        bounce(
+            server,
+            origin,
+            &stanza,
+            StanzaErrorCondition::RemoteServerNotFound,
+        );
+        return Ok(());
+    }
+
+    if to.node().is_none() {
+        to_server(server, origin, kind, &stanza);
+        return Ok(());
+    }
+    match to.try_into_full() {
+        Ok(full) => to_full(server, origin, kind, &full, stanza),
+        Err(bare) => to_bare(server, origin, kind, &bare, stanza),
+    }
+    Ok(())
+}
+
+/// A stanza without `to`: RFC 6120 §10.3 — the server handles it on behalf
+/// of the sender's account.
+fn handle_addressed_to_self(server: &Server, origin: &FullJid, kind: StanzaKind, stanza: &Element) {
+    match kind {
+        StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Account { own: true }),
+        // Broadcast presence: availability is recorded by the session; the
+        // subscribers it goes to arrive with the roster.
+        StanzaKind::Presence => {}
+        StanzaKind::Message => {
+            let bare = origin.to_bare();
+            to_bare(server, origin, kind, &bare, stanza.clone())
+        }
+    }
+}
+
+fn to_server(server: &Server, origin: &FullJid, kind: StanzaKind, stanza: &Element) {
+    match kind {
+        StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Server),
+        // Messages and presence to the server itself have no recipient.
+        StanzaKind::Message | StanzaKind::Presence => {}
+    }
+}
+
+fn to_bare(server: &Server, origin: &FullJid, kind: StanzaKind, to: &BareJid, stanza: Element) {
+    match kind {
+        StanzaKind::Iq => {
+            let own = origin.to_bare() == *to;
+            answer_iq(server, origin, &stanza, IqTarget::Account { own });
+        }
+        StanzaKind::Presence => {
+            let data = serialize(&stanza);
+            for (full, _) in server.sessions.available_resources(to) {
+                let _ = server.sessions.send_to_full(&full, data.clone());
+            }
+        }
+        StanzaKind::Message => message_to_bare(server, origin, to, &stanza),
+    }
+}
+
+/// RFC 6121 §8.5.2: pick the resources that get a message sent to a bare JID.
+fn message_to_bare(server: &Server, origin: &FullJid, to: &BareJid, stanza: &Element) {
+    let kind = stanza.attr("type").unwrap_or("normal");
+    match kind {
+        "error" => return,
+        "groupchat" => {
+            bounce(
+                server,
+                origin,
+                stanza,
+                StanzaErrorCondition::ServiceUnavailable,
+            );
+            return;
+        }
+        _ => {}
+    }
+    let resources: Vec<(FullJid, i8)> = server
+        .sessions
+        .available_resources(to)
+        .into_iter()
+        .filter(|(_, p)| *p >= 0)
+        .collect();
+    let targets: Vec<&FullJid> = if kind == "headline" {
+        resources.iter().map(|(j, _)| j).collect()
+    } else {
+        let top = resources.iter().map(|(_, p)| *p).max();
+        resources
+            .iter()
+            .filter(|(_, p)| Some(*p) == top)
+            .map(|(j, _)| j)
+            .collect()
+    };
+    if targets.is_empty() {
+        // Offline storage arrives with the IM core; until then the sender
+        // learns at once that nobody can take the message.
+        if kind != "headline" {
+            bounce(
+                server,
+                origin,
+                stanza,
+                StanzaErrorCondition::ServiceUnavailable,
+            );
+        }
+        return;
+    }
+    let data = serialize(stanza);
+    let mut delivered = false;
+    for t in targets {
+        delivered |= server.sessions.send_to_full(t, data.clone()).is_ok();
+    }
+    if !delivered && kind != "headline" {
+        bounce(
+            server,
+            origin,
+            stanza,
+            StanzaErrorCondition::ResourceConstraint,
+        );
+    }
+}
+
+fn to_full(server: &Server, origin: &FullJid, kind: StanzaKind, to: &FullJid, stanza: Element) {
+    let data = serialize(&stanza);
+    match server.sessions.send_to_full(to, data) {
+        Ok(()) => {}
+        Err(DeliveryError::QueueFull) => bounce(
+            server,
+            origin,
+            &stanza,
+            StanzaErrorCondition::ResourceConstraint,
+        ),
+        // RFC 6121 §8.5.3.2: no such resource.
+        Err(DeliveryError::Offline) => match kind {
+            StanzaKind::Message => match stanza.attr("type").unwrap_or("normal") {
+                "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), &stanza),
+                "groupchat" => bounce(
+                    server,
+                    origin,
+                    &stanza,
+                    StanzaErrorCondition::ServiceUnavailable,
+                ),
+                _ => {}
+            },
+            StanzaKind::Presence => {}
+            StanzaKind::Iq => {
+                if matches!(stanza.attr("type"), Some("get") | Some("set")) {
+                    bounce(
+                        server,
+                        origin,
+                        &stanza,
+                        StanzaErrorCondition::ServiceUnavailable,
+                    )
+                }
+            }
+        },
+    }
+}
+
+/// Answers an IQ get/set with a module; results and errors addressed to the
+/// server or an account are consumed (nothing waits for them).
+fn answer_iq(server: &Server, origin: &FullJid, iq: &Element, target: IqTarget) {
+    let is_set = match iq.attr("type") {
+        Some("get") => false,
+        Some("set") => true,
+        Some("result") | Some("error") => return,
+        _ => {
+            bounce(server, origin, iq, StanzaErrorCondition::BadRequest);
+            return;
+        }
+    };
+    // RFC 6120 §8.2.3: a get or set has exactly one payload child.
+    let mut children = iq.children();
+    let (Some(payload), None) = (children.next(), children.next()) else {
+        bounce(server, origin, iq, StanzaErrorCondition::BadRequest);
+        return;
+    };
+    let req = IqRequest {
+        server,
+        iq,
+        payload,
+        from: origin,
+        target,
+        is_set,
+    };
+    let reply = match modules::dispatch(&req) {
+        Ok(payload) => iq_result(iq, payload),
+        Err(cond) => match error_reply(iq, cond, None) {
+            Some(r) => r,
+            None => return,
+        },
+    };
+    deliver_reply(server, origin, &reply);
+}
+
+/// Sends `stanza`'s error reply to its local sender.
+fn bounce(server: &Server, origin: &FullJid, stanza: &Element, cond: StanzaErrorCondition) {
+    if let Some(reply) = error_reply(stanza, cond, None) {
+        deliver_reply(server, origin, &reply);
+    }
+}
+
+fn deliver_reply(server: &Server, origin: &FullJid, reply: &Element) {
+    // The sender's own queue being full means it is not reading; dropping
+    // the reply there is the backpressure the queue limit exists for.
+    let _ = server.sessions.send_to_full(origin, serialize(reply));
+}
+
+/// Serializes once for every recipient (RFC 6120 jabber:client default namespace).
+fn serialize(stanza: &Element) -> Bytes {
+    Bytes::from(stanza.to_bytes(NS_CLIENT))
+}

@@ -1,0 +1,148 @@
+//! The running server: shared state (configuration, store, sessions,
+//! certificates, throttles) and the start/stop of its listeners.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::net::{self, ConnectionLimits};
+use crate::sessions::SessionRegistry;
+use crate::storage::Store;
+use crate::throttle::FailureWindow;
+
+/// State shared by every connection.
+pub struct Server {
+    pub config: Config,
+    domains: HashSet<String>,
+    pub store: Store,
+    pub sessions: SessionRegistry,
+    pub certs: Arc<net::tls::CertStore>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub auth_failures_by_ip: FailureWindow<IpAddr>,
+    pub auth_failures_by_account: FailureWindow<String>,
+    pub connections: ConnectionLimits,
+    /// Cancelled to ask every connection to close with `system-shutdown`.
+    pub shutdown: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    /// Opens the store and loads certificates.
+    pub async fn new(config: Config) -> Result<Arc<Server>, String> {
+        let store = Store::open(&config.database.url, config.database.max_connections)
+            .await
+            .map_err(|e| e.to_string())?;
+        Server::with_store(config, store)
+    }
+
+    /// Builds the server around an already-open store.
+    pub fn with_store(config: Config, store: Store) -> Result<Arc<Server>, String> {
+        let certs = Arc::new(net::tls::CertStore::from_config(&config)?);
+        let tls = net::tls::server_config(certs.clone())?;
+        let window = Duration::from_secs(config.limits.auth_failure_window);
+        Ok(Arc::new(Server {
+            domains: config.domains().into_iter().collect(),
+            auth_failures_by_ip: FailureWindow::new(config.limits.auth_failures_per_ip, window),
+            auth_failures_by_account: FailureWindow::new(
+                config.limits.auth_failures_per_account,
+                window,
+            ),
+            connections: ConnectionLimits::new(
+                config.c2s.max_connections,
+                config.c2s.max_connections_per_ip,
+            ),
+            config,
+            store,
+            sessions: SessionRegistry::default(),
+            certs,
+            tls,
+            shutdown: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// The served domains, normalised.
+    pub fn domains(&self) -> &HashSet<String> {
+        &self.domains
+    }
+
+    /// Is `domain` (normalised) one of ours?
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.contains(domain)
+    }
+
+    /// A process-unique number for a connection.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A started server: its bound addresses and the handle to stop it.
+pub struct RunningServer {
+    pub server: Arc<Server>,
+    /// Bound STARTTLS listener addresses, in config order.
+    pub c2s_addrs: Vec<SocketAddr>,
+    /// Bound direct-TLS listener addresses, in config order.
+    pub c2s_tls_addrs: Vec<SocketAddr>,
+    tracker: TaskTracker,
+}
+
+impl RunningServer {
+    /// Binds every listener and starts accepting.
+    pub async fn start(server: Arc<Server>) -> Result<RunningServer, String> {
+        let tracker = TaskTracker::new();
+        let mut c2s_addrs = Vec::new();
+        let mut c2s_tls_addrs = Vec::new();
+        for (addrs, direct_tls, out) in [
+            (&server.config.c2s.listen, false, &mut c2s_addrs),
+            (&server.config.c2s.listen_tls, true, &mut c2s_tls_addrs),
+        ] {
+            for addr in addrs {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let local = listener.local_addr().map_err(|e| e.to_string())?;
+                tracing::info!(
+                    addr = %local,
+                    kind = if direct_tls { "c2s direct TLS" } else { "c2s STARTTLS" },
+                    "listening"
+                );
+                out.push(local);
+                tracker.spawn(net::accept_loop(
+                    server.clone(),
+                    listener,
+                    direct_tls,
+                    tracker.clone(),
+                ));
+            }
+        }
+        Ok(RunningServer {
+            server,
+            c2s_addrs,
+            c2s_tls_addrs,
+            tracker,
+        })
+    }
+
+    /// Closes every stream with `system-shutdown`, waits for connections to
+    /// finish (at most `grace`), then closes the store.
+    pub async fn shutdown(self, grace: Duration) {
+        tracing::info!(sessions = self.server.sessions.count(), "shutting down");
+        self.server.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within {grace:?}");
+        }
+        self.server.store.close().await;
+    }
+}

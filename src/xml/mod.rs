@@ -1,0 +1,41 @@
+//! The XML layer: bytes in, [`StreamEvent`]s out, and [`Element`]s back to bytes.
+//!
+//! XMPP speaks one long XML document per stream direction (RFC 6120 §4): an opening
+//! `<stream:stream>` tag, then top-level elements (stanzas, features, SASL, …), then
+//! `</stream:stream>`. This module owns everything about that document and nothing about
+//! what the elements mean:
+//!
+//! - `scanner` finds where complete tokens end in an incrementally fed buffer,
+//! - `parser` turns those tokens into stream events and element trees, resolving
+//!   namespaces and enforcing RFC 6120 §11 restricted XML plus size and depth limits,
+//! - `scope` tracks namespace declarations in force,
+//! - `element` is the tree type the rest of the server works with,
+//! - `writer` escapes and serializes elements and stream headers.
+//!
+//! It is sans-I/O: no sockets, no clocks.
+//!
+//! Parsed trees are never deeper than [`ParserLimits::max_depth`], which is what keeps
+//! the (recursive) derived `Drop`, `Clone` and `PartialEq` of [`Element`] safe; keep
+//! that limit modest. Writing is iterative and safe at any depth.
+
+mod element;
+mod parser;
+mod scanner;
+mod scope;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use element::{Element, Node};
+pub use parser::{ParseError, ParserLimits, StreamEvent, StreamHeader, StreamParser};
+pub use writer::{escape_attr, escape_text, write_stream_end, write_stream_header};
+
+/// Namespace of the stream wrapper elements (`<stream:stream>`, `<stream:features>`, `<stream:error>`).
+pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+/// Default namespace of client-to-server streams.
+pub const NS_CLIENT: &str = "jabber:client";
+/// Default namespace of server-to-server streams.
+pub const NS_SERVER: &str = "jabber:server";
+/// Namespace bound to the reserved `xml:` prefix (XML Namespaces §3).
+pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";

@@ -1,0 +1,626 @@
+//! The stream parser: received bytes in, [`StreamEvent`]s out.
+//!
+//! `scanner.rs` cuts the input into complete tokens; this file gives them meaning:
+//! the stream header, one [`Element`] tree per top-level element, the stream end. It
+//! resolves namespace prefixes, decodes entities, and enforces what RFC 6120 §11 and
+//! the server's limits demand: no DTDs, comments, processing instructions or undefined
+//! entities, UTF-8 only, bounded stanza size and nesting depth. quick-xml parses the
+//! attributes inside a tag and decodes references; the tokens it sees are always
+//! complete, so no quick-xml state has to survive between reads.
+//!
+//! A second `<stream:stream>` start tag inside an open stream (without [`StreamParser::reset`])
+//! is rejected as [`ParseError::NotWellFormed`]: it can only be a confused or hostile peer.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use quick_xml::escape::{unescape, EscapeError};
+use quick_xml::events::attributes::{AttrError, Attribute, Attributes};
+
+use super::element::{Element, Node};
+use super::scanner::{is_xml_space, Scanner, TokenKind};
+use super::scope::NsScope;
+use super::{NS_STREAMS, NS_XML};
+
+/// Why the stream cannot go on; each maps to the RFC 6120 stream error of the same name
+/// (`not-well-formed`, `restricted-xml`, `policy-violation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// The bytes are not well-formed, namespace-well-formed UTF-8 XML.
+    NotWellFormed(String),
+    /// XML that RFC 6120 §11.1 forbids on a stream: DTDs, comments, processing
+    /// instructions, undefined entity references.
+    RestrictedXml(String),
+    /// A configured limit (stanza size, nesting depth) was exceeded.
+    PolicyViolation(String),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::NotWellFormed(m) => write!(f, "not well-formed: {m}"),
+            ParseError::RestrictedXml(m) => write!(f, "restricted XML: {m}"),
+            ParseError::PolicyViolation(m) => write!(f, "policy violation: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn not_well_formed(msg: impl Into<String>) -> ParseError {
+    ParseError::NotWellFormed(msg.into())
+}
+
+/// Limits enforced while parsing, before memory is spent on what exceeds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParserLimits {
+    /// Largest top-level element (and stream header tag), in bytes as received.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting; a stanza itself is at depth 1.
+    pub max_depth: usize,
+}
+
+impl Default for ParserLimits {
+    fn default() -> Self {
+        ParserLimits {
+            max_stanza_bytes: 262_144,
+            max_depth: 48,
+        }
+    }
+}
+
+/// The opening `<stream:stream …>` tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamHeader {
+    /// Local name of the stream element (`stream` when well-behaved).
+    pub name: String,
+    /// Resolved namespace of the stream element ([`NS_STREAMS`] when well-behaved).
+    pub ns: String,
+    /// The default namespace declared on it (`jabber:client`, `jabber:server`, …).
+    pub default_ns: Option<String>,
+    /// `to` attribute.
+    pub to: Option<String>,
+    /// `from` attribute.
+    pub from: Option<String>,
+    /// `id` attribute.
+    pub id: Option<String>,
+    /// `version` attribute.
+    pub version: Option<String>,
+    /// `xml:lang` attribute.
+    pub lang: Option<String>,
+    /// `xmlns:p` declarations other than the one binding the stream element's own
+    /// prefix, e.g. `("db", "jabber:server:dialback")`.
+    pub prefixes: Vec<(String, String)>,
+}
+
+/// What the parser found in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The stream header, as soon as its start tag is complete.
+    Header(StreamHeader),
+    /// A complete direct child of the stream element (stanza, features, SASL, …).
+    Stanza(Element),
+    /// The stream element was closed.
+    End,
+}
+
+/// Incremental, sans-I/O parser for one direction of an XMPP stream.
+///
+/// Feed it bytes as they arrive and drain [`next_event`](Self::next_event) until it
+/// returns `Ok(None)`. Buffered input then stays below one read plus
+/// `max_stanza_bytes`: an oversized stanza is refused while it is still arriving.
+#[derive(Debug)]
+pub struct StreamParser {
+    scanner: Scanner,
+    doc: Document,
+    /// Set on the first error; the stream is over and the error is all we say.
+    dead: Option<ParseError>,
+}
+
+impl StreamParser {
+    /// A parser expecting a stream header.
+    pub fn new(limits: ParserLimits) -> Self {
+        StreamParser {
+            scanner: Scanner::new(),
+            doc: Document::new(limits),
+            dead: None,
+        }
+    }
+
+    /// Append received bytes. Parsing happens in [`next_event`](Self::next_event).
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.dead.is_none() {
+            self.scanner.feed(data);
+        }
+    }
+
+    /// Next complete event, `Ok(None)` when more bytes are needed. After an `Err` the
+    /// parser is dead and keeps returning that error.
+    pub fn next_event(&mut self) -> Result<Option<StreamEvent>, ParseError> {
+        if let Some(e) = &self.dead {
+            return Err(e.clone());
+        }
+        match self.step() {
+            Ok(ev) => Ok(ev),
+            Err(e) => {
+                // Nothing more will be parsed: let go of the memory now.
+                self.scanner.clear();
+                self.scanner.shrink();
+                self.doc.clear();
+                self.dead = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<StreamEvent>, ParseError> {
+        if self.doc.pending_end {
+            self.doc.pending_end = false;
+            self.doc.phase = Phase::Ended;
+            return Ok(Some(StreamEvent::End));
+        }
+        loop {
+            let budget = self
+                .doc
+                .limits
+                .max_stanza_bytes
+                .saturating_sub(self.doc.used);
+            let Some(tok) = self.scanner.next_token(self.doc.text_allowed(), budget)? else {
+                return Ok(None);
+            };
+            if let Some(ev) = self.doc.handle(tok.kind, self.scanner.bytes(&tok))? {
+                return Ok(Some(ev));
+            }
+        }
+    }
+
+    /// Forget everything (buffer and state) and expect a new stream header: used after
+    /// STARTTLS and SASL success, where bytes sent before the switch must not count.
+    pub fn reset(&mut self) {
+        self.scanner.clear();
+        self.doc.clear();
+        self.dead = None;
+    }
+
+    /// Bytes currently buffered and not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.scanner.buffered()
+    }
+
+    /// Capacity of the receive buffer, for tests of [`shrink`](Self::shrink).
+    #[cfg(test)]
+    pub(super) fn buffer_capacity(&self) -> usize {
+        self.scanner.capacity()
+    }
+
+    /// Give back memory of idle buffers: with nothing buffered the receive buffer's
+    /// allocation is dropped entirely (it is re-created on the next `feed`).
+    pub fn shrink(&mut self) {
+        self.scanner.shrink();
+        self.doc.shrink();
+    }
+}
+
+/// Where in the document the parser is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the stream header; `decl_allowed` until an XML declaration was seen.
+    Prolog { decl_allowed: bool },
+    /// Inside the stream element.
+    Stream,
+    /// After the stream element closed: only whitespace may follow.
+    Ended,
+}
+
+/// Document state: open elements, namespace scopes, the stanza under construction.
+#[derive(Debug)]
+struct Document {
+    limits: ParserLimits,
+    phase: Phase,
+    /// The header was an empty-element tag: `End` is owed right after `Header`.
+    pending_end: bool,
+    scope: NsScope,
+    /// Qualified names of the open elements (stream element first), back to back,
+    /// for matching end tags as written.
+    names: String,
+    name_starts: Vec<usize>,
+    /// Elements of the stanza being built; `open[0]` is the stanza.
+    open: Vec<Element>,
+    /// Bytes of the current top-level element (or header) consumed so far.
+    used: usize,
+}
+
+impl Document {
+    fn new(limits: ParserLimits) -> Self {
+        Document {
+            limits,
+            phase: Phase::Prolog { decl_allowed: true },
+            pending_end: false,
+            scope: NsScope::default(),
+            names: String::new(),
+            name_starts: Vec::new(),
+            open: Vec::new(),
+            used: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.phase = Phase::Prolog { decl_allowed: true };
+        self.pending_end = false;
+        self.scope.clear();
+        self.names.clear();
+        self.name_starts.clear();
+        self.open = Vec::new();
+        self.used = 0;
+    }
+
+    fn shrink(&mut self) {
+        if self.open.is_empty() {
+            self.open = Vec::new();
+        }
+    }
+
+    /// Character data is part of the document only inside a stanza.
+    fn text_allowed(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    fn handle(&mut self, kind: TokenKind, raw: &[u8]) -> Result<Option<StreamEvent>, ParseError> {
+        self.used += raw.len();
+        let tok = checked_str(raw)?;
+        // The scanner guarantees each kind's delimiters are there; `get` keeps a broken
+        // guarantee from becoming a panic.
+        let inner = |from: usize, trim_end: usize| {
+            tok.get(from..tok.len().saturating_sub(trim_end))
+                .ok_or_else(|| not_well_formed("truncated token"))
+        };
+        match kind {
+            TokenKind::Text => {
+                let text = decode(tok, false)?;
+                self.append_text(text);
+                Ok(None)
+            }
+            TokenKind::CData => {
+                if self.open.is_empty() {
+                    return Err(not_well_formed("CDATA section outside of a stanza"));
+                }
+                let text = normalize_line_ends(inner(9, 3)?).into_owned();
+                self.append_text(text);
+                Ok(None)
+            }
+            TokenKind::Pi => self.processing_instruction(inner(2, 2)?),
+            TokenKind::StartTag => {
+                let content = inner(1, 1)?;
+                match content.strip_suffix('/') {
+                    Some(content) => self.start_tag(content, true),
+                    None => self.start_tag(content, false),
+                }
+            }
+            TokenKind::EndTag => self.end_tag(inner(2, 1)?),
+        }
+    }
+
+    fn append_text(&mut self, text: String) {
+        if let Some(parent) = self.open.last_mut() {
+            parent.append_text(text);
+        }
+    }
+
+    /// Only `<?xml …?>` before the stream header is allowed (RFC 6120 §11.1, §11.5).
+    fn processing_instruction(&mut self, body: &str) -> Result<Option<StreamEvent>, ParseError> {
+        let target_len = body.bytes().position(is_xml_space).unwrap_or(body.len());
+        if self.phase != (Phase::Prolog { decl_allowed: true }) || &body[..target_len] != "xml" {
+            return Err(ParseError::RestrictedXml(
+                "processing instructions are not allowed".into(),
+            ));
+        }
+        self.phase = Phase::Prolog {
+            decl_allowed: false,
+        };
+        let mut version = None;
+        for attr in Attributes::new(body, target_len) {
+            let (key, value) = attr_parts(attr)?;
+            match key {
+                "version" => version = Some(value),
+                "encoding" if value.eq_ignore_ascii_case("UTF-8") => {}
+                "encoding" => return Err(not_well_formed(format!("unsupported encoding {value}"))),
+                "standalone" => {}
+                _ => return Err(not_well_formed("malformed XML declaration")),
+            }
+        }
+        match version {
+            Some(v) if v.starts_with("1.") => Ok(None),
+            _ => Err(not_well_formed("XML declaration without version 1.x")),
+        }
+    }
+
+    fn start_tag(&mut self, content: &str, empty: bool) -> Result<Option<StreamEvent>, ParseError> {
+        if self.phase == Phase::Ended {
+            return Err(not_well_formed("element after the end of the stream"));
+        }
+        let in_stream = self.phase == Phase::Stream;
+        // Checked before building anything: a 5,000-deep nesting stops at max_depth.
+        if in_stream && self.open.len() >= self.limits.max_depth {
+            return Err(ParseError::PolicyViolation(format!(
+                "elements nested deeper than {}",
+                self.limits.max_depth
+            )));
+        }
+        let name_len = content
+            .bytes()
+            .position(is_xml_space)
+            .unwrap_or(content.len());
+        let qname = &content[..name_len];
+        check_name(qname)?;
+
+        // Declarations first: they apply to the element's own name and attributes
+        // wherever they are written in the tag. This pass also checks for duplicates.
+        self.scope.enter();
+        for attr in Attributes::new(content, name_len) {
+            let (key, value) = attr_parts(attr)?;
+            if key == "xmlns" {
+                self.scope.declare("", &decode(value, true)?);
+            } else if let Some(prefix) = key.strip_prefix("xmlns:") {
+                let uri = decode(value, true)?;
+                check_prefix_binding(prefix, &uri)?;
+                self.scope.declare(prefix, &uri);
+            }
+        }
+        let (prefix, local) = split_qname(qname);
+        let ns = self
+            .scope
+            .resolve(prefix)
+            .ok_or_else(|| not_well_formed(format!("undeclared namespace prefix {prefix}:")))?;
+
+        if !in_stream {
+            return self.stream_header(content, name_len, prefix, local, empty);
+        }
+        if self.open.is_empty() && local == "stream" && ns == NS_STREAMS {
+            return Err(not_well_formed("stream header inside an open stream"));
+        }
+
+        let mut el = Element::new(local, ns);
+        let mut attrs = Attributes::new(content, name_len);
+        attrs.with_checks(false);
+        for attr in attrs {
+            let (key, value) = attr_parts(attr)?;
+            if key == "xmlns" || key.starts_with("xmlns:") {
+                continue;
+            }
+            check_name(key)?;
+            el.attrs.push((key.to_owned(), decode(value, true)?));
+            let (prefix, _) = split_qname(key);
+            if !prefix.is_empty() && prefix != "xml" {
+                let uri = self.scope.resolve(prefix).ok_or_else(|| {
+                    not_well_formed(format!("undeclared namespace prefix {prefix}:"))
+                })?;
+                // Carry the binding on the element itself: its prefix may have been
+                // declared on an ancestor or the stream header, which a writer of this
+                // element alone would not reproduce.
+                let decl = format!("xmlns:{prefix}");
+                if !el.attrs.iter().any(|(k, _)| *k == decl) {
+                    el.attrs.push((decl, uri.to_owned()));
+                }
+            }
+        }
+
+        if empty {
+            self.scope.leave();
+            return Ok(self.close(el));
+        }
+        self.name_starts.push(self.names.len());
+        self.names.push_str(qname);
+        self.open.push(el);
+        Ok(None)
+    }
+
+    fn stream_header(
+        &mut self,
+        content: &str,
+        name_len: usize,
+        prefix: &str,
+        local: &str,
+        empty: bool,
+    ) -> Result<Option<StreamEvent>, ParseError> {
+        let mut header = StreamHeader {
+            name: local.to_owned(),
+            ns: self.scope.resolve(prefix).unwrap_or("").to_owned(),
+            ..StreamHeader::default()
+        };
+        let mut attrs = Attributes::new(content, name_len);
+        attrs.with_checks(false);
+        for attr in attrs {
+            let (key, value) = attr_parts(attr)?;
+            let slot = match key {
+                "xmlns" => &mut header.default_ns,
+                "to" => &mut header.to,
+                "from" => &mut header.from,
+                "id" => &mut header.id,
+                "version" => &mut header.version,
+                "xml:lang" => &mut header.lang,
+                _ => {
+                    if let Some(p) = key.strip_prefix("xmlns:") {
+                        if p != prefix {
+                            header.prefixes.push((p.to_owned(), decode(value, true)?));
+                        }
+                    }
+                    continue;
+                }
+            };
+            *slot = Some(decode(value, true)?);
+        }
+        self.phase = Phase::Stream;
+        self.used = 0;
+        if empty {
+            self.pending_end = true;
+        } else {
+            self.name_starts.push(self.names.len());
+            self.names.push_str(&content[..name_len]);
+        }
+        Ok(Some(StreamEvent::Header(header)))
+    }
+
+    fn end_tag(&mut self, content: &str) -> Result<Option<StreamEvent>, ParseError> {
+        let name = content.trim_end_matches([' ', '\t', '\n', '\r']);
+        let open = match (self.phase, self.name_starts.last()) {
+            (Phase::Stream, Some(&start)) => start,
+            _ => return Err(not_well_formed(format!("unexpected end tag </{name}>"))),
+        };
+        if &self.names[open..] != name {
+            return Err(not_well_formed(format!(
+                "end tag </{name}> does not match <{}>",
+                &self.names[open..]
+            )));
+        }
+        self.names.truncate(open);
+        self.name_starts.pop();
+        self.scope.leave();
+        match self.open.pop() {
+            Some(el) => Ok(self.close(el)),
+            None => {
+                self.phase = Phase::Ended;
+                Ok(Some(StreamEvent::End))
+            }
+        }
+    }
+
+    /// A complete element: attach it to its parent, or hand it out if it is top-level.
+    fn close(&mut self, el: Element) -> Option<StreamEvent> {
+        match self.open.last_mut() {
+            Some(parent) => {
+                parent.children.push(Node::Element(el));
+                None
+            }
+            None => {
+                self.used = 0;
+                Some(StreamEvent::Stanza(el))
+            }
+        }
+    }
+}
+
+/// UTF-8 check for a complete token. Tokens start and end on ASCII delimiters, so a
+/// character split across reads is whole by now. Control characters were already
+/// refused by the scanner; the non-characters U+FFFE and U+FFFF are checked here.
+fn checked_str(raw: &[u8]) -> Result<&str, ParseError> {
+    let s = std::str::from_utf8(raw).map_err(|_| not_well_formed("invalid UTF-8"))?;
+    if !s.is_ascii() && s.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return Err(not_well_formed(
+            "character U+FFFE/U+FFFF is not allowed in XML",
+        ));
+    }
+    Ok(s)
+}
+
+/// XML 1.0 `Char`, for text produced by character references.
+fn is_xml_char(c: char) -> bool {
+    !matches!(c, '\u{0}'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}')
+}
+
+/// XML 1.0 §2.11: `\r\n` and lone `\r` read as `\n`.
+fn normalize_line_ends(s: &str) -> Cow<'_, str> {
+    if !s.contains('\r') {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(s.replace("\r\n", "\n").replace('\r', "\n"))
+}
+
+/// XML 1.0 §3.3.3 (CDATA attribute type): literal white space reads as a space.
+fn normalize_attr_space(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(s.replace("\r\n", " ").replace(['\t', '\n', '\r'], " "))
+}
+
+/// Raw text or attribute value to its value: normalize white space, then resolve the
+/// predefined entities and character references.
+fn decode(raw: &str, attr: bool) -> Result<String, ParseError> {
+    let normalized = if attr {
+        normalize_attr_space(raw)
+    } else {
+        normalize_line_ends(raw)
+    };
+    let unescaped = match unescape(&normalized) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(s)) => Some(s),
+        Err(EscapeError::UnrecognizedEntity(_, name)) => {
+            return Err(ParseError::RestrictedXml(format!(
+                "undefined entity &{name};"
+            )))
+        }
+        Err(e) => return Err(not_well_formed(format!("bad reference: {e}"))),
+    };
+    match unescaped {
+        None => Ok(normalized.into_owned()),
+        Some(s) => {
+            if let Some(c) = s.chars().find(|&c| !is_xml_char(c)) {
+                return Err(not_well_formed(format!(
+                    "character reference to U+{:04X}, which is not allowed in XML",
+                    u32::from(c)
+                )));
+            }
+            Ok(s)
+        }
+    }
+}
+
+/// Key and raw value of one attribute as `&str`s borrowed from the tag.
+fn attr_parts(attr: Result<Attribute<'_>, AttrError>) -> Result<(&str, &str), ParseError> {
+    let attr = attr.map_err(|e| not_well_formed(format!("malformed attribute: {e}")))?;
+    let key =
+        std::str::from_utf8(attr.key.into_inner()).map_err(|_| not_well_formed("invalid UTF-8"))?;
+    match attr.value {
+        Cow::Borrowed(v) => {
+            let v = std::str::from_utf8(v).map_err(|_| not_well_formed("invalid UTF-8"))?;
+            Ok((key, v))
+        }
+        // quick-xml slices values out of the tag; a copy would mean a changed contract.
+        Cow::Owned(_) => Err(not_well_formed("unexpected attribute encoding")),
+    }
+}
+
+fn split_qname(qname: &str) -> (&str, &str) {
+    qname.split_once(':').unwrap_or(("", qname))
+}
+
+/// A loose XML `QName` check: enough to refuse garbage and misplaced punctuation, while
+/// accepting any non-ASCII letters without carrying the full Unicode tables.
+fn check_name(name: &str) -> Result<(), ParseError> {
+    let b = name.as_bytes();
+    let valid = match (b.first(), b.last()) {
+        (Some(&first), Some(&last)) => {
+            !(first.is_ascii_digit() || matches!(first, b'-' | b'.' | b':'))
+                && last != b':'
+                && b.iter().filter(|&&c| c == b':').count() <= 1
+                && b.iter().all(|&c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':') || c >= 0x80
+                })
+        }
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(not_well_formed(format!("invalid name {name:?}")))
+    }
+}
+
+/// XML Namespaces §3 constraints on `xmlns:prefix='uri'`.
+fn check_prefix_binding(prefix: &str, uri: &str) -> Result<(), ParseError> {
+    if prefix.is_empty() || prefix.contains(':') {
+        return Err(not_well_formed(format!("invalid prefix {prefix:?}")));
+    }
+    check_name(prefix)?;
+    if uri.is_empty() {
+        return Err(not_well_formed(format!(
+            "prefix {prefix}: bound to no namespace"
+        )));
+    }
+    if prefix == "xmlns" || (prefix == "xml") != (uri == NS_XML) {
+        return Err(not_well_formed(format!(
+            "reserved prefix or namespace in xmlns:{prefix}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,693 @@
+//! Tests of the stream parser as a whole: chunking, namespaces, round trips, limits,
+//! restricted XML and malformed input.
+
+use super::*;
+
+const C2S_HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+     xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0' xml:lang='en'>";
+
+/// Everything the parser produced for `chunks`, and the error that stopped it, if any.
+fn run<'a>(
+    limits: ParserLimits,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<StreamEvent>, Option<ParseError>) {
+    let mut p = StreamParser::new(limits);
+    let mut events = Vec::new();
+    for chunk in chunks {
+        p.feed(chunk);
+        loop {
+            match p.next_event() {
+                Ok(Some(ev)) => events.push(ev),
+                Ok(None) => break,
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+    (events, None)
+}
+
+fn whole(input: &[u8]) -> (Vec<StreamEvent>, Option<ParseError>) {
+    run(ParserLimits::default(), [input])
+}
+
+fn bytewise(input: &[u8]) -> (Vec<StreamEvent>, Option<ParseError>) {
+    run(ParserLimits::default(), input.chunks(1))
+}
+
+/// Deterministic pseudo-random chunk sizes (xorshift), 1..=max.
+fn random_chunks(input: &[u8], seed: u64, max: usize) -> Vec<&[u8]> {
+    let mut state = seed | 1;
+    let mut out = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = (state as usize % max + 1).min(rest.len());
+        let (a, b) = rest.split_at(n);
+        out.push(a);
+        rest = b;
+    }
+    out
+}
+
+fn stanzas(events: &[StreamEvent]) -> Vec<&Element> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Stanza(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_of(input: &[u8]) -> Option<ParseError> {
+    let (_, a) = whole(input);
+    let (_, b) = bytewise(input);
+    assert_eq!(a, b, "whole and byte-wise feeding disagree");
+    a
+}
+
+fn in_stream(body: &str) -> Vec<u8> {
+    format!("{C2S_HEADER}{body}").into_bytes()
+}
+
+fn rich_input() -> Vec<u8> {
+    in_stream(
+        "\n  <message to='juliet@capulet.lit/balcony' from='romeo@montague.lit' type='chat' id='m&amp;1'>\
+           <body>Wherefore art thou, Romeo? &lt;3 &#x1F339; &#233;t&#xE9; — 日本語 \"q\" 'a'</body>\
+           <foo:x xmlns:foo='urn:a' foo:attr='v'><foo:y/>text<![CDATA[<raw> & ]]>more</foo:x>\
+           <thread xml:lang='de'>t1</thread>\
+         </message>\n \t\
+         <iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>\
+         <stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>\
+         <presence/>  </stream:stream>",
+    )
+}
+
+#[test]
+fn c2s_stream_events() {
+    let (events, err) = whole(&rich_input());
+    assert_eq!(err, None);
+    let StreamEvent::Header(h) = &events[0] else {
+        panic!("expected header, got {:?}", events[0]);
+    };
+    assert_eq!(h.name, "stream");
+    assert_eq!(h.ns, NS_STREAMS);
+    assert_eq!(h.default_ns.as_deref(), Some(NS_CLIENT));
+    assert_eq!(h.to.as_deref(), Some("example.com"));
+    assert_eq!(h.version.as_deref(), Some("1.0"));
+    assert_eq!(h.lang.as_deref(), Some("en"));
+    assert_eq!(h.from, None);
+    assert!(h.prefixes.is_empty());
+    assert_eq!(events.last(), Some(&StreamEvent::End));
+
+    let s = stanzas(&events);
+    assert_eq!(s.len(), 4);
+    let msg = s[0];
+    assert!(msg.is("message", NS_CLIENT));
+    assert_eq!(msg.attr("id"), Some("m&1"));
+    let body = msg.get_child("body", NS_CLIENT).map(|b| b.text());
+    assert_eq!(
+        body.as_deref(),
+        Some("Wherefore art thou, Romeo? <3 🌹 été — 日本語 \"q\" 'a'")
+    );
+    let x = msg
+        .get_child("x", "urn:a")
+        .expect("prefixed element resolved");
+    assert!(x.get_child("y", "urn:a").is_some());
+    assert_eq!(x.text(), "text<raw> & more");
+    assert_eq!(x.attr("foo:attr"), Some("v"));
+    assert_eq!(x.attr("xmlns:foo"), Some("urn:a"));
+    assert_eq!(
+        msg.get_child("thread", NS_CLIENT)
+            .and_then(|t| t.attr("xml:lang")),
+        Some("de")
+    );
+    assert!(s[1].is("iq", NS_CLIENT));
+    assert!(s[1].get_child("ping", "urn:xmpp:ping").is_some());
+    assert!(s[2].is("features", NS_STREAMS));
+    assert!(s[2]
+        .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
+        .is_some());
+    assert!(s[3].is("presence", NS_CLIENT));
+}
+
+#[test]
+fn chunking_does_not_change_events() {
+    let input = rich_input();
+    let reference = whole(&input);
+    assert_eq!(reference.1, None);
+    assert_eq!(bytewise(&input), reference);
+    for seed in 1..40u64 {
+        for max in [2, 7, 64] {
+            let got = run(ParserLimits::default(), random_chunks(&input, seed, max));
+            assert_eq!(got, reference, "seed {seed} max {max}");
+        }
+    }
+}
+
+#[test]
+fn events_come_as_soon_as_complete() {
+    let mut p = StreamParser::new(ParserLimits::default());
+    p.feed(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    assert_eq!(p.next_event(), Ok(None));
+    p.feed(b"<message><body>hi</body>");
+    assert_eq!(p.next_event(), Ok(None));
+    p.feed(b"</message><presence/><iq type='get'");
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Stanza(m))) if m.name() == "message"));
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Stanza(m))) if m.name() == "presence"));
+    assert_eq!(p.next_event(), Ok(None));
+    p.feed(b"/> ");
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Stanza(m))) if m.name() == "iq"));
+    p.feed(b"</stream:stream>");
+    assert_eq!(p.next_event(), Ok(Some(StreamEvent::End)));
+    assert_eq!(p.next_event(), Ok(None));
+    assert_eq!(p.buffered(), 0);
+}
+
+#[test]
+fn entity_split_across_chunks() {
+    let input = in_stream("<message><body>a&amp;b&#x41;&lt;</body></message>");
+    let cut = input.len() - "p;b&#x41;&lt;</body></message>".len();
+    let (events, err) = run(
+        ParserLimits::default(),
+        [&input[..cut], &input[cut..cut + 6], &input[cut + 6..]],
+    );
+    assert_eq!(err, None);
+    let body = stanzas(&events)[0]
+        .get_child("body", NS_CLIENT)
+        .map(|b| b.text());
+    assert_eq!(body.as_deref(), Some("a&bA<"));
+}
+
+#[test]
+fn multibyte_utf8_split_across_chunks() {
+    let input = in_stream("<message to='é@x'><body>🌹é</body></message>");
+    let rose = input
+        .windows(4)
+        .position(|w| w == "🌹".as_bytes())
+        .unwrap_or(0);
+    let e_attr = input.iter().position(|&b| b == 0xC3).unwrap_or(0);
+    let (events, err) = run(
+        ParserLimits::default(),
+        [
+            &input[..e_attr + 1],
+            &input[e_attr + 1..rose + 1],
+            &input[rose + 1..rose + 3],
+            &input[rose + 3..],
+        ],
+    );
+    assert_eq!(err, None);
+    let msg = stanzas(&events)[0];
+    assert_eq!(msg.attr("to"), Some("é@x"));
+    assert_eq!(
+        msg.get_child("body", NS_CLIENT)
+            .map(|b| b.text())
+            .as_deref(),
+        Some("🌹é")
+    );
+}
+
+#[test]
+fn namespace_resolution() {
+    let (events, err) = whole(&in_stream(
+        "<message><body>x</body><x xmlns='urn:x'><y/><z xmlns=''/></x>\
+         <p:q xmlns:p='urn:p'><p:r/><s/></p:q></message>\
+         <stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+    ));
+    assert_eq!(err, None);
+    let s = stanzas(&events);
+    let msg = s[0];
+    assert!(msg.is("message", NS_CLIENT));
+    assert!(msg.get_child("body", NS_CLIENT).is_some());
+    let x = msg.get_child("x", "urn:x").expect("x");
+    assert!(x.get_child("y", "urn:x").is_some());
+    assert!(x.get_child("z", "").is_some());
+    let q = msg.get_child("q", "urn:p").expect("q");
+    assert!(q.get_child("r", "urn:p").is_some());
+    // Unprefixed children of a prefixed element keep the default namespace.
+    assert!(q.get_child("s", NS_CLIENT).is_some());
+    assert_eq!(q.attr("xmlns:p"), None, "unneeded declarations are dropped");
+    assert!(s[1].is("error", NS_STREAMS));
+    assert!(s[1]
+        .get_child("conflict", "urn:ietf:params:xml:ns:xmpp-streams")
+        .is_some());
+}
+
+#[test]
+fn s2s_header_prefixes() {
+    let input =
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+        xmlns:db='jabber:server:dialback' from='a.example' to='b.example' id='s1' version='1.0'>\
+        <db:result from='a.example' to='b.example'>key</db:result>";
+    let (events, err) = whole(input);
+    assert_eq!(err, None);
+    let StreamEvent::Header(h) = &events[0] else {
+        panic!("no header");
+    };
+    assert_eq!(h.default_ns.as_deref(), Some(NS_SERVER));
+    assert_eq!(
+        h.prefixes,
+        vec![("db".to_string(), "jabber:server:dialback".to_string())]
+    );
+    assert_eq!(h.id.as_deref(), Some("s1"));
+    let r = stanzas(&events)[0];
+    assert!(r.is("result", "jabber:server:dialback"));
+    assert_eq!(r.text(), "key");
+    assert_eq!(
+        String::from_utf8_lossy(&r.to_bytes(NS_SERVER)),
+        "<result xmlns='jabber:server:dialback' from='a.example' to='b.example'>key</result>"
+    );
+}
+
+#[test]
+fn header_in_default_namespace_form() {
+    let (events, err) =
+        whole(b"<stream xmlns='http://etherx.jabber.org/streams'><features/></stream>");
+    assert_eq!(err, None);
+    assert!(
+        matches!(&events[0], StreamEvent::Header(h) if h.ns == NS_STREAMS && h.default_ns.as_deref() == Some(NS_STREAMS))
+    );
+    assert!(stanzas(&events)[0].is("features", NS_STREAMS));
+    assert_eq!(events.last(), Some(&StreamEvent::End));
+}
+
+#[test]
+fn empty_header_is_header_then_end() {
+    let (events, err) = whole(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>");
+    assert_eq!(err, None);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1], StreamEvent::End);
+}
+
+#[test]
+fn undeclared_prefix_is_not_well_formed() {
+    for body in ["<foo:x/>", "<message><x a:b='1'/></message>", "<xmlns:x/>"] {
+        assert!(
+            matches!(
+                error_of(&in_stream(body)),
+                Some(ParseError::NotWellFormed(_))
+            ),
+            "{body}"
+        );
+    }
+    assert!(matches!(
+        error_of(b"<stream:stream>"),
+        Some(ParseError::NotWellFormed(_))
+    ));
+}
+
+#[test]
+fn prefixed_attributes_keep_their_meaning() {
+    // `a:` is declared only on the stream header; the attribute must still mean the
+    // same thing once the stanza is written on its own.
+    let input =
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+        xmlns:a='urn:a'><message a:b='1'><x xmlns:c='urn:c'><y c:d='2' a:e='3'/></x></message>";
+    let (events, err) = whole(input);
+    assert_eq!(err, None);
+    let msg = stanzas(&events)[0].clone();
+    assert_eq!(msg.attr("xmlns:a"), Some("urn:a"));
+    let written = msg.to_bytes(NS_CLIENT);
+    // Re-parse under a header that binds `a` to something else: meaning must not change.
+    let mut again =
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+        xmlns:a='urn:other'>"
+            .to_vec();
+    again.extend_from_slice(&written);
+    let (events2, err2) = whole(&again);
+    assert_eq!(err2, None, "{}", String::from_utf8_lossy(&written));
+    assert_eq!(stanzas(&events2)[0], &msg);
+    let y = msg
+        .get_child("x", NS_CLIENT)
+        .and_then(|x| x.get_child("y", NS_CLIENT))
+        .expect("y");
+    assert_eq!(y.attr("xmlns:c"), Some("urn:c"));
+    assert_eq!(y.attr("xmlns:a"), Some("urn:a"));
+}
+
+#[test]
+fn round_trip() {
+    let (events, err) = whole(&rich_input());
+    assert_eq!(err, None);
+    let originals: Vec<Element> = stanzas(&events).into_iter().cloned().collect();
+    let mut written = Vec::new();
+    write_stream_header(&mut written, NS_CLIENT, &[], &[("to", "example.com")]);
+    for s in &originals {
+        s.write_to(&mut written, NS_CLIENT);
+    }
+    write_stream_end(&mut written);
+    let (events2, err2) = whole(&written);
+    assert_eq!(err2, None, "{}", String::from_utf8_lossy(&written));
+    let reparsed: Vec<Element> = stanzas(&events2).into_iter().cloned().collect();
+    assert_eq!(reparsed, originals);
+    // Awkward characters survive too.
+    let tricky = Element::new("message", NS_CLIENT)
+        .with_attr("a", "x\ty\nz\r'\"<>&")
+        .with_text("l1\r\nl2\rl3 ]]> <&>");
+    let mut doc = Vec::new();
+    write_stream_header(&mut doc, NS_CLIENT, &[], &[]);
+    tricky.write_to(&mut doc, NS_CLIENT);
+    let (events3, err3) = whole(&doc);
+    assert_eq!(err3, None);
+    assert_eq!(stanzas(&events3)[0], &tricky);
+}
+
+#[test]
+fn whitespace_normalization() {
+    let (events, err) = whole(&in_stream(
+        "<message a='x\ty\r\nz'><body>1\r\n2\r3</body></message>",
+    ));
+    assert_eq!(err, None);
+    let msg = stanzas(&events)[0];
+    assert_eq!(msg.attr("a"), Some("x y z"));
+    assert_eq!(
+        msg.get_child("body", NS_CLIENT)
+            .map(|b| b.text())
+            .as_deref(),
+        Some("1\n2\n3")
+    );
+}
+
+#[test]
+fn huge_stanza_refused_while_arriving() {
+    let limits = ParserLimits::default();
+    let mut p = StreamParser::new(limits);
+    p.feed(C2S_HEADER.as_bytes());
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    p.feed(b"<message><body>");
+    let chunk = vec![b'a'; 4096];
+    let mut fed = 0usize;
+    let err = loop {
+        assert!(fed < 10_000_000, "10 MB stanza was never refused");
+        p.feed(&chunk);
+        fed += chunk.len();
+        assert!(p.buffered() <= limits.max_stanza_bytes + chunk.len());
+        match p.next_event() {
+            Ok(None) => {}
+            Ok(Some(ev)) => panic!("unexpected {ev:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, ParseError::PolicyViolation(_)));
+    assert!(fed <= limits.max_stanza_bytes + chunk.len());
+    // Dead: keeps saying so, and holds no memory.
+    p.feed(b"<presence/>");
+    assert_eq!(p.next_event(), Err(err));
+    assert_eq!(p.buffered(), 0);
+}
+
+#[test]
+fn size_limit_counts_the_whole_stanza() {
+    let limits = ParserLimits {
+        max_stanza_bytes: 200,
+        max_depth: 48,
+    };
+    let header =
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+    let doc = |body: &str| format!("{header}{body}").into_bytes();
+    // Many small tokens that add up: no single token is large.
+    let ok = doc(&format!("<message>{}</message>", "<a/>".repeat(40)));
+    assert_eq!(run(limits, [ok.as_slice()]).1, None);
+    let bad = doc(&format!("<message>{}</message>", "<a/>".repeat(50)));
+    assert!(matches!(
+        run(limits, bad.chunks(3)).1,
+        Some(ParseError::PolicyViolation(_))
+    ));
+    // Exactly at the limit is fine; one more byte is not.
+    let exact = doc(&format!("<m>{}</m>", "x".repeat(200 - 7)));
+    assert_eq!(run(limits, [exact.as_slice()]).1, None);
+    let over = doc(&format!("<m>{}</m>", "x".repeat(200 - 6)));
+    assert!(matches!(
+        run(limits, [over.as_slice()]).1,
+        Some(ParseError::PolicyViolation(_))
+    ));
+    // The header tag is bounded too.
+    let header = format!(
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='{}'>",
+        "x".repeat(200)
+    );
+    assert!(matches!(
+        run(limits, header.as_bytes().chunks(10)).1,
+        Some(ParseError::PolicyViolation(_))
+    ));
+}
+
+#[test]
+fn keepalive_whitespace_is_not_buffered() {
+    let mut p = StreamParser::new(ParserLimits {
+        max_stanza_bytes: 1000,
+        max_depth: 4,
+    });
+    p.feed(C2S_HEADER.as_bytes());
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    for _ in 0..10_000 {
+        p.feed(b" \n");
+        assert_eq!(p.next_event(), Ok(None));
+    }
+    assert_eq!(p.buffered(), 0);
+}
+
+#[test]
+fn depth_limit() {
+    let limits = ParserLimits::default();
+    let nest = |n: usize| in_stream(&format!("{}{}", "<a>".repeat(n), "</a>".repeat(n)));
+    assert_eq!(run(limits, [nest(48).as_slice()]).1, None);
+    assert!(matches!(
+        run(limits, [nest(49).as_slice()]).1,
+        Some(ParseError::PolicyViolation(_))
+    ));
+    let deep = nest(5000);
+    assert!(matches!(
+        run(limits, deep.chunks(100)).1,
+        Some(ParseError::PolicyViolation(_))
+    ));
+}
+
+#[test]
+fn restricted_xml() {
+    let laughs = b"<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>\
+        <!ENTITY lol2 '&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'>]>\
+        <stream:stream xmlns:stream='http://etherx.jabber.org/streams'>&lol2;";
+    assert!(matches!(
+        error_of(laughs),
+        Some(ParseError::RestrictedXml(_))
+    ));
+    for body in [
+        "<!-- hi -->",
+        "<message><!-- hi --></message>",
+        "<?php evil ?>",
+        "<message><?xml version='1.0'?></message>",
+        "<message><body>&foo;</body></message>",
+        "<message to='&foo;'/>",
+        "<message><!ENTITY x 'y'></message>",
+    ] {
+        assert!(
+            matches!(
+                error_of(&in_stream(body)),
+                Some(ParseError::RestrictedXml(_))
+            ),
+            "{body}"
+        );
+    }
+    // A second XML declaration is a processing instruction like any other.
+    assert!(matches!(
+        error_of(b"<?xml version='1.0'?><?xml version='1.0'?>"),
+        Some(ParseError::RestrictedXml(_))
+    ));
+}
+
+#[test]
+fn not_well_formed_input() {
+    let cases: &[&[u8]] = &[
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"GET / HTTP/1.1\r\n",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><message></iq>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'></stream:streamx>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>text",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m a='1><n/></m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m a='1' a='2'/>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m a=1/>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><1m/>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>< m/>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>\xff\xfe</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>\xc3</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m a='\xe9'/>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>\x00</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>\x01</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>&#0;</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>&#x1;</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>\xef\xbf\xbe</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><m>a & b</m>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><![CDATA[x]]>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>\
+          <stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'></stream:stream><m/>",
+        b"<?xml version='1.0' encoding='ISO-8859-1'?>",
+        b"</stream:stream>",
+        b"<m xmlns:p=''/>",
+    ];
+    for &case in cases {
+        assert!(
+            matches!(error_of(case), Some(ParseError::NotWellFormed(_))),
+            "{:?} gave {:?}",
+            String::from_utf8_lossy(case),
+            error_of(case)
+        );
+    }
+}
+
+#[test]
+fn error_is_sticky() {
+    let mut p = StreamParser::new(ParserLimits::default());
+    p.feed(b"\x16\x03\x01");
+    let e = p.next_event();
+    assert!(matches!(e, Err(ParseError::NotWellFormed(_))));
+    p.feed(C2S_HEADER.as_bytes());
+    assert_eq!(p.next_event(), e);
+}
+
+#[test]
+fn reset_expects_a_new_header() {
+    let mut p = StreamParser::new(ParserLimits::default());
+    p.feed(C2S_HEADER.as_bytes());
+    p.feed(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><junk-that-was-pipelined");
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Stanza(s))) if s.name() == "starttls"));
+    assert_eq!(p.next_event(), Ok(None));
+    p.reset();
+    assert_eq!(p.buffered(), 0);
+    p.feed(C2S_HEADER.as_bytes());
+    p.feed(b"<presence/>");
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Stanza(s))) if s.name() == "presence"));
+    // After an error, reset brings the parser back too.
+    p.feed(b"<!-- x -->");
+    assert!(p.next_event().is_err());
+    p.reset();
+    p.feed(C2S_HEADER.as_bytes());
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+}
+
+#[test]
+fn shrink_releases_memory() {
+    let mut p = StreamParser::new(ParserLimits::default());
+    p.feed(C2S_HEADER.as_bytes());
+    p.feed(&in_stream("<message><body>hello</body></message>")[C2S_HEADER.len()..]);
+    assert!(p.buffer_capacity() > 0);
+    while let Ok(Some(_)) = p.next_event() {}
+    assert_eq!(p.buffered(), 0);
+    p.shrink();
+    assert_eq!(p.buffer_capacity(), 0);
+    // Still parses afterwards, including a partial token kept across shrink.
+    p.feed(b"<presence type='unav");
+    assert_eq!(p.next_event(), Ok(None));
+    p.shrink();
+    assert_eq!(p.buffered(), "<presence type='unav".len());
+    assert!(p.buffer_capacity() >= p.buffered());
+    p.feed(b"ailable'/>");
+    assert!(
+        matches!(p.next_event(), Ok(Some(StreamEvent::Stanza(s))) if s.attr("type") == Some("unavailable"))
+    );
+}
+
+#[test]
+fn large_stanza_byte_by_byte_is_linear() {
+    let text = "x".repeat(140 * 1024);
+    let attrs: String = (0..2000).map(|i| format!(" a{i}='{i}'")).collect();
+    let input = in_stream(&format!(
+        "<message{attrs}><body>{text}</body>{}</message>",
+        "<e k='v'>t</e>".repeat(3000)
+    ));
+    assert!(input.len() > 200 * 1024);
+    let start = std::time::Instant::now();
+    let (events, err) = bytewise(&input);
+    let elapsed = start.elapsed();
+    assert_eq!(err, None);
+    assert_eq!(stanzas(&events).len(), 1);
+    assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
+}
+
+#[test]
+fn xml_declaration_only_before_header() {
+    let (events, err) = whole(
+        b"<?xml version='1.0' encoding='utf-8'?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    assert_eq!(err, None);
+    assert_eq!(events.len(), 1);
+    assert!(matches!(
+        error_of(&in_stream("<?xml version='1.0'?>")),
+        Some(ParseError::RestrictedXml(_))
+    ));
+}
+
+/// `cargo test --release parse_speed -- --ignored --nocapture` prints per-stanza cost.
+#[test]
+#[ignore]
+fn parse_speed() {
+    let stanza = "<message to='juliet@capulet.lit/balcony' from='romeo@montague.lit/orchard' \
+        type='chat' id='a1b2c3d4' xml:lang='en'><body>Art thou not Romeo, and a Montague? \
+        Neither, fair saint, if either thee dislike.</body><active \
+        xmlns='http://jabber.org/protocol/chatstates'/><request xmlns='urn:xmpp:receipts'/></message>";
+    let n = 200_000;
+    let mut input = C2S_HEADER.as_bytes().to_vec();
+    let mut p = StreamParser::new(ParserLimits::default());
+    p.feed(&input);
+    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+    input.clear();
+    for _ in 0..64 {
+        input.extend_from_slice(stanza.as_bytes());
+    }
+    for write in [false, true] {
+        let start = std::time::Instant::now();
+        let mut count = 0;
+        let mut out = Vec::new();
+        while count < n {
+            p.feed(&input);
+            while let Ok(Some(StreamEvent::Stanza(s))) = p.next_event() {
+                if write {
+                    out.clear();
+                    s.write_to(&mut out, NS_CLIENT);
+                }
+                count += 1;
+            }
+        }
+        let per = start.elapsed() / count as u32;
+        println!(
+            "{} bytes/stanza: {per:?} per stanza (write: {write})",
+            stanza.len()
+        );
+    }
+}
+
+#[test]
+fn mutated_input_never_panics_and_is_chunking_invariant() {
+    let input = rich_input();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..300 {
+        let mut m = input.clone();
+        for _ in 0..(next() % 4 + 1) {
+            let at = next() as usize % m.len();
+            m[at] = match next() % 4 {
+                0 => b'<',
+                1 => b'\'',
+                2 => b'&',
+                _ => next() as u8,
+            };
+        }
+        let reference = whole(&m);
+        assert_eq!(bytewise(&m), reference, "{}", String::from_utf8_lossy(&m));
+        let chunked = run(ParserLimits::default(), random_chunks(&m, next(), 13));
+        assert_eq!(chunked, reference);
+    }
+}

@@ -1,0 +1,317 @@
+//! Serialization: escaping, [`Element::write_to`], and stream open/close tags.
+//!
+//! Output is canonical for the parser in `parser.rs`: elements are written unprefixed
+//! with an `xmlns` only where the namespace changes, stream-namespace elements use the
+//! `stream:` prefix the stream header declares, attribute values use single quotes.
+//! Writing never recurses, so a hand-built tree of any depth is safe to write.
+
+use super::element::{Element, Node};
+use super::parser::StreamHeader;
+use super::NS_STREAMS;
+
+/// Append `s` escaped for character data: `&`, `<`, `>` (so `]]>` cannot appear) and
+/// `\r` (as `&#xD;`, which a parser's line-end normalization would otherwise turn into `\n`).
+pub fn escape_text(s: &str, out: &mut Vec<u8>) {
+    escape_with(s, out, |b| match b {
+        b'&' => Some(b"&amp;"),
+        b'<' => Some(b"&lt;"),
+        b'>' => Some(b"&gt;"),
+        b'\r' => Some(b"&#xD;"),
+        _ => None,
+    });
+}
+
+/// Append `s` escaped for an attribute value in either quote style. Tab, newline and
+/// carriage return become character references because attribute-value normalization
+/// would otherwise turn them into spaces.
+pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
+    escape_with(s, out, |b| match b {
+        b'&' => Some(b"&amp;"),
+        b'<' => Some(b"&lt;"),
+        b'>' => Some(b"&gt;"),
+        b'\'' => Some(b"&apos;"),
+        b'"' => Some(b"&quot;"),
+        b'\t' => Some(b"&#x9;"),
+        b'\n' => Some(b"&#xA;"),
+        b'\r' => Some(b"&#xD;"),
+        _ => None,
+    });
+}
+
+/// Copy unescaped runs in one go; most text needs no escaping at all.
+#[inline]
+fn escape_with(s: &str, out: &mut Vec<u8>, map: impl Fn(u8) -> Option<&'static [u8]>) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if let Some(rep) = map(b) {
+            out.extend_from_slice(&bytes[start..i]);
+            out.extend_from_slice(rep);
+            start = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Write `<?xml version='1.0'?><stream:stream xmlns='{default_ns}'
+/// xmlns:stream='http://etherx.jabber.org/streams' xmlns:p='…'… k='v'…>`.
+///
+/// `default_ns` is omitted when empty; `extra_prefixes` are (prefix, uri) pairs such as
+/// `("db", "jabber:server:dialback")`; `attrs` are (qualified name, value) pairs such as
+/// `("to", "example.com")`, `("xml:lang", "en")`, written in the given order.
+pub fn write_stream_header(
+    out: &mut Vec<u8>,
+    default_ns: &str,
+    extra_prefixes: &[(&str, &str)],
+    attrs: &[(&str, &str)],
+) {
+    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream");
+    if !default_ns.is_empty() {
+        write_attr(out, "xmlns", default_ns);
+    }
+    write_attr(out, "xmlns:stream", NS_STREAMS);
+    for (prefix, uri) in extra_prefixes {
+        out.extend_from_slice(b" xmlns:");
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(b"='");
+        escape_attr(uri, out);
+        out.push(b'\'');
+    }
+    for (k, v) in attrs {
+        write_attr(out, k, v);
+    }
+    out.push(b'>');
+}
+
+/// Write the stream close tag `</stream:stream>`.
+pub fn write_stream_end(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"</stream:stream>");
+}
+
+impl StreamHeader {
+    /// Write this header as an opening stream tag with [`write_stream_header`]: `default_ns`,
+    /// `prefixes`, then `to`, `from`, `id`, `version`, `xml:lang` where present. `name` and
+    /// `ns` are not used: the written element is always `stream:stream` in [`NS_STREAMS`].
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let prefixes: Vec<(&str, &str)> = self
+            .prefixes
+            .iter()
+            .filter(|(p, _)| p != "stream")
+            .map(|(p, u)| (p.as_str(), u.as_str()))
+            .collect();
+        let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(5);
+        for (k, v) in [
+            ("to", &self.to),
+            ("from", &self.from),
+            ("id", &self.id),
+            ("version", &self.version),
+            ("xml:lang", &self.lang),
+        ] {
+            if let Some(v) = v {
+                attrs.push((k, v));
+            }
+        }
+        write_stream_header(
+            out,
+            self.default_ns.as_deref().unwrap_or(""),
+            &prefixes,
+            &attrs,
+        );
+    }
+}
+
+fn write_attr(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(b' ');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"='");
+    escape_attr(value, out);
+    out.push(b'\'');
+}
+
+/// Write the start tag of `e` where `scope_ns` is the default namespace in effect.
+/// Returns the default namespace its children see.
+fn write_start<'a>(e: &'a Element, scope_ns: &'a str, out: &mut Vec<u8>) -> &'a str {
+    out.push(b'<');
+    // Stream-namespace elements use the prefix bound by the stream header, and do not
+    // change the default namespace for their children.
+    let child_ns = if e.ns == NS_STREAMS {
+        out.extend_from_slice(b"stream:");
+        out.extend_from_slice(e.name.as_bytes());
+        scope_ns
+    } else {
+        out.extend_from_slice(e.name.as_bytes());
+        if e.ns != scope_ns {
+            write_attr(out, "xmlns", &e.ns);
+        }
+        &e.ns
+    };
+    for (k, v) in &e.attrs {
+        // `xmlns` is the element's namespace, written above; a stray one set by hand
+        // would make a duplicate attribute.
+        if k != "xmlns" {
+            write_attr(out, k, v);
+        }
+    }
+    if e.children.is_empty() {
+        out.extend_from_slice(b"/>");
+    } else {
+        out.push(b'>');
+    }
+    child_ns
+}
+
+fn write_end(e: &Element, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"</");
+    if e.ns == NS_STREAMS {
+        out.extend_from_slice(b"stream:");
+    }
+    out.extend_from_slice(e.name.as_bytes());
+    out.push(b'>');
+}
+
+impl Element {
+    /// Serialize. `parent_ns` is the namespace in scope where this element is written
+    /// (e.g. "jabber:client" for stanzas on a c2s stream); an `xmlns='…'` declaration is
+    /// written only when `self.ns` differs from it, and children likewise inherit.
+    /// Elements in [`NS_STREAMS`] are written with the `stream:` prefix and no `xmlns`
+    /// (the stream header declares it). An attribute named exactly `xmlns` is skipped.
+    pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        let child_ns = write_start(self, parent_ns, out);
+        if self.children.is_empty() {
+            return;
+        }
+        // An explicit stack instead of recursion: depth is bounded for parsed trees,
+        // but not for trees built in code.
+        let mut stack: Vec<(&Element, usize, &str)> = Vec::with_capacity(8);
+        stack.push((self, 0, child_ns));
+        while let Some(top) = stack.last_mut() {
+            let (el, next, scope) = (top.0, top.1, top.2);
+            match el.children.get(next) {
+                Some(Node::Text(t)) => {
+                    top.1 += 1;
+                    escape_text(t, out);
+                }
+                Some(Node::Element(child)) => {
+                    top.1 += 1;
+                    let inner = write_start(child, scope, out);
+                    if !child.children.is_empty() {
+                        stack.push((child, 0, inner));
+                    }
+                }
+                None => {
+                    write_end(el, out);
+                    stack.pop();
+                }
+            }
+        }
+    }
+
+    /// Serialize into a new buffer; see [`write_to`](Self::write_to).
+    pub fn to_bytes(&self, parent_ns: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.write_to(&mut out, parent_ns);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::{NS_CLIENT, NS_SERVER};
+
+    fn s(b: Vec<u8>) -> String {
+        String::from_utf8(b).unwrap_or_default()
+    }
+
+    #[test]
+    fn escapes() {
+        let mut out = Vec::new();
+        escape_text("a<b>&c]]>\r\n\t'\"", &mut out);
+        assert_eq!(s(out), "a&lt;b&gt;&amp;c]]&gt;&#xD;\n\t'\"");
+        let mut out = Vec::new();
+        escape_attr("a<b>&c'\"\t\n\r", &mut out);
+        assert_eq!(s(out), "a&lt;b&gt;&amp;c&apos;&quot;&#x9;&#xA;&#xD;");
+    }
+
+    #[test]
+    fn namespaces_written_only_on_change() {
+        let msg = Element::new("message", NS_CLIENT)
+            .with_attr("to", "juliet@capulet.lit")
+            .with_child(Element::new("body", NS_CLIENT).with_text("a & b"))
+            .with_child(
+                Element::new("x", "urn:x")
+                    .with_child(Element::new("y", "urn:x"))
+                    .with_child(Element::new("z", "")),
+            );
+        assert_eq!(
+            s(msg.to_bytes(NS_CLIENT)),
+            "<message to='juliet@capulet.lit'><body>a &amp; b</body>\
+             <x xmlns='urn:x'><y/><z xmlns=''/></x></message>"
+        );
+        assert_eq!(
+            s(Element::new("message", NS_CLIENT).to_bytes(NS_SERVER)),
+            "<message xmlns='jabber:client'/>"
+        );
+    }
+
+    #[test]
+    fn stream_namespace_uses_prefix() {
+        let features = Element::new("features", NS_STREAMS)
+            .with_child(Element::new("bind", "urn:ietf:params:xml:ns:xmpp-bind"))
+            .with_child(Element::new("ver", NS_CLIENT));
+        assert_eq!(
+            s(features.to_bytes(NS_CLIENT)),
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><ver/></stream:features>"
+        );
+    }
+
+    #[test]
+    fn stream_header() {
+        let mut out = Vec::new();
+        write_stream_header(
+            &mut out,
+            NS_SERVER,
+            &[("db", "jabber:server:dialback")],
+            &[("from", "a.example"), ("version", "1.0")],
+        );
+        assert_eq!(
+            s(out),
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+             from='a.example' version='1.0'>"
+        );
+        let h = StreamHeader {
+            default_ns: Some(NS_CLIENT.into()),
+            id: Some("abc".into()),
+            lang: Some("en".into()),
+            ..StreamHeader::default()
+        };
+        let mut out = Vec::new();
+        h.write_to(&mut out);
+        write_stream_end(&mut out);
+        assert_eq!(
+            s(out),
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' id='abc' xml:lang='en'></stream:stream>"
+        );
+    }
+
+    #[test]
+    fn deep_hand_built_tree_writes_without_recursion() {
+        let mut e = Element::new("d", "urn:d");
+        for _ in 0..100_000 {
+            e = Element::new("d", "urn:d").with_child(e);
+        }
+        let out = e.to_bytes("");
+        // outermost open + close, 99,999 `<d>…</d>` in between, innermost `<d/>`
+        assert_eq!(out.len(), "<d xmlns='urn:d'>".len() + 4 + 99_999 * 7 + 4);
+        // Dropping is recursive; take the tree apart iteratively for this test.
+        let mut cur = Some(e);
+        while let Some(mut el) = cur {
+            cur = match el.nodes_mut().pop() {
+                Some(Node::Element(c)) => Some(c),
+                _ => None,
+            };
+        }
+    }
+}

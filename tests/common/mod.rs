@@ -1,0 +1,429 @@
+//! Test harness: the real server on 127.0.0.1:0 with a SQLite file in a
+//! temp dir, and a small scripted XMPP client over real TCP/TLS sockets.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use waxwing::config::Config;
+use waxwing::sasl::{ChannelBindingType, ScramClient, ScramHash};
+use waxwing::server::{RunningServer, Server};
+use waxwing::storage::Store;
+use waxwing::xml::{Element, ParserLimits, StreamEvent, StreamParser, NS_CLIENT};
+
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const DOMAIN: &str = "localhost";
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub running: Option<RunningServer>,
+    pub dir: tempfile::TempDir,
+    pub plain_addr: SocketAddr,
+    pub tls_addr: SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the defaults, ports chosen by the OS, and `tweak` applied.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.database.url = format!("sqlite://{}/waxwing.db", dir.path().display());
+        config.tls.dev_cert_dir = dir.path().join("certs");
+        config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        config.c2s.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+        config.log_level = "warn".into();
+        tweak(&mut config);
+        let server = Server::new(config).await.unwrap();
+        let running = RunningServer::start(server).await.unwrap();
+        TestServer {
+            plain_addr: running.c2s_addrs[0],
+            tls_addr: running.c2s_tls_addrs[0],
+            running: Some(running),
+            dir,
+        }
+    }
+
+    pub fn server(&self) -> &Arc<Server> {
+        &self.running.as_ref().unwrap().server
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.server().store
+    }
+
+    pub async fn add_user(&self, user: &str, password: &str) {
+        let jid = jid::BareJid::new(&format!("{user}@{DOMAIN}")).unwrap();
+        let password = password.to_string();
+        let rec = tokio::task::spawn_blocking(move || {
+            waxwing::accounts::derive_record(&jid, &password, 4096).unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(self.store().create_account(&rec).await.unwrap());
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+enum Pipe {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the TLS handshake owns the socket.
+    Handshaking,
+}
+
+/// A scripted client: send raw XML, read parsed events.
+pub struct Client {
+    pipe: Pipe,
+    pub parser: StreamParser,
+    pub jid: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        Client {
+            pipe: Pipe::Plain(tcp),
+            parser: StreamParser::new(ParserLimits::default()),
+            jid: None,
+        }
+    }
+
+    /// Connects with direct TLS (XEP-0368).
+    pub async fn connect_tls(addr: SocketAddr) -> Client {
+        let mut c = Self::connect(addr).await;
+        c.tls_handshake().await.unwrap();
+        c
+    }
+
+    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.pipe {
+            Pipe::Plain(s) => s.write_all(data).await,
+            Pipe::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Pipe::Handshaking => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    pub async fn send_str(&mut self, data: &str) {
+        self.send(data.as_bytes()).await.unwrap()
+    }
+
+    pub async fn open_stream(&mut self) {
+        self.send_str(&format!(
+            "<?xml version='1.0'?><stream:stream to='{DOMAIN}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+        ))
+        .await;
+    }
+
+    /// Reads raw bytes into the parser; false on EOF.
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        let n = match &mut self.pipe {
+            Pipe::Plain(s) => s.read(&mut buf).await,
+            Pipe::Tls(s) => s.read(&mut buf).await,
+            Pipe::Handshaking => return false,
+        };
+        match n {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.parser.feed(&buf[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next event, or None when the connection closed.
+    pub async fn next_event(&mut self) -> Option<StreamEvent> {
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match self.parser.next_event() {
+                    Ok(Some(ev)) => return Some(ev),
+                    Ok(None) => {}
+                    Err(e) => panic!("server sent bad XML: {e:?}"),
+                }
+                if !self.fill().await {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for the server")
+    }
+
+    /// The next top-level element; panics on anything else.
+    pub async fn next_element(&mut self) -> Element {
+        loop {
+            match self.next_event().await {
+                Some(StreamEvent::Stanza(e)) => return e,
+                Some(StreamEvent::Header(_)) => continue,
+                other => panic!("expected an element, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until a stream error, returning its condition, then checks the
+    /// stream is closed.
+    pub async fn expect_stream_error(&mut self) -> String {
+        loop {
+            match self.next_event().await {
+                Some(StreamEvent::Stanza(e)) if e.is("error", waxwing::xml::NS_STREAMS) => {
+                    let cond = e
+                        .children()
+                        .find(|c| c.ns() == NS_STREAM_ERRORS && c.name() != "text")
+                        .map(|c| c.name().to_string())
+                        .unwrap_or_default();
+                    match self.next_event().await {
+                        Some(StreamEvent::End) | None => {}
+                        other => panic!("after stream error expected the end, got {other:?}"),
+                    }
+                    return cond;
+                }
+                Some(StreamEvent::Header(_)) | Some(StreamEvent::Stanza(_)) => continue,
+                other => panic!("expected a stream error, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts the server closes the TCP connection (with or without XML).
+    pub async fn expect_closed(&mut self) {
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                let _ = self.parser.next_event();
+                if !self.fill().await {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("server did not close the connection")
+    }
+
+    pub async fn tls_handshake(&mut self) -> std::io::Result<()> {
+        let Pipe::Plain(tcp) = std::mem::replace(&mut self.pipe, Pipe::Handshaking) else {
+            panic!("already TLS")
+        };
+        let connector = tokio_rustls::TlsConnector::from(insecure_client_config());
+        let name = rustls_pki_types::ServerName::try_from(DOMAIN).unwrap();
+        let tls = connector.connect(name, tcp).await?;
+        self.pipe = Pipe::Tls(Box::new(tls));
+        self.parser.reset();
+        Ok(())
+    }
+
+    /// STARTTLS on a fresh connection, up to the features of the TLS stream.
+    pub async fn starttls(&mut self) -> Element {
+        self.open_stream().await;
+        let features = self.next_element().await;
+        assert!(
+            features.get_child("starttls", NS_TLS).is_some(),
+            "{features:?}"
+        );
+        self.send_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let proceed = self.next_element().await;
+        assert!(proceed.is("proceed", NS_TLS), "{proceed:?}");
+        self.tls_handshake().await.unwrap();
+        self.open_stream().await;
+        self.next_element().await
+    }
+
+    pub fn tls_exporter(&self) -> Option<Vec<u8>> {
+        match &self.pipe {
+            Pipe::Tls(s) => {
+                let mut out = vec![0u8; 32];
+                s.get_ref()
+                    .1
+                    .export_keying_material(&mut out, b"EXPORTER-Channel-Binding", None)
+                    .ok()?;
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs SCRAM; returns the server's answer element (success or failure).
+    pub async fn scram(&mut self, hash: ScramHash, user: &str, pass: &str, plus: bool) -> Element {
+        let cb = if plus {
+            Some((
+                ChannelBindingType::TlsExporter,
+                self.tls_exporter().unwrap(),
+            ))
+        } else {
+            None
+        };
+        let mech = if plus { hash.plus_name() } else { hash.name() };
+        let mut client = ScramClient::new(hash, user, pass, cb);
+        let first = b64(&client.client_first());
+        self.send_str(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='{mech}'>{first}</auth>"
+        ))
+        .await;
+        let challenge = self.next_element().await;
+        if !challenge.is("challenge", NS_SASL) {
+            return challenge;
+        }
+        let server_first = unb64(&challenge.text());
+        let Ok(final_msg) = client.handle_server_first(&server_first) else {
+            panic!("bad server-first")
+        };
+        self.send_str(&format!(
+            "<response xmlns='{NS_SASL}'>{}</response>",
+            b64(&final_msg)
+        ))
+        .await;
+        let outcome = self.next_element().await;
+        if outcome.is("success", NS_SASL) {
+            client
+                .verify_server_final(&unb64(&outcome.text()))
+                .expect("server signature verifies");
+            // RFC 6120 §6.4.6: both sides restart the stream after success.
+            self.parser.reset();
+        }
+        outcome
+    }
+
+    /// Binds `resource` (or lets the server pick); returns the bound JID.
+    pub async fn bind(&mut self, resource: Option<&str>) -> String {
+        let res = resource
+            .map(|r| format!("<resource>{r}</resource>"))
+            .unwrap_or_default();
+        self.send_str(&format!(
+            "<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{res}</bind></iq>"
+        ))
+        .await;
+        let reply = self.next_element().await;
+        assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+        let jid = reply
+            .get_child("bind", NS_BIND)
+            .and_then(|b| b.get_child("jid", NS_BIND))
+            .map(|j| j.text())
+            .expect("bound jid");
+        self.jid = Some(jid.clone());
+        jid
+    }
+
+    /// STARTTLS, SCRAM-SHA-256, restart, bind, initial presence.
+    pub async fn login(addr: SocketAddr, user: &str, pass: &str, resource: Option<&str>) -> Client {
+        let mut c = Client::connect(addr).await;
+        c.starttls().await;
+        let outcome = c.scram(ScramHash::Sha256, user, pass, false).await;
+        assert!(outcome.is("success", NS_SASL), "{outcome:?}");
+        c.open_stream().await;
+        let features = c.next_element().await;
+        assert!(features.get_child("bind", NS_BIND).is_some());
+        c.bind(resource).await;
+        c.send_str("<presence/>").await;
+        c
+    }
+
+    /// Sends an IQ get/set and returns the reply with the same id.
+    pub async fn iq(&mut self, xml: &str, id: &str) -> Element {
+        self.send_str(xml).await;
+        loop {
+            let e = self.next_element().await;
+            if e.is("iq", NS_CLIENT) && e.attr("id") == Some(id) {
+                return e;
+            }
+        }
+    }
+
+    /// Next stanza of the given name.
+    pub async fn next_named(&mut self, name: &str) -> Element {
+        loop {
+            let e = self.next_element().await;
+            if e.name() == name {
+                return e;
+            }
+        }
+    }
+}
+
+/// The error condition of an error stanza.
+pub fn stanza_error(e: &Element) -> Option<String> {
+    e.get_child("error", NS_CLIENT)?
+        .children()
+        .find(|c| c.ns() == NS_STANZAS)
+        .map(|c| c.name().to_string())
+}
+
+pub fn b64(d: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(d)
+}
+
+pub fn unb64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .unwrap()
+}
+
+/// Tests trust the self-signed dev certificate by not verifying at all;
+/// what is under test is the server, not the certificate chain.
+pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct AcceptAll;
+    impl rustls::client::danger::ServerCertVerifier for AcceptAll {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAll))
+            .with_no_client_auth(),
+    )
+}

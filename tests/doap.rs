@@ -1,0 +1,21 @@
+//! xep/waxwing.doap must list exactly the XEPs the code implements.
+
+use std::collections::BTreeSet;
+
+#[test]
+fn doap_lists_what_the_code_implements() {
+    let doap =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/xep/waxwing.doap")).unwrap();
+    let listed: BTreeSet<u16> = doap
+        .split("https://xmpp.org/extensions/xep-")
+        .skip(1)
+        .filter_map(|s| s.get(..4)?.parse().ok())
+        .collect();
+    let mut implemented: BTreeSet<u16> = waxwing::modules::MODULES
+        .iter()
+        .map(|m| m.xep)
+        .filter(|&x| x != 0)
+        .collect();
+    implemented.extend(waxwing::stream::c2s::XEPS);
+    assert_eq!(listed, implemented);
+}

@@ -1,0 +1,130 @@
+//! Account storage on both backends: a real SQLite file and the real
+//! PostgreSQL server (WAXWING_TEST_POSTGRES, default the local one).
+
+mod common;
+
+use common::*;
+use jid::BareJid;
+use waxwing::accounts::{derive_record, verify_argon2};
+use waxwing::sasl::ScramHash;
+use waxwing::storage::Store;
+
+fn postgres_url() -> String {
+    std::env::var("WAXWING_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A domain no other test run uses, so runs against one database never collide.
+fn unique_domain() -> String {
+    use rand::Rng;
+    format!("t{}.example", rand::thread_rng().gen::<u64>())
+}
+
+async fn account_lifecycle(store: &Store) {
+    let domain = unique_domain();
+    let jid = BareJid::new(&format!("alice@{domain}")).unwrap();
+    let rec = derive_record(&jid, "first password", 4096).unwrap();
+    assert!(store.create_account(&rec).await.unwrap());
+    assert!(
+        !store.create_account(&rec).await.unwrap(),
+        "duplicate refused"
+    );
+
+    // What is stored is never the password.
+    let phc = store.argon2_hash(&domain, "alice").await.unwrap().unwrap();
+    assert!(phc.starts_with("$argon2id$"));
+    assert!(!phc.contains("first password"));
+    assert!(verify_argon2(&phc, "first password"));
+    assert!(!verify_argon2(&phc, "wrong"));
+    for hash in [ScramHash::Sha1, ScramHash::Sha256, ScramHash::Sha512] {
+        let c = waxwing::accounts::scram_credentials(store, &domain, "alice", hash)
+            .await
+            .unwrap()
+            .expect("keys for every SCRAM hash");
+        assert_eq!(c.iterations, 4096);
+        assert_eq!(c.stored_key.len(), hash.output_len());
+        assert!(c.verify_password("first password"));
+    }
+
+    let rec2 = derive_record(&jid, "second password", 4096).unwrap();
+    assert!(store.set_credentials(&rec2).await.unwrap());
+    let c = waxwing::accounts::scram_credentials(store, &domain, "alice", ScramHash::Sha256)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.verify_password("second password"));
+    assert!(!c.verify_password("first password"));
+
+    let bob = BareJid::new(&format!("bob@{domain}")).unwrap();
+    assert!(store
+        .create_account(&derive_record(&bob, "pw", 4096).unwrap())
+        .await
+        .unwrap());
+    assert_eq!(
+        store.list_accounts(Some(&domain)).await.unwrap(),
+        vec![format!("alice@{domain}"), format!("bob@{domain}")]
+    );
+
+    assert!(store.delete_account(&domain, "alice").await.unwrap());
+    assert!(!store.delete_account(&domain, "alice").await.unwrap());
+    assert!(store.argon2_hash(&domain, "alice").await.unwrap().is_none());
+    assert!(store
+        .scram_credentials(&domain, "alice", "SHA-256")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        !store.set_credentials(&rec2).await.unwrap(),
+        "no such account"
+    );
+    assert!(store.delete_account(&domain, "bob").await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/dir/w.db", dir.path().display());
+    let store = Store::open(&url, 2).await.unwrap();
+    account_lifecycle(&store).await;
+    store.close().await;
+    // Reopening applies no migration twice and keeps data.
+    let store = Store::open(&url, 2).await.unwrap();
+    let domain = unique_domain();
+    let jid = BareJid::new(&format!("keep@{domain}")).unwrap();
+    assert!(store
+        .create_account(&derive_record(&jid, "pw", 4096).unwrap())
+        .await
+        .unwrap());
+    store.close().await;
+    let store = Store::open(&url, 2).await.unwrap();
+    assert_eq!(store.list_accounts(Some(&domain)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn postgres_accounts() {
+    let store = Store::open(&postgres_url(), 2)
+        .await
+        .expect("PostgreSQL must be reachable (see scripts/test.sh)");
+    account_lifecycle(&store).await;
+}
+
+#[tokio::test]
+async fn login_and_chat_with_postgres_storage() {
+    let server = TestServer::start_with(|c| c.database.url = postgres_url()).await;
+    // The accounts live in the shared test database: unique names per run.
+    let tag = unique_domain().replace('.', "");
+    let (a, b) = (format!("a{tag}"), format!("b{tag}"));
+    server.add_user(&a, "pw").await;
+    server.add_user(&b, "pw").await;
+    let mut ca = Client::login(server.plain_addr, &a, "pw", Some("r")).await;
+    let mut cb = Client::login(server.plain_addr, &b, "pw", Some("r")).await;
+    ca.send_str(&format!(
+        "<message to='{b}@localhost/r' type='chat'><body>via pg</body></message>"
+    ))
+    .await;
+    let m = cb.next_named("message").await;
+    assert_eq!(m.attr("from"), Some(format!("{a}@localhost/r").as_str()));
+    for u in [&a, &b] {
+        server.store().delete_account("localhost", u).await.unwrap();
+    }
+}
