@@ -418,3 +418,91 @@ async fn client_closing_its_stream_gets_ours_closed() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(server.server().sessions.count(), 0);
 }
+
+#[tokio::test]
+async fn tls_server_end_point_binding_logs_in() {
+    let server = TestServer::start().await;
+    server.add_user("quinn", "pw").await;
+    let mut c = Client::connect(server.plain_addr).await;
+    c.starttls().await;
+    let hash = c.server_end_point_hash().expect("peer certificate");
+    let outcome = c
+        .scram_with_binding(
+            ScramHash::Sha256,
+            "quinn",
+            "pw",
+            waxwing::sasl::ChannelBindingType::TlsServerEndPoint,
+            hash,
+        )
+        .await;
+    assert!(outcome.is("success", NS_SASL), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn failures_are_throttled_per_account_across_connections() {
+    let server = TestServer::start_with(|c| {
+        c.limits.auth_failures_per_ip = 1000;
+        c.limits.auth_failures_per_account = 2;
+    })
+    .await;
+    server.add_user("rita", "right").await;
+    for _ in 0..2 {
+        let mut c = Client::connect(server.plain_addr).await;
+        c.starttls().await;
+        let f = c.scram(ScramHash::Sha256, "rita", "wrong", false).await;
+        assert!(f.get_child("not-authorized", NS_SASL).is_some(), "{f:?}");
+    }
+    let mut c = Client::connect(server.plain_addr).await;
+    c.starttls().await;
+    let f = c.scram(ScramHash::Sha1, "rita", "right", false).await;
+    assert!(
+        f.get_child("temporary-auth-failure", NS_SASL).is_some(),
+        "{f:?}"
+    );
+    // Other accounts are unaffected.
+    server.add_user("sam", "pw").await;
+    let f = c.scram(ScramHash::Sha256, "sam", "pw", false).await;
+    assert!(f.is("success", NS_SASL), "{f:?}");
+}
+
+#[tokio::test]
+async fn sni_picks_the_domain_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for d in ["a.example", "b.example"] {
+        let ck = rcgen::generate_simple_self_signed(vec![d.to_string()]).unwrap();
+        let (c, k) = (
+            dir.path().join(format!("{d}.pem")),
+            dir.path().join(format!("{d}.key")),
+        );
+        std::fs::write(&c, ck.cert.pem()).unwrap();
+        std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
+        paths.push((d, c, k, ck.cert.der().to_vec()));
+    }
+    let hosts = paths.clone();
+    let server = TestServer::start_with(move |c| {
+        c.host = hosts
+            .iter()
+            .map(|(d, cert, key, _)| waxwing::config::HostConfig {
+                domain: d.to_string(),
+                cert: Some(cert.clone()),
+                key: Some(key.clone()),
+            })
+            .chain([waxwing::config::HostConfig {
+                domain: "localhost".into(),
+                cert: None,
+                key: None,
+            }])
+            .collect();
+    })
+    .await;
+    for (d, _, _, der) in &paths {
+        let c = Client::connect_tls_sni(server.tls_addr, d).await;
+        assert_eq!(c.peer_certificate().unwrap(), *der, "certificate for {d}");
+    }
+    // An unknown name gets the fallback (the generated dev certificate).
+    let c = Client::connect_tls_sni(server.tls_addr, "unknown.example").await;
+    assert!(!paths
+        .iter()
+        .any(|(_, _, _, der)| *der == c.peer_certificate().unwrap()));
+}

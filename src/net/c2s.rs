@@ -700,10 +700,9 @@ impl Connection {
     async fn flush(&mut self) -> Flow<()> {
         if !self.out.is_empty() {
             let r = self.transport.write_all(&self.out).await;
-            self.out.clear();
-            if self.out.capacity() > 64 * 1024 {
-                self.out = Vec::new();
-            }
+            // Give the buffer back: most sessions sit idle between writes,
+            // and an idle session should own no write buffer.
+            self.out = Vec::new();
             r.map_err(|e| End::Io(e.to_string()))?;
         } else {
             self.transport

@@ -111,9 +111,33 @@ impl Client {
 
     /// Connects with direct TLS (XEP-0368).
     pub async fn connect_tls(addr: SocketAddr) -> Client {
+        Self::connect_tls_sni(addr, DOMAIN).await
+    }
+
+    /// Direct TLS, naming `sni` in the handshake.
+    pub async fn connect_tls_sni(addr: SocketAddr, sni: &str) -> Client {
         let mut c = Self::connect(addr).await;
-        c.tls_handshake().await.unwrap();
+        c.tls_handshake_with(sni).await.unwrap();
         c
+    }
+
+    /// The server's leaf certificate (DER).
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match &self.pipe {
+            Pipe::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|c| c.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// RFC 5929 tls-server-end-point data for a SHA-256-signed certificate.
+    pub fn server_end_point_hash(&self) -> Option<Vec<u8>> {
+        use sha2::Digest;
+        Some(sha2::Sha256::digest(self.peer_certificate()?).to_vec())
     }
 
     pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
@@ -222,11 +246,15 @@ impl Client {
     }
 
     pub async fn tls_handshake(&mut self) -> std::io::Result<()> {
+        self.tls_handshake_with(DOMAIN).await
+    }
+
+    pub async fn tls_handshake_with(&mut self, sni: &str) -> std::io::Result<()> {
         let Pipe::Plain(tcp) = std::mem::replace(&mut self.pipe, Pipe::Handshaking) else {
             panic!("already TLS")
         };
         let connector = tokio_rustls::TlsConnector::from(insecure_client_config());
-        let name = rustls_pki_types::ServerName::try_from(DOMAIN).unwrap();
+        let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
         let tls = connector.connect(name, tcp).await?;
         self.pipe = Pipe::Tls(Box::new(tls));
         self.parser.reset();
@@ -274,7 +302,34 @@ impl Client {
         } else {
             None
         };
-        let mech = if plus { hash.plus_name() } else { hash.name() };
+        self.scram_exchange(hash, user, pass, cb).await
+    }
+
+    /// SCRAM-…-PLUS with the given channel binding.
+    pub async fn scram_with_binding(
+        &mut self,
+        hash: ScramHash,
+        user: &str,
+        pass: &str,
+        cb_type: ChannelBindingType,
+        cb_data: Vec<u8>,
+    ) -> Element {
+        self.scram_exchange(hash, user, pass, Some((cb_type, cb_data)))
+            .await
+    }
+
+    async fn scram_exchange(
+        &mut self,
+        hash: ScramHash,
+        user: &str,
+        pass: &str,
+        cb: Option<(ChannelBindingType, Vec<u8>)>,
+    ) -> Element {
+        let mech = if cb.is_some() {
+            hash.plus_name()
+        } else {
+            hash.name()
+        };
         let mut client = ScramClient::new(hash, user, pass, cb);
         let first = b64(&client.client_first());
         self.send_str(&format!(

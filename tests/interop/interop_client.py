@@ -170,6 +170,9 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("presence", self.presences.put_nowait)
         self.add_event_handler("stream_negotiated", lambda _e: self.events.append("stream negotiated"))
         self.add_event_handler("auth_success", lambda _e: self.events.append("SASL success"))
+        self.add_event_handler("connected", lambda _e: self.events.append("TCP connected"))
+        self.add_event_handler("tls_success", lambda _e: self.events.append("TLS established"))
+        self.add_event_handler("session_bind", lambda jid: self.events.append(f"bound {jid}"))
 
     # event handlers
 

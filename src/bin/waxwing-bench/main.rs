@@ -45,7 +45,10 @@ struct Args {
     accounts: usize,
     #[arg(long, default_value = "benchpass")]
     password: String,
-    /// Sessions to open; session i logs in as bench{i % A} with resource r{i / A}.
+    /// Account name prefix: accounts are {prefix}0..{prefix}{A-1}.
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+    /// Sessions to open; session i logs in as {prefix}{i % A} with resource r{i / A}.
     #[arg(long, default_value_t = 1000)]
     sessions: usize,
     /// PID of the server process, for RSS and CPU readings from /proc.
@@ -268,10 +271,11 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     let sem = Arc::new(Semaphore::new(args.login_concurrency.max(1)));
     let cpu0 = pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let self0 = stats::cpu_ticks(None);
+    let m0 = stats::machine_busy_ticks();
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(args.sessions);
     for idx in 0..args.sessions {
-        let user = format!("bench{}", idx % args.accounts);
+        let user = format!("{}{}", args.prefix, idx % args.accounts);
         let resource = format!("r{}", idx / args.accounts);
         let target = target.clone();
         let sem = sem.clone();
@@ -350,6 +354,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     let login_wall = t0.elapsed().as_secs_f64();
     let cpu1 = pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let self1 = stats::cpu_ticks(None);
+    let m1 = stats::machine_busy_ticks();
     let ok = login_lat.len();
     login_lat.sort_unstable();
     let pct = |v: &Vec<u64>, q: f64| -> f64 {
@@ -390,6 +395,20 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         }
         if let (Some(a), Some(b)) = (self0, self1) {
             r.float("bench_cpu_s_login", (b - a) as f64 / tck as f64);
+            if let (Some(ma), Some(mb)) = (m0, m1) {
+                let server = match (cpu0, cpu1) {
+                    (Some(x), Some(y)) => y - x,
+                    _ => 0,
+                };
+                let other = (mb - ma).saturating_sub(server + (b - a)) as f64 / tck as f64;
+                r.float("other_cpu_util_login", other / login_wall);
+                if other / login_wall > 0.05 {
+                    r.line(format!(
+                        "  WARNING: other processes used {:.0}% of a core during the logins",
+                        other / login_wall * 100.0
+                    ));
+                }
+            }
         }
         let rss_login = pid.and_then(stats::rss_kib);
         if let Some(k) = rss_login {
@@ -494,9 +513,10 @@ async fn register_all(
     for i in 0..args.accounts {
         let sem = sem.clone();
         let target = target.clone();
+        let prefix = args.prefix.clone();
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let user = format!("bench{i}");
+            let user = format!("{prefix}{i}");
             match tokio::time::timeout(Duration::from_secs(60), xmpp::register(&target, &user))
                 .await
             {
@@ -616,6 +636,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     c.hist.reset();
     let c0 = c.pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let s0 = stats::cpu_ticks(None);
+    let m0 = stats::machine_busy_ticks();
     let _ = c.cmd_tx.send(Cmd::Chat(plan.clone()));
     // Every sender registers before the first send is due (plan.start is 200 ms away).
     tokio::time::sleep_until(plan.send_end.into()).await;
@@ -633,6 +654,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     let end = Instant::now();
     let c1 = c.pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let s1 = stats::cpu_ticks(None);
+    let m1 = stats::machine_busy_ticks();
     let _ = c.cmd_tx.send(Cmd::Hold);
     let wall = (end - plan.start).as_secs_f64();
     let send_wall = (plan.send_end - plan.start).as_secs_f64();
@@ -703,6 +725,20 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
             "  bench tool CPU {s:.2} s ({:.0}% of one core)",
             s / wall * 100.0
         ));
+    }
+    if let (Some(a), Some(b), Some(sa), Some(sb)) = (m0, m1, s0, s1) {
+        let server = match (c0, c1) {
+            (Some(x), Some(y)) => y - x,
+            _ => 0,
+        };
+        let other = (b - a).saturating_sub(server + (sb - sa)) as f64 / c.tck as f64;
+        j.float("other_cpu_util", other / wall);
+        if other / wall > 0.05 {
+            lines.push(format!(
+                "  WARNING: other processes used {:.0}% of a core during this run",
+                other / wall * 100.0
+            ));
+        }
     }
     let mut r = rep(report);
     for l in lines {
