@@ -77,6 +77,7 @@ pub struct Limits {
     pub auth_failures_per_account: u32,
     pub auth_failure_window: u64,
     pub scram_iterations: u32,
+    pub max_offline_messages: u32,
 }
 
 impl Default for Config {
@@ -140,6 +141,7 @@ impl Default for Limits {
             auth_failures_per_account: 10,
             auth_failure_window: 60,
             scram_iterations: 4096,
+            max_offline_messages: 1000,
         }
     }
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 
+use crate::modules::blocking::{self, Verdict};
 use crate::modules::{self, IqRequest, IqTarget};
 use crate::server::Server;
 use crate::sessions::DeliveryError;
@@ -15,7 +16,7 @@ use crate::xml::{Element, NS_CLIENT};
 
 /// Routes one stanza received from the session bound to `origin`.
 /// An `Err` is a stream-level fault of the sender (the stream must end).
-pub fn route_from_client(
+pub async fn route_from_client(
     server: &Server,
     origin: &FullJid,
     mut stanza: Element,
@@ -53,9 +54,20 @@ pub fn route_from_client(
     }
 
     let Some(to) = to else {
-        handle_addressed_to_self(server, origin, kind, &stanza);
+        handle_addressed_to_self(server, origin, kind, &stanza).await;
         return Ok(());
     };
+
+    match blocking::filter(server, origin, &to, kind, &stanza).await {
+        Verdict::Pass => {}
+        Verdict::Drop => return Ok(()),
+        Verdict::Bounce(why) => {
+            if let Some(reply) = blocking::bounce_reply(&stanza, why) {
+                deliver_reply(server, origin, &reply);
+            }
+            return Ok(());
+        }
+    }
 
     if !server.is_local_domain(to.domain().as_str()) {
         // Federation arrives with s2s; until then no other domain is reachable.
@@ -69,44 +81,55 @@ pub fn route_from_client(
     }
 
     if to.node().is_none() {
-        to_server(server, origin, kind, &stanza);
+        to_server(server, origin, kind, &stanza).await;
         return Ok(());
     }
     match to.try_into_full() {
-        Ok(full) => to_full(server, origin, kind, &full, stanza),
-        Err(bare) => to_bare(server, origin, kind, &bare, stanza),
+        Ok(full) => to_full(server, origin, kind, &full, stanza).await,
+        Err(bare) => to_bare(server, origin, kind, &bare, stanza).await,
     }
     Ok(())
 }
 
 /// A stanza without `to`: RFC 6120 §10.3 — the server handles it on behalf
 /// of the sender's account.
-fn handle_addressed_to_self(server: &Server, origin: &FullJid, kind: StanzaKind, stanza: &Element) {
+async fn handle_addressed_to_self(
+    server: &Server,
+    origin: &FullJid,
+    kind: StanzaKind,
+    stanza: &Element,
+) {
     match kind {
-        StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Account { own: true }),
+        StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Account { own: true }).await,
         // Broadcast presence: availability is recorded by the session; the
         // subscribers it goes to arrive with the roster.
         StanzaKind::Presence => {}
         StanzaKind::Message => {
             let bare = origin.to_bare();
-            to_bare(server, origin, kind, &bare, stanza.clone())
+            to_bare(server, origin, kind, &bare, stanza.clone()).await
         }
     }
 }
 
-fn to_server(server: &Server, origin: &FullJid, kind: StanzaKind, stanza: &Element) {
+async fn to_server(server: &Server, origin: &FullJid, kind: StanzaKind, stanza: &Element) {
     match kind {
-        StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Server),
+        StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Server).await,
         // Messages and presence to the server itself have no recipient.
         StanzaKind::Message | StanzaKind::Presence => {}
     }
 }
 
-fn to_bare(server: &Server, origin: &FullJid, kind: StanzaKind, to: &BareJid, stanza: Element) {
+async fn to_bare(
+    server: &Server,
+    origin: &FullJid,
+    kind: StanzaKind,
+    to: &BareJid,
+    stanza: Element,
+) {
     match kind {
         StanzaKind::Iq => {
             let own = origin.to_bare() == *to;
-            answer_iq(server, origin, &stanza, IqTarget::Account { own });
+            answer_iq(server, origin, &stanza, IqTarget::Account { own }).await;
         }
         StanzaKind::Presence => {
             let data = serialize(&stanza);
@@ -178,7 +201,13 @@ fn message_to_bare(server: &Server, origin: &FullJid, to: &BareJid, stanza: &Ele
     }
 }
 
-fn to_full(server: &Server, origin: &FullJid, kind: StanzaKind, to: &FullJid, stanza: Element) {
+async fn to_full(
+    server: &Server,
+    origin: &FullJid,
+    kind: StanzaKind,
+    to: &FullJid,
+    stanza: Element,
+) {
     let data = serialize(&stanza);
     match server.sessions.send_to_full(to, data) {
         Ok(()) => {}
@@ -217,7 +246,7 @@ fn to_full(server: &Server, origin: &FullJid, kind: StanzaKind, to: &FullJid, st
 
 /// Answers an IQ get/set with a module; results and errors addressed to the
 /// server or an account are consumed (nothing waits for them).
-fn answer_iq(server: &Server, origin: &FullJid, iq: &Element, target: IqTarget) {
+async fn answer_iq(server: &Server, origin: &FullJid, iq: &Element, target: IqTarget) {
     let is_set = match iq.attr("type") {
         Some("get") => false,
         Some("set") => true,
@@ -241,7 +270,7 @@ fn answer_iq(server: &Server, origin: &FullJid, iq: &Element, target: IqTarget) 
         target,
         is_set,
     };
-    let reply = match modules::dispatch(&req) {
+    let reply = match modules::dispatch(&req).await {
         Ok(payload) => iq_result(iq, payload),
         Err(cond) => match error_reply(iq, cond, None) {
             Some(r) => r,
@@ -261,7 +290,12 @@ fn bounce(server: &Server, origin: &FullJid, stanza: &Element, cond: StanzaError
 fn deliver_reply(server: &Server, origin: &FullJid, reply: &Element) {
     // The sender's own queue being full means it is not reading; dropping
     // the reply there is the backpressure the queue limit exists for.
-    let _ = server.sessions.send_to_full(origin, serialize(reply));
+    let _ = deliver_local(server, origin, reply);
+}
+
+/// Queues a stanza (typically one the server generated) for a local full JID.
+pub fn deliver_local(server: &Server, to: &FullJid, stanza: &Element) -> Result<(), DeliveryError> {
+    server.sessions.send_to_full(to, serialize(stanza))
 }
 
 /// Serializes once for every recipient (RFC 6120 jabber:client default namespace).

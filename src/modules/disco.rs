@@ -12,10 +12,10 @@ pub const MODULE: Module = Module {
     xep: 30,
     namespaces: &[NS_INFO, NS_ITEMS],
     features: &[NS_INFO, NS_ITEMS],
-    handle,
+    handle: |req| super::ready(answer(req)),
 };
 
-fn handle(req: &IqRequest<'_>) -> IqOutcome {
+fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.is_set {
         return Err(StanzaErrorCondition::NotAllowed);
     }

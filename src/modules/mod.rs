@@ -3,11 +3,15 @@
 //! addressed to the server or to an account to the module that owns the
 //! payload's namespace.
 
+pub mod blocking;
 pub mod disco;
 pub mod ping;
 pub mod session;
 pub mod time;
 pub mod version;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use jid::FullJid;
 
@@ -39,6 +43,14 @@ pub struct IqRequest<'a> {
 /// A module's answer: a result payload (or none), or a stanza error.
 pub type IqOutcome = Result<Option<Element>, StanzaErrorCondition>;
 
+/// An IQ handler's pending answer (handlers may wait on storage).
+pub type IqFuture<'a> = Pin<Box<dyn Future<Output = IqOutcome> + Send + 'a>>;
+
+/// Wraps a handler that needs no waiting.
+pub fn ready(outcome: IqOutcome) -> IqFuture<'static> {
+    Box::pin(std::future::ready(outcome))
+}
+
 /// A feature module: its XEP and disco features, and its IQ handler.
 pub struct Module {
     /// The XEP number (0 for an RFC feature), checked against xep/waxwing.doap.
@@ -47,7 +59,7 @@ pub struct Module {
     pub namespaces: &'static [&'static str],
     /// Features it adds to the server's disco#info.
     pub features: &'static [&'static str],
-    pub handle: fn(&IqRequest<'_>) -> IqOutcome,
+    pub handle: for<'a> fn(&'a IqRequest<'a>) -> IqFuture<'a>,
 }
 
 /// Every module, in disco order.
@@ -59,14 +71,27 @@ pub const MODULES: &[&Module] = &[
     &session::MODULE,
 ];
 
+impl IqRequest<'_> {
+    /// For queries only the server answers with a get (version, time):
+    /// the error to return otherwise.
+    pub fn require_server_get(&self) -> Result<(), StanzaErrorCondition> {
+        if self.target != IqTarget::Server {
+            Err(StanzaErrorCondition::ServiceUnavailable)
+        } else if self.is_set {
+            Err(StanzaErrorCondition::NotAllowed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Answers an IQ get/set addressed to the server or an account.
-pub fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
+pub async fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
     let ns = req.payload.ns();
-    MODULES
-        .iter()
-        .find(|m| m.namespaces.contains(&ns))
-        .map(|m| (m.handle)(req))
-        .unwrap_or(Err(StanzaErrorCondition::ServiceUnavailable))
+    match MODULES.iter().find(|m| m.namespaces.contains(&ns)) {
+        Some(m) => (m.handle)(req).await,
+        None => Err(StanzaErrorCondition::ServiceUnavailable),
+    }
 }
 
 /// The server's disco features, from every module.

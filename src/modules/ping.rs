@@ -8,10 +8,10 @@ pub const MODULE: Module = Module {
     xep: 199,
     namespaces: &[NS],
     features: &[NS],
-    handle,
+    handle: |req| super::ready(answer(req)),
 };
 
-fn handle(req: &IqRequest<'_>) -> IqOutcome {
+fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.is_set || req.payload.name() != "ping" {
         return Err(crate::stanza::StanzaErrorCondition::BadRequest);
     }

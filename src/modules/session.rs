@@ -11,10 +11,10 @@ pub const MODULE: Module = Module {
     xep: 0,
     namespaces: &[NS],
     features: &[],
-    handle,
+    handle: |req| super::ready(answer(req)),
 };
 
-fn handle(req: &IqRequest<'_>) -> IqOutcome {
+fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if !req.is_set || req.payload.name() != "session" {
         return Err(StanzaErrorCondition::BadRequest);
     }

@@ -1,7 +1,6 @@
 //! Entity Time (XEP-0202): the server's clock, in UTC.
 
-use super::{IqOutcome, IqRequest, IqTarget, Module};
-use crate::stanza::StanzaErrorCondition;
+use super::{IqOutcome, IqRequest, Module};
 use crate::xml::Element;
 
 pub const NS: &str = "urn:xmpp:time";
@@ -10,16 +9,11 @@ pub const MODULE: Module = Module {
     xep: 202,
     namespaces: &[NS],
     features: &[NS],
-    handle,
+    handle: |req| super::ready(answer(req)),
 };
 
-fn handle(req: &IqRequest<'_>) -> IqOutcome {
-    if req.target != IqTarget::Server {
-        return Err(StanzaErrorCondition::ServiceUnavailable);
-    }
-    if req.is_set {
-        return Err(StanzaErrorCondition::NotAllowed);
-    }
+fn answer(req: &IqRequest<'_>) -> IqOutcome {
+    req.require_server_get()?;
     Ok(Some(
         Element::new("time", NS)
             .with_child(Element::new("tzo", NS).with_text("+00:00"))

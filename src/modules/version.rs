@@ -1,8 +1,7 @@
 //! Software Version (XEP-0092), answered for the server only: an account's
 //! version belongs to its clients.
 
-use super::{IqOutcome, IqRequest, IqTarget, Module};
-use crate::stanza::StanzaErrorCondition;
+use super::{IqOutcome, IqRequest, Module};
 use crate::xml::Element;
 
 pub const NS: &str = "jabber:iq:version";
@@ -11,16 +10,11 @@ pub const MODULE: Module = Module {
     xep: 92,
     namespaces: &[NS],
     features: &[NS],
-    handle,
+    handle: |req| super::ready(answer(req)),
 };
 
-fn handle(req: &IqRequest<'_>) -> IqOutcome {
-    if req.target != IqTarget::Server {
-        return Err(StanzaErrorCondition::ServiceUnavailable);
-    }
-    if req.is_set {
-        return Err(StanzaErrorCondition::NotAllowed);
-    }
+fn answer(req: &IqRequest<'_>) -> IqOutcome {
+    req.require_server_get()?;
     Ok(Some(
         Element::new("query", NS)
             .with_child(Element::new("name", NS).with_text("Waxwing"))

@@ -547,7 +547,7 @@ impl Connection {
                 match self.parser.next_event() {
                     Ok(None) => break,
                     Ok(Some(StreamEvent::Stanza(el))) => {
-                        if let Err(cond) = self.handle_stanza(&jid, el) {
+                        if let Err(cond) = self.handle_stanza(&jid, el).await {
                             return self.close_with(cond, None).await;
                         }
                     }
@@ -646,11 +646,15 @@ impl Connection {
         }
     }
 
-    fn handle_stanza(&mut self, jid: &FullJid, el: Element) -> Result<(), StreamErrorCondition> {
+    async fn handle_stanza(
+        &mut self,
+        jid: &FullJid,
+        el: Element,
+    ) -> Result<(), StreamErrorCondition> {
         if el.is("presence", NS_CLIENT) && el.attr("to").is_none() {
             self.track_presence(jid, &el);
         }
-        router::route_from_client(&self.server, jid, el)
+        router::route_from_client(&self.server, jid, el).await
     }
 
     /// Records availability and priority from broadcast presence (RFC 6121 §4.7.2.3).

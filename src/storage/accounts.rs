@@ -112,16 +112,21 @@ impl Store {
         }
     }
 
-    /// Deletes an account and everything stored for it; returns false if absent.
+    /// Deletes an account and everything stored for it (every table in
+    /// `USER_TABLES`), in one transaction; returns false if absent.
     pub async fn delete_account(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
-                sqlx::query("DELETE FROM scram_credentials WHERE domain = $1 AND username = $2")
+                for table in Store::USER_TABLES {
+                    sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE domain = $1 AND username = $2"
+                    ))
                     .bind(domain)
                     .bind(username)
                     .execute(&mut *tx)
                     .await?;
+                }
                 let r = sqlx::query("DELETE FROM accounts WHERE domain = $1 AND username = $2")
                     .bind(domain)
                     .bind(username)
@@ -135,6 +140,11 @@ impl Store {
             Store::Sqlite(pool) => run!(pool),
             Store::Postgres(pool) => run!(pool),
         }
+    }
+
+    /// Does the account exist?
+    pub async fn account_exists(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
+        Ok(self.argon2_hash(domain, username).await?.is_some())
     }
 
     /// The SCRAM keys of one account for one hash ("SHA-256"…), if any.

@@ -6,6 +6,7 @@
 //! embedded in the binary, and are applied by `Store::open`.
 
 mod accounts;
+mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
 
@@ -74,6 +75,11 @@ impl Store {
         };
         Ok(store)
     }
+
+    /// Tables holding per-account rows, each keyed by (domain, username):
+    /// deleting an account empties all of them. Every new per-user table is
+    /// added here.
+    pub const USER_TABLES: &'static [&'static str] = &["user_data", "scram_credentials"];
 
     /// Closes every pooled connection (flushes SQLite's WAL).
     pub async fn close(&self) {

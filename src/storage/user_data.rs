@@ -1,0 +1,98 @@
+//! Per-user key-value documents (the "keyval" storage shape): one text
+//! value per (account, key). Keys are namespaced by feature, e.g. `vcard`,
+//! `private:jabber:iq:private/storage:bookmarks`, `blocklist`.
+
+use super::{StorageError, Store};
+
+impl Store {
+    /// The value stored under `key` for an account.
+    pub async fn user_data_get(
+        &self,
+        domain: &str,
+        username: &str,
+        key: &str,
+    ) -> Result<Option<String>, StorageError> {
+        const Q: &str =
+            "SELECT value FROM user_data WHERE domain = $1 AND username = $2 AND key = $3";
+        let row: Option<(String,)> = match self {
+            Store::Sqlite(p) => {
+                sqlx::query_as(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(key)
+                    .fetch_optional(p)
+                    .await?
+            }
+            Store::Postgres(p) => {
+                sqlx::query_as(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(key)
+                    .fetch_optional(p)
+                    .await?
+            }
+        };
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub async fn user_data_put(
+        &self,
+        domain: &str,
+        username: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StorageError> {
+        const Q: &str =
+            "INSERT INTO user_data (domain, username, key, value) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (domain, username, key) DO UPDATE SET value = excluded.value";
+        match self {
+            Store::Sqlite(p) => {
+                sqlx::query(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(key)
+                    .bind(value)
+                    .execute(p)
+                    .await?;
+            }
+            Store::Postgres(p) => {
+                sqlx::query(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(key)
+                    .bind(value)
+                    .execute(p)
+                    .await?;
+            }
+        };
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub async fn user_data_delete(
+        &self,
+        domain: &str,
+        username: &str,
+        key: &str,
+    ) -> Result<bool, StorageError> {
+        const Q: &str = "DELETE FROM user_data WHERE domain = $1 AND username = $2 AND key = $3";
+        let r = match self {
+            Store::Sqlite(p) => sqlx::query(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(key)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Postgres(p) => sqlx::query(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(key)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(r > 0)
+    }
+}
