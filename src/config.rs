@@ -433,6 +433,13 @@ const LIMITS: &[Field] = &[
             max: 1_000_000,
         },
     ),
+    f(
+        "max_offline_messages",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+    ),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
