@@ -22,6 +22,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub c2s: C2sConfig,
     pub limits: Limits,
+    pub contact: ContactAddresses,
 }
 
 /// One served domain (virtual host).
@@ -33,6 +34,39 @@ pub struct HostConfig {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Lets clients create accounts in-band (XEP-0077) before logging in.
+    #[serde(default)]
+    pub allow_registration: bool,
+}
+
+/// The server's contact addresses (XEP-0157), each a list of URIs such as
+/// `mailto:` or `xmpp:`, published in the server's disco#info.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactAddresses {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl ContactAddresses {
+    /// Each XEP-0157 form field name with its configured addresses, in the
+    /// XEP's order.
+    pub fn fields(&self) -> [(&'static str, &[String]); 7] {
+        [
+            ("abuse-addresses", &self.abuse),
+            ("admin-addresses", &self.admin),
+            ("feedback-addresses", &self.feedback),
+            ("sales-addresses", &self.sales),
+            ("security-addresses", &self.security),
+            ("status-addresses", &self.status),
+            ("support-addresses", &self.support),
+        ]
+    }
 }
 
 /// Where accounts and data live.
@@ -78,6 +112,9 @@ pub struct Limits {
     pub auth_failure_window: u64,
     pub scram_iterations: u32,
     pub max_offline_messages: u32,
+    pub max_vcard_size: usize,
+    pub registrations_per_ip: u32,
+    pub registration_window: u64,
 }
 
 impl Default for Config {
@@ -88,11 +125,13 @@ impl Default for Config {
                 domain: "localhost".into(),
                 cert: None,
                 key: None,
+                allow_registration: false,
             }],
             database: DatabaseConfig::default(),
             tls: TlsConfig::default(),
             c2s: C2sConfig::default(),
             limits: Limits::default(),
+            contact: ContactAddresses::default(),
         }
     }
 }
@@ -142,6 +181,9 @@ impl Default for Limits {
             auth_failure_window: 60,
             scram_iterations: 4096,
             max_offline_messages: 1000,
+            max_vcard_size: 64 * 1024,
+            registrations_per_ip: 5,
+            registration_window: 3600,
         }
     }
 }
@@ -293,6 +335,13 @@ impl Config {
         }
     }
 
+    /// Does `domain` (normalised) allow in-band registration?
+    pub fn allows_registration(&self, domain: &str) -> bool {
+        self.host.iter().any(|h| {
+            h.allow_registration && jid::BareJid::new(&h.domain).is_ok_and(|j| j.as_str() == domain)
+        })
+    }
+
     /// The configured domains, normalised.
     pub fn domains(&self) -> Vec<String> {
         self.host
@@ -314,8 +363,13 @@ fn line_of(src: &str, offset: usize) -> usize {
 enum Kind {
     Str(fn(&str) -> Result<(), String>),
     Bool,
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Addrs,
+    /// A list of URIs (`scheme:…`).
+    Uris,
     Table(&'static [Field]),
     Tables(&'static [Field]),
 }
@@ -327,6 +381,22 @@ struct Field {
 
 const fn f(key: &'static str, kind: Kind) -> Field {
     Field { key, kind }
+}
+
+/// An absolute URI as RFC 3986 §3.1 begins one: a scheme, then ':', then
+/// something, with no whitespace anywhere.
+fn is_uri(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((scheme, rest)) => {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !rest.is_empty()
+                && !s.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
 }
 
 fn any_str(_: &str) -> Result<(), String> {
@@ -351,6 +421,16 @@ const HOST: &[Field] = &[
     f("domain", Kind::Str(any_str)),
     f("cert", Kind::Str(any_str)),
     f("key", Kind::Str(any_str)),
+    f("allow_registration", Kind::Bool),
+];
+const CONTACT: &[Field] = &[
+    f("abuse", Kind::Uris),
+    f("admin", Kind::Uris),
+    f("feedback", Kind::Uris),
+    f("sales", Kind::Uris),
+    f("security", Kind::Uris),
+    f("status", Kind::Uris),
+    f("support", Kind::Uris),
 ];
 const DATABASE: &[Field] = &[
     f("url", Kind::Str(database_url)),
@@ -440,6 +520,27 @@ const LIMITS: &[Field] = &[
             max: 1_000_000,
         },
     ),
+    f(
+        "max_vcard_size",
+        Kind::Int {
+            min: 1024,
+            max: 64 << 20,
+        },
+    ),
+    f(
+        "registrations_per_ip",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "registration_window",
+        Kind::Int {
+            min: 1,
+            max: 30 * 86_400,
+        },
+    ),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
@@ -448,6 +549,7 @@ const SCHEMA: &[Field] = &[
     f("tls", Kind::Table(TLS)),
     f("c2s", Kind::Table(C2S)),
     f("limits", Kind::Table(LIMITS)),
+    f("contact", Kind::Table(CONTACT)),
 ];
 
 struct Validator<'a> {
@@ -514,12 +616,23 @@ impl Validator<'_> {
                     }
                 }
             }
+            (Kind::Uris, Item::Value(Value::Array(a))) => {
+                for v in a.iter() {
+                    if !v.as_str().is_some_and(is_uri) {
+                        self.problem(
+                            v.span().or(span.clone()),
+                            format!("{path}: {v} is not a URI like \"mailto:abuse@example.org\""),
+                        )
+                    }
+                }
+            }
             (kind, _) => {
                 let want = match kind {
                     Kind::Str(_) => "a string",
                     Kind::Bool => "true or false",
                     Kind::Int { .. } => "an integer",
                     Kind::Addrs => "a list of addresses",
+                    Kind::Uris => "a list of URIs",
                     Kind::Table(_) => "a table",
                     Kind::Tables(_) => "an array of tables ([[…]])",
                 };
@@ -564,6 +677,35 @@ mod tests {
         let problems = Config::parse("a = 1\n[c2s\n").unwrap_err();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, Some(2));
+    }
+
+    #[test]
+    fn registration_and_contact_options() {
+        let src = "[[host]]\ndomain = \"a.org\"\nallow_registration = true\n[[host]]\ndomain = \"B.org\"\n[limits]\nregistrations_per_ip = 2\nregistration_window = 60\n[contact]\nabuse = [\"mailto:abuse@a.org\", \"xmpp:admin@a.org\"]\n";
+        let c = Config::parse(src).unwrap();
+        assert!(c.allows_registration("a.org"));
+        assert!(!c.allows_registration("b.org"));
+        assert!(!c.allows_registration("c.org"));
+        assert_eq!(c.limits.registrations_per_ip, 2);
+        assert_eq!(c.contact.abuse.len(), 2);
+
+        let bad = "[[host]]\ndomain = \"a.org\"\nallow_registration = \"yes\"\n[limits]\nregistrations_per_ip = 0\nregistration_window = -1\n[contact]\nabuse = [\"abuse@a.org\"]\nadmin = \"mailto:x@a.org\"\nsupport = [\"https://a.org/help\", \"not a uri\"]\nfax = []\n";
+        let problems = Config::parse(bad).unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(
+            lines,
+            vec![
+                Some(3),
+                Some(5),
+                Some(6),
+                Some(8),
+                Some(9),
+                Some(10),
+                Some(11)
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[6].message.contains("unknown key 'contact.fax'"));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 
 use crate::modules::blocking::{self, Verdict};
-use crate::modules::{self, IqRequest, IqTarget};
+use crate::modules::offline::{self, NotStored};
+use crate::modules::{self, presence, IqRequest, IqTarget};
 use crate::server::Server;
 use crate::sessions::DeliveryError;
 use crate::stanza::{
@@ -80,6 +81,10 @@ pub async fn route_from_client(
         return Ok(());
     }
 
+    if kind == StanzaKind::Presence {
+        presence::from_client(server, origin, Some(to), stanza).await;
+        return Ok(());
+    }
     if to.node().is_none() {
         to_server(server, origin, kind, &stanza).await;
         return Ok(());
@@ -101,9 +106,7 @@ async fn handle_addressed_to_self(
 ) {
     match kind {
         StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Account { own: true }).await,
-        // Broadcast presence: availability is recorded by the session; the
-        // subscribers it goes to arrive with the roster.
-        StanzaKind::Presence => {}
+        StanzaKind::Presence => presence::from_client(server, origin, None, stanza.clone()).await,
         StanzaKind::Message => {
             let bare = origin.to_bare();
             to_bare(server, origin, kind, &bare, stanza.clone()).await
@@ -131,18 +134,14 @@ async fn to_bare(
             let own = origin.to_bare() == *to;
             answer_iq(server, origin, &stanza, IqTarget::Account { own }).await;
         }
-        StanzaKind::Presence => {
-            let data = serialize(&stanza);
-            for (full, _) in server.sessions.available_resources(to) {
-                let _ = server.sessions.send_to_full(&full, data.clone());
-            }
-        }
-        StanzaKind::Message => message_to_bare(server, origin, to, &stanza),
+        // Presence never reaches here: the presence module routes it.
+        StanzaKind::Presence => {}
+        StanzaKind::Message => message_to_bare(server, origin, to, &stanza).await,
     }
 }
 
 /// RFC 6121 §8.5.2: pick the resources that get a message sent to a bare JID.
-fn message_to_bare(server: &Server, origin: &FullJid, to: &BareJid, stanza: &Element) {
+async fn message_to_bare(server: &Server, origin: &FullJid, to: &BareJid, stanza: &Element) {
     let kind = stanza.attr("type").unwrap_or("normal");
     match kind {
         "error" => return,
@@ -174,15 +173,27 @@ fn message_to_bare(server: &Server, origin: &FullJid, to: &BareJid, stanza: &Ele
             .collect()
     };
     if targets.is_empty() {
-        // Offline storage arrives with the IM core; until then the sender
-        // learns at once that nobody can take the message.
+        // XEP-0160: chat and normal messages wait in storage; headlines
+        // are dropped (RFC 6121 §8.5.2.1.2).
         if kind != "headline" {
-            bounce(
-                server,
-                origin,
-                stanza,
-                StanzaErrorCondition::ServiceUnavailable,
-            );
+            match offline::store(server, to, stanza).await {
+                Ok(()) => {}
+                Err(NotStored::Storage(e)) => {
+                    tracing::error!(error = %e, "storing an offline message");
+                    bounce(
+                        server,
+                        origin,
+                        stanza,
+                        StanzaErrorCondition::InternalServerError,
+                    );
+                }
+                Err(NotStored::NoAccount | NotStored::QuotaFull) => bounce(
+                    server,
+                    origin,
+                    stanza,
+                    StanzaErrorCondition::ServiceUnavailable,
+                ),
+            }
         }
         return;
     }
@@ -220,7 +231,7 @@ async fn to_full(
         // RFC 6121 §8.5.3.2: no such resource.
         Err(DeliveryError::Offline) => match kind {
             StanzaKind::Message => match stanza.attr("type").unwrap_or("normal") {
-                "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), &stanza),
+                "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), &stanza).await,
                 "groupchat" => bounce(
                     server,
                     origin,

@@ -27,10 +27,16 @@ pub struct Server {
     pub tls: Arc<rustls::ServerConfig>,
     pub auth_failures_by_ip: FailureWindow<IpAddr>,
     pub auth_failures_by_account: FailureWindow<String>,
+    /// Accounts created in-band per remote IP (XEP-0077), counted like
+    /// failures so the same window logic caps them.
+    pub registrations_by_ip: FailureWindow<IpAddr>,
     pub connections: ConnectionLimits,
+    /// Blocklists (XEP-0191) of recently active users, for the router's filter.
+    pub blocklists: crate::modules::blocking::BlocklistCache,
     /// Cancelled to ask every connection to close with `system-shutdown`.
     pub shutdown: CancellationToken,
     next_id: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Server {
@@ -54,6 +60,10 @@ impl Server {
                 config.limits.auth_failures_per_account,
                 window,
             ),
+            registrations_by_ip: FailureWindow::new(
+                config.limits.registrations_per_ip,
+                Duration::from_secs(config.limits.registration_window),
+            ),
             connections: ConnectionLimits::new(
                 config.c2s.max_connections,
                 config.c2s.max_connections_per_ip,
@@ -63,8 +73,10 @@ impl Server {
             sessions: SessionRegistry::default(),
             certs,
             tls,
+            blocklists: Default::default(),
             shutdown: CancellationToken::new(),
             next_id: AtomicU64::new(1),
+            started: std::time::Instant::now(),
         }))
     }
 
@@ -76,6 +88,11 @@ impl Server {
     /// Is `domain` (normalised) one of ours?
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.contains(domain)
+    }
+
+    /// How long the server has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// A process-unique number for a connection.

@@ -9,6 +9,7 @@ use jid::{BareJid, FullJid};
 use tokio::sync::mpsc;
 
 use crate::stanza::StreamErrorCondition;
+use crate::xml::Element;
 
 /// What the router hands to a session's connection task.
 #[derive(Debug)]
@@ -36,9 +37,25 @@ struct BoundResource {
     /// remove its successor.
     session_id: u64,
     tx: mpsc::Sender<Outbound>,
-    /// Set once the session has sent available presence (RFC 6121 §4.2).
-    available: bool,
+    /// The last available presence the session broadcast (without `to`);
+    /// None until initial presence and after unavailable (RFC 6121 §4.2).
+    presence: Option<Element>,
     priority: i8,
+    /// Requested the roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    interested: bool,
+    /// JIDs this session sent directed available presence to, which get
+    /// unavailable when it goes offline (RFC 6121 §4.6).
+    directed: Vec<String>,
+}
+
+/// What a session left behind when it was unbound.
+#[derive(Debug, Default)]
+pub struct Departed {
+    /// Its last available presence, if it was available.
+    pub presence: Option<Element>,
+    pub directed: Vec<String>,
+    /// True when no other resource of the user remains bound.
+    pub last_resource: bool,
 }
 
 /// All bound resources, by bare JID.
@@ -64,8 +81,10 @@ impl SessionRegistry {
                 resource,
                 session_id,
                 tx,
-                available: false,
+                presence: None,
                 priority: 0,
+                interested: false,
+                directed: Vec::new(),
             });
             old
         };
@@ -78,28 +97,147 @@ impl SessionRegistry {
         }
     }
 
-    /// Removes a binding, if it still belongs to `session_id`.
-    pub fn unbind(&self, jid: &FullJid, session_id: u64) {
+    /// Removes a binding, if it still belongs to `session_id`, and returns
+    /// the presence state it leaves behind.
+    pub fn unbind(&self, jid: &FullJid, session_id: u64) -> Departed {
         let bare = jid.to_bare();
         let mut map = self.write();
-        if let Some(list) = map.get_mut(&bare) {
-            list.retain(|r| r.session_id != session_id);
-            if list.is_empty() {
-                map.remove(&bare);
+        let Some(list) = map.get_mut(&bare) else {
+            return Departed::default();
+        };
+        let Some(i) = list.iter().position(|r| r.session_id == session_id) else {
+            return Departed::default();
+        };
+        let gone = list.swap_remove(i);
+        let last_resource = list.is_empty();
+        if last_resource {
+            map.remove(&bare);
+        }
+        Departed {
+            presence: gone.presence,
+            directed: gone.directed,
+            last_resource,
+        }
+    }
+
+    /// Records the session's broadcast presence: `Some` when available
+    /// (with its priority), `None` after unavailable. Returns whether the
+    /// session was available before (so the caller can tell initial presence).
+    pub fn set_presence(
+        &self,
+        jid: &FullJid,
+        session_id: u64,
+        presence: Option<Element>,
+        priority: i8,
+    ) -> bool {
+        self.with_resource(jid, session_id, |r| {
+            let was = r.presence.is_some();
+            r.presence = presence;
+            r.priority = priority;
+            was
+        })
+        .unwrap_or(false)
+    }
+
+    /// Marks the session as interested in roster pushes.
+    pub fn set_interested(&self, jid: &FullJid) {
+        let mut map = self.write();
+        if let Some(r) = map
+            .get_mut(&jid.to_bare())
+            .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
+        {
+            r.interested = true;
+        }
+    }
+
+    /// Remembers a directed available presence (for unavailable at logout);
+    /// `available = false` forgets it again.
+    pub fn note_directed(&self, jid: &FullJid, to: &str, available: bool) {
+        let mut map = self.write();
+        if let Some(r) = map
+            .get_mut(&jid.to_bare())
+            .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
+        {
+            r.directed.retain(|d| d != to);
+            if available {
+                r.directed.push(to.to_string());
             }
         }
     }
 
-    /// Records the session's presence availability and priority.
-    pub fn set_presence(&self, jid: &FullJid, session_id: u64, available: bool, priority: i8) {
-        let mut map = self.write();
-        if let Some(r) = map
-            .get_mut(&jid.to_bare())
-            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
-        {
-            r.available = available;
-            r.priority = priority;
+    /// Ends every session of `bare` with `cond`, except the one bound to
+    /// `except` (which closes itself after its own reply).
+    pub fn close_account(
+        &self,
+        bare: &BareJid,
+        except: Option<&FullJid>,
+        cond: StreamErrorCondition,
+    ) {
+        if let Some(list) = self.read().get(bare) {
+            for r in list
+                .iter()
+                .filter(|r| except.is_none_or(|e| e.resource().as_str() != r.resource))
+            {
+                let _ = r.tx.try_send(Outbound::Close(cond));
+            }
         }
+    }
+
+    /// Forgets and returns the session's directed-presence recipients.
+    pub fn take_directed(&self, jid: &FullJid) -> Vec<String> {
+        let mut map = self.write();
+        map.get_mut(&jid.to_bare())
+            .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
+            .map(|r| std::mem::take(&mut r.directed))
+            .unwrap_or_default()
+    }
+
+    /// The connection id bound to a full JID.
+    pub fn session_id(&self, jid: &FullJid) -> Option<u64> {
+        self.read()
+            .get(&jid.to_bare())
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            .map(|r| r.session_id)
+    }
+
+    /// Full JIDs of the user's resources that requested the roster.
+    pub fn interested_resources(&self, bare: &BareJid) -> Vec<FullJid> {
+        self.read()
+            .get(bare)
+            .map(|l| {
+                l.iter()
+                    .filter(|r| r.interested)
+                    .filter_map(|r| bare.with_resource_str(&r.resource).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The last presence of each available resource of `bare`.
+    pub fn presences(&self, bare: &BareJid) -> Vec<(FullJid, Element)> {
+        self.read()
+            .get(bare)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|r| {
+                        let p = r.presence.clone()?;
+                        Some((bare.with_resource_str(&r.resource).ok()?, p))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn with_resource<T>(
+        &self,
+        jid: &FullJid,
+        session_id: u64,
+        f: impl FnOnce(&mut BoundResource) -> T,
+    ) -> Option<T> {
+        let mut map = self.write();
+        map.get_mut(&jid.to_bare())
+            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
+            .map(f)
     }
 
     /// Queues a stanza for one full JID.
@@ -125,7 +263,7 @@ impl SessionRegistry {
         map.get(bare)
             .map(|l| {
                 l.iter()
-                    .filter(|r| r.available)
+                    .filter(|r| r.presence.is_some())
                     .filter_map(|r| {
                         bare.with_resource_str(&r.resource)
                             .ok()

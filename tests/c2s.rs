@@ -276,9 +276,11 @@ async fn bare_jid_messages_follow_priority_rules() {
     server.add_user("ivy", "pw").await;
     server.add_user("jack", "pw").await;
     let mut sender = Client::login(server.plain_addr, "jack", "pw", Some("s")).await;
-    // Nobody online: the sender learns at once.
+    // No such account: the sender learns at once.
     sender
-        .send_str("<message to='ivy@localhost' type='chat' id='x1'><body>anyone?</body></message>")
+        .send_str(
+            "<message to='ivy-nobody@localhost' type='chat' id='x1'><body>anyone?</body></message>",
+        )
         .await;
     let err = sender.next_named("message").await;
     assert_eq!(err.attr("type"), Some("error"));
@@ -487,11 +489,13 @@ async fn sni_picks_the_domain_certificate() {
                 domain: d.to_string(),
                 cert: Some(cert.clone()),
                 key: Some(key.clone()),
+                allow_registration: false,
             })
             .chain([waxwing::config::HostConfig {
                 domain: "localhost".into(),
                 cert: None,
                 key: None,
+                allow_registration: false,
             }])
             .collect();
     })

@@ -2,6 +2,7 @@
 //! account's identity for its owner.
 
 use super::{IqOutcome, IqRequest, IqTarget, Module};
+use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
 use crate::xml::Element;
 
@@ -24,7 +25,7 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
         return Err(StanzaErrorCondition::ItemNotFound);
     }
     match (req.payload.name(), req.payload.ns(), req.target) {
-        ("query", NS_INFO, IqTarget::Server) => Ok(Some(server_info())),
+        ("query", NS_INFO, IqTarget::Server) => Ok(Some(server_info(req.server))),
         ("query", NS_INFO, IqTarget::Account { own: true }) => Ok(Some(
             Element::new("query", NS_INFO).with_child(identity("account", "registered", None)),
         )),
@@ -48,12 +49,16 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
     e
 }
 
-/// The server's disco#info answer: identity and every module's features.
-pub fn server_info() -> Element {
+/// The server's disco#info answer: identity, every module's features, and
+/// the contact addresses form (XEP-0157, as XEP-0128 extended information).
+pub fn server_info(server: &Server) -> Element {
     let mut q =
         Element::new("query", NS_INFO).with_child(identity("server", "im", Some("Waxwing")));
     for f in super::server_features() {
         q.append_child(Element::new("feature", NS_INFO).with_attr("var", f));
+    }
+    if let Some(form) = super::contact::server_info_form(&server.config.contact) {
+        q.append_child(form);
     }
     q
 }

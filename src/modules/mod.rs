@@ -4,10 +4,18 @@
 //! payload's namespace.
 
 pub mod blocking;
+pub mod contact;
 pub mod disco;
+pub mod last;
+pub mod offline;
 pub mod ping;
+pub mod presence;
+pub mod private;
+pub mod register;
+pub mod roster;
 pub mod session;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use std::future::Future;
@@ -69,7 +77,22 @@ pub const MODULES: &[&Module] = &[
     &version::MODULE,
     &time::MODULE,
     &session::MODULE,
+    &roster::MODULE,
+    &offline::MODULE,
+    &last::MODULE,
+    &register::MODULE,
+    &blocking::MODULE,
+    &vcard::MODULE,
+    &private::MODULE,
 ];
+
+/// XEPs implemented inside another module rather than as one of their own:
+/// delayed delivery stamps (XEP-0203) on offline messages, and contact
+/// addresses (XEP-0157) in the server's disco#info.
+pub const IMPLIED_XEPS: &[u16] = &[203, 157];
+
+/// XEP-0004 data forms, the payload several modules read or write.
+pub const NS_DATA: &str = "jabber:x:data";
 
 impl IqRequest<'_> {
     /// For queries only the server answers with a get (version, time):
@@ -97,4 +120,41 @@ pub async fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
 /// The server's disco features, from every module.
 pub fn server_features() -> impl Iterator<Item = &'static str> {
     MODULES.iter().flat_map(|m| m.features.iter().copied())
+}
+
+/// Serializes XML payloads for the per-user key-value store (vCards,
+/// private XML): each element carries its own `xmlns`, so the text reads
+/// back the same wherever it is parsed.
+pub fn xml_for_storage<'a>(elements: impl IntoIterator<Item = &'a Element>) -> String {
+    let mut out = Vec::new();
+    for e in elements {
+        e.write_to(&mut out, "");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses what [`xml_for_storage`] wrote. `max_depth` is the stanza depth
+/// limit the payloads were accepted under; None if the text is not such
+/// XML (the store was edited by hand, or is corrupt).
+pub fn xml_from_storage(stored: &str, max_depth: usize) -> Option<Vec<Element>> {
+    use crate::xml::{ParserLimits, StreamEvent, StreamParser};
+    let mut parser = StreamParser::new(ParserLimits {
+        max_stanza_bytes: stored.len().max(1024),
+        max_depth,
+    });
+    parser.feed(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    parser.feed(stored.as_bytes());
+    let mut out = Vec::new();
+    loop {
+        match parser.next_event() {
+            Ok(Some(StreamEvent::Header(_))) => {}
+            Ok(Some(StreamEvent::Stanza(e))) => out.push(e),
+            Ok(Some(StreamEvent::End)) => return None,
+            // Anything left over is a truncated element.
+            Ok(None) => return (parser.buffered() == 0).then_some(out),
+            Err(_) => return None,
+        }
+    }
 }

@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use super::transport::{ReadOutcome, Transport};
 use super::ConnectionSlot;
 use crate::accounts;
+use crate::modules::register;
 use crate::router;
 use crate::sasl::{self, parse_plain, SaslError, ScramServer};
 use crate::server::Server;
@@ -87,7 +88,7 @@ pub async fn run(
     let end = conn.run(direct_tls).await;
     let jid = conn.jid.as_ref().map(|j| j.to_string()).unwrap_or_default();
     if let Some(j) = &conn.jid {
-        server.sessions.unbind(j, id);
+        crate::modules::presence::session_ended(&server, j, id).await;
     }
     tracing::info!(
         conn = id,
@@ -147,6 +148,7 @@ impl Connection {
         }
         let mut phase = Phase::Unauthenticated { tls: direct_tls };
         let mut auth_failures = 0u32;
+        let mut registered_here = false;
         loop {
             match self.next_event().await? {
                 StreamEvent::Header(h) => {
@@ -160,8 +162,24 @@ impl Connection {
                     self.flush().await?;
                 }
                 StreamEvent::End => return Err(self.close_stream().await),
-                StreamEvent::Stanza(el) => match classify(&el, &phase) {
+                StreamEvent::Stanza(el) => match classify(&el, &phase, self.registration_allowed())
+                {
                     Err(cond) => return Err(self.close_with(cond, None).await),
+                    Ok(Negotiation::Register) => {
+                        let outcome = register::before_auth(
+                            &self.server,
+                            &self.domain,
+                            self.peer.ip(),
+                            &el,
+                            &mut registered_here,
+                        )
+                        .await;
+                        self.answer_unauthenticated_iq(&el, outcome).await?;
+                    }
+                    Ok(Negotiation::RefuseIq(cond)) => {
+                        self.answer_unauthenticated_iq(&el, Err(cond.into()))
+                            .await?;
+                    }
                     Ok(Negotiation::StartTls) => {
                         self.out.extend_from_slice(
                             b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
@@ -203,6 +221,31 @@ impl Connection {
         self.server.domains()
     }
 
+    /// May clients create accounts in-band on the domain this stream names?
+    fn registration_allowed(&self) -> bool {
+        self.server.config.allows_registration(&self.domain)
+    }
+
+    /// Replies to an IQ received before authentication (XEP-0077
+    /// registration). The client has no address yet, so the reply has none.
+    async fn answer_unauthenticated_iq(
+        &mut self,
+        iq: &Element,
+        outcome: Result<Option<Element>, register::Refusal>,
+    ) -> Flow<()> {
+        let mut iq = iq.clone();
+        iq.remove_attr("from");
+        iq.remove_attr("to");
+        let reply = match outcome {
+            Ok(payload) => Some(iq_result(&iq, payload)),
+            Err(r) => error_reply(&iq, r.condition, r.text),
+        };
+        if let Some(reply) = reply {
+            reply.write_to(&mut self.out, NS_CLIENT);
+        }
+        self.flush().await
+    }
+
     fn features(&self, phase: &Phase) -> Element {
         match phase {
             Phase::Unauthenticated { tls } => {
@@ -218,6 +261,7 @@ impl Connection {
                     self.server.config.c2s.require_encryption,
                     &mechs,
                     &cb_names,
+                    self.registration_allowed(),
                 )
             }
             Phase::Authenticated { .. } => rules::features_authenticated(),
@@ -547,8 +591,16 @@ impl Connection {
                 match self.parser.next_event() {
                     Ok(None) => break,
                     Ok(Some(StreamEvent::Stanza(el))) => {
+                        let cancel = register::is_cancel(&el);
                         if let Err(cond) = self.handle_stanza(&jid, el).await {
                             return self.close_with(cond, None).await;
+                        }
+                        if cancel && self.account_cancelled(&jid).await {
+                            // XEP-0077 §3.2: the result, then not-authorized.
+                            let _ = self.drain_queue(&mut rx);
+                            return self
+                                .close_with(StreamErrorCondition::NotAuthorized, None)
+                                .await;
                         }
                     }
                     Ok(Some(StreamEvent::End)) => return self.close_stream().await,
@@ -618,6 +670,19 @@ impl Connection {
         }
     }
 
+    /// Is the session's account gone (after an in-band cancel)? A failed
+    /// look-up keeps the session: it is only a hint to close early.
+    async fn account_cancelled(&self, jid: &FullJid) -> bool {
+        let username = jid.node().map(|n| n.as_str()).unwrap_or_default();
+        matches!(
+            self.server
+                .store
+                .account_exists(jid.domain().as_str(), username)
+                .await,
+            Ok(false)
+        )
+    }
+
     /// Moves already-queued stanzas into the write buffer (up to 64 KiB, so
     /// one write stays bounded); returns a condition to close with if asked.
     fn drain_queue(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> Option<StreamErrorCondition> {
@@ -651,22 +716,7 @@ impl Connection {
         jid: &FullJid,
         el: Element,
     ) -> Result<(), StreamErrorCondition> {
-        if el.is("presence", NS_CLIENT) && el.attr("to").is_none() {
-            self.track_presence(jid, &el);
-        }
         router::route_from_client(&self.server, jid, el).await
-    }
-
-    /// Records availability and priority from broadcast presence (RFC 6121 §4.7.2.3).
-    fn track_presence(&self, jid: &FullJid, presence: &Element) {
-        let available = presence.attr("type").is_none();
-        let priority = presence
-            .get_child("priority", NS_CLIENT)
-            .and_then(|p| p.text().trim().parse::<i8>().ok())
-            .unwrap_or(0);
-        self.server
-            .sessions
-            .set_presence(jid, self.id, available, priority);
     }
 
     // ---- I/O helpers ---------------------------------------------------

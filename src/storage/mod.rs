@@ -6,9 +6,12 @@
 //! embedded in the binary, and are applied by `Store::open`.
 
 mod accounts;
+mod offline;
+mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
+pub use roster::RosterRecord;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -79,7 +82,13 @@ impl Store {
     /// Tables holding per-account rows, each keyed by (domain, username):
     /// deleting an account empties all of them. Every new per-user table is
     /// added here.
-    pub const USER_TABLES: &'static [&'static str] = &["user_data", "scram_credentials"];
+    pub const USER_TABLES: &'static [&'static str] = &[
+        "user_data",
+        "scram_credentials",
+        "roster_items",
+        "roster_versions",
+        "offline_messages",
+    ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).
     pub async fn close(&self) {

@@ -1,11 +1,12 @@
 //! Client-to-server stream negotiation rules (RFC 6120 §4–§7), without I/O:
 //! header validation, the features offered in each phase, the SASL
-//! mechanisms on offer, and which element is allowed in which phase.
+//! mechanisms on offer, and which element is allowed in which phase
+//! (including XEP-0077 in-band registration before authentication).
 
 use std::collections::HashSet;
 
 use crate::sasl::ScramHash;
-use crate::stanza::StreamErrorCondition;
+use crate::stanza::{StanzaErrorCondition, StreamErrorCondition};
 use crate::xml::{Element, StreamHeader, NS_CLIENT, NS_STREAMS};
 
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -14,6 +15,10 @@ pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 /// XEP-0440: SASL channel-binding type capability.
 pub const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+/// XEP-0077: the in-band registration payload namespace.
+pub const NS_REGISTER: &str = "jabber:iq:register";
+/// XEP-0077 §8: the in-band registration stream feature.
+pub const NS_REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 
 /// XEPs implemented by c2s stream negotiation itself (not by a module):
 /// direct TLS (XEP-0368) and channel-binding capability (XEP-0440).
@@ -116,12 +121,15 @@ pub fn check_header(
 }
 
 /// Features before authentication: STARTTLS until TLS is up (required when
-/// `require_tls`), and the SASL mechanisms once they may be used.
+/// `require_tls`), the SASL mechanisms once they may be used, and in-band
+/// registration when the host allows it — only over TLS, as the password
+/// travels in the clear inside the stream (XEP-0077 §14).
 pub fn features_unauthenticated(
     tls: bool,
     require_tls: bool,
     mechanisms: &[Mechanism],
     channel_bindings: &[&str],
+    registration: bool,
 ) -> Element {
     let mut f = Element::new("features", NS_STREAMS);
     if !tls {
@@ -147,6 +155,9 @@ pub fn features_unauthenticated(
         }
         f.append_child(cb);
     }
+    if tls && registration {
+        f.append_child(Element::new("register", NS_REGISTER_FEATURE));
+    }
     f
 }
 
@@ -155,6 +166,9 @@ pub fn features_unauthenticated(
 pub fn features_authenticated() -> Element {
     Element::new("features", NS_STREAMS)
         .with_child(Element::new("bind", NS_BIND))
+        // XEP-0237 roster versioning and RFC 6121 §3.4 pre-approval.
+        .with_child(Element::new("ver", "urn:xmpp:features:rosterver"))
+        .with_child(Element::new("sub", "urn:xmpp:features:pre-approval"))
         .with_child(
             Element::new("session", NS_SESSION).with_child(Element::new("optional", NS_SESSION)),
         )
@@ -165,15 +179,40 @@ pub fn features_authenticated() -> Element {
 pub enum Negotiation {
     StartTls,
     Auth,
+    /// An XEP-0077 registration IQ (get or set) on a TLS stream whose host
+    /// allows registration.
+    Register,
+    /// An IQ that gets a stanza error instead of ending the stream: a
+    /// registration request where registration is off (XEP-0077 §3.1:
+    /// service-unavailable).
+    RefuseIq(StanzaErrorCondition),
     Bind,
 }
 
+/// Is `el` an IQ get/set whose payload is `jabber:iq:register`?
+fn is_register_iq(el: &Element) -> bool {
+    el.is("iq", NS_CLIENT)
+        && matches!(el.attr("type"), Some("get" | "set"))
+        && el.get_child("query", NS_REGISTER).is_some()
+}
+
 /// Classifies an element received during negotiation, or names the stream
-/// error it deserves.
-pub fn classify(el: &Element, phase: &Phase) -> Result<Negotiation, StreamErrorCondition> {
+/// error it deserves. `registration`: the stream's host allows in-band
+/// registration.
+pub fn classify(
+    el: &Element,
+    phase: &Phase,
+    registration: bool,
+) -> Result<Negotiation, StreamErrorCondition> {
     match phase {
         Phase::Unauthenticated { tls } => {
-            if el.is("starttls", NS_TLS) {
+            if *tls && is_register_iq(el) {
+                Ok(if registration {
+                    Negotiation::Register
+                } else {
+                    Negotiation::RefuseIq(StanzaErrorCondition::ServiceUnavailable)
+                })
+            } else if el.is("starttls", NS_TLS) {
                 if *tls {
                     // A second STARTTLS is a protocol violation.
                     Err(StreamErrorCondition::PolicyViolation)
@@ -280,13 +319,71 @@ mod tests {
 
     #[test]
     fn only_starttls_before_tls_when_required() {
-        let f = features_unauthenticated(false, true, &offered_mechanisms(false, false, true), &[]);
+        let f = features_unauthenticated(
+            false,
+            true,
+            &offered_mechanisms(false, false, true),
+            &[],
+            true,
+        );
         assert!(f
             .get_child("starttls", NS_TLS)
             .unwrap()
             .get_child("required", NS_TLS)
             .is_some());
         assert!(f.get_child("mechanisms", NS_SASL).is_none());
+        assert!(f.get_child("register", NS_REGISTER_FEATURE).is_none());
+    }
+
+    #[test]
+    fn registration_is_offered_only_over_tls_when_allowed() {
+        let mechs = offered_mechanisms(true, false, true);
+        let with = |tls, allowed| {
+            features_unauthenticated(tls, false, &mechs, &[], allowed)
+                .get_child("register", NS_REGISTER_FEATURE)
+                .is_some()
+        };
+        assert!(with(true, true));
+        assert!(!with(true, false));
+        assert!(!with(false, true));
+    }
+
+    #[test]
+    fn register_iq_before_auth() {
+        let get = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "get")
+            .with_child(Element::new("query", NS_REGISTER));
+        let tls = Phase::Unauthenticated { tls: true };
+        assert_eq!(classify(&get, &tls, true), Ok(Negotiation::Register));
+        assert_eq!(
+            classify(&get, &tls, false),
+            Ok(Negotiation::RefuseIq(
+                StanzaErrorCondition::ServiceUnavailable
+            ))
+        );
+        // Never before TLS: the password would cross the wire in the clear.
+        assert_eq!(
+            classify(&get, &Phase::Unauthenticated { tls: false }, true),
+            Err(StreamErrorCondition::NotAuthorized)
+        );
+        // Any other IQ is still a stanza before authentication.
+        let ping = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "get")
+            .with_child(Element::new("ping", "urn:xmpp:ping"));
+        assert_eq!(
+            classify(&ping, &tls, true),
+            Err(StreamErrorCondition::NotAuthorized)
+        );
+        // After authentication registration is an ordinary module IQ, not
+        // part of negotiation.
+        let authed = Phase::Authenticated {
+            tls: true,
+            username: "a".into(),
+        };
+        assert_eq!(
+            classify(&get, &authed, true),
+            Err(StreamErrorCondition::NotAuthorized)
+        );
     }
 
     #[test]
@@ -294,12 +391,12 @@ mod tests {
         let msg = Element::new("message", NS_CLIENT);
         let phase = Phase::Unauthenticated { tls: true };
         assert_eq!(
-            classify(&msg, &phase),
+            classify(&msg, &phase, false),
             Err(StreamErrorCondition::NotAuthorized)
         );
         let st = Element::new("starttls", NS_TLS);
         assert_eq!(
-            classify(&st, &phase),
+            classify(&st, &phase, false),
             Err(StreamErrorCondition::PolicyViolation)
         );
         let bind = Element::new("iq", NS_CLIENT)
@@ -309,9 +406,9 @@ mod tests {
             tls: true,
             username: "a".into(),
         };
-        assert_eq!(classify(&bind, &authed), Ok(Negotiation::Bind));
+        assert_eq!(classify(&bind, &authed, false), Ok(Negotiation::Bind));
         assert_eq!(
-            classify(&msg, &authed),
+            classify(&msg, &authed, false),
             Err(StreamErrorCondition::NotAuthorized)
         );
     }

@@ -382,6 +382,18 @@ impl Client {
 
     /// STARTTLS, SCRAM-SHA-256, restart, bind, initial presence.
     pub async fn login(addr: SocketAddr, user: &str, pass: &str, resource: Option<&str>) -> Client {
+        let mut c = Self::login_without_presence(addr, user, pass, resource).await;
+        c.send_str("<presence/>").await;
+        c
+    }
+
+    /// STARTTLS, SCRAM-SHA-256, restart, bind — no presence yet.
+    pub async fn login_without_presence(
+        addr: SocketAddr,
+        user: &str,
+        pass: &str,
+        resource: Option<&str>,
+    ) -> Client {
         let mut c = Client::connect(addr).await;
         c.starttls().await;
         let outcome = c.scram(ScramHash::Sha256, user, pass, false).await;
@@ -390,7 +402,6 @@ impl Client {
         let features = c.next_element().await;
         assert!(features.get_child("bind", NS_BIND).is_some());
         c.bind(resource).await;
-        c.send_str("<presence/>").await;
         c
     }
 

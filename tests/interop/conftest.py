@@ -84,6 +84,8 @@ log_level = "debug"
 
 [[host]]
 domain = {toml_str(self.domain)}
+# test_register.py creates its accounts in-band (XEP-0077).
+allow_registration = true
 
 [database]
 url = {toml_str(f"sqlite://{self.dir / 'waxwing.db'}")}

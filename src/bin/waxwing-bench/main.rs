@@ -733,6 +733,15 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
         };
         let other = (b - a).saturating_sub(server + (sb - sa)) as f64 / c.tck as f64;
         j.float("other_cpu_util", other / wall);
+        let busy = (b - a) as f64 / c.tck as f64 / wall;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        j.float("machine_cpu_util", busy);
+        if busy > 0.9 * cores {
+            lines.push(format!(
+                "  note: the machine was CPU-bound ({busy:.2} of {cores} cores busy): this rate is a \
+                 limit of server + tool together"
+            ));
+        }
         if other / wall > 0.05 {
             lines.push(format!(
                 "  WARNING: other processes used {:.0}% of a core during this run",

@@ -1,0 +1,90 @@
+//! Last Activity (XEP-0012): the server's uptime, and for an offline user
+//! the time since their last session ended — answered only to requesters
+//! the user shares presence with.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jid::BareJid;
+
+use super::{IqFuture, IqRequest, IqTarget, Module};
+use crate::server::Server;
+use crate::stanza::StanzaErrorCondition;
+use crate::xml::Element;
+
+pub const NS: &str = "jabber:iq:last";
+
+pub const MODULE: Module = Module {
+    xep: 12,
+    namespaces: &[NS],
+    features: &[NS],
+    handle,
+};
+
+const KEY: &str = "last_logout";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn query(seconds: u64) -> Element {
+    Element::new("query", NS).with_attr("seconds", seconds.to_string())
+}
+
+fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
+    Box::pin(async move {
+        if req.is_set || req.payload.name() != "query" {
+            return Err(StanzaErrorCondition::BadRequest);
+        }
+        let user = match req.target {
+            IqTarget::Server => return Ok(Some(query(req.server.uptime().as_secs()))),
+            IqTarget::Account { own } => {
+                let Some(to) = req.iq.attr("to").and_then(|t| BareJid::new(t).ok()) else {
+                    return Ok(Some(query(0)));
+                };
+                if !own {
+                    match super::roster::is_subscribed_from(req.server, &to, &req.from.to_bare())
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => return Err(StanzaErrorCondition::Forbidden),
+                        Err(_) => return Err(StanzaErrorCondition::InternalServerError),
+                    }
+                }
+                to
+            }
+        };
+        if !req.server.sessions.available_resources(&user).is_empty() {
+            return Ok(Some(query(0)));
+        }
+        let (d, u) = (
+            user.domain().as_str(),
+            user.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        match req.server.store.user_data_get(d, u, KEY).await {
+            Ok(Some(v)) => {
+                let then: u64 = v.parse().unwrap_or(0);
+                Ok(Some(query(now().saturating_sub(then))))
+            }
+            Ok(None) => Err(StanzaErrorCondition::ItemNotFound),
+            Err(_) => Err(StanzaErrorCondition::InternalServerError),
+        }
+    })
+}
+
+/// Remembers when the user's last session ended.
+pub async fn record_logout(server: &Server, user: &BareJid) {
+    let (d, u) = (
+        user.domain().as_str(),
+        user.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    if let Err(e) = server
+        .store
+        .user_data_put(d, u, KEY, &now().to_string())
+        .await
+    {
+        tracing::error!(error = %e, "storing last activity");
+    }
+}

@@ -1,0 +1,109 @@
+//! Offline messages (XEP-0160): a message no resource can take is committed
+//! to storage (with a XEP-0203 delay stamp) before anything else happens,
+//! and handed to the user's first session that sends initial presence, in
+//! order; rows are deleted only once the session has them.
+
+use jid::{BareJid, FullJid};
+
+use super::Module;
+use crate::server::Server;
+use crate::storage::StorageError;
+use crate::xml::{Element, NS_CLIENT};
+
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+
+pub const MODULE: Module = Module {
+    xep: 160,
+    namespaces: &[],
+    features: &["msgoffline"],
+    handle: |_| super::ready(Err(crate::stanza::StanzaErrorCondition::ServiceUnavailable)),
+};
+
+/// Messages handed to a session per storage round trip.
+const DELIVERY_BATCH: u32 = 500;
+
+/// Why a message could not be stored.
+#[derive(Debug)]
+pub enum NotStored {
+    /// No such account.
+    NoAccount,
+    /// The user's offline quota is full.
+    QuotaFull,
+    Storage(StorageError),
+}
+
+/// Stores a message for `to`, stamped with XEP-0203 delay.
+pub async fn store(server: &Server, to: &BareJid, message: &Element) -> Result<(), NotStored> {
+    let (domain, user) = (
+        to.domain().as_str(),
+        to.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    match server.store.account_exists(domain, user).await {
+        Ok(true) => {}
+        Ok(false) => return Err(NotStored::NoAccount),
+        Err(e) => return Err(NotStored::Storage(e)),
+    }
+    let mut stamped = message.clone();
+    stamped.append_child(
+        Element::new("delay", NS_DELAY)
+            .with_attr("from", domain)
+            .with_attr("stamp", super::time::utc_now()),
+    );
+    let xml = String::from_utf8_lossy(&stamped.to_bytes(NS_CLIENT)).into_owned();
+    match server
+        .store
+        .offline_push(
+            domain,
+            user,
+            &xml,
+            server.config.limits.max_offline_messages,
+        )
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(NotStored::QuotaFull),
+        Err(e) => Err(NotStored::Storage(e)),
+    }
+}
+
+/// Hands every waiting message to the session `to`, oldest first, deleting
+/// each batch once queued. Stops (keeping the rest) if the session's queue
+/// is full or gone.
+pub async fn deliver(server: &Server, to: &FullJid) -> Result<(), StorageError> {
+    let (domain, user) = (
+        to.domain().as_str(),
+        to.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    loop {
+        let batch = server
+            .store
+            .offline_fetch(domain, user, DELIVERY_BATCH)
+            .await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut last_handed = None;
+        for (id, xml) in &batch {
+            if server
+                .sessions
+                .send_to_full(to, bytes::Bytes::from(xml.clone()))
+                .is_err()
+            {
+                break;
+            }
+            last_handed = Some(*id);
+        }
+        match last_handed {
+            Some(id) => {
+                server
+                    .store
+                    .offline_delete_through(domain, user, id)
+                    .await?
+            }
+            None => return Ok(()),
+        }
+        if last_handed != batch.last().map(|b| b.0) || batch.len() < DELIVERY_BATCH as usize {
+            return Ok(());
+        }
+    }
+}

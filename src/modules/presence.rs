@@ -1,0 +1,301 @@
+//! Presence (RFC 6121 §4): initial presence (probes, broadcast, presence
+//! to the user's own resources, waiting subscription requests and offline
+//! messages), updates, directed presence, subscription stanzas between
+//! users, and the unavailable broadcast when a session ends for any reason.
+
+use jid::{BareJid, FullJid, Jid};
+
+use super::roster::{self, Inbound, SubscriptionKind};
+use crate::router::deliver_local;
+use crate::server::Server;
+use crate::stanza::{error_reply, StanzaErrorCondition};
+use crate::storage::StorageError;
+use crate::xml::{Element, NS_CLIENT};
+
+/// A presence stanza sent by the local session `origin` (its `from` already
+/// stamped with the full JID, `to` normalised).
+pub async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, stanza: Element) {
+    let kind = stanza.attr("type").map(str::to_owned);
+    let result = match (to, kind.as_deref()) {
+        (None, None) => available(server, origin, stanza).await,
+        (None, Some("unavailable")) => unavailable(server, origin, stanza).await,
+        // A broadcast subscription or probe has no addressee: ignore it.
+        (None, Some(_)) => Ok(()),
+        (Some(to), Some(t)) if SubscriptionKind::from_type(Some(t)).is_some() => {
+            let Some(kind) = SubscriptionKind::from_type(Some(t)) else {
+                return;
+            };
+            subscription_from_client(server, origin, to.to_bare(), kind, stanza).await
+        }
+        // RFC 6121 §4.3: probes are the server's business.
+        (Some(_), Some("probe")) => Ok(()),
+        (Some(to), _) => {
+            directed(server, origin, to, stanza);
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "presence storage");
+    }
+}
+
+/// Broadcast available presence: initial presence does the work of §4.2,
+/// later ones only the broadcast (§4.4).
+async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result<(), StorageError> {
+    let priority = stanza
+        .get_child("priority", NS_CLIENT)
+        .and_then(|p| p.text().trim().parse::<i8>().ok())
+        .unwrap_or(0);
+    let mut kept = stanza.clone();
+    kept.remove_attr("to");
+    let id = session_id(server, origin);
+    let was_available = server
+        .sessions
+        .set_presence(origin, id, Some(kept.clone()), priority);
+    let user = origin.to_bare();
+    let items = roster::items(server, &user).await?;
+    broadcast(server, origin, &items, &kept);
+    if !was_available {
+        // Probes: the contacts the user is subscribed to, answered locally.
+        for item in items.iter().filter(|i| i.to()) {
+            if let Ok(contact) = BareJid::new(&item.record.contact) {
+                for (full, presence) in server.sessions.presences(&contact) {
+                    let _ = deliver_local(
+                        server,
+                        origin,
+                        &addressed(&presence, &full, origin.as_str()),
+                    );
+                }
+            }
+        }
+        // The user's other resources, seen from the new one.
+        for (full, presence) in server.sessions.presences(&user) {
+            if &full != origin {
+                let _ = deliver_local(
+                    server,
+                    origin,
+                    &addressed(&presence, &full, origin.as_str()),
+                );
+            }
+        }
+        for request in roster::pending_requests(server, &user).await? {
+            if let Ok(data) = std::str::from_utf8(request.as_bytes()) {
+                let _ = server
+                    .sessions
+                    .send_to_full(origin, bytes::Bytes::from(data.to_owned()));
+            }
+        }
+        super::offline::deliver(server, origin).await?;
+    }
+    Ok(())
+}
+
+/// Explicit unavailable: broadcast it, and end directed presences.
+async fn unavailable(
+    server: &Server,
+    origin: &FullJid,
+    stanza: Element,
+) -> Result<(), StorageError> {
+    let id = session_id(server, origin);
+    if !server.sessions.set_presence(origin, id, None, 0) {
+        // Never available: there is nothing to retract.
+        return Ok(());
+    }
+    let mut kept = stanza;
+    kept.remove_attr("to");
+    let items = roster::items(server, &origin.to_bare()).await?;
+    broadcast(server, origin, &items, &kept);
+    for to in server.sessions.take_directed(origin) {
+        if let Ok(j) = Jid::new(&to) {
+            deliver_to_jid(server, &j, &addressed(&kept, origin, &to));
+        }
+    }
+    Ok(())
+}
+
+/// Sends `presence` from `origin` to every contact subscribed to the user and
+/// to the user's own available resources.
+fn broadcast(server: &Server, origin: &FullJid, items: &[roster::Item], presence: &Element) {
+    for item in items.iter().filter(|i| i.from()) {
+        if let Ok(contact) = BareJid::new(&item.record.contact) {
+            send_to_resources(
+                server,
+                &contact,
+                &addressed(presence, origin, contact.as_str()),
+            );
+        }
+    }
+    let user = origin.to_bare();
+    send_to_resources(server, &user, &addressed(presence, origin, user.as_str()));
+}
+
+/// Delivers to each available resource of a local bare JID.
+fn send_to_resources(server: &Server, to: &BareJid, stanza: &Element) {
+    let data = bytes::Bytes::from(stanza.to_bytes(NS_CLIENT));
+    for (full, _) in server.sessions.available_resources(to) {
+        let _ = server.sessions.send_to_full(&full, data.clone());
+    }
+}
+
+fn deliver_to_jid(server: &Server, to: &Jid, stanza: &Element) {
+    match to.clone().try_into_full() {
+        Ok(full) => {
+            let _ = deliver_local(server, &full, stanza);
+        }
+        Err(bare) => send_to_resources(server, &bare, stanza),
+    }
+}
+
+/// `presence` with `from` and `to` set.
+fn addressed(presence: &Element, from: &FullJid, to: &str) -> Element {
+    let mut p = presence.clone();
+    p.set_attr("from", from.as_str());
+    p.set_attr("to", to);
+    p
+}
+
+/// Directed presence (§4.6): route it, and remember available ones so the
+/// recipient hears of the session's end.
+fn directed(server: &Server, origin: &FullJid, to: Jid, stanza: Element) {
+    let available = stanza.attr("type").is_none();
+    if matches!(stanza.attr("type"), None | Some("unavailable")) {
+        server
+            .sessions
+            .note_directed(origin, to.as_str(), available);
+    }
+    deliver_to_jid(server, &to, &stanza);
+}
+
+/// A subscription stanza from a local user: the user's side, then the
+/// contact's (both local until federation arrives).
+async fn subscription_from_client(
+    server: &Server,
+    origin: &FullJid,
+    contact: BareJid,
+    kind: SubscriptionKind,
+    mut stanza: Element,
+) -> Result<(), StorageError> {
+    let user = origin.to_bare();
+    if contact == user {
+        return Ok(());
+    }
+    // §3.1.2: subscription stanzas carry the bare JID.
+    stanza.set_attr("from", user.as_str());
+    stanza.set_attr("to", contact.as_str());
+    let out = roster::outbound(server, &user, &contact, kind).await?;
+    finish_outbound(server, &user, &contact, kind, stanza, out).await
+}
+
+/// Routes an outbound subscription stanza if the state machine says so,
+/// then sends the presence that follows from it — in that order, so the
+/// contact learns of the approval before seeing the presence.
+pub async fn finish_outbound(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: SubscriptionKind,
+    stanza: Element,
+    out: roster::Outbound,
+) -> Result<(), StorageError> {
+    if out.route {
+        route_subscription(server, user, contact, kind, stanza).await?;
+    }
+    match out.then {
+        Some(roster::FollowUp::CurrentPresence) => send_current_presence(server, user, contact),
+        Some(roster::FollowUp::Unavailable) => send_unavailable_to(server, user, contact),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Hands a subscription stanza from `user` to the contact's server —
+/// here, always this one.
+pub async fn route_subscription(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: SubscriptionKind,
+    stanza: Element,
+) -> Result<(), StorageError> {
+    let domain = contact.domain().as_str();
+    if !server.is_local_domain(domain) {
+        // No federation yet: the remote domain cannot be reached.
+        if let Some(reply) = error_reply(&stanza, StanzaErrorCondition::RemoteServerNotFound, None)
+        {
+            send_to_resources(server, user, &reply);
+        }
+        return Ok(());
+    }
+    let (d, u) = (
+        domain,
+        contact.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    if !server.store.account_exists(d, u).await? {
+        return Ok(());
+    }
+    match roster::inbound(server, contact, user, kind, &stanza).await? {
+        Inbound::Deliver => send_to_resources(server, contact, &stanza),
+        Inbound::Drop => {}
+        Inbound::AutoApprove => {
+            let reply = Element::new("presence", NS_CLIENT)
+                .with_attr("from", contact.as_str())
+                .with_attr("to", user.as_str())
+                .with_attr("type", "subscribed");
+            // The approval travels back as if the contact had sent it.
+            if let Inbound::Deliver =
+                roster::inbound(server, user, contact, SubscriptionKind::Subscribed, &reply).await?
+            {
+                send_to_resources(server, user, &reply);
+            }
+            send_current_presence(server, contact, user);
+        }
+    }
+    Ok(())
+}
+
+/// Sends the user's current presence (each available resource) to a contact
+/// that may now see it (§3.1.5).
+pub fn send_current_presence(server: &Server, user: &BareJid, contact: &BareJid) {
+    for (full, presence) in server.sessions.presences(user) {
+        send_to_resources(
+            server,
+            contact,
+            &addressed(&presence, &full, contact.as_str()),
+        );
+    }
+}
+
+/// Sends unavailable from each of the user's available resources to a
+/// contact that may no longer see them (§3.2.3).
+pub fn send_unavailable_to(server: &Server, user: &BareJid, contact: &BareJid) {
+    for (full, _) in server.sessions.presences(user) {
+        let p = Element::new("presence", NS_CLIENT).with_attr("type", "unavailable");
+        send_to_resources(server, contact, &addressed(&p, &full, contact.as_str()));
+    }
+}
+
+/// A session ended (clean close, error, timeout, kill): unbind it and, if it
+/// was available, broadcast unavailable (§4.5.2).
+pub async fn session_ended(server: &Server, jid: &FullJid, session_id: u64) {
+    let departed = server.sessions.unbind(jid, session_id);
+    let user = jid.to_bare();
+    if departed.presence.is_some() {
+        let p = Element::new("presence", NS_CLIENT).with_attr("type", "unavailable");
+        match roster::items(server, &user).await {
+            Ok(items) => broadcast(server, jid, &items, &p),
+            Err(e) => tracing::error!(error = %e, "presence storage"),
+        }
+        for to in &departed.directed {
+            if let Ok(j) = Jid::new(to) {
+                deliver_to_jid(server, &j, &addressed(&p, jid, to));
+            }
+        }
+    }
+    if departed.last_resource {
+        super::last::record_logout(server, &user).await;
+    }
+}
+
+fn session_id(server: &Server, jid: &FullJid) -> u64 {
+    server.sessions.session_id(jid).unwrap_or(0)
+}

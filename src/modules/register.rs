@@ -1,0 +1,318 @@
+//! In-Band Registration (XEP-0077): creating an account before logging in
+//! (when the host allows it, over TLS, rate-limited per IP), and for a
+//! logged-in user, changing the password or cancelling the account with
+//! everything stored for it.
+//!
+//! The pre-authentication half is called by the c2s negotiation driver
+//! (`net::c2s`), which has no bound JID yet; the rest is an ordinary module.
+
+use std::net::IpAddr;
+
+use jid::{BareJid, NodePart};
+
+use super::{IqOutcome, IqRequest, IqTarget, Module, NS_DATA};
+use crate::accounts;
+use crate::server::Server;
+use crate::stanza::StanzaErrorCondition;
+use crate::storage::AccountRecord;
+use crate::stream::c2s::NS_REGISTER;
+use crate::xml::{Element, NS_CLIENT};
+
+pub const MODULE: Module = Module {
+    xep: 77,
+    namespaces: &[NS_REGISTER],
+    // Advertised on every host: a logged-in user can always change the
+    // password and cancel in-band (§6); whether new accounts may be created
+    // is told by the stream feature instead.
+    features: &[NS_REGISTER],
+    handle: |req| Box::pin(answer(req)),
+};
+
+/// A refused registration request: the condition and a text for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub condition: StanzaErrorCondition,
+    pub text: Option<&'static str>,
+}
+
+impl Refusal {
+    fn new(condition: StanzaErrorCondition, text: &'static str) -> Refusal {
+        Refusal {
+            condition,
+            text: Some(text),
+        }
+    }
+}
+
+impl From<StanzaErrorCondition> for Refusal {
+    fn from(condition: StanzaErrorCondition) -> Refusal {
+        Refusal {
+            condition,
+            text: None,
+        }
+    }
+}
+
+/// Answers a registration IQ on a TLS stream that is not authenticated yet,
+/// for a host that allows registration (XEP-0077 §3.1, §3.3). The stream
+/// stays unauthenticated: the client logs in with the new account next.
+/// `registered_here` is set once an account was created on this stream; a
+/// second one is refused, as §3.3 allows.
+pub async fn before_auth(
+    server: &Server,
+    domain: &str,
+    ip: IpAddr,
+    iq: &Element,
+    registered_here: &mut bool,
+) -> Result<Option<Element>, Refusal> {
+    let query = iq
+        .get_child("query", NS_REGISTER)
+        .ok_or(StanzaErrorCondition::BadRequest)?;
+    if iq.attr("type") != Some("set") {
+        return Ok(Some(
+            Element::new("query", NS_REGISTER)
+                .with_child(
+                    Element::new("instructions", NS_REGISTER)
+                        .with_text(format!("Choose a username and password for {domain}.")),
+                )
+                .with_child(Element::new("username", NS_REGISTER))
+                .with_child(Element::new("password", NS_REGISTER)),
+        ));
+    }
+    if query.get_child("remove", NS_REGISTER).is_some() {
+        // Nobody is logged in, so there is no account to cancel (§3.2).
+        return Err(StanzaErrorCondition::UnexpectedRequest.into());
+    }
+    if *registered_here {
+        return Err(Refusal::new(
+            StanzaErrorCondition::NotAcceptable,
+            "an account was already created on this stream; log in with it",
+        ));
+    }
+    let (Some(username), Some(password)) = (field(query, "username"), field(query, "password"))
+    else {
+        return Err(Refusal::new(
+            StanzaErrorCondition::NotAcceptable,
+            "a username and a password are required",
+        ));
+    };
+    let jid = NodePart::new(&username)
+        .ok()
+        .and_then(|node| BareJid::new(&format!("{node}@{domain}")).ok())
+        .filter(|_| !username.is_empty())
+        .ok_or(Refusal::new(
+            StanzaErrorCondition::NotAcceptable,
+            "the username is not valid in an XMPP address",
+        ))?;
+    if password.is_empty() {
+        return Err(Refusal::new(
+            StanzaErrorCondition::NotAcceptable,
+            "the password must not be empty",
+        ));
+    }
+    // §3.3 suggests not-acceptable for an entity registering too often.
+    if server.registrations_by_ip.is_blocked(&ip) {
+        return Err(Refusal::new(
+            StanzaErrorCondition::NotAcceptable,
+            "too many accounts were created from your address recently; try again later",
+        ));
+    }
+    let node = jid.node().map(|n| n.as_str()).unwrap_or_default();
+    // Cheap check first, so a taken name costs no key derivation.
+    match server.store.account_exists(domain, node).await {
+        Ok(false) => {}
+        Ok(true) => return Err(StanzaErrorCondition::Conflict.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "checking for an account");
+            return Err(StanzaErrorCondition::InternalServerError.into());
+        }
+    }
+    let record = derive(server, &jid, password).await?;
+    match server.store.create_account(&record).await {
+        Ok(true) => {
+            server.registrations_by_ip.record_failure(&ip);
+            *registered_here = true;
+            tracing::info!(jid = %jid, peer = %ip, "account registered in-band");
+            Ok(None)
+        }
+        // Someone took the name between the check and the insert.
+        Ok(false) => Err(StanzaErrorCondition::Conflict.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "creating an account");
+            Err(StanzaErrorCondition::InternalServerError.into())
+        }
+    }
+}
+
+/// Is `stanza` a request to cancel the sender's own account (§3.2)? The
+/// c2s session checks this to end the stream once the account is gone.
+pub fn is_cancel(stanza: &Element) -> bool {
+    stanza.is("iq", NS_CLIENT)
+        && stanza.attr("type") == Some("set")
+        && stanza
+            .get_child("query", NS_REGISTER)
+            .is_some_and(|q| q.get_child("remove", NS_REGISTER).is_some())
+}
+
+/// Registration IQs from a logged-in user, about their own account: to
+/// the server (as §3.3 shows) or with no `to` (as §3.2 asks for cancels).
+async fn answer(req: &IqRequest<'_>) -> IqOutcome {
+    if req.target == (IqTarget::Account { own: false }) {
+        return Err(StanzaErrorCondition::ServiceUnavailable);
+    }
+    if req.payload.name() != "query" {
+        return Err(StanzaErrorCondition::BadRequest);
+    }
+    let account = req.from.to_bare();
+    let username = account.node().map(|n| n.as_str()).unwrap_or_default();
+    if !req.is_set {
+        // §3.1: an entity that is registered is told so, with its username.
+        return Ok(Some(
+            Element::new("query", NS_REGISTER)
+                .with_child(Element::new("registered", NS_REGISTER))
+                .with_child(Element::new("username", NS_REGISTER).with_text(username)),
+        ));
+    }
+    if req.payload.get_child("remove", NS_REGISTER).is_some() {
+        // §3.2: <remove/> must be the only child.
+        if req.payload.children().count() != 1 {
+            return Err(StanzaErrorCondition::BadRequest);
+        }
+        return cancel(req.server, &account, req.from).await;
+    }
+    change_password(req, &account, username).await
+}
+
+/// §3.2: deletes the account and all its data. The requesting session ends
+/// itself with `not-authorized` after this result (see `net::c2s`).
+async fn cancel(server: &Server, account: &BareJid, requester: &jid::FullJid) -> IqOutcome {
+    let domain = account.domain().as_str();
+    let username = account.node().map(|n| n.as_str()).unwrap_or_default();
+    match server.store.delete_account(domain, username).await {
+        Ok(true) => {
+            tracing::info!(jid = %account, "account cancelled in-band");
+            // §3.2: the account's other sessions end too; the requester's
+            // own ends itself once this result is written.
+            server.sessions.close_account(
+                account,
+                Some(requester),
+                crate::stanza::StreamErrorCondition::NotAuthorized,
+            );
+            Ok(None)
+        }
+        Ok(false) => Err(StanzaErrorCondition::RegistrationRequired),
+        Err(e) => {
+            tracing::error!(error = %e, jid = %account, "deleting an account");
+            Err(StanzaErrorCondition::InternalServerError)
+        }
+    }
+}
+
+/// §3.3: a new password for the logged-in account.
+async fn change_password(req: &IqRequest<'_>, account: &BareJid, username: &str) -> IqOutcome {
+    let given = field(req.payload, "username").ok_or(StanzaErrorCondition::BadRequest)?;
+    // Compare in normalised form: "Juliet" names the account "juliet".
+    if NodePart::new(&given).ok().as_ref().map(|n| n.as_str()) != Some(username) {
+        return Err(StanzaErrorCondition::BadRequest);
+    }
+    let password = field(req.payload, "password").ok_or(StanzaErrorCondition::BadRequest)?;
+    // §3.3: an empty password never replaces the existing one.
+    if password.is_empty() {
+        return Err(StanzaErrorCondition::NotAcceptable);
+    }
+    let record = derive(req.server, account, password)
+        .await
+        .map_err(|r| r.condition)?;
+    match req.server.store.set_credentials(&record).await {
+        Ok(true) => {
+            tracing::info!(jid = %account, "password changed in-band");
+            Ok(None)
+        }
+        Ok(false) => Err(StanzaErrorCondition::RegistrationRequired),
+        Err(e) => {
+            tracing::error!(error = %e, jid = %account, "changing a password");
+            Err(StanzaErrorCondition::InternalServerError)
+        }
+    }
+}
+
+/// Derives the stored credentials off the async workers (PBKDF2 and argon2
+/// are deliberately slow).
+async fn derive(
+    server: &Server,
+    jid: &BareJid,
+    password: String,
+) -> Result<AccountRecord, Refusal> {
+    let iterations = server.config.limits.scram_iterations;
+    let jid = jid.clone();
+    match tokio::task::spawn_blocking(move || accounts::derive_record(&jid, &password, iterations))
+        .await
+    {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "deriving credentials");
+            Err(StanzaErrorCondition::InternalServerError.into())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "credential derivation task");
+            Err(StanzaErrorCondition::InternalServerError.into())
+        }
+    }
+}
+
+/// A registration field: the `jabber:iq:register` element, or the field of
+/// a submitted data form (§5, which takes precedence when present).
+fn field(query: &Element, name: &str) -> Option<String> {
+    if let Some(form) = query.get_child("x", NS_DATA) {
+        return form
+            .children()
+            .find(|f| f.is("field", NS_DATA) && f.attr("var") == Some(name))
+            .map(|f| {
+                f.get_child("value", NS_DATA)
+                    .map(Element::text)
+                    .unwrap_or_default()
+            });
+    }
+    query.get_child(name, NS_REGISTER).map(Element::text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_from_plain_elements_or_a_form() {
+        let plain = Element::new("query", NS_REGISTER)
+            .with_child(Element::new("username", NS_REGISTER).with_text("juliet"))
+            .with_child(Element::new("password", NS_REGISTER));
+        assert_eq!(field(&plain, "username").as_deref(), Some("juliet"));
+        assert_eq!(field(&plain, "password").as_deref(), Some(""));
+        assert_eq!(field(&plain, "email"), None);
+
+        let form = Element::new("query", NS_REGISTER).with_child(
+            Element::new("x", NS_DATA)
+                .with_attr("type", "submit")
+                .with_child(
+                    Element::new("field", NS_DATA)
+                        .with_attr("var", "username")
+                        .with_child(Element::new("value", NS_DATA).with_text("romeo")),
+                ),
+        );
+        assert_eq!(field(&form, "username").as_deref(), Some("romeo"));
+        assert_eq!(field(&form, "password"), None);
+    }
+
+    #[test]
+    fn cancel_is_recognised() {
+        let cancel = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "set")
+            .with_child(
+                Element::new("query", NS_REGISTER).with_child(Element::new("remove", NS_REGISTER)),
+            );
+        assert!(is_cancel(&cancel));
+        let get = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "get")
+            .with_child(Element::new("query", NS_REGISTER));
+        assert!(!is_cancel(&get));
+    }
+}

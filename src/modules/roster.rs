@@ -1,0 +1,501 @@
+//! Rosters and presence subscriptions (RFC 6121 §2–3): the roster IQ with
+//! versioning (XEP-0237) and pushes, and the subscription state machine for
+//! outbound (user → contact) and inbound (contact → user) subscription
+//! stanzas, as RFC 6121 Appendix A tabulates it.
+
+use jid::BareJid;
+
+use super::{IqFuture, IqOutcome, IqRequest, IqTarget, Module};
+use crate::router::deliver_local;
+use crate::server::Server;
+use crate::stanza::StanzaErrorCondition;
+use crate::storage::{RosterRecord, StorageError};
+use crate::xml::{Element, NS_CLIENT};
+
+pub const NS: &str = "jabber:iq:roster";
+
+pub const MODULE: Module = Module {
+    xep: 237,
+    namespaces: &[NS],
+    features: &[],
+    handle,
+};
+
+/// A subscription presence type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+}
+
+impl SubscriptionKind {
+    /// The kind named by a presence `type`, if it is a subscription one.
+    pub fn from_type(t: Option<&str>) -> Option<Self> {
+        match t? {
+            "subscribe" => Some(Self::Subscribe),
+            "subscribed" => Some(Self::Subscribed),
+            "unsubscribe" => Some(Self::Unsubscribe),
+            "unsubscribed" => Some(Self::Unsubscribed),
+            _ => None,
+        }
+    }
+
+    pub fn as_type(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Subscribed => "subscribed",
+            Self::Unsubscribe => "unsubscribe",
+            Self::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
+/// Subscription state of one roster row, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub record: RosterRecord,
+}
+
+impl Item {
+    fn new(contact: &BareJid) -> Item {
+        Item {
+            record: RosterRecord {
+                contact: contact.to_string(),
+                name: None,
+                subscription: "none".into(),
+                ask_out: false,
+                pending_in: None,
+                approved: false,
+                in_roster: true,
+                groups: Vec::new(),
+            },
+        }
+    }
+
+    /// The user receives the contact's presence.
+    pub fn to(&self) -> bool {
+        matches!(self.record.subscription.as_str(), "to" | "both")
+    }
+
+    /// The contact receives the user's presence.
+    pub fn from(&self) -> bool {
+        matches!(self.record.subscription.as_str(), "from" | "both")
+    }
+
+    fn set(&mut self, to: bool, from: bool) {
+        self.record.subscription = match (to, from) {
+            (false, false) => "none",
+            (true, false) => "to",
+            (false, true) => "from",
+            (true, true) => "both",
+        }
+        .into();
+    }
+
+    /// A row outside the roster that no longer carries anything.
+    fn is_empty_request_row(&self) -> bool {
+        let r = &self.record;
+        !r.in_roster
+            && r.subscription == "none"
+            && r.pending_in.is_none()
+            && !r.approved
+            && !r.ask_out
+    }
+
+    /// The `<item/>` of a roster result or push.
+    pub fn to_element(&self) -> Element {
+        let r = &self.record;
+        let mut e = Element::new("item", NS)
+            .with_attr("jid", r.contact.as_str())
+            .with_attr("subscription", r.subscription.as_str());
+        if let Some(n) = &r.name {
+            e.set_attr("name", n.as_str());
+        }
+        if r.ask_out {
+            e.set_attr("ask", "subscribe");
+        }
+        if r.approved {
+            e.set_attr("approved", "true");
+        }
+        for g in &r.groups {
+            e.append_child(Element::new("group", NS).with_text(g.as_str()));
+        }
+        e
+    }
+}
+
+fn parts(user: &BareJid) -> (&str, &str) {
+    (
+        user.domain().as_str(),
+        user.node().map(|n| n.as_str()).unwrap_or_default(),
+    )
+}
+
+/// Loads one roster row.
+pub async fn item(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+) -> Result<Option<Item>, StorageError> {
+    let (d, u) = parts(user);
+    Ok(server
+        .store
+        .roster_item(d, u, contact.as_str())
+        .await?
+        .map(|record| Item { record }))
+}
+
+/// The whole roster, request-only rows included.
+pub async fn items(server: &Server, user: &BareJid) -> Result<Vec<Item>, StorageError> {
+    let (d, u) = parts(user);
+    Ok(server
+        .store
+        .roster_items(d, u)
+        .await?
+        .into_iter()
+        .map(|record| Item { record })
+        .collect())
+}
+
+/// Saves a row and pushes it to the user's interested resources
+/// (a request-only row is saved without a push: it is not in the roster).
+async fn save_and_push(server: &Server, user: &BareJid, item: &Item) -> Result<(), StorageError> {
+    let (d, u) = parts(user);
+    let ver = server.store.roster_put(d, u, &item.record).await?;
+    if item.record.in_roster {
+        push(server, user, item.to_element(), ver);
+    }
+    Ok(())
+}
+
+/// Sends a roster push (RFC 6121 §2.1.6) to every interested resource.
+fn push(server: &Server, user: &BareJid, item: Element, ver: i64) {
+    for full in server.sessions.interested_resources(user) {
+        let iq = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", format!("push{ver}"))
+            .with_attr("to", full.as_str())
+            .with_child(
+                Element::new("query", NS)
+                    .with_attr("ver", ver.to_string())
+                    .with_child(item.clone()),
+            );
+        let _ = deliver_local(server, &full, &iq);
+    }
+}
+
+fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
+    Box::pin(async move {
+        if req.target != (IqTarget::Account { own: true }) {
+            return Err(StanzaErrorCondition::Forbidden);
+        }
+        if req.payload.name() != "query" {
+            return Err(StanzaErrorCondition::BadRequest);
+        }
+        let user = req.from.to_bare();
+        let r = if req.is_set {
+            set(req, &user).await
+        } else {
+            get(req, &user).await
+        };
+        r.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "roster storage");
+            Err(StanzaErrorCondition::InternalServerError)
+        })
+    })
+}
+
+async fn get(req: &IqRequest<'_>, user: &BareJid) -> Result<IqOutcome, StorageError> {
+    req.server.sessions.set_interested(req.from);
+    let (d, u) = parts(user);
+    let ver = req.server.store.roster_version(d, u).await?;
+    // XEP-0237: a client already at the current version gets an empty
+    // result and then only pushes.
+    if req.payload.attr("ver") == Some(ver.to_string().as_str()) {
+        return Ok(Ok(None));
+    }
+    let mut q = Element::new("query", NS).with_attr("ver", ver.to_string());
+    for item in items(req.server, user).await? {
+        if item.record.in_roster {
+            q.append_child(item.to_element());
+        }
+    }
+    Ok(Ok(Some(q)))
+}
+
+async fn set(req: &IqRequest<'_>, user: &BareJid) -> Result<IqOutcome, StorageError> {
+    // RFC 6121 §2.3.3: exactly one item.
+    let mut it = req.payload.children().filter(|c| c.is("item", NS));
+    let (Some(el), None) = (it.next(), it.next()) else {
+        return Ok(Err(StanzaErrorCondition::BadRequest));
+    };
+    let Some(contact) = el.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
+        return Ok(Err(StanzaErrorCondition::BadRequest));
+    };
+    if contact == *user {
+        return Ok(Err(StanzaErrorCondition::NotAllowed));
+    }
+    if el.attr("subscription") == Some("remove") {
+        return remove(req.server, user, &contact).await.map(|_| Ok(None));
+    }
+    let mut groups: Vec<String> = Vec::new();
+    for g in el.children().filter(|c| c.is("group", NS)) {
+        let name = g.text();
+        // §2.3.3: empty or duplicate groups are errors.
+        if name.is_empty() || groups.contains(&name) {
+            return Ok(Err(StanzaErrorCondition::BadRequest));
+        }
+        groups.push(name);
+    }
+    let mut item = item(req.server, user, &contact)
+        .await?
+        .unwrap_or_else(|| Item::new(&contact));
+    item.record.in_roster = true;
+    item.record.name = el.attr("name").filter(|n| !n.is_empty()).map(String::from);
+    item.record.groups = groups;
+    save_and_push(req.server, user, &item).await?;
+    Ok(Ok(None))
+}
+
+/// Roster removal (§2.5): cancels subscriptions both ways, then deletes.
+async fn remove(server: &Server, user: &BareJid, contact: &BareJid) -> Result<(), StorageError> {
+    let Some(item) = item(server, user, contact).await? else {
+        return Ok(());
+    };
+    if item.to() || item.record.ask_out {
+        send_subscription(server, user, contact, SubscriptionKind::Unsubscribe).await?;
+    }
+    if item.from() || item.record.pending_in.is_some() {
+        send_subscription(server, user, contact, SubscriptionKind::Unsubscribed).await?;
+    }
+    let (d, u) = parts(user);
+    let ver = server.store.roster_remove(d, u, contact.as_str()).await?;
+    push(
+        server,
+        user,
+        Element::new("item", NS)
+            .with_attr("jid", contact.as_str())
+            .with_attr("subscription", "remove"),
+        ver,
+    );
+    Ok(())
+}
+
+/// Generates a subscription stanza from `user` to `contact`, as if the user
+/// had sent it, and processes both sides.
+async fn send_subscription(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: SubscriptionKind,
+) -> Result<(), StorageError> {
+    let stanza = Element::new("presence", NS_CLIENT)
+        .with_attr("from", user.as_str())
+        .with_attr("to", contact.as_str())
+        .with_attr("type", kind.as_type());
+    let out = outbound(server, user, contact, kind).await?;
+    super::presence::finish_outbound(server, user, contact, kind, stanza, out).await
+}
+
+/// Presence the user's server sends once an outbound subscription stanza
+/// has been routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowUp {
+    /// §3.1.5: the contact may now see the user's presence.
+    CurrentPresence,
+    /// §3.2.3: the contact may no longer see it.
+    Unavailable,
+}
+
+/// What the user's server does with a subscription stanza the user sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    /// Route it on to the contact.
+    pub route: bool,
+    /// Then send this presence to the contact.
+    pub then: Option<FollowUp>,
+}
+
+/// The user's side of a subscription stanza the user sends (RFC 6121
+/// §3.1.2, §3.2.2, §3.3.2, §3.4; Appendix A.2).
+pub async fn outbound(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: SubscriptionKind,
+) -> Result<Outbound, StorageError> {
+    let existing = item(server, user, contact).await?;
+    let mut it = existing.clone().unwrap_or_else(|| Item::new(contact));
+    let before = it.clone();
+    let route = match kind {
+        SubscriptionKind::Subscribe => {
+            it.record.in_roster = true;
+            if !it.to() {
+                it.record.ask_out = true;
+            }
+            true
+        }
+        SubscriptionKind::Unsubscribe => {
+            let (_, from) = (it.to(), it.from());
+            it.set(false, from);
+            it.record.ask_out = false;
+            true
+        }
+        SubscriptionKind::Subscribed => {
+            if it.record.pending_in.is_some() {
+                let to = it.to();
+                it.set(to, true);
+                it.record.pending_in = None;
+                it.record.approved = false;
+                // §3.1.5: an approved requester joins the roster.
+                it.record.in_roster = true;
+                true
+            } else if !it.from() {
+                // §3.4: pre-approval of a request not yet made.
+                it.record.approved = true;
+                it.record.in_roster = true;
+                false
+            } else {
+                false
+            }
+        }
+        SubscriptionKind::Unsubscribed => {
+            let had = it.from() || it.record.pending_in.is_some() || it.record.approved;
+            let to = it.to();
+            it.set(to, false);
+            it.record.pending_in = None;
+            it.record.approved = false;
+            had
+        }
+    };
+    if it != before || existing.is_none() && it.record.in_roster {
+        if it.is_empty_request_row() {
+            // A request-only row with nothing left to carry.
+            let (d, u) = parts(user);
+            server.store.roster_remove(d, u, contact.as_str()).await?;
+        } else {
+            save_and_push(server, user, &it).await?;
+        }
+    }
+    let then = match kind {
+        SubscriptionKind::Subscribed if route => Some(FollowUp::CurrentPresence),
+        SubscriptionKind::Unsubscribed if before.from() => Some(FollowUp::Unavailable),
+        _ => None,
+    };
+    Ok(Outbound { route, then })
+}
+
+/// What to do with an inbound subscription stanza for a local user.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// Deliver it to the user's available resources.
+    Deliver,
+    /// Consume it silently.
+    Drop,
+    /// Consume it and answer `subscribed` on the user's behalf.
+    AutoApprove,
+}
+
+/// The user's side of a subscription stanza arriving from `contact`
+/// (RFC 6121 §3.1.3, §3.2.3, §3.3.3; Appendix A.3).
+pub async fn inbound(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: SubscriptionKind,
+    stanza: &Element,
+) -> Result<Inbound, StorageError> {
+    let existing = item(server, user, contact).await?;
+    let mut it = existing.clone().unwrap_or_else(|| {
+        let mut i = Item::new(contact);
+        i.record.in_roster = false;
+        i
+    });
+    let before = it.clone();
+    let outcome = match kind {
+        SubscriptionKind::Subscribe => {
+            if it.from() {
+                Inbound::AutoApprove
+            } else if it.record.approved {
+                let to = it.to();
+                it.set(to, true);
+                it.record.approved = false;
+                Inbound::AutoApprove
+            } else if it.record.pending_in.is_some() {
+                Inbound::Drop
+            } else {
+                let mut kept = stanza.clone();
+                kept.remove_attr("to");
+                it.record.pending_in =
+                    Some(String::from_utf8_lossy(&kept.to_bytes(NS_CLIENT)).into_owned());
+                Inbound::Deliver
+            }
+        }
+        SubscriptionKind::Subscribed => {
+            if it.record.ask_out {
+                let from = it.from();
+                it.set(true, from);
+                it.record.ask_out = false;
+                Inbound::Deliver
+            } else {
+                Inbound::Drop
+            }
+        }
+        SubscriptionKind::Unsubscribe => {
+            if it.from() || it.record.pending_in.is_some() {
+                let to = it.to();
+                it.set(to, false);
+                it.record.pending_in = None;
+                Inbound::Deliver
+            } else {
+                Inbound::Drop
+            }
+        }
+        SubscriptionKind::Unsubscribed => {
+            if it.to() || it.record.ask_out {
+                let from = it.from();
+                it.set(false, from);
+                it.record.ask_out = false;
+                Inbound::Deliver
+            } else {
+                Inbound::Drop
+            }
+        }
+    };
+    if it != before {
+        if it.is_empty_request_row() {
+            if existing.is_some() {
+                let (d, u) = parts(user);
+                server.store.roster_remove(d, u, contact.as_str()).await?;
+            }
+        } else {
+            save_and_push(server, user, &it).await?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// The subscription requests waiting for the user (re-delivered at login, §3.1.3).
+pub async fn pending_requests(
+    server: &Server,
+    user: &BareJid,
+) -> Result<Vec<String>, StorageError> {
+    Ok(items(server, user)
+        .await?
+        .into_iter()
+        .filter_map(|i| i.record.pending_in)
+        .collect())
+}
+
+/// Does `user`'s roster let `requester` see the user's presence?
+pub async fn is_subscribed_from(
+    server: &Server,
+    user: &BareJid,
+    requester: &BareJid,
+) -> Result<bool, StorageError> {
+    Ok(item(server, user, requester)
+        .await?
+        .is_some_and(|i| i.from()))
+}

@@ -1,0 +1,118 @@
+//! Offline messages (XEP-0160): committed before the sender hears anything,
+//! read back in arrival order, deleted once handed to a session.
+
+use super::{StorageError, Store};
+
+impl Store {
+    /// Stores a serialized message for an offline user unless they already
+    /// have `quota` waiting; returns whether it was stored.
+    pub async fn offline_push(
+        &self,
+        domain: &str,
+        username: &str,
+        stanza: &str,
+        quota: u32,
+    ) -> Result<bool, StorageError> {
+        const Q: &str = "INSERT INTO offline_messages (domain, username, stanza) \
+             SELECT $1, $2, $3 WHERE (SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2) < $4";
+        let n = match self {
+            Store::Sqlite(p) => sqlx::query(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(stanza)
+                .bind(quota as i64)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Postgres(p) => sqlx::query(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(stanza)
+                .bind(quota as i64)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(n > 0)
+    }
+
+    /// Up to `limit` waiting messages, oldest first, with their ids.
+    pub async fn offline_fetch(
+        &self,
+        domain: &str,
+        username: &str,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StorageError> {
+        const Q: &str = "SELECT id, stanza FROM offline_messages WHERE domain = $1 AND username = $2 ORDER BY id LIMIT $3";
+        Ok(match self {
+            Store::Sqlite(p) => {
+                sqlx::query_as(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(limit as i64)
+                    .fetch_all(p)
+                    .await?
+            }
+            Store::Postgres(p) => {
+                sqlx::query_as(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(limit as i64)
+                    .fetch_all(p)
+                    .await?
+            }
+        })
+    }
+
+    /// Deletes the waiting messages up to and including `last_id`.
+    pub async fn offline_delete_through(
+        &self,
+        domain: &str,
+        username: &str,
+        last_id: i64,
+    ) -> Result<(), StorageError> {
+        const Q: &str =
+            "DELETE FROM offline_messages WHERE domain = $1 AND username = $2 AND id <= $3";
+        match self {
+            Store::Sqlite(p) => {
+                sqlx::query(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(last_id)
+                    .execute(p)
+                    .await?;
+            }
+            Store::Postgres(p) => {
+                sqlx::query(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(last_id)
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many messages wait for a user.
+    pub async fn offline_count(&self, domain: &str, username: &str) -> Result<i64, StorageError> {
+        const Q: &str = "SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2";
+        let (n,): (i64,) = match self {
+            Store::Sqlite(p) => {
+                sqlx::query_as(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .fetch_one(p)
+                    .await?
+            }
+            Store::Postgres(p) => {
+                sqlx::query_as(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .fetch_one(p)
+                    .await?
+            }
+        };
+        Ok(n)
+    }
+}
