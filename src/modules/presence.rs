@@ -78,12 +78,11 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
                 );
             }
         }
-        for request in roster::pending_requests(server, &user).await? {
-            if let Ok(data) = std::str::from_utf8(request.as_bytes()) {
-                let _ = server
-                    .sessions
-                    .send_to_full(origin, bytes::Bytes::from(data.to_owned()));
-            }
+        // Subscription requests that arrived while the user was away (§3.1.3).
+        for request in items.iter().filter_map(|i| i.record.pending_in.as_ref()) {
+            let _ = server
+                .sessions
+                .send_to_full(origin, bytes::Bytes::from(request.clone()));
         }
         super::offline::deliver(server, origin).await?;
     }

@@ -477,18 +477,6 @@ pub async fn inbound(
     Ok(outcome)
 }
 
-/// The subscription requests waiting for the user (re-delivered at login, §3.1.3).
-pub async fn pending_requests(
-    server: &Server,
-    user: &BareJid,
-) -> Result<Vec<String>, StorageError> {
-    Ok(items(server, user)
-        .await?
-        .into_iter()
-        .filter_map(|i| i.record.pending_in)
-        .collect())
-}
-
 /// Does `user`'s roster let `requester` see the user's presence?
 pub async fn is_subscribed_from(
     server: &Server,
