@@ -37,6 +37,8 @@ pub struct Server {
     pub shutdown: CancellationToken,
     next_id: AtomicU64,
     started: std::time::Instant,
+    /// Serializes each user's offline-queue writes and hand-overs.
+    pub offline_locks: crate::modules::offline::OfflineLocks,
 }
 
 impl Server {
@@ -77,6 +79,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             next_id: AtomicU64::new(1),
             started: std::time::Instant::now(),
+            offline_locks: Default::default(),
         }))
     }
 

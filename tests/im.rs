@@ -414,3 +414,45 @@ async fn roster_and_offline_work_on_postgres() {
         server.store().delete_account("localhost", u).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn blocked_contacts_exchange_no_presence() {
+    let server = TestServer::start().await;
+    server.add_user("mia", "pw").await;
+    server.add_user("ned", "pw").await;
+    let mut mia = online(&server, "mia", "m").await;
+    let mut ned = online(&server, "ned", "n").await;
+    for (a, b, ca, cb) in [("mia", "ned", &mut mia, &mut ned)] {
+        ca.send_str(&format!("<presence to='{b}@localhost' type='subscribe'/>"))
+            .await;
+        next_presence_of(cb, Some("subscribe"), &format!("{a}@localhost")).await;
+        cb.send_str(&format!("<presence to='{a}@localhost' type='subscribed'/>"))
+            .await;
+        next_presence_of(ca, None, &format!("{b}@localhost/")).await;
+    }
+    let r = mia
+        .iq("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='ned@localhost'/></block></iq>", "b1")
+        .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    // Ned's presence changes no longer reach mia.
+    ned.send_str("<presence><show>dnd</show></presence>").await;
+    ned.iq(
+        "<iq type='get' id='s' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "s",
+    )
+    .await;
+    mia.send_str("<iq type='get' id='s2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    loop {
+        let e = mia.next_element().await;
+        assert!(
+            !(e.name() == "presence"
+                && e.attr("from").is_some_and(|f| f.starts_with("ned@"))
+                && e.get_child("show", NS_CLIENT).is_some()),
+            "presence from a blocked contact: {e:?}"
+        );
+        if e.attr("id") == Some("s2") {
+            break;
+        }
+    }
+}

@@ -3,7 +3,11 @@
 //! and handed to the user's first session that sends initial presence, in
 //! order; rows are deleted only once the session has them.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use jid::{BareJid, FullJid};
+use tokio::sync::OwnedMutexGuard;
 
 use super::Module;
 use crate::server::Server;
@@ -21,6 +25,29 @@ pub const MODULE: Module = Module {
 
 /// Messages handed to a session per storage round trip.
 const DELIVERY_BATCH: u32 = 500;
+
+/// One async lock per user with offline activity. Storing a message and
+/// handing the queue to a session that just became available race otherwise:
+/// a message committed right after the session read an empty queue would sit
+/// there until the next login.
+#[derive(Debug, Default)]
+pub struct OfflineLocks {
+    by_user: Mutex<HashMap<BareJid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl OfflineLocks {
+    async fn lock(&self, user: &BareJid) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > 1024 {
+                // Forget locks nobody holds or waits for.
+                map.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            map.entry(user.clone()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+}
 
 /// Why a message could not be stored.
 #[derive(Debug)]
@@ -70,6 +97,11 @@ pub async fn store(server: &Server, to: &BareJid, message: &Element) -> Result<(
 /// each batch once queued. Stops (keeping the rest) if the session's queue
 /// is full or gone.
 pub async fn deliver(server: &Server, to: &FullJid) -> Result<(), StorageError> {
+    let _guard = server.offline_locks.lock(&to.to_bare()).await;
+    deliver_locked(server, to).await
+}
+
+async fn deliver_locked(server: &Server, to: &FullJid) -> Result<(), StorageError> {
     let (domain, user) = (
         to.domain().as_str(),
         to.node().map(|n| n.as_str()).unwrap_or_default(),

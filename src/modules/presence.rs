@@ -5,6 +5,7 @@
 
 use jid::{BareJid, FullJid, Jid};
 
+use super::blocking;
 use super::roster::{self, Inbound, SubscriptionKind};
 use crate::router::deliver_local;
 use crate::server::Server;
@@ -54,11 +55,14 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
         .set_presence(origin, id, Some(kept.clone()), priority);
     let user = origin.to_bare();
     let items = roster::items(server, &user).await?;
-    broadcast(server, origin, &items, &kept);
+    broadcast(server, origin, &items, &kept).await;
     if !was_available {
         // Probes: the contacts the user is subscribed to, answered locally.
         for item in items.iter().filter(|i| i.to()) {
             if let Ok(contact) = BareJid::new(&item.record.contact) {
+                if !may_exchange(server, &user, &contact).await {
+                    continue;
+                }
                 for (full, presence) in server.sessions.presences(&contact) {
                     let _ = deliver_local(
                         server,
@@ -103,7 +107,7 @@ async fn unavailable(
     let mut kept = stanza;
     kept.remove_attr("to");
     let items = roster::items(server, &origin.to_bare()).await?;
-    broadcast(server, origin, &items, &kept);
+    broadcast(server, origin, &items, &kept).await;
     for to in server.sessions.take_directed(origin) {
         if let Ok(j) = Jid::new(&to) {
             deliver_to_jid(server, &j, &addressed(&kept, origin, &to));
@@ -113,19 +117,28 @@ async fn unavailable(
 }
 
 /// Sends `presence` from `origin` to every contact subscribed to the user and
-/// to the user's own available resources.
-fn broadcast(server: &Server, origin: &FullJid, items: &[roster::Item], presence: &Element) {
+/// to the user's own available resources; contacts either side has blocked
+/// get nothing (XEP-0191 §3.3).
+async fn broadcast(server: &Server, origin: &FullJid, items: &[roster::Item], presence: &Element) {
+    let user = origin.to_bare();
     for item in items.iter().filter(|i| i.from()) {
         if let Ok(contact) = BareJid::new(&item.record.contact) {
-            send_to_resources(
-                server,
-                &contact,
-                &addressed(presence, origin, contact.as_str()),
-            );
+            if may_exchange(server, &user, &contact).await {
+                send_to_resources(
+                    server,
+                    &contact,
+                    &addressed(presence, origin, contact.as_str()),
+                );
+            }
         }
     }
-    let user = origin.to_bare();
     send_to_resources(server, &user, &addressed(presence, origin, user.as_str()));
+}
+
+/// Neither side has blocked the other.
+async fn may_exchange(server: &Server, a: &BareJid, b: &BareJid) -> bool {
+    let (a, b) = (Jid::from(a.clone()), Jid::from(b.clone()));
+    !blocking::is_blocked(server, &a, &b).await && !blocking::is_blocked(server, &b, &a).await
 }
 
 /// Delivers to each available resource of a local bare JID.
@@ -281,7 +294,7 @@ pub async fn session_ended(server: &Server, jid: &FullJid, session_id: u64) {
     if departed.presence.is_some() {
         let p = Element::new("presence", NS_CLIENT).with_attr("type", "unavailable");
         match roster::items(server, &user).await {
-            Ok(items) => broadcast(server, jid, &items, &p),
+            Ok(items) => broadcast(server, jid, &items, &p).await,
             Err(e) => tracing::error!(error = %e, "presence storage"),
         }
         for to in &departed.directed {

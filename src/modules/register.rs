@@ -191,6 +191,8 @@ async fn cancel(server: &Server, account: &BareJid, requester: &jid::FullJid) ->
     match server.store.delete_account(domain, username).await {
         Ok(true) => {
             tracing::info!(jid = %account, "account cancelled in-band");
+            // A later account of the same name must not inherit the list.
+            server.blocklists.forget(&jid::Jid::from(account.clone()));
             // §3.2: the account's other sessions end too; the requester's
             // own ends itself once this result is written.
             server.sessions.close_account(

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio_rustls::client::TlsStream;
-use waxwing::xml::{Element, StreamEvent, StreamParser};
+use waxwing::xml::{escape_attr, Element, StreamEvent, StreamParser};
 
 use crate::stats::LatencyHistogram;
 use crate::xmpp::{Session, XmlStream};
@@ -60,6 +60,7 @@ pub struct Direction {
 
 /// A session's part in the chat.
 pub struct Role {
+    /// The partner's full JID, escaped for an attribute value.
     peer_jid: String,
     out_dir: usize,
     in_dir: usize,
@@ -102,12 +103,12 @@ impl ChatPlan {
                 _ => unreachable!("filtered above"),
             };
             roles[a] = Some(Role {
-                peer_jid: jb,
+                peer_jid: attr_escaped(&jb),
                 out_dir: 2 * made,
                 in_dir: 2 * made + 1,
             });
             roles[b] = Some(Role {
-                peer_jid: ja,
+                peer_jid: attr_escaped(&ja),
                 out_dir: 2 * made + 1,
                 in_dir: 2 * made,
             });
@@ -267,6 +268,12 @@ impl Reader {
             }
         }
     }
+}
+
+fn attr_escaped(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    escape_attr(s, &mut out);
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn push_message(buf: &mut Vec<u8>, plan: &ChatPlan, to: &str, seq: u64, ts: u64) {

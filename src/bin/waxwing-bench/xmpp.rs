@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use waxwing::sasl::{SaltedPasswordCache, ScramClient, ScramHash};
-use waxwing::xml::{Element, ParserLimits, StreamEvent, StreamParser};
+use waxwing::xml::{escape_text, Element, ParserLimits, StreamEvent, StreamParser};
 
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -395,18 +395,14 @@ pub enum Registered {
 
 /// Registers `user` in band (XEP-0077) over a fresh STARTTLS stream, then closes it.
 pub async fn register(t: &Target, user: &str) -> Result<Registered, Failure> {
-    let (mut xs, features) = connect_tls(t).await?;
-    let _ = features;
-    xs.send(
-        Step::Register,
-        format!(
-            "<iq type='set' id='reg1'><query xmlns='{NS_REGISTER}'><username>{user}</username>\
-             <password>{}</password></query></iq>",
-            t.password
-        )
-        .as_bytes(),
-    )
-    .await?;
+    let (mut xs, _features) = connect_tls(t).await?;
+    let mut iq =
+        format!("<iq type='set' id='reg1'><query xmlns='{NS_REGISTER}'><username>").into_bytes();
+    escape_text(user, &mut iq);
+    iq.extend_from_slice(b"</username><password>");
+    escape_text(&t.password, &mut iq);
+    iq.extend_from_slice(b"</password></query></iq>");
+    xs.send(Step::Register, &iq).await?;
     let res = loop {
         let el = xs.next_stanza(Step::Register).await?;
         if el.name() != "iq" || el.attr("id") != Some("reg1") {
