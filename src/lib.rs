@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod modules;
 pub mod net;
+pub mod queue;
 pub mod router;
 pub mod sasl;
 pub mod server;

@@ -6,8 +6,8 @@ use std::sync::RwLock;
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
-use tokio::sync::mpsc;
 
+use crate::queue::{QueueError, QueueSender};
 use crate::stanza::StreamErrorCondition;
 use crate::xml::Element;
 
@@ -36,7 +36,7 @@ struct BoundResource {
     /// Unique per connection, so a late unbind of a replaced session cannot
     /// remove its successor.
     session_id: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: QueueSender<Outbound>,
     /// The last available presence the session broadcast (without `to`);
     /// None until initial presence and after unavailable (RFC 6121 §4.2).
     presence: Option<Element>,
@@ -68,7 +68,7 @@ impl SessionRegistry {
     /// Binds `jid` to a session. If that full JID was already bound, the old
     /// session is told to close with `conflict` (newest wins, as Prosody
     /// and ejabberd do by default).
-    pub fn bind(&self, jid: &FullJid, session_id: u64, tx: mpsc::Sender<Outbound>) {
+    pub fn bind(&self, jid: &FullJid, session_id: u64, tx: QueueSender<Outbound>) {
         let resource = jid.resource().as_str().to_string();
         let old = {
             let mut map = self.write();
@@ -301,10 +301,10 @@ impl SessionRegistry {
     }
 }
 
-fn queue(tx: &mpsc::Sender<Outbound>, data: Bytes) -> Result<(), DeliveryError> {
+fn queue(tx: &QueueSender<Outbound>, data: Bytes) -> Result<(), DeliveryError> {
     tx.try_send(Outbound::Stanza(data)).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
-        mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
+        QueueError::Full => DeliveryError::QueueFull,
+        QueueError::Closed => DeliveryError::Offline,
     })
 }
 
@@ -316,18 +316,18 @@ mod tests {
     fn newest_binding_wins_and_old_unbind_is_harmless() {
         let reg = SessionRegistry::default();
         let jid = FullJid::new("a@x/r").unwrap();
-        let (tx1, mut rx1) = mpsc::channel(4);
-        let (tx2, mut rx2) = mpsc::channel(4);
+        let (tx1, rx1) = crate::queue::queue(4);
+        let (tx2, rx2) = crate::queue::queue(4);
         reg.bind(&jid, 1, tx1);
         reg.bind(&jid, 2, tx2);
         assert!(matches!(
             rx1.try_recv(),
-            Ok(Outbound::Close(StreamErrorCondition::Conflict))
+            Some(Outbound::Close(StreamErrorCondition::Conflict))
         ));
         reg.unbind(&jid, 1);
         assert!(reg.is_bound(&jid));
         reg.send_to_full(&jid, Bytes::from_static(b"<x/>")).unwrap();
-        assert!(matches!(rx2.try_recv(), Ok(Outbound::Stanza(_))));
+        assert!(matches!(rx2.try_recv(), Some(Outbound::Stanza(_))));
         reg.unbind(&jid, 2);
         assert_eq!(reg.count(), 0);
     }
@@ -336,7 +336,7 @@ mod tests {
     fn full_queue_is_reported() {
         let reg = SessionRegistry::default();
         let jid = FullJid::new("a@x/r").unwrap();
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = crate::queue::queue(1);
         reg.bind(&jid, 1, tx);
         reg.send_to_full(&jid, Bytes::new()).unwrap();
         assert_eq!(

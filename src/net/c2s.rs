@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use jid::{BareJid, FullJid, NodePart, ResourcePart};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::transport::{ReadOutcome, Transport};
 use super::ConnectionSlot;
 use crate::accounts;
 use crate::modules::register;
+use crate::queue::QueueReceiver;
 use crate::router;
 use crate::sasl::{self, parse_plain, SaslError, ScramServer};
 use crate::server::Server;
@@ -142,7 +142,7 @@ impl Connection {
     // ---- negotiation -------------------------------------------------
 
     /// From the first byte to a bound resource.
-    async fn negotiate(&mut self, direct_tls: bool) -> Flow<(FullJid, mpsc::Receiver<Outbound>)> {
+    async fn negotiate(&mut self, direct_tls: bool) -> Flow<(FullJid, QueueReceiver<Outbound>)> {
         if direct_tls {
             self.start_tls().await?;
         }
@@ -530,7 +530,7 @@ impl Connection {
         &mut self,
         iq: &Element,
         username: &str,
-    ) -> Flow<Option<(FullJid, mpsc::Receiver<Outbound>)>> {
+    ) -> Flow<Option<(FullJid, QueueReceiver<Outbound>)>> {
         let requested = iq
             .get_child("bind", NS_BIND)
             .and_then(|b| b.get_child("resource", NS_BIND))
@@ -561,7 +561,7 @@ impl Connection {
                     .await)
             }
         };
-        let (tx, rx) = mpsc::channel(self.server.config.limits.session_queue);
+        let (tx, rx) = crate::queue::queue(self.server.config.limits.session_queue);
         self.server.sessions.bind(&full, self.id, tx);
         self.jid = Some(full.clone());
         let mut iq_no_from = iq.clone();
@@ -582,7 +582,7 @@ impl Connection {
 
     // ---- bound session -----------------------------------------------
 
-    async fn session(&mut self, jid: FullJid, mut rx: mpsc::Receiver<Outbound>) -> End {
+    async fn session(&mut self, jid: FullJid, rx: QueueReceiver<Outbound>) -> End {
         let idle = Duration::from_secs(self.server.config.c2s.idle_timeout);
         let mut last_read = Instant::now();
         loop {
@@ -597,7 +597,7 @@ impl Connection {
                         }
                         if cancel && self.account_cancelled(&jid).await {
                             // XEP-0077 §3.2: the result, then not-authorized.
-                            let _ = self.drain_queue(&mut rx);
+                            let _ = self.drain_queue(&rx);
                             return self
                                 .close_with(StreamErrorCondition::NotAuthorized, None)
                                 .await;
@@ -624,7 +624,7 @@ impl Connection {
                         .close_with(StreamErrorCondition::SystemShutdown, None)
                         .await;
                 }
-                if let Some(cond) = self.drain_queue(&mut rx) {
+                if let Some(cond) = self.drain_queue(&rx) {
                     return self.close_with(cond, None).await;
                 }
                 match self.read_into_parser() {
@@ -641,14 +641,11 @@ impl Connection {
                     return self.close_with(StreamErrorCondition::SystemShutdown, None).await;
                 }
                 msg = rx.recv() => {
-                    let Some(msg) = msg else {
-                        return self.close_with(StreamErrorCondition::InternalServerError, None).await;
-                    };
                     if let Some(cond) = self.queue_outbound(msg) {
                         return self.close_with(cond, None).await;
                     }
                     // Batch whatever else is already queued into the same write.
-                    if let Some(cond) = self.drain_queue(&mut rx) {
+                    if let Some(cond) = self.drain_queue(&rx) {
                         return self.close_with(cond, None).await;
                     }
                 }
@@ -685,15 +682,15 @@ impl Connection {
 
     /// Moves already-queued stanzas into the write buffer (up to 64 KiB, so
     /// one write stays bounded); returns a condition to close with if asked.
-    fn drain_queue(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> Option<StreamErrorCondition> {
+    fn drain_queue(&mut self, rx: &QueueReceiver<Outbound>) -> Option<StreamErrorCondition> {
         while self.out.len() < 64 * 1024 {
             match rx.try_recv() {
-                Ok(msg) => {
+                Some(msg) => {
                     if let Some(cond) = self.queue_outbound(msg) {
                         return Some(cond);
                     }
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         None
