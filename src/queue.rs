@@ -65,11 +65,13 @@ impl<T> Shared<T> {
 impl<T> QueueSender<T> {
     /// Queues an item without waiting.
     pub fn try_send(&self, item: T) -> Result<(), QueueError> {
-        if self.0.closed.load(Ordering::Acquire) {
-            return Err(QueueError::Closed);
-        }
         {
             let mut q = self.0.lock();
+            // Checked under the lock, so an item is either drained by
+            // `close_and_drain` or refused — never left behind.
+            if self.0.closed.load(Ordering::Acquire) {
+                return Err(QueueError::Closed);
+            }
             if q.len() >= self.0.capacity {
                 return Err(QueueError::Full);
             }
@@ -104,10 +106,21 @@ impl<T> QueueReceiver<T> {
     }
 }
 
+impl<T> QueueReceiver<T> {
+    /// Closes the queue and returns what was still in it, so the owner can
+    /// hand undelivered items back instead of losing them.
+    pub fn close_and_drain(&self) -> Vec<T> {
+        let mut q = self.0.lock();
+        self.0.closed.store(true, Ordering::Release);
+        std::mem::take(&mut *q).into()
+    }
+}
+
 impl<T> Drop for QueueReceiver<T> {
     fn drop(&mut self) {
+        let mut q = self.0.lock();
         self.0.closed.store(true, Ordering::Release);
-        self.0.lock().clear();
+        q.clear();
     }
 }
 
@@ -129,6 +142,15 @@ mod tests {
         tx.try_send(7).unwrap();
         assert_eq!(waiter.await.unwrap(), 7);
         assert_eq!(tx.try_send(8), Err(QueueError::Closed));
+    }
+
+    #[test]
+    fn close_and_drain_returns_leftovers_and_refuses_more() {
+        let (tx, rx) = queue(10);
+        tx.try_send("a").unwrap();
+        tx.try_send("b").unwrap();
+        assert_eq!(rx.close_and_drain(), vec!["a", "b"]);
+        assert_eq!(tx.try_send("c"), Err(QueueError::Closed));
     }
 
     #[test]

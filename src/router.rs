@@ -304,6 +304,46 @@ fn deliver_reply(server: &Server, origin: &FullJid, reply: &Element) {
     let _ = deliver_local(server, origin, reply);
 }
 
+/// Re-routes a serialized stanza that was queued for the session `gone` but
+/// never written (RFC 6121 §8.5.3.2.1 for what was addressed to the full
+/// JID): chat and normal messages go to the user's other resources or to
+/// offline storage; anything else is dropped, as it would be for a
+/// resource that is not there.
+pub async fn reroute_undelivered(server: &Server, gone: &FullJid, data: &[u8]) {
+    let mut parser = crate::xml::StreamParser::new(Default::default());
+    parser.feed(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    parser.feed(data);
+    let mut stanzas = Vec::new();
+    while let Ok(Some(ev)) = parser.next_event() {
+        if let crate::xml::StreamEvent::Stanza(el) = ev {
+            stanzas.push(el);
+        }
+    }
+    for stanza in stanzas {
+        let is_chat_or_normal = matches!(stanza.attr("type"), None | Some("chat") | Some("normal"));
+        if stanza.name() != "message" || !is_chat_or_normal {
+            continue;
+        }
+        let bare = gone.to_bare();
+        let targets = server.sessions.available_resources(&bare);
+        let best = targets
+            .iter()
+            .filter(|(_, p)| *p >= 0)
+            .max_by_key(|(_, p)| *p);
+        let delivered = match best {
+            Some((full, _)) => deliver_local(server, full, &stanza).is_ok(),
+            None => false,
+        };
+        if !delivered {
+            if let Err(e) = offline::store(server, &bare, &stanza).await {
+                tracing::warn!(error = ?e, "undelivered message could not be stored");
+            }
+        }
+    }
+}
+
 /// Queues a stanza (typically one the server generated) for a local full JID.
 pub fn deliver_local(server: &Server, to: &FullJid, stanza: &Element) -> Result<(), DeliveryError> {
     server.sessions.send_to_full(to, serialize(stanza))

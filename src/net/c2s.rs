@@ -83,12 +83,22 @@ pub async fn run(
         id,
         jid: None,
         unread: false,
+        queue: None,
     };
     tracing::info!(conn = id, %peer, direct_tls, "c2s connection opened");
     let end = conn.run(direct_tls).await;
     let jid = conn.jid.as_ref().map(|j| j.to_string()).unwrap_or_default();
     if let Some(j) = &conn.jid {
         crate::modules::presence::session_ended(&server, j, id).await;
+        // Stanzas routed here but never written go back to routing
+        // (another resource or offline storage) instead of being lost.
+        if let Some(rx) = conn.queue.take() {
+            for item in rx.close_and_drain() {
+                if let Outbound::Stanza(bytes) = item {
+                    router::reroute_undelivered(&server, j, &bytes).await;
+                }
+            }
+        }
     }
     tracing::info!(
         conn = id,
@@ -113,6 +123,9 @@ struct Connection {
     peer: SocketAddr,
     id: u64,
     jid: Option<FullJid>,
+    /// The session's queue, kept after the session ends so its leftovers
+    /// can be re-routed.
+    queue: Option<QueueReceiver<Outbound>>,
     /// The last read returned data, so more may be readable without
     /// waiting (the socket's readiness was not consumed).
     unread: bool,
@@ -131,7 +144,11 @@ impl Connection {
                 .await),
         };
         let end = match negotiated {
-            Ok((jid, rx)) => self.session(jid, rx).await,
+            Ok((jid, rx)) => {
+                let end = self.session(jid, &rx).await;
+                self.queue = Some(rx);
+                end
+            }
             Err(end) => end,
         };
         let _ = self.flush().await;
@@ -582,7 +599,7 @@ impl Connection {
 
     // ---- bound session -----------------------------------------------
 
-    async fn session(&mut self, jid: FullJid, rx: QueueReceiver<Outbound>) -> End {
+    async fn session(&mut self, jid: FullJid, rx: &QueueReceiver<Outbound>) -> End {
         let idle = Duration::from_secs(self.server.config.c2s.idle_timeout);
         let mut last_read = Instant::now();
         loop {
@@ -597,7 +614,7 @@ impl Connection {
                         }
                         if cancel && self.account_cancelled(&jid).await {
                             // XEP-0077 §3.2: the result, then not-authorized.
-                            let _ = self.drain_queue(&rx);
+                            let _ = self.drain_queue(rx);
                             return self
                                 .close_with(StreamErrorCondition::NotAuthorized, None)
                                 .await;
@@ -624,7 +641,7 @@ impl Connection {
                         .close_with(StreamErrorCondition::SystemShutdown, None)
                         .await;
                 }
-                if let Some(cond) = self.drain_queue(&rx) {
+                if let Some(cond) = self.drain_queue(rx) {
                     return self.close_with(cond, None).await;
                 }
                 match self.read_into_parser() {
@@ -645,7 +662,7 @@ impl Connection {
                         return self.close_with(cond, None).await;
                     }
                     // Batch whatever else is already queued into the same write.
-                    if let Some(cond) = self.drain_queue(&rx) {
+                    if let Some(cond) = self.drain_queue(rx) {
                         return self.close_with(cond, None).await;
                     }
                 }

@@ -7,6 +7,7 @@
 //! Prints a human summary and, last, one JSON line.
 
 mod chat;
+mod im;
 mod stats;
 mod xmpp;
 
@@ -158,6 +159,10 @@ fn rep(r: &SharedReport) -> std::sync::MutexGuard<'_, Report> {
 }
 
 fn main() {
+    // `waxwing-bench im …`: the IM-core figures (roster login, offline hand-over).
+    if std::env::args().nth(1).as_deref() == Some("im") {
+        return im::main();
+    }
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

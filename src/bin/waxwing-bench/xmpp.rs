@@ -283,6 +283,16 @@ fn mechanisms(features: &Element) -> Vec<String> {
 /// The whole login of one session: STARTTLS, SCRAM (SHA-256, else SHA-1),
 /// stream restart, bind `resource`, legacy session if required, `<presence/>`.
 pub async fn login(t: &Target, user: &str, resource: &str) -> Result<Session, Failure> {
+    login_bound(t, user, resource, true).await
+}
+
+/// Like `login`, sending initial presence only when `presence` is true.
+pub async fn login_bound(
+    t: &Target,
+    user: &str,
+    resource: &str,
+    presence: bool,
+) -> Result<Session, Failure> {
     let (mut xs, features) = connect_tls(t).await?;
     let mechs = mechanisms(&features);
     let (hash, mech) = if mechs.iter().any(|m| m == "SCRAM-SHA-256") {
@@ -383,8 +393,26 @@ pub async fn login(t: &Target, user: &str, resource: &str) -> Result<Session, Fa
             }
         }
     }
-    xs.send(Step::Bind, b"<presence/>").await?;
+    if presence {
+        xs.send(Step::Bind, b"<presence/>").await?;
+    }
     Ok(Session { stream: xs, jid })
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
+    /// Sends raw XML (for `waxwing-bench im`).
+    pub async fn send_raw(&mut self, data: &[u8]) -> Result<(), String> {
+        self.send(Step::Stream, data)
+            .await
+            .map_err(|f| format!("{f:?}"))
+    }
+
+    /// The next top-level element (for `waxwing-bench im`).
+    pub async fn next_element(&mut self) -> Result<Element, String> {
+        self.next_stanza(Step::Stream)
+            .await
+            .map_err(|f| format!("{f:?}"))
+    }
 }
 
 /// Outcome of one XEP-0077 registration.
