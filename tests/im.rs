@@ -456,3 +456,43 @@ async fn blocked_contacts_exchange_no_presence() {
         }
     }
 }
+
+#[tokio::test]
+async fn probe_of_an_offline_contact_answers_its_last_unavailable_with_delay() {
+    let server = TestServer::start().await;
+    server.add_user("olga", "pw").await;
+    server.add_user("pete", "pw").await;
+    let mut olga = online(&server, "olga", "o").await;
+    let mut pete = online(&server, "pete", "p").await;
+    olga.send_str("<presence to='pete@localhost' type='subscribe'/>")
+        .await;
+    next_presence_of(&mut pete, Some("subscribe"), "olga@localhost").await;
+    pete.send_str("<presence to='olga@localhost' type='subscribed'/>")
+        .await;
+    next_presence_of(&mut olga, None, "pete@localhost/p").await;
+    pete.send_str("</stream:stream>").await;
+    next_presence_of(&mut olga, Some("unavailable"), "pete@localhost/p").await;
+    // Pete's logout is recorded when his session ends; wait for it.
+    for _ in 0..50 {
+        if server
+            .store()
+            .user_data_get("localhost", "pete", "last_logout")
+            .await
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut olga2 = online(&server, "olga", "o2").await;
+    let p = next_presence_of(&mut olga2, Some("unavailable"), "pete@localhost").await;
+    assert_eq!(p.attr("from"), Some("pete@localhost"));
+    let stamp = p
+        .get_child("delay", "urn:xmpp:delay")
+        .expect("delay")
+        .attr("stamp")
+        .unwrap()
+        .to_string();
+    assert!(stamp.ends_with('Z') && stamp.len() == 20, "{stamp}");
+}

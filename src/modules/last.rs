@@ -20,7 +20,8 @@ pub const MODULE: Module = Module {
     handle,
 };
 
-const KEY: &str = "last_logout";
+/// The `user_data` key holding the unix time of the last session's end.
+pub const KEY: &str = "last_logout";
 
 fn now() -> u64 {
     SystemTime::now()

@@ -57,13 +57,20 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
     let items = roster::items(server, &user).await?;
     broadcast(server, origin, &items, &kept).await;
     if !was_available {
-        // Probes: the contacts the user is subscribed to, answered locally.
+        // Probes: the contacts the user is subscribed to, answered locally
+        // with each available resource's presence, or — for a contact with
+        // none — the last unavailable presence, stamped (§4.3.2).
+        let mut offline_contacts = Vec::new();
         for item in items.iter().filter(|i| i.to()) {
             if let Ok(contact) = BareJid::new(&item.record.contact) {
                 if !may_exchange(server, &user, &contact).await {
                     continue;
                 }
-                for (full, presence) in server.sessions.presences(&contact) {
+                let presences = server.sessions.presences(&contact);
+                if presences.is_empty() {
+                    offline_contacts.push(contact);
+                }
+                for (full, presence) in presences {
                     let _ = deliver_local(
                         server,
                         origin,
@@ -72,6 +79,7 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
                 }
             }
         }
+        last_unavailable(server, origin, &offline_contacts).await?;
         // The user's other resources, seen from the new one.
         for (full, presence) in server.sessions.presences(&user) {
             if &full != origin {
@@ -89,6 +97,46 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
                 .send_to_full(origin, bytes::Bytes::from(request.clone()));
         }
         super::offline::deliver(server, origin).await?;
+    }
+    Ok(())
+}
+
+/// Sends `origin` the last unavailable presence of each local contact that
+/// has logged out before, with a XEP-0203 delay saying when.
+async fn last_unavailable(
+    server: &Server,
+    origin: &FullJid,
+    contacts: &[BareJid],
+) -> Result<(), StorageError> {
+    let mut by_domain: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for c in contacts {
+        if let (Some(node), true) = (c.node(), server.is_local_domain(c.domain().as_str())) {
+            by_domain
+                .entry(c.domain().as_str())
+                .or_default()
+                .push(node.as_str());
+        }
+    }
+    for (domain, users) in by_domain {
+        for (user, value) in server
+            .store
+            .user_data_get_many(domain, &users, super::last::KEY)
+            .await?
+        {
+            let Some(stamp) = value.parse::<i64>().ok().and_then(super::time::xep0082) else {
+                continue;
+            };
+            let p = Element::new("presence", NS_CLIENT)
+                .with_attr("from", format!("{user}@{domain}"))
+                .with_attr("to", origin.as_str())
+                .with_attr("type", "unavailable")
+                .with_child(
+                    Element::new("delay", super::offline::NS_DELAY)
+                        .with_attr("from", domain)
+                        .with_attr("stamp", stamp),
+                );
+            let _ = deliver_local(server, origin, &p);
+        }
     }
     Ok(())
 }

@@ -29,3 +29,10 @@ pub fn utc_now() -> String {
     );
     now.format(&fmt).unwrap_or_default()
 }
+
+/// A unix time as an XEP-0082 DateTime in UTC, e.g. 2026-11-21T23:04:30Z.
+pub fn xep0082(unix_secs: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix_secs).ok()?;
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    t.format(&fmt).ok()
+}

@@ -96,3 +96,41 @@ impl Store {
         Ok(r > 0)
     }
 }
+
+impl Store {
+    /// The value under `key` for each of `usernames` of one domain that has
+    /// one, in one round trip (e.g. the last logout of every offline contact).
+    pub async fn user_data_get_many(
+        &self,
+        domain: &str,
+        usernames: &[&str],
+        key: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        if usernames.is_empty() {
+            return Ok(Vec::new());
+        }
+        macro_rules! run {
+            ($db:ty, $pool:expr) => {{
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT username, value FROM user_data WHERE domain = ",
+                );
+                q.push_bind(domain)
+                    .push(" AND key = ")
+                    .push_bind(key)
+                    .push(" AND username IN (");
+                let mut list = q.separated(", ");
+                for u in usernames {
+                    list.push_bind(*u);
+                }
+                q.push(")");
+                q.build_query_as::<(String, String)>()
+                    .fetch_all($pool)
+                    .await?
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(sqlx::Sqlite, p),
+            Store::Postgres(p) => run!(sqlx::Postgres, p),
+        })
+    }
+}
