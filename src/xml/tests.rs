@@ -625,44 +625,6 @@ fn xml_declaration_only_before_header() {
     ));
 }
 
-/// `cargo test --release parse_speed -- --ignored --nocapture` prints per-stanza cost.
-#[test]
-#[ignore]
-fn parse_speed() {
-    let stanza = "<message to='juliet@capulet.lit/balcony' from='romeo@montague.lit/orchard' \
-        type='chat' id='a1b2c3d4' xml:lang='en'><body>Art thou not Romeo, and a Montague? \
-        Neither, fair saint, if either thee dislike.</body><active \
-        xmlns='http://jabber.org/protocol/chatstates'/><request xmlns='urn:xmpp:receipts'/></message>";
-    let n = 200_000;
-    let mut input = C2S_HEADER.as_bytes().to_vec();
-    let mut p = StreamParser::new(ParserLimits::default());
-    p.feed(&input);
-    assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
-    input.clear();
-    for _ in 0..64 {
-        input.extend_from_slice(stanza.as_bytes());
-    }
-    for write in [false, true] {
-        let start = std::time::Instant::now();
-        let mut count = 0;
-        let mut out = Vec::new();
-        while count < n {
-            p.feed(&input);
-            while let Ok(Some(StreamEvent::Stanza(s))) = p.next_event() {
-                if write {
-                    out.clear();
-                    s.write_to(&mut out, NS_CLIENT);
-                }
-                count += 1;
-            }
-        }
-        let per = start.elapsed() / count as u32;
-        println!(
-            "{} bytes/stanza: {per:?} per stanza (write: {write})",
-            stanza.len()
-        );
-    }
-}
 
 #[test]
 fn mutated_input_never_panics_and_is_chunking_invariant() {
