@@ -136,10 +136,7 @@ impl Store {
                 Ok(r.rows_affected() > 0)
             }};
         }
-        match self {
-            Store::Sqlite(pool) => run!(pool),
-            Store::Postgres(pool) => run!(pool),
-        }
+        on_pool!(self, pool => run!(pool))
     }
 
     /// Does the account exist?
@@ -190,22 +187,13 @@ impl Store {
         username: &str,
     ) -> Result<Option<String>, StorageError> {
         const Q: &str = "SELECT argon2 FROM accounts WHERE domain = $1 AND username = $2";
-        let row: Option<(String,)> = match self {
-            Store::Sqlite(pool) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Store::Postgres(pool) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(row.map(|r| r.0))
     }
 
@@ -213,10 +201,8 @@ impl Store {
     pub async fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>, StorageError> {
         const Q: &str = "SELECT username, domain FROM accounts WHERE ($1 = '' OR domain = $1) ORDER BY domain, username";
         let d = domain.unwrap_or("");
-        let rows: Vec<(String, String)> = match self {
-            Store::Sqlite(pool) => sqlx::query_as(Q).bind(d).fetch_all(pool).await?,
-            Store::Postgres(pool) => sqlx::query_as(Q).bind(d).fetch_all(pool).await?,
-        };
+        let rows: Vec<(String, String)> =
+            on_pool!(self, pool => sqlx::query_as(Q).bind(d).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|(u, d)| format!("{u}@{d}")).collect())
     }
 }

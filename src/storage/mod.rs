@@ -5,6 +5,17 @@
 //! Migrations live in `migrations/sqlite` and `migrations/postgres`, are
 //! embedded in the binary, and are applied by `Store::open`.
 
+/// Runs the same expression on whichever pool backs the store: the SQL is
+/// the same on both dialects, only the pool's type differs.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
 mod accounts;
 mod offline;
 mod roster;

@@ -15,24 +15,14 @@ impl Store {
     ) -> Result<bool, StorageError> {
         const Q: &str = "INSERT INTO offline_messages (domain, username, stanza) \
              SELECT $1, $2, $3 WHERE (SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2) < $4";
-        let n = match self {
-            Store::Sqlite(p) => sqlx::query(Q)
+        let n = on_pool!(self, pool => sqlx::query(Q)
                 .bind(domain)
                 .bind(username)
                 .bind(stanza)
                 .bind(quota as i64)
-                .execute(p)
+                .execute(pool)
                 .await?
-                .rows_affected(),
-            Store::Postgres(p) => sqlx::query(Q)
-                .bind(domain)
-                .bind(username)
-                .bind(stanza)
-                .bind(quota as i64)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+                .rows_affected());
         Ok(n > 0)
     }
 
@@ -44,24 +34,14 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<(i64, String)>, StorageError> {
         const Q: &str = "SELECT id, stanza FROM offline_messages WHERE domain = $1 AND username = $2 ORDER BY id LIMIT $3";
-        Ok(match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(limit as i64)
-                    .fetch_all(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(limit as i64)
-                    .fetch_all(p)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Deletes the waiting messages up to and including `last_id`.
@@ -73,46 +53,27 @@ impl Store {
     ) -> Result<(), StorageError> {
         const Q: &str =
             "DELETE FROM offline_messages WHERE domain = $1 AND username = $2 AND id <= $3";
-        match self {
-            Store::Sqlite(p) => {
-                sqlx::query(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(last_id)
-                    .execute(p)
-                    .await?;
-            }
-            Store::Postgres(p) => {
-                sqlx::query(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(last_id)
-                    .execute(p)
-                    .await?;
-            }
-        }
+        on_pool!(self, pool => {
+            sqlx::query(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(last_id)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// How many messages wait for a user.
     pub async fn offline_count(&self, domain: &str, username: &str) -> Result<i64, StorageError> {
         const Q: &str = "SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2";
-        let (n,): (i64,) = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_one(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_one(p)
-                    .await?
-            }
-        };
+        let (n,): (i64,) = on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .fetch_one(pool)
+                .await?
+        });
         Ok(n)
     }
 }

@@ -76,22 +76,13 @@ impl Store {
         username: &str,
     ) -> Result<Vec<RosterRecord>, StorageError> {
         let q = format!("SELECT {COLUMNS} FROM roster_items WHERE domain = $1 AND username = $2 ORDER BY contact");
-        let rows: Vec<RosterRow> = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(&q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_all(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(&q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_all(p)
-                    .await?
-            }
-        };
+        let rows: Vec<RosterRow> = on_pool!(self, pool => {
+            sqlx::query_as(&q)
+                .bind(domain)
+                .bind(username)
+                .fetch_all(pool)
+                .await?
+        });
         Ok(rows.into_iter().map(from_row).collect())
     }
 
@@ -103,24 +94,14 @@ impl Store {
         contact: &str,
     ) -> Result<Option<RosterRecord>, StorageError> {
         let q = format!("SELECT {COLUMNS} FROM roster_items WHERE domain = $1 AND username = $2 AND contact = $3");
-        let row: Option<RosterRow> = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(&q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(contact)
-                    .fetch_optional(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(&q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(contact)
-                    .fetch_optional(p)
-                    .await?
-            }
-        };
+        let row: Option<RosterRow> = on_pool!(self, pool => {
+            sqlx::query_as(&q)
+                .bind(domain)
+                .bind(username)
+                .bind(contact)
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(row.map(from_row))
     }
 
@@ -158,10 +139,7 @@ impl Store {
                 Ok(v)
             }};
         }
-        match self {
-            Store::Sqlite(p) => run!(p),
-            Store::Postgres(p) => run!(p),
-        }
+        on_pool!(self, pool => run!(pool))
     }
 
     /// Deletes a roster row; returns the new roster version.
@@ -187,31 +165,19 @@ impl Store {
                 Ok(v)
             }};
         }
-        match self {
-            Store::Sqlite(p) => run!(p),
-            Store::Postgres(p) => run!(p),
-        }
+        on_pool!(self, pool => run!(pool))
     }
 
     /// The current roster version (0 for a roster never changed).
     pub async fn roster_version(&self, domain: &str, username: &str) -> Result<i64, StorageError> {
         const Q: &str = "SELECT version FROM roster_versions WHERE domain = $1 AND username = $2";
-        let row: Option<(i64,)> = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_optional(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .fetch_optional(p)
-                    .await?
-            }
-        };
+        let row: Option<(i64,)> = on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(row.map(|r| r.0).unwrap_or(0))
     }
 }

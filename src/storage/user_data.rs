@@ -14,24 +14,14 @@ impl Store {
     ) -> Result<Option<String>, StorageError> {
         const Q: &str =
             "SELECT value FROM user_data WHERE domain = $1 AND username = $2 AND key = $3";
-        let row: Option<(String,)> = match self {
-            Store::Sqlite(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(key)
-                    .fetch_optional(p)
-                    .await?
-            }
-            Store::Postgres(p) => {
-                sqlx::query_as(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(key)
-                    .fetch_optional(p)
-                    .await?
-            }
-        };
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(row.map(|r| r.0))
     }
 
@@ -46,26 +36,15 @@ impl Store {
         const Q: &str =
             "INSERT INTO user_data (domain, username, key, value) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (domain, username, key) DO UPDATE SET value = excluded.value";
-        match self {
-            Store::Sqlite(p) => {
-                sqlx::query(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(key)
-                    .bind(value)
-                    .execute(p)
-                    .await?;
-            }
-            Store::Postgres(p) => {
-                sqlx::query(Q)
-                    .bind(domain)
-                    .bind(username)
-                    .bind(key)
-                    .bind(value)
-                    .execute(p)
-                    .await?;
-            }
-        };
+        on_pool!(self, pool => {
+            sqlx::query(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(key)
+                .bind(value)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -77,22 +56,13 @@ impl Store {
         key: &str,
     ) -> Result<bool, StorageError> {
         const Q: &str = "DELETE FROM user_data WHERE domain = $1 AND username = $2 AND key = $3";
-        let r = match self {
-            Store::Sqlite(p) => sqlx::query(Q)
+        let r = on_pool!(self, pool => sqlx::query(Q)
                 .bind(domain)
                 .bind(username)
                 .bind(key)
-                .execute(p)
+                .execute(pool)
                 .await?
-                .rows_affected(),
-            Store::Postgres(p) => sqlx::query(Q)
-                .bind(domain)
-                .bind(username)
-                .bind(key)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+                .rows_affected());
         Ok(r > 0)
     }
 }
