@@ -23,6 +23,41 @@ pub struct Config {
     pub c2s: C2sConfig,
     pub limits: Limits,
     pub contact: ContactAddresses,
+    /// External components (XEP-0114), one `[[component]]` each.
+    pub component: Vec<ComponentConfig>,
+    pub component_listener: ComponentListener,
+}
+
+/// An external component (XEP-0114): a bot or gateway that connects to
+/// the server and serves every address of its own domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    pub domain: String,
+    /// Shared secret of the handshake.
+    pub secret: String,
+}
+
+/// Where components connect. No address (the default) means disabled: the
+/// port speaks an unencrypted, password-only protocol and should stay on
+/// loopback or a private network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentListener {
+    pub listen: Vec<SocketAddr>,
+    pub login_timeout: u64,
+    pub idle_timeout: u64,
+}
+
+impl Default for ComponentListener {
+    fn default() -> Self {
+        ComponentListener {
+            listen: Vec::new(),
+            login_timeout: 60,
+            // Components may be quiet for long; whitespace keepalives count.
+            idle_timeout: 900,
+        }
+    }
 }
 
 /// One served domain (virtual host).
@@ -132,6 +167,8 @@ impl Default for Config {
             c2s: C2sConfig::default(),
             limits: Limits::default(),
             contact: ContactAddresses::default(),
+            component: Vec::new(),
+            component_listener: ComponentListener::default(),
         }
     }
 }
@@ -317,6 +354,7 @@ impl Config {
                 });
             }
         }
+        self.check_components(doc, src, &seen, problems);
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             problems.push(Problem {
                 line: doc
@@ -333,6 +371,68 @@ impl Config {
                     .into(),
             });
         }
+    }
+
+    /// Each component domain must be a valid domain, distinct from every
+    /// host and every other component (the router could not tell them
+    /// apart), with a secret.
+    fn check_components(
+        &self,
+        doc: &ImDocument<&str>,
+        src: &str,
+        hosts: &std::collections::HashSet<String>,
+        problems: &mut Vec<Problem>,
+    ) {
+        let line = |i: usize| {
+            doc.get("component")
+                .and_then(|h| h.as_array_of_tables())
+                .and_then(|a| a.get(i))
+                .and_then(|t| t.span())
+                .map(|s| line_of(src, s.start))
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.component.iter().enumerate() {
+            match jid::BareJid::new(&c.domain) {
+                Ok(j) if j.node().is_none() => {
+                    let d = j.to_string();
+                    if hosts.contains(&d) {
+                        problems.push(Problem {
+                            line: line(i),
+                            message: format!(
+                                "component '{}' is also a [[host]]: a domain is served by one or the other",
+                                c.domain
+                            ),
+                        });
+                    } else if !seen.insert(d) {
+                        problems.push(Problem {
+                            line: line(i),
+                            message: format!("component '{}' is listed twice", c.domain),
+                        });
+                    }
+                }
+                _ => problems.push(Problem {
+                    line: line(i),
+                    message: format!("component domain '{}' is not a valid domain", c.domain),
+                }),
+            }
+            if c.secret.is_empty() {
+                problems.push(Problem {
+                    line: line(i),
+                    message: format!("component '{}': secret is empty", c.domain),
+                });
+            }
+        }
+    }
+
+    /// The configured components as (normalised domain, secret).
+    pub fn components(&self) -> Vec<(String, String)> {
+        self.component
+            .iter()
+            .filter_map(|c| {
+                let d = jid::BareJid::new(&c.domain).ok()?.to_string();
+                Some((d, c.secret.clone()))
+            })
+            .collect()
     }
 
     /// Does `domain` (normalised) allow in-band registration?
@@ -542,6 +642,21 @@ const LIMITS: &[Field] = &[
         },
     ),
 ];
+const COMPONENT: &[Field] = &[
+    f("domain", Kind::Str(any_str)),
+    f("secret", Kind::Str(any_str)),
+];
+const COMPONENT_LISTENER: &[Field] = &[
+    f("listen", Kind::Addrs),
+    f("login_timeout", Kind::Int { min: 1, max: 3_600 }),
+    f(
+        "idle_timeout",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -550,6 +665,8 @@ const SCHEMA: &[Field] = &[
     f("c2s", Kind::Table(C2S)),
     f("limits", Kind::Table(LIMITS)),
     f("contact", Kind::Table(CONTACT)),
+    f("component", Kind::Tables(COMPONENT)),
+    f("component_listener", Kind::Table(COMPONENT_LISTENER)),
 ];
 
 struct Validator<'a> {
@@ -657,6 +774,38 @@ mod tests {
         assert_eq!(c.limits.max_stanza_size, d.limits.max_stanza_size);
         assert_eq!(c.database.url, d.database.url);
         assert_eq!(c.domains(), vec!["localhost".to_string()]);
+        assert!(c.component.is_empty());
+        assert_eq!(c.component_listener.listen, d.component_listener.listen);
+        assert_eq!(
+            c.component_listener.idle_timeout,
+            d.component_listener.idle_timeout
+        );
+    }
+
+    #[test]
+    fn component_options() {
+        let src = "[[component]]\ndomain = \"Bot.localhost\"\nsecret = \"s\"\n[component_listener]\nlisten = [\"127.0.0.1:5347\"]\n";
+        let c = Config::parse(src).unwrap();
+        assert_eq!(
+            c.components(),
+            vec![("bot.localhost".to_string(), "s".to_string())]
+        );
+        assert_eq!(c.component_listener.listen.len(), 1);
+
+        let bad = "[[component]]\ndomain = \"localhost\"\nsecret = \"s\"\n[[component]]\ndomain = \"b.org\"\nsecret = \"\"\n[[component]]\ndomain = \"B.org\"\nsecret = \"t\"\n[[component]]\ndomain = \"x@y\"\nsecret = \"t\"\nport = 1\n";
+        let problems = Config::parse(bad).unwrap_err();
+        assert_eq!(problems.len(), 1, "schema first: {problems:?}");
+        assert_eq!(problems[0].line, Some(13));
+        let bad = bad.replace("port = 1\n", "");
+        let problems = Config::parse(&bad).unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(
+            lines,
+            vec![Some(1), Some(4), Some(7), Some(10)],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("also a [[host]]"));
+        assert!(problems[2].message.contains("listed twice"));
     }
 
     #[test]

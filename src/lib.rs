@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod cli;
+pub mod components;
 pub mod config;
 pub mod modules;
 pub mod net;

@@ -1,6 +1,8 @@
-//! The routing decision for stanzas sent by local clients: validate and
-//! stamp addresses, then hand each stanza to a module (server or account
-//! IQs), to local sessions (RFC 6121 §8.5 rules), or bounce it.
+//! The routing decision for stanzas sent by local clients and by external
+//! components (XEP-0114): validate and stamp addresses, then hand each
+//! stanza to a module (server or account IQs), to local sessions (RFC 6121
+//! §8.5 rules), to a component, or bounce it. Both origins share one path;
+//! only the `from` check and where errors go back differ.
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
@@ -13,7 +15,48 @@ use crate::sessions::DeliveryError;
 use crate::stanza::{
     error_reply, iq_result, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
 };
+use crate::stream::component::{self as component_rules};
 use crate::xml::{Element, NS_CLIENT};
+
+/// Where a stanza entered the server; errors about it go back there.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// A local session, by its bound full JID.
+    Session(&'a FullJid),
+    /// A connected external component: its domain, and the address within
+    /// it the stanza came from.
+    Component { domain: &'a str, from: &'a Jid },
+}
+
+impl Origin<'_> {
+    /// The sender's address.
+    fn sender(&self) -> &Jid {
+        match self {
+            Origin::Session(full) => full,
+            Origin::Component { from, .. } => from,
+        }
+    }
+
+    /// The local session, if the stanza came from one.
+    fn session(&self) -> Option<&FullJid> {
+        match self {
+            Origin::Session(full) => Some(full),
+            Origin::Component { .. } => None,
+        }
+    }
+}
+
+/// Namespaces a component may query the server with: the public services,
+/// which do not act on an account. Everything else needs a local user.
+const COMPONENT_SERVER_QUERIES: &[&str] = &[
+    modules::disco::NS_INFO,
+    modules::disco::NS_ITEMS,
+    "urn:xmpp:ping",
+    "jabber:iq:version",
+    "urn:xmpp:time",
+    "jabber:iq:last",
+    "vcard-temp",
+];
 
 /// Routes one stanza received from the session bound to `origin`.
 /// An `Err` is a stream-level fault of the sender (the stream must end).
@@ -37,14 +80,44 @@ pub async fn route_from_client(
         }
     }
     stanza.set_attr("from", origin.as_str());
+    route(server, Origin::Session(origin), kind, stanza).await;
+    Ok(())
+}
 
+/// Routes one stanza received from the component serving `domain`, already
+/// moved into `jabber:client`. An `Err` ends the component's stream.
+pub async fn route_from_component(
+    server: &Server,
+    domain: &str,
+    mut stanza: Element,
+) -> Result<(), StreamErrorCondition> {
+    let kind =
+        StanzaKind::of(&stanza, NS_CLIENT).ok_or(StreamErrorCondition::UnsupportedStanzaType)?;
+    // XEP-0114 §3: any address at the component's domain, and only those.
+    let from = component_rules::check_from(&stanza, domain)?;
+    stanza.set_attr("from", from.as_str());
+    route(
+        server,
+        Origin::Component {
+            domain,
+            from: &from,
+        },
+        kind,
+        stanza,
+    )
+    .await;
+    Ok(())
+}
+
+/// The routing shared by every origin; `from` is already checked and stamped.
+async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza: Element) {
     let to = match stanza.attr("to") {
         None => None,
         Some(raw) => match Jid::new(raw) {
             Ok(j) => Some(j),
             Err(_) => {
                 bounce(server, origin, &stanza, StanzaErrorCondition::JidMalformed);
-                return Ok(());
+                return;
             }
         },
     };
@@ -56,21 +129,35 @@ pub async fn route_from_client(
 
     let Some(to) = to else {
         handle_addressed_to_self(server, origin, kind, &stanza).await;
-        return Ok(());
+        return;
     };
 
-    match blocking::filter(server, origin, &to, kind, &stanza).await {
+    let sender_is_local = origin.session().is_some();
+    match blocking::filter(server, origin.sender(), sender_is_local, &to, kind, &stanza).await {
         Verdict::Pass => {}
-        Verdict::Drop => return Ok(()),
+        Verdict::Drop => return,
         Verdict::Bounce(why) => {
             if let Some(reply) = blocking::bounce_reply(&stanza, why) {
                 deliver_reply(server, origin, &reply);
             }
-            return Ok(());
+            return;
         }
     }
 
-    if !server.is_local_domain(to.domain().as_str()) {
+    let to_domain = to.domain().as_str();
+    if server.components.is_component(to_domain) {
+        match origin.session() {
+            // A user's presence to a component goes through the presence
+            // module, which keeps the roster and directed-presence state
+            // and forwards it.
+            Some(session) if kind == StanzaKind::Presence => {
+                presence::from_client(server, session, Some(to), stanza).await
+            }
+            _ => to_component(server, origin, to_domain, &stanza),
+        }
+        return;
+    }
+    if !server.is_local_domain(to_domain) {
         // Federation arrives with s2s; until then no other domain is reachable.
         bounce(
             server,
@@ -78,43 +165,86 @@ pub async fn route_from_client(
             &stanza,
             StanzaErrorCondition::RemoteServerNotFound,
         );
-        return Ok(());
+        return;
     }
 
     if kind == StanzaKind::Presence {
-        presence::from_client(server, origin, Some(to), stanza).await;
-        return Ok(());
+        match origin {
+            Origin::Session(session) => {
+                presence::from_client(server, session, Some(to), stanza).await
+            }
+            Origin::Component { from, .. } => presence::from_remote(server, from, to, stanza).await,
+        }
+        return;
     }
     if to.node().is_none() {
         to_server(server, origin, kind, &stanza).await;
-        return Ok(());
+        return;
     }
     match to.try_into_full() {
         Ok(full) => to_full(server, origin, kind, &full, stanza).await,
         Err(bare) => to_bare(server, origin, kind, &bare, stanza).await,
     }
-    Ok(())
+}
+
+/// Hands a stanza to the component serving `domain`; a configured component
+/// that is not connected cannot be reached (service-unavailable).
+fn to_component(server: &Server, origin: Origin<'_>, domain: &str, stanza: &Element) {
+    match deliver_to_component(server, domain, stanza) {
+        Ok(()) => {}
+        Err(DeliveryError::Offline) => bounce(
+            server,
+            origin,
+            stanza,
+            StanzaErrorCondition::ServiceUnavailable,
+        ),
+        Err(DeliveryError::QueueFull) => bounce(
+            server,
+            origin,
+            stanza,
+            StanzaErrorCondition::ResourceConstraint,
+        ),
+    }
+}
+
+/// Queues a `jabber:client` stanza for the component serving `domain`,
+/// written in the component stream's namespace.
+pub fn deliver_to_component(
+    server: &Server,
+    domain: &str,
+    stanza: &Element,
+) -> Result<(), DeliveryError> {
+    server.components.send(
+        domain,
+        Bytes::from(component_rules::to_component_bytes(stanza)),
+    )
 }
 
 /// A stanza without `to`: RFC 6120 §10.3 — the server handles it on behalf
 /// of the sender's account.
+/// A component has no account: its stanzas without `to` are for the
+/// server itself.
 async fn handle_addressed_to_self(
     server: &Server,
-    origin: &FullJid,
+    origin: Origin<'_>,
     kind: StanzaKind,
     stanza: &Element,
 ) {
+    let Origin::Session(session) = origin else {
+        to_server(server, origin, kind, stanza).await;
+        return;
+    };
     match kind {
         StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Account { own: true }).await,
-        StanzaKind::Presence => presence::from_client(server, origin, None, stanza.clone()).await,
+        StanzaKind::Presence => presence::from_client(server, session, None, stanza.clone()).await,
         StanzaKind::Message => {
-            let bare = origin.to_bare();
+            let bare = session.to_bare();
             to_bare(server, origin, kind, &bare, stanza.clone()).await
         }
     }
 }
 
-async fn to_server(server: &Server, origin: &FullJid, kind: StanzaKind, stanza: &Element) {
+async fn to_server(server: &Server, origin: Origin<'_>, kind: StanzaKind, stanza: &Element) {
     match kind {
         StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Server).await,
         // Messages and presence to the server itself have no recipient.
@@ -124,14 +254,14 @@ async fn to_server(server: &Server, origin: &FullJid, kind: StanzaKind, stanza: 
 
 async fn to_bare(
     server: &Server,
-    origin: &FullJid,
+    origin: Origin<'_>,
     kind: StanzaKind,
     to: &BareJid,
     stanza: Element,
 ) {
     match kind {
         StanzaKind::Iq => {
-            let own = origin.to_bare() == *to;
+            let own = origin.session().is_some_and(|s| s.to_bare() == *to);
             answer_iq(server, origin, &stanza, IqTarget::Account { own }).await;
         }
         // Presence never reaches here: the presence module routes it.
@@ -141,7 +271,7 @@ async fn to_bare(
 }
 
 /// RFC 6121 §8.5.2: pick the resources that get a message sent to a bare JID.
-async fn message_to_bare(server: &Server, origin: &FullJid, to: &BareJid, stanza: &Element) {
+async fn message_to_bare(server: &Server, origin: Origin<'_>, to: &BareJid, stanza: &Element) {
     let kind = stanza.attr("type").unwrap_or("normal");
     match kind {
         "error" => return,
@@ -214,7 +344,7 @@ async fn message_to_bare(server: &Server, origin: &FullJid, to: &BareJid, stanza
 
 async fn to_full(
     server: &Server,
-    origin: &FullJid,
+    origin: Origin<'_>,
     kind: StanzaKind,
     to: &FullJid,
     stanza: Element,
@@ -257,7 +387,7 @@ async fn to_full(
 
 /// Answers an IQ get/set with a module; results and errors addressed to the
 /// server or an account are consumed (nothing waits for them).
-async fn answer_iq(server: &Server, origin: &FullJid, iq: &Element, target: IqTarget) {
+async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: IqTarget) {
     let is_set = match iq.attr("type") {
         Some("get") => false,
         Some("set") => true,
@@ -273,11 +403,15 @@ async fn answer_iq(server: &Server, origin: &FullJid, iq: &Element, target: IqTa
         bounce(server, origin, iq, StanzaErrorCondition::BadRequest);
         return;
     };
+    if origin.session().is_none() && !COMPONENT_SERVER_QUERIES.contains(&payload.ns()) {
+        bounce(server, origin, iq, StanzaErrorCondition::ServiceUnavailable);
+        return;
+    }
     let req = IqRequest {
         server,
         iq,
         payload,
-        from: origin,
+        from: origin.sender(),
         target,
         is_set,
     };
@@ -291,17 +425,20 @@ async fn answer_iq(server: &Server, origin: &FullJid, iq: &Element, target: IqTa
     deliver_reply(server, origin, &reply);
 }
 
-/// Sends `stanza`'s error reply to its local sender.
-fn bounce(server: &Server, origin: &FullJid, stanza: &Element, cond: StanzaErrorCondition) {
+/// Sends `stanza`'s error reply back where it came from.
+fn bounce(server: &Server, origin: Origin<'_>, stanza: &Element, cond: StanzaErrorCondition) {
     if let Some(reply) = error_reply(stanza, cond, None) {
         deliver_reply(server, origin, &reply);
     }
 }
 
-fn deliver_reply(server: &Server, origin: &FullJid, reply: &Element) {
+fn deliver_reply(server: &Server, origin: Origin<'_>, reply: &Element) {
     // The sender's own queue being full means it is not reading; dropping
     // the reply there is the backpressure the queue limit exists for.
-    let _ = deliver_local(server, origin, reply);
+    let _ = match origin {
+        Origin::Session(full) => deliver_local(server, full, reply),
+        Origin::Component { domain, .. } => deliver_to_component(server, domain, reply),
+    };
 }
 
 /// Re-routes a serialized stanza that was queued for the session `gone` but

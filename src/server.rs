@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::components::ComponentRegistry;
 use crate::config::Config;
 use crate::net::{self, ConnectionLimits};
 use crate::sessions::SessionRegistry;
@@ -23,6 +24,8 @@ pub struct Server {
     domains: HashSet<String>,
     pub store: Store,
     pub sessions: SessionRegistry,
+    /// External components (XEP-0114): configured and connected.
+    pub components: ComponentRegistry,
     pub certs: Arc<net::tls::CertStore>,
     pub tls: Arc<rustls::ServerConfig>,
     pub auth_failures_by_ip: FailureWindow<IpAddr>,
@@ -70,6 +73,7 @@ impl Server {
                 config.c2s.max_connections,
                 config.c2s.max_connections_per_ip,
             ),
+            components: ComponentRegistry::new(config.components()),
             config,
             store,
             sessions: SessionRegistry::default(),
@@ -111,6 +115,8 @@ pub struct RunningServer {
     pub c2s_addrs: Vec<SocketAddr>,
     /// Bound direct-TLS listener addresses, in config order.
     pub c2s_tls_addrs: Vec<SocketAddr>,
+    /// Bound component (XEP-0114) listener addresses, in config order.
+    pub component_addrs: Vec<SocketAddr>,
     tracker: TaskTracker,
 }
 
@@ -143,10 +149,25 @@ impl RunningServer {
                 ));
             }
         }
+        let mut component_addrs = Vec::new();
+        for addr in &server.config.component_listener.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %local, kind = "component", "listening");
+            component_addrs.push(local);
+            tracker.spawn(net::component_accept_loop(
+                server.clone(),
+                listener,
+                tracker.clone(),
+            ));
+        }
         Ok(RunningServer {
             server,
             c2s_addrs,
             c2s_tls_addrs,
+            component_addrs,
             tracker,
         })
     }

@@ -17,6 +17,7 @@ fn doap_lists_what_the_code_implements() {
         .filter(|&x| x != 0)
         .collect();
     implemented.extend(waxwing::stream::c2s::XEPS);
+    implemented.extend(waxwing::stream::component::XEPS);
     implemented.extend(waxwing::modules::IMPLIED_XEPS);
     assert_eq!(listed, implemented);
 }

@@ -287,16 +287,17 @@ impl BlocklistCache {
     }
 }
 
-/// Checks a stanza from local user `origin` to `to` against both parties'
-/// blocklists (the recipient's only when it is a local user).
+/// Checks a stanza from `origin` to `to` against both parties' blocklists:
+/// the sender's when `origin_is_local` (a local user, not a component), the
+/// recipient's when it is a local user.
 pub async fn filter(
     server: &Server,
-    origin: &FullJid,
+    origin: &Jid,
+    origin_is_local: bool,
     to: &Jid,
     kind: StanzaKind,
     stanza: &Element,
 ) -> Verdict {
-    let origin: &Jid = origin;
     // XEP-0191 §5: a user's own resources are never blocked from one another.
     if bare_str(origin) == bare_str(to) {
         return Verdict::Pass;
@@ -305,7 +306,8 @@ pub async fn filter(
     // The user's own server stays reachable even when its domain is blocked:
     // it is what serves the session (and the blocklist itself).
     let to_server = to_local && to.node().is_none();
-    if !to_server && server.blocklists.blocks(server, origin, to).await {
+    // Only a local user has a blocklist here; a component's is its own business.
+    if origin_is_local && !to_server && server.blocklists.blocks(server, origin, to).await {
         return outbound(kind, stanza);
     }
     if to_local && to.node().is_some() && server.blocklists.blocks(server, to, origin).await {
@@ -380,7 +382,9 @@ fn internal(e: StorageError) -> StanzaErrorCondition {
 async fn get(req: &IqRequest<'_>) -> IqOutcome {
     let cache = &req.server.blocklists;
     let list = cache.load(req.server, req.from).await.map_err(internal)?;
-    cache.add_interested(req.server, req.from);
+    if let Ok(session) = req.from.try_as_full() {
+        cache.add_interested(req.server, session);
+    }
     Ok(Some(with_items(
         Element::new("blocklist", NS),
         list.sorted(),

@@ -29,7 +29,8 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
         ("query", NS_INFO, IqTarget::Account { own: true }) => Ok(Some(
             Element::new("query", NS_INFO).with_child(identity("account", "registered", None)),
         )),
-        ("query", NS_ITEMS, IqTarget::Server | IqTarget::Account { own: true }) => {
+        ("query", NS_ITEMS, IqTarget::Server) => Ok(Some(server_items(req.server))),
+        ("query", NS_ITEMS, IqTarget::Account { own: true }) => {
             Ok(Some(Element::new("query", NS_ITEMS)))
         }
         ("query", _, IqTarget::Account { own: false }) => {
@@ -47,6 +48,16 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
         e.set_attr("name", n);
     }
     e
+}
+
+/// The server's disco#items answer: the external components (XEP-0114),
+/// so clients can find the bots and gateways it offers, connected or not.
+fn server_items(server: &Server) -> Element {
+    let mut q = Element::new("query", NS_ITEMS);
+    for domain in server.components.domains() {
+        q.append_child(Element::new("item", NS_ITEMS).with_attr("jid", domain));
+    }
+    q
 }
 
 /// The server's disco#info answer: identity, every module's features, and

@@ -21,7 +21,7 @@ pub mod version;
 use std::future::Future;
 use std::pin::Pin;
 
-use jid::FullJid;
+use jid::Jid;
 
 use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
@@ -42,7 +42,9 @@ pub struct IqRequest<'a> {
     pub iq: &'a Element,
     /// The single child of the IQ.
     pub payload: &'a Element,
-    pub from: &'a FullJid,
+    /// The requester: a local session's full JID, or an address at an
+    /// external component (which only reaches the public services).
+    pub from: &'a Jid,
     pub target: IqTarget,
     /// True for type='set', false for 'get'.
     pub is_set: bool,

@@ -7,7 +7,7 @@ use jid::{BareJid, FullJid, Jid};
 
 use super::blocking;
 use super::roster::{self, Inbound, SubscriptionKind};
-use crate::router::deliver_local;
+use crate::router::{deliver_local, deliver_to_component};
 use crate::server::Server;
 use crate::stanza::{error_reply, StanzaErrorCondition};
 use crate::storage::StorageError;
@@ -38,6 +38,78 @@ pub async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, sta
     if let Err(e) = result {
         tracing::error!(error = %e, "presence storage");
     }
+}
+
+/// A presence stanza from a sender that is not a local user (an external
+/// component today, a remote server with s2s) to a local JID, its `from`
+/// checked and `to` normalised: the recipient's side of the subscription
+/// state machine, probes answered from the recipient's roster, and
+/// everything else delivered like directed presence.
+pub async fn from_remote(server: &Server, from: &Jid, to: Jid, mut stanza: Element) {
+    let (user, contact) = (to.to_bare(), from.to_bare());
+    if user.node().is_none() {
+        // Presence to the server itself has no recipient.
+        return;
+    }
+    let result = match stanza.attr("type") {
+        Some("probe") => {
+            // RFC 6121 §4.3.2: only a contact the user shares presence with.
+            match roster::is_subscribed_from(server, &user, &contact).await {
+                Ok(true) => {
+                    send_current_presence(server, &user, &contact);
+                    Ok(())
+                }
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        t => match SubscriptionKind::from_type(t) {
+            Some(kind) => {
+                // §3.1.3: subscription stanzas carry bare JIDs.
+                stanza.set_attr("from", contact.as_str());
+                stanza.set_attr("to", user.as_str());
+                subscription_to_local(server, &contact, &user, kind, stanza).await
+            }
+            None => {
+                deliver_to_jid(server, &to, &stanza);
+                Ok(())
+            }
+        },
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "presence storage");
+    }
+}
+
+/// A subscription stanza from `contact` arriving for local user `user`.
+async fn subscription_to_local(
+    server: &Server,
+    contact: &BareJid,
+    user: &BareJid,
+    kind: SubscriptionKind,
+    stanza: Element,
+) -> Result<(), StorageError> {
+    let (d, u) = (
+        user.domain().as_str(),
+        user.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    if !server.store.account_exists(d, u).await? {
+        return Ok(());
+    }
+    match roster::inbound(server, user, contact, kind, &stanza).await? {
+        Inbound::Deliver => send_to_resources(server, user, &stanza),
+        Inbound::Drop => {}
+        Inbound::AutoApprove => {
+            // Pre-approved (§3.4): answer for the user, then show presence.
+            let reply = Element::new("presence", NS_CLIENT)
+                .with_attr("from", user.as_str())
+                .with_attr("to", contact.as_str())
+                .with_attr("type", "subscribed");
+            send_to_resources(server, contact, &reply);
+            send_current_presence(server, user, contact);
+        }
+    }
+    Ok(())
 }
 
 /// Broadcast available presence: initial presence does the work of §4.2,
@@ -189,8 +261,13 @@ async fn may_exchange(server: &Server, a: &BareJid, b: &BareJid) -> bool {
     !blocking::is_blocked(server, &a, &b).await && !blocking::is_blocked(server, &b, &a).await
 }
 
-/// Delivers to each available resource of a local bare JID.
+/// Delivers to each available resource of a local bare JID, or to the
+/// external component that serves `to`'s domain.
 fn send_to_resources(server: &Server, to: &BareJid, stanza: &Element) {
+    if server.components.is_component(to.domain().as_str()) {
+        let _ = deliver_to_component(server, to.domain().as_str(), stanza);
+        return;
+    }
     let data = bytes::Bytes::from(stanza.to_bytes(NS_CLIENT));
     for (full, _) in server.sessions.available_resources(to) {
         let _ = server.sessions.send_to_full(&full, data.clone());
@@ -198,6 +275,10 @@ fn send_to_resources(server: &Server, to: &BareJid, stanza: &Element) {
 }
 
 fn deliver_to_jid(server: &Server, to: &Jid, stanza: &Element) {
+    if server.components.is_component(to.domain().as_str()) {
+        let _ = deliver_to_component(server, to.domain().as_str(), stanza);
+        return;
+    }
     match to.clone().try_into_full() {
         Ok(full) => {
             let _ = deliver_local(server, &full, stanza);
@@ -278,6 +359,17 @@ pub async fn route_subscription(
     stanza: Element,
 ) -> Result<(), StorageError> {
     let domain = contact.domain().as_str();
+    if server.components.is_component(domain) {
+        // The component keeps its own subscription state, if any.
+        if deliver_to_component(server, domain, &stanza).is_err() {
+            if let Some(reply) =
+                error_reply(&stanza, StanzaErrorCondition::ServiceUnavailable, None)
+            {
+                send_to_resources(server, user, &reply);
+            }
+        }
+        return Ok(());
+    }
     if !server.is_local_domain(domain) {
         // No federation yet: the remote domain cannot be reached.
         if let Some(reply) = error_reply(&stanza, StanzaErrorCondition::RemoteServerNotFound, None)

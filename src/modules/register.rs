@@ -178,7 +178,12 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
         if req.payload.children().count() != 1 {
             return Err(StanzaErrorCondition::BadRequest);
         }
-        return cancel(req.server, &account, req.from).await;
+        // Only a session owns an account to cancel.
+        let session = req
+            .from
+            .try_as_full()
+            .map_err(|_| StanzaErrorCondition::ServiceUnavailable)?;
+        return cancel(req.server, &account, session).await;
     }
     change_password(req, &account, username).await
 }

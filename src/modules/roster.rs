@@ -208,7 +208,9 @@ fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
 }
 
 async fn get(req: &IqRequest<'_>, user: &BareJid) -> Result<IqOutcome, StorageError> {
-    req.server.sessions.set_interested(req.from);
+    if let Ok(session) = req.from.try_as_full() {
+        req.server.sessions.set_interested(session);
+    }
     let (d, u) = parts(user);
     let ver = req.server.store.roster_version(d, u).await?;
     // XEP-0237: a client already at the current version gets an empty

@@ -2,6 +2,7 @@
 //! caps, and the transport (plain TCP or TLS) a stream runs over.
 
 pub mod c2s;
+pub mod component;
 pub mod tls;
 mod transport;
 
@@ -81,13 +82,34 @@ impl ConnectionLimits {
     }
 }
 
-/// Accepts connections until shutdown, one task per connection.
+/// What a listener's connections speak.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    C2s { direct_tls: bool },
+    Component,
+}
+
+/// Accepts client connections until shutdown, one task per connection.
 pub async fn accept_loop(
     server: Arc<Server>,
     listener: TcpListener,
     direct_tls: bool,
     tracker: TaskTracker,
 ) {
+    accept(server, listener, Role::C2s { direct_tls }, tracker).await
+}
+
+/// Accepts external component connections (XEP-0114) until shutdown. They
+/// count against the same connection caps as clients.
+pub async fn component_accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+) {
+    accept(server, listener, Role::Component, tracker).await
+}
+
+async fn accept(server: Arc<Server>, listener: TcpListener, role: Role, tracker: TaskTracker) {
     loop {
         let accepted = tokio::select! {
             _ = server.shutdown.cancelled() => return,
@@ -107,6 +129,13 @@ pub async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        tracker.spawn(c2s::run(server.clone(), tcp, peer, direct_tls, slot));
+        match role {
+            Role::C2s { direct_tls } => {
+                tracker.spawn(c2s::run(server.clone(), tcp, peer, direct_tls, slot));
+            }
+            Role::Component => {
+                tracker.spawn(component::run(server.clone(), tcp, peer, slot));
+            }
+        }
     }
 }

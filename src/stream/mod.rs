@@ -1,3 +1,5 @@
-//! Stream negotiation rules, one module per stream role (c2s now; s2s and components later).
+//! Stream negotiation rules, one module per stream role (c2s, external
+//! components; s2s later).
 
 pub mod c2s;
+pub mod component;

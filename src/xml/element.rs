@@ -166,6 +166,21 @@ impl Element {
         }
     }
 
+    /// Moves this element and every descendant in namespace `from` into
+    /// `to`: a stanza keeps its meaning when it crosses from a stream whose
+    /// default namespace is `from` to one whose default is `to` (XEP-0114's
+    /// `jabber:component:accept` and `jabber:client`). Iterative, so any
+    /// depth is safe.
+    pub fn move_namespace(&mut self, from: &str, to: &str) {
+        let mut stack = vec![self];
+        while let Some(e) = stack.pop() {
+            if e.ns == from {
+                e.ns = to.to_string();
+            }
+            stack.extend(e.children_mut());
+        }
+    }
+
     /// Concatenation of the direct text children (not descendants).
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -211,6 +226,11 @@ mod tests {
             e.children().next().map(|b| b.text()).as_deref(),
             Some("hi!")
         );
+        let mut moved = e.clone().with_child(Element::new("x", "urn:other"));
+        moved.move_namespace("jabber:client", "jabber:component:accept");
+        assert!(moved.is("message", "jabber:component:accept"));
+        assert!(moved.get_child("body", "jabber:component:accept").is_some());
+        assert!(moved.get_child("x", "urn:other").is_some());
         assert!(e.remove_child("body", "jabber:client").is_some());
         assert_eq!(e.children().count(), 0);
     }

@@ -625,7 +625,6 @@ fn xml_declaration_only_before_header() {
     ));
 }
 
-
 #[test]
 fn mutated_input_never_panics_and_is_chunking_invariant() {
     let input = rich_input();

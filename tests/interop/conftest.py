@@ -36,6 +36,9 @@ USERS = {
     # carol collects the failed logins, so auth rate limits never touch alice and bob.
     "carol": "carol-password",
 }
+# The external component (XEP-0114) test_component.py connects as.
+COMPONENT_DOMAIN = "bot.localhost"
+COMPONENT_SECRET = "component-secret"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 300
@@ -71,6 +74,9 @@ class WaxwingServer:
         self.users = dict(USERS if users is None else users)
         self.c2s_port = free_port()
         self.tls_port = free_port()
+        self.component_port = free_port()
+        self.component_domain = COMPONENT_DOMAIN
+        self.component_secret = COMPONENT_SECRET
         self.config_path = self.dir / "waxwing.toml"
         self.cert_dir = self.dir / "certs"
         self.log_path = self.dir / "waxwing.log"
@@ -96,6 +102,13 @@ dev_cert_dir = {toml_str(str(self.cert_dir))}
 [c2s]
 listen = [{toml_str(f"{self.host}:{self.c2s_port}")}]
 listen_tls = [{toml_str(f"{self.host}:{self.tls_port}")}]
+
+[component_listener]
+listen = [{toml_str(f"{self.host}:{self.component_port}")}]
+
+[[component]]
+domain = {toml_str(self.component_domain)}
+secret = {toml_str(self.component_secret)}
 
 [limits]
 # The failed-login tests make ~10 failures a minute from 127.0.0.1; keep the
@@ -135,7 +148,7 @@ auth_failures_per_account = 1000
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
-        pending = {self.c2s_port, self.tls_port}
+        pending = {self.c2s_port, self.tls_port, self.component_port}
         while pending:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"waxwing serve exited with {self.proc.returncode} during start\n{self.log_tail()}")

@@ -1,0 +1,137 @@
+//! External components (XEP-0114): the configured domains with their
+//! secrets, and the queue of the one connection currently serving each.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+use crate::queue::{QueueError, QueueSender};
+use crate::sessions::{DeliveryError, Outbound};
+
+/// The connection serving a component domain.
+#[derive(Debug)]
+struct Connected {
+    /// Unique per connection, so a late disconnect of a refused or old
+    /// connection cannot remove the one that serves the domain.
+    session_id: u64,
+    tx: QueueSender<Outbound>,
+}
+
+/// Configured component domains and which of them are connected.
+#[derive(Debug, Default)]
+pub struct ComponentRegistry {
+    /// Normalised domain → shared secret.
+    secrets: HashMap<String, String>,
+    connected: RwLock<HashMap<String, Connected>>,
+}
+
+/// Why a component could not be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyConnected;
+
+impl ComponentRegistry {
+    /// From (normalised domain, secret) pairs.
+    pub fn new(components: Vec<(String, String)>) -> Self {
+        ComponentRegistry {
+            secrets: components.into_iter().collect(),
+            connected: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Is `domain` (normalised) a configured component?
+    pub fn is_component(&self, domain: &str) -> bool {
+        self.secrets.contains_key(domain)
+    }
+
+    /// The shared secret of a configured component.
+    pub fn secret(&self, domain: &str) -> Option<&str> {
+        self.secrets.get(domain).map(String::as_str)
+    }
+
+    /// Every configured component domain, sorted (for disco#items).
+    pub fn domains(&self) -> Vec<&str> {
+        let mut d: Vec<&str> = self.secrets.keys().map(String::as_str).collect();
+        d.sort_unstable();
+        d
+    }
+
+    /// Attaches the connection `session_id` to `domain`. A domain already
+    /// served is refused: the connection that works keeps working, and a
+    /// second instance started by mistake fails loudly instead of taking
+    /// over (and then being taken over back) in a loop.
+    pub fn attach(
+        &self,
+        domain: &str,
+        session_id: u64,
+        tx: QueueSender<Outbound>,
+    ) -> Result<(), AlreadyConnected> {
+        let mut map = self.write();
+        if map.contains_key(domain) {
+            return Err(AlreadyConnected);
+        }
+        map.insert(domain.to_string(), Connected { session_id, tx });
+        Ok(())
+    }
+
+    /// Detaches `domain` if it is still served by `session_id`.
+    pub fn detach(&self, domain: &str, session_id: u64) {
+        let mut map = self.write();
+        if map.get(domain).is_some_and(|c| c.session_id == session_id) {
+            map.remove(domain);
+        }
+    }
+
+    /// Is a connection serving `domain` now?
+    pub fn is_connected(&self, domain: &str) -> bool {
+        self.read().contains_key(domain)
+    }
+
+    /// Number of connected components.
+    pub fn count(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Queues a stanza already serialized for a component stream.
+    pub fn send(&self, domain: &str, data: Bytes) -> Result<(), DeliveryError> {
+        let map = self.read();
+        let c = map.get(domain).ok_or(DeliveryError::Offline)?;
+        c.tx.try_send(Outbound::Stanza(data)).map_err(|e| match e {
+            QueueError::Full => DeliveryError::QueueFull,
+            QueueError::Closed => DeliveryError::Offline,
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Connected>> {
+        // Every update is a single map operation, so poisoning carries no
+        // information.
+        self.connected.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Connected>> {
+        self.connected.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_connection_per_domain() {
+        let reg = ComponentRegistry::new(vec![("bot.x".into(), "s".into())]);
+        assert!(reg.is_component("bot.x"));
+        assert_eq!(reg.secret("bot.x"), Some("s"));
+        assert_eq!(reg.send("bot.x", Bytes::new()), Err(DeliveryError::Offline));
+        let (tx1, rx1) = crate::queue::queue(4);
+        let (tx2, _rx2) = crate::queue::queue(4);
+        reg.attach("bot.x", 1, tx1).unwrap();
+        assert_eq!(reg.attach("bot.x", 2, tx2), Err(AlreadyConnected));
+        reg.detach("bot.x", 2);
+        assert!(reg.is_connected("bot.x"));
+        reg.send("bot.x", Bytes::from_static(b"<m/>")).unwrap();
+        assert!(matches!(rx1.try_recv(), Some(Outbound::Stanza(_))));
+        reg.detach("bot.x", 1);
+        assert_eq!(reg.count(), 0);
+    }
+}
