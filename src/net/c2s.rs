@@ -12,7 +12,8 @@ use jid::{BareJid, FullJid, NodePart, ResourcePart};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::transport::{ReadOutcome, Transport};
+use super::transport::Transport;
+use super::xmlstream::{random_id, End, Flow, XmlStream};
 use super::ConnectionSlot;
 use crate::accounts;
 use crate::modules::register;
@@ -21,37 +22,12 @@ use crate::router;
 use crate::sasl::{self, parse_plain, SaslError, ScramServer};
 use crate::server::Server;
 use crate::sessions::Outbound;
-use crate::stanza::{
-    error_reply, iq_result, stream_error, StanzaErrorCondition, StreamErrorCondition,
-};
+use crate::stanza::{error_reply, iq_result, StanzaErrorCondition, StreamErrorCondition};
 use crate::stream::c2s::{
     self as rules, check_header, classify, offered_mechanisms, Mechanism, Negotiation, Phase,
     NS_BIND, NS_SASL,
 };
-use crate::xml::{self, Element, ParseError, ParserLimits, StreamEvent, StreamParser, NS_CLIENT};
-
-/// Why a connection ended; logged once at the end.
-#[derive(Debug)]
-enum End {
-    /// The peer closed its stream or the socket.
-    PeerClosed,
-    /// We sent a stream error.
-    StreamError(StreamErrorCondition),
-    /// The socket failed (reset, TLS failure, write error).
-    Io(String),
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::PeerClosed => write!(f, "closed by peer"),
-            End::StreamError(c) => write!(f, "stream error {}", c.wire_name()),
-            End::Io(e) => write!(f, "i/o: {e}"),
-        }
-    }
-}
-
-type Flow<T> = Result<T, End>;
+use crate::xml::{Element, ParserLimits, StreamEvent, NS_CLIENT};
 
 /// Most failed SASL attempts on one stream before it is closed
 /// (RFC 6120 §6.4.5 asks for a small configurable number; five is generous).
@@ -71,18 +47,20 @@ pub async fn run(
         max_stanza_bytes: server.config.limits.max_stanza_size,
         max_depth: server.config.limits.max_depth,
     };
+    let domain = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {
         server: server.clone(),
-        transport: Transport::Plain(tcp),
-        parser: StreamParser::new(limits),
-        out: Vec::new(),
-        header_sent: false,
-        domain: server.config.domains().first().cloned().unwrap_or_default(),
-        stream_id: String::new(),
+        stream: XmlStream::new(
+            Transport::Plain(tcp),
+            limits,
+            NS_CLIENT,
+            Some("1.0"),
+            domain.clone(),
+        ),
+        domain,
         peer,
         id,
         jid: None,
-        unread: false,
         queue: None,
     };
     tracing::info!(conn = id, %peer, direct_tls, "c2s connection opened");
@@ -112,23 +90,15 @@ pub async fn run(
 
 struct Connection {
     server: Arc<Server>,
-    transport: Transport,
-    parser: StreamParser,
-    /// Bytes waiting to be written, batched so a burst costs one write.
-    out: Vec<u8>,
-    header_sent: bool,
+    stream: XmlStream,
     /// The served domain the client's stream header named.
     domain: String,
-    stream_id: String,
     peer: SocketAddr,
     id: u64,
     jid: Option<FullJid>,
     /// The session's queue, kept after the session ends so its leftovers
     /// can be re-routed.
     queue: Option<QueueReceiver<Outbound>>,
-    /// The last read returned data, so more may be readable without
-    /// waiting (the socket's readiness was not consumed).
-    unread: bool,
 }
 
 impl Connection {
@@ -137,6 +107,7 @@ impl Connection {
         let negotiated = match timeout(login_timeout, self.negotiate(direct_tls)).await {
             Ok(r) => r,
             Err(_) => Err(self
+                .stream
                 .close_with(
                     StreamErrorCondition::ConnectionTimeout,
                     Some("login took too long"),
@@ -151,8 +122,7 @@ impl Connection {
             }
             Err(end) => end,
         };
-        let _ = self.flush().await;
-        self.transport.shutdown().await;
+        self.stream.shutdown().await;
         end
     }
 
@@ -167,21 +137,21 @@ impl Connection {
         let mut auth_failures = 0u32;
         let mut registered_here = false;
         loop {
-            match self.next_event().await? {
+            match self.stream.next_event().await? {
                 StreamEvent::Header(h) => {
                     match check_header(&h, self.server_domains(), &self.domain) {
                         Ok(domain) => self.domain = domain,
-                        Err(cond) => return Err(self.close_with(cond, None).await),
+                        Err(cond) => return Err(self.stream.close_with(cond, None).await),
                     }
                     self.send_header(h.from.as_deref());
                     let features = self.features(&phase);
-                    features.write_to(&mut self.out, NS_CLIENT);
-                    self.flush().await?;
+                    self.stream.write(&features);
+                    self.stream.flush().await?;
                 }
-                StreamEvent::End => return Err(self.close_stream().await),
+                StreamEvent::End => return Err(self.stream.close_stream().await),
                 StreamEvent::Stanza(el) => match classify(&el, &phase, self.registration_allowed())
                 {
-                    Err(cond) => return Err(self.close_with(cond, None).await),
+                    Err(cond) => return Err(self.stream.close_with(cond, None).await),
                     Ok(Negotiation::Register) => {
                         let outcome = register::before_auth(
                             &self.server,
@@ -198,21 +168,21 @@ impl Connection {
                             .await?;
                     }
                     Ok(Negotiation::StartTls) => {
-                        self.out.extend_from_slice(
-                            b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
-                        );
-                        self.flush().await?;
+                        self.stream
+                            .write_raw(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+                        self.stream.flush().await?;
                         self.start_tls().await?;
                         phase = Phase::Unauthenticated { tls: true };
                     }
                     Ok(Negotiation::Auth) => {
-                        let tls = self.transport.is_tls();
+                        let tls = self.stream.transport.is_tls();
                         if let Some(username) = self.authenticate(&el, &mut auth_failures).await? {
                             phase = Phase::Authenticated { tls, username };
                             // RFC 6120 §6.4.6: the client opens a new stream.
                             self.restart_stream();
                         } else if auth_failures >= MAX_AUTH_ATTEMPTS_PER_STREAM {
                             return Err(self
+                                .stream
                                 .close_with(
                                     StreamErrorCondition::PolicyViolation,
                                     Some("too many failed authentication attempts"),
@@ -258,9 +228,9 @@ impl Connection {
             Err(r) => error_reply(&iq, r.condition, r.text),
         };
         if let Some(reply) = reply {
-            reply.write_to(&mut self.out, NS_CLIENT);
+            self.stream.write(&reply);
         }
-        self.flush().await
+        self.stream.flush().await
     }
 
     fn features(&self, phase: &Phase) -> Element {
@@ -286,7 +256,7 @@ impl Connection {
     }
 
     fn channel_binding(&self) -> sasl::ChannelBindingData {
-        match self.transport.tls_session() {
+        match self.stream.transport.tls_session() {
             Some(tls) => self.server.certs.channel_binding(tls),
             None => sasl::ChannelBindingData {
                 available: Vec::new(),
@@ -295,7 +265,7 @@ impl Connection {
     }
 
     async fn start_tls(&mut self) -> Flow<()> {
-        if let Err(e) = self.transport.upgrade(self.server.tls.clone()).await {
+        if let Err(e) = self.stream.transport.upgrade(self.server.tls.clone()).await {
             return Err(End::Io(format!("TLS handshake: {e}")));
         }
         self.restart_stream();
@@ -304,17 +274,13 @@ impl Connection {
 
     /// Forgets the current stream: the next thing the client sends is a new header.
     fn restart_stream(&mut self) {
-        self.parser.reset();
-        self.header_sent = false;
-        // A TLS handshake may have pulled the client's first bytes into
-        // rustls already, where socket readiness cannot see them.
-        self.unread = true;
+        self.stream.restart();
     }
 
     /// One SASL exchange. Returns the authenticated username, or None after
     /// a failure the client may retry.
     async fn authenticate(&mut self, auth: &Element, failures: &mut u32) -> Flow<Option<String>> {
-        let tls = self.transport.is_tls();
+        let tls = self.stream.transport.is_tls();
         let cb = self.channel_binding();
         let offered = offered_mechanisms(
             tls,
@@ -349,8 +315,8 @@ impl Connection {
                 if let Some(d) = success_data {
                     success.append_text(base64::engine::general_purpose::STANDARD.encode(d));
                 }
-                success.write_to(&mut self.out, NS_CLIENT);
-                self.flush().await?;
+                self.stream.write(&success);
+                self.stream.flush().await?;
                 tracing::info!(conn = self.id, peer = %self.peer, user = %username, domain = %self.domain,
                     mechanism = auth.attr("mechanism").unwrap_or(""), "c2s authenticated");
                 Ok(Some(username))
@@ -363,10 +329,10 @@ impl Connection {
                         .record_failure(&self.peer.ip());
                 }
                 tracing::info!(conn = self.id, peer = %self.peer, condition = e.condition(), "c2s authentication failed");
-                Element::new("failure", NS_SASL)
-                    .with_child(Element::new(e.condition(), NS_SASL))
-                    .write_to(&mut self.out, NS_CLIENT);
-                self.flush().await?;
+                let failure = Element::new("failure", NS_SASL)
+                    .with_child(Element::new(e.condition(), NS_SASL));
+                self.stream.write(&failure);
+                self.stream.flush().await?;
                 Ok(None)
             }
         }
@@ -467,7 +433,7 @@ impl Connection {
         };
         let server_first = scram.server_first(creds.as_ref());
         self.send_sasl("challenge", &server_first);
-        self.flush().await?;
+        self.stream.flush().await?;
         let final_msg = match self.next_sasl_response().await? {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
@@ -515,7 +481,7 @@ impl Connection {
         let text = auth.text();
         if text.is_empty() {
             self.send_sasl("challenge", b"");
-            self.flush().await?;
+            self.stream.flush().await?;
             return self.next_sasl_response().await;
         }
         Ok(decode_sasl(&text))
@@ -523,11 +489,12 @@ impl Connection {
 
     /// Waits for `<response/>` (or `<abort/>`) from the client.
     async fn next_sasl_response(&mut self) -> Flow<Result<Vec<u8>, SaslError>> {
-        match self.next_event().await? {
+        match self.stream.next_event().await? {
             StreamEvent::Stanza(el) if el.is("response", NS_SASL) => Ok(decode_sasl(&el.text())),
             StreamEvent::Stanza(el) if el.is("abort", NS_SASL) => Ok(Err(SaslError::Aborted)),
-            StreamEvent::End => Err(self.close_stream().await),
+            StreamEvent::End => Err(self.stream.close_stream().await),
             _ => Err(self
+                .stream
                 .close_with(StreamErrorCondition::NotAuthorized, None)
                 .await),
         }
@@ -538,7 +505,7 @@ impl Connection {
         if !data.is_empty() {
             el.append_text(base64::engine::general_purpose::STANDARD.encode(data));
         }
-        el.write_to(&mut self.out, NS_CLIENT);
+        self.stream.write(&el);
     }
 
     /// Resource binding (RFC 6120 §7). Returns the bound JID and its queue,
@@ -554,7 +521,7 @@ impl Connection {
             .map(|r| r.text())
             .filter(|r| !r.is_empty());
         let resource = match requested {
-            None => generate_resource(),
+            None => random_id(),
             Some(r) => match ResourcePart::new(&r) {
                 Ok(r) => r.to_string(),
                 Err(_) => {
@@ -563,9 +530,9 @@ impl Connection {
                         StanzaErrorCondition::BadRequest,
                         Some("invalid resource"),
                     ) {
-                        reply.write_to(&mut self.out, NS_CLIENT);
+                        self.stream.write(&reply);
                     }
-                    self.flush().await?;
+                    self.stream.flush().await?;
                     return Ok(None);
                 }
             },
@@ -574,6 +541,7 @@ impl Connection {
             Ok(j) => j,
             Err(_) => {
                 return Err(self
+                    .stream
                     .close_with(StreamErrorCondition::InternalServerError, None)
                     .await)
             }
@@ -591,8 +559,8 @@ impl Connection {
                     .with_child(Element::new("jid", NS_BIND).with_text(full.as_str())),
             ),
         );
-        result.write_to(&mut self.out, NS_CLIENT);
-        self.flush().await?;
+        self.stream.write(&result);
+        self.stream.flush().await?;
         tracing::info!(conn = self.id, peer = %self.peer, jid = %full, "c2s resource bound");
         Ok(Some((full, rx)))
     }
@@ -601,85 +569,37 @@ impl Connection {
 
     async fn session(&mut self, jid: FullJid, rx: &QueueReceiver<Outbound>) -> End {
         let idle = Duration::from_secs(self.server.config.c2s.idle_timeout);
-        let mut last_read = Instant::now();
         loop {
             // Handle every complete stanza already buffered.
             loop {
-                match self.parser.next_event() {
+                match self.stream.parser.next_event() {
                     Ok(None) => break,
                     Ok(Some(StreamEvent::Stanza(el))) => {
                         let cancel = register::is_cancel(&el);
                         if let Err(cond) = self.handle_stanza(&jid, el).await {
-                            return self.close_with(cond, None).await;
+                            return self.stream.close_with(cond, None).await;
                         }
                         if cancel && self.account_cancelled(&jid).await {
                             // XEP-0077 §3.2: the result, then not-authorized.
-                            let _ = self.drain_queue(rx);
+                            let _ = self.stream.drain_queue(rx);
                             return self
+                                .stream
                                 .close_with(StreamErrorCondition::NotAuthorized, None)
                                 .await;
                         }
                     }
-                    Ok(Some(StreamEvent::End)) => return self.close_stream().await,
+                    Ok(Some(StreamEvent::End)) => return self.stream.close_stream().await,
                     Ok(Some(StreamEvent::Header(_))) => {
                         return self
+                            .stream
                             .close_with(StreamErrorCondition::NotWellFormed, None)
                             .await
                     }
-                    Err(e) => return self.close_parse_error(e).await,
+                    Err(e) => return self.stream.close_parse_error(e).await,
                 }
             }
-            self.parser.shrink();
-            if let Err(e) = self.flush().await {
-                return e;
-            }
-            if self.unread {
-                // The socket may hold more: read on without waiting, but let
-                // queued outbound stanzas and shutdown through between chunks.
-                if self.server.shutdown.is_cancelled() {
-                    return self
-                        .close_with(StreamErrorCondition::SystemShutdown, None)
-                        .await;
-                }
-                if let Some(cond) = self.drain_queue(rx) {
-                    return self.close_with(cond, None).await;
-                }
-                match self.read_into_parser() {
-                    Ok(ReadOutcome::Data) => last_read = Instant::now(),
-                    Ok(ReadOutcome::Drained) => {}
-                    Ok(ReadOutcome::Closed) => return End::PeerClosed,
-                    Err(e) => return End::Io(e.to_string()),
-                }
-                continue;
-            }
-            tokio::select! {
-                biased;
-                _ = self.server.shutdown.cancelled() => {
-                    return self.close_with(StreamErrorCondition::SystemShutdown, None).await;
-                }
-                msg = rx.recv() => {
-                    if let Some(cond) = self.queue_outbound(msg) {
-                        return self.close_with(cond, None).await;
-                    }
-                    // Batch whatever else is already queued into the same write.
-                    if let Some(cond) = self.drain_queue(rx) {
-                        return self.close_with(cond, None).await;
-                    }
-                }
-                r = self.transport.readable() => {
-                    if let Err(e) = r {
-                        return End::Io(e.to_string());
-                    }
-                    match self.read_into_parser() {
-                        Ok(ReadOutcome::Data) => last_read = Instant::now(),
-                        Ok(ReadOutcome::Drained) => {}
-                        Ok(ReadOutcome::Closed) => return End::PeerClosed,
-                        Err(e) => return End::Io(e.to_string()),
-                    }
-                }
-                _ = tokio::time::sleep_until((last_read + idle).into()) => {
-                    return self.close_with(StreamErrorCondition::ConnectionTimeout, None).await;
-                }
+            if let Err(end) = self.stream.pump(rx, &self.server.shutdown, idle).await {
+                return end;
             }
         }
     }
@@ -697,34 +617,6 @@ impl Connection {
         )
     }
 
-    /// Moves already-queued stanzas into the write buffer (up to 64 KiB, so
-    /// one write stays bounded); returns a condition to close with if asked.
-    fn drain_queue(&mut self, rx: &QueueReceiver<Outbound>) -> Option<StreamErrorCondition> {
-        while self.out.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Some(msg) => {
-                    if let Some(cond) = self.queue_outbound(msg) {
-                        return Some(cond);
-                    }
-                }
-                None => break,
-            }
-        }
-        None
-    }
-
-    /// Appends a queued item to the write buffer; returns a condition to
-    /// close with when the router asked for it.
-    fn queue_outbound(&mut self, msg: Outbound) -> Option<StreamErrorCondition> {
-        match msg {
-            Outbound::Stanza(bytes) => {
-                self.out.extend_from_slice(&bytes);
-                None
-            }
-            Outbound::Close(cond) => Some(cond),
-        }
-    }
-
     async fn handle_stanza(
         &mut self,
         jid: &FullJid,
@@ -735,96 +627,15 @@ impl Connection {
 
     // ---- I/O helpers ---------------------------------------------------
 
-    /// Next parser event, reading from the socket as needed.
-    async fn next_event(&mut self) -> Flow<StreamEvent> {
-        loop {
-            match self.parser.next_event() {
-                Ok(Some(ev)) => return Ok(ev),
-                Ok(None) => {}
-                Err(e) => return Err(self.close_parse_error(e).await),
-            }
-            if !self.unread {
-                self.transport
-                    .readable()
-                    .await
-                    .map_err(|e| End::Io(e.to_string()))?;
-            }
-            match self.read_into_parser() {
-                Ok(ReadOutcome::Data | ReadOutcome::Drained) => {}
-                Ok(ReadOutcome::Closed) => return Err(End::PeerClosed),
-                Err(e) => return Err(End::Io(e.to_string())),
-            }
-        }
-    }
-
-    /// Reads one chunk into the parser, remembering whether more may wait.
-    fn read_into_parser(&mut self) -> std::io::Result<ReadOutcome> {
-        let parser = &mut self.parser;
-        let outcome = self.transport.read_some(|chunk| parser.feed(chunk));
-        self.unread = matches!(outcome, Ok(ReadOutcome::Data));
-        outcome
-    }
-
-    async fn flush(&mut self) -> Flow<()> {
-        if !self.out.is_empty() {
-            let r = self.transport.write_all(&self.out).await;
-            // Give the buffer back: most sessions sit idle between writes,
-            // and an idle session should own no write buffer.
-            self.out = Vec::new();
-            r.map_err(|e| End::Io(e.to_string()))?;
-        } else {
-            self.transport
-                .flush()
-                .await
-                .map_err(|e| End::Io(e.to_string()))?;
-        }
-        Ok(())
-    }
-
+    /// Our stream header, answering the client's (RFC 6120 §4.7).
     fn send_header(&mut self, client_from: Option<&str>) {
-        self.stream_id = generate_resource();
-        let mut attrs: Vec<(&str, &str)> = vec![
-            ("from", &self.domain),
-            ("id", &self.stream_id),
-            ("version", "1.0"),
-            ("xml:lang", "en"),
-        ];
+        let id = random_id();
+        let mut attrs: Vec<(&str, &str)> =
+            vec![("from", &self.domain), ("id", &id), ("xml:lang", "en")];
         if let Some(f) = client_from {
             attrs.push(("to", f));
         }
-        xml::write_stream_header(&mut self.out, NS_CLIENT, &[], &attrs);
-        self.header_sent = true;
-    }
-
-    async fn close_parse_error(&mut self, e: ParseError) -> End {
-        let cond = match e {
-            ParseError::NotWellFormed(_) => StreamErrorCondition::NotWellFormed,
-            ParseError::RestrictedXml(_) => StreamErrorCondition::RestrictedXml,
-            ParseError::PolicyViolation(_) => StreamErrorCondition::PolicyViolation,
-        };
-        tracing::debug!(conn = self.id, error = ?e, "c2s parse error");
-        self.close_with(cond, None).await
-    }
-
-    /// Sends a stream error and closes the stream (RFC 6120 §4.9.1.1),
-    /// opening our stream first if we had not yet.
-    async fn close_with(&mut self, cond: StreamErrorCondition, text: Option<&str>) -> End {
-        if !self.header_sent {
-            self.send_header(None);
-        }
-        stream_error(cond, text).write_to(&mut self.out, NS_CLIENT);
-        self.out.extend_from_slice(b"</stream:stream>");
-        let _ = self.flush().await;
-        End::StreamError(cond)
-    }
-
-    /// Answers the peer's `</stream:stream>` with ours.
-    async fn close_stream(&mut self) -> End {
-        if self.header_sent {
-            self.out.extend_from_slice(b"</stream:stream>");
-        }
-        let _ = self.flush().await;
-        End::PeerClosed
+        self.stream.send_header(&attrs);
     }
 }
 
@@ -837,14 +648,4 @@ fn decode_sasl(text: &str) -> Result<Vec<u8>, SaslError> {
     base64::engine::general_purpose::STANDARD
         .decode(t)
         .map_err(|_| SaslError::IncorrectEncoding)
-}
-
-/// A random resource or stream id: 16 lowercase alphanumerics.
-fn generate_resource() -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::thread_rng();
-    (0..16)
-        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
-        .collect()
 }

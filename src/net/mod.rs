@@ -5,6 +5,7 @@ pub mod c2s;
 pub mod component;
 pub mod tls;
 mod transport;
+mod xmlstream;
 
 pub use transport::Transport;
 

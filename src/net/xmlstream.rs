@@ -1,0 +1,278 @@
+//! The I/O half every XML stream the server accepts shares (c2s and
+//! components now, s2s next): reading into the parser without holding a
+//! buffer while idle, batched writes, stream headers and closing (RFC 6120
+//! §4.4, §4.9.1.1), and the wait-for-work step of a bound stream.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::transport::{ReadOutcome, Transport};
+use crate::queue::QueueReceiver;
+use crate::sessions::Outbound;
+use crate::stanza::{stream_error, StreamErrorCondition};
+use crate::xml::{self, Element, ParseError, ParserLimits, StreamEvent, StreamParser};
+
+/// Why a connection ended; logged once at the end.
+#[derive(Debug)]
+pub enum End {
+    /// The peer closed its stream or the socket.
+    PeerClosed,
+    /// We sent a stream error.
+    StreamError(StreamErrorCondition),
+    /// The socket failed (reset, TLS failure, write error).
+    Io(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::PeerClosed => write!(f, "closed by peer"),
+            End::StreamError(c) => write!(f, "stream error {}", c.wire_name()),
+            End::Io(e) => write!(f, "i/o: {e}"),
+        }
+    }
+}
+
+/// A step that may end the connection.
+pub type Flow<T> = Result<T, End>;
+
+/// Most bytes batched into one write.
+const MAX_BATCH: usize = 64 * 1024;
+
+/// One accepted XML stream's transport, parser and write buffer.
+pub struct XmlStream {
+    pub transport: Transport,
+    pub parser: StreamParser,
+    /// Bytes waiting to be written, batched so a burst costs one write.
+    out: Vec<u8>,
+    header_sent: bool,
+    /// The last read returned data, so more may be readable without
+    /// waiting (the socket's readiness was not consumed).
+    unread: bool,
+    /// The stream's default namespace (jabber:client, jabber:component:accept).
+    ns: &'static str,
+    /// `version` of our header, when the stream kind has one.
+    version: Option<&'static str>,
+    /// `from` of the header sent when closing a stream we never opened.
+    pub local_domain: String,
+    last_read: Instant,
+}
+
+impl XmlStream {
+    pub fn new(
+        transport: Transport,
+        limits: ParserLimits,
+        ns: &'static str,
+        version: Option<&'static str>,
+        local_domain: String,
+    ) -> Self {
+        XmlStream {
+            transport,
+            parser: StreamParser::new(limits),
+            out: Vec::new(),
+            header_sent: false,
+            unread: false,
+            ns,
+            version,
+            local_domain,
+            last_read: Instant::now(),
+        }
+    }
+
+    /// Queues an element for the next flush.
+    pub fn write(&mut self, el: &Element) {
+        el.write_to(&mut self.out, self.ns);
+    }
+
+    /// Queues bytes already serialized for this stream.
+    pub fn write_raw(&mut self, data: &[u8]) {
+        self.out.extend_from_slice(data);
+    }
+
+    /// Queues our stream header with these attributes (plus `version`).
+    pub fn send_header(&mut self, attrs: &[(&str, &str)]) {
+        let mut all: Vec<(&str, &str)> = attrs.to_vec();
+        if let Some(v) = self.version {
+            if !all.iter().any(|(k, _)| *k == "version") {
+                all.push(("version", v));
+            }
+        }
+        xml::write_stream_header(&mut self.out, self.ns, &[], &all);
+        self.header_sent = true;
+    }
+
+    /// Forgets the current stream: the peer's next bytes are a new header.
+    pub fn restart(&mut self) {
+        self.parser.reset();
+        self.header_sent = false;
+        // A TLS handshake may have pulled the peer's first bytes into
+        // rustls already, where socket readiness cannot see them.
+        self.unread = true;
+    }
+
+    /// Next parser event, reading from the socket as needed; a parse error
+    /// closes the stream with its condition.
+    pub async fn next_event(&mut self) -> Flow<StreamEvent> {
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(ev)) => return Ok(ev),
+                Ok(None) => {}
+                Err(e) => return Err(self.close_parse_error(e).await),
+            }
+            if !self.unread {
+                self.transport
+                    .readable()
+                    .await
+                    .map_err(|e| End::Io(e.to_string()))?;
+            }
+            self.read_into_parser()?;
+        }
+    }
+
+    /// Reads one chunk into the parser, remembering whether more may wait.
+    fn read_into_parser(&mut self) -> Flow<()> {
+        let parser = &mut self.parser;
+        let outcome = self.transport.read_some(|chunk| parser.feed(chunk));
+        self.unread = matches!(outcome, Ok(ReadOutcome::Data));
+        match outcome {
+            Ok(ReadOutcome::Data) => {
+                self.last_read = Instant::now();
+                Ok(())
+            }
+            Ok(ReadOutcome::Drained) => Ok(()),
+            Ok(ReadOutcome::Closed) => Err(End::PeerClosed),
+            Err(e) => Err(End::Io(e.to_string())),
+        }
+    }
+
+    /// Writes what is buffered (and any TLS records rustls made on its own).
+    pub async fn flush(&mut self) -> Flow<()> {
+        if !self.out.is_empty() {
+            let r = self.transport.write_all(&self.out).await;
+            // Give the buffer back: most streams sit idle between writes,
+            // and an idle stream should own no write buffer.
+            self.out = Vec::new();
+            r.map_err(|e| End::Io(e.to_string()))?;
+        } else {
+            self.transport
+                .flush()
+                .await
+                .map_err(|e| End::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Closes with the stream error a parse error deserves.
+    pub async fn close_parse_error(&mut self, e: ParseError) -> End {
+        let cond = match e {
+            ParseError::NotWellFormed(_) => StreamErrorCondition::NotWellFormed,
+            ParseError::RestrictedXml(_) => StreamErrorCondition::RestrictedXml,
+            ParseError::PolicyViolation(_) => StreamErrorCondition::PolicyViolation,
+        };
+        tracing::debug!(error = ?e, "stream parse error");
+        self.close_with(cond, None).await
+    }
+
+    /// Sends a stream error and closes the stream (RFC 6120 §4.9.1.1),
+    /// opening our stream first if we had not yet.
+    pub async fn close_with(&mut self, cond: StreamErrorCondition, text: Option<&str>) -> End {
+        if !self.header_sent {
+            let (from, id) = (self.local_domain.clone(), random_id());
+            self.send_header(&[("from", &from), ("id", &id)]);
+        }
+        stream_error(cond, text).write_to(&mut self.out, self.ns);
+        self.out.extend_from_slice(b"</stream:stream>");
+        let _ = self.flush().await;
+        End::StreamError(cond)
+    }
+
+    /// Answers the peer's `</stream:stream>` with ours.
+    pub async fn close_stream(&mut self) -> End {
+        if self.header_sent {
+            self.out.extend_from_slice(b"</stream:stream>");
+        }
+        let _ = self.flush().await;
+        End::PeerClosed
+    }
+
+    /// Flushes and shuts the socket down (TLS close_notify included).
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        self.transport.shutdown().await;
+    }
+
+    /// Moves already-queued stanzas into the write buffer (bounded, so one
+    /// write stays bounded); returns a condition to close with if asked.
+    pub fn drain_queue(&mut self, rx: &QueueReceiver<Outbound>) -> Option<StreamErrorCondition> {
+        while self.out.len() < MAX_BATCH {
+            match rx.try_recv()? {
+                Outbound::Stanza(bytes) => self.out.extend_from_slice(&bytes),
+                Outbound::Close(cond) => return Some(cond),
+            }
+        }
+        None
+    }
+
+    /// In a bound stream, after the buffered events were handled: flushes,
+    /// then waits for the next thing to do — bytes from the peer (fed to
+    /// the parser), stanzas queued for the peer (buffered for writing),
+    /// shutdown (`system-shutdown`) or silence longer than `idle`
+    /// (`connection-timeout`).
+    pub async fn pump(
+        &mut self,
+        rx: &QueueReceiver<Outbound>,
+        shutdown: &CancellationToken,
+        idle: Duration,
+    ) -> Flow<()> {
+        self.parser.shrink();
+        self.flush().await?;
+        if self.unread {
+            // The socket may hold more: read on without waiting, but let
+            // queued outbound stanzas and shutdown through between chunks.
+            if shutdown.is_cancelled() {
+                return Err(self
+                    .close_with(StreamErrorCondition::SystemShutdown, None)
+                    .await);
+            }
+            if let Some(cond) = self.drain_queue(rx) {
+                return Err(self.close_with(cond, None).await);
+            }
+            return self.read_into_parser();
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                Err(self.close_with(StreamErrorCondition::SystemShutdown, None).await)
+            }
+            msg = rx.recv() => {
+                let first = match msg {
+                    Outbound::Stanza(bytes) => { self.out.extend_from_slice(&bytes); None }
+                    Outbound::Close(cond) => Some(cond),
+                };
+                // Batch whatever else is already queued into the same write.
+                match first.or_else(|| self.drain_queue(rx)) {
+                    Some(cond) => Err(self.close_with(cond, None).await),
+                    None => Ok(()),
+                }
+            }
+            r = self.transport.readable() => {
+                r.map_err(|e| End::Io(e.to_string()))?;
+                self.read_into_parser()
+            }
+            _ = tokio::time::sleep_until((self.last_read + idle).into()) => {
+                Err(self.close_with(StreamErrorCondition::ConnectionTimeout, None).await)
+            }
+        }
+    }
+}
+
+/// A random stream id or resource: 16 lowercase alphanumerics.
+pub fn random_id() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..16)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
