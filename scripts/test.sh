@@ -72,11 +72,49 @@ ensure_postgres() {
     fi
 }
 
+# Prosody and ejabberd (Debian packages) for tests/interop/federation. They run there as
+# their own users with configs in a temporary directory; the packaged system instances
+# would listen on 0.0.0.0:5222/5269 (and ejabberd's node ejabberd@localhost), so they are
+# kept from starting at install (policy-rc.d), stopped if running, and disabled.
+ensure_federation_peers() {
+    local missing=() p created_policy=0
+    for p in prosody ejabberd openssl; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -ne 0 ]; then
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+            created_policy=1
+        fi
+        apt_install "${missing[@]}"
+        local rc=$?
+        [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+        [ "$rc" = 0 ] || return 1
+    fi
+    # Stop and disable the packaged instances (no-ops when they are not running).
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now prosody ejabberd >/dev/null 2>&1 || true
+    else
+        update-rc.d prosody disable >/dev/null 2>&1 || true
+        update-rc.d ejabberd disable >/dev/null 2>&1 || true
+        if [ -s /run/prosody/prosody.pid ] && kill -0 "$(cat /run/prosody/prosody.pid)" 2>/dev/null; then
+            kill "$(cat /run/prosody/prosody.pid)" || true
+        fi
+        if pgrep -u ejabberd -f 'beam.smp.*ejabberd@localhost' >/dev/null 2>&1; then
+            su ejabberd -s /bin/sh -c 'ejabberdctl stop' >/dev/null 2>&1 || true
+        fi
+    fi
+}
+
 step "setup: Python packages (slixmpp $SLIXMPP_VERSION, pytest $PYTEST_VERSION)"
 ensure_python_packages || fail "python packages"
 
 step "setup: PostgreSQL at 127.0.0.1:5432 (WAXWING_TEST_POSTGRES=$WAXWING_TEST_POSTGRES)"
 ensure_postgres || fail "postgresql"
+
+step "setup: Prosody and ejabberd for the federation interop tests (packaged instances stopped)"
+ensure_federation_peers || fail "prosody/ejabberd"
 
 step "cargo fmt --check"
 cargo fmt --all --check || fail "cargo fmt"

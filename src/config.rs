@@ -26,6 +26,58 @@ pub struct Config {
     /// External components (XEP-0114), one `[[component]]` each.
     pub component: Vec<ComponentConfig>,
     pub component_listener: ComponentListener,
+    /// Server-to-server federation; off unless `listen` names an address.
+    pub s2s: S2sConfig,
+}
+
+/// Server-to-server streams (RFC 6120, XEP-0220 dialback). An empty
+/// `listen` disables federation: other domains stay unreachable
+/// (`remote-server-not-found`) and nothing connects out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Refuse to authenticate or exchange stanzas without TLS, both ways.
+    pub require_encryption: bool,
+    /// Offer and use SASL EXTERNAL (XEP-0178) when certificates allow;
+    /// false: dialback only.
+    pub sasl_external: bool,
+    /// Secret the dialback keys are derived from (XEP-0185); empty means a
+    /// random one per start.
+    pub dialback_secret: String,
+    /// Extra trusted CA certificates (PEM) for peers' certificates.
+    pub ca_file: String,
+    /// Seconds to resolve, connect and authenticate an outgoing stream.
+    pub connect_timeout: u64,
+    /// Seconds of silence after which an s2s stream is closed.
+    pub idle_timeout: u64,
+    /// Stanzas waiting per remote domain while its stream is being made.
+    pub max_queue: usize,
+    /// Remote domain → "host:port", used instead of DNS.
+    pub hosts: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            listen: Vec::new(),
+            require_encryption: true,
+            sasl_external: true,
+            dialback_secret: String::new(),
+            ca_file: String::new(),
+            connect_timeout: 30,
+            idle_timeout: 600,
+            max_queue: 1000,
+            hosts: Default::default(),
+        }
+    }
+}
+
+impl S2sConfig {
+    /// Is federation switched on?
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
 }
 
 /// An external component (XEP-0114): a bot or gateway that connects to
@@ -169,6 +221,7 @@ impl Default for Config {
             contact: ContactAddresses::default(),
             component: Vec::new(),
             component_listener: ComponentListener::default(),
+            s2s: S2sConfig::default(),
         }
     }
 }
@@ -468,6 +521,8 @@ enum Kind {
         max: i64,
     },
     Addrs,
+    /// A table of string values, each checked.
+    StrMap(fn(&str) -> Result<(), String>),
     /// A list of URIs (`scheme:…`).
     Uris,
     Table(&'static [Field]),
@@ -657,6 +712,35 @@ const COMPONENT_LISTENER: &[Field] = &[
         },
     ),
 ];
+fn host_port(s: &str) -> Result<(), String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("\"{s}\" is not a \"host:port\"")),
+    }
+}
+const S2S: &[Field] = &[
+    f("listen", Kind::Addrs),
+    f("require_encryption", Kind::Bool),
+    f("sasl_external", Kind::Bool),
+    f("dialback_secret", Kind::Str(any_str)),
+    f("ca_file", Kind::Str(any_str)),
+    f("connect_timeout", Kind::Int { min: 1, max: 3_600 }),
+    f(
+        "idle_timeout",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
+    f(
+        "max_queue",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f("hosts", Kind::StrMap(host_port)),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -667,6 +751,7 @@ const SCHEMA: &[Field] = &[
     f("contact", Kind::Table(CONTACT)),
     f("component", Kind::Tables(COMPONENT)),
     f("component_listener", Kind::Table(COMPONENT_LISTENER)),
+    f("s2s", Kind::Table(S2S)),
 ];
 
 struct Validator<'a> {
@@ -733,6 +818,19 @@ impl Validator<'_> {
                     }
                 }
             }
+            (Kind::StrMap(check), Item::Table(t)) => {
+                for (k, v) in t.iter() {
+                    let span = t.key(k).and_then(|k| k.span()).or_else(|| v.span());
+                    match v.as_str() {
+                        Some(s) => {
+                            if let Err(e) = check(s) {
+                                self.problem(span, format!("{path}.{k}: {e}"))
+                            }
+                        }
+                        None => self.problem(span, format!("{path}.{k}: expected a string")),
+                    }
+                }
+            }
             (Kind::Uris, Item::Value(Value::Array(a))) => {
                 for v in a.iter() {
                     if !v.as_str().is_some_and(is_uri) {
@@ -750,6 +848,7 @@ impl Validator<'_> {
                     Kind::Int { .. } => "an integer",
                     Kind::Addrs => "a list of addresses",
                     Kind::Uris => "a list of URIs",
+                    Kind::StrMap(_) => "a table of strings",
                     Kind::Table(_) => "a table",
                     Kind::Tables(_) => "an array of tables ([[…]])",
                 };
@@ -780,6 +879,26 @@ mod tests {
             c.component_listener.idle_timeout,
             d.component_listener.idle_timeout
         );
+        assert!(!c.s2s.enabled());
+        assert_eq!(c.s2s.require_encryption, d.s2s.require_encryption);
+        assert_eq!(c.s2s.sasl_external, d.s2s.sasl_external);
+        assert_eq!(c.s2s.connect_timeout, d.s2s.connect_timeout);
+        assert_eq!(c.s2s.idle_timeout, d.s2s.idle_timeout);
+        assert_eq!(c.s2s.max_queue, d.s2s.max_queue);
+        assert!(c.s2s.hosts.is_empty());
+    }
+
+    #[test]
+    fn s2s_section_parses_and_checks_hosts() {
+        let src =
+            "[s2s]\nlisten = [\"127.0.0.1:5269\"]\n[s2s.hosts]\n\"b.test\" = \"127.0.0.1:5270\"\n";
+        let c = Config::parse(src).unwrap();
+        assert!(c.s2s.enabled());
+        assert_eq!(c.s2s.hosts["b.test"], "127.0.0.1:5270");
+        let bad = "[s2s.hosts]\n\"b.test\" = \"no-port\"\n\"c.test\" = 5\n[s2s]\nmax_queue = 0\n";
+        let problems = Config::parse(bad).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().all(|p| p.line.is_some()), "{problems:?}");
     }
 
     #[test]

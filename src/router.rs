@@ -1,8 +1,9 @@
-//! The routing decision for stanzas sent by local clients and by external
-//! components (XEP-0114): validate and stamp addresses, then hand each
-//! stanza to a module (server or account IQs), to local sessions (RFC 6121
-//! §8.5 rules), to a component, or bounce it. Both origins share one path;
-//! only the `from` check and where errors go back differ.
+//! The routing decision for stanzas sent by local clients, external
+//! components (XEP-0114) and remote servers (s2s): validate and stamp
+//! addresses, then hand each stanza to a module (server or account IQs),
+//! to local sessions (RFC 6121 §8.5 rules), to a component, to another
+//! server (s2s), or bounce it. Every origin shares one path; only the
+//! `from` check and where errors go back differ.
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
@@ -26,6 +27,9 @@ pub enum Origin<'a> {
     /// A connected external component: its domain, and the address within
     /// it the stanza came from.
     Component { domain: &'a str, from: &'a Jid },
+    /// A remote server, over an incoming s2s stream that authenticated the
+    /// sender's domain; errors go back over s2s.
+    Remote { from: &'a Jid },
 }
 
 impl Origin<'_> {
@@ -33,7 +37,7 @@ impl Origin<'_> {
     fn sender(&self) -> &Jid {
         match self {
             Origin::Session(full) => full,
-            Origin::Component { from, .. } => from,
+            Origin::Component { from, .. } | Origin::Remote { from } => from,
         }
     }
 
@@ -41,7 +45,7 @@ impl Origin<'_> {
     fn session(&self) -> Option<&FullJid> {
         match self {
             Origin::Session(full) => Some(full),
-            Origin::Component { .. } => None,
+            Origin::Component { .. } | Origin::Remote { .. } => None,
         }
     }
 }
@@ -109,6 +113,24 @@ pub async fn route_from_component(
     Ok(())
 }
 
+/// Routes one stanza received over an incoming s2s stream, already moved
+/// into `jabber:client`, its `from` checked against the stream's
+/// authenticated domains and its `to` at one of ours (`stream::s2s`).
+/// An `Err` ends the s2s stream.
+pub async fn route_from_remote(
+    server: &Server,
+    from: &Jid,
+    to: Jid,
+    mut stanza: Element,
+) -> Result<(), StreamErrorCondition> {
+    let kind =
+        StanzaKind::of(&stanza, NS_CLIENT).ok_or(StreamErrorCondition::UnsupportedStanzaType)?;
+    stanza.set_attr("from", from.as_str());
+    stanza.set_attr("to", to.as_str());
+    route(server, Origin::Remote { from }, kind, stanza).await;
+    Ok(())
+}
+
 /// The routing shared by every origin; `from` is already checked and stamped.
 async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza: Element) {
     let to = match stanza.attr("to") {
@@ -158,7 +180,21 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
         return;
     }
     if !server.is_local_domain(to_domain) {
-        // Federation arrives with s2s; until then no other domain is reachable.
+        match origin {
+            // Presence goes through the presence module, which keeps
+            // subscription and directed-presence state and sends it on.
+            Origin::Session(session) if server.config.s2s.enabled() => {
+                if kind == StanzaKind::Presence {
+                    presence::from_client(server, session, Some(to), stanza).await
+                } else {
+                    server.s2s.send(server, stanza)
+                }
+                return;
+            }
+            // Without s2s no other domain is reachable; components and
+            // remote servers are not relayed to third domains.
+            _ => {}
+        }
         bounce(
             server,
             origin,
@@ -173,7 +209,9 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
             Origin::Session(session) => {
                 presence::from_client(server, session, Some(to), stanza).await
             }
-            Origin::Component { from, .. } => presence::from_remote(server, from, to, stanza).await,
+            Origin::Component { from, .. } | Origin::Remote { from } => {
+                presence::from_remote(server, from, to, stanza).await
+            }
         }
         return;
     }
@@ -438,7 +476,31 @@ fn deliver_reply(server: &Server, origin: Origin<'_>, reply: &Element) {
     let _ = match origin {
         Origin::Session(full) => deliver_local(server, full, reply),
         Origin::Component { domain, .. } => deliver_to_component(server, domain, reply),
+        Origin::Remote { .. } => {
+            server.s2s.send(server, reply.clone());
+            Ok(())
+        }
     };
+}
+
+/// Delivers an error reply about a stanza a local sender could not get out
+/// (s2s failures): to the full JID that sent it, or to each available
+/// resource of a bare one (subscription stanzas carry bare JIDs).
+pub fn deliver_bounce(server: &Server, reply: &Element) {
+    let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
+        return;
+    };
+    let data = serialize(reply);
+    match to.try_into_full() {
+        Ok(full) => {
+            let _ = server.sessions.send_to_full(&full, data);
+        }
+        Err(bare) => {
+            for (full, _) in server.sessions.available_resources(&bare) {
+                let _ = server.sessions.send_to_full(&full, data.clone());
+            }
+        }
+    }
 }
 
 /// Re-routes a serialized stanza that was queued for the session `gone` but

@@ -27,7 +27,11 @@ pub struct Server {
     /// External components (XEP-0114): configured and connected.
     pub components: ComponentRegistry,
     pub certs: Arc<net::tls::CertStore>,
+    /// TLS configuration of direct-TLS client listeners (certificate by SNI).
     pub tls: Arc<rustls::ServerConfig>,
+    /// TLS configuration of STARTTLS on client streams, per addressed
+    /// domain (its certificate when the client sends no SNI).
+    starttls: std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
     pub auth_failures_by_ip: FailureWindow<IpAddr>,
     pub auth_failures_by_account: FailureWindow<String>,
     /// Accounts created in-band per remote IP (XEP-0077), counted like
@@ -42,6 +46,20 @@ pub struct Server {
     started: std::time::Instant,
     /// Serializes each user's offline-queue writes and hand-overs.
     pub offline_locks: crate::modules::offline::OfflineLocks,
+    /// Outgoing server-to-server streams.
+    pub s2s: net::s2s_out::S2sOut,
+    /// TLS client configuration of outgoing s2s streams, per sending
+    /// domain (each presents that domain's certificate).
+    s2s_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
+    /// TLS configuration of incoming s2s streams, per addressed domain
+    /// (asks for a client certificate).
+    s2s_tls_server: std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
+    /// The roots peers' certificates are checked against.
+    pub s2s_roots: Arc<rustls::RootCertStore>,
+    /// The secret dialback keys are derived from (XEP-0185).
+    pub dialback_secret: String,
+    /// This server itself, for tasks it starts (outgoing s2s streams).
+    me: std::sync::Weak<Server>,
 }
 
 impl Server {
@@ -56,9 +74,35 @@ impl Server {
     /// Builds the server around an already-open store.
     pub fn with_store(config: Config, store: Store) -> Result<Arc<Server>, String> {
         let certs = Arc::new(net::tls::CertStore::from_config(&config)?);
-        let tls = net::tls::server_config(certs.clone())?;
+        let tls = net::tls::server_config(certs.clone(), None)?;
         let window = Duration::from_secs(config.limits.auth_failure_window);
-        Ok(Arc::new(Server {
+        let s2s_roots = net::tls::s2s_roots(&config.s2s.ca_file)?;
+        let mut s2s_tls = std::collections::HashMap::new();
+        let mut starttls = std::collections::HashMap::new();
+        let mut s2s_tls_server = std::collections::HashMap::new();
+        for domain in config.domains() {
+            let c = net::tls::s2s_client_config(s2s_roots.clone(), &certs, &domain)?;
+            s2s_tls.insert(domain.clone(), c);
+            let c = net::tls::server_config(certs.clone(), Some(&domain))?;
+            starttls.insert(domain.clone(), c);
+            let c = net::tls::s2s_server_config(certs.clone(), &domain)?;
+            s2s_tls_server.insert(domain, c);
+        }
+        let dialback_secret = if config.s2s.dialback_secret.is_empty() {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::thread_rng().gen();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        } else {
+            config.s2s.dialback_secret.clone()
+        };
+        Ok(Arc::new_cyclic(|me| Server {
+            me: me.clone(),
+            s2s: Default::default(),
+            s2s_tls,
+            s2s_tls_server,
+            starttls,
+            s2s_roots,
+            dialback_secret,
             domains: config.domains().into_iter().collect(),
             auth_failures_by_ip: FailureWindow::new(config.limits.auth_failures_per_ip, window),
             auth_failures_by_account: FailureWindow::new(
@@ -102,6 +146,28 @@ impl Server {
         self.started.elapsed()
     }
 
+    /// The TLS client configuration for s2s streams sent from `domain`.
+    pub fn s2s_client_tls(&self, domain: &str) -> Option<Arc<rustls::ClientConfig>> {
+        self.s2s_tls.get(domain).cloned()
+    }
+
+    /// The TLS configuration for STARTTLS on a client stream whose header
+    /// addressed `domain` (one of ours; otherwise the direct-TLS one).
+    pub fn starttls_config(&self, domain: &str) -> Arc<rustls::ServerConfig> {
+        self.starttls.get(domain).unwrap_or(&self.tls).clone()
+    }
+
+    /// The TLS configuration for STARTTLS on an incoming s2s stream whose
+    /// header addressed `domain` (one of ours).
+    pub fn s2s_starttls_config(&self, domain: &str) -> Option<Arc<rustls::ServerConfig>> {
+        self.s2s_tls_server.get(domain).cloned()
+    }
+
+    /// A shared handle to this server (None only while it is being dropped).
+    pub fn arc(&self) -> Option<Arc<Server>> {
+        self.me.upgrade()
+    }
+
     /// A process-unique number for a connection.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -117,6 +183,8 @@ pub struct RunningServer {
     pub c2s_tls_addrs: Vec<SocketAddr>,
     /// Bound component (XEP-0114) listener addresses, in config order.
     pub component_addrs: Vec<SocketAddr>,
+    /// Bound server-to-server listener addresses, in config order.
+    pub s2s_addrs: Vec<SocketAddr>,
     tracker: TaskTracker,
 }
 
@@ -163,7 +231,22 @@ impl RunningServer {
                 tracker.clone(),
             ));
         }
+        let mut s2s_addrs = Vec::new();
+        for addr in &server.config.s2s.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %local, kind = "s2s", "listening");
+            s2s_addrs.push(local);
+            tracker.spawn(net::s2s_accept_loop(
+                server.clone(),
+                listener,
+                tracker.clone(),
+            ));
+        }
         Ok(RunningServer {
+            s2s_addrs,
             server,
             c2s_addrs,
             c2s_tls_addrs,

@@ -510,3 +510,56 @@ async fn sni_picks_the_domain_certificate() {
         .iter()
         .any(|(_, _, _, der)| *der == c.peer_certificate().unwrap()));
 }
+
+/// STARTTLS from a client that sends no SNI: the stream header already
+/// named the domain, so its certificate is served (not the fallback).
+#[tokio::test]
+async fn starttls_without_sni_gets_the_addressed_domain_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for d in ["a.example", "b.example"] {
+        let ck = rcgen::generate_simple_self_signed(vec![d.to_string()]).unwrap();
+        let (c, k) = (
+            dir.path().join(format!("{d}.pem")),
+            dir.path().join(format!("{d}.key")),
+        );
+        std::fs::write(&c, ck.cert.pem()).unwrap();
+        std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
+        paths.push((d, c, k, ck.cert.der().to_vec()));
+    }
+    let hosts = paths.clone();
+    let server = TestServer::start_with(move |c| {
+        c.host = hosts
+            .iter()
+            .map(|(d, cert, key, _)| waxwing::config::HostConfig {
+                domain: d.to_string(),
+                cert: Some(cert.clone()),
+                key: Some(key.clone()),
+                allow_registration: false,
+            })
+            .collect();
+    })
+    .await;
+    for (d, _, _, der) in &paths {
+        let mut c = Client::connect(server.plain_addr).await;
+        c.domain = d.to_string();
+        c.open_stream().await;
+        let features = c.next_element().await;
+        assert!(features.get_child("starttls", NS_TLS).is_some());
+        c.send_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        assert!(c.next_element().await.is("proceed", NS_TLS));
+        c.tls_handshake_without_sni().await.unwrap();
+        assert_eq!(c.peer_certificate().unwrap(), *der, "certificate for {d}");
+        // The stream goes on over TLS.
+        c.open_stream().await;
+        let features = c.next_element().await;
+        assert_eq!(features.name(), "features", "{features:?}");
+    }
+    // Direct TLS without SNI has no header to go by: the fallback.
+    let mut c = Client::connect(server.tls_addr).await;
+    c.tls_handshake_without_sni().await.unwrap();
+    assert!(!paths
+        .iter()
+        .any(|(_, _, _, der)| *der == c.peer_certificate().unwrap()));
+}

@@ -18,6 +18,7 @@ fn doap_lists_what_the_code_implements() {
         .collect();
     implemented.extend(waxwing::stream::c2s::XEPS);
     implemented.extend(waxwing::stream::component::XEPS);
+    implemented.extend(waxwing::stream::s2s::XEPS);
     implemented.extend(waxwing::modules::IMPLIED_XEPS);
     assert_eq!(listed, implemented);
 }

@@ -41,7 +41,7 @@ pub async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, sta
 }
 
 /// A presence stanza from a sender that is not a local user (an external
-/// component today, a remote server with s2s) to a local JID, its `from`
+/// component, or a remote server over s2s) to a local JID, its `from`
 /// checked and `to` normalised: the recipient's side of the subscription
 /// state machine, probes answered from the recipient's roster, and
 /// everything else delivered like directed presence.
@@ -136,6 +136,15 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
         for item in items.iter().filter(|i| i.to()) {
             if let Ok(contact) = BareJid::new(&item.record.contact) {
                 if !may_exchange(server, &user, &contact).await {
+                    continue;
+                }
+                if is_remote(server, contact.domain().as_str()) {
+                    // The contact's server answers for it (§4.3.1).
+                    let probe = Element::new("presence", NS_CLIENT)
+                        .with_attr("from", user.as_str())
+                        .with_attr("to", contact.as_str())
+                        .with_attr("type", "probe");
+                    server.s2s.send(server, probe);
                     continue;
                 }
                 let presences = server.sessions.presences(&contact);
@@ -268,6 +277,10 @@ fn send_to_resources(server: &Server, to: &BareJid, stanza: &Element) {
         let _ = deliver_to_component(server, to.domain().as_str(), stanza);
         return;
     }
+    if is_remote(server, to.domain().as_str()) {
+        server.s2s.send(server, stanza.clone());
+        return;
+    }
     let data = bytes::Bytes::from(stanza.to_bytes(NS_CLIENT));
     for (full, _) in server.sessions.available_resources(to) {
         let _ = server.sessions.send_to_full(&full, data.clone());
@@ -279,12 +292,23 @@ fn deliver_to_jid(server: &Server, to: &Jid, stanza: &Element) {
         let _ = deliver_to_component(server, to.domain().as_str(), stanza);
         return;
     }
+    if is_remote(server, to.domain().as_str()) {
+        server.s2s.send(server, stanza.clone());
+        return;
+    }
     match to.clone().try_into_full() {
         Ok(full) => {
             let _ = deliver_local(server, &full, stanza);
         }
         Err(bare) => send_to_resources(server, &bare, stanza),
     }
+}
+
+/// Is `domain` another server's, reachable over s2s?
+fn is_remote(server: &Server, domain: &str) -> bool {
+    server.config.s2s.enabled()
+        && !server.is_local_domain(domain)
+        && !server.components.is_component(domain)
 }
 
 /// `presence` with `from` and `to` set.
@@ -349,8 +373,8 @@ pub async fn finish_outbound(
     Ok(())
 }
 
-/// Hands a subscription stanza from `user` to the contact's server —
-/// here, always this one.
+/// Hands a subscription stanza from `user` to the contact's server: a
+/// component, another server over s2s, or this one.
 pub async fn route_subscription(
     server: &Server,
     user: &BareJid,
@@ -370,8 +394,13 @@ pub async fn route_subscription(
         }
         return Ok(());
     }
+    if is_remote(server, domain) {
+        // The contact's server runs its side of the state machine.
+        server.s2s.send(server, stanza);
+        return Ok(());
+    }
     if !server.is_local_domain(domain) {
-        // No federation yet: the remote domain cannot be reached.
+        // Federation is off: the remote domain cannot be reached.
         if let Some(reply) = error_reply(&stanza, StanzaErrorCondition::RemoteServerNotFound, None)
         {
             send_to_resources(server, user, &reply);

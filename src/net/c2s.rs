@@ -58,6 +58,7 @@ pub async fn run(
             domain.clone(),
         ),
         domain,
+        tls_addressed: false,
         peer,
         id,
         jid: None,
@@ -93,6 +94,8 @@ struct Connection {
     stream: XmlStream,
     /// The served domain the client's stream header named.
     domain: String,
+    /// TLS was started (STARTTLS) on a stream addressed to `domain`.
+    tls_addressed: bool,
     peer: SocketAddr,
     id: u64,
     jid: Option<FullJid>,
@@ -131,7 +134,7 @@ impl Connection {
     /// From the first byte to a bound resource.
     async fn negotiate(&mut self, direct_tls: bool) -> Flow<(FullJid, QueueReceiver<Outbound>)> {
         if direct_tls {
-            self.start_tls().await?;
+            self.start_tls(false).await?;
         }
         let mut phase = Phase::Unauthenticated { tls: direct_tls };
         let mut auth_failures = 0u32;
@@ -171,7 +174,7 @@ impl Connection {
                         self.stream
                             .write_raw(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
                         self.stream.flush().await?;
-                        self.start_tls().await?;
+                        self.start_tls(true).await?;
                         phase = Phase::Unauthenticated { tls: true };
                     }
                     Ok(Negotiation::Auth) => {
@@ -257,15 +260,28 @@ impl Connection {
 
     fn channel_binding(&self) -> sasl::ChannelBindingData {
         match self.stream.transport.tls_session() {
-            Some(tls) => self.server.certs.channel_binding(tls),
+            Some(tls) => self
+                .server
+                .certs
+                .channel_binding(tls, self.tls_addressed.then_some(self.domain.as_str())),
             None => sasl::ChannelBindingData {
                 available: Vec::new(),
             },
         }
     }
 
-    async fn start_tls(&mut self) -> Flow<()> {
-        if let Err(e) = self.stream.transport.upgrade(self.server.tls.clone()).await {
+    /// Runs the TLS handshake. `addressed`: STARTTLS, after a header that
+    /// named one of our domains, whose certificate is then the one to
+    /// serve when the client sends no SNI; direct TLS comes before any
+    /// header.
+    async fn start_tls(&mut self, addressed: bool) -> Flow<()> {
+        self.tls_addressed = addressed;
+        let config = if self.tls_addressed {
+            self.server.starttls_config(&self.domain)
+        } else {
+            self.server.tls.clone()
+        };
+        if let Err(e) = self.stream.transport.upgrade(config).await {
             return Err(End::Io(format!("TLS handshake: {e}")));
         }
         self.restart_stream();

@@ -3,6 +3,8 @@
 
 pub mod c2s;
 pub mod component;
+pub mod s2s_in;
+pub mod s2s_out;
 pub mod tls;
 mod transport;
 mod xmlstream;
@@ -88,6 +90,7 @@ impl ConnectionLimits {
 enum Role {
     C2s { direct_tls: bool },
     Component,
+    S2s,
 }
 
 /// Accepts client connections until shutdown, one task per connection.
@@ -108,6 +111,12 @@ pub async fn component_accept_loop(
     tracker: TaskTracker,
 ) {
     accept(server, listener, Role::Component, tracker).await
+}
+
+/// Accepts incoming server-to-server streams until shutdown. They count
+/// against the same connection caps as clients.
+pub async fn s2s_accept_loop(server: Arc<Server>, listener: TcpListener, tracker: TaskTracker) {
+    accept(server, listener, Role::S2s, tracker).await
 }
 
 async fn accept(server: Arc<Server>, listener: TcpListener, role: Role, tracker: TaskTracker) {
@@ -136,6 +145,9 @@ async fn accept(server: Arc<Server>, listener: TcpListener, role: Role, tracker:
             }
             Role::Component => {
                 tracker.spawn(component::run(server.clone(), tcp, peer, slot));
+            }
+            Role::S2s => {
+                tracker.spawn(s2s_in::run(server.clone(), tcp, peer, slot));
             }
         }
     }

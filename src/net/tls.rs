@@ -33,13 +33,38 @@ pub struct CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()).key.clone())
+        Some(self.pick(hello.server_name(), None).key.clone())
+    }
+}
+
+/// Chooses the certificate for a STARTTLS handshake on a stream whose
+/// header addressed `domain`: by SNI when the client names a domain we
+/// have a certificate for, else `domain`'s (peers such as Prosody 0.12
+/// send no SNI on s2s), else the fallback.
+#[derive(Debug)]
+struct AddressedResolver {
+    store: Arc<CertStore>,
+    domain: String,
+}
+
+impl ResolvesServerCert for AddressedResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.store
+                .pick(hello.server_name(), Some(&self.domain))
+                .key
+                .clone(),
+        )
     }
 }
 
 impl CertStore {
-    fn pick(&self, sni: Option<&str>) -> &LoadedCert {
-        sni.and_then(|name| self.by_domain.get(&name.to_ascii_lowercase()))
+    /// The certificate for `sni` if we have one, else `addressed`'s (the
+    /// domain the stream header named), else the fallback.
+    fn pick(&self, sni: Option<&str>, addressed: Option<&str>) -> &LoadedCert {
+        let known = |name: &str| self.by_domain.get(&name.to_ascii_lowercase());
+        sni.and_then(known)
+            .or_else(|| addressed.and_then(known))
             .unwrap_or(&self.fallback)
     }
 
@@ -64,8 +89,13 @@ impl CertStore {
         })
     }
 
-    /// Channel-binding data for a finished server handshake.
-    pub fn channel_binding(&self, conn: &ServerConnection) -> ChannelBindingData {
+    /// Channel-binding data for a finished server handshake on a stream
+    /// whose header addressed `addressed` (None for direct TLS).
+    pub fn channel_binding(
+        &self,
+        conn: &ServerConnection,
+        addressed: Option<&str>,
+    ) -> ChannelBindingData {
         let mut available = Vec::new();
         // RFC 9266 forbids tls-exporter on TLS 1.2 without extended master
         // secret; offering it on TLS 1.3 only keeps that rule trivially true.
@@ -78,7 +108,7 @@ impl CertStore {
                 available.push((ChannelBindingType::TlsExporter, out));
             }
         }
-        let cert = self.pick(conn.server_name());
+        let cert = self.pick(conn.server_name(), addressed);
         available.push((
             ChannelBindingType::TlsServerEndPoint,
             cert.end_point_hash.clone(),
@@ -87,15 +117,272 @@ impl CertStore {
     }
 }
 
-/// Builds the rustls configuration shared by STARTTLS and direct TLS.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, String> {
+/// Builds the rustls configuration of client streams: with `addressed`,
+/// for STARTTLS on a stream whose header named that domain (its
+/// certificate when the client sends no SNI); without, for direct TLS.
+pub fn server_config(
+    store: Arc<CertStore>,
+    addressed: Option<&str>,
+) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_cert_resolver(store);
+        .with_cert_resolver(resolver(store, addressed));
     Ok(Arc::new(cfg))
+}
+
+fn resolver(store: Arc<CertStore>, addressed: Option<&str>) -> Arc<dyn ResolvesServerCert> {
+    match addressed {
+        Some(domain) => Arc::new(AddressedResolver {
+            store,
+            domain: domain.to_ascii_lowercase(),
+        }),
+        None => store,
+    }
+}
+
+/// The certificates s2s peers are checked against: the system's roots plus
+/// `[s2s] ca_file`.
+pub fn s2s_roots(ca_file: &str) -> Result<Arc<rustls::RootCertStore>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    if !native.errors.is_empty() {
+        tracing::debug!(errors = ?native.errors, "some system CA certificates could not be read");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if !ca_file.is_empty() {
+        for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("{ca_file}: {e}"))? {
+            let cert = cert.map_err(|e| format!("{ca_file}: {e}"))?;
+            roots.add(cert).map_err(|e| format!("{ca_file}: {e}"))?;
+        }
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Always presents one certificate (ours, for the sending domain).
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Checks the receiving server's certificate normally (`roots`, name),
+/// but lets the handshake finish when that fails: the stream is then
+/// encrypted but not authenticated by certificate, and dialback
+/// (XEP-0220) authenticates it instead of SASL EXTERNAL. Whether the
+/// certificate was valid is decided again after the handshake with
+/// `peer_cert_valid_for` on the connection's own peer certificates, so
+/// nothing per-connection is kept here. The handshake signatures are
+/// still verified: the peer must hold the key of the certificate it sent.
+#[derive(Debug)]
+struct DialbackFallbackVerifier {
+    /// None when there are no roots at all (no system roots, no
+    /// `ca_file`): then no certificate is valid.
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for DialbackFallbackVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let checked = match &self.webpki {
+            Some(v) => v
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err("no trust anchors configured".to_string()),
+        };
+        if let Err(error) = checked {
+            tracing::info!(
+                peer = ?server_name,
+                error,
+                "s2s peer certificate not valid; encrypting anyway, authentication needs dialback"
+            );
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The rustls client configuration of outgoing s2s streams sent from
+/// `domain`: the peer's certificate is checked against `roots` (a failure
+/// leaves the stream to dialback instead of aborting it, see
+/// `DialbackFallbackVerifier`), and ours for `domain` is presented as the
+/// client certificate (SASL EXTERNAL, XEP-0178).
+pub fn s2s_client_config(
+    roots: Arc<rustls::RootCertStore>,
+    store: &CertStore,
+    domain: &str,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = if roots.is_empty() {
+        None
+    } else {
+        Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let verifier = DialbackFallbackVerifier {
+        webpki,
+        provider: provider.clone(),
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(ClientCert(
+            store.pick(Some(domain), None).key.clone(),
+        )));
+    Ok(Arc::new(cfg))
+}
+
+/// Asks s2s peers for a certificate without requiring one, and accepts any
+/// at the TLS level (it only proves the peer holds the key); whether it is
+/// trusted, and for which domain, is decided later by
+/// `peer_cert_valid_for`, so a peer with a certificate we do not trust can
+/// still use dialback.
+#[derive(Debug)]
+struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The rustls configuration of incoming s2s streams addressed to
+/// `addressed`: our certificates as for clients, and the peer asked for
+/// its certificate.
+pub fn s2s_server_config(
+    store: Arc<CertStore>,
+    addressed: &str,
+) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+        .with_cert_resolver(resolver(store, Some(addressed)));
+    Ok(Arc::new(cfg))
+}
+
+/// Whether the certificate chain a peer presented chains to `roots` and
+/// names `domain` (RFC 6125 DNS-ID): what SASL EXTERNAL on s2s needs
+/// (XEP-0178 §2).
+pub fn peer_cert_valid_for(
+    chain: &[CertificateDer<'_>],
+    roots: &rustls::RootCertStore,
+    domain: &str,
+) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else {
+        return false;
+    };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(domain) else {
+        return false;
+    };
+    let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        roots,
+        intermediates,
+        rustls_pki_types::UnixTime::now(),
+        algs.all,
+    )
+    .is_ok()
+        && rustls::client::verify_server_name(&parsed, &name).is_ok()
 }
 
 fn load(cert: &Path, key: &Path) -> Result<LoadedCert, String> {
@@ -226,5 +513,60 @@ mod tests {
             .map(|c| c.unwrap())
             .collect();
         assert!(signature_hash(der[0].as_ref()).is_none());
+    }
+
+    /// Outgoing s2s TLS presents the sending domain's `[[host]] cert` as
+    /// the client certificate (XEP-0178), other domains the fallback; and
+    /// STARTTLS without SNI gets the addressed domain's certificate.
+    #[test]
+    fn host_certificates_for_s2s_client_auth_and_sni_less_starttls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["a.example".to_string()]).unwrap();
+        let (c, k) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+        std::fs::write(&c, ck.cert.pem()).unwrap();
+        std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
+        let mut config = Config::default();
+        config.tls.dev_cert_dir = dir.path().join("dev");
+        config.host = vec![
+            crate::config::HostConfig {
+                domain: "a.example".into(),
+                cert: Some(c),
+                key: Some(k),
+                allow_registration: false,
+            },
+            crate::config::HostConfig {
+                domain: "b.example".into(),
+                cert: None,
+                key: None,
+                allow_registration: false,
+            },
+        ];
+        let store = CertStore::from_config(&config).unwrap();
+        let roots = Arc::new(rustls::RootCertStore::empty());
+        let presented = |domain: &str| {
+            let cfg = s2s_client_config(roots.clone(), &store, domain).unwrap();
+            let key = cfg
+                .client_auth_cert_resolver
+                .resolve(&[], &[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+                .unwrap();
+            key.cert[0].to_vec()
+        };
+        let host_der = ck.cert.der().to_vec();
+        let fallback_der = store.fallback.key.cert[0].to_vec();
+        assert_eq!(presented("a.example"), host_der);
+        assert_eq!(presented("b.example"), fallback_der);
+        assert_eq!(
+            store.pick(None, Some("a.example")).key.cert[0].to_vec(),
+            host_der
+        );
+        assert_eq!(
+            store.pick(None, Some("b.example")).key.cert[0].to_vec(),
+            fallback_der
+        );
+        assert_eq!(
+            store.pick(Some("b.example"), Some("a.example")).key.cert[0].to_vec(),
+            host_der
+        );
+        assert_eq!(store.pick(None, None).key.cert[0].to_vec(), fallback_der);
     }
 }

@@ -15,6 +15,8 @@ use tokio_rustls::server::TlsStream;
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS where we are the client (outgoing s2s streams).
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Transiently, while STARTTLS moves the socket into TLS.
     Upgrading,
 }
@@ -38,13 +40,14 @@ pub enum ReadOutcome {
 
 impl Transport {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+        matches!(self, Transport::Tls(_) | Transport::TlsClient(_))
     }
 
     fn tcp(&self) -> io::Result<&TcpStream> {
         match self {
             Transport::Plain(s) => Ok(s),
             Transport::Tls(s) => Ok(s.get_ref().0),
+            Transport::TlsClient(s) => Ok(s.get_ref().0),
             Transport::Upgrading => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -53,6 +56,14 @@ impl Transport {
     pub fn tls_session(&self) -> Option<&rustls::ServerConnection> {
         match self {
             Transport::Tls(s) => Some(s.get_ref().1),
+            _ => None,
+        }
+    }
+
+    /// The TLS session of an outgoing stream, when there is one.
+    pub fn tls_client_session(&self) -> Option<&rustls::ClientConnection> {
+        match self {
+            Transport::TlsClient(s) => Some(s.get_ref().1),
             _ => None,
         }
     }
@@ -78,6 +89,7 @@ impl Transport {
                 // rustls' plaintext are drained (and socket readiness was
                 // cleared, so `readable` waits again).
                 Transport::Tls(s) => s.read(&mut buf).now_or_never(),
+                Transport::TlsClient(s) => s.read(&mut buf).now_or_never(),
                 Transport::Upgrading => return Err(io::ErrorKind::NotConnected.into()),
             };
             match r {
@@ -101,6 +113,10 @@ impl Transport {
                 s.write_all(data).await?;
                 s.flush().await
             }
+            Transport::TlsClient(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
             Transport::Upgrading => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -110,6 +126,7 @@ impl Transport {
     pub async fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Tls(s) => s.flush().await,
+            Transport::TlsClient(s) => s.flush().await,
             _ => Ok(()),
         }
     }
@@ -125,11 +142,29 @@ impl Transport {
         Ok(())
     }
 
+    /// Runs the client side of a TLS handshake over the plain socket
+    /// (STARTTLS on an outgoing s2s stream), naming `server_name`.
+    pub async fn upgrade_client(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls_pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        let Transport::Plain(tcp) = std::mem::replace(self, Transport::Upgrading) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await?;
+        *self = Transport::TlsClient(Box::new(tls));
+        Ok(())
+    }
+
     /// Sends TLS close_notify (if any) and shuts the socket down.
     pub async fn shutdown(&mut self) {
         let _ = match self {
             Transport::Plain(s) => s.shutdown().await,
             Transport::Tls(s) => s.shutdown().await,
+            Transport::TlsClient(s) => s.shutdown().await,
             Transport::Upgrading => Ok(()),
         };
     }

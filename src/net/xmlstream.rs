@@ -1,5 +1,5 @@
 //! The I/O half every XML stream the server accepts shares (c2s and
-//! components now, s2s next): reading into the parser without holding a
+//! components and s2s): reading into the parser without holding a
 //! buffer while idle, batched writes, stream headers and closing (RFC 6120
 //! §4.4, §4.9.1.1), and the wait-for-work step of a bound stream.
 
@@ -57,6 +57,8 @@ pub struct XmlStream {
     /// `from` of the header sent when closing a stream we never opened.
     pub local_domain: String,
     last_read: Instant,
+    /// Prefixes declared on our stream header (`db` on s2s streams).
+    prefixes: &'static [(&'static str, &'static str)],
 }
 
 impl XmlStream {
@@ -77,7 +79,14 @@ impl XmlStream {
             version,
             local_domain,
             last_read: Instant::now(),
+            prefixes: &[],
         }
+    }
+
+    /// Declares these prefixes on every header we send.
+    pub fn with_prefixes(mut self, prefixes: &'static [(&'static str, &'static str)]) -> Self {
+        self.prefixes = prefixes;
+        self
     }
 
     /// Queues an element for the next flush.
@@ -98,7 +107,7 @@ impl XmlStream {
                 all.push(("version", v));
             }
         }
-        xml::write_stream_header(&mut self.out, self.ns, &[], &all);
+        xml::write_stream_header(&mut self.out, self.ns, self.prefixes, &all);
         self.header_sent = true;
     }
 

@@ -1,5 +1,6 @@
 //! Stream negotiation rules, one module per stream role (c2s, external
-//! components; s2s later).
+//! components, server-to-server).
 
 pub mod c2s;
 pub mod component;
+pub mod s2s;

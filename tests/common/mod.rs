@@ -68,7 +68,12 @@ impl TestServer {
     }
 
     pub async fn add_user(&self, user: &str, password: &str) {
-        let jid = jid::BareJid::new(&format!("{user}@{DOMAIN}")).unwrap();
+        self.add_user_at(DOMAIN, user, password).await
+    }
+
+    /// Creates an account on another served domain.
+    pub async fn add_user_at(&self, domain: &str, user: &str, password: &str) {
+        let jid = jid::BareJid::new(&format!("{user}@{domain}")).unwrap();
         let password = password.to_string();
         let rec = tokio::task::spawn_blocking(move || {
             waxwing::accounts::derive_record(&jid, &password, 4096).unwrap()
@@ -97,6 +102,8 @@ pub struct Client {
     pipe: Pipe,
     pub parser: StreamParser,
     pub jid: Option<String>,
+    /// The domain `open_stream` addresses.
+    pub domain: String,
 }
 
 impl Client {
@@ -106,6 +113,7 @@ impl Client {
             pipe: Pipe::Plain(tcp),
             parser: StreamParser::new(ParserLimits::default()),
             jid: None,
+            domain: DOMAIN.to_string(),
         }
     }
 
@@ -156,8 +164,9 @@ impl Client {
     }
 
     pub async fn open_stream(&mut self) {
+        let domain = self.domain.clone();
         self.send_str(&format!(
-            "<?xml version='1.0'?><stream:stream to='{DOMAIN}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+            "<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
         ))
         .await;
     }
@@ -250,10 +259,28 @@ impl Client {
     }
 
     pub async fn tls_handshake_with(&mut self, sni: &str) -> std::io::Result<()> {
+        self.tls_handshake_config(sni, insecure_client_config())
+            .await
+    }
+
+    /// A TLS handshake that sends no SNI (as Prosody 0.12 does on s2s).
+    pub async fn tls_handshake_without_sni(&mut self) -> std::io::Result<()> {
+        let mut config = (*insecure_client_config()).clone();
+        config.enable_sni = false;
+        // The name is only used for SNI (disabled) and verification (none).
+        self.tls_handshake_config("unused.invalid", Arc::new(config))
+            .await
+    }
+
+    async fn tls_handshake_config(
+        &mut self,
+        sni: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<()> {
         let Pipe::Plain(tcp) = std::mem::replace(&mut self.pipe, Pipe::Handshaking) else {
             panic!("already TLS")
         };
-        let connector = tokio_rustls::TlsConnector::from(insecure_client_config());
+        let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
         let tls = connector.connect(name, tcp).await?;
         self.pipe = Pipe::Tls(Box::new(tls));
@@ -394,7 +421,19 @@ impl Client {
         pass: &str,
         resource: Option<&str>,
     ) -> Client {
+        Self::login_at(addr, DOMAIN, user, pass, resource).await
+    }
+
+    /// STARTTLS, SCRAM-SHA-256, restart, bind on `domain` — no presence yet.
+    pub async fn login_at(
+        addr: SocketAddr,
+        domain: &str,
+        user: &str,
+        pass: &str,
+        resource: Option<&str>,
+    ) -> Client {
         let mut c = Client::connect(addr).await;
+        c.domain = domain.to_string();
         c.starttls().await;
         let outcome = c.scram(ScramHash::Sha256, user, pass, false).await;
         assert!(outcome.is("success", NS_SASL), "{outcome:?}");

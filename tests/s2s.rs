@@ -1,0 +1,437 @@
+//! Server-to-server streams between two in-process servers (`a.test` and
+//! `b.test`, each with its own development certificate and trusting the
+//! other's via `ca_file`, found through `[s2s.hosts]`): messages both ways,
+//! a presence subscription across servers, an unreachable domain, and the
+//! `from` rule on an incoming stream spoken by a raw client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use common::*;
+use waxwing::config::HostConfig;
+use waxwing::stream::s2s::dialback_key;
+use waxwing::xml::{Element, StreamEvent, NS_CLIENT};
+
+const A: &str = "a.test";
+const B: &str = "b.test";
+const NOWHERE: &str = "nowhere.test";
+/// Accepts connections and never answers.
+const SILENT: &str = "silent.test";
+/// B's dialback secret, known here so a raw client can pass as b.test.
+const B_SECRET: &str = "b-secret-for-tests";
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings both servers of a pair share.
+#[derive(Clone, Copy)]
+struct Opts {
+    /// `[s2s] idle_timeout`.
+    idle: u64,
+    /// `[s2s] sasl_external` (else dialback only).
+    external: bool,
+}
+
+struct Pair {
+    a: TestServer,
+    b: TestServer,
+    _certs: tempfile::TempDir,
+    _silent: std::net::TcpListener,
+}
+
+fn cert_dir(root: &tempfile::TempDir, domain: &str) -> PathBuf {
+    let dir = root.path().join(domain);
+    waxwing::net::tls::ensure_dev_cert(&dir, &[domain.to_string()]).unwrap();
+    dir
+}
+
+async fn start_one(
+    domain: &str,
+    port: u16,
+    certs: PathBuf,
+    peer_certs: PathBuf,
+    hosts: Vec<(&str, u16)>,
+    secret: &str,
+    opts: Opts,
+) -> TestServer {
+    let ts = TestServer::start_with(|c| {
+        c.host = vec![HostConfig {
+            domain: domain.into(),
+            cert: None,
+            key: None,
+            allow_registration: false,
+        }];
+        c.tls.dev_cert_dir = certs;
+        c.s2s.listen = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+        c.s2s.ca_file = peer_certs.join("dev-cert.pem").display().to_string();
+        c.s2s.connect_timeout = 2;
+        c.s2s.idle_timeout = opts.idle;
+        c.s2s.sasl_external = opts.external;
+        c.s2s.dialback_secret = secret.into();
+        for (d, p) in hosts {
+            c.s2s.hosts.insert(d.into(), format!("127.0.0.1:{p}"));
+        }
+    })
+    .await;
+    ts.add_user_at(domain, "user", "pw").await;
+    ts
+}
+
+async fn pair() -> Pair {
+    pair_with(true, 600, true).await
+}
+
+/// Two servers; unless `a_trusts_b`, a.test does not trust b.test's
+/// certificate; s2s streams close after `idle` seconds of silence;
+/// `external`: SASL EXTERNAL on (else dialback only).
+async fn pair_with(a_trusts_b: bool, idle: u64, external: bool) -> Pair {
+    let opts = Opts { idle, external };
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cb) = (cert_dir(&certs, A), cert_dir(&certs, B));
+    let (pa, pb, closed) = (free_port(), free_port(), free_port());
+    let a_trusted = if a_trusts_b { cb.clone() } else { ca.clone() };
+    let a = start_one(
+        A,
+        pa,
+        ca.clone(),
+        a_trusted,
+        vec![(B, pb), (NOWHERE, closed), (SILENT, silent_port)],
+        "",
+        opts,
+    )
+    .await;
+    let b = start_one(B, pb, cb, ca, vec![(A, pa)], B_SECRET, opts).await;
+    Pair {
+        a,
+        b,
+        _certs: certs,
+        _silent: silent,
+    }
+}
+
+async fn online(ts: &TestServer, domain: &str) -> Client {
+    let mut c = Client::login_at(ts.plain_addr, domain, "user", "pw", Some("r")).await;
+    c.send_str("<presence/>").await;
+    c
+}
+
+/// Reads until an element matches.
+async fn wait_for(c: &mut Client, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
+    loop {
+        let e = c.next_element().await;
+        if pred(&e) {
+            return e;
+        }
+        eprintln!(
+            "({what}) skipping {}",
+            String::from_utf8_lossy(&e.to_bytes(NS_CLIENT))
+        );
+    }
+}
+
+#[tokio::test]
+async fn messages_cross_both_ways_with_sasl_external() {
+    let p = pair().await;
+    messages_cross_both_ways(&p).await;
+    // Both servers trust each other's certificate: no dialback needed.
+    assert_eq!(p.a.server().s2s.authenticated(), (1, 0));
+    assert_eq!(p.b.server().s2s.authenticated(), (1, 0));
+}
+
+#[tokio::test]
+async fn messages_cross_both_ways_with_dialback() {
+    let p = pair_with(true, 600, false).await;
+    messages_cross_both_ways(&p).await;
+    assert_eq!(p.a.server().s2s.authenticated(), (0, 1));
+    assert_eq!(p.b.server().s2s.authenticated(), (0, 1));
+}
+
+async fn messages_cross_both_ways(p: &Pair) {
+    let mut ua = online(&p.a, A).await;
+    let mut ub = online(&p.b, B).await;
+    ua.send_str("<message to='user@b.test' type='chat' id='m1'><body>hello b</body></message>")
+        .await;
+    let m = wait_for(&mut ub, "message at b", |e| e.name() == "message").await;
+    assert_eq!(m.attr("from"), Some("user@a.test/r"));
+    assert_eq!(m.attr("to"), Some("user@b.test"));
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "hello b");
+    ub.send_str("<message to='user@a.test/r' type='chat' id='m2'><body>hello a</body></message>")
+        .await;
+    let m = wait_for(&mut ua, "message at a", |e| e.name() == "message").await;
+    assert_eq!(m.attr("from"), Some("user@b.test/r"));
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "hello a");
+    // A second message reuses the authenticated stream.
+    ua.send_str("<message to='user@b.test/r' type='chat'><body>again</body></message>")
+        .await;
+    let m = wait_for(&mut ub, "second message", |e| e.name() == "message").await;
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "again");
+    assert_eq!(p.a.server().s2s.count(), 1);
+}
+
+fn roster_subscription(iq: &Element, contact: &str) -> Option<String> {
+    iq.get_child("query", "jabber:iq:roster")?
+        .children()
+        .find(|i| i.attr("jid") == Some(contact))?
+        .attr("subscription")
+        .map(str::to_string)
+}
+
+async fn roster_get(c: &mut Client, contact: &str) -> Option<String> {
+    let r = c
+        .iq(
+            "<iq type='get' id='rg'><query xmlns='jabber:iq:roster'/></iq>",
+            "rg",
+        )
+        .await;
+    roster_subscription(&r, contact)
+}
+
+fn is_presence(e: &Element, from: &str, ty: Option<&str>) -> bool {
+    e.name() == "presence" && e.attr("from") == Some(from) && e.attr("type") == ty
+}
+
+#[tokio::test]
+async fn subscription_across_servers_ends_in_both() {
+    // Dialback here; the EXTERNAL path is covered by the message test.
+    let p = pair_with(true, 600, false).await;
+    let mut ua = online(&p.a, A).await;
+    let mut ub = online(&p.b, B).await;
+    // Both ask for the roster so they get pushes.
+    assert_eq!(roster_get(&mut ua, "user@b.test").await, None);
+    assert_eq!(roster_get(&mut ub, "user@a.test").await, None);
+
+    ua.send_str("<presence to='user@b.test' type='subscribe'/>")
+        .await;
+    wait_for(&mut ub, "subscribe at b", |e| {
+        is_presence(e, "user@a.test", Some("subscribe"))
+    })
+    .await;
+    ub.send_str("<presence to='user@a.test' type='subscribed'/>")
+        .await;
+    // A sees the approval, then B's presence.
+    wait_for(&mut ua, "subscribed at a", |e| {
+        is_presence(e, "user@b.test", Some("subscribed"))
+    })
+    .await;
+    wait_for(&mut ua, "b's presence at a", |e| {
+        is_presence(e, "user@b.test/r", None)
+    })
+    .await;
+
+    ub.send_str("<presence to='user@a.test' type='subscribe'/>")
+        .await;
+    wait_for(&mut ua, "subscribe at a", |e| {
+        is_presence(e, "user@b.test", Some("subscribe"))
+    })
+    .await;
+    ua.send_str("<presence to='user@b.test' type='subscribed'/>")
+        .await;
+    wait_for(&mut ub, "a's presence at b", |e| {
+        is_presence(e, "user@a.test/r", None)
+    })
+    .await;
+
+    assert_eq!(
+        roster_get(&mut ua, "user@b.test").await.as_deref(),
+        Some("both")
+    );
+    assert_eq!(
+        roster_get(&mut ub, "user@a.test").await.as_deref(),
+        Some("both")
+    );
+
+    // Presence updates now travel both ways.
+    ua.send_str("<presence><status>from a</status></presence>")
+        .await;
+    let pr = wait_for(&mut ub, "update at b", |e| {
+        is_presence(e, "user@a.test/r", None)
+    })
+    .await;
+    assert_eq!(pr.get_child("status", NS_CLIENT).unwrap().text(), "from a");
+    ub.send_str("<presence><status>from b</status></presence>")
+        .await;
+    let pr = wait_for(&mut ua, "update at a", |e| {
+        is_presence(e, "user@b.test/r", None)
+    })
+    .await;
+    assert_eq!(pr.get_child("status", NS_CLIENT).unwrap().text(), "from b");
+}
+
+#[tokio::test]
+async fn unreachable_domain_bounces_and_sender_keeps_working() {
+    let p = pair().await;
+    let mut ua = online(&p.a, A).await;
+    ua.send_str("<message to='x@nowhere.test' type='chat' id='lost'><body>?</body></message>")
+        .await;
+    let err = wait_for(&mut ua, "bounce", |e| e.name() == "message").await;
+    assert_eq!(err.attr("type"), Some("error"));
+    assert_eq!(err.attr("id"), Some("lost"));
+    assert_eq!(err.attr("from"), Some("x@nowhere.test"));
+    assert_eq!(
+        stanza_error(&err).as_deref(),
+        Some("remote-server-not-found")
+    );
+    let pong = ua
+        .iq(
+            "<iq type='get' id='p1' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "p1",
+        )
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+    // And federation with a reachable server still works.
+    let mut ub = online(&p.b, B).await;
+    ua.send_str("<message to='user@b.test' type='chat'><body>still here</body></message>")
+        .await;
+    let m = wait_for(&mut ub, "message at b", |e| e.name() == "message").await;
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "still here");
+}
+
+/// a.test cannot validate b.test's certificate: its streams to b.test
+/// (the one carrying the message, and the dialback verification stream
+/// when b.test connects back) are still encrypted, but authenticated by
+/// dialback, not SASL EXTERNAL (XEP-0220, XEP-0178).
+#[tokio::test]
+async fn untrusted_peer_certificate_falls_back_to_dialback() {
+    let p = pair_with(false, 600, true).await;
+    let mut ua = online(&p.a, A).await;
+    let mut ub = online(&p.b, B).await;
+    ua.send_str("<message to='user@b.test' type='chat' id='m'><body>x</body></message>")
+        .await;
+    let m = wait_for(&mut ub, "message at b", |e| e.name() == "message").await;
+    assert_eq!(m.attr("from"), Some("user@a.test/r"));
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "x");
+    ub.send_str("<message to='user@a.test/r' type='chat' id='n'><body>y</body></message>")
+        .await;
+    let m = wait_for(&mut ua, "message at a", |e| e.name() == "message").await;
+    assert_eq!(m.attr("type"), Some("chat"), "not a bounce: {m:?}");
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "y");
+    // a.test → b.test: b.test offered EXTERNAL (it trusts a.test), but
+    // a.test, not trusting b.test's certificate, used dialback.
+    assert_eq!(p.a.server().s2s.authenticated(), (0, 1));
+    // b.test → a.test: a.test offers no EXTERNAL to a certificate it does
+    // not trust; its dialback verification stream back to b.test succeeds.
+    assert_eq!(p.b.server().s2s.authenticated(), (0, 1));
+}
+
+#[tokio::test]
+async fn silent_server_bounces_with_timeout() {
+    let p = pair().await;
+    let mut ua = online(&p.a, A).await;
+    ua.send_str("<message to='x@silent.test' type='chat' id='t1'><body>1</body></message>")
+        .await;
+    ua.send_str("<message to='y@silent.test' type='chat' id='t2'><body>2</body></message>")
+        .await;
+    for id in ["t1", "t2"] {
+        let err = wait_for(&mut ua, "timeout bounce", |e| e.name() == "message").await;
+        assert_eq!(err.attr("id"), Some(id));
+        assert_eq!(stanza_error(&err).as_deref(), Some("remote-server-timeout"));
+    }
+    let pong = ua
+        .iq(
+            "<iq type='get' id='p2' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "p2",
+        )
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+}
+
+#[tokio::test]
+async fn idle_stream_closes_and_reopens_on_demand() {
+    let p = pair_with(true, 1, true).await;
+    let mut ua = online(&p.a, A).await;
+    let mut ub = online(&p.b, B).await;
+    ua.send_str("<message to='user@b.test' type='chat'><body>one</body></message>")
+        .await;
+    let m = wait_for(&mut ub, "first", |e| e.name() == "message").await;
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "one");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(p.a.server().s2s.count(), 0, "idle stream closed");
+    ua.send_str("<message to='user@b.test' type='chat'><body>two</body></message>")
+        .await;
+    let m = wait_for(&mut ub, "second", |e| e.name() == "message").await;
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "two");
+}
+
+/// A raw s2s client: stream to a.test claiming b.test, STARTTLS, and the
+/// second stream's id.
+async fn raw_s2s(addr: SocketAddr) -> (Client, String) {
+    let open = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' from='b.test' to='a.test' version='1.0'>";
+    let mut c = Client::connect(addr).await;
+    c.send_str(open).await;
+    let features = c.next_element().await;
+    assert!(
+        features.get_child("starttls", NS_TLS).is_some(),
+        "{features:?}"
+    );
+    c.send_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    assert!(c.next_element().await.is("proceed", NS_TLS));
+    c.tls_handshake_with(A).await.unwrap();
+    c.send_str(open).await;
+    let id = match c.next_event().await {
+        Some(StreamEvent::Header(h)) => h.id.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let features = c.next_element().await;
+    assert!(
+        features
+            .get_child("dialback", "urn:xmpp:features:dialback")
+            .is_some(),
+        "{features:?}"
+    );
+    // No client certificate: no SASL EXTERNAL.
+    assert!(features.get_child("mechanisms", NS_SASL).is_none());
+    (c, id)
+}
+
+#[tokio::test]
+async fn unauthenticated_and_spoofed_from_are_invalid_from_and_bad_keys_invalid() {
+    let p = pair().await;
+    let a_s2s = p.a.running.as_ref().unwrap().s2s_addrs[0];
+
+    // Stanzas before dialback.
+    let (mut c, _) = raw_s2s(a_s2s).await;
+    c.send_str("<message from='user@b.test' to='user@a.test'><body>x</body></message>")
+        .await;
+    assert_eq!(c.expect_stream_error().await, "invalid-from");
+
+    // Dialback as b.test (with b.test's secret, so a.test's verification
+    // with b.test succeeds), then a stanza from another domain.
+    let (mut c, id) = raw_s2s(a_s2s).await;
+    let key = dialback_key(B_SECRET, A, B, &id);
+    c.send_str(&format!(
+        "<db:result from='b.test' to='a.test'>{key}</db:result>"
+    ))
+    .await;
+    let answer = c.next_element().await;
+    assert!(answer.is("result", "jabber:server:dialback"), "{answer:?}");
+    assert_eq!(answer.attr("type"), Some("valid"));
+    c.send_str("<message from='eve@c.test' to='user@a.test'><body>spoof</body></message>")
+        .await;
+    assert_eq!(c.expect_stream_error().await, "invalid-from");
+
+    // SASL EXTERNAL without a certificate fails; the stream stays usable.
+    let (mut c, _) = raw_s2s(a_s2s).await;
+    c.send_str(&format!(
+        "<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>=</auth>"
+    ))
+    .await;
+    let failure = c.next_element().await;
+    assert!(failure.is("failure", NS_SASL), "{failure:?}");
+
+    // A wrong key is refused.
+    c.send_str("<db:result from='b.test' to='a.test'>00</db:result>")
+        .await;
+    let answer = c.next_element().await;
+    assert_eq!(answer.attr("type"), Some("invalid"));
+}
