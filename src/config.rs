@@ -26,17 +26,24 @@ pub struct Config {
     /// External components (XEP-0114), one `[[component]]` each.
     pub component: Vec<ComponentConfig>,
     pub component_listener: ComponentListener,
-    /// Server-to-server federation; off unless `listen` names an address.
+    /// Server-to-server federation; off unless `listen` or `listen_tls`
+    /// names an address.
     pub s2s: S2sConfig,
 }
 
-/// Server-to-server streams (RFC 6120, XEP-0220 dialback). An empty
-/// `listen` disables federation: other domains stay unreachable
+/// Server-to-server streams (RFC 6120, XEP-0220 dialback, XEP-0368 direct
+/// TLS). Empty `listen` and `listen_tls` disable federation: other domains stay unreachable
 /// (`remote-server-not-found`) and nothing connects out.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sConfig {
     pub listen: Vec<SocketAddr>,
+    /// Direct-TLS listeners (XEP-0368): TLS from the first byte, the
+    /// certificate chosen by SNI.
+    pub listen_tls: Vec<SocketAddr>,
+    /// DNS servers ("ip:port", UDP and TCP) for SRV and address lookups
+    /// instead of resolv.conf's (the hosts file is read either way).
+    pub nameservers: Vec<SocketAddr>,
     /// Refuse to authenticate or exchange stanzas without TLS, both ways.
     pub require_encryption: bool,
     /// Offer and use SASL EXTERNAL (XEP-0178) when certificates allow;
@@ -53,7 +60,8 @@ pub struct S2sConfig {
     pub idle_timeout: u64,
     /// Stanzas waiting per remote domain while its stream is being made.
     pub max_queue: usize,
-    /// Remote domain → "host:port", used instead of DNS.
+    /// Remote domain → "host:port" (STARTTLS) or "tls://host:port" (direct
+    /// TLS, XEP-0368), used instead of DNS.
     pub hosts: std::collections::BTreeMap<String, String>,
 }
 
@@ -61,6 +69,8 @@ impl Default for S2sConfig {
     fn default() -> Self {
         S2sConfig {
             listen: Vec::new(),
+            listen_tls: Vec::new(),
+            nameservers: Vec::new(),
             require_encryption: true,
             sasl_external: true,
             dialback_secret: String::new(),
@@ -76,7 +86,7 @@ impl Default for S2sConfig {
 impl S2sConfig {
     /// Is federation switched on?
     pub fn enabled(&self) -> bool {
-        !self.listen.is_empty()
+        !self.listen.is_empty() || !self.listen_tls.is_empty()
     }
 }
 
@@ -713,13 +723,18 @@ const COMPONENT_LISTENER: &[Field] = &[
     ),
 ];
 fn host_port(s: &str) -> Result<(), String> {
-    match s.rsplit_once(':') {
+    let hp = s.strip_prefix("tls://").unwrap_or(s);
+    match hp.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("\"{s}\" is not a \"host:port\"")),
+        _ => Err(format!(
+            "\"{s}\" is not a \"host:port\" or \"tls://host:port\""
+        )),
     }
 }
 const S2S: &[Field] = &[
     f("listen", Kind::Addrs),
+    f("listen_tls", Kind::Addrs),
+    f("nameservers", Kind::Addrs),
     f("require_encryption", Kind::Bool),
     f("sasl_external", Kind::Bool),
     f("dialback_secret", Kind::Str(any_str)),
@@ -886,6 +901,8 @@ mod tests {
         assert_eq!(c.s2s.idle_timeout, d.s2s.idle_timeout);
         assert_eq!(c.s2s.max_queue, d.s2s.max_queue);
         assert!(c.s2s.hosts.is_empty());
+        assert!(c.s2s.nameservers.is_empty());
+        assert!(c.s2s.listen_tls.is_empty());
     }
 
     #[test]
@@ -899,6 +916,19 @@ mod tests {
         let problems = Config::parse(bad).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems.iter().all(|p| p.line.is_some()), "{problems:?}");
+
+        let src = "[s2s]\nlisten_tls = [\"127.0.0.1:5270\"]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\n[s2s.hosts]\n\"b.test\" = \"tls://127.0.0.1:5271\"\n";
+        let c = Config::parse(src).unwrap();
+        assert!(c.s2s.enabled());
+        assert_eq!(c.s2s.nameservers.len(), 2);
+        assert_eq!(c.s2s.hosts["b.test"], "tls://127.0.0.1:5271");
+        let bad = "[s2s]\nnameservers = [\"8.8.8.8\"]\nlisten_tls = \"x\"\n[s2s.hosts]\n\"b.test\" = \"tls://nope\"\n";
+        let lines: Vec<_> = Config::parse(bad)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.line)
+            .collect();
+        assert_eq!(lines, vec![Some(2), Some(3), Some(5)]);
     }
 
     #[test]

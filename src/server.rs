@@ -54,6 +54,8 @@ pub struct Server {
     /// TLS configuration of incoming s2s streams, per addressed domain
     /// (asks for a client certificate).
     s2s_tls_server: std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
+    /// TLS configuration of incoming direct-TLS s2s streams (XEP-0368).
+    s2s_tls_direct: Arc<rustls::ServerConfig>,
     /// The roots peers' certificates are checked against.
     pub s2s_roots: Arc<rustls::RootCertStore>,
     /// The secret dialback keys are derived from (XEP-0185).
@@ -88,6 +90,7 @@ impl Server {
             let c = net::tls::s2s_server_config(certs.clone(), &domain)?;
             s2s_tls_server.insert(domain, c);
         }
+        let s2s_tls_direct = net::tls::s2s_direct_server_config(certs.clone())?;
         let dialback_secret = if config.s2s.dialback_secret.is_empty() {
             use rand::Rng;
             let bytes: [u8; 32] = rand::thread_rng().gen();
@@ -100,6 +103,7 @@ impl Server {
             s2s: Default::default(),
             s2s_tls,
             s2s_tls_server,
+            s2s_tls_direct,
             starttls,
             s2s_roots,
             dialback_secret,
@@ -163,6 +167,11 @@ impl Server {
         self.s2s_tls_server.get(domain).cloned()
     }
 
+    /// The TLS configuration of incoming direct-TLS s2s streams.
+    pub fn s2s_direct_tls_config(&self) -> Arc<rustls::ServerConfig> {
+        self.s2s_tls_direct.clone()
+    }
+
     /// A shared handle to this server (None only while it is being dropped).
     pub fn arc(&self) -> Option<Arc<Server>> {
         self.me.upgrade()
@@ -185,6 +194,8 @@ pub struct RunningServer {
     pub component_addrs: Vec<SocketAddr>,
     /// Bound server-to-server listener addresses, in config order.
     pub s2s_addrs: Vec<SocketAddr>,
+    /// Bound direct-TLS server-to-server listener addresses, in config order.
+    pub s2s_tls_addrs: Vec<SocketAddr>,
     tracker: TaskTracker,
 }
 
@@ -232,21 +243,33 @@ impl RunningServer {
             ));
         }
         let mut s2s_addrs = Vec::new();
-        for addr in &server.config.s2s.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            tracing::info!(addr = %local, kind = "s2s", "listening");
-            s2s_addrs.push(local);
-            tracker.spawn(net::s2s_accept_loop(
-                server.clone(),
-                listener,
-                tracker.clone(),
-            ));
+        let mut s2s_tls_addrs = Vec::new();
+        for (addrs, direct_tls, out) in [
+            (&server.config.s2s.listen, false, &mut s2s_addrs),
+            (&server.config.s2s.listen_tls, true, &mut s2s_tls_addrs),
+        ] {
+            for addr in addrs {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let local = listener.local_addr().map_err(|e| e.to_string())?;
+                tracing::info!(
+                    addr = %local,
+                    kind = if direct_tls { "s2s direct TLS" } else { "s2s" },
+                    "listening"
+                );
+                out.push(local);
+                tracker.spawn(net::s2s_accept_loop(
+                    server.clone(),
+                    listener,
+                    direct_tls,
+                    tracker.clone(),
+                ));
+            }
         }
         Ok(RunningServer {
             s2s_addrs,
+            s2s_tls_addrs,
             server,
             c2s_addrs,
             c2s_tls_addrs,

@@ -90,7 +90,7 @@ impl ConnectionLimits {
 enum Role {
     C2s { direct_tls: bool },
     Component,
-    S2s,
+    S2s { direct_tls: bool },
 }
 
 /// Accepts client connections until shutdown, one task per connection.
@@ -113,10 +113,16 @@ pub async fn component_accept_loop(
     accept(server, listener, Role::Component, tracker).await
 }
 
-/// Accepts incoming server-to-server streams until shutdown. They count
-/// against the same connection caps as clients.
-pub async fn s2s_accept_loop(server: Arc<Server>, listener: TcpListener, tracker: TaskTracker) {
-    accept(server, listener, Role::S2s, tracker).await
+/// Accepts incoming server-to-server streams (with `direct_tls`, TLS from
+/// the first byte, XEP-0368) until shutdown. They count against the same
+/// connection caps as clients.
+pub async fn s2s_accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    direct_tls: bool,
+    tracker: TaskTracker,
+) {
+    accept(server, listener, Role::S2s { direct_tls }, tracker).await
 }
 
 async fn accept(server: Arc<Server>, listener: TcpListener, role: Role, tracker: TaskTracker) {
@@ -146,8 +152,8 @@ async fn accept(server: Arc<Server>, listener: TcpListener, role: Role, tracker:
             Role::Component => {
                 tracker.spawn(component::run(server.clone(), tcp, peer, slot));
             }
-            Role::S2s => {
-                tracker.spawn(s2s_in::run(server.clone(), tcp, peer, slot));
+            Role::S2s { direct_tls } => {
+                tracker.spawn(s2s_in::run(server.clone(), tcp, peer, direct_tls, slot));
             }
         }
     }

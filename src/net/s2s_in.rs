@@ -1,4 +1,6 @@
-//! One incoming server-to-server stream, from accept to close: the header
+//! One incoming server-to-server stream, from accept to close: on a
+//! direct-TLS listener (XEP-0368) the TLS handshake first (certificate by
+//! SNI), then the header
 //! (addressed to one of our domains), STARTTLS, SASL EXTERNAL (XEP-0178)
 //! for a peer whose certificate is trusted and names its domain, and
 //! dialback (XEP-0220) — a
@@ -25,7 +27,13 @@ use crate::stream::s2s::{self as rules, NS_DIALBACK, NS_SASL, NS_TLS};
 use crate::xml::{Element, ParserLimits, StreamEvent, NS_SERVER, NS_STREAMS};
 
 /// Runs an incoming s2s connection to its end.
-pub async fn run(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, _slot: ConnectionSlot) {
+pub async fn run(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+    _slot: ConnectionSlot,
+) {
     let started = Instant::now();
     let id = server.next_id();
     let limits = ParserLimits {
@@ -42,8 +50,28 @@ pub async fn run(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, _slot: C
         peer: None,
         sasl_done: false,
     };
-    tracing::info!(conn = id, %peer, "s2s connection opened");
-    let end = conn.run().await;
+    tracing::info!(conn = id, %peer, direct_tls, "s2s connection opened");
+    let end = if direct_tls {
+        let handshake = tokio::time::timeout(
+            Duration::from_secs(server.config.s2s.connect_timeout),
+            conn.stream
+                .transport
+                .upgrade(server.s2s_direct_tls_config()),
+        )
+        .await;
+        match handshake {
+            Ok(Ok(())) => {
+                // The handshake may have pulled the peer's header into
+                // rustls already.
+                conn.stream.restart();
+                conn.run().await
+            }
+            Ok(Err(e)) => End::Io(format!("TLS handshake: {e}")),
+            Err(_) => End::Io("TLS handshake timed out".into()),
+        }
+    } else {
+        conn.run().await
+    };
     conn.stream.shutdown().await;
     let mut domains: Vec<&str> = conn.authenticated.iter().map(String::as_str).collect();
     domains.sort_unstable();

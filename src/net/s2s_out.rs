@@ -1,7 +1,8 @@
 //! Outgoing server-to-server streams: one per (local domain, remote
 //! domain) pair, opened on demand. Stanzas queue (bounded) while the stream
-//! is resolved, connected, secured with STARTTLS and authenticated with
-//! dialback (XEP-0220); they are written once the peer says `valid`. If the
+//! is resolved, connected, secured (direct TLS, XEP-0368, or STARTTLS) and
+//! authenticated (SASL EXTERNAL, XEP-0178, or dialback, XEP-0220); they are
+//! written once the peer says `valid`. If the
 //! stream cannot be made, every queued stanza bounces to its local sender
 //! (`remote-server-not-found`, or `remote-server-timeout` when
 //! `connect_timeout` ran out). Idle streams close and reopen on demand.
@@ -397,20 +398,21 @@ async fn open(
     remote: &str,
 ) -> Result<(XmlStream, String, Element, bool), Failure> {
     let cfg = &server.config.s2s;
-    let tcp = connect(server, remote).await?;
-    let _ = tcp.set_nodelay(true);
+    let transport = connect(server, local, remote).await?;
+    if let Transport::Plain(tcp) = &transport {
+        let _ = tcp.set_nodelay(true);
+    }
     let limits = ParserLimits {
         max_stanza_bytes: server.config.limits.max_stanza_size,
         max_depth: server.config.limits.max_depth,
     };
-    let mut stream = XmlStream::new(
-        Transport::Plain(tcp),
-        limits,
-        NS_SERVER,
-        Some("1.0"),
-        local.to_string(),
-    )
-    .with_prefixes(DB_PREFIX);
+    let mut stream = XmlStream::new(transport, limits, NS_SERVER, Some("1.0"), local.to_string())
+        .with_prefixes(DB_PREFIX);
+    if stream.transport.is_tls() {
+        // Direct TLS: the handshake may have pulled the peer's first bytes
+        // into rustls already, where socket readiness cannot see them.
+        stream.restart();
+    }
     loop {
         stream.send_header(&[("from", local), ("to", remote)]);
         stream.flush().await.map_err(lost)?;
@@ -460,39 +462,89 @@ async fn open(
     }
 }
 
-/// Connects to `domain`'s server: the `[s2s.hosts]` override, else the
-/// SRV records `_xmpp-server._tcp.<domain>` in order, else the domain's
-/// A/AAAA records on port 5269 (RFC 6120 §3.2).
-async fn connect(server: &Server, domain: &str) -> Result<TcpStream, Failure> {
-    if let Some(hp) = server.config.s2s.hosts.get(domain) {
-        return TcpStream::connect(hp.as_str())
-            .await
-            .map_err(|e| Failure::NotFound(format!("{hp}: {e}")));
+/// The resolver of s2s lookups: `[s2s] nameservers` (UDP and TCP each),
+/// else the system's configuration.
+fn resolver(server: &Server) -> Result<hickory_resolver::TokioAsyncResolver, Failure> {
+    use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
+    let servers = &server.config.s2s.nameservers;
+    if servers.is_empty() {
+        return hickory_resolver::TokioAsyncResolver::tokio_from_system_conf()
+            .map_err(|e| Failure::NotFound(format!("resolver: {e}")));
     }
-    let resolver = hickory_resolver::TokioAsyncResolver::tokio_from_system_conf()
-        .map_err(|e| Failure::NotFound(format!("resolver: {e}")))?;
-    let mut targets: Vec<(String, u16)> = Vec::new();
-    if let Ok(srv) = resolver
-        .srv_lookup(format!("_xmpp-server._tcp.{domain}."))
-        .await
-    {
-        let mut records: Vec<_> = srv.iter().cloned().collect();
-        records.sort_by_key(|r| (r.priority(), std::cmp::Reverse(r.weight())));
-        for r in records {
-            let target = r.target().to_utf8();
-            let target = target.trim_end_matches('.');
-            // RFC 2782: a lone "." says the service is not offered.
-            if target.is_empty() {
-                return Err(Failure::NotFound("SRV says no XMPP service".into()));
-            }
-            targets.push((target.to_string(), r.port()));
+    let mut config = ResolverConfig::new();
+    for addr in servers {
+        for protocol in [Protocol::Udp, Protocol::Tcp] {
+            config.add_name_server(NameServerConfig::new(*addr, protocol));
         }
     }
+    Ok(hickory_resolver::TokioAsyncResolver::tokio(
+        config,
+        ResolverOpts::default(),
+    ))
+}
+
+/// The SRV targets of `service` for `domain`, best first; Err when the
+/// records say the service is not offered (a lone ".", RFC 2782).
+async fn srv_targets(
+    resolver: &hickory_resolver::TokioAsyncResolver,
+    service: &str,
+    domain: &str,
+) -> Result<Vec<(String, u16)>, ()> {
+    let Ok(srv) = resolver.srv_lookup(format!("{service}.{domain}.")).await else {
+        return Ok(Vec::new());
+    };
+    let mut records: Vec<_> = srv.iter().cloned().collect();
+    records.sort_by_key(|r| (r.priority(), std::cmp::Reverse(r.weight())));
+    let mut targets = Vec::new();
+    for r in records {
+        let target = r.target().to_utf8();
+        let target = target.trim_end_matches('.');
+        if target.is_empty() {
+            return Err(());
+        }
+        targets.push((target.to_string(), r.port()));
+    }
+    Ok(targets)
+}
+
+/// Connects to `domain`'s server for `local`: the `[s2s.hosts]` override
+/// ("tls://host:port" meaning direct TLS), else the SRV records
+/// `_xmpps-server._tcp.<domain>` with direct TLS (XEP-0368), then
+/// `_xmpp-server._tcp.<domain>`, else the domain's A/AAAA records on port
+/// 5269 (RFC 6120 §3.2); the last two are left plain for STARTTLS.
+async fn connect(server: &Server, local: &str, domain: &str) -> Result<Transport, Failure> {
+    if let Some(hp) = server.config.s2s.hosts.get(domain) {
+        let (hp, tls) = match hp.strip_prefix("tls://") {
+            Some(rest) => (rest, true),
+            None => (hp.as_str(), false),
+        };
+        let tcp = TcpStream::connect(hp)
+            .await
+            .map_err(|e| Failure::NotFound(format!("{hp}: {e}")))?;
+        return if tls {
+            direct_tls(server, local, domain, tcp).await
+        } else {
+            Ok(Transport::Plain(tcp))
+        };
+    }
+    let resolver = resolver(server)?;
+    let mut targets: Vec<(String, u16, bool)> = Vec::new();
+    // A lone "." for _xmpps-server only says there is no direct TLS.
+    if let Ok(t) = srv_targets(&resolver, "_xmpps-server._tcp", domain).await {
+        targets.extend(t.into_iter().map(|(h, p)| (h, p, true)));
+    }
+    match srv_targets(&resolver, "_xmpp-server._tcp", domain).await {
+        Ok(t) => targets.extend(t.into_iter().map(|(h, p)| (h, p, false))),
+        Err(()) if targets.is_empty() => {
+            return Err(Failure::NotFound("SRV says no XMPP service".into()))
+        }
+        Err(()) => {}
+    }
     if targets.is_empty() {
-        targets.push((domain.to_string(), rules::DEFAULT_PORT));
+        targets.push((domain.to_string(), rules::DEFAULT_PORT, false));
     }
     let mut last = String::from("no address");
-    for (host, port) in targets {
+    for (host, port, tls) in targets {
         let ips = match resolver.lookup_ip(format!("{host}.")).await {
             Ok(ips) => ips,
             Err(e) => {
@@ -501,11 +553,45 @@ async fn connect(server: &Server, domain: &str) -> Result<TcpStream, Failure> {
             }
         };
         for ip in ips.iter() {
-            match TcpStream::connect((ip, port)).await {
-                Ok(tcp) => return Ok(tcp),
-                Err(e) => last = format!("{ip}:{port}: {e}"),
+            let tcp = match TcpStream::connect((ip, port)).await {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    last = format!("{ip}:{port}: {e}");
+                    continue;
+                }
+            };
+            if !tls {
+                return Ok(Transport::Plain(tcp));
+            }
+            match direct_tls(server, local, domain, tcp).await {
+                Ok(t) => return Ok(t),
+                Err(Failure::NotFound(why)) => last = format!("{ip}:{port}: {why}"),
             }
         }
     }
     Err(Failure::NotFound(last))
+}
+
+/// The TLS handshake of a direct-TLS stream (XEP-0368): SNI `domain`, ALPN
+/// "xmpp-server", our certificate for `local`.
+async fn direct_tls(
+    server: &Server,
+    local: &str,
+    domain: &str,
+    tcp: TcpStream,
+) -> Result<Transport, Failure> {
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(domain.to_string())
+        .map_err(|e| Failure::NotFound(e.to_string()))?;
+    let tls = server
+        .s2s_client_tls(local)
+        .ok_or_else(|| Failure::NotFound(format!("{local} is not served here")))?;
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![super::tls::ALPN_XMPP_SERVER.to_vec()];
+    let mut transport = Transport::Plain(tcp);
+    transport
+        .upgrade_client(Arc::new(tls), name)
+        .await
+        .map_err(|e| Failure::NotFound(format!("direct TLS: {e}")))?;
+    Ok(transport)
 }

@@ -356,6 +356,23 @@ pub fn s2s_server_config(
     Ok(Arc::new(cfg))
 }
 
+/// The ALPN protocol of direct-TLS s2s streams (XEP-0368).
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
+
+/// The rustls configuration of incoming direct-TLS s2s streams (XEP-0368):
+/// the certificate chosen by SNI (no header has named a domain yet), ALPN
+/// "xmpp-server", and the peer asked for its certificate.
+pub fn s2s_direct_server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+        .with_cert_resolver(resolver(store, None));
+    cfg.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Whether the certificate chain a peer presented chains to `roots` and
 /// names `domain` (RFC 6125 DNS-ID): what SASL EXTERNAL on s2s needs
 /// (XEP-0178 §2).

@@ -20,9 +20,9 @@ pub const NS_DIALBACK: &str = "jabber:server:dialback";
 /// The stream feature announcing dialback (XEP-0220 §2.4).
 pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 
-/// XEPs implemented by s2s streams: dialback and its key generation, and
-/// SASL EXTERNAL with certificates.
-pub const XEPS: &[u16] = &[220, 185, 178];
+/// XEPs implemented by s2s streams: dialback and its key generation,
+/// SASL EXTERNAL with certificates, and direct TLS.
+pub const XEPS: &[u16] = &[220, 185, 178, 368];
 
 /// Port of `_xmpp-server._tcp` when DNS has no SRV record (RFC 6120 §3.2.2).
 pub const DEFAULT_PORT: u16 = 5269;
