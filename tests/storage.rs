@@ -128,3 +128,27 @@ async fn login_and_chat_with_postgres_storage() {
         server.store().delete_account("localhost", u).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn concurrent_opens_of_a_new_sqlite_database_all_succeed() {
+    // `waxwing ctl` runs beside the server or beside another `ctl`: each
+    // opens the database and applies migrations.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/fresh.db", dir.path().display());
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                Store::open(&url, 1)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for o in opens {
+        o.await
+            .unwrap()
+            .expect("every concurrent open migrates or finds it migrated");
+    }
+}

@@ -67,11 +67,34 @@ impl Store {
                     })?;
                 }
             }
+            let lock_path = {
+                let mut p = opts.get_filename().as_os_str().to_owned();
+                p.push(".migrate-lock");
+                std::path::PathBuf::from(p)
+            };
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .connect_with(opts)
                 .await?;
-            SQLITE_MIGRATIONS.run(&pool).await?;
+            // SQLite has no advisory lock for sqlx's migrator: two processes
+            // opening a new database at once (`waxwing ctl` beside the server,
+            // or two `ctl` runs) would both apply the first migration. An
+            // exclusive file lock makes the second wait and find it applied.
+            let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)?;
+                f.lock()?;
+                Ok(f)
+            })
+            .await
+            .map_err(|e| StorageError::Invalid(format!("migration lock: {e}")))?
+            .map_err(|e| StorageError::Invalid(format!("migration lock: {e}")))?;
+            let migrated = SQLITE_MIGRATIONS.run(&pool).await;
+            drop(lock);
+            migrated?;
             Store::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
