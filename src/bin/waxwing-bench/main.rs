@@ -7,6 +7,7 @@
 //! Prints a human summary and, last, one JSON line.
 
 mod chat;
+mod first;
 mod im;
 mod stats;
 mod xmpp;
@@ -99,6 +100,19 @@ struct Args {
     /// Stop everything after this many seconds, whatever the phase.
     #[arg(long, default_value_t = 600)]
     max_time: u64,
+    /// Cross-server chat: odd sessions log in on this second server (e.g. another
+    /// Waxwing federated with the first) instead of --host/--port, so every chat
+    /// pair has one side on each server and its messages cross s2s. Loopback only.
+    #[arg(long)]
+    peer_host: Option<String>,
+    #[arg(long, default_value_t = 5222)]
+    peer_port: u16,
+    /// XMPP domain (and TLS name) of the accounts on --peer-host; required with it.
+    #[arg(long)]
+    peer_domain: Option<String>,
+    /// PID of the peer server, for its CPU in the chat phase.
+    #[arg(long)]
+    peer_server_pid: Option<u32>,
     /// A label copied into the JSON line (e.g. the server's name).
     #[arg(long, default_value = "")]
     label: String,
@@ -162,6 +176,10 @@ fn main() {
     // `waxwing-bench im …`: the IM-core figures (roster login, offline hand-over).
     if std::env::args().nth(1).as_deref() == Some("im") {
         return im::main();
+    }
+    // `waxwing-bench first …`: latency of the first message to a new domain (s2s setup).
+    if std::env::args().nth(1).as_deref() == Some("first") {
+        return first::main();
     }
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -232,6 +250,19 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         password: args.password.clone(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
     });
+    let peer = match (&args.peer_host, &args.peer_domain) {
+        (None, None) => None,
+        (Some(h), Some(d)) => Some(Arc::new(Target {
+            addr: resolve(h, args.peer_port)?,
+            domain: d.clone(),
+            tls_name: ServerName::try_from(d.clone())
+                .map_err(|e| format!("--peer-domain {d}: {e}"))?,
+            connector: xmpp::tls_connector(args.tls_resume),
+            password: args.password.clone(),
+            scram_cache: Arc::new(SaltedPasswordCache::new()),
+        })),
+        _ => return Err("--peer-host and --peer-domain go together".into()),
+    };
     let tck = stats::clk_tck();
     let pid = args.server_pid;
     if let Some(limit) = stats::nofile_limit() {
@@ -249,6 +280,14 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         r.str("domain", &args.domain);
         r.num("sessions_wanted", args.sessions);
         r.num("accounts", args.accounts);
+        if let Some(p) = &peer {
+            r.str("peer_target", &format!("{}", p.addr));
+            r.str("peer_domain", &p.domain);
+            r.line(format!(
+                "cross-server: odd sessions on {} domain {} (chat pairs span both servers)",
+                p.addr, p.domain
+            ));
+        }
         r.line(format!(
             "waxwing-bench → {addr} domain {} — {} sessions over {} accounts{}",
             args.domain,
@@ -275,6 +314,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<LoginDone>();
     let sem = Arc::new(Semaphore::new(args.login_concurrency.max(1)));
     let cpu0 = pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let peer0 = args.peer_server_pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let self0 = stats::cpu_ticks(None);
     let m0 = stats::machine_busy_ticks();
     let t0 = Instant::now();
@@ -282,7 +322,10 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     for idx in 0..args.sessions {
         let user = format!("{}{}", args.prefix, idx % args.accounts);
         let resource = format!("r{}", idx / args.accounts);
-        let target = target.clone();
+        let target = match &peer {
+            Some(p) if idx % 2 == 1 => p.clone(),
+            _ => target.clone(),
+        };
         let sem = sem.clone();
         let done_tx = done_tx.clone();
         let cmd_rx = cmd_rx.clone();
@@ -358,6 +401,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     }
     let login_wall = t0.elapsed().as_secs_f64();
     let cpu1 = pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let peer1 = args.peer_server_pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let self1 = stats::cpu_ticks(None);
     let m1 = stats::machine_busy_ticks();
     let ok = login_lat.len();
@@ -398,10 +442,21 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
                 us / ok.max(1) as f64
             ));
         }
+        if let (Some(a), Some(b)) = (peer0, peer1) {
+            let us = (b - a) as f64 * 1e6 / tck as f64;
+            r.float("peer_cpu_us_per_login", us / ok.max(1) as f64);
+            r.line(format!(
+                "  peer server CPU {:.2} s (it took the odd sessions' logins)",
+                us / 1e6
+            ));
+        }
         if let (Some(a), Some(b)) = (self0, self1) {
             r.float("bench_cpu_s_login", (b - a) as f64 / tck as f64);
             if let (Some(ma), Some(mb)) = (m0, m1) {
                 let server = match (cpu0, cpu1) {
+                    (Some(x), Some(y)) => y - x,
+                    _ => 0,
+                } + match (peer0, peer1) {
                     (Some(x), Some(y)) => y - x,
                     _ => 0,
                 };
@@ -471,6 +526,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
                 counters: &counters,
                 hist: &hist,
                 pid,
+                peer_pid: args.peer_server_pid,
                 tck,
             };
             match chat_run(&ctx, rate, &report).await {
@@ -610,6 +666,7 @@ struct ChatCtx<'a> {
     counters: &'a Counters,
     hist: &'a LatencyHistogram,
     pid: Option<u32>,
+    peer_pid: Option<u32>,
     tck: u64,
 }
 
@@ -640,6 +697,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     c.counters.reset_chat();
     c.hist.reset();
     let c0 = c.pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let p0 = c.peer_pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let s0 = stats::cpu_ticks(None);
     let m0 = stats::machine_busy_ticks();
     let _ = c.cmd_tx.send(Cmd::Chat(plan.clone()));
@@ -658,6 +716,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     }
     let end = Instant::now();
     let c1 = c.pid.and_then(|p| stats::cpu_ticks(Some(p)));
+    let p1 = c.peer_pid.and_then(|p| stats::cpu_ticks(Some(p)));
     let s1 = stats::cpu_ticks(None);
     let m1 = stats::machine_busy_ticks();
     let _ = c.cmd_tx.send(Cmd::Hold);
@@ -723,6 +782,17 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
             us / 1e6 / wall * 100.0
         ));
     }
+    if let (Some(a), Some(b)) = (p0, p1) {
+        let us = (b - a) as f64 * 1e6 / c.tck as f64;
+        j.float("peer_cpu_us_per_msg", us / delivered.max(1) as f64);
+        j.float("peer_cpu_util", us / 1e6 / wall);
+        lines.push(format!(
+            "  peer server CPU {:.2} s ({:.0}% of one core) = {:.1} µs per delivered message",
+            us / 1e6,
+            us / 1e6 / wall * 100.0,
+            us / delivered.max(1) as f64
+        ));
+    }
     if let (Some(a), Some(b)) = (s0, s1) {
         let s = (b - a) as f64 / c.tck as f64;
         j.float("bench_cpu_util", s / wall);
@@ -733,6 +803,9 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     }
     if let (Some(a), Some(b), Some(sa), Some(sb)) = (m0, m1, s0, s1) {
         let server = match (c0, c1) {
+            (Some(x), Some(y)) => y - x,
+            _ => 0,
+        } + match (p0, p1) {
             (Some(x), Some(y)) => y - x,
             _ => 0,
         };
