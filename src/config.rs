@@ -270,6 +270,16 @@ impl Default for C2sConfig {
     }
 }
 
+impl Limits {
+    /// The XML parser limits every network stream uses.
+    pub fn parser(&self) -> crate::xml::ParserLimits {
+        crate::xml::ParserLimits {
+            max_stanza_bytes: self.max_stanza_size,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -199,6 +199,16 @@ pub struct RunningServer {
     tracker: TaskTracker,
 }
 
+/// Binds one listener and logs where it listens.
+async fn bind(addr: &SocketAddr, kind: &str) -> Result<(TcpListener, SocketAddr), String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %local, kind, "listening");
+    Ok((listener, local))
+}
+
 impl RunningServer {
     /// Binds every listener and starts accepting.
     pub async fn start(server: Arc<Server>) -> Result<RunningServer, String> {
@@ -210,15 +220,12 @@ impl RunningServer {
             (&server.config.c2s.listen_tls, true, &mut c2s_tls_addrs),
         ] {
             for addr in addrs {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-                let local = listener.local_addr().map_err(|e| e.to_string())?;
-                tracing::info!(
-                    addr = %local,
-                    kind = if direct_tls { "c2s direct TLS" } else { "c2s STARTTLS" },
-                    "listening"
-                );
+                let kind = if direct_tls {
+                    "c2s direct TLS"
+                } else {
+                    "c2s STARTTLS"
+                };
+                let (listener, local) = bind(addr, kind).await?;
                 out.push(local);
                 tracker.spawn(net::accept_loop(
                     server.clone(),
@@ -230,11 +237,7 @@ impl RunningServer {
         }
         let mut component_addrs = Vec::new();
         for addr in &server.config.component_listener.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            tracing::info!(addr = %local, kind = "component", "listening");
+            let (listener, local) = bind(addr, "component").await?;
             component_addrs.push(local);
             tracker.spawn(net::component_accept_loop(
                 server.clone(),
@@ -249,15 +252,8 @@ impl RunningServer {
             (&server.config.s2s.listen_tls, true, &mut s2s_tls_addrs),
         ] {
             for addr in addrs {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-                let local = listener.local_addr().map_err(|e| e.to_string())?;
-                tracing::info!(
-                    addr = %local,
-                    kind = if direct_tls { "s2s direct TLS" } else { "s2s" },
-                    "listening"
-                );
+                let kind = if direct_tls { "s2s direct TLS" } else { "s2s" };
+                let (listener, local) = bind(addr, kind).await?;
                 out.push(local);
                 tracker.spawn(net::s2s_accept_loop(
                     server.clone(),

@@ -27,7 +27,7 @@ use crate::stream::c2s::{
     self as rules, check_header, classify, offered_mechanisms, Mechanism, Negotiation, Phase,
     NS_BIND, NS_SASL,
 };
-use crate::xml::{Element, ParserLimits, StreamEvent, NS_CLIENT};
+use crate::xml::{Element, StreamEvent, NS_CLIENT};
 
 /// Most failed SASL attempts on one stream before it is closed
 /// (RFC 6120 §6.4.5 asks for a small configurable number; five is generous).
@@ -43,10 +43,7 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = ParserLimits {
-        max_stanza_bytes: server.config.limits.max_stanza_size,
-        max_depth: server.config.limits.max_depth,
-    };
+    let limits = server.config.limits.parser();
     let domain = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {
         server: server.clone(),

@@ -19,16 +19,13 @@ use crate::server::Server;
 use crate::sessions::Outbound;
 use crate::stanza::StreamErrorCondition;
 use crate::stream::component::{self as rules, NS_COMPONENT};
-use crate::xml::{ParserLimits, StreamEvent};
+use crate::xml::StreamEvent;
 
 /// Runs a component connection to its end.
 pub async fn run(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, _slot: ConnectionSlot) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = ParserLimits {
-        max_stanza_bytes: server.config.limits.max_stanza_size,
-        max_depth: server.config.limits.max_depth,
-    };
+    let limits = server.config.limits.parser();
     // Until the header names a component, errors come from the first host.
     let host = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {

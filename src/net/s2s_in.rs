@@ -24,7 +24,7 @@ use crate::router;
 use crate::server::Server;
 use crate::stanza::StreamErrorCondition;
 use crate::stream::s2s::{self as rules, NS_DIALBACK, NS_SASL, NS_TLS};
-use crate::xml::{Element, ParserLimits, StreamEvent, NS_SERVER, NS_STREAMS};
+use crate::xml::{Element, StreamEvent, NS_SERVER, NS_STREAMS};
 
 /// Runs an incoming s2s connection to its end.
 pub async fn run(
@@ -36,10 +36,7 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = ParserLimits {
-        max_stanza_bytes: server.config.limits.max_stanza_size,
-        max_depth: server.config.limits.max_depth,
-    };
+    let limits = server.config.limits.parser();
     let host = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {
         server: server.clone(),

@@ -24,7 +24,7 @@ use crate::router;
 use crate::server::Server;
 use crate::stanza::{error_reply, StanzaErrorCondition};
 use crate::stream::s2s::{self as rules, NS_DIALBACK, NS_SASL, NS_TLS};
-use crate::xml::{Element, ParserLimits, StreamEvent, NS_SERVER, NS_STREAMS};
+use crate::xml::{Element, StreamEvent, NS_SERVER, NS_STREAMS};
 
 /// The prefix every s2s stream header declares.
 pub const DB_PREFIX: &[(&str, &str)] = &[("db", NS_DIALBACK)];
@@ -402,10 +402,7 @@ async fn open(
     if let Transport::Plain(tcp) = &transport {
         let _ = tcp.set_nodelay(true);
     }
-    let limits = ParserLimits {
-        max_stanza_bytes: server.config.limits.max_stanza_size,
-        max_depth: server.config.limits.max_depth,
-    };
+    let limits = server.config.limits.parser();
     let mut stream = XmlStream::new(transport, limits, NS_SERVER, Some("1.0"), local.to_string())
         .with_prefixes(DB_PREFIX);
     if stream.transport.is_tls() {
