@@ -48,6 +48,8 @@ pub struct Server {
     pub offline_locks: crate::modules::offline::OfflineLocks,
     /// Outgoing server-to-server streams.
     pub s2s: net::s2s_out::S2sOut,
+    /// Every live s2s connection, either way, as `ctl s2s list` shows it.
+    pub s2s_links: Arc<net::s2s_links::S2sLinks>,
     /// TLS client configuration of outgoing s2s streams, per sending
     /// domain (each presents that domain's certificate).
     s2s_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
@@ -101,6 +103,7 @@ impl Server {
         Ok(Arc::new_cyclic(|me| Server {
             me: me.clone(),
             s2s: Default::default(),
+            s2s_links: Default::default(),
             s2s_tls,
             s2s_tls_server,
             s2s_tls_direct,

@@ -4,6 +4,7 @@
 pub mod c2s;
 pub mod component;
 pub mod s2s_in;
+pub mod s2s_links;
 pub mod s2s_out;
 pub mod tls;
 mod transport;

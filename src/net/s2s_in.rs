@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use super::s2s_links::{AuthMethod, Direction, LinkGuard};
 use super::s2s_out::{self, DB_PREFIX};
 use super::transport::Transport;
 use super::xmlstream::{random_id, End, XmlStream};
@@ -46,6 +47,9 @@ pub async fn run(
         authenticated: HashSet::new(),
         peer: None,
         sasl_done: false,
+        link: server
+            .s2s_links
+            .open(id, Direction::Inbound, Some(peer), ""),
     };
     tracing::info!(conn = id, %peer, direct_tls, "s2s connection opened");
     let end = if direct_tls {
@@ -93,6 +97,8 @@ struct Connection {
     peer: Option<String>,
     /// SASL EXTERNAL succeeded (it is not offered again).
     sasl_done: bool,
+    /// This connection's entry in the list `ctl s2s list` shows.
+    link: LinkGuard,
 }
 
 /// What handling one element leads to.
@@ -157,6 +163,11 @@ impl Connection {
             Err(cond) => return Err(self.stream.close_with(cond, None).await),
         };
         self.stream.local_domain = local.clone();
+        let tls = self.stream.transport.is_tls();
+        self.link.update(|l| {
+            l.local = local.clone();
+            l.tls = tls;
+        });
         self.stream_id = random_id();
         let mut attrs: Vec<(&str, &str)> = vec![("from", &local), ("id", &self.stream_id)];
         self.peer = header.from.as_deref().and_then(rules::domain_of);
@@ -205,6 +216,7 @@ impl Connection {
         match wanted {
             Some(domain) if ok => {
                 tracing::info!(domain, "s2s peer authenticated with SASL EXTERNAL");
+                self.link.authenticated(&domain, AuthMethod::External);
                 self.authenticated.insert(domain);
                 self.sasl_done = true;
                 self.stream.write(&Element::new("success", NS_SASL));
@@ -313,6 +325,7 @@ impl Connection {
             s2s_out::verify(&self.server, &to, &from, &self.stream_id, key.trim()).await
         };
         if valid {
+            self.link.authenticated(&from, AuthMethod::Dialback);
             self.authenticated.insert(from.clone());
         }
         let answer = if valid { "valid" } else { "invalid" };

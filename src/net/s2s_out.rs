@@ -18,6 +18,7 @@ use jid::Jid;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::s2s_links::{AuthMethod, Direction};
 use super::transport::Transport;
 use super::xmlstream::{End, XmlStream};
 use crate::router;
@@ -170,8 +171,20 @@ async fn run(server: Arc<Server>, key: Pair, id: u64, mut rx: mpsc::Receiver<Ele
             return;
         }
     };
-    tracing::info!(local, remote, "s2s stream authenticated");
+    let (stream, method) = stream;
+    tracing::info!(
+        local,
+        remote,
+        method = method.as_str(),
+        "s2s stream authenticated"
+    );
+    let link = server
+        .s2s_links
+        .open(id, Direction::Outbound, stream.transport.peer_addr(), local);
+    link.authenticated(remote, method);
+    link.update(|l| l.tls = stream.transport.is_tls());
     let end = session(&server, stream, &mut rx).await;
+    drop(link);
     tracing::info!(local, remote, end = %end, "s2s stream closed");
     server.s2s.forget(&key, id);
     rx.close();
@@ -252,7 +265,11 @@ async fn session(server: &Server, mut stream: XmlStream, rx: &mut mpsc::Receiver
 /// Opens the stream and authenticates `local` to `remote`: SASL EXTERNAL
 /// when offered (our certificate for `local` was presented in the TLS
 /// handshake), else — or if it fails — dialback.
-async fn authenticate(server: &Server, local: &str, remote: &str) -> Result<XmlStream, Failure> {
+async fn authenticate(
+    server: &Server,
+    local: &str,
+    remote: &str,
+) -> Result<(XmlStream, AuthMethod), Failure> {
     let (mut stream, stream_id, features, cert_trusted) = open(server, local, remote).await?;
     let external_offered = features
         .get_child("mechanisms", NS_SASL)
@@ -262,7 +279,7 @@ async fn authenticate(server: &Server, local: &str, remote: &str) -> Result<XmlS
     if server.config.s2s.sasl_external && cert_trusted && external_offered {
         if sasl_external(&mut stream, local, remote).await? {
             server.s2s.by_external.fetch_add(1, Ordering::Relaxed);
-            return Ok(stream);
+            return Ok((stream, AuthMethod::External));
         }
         tracing::info!(local, remote, "SASL EXTERNAL refused; trying dialback");
     }
@@ -275,7 +292,7 @@ async fn authenticate(server: &Server, local: &str, remote: &str) -> Result<XmlS
                 return match el.attr("type") {
                     Some("valid") => {
                         server.s2s.by_dialback.fetch_add(1, Ordering::Relaxed);
-                        Ok(stream)
+                        Ok((stream, AuthMethod::Dialback))
                     }
                     t => Err(Failure::NotFound(format!("dialback answered {t:?}"))),
                 };

@@ -52,6 +52,11 @@ impl Transport {
         }
     }
 
+    /// The address of the other end.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp().ok().and_then(|t| t.peer_addr().ok())
+    }
+
     /// The TLS session, when there is one.
     pub fn tls_session(&self) -> Option<&rustls::ServerConnection> {
         match self {
