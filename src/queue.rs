@@ -65,15 +65,20 @@ impl<T> Shared<T> {
 impl<T> QueueSender<T> {
     /// Queues an item without waiting.
     pub fn try_send(&self, item: T) -> Result<(), QueueError> {
+        self.try_send_back(item).map_err(|(e, _)| e)
+    }
+
+    /// Queues an item without waiting; a refused item is handed back.
+    pub fn try_send_back(&self, item: T) -> Result<(), (QueueError, T)> {
         {
             let mut q = self.0.lock();
             // Checked under the lock, so an item is either drained by
             // `close_and_drain` or refused — never left behind.
             if self.0.closed.load(Ordering::Acquire) {
-                return Err(QueueError::Closed);
+                return Err((QueueError::Closed, item));
             }
             if q.len() >= self.0.capacity {
-                return Err(QueueError::Full);
+                return Err((QueueError::Full, item));
             }
             q.push_back(item);
         }

@@ -38,6 +38,8 @@ struct Opts {
     idle: u64,
     /// `[s2s] sasl_external` (else dialback only).
     external: bool,
+    /// `[s2s] bidi` of a.test and b.test (XEP-0288).
+    bidi: (bool, bool),
 }
 
 struct Pair {
@@ -75,6 +77,11 @@ async fn start_one(
         c.s2s.connect_timeout = 2;
         c.s2s.idle_timeout = opts.idle;
         c.s2s.sasl_external = opts.external;
+        c.s2s.bidi = if domain == A {
+            opts.bidi.0
+        } else {
+            opts.bidi.1
+        };
         c.s2s.dialback_secret = secret.into();
         for (d, p) in hosts {
             c.s2s.hosts.insert(d.into(), format!("127.0.0.1:{p}"));
@@ -93,7 +100,19 @@ async fn pair() -> Pair {
 /// certificate; s2s streams close after `idle` seconds of silence;
 /// `external`: SASL EXTERNAL on (else dialback only).
 async fn pair_with(a_trusts_b: bool, idle: u64, external: bool) -> Pair {
-    let opts = Opts { idle, external };
+    // One stream each way, as without XEP-0288 (tested on its own below).
+    pair_opts(
+        a_trusts_b,
+        Opts {
+            idle,
+            external,
+            bidi: (false, false),
+        },
+    )
+    .await
+}
+
+async fn pair_opts(a_trusts_b: bool, opts: Opts) -> Pair {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     let certs = tempfile::tempdir().unwrap();
@@ -362,6 +381,106 @@ async fn idle_stream_closes_and_reopens_on_demand() {
     assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "two");
 }
 
+/// The s2s connections a server lists, as (direction, auth, bidi, remote domains).
+fn links(ts: &TestServer) -> Vec<(&'static str, &'static str, bool, Vec<String>)> {
+    ts.server()
+        .s2s_links
+        .list()
+        .into_iter()
+        .map(|l| (l.direction.as_str(), l.auth.as_str(), l.bidi, l.remote))
+        .collect()
+}
+
+/// XEP-0288: when both servers allow it, a.test's outgoing stream carries
+/// b.test's answers too — b.test opens no stream of its own.
+async fn bidi_one_stream_both_ways(external: bool) {
+    let opts = Opts {
+        idle: 600,
+        external,
+        bidi: (true, true),
+    };
+    let p = pair_opts(true, opts).await;
+    messages_cross_both_ways(&p).await;
+    let auth = if external { "external" } else { "dialback" };
+    assert_eq!(
+        links(&p.a),
+        vec![("out", auth, true, vec![B.to_string()])],
+        "a.test holds one outgoing bidi stream"
+    );
+    assert_eq!(
+        links(&p.b),
+        vec![("in", auth, true, vec![A.to_string()])],
+        "b.test answered on a.test's stream"
+    );
+    assert_eq!(
+        p.b.server().s2s.authenticated(),
+        (0, 0),
+        "b.test opened no stream"
+    );
+    // b.test's route to a.test is the incoming stream; while it lives,
+    // b.test keeps sending on it.
+    assert_eq!(p.b.server().s2s.count(), 1);
+}
+
+#[tokio::test]
+async fn bidi_stream_carries_both_ways_with_sasl_external() {
+    bidi_one_stream_both_ways(true).await;
+}
+
+#[tokio::test]
+async fn bidi_stream_carries_both_ways_with_dialback() {
+    bidi_one_stream_both_ways(false).await;
+}
+
+#[tokio::test]
+async fn without_bidi_on_one_side_each_server_opens_its_own_stream() {
+    for bidi in [(true, false), (false, true)] {
+        let opts = Opts {
+            idle: 600,
+            external: true,
+            bidi,
+        };
+        let p = pair_opts(true, opts).await;
+        messages_cross_both_ways(&p).await;
+        let mut a = links(&p.a);
+        a.sort();
+        assert_eq!(
+            a,
+            vec![
+                ("in", "external", false, vec![B.to_string()]),
+                ("out", "external", false, vec![B.to_string()]),
+            ],
+            "bidi {bidi:?}"
+        );
+        assert_eq!(p.b.server().s2s.authenticated(), (1, 0), "bidi {bidi:?}");
+    }
+}
+
+#[tokio::test]
+async fn bidi_route_ends_with_its_stream_and_a_new_one_opens() {
+    let opts = Opts {
+        idle: 1,
+        external: true,
+        bidi: (true, true),
+    };
+    let p = pair_opts(true, opts).await;
+    let mut ua = online(&p.a, A).await;
+    let mut ub = online(&p.b, B).await;
+    ua.send_str("<message to='user@b.test' type='chat'><body>one</body></message>")
+        .await;
+    wait_for(&mut ub, "first", |e| e.name() == "message").await;
+    // The stream goes idle and closes on both sides; b.test's route goes
+    // with it, so b.test's next message opens b.test's own stream.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(p.b.server().s2s.count(), 0, "bidi route removed");
+    assert!(links(&p.b).is_empty());
+    ub.send_str("<message to='user@a.test/r' type='chat'><body>two</body></message>")
+        .await;
+    let m = wait_for(&mut ua, "second", |e| e.name() == "message").await;
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "two");
+    assert_eq!(p.b.server().s2s.authenticated(), (1, 0));
+}
+
 /// A raw s2s client: stream to a.test claiming b.test, STARTTLS, and the
 /// second stream's id.
 async fn raw_s2s(addr: SocketAddr) -> (Client, String) {
@@ -434,4 +553,22 @@ async fn unauthenticated_and_spoofed_from_are_invalid_from_and_bad_keys_invalid(
         .await;
     let answer = c.next_element().await;
     assert_eq!(answer.attr("type"), Some("invalid"));
+
+    // A domain a.test does not serve is a dialback error (XEP-0220 §2.4),
+    // not the end of the stream: a valid request on it still succeeds.
+    let (mut c, id) = raw_s2s(a_s2s).await;
+    c.send_str("<db:result from='b.test' to='c.test'>00</db:result>")
+        .await;
+    let answer = c.next_element().await;
+    assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
+    let error = answer.get_child("error", "jabber:server").unwrap();
+    assert!(error
+        .get_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
+        .is_some());
+    let key = dialback_key(B_SECRET, A, B, &id);
+    c.send_str(&format!(
+        "<db:result from='b.test' to='a.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(c.next_element().await.attr("type"), Some("valid"));
 }

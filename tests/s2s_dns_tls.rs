@@ -245,9 +245,13 @@ async fn direct_tls_federation_both_ways() {
     assert!(p.a.running.as_ref().unwrap().s2s_addrs.is_empty());
     assert_eq!(p.a.running.as_ref().unwrap().s2s_tls_addrs.len(), 1);
     messages_cross_both_ways(&p).await;
-    // Both trusted each other's certificate: SASL EXTERNAL, no dialback.
+    // Both trusted each other's certificate: SASL EXTERNAL, no dialback;
+    // and b.test answered on a.test's stream (XEP-0288, on by default).
     assert_eq!(p.a.server().s2s.authenticated(), (1, 0));
-    assert_eq!(p.b.server().s2s.authenticated(), (1, 0));
+    assert_eq!(p.b.server().s2s.authenticated(), (0, 0));
+    let links = p.b.server().s2s_links.list();
+    assert_eq!(links.len(), 1);
+    assert!(links[0].bidi && links[0].tls, "{links:?}");
 }
 
 /// `_xmpps-server._tcp` is looked up first and means direct TLS: b.test

@@ -6,6 +6,7 @@ pub mod component;
 pub mod s2s_in;
 pub mod s2s_links;
 pub mod s2s_out;
+pub mod s2s_receive;
 pub mod tls;
 mod transport;
 mod xmlstream;

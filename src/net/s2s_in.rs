@@ -9,23 +9,23 @@
 //! key — then the stanzas of the domains this stream authenticated, each
 //! checked (`from` authenticated, `to` ours) and handed to the router.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use super::s2s_links::{AuthMethod, Direction, LinkGuard};
-use super::s2s_out::{self, DB_PREFIX};
+use super::s2s_links::{AuthMethod, Direction};
+use super::s2s_out::{requeue, ToPeer, DB_PREFIX};
+use super::s2s_receive::Receiving;
 use super::transport::Transport;
-use super::xmlstream::{random_id, End, XmlStream};
+use super::xmlstream::{random_id, End, IdleRule, XmlStream};
 use super::ConnectionSlot;
-use crate::router;
+use crate::queue::{queue, QueueReceiver, QueueSender};
 use crate::server::Server;
 use crate::stanza::StreamErrorCondition;
-use crate::stream::s2s::{self as rules, NS_DIALBACK, NS_SASL, NS_TLS};
-use crate::xml::{Element, StreamEvent, NS_SERVER, NS_STREAMS};
+use crate::stream::s2s::{self as rules, NS_BIDI, NS_SASL, NS_TLS};
+use crate::xml::{Element, StreamEvent, NS_SERVER};
 
 /// Runs an incoming s2s connection to its end.
 pub async fn run(
@@ -39,17 +39,22 @@ pub async fn run(
     let id = server.next_id();
     let limits = server.config.limits.parser();
     let host = server.config.domains().first().cloned().unwrap_or_default();
+    let link = server
+        .s2s_links
+        .open(id, Direction::Inbound, Some(peer), "");
+    let (to_peer, queued) = queue(server.config.s2s.max_queue);
     let mut conn = Connection {
         server: server.clone(),
         stream: XmlStream::new(Transport::Plain(tcp), limits, NS_SERVER, Some("1.0"), host)
-            .with_prefixes(DB_PREFIX),
-        stream_id: String::new(),
-        authenticated: HashSet::new(),
+            .with_prefixes(DB_PREFIX)
+            .with_idle_rule(IdleRule::Unused),
+        receiving: Receiving::new(String::new(), link),
         peer: None,
         sasl_done: false,
-        link: server
-            .s2s_links
-            .open(id, Direction::Inbound, Some(peer), ""),
+        bidi: false,
+        to_peer,
+        queued,
+        routes: Vec::new(),
     };
     tracing::info!(conn = id, %peer, direct_tls, "s2s connection opened");
     let end = if direct_tls {
@@ -74,7 +79,16 @@ pub async fn run(
         conn.run().await
     };
     conn.stream.shutdown().await;
-    let mut domains: Vec<&str> = conn.authenticated.iter().map(String::as_str).collect();
+    for (pair, route) in &conn.routes {
+        server.s2s.forget(pair, *route);
+    }
+    requeue(&server, conn.queued.close_and_drain());
+    let mut domains: Vec<&str> = conn
+        .receiving
+        .authenticated
+        .iter()
+        .map(String::as_str)
+        .collect();
     domains.sort_unstable();
     tracing::info!(
         conn = id,
@@ -89,16 +103,21 @@ pub async fn run(
 struct Connection {
     server: Arc<Server>,
     stream: XmlStream,
-    /// The id of our stream header (the dialback keys' stream id).
-    stream_id: String,
-    /// Remote domains authenticated on this stream (dialback or SASL EXTERNAL).
-    authenticated: HashSet<String>,
+    /// Dialback, authenticated domains and stanzas from the peer; its
+    /// stream id is that of our current header.
+    receiving: Receiving,
     /// The domain the peer's current stream header names in `from`.
     peer: Option<String>,
     /// SASL EXTERNAL succeeded (it is not offered again).
     sasl_done: bool,
-    /// This connection's entry in the list `ctl s2s list` shows.
-    link: LinkGuard,
+    /// The peer asked for a bidirectional stream (XEP-0288): once it is
+    /// authenticated, our stanzas for it may go out on this stream.
+    bidi: bool,
+    /// The queue of our stanzas for the peer (used only when bidi).
+    to_peer: QueueSender<ToPeer>,
+    queued: QueueReceiver<ToPeer>,
+    /// Domain pairs routed over this stream, with their route ids.
+    routes: Vec<((String, String), u64)>,
 }
 
 /// What handling one element leads to.
@@ -111,10 +130,6 @@ enum Next {
 impl Connection {
     async fn run(&mut self) -> End {
         let idle = Duration::from_secs(self.server.config.s2s.idle_timeout);
-        // Nothing is ever queued for an incoming stream (we answer inline,
-        // and send our stanzas on our own outgoing stream); the queue only
-        // lets `pump` serve idle timeouts and shutdown.
-        let (_keep, rx) = crate::queue::queue(1);
         loop {
             if let Err(end) = self.open().await {
                 return end;
@@ -138,7 +153,8 @@ impl Connection {
                         Err(e) => return self.stream.close_parse_error(e).await,
                     }
                 }
-                if let Err(end) = self.stream.pump(&rx, &self.server.shutdown, idle).await {
+                let server = &self.server;
+                if let Err(end) = self.stream.pump(&self.queued, &server.shutdown, idle).await {
                     return end;
                 }
             }
@@ -164,12 +180,13 @@ impl Connection {
         };
         self.stream.local_domain = local.clone();
         let tls = self.stream.transport.is_tls();
-        self.link.update(|l| {
+        self.receiving.link.update(|l| {
             l.local = local.clone();
             l.tls = tls;
         });
-        self.stream_id = random_id();
-        let mut attrs: Vec<(&str, &str)> = vec![("from", &local), ("id", &self.stream_id)];
+        self.receiving.stream_id = random_id();
+        let mut attrs: Vec<(&str, &str)> =
+            vec![("from", &local), ("id", &self.receiving.stream_id)];
         self.peer = header.from.as_deref().and_then(rules::domain_of);
         if let Some(p) = &self.peer {
             attrs.push(("to", p));
@@ -182,12 +199,14 @@ impl Connection {
                     .peer
                     .as_deref()
                     .is_some_and(|p| self.peer_cert_valid_for(p));
-            self.stream.write(&rules::features(
-                true,
-                self.stream.transport.is_tls(),
-                self.server.config.s2s.require_encryption,
+            let cfg = &self.server.config.s2s;
+            self.stream.write(&rules::features(rules::Offer {
+                tls_available: true,
+                is_tls: self.stream.transport.is_tls(),
+                require_encryption: cfg.require_encryption,
                 external,
-            ));
+                bidi: cfg.bidi && !self.bidi,
+            }));
         }
         self.stream.flush().await
     }
@@ -216,8 +235,9 @@ impl Connection {
         match wanted {
             Some(domain) if ok => {
                 tracing::info!(domain, "s2s peer authenticated with SASL EXTERNAL");
-                self.link.authenticated(&domain, AuthMethod::External);
-                self.authenticated.insert(domain);
+                // XEP-0288 §2: with SASL we may send from the stream's `to`.
+                self.route_back(self.stream.local_domain.clone(), domain.clone());
+                self.receiving.authenticate(domain, AuthMethod::External);
                 self.sasl_done = true;
                 self.stream.write(&Element::new("success", NS_SASL));
                 self.stream.flush().await?;
@@ -272,90 +292,43 @@ impl Connection {
         if el.is("auth", NS_SASL) {
             return self.sasl_external(&el).await;
         }
-        if el.is("result", NS_DIALBACK) && el.attr("type").is_none() {
-            return self.dialback_result(&el).await.map(|()| Next::Continue);
-        }
-        if el.is("verify", NS_DIALBACK) && el.attr("type").is_none() {
-            self.dialback_verify(&el);
-            return Ok(Next::Continue);
-        }
-        if el.ns() == NS_DIALBACK || el.ns() == NS_STREAMS {
-            // Dialback answers and stream errors have no place on a stream
-            // we receive; a stream error ends it.
-            if el.is("error", NS_STREAMS) {
-                return Err(self.stream.close_stream().await);
+        if el.is("bidi", NS_BIDI) {
+            if self.server.config.s2s.bidi && !self.bidi {
+                self.bidi = true;
+                self.receiving.link.update(|l| l.bidi = true);
+                // Asked for late (XEP-0288 says before authenticating):
+                // the domains already authenticated get their routes now.
+                let local = self.stream.local_domain.clone();
+                let mut done: Vec<String> = self.receiving.authenticated.iter().cloned().collect();
+                done.sort_unstable();
+                for remote in done {
+                    self.route_back(local.clone(), remote);
+                }
             }
             return Ok(Next::Continue);
         }
-        let server = &self.server;
-        let (from, to) =
-            match rules::check_addresses(&el, &self.authenticated, |d| server.is_local_domain(d)) {
-                Ok(a) => a,
-                Err(cond) => return Err(self.stream.close_with(cond, None).await),
-            };
-        let el = rules::into_client(el);
-        if let Err(cond) = router::route_from_remote(&self.server, &from, to, el).await {
-            return Err(self.stream.close_with(cond, None).await);
+        let server = self.server.clone();
+        if let Some((local, remote)) = self
+            .receiving
+            .element(&server, &mut self.stream, el)
+            .await?
+        {
+            // Dialback: we may send for the inverse of the pair.
+            self.route_back(local, remote);
         }
         Ok(Next::Continue)
     }
 
-    /// `<db:result from to>key</db:result>`: the peer asks to send as
-    /// `from`; we ask `from`'s authoritative server whether it sent `key`.
-    async fn dialback_result(&mut self, el: &Element) -> Result<(), End> {
-        let from = el.attr("from").and_then(rules::domain_of);
-        let to = el.attr("to").and_then(rules::domain_of);
-        let (Some(from), Some(to)) = (from, to) else {
-            return Err(self
-                .stream
-                .close_with(StreamErrorCondition::ImproperAddressing, None)
-                .await);
-        };
-        if !self.server.is_local_domain(&to) {
-            return Err(self
-                .stream
-                .close_with(StreamErrorCondition::HostUnknown, None)
-                .await);
+    /// On a bidirectional stream, lets our stanzas from `local` to `remote`
+    /// go out on it (unless another stream carries that pair already).
+    fn route_back(&mut self, local: String, remote: String) {
+        if !self.bidi {
+            return;
         }
-        let key = el.text();
-        let valid = if self.server.is_local_domain(&from) {
-            // Nobody else speaks for our own domains.
-            false
-        } else {
-            s2s_out::verify(&self.server, &to, &from, &self.stream_id, key.trim()).await
-        };
-        if valid {
-            self.link.authenticated(&from, AuthMethod::Dialback);
-            self.authenticated.insert(from.clone());
+        let pair = (local, remote);
+        if let Some(route) = self.server.s2s.attach(pair.clone(), &self.to_peer) {
+            tracing::info!(local = pair.0, remote = pair.1, "s2s bidi route");
+            self.routes.push((pair, route));
         }
-        let answer = if valid { "valid" } else { "invalid" };
-        tracing::info!(from, to, answer, "dialback result");
-        self.stream
-            .write(&rules::dialback("result", &to, &from, None, Err(answer)));
-        Ok(())
-    }
-
-    /// `<db:verify from to id>key</db:verify>`: another server asks whether
-    /// we (`to`) sent `key` to it (`from`) on its stream `id`.
-    fn dialback_verify(&mut self, el: &Element) {
-        let from = el
-            .attr("from")
-            .and_then(rules::domain_of)
-            .unwrap_or_default();
-        let to = el.attr("to").and_then(rules::domain_of).unwrap_or_default();
-        let id = el.attr("id").unwrap_or_default();
-        let valid = self.server.is_local_domain(&to)
-            && rules::key_matches(
-                &el.text(),
-                &rules::dialback_key(&self.server.dialback_secret, &from, &to, id),
-            );
-        let answer = if valid { "valid" } else { "invalid" };
-        self.stream.write(&rules::dialback(
-            "verify",
-            &to,
-            &from,
-            Some(id),
-            Err(answer),
-        ));
     }
 }

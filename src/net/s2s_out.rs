@@ -16,42 +16,55 @@ use std::time::Duration;
 
 use jid::Jid;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::s2s_links::{AuthMethod, Direction};
+use super::s2s_receive::{stream_error_name, Receiving};
 use super::transport::Transport;
-use super::xmlstream::{End, XmlStream};
+use super::xmlstream::{End, IdleRule, Queued, XmlStream};
+use crate::queue::{queue, QueueError, QueueReceiver, QueueSender};
 use crate::router;
 use crate::server::Server;
-use crate::stanza::{error_reply, StanzaErrorCondition};
-use crate::stream::s2s::{self as rules, NS_DIALBACK, NS_SASL, NS_TLS};
-use crate::xml::{Element, StreamEvent, NS_SERVER, NS_STREAMS};
+use crate::stanza::{error_reply, StanzaErrorCondition, StreamErrorCondition};
+use crate::stream::s2s::{self as rules, NS_BIDI, NS_BIDI_FEATURE, NS_DIALBACK, NS_SASL, NS_TLS};
+use crate::xml::{Element, StreamEvent, NS_CLIENT, NS_SERVER, NS_STREAMS};
 
 /// The prefix every s2s stream header declares.
 pub const DB_PREFIX: &[(&str, &str)] = &[("db", NS_DIALBACK)];
-
-/// Most stanzas written in one batch.
-const BATCH: usize = 64;
 
 /// (local domain, remote domain): outgoing streams are per pair, so each
 /// is authenticated by dialback for exactly one sending domain.
 type Pair = (String, String);
 
-/// An outgoing stream: its id (so a late end cannot remove its successor)
-/// and its queue.
-type Outgoing = (u64, mpsc::Sender<Element>);
+/// A stanza (in `jabber:client`, as the router has it) queued for a peer
+/// server; it takes `jabber:server` as it is written.
+#[derive(Debug)]
+pub struct ToPeer(pub Element);
+
+impl Queued for ToPeer {
+    fn write_to(self, out: &mut Vec<u8>) -> Option<StreamErrorCondition> {
+        let mut el = self.0;
+        el.move_namespace(NS_CLIENT, NS_SERVER);
+        el.write_to(out, NS_SERVER);
+        None
+    }
+}
+
+/// The route for a domain pair: an id (so a late end cannot remove its
+/// successor) and the queue of the stream that carries it — an outgoing
+/// stream of ours, or an incoming bidirectional one (XEP-0288).
+type Route = (u64, QueueSender<ToPeer>);
 
 /// The outgoing streams, by domain pair.
 #[derive(Debug, Default)]
 pub struct S2sOut {
-    streams: Mutex<HashMap<Pair, Outgoing>>,
+    streams: Mutex<HashMap<Pair, Route>>,
     next_id: AtomicU64,
     by_external: AtomicU64,
     by_dialback: AtomicU64,
 }
 
 impl S2sOut {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Pair, Outgoing>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Pair, Route>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -89,16 +102,16 @@ impl S2sOut {
         }
         let key = (local, remote);
         let mut map = self.lock();
-        let mut stanza = stanza;
+        let mut stanza = ToPeer(stanza);
         if let Some((_, tx)) = map.get(&key) {
-            match tx.try_send(stanza) {
+            match tx.try_send_back(stanza) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(s)) => {
+                Err((QueueError::Full, s)) => {
                     drop(map);
-                    bounce(server, &s, StanzaErrorCondition::ResourceConstraint);
+                    bounce(server, &s.0, StanzaErrorCondition::ResourceConstraint);
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(s)) => {
+                Err((QueueError::Closed, s)) => {
                     stanza = s;
                     map.remove(&key);
                 }
@@ -107,7 +120,7 @@ impl S2sOut {
         let Some(me) = server.arc() else {
             return;
         };
-        let (tx, rx) = mpsc::channel(server.config.s2s.max_queue);
+        let (tx, rx) = queue(server.config.s2s.max_queue);
         let _ = tx.try_send(stanza);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         map.insert(key.clone(), (id, tx));
@@ -115,9 +128,22 @@ impl S2sOut {
         tokio::spawn(run(me, key, id, rx));
     }
 
+    /// Lets an incoming bidirectional stream (XEP-0288) carry our stanzas
+    /// for `key`, unless a stream for the pair exists already. Returns the
+    /// route's id (for `forget`) when it was attached.
+    pub fn attach(&self, key: Pair, tx: &QueueSender<ToPeer>) -> Option<u64> {
+        let mut map = self.lock();
+        if map.contains_key(&key) {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        map.insert(key, (id, tx.clone()));
+        Some(id)
+    }
+
     /// Forgets the stream `id` of a pair (if it is still the current one),
     /// so the next stanza opens a new stream.
-    fn forget(&self, key: &Pair, id: u64) {
+    pub fn forget(&self, key: &Pair, id: u64) {
         let mut map = self.lock();
         if map.get(key).is_some_and(|(i, _)| *i == id) {
             map.remove(key);
@@ -138,7 +164,7 @@ enum Failure {
 }
 
 /// One outgoing stream from its making to its end.
-async fn run(server: Arc<Server>, key: Pair, id: u64, mut rx: mpsc::Receiver<Element>) {
+async fn run(server: Arc<Server>, key: Pair, id: u64, rx: QueueReceiver<ToPeer>) {
     let (local, remote) = (&key.0, &key.1);
     let cfg = &server.config.s2s;
     let made = tokio::time::timeout(
@@ -146,8 +172,8 @@ async fn run(server: Arc<Server>, key: Pair, id: u64, mut rx: mpsc::Receiver<Ele
         authenticate(&server, local, remote),
     )
     .await;
-    let stream = match made {
-        Ok(Ok(s)) => s,
+    let made = match made {
+        Ok(Ok(made)) => made,
         Ok(Err(Failure::NotFound(why))) => {
             tracing::info!(local, remote, why, "s2s stream failed");
             fail(
@@ -171,30 +197,42 @@ async fn run(server: Arc<Server>, key: Pair, id: u64, mut rx: mpsc::Receiver<Ele
             return;
         }
     };
-    let (stream, method) = stream;
     tracing::info!(
         local,
         remote,
-        method = method.as_str(),
+        method = made.method.as_str(),
+        bidi = made.bidi,
         "s2s stream authenticated"
     );
+    let mut stream = made.stream;
     let link = server
         .s2s_links
         .open(id, Direction::Outbound, stream.transport.peer_addr(), local);
-    link.authenticated(remote, method);
-    link.update(|l| l.tls = stream.transport.is_tls());
-    let end = session(&server, stream, &mut rx).await;
-    drop(link);
+    link.update(|l| {
+        l.tls = stream.transport.is_tls();
+        l.bidi = made.bidi;
+    });
+    let mut receiving = Receiving::new(made.stream_id, link);
+    receiving.link.authenticated(remote, made.method);
+    if made.bidi {
+        // XEP-0288 §2: the receiving server may now send us stanzas from the
+        // domain we authenticated to, on this stream.
+        receiving.authenticated.insert(remote.clone());
+    }
+    let end = session(&server, &mut stream, &rx, &mut receiving).await;
     tracing::info!(local, remote, end = %end, "s2s stream closed");
     server.s2s.forget(&key, id);
-    rx.close();
-    // Stanzas that raced with the close: a new stream takes them, unless
-    // the server is stopping.
-    while let Ok(el) = rx.try_recv() {
+    requeue(&server, rx.close_and_drain());
+}
+
+/// Stanzas left in the queue of a stream that ended: a new stream takes
+/// them, unless the server is stopping.
+pub fn requeue(server: &Server, left: Vec<ToPeer>) {
+    for ToPeer(el) in left {
         if server.shutdown.is_cancelled() {
-            bounce(&server, &el, StanzaErrorCondition::RemoteServerTimeout);
+            bounce(server, &el, StanzaErrorCondition::RemoteServerTimeout);
         } else {
-            server.s2s.send(&server, el);
+            server.s2s.send(server, el);
         }
     }
 }
@@ -204,73 +242,75 @@ fn fail(
     server: &Server,
     key: &Pair,
     id: u64,
-    mut rx: mpsc::Receiver<Element>,
+    rx: QueueReceiver<ToPeer>,
     cond: StanzaErrorCondition,
 ) {
     server.s2s.forget(key, id);
-    rx.close();
-    while let Ok(el) = rx.try_recv() {
+    for ToPeer(el) in rx.close_and_drain() {
         bounce(server, &el, cond);
     }
 }
 
-/// Writes queued stanzas until the stream goes idle, fails, or the server
-/// shuts down.
-async fn session(server: &Server, mut stream: XmlStream, rx: &mut mpsc::Receiver<Element>) -> End {
+/// Runs a negotiated s2s stream: writes what is queued for the peer,
+/// handles what the peer sends (`receiving`), until it closes, fails, goes
+/// unused for `idle_timeout`, or the server shuts down. Incoming streams
+/// end here too.
+pub async fn session(
+    server: &Server,
+    stream: &mut XmlStream,
+    rx: &QueueReceiver<ToPeer>,
+    receiving: &mut Receiving,
+) -> End {
     let idle = Duration::from_secs(server.config.s2s.idle_timeout);
     loop {
-        if let Err(end) = stream.flush().await {
-            return end;
-        }
-        tokio::select! {
-            biased;
-            _ = server.shutdown.cancelled() => {
-                let _ = stream.close_stream().await;
-                stream.shutdown().await;
-                return End::PeerClosed;
-            }
-            msg = rx.recv() => {
-                let Some(el) = msg else { return End::PeerClosed };
-                stream.write_raw(&rules::to_server_bytes(&el));
-                for _ in 0..BATCH {
-                    match rx.try_recv() {
-                        Ok(el) => stream.write_raw(&rules::to_server_bytes(&el)),
-                        Err(_) => break,
+        loop {
+            match stream.parser.next_event() {
+                Ok(None) => break,
+                Ok(Some(StreamEvent::Stanza(el))) => {
+                    if let Err(end) = receiving.element(server, stream, el).await {
+                        return end;
                     }
                 }
-            }
-            ev = stream.next_event() => match ev {
-                // The receiving server has nothing to say on this stream
-                // but dialback answers and errors.
-                Ok(StreamEvent::Stanza(el)) if el.is("error", NS_STREAMS) => {
-                    return End::Io(format!("stream error from peer: {:?}", el.children().next().map(|c| c.name().to_string())));
-                }
-                Ok(StreamEvent::Stanza(_)) => {}
-                Ok(StreamEvent::End) | Ok(StreamEvent::Header(_)) => {
+                Ok(Some(StreamEvent::End)) => {
                     let end = stream.close_stream().await;
                     stream.shutdown().await;
                     return end;
                 }
-                Err(end) => return end,
-            },
-            _ = tokio::time::sleep(idle) => {
-                let _ = stream.close_stream().await;
-                stream.shutdown().await;
-                return End::Io("idle".into());
+                Ok(Some(StreamEvent::Header(_))) => {
+                    return stream
+                        .close_with(StreamErrorCondition::NotWellFormed, None)
+                        .await
+                }
+                Err(e) => return stream.close_parse_error(e).await,
             }
+        }
+        if let Err(end) = stream.pump(rx, &server.shutdown, idle).await {
+            return end;
         }
     }
 }
 
-/// Opens the stream and authenticates `local` to `remote`: SASL EXTERNAL
-/// when offered (our certificate for `local` was presented in the TLS
+/// An outgoing stream, negotiated.
+struct Made {
+    stream: XmlStream,
+    /// The receiving server's stream id.
+    stream_id: String,
+    method: AuthMethod,
+    /// The peer agreed to send its stanzas on it too (XEP-0288).
+    bidi: bool,
+}
+
+/// Opens the stream and authenticates `local` to `remote`: bidi asked for
+/// when offered (XEP-0288, before authentication), then SASL EXTERNAL when
+/// offered (our certificate for `local` was presented in the TLS
 /// handshake), else — or if it fails — dialback.
-async fn authenticate(
-    server: &Server,
-    local: &str,
-    remote: &str,
-) -> Result<(XmlStream, AuthMethod), Failure> {
-    let (mut stream, stream_id, features, cert_trusted) = open(server, local, remote).await?;
+async fn authenticate(server: &Server, local: &str, remote: &str) -> Result<Made, Failure> {
+    let (stream, stream_id, features, cert_trusted) = open(server, local, remote).await?;
+    let mut stream = stream.with_idle_rule(IdleRule::Unused);
+    let bidi = server.config.s2s.bidi && features.get_child("bidi", NS_BIDI_FEATURE).is_some();
+    if bidi {
+        stream.write(&Element::new("bidi", NS_BIDI));
+    }
     let external_offered = features
         .get_child("mechanisms", NS_SASL)
         .is_some_and(|m| m.children().any(|c| c.text().trim() == "EXTERNAL"));
@@ -279,7 +319,12 @@ async fn authenticate(
     if server.config.s2s.sasl_external && cert_trusted && external_offered {
         if sasl_external(&mut stream, local, remote).await? {
             server.s2s.by_external.fetch_add(1, Ordering::Relaxed);
-            return Ok((stream, AuthMethod::External));
+            return Ok(Made {
+                stream,
+                stream_id,
+                method: AuthMethod::External,
+                bidi,
+            });
         }
         tracing::info!(local, remote, "SASL EXTERNAL refused; trying dialback");
     }
@@ -292,13 +337,27 @@ async fn authenticate(
                 return match el.attr("type") {
                     Some("valid") => {
                         server.s2s.by_dialback.fetch_add(1, Ordering::Relaxed);
-                        Ok((stream, AuthMethod::Dialback))
+                        Ok(Made {
+                            stream,
+                            stream_id,
+                            method: AuthMethod::Dialback,
+                            bidi,
+                        })
                     }
+                    Some("error") => Err(Failure::NotFound(format!(
+                        "dialback error {}",
+                        el.get_child("error", NS_SERVER)
+                            .map(stream_error_name)
+                            .unwrap_or_default()
+                    ))),
                     t => Err(Failure::NotFound(format!("dialback answered {t:?}"))),
                 };
             }
             StreamEvent::Stanza(el) if el.is("error", NS_STREAMS) => {
-                return Err(Failure::NotFound(stream_error_name(&el)));
+                return Err(Failure::NotFound(format!(
+                    "stream error {}",
+                    stream_error_name(&el)
+                )));
             }
             StreamEvent::Stanza(_) => {}
             StreamEvent::Header(_) | StreamEvent::End => {
@@ -340,16 +399,37 @@ async fn sasl_external(stream: &mut XmlStream, local: &str, remote: &str) -> Res
     }
 }
 
+/// What the originating domain's authoritative server said of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    /// It could not be reached (or answered with an error).
+    Unreachable,
+    /// It did not answer within `connect_timeout`.
+    TimedOut,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "invalid",
+            Verdict::Unreachable => "unreachable",
+            Verdict::TimedOut => "timed out",
+        }
+    }
+}
+
 /// Asks `originating`'s authoritative server whether `key` is the key it
 /// sent to us (`receiving`) on the stream `stream_id` (XEP-0220 §2.1.2).
-/// Any failure counts as "invalid".
 pub async fn verify(
     server: &Server,
     receiving: &str,
     originating: &str,
     stream_id: &str,
     key: &str,
-) -> bool {
+) -> Verdict {
     let ask = async {
         let (mut stream, _, _, _) = open(server, receiving, originating).await?;
         stream.write(&rules::dialback(
@@ -360,12 +440,16 @@ pub async fn verify(
             Ok(key),
         ));
         stream.flush().await.map_err(lost)?;
-        let valid = loop {
+        let verdict = loop {
             match stream.next_event().await.map_err(lost)? {
                 StreamEvent::Stanza(el)
                     if el.is("verify", NS_DIALBACK) && el.attr("id") == Some(stream_id) =>
                 {
-                    break el.attr("type") == Some("valid");
+                    break match el.attr("type") {
+                        Some("valid") => Verdict::Valid,
+                        Some("error") => Verdict::Unreachable,
+                        _ => Verdict::Invalid,
+                    };
                 }
                 StreamEvent::Stanza(_) => {}
                 _ => return Err(Failure::NotFound("closed before answering".into())),
@@ -373,33 +457,24 @@ pub async fn verify(
         };
         let _ = stream.close_stream().await;
         stream.shutdown().await;
-        Ok(valid)
+        Ok(verdict)
     };
     let timeout = Duration::from_secs(server.config.s2s.connect_timeout);
     match tokio::time::timeout(timeout, ask).await {
-        Ok(Ok(valid)) => valid,
+        Ok(Ok(verdict)) => verdict,
         Ok(Err(Failure::NotFound(why))) => {
             tracing::info!(originating, why, "dialback verification failed");
-            false
+            Verdict::Unreachable
         }
         Err(_) => {
             tracing::info!(originating, "dialback verification timed out");
-            false
+            Verdict::TimedOut
         }
     }
 }
 
 fn lost(end: End) -> Failure {
     Failure::NotFound(end.to_string())
-}
-
-fn stream_error_name(el: &Element) -> String {
-    let cond = el
-        .children()
-        .map(|c| c.name().to_string())
-        .find(|n| n != "text")
-        .unwrap_or_default();
-    format!("stream error {cond}")
 }
 
 /// Resolves, connects, opens the stream and secures it with STARTTLS (when
@@ -438,7 +513,10 @@ async fn open(
         let features = match stream.next_event().await.map_err(lost)? {
             StreamEvent::Stanza(el) if el.is("features", NS_STREAMS) => el,
             StreamEvent::Stanza(el) if el.is("error", NS_STREAMS) => {
-                return Err(Failure::NotFound(stream_error_name(&el)))
+                return Err(Failure::NotFound(format!(
+                    "stream error {}",
+                    stream_error_name(&el)
+                )))
             }
             _ => return Err(Failure::NotFound("no stream features".into())),
         };

@@ -22,6 +22,8 @@ pub enum End {
     StreamError(StreamErrorCondition),
     /// The socket failed (reset, TLS failure, write error).
     Io(String),
+    /// Unused for the idle time (s2s), closed cleanly.
+    Idle,
 }
 
 impl std::fmt::Display for End {
@@ -30,12 +32,43 @@ impl std::fmt::Display for End {
             End::PeerClosed => write!(f, "closed by peer"),
             End::StreamError(c) => write!(f, "stream error {}", c.wire_name()),
             End::Io(e) => write!(f, "i/o: {e}"),
+            End::Idle => write!(f, "idle"),
         }
     }
 }
 
 /// A step that may end the connection.
 pub type Flow<T> = Result<T, End>;
+
+/// What a connection's queue carries, as it goes onto the stream.
+pub trait Queued {
+    /// Appends the item's bytes to `out`, or returns the condition the
+    /// stream is to be closed with.
+    fn write_to(self, out: &mut Vec<u8>) -> Option<StreamErrorCondition>;
+}
+
+impl Queued for Outbound {
+    fn write_to(self, out: &mut Vec<u8>) -> Option<StreamErrorCondition> {
+        match self {
+            Outbound::Stanza(bytes) => {
+                out.extend_from_slice(&bytes);
+                None
+            }
+            Outbound::Close(cond) => Some(cond),
+        }
+    }
+}
+
+/// When a bound stream counts as idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleRule {
+    /// The peer has sent nothing for the idle time: it may be gone, so the
+    /// stream ends with `connection-timeout` (client and component streams).
+    SilentPeer,
+    /// Nothing went either way for the idle time: the stream is not needed
+    /// now and closes cleanly, to be reopened on demand (s2s).
+    Unused,
+}
 
 /// Most bytes batched into one write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -56,7 +89,9 @@ pub struct XmlStream {
     version: Option<&'static str>,
     /// `from` of the header sent when closing a stream we never opened.
     pub local_domain: String,
-    last_read: Instant,
+    /// Last read (`SilentPeer`) or last read or queued write (`Unused`).
+    last_activity: Instant,
+    idle_rule: IdleRule,
     /// Prefixes declared on our stream header (`db` on s2s streams).
     prefixes: &'static [(&'static str, &'static str)],
 }
@@ -78,7 +113,8 @@ impl XmlStream {
             ns,
             version,
             local_domain,
-            last_read: Instant::now(),
+            last_activity: Instant::now(),
+            idle_rule: IdleRule::SilentPeer,
             prefixes: &[],
         }
     }
@@ -86,6 +122,12 @@ impl XmlStream {
     /// Declares these prefixes on every header we send.
     pub fn with_prefixes(mut self, prefixes: &'static [(&'static str, &'static str)]) -> Self {
         self.prefixes = prefixes;
+        self
+    }
+
+    /// Sets when the stream counts as idle in `pump`.
+    pub fn with_idle_rule(mut self, rule: IdleRule) -> Self {
+        self.idle_rule = rule;
         self
     }
 
@@ -146,7 +188,7 @@ impl XmlStream {
         self.unread = matches!(outcome, Ok(ReadOutcome::Data));
         match outcome {
             Ok(ReadOutcome::Data) => {
-                self.last_read = Instant::now();
+                self.last_activity = Instant::now();
                 Ok(())
             }
             Ok(ReadOutcome::Drained) => Ok(()),
@@ -213,11 +255,13 @@ impl XmlStream {
 
     /// Moves already-queued stanzas into the write buffer (bounded, so one
     /// write stays bounded); returns a condition to close with if asked.
-    pub fn drain_queue(&mut self, rx: &QueueReceiver<Outbound>) -> Option<StreamErrorCondition> {
+    pub fn drain_queue<T: Queued>(
+        &mut self,
+        rx: &QueueReceiver<T>,
+    ) -> Option<StreamErrorCondition> {
         while self.out.len() < MAX_BATCH {
-            match rx.try_recv()? {
-                Outbound::Stanza(bytes) => self.out.extend_from_slice(&bytes),
-                Outbound::Close(cond) => return Some(cond),
+            if let Some(cond) = rx.try_recv()?.write_to(&mut self.out) {
+                return Some(cond);
             }
         }
         None
@@ -226,11 +270,10 @@ impl XmlStream {
     /// In a bound stream, after the buffered events were handled: flushes,
     /// then waits for the next thing to do — bytes from the peer (fed to
     /// the parser), stanzas queued for the peer (buffered for writing),
-    /// shutdown (`system-shutdown`) or silence longer than `idle`
-    /// (`connection-timeout`).
-    pub async fn pump(
+    /// shutdown (`system-shutdown`) or idleness by the stream's `IdleRule`.
+    pub async fn pump<T: Queued>(
         &mut self,
-        rx: &QueueReceiver<Outbound>,
+        rx: &QueueReceiver<T>,
         shutdown: &CancellationToken,
         idle: Duration,
     ) -> Flow<()> {
@@ -255,12 +298,11 @@ impl XmlStream {
                 Err(self.close_with(StreamErrorCondition::SystemShutdown, None).await)
             }
             msg = rx.recv() => {
-                let first = match msg {
-                    Outbound::Stanza(bytes) => { self.out.extend_from_slice(&bytes); None }
-                    Outbound::Close(cond) => Some(cond),
-                };
+                if self.idle_rule == IdleRule::Unused {
+                    self.last_activity = Instant::now();
+                }
                 // Batch whatever else is already queued into the same write.
-                match first.or_else(|| self.drain_queue(rx)) {
+                match msg.write_to(&mut self.out).or_else(|| self.drain_queue(rx)) {
                     Some(cond) => Err(self.close_with(cond, None).await),
                     None => Ok(()),
                 }
@@ -269,8 +311,17 @@ impl XmlStream {
                 r.map_err(|e| End::Io(e.to_string()))?;
                 self.read_into_parser()
             }
-            _ = tokio::time::sleep_until((self.last_read + idle).into()) => {
-                Err(self.close_with(StreamErrorCondition::ConnectionTimeout, None).await)
+            _ = tokio::time::sleep_until((self.last_activity + idle).into()) => {
+                match self.idle_rule {
+                    IdleRule::SilentPeer => {
+                        Err(self.close_with(StreamErrorCondition::ConnectionTimeout, None).await)
+                    }
+                    IdleRule::Unused => {
+                        let _ = self.close_stream().await;
+                        self.shutdown().await;
+                        Err(End::Idle)
+                    }
+                }
             }
         }
     }

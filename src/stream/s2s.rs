@@ -10,7 +10,7 @@ use jid::Jid;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::stanza::StreamErrorCondition;
+use crate::stanza::{StanzaErrorCondition, StreamErrorCondition, NS_STANZA_ERRORS};
 use crate::xml::{Element, StreamHeader, NS_CLIENT, NS_SERVER, NS_STREAMS};
 
 pub use crate::stream::c2s::{NS_SASL, NS_TLS};
@@ -20,9 +20,14 @@ pub const NS_DIALBACK: &str = "jabber:server:dialback";
 /// The stream feature announcing dialback (XEP-0220 §2.4).
 pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 
+/// The stream feature offering bidirectional streams (XEP-0288).
+pub const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
+/// The element asking for a bidirectional stream (XEP-0288).
+pub const NS_BIDI: &str = "urn:xmpp:bidi";
+
 /// XEPs implemented by s2s streams: dialback and its key generation,
-/// SASL EXTERNAL with certificates, and direct TLS.
-pub const XEPS: &[u16] = &[220, 185, 178, 368];
+/// SASL EXTERNAL with certificates, direct TLS, bidirectional streams.
+pub const XEPS: &[u16] = &[220, 185, 178, 368, 288];
 
 /// Port of `_xmpp-server._tcp` when DNS has no SRV record (RFC 6120 §3.2.2).
 pub const DEFAULT_PORT: u16 = 5269;
@@ -66,32 +71,48 @@ pub fn domain_of(s: &str) -> Option<String> {
         .map(|j| j.to_string())
 }
 
+/// What an incoming stream may offer in its features.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer {
+    /// STARTTLS can be offered (a certificate is configured).
+    pub tls_available: bool,
+    /// The stream runs over TLS already.
+    pub is_tls: bool,
+    pub require_encryption: bool,
+    /// SASL EXTERNAL: the peer's certificate is valid for the domain it claims.
+    pub external: bool,
+    /// Bidirectional streams (XEP-0288) are enabled.
+    pub bidi: bool,
+}
+
 /// The features of an incoming stream: STARTTLS until TLS is up (marked
 /// required when encryption is required), SASL EXTERNAL when the peer's
-/// certificate is valid for the domain it claims (XEP-0178), dialback once
-/// it may be used.
-pub fn features(
-    tls_available: bool,
-    is_tls: bool,
-    require_encryption: bool,
-    external: bool,
-) -> Element {
+/// certificate is valid for the domain it claims (XEP-0178), dialback (with
+/// dialback errors) and bidi once they may be used — bidi only after TLS
+/// when TLS is required (XEP-0288 §2).
+pub fn features(o: Offer) -> Element {
     let mut f = Element::new("features", NS_STREAMS);
-    if is_tls && external {
+    if o.is_tls && o.external {
         f = f.with_child(
             Element::new("mechanisms", NS_SASL)
                 .with_child(Element::new("mechanism", NS_SASL).with_text("EXTERNAL")),
         );
     }
-    if !is_tls && tls_available {
+    if !o.is_tls && o.tls_available {
         let mut st = Element::new("starttls", NS_TLS);
-        if require_encryption {
+        if o.require_encryption {
             st = st.with_child(Element::new("required", NS_TLS));
         }
         f = f.with_child(st);
     }
-    if is_tls || !require_encryption {
-        f = f.with_child(Element::new("dialback", NS_DIALBACK_FEATURE));
+    if o.is_tls || !o.require_encryption {
+        f = f.with_child(
+            Element::new("dialback", NS_DIALBACK_FEATURE)
+                .with_child(Element::new("errors", NS_DIALBACK_FEATURE)),
+        );
+        if o.bidi {
+            f = f.with_child(Element::new("bidi", NS_BIDI_FEATURE));
+        }
     }
     f
 }
@@ -192,6 +213,22 @@ pub fn dialback(
     }
 }
 
+/// A dialback error (XEP-0220 §2.4): `<db:result/>` or `<db:verify/>` of
+/// type `error` with a stanza error condition; it concerns one domain pair
+/// and does not end the stream.
+pub fn dialback_error(
+    name: &str,
+    from: &str,
+    to: &str,
+    id: Option<&str>,
+    cond: StanzaErrorCondition,
+) -> Element {
+    let error = Element::new("error", NS_SERVER)
+        .with_attr("type", cond.error_type())
+        .with_child(Element::new(cond.wire_name(), NS_STANZA_ERRORS));
+    dialback(name, from, to, id, Err("error")).with_child(error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,18 +289,52 @@ mod tests {
 
     #[test]
     fn features_depend_on_tls() {
-        let f = features(true, false, true, true);
+        let offer = |is_tls, require_encryption, external, bidi| {
+            features(Offer {
+                tls_available: true,
+                is_tls,
+                require_encryption,
+                external,
+                bidi,
+            })
+        };
+        let f = offer(false, true, true, true);
         assert!(f.get_child("starttls", NS_TLS).is_some());
         assert!(f.get_child("dialback", NS_DIALBACK_FEATURE).is_none());
         assert!(f.get_child("mechanisms", NS_SASL).is_none());
-        let f = features(true, true, true, false);
+        // XEP-0288 §2: bidi only once TLS is done when it is required.
+        assert!(f.get_child("bidi", NS_BIDI_FEATURE).is_none());
+        let f = offer(true, true, false, true);
         assert!(f.get_child("starttls", NS_TLS).is_none());
-        assert!(f.get_child("dialback", NS_DIALBACK_FEATURE).is_some());
+        let db = f.get_child("dialback", NS_DIALBACK_FEATURE).unwrap();
+        assert!(db.get_child("errors", NS_DIALBACK_FEATURE).is_some());
         assert!(f.get_child("mechanisms", NS_SASL).is_none());
-        let f = features(true, true, true, true);
+        assert!(f.get_child("bidi", NS_BIDI_FEATURE).is_some());
+        let f = offer(true, true, true, false);
         assert!(f.get_child("mechanisms", NS_SASL).is_some());
-        let f = features(true, false, false, false);
+        assert!(f.get_child("bidi", NS_BIDI_FEATURE).is_none());
+        let f = offer(false, false, false, false);
         assert!(f.get_child("dialback", NS_DIALBACK_FEATURE).is_some());
+    }
+
+    #[test]
+    fn dialback_errors_carry_a_stanza_condition() {
+        let e = dialback_error(
+            "result",
+            "a.test",
+            "b.test",
+            None,
+            StanzaErrorCondition::ItemNotFound,
+        );
+        assert_eq!(e.attr("type"), Some("error"));
+        let err = e.get_child("error", NS_SERVER).unwrap();
+        assert_eq!(err.attr("type"), Some("cancel"));
+        assert!(err.get_child("item-not-found", NS_STANZA_ERRORS).is_some());
+        let wire = String::from_utf8(e.to_bytes(NS_SERVER)).unwrap();
+        assert!(
+            wire.contains("<error xmlns='jabber:server' type='cancel'><item-not-found"),
+            "{wire}"
+        );
     }
 
     #[test]
