@@ -131,9 +131,13 @@ impl XmlStream {
         self
     }
 
-    /// Queues an element for the next flush.
+    /// Queues an element for the next flush; one in a namespace the
+    /// header binds to a prefix is written with it.
     pub fn write(&mut self, el: &Element) {
-        el.write_to(&mut self.out, self.ns);
+        match self.prefixes.iter().find(|(_, ns)| *ns == el.ns()) {
+            Some((prefix, _)) => el.write_prefixed_to(&mut self.out, self.ns, prefix),
+            None => el.write_to(&mut self.out, self.ns),
+        }
     }
 
     /// Queues bytes already serialized for this stream.

@@ -128,14 +128,31 @@ fn write_attr(out: &mut Vec<u8>, key: &str, value: &str) {
     out.push(b'\'');
 }
 
+/// The prefix an element is written with: `stream:` for the stream
+/// namespace (bound by every stream header), else `root_prefix` when the
+/// caller says the element's namespace is bound to it; None: unprefixed.
+fn prefix_of<'a>(e: &Element, root_prefix: Option<&'a str>) -> Option<&'a str> {
+    if e.ns == NS_STREAMS {
+        Some("stream")
+    } else {
+        root_prefix
+    }
+}
+
 /// Write the start tag of `e` where `scope_ns` is the default namespace in effect.
 /// Returns the default namespace its children see.
-fn write_start<'a>(e: &'a Element, scope_ns: &'a str, out: &mut Vec<u8>) -> &'a str {
+fn write_start<'a>(
+    e: &'a Element,
+    scope_ns: &'a str,
+    prefix: Option<&str>,
+    out: &mut Vec<u8>,
+) -> &'a str {
     out.push(b'<');
-    // Stream-namespace elements use the prefix bound by the stream header, and do not
-    // change the default namespace for their children.
-    let child_ns = if e.ns == NS_STREAMS {
-        out.extend_from_slice(b"stream:");
+    // A prefixed element's namespace is declared by the stream header, and
+    // it does not change the default namespace for its children.
+    let child_ns = if let Some(p) = prefix {
+        out.extend_from_slice(p.as_bytes());
+        out.push(b':');
         out.extend_from_slice(e.name.as_bytes());
         scope_ns
     } else {
@@ -160,10 +177,11 @@ fn write_start<'a>(e: &'a Element, scope_ns: &'a str, out: &mut Vec<u8>) -> &'a 
     child_ns
 }
 
-fn write_end(e: &Element, out: &mut Vec<u8>) {
+fn write_end(e: &Element, prefix: Option<&str>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"</");
-    if e.ns == NS_STREAMS {
-        out.extend_from_slice(b"stream:");
+    if let Some(p) = prefix {
+        out.extend_from_slice(p.as_bytes());
+        out.push(b':');
     }
     out.extend_from_slice(e.name.as_bytes());
     out.push(b'>');
@@ -176,7 +194,20 @@ impl Element {
     /// Elements in [`NS_STREAMS`] are written with the `stream:` prefix and no `xmlns`
     /// (the stream header declares it). An attribute named exactly `xmlns` is skipped.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
-        let child_ns = write_start(self, parent_ns, out);
+        self.write_tree(out, parent_ns, None)
+    }
+
+    /// Serialize as [`write_to`](Self::write_to), but this element (not its
+    /// children) with `prefix`, which the stream header binds to its
+    /// namespace: dialback elements are written `<db:result/>`, as some
+    /// servers (ejabberd) recognise them only by that name.
+    pub fn write_prefixed_to(&self, out: &mut Vec<u8>, parent_ns: &str, prefix: &str) {
+        self.write_tree(out, parent_ns, Some(prefix))
+    }
+
+    fn write_tree(&self, out: &mut Vec<u8>, parent_ns: &str, root_prefix: Option<&str>) {
+        let root_prefix = prefix_of(self, root_prefix);
+        let child_ns = write_start(self, parent_ns, root_prefix, out);
         if self.children.is_empty() {
             return;
         }
@@ -193,13 +224,18 @@ impl Element {
                 }
                 Some(Node::Element(child)) => {
                     top.1 += 1;
-                    let inner = write_start(child, scope, out);
+                    let inner = write_start(child, scope, prefix_of(child, None), out);
                     if !child.children.is_empty() {
                         stack.push((child, 0, inner));
                     }
                 }
                 None => {
-                    write_end(el, out);
+                    let prefix = if stack.len() == 1 {
+                        root_prefix
+                    } else {
+                        prefix_of(el, None)
+                    };
+                    write_end(el, prefix, out);
                     stack.pop();
                 }
             }
@@ -262,6 +298,22 @@ mod tests {
         assert_eq!(
             s(features.to_bytes(NS_CLIENT)),
             "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><ver/></stream:features>"
+        );
+    }
+
+    #[test]
+    fn root_element_can_take_a_declared_prefix() {
+        let db = Element::new("result", "jabber:server:dialback")
+            .with_attr("type", "error")
+            .with_child(
+                Element::new("error", NS_SERVER)
+                    .with_child(Element::new("x", "urn:x").with_child(Element::new("y", "urn:x"))),
+            );
+        let mut out = Vec::new();
+        db.write_prefixed_to(&mut out, NS_SERVER, "db");
+        assert_eq!(
+            s(out),
+            "<db:result type='error'><error><x xmlns='urn:x'><y/></x></error></db:result>"
         );
     }
 
