@@ -81,7 +81,8 @@ pub async fn from_remote(server: &Server, from: &Jid, to: Jid, mut stanza: Eleme
     }
 }
 
-/// A subscription stanza from `contact` arriving for local user `user`.
+/// A subscription stanza from `contact` (local, remote or a component)
+/// arriving for local user `user`.
 async fn subscription_to_local(
     server: &Server,
     contact: &BareJid,
@@ -105,7 +106,19 @@ async fn subscription_to_local(
                 .with_attr("from", user.as_str())
                 .with_attr("to", contact.as_str())
                 .with_attr("type", "subscribed");
-            send_to_resources(server, contact, &reply);
+            if server.is_local_domain(contact.domain().as_str()) {
+                // The approval reaches a local contact as if the user had
+                // sent it: the contact's side of the state machine runs here.
+                if let Inbound::Deliver =
+                    roster::inbound(server, contact, user, SubscriptionKind::Subscribed, &reply)
+                        .await?
+                {
+                    send_to_resources(server, contact, &reply);
+                }
+            } else {
+                // A remote server or a component runs its own side.
+                send_to_resources(server, contact, &reply);
+            }
             send_current_presence(server, user, contact);
         }
     }
@@ -407,31 +420,7 @@ pub async fn route_subscription(
         }
         return Ok(());
     }
-    let (d, u) = (
-        domain,
-        contact.node().map(|n| n.as_str()).unwrap_or_default(),
-    );
-    if !server.store.account_exists(d, u).await? {
-        return Ok(());
-    }
-    match roster::inbound(server, contact, user, kind, &stanza).await? {
-        Inbound::Deliver => send_to_resources(server, contact, &stanza),
-        Inbound::Drop => {}
-        Inbound::AutoApprove => {
-            let reply = Element::new("presence", NS_CLIENT)
-                .with_attr("from", contact.as_str())
-                .with_attr("to", user.as_str())
-                .with_attr("type", "subscribed");
-            // The approval travels back as if the contact had sent it.
-            if let Inbound::Deliver =
-                roster::inbound(server, user, contact, SubscriptionKind::Subscribed, &reply).await?
-            {
-                send_to_resources(server, user, &reply);
-            }
-            send_current_presence(server, contact, user);
-        }
-    }
-    Ok(())
+    subscription_to_local(server, user, contact, kind, stanza).await
 }
 
 /// Sends the user's current presence (each available resource) to a contact

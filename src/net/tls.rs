@@ -174,6 +174,41 @@ impl rustls::client::ResolvesClientCert for ClientCert {
     }
 }
 
+/// Checks the handshake signatures of a peer's certificate (the peer
+/// holds the key of the certificate it sent) with the provider's
+/// algorithms; shared by our two custom verifiers, which differ only in
+/// how they judge the certificate itself.
+#[derive(Debug)]
+struct HandshakeSignatures(Arc<rustls::crypto::CryptoProvider>);
+
+type SignatureCheck = Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>;
+
+impl HandshakeSignatures {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> SignatureCheck {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> SignatureCheck {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Checks the receiving server's certificate normally (`roots`, name),
 /// but lets the handshake finish when that fails: the stream is then
 /// encrypted but not authenticated by certificate, and dialback
@@ -187,7 +222,7 @@ struct DialbackFallbackVerifier {
     /// None when there are no roots at all (no system roots, no
     /// `ca_file`): then no certificate is valid.
     webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl rustls::client::danger::ServerCertVerifier for DialbackFallbackVerifier {
@@ -220,31 +255,19 @@ impl rustls::client::danger::ServerCertVerifier for DialbackFallbackVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    ) -> SignatureCheck {
+        self.signatures.tls12(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    ) -> SignatureCheck {
+        self.signatures.tls13(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -270,7 +293,7 @@ pub fn s2s_client_config(
     };
     let verifier = DialbackFallbackVerifier {
         webpki,
-        provider: provider.clone(),
+        signatures: HandshakeSignatures(provider.clone()),
     };
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -289,7 +312,7 @@ pub fn s2s_client_config(
 /// `peer_cert_valid_for`, so a peer with a certificate we do not trust can
 /// still use dialback.
 #[derive(Debug)]
-struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+struct AnyClientCert(HandshakeSignatures);
 
 impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
     fn offer_client_auth(&self) -> bool {
@@ -314,29 +337,19 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+    ) -> SignatureCheck {
+        self.0.tls12(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+    ) -> SignatureCheck {
+        self.0.tls13(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 
@@ -351,7 +364,7 @@ pub fn s2s_server_config(
     let cfg = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+        .with_client_cert_verifier(Arc::new(AnyClientCert(HandshakeSignatures(provider))))
         .with_cert_resolver(resolver(store, Some(addressed)));
     Ok(Arc::new(cfg))
 }
@@ -367,7 +380,7 @@ pub fn s2s_direct_server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfi
     let mut cfg = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+        .with_client_cert_verifier(Arc::new(AnyClientCert(HandshakeSignatures(provider))))
         .with_cert_resolver(resolver(store, None));
     cfg.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
     Ok(Arc::new(cfg))
