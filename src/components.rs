@@ -2,7 +2,9 @@
 //! secrets, and the queue of the one connection currently serving each.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::RwLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -16,6 +18,17 @@ struct Connected {
     /// connection cannot remove the one that serves the domain.
     session_id: u64,
     tx: QueueSender<Outbound>,
+    peer: Option<SocketAddr>,
+    since: Instant,
+}
+
+/// A configured component as `ctl components list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentStatus {
+    pub domain: String,
+    /// The connection serving it, if any: its id, peer address and how
+    /// many seconds ago it authenticated.
+    pub connection: Option<(u64, Option<SocketAddr>, u64)>,
 }
 
 /// Configured component domains and which of them are connected.
@@ -56,22 +69,46 @@ impl ComponentRegistry {
         d
     }
 
-    /// Attaches the connection `session_id` to `domain`. A domain already
-    /// served is refused: the connection that works keeps working, and a
-    /// second instance started by mistake fails loudly instead of taking
-    /// over (and then being taken over back) in a loop.
+    /// Attaches the connection `session_id` (from `peer`) to `domain`. A
+    /// domain already served is refused: the connection that works keeps
+    /// working, and a second instance started by mistake fails loudly
+    /// instead of taking over (and then being taken over back) in a loop.
     pub fn attach(
         &self,
         domain: &str,
         session_id: u64,
+        peer: Option<SocketAddr>,
         tx: QueueSender<Outbound>,
     ) -> Result<(), AlreadyConnected> {
         let mut map = self.write();
         if map.contains_key(domain) {
             return Err(AlreadyConnected);
         }
-        map.insert(domain.to_string(), Connected { session_id, tx });
+        map.insert(
+            domain.to_string(),
+            Connected {
+                session_id,
+                tx,
+                peer,
+                since: Instant::now(),
+            },
+        );
         Ok(())
+    }
+
+    /// Every configured component, sorted by domain, with the connection
+    /// serving it.
+    pub fn status(&self) -> Vec<ComponentStatus> {
+        let map = self.read();
+        self.domains()
+            .into_iter()
+            .map(|d| ComponentStatus {
+                domain: d.to_string(),
+                connection: map
+                    .get(d)
+                    .map(|c| (c.session_id, c.peer, c.since.elapsed().as_secs())),
+            })
+            .collect()
     }
 
     /// Detaches `domain` if it is still served by `session_id`.
@@ -125,13 +162,19 @@ mod tests {
         assert_eq!(reg.send("bot.x", Bytes::new()), Err(DeliveryError::Offline));
         let (tx1, rx1) = crate::queue::queue(4);
         let (tx2, _rx2) = crate::queue::queue(4);
-        reg.attach("bot.x", 1, tx1).unwrap();
-        assert_eq!(reg.attach("bot.x", 2, tx2), Err(AlreadyConnected));
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        reg.attach("bot.x", 1, Some(peer), tx1).unwrap();
+        assert_eq!(reg.attach("bot.x", 2, None, tx2), Err(AlreadyConnected));
         reg.detach("bot.x", 2);
         assert!(reg.is_connected("bot.x"));
+        let status = reg.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].domain, "bot.x");
+        assert_eq!(status[0].connection, Some((1, Some(peer), 0)));
         reg.send("bot.x", Bytes::from_static(b"<m/>")).unwrap();
         assert!(matches!(rx1.try_recv(), Some(Outbound::Stanza(_))));
         reg.detach("bot.x", 1);
         assert_eq!(reg.count(), 0);
+        assert_eq!(reg.status()[0].connection, None);
     }
 }

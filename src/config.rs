@@ -29,6 +29,19 @@ pub struct Config {
     /// Server-to-server federation; off unless `listen` or `listen_tls`
     /// names an address.
     pub s2s: S2sConfig,
+    /// The local administration channel of `waxwing ctl`.
+    pub admin: AdminConfig,
+}
+
+/// The Unix socket `waxwing ctl` asks a running server through (listing
+/// sessions, components, s2s connections, counters).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Path of the socket. None (unset): `waxwing.sock` beside the SQLite
+    /// database, or in `./data`; empty: no admin channel. Resolved by
+    /// `Config::admin_socket`.
+    pub socket: Option<String>,
 }
 
 /// Server-to-server streams (RFC 6120, XEP-0220 dialback, XEP-0368 direct
@@ -49,6 +62,8 @@ pub struct S2sConfig {
     /// Offer and use SASL EXTERNAL (XEP-0178) when certificates allow;
     /// false: dialback only.
     pub sasl_external: bool,
+    /// Offer and use bidirectional s2s streams (XEP-0288).
+    pub bidi: bool,
     /// Secret the dialback keys are derived from (XEP-0185); empty means a
     /// random one per start.
     pub dialback_secret: String,
@@ -73,6 +88,7 @@ impl Default for S2sConfig {
             nameservers: Vec::new(),
             require_encryption: true,
             sasl_external: true,
+            bidi: true,
             dialback_secret: String::new(),
             ca_file: String::new(),
             connect_timeout: 30,
@@ -232,6 +248,7 @@ impl Default for Config {
             component: Vec::new(),
             component_listener: ComponentListener::default(),
             s2s: S2sConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -515,6 +532,42 @@ impl Config {
         })
     }
 
+    /// The admin channel's socket path, or None when disabled: `[admin]
+    /// socket` when set, else `waxwing.sock` in the SQLite database's
+    /// directory (`./data` for PostgreSQL or an in-memory database).
+    pub fn admin_socket(&self) -> Option<PathBuf> {
+        match &self.admin.socket {
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => Some(self.data_dir().join("waxwing.sock")),
+        }
+    }
+
+    /// Is the admin socket the derived default (no `[admin] socket` set)?
+    pub fn admin_socket_is_default(&self) -> bool {
+        self.admin.socket.is_none()
+    }
+
+    /// The directory of the SQLite database file (the URL read as
+    /// `Store::open` reads it), else `./data`.
+    fn data_dir(&self) -> PathBuf {
+        use std::str::FromStr;
+        let url = &self.database.url;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if url.starts_with("sqlite:") && !in_memory {
+            if let Ok(opts) = sqlx::sqlite::SqliteConnectOptions::from_str(url) {
+                if let Some(dir) = opts.get_filename().parent() {
+                    return if dir.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        dir.to_path_buf()
+                    };
+                }
+            }
+        }
+        PathBuf::from("data")
+    }
+
     /// The configured domains, normalised.
     pub fn domains(&self) -> Vec<String> {
         self.host
@@ -589,6 +642,23 @@ fn database_url(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("database url must start with sqlite:// or postgres://".into())
+    }
+}
+
+/// The longest Unix socket path `bind` takes (`sun_path` is 108 bytes on
+/// Linux, with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+fn socket_path(s: &str) -> Result<(), String> {
+    if s.len() > MAX_SOCKET_PATH {
+        Err(format!(
+            "a Unix socket path is at most {MAX_SOCKET_PATH} bytes; this one has {}",
+            s.len()
+        ))
+    } else if s.contains('\0') {
+        Err("a socket path cannot contain NUL".into())
+    } else {
+        Ok(())
     }
 }
 
@@ -747,6 +817,7 @@ const S2S: &[Field] = &[
     f("nameservers", Kind::Addrs),
     f("require_encryption", Kind::Bool),
     f("sasl_external", Kind::Bool),
+    f("bidi", Kind::Bool),
     f("dialback_secret", Kind::Str(any_str)),
     f("ca_file", Kind::Str(any_str)),
     f("connect_timeout", Kind::Int { min: 1, max: 3_600 }),
@@ -766,6 +837,7 @@ const S2S: &[Field] = &[
     ),
     f("hosts", Kind::StrMap(host_port)),
 ];
+const ADMIN: &[Field] = &[f("socket", Kind::Str(socket_path))];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -777,6 +849,7 @@ const SCHEMA: &[Field] = &[
     f("component", Kind::Tables(COMPONENT)),
     f("component_listener", Kind::Table(COMPONENT_LISTENER)),
     f("s2s", Kind::Table(S2S)),
+    f("admin", Kind::Table(ADMIN)),
 ];
 
 struct Validator<'a> {
@@ -913,6 +986,110 @@ mod tests {
         assert!(c.s2s.hosts.is_empty());
         assert!(c.s2s.nameservers.is_empty());
         assert!(c.s2s.listen_tls.is_empty());
+        assert_eq!(c.s2s.bidi, d.s2s.bidi);
+        assert_eq!(c.admin_socket(), d.admin_socket());
+    }
+
+    /// Every key of the schema appears in `waxwing.example.toml` under its
+    /// section, set or commented out, so no option goes undocumented.
+    #[test]
+    fn example_file_documents_every_option() {
+        let src = include_str!("../waxwing.example.toml");
+        // (section, key) for every line that sets a key, commented or not.
+        let mut section = String::new();
+        let mut seen = std::collections::HashSet::new();
+        for line in src.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(name) = line
+                .strip_prefix("[[")
+                .and_then(|l| l.strip_suffix("]]"))
+                .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+            {
+                section = name.to_string();
+                seen.insert((String::new(), section.clone()));
+            } else if let Some((key, _)) = line.split_once('=') {
+                seen.insert((section.clone(), key.trim().trim_matches('"').to_string()));
+            }
+        }
+        fn walk(
+            fields: &[Field],
+            path: &str,
+            seen: &std::collections::HashSet<(String, String)>,
+            missing: &mut Vec<String>,
+        ) {
+            for f in fields {
+                let full = if path.is_empty() {
+                    f.key.to_string()
+                } else {
+                    format!("{path}.{}", f.key)
+                };
+                match &f.kind {
+                    Kind::Table(sub) | Kind::Tables(sub) => {
+                        if !seen.contains(&(String::new(), full.clone())) {
+                            missing.push(format!("[{full}]"));
+                        }
+                        walk(sub, &full, seen, missing)
+                    }
+                    Kind::StrMap(_) => {
+                        if !seen.contains(&(String::new(), full.clone())) {
+                            missing.push(format!("[{full}]"));
+                        }
+                    }
+                    _ => {
+                        if !seen.contains(&(path.to_string(), f.key.to_string())) {
+                            missing.push(full)
+                        }
+                    }
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(SCHEMA, "", &seen, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "not in waxwing.example.toml: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn admin_socket_defaults_beside_the_database() {
+        let mut c = Config::default();
+        assert_eq!(c.admin_socket(), Some(PathBuf::from("data/waxwing.sock")));
+        assert!(c.admin_socket_is_default());
+        c.database.url = "sqlite:///var/lib/waxwing/db.sqlite?mode=rwc".into();
+        assert_eq!(
+            c.admin_socket(),
+            Some(PathBuf::from("/var/lib/waxwing/waxwing.sock"))
+        );
+        c.database.url = "sqlite://w.db".into();
+        assert_eq!(c.admin_socket(), Some(PathBuf::from("./waxwing.sock")));
+        for url in ["postgres://u@h/db", "sqlite::memory:"] {
+            c.database.url = url.into();
+            assert_eq!(c.admin_socket(), Some(PathBuf::from("data/waxwing.sock")));
+        }
+
+        let c = Config::parse("[admin]\nsocket = \"/run/waxwing/ctl.sock\"\n[s2s]\nbidi = false\n")
+            .unwrap();
+        assert_eq!(
+            c.admin_socket(),
+            Some(PathBuf::from("/run/waxwing/ctl.sock"))
+        );
+        assert!(!c.admin_socket_is_default());
+        assert!(!c.s2s.bidi);
+        let c = Config::parse("[admin]\nsocket = \"\"\n").unwrap();
+        assert_eq!(c.admin_socket(), None);
+        assert!(Config::default().s2s.bidi);
+
+        let long = "x".repeat(MAX_SOCKET_PATH + 1);
+        let bad = format!("[admin]\nport = 1\nsocket = \"{long}\"\n[s2s]\nbidi = \"yes\"\n");
+        let problems = Config::parse(&bad).unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![Some(2), Some(3), Some(5)], "{problems:?}");
+        assert!(problems[0].message.contains("unknown key 'admin.port'"));
+        assert!(problems[1].message.contains("at most 107 bytes"));
+        assert!(problems[2]
+            .message
+            .contains("s2s.bidi: expected true or false"));
     }
 
     #[test]

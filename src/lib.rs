@@ -2,6 +2,7 @@
 //! the `waxwing-bench` load tool. See ARCHITECTURE.md for the map.
 
 pub mod accounts;
+pub mod admin;
 pub mod cli;
 pub mod components;
 pub mod config;

@@ -199,6 +199,8 @@ pub struct RunningServer {
     pub s2s_addrs: Vec<SocketAddr>,
     /// Bound direct-TLS server-to-server listener addresses, in config order.
     pub s2s_tls_addrs: Vec<SocketAddr>,
+    /// The admin channel's socket (`waxwing ctl`), when enabled.
+    admin: Option<crate::admin::AdminSocket>,
     tracker: TaskTracker,
 }
 
@@ -216,6 +218,26 @@ impl RunningServer {
     /// Binds every listener and starts accepting.
     pub async fn start(server: Arc<Server>) -> Result<RunningServer, String> {
         let tracker = TaskTracker::new();
+        // First, so a second server on the same configuration stops here,
+        // before it takes any port.
+        let admin = match server.config.admin_socket() {
+            None => None,
+            Some(path) => match crate::admin::AdminSocket::bind(&server, &path, &tracker).await {
+                Ok(a) => Some(a),
+                // The default place may be unusable where no [admin]
+                // socket was chosen (a read-only working directory with
+                // PostgreSQL): serve without the channel rather than not
+                // at all. A configured socket, or another server
+                // answering, stops the start.
+                Err(crate::admin::BindError::Failed(e))
+                    if server.config.admin_socket_is_default() =>
+                {
+                    tracing::warn!("{e}; running without the admin channel (set [admin] socket)");
+                    None
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+        };
         let mut c2s_addrs = Vec::new();
         let mut c2s_tls_addrs = Vec::new();
         for (addrs, direct_tls, out) in [
@@ -273,8 +295,14 @@ impl RunningServer {
             c2s_addrs,
             c2s_tls_addrs,
             component_addrs,
+            admin,
             tracker,
         })
+    }
+
+    /// The admin channel's socket path, when it is listening.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin.as_ref().map(|a| a.path())
     }
 
     /// Closes every stream with `system-shutdown`, waits for connections to
@@ -282,6 +310,9 @@ impl RunningServer {
     pub async fn shutdown(self, grace: Duration) {
         tracing::info!(sessions = self.server.sessions.count(), "shutting down");
         self.server.shutdown.cancel();
+        if let Some(admin) = &self.admin {
+            admin.remove();
+        }
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await

@@ -46,6 +46,21 @@ struct BoundResource {
     /// JIDs this session sent directed available presence to, which get
     /// unavailable when it goes offline (RFC 6121 §4.6).
     directed: Vec<String>,
+    /// When the resource was bound (for `ctl sessions list`).
+    bound_at: std::time::Instant,
+}
+
+/// A bound resource as `ctl sessions list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub jid: FullJid,
+    /// The connection's id (`conn` in the log).
+    pub session_id: u64,
+    /// Has sent available presence (and not unavailable since).
+    pub available: bool,
+    pub priority: i8,
+    /// Seconds since the resource was bound.
+    pub age_secs: u64,
 }
 
 /// What a session left behind when it was unbound.
@@ -85,6 +100,7 @@ impl SessionRegistry {
                 priority: 0,
                 interested: false,
                 directed: Vec::new(),
+                bound_at: std::time::Instant::now(),
             });
             old
         };
@@ -285,6 +301,28 @@ impl SessionRegistry {
             .collect()
     }
 
+    /// Every bound resource with its state, sorted by JID.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = {
+            let map = self.read();
+            map.iter()
+                .flat_map(|(bare, l)| {
+                    l.iter().filter_map(move |r| {
+                        Some(SessionInfo {
+                            jid: bare.with_resource_str(&r.resource).ok()?,
+                            session_id: r.session_id,
+                            available: r.presence.is_some(),
+                            priority: r.priority,
+                            age_secs: r.bound_at.elapsed().as_secs(),
+                        })
+                    })
+                })
+                .collect()
+        };
+        out.sort_by(|a, b| a.jid.as_str().cmp(b.jid.as_str()));
+        out
+    }
+
     /// Number of bound resources.
     pub fn count(&self) -> usize {
         self.read().values().map(Vec::len).sum()
@@ -328,8 +366,12 @@ mod tests {
         assert!(reg.is_bound(&jid));
         reg.send_to_full(&jid, Bytes::from_static(b"<x/>")).unwrap();
         assert!(matches!(rx2.try_recv(), Some(Outbound::Stanza(_))));
+        let list = reg.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].session_id, list[0].available), (2, false));
         reg.unbind(&jid, 2);
         assert_eq!(reg.count(), 0);
+        assert!(reg.list().is_empty());
     }
 
     #[test]

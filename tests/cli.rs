@@ -1,4 +1,5 @@
-//! The `waxwing` binary's commands: check-config, ctl user …, --version.
+//! The `waxwing` binary's commands: check-config, ctl user …, ctl listings
+//! without a server, --version.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -129,4 +130,43 @@ fn ctl_user_lifecycle() {
     assert!(run(&["user", "del", "alice@example.org"]).0);
     let (_, list) = run(&["user", "list", "example.org"]);
     assert_eq!(list.trim(), "bob@example.org");
+}
+
+#[test]
+fn ctl_listing_without_a_running_server_fails_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    for args in [&["stats"][..], &["sessions", "list"], &["s2s", "list"]] {
+        let out = waxwing()
+            .arg("ctl")
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim(),
+            format!(
+                "no running server at {}/waxwing.sock (is it started with this config?)",
+                dir.path().display()
+            ),
+            "{args:?}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // Listings never touch the database.
+    assert!(!dir.path().join("db.sqlite").exists());
+
+    // Disabled channel: said so.
+    let cfg = write_config(dir.path(), "[admin]\nsocket = \"\"\n");
+    let out = waxwing()
+        .args(["ctl", "--config"])
+        .arg(&cfg)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disabled"));
 }

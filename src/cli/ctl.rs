@@ -1,5 +1,7 @@
 //! `waxwing ctl`: administration on the database, with the server stopped
-//! or running (SQLite in WAL mode and PostgreSQL both allow it).
+//! or running (SQLite in WAL mode and PostgreSQL both allow it); and
+//! listings of what a running server holds, asked through its admin socket
+//! (`crate::admin`), which need no database.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -8,6 +10,7 @@ use clap::Subcommand;
 use jid::BareJid;
 
 use crate::accounts;
+use crate::admin::{CallError, Request};
 use crate::config::Config;
 use crate::storage::Store;
 
@@ -18,6 +21,29 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Server-to-server connections of the running server.
+    S2s {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// External components (XEP-0114): configured, connected or not.
+    Components {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Bound client sessions of the running server.
+    Sessions {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Counters of the running server.
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ListCommand {
+    /// One line per item, under a header row.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,6 +76,14 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Listings come from the running server and need no database.
+        let command = match command {
+            CtlCommand::User { command } => command,
+            CtlCommand::S2s { .. } => return ask(&config, Request::S2sList).await,
+            CtlCommand::Components { .. } => return ask(&config, Request::ComponentsList).await,
+            CtlCommand::Sessions { .. } => return ask(&config, Request::SessionsList).await,
+            CtlCommand::Stats => return ask(&config, Request::Stats).await,
+        };
         let store = match Store::open(&config.database.url, 2).await {
             Ok(s) => s,
             Err(e) => {
@@ -57,9 +91,7 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let result = match command {
-            CtlCommand::User { command } => user(&config, &store, command).await,
-        };
+        let result = user(&config, &store, command).await;
         store.close().await;
         match result {
             Ok(msg) => {
@@ -74,6 +106,76 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
             }
         }
     })
+}
+
+/// Asks the running server through its admin socket and prints the answer.
+async fn ask(config: &Config, request: Request) -> ExitCode {
+    let Some(path) = config.admin_socket() else {
+        eprintln!("the admin channel is disabled ([admin] socket = \"\")");
+        return ExitCode::FAILURE;
+    };
+    match crate::admin::request(&path, request.line()).await {
+        Ok(rows) => {
+            print!("{}", render(request, &rows));
+            ExitCode::SUCCESS
+        }
+        Err(CallError::NoServer) => {
+            eprintln!(
+                "no running server at {} (is it started with this config?)",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(CallError::Server(e)) => {
+            eprintln!("error: the server answered: {e}");
+            ExitCode::FAILURE
+        }
+        Err(CallError::Io(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `key: value` lines for stats; otherwise a table, columns aligned, under
+/// a header row.
+fn render(request: Request, rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    if request == Request::Stats {
+        for row in rows {
+            out.push_str(&format!(
+                "{}: {}\n",
+                row.first().map(String::as_str).unwrap_or_default(),
+                row.get(1).map(String::as_str).unwrap_or_default()
+            ));
+        }
+        return out;
+    }
+    let header: Vec<String> = request.columns().iter().map(|c| c.to_string()).collect();
+    let all: Vec<&Vec<String>> = std::iter::once(&header).chain(rows).collect();
+    let columns = all.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            all.iter()
+                .filter_map(|r| r.get(i))
+                .map(|f| f.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in all {
+        let mut line = String::new();
+        for (i, f) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                line.push_str(&format!("{f:<w$}  ", w = widths[i]));
+            } else {
+                line.push_str(f);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 async fn user(config: &Config, store: &Store, command: UserCommand) -> Result<String, String> {
@@ -156,4 +258,38 @@ fn derive(
         return Err("the password is empty".into());
     }
     accounts::derive_record(jid, &password, config.limits.scram_iterations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_aligned_under_a_header() {
+        let rows = vec![
+            vec![
+                "alice@example.org/phone".to_string(),
+                "3".into(),
+                "yes".into(),
+                "0".into(),
+                "12".into(),
+            ],
+            vec![
+                "b@x/r".to_string(),
+                "10".into(),
+                "no".into(),
+                "-".into(),
+                "1".into(),
+            ],
+        ];
+        assert_eq!(
+            render(Request::SessionsList, &rows),
+            "JID                      CONN  AVAILABLE  PRIORITY  AGE(s)\n\
+             alice@example.org/phone  3     yes        0         12\n\
+             b@x/r                    10    no         -         1\n"
+        );
+        let stats = vec![vec!["uptime_seconds".to_string(), "5".into()]];
+        assert_eq!(render(Request::Stats, &stats), "uptime_seconds: 5\n");
+        assert_eq!(render(Request::S2sList, &[]).lines().count(), 1);
+    }
 }

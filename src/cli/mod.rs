@@ -31,7 +31,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Administer the server's data (works whether the server runs or not).
+    /// Administer the server's data (`user …`, whether the server runs or
+    /// not) and list what the running server holds (`s2s list`,
+    /// `components list`, `sessions list`, `stats`, through its admin socket).
     Ctl {
         #[arg(long, short)]
         config: Option<PathBuf>,

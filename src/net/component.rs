@@ -33,6 +33,7 @@ pub async fn run(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, _slot: C
         stream: XmlStream::new(Transport::Plain(tcp), limits, NS_COMPONENT, None, host),
         domain: None,
         id,
+        peer,
     };
     tracing::info!(conn = id, %peer, "component connection opened");
     let end = conn.run().await;
@@ -52,6 +53,7 @@ struct Connection {
     /// The component domain, once the header named a configured one.
     domain: Option<String>,
     id: u64,
+    peer: SocketAddr,
 }
 
 impl Connection {
@@ -125,7 +127,12 @@ impl Connection {
             return Err(self.stream.close_with(cond, None).await);
         }
         let (tx, rx) = crate::queue::queue(self.server.config.limits.session_queue);
-        if self.server.components.attach(&domain, self.id, tx).is_err() {
+        if self
+            .server
+            .components
+            .attach(&domain, self.id, Some(self.peer), tx)
+            .is_err()
+        {
             return Err(self
                 .stream
                 .close_with(

@@ -63,6 +63,12 @@ impl TestServer {
         &self.running.as_ref().unwrap().server
     }
 
+    /// The admin channel's socket (`waxwing ctl`); panics when disabled.
+    pub fn admin_socket(&self) -> std::path::PathBuf {
+        let running = self.running.as_ref().unwrap();
+        running.admin_socket().expect("admin socket").to_path_buf()
+    }
+
     pub fn store(&self) -> &Store {
         &self.server().store
     }
