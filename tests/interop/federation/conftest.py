@@ -7,15 +7,22 @@ server-to-server with certificates from a test CA made here.
     ejabberd.test   127.0.0.12   ejabberd          cert from the test CA
     untrusted.test  127.0.0.13   a second Prosody  cert from an *untrusted* CA (dialback case)
     unreachable.test 127.0.0.14  nothing listens   (bounce case)
+    dialback.test   127.0.0.15   a second Waxwing  cert from the test CA, [s2s] sasl_external = false
+    rogue.test      127.0.0.16   nothing listens   a raw s2s client's domain (test_spoofing.py)
+                    127.0.0.19   DNS (UDP 53) for Prosody, see fed_dns.py
 
 Every server listens on port 5222 (c2s, STARTTLS required) and 5269 (s2s,
 STARTTLS required) of its own address and trusts the test CA only.
 
 Name resolution, without touching DNS (this machine's resolver is unreachable):
-- Prosody resolves with libunbound (lua-unbound). Unbound answers SRV queries
-  under `test.` itself (NXDOMAIN, RFC 6761 local zone), and the config option
-  `unbound = { hoststxt = "<dir>/hosts" }` gives it a hosts file of its own
-  for the A records (the default is hoststxt = false: /etc/hosts is ignored).
+- Prosody resolves with libunbound (lua-unbound) when that is installed, else
+  with its pure-Lua resolver, which asks only the nameservers in
+  /etc/resolv.conf. Each Prosody runs in a mount namespace of its own
+  (`unshare --mount`) with a resolv.conf naming fed_dns.DnsServer on
+  127.0.0.19:53 (A records for the test domains, NXDOMAIN for SRV), which
+  serves both resolvers. With libunbound the config option
+  `unbound = { hoststxt = "<dir>/hosts" }` also gives it the test domains'
+  A records (its default is hoststxt = false: /etc/hosts is ignored).
 - ejabberd asks for SRV records with Erlang's inet_res, configured by the
   `inetrc` in its config dir (ejabberdctl sets ERL_INETRC): no resolv.conf and
   a nameserver on a closed port, so SRV fails at once (econnrefused) and it
@@ -46,6 +53,8 @@ from pathlib import Path
 
 import pytest
 
+from fed_dns import DnsServer
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 WAXWING = ("waxwing.test", "127.0.0.10")
@@ -53,7 +62,10 @@ PROSODY = ("prosody.test", "127.0.0.11")
 EJABBERD = ("ejabberd.test", "127.0.0.12")
 UNTRUSTED = ("untrusted.test", "127.0.0.13")
 UNREACHABLE = ("unreachable.test", "127.0.0.14")
-ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE)
+DIALBACK = ("dialback.test", "127.0.0.15")
+ROGUE = ("rogue.test", "127.0.0.16")
+ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE, DIALBACK, ROGUE)
+DNS_IP = "127.0.0.19"
 C2S_PORT, C2S_TLS_PORT, S2S_PORT = 5222, 5223, 5269
 HOSTS_MARK = "# waxwing-federation-test"
 
@@ -225,6 +237,15 @@ class Peer:
                 raise AssertionError(f"{self.kind} ({self.domain}) never logged {needle!r} within {timeout} s")
             time.sleep(0.1)
 
+    def wait_log_re(self, offset: int, pattern: str, timeout: float = 10.0) -> re.Match:
+        """Waits until regex `pattern` (MULTILINE) matches the log after `offset`; returns the match."""
+        deadline = time.monotonic() + timeout
+        while not (m := re.search(pattern, ANSI_ESCAPE.sub("", self.log_text(offset)), re.M)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.kind} ({self.domain}) never logged /{pattern}/ within {timeout} s")
+            time.sleep(0.1)
+        return m
+
     def log_text(self, offset: int = 0) -> str:
         with open(self.log_path, "rb") as f:
             f.seek(offset)
@@ -242,9 +263,10 @@ def chown_tree(path: Path, user: str) -> None:
 class ProsodyPeer(Peer):
     kind = "prosody"
 
-    def __init__(self, fed, domain, ip, *, cert: Path, key: Path, client_ca: Path, secure_auth: bool):
+    def __init__(self, fed, domain, ip, *, cert: Path, key: Path, client_ca: Path, secure_auth: bool,
+                 bidi: bool = False):
         super().__init__(fed, domain, ip, ca_for_clients=client_ca)
-        self.cert, self.key, self.secure_auth = cert, key, secure_auth
+        self.cert, self.key, self.secure_auth, self.bidi = cert, key, secure_auth, bidi
         self.proc: subprocess.Popen | None = None
         self.config_path = self.dir / "prosody.cfg.lua"
 
@@ -259,6 +281,7 @@ class ProsodyPeer(Peer):
         os.chmod(key, 0o600)
         ssl = (f'{{ certificate = {lua_str(str(cert))}, key = {lua_str(str(key))}, '
                f'cafile = {lua_str(str(d / "certs" / "ca.crt"))} }}')
+        bidi = ', "s2s_bidi"' if self.bidi else ""
         self.config_path.write_text(f"""-- written by tests/interop/federation/conftest.py
 pidfile = {lua_str(str(d / "prosody.pid"))}
 data_path = {lua_str(str(d / "data"))}
@@ -274,7 +297,9 @@ c2s_direct_tls_ports = {{}}
 s2s_ports = {{ {self.s2s_port} }}
 http_ports = {{}}
 https_ports = {{}}
-modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "offline" }}
+-- s2s_bidi (XEP-0288) is not loaded by default in 0.12; untrusted.test loads it (test_bidi.py),
+-- prosody.test does not, so each direction there has a stream of its own (test_auth_methods.py)
+modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "offline"{bidi} }}
 c2s_require_encryption = true
 s2s_require_encryption = true
 -- prosody.test: only peers with a valid certificate (from the test CA);
@@ -312,11 +337,16 @@ VirtualHost "{self.domain}"
 
     def start(self) -> None:
         self.write()
+        cmd = ["setpriv", "--reuid=prosody", "--regid=prosody", "--init-groups",
+               "prosody", "-F", "--config", str(self.config_path)]
+        resolv_conf = self.fed.prosody_resolv_conf()
+        if resolv_conf is not None:
+            # Its own /etc/resolv.conf (see fed_dns.py); unshare execs in place, so the pid stays Prosody's.
+            cmd = ["unshare", "--mount", "--propagation", "private", "--",
+                   "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv_conf), *cmd]
         out = open(self.dir / "stdout.log", "ab")
         self.proc = subprocess.Popen(
-            ["setpriv", "--reuid=prosody", "--regid=prosody", "--init-groups",
-             "prosody", "-F", "--config", str(self.config_path)],
-            cwd=self.dir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            cmd, cwd=self.dir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
         wait_ports(lambda: self.proc.poll() is None, self.host, (self.c2s_port, self.s2s_port),
                    START_TIMEOUT, f"prosody ({self.domain})", self.full_log)
@@ -467,9 +497,12 @@ def waxwing_bin() -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def waxwing_config(dir: Path, *, cert: Path, key: Path, ca: Path) -> str:
-    domain, ip = WAXWING
+def waxwing_config(dir: Path, domain: str, ip: str, *, cert: Path, key: Path, ca: Path,
+                   sasl_external: bool = True) -> str:
     hosts = "\n".join(f"{toml_str(d)} = {toml_str(f'{a}:{S2S_PORT}')}" for d, a in ALL_DOMAINS if d != domain)
+    external = "" if sasl_external else (
+        "# neither offer nor use SASL EXTERNAL (XEP-0178): every stream, both ways, uses dialback (XEP-0220)\n"
+        "sasl_external = false\n")
     return f"""# written by tests/interop/federation/conftest.py
 log_level = "debug"
 
@@ -492,56 +525,51 @@ listen_tls = [{toml_str(f"{ip}:{C2S_TLS_PORT}")}]
 listen = [{toml_str(f"{ip}:{S2S_PORT}")}]
 # the test CA only: untrusted.test's certificate fails, so it must use dialback
 ca_file = {toml_str(str(ca))}
-
+{external}
 # where each peer domain lives (instead of SRV/A lookups)
 [s2s.hosts]
 {hosts}
 """
 
 
-_S2S_SUPPORT: tuple[bool, str] | None = None
+# Waxwing's info lines (tracing-subscriber's fmt format: message, then fields; the target
+# module may change) that say how an s2s stream authenticated:
+#   … INFO waxwing::net::s2s_out: s2s stream authenticated local="a" remote="b" method="external"
+#   … INFO waxwing::net::s2s_in: s2s peer authenticated with SASL EXTERNAL domain="b"
+#   … INFO waxwing::net::s2s_receive: dialback result from="b" to="a" answer="valid"
+AUTH_MESSAGES = ("s2s stream authenticated", "s2s peer authenticated with SASL EXTERNAL", "dialback result",
+                 "s2s bidi route")
+LOG_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
-def waxwing_s2s_support() -> tuple[bool, str]:
-    """(supported, why not): does `waxwing check-config` accept the [s2s] keys?"""
-    global _S2S_SUPPORT
-    if _S2S_SUPPORT is None:
-        bin = waxwing_bin()
-        if not bin.exists():
-            _S2S_SUPPORT = (False, f"{bin} does not exist (cargo build --bins)")
-        else:
-            with tempfile.TemporaryDirectory(prefix="waxwing-s2s-check-") as tmp:
-                t = Path(tmp)
-                for name in ("c.crt", "c.key", "ca.crt"):
-                    (t / name).write_text("")
-                cfg = t / "waxwing.toml"
-                cfg.write_text(waxwing_config(t, cert=t / "c.crt", key=t / "c.key", ca=t / "ca.crt"))
-                r = subprocess.run([str(bin), "check-config", "--config", str(cfg)], capture_output=True,
-                                   text=True, timeout=30, stdin=subprocess.DEVNULL)
-                out = (r.stdout + r.stderr).strip()
-                if r.returncode == 0:
-                    _S2S_SUPPORT = (True, "")
-                elif re.search(r"s2s|unknown field", out, re.I):
-                    _S2S_SUPPORT = (False, f"waxwing check-config rejects the [s2s] config: {out[:300]}")
-                else:
-                    # A complaint unrelated to s2s keys (e.g. the empty cert files): the keys are known.
-                    _S2S_SUPPORT = (True, "")
-    return _S2S_SUPPORT
+def parse_fields(text: str) -> dict[str, str]:
+    """key=value fields of a tracing fmt line (strings are Rust Debug-quoted)."""
+    fields = {}
+    for k, v in LOG_FIELD.findall(text):
+        if v.startswith('"'):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                v = v[1:-1]
+        fields[k] = v
+    return fields
 
 
 class WaxwingPeer(Peer):
     kind = "waxwing"
 
-    def __init__(self, fed, *, cert: Path, key: Path):
-        domain, ip = WAXWING
+    def __init__(self, fed, domain: str, ip: str, *, cert: Path, key: Path, sasl_external: bool = True):
         super().__init__(fed, domain, ip, ca_for_clients=fed.pki.ca)
-        self.cert, self.key = cert, key
+        self.cert, self.key, self.sasl_external = cert, key, sasl_external
         self.bin = waxwing_bin()
         self.config_path = self.dir / "waxwing.toml"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.config_path.write_text(waxwing_config(self.dir, cert=self.cert, key=self.key, ca=self.fed.pki.ca))
+        if not self.bin.exists():
+            raise RuntimeError(f"{self.bin} does not exist: run `cargo build --bins` (or set WAXWING_BIN)")
+        self.config_path.write_text(waxwing_config(self.dir, self.domain, self.host, cert=self.cert, key=self.key,
+                                                   ca=self.fed.pki.ca, sasl_external=self.sasl_external))
         for user, password in self.users.items():
             run_checked([str(self.bin), "ctl", "--config", str(self.config_path), "user", "add",
                          self.jid(user), password], cwd=self.dir)
@@ -550,10 +578,34 @@ class WaxwingPeer(Peer):
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         wait_ports(lambda: self.proc.poll() is None, self.host, (self.c2s_port, self.s2s_port),
-                   START_TIMEOUT, "waxwing", self.full_log)
+                   START_TIMEOUT, f"waxwing ({self.domain})", self.full_log)
 
     def full_log(self) -> str:
         return f"--- {self.log_path} ---\n{self.log_tail()}"
+
+    def auth_events(self, offset: int = 0) -> list[tuple[str, dict[str, str]]]:
+        """(message, fields) of each AUTH_MESSAGES line logged after `offset`, in order."""
+        events = []
+        for line in ANSI_ESCAPE.sub("", self.log_text(offset)).splitlines():
+            for message in AUTH_MESSAGES:
+                at = line.find(f": {message}")
+                if at >= 0 and " INFO " in line[:at]:
+                    events.append((message, parse_fields(line[at + 2 + len(message):])))
+                    break
+        return events
+
+    def wait_auth_event(self, message: str, offset: int = 0, timeout: float = 10.0, **fields: str):
+        """The first AUTH_MESSAGES line `message` with these field values after `offset`; waits for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg, got in self.auth_events(offset):
+                if msg == message and all(got.get(k) == v for k, v in fields.items()):
+                    return got
+            if time.monotonic() > deadline:
+                seen = "\n".join(f"  {m} {f}" for m, f in self.auth_events(offset)) or "  (none)"
+                raise AssertionError(f"waxwing ({self.domain}) never logged {message!r} with {fields} "
+                                     f"within {timeout} s; authentication lines:\n{seen}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -580,6 +632,25 @@ class Federation:
         os.chmod(self.hosts_file, 0o644)
         self.peers: dict[str, Peer] = {}
         self.failed: dict[str, str] = {}
+        self.dns: DnsServer | None = None
+        self._resolv_conf: Path | None | bool = False  # False: not decided yet
+
+    def prosody_resolv_conf(self) -> Path | None:
+        """A resolv.conf naming the test DNS server (started here, once), for Prosody's mount
+        namespace; None when this machine cannot make one (Prosody then needs lua-unbound)."""
+        if self._resolv_conf is False:
+            self._resolv_conf = None
+            probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                                   capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+            if probe.returncode == 0:
+                self.dns = DnsServer(DNS_IP, {domain: ip for domain, ip in ALL_DOMAINS})
+                path = self.dir / "resolv.conf"
+                path.write_text(f"nameserver {DNS_IP}\n")
+                os.chmod(path, 0o644)
+                self._resolv_conf = path
+            else:
+                print(f"unshare --mount: {probe.stderr.strip()}: Prosody resolves without the test DNS server")
+        return self._resolv_conf
 
     def get(self, name: str) -> Peer:
         if name in self.failed:
@@ -601,13 +672,16 @@ class Federation:
         if name == "untrusted":
             cert, key = self.pki.issue(UNTRUSTED[0], untrusted=True)
             return ProsodyPeer(self, *UNTRUSTED, cert=cert, key=key, client_ca=self.pki.untrusted_ca,
-                               secure_auth=False)
+                               secure_auth=False, bidi=True)
         if name == "ejabberd":
             cert, key = self.pki.issue(EJABBERD[0])
             return EjabberdPeer(self, *EJABBERD, cert=cert, key=key)
         if name == "waxwing":
             cert, key = self.pki.issue(WAXWING[0])
-            return WaxwingPeer(self, cert=cert, key=key)
+            return WaxwingPeer(self, *WAXWING, cert=cert, key=key)
+        if name == "waxwing_dialback":
+            cert, key = self.pki.issue(DIALBACK[0])
+            return WaxwingPeer(self, *DIALBACK, cert=cert, key=key, sasl_external=False)
         raise KeyError(name)
 
     def close(self) -> None:
@@ -616,6 +690,8 @@ class Federation:
                 peer.stop()
             except Exception as e:  # keep stopping the others
                 print(f"stopping {peer.kind}: {e}")
+        if self.dns is not None:
+            self.dns.stop()
         if os.environ.get("WAXWING_INTEROP_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
@@ -653,16 +729,24 @@ untrusted_prosody = _peer_fixture("untrusted", "prosody", "prosody")
 ejabberd = _peer_fixture("ejabberd", "ejabberdctl", "ejabberd")
 
 
-@pytest.fixture
-def waxwing_fed(federation, request):
-    supported, why = waxwing_s2s_support()
-    if not supported:
-        pytest.fail(why, pytrace=False)  # the tests are xfail then
-    peer = federation.get("waxwing")
+def _waxwing(federation, request, name: str) -> WaxwingPeer:
+    peer = federation.get(name)
     if peer.proc is not None and peer.proc.poll() is not None:
-        pytest.fail(f"waxwing exited ({peer.proc.returncode})\n{peer.full_log()}", pytrace=False)
+        pytest.fail(f"waxwing ({peer.domain}) exited ({peer.proc.returncode})\n{peer.full_log()}", pytrace=False)
     request.node.stash.setdefault(LOGS_KEY, []).append((peer, size(peer.log_path)))
     return peer
+
+
+@pytest.fixture
+def waxwing_fed(federation, request):
+    """Waxwing as waxwing.test (SASL EXTERNAL when certificates allow, dialback otherwise)."""
+    return _waxwing(federation, request, "waxwing")
+
+
+@pytest.fixture
+def waxwing_dialback(federation, request):
+    """A second Waxwing, dialback.test, with `[s2s] sasl_external = false`: dialback only, both ways."""
+    return _waxwing(federation, request, "waxwing_dialback")
 
 
 @pytest.hookimpl(hookwrapper=True)
