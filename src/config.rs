@@ -75,6 +75,10 @@ pub struct S2sConfig {
     pub idle_timeout: u64,
     /// Stanzas waiting per remote domain while its stream is being made.
     pub max_queue: usize,
+    /// Incoming s2s connections at once, in all and per remote IP (a cap
+    /// of their own: peer servers never take the clients' places).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     /// Remote domain → "host:port" (STARTTLS) or "tls://host:port" (direct
     /// TLS, XEP-0368), used instead of DNS.
     pub hosts: std::collections::BTreeMap<String, String>,
@@ -94,6 +98,8 @@ impl Default for S2sConfig {
             connect_timeout: 30,
             idle_timeout: 600,
             max_queue: 1000,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
             hosts: Default::default(),
         }
     }
@@ -833,6 +839,20 @@ const S2S: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 1_000_000,
+        },
+    ),
+    f(
+        "max_connections",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_connections_per_ip",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
         },
     ),
     f("hosts", Kind::StrMap(host_port)),

@@ -37,7 +37,10 @@ pub struct Server {
     /// Accounts created in-band per remote IP (XEP-0077), counted like
     /// failures so the same window logic caps them.
     pub registrations_by_ip: FailureWindow<IpAddr>,
+    /// Caps on client and component connections.
     pub connections: ConnectionLimits,
+    /// Caps on incoming s2s connections.
+    pub s2s_connections: ConnectionLimits,
     /// Blocklists (XEP-0191) of recently active users, for the router's filter.
     pub blocklists: crate::modules::blocking::BlocklistCache,
     /// Cancelled to ask every connection to close with `system-shutdown`.
@@ -123,6 +126,10 @@ impl Server {
             connections: ConnectionLimits::new(
                 config.c2s.max_connections,
                 config.c2s.max_connections_per_ip,
+            ),
+            s2s_connections: ConnectionLimits::new(
+                config.s2s.max_connections,
+                config.s2s.max_connections_per_ip,
             ),
             components: ComponentRegistry::new(config.components()),
             config,

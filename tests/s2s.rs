@@ -572,3 +572,50 @@ async fn unauthenticated_and_spoofed_from_are_invalid_from_and_bad_keys_invalid(
     .await;
     assert_eq!(c.next_element().await.attr("type"), Some("valid"));
 }
+
+/// Incoming s2s connections have caps of their own: with one s2s and one
+/// client connection allowed per IP, a held s2s connection neither takes
+/// the client's place nor lets a second s2s connection in.
+#[tokio::test]
+async fn s2s_connections_have_caps_of_their_own() {
+    let ts = TestServer::start_with(|c| {
+        c.s2s.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+        c.s2s.max_connections_per_ip = 1;
+        c.c2s.max_connections_per_ip = 1;
+    })
+    .await;
+    ts.add_user("user", "pw").await;
+    let s2s = ts.running.as_ref().unwrap().s2s_addrs[0];
+    let open = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='b.test' to='localhost' version='1.0'>";
+    let mut held = Client::connect(s2s).await;
+    held.send_str(open).await;
+    assert!(matches!(
+        held.next_event().await,
+        Some(StreamEvent::Header(_))
+    ));
+    // The s2s cap is reached: a second server connection is closed at once.
+    let mut refused = Client::connect(s2s).await;
+    refused.expect_closed().await;
+    // The client cap is untouched by it.
+    let mut c = Client::login(ts.plain_addr, "user", "pw", Some("r")).await;
+    let pong = c
+        .iq(
+            "<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "p",
+        )
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+    // Once the first server connection goes, another is let in.
+    drop(held);
+    let mut again = None;
+    for _ in 0..50 {
+        let mut c = Client::connect(s2s).await;
+        c.send_str(open).await;
+        if let Some(StreamEvent::Header(_)) = c.next_event().await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "slot released");
+}

@@ -35,11 +35,18 @@ pub struct ConnectionLimits {
 pub struct ConnectionSlot {
     server: Arc<Server>,
     ip: IpAddr,
+    /// Counted against the s2s caps (else the c2s ones).
+    s2s: bool,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut map = self.server.connections.lock();
+        let limits = if self.s2s {
+            &self.server.s2s_connections
+        } else {
+            &self.server.connections
+        };
+        let mut map = limits.lock();
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -67,9 +74,14 @@ impl ConnectionLimits {
         self.lock().values().sum()
     }
 
-    /// Takes a slot for a connection from `ip`, if the caps allow.
-    fn admit(server: &Arc<Server>, ip: IpAddr) -> Option<ConnectionSlot> {
-        let limits = &server.connections;
+    /// Takes a slot for a connection from `ip`, if the caps allow: the s2s
+    /// caps for a server's connection, else the c2s ones.
+    fn admit(server: &Arc<Server>, ip: IpAddr, s2s: bool) -> Option<ConnectionSlot> {
+        let limits = if s2s {
+            &server.s2s_connections
+        } else {
+            &server.connections
+        };
         let mut map = limits.lock();
         let total: usize = map.values().sum();
         let here = map.entry(ip).or_insert(0);
@@ -83,6 +95,7 @@ impl ConnectionLimits {
         Some(ConnectionSlot {
             server: server.clone(),
             ip,
+            s2s,
         })
     }
 }
@@ -116,8 +129,7 @@ pub async fn component_accept_loop(
 }
 
 /// Accepts incoming server-to-server streams (with `direct_tls`, TLS from
-/// the first byte, XEP-0368) until shutdown. They count against the same
-/// connection caps as clients.
+/// the first byte, XEP-0368) until shutdown, under the `[s2s]` caps.
 pub async fn s2s_accept_loop(
     server: Arc<Server>,
     listener: TcpListener,
@@ -142,7 +154,8 @@ async fn accept(server: Arc<Server>, listener: TcpListener, role: Role, tracker:
                 continue;
             }
         };
-        let Some(slot) = ConnectionLimits::admit(&server, peer.ip()) else {
+        let s2s = matches!(role, Role::S2s { .. });
+        let Some(slot) = ConnectionLimits::admit(&server, peer.ip(), s2s) else {
             tracing::debug!(%peer, "connection refused: connection limit reached");
             continue;
         };
