@@ -191,8 +191,14 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
                 }
                 return;
             }
-            // Without s2s no other domain is reachable; components and
-            // remote servers are not relayed to third domains.
+            // A component's stanzas federate like a user's (the component
+            // keeps its own presence state).
+            Origin::Component { .. } if server.config.s2s.enabled() => {
+                server.s2s.send(server, stanza);
+                return;
+            }
+            // Without s2s no other domain is reachable; remote servers are
+            // not relayed to third domains.
             _ => {}
         }
         bounce(
@@ -490,6 +496,10 @@ pub fn deliver_bounce(server: &Server, reply: &Element) {
     let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
         return;
     };
+    if server.components.is_component(to.domain().as_str()) {
+        let _ = deliver_to_component(server, to.domain().as_str(), reply);
+        return;
+    }
     let data = serialize(reply);
     match to.try_into_full() {
         Ok(full) => {

@@ -88,10 +88,16 @@ impl Server {
         let mut starttls = std::collections::HashMap::new();
         let mut s2s_tls_server = std::collections::HashMap::new();
         for domain in config.domains() {
+            let c = net::tls::server_config(certs.clone(), Some(&domain))?;
+            starttls.insert(domain, c);
+        }
+        // Component domains federate too (their stanzas to and from other
+        // servers go over our s2s streams): each gets the certificate that
+        // names it, else the fallback one.
+        let components = config.components().into_iter().map(|(d, _)| d);
+        for domain in config.domains().into_iter().chain(components) {
             let c = net::tls::s2s_client_config(s2s_roots.clone(), &certs, &domain)?;
             s2s_tls.insert(domain.clone(), c);
-            let c = net::tls::server_config(certs.clone(), Some(&domain))?;
-            starttls.insert(domain.clone(), c);
             let c = net::tls::s2s_server_config(certs.clone(), &domain)?;
             s2s_tls_server.insert(domain, c);
         }
@@ -153,6 +159,12 @@ impl Server {
     /// Is `domain` (normalised) one of ours?
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.contains(domain)
+    }
+
+    /// Is `domain` one this server speaks for to other servers: a host or
+    /// an external component's domain?
+    pub fn is_served_here(&self, domain: &str) -> bool {
+        self.is_local_domain(domain) || self.components.is_component(domain)
     }
 
     /// How long the server has been running.

@@ -53,17 +53,7 @@ async fn open(c: &mut Client, domain: &str) -> String {
 
 /// A component that completed its handshake.
 async fn component(ts: &TestServer) -> Client {
-    let mut c = Client::connect(component_addr(ts)).await;
-    let id = open(&mut c, BOT).await;
-    c.send_str(&format!(
-        "<handshake>{}</handshake>",
-        handshake_digest(&id, SECRET)
-    ))
-    .await;
-    let ok = c.next_element().await;
-    assert!(ok.is("handshake", NS_COMPONENT), "{ok:?}");
-    assert!(ok.text().is_empty());
-    c
+    Client::component(component_addr(ts), BOT, SECRET).await
 }
 
 #[tokio::test]

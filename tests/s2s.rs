@@ -21,6 +21,9 @@ const NOWHERE: &str = "nowhere.test";
 const SILENT: &str = "silent.test";
 /// B's dialback secret, known here so a raw client can pass as b.test.
 const B_SECRET: &str = "b-secret-for-tests";
+/// An external component of a.test's server, reachable from b.test.
+const COMP: &str = "comp.a.test";
+const COMP_SECRET: &str = "comp-secret";
 
 /// A port nothing listens on (bound, then released).
 fn free_port() -> u16 {
@@ -83,6 +86,13 @@ async fn start_one(
             opts.bidi.1
         };
         c.s2s.dialback_secret = secret.into();
+        if domain == A {
+            c.component_listener.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+            c.component.push(waxwing::config::ComponentConfig {
+                domain: COMP.into(),
+                secret: COMP_SECRET.into(),
+            });
+        }
         for (d, p) in hosts {
             c.s2s.hosts.insert(d.into(), format!("127.0.0.1:{p}"));
         }
@@ -129,7 +139,7 @@ async fn pair_opts(a_trusts_b: bool, opts: Opts) -> Pair {
         opts,
     )
     .await;
-    let b = start_one(B, pb, cb, ca, vec![(A, pa)], B_SECRET, opts).await;
+    let b = start_one(B, pb, cb, ca, vec![(A, pa), (COMP, pa)], B_SECRET, opts).await;
     Pair {
         a,
         b,
@@ -479,6 +489,50 @@ async fn bidi_route_ends_with_its_stream_and_a_new_one_opens() {
     let m = wait_for(&mut ua, "second", |e| e.name() == "message").await;
     assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "two");
     assert_eq!(p.b.server().s2s.authenticated(), (1, 0));
+}
+
+/// A component of a.test's server federates: a user of b.test reaches it,
+/// and its answer reaches the user. Its domain is not named by a.test's
+/// certificate, so both streams (b.test → comp.a.test and comp.a.test →
+/// b.test) are authenticated by dialback, verified through a.test's server.
+#[tokio::test]
+async fn component_federates_both_ways() {
+    let p = pair().await;
+    let addr = p.a.running.as_ref().unwrap().component_addrs[0];
+    let mut bot = Client::component(addr, COMP, COMP_SECRET).await;
+    let mut ub = online(&p.b, B).await;
+    ub.send_str("<message to='echo@comp.a.test' type='chat' id='c1'><body>ping</body></message>")
+        .await;
+    let m = wait_for(&mut bot, "message at the component", |e| {
+        e.name() == "message"
+    })
+    .await;
+    assert_eq!(m.attr("from"), Some("user@b.test/r"));
+    assert_eq!(
+        m.get_child("body", "jabber:component:accept")
+            .unwrap()
+            .text(),
+        "ping"
+    );
+    bot.send_str("<message from='echo@comp.a.test' to='user@b.test/r' type='chat' id='c2'><body>pong</body></message>")
+        .await;
+    let m = wait_for(&mut ub, "answer from the component", |e| {
+        e.name() == "message"
+    })
+    .await;
+    assert_eq!(m.attr("from"), Some("echo@comp.a.test"));
+    assert_eq!(m.attr("type"), Some("chat"), "not a bounce: {m:?}");
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "pong");
+    // b.test authenticated to comp.a.test, and comp.a.test to b.test, by dialback.
+    assert_eq!(p.a.server().s2s.authenticated(), (0, 1));
+    let (_, b_dialback) = p.b.server().s2s.authenticated();
+    assert_eq!(b_dialback, 1);
+    // A component's stanza for a domain nobody serves bounces back to it.
+    bot.send_str("<message from='echo@comp.a.test' to='x@nowhere.test' type='chat' id='c3'><body>?</body></message>")
+        .await;
+    let err = wait_for(&mut bot, "bounce", |e| e.name() == "message").await;
+    assert_eq!(err.attr("id"), Some("c3"));
+    assert_eq!(err.attr("type"), Some("error"));
 }
 
 /// A raw s2s client: stream to a.test claiming b.test, STARTTLS, and the

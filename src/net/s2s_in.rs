@@ -174,7 +174,7 @@ impl Connection {
             }
         };
         let server = &self.server;
-        let local = match rules::check_header(&header, |d| server.is_local_domain(d)) {
+        let local = match rules::check_header(&header, |d| server.is_served_here(d)) {
             Ok(d) => d,
             Err(cond) => return Err(self.stream.close_with(cond, None).await),
         };
@@ -231,7 +231,7 @@ impl Connection {
             && el.attr("mechanism") == Some("EXTERNAL")
             && wanted
                 .as_deref()
-                .is_some_and(|d| !self.server.is_local_domain(d) && self.peer_cert_valid_for(d));
+                .is_some_and(|d| !self.server.is_served_here(d) && self.peer_cert_valid_for(d));
         match wanted {
             Some(domain) if ok => {
                 tracing::info!(domain, "s2s peer authenticated with SASL EXTERNAL");

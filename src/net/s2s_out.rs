@@ -95,8 +95,9 @@ impl S2sOut {
         };
         let local = from.domain().to_string();
         let remote = to.domain().to_string();
-        // Only a domain we are authoritative for can be vouched for by dialback.
-        if !server.is_local_domain(&local) || !server.config.s2s.enabled() {
+        // Only a domain we are authoritative for (a host, or a component's)
+        // can be vouched for by dialback.
+        if !server.is_served_here(&local) || !server.config.s2s.enabled() {
             bounce(server, &stanza, StanzaErrorCondition::RemoteServerNotFound);
             return;
         }

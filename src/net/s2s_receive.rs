@@ -75,7 +75,7 @@ impl Receiving {
             return Ok(None);
         }
         let (from, to) =
-            match rules::check_addresses(&el, &self.authenticated, |d| server.is_local_domain(d)) {
+            match rules::check_addresses(&el, &self.authenticated, |d| server.is_served_here(d)) {
                 Ok(a) => a,
                 Err(cond) => return Err(stream.close_with(cond, None).await),
             };
@@ -103,7 +103,7 @@ impl Receiving {
                 .close_with(StreamErrorCondition::ImproperAddressing, None)
                 .await);
         };
-        if !server.is_local_domain(&to) {
+        if !server.is_served_here(&to) {
             stream.write(&rules::dialback_error(
                 "result",
                 &to,
@@ -113,7 +113,7 @@ impl Receiving {
             ));
             return Ok(None);
         }
-        let verdict = if server.is_local_domain(&from) {
+        let verdict = if server.is_served_here(&from) {
             // Nobody else speaks for our own domains.
             Verdict::Invalid
         } else {
@@ -156,7 +156,7 @@ pub fn dialback_verify(server: &Server, stream: &mut XmlStream, el: &Element) {
         .unwrap_or_default();
     let to = el.attr("to").and_then(rules::domain_of).unwrap_or_default();
     let id = el.attr("id").unwrap_or_default();
-    if !server.is_local_domain(&to) {
+    if !server.is_served_here(&to) {
         stream.write(&rules::dialback_error(
             "verify",
             &to,

@@ -451,6 +451,29 @@ impl Client {
     }
 
     /// Sends an IQ get/set and returns the reply with the same id.
+    /// An external component (XEP-0114) connected as `domain` with
+    /// `secret`, its handshake done.
+    pub async fn component(addr: SocketAddr, domain: &str, secret: &str) -> Client {
+        use waxwing::stream::component::{handshake_digest, NS_COMPONENT};
+        let mut c = Client::connect(addr).await;
+        c.send_str(&format!(
+            "<stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+        ))
+        .await;
+        let id = match c.next_event().await {
+            Some(StreamEvent::Header(h)) => h.id.expect("stream id"),
+            other => panic!("expected a header, got {other:?}"),
+        };
+        c.send_str(&format!(
+            "<handshake>{}</handshake>",
+            handshake_digest(&id, secret)
+        ))
+        .await;
+        let ok = c.next_element().await;
+        assert!(ok.is("handshake", NS_COMPONENT), "{ok:?}");
+        c
+    }
+
     pub async fn iq(&mut self, xml: &str, id: &str) -> Element {
         self.send_str(xml).await;
         loop {
