@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::sasl::{ChannelBindingData, ChannelBindingType};
 
 /// A certificate chain with its key, plus the tls-server-end-point hash of its leaf.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct LoadedCert {
     key: Arc<CertifiedKey>,
     end_point_hash: Vec<u8>,
@@ -81,6 +81,19 @@ impl CertStore {
         for h in &config.host {
             if let (Some(c), Some(k)) = (&h.cert, &h.key) {
                 by_domain.insert(h.domain.to_ascii_lowercase(), load(c, k)?);
+            }
+        }
+        // A component's domain has no certificate setting of its own: it
+        // uses a host's (or the fallback) certificate that names it, e.g.
+        // by a wildcard, so peers can authenticate it by certificate too.
+        for (domain, _) in config.components() {
+            let named = by_domain
+                .values()
+                .chain([&fallback])
+                .find(|c| cert_names(c, &domain))
+                .cloned();
+            if let Some(cert) = named {
+                by_domain.insert(domain, cert);
             }
         }
         Ok(CertStore {
@@ -415,6 +428,18 @@ pub fn peer_cert_valid_for(
         && rustls::client::verify_server_name(&parsed, &name).is_ok()
 }
 
+/// Does the leaf of `cert` name `domain` (a SAN, wildcards included)?
+fn cert_names(cert: &LoadedCert, domain: &str) -> bool {
+    let (Some(leaf), Ok(name)) = (
+        cert.key.cert.first(),
+        rustls_pki_types::ServerName::try_from(domain),
+    ) else {
+        return false;
+    };
+    rustls::server::ParsedCertificate::try_from(leaf)
+        .is_ok_and(|parsed| rustls::client::verify_server_name(&parsed, &name).is_ok())
+}
+
 fn load(cert: &Path, key: &Path) -> Result<LoadedCert, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("{}: {e}", cert.display()))?
@@ -548,6 +573,37 @@ mod tests {
     /// Outgoing s2s TLS presents the sending domain's `[[host]] cert` as
     /// the client certificate (XEP-0178), other domains the fallback; and
     /// STARTTLS without SNI gets the addressed domain's certificate.
+    #[test]
+    fn component_domains_use_a_certificate_that_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["a.example".to_string(), "*.a.example".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).unwrap();
+        let (c, k) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+        std::fs::write(&c, ck.cert.pem()).unwrap();
+        std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
+        let mut config = Config::default();
+        config.tls.dev_cert_dir = dir.path().join("dev");
+        config.host = vec![crate::config::HostConfig {
+            domain: "a.example".into(),
+            cert: Some(c),
+            key: Some(k),
+            allow_registration: false,
+        }];
+        for domain in ["echo.a.example", "other.example"] {
+            config.component.push(crate::config::ComponentConfig {
+                domain: domain.into(),
+                secret: "s".into(),
+            });
+        }
+        let store = CertStore::from_config(&config).unwrap();
+        let host_der = ck.cert.der().to_vec();
+        let picked = |d: &str| store.pick(None, Some(d)).key.cert[0].to_vec();
+        // *.a.example names echo.a.example: the host's certificate.
+        assert_eq!(picked("echo.a.example"), host_der);
+        // Nothing names other.example: the fallback.
+        assert_eq!(picked("other.example"), store.fallback.key.cert[0].to_vec());
+    }
+
     #[test]
     fn host_certificates_for_s2s_client_auth_and_sni_less_starttls() {
         let dir = tempfile::tempdir().unwrap();

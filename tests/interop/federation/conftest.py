@@ -64,7 +64,12 @@ UNTRUSTED = ("untrusted.test", "127.0.0.13")
 UNREACHABLE = ("unreachable.test", "127.0.0.14")
 DIALBACK = ("dialback.test", "127.0.0.15")
 ROGUE = ("rogue.test", "127.0.0.16")
-ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE, DIALBACK, ROGUE)
+# An external component of waxwing.test's server (test_component_federation.py); its
+# domain is covered by waxwing.test's certificate (*.waxwing.test).
+ECHO_COMPONENT = ("echo.waxwing.test", WAXWING[1])
+ECHO_SECRET = "echo-component-secret"
+COMPONENT_PORT = 5347
+ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE, DIALBACK, ROGUE, ECHO_COMPONENT)
 DNS_IP = "127.0.0.19"
 C2S_PORT, C2S_TLS_PORT, S2S_PORT = 5222, 5223, 5269
 HOSTS_MARK = "# waxwing-federation-test"
@@ -499,7 +504,16 @@ def waxwing_bin() -> Path:
 
 def waxwing_config(dir: Path, domain: str, ip: str, *, cert: Path, key: Path, ca: Path,
                    sasl_external: bool = True) -> str:
-    hosts = "\n".join(f"{toml_str(d)} = {toml_str(f'{a}:{S2S_PORT}')}" for d, a in ALL_DOMAINS if d != domain)
+    hosts = "\n".join(f"{toml_str(d)} = {toml_str(f'{a}:{S2S_PORT}')}" for d, a in ALL_DOMAINS
+                      if d != domain and a != ip)
+    component = "" if domain != WAXWING[0] else f"""
+[component_listener]
+listen = [{toml_str(f"{ip}:{COMPONENT_PORT}")}]
+
+[[component]]
+domain = {toml_str(ECHO_COMPONENT[0])}
+secret = {toml_str(ECHO_SECRET)}
+"""
     external = "" if sasl_external else (
         "# neither offer nor use SASL EXTERNAL (XEP-0178): every stream, both ways, uses dialback (XEP-0220)\n"
         "sasl_external = false\n")
@@ -529,7 +543,7 @@ ca_file = {toml_str(str(ca))}
 # where each peer domain lives (instead of SRV/A lookups)
 [s2s.hosts]
 {hosts}
-"""
+{component}"""
 
 
 # Waxwing's info lines (tracing-subscriber's fmt format: message, then fields; the target
