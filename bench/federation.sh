@@ -6,6 +6,8 @@
 # Each has [s2s.hosts] pointing at the other. Certificates come from a throw-away test CA
 # that both servers trust through [s2s] ca_file, so streams authenticate with SASL
 # EXTERNAL; FED_AUTH=dialback leaves ca_file empty, so they fall back to dialback.
+# FED_BIDI=false turns XEP-0288 off (one stream per direction, as before it existed);
+# FED_BIDI= (empty) leaves the option out, for binaries older than it.
 # Everything lives in $FED_DIR (default: a fresh temp dir); servers run as the `waxwing` user.
 #
 #  chat:  waxwing-bench with --peer-host: even sessions on A, odd on B, so every chat pair
@@ -14,7 +16,8 @@
 #  prosody: the same chat between Waxwing (wx.test, 127.0.0.24) and Prosody (pr.test,
 #         127.0.0.23; Debian package, s2s_secure_auth with the test CA, libunbound with a
 #         hosts file of its own: SRV under .test is NXDOMAIN locally, so no DNS is needed).
-#         Not part of `all`. FED_PROSODY_RATES (sat,2000).
+#         Not part of `all`. FED_PROSODY_RATES (sat,2000); FED_PROSODY_BIDI=1 loads Prosody's
+#         mod_s2s_bidi, so one bidirectional stream carries both directions.
 #  first: FED_REPEAT (10) times: restart both servers (no s2s stream), log in bench0@a.bench
 #         and bench1@b.bench, time one message A → B (waxwing-bench first).
 set -euo pipefail
@@ -25,11 +28,13 @@ BIN=${WAXWING_BIN:-$ROOT/target/release/waxwing}
 BENCH=${WAXWING_BENCH_BIN:-$ROOT/target/release/waxwing-bench}
 : "${FED_DIR:=$(mktemp -d /tmp/waxwing-fed.XXXXXX)}"
 : "${FED_SESSIONS:=1000}" "${FED_PAIRS:=200}" "${FED_RATES:=sat,2000,10000}" "${FED_DURATION:=10}"
-: "${FED_REPEAT:=10}" "${FED_AUTH:=external}"
+: "${FED_REPEAT:=10}" "${FED_AUTH:=external}" "${FED_BIDI=true}"
 ACCOUNTS=$((FED_SESSIONS / 2))   # session i is bench{i % ACCOUNTS}; even i on A, odd on B
 IP_A=127.0.0.21 IP_B=127.0.0.22 DOM_A=a.bench DOM_B=b.bench
 PW=$BENCH_PASSWORD
 mkdir -p "$FED_DIR/ca"
+# mktemp makes it 0700: the servers run as their own users and must reach their dirs in it.
+chmod 755 "$FED_DIR"
 id waxwing >/dev/null 2>&1 || useradd --system --home-dir "$FED_DIR" --shell /usr/sbin/nologin waxwing
 
 make_ca() {
@@ -81,6 +86,7 @@ require_encryption = true
 sasl_external = true
 ca_file = "$ca"
 max_queue = 100000
+$( [ -n "$FED_BIDI" ] && echo "bidi = $FED_BIDI" || true )
 [s2s.hosts]
 "$odom" = "$oip:5269"
 [limits]
@@ -125,12 +131,15 @@ make_ca
 t0=$SECONDS
 setup a "$IP_A" "$DOM_A" "$IP_B" "$DOM_B" 0
 setup b "$IP_B" "$DOM_B" "$IP_A" "$DOM_A" 1
-echo "config and accounts in $FED_DIR ($((SECONDS - t0)) s); s2s auth: $FED_AUTH; waxwing $(git -C "$ROOT" log -1 --format=%h 2>/dev/null)"
+echo "config and accounts in $FED_DIR ($((SECONDS - t0)) s); s2s auth: $FED_AUTH; bidi: $FED_BIDI; waxwing $(git -C "$ROOT" log -1 --format=%h 2>/dev/null)"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 MODE=${1:-all}
 
 prosody_setup() {
   local d=$FED_DIR/p dom=pr.test
+  # FED_PROSODY_BIDI=1 loads mod_s2s_bidi (XEP-0288; not loaded by default in 0.12).
+  local PROSODY_BIDI=""
+  [ "${FED_PROSODY_BIDI:-0}" = 1 ] && PROSODY_BIDI=', "s2s_bidi"'
   need_pkg prosody lua-unbound
   mkdir -p "$d/data" "$d/certs"
   [ -s "$d/certs/$dom.crt" ] || leaf "$d/certs" "$dom"
@@ -153,7 +162,7 @@ c2s_direct_tls_ports = {}
 s2s_ports = { 5269 }
 http_ports = {}
 https_ports = {}
-modules_enabled = { "roster", "saslauth", "tls", "dialback", "disco", "ping" }
+modules_enabled = { "roster", "saslauth", "tls", "dialback", "disco", "ping"$PROSODY_BIDI }
 modules_disabled = { "offline" }
 c2s_require_encryption = true
 s2s_require_encryption = true
@@ -239,6 +248,6 @@ if [ "$MODE" = chat ] || [ "$MODE" = all ]; then
   "$BENCH" --host "$IP_A" --domain "$DOM_A" --peer-host "$IP_B" --peer-domain "$DOM_B" \
     --server-pid "$(cat "$FED_DIR/a/pid")" --peer-server-pid "$(cat "$FED_DIR/b/pid")" \
     --password "$PW" --accounts "$ACCOUNTS" --sessions "$FED_SESSIONS" --pairs "$FED_PAIRS" \
-    --rates "$FED_RATES" --duration "$FED_DURATION" --idle 2 --window 4 --label "waxwing-federation-$FED_AUTH" \
+    --rates "$FED_RATES" --duration "$FED_DURATION" --idle 2 --window 4 --label "waxwing-federation-$FED_AUTH-bidi-$FED_BIDI" \
     | tee "$FED_DIR/chat.txt"
 fi

@@ -19,8 +19,6 @@ use tokio::net::UnixStream;
 use waxwing::admin::CallError;
 use waxwing::config::{ComponentConfig, Config, HostConfig};
 use waxwing::server::{RunningServer, Server};
-use waxwing::stream::component::{handshake_digest, NS_COMPONENT};
-use waxwing::xml::StreamEvent;
 
 const BOT: &str = "bot.localhost";
 const IDLE_BOT: &str = "idle.localhost";
@@ -77,23 +75,7 @@ async fn raw(path: &Path, bytes: &[u8]) -> String {
 
 /// A component connection that completed its handshake.
 async fn component(addr: SocketAddr, domain: &str) -> Client {
-    let mut c = Client::connect(addr).await;
-    c.send_str(&format!(
-        "<stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
-    ))
-    .await;
-    let id = match c.next_event().await {
-        Some(StreamEvent::Header(h)) => h.id.expect("stream id"),
-        other => panic!("expected a header, got {other:?}"),
-    };
-    c.send_str(&format!(
-        "<handshake>{}</handshake>",
-        handshake_digest(&id, SECRET)
-    ))
-    .await;
-    let ok = c.next_element().await;
-    assert!(ok.is("handshake", NS_COMPONENT), "{ok:?}");
-    c
+    Client::component(addr, domain, SECRET).await
 }
 
 #[tokio::test]

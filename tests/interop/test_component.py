@@ -5,6 +5,7 @@ messages an address at the bot's domain, and the echo comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import slixmpp
 
@@ -26,24 +27,32 @@ class EchoBot(slixmpp.ComponentXMPP):
             reply.send()
 
 
+@contextlib.asynccontextmanager
+async def echo_bot(config, host: str, port: int):
+    """An EchoBot for `config` (component_domain, component_secret), connected and
+    ready; disconnected on exit."""
+    bot = EchoBot(config)
+    bot.connect(host, port)
+    try:
+        await asyncio.wait_for(bot.ready, STEP_TIMEOUT)
+        yield bot
+    finally:
+        fut = bot.disconnect(wait=2.0)
+        if fut is not None:
+            try:
+                await asyncio.wait_for(fut, 5)
+            except Exception:
+                bot.abort()
+
+
 def test_echo_bot_round_trip(server):
     async def scenario():
-        bot = EchoBot(server)
-        bot.connect(server.host, server.component_port)
-        try:
-            await asyncio.wait_for(bot.ready, STEP_TIMEOUT)
+        async with echo_bot(server, server.host, server.component_port):
             async with connect(server, "alice") as alice:
                 alice.send_message(mto=f"echo@{server.component_domain}", mbody="hello bot", mtype="chat")
                 reply = await alice.next_message()
                 assert reply["from"].bare == f"echo@{server.component_domain}", str(reply)
                 assert reply["body"] == "echo: hello bot", str(reply)
                 assert reply["type"] == "chat", str(reply)
-        finally:
-            fut = bot.disconnect(wait=2.0)
-            if fut is not None:
-                try:
-                    await asyncio.wait_for(fut, 5)
-                except Exception:
-                    bot.abort()
 
     run(scenario())

@@ -7,7 +7,6 @@ directions can be authenticated by SASL EXTERNAL."""
 
 from __future__ import annotations
 
-import asyncio
 import types
 import uuid
 
@@ -15,8 +14,8 @@ import pytest
 
 from conftest import COMPONENT_PORT, ECHO_COMPONENT, ECHO_SECRET
 from fed_helpers import expect_message, login
-from interop_client import STEP_TIMEOUT, run
-from test_component import EchoBot
+from interop_client import run
+from test_component import echo_bot
 
 
 @pytest.fixture(params=["prosody", "ejabberd"])
@@ -28,22 +27,13 @@ def test_remote_user_talks_to_a_component(waxwing_fed, peer):
     domain = ECHO_COMPONENT[0]
 
     async def scenario():
-        bot = EchoBot(types.SimpleNamespace(component_domain=domain, component_secret=ECHO_SECRET))
-        bot.connect(waxwing_fed.host, COMPONENT_PORT)
-        try:
-            await asyncio.wait_for(bot.ready, STEP_TIMEOUT)
+        config = types.SimpleNamespace(component_domain=domain, component_secret=ECHO_SECRET)
+        async with echo_bot(config, waxwing_fed.host, COMPONENT_PORT):
             async with login(peer, "alice") as user:
                 body = f"hello component {uuid.uuid4().hex[:8]}"
                 user.send_message(mto=f"echo@{domain}", mbody=body, mtype="chat")
                 reply = await expect_message(user, f"echo: {body}", f"echo@{domain}")
                 assert reply["type"] == "chat", str(reply)
-        finally:
-            fut = bot.disconnect(wait=2.0)
-            if fut is not None:
-                try:
-                    await asyncio.wait_for(fut, 5)
-                except Exception:
-                    bot.abort()
 
     run(scenario())
     # The component's answer left Waxwing on a stream sent from its own domain.
