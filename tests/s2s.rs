@@ -673,3 +673,36 @@ async fn s2s_connections_have_caps_of_their_own() {
     }
     assert!(again.is_some(), "slot released");
 }
+
+/// Offline delivery works across servers as locally: a message from a.test
+/// for b.test's user, who is offline, is stored by b.test and handed over,
+/// with a delay stamp, when the user comes online.
+#[tokio::test]
+async fn message_to_an_offline_remote_user_waits_for_them() {
+    let p = pair().await;
+    let mut ua = online(&p.a, A).await;
+    ua.send_str(
+        "<message to='user@b.test' type='chat' id='off1'><body>while you were out</body></message>",
+    )
+    .await;
+    // Stored at b.test before its user logs in (nothing bounces to a.test).
+    let stored = async {
+        loop {
+            if p.b.store().offline_count(B, "user").await.unwrap() == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(TIMEOUT, stored)
+        .await
+        .expect("stored offline at b.test");
+    let mut ub = online(&p.b, B).await;
+    let m = wait_for(&mut ub, "offline message", |e| e.name() == "message").await;
+    assert_eq!(m.attr("from"), Some("user@a.test/r"));
+    assert_eq!(
+        m.get_child("body", NS_CLIENT).unwrap().text(),
+        "while you were out"
+    );
+    assert!(m.get_child("delay", "urn:xmpp:delay").is_some(), "{m:?}");
+}

@@ -74,7 +74,7 @@ DNS_IP = "127.0.0.19"
 C2S_PORT, C2S_TLS_PORT, S2S_PORT = 5222, 5223, 5269
 HOSTS_MARK = "# waxwing-federation-test"
 
-USERS = {"alice": "alice-fed-pass", "bob": "bob-fed-pass"}
+USERS = {"alice": "alice-fed-pass", "bob": "bob-fed-pass", "carol": "carol-fed-pass"}
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 LOG_TAIL_LINES = 200
