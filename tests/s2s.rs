@@ -706,3 +706,49 @@ async fn message_to_an_offline_remote_user_waits_for_them() {
     );
     assert!(m.get_child("delay", "urn:xmpp:delay").is_some(), "{m:?}");
 }
+
+/// XEP-0220 §2.2.1: while one `db:result` is being verified (here with a
+/// server that never answers), the stream goes on carrying the stanzas of
+/// the pairs already verified; the slow one ends in a dialback error.
+#[tokio::test]
+async fn stanzas_flow_while_a_dialback_verification_is_pending() {
+    let p = pair().await;
+    let a_s2s = p.a.running.as_ref().unwrap().s2s_addrs[0];
+    let mut ua = online(&p.a, A).await;
+    let (mut c, id) = raw_s2s(a_s2s).await;
+    let key = dialback_key(B_SECRET, A, B, &id);
+    c.send_str(&format!(
+        "<db:result from='b.test' to='a.test'>{key}</db:result>"
+    ))
+    .await;
+    assert_eq!(c.next_element().await.attr("type"), Some("valid"));
+    // silent.test's server accepts the connection and says nothing: its
+    // verification runs until connect_timeout (2 s).
+    let asked = std::time::Instant::now();
+    c.send_str("<db:result from='silent.test' to='a.test'>00</db:result>")
+        .await;
+    c.send_str("<message from='user@b.test/r' to='user@a.test/r' type='chat'><body>meanwhile</body></message>")
+        .await;
+    let m = wait_for(&mut ua, "message during verification", |e| {
+        e.name() == "message"
+    })
+    .await;
+    assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "meanwhile");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_millis(1500),
+        "the message waited for the verification: {:?}",
+        asked.elapsed()
+    );
+    let answer = c.next_element().await;
+    assert!(answer.is("result", "jabber:server:dialback"), "{answer:?}");
+    assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
+    assert_eq!(answer.attr("from"), Some(A));
+    assert_eq!(answer.attr("to"), Some(SILENT));
+    let error = answer.get_child("error", "jabber:server").unwrap();
+    assert!(error
+        .get_child(
+            "remote-server-timeout",
+            "urn:ietf:params:xml:ns:xmpp-stanzas"
+        )
+        .is_some());
+}

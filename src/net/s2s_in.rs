@@ -17,11 +17,11 @@ use tokio::net::TcpStream;
 
 use super::s2s_links::{AuthMethod, Direction};
 use super::s2s_out::{requeue, ToPeer, DB_PREFIX};
-use super::s2s_receive::Receiving;
+use super::s2s_receive::{BidiRoutes, Receiving};
 use super::transport::Transport;
 use super::xmlstream::{random_id, End, IdleRule, XmlStream};
 use super::ConnectionSlot;
-use crate::queue::{queue, QueueReceiver, QueueSender};
+use crate::queue::{queue, QueueReceiver};
 use crate::server::Server;
 use crate::stanza::StreamErrorCondition;
 use crate::stream::s2s::{self as rules, NS_BIDI, NS_SASL, NS_TLS};
@@ -48,13 +48,15 @@ pub async fn run(
         stream: XmlStream::new(Transport::Plain(tcp), limits, NS_SERVER, Some("1.0"), host)
             .with_prefixes(DB_PREFIX)
             .with_idle_rule(IdleRule::Unused),
-        receiving: Receiving::new(String::new(), link),
+        receiving: Receiving::new(
+            String::new(),
+            link,
+            to_peer.clone(),
+            Some(BidiRoutes::new(to_peer)),
+        ),
         peer: None,
         sasl_done: false,
-        bidi: false,
-        to_peer,
         queued,
-        routes: Vec::new(),
     };
     tracing::info!(conn = id, %peer, direct_tls, "s2s connection opened");
     let end = if direct_tls {
@@ -79,17 +81,11 @@ pub async fn run(
         conn.run().await
     };
     conn.stream.shutdown().await;
-    for (pair, route) in &conn.routes {
-        server.s2s.forget(pair, *route);
+    if let Some(routes) = conn.receiving.routes() {
+        routes.forget_all(&server);
     }
     requeue(&server, conn.queued.close_and_drain());
-    let mut domains: Vec<&str> = conn
-        .receiving
-        .authenticated
-        .iter()
-        .map(String::as_str)
-        .collect();
-    domains.sort_unstable();
+    let domains = conn.receiving.authenticated();
     tracing::info!(
         conn = id,
         %peer,
@@ -110,14 +106,9 @@ struct Connection {
     peer: Option<String>,
     /// SASL EXTERNAL succeeded (it is not offered again).
     sasl_done: bool,
-    /// The peer asked for a bidirectional stream (XEP-0288): once it is
-    /// authenticated, our stanzas for it may go out on this stream.
-    bidi: bool,
-    /// The queue of our stanzas for the peer (used only when bidi).
-    to_peer: QueueSender<ToPeer>,
+    /// What is queued for the peer: dialback answers that became ready,
+    /// and our stanzas once the stream is bidirectional (XEP-0288).
     queued: QueueReceiver<ToPeer>,
-    /// Domain pairs routed over this stream, with their route ids.
-    routes: Vec<((String, String), u64)>,
 }
 
 /// What handling one element leads to.
@@ -180,7 +171,7 @@ impl Connection {
         };
         self.stream.local_domain = local.clone();
         let tls = self.stream.transport.is_tls();
-        self.receiving.link.update(|l| {
+        self.receiving.link().update(|l| {
             l.local = local.clone();
             l.tls = tls;
         });
@@ -205,7 +196,7 @@ impl Connection {
                 is_tls: self.stream.transport.is_tls(),
                 require_encryption: cfg.require_encryption,
                 external,
-                bidi: cfg.bidi && !self.bidi,
+                bidi: cfg.bidi && !self.receiving.routes().is_some_and(|r| r.enabled()),
             }));
         }
         self.stream.flush().await
@@ -236,8 +227,10 @@ impl Connection {
             Some(domain) if ok => {
                 tracing::info!(domain, "s2s peer authenticated with SASL EXTERNAL");
                 // XEP-0288 §2: with SASL we may send from the stream's `to`.
-                self.route_back(self.stream.local_domain.clone(), domain.clone());
-                self.receiving.authenticate(domain, AuthMethod::External);
+                let local = self.stream.local_domain.clone();
+                let server = self.server.clone();
+                self.receiving
+                    .authenticate(&server, &local, domain, AuthMethod::External);
                 self.sasl_done = true;
                 self.stream.write(&Element::new("success", NS_SASL));
                 self.stream.flush().await?;
@@ -293,42 +286,17 @@ impl Connection {
             return self.sasl_external(&el).await;
         }
         if el.is("bidi", NS_BIDI) {
-            if self.server.config.s2s.bidi && !self.bidi {
-                self.bidi = true;
-                self.receiving.link.update(|l| l.bidi = true);
-                // Asked for late (XEP-0288 says before authenticating):
-                // the domains already authenticated get their routes now.
-                let local = self.stream.local_domain.clone();
-                let mut done: Vec<String> = self.receiving.authenticated.iter().cloned().collect();
-                done.sort_unstable();
-                for remote in done {
-                    self.route_back(local.clone(), remote);
-                }
+            if self.server.config.s2s.bidi {
+                let server = self.server.clone();
+                self.receiving
+                    .enable_bidi(&server, &self.stream.local_domain);
             }
             return Ok(Next::Continue);
         }
         let server = self.server.clone();
-        if let Some((local, remote)) = self
-            .receiving
+        self.receiving
             .element(&server, &mut self.stream, el)
-            .await?
-        {
-            // Dialback: we may send for the inverse of the pair.
-            self.route_back(local, remote);
-        }
+            .await?;
         Ok(Next::Continue)
-    }
-
-    /// On a bidirectional stream, lets our stanzas from `local` to `remote`
-    /// go out on it (unless another stream carries that pair already).
-    fn route_back(&mut self, local: String, remote: String) {
-        if !self.bidi {
-            return;
-        }
-        let pair = (local, remote);
-        if let Some(route) = self.server.s2s.attach(pair.clone(), &self.to_peer) {
-            tracing::info!(local = pair.0, remote = pair.1, "s2s bidi route");
-            self.routes.push((pair, route));
-        }
     }
 }

@@ -35,16 +35,24 @@ pub const DB_PREFIX: &[(&str, &str)] = &[("db", NS_DIALBACK)];
 /// is authenticated by dialback for exactly one sending domain.
 type Pair = (String, String);
 
-/// A stanza (in `jabber:client`, as the router has it) queued for a peer
-/// server; it takes `jabber:server` as it is written.
+/// What waits in an s2s stream's queue: a stanza (in `jabber:client`, as
+/// the router has it; it takes `jabber:server` as it is written), or a
+/// dialback answer that became ready after a verification.
 #[derive(Debug)]
-pub struct ToPeer(pub Element);
+pub enum ToPeer {
+    Stanza(Element),
+    Dialback(Element),
+}
 
 impl Queued for ToPeer {
     fn write_to(self, out: &mut Vec<u8>) -> Option<StreamErrorCondition> {
-        let mut el = self.0;
-        el.move_namespace(NS_CLIENT, NS_SERVER);
-        el.write_to(out, NS_SERVER);
+        match self {
+            ToPeer::Stanza(mut el) => {
+                el.move_namespace(NS_CLIENT, NS_SERVER);
+                el.write_to(out, NS_SERVER);
+            }
+            ToPeer::Dialback(el) => el.write_prefixed_to(out, NS_SERVER, "db"),
+        }
         None
     }
 }
@@ -103,13 +111,15 @@ impl S2sOut {
         }
         let key = (local, remote);
         let mut map = self.lock();
-        let mut stanza = ToPeer(stanza);
+        let mut stanza = ToPeer::Stanza(stanza);
         if let Some((_, tx)) = map.get(&key) {
             match tx.try_send_back(stanza) {
                 Ok(()) => return,
                 Err((QueueError::Full, s)) => {
                     drop(map);
-                    bounce(server, &s.0, StanzaErrorCondition::ResourceConstraint);
+                    if let ToPeer::Stanza(s) = s {
+                        bounce(server, &s, StanzaErrorCondition::ResourceConstraint);
+                    }
                     return;
                 }
                 Err((QueueError::Closed, s)) => {
@@ -124,9 +134,9 @@ impl S2sOut {
         let (tx, rx) = queue(server.config.s2s.max_queue);
         let _ = tx.try_send(stanza);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        map.insert(key.clone(), (id, tx));
+        map.insert(key.clone(), (id, tx.clone()));
         drop(map);
-        tokio::spawn(run(me, key, id, rx));
+        tokio::spawn(run(me, key, id, tx, rx));
     }
 
     /// Lets an incoming bidirectional stream (XEP-0288) carry our stanzas
@@ -165,7 +175,13 @@ enum Failure {
 }
 
 /// One outgoing stream from its making to its end.
-async fn run(server: Arc<Server>, key: Pair, id: u64, rx: QueueReceiver<ToPeer>) {
+async fn run(
+    server: Arc<Server>,
+    key: Pair,
+    id: u64,
+    tx: QueueSender<ToPeer>,
+    rx: QueueReceiver<ToPeer>,
+) {
     let (local, remote) = (&key.0, &key.1);
     let cfg = &server.config.s2s;
     let made = tokio::time::timeout(
@@ -213,12 +229,12 @@ async fn run(server: Arc<Server>, key: Pair, id: u64, rx: QueueReceiver<ToPeer>)
         l.tls = stream.transport.is_tls();
         l.bidi = made.bidi;
     });
-    let mut receiving = Receiving::new(made.stream_id, link);
-    receiving.link.authenticated(remote, made.method);
+    link.authenticated(remote, made.method);
+    let mut receiving = Receiving::new(made.stream_id, link, tx, None);
     if made.bidi {
         // XEP-0288 §2: the receiving server may now send us stanzas from the
         // domain we authenticated to, on this stream.
-        receiving.authenticated.insert(remote.clone());
+        receiving.authenticate(&server, local, remote.clone(), made.method);
     }
     let end = session(&server, &mut stream, &rx, &mut receiving).await;
     tracing::info!(local, remote, end = %end, "s2s stream closed");
@@ -229,7 +245,8 @@ async fn run(server: Arc<Server>, key: Pair, id: u64, rx: QueueReceiver<ToPeer>)
 /// Stanzas left in the queue of a stream that ended: a new stream takes
 /// them, unless the server is stopping.
 pub fn requeue(server: &Server, left: Vec<ToPeer>) {
-    for ToPeer(el) in left {
+    for item in left {
+        let ToPeer::Stanza(el) = item else { continue };
         if server.shutdown.is_cancelled() {
             bounce(server, &el, StanzaErrorCondition::RemoteServerTimeout);
         } else {
@@ -247,8 +264,10 @@ fn fail(
     cond: StanzaErrorCondition,
 ) {
     server.s2s.forget(key, id);
-    for ToPeer(el) in rx.close_and_drain() {
-        bounce(server, &el, cond);
+    for item in rx.close_and_drain() {
+        if let ToPeer::Stanza(el) = item {
+            bounce(server, &el, cond);
+        }
     }
 }
 

@@ -6,61 +6,177 @@
 //! sent a key), and stanzas are routed if their `from` is a domain this
 //! stream authenticated and their `to` one of ours (else the stream ends
 //! with `invalid-from` / `host-unknown`).
+//!
+//! A `db:result` is verified by a task of its own, so the stream goes on
+//! carrying the stanzas of the pairs already verified meanwhile (XEP-0220
+//! §2.2.1); the answer reaches the peer through the connection's queue,
+//! after the domain was recorded as authenticated.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::s2s_links::{AuthMethod, LinkGuard};
-use super::s2s_out::{self, Verdict};
+use super::s2s_out::{self, ToPeer, Verdict};
 use super::xmlstream::{End, XmlStream};
+use crate::queue::QueueSender;
 use crate::router;
 use crate::server::Server;
 use crate::stanza::{StanzaErrorCondition, StreamErrorCondition};
 use crate::stream::s2s::{self as rules, NS_DIALBACK};
 use crate::xml::{Element, NS_STREAMS};
 
+/// Dialback verifications one stream may have running at once; more get
+/// a `resource-constraint` dialback error.
+const MAX_PENDING_VERIFICATIONS: usize = 16;
+
+/// (local domain, remote domain).
+type Pair = (String, String);
+
+/// An incoming stream's bidirectional routes (XEP-0288): once the peer
+/// asked for bidi, each pair it authenticates becomes our route to it,
+/// unless another stream carries that pair already.
+pub struct BidiRoutes {
+    enabled: AtomicBool,
+    to_peer: QueueSender<ToPeer>,
+    attached: Mutex<Vec<(Pair, u64)>>,
+}
+
+impl BidiRoutes {
+    pub fn new(to_peer: QueueSender<ToPeer>) -> Self {
+        BidiRoutes {
+            enabled: AtomicBool::new(false),
+            to_peer,
+            attached: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    fn attached(&self) -> MutexGuard<'_, Vec<(Pair, u64)>> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn attach(&self, server: &Server, local: &str, remote: &str) {
+        if !self.enabled() {
+            return;
+        }
+        let pair = (local.to_string(), remote.to_string());
+        if let Some(route) = server.s2s.attach(pair.clone(), &self.to_peer) {
+            tracing::info!(local, remote, "s2s bidi route");
+            self.attached().push((pair, route));
+        }
+    }
+
+    /// Forgets every route of this stream (it is ending).
+    pub fn forget_all(&self, server: &Server) {
+        for (pair, route) in self.attached().drain(..) {
+            server.s2s.forget(&pair, route);
+        }
+    }
+}
+
+/// What a stream authenticated, shared with its running verifications.
+struct Authenticated {
+    domains: Mutex<HashSet<String>>,
+    /// This connection's entry in the list `ctl s2s list` shows.
+    link: LinkGuard,
+    routes: Option<BidiRoutes>,
+    pending: AtomicUsize,
+}
+
+impl Authenticated {
+    fn domains(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.domains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, server: &Server, local: &str, remote: String, method: AuthMethod) {
+        self.link.authenticated(&remote, method);
+        if let Some(routes) = &self.routes {
+            routes.attach(server, local, &remote);
+        }
+        self.domains().insert(remote);
+    }
+}
+
 /// The receiving half of one s2s stream.
 pub struct Receiving {
     /// The id dialback keys on this stream are computed with: ours on an
     /// incoming stream, the peer's on an outgoing one.
     pub stream_id: String,
-    /// Remote domains allowed to send on this stream.
-    pub authenticated: HashSet<String>,
-    /// This connection's entry in the list `ctl s2s list` shows.
-    pub link: LinkGuard,
+    shared: Arc<Authenticated>,
+    /// This connection's queue, for answers that are ready later.
+    answers: QueueSender<ToPeer>,
 }
 
-/// A (local, remote) pair a `db:result` just authenticated.
-pub type NewPair = (String, String);
-
 impl Receiving {
-    pub fn new(stream_id: String, link: LinkGuard) -> Self {
+    /// `routes`: on an incoming stream, where bidi routes are kept.
+    pub fn new(
+        stream_id: String,
+        link: LinkGuard,
+        answers: QueueSender<ToPeer>,
+        routes: Option<BidiRoutes>,
+    ) -> Self {
         Receiving {
             stream_id,
-            authenticated: HashSet::new(),
-            link,
+            shared: Arc::new(Authenticated {
+                domains: Mutex::new(HashSet::new()),
+                link,
+                routes,
+                pending: AtomicUsize::new(0),
+            }),
+            answers,
         }
     }
 
-    /// Records `domain` as authenticated on this stream.
-    pub fn authenticate(&mut self, domain: String, method: AuthMethod) {
-        self.link.authenticated(&domain, method);
-        self.authenticated.insert(domain);
+    pub fn link(&self) -> &LinkGuard {
+        &self.shared.link
     }
 
-    /// Handles one element of a negotiated stream. Returns the domain pair
-    /// a `db:result` authenticated, if it did.
+    pub fn routes(&self) -> Option<&BidiRoutes> {
+        self.shared.routes.as_ref()
+    }
+
+    /// Records `remote` as authenticated on this stream for `local`.
+    pub fn authenticate(&self, server: &Server, local: &str, remote: String, method: AuthMethod) {
+        self.shared.add(server, local, remote, method);
+    }
+
+    /// The remote domains authenticated so far, sorted.
+    pub fn authenticated(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.shared.domains().iter().cloned().collect();
+        d.sort_unstable();
+        d
+    }
+
+    /// Turns bidi on for this incoming stream (the peer sent `<bidi/>`);
+    /// domains authenticated before it get their routes now.
+    pub fn enable_bidi(&self, server: &Server, local: &str) {
+        let Some(routes) = &self.shared.routes else {
+            return;
+        };
+        routes.enabled.store(true, Ordering::Release);
+        self.shared.link.update(|l| l.bidi = true);
+        for remote in self.authenticated() {
+            routes.attach(server, local, &remote);
+        }
+    }
+
+    /// Handles one element of a negotiated stream.
     pub async fn element(
         &mut self,
         server: &Server,
         stream: &mut XmlStream,
         el: Element,
-    ) -> Result<Option<NewPair>, End> {
+    ) -> Result<(), End> {
         if el.is("result", NS_DIALBACK) && el.attr("type").is_none() {
             return self.dialback_result(server, stream, &el).await;
         }
         if el.is("verify", NS_DIALBACK) && el.attr("type").is_none() {
             dialback_verify(server, stream, &el);
-            return Ok(None);
+            return Ok(());
         }
         if el.is("error", NS_STREAMS) {
             tracing::info!(
@@ -72,30 +188,34 @@ impl Receiving {
         if el.ns() == NS_DIALBACK || el.ns() == NS_STREAMS {
             // Dialback answers to requests we never made, features again:
             // nothing to do.
-            return Ok(None);
+            return Ok(());
         }
-        let (from, to) =
-            match rules::check_addresses(&el, &self.authenticated, |d| server.is_served_here(d)) {
-                Ok(a) => a,
-                Err(cond) => return Err(stream.close_with(cond, None).await),
-            };
+        let checked = {
+            let domains = self.shared.domains();
+            rules::check_addresses(&el, &domains, |d| server.is_served_here(d))
+        };
+        let (from, to) = match checked {
+            Ok(a) => a,
+            Err(cond) => return Err(stream.close_with(cond, None).await),
+        };
         let el = rules::into_client(el);
         if let Err(cond) = router::route_from_remote(server, &from, to, el).await {
             return Err(stream.close_with(cond, None).await);
         }
-        Ok(None)
+        Ok(())
     }
 
     /// `<db:result from to>key</db:result>`: the peer asks to send as
-    /// `from`; we ask `from`'s authoritative server whether it sent `key`.
-    /// Problems that concern only this domain pair are dialback errors
-    /// (XEP-0220 §2.4), which leave the stream and its other pairs alone.
+    /// `from`; a task asks `from`'s authoritative server whether it sent
+    /// `key`. Problems that concern only this domain pair are dialback
+    /// errors (XEP-0220 §2.4), which leave the stream and its other pairs
+    /// alone.
     async fn dialback_result(
         &mut self,
         server: &Server,
         stream: &mut XmlStream,
         el: &Element,
-    ) -> Result<Option<NewPair>, End> {
+    ) -> Result<(), End> {
         let from = el.attr("from").and_then(rules::domain_of);
         let to = el.attr("to").and_then(rules::domain_of);
         let (Some(from), Some(to)) = (from, to) else {
@@ -103,47 +223,57 @@ impl Receiving {
                 .close_with(StreamErrorCondition::ImproperAddressing, None)
                 .await);
         };
+        let refuse = |cond| rules::dialback_error("result", &to, &from, None, cond);
         if !server.is_served_here(&to) {
-            stream.write(&rules::dialback_error(
-                "result",
-                &to,
-                &from,
-                None,
-                StanzaErrorCondition::ItemNotFound,
-            ));
-            return Ok(None);
+            stream.write(&refuse(StanzaErrorCondition::ItemNotFound));
+            return Ok(());
         }
-        let verdict = if server.is_served_here(&from) {
-            // Nobody else speaks for our own domains.
-            Verdict::Invalid
-        } else {
-            let key = el.text();
-            s2s_out::verify(server, &to, &from, &self.stream_id, key.trim()).await
+        let Some(server) = server.arc() else {
+            return Ok(());
         };
-        tracing::info!(from, to, answer = verdict.as_str(), "dialback result");
-        let answer = match verdict {
-            Verdict::Valid => {
-                self.authenticate(from.clone(), AuthMethod::Dialback);
-                rules::dialback("result", &to, &from, None, Err("valid"))
-            }
-            Verdict::Invalid => rules::dialback("result", &to, &from, None, Err("invalid")),
-            Verdict::Unreachable => rules::dialback_error(
-                "result",
-                &to,
-                &from,
-                None,
-                StanzaErrorCondition::RemoteServerNotFound,
-            ),
-            Verdict::TimedOut => rules::dialback_error(
-                "result",
-                &to,
-                &from,
-                None,
-                StanzaErrorCondition::RemoteServerTimeout,
-            ),
-        };
-        stream.write(&answer);
-        Ok((verdict == Verdict::Valid).then_some((to, from)))
+        let shared = self.shared.clone();
+        if shared.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_VERIFICATIONS {
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            stream.write(&refuse(StanzaErrorCondition::ResourceConstraint));
+            return Ok(());
+        }
+        let answers = self.answers.clone();
+        let (stream_id, key) = (self.stream_id.clone(), el.text().trim().to_string());
+        tokio::spawn(async move {
+            let verdict = if server.is_served_here(&from) {
+                // Nobody else speaks for our own domains.
+                Verdict::Invalid
+            } else {
+                s2s_out::verify(&server, &to, &from, &stream_id, &key).await
+            };
+            tracing::info!(from, to, answer = verdict.as_str(), "dialback result");
+            let answer = match verdict {
+                Verdict::Valid => {
+                    // Recorded before the peer can read `valid` and send.
+                    shared.add(&server, &to, from.clone(), AuthMethod::Dialback);
+                    rules::dialback("result", &to, &from, None, Err("valid"))
+                }
+                Verdict::Invalid => rules::dialback("result", &to, &from, None, Err("invalid")),
+                Verdict::Unreachable => rules::dialback_error(
+                    "result",
+                    &to,
+                    &from,
+                    None,
+                    StanzaErrorCondition::RemoteServerNotFound,
+                ),
+                Verdict::TimedOut => rules::dialback_error(
+                    "result",
+                    &to,
+                    &from,
+                    None,
+                    StanzaErrorCondition::RemoteServerTimeout,
+                ),
+            };
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            // The stream may have ended meanwhile: then nobody is waiting.
+            let _ = answers.try_send(ToPeer::Dialback(answer));
+        });
+        Ok(())
     }
 }
 
