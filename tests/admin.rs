@@ -292,20 +292,6 @@ async fn socket_is_owner_only_replaces_a_stale_one_refuses_a_live_one_and_goes_a
 const A: &str = "a.test";
 const B: &str = "b.test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cert_dir(root: &tempfile::TempDir, domain: &str) -> PathBuf {
-    let dir = root.path().join(domain);
-    waxwing::net::tls::ensure_dev_cert(&dir, &[domain.to_string()]).unwrap();
-    dir
-}
-
 /// `domain` on s2s `port`, trusting the certificate in `peer_certs`,
 /// reaching `peer` at `peer_port`.
 async fn federating(

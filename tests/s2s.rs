@@ -25,15 +25,6 @@ const B_SECRET: &str = "b-secret-for-tests";
 const COMP: &str = "comp.a.test";
 const COMP_SECRET: &str = "comp-secret";
 
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Settings both servers of a pair share.
 #[derive(Clone, Copy)]
 struct Opts {
@@ -50,12 +41,6 @@ struct Pair {
     b: TestServer,
     _certs: tempfile::TempDir,
     _silent: std::net::TcpListener,
-}
-
-fn cert_dir(root: &tempfile::TempDir, domain: &str) -> PathBuf {
-    let dir = root.path().join(domain);
-    waxwing::net::tls::ensure_dev_cert(&dir, &[domain.to_string()]).unwrap();
-    dir
 }
 
 async fn start_one(

@@ -25,21 +25,6 @@ use waxwing::xml::{Element, NS_CLIENT};
 const A_DOM: &str = "a.test";
 const B_DOM: &str = "b.test";
 
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cert_dir(root: &tempfile::TempDir, domain: &str) -> PathBuf {
-    let dir = root.path().join(domain);
-    waxwing::net::tls::ensure_dev_cert(&dir, &[domain.to_string()]).unwrap();
-    dir
-}
-
 fn name(s: &str) -> Name {
     Name::from_str(s).unwrap()
 }

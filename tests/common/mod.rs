@@ -561,3 +561,20 @@ pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
             .with_no_client_auth(),
     )
 }
+
+/// A port nothing listens on (bound, then released), for servers that must
+/// know each other's ports before they start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory under `root` with a development certificate for `domain`.
+pub fn cert_dir(root: &tempfile::TempDir, domain: &str) -> std::path::PathBuf {
+    let dir = root.path().join(domain);
+    waxwing::net::tls::ensure_dev_cert(&dir, &[domain.to_string()]).unwrap();
+    dir
+}
