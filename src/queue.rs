@@ -68,6 +68,21 @@ impl<T> QueueSender<T> {
         self.try_send_back(item).map_err(|(e, _)| e)
     }
 
+    /// Queues an item even when the queue is full (not when it is closed):
+    /// for the few control items a connection must not lose, whose
+    /// producer bounds their number itself.
+    pub fn send_beyond_capacity(&self, item: T) -> Result<(), QueueError> {
+        {
+            let mut q = self.0.lock();
+            if self.0.closed.load(Ordering::Acquire) {
+                return Err(QueueError::Closed);
+            }
+            q.push_back(item);
+        }
+        self.0.ready.notify_one();
+        Ok(())
+    }
+
     /// Queues an item without waiting; a refused item is handed back.
     pub fn try_send_back(&self, item: T) -> Result<(), (QueueError, T)> {
         {
@@ -147,6 +162,16 @@ mod tests {
         tx.try_send(7).unwrap();
         assert_eq!(waiter.await.unwrap(), 7);
         assert_eq!(tx.try_send(8), Err(QueueError::Closed));
+    }
+
+    #[test]
+    fn control_items_go_past_a_full_queue_but_not_a_closed_one() {
+        let (tx, rx) = queue(1);
+        tx.try_send(1).unwrap();
+        assert_eq!(tx.try_send(2), Err(QueueError::Full));
+        tx.send_beyond_capacity(3).unwrap();
+        assert_eq!(rx.close_and_drain(), vec![1, 3]);
+        assert_eq!(tx.send_beyond_capacity(4), Err(QueueError::Closed));
     }
 
     #[test]

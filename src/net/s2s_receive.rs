@@ -270,8 +270,10 @@ impl Receiving {
                 ),
             };
             shared.pending.fetch_sub(1, Ordering::AcqRel);
-            // The stream may have ended meanwhile: then nobody is waiting.
-            let _ = answers.try_send(ToPeer::Dialback(answer));
+            // Past a queue full of stanzas (at most MAX_PENDING_VERIFICATIONS
+            // answers are ever in flight); the stream may have ended
+            // meanwhile: then nobody is waiting.
+            let _ = answers.send_beyond_capacity(ToPeer::Dialback(answer));
         });
         Ok(())
     }
