@@ -496,3 +496,42 @@ async fn probe_of_an_offline_contact_answers_its_last_unavailable_with_delay() {
         .to_string();
     assert!(stamp.ends_with('Z') && stamp.len() == 20, "{stamp}");
 }
+
+/// A message routed to offline storage while its recipient was coming
+/// online (the race a busy database widens) is handed to the resource that
+/// is now available, instead of waiting for the next login.
+#[tokio::test]
+async fn message_stored_after_the_hand_over_reaches_the_new_session() {
+    let server = TestServer::start().await;
+    server.add_user("bob", "pw").await;
+    // bob is online and has had his (empty) offline queue handed over.
+    let mut bob = online(&server, "bob", "r").await;
+    let ping = bob
+        .iq(
+            "<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "sync",
+        )
+        .await;
+    assert_eq!(ping.attr("type"), Some("result"));
+    // The router decided "nobody available" a moment earlier and stores now.
+    let message = Element::new("message", NS_CLIENT)
+        .with_attr("from", "alice@localhost/x")
+        .with_attr("to", "bob@localhost")
+        .with_attr("type", "chat")
+        .with_attr("id", "late")
+        .with_child(Element::new("body", NS_CLIENT).with_text("late"));
+    let bare = jid::BareJid::new("bob@localhost").unwrap();
+    waxwing::modules::offline::store(server.server(), &bare, &message)
+        .await
+        .unwrap();
+    let m = bob.next_named("message").await;
+    assert_eq!(m.attr("id"), Some("late"));
+    assert_eq!(
+        server
+            .store()
+            .offline_count("localhost", "bob")
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -77,6 +77,11 @@ pub async fn store(server: &Server, to: &BareJid, message: &Element) -> Result<(
             .with_attr("stamp", super::time::utc_now()),
     );
     let xml = String::from_utf8_lossy(&stamped.to_bytes(NS_CLIENT)).into_owned();
+    // Under the user's lock, so a hand-over cannot run between the routing
+    // decision ("nobody available") and the push: if a resource became
+    // available meanwhile and already fetched its queue, this message
+    // would otherwise wait for the next login.
+    let _guard = server.offline_locks.lock(to).await;
     match server
         .store
         .offline_push(
@@ -87,10 +92,25 @@ pub async fn store(server: &Server, to: &BareJid, message: &Element) -> Result<(
         )
         .await
     {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(NotStored::QuotaFull),
-        Err(e) => Err(NotStored::Storage(e)),
+        Ok(true) => {}
+        Ok(false) => return Err(NotStored::QuotaFull),
+        Err(e) => return Err(NotStored::Storage(e)),
     }
+    // A resource that came online while the message was being routed gets
+    // it now, as the bare-JID rules would have given it (the top priority,
+    // not negative).
+    let top = server
+        .sessions
+        .available_resources(to)
+        .into_iter()
+        .filter(|(_, p)| *p >= 0)
+        .max_by_key(|(_, p)| *p);
+    if let Some((full, _)) = top {
+        if let Err(e) = deliver_locked(server, &full).await {
+            tracing::error!(error = %e, "offline hand-over");
+        }
+    }
+    Ok(())
 }
 
 /// Hands every waiting message to the session `to`, oldest first, deleting
