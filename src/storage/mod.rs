@@ -72,14 +72,13 @@ impl Store {
                 p.push(".migrate-lock");
                 std::path::PathBuf::from(p)
             };
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .connect_with(opts)
-                .await?;
             // SQLite has no advisory lock for sqlx's migrator: two processes
             // opening a new database at once (`waxwing ctl` beside the server,
             // or two `ctl` runs) would both apply the first migration. An
             // exclusive file lock makes the second wait and find it applied.
+            // It is taken before the first connection too: switching a new
+            // file to WAL can fail with "database is locked" at once, without
+            // the busy timeout, when another process does the same.
             let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
                 let f = std::fs::OpenOptions::new()
                     .create(true)
@@ -92,9 +91,17 @@ impl Store {
             .await
             .map_err(|e| StorageError::Invalid(format!("migration lock: {e}")))?
             .map_err(|e| StorageError::Invalid(format!("migration lock: {e}")))?;
-            let migrated = SQLITE_MIGRATIONS.run(&pool).await;
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect_with(opts)
+                    .await?;
+                SQLITE_MIGRATIONS.run(&pool).await?;
+                Ok::<_, StorageError>(pool)
+            }
+            .await;
             drop(lock);
-            migrated?;
+            let pool = opened?;
             Store::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
