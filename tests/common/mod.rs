@@ -49,6 +49,11 @@ impl TestServer {
         config.c2s.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
         config.log_level = "warn".into();
         tweak(&mut config);
+        if config.admin.socket.is_none() && !config.database.url.starts_with("sqlite:") {
+            // The default for a non-SQLite database is ./data/waxwing.sock,
+            // which servers of tests running side by side would share.
+            config.admin.socket = Some(dir.path().join("waxwing.sock").display().to_string());
+        }
         let server = Server::new(config).await.unwrap();
         let running = RunningServer::start(server).await.unwrap();
         TestServer {
