@@ -174,18 +174,11 @@ async fn messages_cross_both_ways(p: &Pair) {
     assert_eq!(p.b.server().s2s.count(), 1);
 }
 
-/// a.test has no `[s2s.hosts]` entry for b.test: it asks the DNS server
-/// for `_xmpp-server._tcp.b.test` (SRV → b-host.test:port), then for
-/// b-host.test's address, and connects there (STARTTLS).
-#[tokio::test]
-async fn srv_record_leads_to_peer_through_configured_nameserver() {
-    let (pa, pb) = (free_port(), free_port());
-    let dns = dns_server(&[
-        Rr::Srv("_xmpp-server._tcp.b.test.", pb, "b-host.test."),
-        Rr::A("b-host.test."),
-    ])
-    .await;
-    let p = pair(
+/// Two servers listening for STARTTLS on `pa` and `pb`: a.test finds b.test
+/// only through the DNS server at `dns`; b.test reaches a.test by an
+/// `[s2s.hosts]` entry.
+async fn a_finds_b_through_dns(pa: u16, pb: u16, dns: SocketAddr) -> Pair {
+    pair(
         Side {
             domain: A_DOM,
             plain: Some(pa),
@@ -201,7 +194,21 @@ async fn srv_record_leads_to_peer_through_configured_nameserver() {
             dns: None,
         },
     )
+    .await
+}
+
+/// a.test has no `[s2s.hosts]` entry for b.test: it asks the DNS server
+/// for `_xmpp-server._tcp.b.test` (SRV → b-host.test:port), then for
+/// b-host.test's address, and connects there (STARTTLS).
+#[tokio::test]
+async fn srv_record_leads_to_peer_through_configured_nameserver() {
+    let (pa, pb) = (free_port(), free_port());
+    let dns = dns_server(&[
+        Rr::Srv("_xmpp-server._tcp.b.test.", pb, "b-host.test."),
+        Rr::A("b-host.test."),
+    ])
     .await;
+    let p = a_finds_b_through_dns(pa, pb, dns).await;
     messages_cross_both_ways(&p).await;
 }
 
@@ -282,22 +289,6 @@ async fn dead_xmpps_target_falls_back_to_starttls() {
         Rr::A("b-host.test."),
     ])
     .await;
-    let p = pair(
-        Side {
-            domain: A_DOM,
-            plain: Some(pa),
-            tls: None,
-            hosts: vec![],
-            dns: Some(dns),
-        },
-        Side {
-            domain: B_DOM,
-            plain: Some(pb),
-            tls: None,
-            hosts: vec![(A_DOM, format!("127.0.0.1:{pa}"))],
-            dns: None,
-        },
-    )
-    .await;
+    let p = a_finds_b_through_dns(pa, pb, dns).await;
     messages_cross_both_ways(&p).await;
 }
