@@ -13,12 +13,12 @@
 mod common;
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, DOMAIN};
+use common::{free_port, Client, DOMAIN};
 use waxwing::xml::{Element, NS_CLIENT};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,14 +26,6 @@ const NS_DELAY: &str = "urn:xmpp:delay";
 const NS_ROSTER: &str = "jabber:iq:roster";
 const ALICE: (&str, &str) = ("alice", "alice-Pa55-wörd");
 const BOB: (&str, &str) = ("bob", "bob secret, with = and ,");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `waxwing serve` process on files in a temporary directory.
 struct Waxwing {

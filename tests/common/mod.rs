@@ -567,14 +567,26 @@ pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
     )
 }
 
-/// A port nothing listens on (bound, then released), for servers that must
-/// know each other's ports before they start.
+/// A port nothing listens on, for servers that must know each other's
+/// ports before they start. Taken below the kernel's ephemeral range
+/// (32768–60999 on Linux), so no connection or `bind(0)` elsewhere can take
+/// it between this check and the server's bind, and from a block of ten
+/// that depends on the process id, so test processes running side by side
+/// (nextest runs one test per process) do not pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // 20000–24999: clear of the well-known services here (RabbitMQ's
+    // 25672 included).
+    let block = (std::process::id() % 500) as u16;
+    for _ in 0..5000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (block * 10 + n) % 5000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-24999");
 }
 
 /// A directory under `root` with a development certificate for `domain`.
