@@ -108,16 +108,7 @@ pub fn to_component_bytes(stanza: &Element) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{ParserLimits, StreamEvent, StreamParser};
-
-    fn header(xml: &str) -> StreamHeader {
-        let mut p = StreamParser::new(ParserLimits::default());
-        p.feed(xml.as_bytes());
-        match p.next_event() {
-            Ok(Some(StreamEvent::Header(h))) => h,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::xml::parse_header as header;
 
     const STREAMS: &str = "xmlns:stream='http://etherx.jabber.org/streams'";
 

@@ -31,6 +31,18 @@ pub use element::{Element, Node};
 pub use parser::{ParseError, ParserLimits, StreamEvent, StreamHeader, StreamParser};
 pub use writer::{escape_attr, escape_text, write_stream_end, write_stream_header};
 
+/// The stream header `xml` opens with, for the header-rule tests of the
+/// stream kinds.
+#[cfg(test)]
+pub fn parse_header(xml: &str) -> StreamHeader {
+    let mut p = StreamParser::new(ParserLimits::default());
+    p.feed(xml.as_bytes());
+    match p.next_event() {
+        Ok(Some(StreamEvent::Header(h))) => h,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Namespace of the stream wrapper elements (`<stream:stream>`, `<stream:features>`, `<stream:error>`).
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
 /// Default namespace of client-to-server streams.
