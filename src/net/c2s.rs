@@ -136,13 +136,32 @@ impl Connection {
         let mut phase = Phase::Unauthenticated { tls: direct_tls };
         let mut auth_failures = 0u32;
         let mut registered_here = false;
+        // The first header fixes the domain; restarts must keep it.
+        let mut headers_seen = 0u32;
         loop {
             match self.stream.next_event().await? {
                 StreamEvent::Header(h) => {
-                    match check_header(&h, self.server_domains(), &self.domain) {
-                        Ok(domain) => self.domain = domain,
+                    let domain = match check_header(&h, self.server_domains(), &self.domain) {
+                        Ok(domain) => domain,
                         Err(cond) => return Err(self.stream.close_with(cond, None).await),
+                    };
+                    if headers_seen > 0 {
+                        if let Err(cond) =
+                            crate::stream::check_restart_domain(&self.domain, &domain)
+                        {
+                            tracing::info!(conn = self.id, peer = %self.peer, pinned = %self.domain,
+                                addressed = %domain, "c2s restarted stream names another domain");
+                            return Err(self
+                                .stream
+                                .close_with(
+                                    cond,
+                                    Some("the stream must keep addressing the same domain"),
+                                )
+                                .await);
+                        }
                     }
+                    headers_seen += 1;
+                    self.domain = domain;
                     self.send_header(h.from.as_deref());
                     let features = self.features(&phase);
                     self.stream.write(&features);
@@ -177,7 +196,11 @@ impl Connection {
                     Ok(Negotiation::Auth) => {
                         let tls = self.stream.transport.is_tls();
                         if let Some(username) = self.authenticate(&el, &mut auth_failures).await? {
-                            phase = Phase::Authenticated { tls, username };
+                            phase = Phase::Authenticated {
+                                tls,
+                                username,
+                                domain: self.domain.clone(),
+                            };
                             // RFC 6120 §6.4.6: the client opens a new stream.
                             self.restart_stream();
                         } else if auth_failures >= MAX_AUTH_ATTEMPTS_PER_STREAM {
@@ -191,11 +214,14 @@ impl Connection {
                         }
                     }
                     Ok(Negotiation::Bind) => {
-                        let Phase::Authenticated { username, .. } = &phase else {
+                        let Phase::Authenticated {
+                            username, domain, ..
+                        } = &phase
+                        else {
                             unreachable!("classify only yields Bind when authenticated")
                         };
-                        let username = username.clone();
-                        if let Some(bound) = self.bind(&el, &username).await? {
+                        let account = format!("{username}@{domain}");
+                        if let Some(bound) = self.bind(&el, &account).await? {
                             return Ok(bound);
                         }
                     }
@@ -526,7 +552,7 @@ impl Connection {
     async fn bind(
         &mut self,
         iq: &Element,
-        username: &str,
+        account: &str,
     ) -> Flow<Option<(FullJid, QueueReceiver<Outbound>)>> {
         let requested = iq
             .get_child("bind", NS_BIND)
@@ -550,7 +576,7 @@ impl Connection {
                 }
             },
         };
-        let full = match FullJid::new(&format!("{username}@{}/{resource}", self.domain)) {
+        let full = match FullJid::new(&format!("{account}/{resource}")) {
             Ok(j) => j,
             Err(_) => {
                 return Err(self

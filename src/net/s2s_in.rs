@@ -24,6 +24,7 @@ use super::ConnectionSlot;
 use crate::queue::{queue, QueueReceiver};
 use crate::server::Server;
 use crate::stanza::StreamErrorCondition;
+use crate::stream::check_restart_domain;
 use crate::stream::s2s::{self as rules, NS_BIDI, NS_SASL, NS_TLS};
 use crate::xml::{Element, StreamEvent, NS_SERVER};
 
@@ -55,6 +56,7 @@ pub async fn run(
             Some(BidiRoutes::new(to_peer)),
         ),
         peer: None,
+        addressed: None,
         sasl_done: false,
         queued,
     };
@@ -104,6 +106,10 @@ struct Connection {
     receiving: Receiving,
     /// The domain the peer's current stream header names in `from`.
     peer: Option<String>,
+    /// The local domain the connection's first header named: restarts
+    /// (STARTTLS, SASL) must name it again, as on c2s
+    /// (`stream::c2s::check_restart_domain`).
+    addressed: Option<String>,
     /// SASL EXTERNAL succeeded (it is not offered again).
     sasl_done: bool,
     /// What is queued for the peer: dialback answers that became ready,
@@ -169,6 +175,20 @@ impl Connection {
             Ok(d) => d,
             Err(cond) => return Err(self.stream.close_with(cond, None).await),
         };
+        match &self.addressed {
+            None => self.addressed = Some(local.clone()),
+            Some(first) => {
+                if let Err(cond) = check_restart_domain(first, &local) {
+                    return Err(self
+                        .stream
+                        .close_with(
+                            cond,
+                            Some("the stream must keep addressing the same domain"),
+                        )
+                        .await);
+                }
+            }
+        }
         self.stream.local_domain = local.clone();
         let tls = self.stream.transport.is_tls();
         self.receiving.link().update(|l| {

@@ -29,8 +29,14 @@ pub const XEPS: &[u16] = &[368, 440];
 pub enum Phase {
     /// Before authentication; `tls` once STARTTLS or direct TLS is up.
     Unauthenticated { tls: bool },
-    /// SASL succeeded; waiting for resource binding.
-    Authenticated { tls: bool, username: String },
+    /// SASL succeeded for `username@domain`; waiting for resource binding.
+    /// The domain is the one fixed at SASL success: binding never takes it
+    /// from a later stream header.
+    Authenticated {
+        tls: bool,
+        username: String,
+        domain: String,
+    },
 }
 
 /// A SASL mechanism this server implements.
@@ -379,6 +385,7 @@ mod tests {
         let authed = Phase::Authenticated {
             tls: true,
             username: "a".into(),
+            domain: "example.org".into(),
         };
         assert_eq!(
             classify(&get, &authed, true),
@@ -405,6 +412,7 @@ mod tests {
         let authed = Phase::Authenticated {
             tls: true,
             username: "a".into(),
+            domain: "example.org".into(),
         };
         assert_eq!(classify(&bind, &authed, false), Ok(Negotiation::Bind));
         assert_eq!(
