@@ -22,7 +22,7 @@ use quick_xml::events::attributes::{AttrError, Attribute, Attributes};
 use super::element::{Element, Node};
 use super::scanner::{is_xml_space, Scanner, TokenKind};
 use super::scope::NsScope;
-use super::{NS_STREAMS, NS_XML};
+use super::{heap_cost, NS_STREAMS, NS_XML};
 
 /// Why the stream cannot go on; each maps to the RFC 6120 stream error of the same name
 /// (`not-well-formed`, `restricted-xml`, `policy-violation`).
@@ -272,6 +272,9 @@ struct Document {
 /// One attribute of a tag as written: qualified name and raw (undecoded) value.
 type RawAttr<'a> = (&'a str, &'a str);
 
+/// Size of one attribute in an element's list (its two strings' heads).
+const ATTR_PAIR: usize = std::mem::size_of::<(String, String)>();
+
 /// At or below this many attributes a pairwise duplicate check is cheaper than hashing.
 const LINEAR_SCAN_MAX: usize = 8;
 
@@ -319,8 +322,14 @@ impl Document {
 
     /// Account for `bytes` of heap about to be spent on the tree under construction.
     fn charge(&mut self, bytes: usize) -> Result<(), ParseError> {
-        self.memory = self.memory.saturating_add(bytes);
-        if self.memory > self.limits.max_stanza_memory {
+        self.within_budget(bytes)?;
+        self.memory += bytes;
+        Ok(())
+    }
+
+    /// Whether `bytes` more would still fit in the stanza's memory budget.
+    fn within_budget(&self, bytes: usize) -> Result<(), ParseError> {
+        if self.memory.saturating_add(bytes) > self.limits.max_stanza_memory {
             return Err(policy(format!(
                 "element would take more than {} bytes of memory",
                 self.limits.max_stanza_memory
@@ -386,7 +395,7 @@ impl Document {
                 } else {
                     0
                 };
-                self.charge(grow.saturating_sub(cap - len))?;
+                self.charge(heap_cost(len + grow).saturating_sub(heap_cost(cap)))?;
                 if let Some(Node::Text(last)) =
                     self.open.last_mut().and_then(|p| p.children.last_mut())
                 {
@@ -396,7 +405,7 @@ impl Document {
                 Ok(())
             }
             None => {
-                self.charge(text.capacity())?;
+                self.charge(heap_cost(text.capacity()))?;
                 self.push_child(Node::Text(text))
             }
         }
@@ -410,7 +419,11 @@ impl Document {
             None => return Ok(()),
         };
         let grow = if len == cap { cap.max(4) } else { 0 };
-        self.charge(grow.saturating_mul(std::mem::size_of::<Node>()))?;
+        let size = std::mem::size_of::<Node>();
+        self.charge(
+            heap_cost(cap.saturating_add(grow).saturating_mul(size))
+                .saturating_sub(heap_cost(cap.saturating_mul(size))),
+        )?;
         if let Some(parent) = self.open.last_mut() {
             parent.children.reserve_exact(grow);
             parent.children.push(node);
@@ -455,6 +468,7 @@ impl Document {
         name_len: usize,
     ) -> Result<Vec<RawAttr<'a>>, ParseError> {
         let mut attrs: Vec<RawAttr<'a>> = Vec::new();
+        let mut projected = 0usize;
         let mut parsed = Attributes::new(content, name_len);
         // quick-xml's own duplicate check compares each attribute with every earlier one.
         parsed.with_checks(false);
@@ -467,6 +481,11 @@ impl Document {
             }
             let (key, value) = attr_parts(attr)?;
             self.check_name_len(key)?;
+            // What this attribute will cost in the tree, checked before this list
+            // and the duplicate check grow with it.
+            projected =
+                projected.saturating_add(ATTR_PAIR + heap_cost(key.len()) + heap_cost(value.len()));
+            self.within_budget(projected)?;
             attrs.push((key, value));
         }
         let duplicate = if attrs.len() <= LINEAR_SCAN_MAX {
@@ -607,60 +626,54 @@ impl Document {
         } else {
             0
         };
-        self.charge(own + local.len())?;
+        self.charge(own + heap_cost(local.len()))?;
         let mut el = Element::new(local, ns);
-        let plain = attrs
-            .iter()
-            .filter(|(k, _)| *k != "xmlns" && !k.starts_with("xmlns:"));
-        // Prefixes of prefixed attributes whose binding the element carries, in order.
+        let plain = |k: &&str| *k != "xmlns" && !k.starts_with("xmlns:");
+        let count = attrs.iter().filter(|(k, _)| plain(k)).count();
+        self.charge(heap_cost(count.saturating_mul(ATTR_PAIR)))?;
+        el.attrs.reserve_exact(count);
+        // Prefixes of prefixed attributes whose binding the element carries.
         let mut carried: Vec<&str> = Vec::new();
         let mut carried_set: HashSet<&str> = HashSet::new();
-        let mut values = Vec::new();
-        for &(key, value) in plain {
+        for &(key, value) in attrs.iter().filter(|(k, _)| plain(k)) {
             check_name(key)?;
             let value = decode(value, true)?;
+            self.charge(heap_cost(key.len()) + heap_cost(value.capacity()))?;
+            el.attrs.push((key.to_owned(), value));
             let (prefix, _) = split_qname(key);
-            let mut binding = None;
-            if !prefix.is_empty() && prefix != "xml" {
-                let uri = self.scope.resolve(prefix).ok_or_else(|| {
+            if prefix.is_empty() || prefix == "xml" {
+                continue;
+            }
+            let uri =
+                self.scope.resolve(prefix).cloned().ok_or_else(|| {
                     not_well_formed(format!("undeclared namespace prefix {prefix}:"))
                 })?;
-                // Carry the binding on the element itself: its prefix may have been
-                // declared on an ancestor or the stream header, which a writer of this
-                // element alone would not reproduce.
-                let new = if carried.len() < LINEAR_SCAN_MAX {
-                    !carried.contains(&prefix)
-                } else {
-                    if carried_set.is_empty() {
-                        carried_set.extend(carried.iter().copied());
-                    }
-                    carried_set.insert(prefix)
-                };
-                if new {
-                    carried.push(prefix);
-                    binding = Some((format!("xmlns:{prefix}"), uri.to_string()));
+            let new = if carried.len() < LINEAR_SCAN_MAX {
+                !carried.contains(&prefix)
+            } else {
+                if carried_set.is_empty() {
+                    carried_set.extend(carried.iter().copied());
                 }
+                carried_set.insert(prefix)
+            };
+            if !new {
+                continue;
             }
-            values.push((key, value, binding));
-        }
-        let count = values.len() + carried.len();
-        let strings: usize = values
-            .iter()
-            .map(|(k, v, b)| {
-                k.len() + v.capacity() + b.as_ref().map_or(0, |(k, v)| k.len() + v.len())
-            })
-            .sum();
-        self.charge(
-            count
-                .saturating_mul(std::mem::size_of::<(String, String)>())
-                .saturating_add(strings),
-        )?;
-        el.attrs.reserve_exact(count);
-        for (key, value, binding) in values {
-            el.attrs.push((key.to_owned(), value));
-            if let Some(b) = binding {
-                el.attrs.push(b);
-            }
+            carried.push(prefix);
+            // Carry the binding on the element itself: its prefix may have been
+            // declared on an ancestor or the stream header, which a writer of this
+            // element alone would not reproduce.
+            let decl = format!("xmlns:{prefix}");
+            let (len, cap) = (el.attrs.len(), el.attrs.capacity());
+            let grow = if len == cap { cap.max(4) } else { 0 };
+            self.charge(
+                heap_cost((cap + grow).saturating_mul(ATTR_PAIR))
+                    .saturating_sub(heap_cost(cap.saturating_mul(ATTR_PAIR)))
+                    + heap_cost(decl.len())
+                    + heap_cost(uri.len()),
+            )?;
+            el.attrs.reserve_exact(grow);
+            el.attrs.push((decl, uri.to_string()));
         }
         Ok(el)
     }

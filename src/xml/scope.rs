@@ -12,11 +12,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::NS_XML;
+use super::{heap_cost, NS_XML};
 
 /// Heap bytes an `Arc<str>` of `len` bytes costs: the text plus the two counters.
-pub(super) fn shared_str_cost(len: usize) -> usize {
-    len + 2 * std::mem::size_of::<usize>()
+fn shared_str_cost(len: usize) -> usize {
+    heap_cost(len + 2 * std::mem::size_of::<usize>())
 }
 
 /// One binding of a prefix, undone when its element closes.

@@ -926,3 +926,111 @@ fn many_attributes_cost_linear_time_when_allowed() {
         );
     }
 }
+
+/// Counts the bytes live on each thread, so a test can see what parsing really
+/// allocates (other tests run on other threads and are not counted).
+mod heap_meter {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Meter;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(delta: isize) {
+        // `try_with`: nothing is counted while the thread's locals are torn down.
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator.
+    unsafe impl GlobalAlloc for Meter {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as isize));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Peak of live bytes on this thread since the last call, above the level then.
+    pub fn peak_since_reset() -> usize {
+        let live = LIVE.with(Cell::get);
+        let peak = PEAK.with(|p| p.replace(live));
+        (peak - live).max(0) as usize
+    }
+}
+
+#[global_allocator]
+static METER: heap_meter::Meter = heap_meter::Meter;
+
+#[test]
+fn no_input_makes_a_stanza_cost_much_more_than_its_budget() {
+    // The memory budget alone (no element or attribute cap) must hold the real
+    // allocations, temporaries included, to the budget plus the input buffered.
+    let limits = ParserLimits {
+        max_elements: usize::MAX,
+        max_attributes: usize::MAX,
+        max_stanza_memory: 256 * 1024,
+        ..ParserLimits::default()
+    };
+    let header = "<stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' xmlns:p='urn:pppppppppp'>";
+    let attrs: String = (0..20_000).map(|i| format!(" a{i}=''")).collect();
+    let uri = "u".repeat(500);
+    let inputs = [
+        format!("<p:r>{}</p:r>", "<p:a/>".repeat(40_000)),
+        format!("<r>{}</r>", "<a p:x=''/>".repeat(20_000)),
+        format!("<r{attrs}/>"),
+        // Distinct URIs cannot be shared: each is a copy of its own.
+        format!(
+            "<r>{}</r>",
+            (0..450)
+                .map(|i| format!("<a xmlns='urn:{i}{uri}'/>"))
+                .collect::<String>()
+        ),
+        format!("<r>{}</r>", "<a>t</a>".repeat(30_000)),
+    ];
+    for body in inputs {
+        let input = format!("{header}{body}");
+        let mut p = StreamParser::new(limits);
+        p.feed(header.as_bytes());
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        let _ = heap_meter::peak_since_reset();
+        let mut result = Ok(None);
+        for chunk in input.as_bytes()[header.len()..].chunks(16 * 1024) {
+            p.feed(chunk);
+            result = p.next_event();
+            if result.is_err() {
+                break;
+            }
+        }
+        let peak = heap_meter::peak_since_reset();
+        assert!(
+            matches!(result, Err(ParseError::PolicyViolation(ref m)) if m.contains("memory")),
+            "{:?}",
+            result.map(|_| "an event")
+        );
+        eprintln!("{} bytes of input: peak {peak} bytes", input.len());
+        // Budget, plus the receive buffer (at most the stanza size) and slack.
+        let allowed = limits.max_stanza_memory + limits.max_stanza_bytes + 64 * 1024;
+        assert!(
+            peak < allowed,
+            "{} bytes of input peaked at {peak} bytes (allowed {allowed})",
+            input.len()
+        );
+        drop(p);
+    }
+}
