@@ -7,8 +7,9 @@
 //!
 //! - `scanner` finds where complete tokens end in an incrementally fed buffer,
 //! - `parser` turns those tokens into stream events and element trees, resolving
-//!   namespaces and enforcing RFC 6120 §11 restricted XML plus size and depth limits,
-//! - `scope` tracks namespace declarations in force,
+//!   namespaces and enforcing RFC 6120 §11 restricted XML plus the [`ParserLimits`]
+//!   (size, depth, counts, lengths, and the memory a stanza's tree may take),
+//! - `scope` tracks namespace declarations in force and holds each URI once,
 //! - `element` is the tree type the rest of the server works with,
 //! - `writer` escapes and serializes elements and stream headers.
 //!

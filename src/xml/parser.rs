@@ -4,7 +4,14 @@
 //! the stream header, one [`Element`] tree per top-level element, the stream end. It
 //! resolves namespace prefixes, decodes entities, and enforces what RFC 6120 §11 and
 //! the server's limits demand: no DTDs, comments, processing instructions or undefined
-//! entities, UTF-8 only, bounded stanza size and nesting depth. quick-xml parses the
+//! entities, UTF-8 only, and the [`ParserLimits`]: stanza size and nesting depth,
+//! elements per stanza, attributes and namespace declarations per tag, declarations
+//! in scope, name and URI lengths, and a memory budget. Each is checked before the
+//! memory it guards is spent: the tree's heap is estimated as it is built (allocator
+//! overhead included) and charged before each allocation, so no input makes a stanza
+//! cost much more than `max_stanza_memory`. Per tag the work is linear: attributes
+//! are read once, at most `max_attributes` of them, and checked for duplicates by
+//! hashing when there are many. quick-xml parses the
 //! attributes inside a tag and decodes references; the tokens it sees are always
 //! complete, so no quick-xml state has to survive between reads.
 //!
@@ -33,7 +40,7 @@ pub enum ParseError {
     /// XML that RFC 6120 §11.1 forbids on a stream: DTDs, comments, processing
     /// instructions, undefined entity references.
     RestrictedXml(String),
-    /// A configured limit (stanza size, nesting depth) was exceeded.
+    /// A configured limit ([`ParserLimits`]) was exceeded.
     PolicyViolation(String),
 }
 
@@ -443,14 +450,28 @@ impl Document {
             decl_allowed: false,
         };
         let mut version = None;
-        for attr in Attributes::new(body, target_len) {
+        // Three names are allowed, each once: flags, not quick-xml's pairwise check,
+        // which `version='1.0'` repeated to the size limit would make quadratic.
+        let mut seen = [false; 3];
+        let mut attrs = Attributes::new(body, target_len);
+        attrs.with_checks(false);
+        for attr in attrs {
             let (key, value) = attr_parts(attr)?;
+            let slot = match key {
+                "version" => 0,
+                "encoding" => 1,
+                "standalone" => 2,
+                _ => return Err(not_well_formed("malformed XML declaration")),
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(not_well_formed(format!("duplicate attribute {key}")));
+            }
             match key {
                 "version" => version = Some(value),
-                "encoding" if value.eq_ignore_ascii_case("UTF-8") => {}
-                "encoding" => return Err(not_well_formed(format!("unsupported encoding {value}"))),
-                "standalone" => {}
-                _ => return Err(not_well_formed("malformed XML declaration")),
+                "encoding" if !value.eq_ignore_ascii_case("UTF-8") => {
+                    return Err(not_well_formed(format!("unsupported encoding {value}")))
+                }
+                _ => {}
             }
         }
         match version {

@@ -1034,3 +1034,20 @@ fn no_input_makes_a_stanza_cost_much_more_than_its_budget() {
         drop(p);
     }
 }
+
+#[test]
+fn xml_declaration_attributes_are_checked_once_each() {
+    let repeated = format!("<?xml{}?>", " version='1.0'".repeat(15_000));
+    let start = std::time::Instant::now();
+    assert!(matches!(
+        error_of(repeated.as_bytes()),
+        Some(ParseError::NotWellFormed(_))
+    ));
+    assert!(
+        start.elapsed().as_secs_f64() < 1.0,
+        "took {:?}",
+        start.elapsed()
+    );
+    let (_, err) = whole(b"<?xml version='1.0' encoding='UTF-8' standalone='yes'?>");
+    assert_eq!(err, None);
+}
