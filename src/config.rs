@@ -225,6 +225,33 @@ pub struct C2sConfig {
 pub struct Limits {
     pub max_stanza_size: usize,
     pub max_depth: usize,
+    // parser: what one stanza may cost while it is parsed (see `Limits::parser`).
+    /// Most elements in one stanza, itself included. Default 2,048: a stanza of
+    /// tiny elements costs ~150 bytes of memory per element (~25× its bytes), so this
+    /// bounds it near 300 KiB per connection, while bookmarks, data forms and
+    /// disco#items lists of a few hundred to a thousand entries still fit.
+    pub max_stanza_elements: usize,
+    /// Most attributes on one element or stream header, namespace declarations
+    /// included. Default 64: the stream header needs about 8, Jingle candidates
+    /// about 10; it also bounds the duplicate check per tag.
+    pub max_attributes: usize,
+    /// Most namespace declarations (`xmlns`, `xmlns:p`) on one element. Default 16:
+    /// a stream header declares 2–4.
+    pub max_namespace_declarations: usize,
+    /// Most namespace declarations in force at once on a stream, the header's
+    /// included. Default 128: one per nesting level (`max_depth` 48) plus the
+    /// header's, with room to spare.
+    pub max_namespaces_in_scope: usize,
+    /// Longest element or attribute name, prefix included, in bytes. Default 256:
+    /// names in XMPP are words, the longest registered about 30 bytes.
+    pub max_name_length: usize,
+    /// Longest namespace URI, in bytes. Default 512: registered XMPP namespaces are
+    /// under 80 bytes.
+    pub max_namespace_length: usize,
+    /// The memory a parsed stanza may take, as a multiple of `max_stanza_size`.
+    /// Default 2: text costs about its bytes, a normal stanza well under 2×; input
+    /// crafted for small elements and long attributes is refused once it costs more.
+    pub stanza_memory_factor: usize,
     pub session_queue: usize,
     pub auth_failures_per_ip: u32,
     pub auth_failures_per_account: u32,
@@ -299,6 +326,15 @@ impl Limits {
         crate::xml::ParserLimits {
             max_stanza_bytes: self.max_stanza_size,
             max_depth: self.max_depth,
+            max_elements: self.max_stanza_elements,
+            max_attributes: self.max_attributes,
+            max_ns_declarations: self.max_namespace_declarations,
+            max_ns_in_scope: self.max_namespaces_in_scope,
+            max_name_bytes: self.max_name_length,
+            max_ns_uri_bytes: self.max_namespace_length,
+            max_stanza_memory: self
+                .max_stanza_size
+                .saturating_mul(self.stanza_memory_factor),
         }
     }
 }
@@ -308,6 +344,14 @@ impl Default for Limits {
         Limits {
             max_stanza_size: 256 * 1024,
             max_depth: 48,
+            // parser
+            max_stanza_elements: 2_048,
+            max_attributes: 64,
+            max_namespace_declarations: 16,
+            max_namespaces_in_scope: 128,
+            max_name_length: 256,
+            max_namespace_length: 512,
+            stanza_memory_factor: 2,
             session_queue: 2048,
             auth_failures_per_ip: 20,
             auth_failures_per_account: 10,
@@ -729,6 +773,50 @@ const LIMITS: &[Field] = &[
         },
     ),
     f("max_depth", Kind::Int { min: 4, max: 1000 }),
+    // parser
+    f(
+        "max_stanza_elements",
+        Kind::Int {
+            min: 16,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_attributes",
+        Kind::Int {
+            min: 16,
+            max: 10_000,
+        },
+    ),
+    f(
+        "max_namespace_declarations",
+        Kind::Int {
+            min: 4,
+            max: 10_000,
+        },
+    ),
+    f(
+        "max_namespaces_in_scope",
+        Kind::Int {
+            min: 16,
+            max: 100_000,
+        },
+    ),
+    f(
+        "max_name_length",
+        Kind::Int {
+            min: 32,
+            max: 65_536,
+        },
+    ),
+    f(
+        "max_namespace_length",
+        Kind::Int {
+            min: 64,
+            max: 65_536,
+        },
+    ),
+    f("stanza_memory_factor", Kind::Int { min: 2, max: 64 }),
     f(
         "session_queue",
         Kind::Int {

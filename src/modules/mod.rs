@@ -140,9 +140,19 @@ pub fn xml_for_storage<'a>(elements: impl IntoIterator<Item = &'a Element>) -> S
 /// XML (the store was edited by hand, or is corrupt).
 pub fn xml_from_storage(stored: &str, max_depth: usize) -> Option<Vec<Element>> {
     use crate::xml::{ParserLimits, StreamEvent, StreamParser};
+    // What is stored passed the stream limits when it was received; only the
+    // size and the depth (which keeps the tree's recursive drop safe) still apply.
+    let max_stanza_bytes = stored.len().max(1024);
     let mut parser = StreamParser::new(ParserLimits {
-        max_stanza_bytes: stored.len().max(1024),
+        max_stanza_bytes,
         max_depth,
+        max_elements: usize::MAX,
+        max_attributes: usize::MAX,
+        max_ns_declarations: usize::MAX,
+        max_ns_in_scope: usize::MAX,
+        max_name_bytes: usize::MAX,
+        max_ns_uri_bytes: usize::MAX,
+        max_stanza_memory: usize::MAX,
     });
     parser.feed(
         b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",

@@ -3,6 +3,12 @@
 //! Names are stored as local name + namespace URI, never as prefixes, so code that
 //! inspects stanzas compares `(name, ns)` pairs and does not care how the peer spelled
 //! them. Serialization lives in `writer.rs`.
+//!
+//! The namespace URI is an `Arc<str>`: the parser hands every element in one declared
+//! namespace the same allocation, so a stanza of many elements costs one copy of each
+//! URI, however long, not one per element.
+
+use std::sync::Arc;
 
 /// One child of an element: a nested element or a run of character data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,14 +28,15 @@ pub enum Node {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
     pub(super) name: String,
-    pub(super) ns: String,
+    pub(super) ns: Arc<str>,
     pub(super) attrs: Vec<(String, String)>,
     pub(super) children: Vec<Node>,
 }
 
 impl Element {
     /// An empty element with local name `name` in namespace `ns` ("" for none).
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+    /// `ns` may be a `&str`, a `String` or an already shared `Arc<str>`.
+    pub fn new(name: impl Into<String>, ns: impl Into<Arc<str>>) -> Self {
         Element {
             name: name.into(),
             ns: ns.into(),
@@ -68,7 +75,7 @@ impl Element {
 
     /// True if this element has local name `name` in namespace `ns`.
     pub fn is(&self, name: &str, ns: &str) -> bool {
-        self.name == name && self.ns == ns
+        self.name == name && &*self.ns == ns
     }
 
     /// Value of the attribute with qualified name `key` (e.g. `"to"`, `"xml:lang"`).
@@ -172,10 +179,12 @@ impl Element {
     /// `jabber:component:accept` and `jabber:client`). Iterative, so any
     /// depth is safe.
     pub fn move_namespace(&mut self, from: &str, to: &str) {
+        // One allocation for the whole tree, shared by every element moved.
+        let to: Arc<str> = Arc::from(to);
         let mut stack = vec![self];
         while let Some(e) = stack.pop() {
-            if e.ns == from {
-                e.ns = to.to_string();
+            if &*e.ns == from {
+                e.ns = to.clone();
             }
             stack.extend(e.children_mut());
         }

@@ -7,8 +7,9 @@
 //!
 //! - `scanner` finds where complete tokens end in an incrementally fed buffer,
 //! - `parser` turns those tokens into stream events and element trees, resolving
-//!   namespaces and enforcing RFC 6120 §11 restricted XML plus size and depth limits,
-//! - `scope` tracks namespace declarations in force,
+//!   namespaces and enforcing RFC 6120 §11 restricted XML plus the [`ParserLimits`]
+//!   (size, depth, counts, lengths, and the memory a stanza's tree may take),
+//! - `scope` tracks namespace declarations in force and holds each URI once,
 //! - `element` is the tree type the rest of the server works with,
 //! - `writer` escapes and serializes elements and stream headers.
 //!
@@ -30,6 +31,17 @@ mod tests;
 pub use element::{Element, Node};
 pub use parser::{ParseError, ParserLimits, StreamEvent, StreamHeader, StreamParser};
 pub use writer::{escape_attr, escape_text, write_stream_end, write_stream_header};
+
+/// Heap bytes one allocation of `bytes` really takes, for the parser's memory
+/// budget: a general-purpose allocator (glibc's, for one) adds an 8-byte header,
+/// rounds to 16 and never hands out less than 32. Nothing is allocated for 0.
+fn heap_cost(bytes: usize) -> usize {
+    if bytes == 0 {
+        0
+    } else {
+        (bytes.saturating_add(8).saturating_add(15) & !15).max(32)
+    }
+}
 
 /// The stream header `xml` opens with, for the header-rule tests of the
 /// stream kinds.

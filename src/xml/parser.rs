@@ -4,7 +4,14 @@
 //! the stream header, one [`Element`] tree per top-level element, the stream end. It
 //! resolves namespace prefixes, decodes entities, and enforces what RFC 6120 §11 and
 //! the server's limits demand: no DTDs, comments, processing instructions or undefined
-//! entities, UTF-8 only, bounded stanza size and nesting depth. quick-xml parses the
+//! entities, UTF-8 only, and the [`ParserLimits`]: stanza size and nesting depth,
+//! elements per stanza, attributes and namespace declarations per tag, declarations
+//! in scope, name and URI lengths, and a memory budget. Each is checked before the
+//! memory it guards is spent: the tree's heap is estimated as it is built (allocator
+//! overhead included) and charged before each allocation, so no input makes a stanza
+//! cost much more than `max_stanza_memory`. Per tag the work is linear: attributes
+//! are read once, at most `max_attributes` of them, and checked for duplicates by
+//! hashing when there are many. quick-xml parses the
 //! attributes inside a tag and decodes references; the tokens it sees are always
 //! complete, so no quick-xml state has to survive between reads.
 //!
@@ -12,7 +19,9 @@
 //! is rejected as [`ParseError::NotWellFormed`]: it can only be a confused or hostile peer.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use quick_xml::escape::{unescape, EscapeError};
 use quick_xml::events::attributes::{AttrError, Attribute, Attributes};
@@ -20,7 +29,7 @@ use quick_xml::events::attributes::{AttrError, Attribute, Attributes};
 use super::element::{Element, Node};
 use super::scanner::{is_xml_space, Scanner, TokenKind};
 use super::scope::NsScope;
-use super::{NS_STREAMS, NS_XML};
+use super::{heap_cost, NS_STREAMS, NS_XML};
 
 /// Why the stream cannot go on; each maps to the RFC 6120 stream error of the same name
 /// (`not-well-formed`, `restricted-xml`, `policy-violation`).
@@ -31,7 +40,7 @@ pub enum ParseError {
     /// XML that RFC 6120 §11.1 forbids on a stream: DTDs, comments, processing
     /// instructions, undefined entity references.
     RestrictedXml(String),
-    /// A configured limit (stanza size, nesting depth) was exceeded.
+    /// A configured limit ([`ParserLimits`]) was exceeded.
     PolicyViolation(String),
 }
 
@@ -52,12 +61,33 @@ fn not_well_formed(msg: impl Into<String>) -> ParseError {
 }
 
 /// Limits enforced while parsing, before memory is spent on what exceeds them.
+///
+/// The defaults are the server's defaults (see `[limits]` in `waxwing.example.toml`
+/// for why each is what it is); `crate::config::Limits::parser` fills them from the
+/// configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParserLimits {
     /// Largest top-level element (and stream header tag), in bytes as received.
     pub max_stanza_bytes: usize,
     /// Deepest element nesting; a stanza itself is at depth 1.
     pub max_depth: usize,
+    /// Most elements in one top-level element, itself included.
+    pub max_elements: usize,
+    /// Most attributes on one tag (the stream header's included), namespace
+    /// declarations counted.
+    pub max_attributes: usize,
+    /// Most namespace declarations (`xmlns`, `xmlns:p`) on one tag.
+    pub max_ns_declarations: usize,
+    /// Most namespace declarations in force at once, the stream header's included.
+    pub max_ns_in_scope: usize,
+    /// Longest element or attribute name, prefix included, in bytes.
+    pub max_name_bytes: usize,
+    /// Longest namespace URI, in bytes.
+    pub max_ns_uri_bytes: usize,
+    /// Most heap memory the tree of one top-level element (or the stream header's
+    /// declarations) may take, as estimated while it is built: element structures,
+    /// names, attributes, text, and each shared namespace URI once.
+    pub max_stanza_memory: usize,
 }
 
 impl Default for ParserLimits {
@@ -65,8 +95,19 @@ impl Default for ParserLimits {
         ParserLimits {
             max_stanza_bytes: 262_144,
             max_depth: 48,
+            max_elements: 2_048,
+            max_attributes: 64,
+            max_ns_declarations: 16,
+            max_ns_in_scope: 128,
+            max_name_bytes: 256,
+            max_ns_uri_bytes: 512,
+            max_stanza_memory: 2 * 262_144,
         }
     }
+}
+
+fn policy(msg: impl Into<String>) -> ParseError {
+    ParseError::PolicyViolation(msg.into())
 }
 
 /// The opening `<stream:stream …>` tag.
@@ -228,7 +269,21 @@ struct Document {
     open: Vec<Element>,
     /// Bytes of the current top-level element (or header) consumed so far.
     used: usize,
+    /// Elements of the current top-level element started so far.
+    elements: usize,
+    /// Estimated heap bytes of the current top-level element's tree (or of the
+    /// header's declarations), charged before each allocation it stands for.
+    memory: usize,
 }
+
+/// One attribute of a tag as written: qualified name and raw (undecoded) value.
+type RawAttr<'a> = (&'a str, &'a str);
+
+/// Size of one attribute in an element's list (its two strings' heads).
+const ATTR_PAIR: usize = std::mem::size_of::<(String, String)>();
+
+/// At or below this many attributes a pairwise duplicate check is cheaper than hashing.
+const LINEAR_SCAN_MAX: usize = 8;
 
 impl Document {
     fn new(limits: ParserLimits) -> Self {
@@ -241,6 +296,8 @@ impl Document {
             name_starts: Vec::new(),
             open: Vec::new(),
             used: 0,
+            elements: 0,
+            memory: 0,
         }
     }
 
@@ -252,12 +309,40 @@ impl Document {
         self.name_starts.clear();
         self.open = Vec::new();
         self.used = 0;
+        self.elements = 0;
+        self.memory = 0;
     }
 
     fn shrink(&mut self) {
         if self.open.is_empty() {
             self.open = Vec::new();
         }
+    }
+
+    /// A top-level element (or the header) is done: the next one starts from zero.
+    fn next_top_level(&mut self) {
+        self.used = 0;
+        self.elements = 0;
+        self.memory = 0;
+        self.scope.end_stanza();
+    }
+
+    /// Account for `bytes` of heap about to be spent on the tree under construction.
+    fn charge(&mut self, bytes: usize) -> Result<(), ParseError> {
+        self.within_budget(bytes)?;
+        self.memory += bytes;
+        Ok(())
+    }
+
+    /// Whether `bytes` more would still fit in the stanza's memory budget.
+    fn within_budget(&self, bytes: usize) -> Result<(), ParseError> {
+        if self.memory.saturating_add(bytes) > self.limits.max_stanza_memory {
+            return Err(policy(format!(
+                "element would take more than {} bytes of memory",
+                self.limits.max_stanza_memory
+            )));
+        }
+        Ok(())
     }
 
     /// Character data is part of the document only inside a stanza.
@@ -277,7 +362,7 @@ impl Document {
         match kind {
             TokenKind::Text => {
                 let text = decode(tok, false)?;
-                self.append_text(text);
+                self.append_text(text)?;
                 Ok(None)
             }
             TokenKind::CData => {
@@ -285,7 +370,7 @@ impl Document {
                     return Err(not_well_formed("CDATA section outside of a stanza"));
                 }
                 let text = normalize_line_ends(inner(9, 3)?).into_owned();
-                self.append_text(text);
+                self.append_text(text)?;
                 Ok(None)
             }
             TokenKind::Pi => self.processing_instruction(inner(2, 2)?),
@@ -300,10 +385,57 @@ impl Document {
         }
     }
 
-    fn append_text(&mut self, text: String) {
-        if let Some(parent) = self.open.last_mut() {
-            parent.append_text(text);
+    fn append_text(&mut self, text: String) -> Result<(), ParseError> {
+        if self.open.is_empty() || text.is_empty() {
+            return Ok(());
         }
+        let last_text_room = match self.open.last().and_then(|p| p.children.last()) {
+            Some(Node::Text(last)) => Some((last.len(), last.capacity())),
+            _ => None,
+        };
+        match last_text_room {
+            // Adjacent text (around a CDATA section) extends the last text node.
+            Some((len, cap)) => {
+                let needed = len.saturating_add(text.len());
+                let grow = if needed > cap {
+                    needed.max(cap.saturating_mul(2)) - len
+                } else {
+                    0
+                };
+                self.charge(heap_cost(len + grow).saturating_sub(heap_cost(cap)))?;
+                if let Some(Node::Text(last)) =
+                    self.open.last_mut().and_then(|p| p.children.last_mut())
+                {
+                    last.reserve_exact(grow);
+                    last.push_str(&text);
+                }
+                Ok(())
+            }
+            None => {
+                self.charge(heap_cost(text.capacity()))?;
+                self.push_child(Node::Text(text))
+            }
+        }
+    }
+
+    /// Attach `node` to the innermost open element, charging the growth of its
+    /// child list (which is grown here, by doubling, so the charge is exact).
+    fn push_child(&mut self, node: Node) -> Result<(), ParseError> {
+        let (len, cap) = match self.open.last() {
+            Some(parent) => (parent.children.len(), parent.children.capacity()),
+            None => return Ok(()),
+        };
+        let grow = if len == cap { cap.max(4) } else { 0 };
+        let size = std::mem::size_of::<Node>();
+        self.charge(
+            heap_cost(cap.saturating_add(grow).saturating_mul(size))
+                .saturating_sub(heap_cost(cap.saturating_mul(size))),
+        )?;
+        if let Some(parent) = self.open.last_mut() {
+            parent.children.reserve_exact(grow);
+            parent.children.push(node);
+        }
+        Ok(())
     }
 
     /// Only `<?xml …?>` before the stream header is allowed (RFC 6120 §11.1, §11.5).
@@ -318,20 +450,132 @@ impl Document {
             decl_allowed: false,
         };
         let mut version = None;
-        for attr in Attributes::new(body, target_len) {
+        // Three names are allowed, each once: flags, not quick-xml's pairwise check,
+        // which `version='1.0'` repeated to the size limit would make quadratic.
+        let mut seen = [false; 3];
+        let mut attrs = Attributes::new(body, target_len);
+        attrs.with_checks(false);
+        for attr in attrs {
             let (key, value) = attr_parts(attr)?;
+            let slot = match key {
+                "version" => 0,
+                "encoding" => 1,
+                "standalone" => 2,
+                _ => return Err(not_well_formed("malformed XML declaration")),
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(not_well_formed(format!("duplicate attribute {key}")));
+            }
             match key {
                 "version" => version = Some(value),
-                "encoding" if value.eq_ignore_ascii_case("UTF-8") => {}
-                "encoding" => return Err(not_well_formed(format!("unsupported encoding {value}"))),
-                "standalone" => {}
-                _ => return Err(not_well_formed("malformed XML declaration")),
+                "encoding" if !value.eq_ignore_ascii_case("UTF-8") => {
+                    return Err(not_well_formed(format!("unsupported encoding {value}")))
+                }
+                _ => {}
             }
         }
         match version {
             Some(v) if v.starts_with("1.") => Ok(None),
             _ => Err(not_well_formed("XML declaration without version 1.x")),
         }
+    }
+
+    /// The attributes of a tag, counted and checked (names, duplicates) before any
+    /// of them is decoded. Linear in the tag's length: at most `max_attributes` are
+    /// read, and duplicates are found by hashing when there are many.
+    fn read_attributes<'a>(
+        &self,
+        content: &'a str,
+        name_len: usize,
+    ) -> Result<Vec<RawAttr<'a>>, ParseError> {
+        let mut attrs: Vec<RawAttr<'a>> = Vec::new();
+        let mut projected = 0usize;
+        let mut parsed = Attributes::new(content, name_len);
+        // quick-xml's own duplicate check compares each attribute with every earlier one.
+        parsed.with_checks(false);
+        for attr in parsed {
+            if attrs.len() >= self.limits.max_attributes {
+                return Err(policy(format!(
+                    "more than {} attributes on one element",
+                    self.limits.max_attributes
+                )));
+            }
+            let (key, value) = attr_parts(attr)?;
+            self.check_name_len(key)?;
+            // What this attribute will cost in the tree, checked before this list
+            // and the duplicate check grow with it.
+            projected =
+                projected.saturating_add(ATTR_PAIR + heap_cost(key.len()) + heap_cost(value.len()));
+            self.within_budget(projected)?;
+            attrs.push((key, value));
+        }
+        let duplicate = if attrs.len() <= LINEAR_SCAN_MAX {
+            attrs
+                .iter()
+                .enumerate()
+                .find(|(i, (k, _))| attrs[..*i].iter().any(|(o, _)| o == k))
+                .map(|(_, (k, _))| *k)
+        } else {
+            let mut seen = HashSet::with_capacity(attrs.len());
+            attrs.iter().map(|(k, _)| *k).find(|k| !seen.insert(*k))
+        };
+        match duplicate {
+            Some(k) => Err(not_well_formed(format!("duplicate attribute {k}"))),
+            None => Ok(attrs),
+        }
+    }
+
+    fn check_name_len(&self, name: &str) -> Result<(), ParseError> {
+        if name.len() > self.limits.max_name_bytes {
+            return Err(policy(format!(
+                "name longer than {} bytes",
+                self.limits.max_name_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bind the namespace declarations among `attrs` in a new scope. They apply to
+    /// the element's own name and attributes wherever they are written in the tag.
+    fn declare_namespaces(&mut self, attrs: &[RawAttr<'_>]) -> Result<(), ParseError> {
+        self.scope.enter();
+        let mut declared = 0;
+        for &(key, value) in attrs {
+            let prefix = match key.strip_prefix("xmlns") {
+                Some("") => "",
+                Some(rest) => match rest.strip_prefix(':') {
+                    Some(prefix) => prefix,
+                    None => continue,
+                },
+                None => continue,
+            };
+            declared += 1;
+            if declared > self.limits.max_ns_declarations {
+                return Err(policy(format!(
+                    "more than {} namespace declarations on one element",
+                    self.limits.max_ns_declarations
+                )));
+            }
+            if self.scope.in_scope() >= self.limits.max_ns_in_scope {
+                return Err(policy(format!(
+                    "more than {} namespace declarations in scope",
+                    self.limits.max_ns_in_scope
+                )));
+            }
+            let uri = decode(value, true)?;
+            if uri.len() > self.limits.max_ns_uri_bytes {
+                return Err(policy(format!(
+                    "namespace longer than {} bytes",
+                    self.limits.max_ns_uri_bytes
+                )));
+            }
+            if !prefix.is_empty() || key != "xmlns" {
+                check_prefix_binding(prefix, &uri)?;
+            }
+            let cost = self.scope.declare(prefix, &uri);
+            self.charge(cost)?;
+        }
+        Ok(())
     }
 
     fn start_tag(&mut self, content: &str, empty: bool) -> Result<Option<StreamEvent>, ParseError> {
@@ -341,72 +585,48 @@ impl Document {
         let in_stream = self.phase == Phase::Stream;
         // Checked before building anything: a 5,000-deep nesting stops at max_depth.
         if in_stream && self.open.len() >= self.limits.max_depth {
-            return Err(ParseError::PolicyViolation(format!(
+            return Err(policy(format!(
                 "elements nested deeper than {}",
                 self.limits.max_depth
             )));
+        }
+        if in_stream {
+            self.elements += 1;
+            if self.elements > self.limits.max_elements {
+                return Err(policy(format!(
+                    "more than {} elements in one stanza",
+                    self.limits.max_elements
+                )));
+            }
         }
         let name_len = content
             .bytes()
             .position(is_xml_space)
             .unwrap_or(content.len());
         let qname = &content[..name_len];
+        self.check_name_len(qname)?;
         check_name(qname)?;
 
-        // Declarations first: they apply to the element's own name and attributes
-        // wherever they are written in the tag. This pass also checks for duplicates.
-        self.scope.enter();
-        for attr in Attributes::new(content, name_len) {
-            let (key, value) = attr_parts(attr)?;
-            if key == "xmlns" {
-                self.scope.declare("", &decode(value, true)?);
-            } else if let Some(prefix) = key.strip_prefix("xmlns:") {
-                let uri = decode(value, true)?;
-                check_prefix_binding(prefix, &uri)?;
-                self.scope.declare(prefix, &uri);
-            }
-        }
+        let attrs = self.read_attributes(content, name_len)?;
+        self.declare_namespaces(&attrs)?;
         let (prefix, local) = split_qname(qname);
         let ns = self
             .scope
             .resolve(prefix)
+            .cloned()
             .ok_or_else(|| not_well_formed(format!("undeclared namespace prefix {prefix}:")))?;
 
         if !in_stream {
-            return self.stream_header(content, name_len, prefix, local, empty);
+            return self.stream_header(&attrs, qname, prefix, local, &ns, empty);
         }
-        if self.open.is_empty() && local == "stream" && ns == NS_STREAMS {
+        if self.open.is_empty() && local == "stream" && &*ns == NS_STREAMS {
             return Err(not_well_formed("stream header inside an open stream"));
         }
 
-        let mut el = Element::new(local, ns);
-        let mut attrs = Attributes::new(content, name_len);
-        attrs.with_checks(false);
-        for attr in attrs {
-            let (key, value) = attr_parts(attr)?;
-            if key == "xmlns" || key.starts_with("xmlns:") {
-                continue;
-            }
-            check_name(key)?;
-            el.attrs.push((key.to_owned(), decode(value, true)?));
-            let (prefix, _) = split_qname(key);
-            if !prefix.is_empty() && prefix != "xml" {
-                let uri = self.scope.resolve(prefix).ok_or_else(|| {
-                    not_well_formed(format!("undeclared namespace prefix {prefix}:"))
-                })?;
-                // Carry the binding on the element itself: its prefix may have been
-                // declared on an ancestor or the stream header, which a writer of this
-                // element alone would not reproduce.
-                let decl = format!("xmlns:{prefix}");
-                if !el.attrs.iter().any(|(k, _)| *k == decl) {
-                    el.attrs.push((decl, uri.to_owned()));
-                }
-            }
-        }
-
+        let el = self.build_element(local, ns, &attrs)?;
         if empty {
             self.scope.leave();
-            return Ok(self.close(el));
+            return self.close(el);
         }
         self.name_starts.push(self.names.len());
         self.names.push_str(qname);
@@ -414,23 +634,86 @@ impl Document {
         Ok(None)
     }
 
+    /// The element of a start tag whose namespaces are in scope, its cost charged.
+    fn build_element(
+        &mut self,
+        local: &str,
+        ns: Arc<str>,
+        attrs: &[RawAttr<'_>],
+    ) -> Result<Element, ParseError> {
+        // A stanza's own structure; a child's is charged with its parent's child list.
+        let own = if self.open.is_empty() {
+            std::mem::size_of::<Element>()
+        } else {
+            0
+        };
+        self.charge(own + heap_cost(local.len()))?;
+        let mut el = Element::new(local, ns);
+        let plain = |k: &&str| *k != "xmlns" && !k.starts_with("xmlns:");
+        let count = attrs.iter().filter(|(k, _)| plain(k)).count();
+        self.charge(heap_cost(count.saturating_mul(ATTR_PAIR)))?;
+        el.attrs.reserve_exact(count);
+        // Prefixes of prefixed attributes whose binding the element carries.
+        let mut carried: Vec<&str> = Vec::new();
+        let mut carried_set: HashSet<&str> = HashSet::new();
+        for &(key, value) in attrs.iter().filter(|(k, _)| plain(k)) {
+            check_name(key)?;
+            let value = decode(value, true)?;
+            self.charge(heap_cost(key.len()) + heap_cost(value.capacity()))?;
+            el.attrs.push((key.to_owned(), value));
+            let (prefix, _) = split_qname(key);
+            if prefix.is_empty() || prefix == "xml" {
+                continue;
+            }
+            let uri =
+                self.scope.resolve(prefix).cloned().ok_or_else(|| {
+                    not_well_formed(format!("undeclared namespace prefix {prefix}:"))
+                })?;
+            let new = if carried.len() < LINEAR_SCAN_MAX {
+                !carried.contains(&prefix)
+            } else {
+                if carried_set.is_empty() {
+                    carried_set.extend(carried.iter().copied());
+                }
+                carried_set.insert(prefix)
+            };
+            if !new {
+                continue;
+            }
+            carried.push(prefix);
+            // Carry the binding on the element itself: its prefix may have been
+            // declared on an ancestor or the stream header, which a writer of this
+            // element alone would not reproduce.
+            let decl = format!("xmlns:{prefix}");
+            let (len, cap) = (el.attrs.len(), el.attrs.capacity());
+            let grow = if len == cap { cap.max(4) } else { 0 };
+            self.charge(
+                heap_cost((cap + grow).saturating_mul(ATTR_PAIR))
+                    .saturating_sub(heap_cost(cap.saturating_mul(ATTR_PAIR)))
+                    + heap_cost(decl.len())
+                    + heap_cost(uri.len()),
+            )?;
+            el.attrs.reserve_exact(grow);
+            el.attrs.push((decl, uri.to_string()));
+        }
+        Ok(el)
+    }
+
     fn stream_header(
         &mut self,
-        content: &str,
-        name_len: usize,
+        attrs: &[RawAttr<'_>],
+        qname: &str,
         prefix: &str,
         local: &str,
+        ns: &str,
         empty: bool,
     ) -> Result<Option<StreamEvent>, ParseError> {
         let mut header = StreamHeader {
             name: local.to_owned(),
-            ns: self.scope.resolve(prefix).unwrap_or("").to_owned(),
+            ns: ns.to_owned(),
             ..StreamHeader::default()
         };
-        let mut attrs = Attributes::new(content, name_len);
-        attrs.with_checks(false);
-        for attr in attrs {
-            let (key, value) = attr_parts(attr)?;
+        for &(key, value) in attrs {
             let slot = match key {
                 "xmlns" => &mut header.default_ns,
                 "to" => &mut header.to,
@@ -450,12 +733,12 @@ impl Document {
             *slot = Some(decode(value, true)?);
         }
         self.phase = Phase::Stream;
-        self.used = 0;
+        self.next_top_level();
         if empty {
             self.pending_end = true;
         } else {
             self.name_starts.push(self.names.len());
-            self.names.push_str(&content[..name_len]);
+            self.names.push_str(qname);
         }
         Ok(Some(StreamEvent::Header(header)))
     }
@@ -476,7 +759,7 @@ impl Document {
         self.name_starts.pop();
         self.scope.leave();
         match self.open.pop() {
-            Some(el) => Ok(self.close(el)),
+            Some(el) => self.close(el),
             None => {
                 self.phase = Phase::Ended;
                 Ok(Some(StreamEvent::End))
@@ -485,17 +768,13 @@ impl Document {
     }
 
     /// A complete element: attach it to its parent, or hand it out if it is top-level.
-    fn close(&mut self, el: Element) -> Option<StreamEvent> {
-        match self.open.last_mut() {
-            Some(parent) => {
-                parent.children.push(Node::Element(el));
-                None
-            }
-            None => {
-                self.used = 0;
-                Some(StreamEvent::Stanza(el))
-            }
+    fn close(&mut self, el: Element) -> Result<Option<StreamEvent>, ParseError> {
+        if self.open.is_empty() {
+            self.next_top_level();
+            return Ok(Some(StreamEvent::Stanza(el)));
         }
+        self.push_child(Node::Element(el))?;
+        Ok(None)
     }
 }
 

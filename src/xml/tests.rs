@@ -406,6 +406,7 @@ fn size_limit_counts_the_whole_stanza() {
     let limits = ParserLimits {
         max_stanza_bytes: 200,
         max_depth: 48,
+        ..ParserLimits::default()
     };
     let header =
         "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
@@ -442,6 +443,7 @@ fn keepalive_whitespace_is_not_buffered() {
     let mut p = StreamParser::new(ParserLimits {
         max_stanza_bytes: 1000,
         max_depth: 4,
+        ..ParserLimits::default()
     });
     p.feed(C2S_HEADER.as_bytes());
     assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
@@ -604,8 +606,15 @@ fn large_stanza_byte_by_byte_is_linear() {
         "<e k='v'>t</e>".repeat(3000)
     ));
     assert!(input.len() > 200 * 1024);
+    // Above the default caps on purpose: this is about time, not refusal.
+    let limits = ParserLimits {
+        max_attributes: 4096,
+        max_elements: 4096,
+        max_stanza_memory: 4 << 20,
+        ..ParserLimits::default()
+    };
     let start = std::time::Instant::now();
-    let (events, err) = bytewise(&input);
+    let (events, err) = run(limits, input.chunks(1));
     let elapsed = start.elapsed();
     assert_eq!(err, None);
     assert_eq!(stanzas(&events).len(), 1);
@@ -651,4 +660,394 @@ fn mutated_input_never_panics_and_is_chunking_invariant() {
         let chunked = run(ParserLimits::default(), random_chunks(&m, next(), 13));
         assert_eq!(chunked, reference);
     }
+}
+
+// --- What one stanza may cost (issue 8, items 2 and 3) ---
+
+/// The error `input` ends with under `limits`, the same whole, byte by byte and in
+/// random chunk sizes (the caps and the memory count must not depend on how reads
+/// split the input).
+fn limit_error(limits: ParserLimits, input: &[u8]) -> Option<ParseError> {
+    let reference = run(limits, [input]);
+    for seed in 1..=4u64 {
+        let chunked = run(limits, random_chunks(input, seed * 7919, 4096));
+        assert_eq!(chunked, reference, "chunking changed the outcome");
+    }
+    assert_eq!(run(limits, input.chunks(1)), reference);
+    reference.1
+}
+
+fn is_policy_violation(e: &Option<ParseError>) -> bool {
+    matches!(e, Some(ParseError::PolicyViolation(_)))
+}
+
+/// A stream with `uri` bound to `p:` on the header, then `<p:r>` with `n` `<p:a/>`.
+fn amplification(uri_len: usize, n: usize) -> Vec<u8> {
+    format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+         xmlns:p='urn:{}'><p:r>{}</p:r>",
+        "x".repeat(uri_len),
+        "<p:a/>".repeat(n)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn elements_per_stanza_are_capped() {
+    let limits = ParserLimits {
+        max_elements: 100,
+        ..ParserLimits::default()
+    };
+    // The stanza itself counts: 1 + 99 children is the most.
+    let ok = in_stream(&format!(
+        "<r>{}</r><r>{}</r>",
+        "<a/>".repeat(99),
+        "<a/>".repeat(99)
+    ));
+    assert_eq!(
+        limit_error(limits, &ok),
+        None,
+        "the count restarts per stanza"
+    );
+    let over = in_stream(&format!("<r>{}</r>", "<a/>".repeat(100)));
+    assert!(is_policy_violation(&limit_error(limits, &over)));
+    // Nested ones count the same as siblings.
+    let nested = in_stream(&format!("<r>{}</r>", "<a><b/></a>".repeat(50)));
+    assert!(is_policy_violation(&limit_error(limits, &nested)));
+}
+
+#[test]
+fn attributes_per_element_are_capped() {
+    let limits = ParserLimits {
+        max_attributes: 20,
+        ..ParserLimits::default()
+    };
+    let attrs = |n: usize| (0..n).map(|i| format!(" a{i}='v'")).collect::<String>();
+    let ok = in_stream(&format!("<message{}/>", attrs(20)));
+    assert_eq!(limit_error(limits, &ok), None);
+    let over = in_stream(&format!("<message{}/>", attrs(21)));
+    assert!(is_policy_violation(&limit_error(limits, &over)));
+    // Declarations are attributes of the tag too.
+    let decls: String = (0..21).map(|i| format!(" xmlns:p{i}='urn:{i}'")).collect();
+    let over = in_stream(&format!("<message{decls}/>"));
+    assert!(is_policy_violation(&limit_error(limits, &over)));
+    // The stream header as well.
+    let header = format!(
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'{}>",
+        attrs(20)
+    );
+    assert!(is_policy_violation(&limit_error(limits, header.as_bytes())));
+}
+
+#[test]
+fn namespace_declarations_are_capped_per_element_and_in_scope() {
+    let limits = ParserLimits {
+        max_ns_declarations: 4,
+        max_ns_in_scope: 10,
+        ..ParserLimits::default()
+    };
+    let decls = |n: usize, tag: &str| {
+        (0..n)
+            .map(|i| format!(" xmlns:{tag}{i}='urn:{tag}:{i}'"))
+            .collect::<String>()
+    };
+    let ok = in_stream(&format!("<m{}/>", decls(4, "p")));
+    assert_eq!(limit_error(limits, &ok), None);
+    let over = in_stream(&format!("<m{}/>", decls(5, "p")));
+    assert!(is_policy_violation(&limit_error(limits, &over)));
+    // The header holds 2; 2 × 4 more nested is 10 in scope, one more is too many.
+    let nested = |extra: &str| {
+        in_stream(&format!(
+            "<m{}><n{}>{extra}</n></m>",
+            decls(4, "p"),
+            decls(4, "q")
+        ))
+    };
+    assert_eq!(limit_error(limits, &nested("<o/>")), None);
+    let over = nested("<o xmlns='urn:one-more'/>");
+    assert!(is_policy_violation(&limit_error(limits, &over)));
+    // Leaving an element gives its declarations back.
+    let siblings = in_stream(&format!(
+        "<m>{}</m>",
+        format!("<n{}/>", decls(4, "p")).repeat(50)
+    ));
+    assert_eq!(limit_error(limits, &siblings), None);
+}
+
+#[test]
+fn names_and_namespace_uris_are_capped_in_length() {
+    let limits = ParserLimits {
+        max_name_bytes: 40,
+        max_ns_uri_bytes: 64,
+        ..ParserLimits::default()
+    };
+    let n = |len: usize| "n".repeat(len);
+    assert_eq!(
+        limit_error(limits, &in_stream(&format!("<{}/>", n(40)))),
+        None
+    );
+    let long_element = in_stream(&format!("<{}/>", n(41)));
+    assert!(is_policy_violation(&limit_error(limits, &long_element)));
+    let long_attr = in_stream(&format!("<m {}='v'/>", n(41)));
+    assert!(is_policy_violation(&limit_error(limits, &long_attr)));
+    // The prefix is part of the name.
+    let prefixed = in_stream(&format!("<p:{} xmlns:p='urn:p'/>", n(39)));
+    assert!(is_policy_violation(&limit_error(limits, &prefixed)));
+
+    let uri = |len: usize| format!("urn:{}", "u".repeat(len - 4));
+    let ok = in_stream(&format!("<m xmlns='{}'/>", uri(64)));
+    assert_eq!(limit_error(limits, &ok), None);
+    let long_default = in_stream(&format!("<m xmlns='{}'/>", uri(65)));
+    assert!(is_policy_violation(&limit_error(limits, &long_default)));
+    let long_prefixed = in_stream(&format!("<m xmlns:p='{}'/>", uri(65)));
+    assert!(is_policy_violation(&limit_error(limits, &long_prefixed)));
+    // On the header too: the audit's input declares its long URI there.
+    assert!(is_policy_violation(&limit_error(
+        limits,
+        &amplification(61, 1)
+    )));
+}
+
+#[test]
+fn the_audits_amplification_input_is_refused() {
+    // As sent in the audit: a 25,000-byte URI, 40,000 elements.
+    let input = amplification(25_000, 40_000);
+    let (events, err) = run(ParserLimits::default(), [input.as_slice()]);
+    assert!(is_policy_violation(&err), "{err:?}");
+    assert!(events.is_empty(), "refused at the header");
+    // With the URI within its cap, the element count stops it.
+    let input = amplification(500, 40_000);
+    let (events, err) = run(ParserLimits::default(), input.chunks(1500));
+    assert!(is_policy_violation(&err), "{err:?}");
+    assert_eq!(events.len(), 1, "only the header came out");
+}
+
+#[test]
+fn elements_share_their_namespace_uri() {
+    let (events, err) = whole(&amplification(500, 100));
+    assert_eq!(err, None);
+    let root = stanzas(&events)[0];
+    assert_eq!(root.ns().len(), 504);
+    assert_eq!(root.children().count(), 100);
+    // One allocation: every element's URI is the same text at the same address.
+    let at = root.ns().as_ptr();
+    assert!(root.children().all(|c| c.ns().as_ptr() == at));
+    // Siblings declaring the same namespace each share one copy too.
+    let (events, err) = whole(&in_stream(&format!(
+        "<r>{}</r>",
+        "<a xmlns='urn:same'/>".repeat(10)
+    )));
+    assert_eq!(err, None);
+    let root = stanzas(&events)[0];
+    let first = root.children().next().map(|c| c.ns().as_ptr());
+    assert!(root.children().all(|c| Some(c.ns().as_ptr()) == first));
+}
+
+#[test]
+fn a_stanzas_memory_is_counted_against_its_budget() {
+    // Without the element cap, small elements exhaust the memory budget first:
+    // 40,000 × `<a/>` is 160 KB of input but ~3 MB as a tree.
+    let limits = ParserLimits {
+        max_elements: usize::MAX,
+        ..ParserLimits::default()
+    };
+    let small = in_stream(&format!("<r>{}</r>", "<a/>".repeat(40_000)));
+    assert!(small.len() < limits.max_stanza_bytes);
+    let err = limit_error(limits, &small);
+    assert!(is_policy_violation(&err), "{err:?}");
+    assert!(format!("{err:?}").contains("memory"), "{err:?}");
+    // Short attributes cost their pair structure (48 bytes) for ~5 bytes of input.
+    let limits = ParserLimits {
+        max_elements: usize::MAX,
+        max_attributes: usize::MAX,
+        ..ParserLimits::default()
+    };
+    let attrs: String = (0..20_000).map(|i| format!(" a{i}=''")).collect();
+    let err = limit_error(limits, &in_stream(&format!("<r{attrs}/>")));
+    assert!(format!("{err:?}").contains("memory"), "{err:?}");
+    // Text costs about its size: a stanza of text up to the size limit passes.
+    let text = in_stream(&format!(
+        "<message><body>{}</body></message>",
+        "t".repeat(limits.max_stanza_bytes - 40)
+    ));
+    assert_eq!(limit_error(ParserLimits::default(), &text), None);
+    // Text around CDATA sections grows one node, counted as it grows.
+    let mixed = in_stream(&format!("<m>{}</m>", "ab<![CDATA[c]]>".repeat(10_000)));
+    let (events, err) = run(ParserLimits::default(), [mixed.as_slice()]);
+    assert_eq!(err, None);
+    assert_eq!(stanzas(&events)[0].nodes().len(), 1);
+    let tight = ParserLimits {
+        max_stanza_memory: 20_000,
+        ..ParserLimits::default()
+    };
+    assert!(is_policy_violation(&limit_error(tight, &mixed)));
+}
+
+#[test]
+fn duplicate_attributes_are_found_with_few_and_many() {
+    for n in [2, 8, 9, 60] {
+        let attrs: String = (0..n).map(|i| format!(" a{i}='v'")).collect();
+        let dup = in_stream(&format!("<m{attrs} a{}='w'/>", n / 2));
+        assert!(
+            matches!(error_of(&dup), Some(ParseError::NotWellFormed(_))),
+            "{n}"
+        );
+        assert_eq!(error_of(&in_stream(&format!("<m{attrs}/>"))), None);
+    }
+    let header = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='a' to='b'>";
+    assert!(matches!(
+        error_of(header.as_bytes()),
+        Some(ParseError::NotWellFormed(_))
+    ));
+}
+
+#[test]
+fn many_attributes_cost_linear_time_when_allowed() {
+    // An operator may raise the cap: the duplicate check must not be quadratic
+    // (20,000 attributes compared pairwise are 200 million comparisons).
+    let limits = ParserLimits {
+        max_attributes: usize::MAX,
+        max_stanza_memory: usize::MAX,
+        ..ParserLimits::default()
+    };
+    let attrs: String = (0..20_000).map(|i| format!(" a{i}=''")).collect();
+    let input = in_stream(&format!("<r{attrs}/>"));
+    assert!(input.len() < limits.max_stanza_bytes);
+    let header = format!("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'{attrs}>");
+    for input in [input, header.into_bytes()] {
+        let start = std::time::Instant::now();
+        let (events, err) = run(limits, [input.as_slice()]);
+        assert_eq!(err, None);
+        assert!(!events.is_empty());
+        assert!(
+            start.elapsed().as_secs_f64() < 1.0,
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+/// Counts the bytes live on each thread, so a test can see what parsing really
+/// allocates (other tests run on other threads and are not counted).
+mod heap_meter {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Meter;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(delta: isize) {
+        // `try_with`: nothing is counted while the thread's locals are torn down.
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator.
+    unsafe impl GlobalAlloc for Meter {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as isize));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Peak of live bytes on this thread since the last call, above the level then.
+    pub fn peak_since_reset() -> usize {
+        let live = LIVE.with(Cell::get);
+        let peak = PEAK.with(|p| p.replace(live));
+        (peak - live).max(0) as usize
+    }
+}
+
+#[global_allocator]
+static METER: heap_meter::Meter = heap_meter::Meter;
+
+#[test]
+fn no_input_makes_a_stanza_cost_much_more_than_its_budget() {
+    // The memory budget alone (no element or attribute cap) must hold the real
+    // allocations, temporaries included, to the budget plus the input buffered.
+    let limits = ParserLimits {
+        max_elements: usize::MAX,
+        max_attributes: usize::MAX,
+        max_stanza_memory: 256 * 1024,
+        ..ParserLimits::default()
+    };
+    let header = "<stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' xmlns:p='urn:pppppppppp'>";
+    let attrs: String = (0..20_000).map(|i| format!(" a{i}=''")).collect();
+    let uri = "u".repeat(500);
+    let inputs = [
+        format!("<p:r>{}</p:r>", "<p:a/>".repeat(40_000)),
+        format!("<r>{}</r>", "<a p:x=''/>".repeat(20_000)),
+        format!("<r{attrs}/>"),
+        // Distinct URIs cannot be shared: each is a copy of its own.
+        format!(
+            "<r>{}</r>",
+            (0..450)
+                .map(|i| format!("<a xmlns='urn:{i}{uri}'/>"))
+                .collect::<String>()
+        ),
+        format!("<r>{}</r>", "<a>t</a>".repeat(30_000)),
+    ];
+    for body in inputs {
+        let input = format!("{header}{body}");
+        let mut p = StreamParser::new(limits);
+        p.feed(header.as_bytes());
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        let _ = heap_meter::peak_since_reset();
+        let mut result = Ok(None);
+        for chunk in input.as_bytes()[header.len()..].chunks(16 * 1024) {
+            p.feed(chunk);
+            result = p.next_event();
+            if result.is_err() {
+                break;
+            }
+        }
+        let peak = heap_meter::peak_since_reset();
+        assert!(
+            matches!(result, Err(ParseError::PolicyViolation(ref m)) if m.contains("memory")),
+            "{:?}",
+            result.map(|_| "an event")
+        );
+        eprintln!("{} bytes of input: peak {peak} bytes", input.len());
+        // Budget, plus the receive buffer (at most the stanza size) and slack.
+        let allowed = limits.max_stanza_memory + limits.max_stanza_bytes + 64 * 1024;
+        assert!(
+            peak < allowed,
+            "{} bytes of input peaked at {peak} bytes (allowed {allowed})",
+            input.len()
+        );
+        drop(p);
+    }
+}
+
+#[test]
+fn xml_declaration_attributes_are_checked_once_each() {
+    let repeated = format!("<?xml{}?>", " version='1.0'".repeat(15_000));
+    let start = std::time::Instant::now();
+    assert!(matches!(
+        error_of(repeated.as_bytes()),
+        Some(ParseError::NotWellFormed(_))
+    ));
+    assert!(
+        start.elapsed().as_secs_f64() < 1.0,
+        "took {:?}",
+        start.elapsed()
+    );
+    let (_, err) = whole(b"<?xml version='1.0' encoding='UTF-8' standalone='yes'?>");
+    assert_eq!(err, None);
 }

@@ -132,7 +132,7 @@ fn write_attr(out: &mut Vec<u8>, key: &str, value: &str) {
 /// namespace (bound by every stream header), else `root_prefix` when the
 /// caller says the element's namespace is bound to it; None: unprefixed.
 fn prefix_of<'a>(e: &Element, root_prefix: Option<&'a str>) -> Option<&'a str> {
-    if e.ns == NS_STREAMS {
+    if &*e.ns == NS_STREAMS {
         Some("stream")
     } else {
         root_prefix
@@ -157,7 +157,7 @@ fn write_start<'a>(
         scope_ns
     } else {
         out.extend_from_slice(e.name.as_bytes());
-        if e.ns != scope_ns {
+        if &*e.ns != scope_ns {
             write_attr(out, "xmlns", &e.ns);
         }
         &e.ns
