@@ -250,12 +250,12 @@ async fn set(req: &IqRequest<'_>, user: &BareJid) -> Result<IqOutcome, StorageEr
         }
         groups.push(name);
     }
-    let mut item = item(req.server, user, &contact)
-        .await?
-        .unwrap_or_else(|| Item::new(&contact));
-    if !item.record.in_roster && roster_full(req.server, user).await? {
+    let existing = item(req.server, user, &contact).await?;
+    let joins = !existing.as_ref().is_some_and(|i| i.record.in_roster);
+    if joins && roster_full(req.server, user).await? {
         return Ok(Err(StanzaErrorCondition::ResourceConstraint));
     }
+    let mut item = existing.unwrap_or_else(|| Item::new(&contact));
     item.record.in_roster = true;
     item.record.name = el.attr("name").filter(|n| !n.is_empty()).map(String::from);
     item.record.groups = groups;

@@ -432,7 +432,11 @@ async fn roster_size_quota_is_answered() {
         assert_eq!(r.attr("type"), Some("result"), "{r:?}");
     }
     let r = c.iq(&set("s3", "c3@example.net"), "s3").await;
-    assert_eq!(stanza_error(&r).as_deref(), Some("resource-constraint"));
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("resource-constraint"),
+        "{r:?}"
+    );
     // An item already there may still change.
     let r = c.iq(&set("s0b", "c0@example.net"), "s0b").await;
     assert_eq!(r.attr("type"), Some("result"), "{r:?}");
