@@ -317,14 +317,50 @@ fn private_set(id: &str, ns: &str, len: usize) -> String {
 /// resource-constraint; replacing one within the total still works.
 #[tokio::test]
 async fn private_xml_quota_is_answered() {
+    private_xml_quota(None).await;
+}
+
+#[tokio::test]
+async fn private_xml_quota_is_answered_on_postgres() {
+    private_xml_quota(Some(postgres_url())).await;
+}
+
+/// A server on SQLite, or on PostgreSQL at `db` (then with user names
+/// no other run shares), and those names.
+async fn server_on(
+    db: Option<String>,
+    users: &[&str],
+    tweak: impl FnOnce(&mut Config),
+) -> (TestServer, Vec<String>) {
+    let tag = if db.is_some() {
+        rand::random::<u32>().to_string()
+    } else {
+        String::new()
+    };
     let server = TestServer::start_with(|c| {
+        if let Some(url) = db {
+            c.database.url = url;
+        }
+        tweak(c);
+    })
+    .await;
+    let mut names = Vec::new();
+    for u in users {
+        let name = format!("{u}{tag}");
+        server.add_user(&name, "pw").await;
+        names.push(name);
+    }
+    (server, names)
+}
+
+async fn private_xml_quota(db: Option<String>) {
+    let (server, names) = server_on(db, &["user", "canary"], |c| {
         c.limits.max_private_document = 2048;
         c.limits.max_private_bytes = 4096;
     })
     .await;
-    server.add_user("user", "pw").await;
-    server.add_user("canary", "pw").await;
-    let mut c = Client::login(server.plain_addr, "user", "pw", None).await;
+    let (user, canary) = (&names[0], &names[1]);
+    let mut c = Client::login(server.plain_addr, user, "pw", None).await;
     let r = c.iq(&private_set("big", "urn:a", 3000), "big").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("not-acceptable"), "{r:?}");
     for (i, ns) in ["urn:a", "urn:b"].iter().enumerate() {
@@ -352,24 +388,37 @@ async fn private_xml_quota_is_answered() {
         .and_then(|q| q.get_child("data", "urn:c"))
         .map(|d| d.text());
     assert_eq!(data.as_deref(), Some(""), "urn:c was not stored");
-    still_serves(&server, "canary").await;
+    still_serves(&server, canary).await;
+    for u in &names {
+        server.store().delete_account("localhost", u).await.unwrap();
+    }
 }
 
 /// Offline storage bounded in bytes as well as in count: the message that
 /// would pass the bytes bound bounces with service-unavailable.
 #[tokio::test]
 async fn offline_bytes_quota_bounces_the_message() {
-    let server = TestServer::start_with(|c| c.limits.max_offline_bytes = 8192).await;
-    for u in ["sender", "away", "canary"] {
-        server.add_user(u, "pw").await;
-    }
-    let mut s = Client::login(server.plain_addr, "sender", "pw", None).await;
+    offline_bytes_quota(None).await;
+}
+
+#[tokio::test]
+async fn offline_bytes_quota_bounces_the_message_on_postgres() {
+    offline_bytes_quota(Some(postgres_url())).await;
+}
+
+async fn offline_bytes_quota(db: Option<String>) {
+    let (server, names) = server_on(db, &["sender", "away", "canary"], |c| {
+        c.limits.max_offline_bytes = 8192
+    })
+    .await;
+    let (sender, away, canary) = (&names[0], &names[1], &names[2]);
+    let mut s = Client::login(server.plain_addr, sender, "pw", None).await;
     let body = "m".repeat(2000);
     let mut stored = 0;
     let bounced = loop {
         let id = format!("m{stored}");
         s.send_str(&format!(
-            "<message to='away@localhost' type='chat' id='{id}'><body>{body}</body></message>"
+            "<message to='{away}@localhost' type='chat' id='{id}'><body>{body}</body></message>"
         ))
         .await;
         // A ping after each message: its answer means the message was
@@ -405,12 +454,15 @@ async fn offline_bytes_quota_bounces_the_message() {
     assert_eq!(
         server
             .store()
-            .offline_count("localhost", "away")
+            .offline_count("localhost", away)
             .await
             .unwrap(),
         3
     );
-    still_serves(&server, "canary").await;
+    still_serves(&server, canary).await;
+    for u in &names {
+        server.store().delete_account("localhost", u).await.unwrap();
+    }
 }
 
 /// Roster items capped per user: a roster set or an outbound subscription
