@@ -513,3 +513,73 @@ async fn roster_size_quota_is_answered() {
     );
     still_serves(&server, "canary").await;
 }
+
+/// A request beyond the cap from a user of another server: the error goes
+/// back to the sender over s2s (two in-process servers, dialback).
+#[tokio::test]
+async fn refused_request_goes_back_to_a_remote_sender_over_s2s() {
+    use std::net::SocketAddr;
+    use waxwing::config::HostConfig;
+    const A: &str = "a.test";
+    const B: &str = "b.test";
+    let certs = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let start = |domain: &'static str, port: u16, peer: &'static str, peer_port: u16| {
+        let dir = cert_dir(&certs, domain);
+        TestServer::start_with(move |c| {
+            c.host = vec![HostConfig {
+                domain: domain.into(),
+                cert: None,
+                key: None,
+                allow_registration: false,
+            }];
+            c.tls.dev_cert_dir = dir;
+            c.s2s.listen = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+            c.s2s.sasl_external = false;
+            c.s2s.connect_timeout = 2;
+            c.s2s
+                .hosts
+                .insert(peer.into(), format!("127.0.0.1:{peer_port}"));
+            c.limits.max_pending_subscriptions = 1;
+        })
+    };
+    let a = start(A, pa, B, pb).await;
+    let b = start(B, pb, A, pa).await;
+    a.add_user_at(A, "victim", "pw").await;
+    for u in ["first", "second"] {
+        b.add_user_at(B, u, "pw").await;
+    }
+    let mut victim = Client::login_at(a.plain_addr, A, "victim", "pw", None).await;
+    victim.send_str("<presence/>").await;
+    let mut first = Client::login_at(b.plain_addr, B, "first", "pw", None).await;
+    let mut second = Client::login_at(b.plain_addr, B, "second", "pw", None).await;
+    first
+        .send_str("<presence to='victim@a.test' type='subscribe'/>")
+        .await;
+    // The first request is kept (the cap is one) and reaches the victim.
+    loop {
+        let p = victim.next_named("presence").await;
+        if p.attr("type") == Some("subscribe") {
+            assert_eq!(p.attr("from"), Some("first@b.test"));
+            break;
+        }
+    }
+    // Available, since a presence error for a bare JID goes to the
+    // available resources.
+    second.send_str("<presence/>").await;
+    second
+        .send_str("<presence to='victim@a.test' type='subscribe' id='s2'/>")
+        .await;
+    let e = loop {
+        let e = second.next_named("presence").await;
+        if e.attr("type") == Some("error") {
+            break e;
+        }
+    };
+    assert_eq!(e.attr("from"), Some("victim@a.test"));
+    assert_eq!(stanza_error(&e).as_deref(), Some("resource-constraint"));
+    assert_eq!(
+        a.store().roster_pending_count(A, "victim").await.unwrap(),
+        1
+    );
+}
