@@ -194,28 +194,64 @@ async fn subscribe_flood_stays_within_the_cap_on_postgres() {
     }
 }
 
-/// A request stored whole by an older version (the row as the migration
-/// leaves it) is still delivered at login, in short form, and converted.
+/// A database from before the short form: its migrations up to then are
+/// applied, a request is stored whole as that version did, then today's
+/// server opens it. The request is still delivered at login, in short
+/// form, and converted.
 #[tokio::test]
 async fn request_stored_whole_before_is_delivered_and_converted() {
-    let server = TestServer::start().await;
-    server.add_user("victim", "pw").await;
+    const SHORT_FORM: &str = "20261203110501";
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).unwrap();
+    for f in std::fs::read_dir("migrations/sqlite").unwrap() {
+        let f = f.unwrap();
+        if f.file_name().to_string_lossy().as_ref() < SHORT_FORM {
+            std::fs::copy(f.path(), old.join(f.file_name())).unwrap();
+        }
+    }
+    let db = dir.path().join("old.db");
+    let url = format!("sqlite://{}", db.display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(
+            url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .unwrap()
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
     let legacy = format!(
         "<presence xmlns='jabber:client' from='old@remote.example' type='subscribe'>\
          <status>hello</status><nick xmlns='{NS_NICK}'>Old</nick><junk xmlns='urn:x'>{}</junk></presence>",
         "j".repeat(10_000)
     );
-    let waxwing::storage::Store::Sqlite(pool) = server.store() else {
-        unreachable!("tests run on SQLite")
-    };
     sqlx::query(
-        "INSERT INTO roster_items (domain, username, contact, pending_in, in_roster, pending) \
-         VALUES ('localhost', 'victim', 'old@remote.example', $1, FALSE, TRUE)",
+        "INSERT INTO roster_items (domain, username, contact, pending_in, in_roster) \
+         VALUES ('localhost', 'victim', 'old@remote.example', $1, FALSE)",
     )
     .bind(&legacy)
-    .execute(pool)
+    .execute(&pool)
     .await
     .unwrap();
+    pool.close().await;
+
+    let server = TestServer::start_with(move |c| c.database.url = url).await;
+    server.add_user("victim", "pw").await;
+    assert_eq!(
+        server
+            .store()
+            .roster_pending_count("localhost", "victim")
+            .await
+            .unwrap(),
+        1,
+        "the migration marks the old request pending"
+    );
     let mut v = Client::login(server.plain_addr, "victim", "pw", Some("r")).await;
     let p = loop {
         let p = v.next_named("presence").await;
