@@ -261,6 +261,28 @@ pub struct Limits {
     pub max_vcard_size: usize,
     pub registrations_per_ip: u32,
     pub registration_window: u64,
+    // per-user state
+    /// Items one user's roster may hold; a roster set or subscription that
+    /// would add one more is refused (`resource-constraint`).
+    pub max_roster_items: u32,
+    /// Inbound subscription requests waiting for one user's answer; a new
+    /// requester beyond it gets `resource-constraint` (wait) back.
+    pub max_pending_subscriptions: u32,
+    /// Bytes kept of a pending request's nick (XEP-0172) and of its status
+    /// text, each (longer ones are cut at a character boundary).
+    pub max_subscription_text: usize,
+    /// Distinct JIDs one session may have sent directed available presence
+    /// to; beyond it the directed presence is refused (`resource-constraint`).
+    pub max_directed_presences: usize,
+    /// Bytes of private XML (XEP-0049) one user may store, namespace keys
+    /// included (`resource-constraint` beyond).
+    pub max_private_bytes: usize,
+    /// Bytes of one private XML document, one namespace's elements as
+    /// serialized (`not-acceptable` beyond).
+    pub max_private_document: usize,
+    /// Bytes of offline messages waiting for one user, as stored
+    /// (`service-unavailable` beyond, as for `max_offline_messages`).
+    pub max_offline_bytes: usize,
 }
 
 impl Default for Config {
@@ -361,6 +383,14 @@ impl Default for Limits {
             max_vcard_size: 64 * 1024,
             registrations_per_ip: 5,
             registration_window: 3600,
+            // per-user state
+            max_roster_items: 5000,
+            max_pending_subscriptions: 100,
+            max_subscription_text: 1024,
+            max_directed_presences: 500,
+            max_private_bytes: 1 << 20,
+            max_private_document: 128 * 1024,
+            max_offline_bytes: 16 << 20,
         }
     }
 }
@@ -878,6 +908,56 @@ const LIMITS: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 30 * 86_400,
+        },
+    ),
+    // per-user state
+    f(
+        "max_roster_items",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_pending_subscriptions",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_subscription_text",
+        Kind::Int {
+            min: 0,
+            max: 64 << 10,
+        },
+    ),
+    f(
+        "max_directed_presences",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_private_bytes",
+        Kind::Int {
+            min: 1024,
+            max: 1 << 30,
+        },
+    ),
+    f(
+        "max_private_document",
+        Kind::Int {
+            min: 1024,
+            max: 64 << 20,
+        },
+    ),
+    f(
+        "max_offline_bytes",
+        Kind::Int {
+            min: 1024,
+            max: 1 << 40,
         },
     ),
 ];

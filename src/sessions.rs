@@ -1,8 +1,8 @@
 //! The registry of bound resources: which full JIDs are online on this
 //! server, their presence priority, and the queue that reaches each one.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
@@ -44,8 +44,10 @@ struct BoundResource {
     /// Requested the roster, so it gets roster pushes (RFC 6121 §2.1.6).
     interested: bool,
     /// JIDs this session sent directed available presence to, which get
-    /// unavailable when it goes offline (RFC 6121 §4.6).
-    directed: Vec<String>,
+    /// unavailable when it goes offline (RFC 6121 §4.6). Hashed and capped
+    /// by the caller; a lock of its own, so noting one takes only the
+    /// registry's read lock.
+    directed: Mutex<HashSet<Box<str>>>,
     /// When the resource was bound (for `ctl sessions list`).
     bound_at: std::time::Instant,
 }
@@ -99,7 +101,7 @@ impl SessionRegistry {
                 presence: None,
                 priority: 0,
                 interested: false,
-                directed: Vec::new(),
+                directed: Mutex::default(),
                 bound_at: std::time::Instant::now(),
             });
             old
@@ -131,7 +133,11 @@ impl SessionRegistry {
         }
         Departed {
             presence: gone.presence,
-            directed: gone.directed,
+            directed: into_list(
+                gone.directed
+                    .into_inner()
+                    .unwrap_or_else(|e| e.into_inner()),
+            ),
             last_resource,
         }
     }
@@ -167,18 +173,32 @@ impl SessionRegistry {
     }
 
     /// Remembers a directed available presence (for unavailable at logout);
-    /// `available = false` forgets it again.
-    pub fn note_directed(&self, jid: &FullJid, to: &str, available: bool) {
-        let mut map = self.write();
-        if let Some(r) = map
-            .get_mut(&jid.to_bare())
-            .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
-        {
-            r.directed.retain(|d| d != to);
-            if available {
-                r.directed.push(to.to_string());
+    /// `available = false` forgets it again. A new recipient beyond `max`
+    /// is refused (nothing is recorded); one already noted always passes.
+    pub fn note_directed(
+        &self,
+        jid: &FullJid,
+        to: &str,
+        available: bool,
+        max: usize,
+    ) -> Result<(), DirectedFull> {
+        let map = self.read();
+        let Some(r) = map
+            .get(&jid.to_bare())
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+        else {
+            return Ok(());
+        };
+        let mut set = r.directed.lock().unwrap_or_else(|e| e.into_inner());
+        if !available {
+            set.remove(to);
+        } else if !set.contains(to) {
+            if set.len() >= max {
+                return Err(DirectedFull);
             }
+            set.insert(to.into());
         }
+        Ok(())
     }
 
     /// Ends every session of `bare` with `cond`, except the one bound to
@@ -201,10 +221,13 @@ impl SessionRegistry {
 
     /// Forgets and returns the session's directed-presence recipients.
     pub fn take_directed(&self, jid: &FullJid) -> Vec<String> {
-        let mut map = self.write();
-        map.get_mut(&jid.to_bare())
-            .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
-            .map(|r| std::mem::take(&mut r.directed))
+        let map = self.read();
+        map.get(&jid.to_bare())
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            .map(|r| {
+                let mut set = r.directed.lock().unwrap_or_else(|e| e.into_inner());
+                into_list(std::mem::take(&mut *set))
+            })
             .unwrap_or_default()
     }
 
@@ -339,6 +362,15 @@ impl SessionRegistry {
     }
 }
 
+/// A session already has directed presence out to as many recipients as
+/// it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectedFull;
+
+fn into_list(set: HashSet<Box<str>>) -> Vec<String> {
+    set.into_iter().map(String::from).collect()
+}
+
 fn queue(tx: &QueueSender<Outbound>, data: Bytes) -> Result<(), DeliveryError> {
     tx.try_send(Outbound::Stanza(data)).map_err(|e| match e {
         QueueError::Full => DeliveryError::QueueFull,
@@ -372,6 +404,28 @@ mod tests {
         reg.unbind(&jid, 2);
         assert_eq!(reg.count(), 0);
         assert!(reg.list().is_empty());
+    }
+
+    #[test]
+    fn directed_recipients_are_a_bounded_set() {
+        let reg = SessionRegistry::default();
+        let jid = FullJid::new("a@x/r").unwrap();
+        let (tx, _rx) = crate::queue::queue(4);
+        reg.bind(&jid, 1, tx);
+        assert_eq!(reg.note_directed(&jid, "b@x", true, 2), Ok(()));
+        // The same recipient again takes no new place.
+        assert_eq!(reg.note_directed(&jid, "b@x", true, 2), Ok(()));
+        assert_eq!(reg.note_directed(&jid, "c@x", true, 2), Ok(()));
+        assert_eq!(reg.note_directed(&jid, "d@x", true, 2), Err(DirectedFull));
+        // Unavailable frees a place.
+        assert_eq!(reg.note_directed(&jid, "b@x", false, 2), Ok(()));
+        assert_eq!(reg.note_directed(&jid, "d@x", true, 2), Ok(()));
+        let mut left = reg.take_directed(&jid);
+        left.sort();
+        assert_eq!(left, ["c@x", "d@x"]);
+        assert!(reg.take_directed(&jid).is_empty());
+        assert_eq!(reg.note_directed(&jid, "e@x", true, 2), Ok(()));
+        assert_eq!(reg.unbind(&jid, 1).directed, ["e@x"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn record(state: &str) -> Option<RosterRecord> {
         name: None,
         subscription: sub.clone(),
         ask_out: po,
-        pending_in: pi.then(|| "<presence type='subscribe' from='contact@localhost'/>".into()),
+        pending_in: pi,
         approved: false,
         // A pending-in-only request from a stranger is not in the roster.
         in_roster: sub != "none" || po,
@@ -44,7 +44,7 @@ fn state_of(r: Option<RosterRecord>) -> String {
     if r.ask_out {
         s.push_str("+PO");
     }
-    if r.pending_in.is_some() {
+    if r.pending_in {
         s.push_str("+PI");
     }
     s
@@ -99,6 +99,7 @@ async fn run_table(
                 Inbound::Deliver => "deliver",
                 Inbound::Drop => "-",
                 Inbound::AutoApprove => "auto-subscribed",
+                Inbound::Refuse(c) => panic!("refused: {c:?}"),
             }
         };
         let now = state_of(

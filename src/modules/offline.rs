@@ -54,7 +54,11 @@ impl OfflineLocks {
 pub enum NotStored {
     /// No such account.
     NoAccount,
-    /// The user's offline quota is full.
+    /// The user's offline quota (messages or bytes) is full. Senders get
+    /// `service-unavailable`, as when nothing can be stored (RFC 6121
+    /// §8.5.2.1.1; Prosody answers so when storage refuses; ejabberd says
+    /// `resource-constraint`, which also tells a stranger that the user is
+    /// away and how busy their queue is).
     QuotaFull,
     Storage(StorageError),
 }
@@ -89,6 +93,7 @@ pub async fn store(server: &Server, to: &BareJid, message: &Element) -> Result<(
             user,
             &xml,
             server.config.limits.max_offline_messages,
+            server.config.limits.max_offline_bytes as u64,
         )
         .await
     {

@@ -100,6 +100,13 @@ async fn subscription_to_local(
     match roster::inbound(server, user, contact, kind, &stanza).await? {
         Inbound::Deliver => send_to_resources(server, user, &stanza),
         Inbound::Drop => {}
+        Inbound::Refuse(cond) => {
+            // Back to the requester, wherever it lives (a remote one over
+            // s2s), so it knows the request was not kept.
+            if let Some(reply) = error_reply(&stanza, cond, None) {
+                send_to_resources(server, contact, &reply);
+            }
+        }
         Inbound::AutoApprove => {
             // Pre-approved (§3.4): answer for the user, then show presence.
             let reply = Element::new("presence", NS_CLIENT)
@@ -184,11 +191,10 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
                 );
             }
         }
-        // Subscription requests that arrived while the user was away (§3.1.3).
-        for request in items.iter().filter_map(|i| i.record.pending_in.as_ref()) {
-            let _ = server
-                .sessions
-                .send_to_full(origin, bytes::Bytes::from(request.clone()));
+        // Subscription requests that arrived while the user was away
+        // (§3.1.3); read here only, never by the broadcasts.
+        for request in roster::pending_requests(server, &user).await? {
+            let _ = deliver_local(server, origin, &request);
         }
         super::offline::deliver(server, origin).await?;
     }
@@ -333,13 +339,27 @@ fn addressed(presence: &Element, from: &FullJid, to: &str) -> Element {
 }
 
 /// Directed presence (§4.6): route it, and remember available ones so the
-/// recipient hears of the session's end.
+/// recipient hears of the session's end. A session that already has
+/// `max_directed_presences` recipients gets its new one refused rather than
+/// an old one forgotten: a forgotten recipient (a chat room, say) would
+/// never hear that the session ended, which is worse than an error the
+/// client sees at once.
 fn directed(server: &Server, origin: &FullJid, to: Jid, stanza: Element) {
     let available = stanza.attr("type").is_none();
     if matches!(stanza.attr("type"), None | Some("unavailable")) {
-        server
+        let max = server.config.limits.max_directed_presences;
+        if server
             .sessions
-            .note_directed(origin, to.as_str(), available);
+            .note_directed(origin, to.as_str(), available, max)
+            .is_err()
+        {
+            if let Some(reply) =
+                error_reply(&stanza, StanzaErrorCondition::ResourceConstraint, None)
+            {
+                let _ = deliver_local(server, origin, &reply);
+            }
+            return;
+        }
     }
     deliver_to_jid(server, &to, &stanza);
 }
@@ -361,7 +381,20 @@ async fn subscription_from_client(
     stanza.set_attr("from", user.as_str());
     stanza.set_attr("to", contact.as_str());
     let out = roster::outbound(server, &user, &contact, kind).await?;
+    if let Some(cond) = out.refused {
+        if let Some(reply) = error_reply(&stanza, cond, None) {
+            let _ = deliver_local(server, origin, &addressed_to(reply, origin));
+        }
+        return Ok(());
+    }
     finish_outbound(server, &user, &contact, kind, stanza, out).await
+}
+
+/// An error reply for the session that sent the stanza (whose `from` was
+/// rewritten to the bare JID on the way).
+fn addressed_to(mut reply: Element, origin: &FullJid) -> Element {
+    reply.set_attr("to", origin.as_str());
+    reply
 }
 
 /// Routes an outbound subscription stanza if the state machine says so,

@@ -24,8 +24,41 @@ fn reserved(ns: &str) -> bool {
     matches!(ns, "" | NS_CLIENT | NS_SERVER | NS | super::vcard::NS)
 }
 
+/// Every private XML document is stored under this prefix and its namespace.
+const KEY_PREFIX: &str = "private:";
+
 fn key(ns: &str) -> String {
-    format!("private:{ns}")
+    format!("{KEY_PREFIX}{ns}")
+}
+
+/// Whether `documents` (key, serialized XML) may replace what is stored
+/// (`stored`: key, bytes of key and value) within the quotas: a document
+/// larger than `max_document` is `not-acceptable` (it can never be stored,
+/// so the client must change it); an account whose documents would exceed
+/// `max_total` in all is `resource-constraint` (the same document fits once
+/// others are removed or shrunk).
+fn check_quota(
+    stored: &[(String, i64)],
+    documents: &[(String, String)],
+    max_document: usize,
+    max_total: usize,
+) -> Result<(), StanzaErrorCondition> {
+    if documents.iter().any(|(_, xml)| xml.len() > max_document) {
+        return Err(StanzaErrorCondition::NotAcceptable);
+    }
+    let kept: u64 = stored
+        .iter()
+        .filter(|(k, _)| !documents.iter().any(|(d, _)| d == k))
+        .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
+        .sum();
+    let new: u64 = documents
+        .iter()
+        .map(|(k, xml)| (k.len() + xml.len()) as u64)
+        .sum();
+    if kept + new > max_total as u64 {
+        return Err(StanzaErrorCondition::ResourceConstraint);
+    }
+    Ok(())
 }
 
 fn internal(e: StorageError) -> StanzaErrorCondition {
@@ -59,10 +92,30 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
         let mut namespaces: Vec<&str> = children.iter().map(|c| c.ns()).collect();
         namespaces.sort_unstable();
         namespaces.dedup();
-        for ns in namespaces {
-            let xml = super::xml_for_storage(children.iter().copied().filter(|c| c.ns() == ns));
+        let documents: Vec<(String, String)> = namespaces
+            .into_iter()
+            .map(|ns| {
+                let xml = super::xml_for_storage(children.iter().copied().filter(|c| c.ns() == ns));
+                (key(ns), xml)
+            })
+            .collect();
+        let limits = &req.server.config.limits;
+        let stored = store
+            .user_data_sizes(domain, user, KEY_PREFIX)
+            .await
+            .map_err(internal)?;
+        check_quota(
+            &stored,
+            &documents,
+            limits.max_private_document,
+            limits.max_private_bytes,
+        )?;
+        // Concurrent sets from several resources of one account may each
+        // pass the check before the others write: the overshoot is bounded
+        // by one stanza per resource.
+        for (key, xml) in &documents {
             store
-                .user_data_put(domain, user, &key(ns), &xml)
+                .user_data_put(domain, user, key, xml)
                 .await
                 .map_err(internal)?;
         }
@@ -98,4 +151,36 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
         }
     }
     Ok(Some(query))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(ns: &str, len: usize) -> (String, String) {
+        (key(ns), "x".repeat(len))
+    }
+
+    #[test]
+    fn quota_counts_what_stays_plus_what_replaces() {
+        // "private:a" is 9 bytes of key.
+        let stored = vec![(key("a"), 9 + 50), (key("b"), 9 + 30)];
+        // Replacing a's 50 bytes by 60: 39 + 69 = 108.
+        assert_eq!(check_quota(&stored, &[doc("a", 60)], 100, 108), Ok(()));
+        assert_eq!(
+            check_quota(&stored, &[doc("a", 61)], 100, 108),
+            Err(StanzaErrorCondition::ResourceConstraint)
+        );
+        // A new namespace adds to both.
+        assert_eq!(
+            check_quota(&stored, &[doc("c", 2)], 100, 108),
+            Err(StanzaErrorCondition::ResourceConstraint)
+        );
+        assert_eq!(check_quota(&stored, &[doc("c", 2)], 100, 108 + 10), Ok(()));
+        // One document over its own cap, whatever the room left.
+        assert_eq!(
+            check_quota(&[], &[doc("a", 101)], 100, 1 << 20),
+            Err(StanzaErrorCondition::NotAcceptable)
+        );
+    }
 }

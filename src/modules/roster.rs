@@ -9,10 +9,13 @@ use super::{IqFuture, IqOutcome, IqRequest, IqTarget, Module};
 use crate::router::deliver_local;
 use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
-use crate::storage::{RosterRecord, StorageError};
+use crate::storage::{RosterRecord, StorageError, SubscriptionRequest};
 use crate::xml::{Element, NS_CLIENT};
 
 pub const NS: &str = "jabber:iq:roster";
+
+/// User Nickname (XEP-0172), carried in subscription requests.
+pub const NS_NICK: &str = "http://jabber.org/protocol/nick";
 
 pub const MODULE: Module = Module {
     xep: 237,
@@ -66,7 +69,7 @@ impl Item {
                 name: None,
                 subscription: "none".into(),
                 ask_out: false,
-                pending_in: None,
+                pending_in: false,
                 approved: false,
                 in_roster: true,
                 groups: Vec::new(),
@@ -97,11 +100,7 @@ impl Item {
     /// A row outside the roster that no longer carries anything.
     fn is_empty_request_row(&self) -> bool {
         let r = &self.record;
-        !r.in_roster
-            && r.subscription == "none"
-            && r.pending_in.is_none()
-            && !r.approved
-            && !r.ask_out
+        !r.in_roster && r.subscription == "none" && !r.pending_in && !r.approved && !r.ask_out
     }
 
     /// The `<item/>` of a roster result or push.
@@ -251,9 +250,12 @@ async fn set(req: &IqRequest<'_>, user: &BareJid) -> Result<IqOutcome, StorageEr
         }
         groups.push(name);
     }
-    let mut item = item(req.server, user, &contact)
-        .await?
-        .unwrap_or_else(|| Item::new(&contact));
+    let existing = item(req.server, user, &contact).await?;
+    let joins = !existing.as_ref().is_some_and(|i| i.record.in_roster);
+    if joins && roster_full(req.server, user).await? {
+        return Ok(Err(StanzaErrorCondition::ResourceConstraint));
+    }
+    let mut item = existing.unwrap_or_else(|| Item::new(&contact));
     item.record.in_roster = true;
     item.record.name = el.attr("name").filter(|n| !n.is_empty()).map(String::from);
     item.record.groups = groups;
@@ -269,7 +271,7 @@ async fn remove(server: &Server, user: &BareJid, contact: &BareJid) -> Result<()
     if item.to() || item.record.ask_out {
         send_subscription(server, user, contact, SubscriptionKind::Unsubscribe).await?;
     }
-    if item.from() || item.record.pending_in.is_some() {
+    if item.from() || item.record.pending_in {
         send_subscription(server, user, contact, SubscriptionKind::Unsubscribed).await?;
     }
     let (d, u) = parts(user);
@@ -318,6 +320,8 @@ pub struct Outbound {
     pub route: bool,
     /// Then send this presence to the contact.
     pub then: Option<FollowUp>,
+    /// Refused (nothing changed, nothing routed): the user gets this error.
+    pub refused: Option<StanzaErrorCondition>,
 }
 
 /// The user's side of a subscription stanza the user sends (RFC 6121
@@ -346,10 +350,10 @@ pub async fn outbound(
             true
         }
         SubscriptionKind::Subscribed => {
-            if it.record.pending_in.is_some() {
+            if it.record.pending_in {
                 let to = it.to();
                 it.set(to, true);
-                it.record.pending_in = None;
+                it.record.pending_in = false;
                 it.record.approved = false;
                 // §3.1.5: an approved requester joins the roster.
                 it.record.in_roster = true;
@@ -364,14 +368,22 @@ pub async fn outbound(
             }
         }
         SubscriptionKind::Unsubscribed => {
-            let had = it.from() || it.record.pending_in.is_some() || it.record.approved;
+            let had = it.from() || it.record.pending_in || it.record.approved;
             let to = it.to();
             it.set(to, false);
-            it.record.pending_in = None;
+            it.record.pending_in = false;
             it.record.approved = false;
             had
         }
     };
+    let joins = it.record.in_roster && !existing.as_ref().is_some_and(|e| e.record.in_roster);
+    if joins && roster_full(server, user).await? {
+        return Ok(Outbound {
+            route: false,
+            then: None,
+            refused: Some(StanzaErrorCondition::ResourceConstraint),
+        });
+    }
     if it != before || existing.is_none() && it.record.in_roster {
         if it.is_empty_request_row() {
             // A request-only row with nothing left to carry.
@@ -386,7 +398,11 @@ pub async fn outbound(
         SubscriptionKind::Unsubscribed if before.from() => Some(FollowUp::Unavailable),
         _ => None,
     };
-    Ok(Outbound { route, then })
+    Ok(Outbound {
+        route,
+        then,
+        refused: None,
+    })
 }
 
 /// What to do with an inbound subscription stanza for a local user.
@@ -398,6 +414,8 @@ pub enum Inbound {
     Drop,
     /// Consume it and answer `subscribed` on the user's behalf.
     AutoApprove,
+    /// Refuse it: the sender gets this error back.
+    Refuse(StanzaErrorCondition),
 }
 
 /// The user's side of a subscription stanza arriving from `contact`
@@ -425,14 +443,35 @@ pub async fn inbound(
                 it.set(to, true);
                 it.record.approved = false;
                 Inbound::AutoApprove
-            } else if it.record.pending_in.is_some() {
+            } else if it.record.pending_in {
                 Inbound::Drop
             } else {
-                let mut kept = stanza.clone();
-                kept.remove_attr("to");
-                it.record.pending_in =
-                    Some(String::from_utf8_lossy(&kept.to_bytes(NS_CLIENT)).into_owned());
-                Inbound::Deliver
+                // A new request: kept in short form, within the user's cap
+                // on waiting requests — the one number any stranger on the
+                // network can raise.
+                it.record.pending_in = true;
+                let limits = &server.config.limits;
+                let request = request_of(stanza, limits.max_subscription_text);
+                let (d, u) = parts(user);
+                return match server
+                    .store
+                    .roster_put_request(
+                        d,
+                        u,
+                        &it.record,
+                        &request,
+                        limits.max_pending_subscriptions,
+                    )
+                    .await?
+                {
+                    Some(ver) => {
+                        if it.record.in_roster {
+                            push(server, user, it.to_element(), ver);
+                        }
+                        Ok(Inbound::Deliver)
+                    }
+                    None => Ok(Inbound::Refuse(StanzaErrorCondition::ResourceConstraint)),
+                };
             }
         }
         SubscriptionKind::Subscribed => {
@@ -446,10 +485,10 @@ pub async fn inbound(
             }
         }
         SubscriptionKind::Unsubscribe => {
-            if it.from() || it.record.pending_in.is_some() {
+            if it.from() || it.record.pending_in {
                 let to = it.to();
                 it.set(to, false);
-                it.record.pending_in = None;
+                it.record.pending_in = false;
                 Inbound::Deliver
             } else {
                 Inbound::Drop
@@ -488,4 +527,116 @@ pub async fn is_subscribed_from(
     Ok(item(server, user, requester)
         .await?
         .is_some_and(|i| i.from()))
+}
+
+/// Has the user's roster reached `max_roster_items`?
+async fn roster_full(server: &Server, user: &BareJid) -> Result<bool, StorageError> {
+    let (d, u) = parts(user);
+    let n = server.store.roster_count(d, u).await?;
+    Ok(n >= i64::from(server.config.limits.max_roster_items))
+}
+
+/// What is kept of a subscribe stanza: its XEP-0172 nick and its status
+/// text, each cut to `max` bytes. Everything else a sender put in it (up to
+/// a whole stanza's worth) is not the user's business until they log in,
+/// and would otherwise be stored for as long as the request waits.
+pub fn request_of(stanza: &Element, max: usize) -> SubscriptionRequest {
+    let text = |e: Option<&Element>| e.map(|e| capped(&e.text(), max)).filter(|t| !t.is_empty());
+    SubscriptionRequest {
+        nick: text(stanza.get_child("nick", NS_NICK)),
+        status: text(stanza.get_child("status", NS_CLIENT)),
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn capped(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// The subscribe presence a stored request is delivered as.
+pub fn request_presence(contact: &str, user: &BareJid, request: &SubscriptionRequest) -> Element {
+    let mut p = Element::new("presence", NS_CLIENT)
+        .with_attr("from", contact)
+        .with_attr("to", user.as_str())
+        .with_attr("type", "subscribe");
+    if let Some(status) = &request.status {
+        p.append_child(Element::new("status", NS_CLIENT).with_text(status.as_str()));
+    }
+    if let Some(nick) = &request.nick {
+        p.append_child(Element::new("nick", NS_NICK).with_text(nick.as_str()));
+    }
+    p
+}
+
+/// The requests waiting for the user's answer (RFC 6121 §3.1.3), as the
+/// presence stanzas to deliver at login. Requests stored whole by an older
+/// version are converted to the short form on the way.
+pub async fn pending_requests(
+    server: &Server,
+    user: &BareJid,
+) -> Result<Vec<Element>, StorageError> {
+    let (d, u) = parts(user);
+    let limits = &server.config.limits;
+    let mut out = Vec::new();
+    for pending in server.store.roster_pending_requests(d, u).await? {
+        let request = match &pending.legacy_stanza {
+            Some(xml) => {
+                let request = super::xml_from_storage(xml, limits.max_depth)
+                    .and_then(|els| els.into_iter().next())
+                    .map(|stanza| request_of(&stanza, limits.max_subscription_text))
+                    .unwrap_or_default();
+                server
+                    .store
+                    .roster_request_convert(d, u, &pending.contact, &request)
+                    .await?;
+                request
+            }
+            None => pending.request,
+        };
+        out.push(request_presence(&pending.contact, user, &request));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_keeps_nick_and_status_only_and_caps_them() {
+        let stanza = Element::new("presence", NS_CLIENT)
+            .with_attr("type", "subscribe")
+            .with_child(Element::new("status", NS_CLIENT).with_text("héllo".repeat(100)))
+            .with_child(Element::new("nick", NS_NICK).with_text("Juliet"))
+            .with_child(Element::new("junk", "urn:x").with_text("x".repeat(10_000)));
+        let r = request_of(&stanza, 10);
+        assert_eq!(r.nick.as_deref(), Some("Juliet"));
+        assert_eq!(r.status.as_deref(), Some("héllohél"));
+        // 8 bytes would split the second "é": cut before it.
+        let r = request_of(&stanza, 8);
+        assert_eq!(r.status.as_deref(), Some("hélloh"));
+        let p = request_presence("romeo@a.test", &BareJid::new("juliet@b.test").unwrap(), &r);
+        assert!(p.get_child("junk", "urn:x").is_none());
+        assert_eq!(p.attr("type"), Some("subscribe"));
+        assert_eq!(p.attr("from"), Some("romeo@a.test"));
+        assert_eq!(
+            p.get_child("nick", NS_NICK).map(|n| n.text()).as_deref(),
+            Some("Juliet")
+        );
+    }
+
+    #[test]
+    fn empty_texts_are_not_kept() {
+        let stanza = Element::new("presence", NS_CLIENT)
+            .with_child(Element::new("status", NS_CLIENT))
+            .with_child(Element::new("nick", NS_NICK));
+        assert_eq!(request_of(&stanza, 100), SubscriptionRequest::default());
+        assert_eq!(capped("abc", 0), "");
+        assert_eq!(capped("aé", 2), "a");
+        assert_eq!(capped("aé", 3), "aé");
+    }
 }

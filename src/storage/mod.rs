@@ -22,7 +22,7 @@ mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
-pub use roster::RosterRecord;
+pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -5,24 +5,48 @@ use super::{StorageError, Store};
 
 impl Store {
     /// Stores a serialized message for an offline user unless they already
-    /// have `quota` waiting; returns whether it was stored.
+    /// have `quota` messages waiting, or the waiting messages and this one
+    /// would exceed `max_bytes` (as UTF-8); returns whether it was stored.
     pub async fn offline_push(
         &self,
         domain: &str,
         username: &str,
         stanza: &str,
         quota: u32,
+        max_bytes: u64,
     ) -> Result<bool, StorageError> {
-        const Q: &str = "INSERT INTO offline_messages (domain, username, stanza) \
-             SELECT $1, $2, $3 WHERE (SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2) < $4";
-        let n = on_pool!(self, pool => sqlx::query(Q)
+        // One statement checks and inserts, so no other writer slips in
+        // between on SQLite; on PostgreSQL concurrent senders overshoot by
+        // at most the messages in flight.
+        const SQLITE: &str = "INSERT INTO offline_messages (domain, username, stanza) \
+             SELECT $1, $2, $3 WHERE (SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2) < $4 \
+             AND (SELECT COALESCE(SUM(length(CAST(stanza AS BLOB))), 0) FROM offline_messages \
+                  WHERE domain = $1 AND username = $2) + length(CAST($3 AS BLOB)) <= $5";
+        const POSTGRES: &str = "INSERT INTO offline_messages (domain, username, stanza) \
+             SELECT $1, $2, $3 WHERE (SELECT COUNT(*) FROM offline_messages WHERE domain = $1 AND username = $2) < $4 \
+             AND (SELECT COALESCE(SUM(octet_length(stanza)), 0) FROM offline_messages \
+                  WHERE domain = $1 AND username = $2) + octet_length($3) <= $5";
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let n = match self {
+            Store::Sqlite(p) => sqlx::query(SQLITE)
                 .bind(domain)
                 .bind(username)
                 .bind(stanza)
                 .bind(quota as i64)
-                .execute(pool)
+                .bind(max_bytes)
+                .execute(p)
                 .await?
-                .rows_affected());
+                .rows_affected(),
+            Store::Postgres(p) => sqlx::query(POSTGRES)
+                .bind(domain)
+                .bind(username)
+                .bind(stanza)
+                .bind(quota as i64)
+                .bind(max_bytes)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
         Ok(n > 0)
     }
 

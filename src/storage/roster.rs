@@ -11,8 +11,10 @@ pub struct RosterRecord {
     pub subscription: String,
     /// Pending-out: the user asked to subscribe to the contact.
     pub ask_out: bool,
-    /// Pending-in: the contact's subscribe request, kept to re-deliver at login.
-    pub pending_in: Option<String>,
+    /// Pending-in: the contact asked to subscribe and the user has not
+    /// answered. What re-delivering the request needs is kept apart
+    /// ([`SubscriptionRequest`]) and only read at login.
+    pub pending_in: bool,
     /// Pre-approved subscription request (RFC 6121 §3.4).
     pub approved: bool,
     /// False when the row only carries a request from someone not in the roster.
@@ -20,12 +22,32 @@ pub struct RosterRecord {
     pub groups: Vec<String>,
 }
 
+/// What is kept of a pending inbound subscription request to deliver it
+/// again when the user next logs in: the XEP-0172 nick and the status text,
+/// each already length-capped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionRequest {
+    pub nick: Option<String>,
+    pub status: Option<String>,
+}
+
+/// A pending request as stored, for re-delivery at login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// The requester's bare JID.
+    pub contact: String,
+    pub request: SubscriptionRequest,
+    /// The whole stanza, for rows written before requests were stored in
+    /// short form; the caller converts them.
+    pub legacy_stanza: Option<String>,
+}
+
 type RosterRow = (
     String,
     Option<String>,
     String,
     bool,
-    Option<String>,
+    bool,
     bool,
     bool,
     String,
@@ -49,8 +71,9 @@ fn from_row(r: RosterRow) -> RosterRecord {
     }
 }
 
-const COLUMNS: &str =
-    "contact, name, subscription, ask_out, pending_in, approved, in_roster, groups";
+/// The request's own texts are not among them: the presence broadcast reads
+/// every row of a roster, and has no use for them.
+const COLUMNS: &str = "contact, name, subscription, ask_out, pending, approved, in_roster, groups";
 
 /// Bumps a user's roster version inside a transaction and returns it.
 macro_rules! bump_version {
@@ -69,13 +92,16 @@ macro_rules! bump_version {
 }
 
 impl Store {
-    /// Every roster row of a user (including request-only rows).
+    /// Every row of a user's roster. Rows that only carry a request from
+    /// someone outside the roster are left out: the roster result and the
+    /// presence broadcast never need them, and their number is the one a
+    /// stranger can raise.
     pub async fn roster_items(
         &self,
         domain: &str,
         username: &str,
     ) -> Result<Vec<RosterRecord>, StorageError> {
-        let q = format!("SELECT {COLUMNS} FROM roster_items WHERE domain = $1 AND username = $2 ORDER BY contact");
+        let q = format!("SELECT {COLUMNS} FROM roster_items WHERE domain = $1 AND username = $2 AND in_roster ORDER BY contact");
         let rows: Vec<RosterRow> = on_pool!(self, pool => {
             sqlx::query_as(&q)
                 .bind(domain)
@@ -106,6 +132,8 @@ impl Store {
     }
 
     /// Inserts or replaces a roster row; returns the new roster version.
+    /// A pending request's texts stay while the row is still pending-in
+    /// and go when it no longer is.
     pub async fn roster_put(
         &self,
         domain: &str,
@@ -116,10 +144,13 @@ impl Store {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
                 sqlx::query(
-                    "INSERT INTO roster_items (domain, username, contact, name, subscription, ask_out, pending_in, approved, in_roster, groups) \
+                    "INSERT INTO roster_items (domain, username, contact, name, subscription, ask_out, pending, approved, in_roster, groups) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (domain, username, contact) DO UPDATE SET name = excluded.name, \
-                     subscription = excluded.subscription, ask_out = excluded.ask_out, pending_in = excluded.pending_in, \
+                     subscription = excluded.subscription, ask_out = excluded.ask_out, pending = excluded.pending, \
+                     pending_nick = CASE WHEN excluded.pending THEN roster_items.pending_nick END, \
+                     pending_status = CASE WHEN excluded.pending THEN roster_items.pending_status END, \
+                     pending_in = CASE WHEN excluded.pending THEN roster_items.pending_in END, \
                      approved = excluded.approved, in_roster = excluded.in_roster, groups = excluded.groups",
                 )
                 .bind(domain)
@@ -128,7 +159,7 @@ impl Store {
                 .bind(&item.name)
                 .bind(&item.subscription)
                 .bind(item.ask_out)
-                .bind(&item.pending_in)
+                .bind(item.pending_in)
                 .bind(item.approved)
                 .bind(item.in_roster)
                 .bind(item.groups.join("\n"))
@@ -140,6 +171,142 @@ impl Store {
             }};
         }
         on_pool!(self, pool => run!(pool))
+    }
+
+    /// Records a new pending inbound request from `item.contact` (the row
+    /// as the state machine left it, `pending_in` set) with its texts,
+    /// unless the user already has `max_pending` other requests waiting.
+    /// Returns the new roster version, or None when refused.
+    pub async fn roster_put_request(
+        &self,
+        domain: &str,
+        username: &str,
+        item: &RosterRecord,
+        request: &SubscriptionRequest,
+        max_pending: u32,
+    ) -> Result<Option<i64>, StorageError> {
+        // One statement checks and writes, so two requests racing each
+        // other overshoot the cap at most by the number in flight.
+        const Q: &str = "INSERT INTO roster_items (domain, username, contact, name, subscription, ask_out, pending, \
+             approved, in_roster, groups, pending_nick, pending_status) \
+             SELECT $1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, $10, $11 \
+             WHERE (SELECT COUNT(*) FROM roster_items WHERE domain = $1 AND username = $2 AND pending AND contact <> $3) < $12 \
+             ON CONFLICT (domain, username, contact) DO UPDATE SET name = excluded.name, \
+             subscription = excluded.subscription, ask_out = excluded.ask_out, pending = TRUE, \
+             pending_nick = excluded.pending_nick, pending_status = excluded.pending_status, pending_in = NULL, \
+             approved = excluded.approved, in_roster = excluded.in_roster, groups = excluded.groups";
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let n = sqlx::query(Q)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(&item.contact)
+                    .bind(&item.name)
+                    .bind(&item.subscription)
+                    .bind(item.ask_out)
+                    .bind(item.approved)
+                    .bind(item.in_roster)
+                    .bind(item.groups.join("\n"))
+                    .bind(&request.nick)
+                    .bind(&request.status)
+                    .bind(i64::from(max_pending))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    return Ok(None);
+                }
+                let v = bump_version!(tx, domain, username);
+                tx.commit().await?;
+                Ok(Some(v))
+            }};
+        }
+        on_pool!(self, pool => run!(pool))
+    }
+
+    /// The user's pending inbound requests, for re-delivery at login.
+    pub async fn roster_pending_requests(
+        &self,
+        domain: &str,
+        username: &str,
+    ) -> Result<Vec<PendingRequest>, StorageError> {
+        const Q: &str =
+            "SELECT contact, pending_nick, pending_status, pending_in FROM roster_items \
+             WHERE domain = $1 AND username = $2 AND pending ORDER BY contact";
+        type Row = (String, Option<String>, Option<String>, Option<String>);
+        let rows: Vec<Row> = on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(contact, nick, status, legacy)| PendingRequest {
+                contact,
+                request: SubscriptionRequest { nick, status },
+                legacy_stanza: legacy,
+            })
+            .collect())
+    }
+
+    /// Replaces a request stored as a whole stanza (before the short form
+    /// existed) by its short form.
+    pub async fn roster_request_convert(
+        &self,
+        domain: &str,
+        username: &str,
+        contact: &str,
+        request: &SubscriptionRequest,
+    ) -> Result<(), StorageError> {
+        const Q: &str =
+            "UPDATE roster_items SET pending_nick = $4, pending_status = $5, pending_in = NULL \
+             WHERE domain = $1 AND username = $2 AND contact = $3 AND pending";
+        on_pool!(self, pool => {
+            sqlx::query(Q)
+                .bind(domain)
+                .bind(username)
+                .bind(contact)
+                .bind(&request.nick)
+                .bind(&request.status)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// How many items the user's roster holds (request-only rows aside).
+    pub async fn roster_count(&self, domain: &str, username: &str) -> Result<i64, StorageError> {
+        const Q: &str =
+            "SELECT COUNT(*) FROM roster_items WHERE domain = $1 AND username = $2 AND in_roster";
+        let (n,): (i64,) = on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n)
+    }
+
+    /// How many inbound requests wait for the user's answer.
+    pub async fn roster_pending_count(
+        &self,
+        domain: &str,
+        username: &str,
+    ) -> Result<i64, StorageError> {
+        const Q: &str =
+            "SELECT COUNT(*) FROM roster_items WHERE domain = $1 AND username = $2 AND pending";
+        let (n,): (i64,) = on_pool!(self, pool => {
+            sqlx::query_as(Q)
+                .bind(domain)
+                .bind(username)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n)
     }
 
     /// Deletes a roster row; returns the new roster version.

@@ -68,6 +68,41 @@ impl Store {
 }
 
 impl Store {
+    /// The size in bytes (key and value together, as UTF-8) of each of an
+    /// account's documents whose key starts with `prefix` (which must hold
+    /// no LIKE wildcard), for quotas over one feature's documents.
+    pub async fn user_data_sizes(
+        &self,
+        domain: &str,
+        username: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, i64)>, StorageError> {
+        const SQLITE: &str = "SELECT key, length(CAST(key AS BLOB)) + length(CAST(value AS BLOB)) \
+             FROM user_data WHERE domain = $1 AND username = $2 AND key LIKE $3";
+        const POSTGRES: &str =
+            "SELECT key, CAST(octet_length(key) + octet_length(value) AS BIGINT) \
+             FROM user_data WHERE domain = $1 AND username = $2 AND key LIKE $3";
+        let pattern = format!("{prefix}%");
+        Ok(match self {
+            Store::Sqlite(p) => {
+                sqlx::query_as(SQLITE)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(&pattern)
+                    .fetch_all(p)
+                    .await?
+            }
+            Store::Postgres(p) => {
+                sqlx::query_as(POSTGRES)
+                    .bind(domain)
+                    .bind(username)
+                    .bind(&pattern)
+                    .fetch_all(p)
+                    .await?
+            }
+        })
+    }
+
     /// The value under `key` for each of `usernames` of one domain that has
     /// one, in one round trip (e.g. the last logout of every offline contact).
     pub async fn user_data_get_many(

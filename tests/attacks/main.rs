@@ -23,3 +23,4 @@ pub fn rss_kib() -> u64 {
 // One line per attack file (tests/attacks/<name>.rs):
 mod cross_host;
 mod xml;
+mod state;
