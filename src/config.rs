@@ -82,6 +82,24 @@ pub struct S2sConfig {
     /// Remote domain → "host:port" (STARTTLS) or "tls://host:port" (direct
     /// TLS, XEP-0368), used instead of DNS.
     pub hosts: std::collections::BTreeMap<String, String>,
+    // network: caps on what a peer can make us hold or open
+    /// Bytes of stanzas waiting per domain pair (besides `max_queue`);
+    /// beyond it stanzas bounce with `resource-constraint`.
+    pub max_queue_bytes: usize,
+    /// Seconds an incoming stream may take to authenticate a first domain
+    /// (SASL EXTERNAL or dialback); whitespace keepalives do not extend it.
+    /// Then it closes with `connection-timeout`.
+    pub auth_timeout: u64,
+    /// Outgoing streams at once (one per domain pair); beyond it stanzas
+    /// for a new pair bounce with `resource-constraint`.
+    pub max_outgoing: usize,
+    /// Dialback verifications (each an outgoing connection to the
+    /// originating domain's server) running at once, in all, per peer IP
+    /// that asked for them, and per originating domain; beyond them the
+    /// `db:result` gets a `resource-constraint` dialback error.
+    pub max_verifications: usize,
+    pub max_verifications_per_ip: usize,
+    pub max_verifications_per_domain: usize,
 }
 
 impl Default for S2sConfig {
@@ -101,6 +119,13 @@ impl Default for S2sConfig {
             max_connections: 10_000,
             max_connections_per_ip: 100,
             hosts: Default::default(),
+            // network
+            max_queue_bytes: 4 << 20,
+            auth_timeout: 60,
+            max_outgoing: 10_000,
+            max_verifications: 256,
+            max_verifications_per_ip: 32,
+            max_verifications_per_domain: 4,
         }
     }
 }
@@ -234,6 +259,14 @@ pub struct Limits {
     pub max_vcard_size: usize,
     pub registrations_per_ip: u32,
     pub registration_window: u64,
+    // network: what one connection can make us hold
+    /// Bytes of stanzas queued for one session or component (besides the
+    /// `session_queue` count); beyond it stanzas bounce with
+    /// `resource-constraint`.
+    pub session_queue_bytes: usize,
+    /// Seconds one write to a peer may take: a peer that stops reading is
+    /// disconnected then, instead of holding its connection and queue.
+    pub write_timeout: u64,
 }
 
 impl Default for Config {
@@ -301,6 +334,14 @@ impl Limits {
             max_depth: self.max_depth,
         }
     }
+
+    /// What every network stream's I/O is bounded by.
+    pub fn stream(&self) -> crate::net::StreamLimits {
+        crate::net::StreamLimits {
+            parser: self.parser(),
+            write_timeout: std::time::Duration::from_secs(self.write_timeout),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -317,6 +358,9 @@ impl Default for Limits {
             max_vcard_size: 64 * 1024,
             registrations_per_ip: 5,
             registration_window: 3600,
+            // network
+            session_queue_bytes: 2 << 20,
+            write_timeout: 30,
         }
     }
 }
@@ -792,6 +836,15 @@ const LIMITS: &[Field] = &[
             max: 30 * 86_400,
         },
     ),
+    // network
+    f(
+        "session_queue_bytes",
+        Kind::Int {
+            min: 1024,
+            max: 1 << 30,
+        },
+    ),
+    f("write_timeout", Kind::Int { min: 1, max: 3_600 }),
 ];
 const COMPONENT: &[Field] = &[
     f("domain", Kind::Str(any_str)),
@@ -856,6 +909,43 @@ const S2S: &[Field] = &[
         },
     ),
     f("hosts", Kind::StrMap(host_port)),
+    // network
+    f(
+        "max_queue_bytes",
+        Kind::Int {
+            min: 1024,
+            max: 1 << 30,
+        },
+    ),
+    f("auth_timeout", Kind::Int { min: 1, max: 3_600 }),
+    f(
+        "max_outgoing",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_verifications",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_verifications_per_ip",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_verifications_per_domain",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
 ];
 const ADMIN: &[Field] = &[f("socket", Kind::Str(socket_path))];
 const SCHEMA: &[Field] = &[

@@ -10,6 +10,7 @@ pub mod s2s_receive;
 pub mod tls;
 mod transport;
 mod xmlstream;
+pub use xmlstream::StreamLimits;
 
 pub use transport::Transport;
 

@@ -21,12 +21,12 @@ use super::s2s_links::{AuthMethod, Direction};
 use super::s2s_receive::{stream_error_name, Receiving};
 use super::transport::Transport;
 use super::xmlstream::{End, IdleRule, Queued, XmlStream};
-use crate::queue::{queue, QueueError, QueueReceiver, QueueSender};
+use crate::queue::{queue, QueueError, QueueReceiver, QueueSender, Weigh};
 use crate::router;
 use crate::server::Server;
 use crate::stanza::{error_reply, StanzaErrorCondition, StreamErrorCondition};
 use crate::stream::s2s::{self as rules, NS_BIDI, NS_BIDI_FEATURE, NS_DIALBACK, NS_SASL, NS_TLS};
-use crate::xml::{Element, StreamEvent, NS_CLIENT, NS_SERVER, NS_STREAMS};
+use crate::xml::{Element, Node, StreamEvent, NS_CLIENT, NS_SERVER, NS_STREAMS};
 
 /// The prefix every s2s stream header declares.
 pub const DB_PREFIX: &[(&str, &str)] = &[("db", NS_DIALBACK)];
@@ -42,6 +42,30 @@ type Pair = (String, String);
 pub enum ToPeer {
     Stanza(Element),
     Dialback(Element),
+}
+
+impl Weigh for ToPeer {
+    fn weight(&self) -> usize {
+        match self {
+            ToPeer::Stanza(el) | ToPeer::Dialback(el) => element_weight(el),
+        }
+    }
+}
+
+/// Roughly the bytes an element holds: its names, attributes and text,
+/// and its children's — what a queue of them can be made to hold.
+fn element_weight(el: &Element) -> usize {
+    let attrs: usize = el.attrs().map(|(k, v)| k.len() + v.len()).sum();
+    let nodes: usize = el
+        .nodes()
+        .iter()
+        .map(|n| match n {
+            Node::Element(child) => element_weight(child),
+            Node::Text(t) => t.len(),
+        })
+        .sum();
+    // A fixed part for the element's own allocations.
+    64 + el.name().len() + el.ns().len() + attrs + nodes
 }
 
 impl Queued for ToPeer {
@@ -131,7 +155,10 @@ impl S2sOut {
         let Some(me) = server.arc() else {
             return;
         };
-        let (tx, rx) = queue(server.config.s2s.max_queue);
+        let (tx, rx) = queue(
+            server.config.s2s.max_queue,
+            server.config.s2s.max_queue_bytes,
+        );
         let _ = tx.try_send(stanza);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         map.insert(key.clone(), (id, tx.clone()));
@@ -514,7 +541,7 @@ async fn open(
     if let Transport::Plain(tcp) = &transport {
         let _ = tcp.set_nodelay(true);
     }
-    let limits = server.config.limits.parser();
+    let limits = server.config.limits.stream();
     let mut stream = XmlStream::new(transport, limits, NS_SERVER, Some("1.0"), local.to_string())
         .with_prefixes(DB_PREFIX);
     if stream.transport.is_tls() {

@@ -144,6 +144,11 @@ impl Receiving {
         self.shared.add(server, local, remote, method);
     }
 
+    /// Has any remote domain been authenticated on this stream?
+    pub fn is_authenticated(&self) -> bool {
+        !self.shared.domains().is_empty()
+    }
+
     /// The remote domains authenticated so far, sorted.
     pub fn authenticated(&self) -> Vec<String> {
         let mut d: Vec<String> = self.shared.domains().iter().cloned().collect();
