@@ -56,6 +56,8 @@ pub async fn run(
             link,
             to_peer.clone(),
             Some(BidiRoutes::new(to_peer)),
+            Some(peer.ip()),
+            true,
         ),
         peer: None,
         sasl_done: false,

@@ -10,7 +10,7 @@
 //! originating domain's authoritative server (`verify`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,6 +93,21 @@ pub struct S2sOut {
     next_id: AtomicU64,
     by_external: AtomicU64,
     by_dialback: AtomicU64,
+    /// Outgoing streams of ours running (not the bidi routes of incoming
+    /// ones), capped by `[s2s] max_outgoing`.
+    outgoing: Arc<AtomicUsize>,
+    /// Dialback verifications in flight (`[s2s] max_verifications*`).
+    pub verifications: super::s2s_caps::Verifications,
+}
+
+/// An outgoing stream's place in the `max_outgoing` count, freed however
+/// the stream task ends.
+struct OutgoingSlot(Arc<AtomicUsize>);
+
+impl Drop for OutgoingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl S2sOut {
@@ -109,7 +124,12 @@ impl S2sOut {
         )
     }
 
-    /// Number of outgoing streams open or being opened.
+    /// Outgoing streams of ours open or being opened.
+    pub fn outgoing(&self) -> usize {
+        self.outgoing.load(Ordering::Acquire)
+    }
+
+    /// Number of routes (outgoing streams and incoming bidi ones).
     pub fn count(&self) -> usize {
         self.lock().len()
     }
@@ -155,6 +175,18 @@ impl S2sOut {
         let Some(me) = server.arc() else {
             return;
         };
+        // Under the map's lock, so two senders cannot both take the last
+        // place. Pairs with a stream already are not affected.
+        if self.outgoing.load(Ordering::Acquire) >= server.config.s2s.max_outgoing {
+            drop(map);
+            tracing::warn!(local = key.0, remote = key.1, "s2s max_outgoing reached");
+            if let ToPeer::Stanza(s) = stanza {
+                bounce(server, &s, StanzaErrorCondition::ResourceConstraint);
+            }
+            return;
+        }
+        self.outgoing.fetch_add(1, Ordering::AcqRel);
+        let slot = OutgoingSlot(self.outgoing.clone());
         let (tx, rx) = queue(
             server.config.s2s.max_queue,
             server.config.s2s.max_queue_bytes,
@@ -163,7 +195,7 @@ impl S2sOut {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         map.insert(key.clone(), (id, tx.clone()));
         drop(map);
-        tokio::spawn(run(me, key, id, tx, rx));
+        tokio::spawn(run(me, key, id, tx, rx, slot));
     }
 
     /// Lets an incoming bidirectional stream (XEP-0288) carry our stanzas
@@ -208,6 +240,7 @@ async fn run(
     id: u64,
     tx: QueueSender<ToPeer>,
     rx: QueueReceiver<ToPeer>,
+    slot: OutgoingSlot,
 ) {
     let (local, remote) = (&key.0, &key.1);
     let cfg = &server.config.s2s;
@@ -257,7 +290,10 @@ async fn run(
         l.bidi = made.bidi;
     });
     link.authenticated(remote, made.method);
-    let mut receiving = Receiving::new(made.stream_id, link, tx, None);
+    let peer_ip = stream.transport.peer_addr().map(|a| a.ip());
+    // Only a bidirectional stream carries the peer's own requests
+    // (XEP-0288); on ours alone a db:result from it is refused.
+    let mut receiving = Receiving::new(made.stream_id, link, tx, None, peer_ip, made.bidi);
     if made.bidi {
         // XEP-0288 §2: the receiving server may now send us stanzas from the
         // domain we authenticated to, on this stream.
@@ -266,6 +302,8 @@ async fn run(
     let end = session(&server, &mut stream, &rx, &mut receiving).await;
     tracing::info!(local, remote, end = %end, "s2s stream closed");
     server.s2s.forget(&key, id);
+    // Our place first, so the stream that takes the leftovers can have it.
+    drop(slot);
     requeue(&server, rx.close_and_drain());
 }
 
