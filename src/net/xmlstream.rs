@@ -115,6 +115,9 @@ pub struct XmlStream {
     /// Prefixes declared on our stream header (`db` on s2s streams).
     prefixes: &'static [(&'static str, &'static str)],
     write_timeout: Duration,
+    /// A write failed or timed out: later ones would only wait again (the
+    /// TLS layer keeps what it could not send), so they fail at once.
+    write_failed: bool,
     /// When set, the stream closes with `connection-timeout` at this
     /// instant whatever the peer sends (whitespace included): the
     /// pre-authentication deadline of incoming s2s streams.
@@ -142,6 +145,7 @@ impl XmlStream {
             idle_rule: IdleRule::SilentPeer,
             prefixes: &[],
             write_timeout: limits.write_timeout,
+            write_failed: false,
             deadline: None,
         }
     }
@@ -257,6 +261,10 @@ impl XmlStream {
     /// Writes what is buffered (and any TLS records rustls made on its own).
     /// A peer that does not take it within the write timeout is cut off.
     pub async fn flush(&mut self) -> Flow<()> {
+        if self.write_failed {
+            self.out = Vec::new();
+            return Err(End::Io("an earlier write failed".into()));
+        }
         let limit = self.write_timeout;
         let r = if !self.out.is_empty() {
             let r = tokio::time::timeout(limit, self.transport.write_all(&self.out)).await;
@@ -267,11 +275,13 @@ impl XmlStream {
         } else {
             tokio::time::timeout(limit, self.transport.flush()).await
         };
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Io(e.to_string())),
-            Err(_) => Err(End::WriteTimeout),
-        }
+        let end = match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => End::Io(e.to_string()),
+            Err(_) => End::WriteTimeout,
+        };
+        self.write_failed = true;
+        Err(end)
     }
 
     /// Closes with the stream error a parse error deserves.
