@@ -32,7 +32,11 @@ async fn still_serves(ts: &TestServer) {
         )
         .await;
     assert_eq!(p.attr("type"), Some("result"));
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 async fn server_with(tweak: impl FnOnce(&mut waxwing::config::Config)) -> TestServer {
@@ -193,7 +197,10 @@ async fn an_unauthenticated_s2s_stream_sending_whitespace_times_out() {
     let Some(StreamEvent::Stanza(error)) = said else {
         panic!("expected a stream error, got {said:?}");
     };
-    assert!(error.is("error", "http://etherx.jabber.org/streams"), "{error:?}");
+    assert!(
+        error.is("error", "http://etherx.jabber.org/streams"),
+        "{error:?}"
+    );
     assert!(
         error
             .get_child("connection-timeout", NS_STREAM_ERRORS)
@@ -297,9 +304,13 @@ async fn db_result_floods_cannot_open_more_verifications_than_the_cap() {
         c.s2s.connect_timeout = 2;
         c.s2s.max_verifications_per_ip = CAP;
         for i in 0..2 * PER_CONNECTION {
-            c.s2s.hosts.insert(format!("d{i}.test"), auth_addr.to_string());
+            c.s2s
+                .hosts
+                .insert(format!("d{i}.test"), auth_addr.to_string());
         }
-        c.s2s.hosts.insert("good.test".into(), auth_addr.to_string());
+        c.s2s
+            .hosts
+            .insert("good.test".into(), auth_addr.to_string());
     })
     .await;
     // Every connection our server opens lands here and is counted; the
