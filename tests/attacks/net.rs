@@ -447,3 +447,56 @@ async fn db_result_on_our_outgoing_stream_is_refused() {
     assert_eq!(m.get_child("body", "jabber:server").unwrap().text(), "two");
     still_serves(&ts).await;
 }
+
+/// Outgoing s2s streams are capped (`max_outgoing`): with the only place
+/// taken by a stream still being made, a stanza needing a new one bounces
+/// at once with `resource-constraint`, while the pair that has its stream
+/// keeps queueing.
+#[tokio::test]
+async fn outgoing_streams_beyond_the_cap_bounce_with_resource_constraint() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let ts = server_with(|c| {
+        c.s2s.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+        c.s2s.max_outgoing = 1;
+        for d in ["one.test", "two.test"] {
+            c.s2s.hosts.insert(d.into(), addr.to_string());
+        }
+    })
+    .await;
+    let mut canary = Client::login(ts.plain_addr, "canary", "pw", Some("c")).await;
+    canary
+        .send_str("<message to='u@one.test' id='m1' type='chat'><body>1</body></message>")
+        .await;
+    // one.test's stream is being made (and never will be: nobody answers).
+    let (_held, _) = tokio::time::timeout(TIMEOUT, silent.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ts.server().s2s.outgoing(), 1);
+    canary
+        .send_str("<message to='u@two.test' id='m2' type='chat'><body>2</body></message>")
+        .await;
+    let bounce = canary.next_named("message").await;
+    assert_eq!(bounce.attr("id"), Some("m2"), "{bounce:?}");
+    assert_eq!(
+        stanza_error(&bounce).as_deref(),
+        Some("resource-constraint")
+    );
+    // one.test's pair has its stream: more for it queues, nothing bounces.
+    canary
+        .send_str("<message to='u@one.test' id='m3' type='chat'><body>3</body></message>")
+        .await;
+    canary
+        .send_str("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    loop {
+        let e = canary.next_element().await;
+        assert!(e.name() != "message", "{e:?}");
+        if e.attr("id") == Some("p") {
+            assert_eq!(e.attr("type"), Some("result"));
+            break;
+        }
+    }
+    still_serves(&ts).await;
+}
