@@ -155,7 +155,7 @@ impl Connection {
                         Err(e) => return self.stream.close_parse_error(e).await,
                     }
                 }
-                if self.receiving.is_authenticated() {
+                if self.stream.deadline().is_some() && self.receiving.is_authenticated() {
                     self.stream.set_deadline(None);
                 }
                 let server = &self.server;

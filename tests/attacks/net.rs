@@ -500,3 +500,35 @@ async fn outgoing_streams_beyond_the_cap_bounce_with_resource_constraint() {
     }
     still_serves(&ts).await;
 }
+
+/// An s2s queue is bounded by bytes too (`max_queue_bytes`): while the
+/// stream is being made, a second large stanza for the pair bounces with
+/// `resource-constraint` though the count bound is far away.
+#[tokio::test]
+async fn an_s2s_queue_full_of_bytes_bounces_with_resource_constraint() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let ts = server_with(|c| {
+        c.s2s.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+        c.s2s.max_queue = 1000;
+        c.s2s.max_queue_bytes = 64 * 1024;
+        c.s2s.hosts.insert("one.test".into(), addr.to_string());
+    })
+    .await;
+    let mut canary = Client::login(ts.plain_addr, "canary", "pw", Some("c")).await;
+    let body = "y".repeat(48 * 1024);
+    for id in ["m1", "m2"] {
+        canary
+            .send_str(&format!(
+                "<message to='u@one.test' id='{id}' type='chat'><body>{body}</body></message>"
+            ))
+            .await;
+    }
+    let bounce = canary.next_named("message").await;
+    assert_eq!(bounce.attr("id"), Some("m2"), "{bounce:?}");
+    assert_eq!(
+        stanza_error(&bounce).as_deref(),
+        Some("resource-constraint")
+    );
+    still_serves(&ts).await;
+}
