@@ -532,3 +532,32 @@ async fn an_s2s_queue_full_of_bytes_bounces_with_resource_constraint() {
     );
     still_serves(&ts).await;
 }
+
+/// The write timeout is the shared stream I/O's, so a component that
+/// stops reading is cut off like a client: its domain is free again and
+/// the server goes on serving.
+#[tokio::test]
+async fn a_component_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    const BOT: &str = "bot.localhost";
+    let ts = server_with(|c| {
+        c.limits.write_timeout = 1;
+        c.component_listener.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.component.push(waxwing::config::ComponentConfig {
+            domain: BOT.into(),
+            secret: "s3cret".into(),
+        });
+    })
+    .await;
+    let addr = ts.running.as_ref().unwrap().component_addrs[0];
+    let mut bot = Client::component(addr, BOT, "s3cret").await;
+    assert!(ts.server().components.is_connected(BOT));
+    let mut flooder = Client::login(ts.plain_addr, "flooder", "pw", Some("f")).await;
+    flood(&mut flooder, "x@bot.localhost", 384).await;
+    let server = ts.server().clone();
+    eventually("the component to be detached", || {
+        !server.components.is_connected(BOT)
+    })
+    .await;
+    bot.expect_closed().await;
+    still_serves(&ts).await;
+}
