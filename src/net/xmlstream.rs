@@ -231,6 +231,11 @@ impl XmlStream {
                 Ok(None) => {}
                 Err(e) => return Err(self.close_parse_error(e).await),
             }
+            // Checked here too: a peer that keeps the socket readable never
+            // lets the wait below run.
+            if self.deadline.is_some_and(|at| Instant::now() >= at) {
+                return Err(self.deadline_end().await);
+            }
             if !self.unread {
                 let deadline = self.deadline;
                 tokio::select! {
