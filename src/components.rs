@@ -160,8 +160,8 @@ mod tests {
         assert!(reg.is_component("bot.x"));
         assert_eq!(reg.secret("bot.x"), Some("s"));
         assert_eq!(reg.send("bot.x", Bytes::new()), Err(DeliveryError::Offline));
-        let (tx1, rx1) = crate::queue::queue(4);
-        let (tx2, _rx2) = crate::queue::queue(4);
+        let (tx1, rx1) = crate::queue::queue(4, usize::MAX);
+        let (tx2, _rx2) = crate::queue::queue(4, usize::MAX);
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         reg.attach("bot.x", 1, Some(peer), tx1).unwrap();
         assert_eq!(reg.attach("bot.x", 2, None, tx2), Err(AlreadyConnected));

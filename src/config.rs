@@ -82,6 +82,24 @@ pub struct S2sConfig {
     /// Remote domain → "host:port" (STARTTLS) or "tls://host:port" (direct
     /// TLS, XEP-0368), used instead of DNS.
     pub hosts: std::collections::BTreeMap<String, String>,
+    // network: caps on what a peer can make us hold or open
+    /// Bytes of stanzas waiting per domain pair (besides `max_queue`);
+    /// beyond it stanzas bounce with `resource-constraint`.
+    pub max_queue_bytes: usize,
+    /// Seconds an incoming stream may take to authenticate a first domain
+    /// (SASL EXTERNAL or dialback); whitespace keepalives do not extend it.
+    /// Then it closes with `connection-timeout`.
+    pub auth_timeout: u64,
+    /// Outgoing streams at once (one per domain pair); beyond it stanzas
+    /// for a new pair bounce with `resource-constraint`.
+    pub max_outgoing: usize,
+    /// Dialback verifications (each an outgoing connection to the
+    /// originating domain's server) running at once, in all, per peer IP
+    /// that asked for them, and per originating domain; beyond them the
+    /// `db:result` gets a `resource-constraint` dialback error.
+    pub max_verifications: usize,
+    pub max_verifications_per_ip: usize,
+    pub max_verifications_per_domain: usize,
 }
 
 impl Default for S2sConfig {
@@ -101,6 +119,13 @@ impl Default for S2sConfig {
             max_connections: 10_000,
             max_connections_per_ip: 100,
             hosts: Default::default(),
+            // network
+            max_queue_bytes: 4 << 20,
+            auth_timeout: 60,
+            max_outgoing: 10_000,
+            max_verifications: 256,
+            max_verifications_per_ip: 32,
+            max_verifications_per_domain: 4,
         }
     }
 }
@@ -283,6 +308,14 @@ pub struct Limits {
     /// Bytes of offline messages waiting for one user, as stored
     /// (`service-unavailable` beyond, as for `max_offline_messages`).
     pub max_offline_bytes: usize,
+    // network: what one connection can make us hold
+    /// Bytes of stanzas queued for one session or component (besides the
+    /// `session_queue` count); beyond it stanzas bounce with
+    /// `resource-constraint`.
+    pub session_queue_bytes: usize,
+    /// Seconds one write to a peer may take: a peer that stops reading is
+    /// disconnected then, instead of holding its connection and queue.
+    pub write_timeout: u64,
 }
 
 impl Default for Config {
@@ -359,6 +392,14 @@ impl Limits {
                 .saturating_mul(self.stanza_memory_factor),
         }
     }
+
+    /// What every network stream's I/O is bounded by.
+    pub fn stream(&self) -> crate::net::StreamLimits {
+        crate::net::StreamLimits {
+            parser: self.parser(),
+            write_timeout: std::time::Duration::from_secs(self.write_timeout),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -391,6 +432,9 @@ impl Default for Limits {
             max_private_bytes: 1 << 20,
             max_private_document: 128 * 1024,
             max_offline_bytes: 16 << 20,
+            // network
+            session_queue_bytes: 2 << 20,
+            write_timeout: 30,
         }
     }
 }
@@ -960,6 +1004,15 @@ const LIMITS: &[Field] = &[
             max: 1 << 40,
         },
     ),
+    // network
+    f(
+        "session_queue_bytes",
+        Kind::Int {
+            min: 1024,
+            max: 1 << 30,
+        },
+    ),
+    f("write_timeout", Kind::Int { min: 1, max: 3_600 }),
 ];
 const COMPONENT: &[Field] = &[
     f("domain", Kind::Str(any_str)),
@@ -1024,6 +1077,43 @@ const S2S: &[Field] = &[
         },
     ),
     f("hosts", Kind::StrMap(host_port)),
+    // network
+    f(
+        "max_queue_bytes",
+        Kind::Int {
+            min: 1024,
+            max: 1 << 30,
+        },
+    ),
+    f("auth_timeout", Kind::Int { min: 1, max: 3_600 }),
+    f(
+        "max_outgoing",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_verifications",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_verifications_per_ip",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_verifications_per_domain",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
 ];
 const ADMIN: &[Field] = &[f("socket", Kind::Str(socket_path))];
 const SCHEMA: &[Field] = &[

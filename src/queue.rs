@@ -5,6 +5,9 @@
 //! while this queue gives its memory back whenever it drains — most
 //! sessions are idle most of the time, and idle memory is what limits how
 //! many sessions one server holds.
+//!
+//! The bound is both a count and a byte total: a count alone lets a
+//! session hold count × largest-stanza bytes (2,048 × 256 KiB = 512 MiB).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,16 +18,31 @@ use tokio::sync::Notify;
 /// Why an item was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueError {
-    /// The queue holds `capacity` items already.
+    /// The queue holds `capacity` items or `max_bytes` bytes already.
     Full,
     /// The receiving side is gone.
     Closed,
 }
 
+/// What an item costs against the queue's byte bound.
+pub trait Weigh {
+    /// Bytes the item holds (an estimate is fine, as long as it grows with
+    /// what the peer can make us hold).
+    fn weight(&self) -> usize;
+}
+
+#[derive(Debug)]
+struct Items<T> {
+    queue: VecDeque<T>,
+    /// Sum of the queued items' weights.
+    bytes: usize,
+}
+
 #[derive(Debug)]
 struct Shared<T> {
-    items: Mutex<VecDeque<T>>,
+    items: Mutex<Items<T>>,
     capacity: usize,
+    max_bytes: usize,
     ready: Notify,
     closed: AtomicBool,
 }
@@ -43,11 +61,17 @@ impl<T> Clone for QueueSender<T> {
 #[derive(Debug)]
 pub struct QueueReceiver<T>(Arc<Shared<T>>);
 
-/// A queue holding at most `capacity` items.
-pub fn queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+/// A queue holding at most `capacity` items and `max_bytes` bytes of
+/// them — except that an empty queue takes one item of any weight, so a
+/// stanza larger than the byte bound still gets through on its own.
+pub fn queue<T: Weigh>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
-        items: Mutex::new(VecDeque::new()),
+        items: Mutex::new(Items {
+            queue: VecDeque::new(),
+            bytes: 0,
+        }),
         capacity,
+        max_bytes,
         ready: Notify::new(),
         closed: AtomicBool::new(false),
     });
@@ -55,14 +79,15 @@ pub fn queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
 }
 
 impl<T> Shared<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
-        // Each critical section is one VecDeque operation: a panic cannot
-        // leave it half-done, so poisoning carries no information.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Items<T>> {
+        // Each critical section is one VecDeque operation and a sum: a
+        // panic cannot leave it half-done, so poisoning carries no
+        // information.
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl<T> QueueSender<T> {
+impl<T: Weigh> QueueSender<T> {
     /// Queues an item without waiting.
     pub fn try_send(&self, item: T) -> Result<(), QueueError> {
         self.try_send_back(item).map_err(|(e, _)| e)
@@ -77,7 +102,8 @@ impl<T> QueueSender<T> {
             if self.0.closed.load(Ordering::Acquire) {
                 return Err(QueueError::Closed);
             }
-            q.push_back(item);
+            q.bytes = q.bytes.saturating_add(item.weight());
+            q.queue.push_back(item);
         }
         self.0.ready.notify_one();
         Ok(())
@@ -92,10 +118,14 @@ impl<T> QueueSender<T> {
             if self.0.closed.load(Ordering::Acquire) {
                 return Err((QueueError::Closed, item));
             }
-            if q.len() >= self.0.capacity {
+            let weight = item.weight();
+            let over_bytes =
+                !q.queue.is_empty() && q.bytes.saturating_add(weight) > self.0.max_bytes;
+            if q.queue.len() >= self.0.capacity || over_bytes {
                 return Err((QueueError::Full, item));
             }
-            q.push_back(item);
+            q.bytes = q.bytes.saturating_add(weight);
+            q.queue.push_back(item);
         }
         // A stored permit covers a receiver that is not waiting yet.
         self.0.ready.notify_one();
@@ -103,14 +133,21 @@ impl<T> QueueSender<T> {
     }
 }
 
-impl<T> QueueReceiver<T> {
+impl<T: Weigh> QueueReceiver<T> {
     /// The next item, without waiting.
     pub fn try_recv(&self) -> Option<T> {
         let mut q = self.0.lock();
-        let item = q.pop_front();
-        if q.is_empty() && q.capacity() > 0 {
-            // Drained: give the buffer back (see the module comment).
-            *q = VecDeque::new();
+        let item = q.queue.pop_front();
+        if let Some(i) = &item {
+            q.bytes = q.bytes.saturating_sub(i.weight());
+        }
+        if q.queue.is_empty() {
+            // Sends past the bound count too; an empty queue holds nothing.
+            q.bytes = 0;
+            if q.queue.capacity() > 0 {
+                // Drained: give the buffer back (see the module comment).
+                q.queue = VecDeque::new();
+            }
         }
         item
     }
@@ -132,7 +169,8 @@ impl<T> QueueReceiver<T> {
     pub fn close_and_drain(&self) -> Vec<T> {
         let mut q = self.0.lock();
         self.0.closed.store(true, Ordering::Release);
-        std::mem::take(&mut *q).into()
+        q.bytes = 0;
+        std::mem::take(&mut q.queue).into()
     }
 }
 
@@ -140,7 +178,8 @@ impl<T> Drop for QueueReceiver<T> {
     fn drop(&mut self) {
         let mut q = self.0.lock();
         self.0.closed.store(true, Ordering::Release);
-        q.clear();
+        q.bytes = 0;
+        q.queue.clear();
     }
 }
 
@@ -148,9 +187,22 @@ impl<T> Drop for QueueReceiver<T> {
 mod tests {
     use super::*;
 
+    impl Weigh for i32 {
+        fn weight(&self) -> usize {
+            // A number's value is its weight, so tests can pick weights.
+            (*self).max(0) as usize
+        }
+    }
+
+    impl Weigh for &str {
+        fn weight(&self) -> usize {
+            self.len()
+        }
+    }
+
     #[tokio::test]
     async fn bounded_ordered_and_wakes_the_receiver() {
-        let (tx, rx) = queue(2);
+        let (tx, rx) = queue(2, usize::MAX);
         tx.try_send(1).unwrap();
         tx.try_send(2).unwrap();
         assert_eq!(tx.try_send(3), Err(QueueError::Full));
@@ -166,7 +218,7 @@ mod tests {
 
     #[test]
     fn control_items_go_past_a_full_queue_but_not_a_closed_one() {
-        let (tx, rx) = queue(1);
+        let (tx, rx) = queue(1, usize::MAX);
         tx.try_send(1).unwrap();
         assert_eq!(tx.try_send(2), Err(QueueError::Full));
         tx.send_beyond_capacity(3).unwrap();
@@ -176,7 +228,7 @@ mod tests {
 
     #[test]
     fn close_and_drain_returns_leftovers_and_refuses_more() {
-        let (tx, rx) = queue(10);
+        let (tx, rx) = queue(10, usize::MAX);
         tx.try_send("a").unwrap();
         tx.try_send("b").unwrap();
         assert_eq!(rx.close_and_drain(), vec!["a", "b"]);
@@ -185,11 +237,46 @@ mod tests {
 
     #[test]
     fn memory_is_released_when_drained() {
-        let (tx, rx) = queue(100);
+        let (tx, rx) = queue(100, usize::MAX);
         for i in 0..50 {
             tx.try_send(i).unwrap();
         }
         while rx.try_recv().is_some() {}
-        assert_eq!(rx.0.lock().capacity(), 0);
+        assert_eq!(rx.0.lock().queue.capacity(), 0);
+    }
+
+    #[test]
+    fn bounded_by_bytes_as_well_as_count() {
+        let (tx, rx) = queue(100, 10);
+        tx.try_send(4).unwrap();
+        tx.try_send(6).unwrap();
+        // 10 bytes queued: one more byte is refused, as a count bound would.
+        assert_eq!(tx.try_send(1), Err(QueueError::Full));
+        assert_eq!(tx.try_send(0), Ok(()));
+        // Draining gives the bytes back.
+        assert_eq!(rx.try_recv(), Some(4));
+        tx.try_send(3).unwrap();
+        assert_eq!(tx.try_send(2), Err(QueueError::Full));
+        while rx.try_recv().is_some() {}
+        assert_eq!(rx.0.lock().bytes, 0);
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_item_heavier_than_the_bound() {
+        let (tx, rx) = queue(100, 10);
+        tx.try_send(50).unwrap();
+        assert_eq!(tx.try_send(1), Err(QueueError::Full));
+        assert_eq!(rx.try_recv(), Some(50));
+        tx.try_send(1).unwrap();
+    }
+
+    #[test]
+    fn control_items_count_their_bytes() {
+        let (tx, rx) = queue(100, 10);
+        tx.send_beyond_capacity(20).unwrap();
+        assert_eq!(tx.try_send(1), Err(QueueError::Full));
+        assert_eq!(rx.try_recv(), Some(20));
+        assert_eq!(rx.0.lock().bytes, 0);
+        tx.try_send(1).unwrap();
     }
 }

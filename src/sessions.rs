@@ -386,8 +386,8 @@ mod tests {
     fn newest_binding_wins_and_old_unbind_is_harmless() {
         let reg = SessionRegistry::default();
         let jid = FullJid::new("a@x/r").unwrap();
-        let (tx1, rx1) = crate::queue::queue(4);
-        let (tx2, rx2) = crate::queue::queue(4);
+        let (tx1, rx1) = crate::queue::queue(4, usize::MAX);
+        let (tx2, rx2) = crate::queue::queue(4, usize::MAX);
         reg.bind(&jid, 1, tx1);
         reg.bind(&jid, 2, tx2);
         assert!(matches!(
@@ -410,7 +410,7 @@ mod tests {
     fn directed_recipients_are_a_bounded_set() {
         let reg = SessionRegistry::default();
         let jid = FullJid::new("a@x/r").unwrap();
-        let (tx, _rx) = crate::queue::queue(4);
+        let (tx, _rx) = crate::queue::queue(4, 1 << 20);
         reg.bind(&jid, 1, tx);
         assert_eq!(reg.note_directed(&jid, "b@x", true, 2), Ok(()));
         // The same recipient again takes no new place.
@@ -432,7 +432,7 @@ mod tests {
     fn full_queue_is_reported() {
         let reg = SessionRegistry::default();
         let jid = FullJid::new("a@x/r").unwrap();
-        let (tx, _rx) = crate::queue::queue(1);
+        let (tx, _rx) = crate::queue::queue(1, usize::MAX);
         reg.bind(&jid, 1, tx);
         reg.send_to_full(&jid, Bytes::new()).unwrap();
         assert_eq!(

@@ -43,7 +43,7 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = server.config.limits.parser();
+    let limits = server.config.limits.stream();
     let domain = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {
         server: server.clone(),
@@ -585,7 +585,10 @@ impl Connection {
                     .await)
             }
         };
-        let (tx, rx) = crate::queue::queue(self.server.config.limits.session_queue);
+        let (tx, rx) = crate::queue::queue(
+            self.server.config.limits.session_queue,
+            self.server.config.limits.session_queue_bytes,
+        );
         self.server.sessions.bind(&full, self.id, tx);
         self.jid = Some(full.clone());
         let mut iq_no_from = iq.clone();

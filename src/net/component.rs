@@ -25,7 +25,7 @@ use crate::xml::StreamEvent;
 pub async fn run(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, _slot: ConnectionSlot) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = server.config.limits.parser();
+    let limits = server.config.limits.stream();
     // Until the header names a component, errors come from the first host.
     let host = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {
@@ -126,7 +126,10 @@ impl Connection {
         if let Err(cond) = rules::check_handshake(&handshake, &stream_id, secret) {
             return Err(self.stream.close_with(cond, None).await);
         }
-        let (tx, rx) = crate::queue::queue(self.server.config.limits.session_queue);
+        let (tx, rx) = crate::queue::queue(
+            self.server.config.limits.session_queue,
+            self.server.config.limits.session_queue_bytes,
+        );
         if self
             .server
             .components

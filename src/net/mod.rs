@@ -3,6 +3,7 @@
 
 pub mod c2s;
 pub mod component;
+pub mod s2s_caps;
 pub mod s2s_in;
 pub mod s2s_links;
 pub mod s2s_out;
@@ -10,6 +11,7 @@ pub mod s2s_receive;
 pub mod tls;
 mod transport;
 mod xmlstream;
+pub use xmlstream::StreamLimits;
 
 pub use transport::Transport;
 

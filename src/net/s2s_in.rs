@@ -38,12 +38,15 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = server.config.limits.parser();
+    let limits = server.config.limits.stream();
     let host = server.config.domains().first().cloned().unwrap_or_default();
     let link = server
         .s2s_links
         .open(id, Direction::Inbound, Some(peer), "");
-    let (to_peer, queued) = queue(server.config.s2s.max_queue);
+    let (to_peer, queued) = queue(
+        server.config.s2s.max_queue,
+        server.config.s2s.max_queue_bytes,
+    );
     let mut conn = Connection {
         server: server.clone(),
         stream: XmlStream::new(Transport::Plain(tcp), limits, NS_SERVER, Some("1.0"), host)
@@ -54,12 +57,20 @@ pub async fn run(
             link,
             to_peer.clone(),
             Some(BidiRoutes::new(to_peer)),
+            Some(peer.ip()),
+            true,
         ),
         peer: None,
         addressed: None,
         sasl_done: false,
         queued,
     };
+    // Until the peer authenticates a first domain it costs us a slot and
+    // buys nothing: it gets a fixed time, which whitespace keepalives (or
+    // anything else it sends) do not extend.
+    conn.stream.set_deadline(Some(
+        started + Duration::from_secs(server.config.s2s.auth_timeout),
+    ));
     tracing::info!(conn = id, %peer, direct_tls, "s2s connection opened");
     let end = if direct_tls {
         let handshake = tokio::time::timeout(
@@ -149,6 +160,9 @@ impl Connection {
                         }
                         Err(e) => return self.stream.close_parse_error(e).await,
                     }
+                }
+                if self.stream.deadline().is_some() && self.receiving.is_authenticated() {
+                    self.stream.set_deadline(None);
                 }
                 let server = &self.server;
                 if let Err(end) = self.stream.pump(&self.queued, &server.shutdown, idle).await {
@@ -287,8 +301,18 @@ impl Connection {
             };
             self.stream.write(&Element::new("proceed", NS_TLS));
             self.stream.flush().await?;
-            if let Err(e) = self.stream.transport.upgrade(config).await {
-                return Err(End::Io(format!("TLS handshake: {e}")));
+            // The handshake counts against the authentication deadline:
+            // a peer stalling it would otherwise hold the slot for ever.
+            let deadline = self.stream.deadline();
+            let upgrade = self.stream.transport.upgrade(config);
+            let handshake = match deadline {
+                Some(at) => tokio::time::timeout_at(at.into(), upgrade).await,
+                None => Ok(upgrade.await),
+            };
+            match handshake {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(End::Io(format!("TLS handshake: {e}"))),
+                Err(_) => return Err(End::Io("TLS handshake past the deadline".into())),
             }
             self.stream.restart();
             return Ok(Next::Restart);

@@ -10,7 +10,7 @@
 //! originating domain's authoritative server (`verify`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +21,12 @@ use super::s2s_links::{AuthMethod, Direction};
 use super::s2s_receive::{stream_error_name, Receiving};
 use super::transport::Transport;
 use super::xmlstream::{End, IdleRule, Queued, XmlStream};
-use crate::queue::{queue, QueueError, QueueReceiver, QueueSender};
+use crate::queue::{queue, QueueError, QueueReceiver, QueueSender, Weigh};
 use crate::router;
 use crate::server::Server;
 use crate::stanza::{error_reply, StanzaErrorCondition, StreamErrorCondition};
 use crate::stream::s2s::{self as rules, NS_BIDI, NS_BIDI_FEATURE, NS_DIALBACK, NS_SASL, NS_TLS};
-use crate::xml::{Element, StreamEvent, NS_CLIENT, NS_SERVER, NS_STREAMS};
+use crate::xml::{Element, Node, StreamEvent, NS_CLIENT, NS_SERVER, NS_STREAMS};
 
 /// The prefix every s2s stream header declares.
 pub const DB_PREFIX: &[(&str, &str)] = &[("db", NS_DIALBACK)];
@@ -42,6 +42,30 @@ type Pair = (String, String);
 pub enum ToPeer {
     Stanza(Element),
     Dialback(Element),
+}
+
+impl Weigh for ToPeer {
+    fn weight(&self) -> usize {
+        match self {
+            ToPeer::Stanza(el) | ToPeer::Dialback(el) => element_weight(el),
+        }
+    }
+}
+
+/// Roughly the bytes an element holds: its names, attributes and text,
+/// and its children's — what a queue of them can be made to hold.
+fn element_weight(el: &Element) -> usize {
+    let attrs: usize = el.attrs().map(|(k, v)| k.len() + v.len()).sum();
+    let nodes: usize = el
+        .nodes()
+        .iter()
+        .map(|n| match n {
+            Node::Element(child) => element_weight(child),
+            Node::Text(t) => t.len(),
+        })
+        .sum();
+    // A fixed part for the element's own allocations.
+    64 + el.name().len() + el.ns().len() + attrs + nodes
 }
 
 impl Queued for ToPeer {
@@ -69,6 +93,21 @@ pub struct S2sOut {
     next_id: AtomicU64,
     by_external: AtomicU64,
     by_dialback: AtomicU64,
+    /// Outgoing streams of ours running (not the bidi routes of incoming
+    /// ones), capped by `[s2s] max_outgoing`.
+    outgoing: Arc<AtomicUsize>,
+    /// Dialback verifications in flight (`[s2s] max_verifications*`).
+    pub verifications: super::s2s_caps::Verifications,
+}
+
+/// An outgoing stream's place in the `max_outgoing` count, freed however
+/// the stream task ends.
+struct OutgoingSlot(Arc<AtomicUsize>);
+
+impl Drop for OutgoingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl S2sOut {
@@ -85,7 +124,12 @@ impl S2sOut {
         )
     }
 
-    /// Number of outgoing streams open or being opened.
+    /// Outgoing streams of ours open or being opened.
+    pub fn outgoing(&self) -> usize {
+        self.outgoing.load(Ordering::Acquire)
+    }
+
+    /// Number of routes (outgoing streams and incoming bidi ones).
     pub fn count(&self) -> usize {
         self.lock().len()
     }
@@ -131,12 +175,27 @@ impl S2sOut {
         let Some(me) = server.arc() else {
             return;
         };
-        let (tx, rx) = queue(server.config.s2s.max_queue);
+        // Under the map's lock, so two senders cannot both take the last
+        // place. Pairs with a stream already are not affected.
+        if self.outgoing.load(Ordering::Acquire) >= server.config.s2s.max_outgoing {
+            drop(map);
+            tracing::warn!(local = key.0, remote = key.1, "s2s max_outgoing reached");
+            if let ToPeer::Stanza(s) = stanza {
+                bounce(server, &s, StanzaErrorCondition::ResourceConstraint);
+            }
+            return;
+        }
+        self.outgoing.fetch_add(1, Ordering::AcqRel);
+        let slot = OutgoingSlot(self.outgoing.clone());
+        let (tx, rx) = queue(
+            server.config.s2s.max_queue,
+            server.config.s2s.max_queue_bytes,
+        );
         let _ = tx.try_send(stanza);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         map.insert(key.clone(), (id, tx.clone()));
         drop(map);
-        tokio::spawn(run(me, key, id, tx, rx));
+        tokio::spawn(run(me, key, id, tx, rx, slot));
     }
 
     /// Lets an incoming bidirectional stream (XEP-0288) carry our stanzas
@@ -181,6 +240,7 @@ async fn run(
     id: u64,
     tx: QueueSender<ToPeer>,
     rx: QueueReceiver<ToPeer>,
+    slot: OutgoingSlot,
 ) {
     let (local, remote) = (&key.0, &key.1);
     let cfg = &server.config.s2s;
@@ -230,7 +290,10 @@ async fn run(
         l.bidi = made.bidi;
     });
     link.authenticated(remote, made.method);
-    let mut receiving = Receiving::new(made.stream_id, link, tx, None);
+    let peer_ip = stream.transport.peer_addr().map(|a| a.ip());
+    // Only a bidirectional stream carries the peer's own requests
+    // (XEP-0288); on ours alone a db:result from it is refused.
+    let mut receiving = Receiving::new(made.stream_id, link, tx, None, peer_ip, made.bidi);
     if made.bidi {
         // XEP-0288 §2: the receiving server may now send us stanzas from the
         // domain we authenticated to, on this stream.
@@ -239,6 +302,8 @@ async fn run(
     let end = session(&server, &mut stream, &rx, &mut receiving).await;
     tracing::info!(local, remote, end = %end, "s2s stream closed");
     server.s2s.forget(&key, id);
+    // Our place first, so the stream that takes the leftovers can have it.
+    drop(slot);
     requeue(&server, rx.close_and_drain());
 }
 
@@ -514,7 +579,7 @@ async fn open(
     if let Transport::Plain(tcp) = &transport {
         let _ = tcp.set_nodelay(true);
     }
-    let limits = server.config.limits.parser();
+    let limits = server.config.limits.stream();
     let mut stream = XmlStream::new(transport, limits, NS_SERVER, Some("1.0"), local.to_string())
         .with_prefixes(DB_PREFIX);
     if stream.transport.is_tls() {

@@ -10,9 +10,19 @@
 //! A `db:result` is verified by a task of its own, so the stream goes on
 //! carrying the stanzas of the pairs already verified meanwhile (XEP-0220
 //! §2.2.1); the answer reaches the peer through the connection's queue,
-//! after the domain was recorded as authenticated.
+//! after the domain was recorded as authenticated. Each verification
+//! holds a place among the server's (`S2sOut::verifications`: in all, per
+//! asking IP, per originating domain) besides the per-stream cap, so no
+//! number of connections makes us open unbounded outgoing ones.
+//!
+//! Only streams that carry the peer's requests — incoming ones, and our
+//! outgoing ones once bidirectional — take `db:result`: on our own
+//! outgoing stream the stream id the key is bound to was chosen by the
+//! peer, which weakens the replay protection of XEP-0220, and a
+//! non-bidi peer has no business asking there.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -109,15 +119,23 @@ pub struct Receiving {
     shared: Arc<Authenticated>,
     /// This connection's queue, for answers that are ready later.
     answers: QueueSender<ToPeer>,
+    /// The peer's address, for the per-IP verification cap.
+    peer_ip: Option<IpAddr>,
+    /// The peer may make dialback requests (`db:result`) on this stream.
+    takes_requests: bool,
 }
 
 impl Receiving {
-    /// `routes`: on an incoming stream, where bidi routes are kept.
+    /// `routes`: on an incoming stream, where bidi routes are kept;
+    /// `takes_requests`: the peer may ask for dialback here (incoming or
+    /// bidirectional streams).
     pub fn new(
         stream_id: String,
         link: LinkGuard,
         answers: QueueSender<ToPeer>,
         routes: Option<BidiRoutes>,
+        peer_ip: Option<IpAddr>,
+        takes_requests: bool,
     ) -> Self {
         Receiving {
             stream_id,
@@ -128,6 +146,8 @@ impl Receiving {
                 pending: AtomicUsize::new(0),
             }),
             answers,
+            peer_ip,
+            takes_requests,
         }
     }
 
@@ -142,6 +162,11 @@ impl Receiving {
     /// Records `remote` as authenticated on this stream for `local`.
     pub fn authenticate(&self, server: &Server, local: &str, remote: String, method: AuthMethod) {
         self.shared.add(server, local, remote, method);
+    }
+
+    /// Has any remote domain been authenticated on this stream?
+    pub fn is_authenticated(&self) -> bool {
+        !self.shared.domains().is_empty()
     }
 
     /// The remote domains authenticated so far, sorted.
@@ -224,6 +249,15 @@ impl Receiving {
                 .await);
         };
         let refuse = |cond| rules::dialback_error("result", &to, &from, None, cond);
+        if !self.takes_requests {
+            // Our outgoing, one-way stream: the peer is the receiving
+            // server here and asks nothing of us. A dialback error rather
+            // than a stream error leaves our own verified pair on the
+            // stream alone (XEP-0220 §2.4 prefers them).
+            tracing::info!(from, to, "db:result on our outgoing stream refused");
+            stream.write(&refuse(StanzaErrorCondition::NotAllowed));
+            return Ok(());
+        }
         if !server.is_served_here(&to) {
             stream.write(&refuse(StanzaErrorCondition::ItemNotFound));
             return Ok(());
@@ -237,15 +271,32 @@ impl Receiving {
             stream.write(&refuse(StanzaErrorCondition::ResourceConstraint));
             return Ok(());
         }
+        // Our own domains are answered without asking anyone, so only a
+        // real verification takes a place among the server's.
+        let slot = if server.is_served_here(&from) {
+            None
+        } else {
+            let cfg = &server.config.s2s;
+            match server.s2s.verifications.try_start(cfg, self.peer_ip, &from) {
+                Some(slot) => Some(slot),
+                None => {
+                    shared.pending.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(from, to, peer = ?self.peer_ip, "dialback verification cap reached");
+                    stream.write(&refuse(StanzaErrorCondition::ResourceConstraint));
+                    return Ok(());
+                }
+            }
+        };
         let answers = self.answers.clone();
         let (stream_id, key) = (self.stream_id.clone(), el.text().trim().to_string());
         tokio::spawn(async move {
-            let verdict = if server.is_served_here(&from) {
+            let verdict = if slot.is_none() {
                 // Nobody else speaks for our own domains.
                 Verdict::Invalid
             } else {
                 s2s_out::verify(&server, &to, &from, &stream_id, &key).await
             };
+            drop(slot);
             tracing::info!(from, to, answer = verdict.as_str(), "dialback result");
             let answer = match verdict {
                 Verdict::Valid => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::transport::{ReadOutcome, Transport};
-use crate::queue::QueueReceiver;
+use crate::queue::{QueueReceiver, Weigh};
 use crate::sessions::Outbound;
 use crate::stanza::{stream_error, StreamErrorCondition};
 use crate::xml::{self, Element, ParseError, ParserLimits, StreamEvent, StreamParser};
@@ -24,6 +24,8 @@ pub enum End {
     Io(String),
     /// Unused for the idle time (s2s), closed cleanly.
     Idle,
+    /// The peer did not read what we wrote within the write timeout.
+    WriteTimeout,
 }
 
 impl std::fmt::Display for End {
@@ -33,6 +35,7 @@ impl std::fmt::Display for End {
             End::StreamError(c) => write!(f, "stream error {}", c.wire_name()),
             End::Io(e) => write!(f, "i/o: {e}"),
             End::Idle => write!(f, "idle"),
+            End::WriteTimeout => write!(f, "write timed out (peer not reading)"),
         }
     }
 }
@@ -41,10 +44,19 @@ impl std::fmt::Display for End {
 pub type Flow<T> = Result<T, End>;
 
 /// What a connection's queue carries, as it goes onto the stream.
-pub trait Queued {
+pub trait Queued: Weigh {
     /// Appends the item's bytes to `out`, or returns the condition the
     /// stream is to be closed with.
     fn write_to(self, out: &mut Vec<u8>) -> Option<StreamErrorCondition>;
+}
+
+impl Weigh for Outbound {
+    fn weight(&self) -> usize {
+        match self {
+            Outbound::Stanza(bytes) => bytes.len(),
+            Outbound::Close(_) => 0,
+        }
+    }
 }
 
 impl Queued for Outbound {
@@ -73,6 +85,14 @@ pub enum IdleRule {
 /// Most bytes batched into one write.
 const MAX_BATCH: usize = 64 * 1024;
 
+/// What a stream's I/O is bounded by (`Limits::stream`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    pub parser: ParserLimits,
+    /// Longest one write (or flush, or shutdown) may wait for the peer.
+    pub write_timeout: Duration,
+}
+
 /// One accepted XML stream's transport, parser and write buffer.
 pub struct XmlStream {
     pub transport: Transport,
@@ -94,19 +114,27 @@ pub struct XmlStream {
     idle_rule: IdleRule,
     /// Prefixes declared on our stream header (`db` on s2s streams).
     prefixes: &'static [(&'static str, &'static str)],
+    write_timeout: Duration,
+    /// A write failed or timed out: later ones would only wait again (the
+    /// TLS layer keeps what it could not send), so they fail at once.
+    write_failed: bool,
+    /// When set, the stream closes with `connection-timeout` at this
+    /// instant whatever the peer sends (whitespace included): the
+    /// pre-authentication deadline of incoming s2s streams.
+    deadline: Option<Instant>,
 }
 
 impl XmlStream {
     pub fn new(
         transport: Transport,
-        limits: ParserLimits,
+        limits: StreamLimits,
         ns: &'static str,
         version: Option<&'static str>,
         local_domain: String,
     ) -> Self {
         XmlStream {
             transport,
-            parser: StreamParser::new(limits),
+            parser: StreamParser::new(limits.parser),
             out: Vec::new(),
             header_sent: false,
             unread: false,
@@ -116,7 +144,35 @@ impl XmlStream {
             last_activity: Instant::now(),
             idle_rule: IdleRule::SilentPeer,
             prefixes: &[],
+            write_timeout: limits.write_timeout,
+            write_failed: false,
+            deadline: None,
         }
+    }
+
+    /// Sets (or, with None, lifts) the instant the stream is closed at
+    /// with `connection-timeout`, read or not.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Resolves at the deadline; never without one.
+    async fn deadline_passed(deadline: Option<Instant>) {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The deadline set by `set_deadline`.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    async fn deadline_end(&mut self) -> End {
+        self.deadline = None;
+        self.close_with(StreamErrorCondition::ConnectionTimeout, None)
+            .await
     }
 
     /// Declares these prefixes on every header we send.
@@ -175,11 +231,17 @@ impl XmlStream {
                 Ok(None) => {}
                 Err(e) => return Err(self.close_parse_error(e).await),
             }
+            // Checked here too: a peer that keeps the socket readable never
+            // lets the wait below run.
+            if self.deadline.is_some_and(|at| Instant::now() >= at) {
+                return Err(self.deadline_end().await);
+            }
             if !self.unread {
-                self.transport
-                    .readable()
-                    .await
-                    .map_err(|e| End::Io(e.to_string()))?;
+                let deadline = self.deadline;
+                tokio::select! {
+                    r = self.transport.readable() => r.map_err(|e| End::Io(e.to_string()))?,
+                    _ = Self::deadline_passed(deadline) => return Err(self.deadline_end().await),
+                }
             }
             self.read_into_parser()?;
         }
@@ -202,20 +264,29 @@ impl XmlStream {
     }
 
     /// Writes what is buffered (and any TLS records rustls made on its own).
+    /// A peer that does not take it within the write timeout is cut off.
     pub async fn flush(&mut self) -> Flow<()> {
-        if !self.out.is_empty() {
-            let r = self.transport.write_all(&self.out).await;
+        if self.write_failed {
+            self.out = Vec::new();
+            return Err(End::Io("an earlier write failed".into()));
+        }
+        let limit = self.write_timeout;
+        let r = if !self.out.is_empty() {
+            let r = tokio::time::timeout(limit, self.transport.write_all(&self.out)).await;
             // Give the buffer back: most streams sit idle between writes,
             // and an idle stream should own no write buffer.
             self.out = Vec::new();
-            r.map_err(|e| End::Io(e.to_string()))?;
+            r
         } else {
-            self.transport
-                .flush()
-                .await
-                .map_err(|e| End::Io(e.to_string()))?;
-        }
-        Ok(())
+            tokio::time::timeout(limit, self.transport.flush()).await
+        };
+        let end = match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => End::Io(e.to_string()),
+            Err(_) => End::WriteTimeout,
+        };
+        self.write_failed = true;
+        Err(end)
     }
 
     /// Closes with the stream error a parse error deserves.
@@ -253,8 +324,10 @@ impl XmlStream {
 
     /// Flushes and shuts the socket down (TLS close_notify included).
     pub async fn shutdown(&mut self) {
-        let _ = self.flush().await;
-        self.transport.shutdown().await;
+        if self.flush().await.is_ok() {
+            // TLS close_notify is a write too: bounded like the others.
+            let _ = tokio::time::timeout(self.write_timeout, self.transport.shutdown()).await;
+        }
     }
 
     /// Moves already-queued stanzas into the write buffer (bounded, so one
@@ -291,6 +364,11 @@ impl XmlStream {
                     .close_with(StreamErrorCondition::SystemShutdown, None)
                     .await);
             }
+            // A peer that never stops sending (whitespace) must not
+            // outrun its deadline either.
+            if self.deadline.is_some_and(|at| Instant::now() >= at) {
+                return Err(self.deadline_end().await);
+            }
             if let Some(cond) = self.drain_queue(rx) {
                 return Err(self.close_with(cond, None).await);
             }
@@ -315,6 +393,7 @@ impl XmlStream {
                 r.map_err(|e| End::Io(e.to_string()))?;
                 self.read_into_parser()
             }
+            _ = Self::deadline_passed(self.deadline) => Err(self.deadline_end().await),
             _ = tokio::time::sleep_until((self.last_activity + idle).into()) => {
                 match self.idle_rule {
                     IdleRule::SilentPeer => {

@@ -24,3 +24,4 @@ pub fn rss_kib() -> u64 {
 mod cross_host;
 mod xml;
 mod state;
+mod net;
