@@ -1051,3 +1051,13 @@ fn xml_declaration_attributes_are_checked_once_each() {
     let (_, err) = whole(b"<?xml version='1.0' encoding='UTF-8' standalone='yes'?>");
     assert_eq!(err, None);
 }
+
+#[test]
+fn the_servers_default_limits_are_the_parsers() {
+    // Tools and tests use `ParserLimits::default()`; the server fills them from
+    // `[limits]`. The two sets of defaults must not drift apart.
+    assert_eq!(
+        crate::config::Limits::default().parser(),
+        ParserLimits::default()
+    );
+}
