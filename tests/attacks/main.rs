@@ -21,3 +21,4 @@ pub fn rss_kib() -> u64 {
 }
 
 // One line per attack file (tests/attacks/<name>.rs):
+mod auth;
