@@ -290,6 +290,59 @@ async fn plain_flood_beyond_hashing_capacity_is_shed_with_bounded_memory() {
     still_serves(&ts).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_flood_beyond_hashing_capacity_is_shed() {
+    let ts = TestServer::start_with(|c| {
+        c.host[0].allow_registration = true;
+        c.limits.registrations_per_ip = 1000;
+        c.limits.hashing_workers = 1;
+        c.limits.hashing_queue = 0;
+    })
+    .await;
+    ts.add_user("canary", "pw").await;
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(tls_client(&ts, None).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send_str(&format!(
+            "<iq type='set' id='r{i}'><query xmlns='jabber:iq:register'><username>new{i}</username><password>pw{i}</password></query></iq>"
+        ))
+        .await;
+    }
+    let answers = futures_util::future::join_all(clients.iter_mut().map(|c| async {
+        let reply = c.next_element().await;
+        match reply.attr("type") {
+            Some("result") => "created".to_string(),
+            _ => stanza_error(&reply).unwrap_or_default(),
+        }
+    }))
+    .await;
+    let created: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i] == "created")
+        .collect();
+    let shed = answers
+        .iter()
+        .filter(|a| *a == "resource-constraint")
+        .count();
+    assert_eq!(created.len() + shed, answers.len(), "{answers:?}");
+    assert!(!created.is_empty(), "{answers:?}");
+    assert!(shed >= 1, "nothing was shed: {answers:?}");
+    for &i in &created {
+        plain_login_works(&ts, None, &format!("new{i}"), &format!("pw{i}")).await;
+    }
+    // A shed request can be retried once the burst is over.
+    let mut c = tls_client(&ts, None).await;
+    let reply = c
+        .iq(
+            "<iq type='set' id='again'><query xmlns='jabber:iq:register'><username>later</username><password>pw</password></query></iq>",
+            "again",
+        )
+        .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    still_serves(&ts).await;
+}
+
 // ---- item 8: enumeration, component handshakes ---------------------------
 
 /// The salt the server announces for `user` in SCRAM-SHA-256, then aborts.
