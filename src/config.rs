@@ -316,6 +316,31 @@ pub struct Limits {
     /// Seconds one write to a peer may take: a peer that stops reading is
     /// disconnected then, instead of holding its connection and queue.
     pub write_timeout: u64,
+    // auth
+    /// Password-hashing jobs (PBKDF2 for PLAIN logins, registrations and
+    /// password changes; argon2 when enabled) running at once; 0 = one per
+    /// CPU core.
+    pub hashing_workers: usize,
+    /// Hashing jobs that may wait for a worker; one more is refused at once
+    /// (temporary-auth-failure for a login, resource-constraint for a
+    /// registration or password change) instead of queueing without bound.
+    pub hashing_queue: usize,
+    /// Also store an argon2id hash of new and changed passwords, and check
+    /// PLAIN against an account's argon2 hash when it has one. Off: PLAIN
+    /// checks the SCRAM-SHA-256 keys every account has (see ARCHITECTURE.md).
+    pub argon2: bool,
+    /// argon2 memory per hash, in KiB (m).
+    pub argon2_memory_kib: u32,
+    /// argon2 passes over that memory (t).
+    pub argon2_iterations: u32,
+    /// argon2 lanes (p).
+    pub argon2_parallelism: u32,
+    /// Failed authentications are counted per IPv6 prefix of this length
+    /// (one host usually holds a whole /64); IPv4 per address.
+    pub auth_ipv6_prefix: u8,
+    /// Failed external-component handshakes allowed per remote address
+    /// within `auth_failure_window`; further ones are refused at once.
+    pub component_failures_per_ip: u32,
 }
 
 impl Default for Config {
@@ -376,6 +401,25 @@ impl Default for C2sConfig {
 }
 
 impl Limits {
+    /// How passwords are hashed (SCRAM keys, and argon2 when enabled). An
+    /// argon2 parameter set the library refuses (validation keeps them in
+    /// range, so only m < 8 × p) falls back to the library's defaults.
+    pub fn password_hashing(&self) -> crate::accounts::PasswordHashing {
+        let argon2 = self.argon2.then(|| {
+            argon2::Params::new(
+                self.argon2_memory_kib,
+                self.argon2_iterations,
+                self.argon2_parallelism,
+                None,
+            )
+            .unwrap_or_default()
+        });
+        crate::accounts::PasswordHashing {
+            scram_iterations: self.scram_iterations,
+            argon2,
+        }
+    }
+
     /// The XML parser limits every network stream uses.
     pub fn parser(&self) -> crate::xml::ParserLimits {
         crate::xml::ParserLimits {
@@ -435,6 +479,15 @@ impl Default for Limits {
             // network
             session_queue_bytes: 2 << 20,
             write_timeout: 30,
+            // auth
+            hashing_workers: 0,
+            hashing_queue: 256,
+            argon2: false,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            auth_ipv6_prefix: 64,
+            component_failures_per_ip: 10,
         }
     }
 }
@@ -1013,6 +1066,33 @@ const LIMITS: &[Field] = &[
         },
     ),
     f("write_timeout", Kind::Int { min: 1, max: 3_600 }),
+    // auth
+    f("hashing_workers", Kind::Int { min: 0, max: 1024 }),
+    f(
+        "hashing_queue",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+    ),
+    f("argon2", Kind::Bool),
+    f(
+        "argon2_memory_kib",
+        Kind::Int {
+            min: 8,
+            max: 4 << 20,
+        },
+    ),
+    f("argon2_iterations", Kind::Int { min: 1, max: 100 }),
+    f("argon2_parallelism", Kind::Int { min: 1, max: 64 }),
+    f("auth_ipv6_prefix", Kind::Int { min: 32, max: 128 }),
+    f(
+        "component_failures_per_ip",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
 ];
 const COMPONENT: &[Field] = &[
     f("domain", Kind::Str(any_str)),

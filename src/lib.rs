@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod hashing;
 pub mod modules;
 pub mod net;
 pub mod queue;

@@ -32,8 +32,16 @@ pub struct Server {
     /// TLS configuration of STARTTLS on client streams, per addressed
     /// domain (its certificate when the client sends no SNI).
     starttls: std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
+    /// SASL attempts per source (IPv4 address, IPv6 prefix).
     pub auth_failures_by_ip: FailureWindow<IpAddr>,
-    pub auth_failures_by_account: FailureWindow<String>,
+    /// SASL attempts per account and source: a budget for one source's
+    /// guesses at one account that nobody else can spend (a global
+    /// per-account count would let anyone lock the owner out).
+    pub auth_failures_by_account: FailureWindow<(String, IpAddr)>,
+    /// Failed component handshakes per source.
+    pub component_failures_by_ip: FailureWindow<IpAddr>,
+    /// Bounded password hashing (PLAIN, registration, password change).
+    pub hashing: crate::hashing::HashingPool,
     /// Accounts created in-band per remote IP (XEP-0077), counted like
     /// failures so the same window logic caps them.
     pub registrations_by_ip: FailureWindow<IpAddr>,
@@ -124,6 +132,14 @@ impl Server {
             auth_failures_by_account: FailureWindow::new(
                 config.limits.auth_failures_per_account,
                 window,
+            ),
+            component_failures_by_ip: FailureWindow::new(
+                config.limits.component_failures_per_ip,
+                window,
+            ),
+            hashing: crate::hashing::HashingPool::new(
+                config.limits.hashing_workers,
+                config.limits.hashing_queue,
             ),
             registrations_by_ip: FailureWindow::new(
                 config.limits.registrations_per_ip,

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use jid::BareJid;
-use waxwing::accounts::{derive_record, verify_argon2};
+use waxwing::accounts::{
+    derive_record, derive_record_with, plain_check, verify_argon2, PasswordHashing, PlainCheck,
+};
 use waxwing::sasl::ScramHash;
 use waxwing::storage::Store;
 
@@ -23,7 +25,14 @@ fn unique_domain() -> String {
 async fn account_lifecycle(store: &Store) {
     let domain = unique_domain();
     let jid = BareJid::new(&format!("alice@{domain}")).unwrap();
-    let rec = derive_record(&jid, "first password", 4096).unwrap();
+    // An account stored with an argon2 hash too, as every account was
+    // before argon2 became optional.
+    let with_argon2 = PasswordHashing {
+        scram_iterations: 4096,
+        argon2: Some(argon2::Params::new(64, 1, 1, None).unwrap()),
+    };
+    let mut mem = Vec::new();
+    let rec = derive_record_with(&jid, "first password", &with_argon2, &mut mem).unwrap();
     assert!(store.create_account(&rec).await.unwrap());
     assert!(
         !store.create_account(&rec).await.unwrap(),
@@ -34,8 +43,28 @@ async fn account_lifecycle(store: &Store) {
     let phc = store.argon2_hash(&domain, "alice").await.unwrap().unwrap();
     assert!(phc.starts_with("$argon2id$"));
     assert!(!phc.contains("first password"));
-    assert!(verify_argon2(&phc, "first password"));
-    assert!(!verify_argon2(&phc, "wrong"));
+    assert!(verify_argon2(&phc, "first password", &mut mem));
+    assert!(!verify_argon2(&phc, "wrong", &mut mem));
+    // PLAIN checks such a row against its SCRAM keys by default, against
+    // the argon2 hash when argon2 is configured: it logs in either way.
+    let scram_only = PasswordHashing::scram_only(4096);
+    let check = plain_check(store, &domain, "alice", &scram_only)
+        .await
+        .unwrap();
+    assert!(matches!(check, PlainCheck::Scram(_)), "{check:?}");
+    assert!(check.verify("first password", &mut mem));
+    assert!(!check.verify("wrong", &mut mem));
+    let check = plain_check(store, &domain, "alice", &with_argon2)
+        .await
+        .unwrap();
+    assert!(matches!(check, PlainCheck::Argon2(_)), "{check:?}");
+    assert!(check.verify("first password", &mut mem));
+    assert!(!check.verify("wrong", &mut mem));
+    let check = plain_check(store, &domain, "nobody", &scram_only)
+        .await
+        .unwrap();
+    assert!(matches!(check, PlainCheck::Unknown { .. }), "{check:?}");
+    assert!(!check.verify("first password", &mut mem));
     for hash in [ScramHash::Sha1, ScramHash::Sha256, ScramHash::Sha512] {
         let c = waxwing::accounts::scram_credentials(store, &domain, "alice", hash)
             .await
@@ -48,6 +77,22 @@ async fn account_lifecycle(store: &Store) {
 
     let rec2 = derive_record(&jid, "second password", 4096).unwrap();
     assert!(store.set_credentials(&rec2).await.unwrap());
+    // The new password has no argon2 hash: the old one is gone with it, and
+    // even with argon2 configured PLAIN uses the SCRAM keys.
+    assert_eq!(
+        store
+            .argon2_hash(&domain, "alice")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("")
+    );
+    let check = plain_check(store, &domain, "alice", &with_argon2)
+        .await
+        .unwrap();
+    assert!(matches!(check, PlainCheck::Scram(_)), "{check:?}");
+    assert!(check.verify("second password", &mut mem));
+    assert!(!check.verify("first password", &mut mem));
     let c = waxwing::accounts::scram_credentials(store, &domain, "alice", ScramHash::Sha256)
         .await
         .unwrap()

@@ -5,6 +5,9 @@
 # $BENCH_DIR/waxwing (default /tmp/waxwing-bench). STARTTLS required, log level warn,
 # limits raised so they do not cap the benchmark. Accounts bench0..bench{ACCOUNTS-1}
 # are added with `waxwing ctl user add`, two at a time (each run pays one PBKDF2).
+# WAXWING_ALLOW_PLAIN=true offers PLAIN (over TLS) for `waxwing-bench --mechanism plain`;
+# WAXWING_REGISTRATION=true allows in-band registration for `waxwing-bench --register`;
+# WAXWING_PRELOAD=/path/lib.so runs the server with that library preloaded (an allocator).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -23,6 +26,7 @@ write_config() {
 log_level = "warn"
 [[host]]
 domain = "$DOMAIN"
+allow_registration = ${WAXWING_REGISTRATION:-false}
 [database]
 url = "sqlite://$D/data/waxwing.db"
 max_connections = 8
@@ -34,7 +38,7 @@ dev_cert_dir = "$D/certs"
 listen = ["$IP:$PORT"]
 listen_tls = []
 require_encryption = true
-allow_plain = false
+allow_plain = ${WAXWING_ALLOW_PLAIN:-false}
 idle_timeout = 3600
 login_timeout = 120
 max_connections = 100000
@@ -47,6 +51,7 @@ auth_failures_per_ip = 100000
 auth_failures_per_account = 100000
 auth_failure_window = 60
 scram_iterations = 4096
+registrations_per_ip = 1000000
 CFG
   chown -R waxwing:waxwing "$D"
 }
@@ -70,7 +75,7 @@ case "${1:-}" in
     if pid >/dev/null; then echo "waxwing already running (pid $(pid))"; exit 0; fi
     write_config
     t0=$SECONDS; write_accounts; echo "accounts ready in $((SECONDS - t0)) s"
-    setsid bash -c "ulimit -n $(fd_limit); cd '$D'; exec setpriv --reuid=waxwing --regid=waxwing --init-groups '$BIN' serve --config '$D/waxwing.toml'" \
+    setsid bash -c "ulimit -n $(fd_limit); cd '$D'; exec env ${WAXWING_PRELOAD:+LD_PRELOAD=$WAXWING_PRELOAD} setpriv --reuid=waxwing --regid=waxwing --init-groups '$BIN' serve --config '$D/waxwing.toml'" \
       >>"$D/waxwing.log" 2>&1 < /dev/null &
     echo $! > "$D/waxwing.pid"
     if ! wait_port "$IP" "$PORT" 30; then echo "waxwing did not start; see $D/waxwing.log" >&2; exit 1; fi

@@ -257,7 +257,12 @@ fn derive(
     if password.is_empty() {
         return Err("the password is empty".into());
     }
-    accounts::derive_record(jid, &password, config.limits.scram_iterations)
+    accounts::derive_record_with(
+        jid,
+        &password,
+        &config.limits.password_hashing(),
+        &mut Vec::new(),
+    )
 }
 
 #[cfg(test)]

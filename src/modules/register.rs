@@ -12,10 +12,12 @@ use jid::{BareJid, NodePart};
 
 use super::{IqOutcome, IqRequest, IqTarget, Module, NS_DATA};
 use crate::accounts;
+use crate::hashing::HashingError;
 use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
 use crate::storage::AccountRecord;
 use crate::stream::c2s::NS_REGISTER;
+use crate::throttle;
 use crate::xml::{Element, NS_CLIENT};
 
 pub const MODULE: Module = Module {
@@ -110,13 +112,37 @@ pub async fn before_auth(
             "the password must not be empty",
         ));
     }
-    // §3.3 suggests not-acceptable for an entity registering too often.
-    if server.registrations_by_ip.is_blocked(&ip) {
+    // The registration is counted before the work, so parallel requests
+    // from one source cannot all pass, and given back if no account was
+    // created. §3.3 suggests not-acceptable for registering too often.
+    let source = throttle::source_key(ip, server.config.limits.auth_ipv6_prefix);
+    let Some(attempt) = server.registrations_by_ip.try_reserve(&source) else {
         return Err(Refusal::new(
             StanzaErrorCondition::NotAcceptable,
             "too many accounts were created from your address recently; try again later",
         ));
+    };
+    let created = create(server, domain, &jid, password).await;
+    match created {
+        Ok(()) => {
+            *registered_here = true;
+            tracing::info!(jid = %jid, peer = %ip, "account registered in-band");
+            Ok(None)
+        }
+        Err(r) => {
+            server.registrations_by_ip.refund(&source, attempt);
+            Err(r)
+        }
     }
+}
+
+/// Creates the account `jid` unless it exists.
+async fn create(
+    server: &Server,
+    domain: &str,
+    jid: &BareJid,
+    password: String,
+) -> Result<(), Refusal> {
     let node = jid.node().map(|n| n.as_str()).unwrap_or_default();
     // Cheap check first, so a taken name costs no key derivation.
     match server.store.account_exists(domain, node).await {
@@ -127,14 +153,9 @@ pub async fn before_auth(
             return Err(StanzaErrorCondition::InternalServerError.into());
         }
     }
-    let record = derive(server, &jid, password).await?;
+    let record = derive(server, jid, password).await?;
     match server.store.create_account(&record).await {
-        Ok(true) => {
-            server.registrations_by_ip.record_failure(&ip);
-            *registered_here = true;
-            tracing::info!(jid = %jid, peer = %ip, "account registered in-band");
-            Ok(None)
-        }
+        Ok(true) => Ok(()),
         // Someone took the name between the check and the insert.
         Ok(false) => Err(StanzaErrorCondition::Conflict.into()),
         Err(e) => {
@@ -243,16 +264,20 @@ async fn change_password(req: &IqRequest<'_>, account: &BareJid, username: &str)
     }
 }
 
-/// Derives the stored credentials off the async workers (PBKDF2 and argon2
-/// are deliberately slow).
+/// Derives the stored credentials on the bounded hashing pool (PBKDF2, and
+/// argon2 when configured, are deliberately slow). When the pool's queue is
+/// full the request is refused with resource-constraint, which tells the
+/// client to retry later.
 async fn derive(
     server: &Server,
     jid: &BareJid,
     password: String,
 ) -> Result<AccountRecord, Refusal> {
-    let iterations = server.config.limits.scram_iterations;
+    let hashing = server.config.limits.password_hashing();
     let jid = jid.clone();
-    match tokio::task::spawn_blocking(move || accounts::derive_record(&jid, &password, iterations))
+    match server
+        .hashing
+        .run(move |memory| accounts::derive_record_with(&jid, &password, &hashing, memory))
         .await
     {
         Ok(Ok(r)) => Ok(r),
@@ -260,8 +285,12 @@ async fn derive(
             tracing::error!(error = %e, "deriving credentials");
             Err(StanzaErrorCondition::InternalServerError.into())
         }
-        Err(e) => {
-            tracing::error!(error = %e, "credential derivation task");
+        Err(HashingError::Busy) => Err(Refusal::new(
+            StanzaErrorCondition::ResourceConstraint,
+            "the server is busy; try again shortly",
+        )),
+        Err(HashingError::Failed) => {
+            tracing::error!("credential derivation task failed");
             Err(StanzaErrorCondition::InternalServerError.into())
         }
     }

@@ -3,7 +3,7 @@
 //! session, which reads stanzas into the router and writes what the router
 //! queues for it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use super::transport::Transport;
 use super::xmlstream::{random_id, End, Flow, XmlStream};
 use super::ConnectionSlot;
 use crate::accounts;
+use crate::hashing::HashingError;
 use crate::modules::register;
 use crate::queue::QueueReceiver;
 use crate::router;
@@ -27,6 +28,7 @@ use crate::stream::c2s::{
     self as rules, check_header, classify, offered_mechanisms, Mechanism, Negotiation, Phase,
     NS_BIND, NS_SASL,
 };
+use crate::throttle::{self, Attempt};
 use crate::xml::{Element, StreamEvent, NS_CLIENT};
 
 /// Most failed SASL attempts on one stream before it is closed
@@ -318,6 +320,10 @@ impl Connection {
 
     /// One SASL exchange. Returns the authenticated username, or None after
     /// a failure the client may retry.
+    ///
+    /// The attempt is counted against the source's budget before any work
+    /// (see `throttle`), and given back unless it was a failed guess; a
+    /// success never clears the source's earlier failures.
     async fn authenticate(&mut self, auth: &Element, failures: &mut u32) -> Flow<Option<String>> {
         let tls = self.stream.transport.is_tls();
         let cb = self.channel_binding();
@@ -326,30 +332,38 @@ impl Connection {
             !cb.available.is_empty(),
             self.server.config.c2s.allow_plain,
         );
-        let result = if !tls && self.server.config.c2s.require_encryption {
+        let server = self.server.clone();
+        let source = throttle::source_key(self.peer.ip(), server.config.limits.auth_ipv6_prefix);
+        let mut attempt = None;
+        let result = if !tls && server.config.c2s.require_encryption {
             Err(SaslError::EncryptionRequired)
-        } else if self.server.auth_failures_by_ip.is_blocked(&self.peer.ip()) {
-            Err(SaslError::TemporaryAuthFailure)
-        } else {
+        } else if let Some(a) = server.auth_failures_by_ip.try_reserve(&source) {
+            attempt = Some(a);
             match auth
                 .attr("mechanism")
                 .and_then(|m| Mechanism::find(&offered, m))
             {
                 None => Err(SaslError::InvalidMechanism),
-                Some(Mechanism::Plain) => self.auth_plain(auth).await?,
+                Some(Mechanism::Plain) => self.auth_plain(auth, source).await?,
                 Some(Mechanism::Scram { hash, plus }) => {
                     let offers_plus = offered
                         .iter()
                         .any(|m| matches!(m, Mechanism::Scram { plus: true, .. }));
                     let scram = ScramServer::new(hash, plus, offers_plus, cb)
-                        .with_unknown_user_iterations(self.server.config.limits.scram_iterations);
-                    self.auth_scram(auth, scram).await?
+                        .with_unknown_user_iterations(server.config.limits.scram_iterations);
+                    self.auth_scram(auth, scram, source).await?
                 }
             }
+        } else {
+            Err(SaslError::TemporaryAuthFailure)
         };
+        if let Some(a) = attempt {
+            if !matches!(result, Err(SaslError::NotAuthorized)) {
+                server.auth_failures_by_ip.refund(&source, a);
+            }
+        }
         match result {
             Ok((username, success_data)) => {
-                self.server.auth_failures_by_ip.clear(&self.peer.ip());
                 let mut success = Element::new("success", NS_SASL);
                 if let Some(d) = success_data {
                     success.append_text(base64::engine::general_purpose::STANDARD.encode(d));
@@ -363,9 +377,6 @@ impl Connection {
             Err(e) => {
                 if matches!(e, SaslError::NotAuthorized) {
                     *failures += 1;
-                    self.server
-                        .auth_failures_by_ip
-                        .record_failure(&self.peer.ip());
                 }
                 tracing::info!(conn = self.id, peer = %self.peer, condition = e.condition(), "c2s authentication failed");
                 let failure = Element::new("failure", NS_SASL)
@@ -377,10 +388,44 @@ impl Connection {
         }
     }
 
-    /// SASL PLAIN (RFC 4616), checked against the argon2 hash.
+    /// Counts an attempt at `username` from `source` (None: that budget is
+    /// spent). Applied to every preparable name, existing or not, so that
+    /// the answer does not tell which accounts exist.
+    fn reserve_account_attempt(
+        &self,
+        username: &str,
+        source: IpAddr,
+    ) -> Option<((String, IpAddr), Attempt)> {
+        let key = (format!("{username}@{}", self.domain), source);
+        let attempt = self.server.auth_failures_by_account.try_reserve(&key)?;
+        Some((key, attempt))
+    }
+
+    /// Settles an account attempt: a success proves the owner, whose
+    /// earlier failures from this source are forgotten; a failed guess
+    /// stays counted; anything else is given back.
+    fn settle_account_attempt<T>(
+        &self,
+        reserved: &((String, IpAddr), Attempt),
+        result: &Result<T, SaslError>,
+    ) {
+        let (key, attempt) = reserved;
+        let window = &self.server.auth_failures_by_account;
+        match result {
+            Ok(_) => window.clear(key),
+            Err(SaslError::NotAuthorized) => {}
+            Err(_) => window.refund(key, *attempt),
+        }
+    }
+
+    /// SASL PLAIN (RFC 4616): the password is checked against the stored
+    /// SCRAM keys (or argon2 hash, when configured) on the bounded hashing
+    /// pool; an unknown account gets the same derivation against stand-in
+    /// keys, so that its answer takes as long.
     async fn auth_plain(
         &mut self,
         auth: &Element,
+        source: IpAddr,
     ) -> Flow<Result<(String, Option<Vec<u8>>), SaslError>> {
         let data = match self.initial_response(auth).await? {
             Ok(d) => d,
@@ -396,37 +441,42 @@ impl Connection {
         if let Err(e) = self.check_authzid(creds.authzid.as_deref(), &username) {
             return Ok(Err(e));
         }
-        let account_key = format!("{username}@{}", self.domain);
-        if self
-            .server
-            .auth_failures_by_account
-            .is_blocked(&account_key)
-        {
+        let Some(reserved) = self.reserve_account_attempt(&username, source) else {
             return Ok(Err(SaslError::TemporaryAuthFailure));
-        }
-        let phc = match self.server.store.argon2_hash(&self.domain, &username).await {
-            Ok(p) => p,
+        };
+        let hashing = self.server.config.limits.password_hashing();
+        let result = match accounts::plain_check(
+            &self.server.store,
+            &self.domain,
+            &username,
+            &hashing,
+        )
+        .await
+        {
             Err(e) => {
                 tracing::error!(error = %e, "reading account");
-                return Ok(Err(SaslError::TemporaryAuthFailure));
+                Err(SaslError::TemporaryAuthFailure)
+            }
+            Ok(check) => {
+                let password = creds.password;
+                match self
+                    .server
+                    .hashing
+                    .run(move |memory| check.verify(&password, memory))
+                    .await
+                {
+                    Ok(true) => Ok((username, None)),
+                    Ok(false) => Err(SaslError::NotAuthorized),
+                    Err(HashingError::Busy) => {
+                        tracing::warn!(conn = self.id, "password hashing saturated: login shed");
+                        Err(SaslError::TemporaryAuthFailure)
+                    }
+                    Err(HashingError::Failed) => Err(SaslError::TemporaryAuthFailure),
+                }
             }
         };
-        let password = creds.password;
-        // argon2 is deliberately slow: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || {
-            phc.is_some_and(|h| accounts::verify_argon2(&h, &password))
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
-            self.server.auth_failures_by_account.clear(&account_key);
-            Ok(Ok((username, None)))
-        } else {
-            self.server
-                .auth_failures_by_account
-                .record_failure(&account_key);
-            Ok(Err(SaslError::NotAuthorized))
-        }
+        self.settle_account_attempt(&reserved, &result);
+        Ok(result)
     }
 
     /// SCRAM (RFC 5802/7677), with channel binding for -PLUS.
@@ -434,6 +484,7 @@ impl Connection {
         &mut self,
         auth: &Element,
         mut scram: ScramServer,
+        source: IpAddr,
     ) -> Flow<Result<(String, Option<Vec<u8>>), SaslError>> {
         let first = match self.initial_response(auth).await? {
             Ok(d) => d,
@@ -449,13 +500,13 @@ impl Connection {
                 return Ok(Err(e));
             }
         }
-        let account_key = username.as_ref().map(|u| format!("{u}@{}", self.domain));
-        if account_key
-            .as_ref()
-            .is_some_and(|k| self.server.auth_failures_by_account.is_blocked(k))
-        {
-            return Ok(Err(SaslError::TemporaryAuthFailure));
-        }
+        let reserved = match &username {
+            None => None,
+            Some(u) => match self.reserve_account_attempt(u, source) {
+                Some(r) => Some(r),
+                None => return Ok(Err(SaslError::TemporaryAuthFailure)),
+            },
+        };
         let creds = match &username {
             None => None,
             Some(u) => {
@@ -465,33 +516,34 @@ impl Connection {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "reading account");
-                        return Ok(Err(SaslError::TemporaryAuthFailure));
+                        let result = Err(SaslError::TemporaryAuthFailure);
+                        if let Some(r) = &reserved {
+                            self.settle_account_attempt(r, &result);
+                        }
+                        return Ok(result);
                     }
                 }
             }
         };
-        let server_first = scram.server_first(creds.as_ref());
+        // An unknown account's stand-in salt comes from the same prepared
+        // name a real account is looked up by, so spelling variants of a
+        // name behave alike whether it exists or not.
+        let lookup_name = username.as_deref().unwrap_or(&client_first.username);
+        let server_first = scram.server_first(lookup_name, creds.as_ref());
         self.send_sasl("challenge", &server_first);
         self.stream.flush().await?;
-        let final_msg = match self.next_sasl_response().await? {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
+        let result = match self.next_sasl_response().await? {
+            Err(e) => Err(e),
+            Ok(final_msg) => match (scram.handle_client_final(&final_msg), username) {
+                (Ok(server_final), Some(u)) => Ok((u, Some(server_final))),
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => Err(SaslError::NotAuthorized),
+            },
         };
-        match (scram.handle_client_final(&final_msg), username) {
-            (Ok(server_final), Some(u)) => {
-                if let Some(k) = &account_key {
-                    self.server.auth_failures_by_account.clear(k);
-                }
-                Ok(Ok((u, Some(server_final))))
-            }
-            (Err(e), _) => {
-                if let (SaslError::NotAuthorized, Some(k)) = (&e, &account_key) {
-                    self.server.auth_failures_by_account.record_failure(k);
-                }
-                Ok(Err(e))
-            }
-            (Ok(_), None) => Ok(Err(SaslError::NotAuthorized)),
+        if let Some(r) = &reserved {
+            self.settle_account_attempt(r, &result);
         }
+        Ok(result)
     }
 
     /// The normalised local part for a SASL username, or None if it cannot

@@ -19,6 +19,7 @@ use crate::server::Server;
 use crate::sessions::Outbound;
 use crate::stanza::StreamErrorCondition;
 use crate::stream::component::{self as rules, NS_COMPONENT};
+use crate::throttle;
 use crate::xml::StreamEvent;
 
 /// Runs a component connection to its end.
@@ -122,10 +123,26 @@ impl Connection {
                     .await)
             }
         };
+        // The handshake is a guess at the shared secret: counted per source
+        // before it is checked (parallel connections cannot all slip under
+        // the limit), given back only when it proves the secret.
+        let server = self.server.clone();
+        let source = throttle::source_key(self.peer.ip(), server.config.limits.auth_ipv6_prefix);
+        let Some(attempt) = server.component_failures_by_ip.try_reserve(&source) else {
+            tracing::info!(conn = self.id, peer = %self.peer, "component handshake refused: too many failures");
+            return Err(self
+                .stream
+                .close_with(
+                    StreamErrorCondition::PolicyViolation,
+                    Some("too many failed handshakes from your address; try again later"),
+                )
+                .await);
+        };
         let secret = self.server.components.secret(&domain).unwrap_or_default();
         if let Err(cond) = rules::check_handshake(&handshake, &stream_id, secret) {
             return Err(self.stream.close_with(cond, None).await);
         }
+        server.component_failures_by_ip.refund(&source, attempt);
         let (tx, rx) = crate::queue::queue(
             self.server.config.limits.session_queue,
             self.server.config.limits.session_queue_bytes,

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! client-first  --> handle_client_first  (returns username/authzid for the lookup)
-//!               <-- server_first(creds)
+//!               <-- server_first(account, creds)
 //! client-final  --> handle_client_final  (returns server-final "v=...")
 //! ```
 //!
@@ -209,14 +209,40 @@ impl ScramCredentials {
         }
     }
 
+    /// Stand-in credentials for an account that does not exist, so that
+    /// answering for it looks and costs the same as for a real one: the salt
+    /// and keys are derived from `account` (the prepared name the lookup
+    /// used) with a process-wide random key, so the same name always gets the
+    /// same salt and nobody can recompute it to spot a fake. No password
+    /// matches the keys.
+    pub fn unknown_user(hash: ScramHash, account: &str, iterations: u32) -> Self {
+        let fake = |purpose: &str| {
+            let mut input = format!("{purpose}\0{}\0", hash.name()).into_bytes();
+            input.extend_from_slice(account.as_bytes());
+            hash.hmac(fake_user_secret(), &input)
+        };
+        let mut salt = fake("salt");
+        salt.truncate(SALT_BYTES);
+        ScramCredentials {
+            hash,
+            salt,
+            iterations,
+            stored_key: fake("stored"),
+            server_key: fake("server"),
+        }
+    }
+
     /// Checks a cleartext password (e.g. from PLAIN) against these credentials,
     /// comparing in constant time. Costs one full PBKDF2 run.
     pub fn verify_password(&self, password: &str) -> bool {
         let salted = self
             .hash
             .salted_password(password, &self.salt, self.iterations);
-        let (_, stored_key, _) = self.hash.keys(&salted);
-        stored_key.ct_eq(&self.stored_key).into()
+        let (_, stored_key, server_key) = self.hash.keys(&salted);
+        // Both keys, each in constant time, and no early exit between them.
+        let stored_ok = stored_key.ct_eq(&self.stored_key);
+        let server_ok = server_key.ct_eq(&self.server_key);
+        (stored_ok & server_ok).into()
     }
 }
 
@@ -252,7 +278,6 @@ enum ServerState {
 }
 
 struct ReceivedFirst {
-    username: String,
     client_nonce: String,
     client_first_bare: String,
     /// The `c=` value the client must send: base64(gs2-header + cb-data).
@@ -360,11 +385,10 @@ impl ScramServer {
         cbind_input.extend_from_slice(cb_data);
 
         let result = ClientFirst {
-            username: parsed.username.clone(),
+            username: parsed.username,
             authzid: parsed.authzid,
         };
         self.state = ServerState::ClientFirstReceived(ReceivedFirst {
-            username: parsed.username,
             client_nonce: parsed.nonce.to_owned(),
             client_first_bare: parsed.bare.to_owned(),
             expected_cbind: B64.encode(cbind_input),
@@ -374,17 +398,21 @@ impl ScramServer {
 
     /// Produces the server-first-message.
     ///
-    /// Pass the account's credentials for this hash, or `None` when the user
-    /// does not exist (or has no credentials for this hash): the exchange then
-    /// continues with a fake salt — derived from the username with a
-    /// process-wide random key, so repeated attempts see the same salt — and
-    /// fails with [`SaslError::NotAuthorized`] in
+    /// `account` is the name the account was looked up by — after the
+    /// caller's username preparation, so "Juliet" and "juliet" give the same
+    /// (the raw name only when it cannot be prepared). Pass the account's
+    /// credentials for this hash, or `None` when the user does not exist (or
+    /// has no credentials for this hash): the exchange then continues with
+    /// [`ScramCredentials::unknown_user`] for `account` — a fake salt stable
+    /// across attempts, exactly as a real account's is stable under every
+    /// spelling that prepares to its name — and fails with
+    /// [`SaslError::NotAuthorized`] in
     /// [`handle_client_final`](Self::handle_client_final), so that a client
     /// cannot tell unknown users from wrong passwords. Credentials for another
     /// hash are treated like `None`.
     ///
     /// Returns an empty message (and fails the exchange) if called out of order.
-    pub fn server_first(&mut self, creds: Option<&ScramCredentials>) -> Vec<u8> {
+    pub fn server_first(&mut self, account: &str, creds: Option<&ScramCredentials>) -> Vec<u8> {
         let ServerState::ClientFirstReceived(first) =
             std::mem::replace(&mut self.state, ServerState::Done)
         else {
@@ -402,20 +430,18 @@ impl ScramServer {
                 true,
             ),
             _ => {
-                let fake = |purpose: &str| {
-                    let mut input = format!("{purpose}\0{}\0", self.hash.name()).into_bytes();
-                    input.extend_from_slice(first.username.as_bytes());
-                    self.hash.hmac(fake_user_secret(), &input)
-                };
-                let mut salt = fake("salt");
-                salt.truncate(SALT_BYTES);
                 // Fake keys keep the final step's work identical to a real
                 // user's; `known_user = false` guarantees the failure.
-                (
-                    Cow::Owned(salt),
+                let fake = ScramCredentials::unknown_user(
+                    self.hash,
+                    account,
                     self.unknown_user_iterations,
-                    fake("stored"),
-                    fake("server"),
+                );
+                (
+                    Cow::Owned(fake.salt),
+                    fake.iterations,
+                    fake.stored_key,
+                    fake.server_key,
                     false,
                 )
             }
@@ -982,7 +1008,7 @@ mod tests {
         creds: Option<&ScramCredentials>,
     ) -> Result<ClientFirst, SaslError> {
         let first = server.handle_client_first(&client.client_first())?;
-        let server_first = server.server_first(creds);
+        let server_first = server.server_first("user", creds);
         let client_final = client.handle_server_first(&server_first)?;
         let server_final = server.handle_client_final(&client_final)?;
         client.verify_server_final(&server_final)?;
@@ -1018,7 +1044,10 @@ mod tests {
                 authzid: None
             }
         );
-        assert_eq!(server.server_first(Some(&creds)), msgs[1].as_bytes());
+        assert_eq!(
+            server.server_first("user", Some(&creds)),
+            msgs[1].as_bytes()
+        );
         assert_eq!(
             server.handle_client_final(msgs[2].as_bytes()).unwrap(),
             msgs[3].as_bytes()
@@ -1103,7 +1132,7 @@ mod tests {
         server
             .handle_client_first(SHA1_CLIENT_FIRST.as_bytes())
             .unwrap();
-        server.server_first(Some(&creds));
+        server.server_first("user", Some(&creds));
         let tampered = SHA1_CLIENT_FINAL.replace("p=v0X8", "p=v0X9");
         assert_eq!(
             server.handle_client_final(tampered.as_bytes()),
@@ -1151,7 +1180,7 @@ mod tests {
             assert!(cf.starts_with(format!("p={},,", ty.wire_name()).as_bytes()));
             server.handle_client_first(&cf).unwrap();
             let cfinal = client
-                .handle_server_first(&server.server_first(Some(&creds)))
+                .handle_server_first(&server.server_first("user", Some(&creds)))
                 .unwrap();
             let mut expected_c = format!("p={},,", ty.wire_name()).into_bytes();
             expected_c.extend_from_slice(&data);
@@ -1243,7 +1272,7 @@ mod tests {
             ScramServer::new(ScramHash::Sha1, false, false, ChannelBindingData::none())
                 .with_nonce("S");
         server.handle_client_first(b"n,,n=user,r=C").unwrap();
-        let sf = server.server_first(Some(&creds));
+        let sf = server.server_first("user", Some(&creds));
         let mut client = ScramClient::with_nonce(ScramHash::Sha1, "user", "pencil", None, "C")
             .with_binding_support_claimed();
         client.client_first();
@@ -1273,7 +1302,7 @@ mod tests {
                 .with_unknown_user_iterations(5000);
         let mut client = ScramClient::new(ScramHash::Sha256, "nobody", "pencil", None);
         server.handle_client_first(&client.client_first()).unwrap();
-        let sf = server.server_first(None);
+        let sf = server.server_first("user", None);
         let sf_str = String::from_utf8(sf.clone()).unwrap();
         assert!(sf_str.ends_with(",i=5000"), "{sf_str}");
         let parsed = parse_server_first(&sf_str).unwrap();
@@ -1291,7 +1320,7 @@ mod tests {
                 ScramServer::new(ScramHash::Sha256, false, false, ChannelBindingData::none());
             s.handle_client_first(format!("n,,n={name},r=abc").as_bytes())
                 .unwrap();
-            let sf = String::from_utf8(s.server_first(None)).unwrap();
+            let sf = String::from_utf8(s.server_first(name, None)).unwrap();
             parse_server_first(&sf).unwrap().salt
         };
         assert_eq!(salt_for("nobody"), salt_for("nobody"));
@@ -1321,7 +1350,7 @@ mod tests {
             ScramServer::new(ScramHash::Sha1, false, false, ChannelBindingData::none());
         server.handle_client_first(&cf).unwrap();
         let cfinal = client
-            .handle_server_first(&server.server_first(Some(&creds)))
+            .handle_server_first(&server.server_first("user", Some(&creds)))
             .unwrap();
         client
             .verify_server_final(&server.handle_client_final(&cfinal).unwrap())
@@ -1393,7 +1422,7 @@ mod tests {
         let mut server =
             ScramServer::new(creds.hash, false, false, ChannelBindingData::none()).with_nonce("S");
         server.handle_client_first(b"n,,n=user,r=Cabc").unwrap();
-        server.server_first(Some(creds));
+        server.server_first("user", Some(creds));
         server
     }
 
@@ -1447,7 +1476,7 @@ mod tests {
         let creds = ScramCredentials::generate(ScramHash::Sha1, "pencil", 4096);
         let mut server =
             ScramServer::new(ScramHash::Sha1, false, false, ChannelBindingData::none());
-        assert!(server.server_first(Some(&creds)).is_empty());
+        assert!(server.server_first("user", Some(&creds)).is_empty());
         assert!(server.handle_client_final(b"c=biws,r=a,p=b").is_err());
 
         // A successful exchange cannot be replayed on the same object.
@@ -1457,7 +1486,7 @@ mod tests {
         let cf = client.client_first();
         server.handle_client_first(&cf).unwrap();
         let cfinal = client
-            .handle_server_first(&server.server_first(Some(&creds)))
+            .handle_server_first(&server.server_first("user", Some(&creds)))
             .unwrap();
         server.handle_client_final(&cfinal).unwrap();
         assert!(server.handle_client_final(&cfinal).is_err());
@@ -1583,7 +1612,7 @@ mod tests {
             }
             let mut server = ScramServer::new(ScramHash::Sha1, i % 2 == 0, true, exporter_cb());
             let _ = server.handle_client_first(&msg);
-            let _ = server.server_first(Some(&creds));
+            let _ = server.server_first("user", Some(&creds));
             let _ = server.handle_client_final(&msg);
 
             let mut server = server_awaiting_final(&creds);

@@ -25,3 +25,4 @@ mod cross_host;
 mod xml;
 mod state;
 mod net;
+mod auth;

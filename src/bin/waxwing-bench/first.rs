@@ -82,6 +82,7 @@ fn target(host: &str, port: u16, domain: &str, password: &str) -> Result<Target,
         connector: xmpp::tls_connector(false),
         password: password.to_owned(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
+        sasl: xmpp::SaslChoice::Scram,
     })
 }
 

@@ -80,6 +80,7 @@ fn target(a: &ImArgs) -> Result<Target, String> {
         connector: xmpp::tls_connector(false),
         password: a.password.clone(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
+        sasl: xmpp::SaslChoice::Scram,
     })
 }
 

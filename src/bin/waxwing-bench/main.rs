@@ -113,6 +113,10 @@ struct Args {
     /// PID of the peer server, for its CPU in the chat phase.
     #[arg(long)]
     peer_server_pid: Option<u32>,
+    /// SASL mechanism of every login: `scram` (SCRAM-SHA-256, else -SHA-1) or
+    /// `plain` (PLAIN over TLS: the server derives a key per login).
+    #[arg(long = "mechanism", value_enum, default_value = "scram")]
+    sasl: xmpp::SaslChoice,
     /// A label copied into the JSON line (e.g. the server's name).
     #[arg(long, default_value = "")]
     label: String,
@@ -249,6 +253,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         connector: xmpp::tls_connector(args.tls_resume),
         password: args.password.clone(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
+        sasl: args.sasl,
     });
     let peer = match (&args.peer_host, &args.peer_domain) {
         (None, None) => None,
@@ -260,6 +265,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
             connector: xmpp::tls_connector(args.tls_resume),
             password: args.password.clone(),
             scram_cache: Arc::new(SaltedPasswordCache::new()),
+            sasl: args.sasl,
         })),
         _ => return Err("--peer-host and --peer-domain go together".into()),
     };
@@ -278,6 +284,13 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         r.str("label", &args.label);
         r.str("target", &format!("{addr}"));
         r.str("domain", &args.domain);
+        r.str(
+            "mechanism",
+            match args.sasl {
+                xmpp::SaslChoice::Scram => "scram",
+                xmpp::SaslChoice::Plain => "plain",
+            },
+        );
         r.num("sessions_wanted", args.sessions);
         r.num("accounts", args.accounts);
         if let Some(p) = &peer {

@@ -1,5 +1,5 @@
 //! The client side of c2s negotiation, as a benchmark needs it: TCP, STARTTLS,
-//! SCRAM, bind, initial presence; and XEP-0077 in-band registration.
+//! SCRAM or PLAIN, bind, initial presence; and XEP-0077 in-band registration.
 //! XML goes through the server's own streaming parser (`waxwing::xml`).
 
 use std::sync::Arc;
@@ -140,6 +140,19 @@ pub struct Target {
     pub connector: TlsConnector,
     pub password: String,
     pub scram_cache: Arc<SaltedPasswordCache>,
+    /// How sessions authenticate.
+    pub sasl: SaslChoice,
+}
+
+/// The SASL mechanism a benchmark logs in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaslChoice {
+    /// SCRAM-SHA-256, else SCRAM-SHA-1 (the client-side PBKDF2 is cached).
+    Scram,
+    /// PLAIN (RFC 4616), over the TLS stream: the server derives the key
+    /// from the password on every login, as for go-sendxmpp, bots and
+    /// gateways that only speak PLAIN.
+    Plain,
 }
 
 /// A stream and the parser reading it.
@@ -280,7 +293,7 @@ fn mechanisms(features: &Element) -> Vec<String> {
     }
 }
 
-/// The whole login of one session: STARTTLS, SCRAM (SHA-256, else SHA-1),
+/// The whole login of one session: STARTTLS, SASL (`t.sasl`),
 /// stream restart, bind `resource`, legacy session if required, `<presence/>`.
 pub async fn login(t: &Target, user: &str, resource: &str) -> Result<Session, Failure> {
     login_bound(t, user, resource, true).await
@@ -295,6 +308,48 @@ pub async fn login_bound(
 ) -> Result<Session, Failure> {
     let (mut xs, features) = connect_tls(t).await?;
     let mechs = mechanisms(&features);
+    match t.sasl {
+        SaslChoice::Scram => sasl_scram(t, &mut xs, &mechs, user).await?,
+        SaslChoice::Plain => sasl_plain(t, &mut xs, &mechs, user).await?,
+    }
+    bind_session(t, xs, resource, presence).await
+}
+
+/// PLAIN with the initial response in `<auth/>`.
+async fn sasl_plain(
+    t: &Target,
+    xs: &mut XmlStream<TlsStream<TcpStream>>,
+    mechs: &[String],
+    user: &str,
+) -> Result<(), Failure> {
+    if !mechs.iter().any(|m| m == "PLAIN") {
+        return fail(Step::Sasl, format!("no PLAIN in {mechs:?}"));
+    }
+    let msg = B64.encode(waxwing::sasl::build_plain(None, user, &t.password));
+    xs.send(
+        Step::Sasl,
+        format!("<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{msg}</auth>").as_bytes(),
+    )
+    .await?;
+    let outcome = xs.next_stanza(Step::Sasl).await?;
+    if outcome.name() != "success" {
+        let cond = outcome
+            .children()
+            .next()
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default();
+        return fail(Step::Sasl, format!("<{}> {cond}", outcome.name()));
+    }
+    Ok(())
+}
+
+/// SCRAM-SHA-256 (else -SHA-1), checking the server's signature.
+async fn sasl_scram(
+    t: &Target,
+    xs: &mut XmlStream<TlsStream<TcpStream>>,
+    mechs: &[String],
+    user: &str,
+) -> Result<(), Failure> {
     let (hash, mech) = if mechs.iter().any(|m| m == "SCRAM-SHA-256") {
         (ScramHash::Sha256, "SCRAM-SHA-256")
     } else if mechs.iter().any(|m| m == "SCRAM-SHA-1") {
@@ -344,7 +399,17 @@ pub async fn login_bound(
     scram
         .verify_server_final(&server_final)
         .or_else(|e| fail(Step::Sasl, format!("server signature: {e:?}")))?;
+    Ok(())
+}
 
+/// After SASL success: restart the stream, bind, legacy session if asked
+/// for, initial presence if `presence`.
+async fn bind_session(
+    t: &Target,
+    mut xs: XmlStream<TlsStream<TcpStream>>,
+    resource: &str,
+    presence: bool,
+) -> Result<Session, Failure> {
     let features = xs.open(Step::Bind, &t.domain).await?;
     if features.get_child("bind", NS_BIND).is_none() {
         return fail(Step::Bind, "server offers no bind");
