@@ -125,7 +125,7 @@ impl Default for S2sConfig {
             max_outgoing: 10_000,
             max_verifications: 256,
             max_verifications_per_ip: 32,
-            max_verifications_per_domain: 4,
+            max_verifications_per_domain: 8,
         }
     }
 }
