@@ -109,12 +109,29 @@ enum Pipe {
 }
 
 /// A scripted client: send raw XML, read parsed events.
+///
+/// Every top-level element read is also kept in `received`, including those
+/// the convenience readers (`iq`, `next_named`, `expect_stream_error`) skip,
+/// so a claim that something was *not* delivered can be checked against
+/// everything that arrived: see [`Client::mark`] and [`Client::expect_only`].
 pub struct Client {
     pipe: Pipe,
     pub parser: StreamParser,
     pub jid: Option<String>,
     /// The domain `open_stream` addresses.
     pub domain: String,
+    /// Every top-level element read from the server, in order.
+    pub received: Vec<Element>,
+    barriers: u32,
+}
+
+/// What one of the elements allowed by [`Client::expect_only`] looks like:
+/// a description for the failure message and a test.
+pub struct Expect<'a>(pub &'a str, pub &'a dyn Fn(&Element) -> bool);
+
+/// An element as the XML the server sent (for failure messages).
+pub fn show(e: &Element) -> String {
+    String::from_utf8_lossy(&e.to_bytes(NS_CLIENT)).into_owned()
 }
 
 impl Client {
@@ -125,6 +142,8 @@ impl Client {
             parser: StreamParser::new(ParserLimits::default()),
             jid: None,
             domain: DOMAIN.to_string(),
+            received: Vec::new(),
+            barriers: 0,
         }
     }
 
@@ -204,7 +223,12 @@ impl Client {
         tokio::time::timeout(TIMEOUT, async {
             loop {
                 match self.parser.next_event() {
-                    Ok(Some(ev)) => return Some(ev),
+                    Ok(Some(ev)) => {
+                        if let StreamEvent::Stanza(e) = &ev {
+                            self.received.push(e.clone());
+                        }
+                        return Some(ev);
+                    }
                     Ok(None) => {}
                     Err(e) => panic!("server sent bad XML: {e:?}"),
                 }
@@ -487,6 +511,79 @@ impl Client {
                 return e;
             }
         }
+    }
+
+    /// A position in `received`: what arrives after it is what
+    /// [`Client::expect_only`] checks.
+    pub fn mark(&self) -> usize {
+        self.received.len()
+    }
+
+    /// A round trip to the own server (XEP-0199 ping): once its answer is
+    /// read, everything the server routed to this session before it handled
+    /// the ping has been read too (one session's queue is delivered in order).
+    pub async fn barrier(&mut self) {
+        self.barriers += 1;
+        let id = format!("barrier-{}", self.barriers);
+        let to = self.domain.clone();
+        self.send_str(&format!(
+            "<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        loop {
+            let e = self.next_element().await;
+            if e.is("iq", NS_CLIENT) && e.attr("id") == Some(id.as_str()) {
+                assert_eq!(e.attr("type"), Some("result"), "barrier: {}", show(&e));
+                // The barrier's own answer is not part of what the test saw.
+                self.received.pop();
+                return;
+            }
+        }
+    }
+
+    /// The strict check for "nothing but X arrived": after a barrier, every
+    /// element received since `since` must be matched by one entry of
+    /// `allowed`, each entry matching exactly one element, in any order, and
+    /// every entry must have been used. Panics listing everything received
+    /// otherwise. Returns the elements since `since`.
+    pub async fn expect_only(&mut self, since: usize, allowed: &[Expect<'_>]) -> Vec<Element> {
+        self.barrier().await;
+        let got = self.received[since..].to_vec();
+        let mut used = vec![false; allowed.len()];
+        let listing = || {
+            got.iter()
+                .map(|e| format!("\n  {}", show(e)))
+                .collect::<String>()
+        };
+        for e in &got {
+            let slot = allowed
+                .iter()
+                .enumerate()
+                .position(|(i, Expect(_, f))| !used[i] && f(e));
+            match slot {
+                Some(i) => used[i] = true,
+                None => panic!(
+                    "{}: unexpected {}; received since the mark:{}",
+                    self.jid.as_deref().unwrap_or("client"),
+                    show(e),
+                    listing()
+                ),
+            }
+        }
+        for (i, Expect(what, _)) in allowed.iter().enumerate() {
+            assert!(
+                used[i],
+                "{}: expected {what}; received since the mark:{}",
+                self.jid.as_deref().unwrap_or("client"),
+                listing()
+            );
+        }
+        got
+    }
+
+    /// Nothing at all arrived since `since` (after a barrier).
+    pub async fn expect_nothing(&mut self, since: usize) {
+        self.expect_only(since, &[]).await;
     }
 
     /// Next stanza of the given name.
