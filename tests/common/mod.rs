@@ -597,6 +597,23 @@ impl Client {
     }
 }
 
+/// Polls `check` every 20 ms until it holds; panics naming `what` when it
+/// still does not after [`TIMEOUT`] (a poll must never fall through).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened within {TIMEOUT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The error condition of an error stanza.
 pub fn stanza_error(e: &Element) -> Option<String> {
     e.get_child("error", NS_CLIENT)?
