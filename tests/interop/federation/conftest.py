@@ -54,6 +54,7 @@ from pathlib import Path
 import pytest
 
 from fed_dns import DnsServer
+from waxwing_bin import waxwing_bin
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -495,11 +496,6 @@ modules:
 
 
 # --- Waxwing -----------------------------------------------------------------------------
-
-
-def waxwing_bin() -> Path:
-    path = Path(os.environ.get("WAXWING_BIN", "target/debug/waxwing"))
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def waxwing_config(dir: Path, domain: str, ip: str, *, cert: Path, key: Path, ca: Path,
