@@ -131,13 +131,6 @@ fn pushes(elements: &[Element]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-fn messages_from<'a>(elements: &'a [Element], from: &str) -> Vec<&'a Element> {
-    elements
-        .iter()
-        .filter(|e| e.is("message", NS_CLIENT) && e.attr("from") == Some(from))
-        .collect()
-}
-
 fn chat(to: &str, body: &str) -> String {
     format!("<message to='{to}' type='chat' id='c'><body>{body}</body></message>")
 }
