@@ -175,7 +175,8 @@ async fn session(users: &[&str], user: &str) -> (TestServer, Client) {
 /// nothing followed the last expected element.
 async fn play_logged_in(client: &mut Client, script: &str) {
     play(client, script).await;
-    client.expect_nothing(client.mark()).await;
+    let mark = client.mark();
+    client.expect_nothing(mark).await;
 }
 
 #[tokio::test]
