@@ -31,7 +31,10 @@ def main(paths):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p, j in rows:
         chats = j.get("chat", [])
-        sat = next((c for c in chats if c["mode"] == "saturate"), {})
+        # The headline saturation run is one stanza per write (results from before
+        # issue 9 have no stanzas_per_write: they batched up to the window).
+        sats = [c for c in chats if c["mode"] == "saturate"]
+        sat = next((c for c in sats if c.get("stanzas_per_write") == 1), sats[0] if sats else {})
         fixed = next((c for c in chats if c["mode"] == "paced" and c["rate_target"] == 2000), {})
         half = [c for c in chats if c["mode"] == "paced" and c["rate_target"] != 2000]
         half = half[-1] if half else {}
@@ -40,7 +43,7 @@ def main(paths):
         print("| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} / {} | {} |".format(
             os.path.basename(p).removesuffix(".json"), fmt(j.get("sessions")), fmt(j.get("logins_per_s")),
             fmt(j.get("server_cpu_us_per_login")), fmt(j.get("kib_per_idle_session"), 1),
-            fmt(sat.get("delivered_per_s")), fmt(sat.get("server_cpu_us_per_msg"), 1),
+            fmt(sat.get("received_per_s", sat.get("delivered_per_s"))), fmt(sat.get("server_cpu_us_per_msg"), 1),
             fmt(fixed.get("lat_p50_ms"), 2), fmt(fixed.get("lat_p99_ms"), 2),
             fmt(fixed.get("server_cpu_us_per_msg"), 1), fmt(half.get("rate_target")),
             fmt(half.get("lat_p50_ms"), 2), fmt(half.get("lat_p99_ms"), 2), fmt(other, 2)))

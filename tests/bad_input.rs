@@ -242,16 +242,13 @@ async fn spoofed_from_is_invalid_from_and_recipients_see_the_truth() {
     .await;
     let m = victim.next_named("message").await;
     assert_eq!(m.attr("from"), Some("user@localhost/u"));
+    let mark = victim.mark();
     c.send_str("<message from='admin@localhost/x' to='canary@localhost/v'><body>give me your password</body></message>").await;
     assert_eq!(c.expect_stream_error().await, "invalid-from");
-    // The victim never sees the forged message; its session still works.
-    let p = victim
-        .iq(
-            "<iq type='get' id='after' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
-            "after",
-        )
-        .await;
-    assert_eq!(p.attr("type"), Some("result"));
+    // The victim never sees the forged message (nor anything else): the
+    // stream error went out after the stanza was handled, so a delivered
+    // forgery would be in the victim's queue before its barrier's answer.
+    victim.expect_nothing(mark).await;
 }
 
 #[tokio::test]

@@ -285,9 +285,26 @@ async fn offline_messages_are_stored_and_delivered_in_order_with_delay() {
 
     // Binding alone delivers nothing: initial presence does.
     let mut hal = Client::login_without_presence(server.plain_addr, "hal", "pw", None).await;
+    let mark = hal.mark();
     hal.send_str("<presence/>").await;
-    for i in 0..3 {
-        let m = hal.next_named("message").await;
+    let got = hal
+        .expect_only(
+            mark,
+            &[
+                Expect("offline message o0", &|e| e.attr("id") == Some("o0")),
+                Expect("offline message o1", &|e| e.attr("id") == Some("o1")),
+                Expect("offline message o2", &|e| e.attr("id") == Some("o2")),
+                // RFC 6121 §4.2.2: initial presence goes to the own resources too.
+                Expect("hal's own presence", &|e| {
+                    e.is("presence", NS_CLIENT)
+                        && e.attr("from").is_some_and(|f| f.starts_with("hal@"))
+                }),
+            ],
+        )
+        .await;
+    // Only the stored ones (not the headline), in order.
+    let messages = got.iter().filter(|e| e.name() == "message");
+    for (i, m) in messages.enumerate() {
         assert_eq!(m.attr("id"), Some(format!("o{i}").as_str()));
         assert_eq!(m.attr("from"), Some("gus@localhost/g"));
         let delay = m
@@ -372,7 +389,16 @@ async fn last_activity_for_server_and_subscribed_contacts() {
     next_presence_of(&mut kai, None, "lou@localhost/l").await;
     lou.send_str("</stream:stream>").await;
     next_presence_of(&mut kai, Some("unavailable"), "lou@localhost/l").await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Lou's logout is recorded when his session ends; wait for it.
+    eventually("lou's logout is recorded", || async {
+        server
+            .store()
+            .user_data_get("localhost", "lou", "last_logout")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
     let yes = kai
         .iq(
             "<iq type='get' id='l2' to='lou@localhost'><query xmlns='jabber:iq:last'/></iq>",
@@ -434,27 +460,13 @@ async fn blocked_contacts_exchange_no_presence() {
         .iq("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='ned@localhost'/></block></iq>", "b1")
         .await;
     assert_eq!(r.attr("type"), Some("result"));
+    mia.barrier().await;
+    let mark = mia.mark();
     // Ned's presence changes no longer reach mia.
     ned.send_str("<presence><show>dnd</show></presence>").await;
-    ned.iq(
-        "<iq type='get' id='s' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
-        "s",
-    )
-    .await;
-    mia.send_str("<iq type='get' id='s2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
-        .await;
-    loop {
-        let e = mia.next_element().await;
-        assert!(
-            !(e.name() == "presence"
-                && e.attr("from").is_some_and(|f| f.starts_with("ned@"))
-                && e.get_child("show", NS_CLIENT).is_some()),
-            "presence from a blocked contact: {e:?}"
-        );
-        if e.attr("id") == Some("s2") {
-            break;
-        }
-    }
+    // Ned's session handled the presence before it answers this.
+    ned.barrier().await;
+    mia.expect_nothing(mark).await;
 }
 
 #[tokio::test]
@@ -473,18 +485,15 @@ async fn probe_of_an_offline_contact_answers_its_last_unavailable_with_delay() {
     pete.send_str("</stream:stream>").await;
     next_presence_of(&mut olga, Some("unavailable"), "pete@localhost/p").await;
     // Pete's logout is recorded when his session ends; wait for it.
-    for _ in 0..50 {
-        if server
+    eventually("pete's logout is recorded", || async {
+        server
             .store()
             .user_data_get("localhost", "pete", "last_logout")
             .await
             .unwrap()
             .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let mut olga2 = online(&server, "olga", "o2").await;
     let p = next_presence_of(&mut olga2, Some("unavailable"), "pete@localhost").await;
     assert_eq!(p.attr("from"), Some("pete@localhost"));

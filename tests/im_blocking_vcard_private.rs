@@ -131,13 +131,6 @@ fn pushes(elements: &[Element]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-fn messages_from<'a>(elements: &'a [Element], from: &str) -> Vec<&'a Element> {
-    elements
-        .iter()
-        .filter(|e| e.is("message", NS_CLIENT) && e.attr("from") == Some(from))
-        .collect()
-}
-
 fn chat(to: &str, body: &str) -> String {
     format!("<message to='{to}' type='chat' id='c'><body>{body}</body></message>")
 }
@@ -161,6 +154,7 @@ async fn blocking_scenario(ts: &TestServer) {
     assert!(blocklist(&mut phone).await.is_empty());
 
     // §3.3: block; the interested resource gets a push, the other none.
+    let desk_mark = desk.mark();
     let before = block(&mut phone, &[&b_bare]).await;
     assert_eq!(
         pushes(&before),
@@ -168,7 +162,7 @@ async fn blocking_scenario(ts: &TestServer) {
     );
     let push = before.iter().find(|e| e.is("iq", NS_CLIENT)).unwrap();
     assert_eq!(push.attr("to"), Some(format!("{a_bare}/phone").as_str()));
-    assert!(pushes(&sync(&mut desk).await).is_empty());
+    desk.expect_nothing(desk_mark).await;
     assert_eq!(blocklist(&mut desk).await, vec![b_bare.clone()]);
     assert_eq!(
         ts.store()
@@ -180,6 +174,7 @@ async fn blocking_scenario(ts: &TestServer) {
     );
 
     // Inbound message from the blocked JID: service-unavailable, not delivered.
+    let (phone_mark, desk_mark) = (phone.mark(), desk.mark());
     for to in [a_bare.clone(), format!("{a_bare}/phone")] {
         bob.send_str(&chat(&to, "hello?")).await;
         let e = bob.next_named("message").await;
@@ -192,6 +187,7 @@ async fn blocking_scenario(ts: &TestServer) {
             .is_none());
     }
     // Inbound presence: dropped without any answer. Inbound IQ get: error.
+    let bob_mark = bob.mark();
     bob.send_str(&format!("<presence to='{a_bare}/phone'/>"))
         .await;
     let (e, _) = iq_collect(
@@ -201,20 +197,19 @@ async fn blocking_scenario(ts: &TestServer) {
     )
     .await;
     assert_eq!(stanza_error(&e).as_deref(), Some("service-unavailable"));
-    let got = sync(&mut bob).await;
-    assert!(
-        !got.iter().any(|e| e.attr("type") == Some("error")),
-        "no error for blocked presence: {got:?}"
-    );
-    for resource in [&mut phone, &mut desk] {
-        let got = sync(resource).await;
-        assert!(
-            !got.iter().any(|e| e.attr("from") == Some(b_full.as_str())),
-            "nothing from the blocked JID: {got:?}"
-        );
-    }
+    // Bob got the IQ's error and nothing else (no error for the presence).
+    bob.expect_only(
+        bob_mark,
+        &[Expect("the ping's error", &|e| e.attr("id") == Some("q"))],
+    )
+    .await;
+    // Bob's session handled each stanza before answering the next: anything
+    // delivered to alice's resources is in their queues by now.
+    phone.expect_nothing(phone_mark).await;
+    desk.expect_nothing(desk_mark).await;
 
     // Outbound to the blocked JID: not-acceptable with <blocked/>.
+    let bob_mark = bob.mark();
     desk.send_str(&chat(&b_bare, "psst")).await;
     let e = desk.next_named("message").await;
     assert_eq!(e.attr("type"), Some("error"));
@@ -224,7 +219,7 @@ async fn blocking_scenario(ts: &TestServer) {
         .unwrap()
         .get_child("blocked", NS_BLOCKING_ERRORS)
         .is_some());
-    assert!(messages_from(&sync(&mut bob).await, &format!("{a_bare}/desk")).is_empty());
+    bob.expect_nothing(bob_mark).await;
 
     // §3.4: unblock restores delivery, and is pushed.
     let before = unblock(&mut phone, &[&b_bare]).await;
@@ -329,24 +324,51 @@ async fn domain_full_jid_and_own_domain_blocks() {
     // A full JID: only that resource is blocked.
     let desk = format!("{b_bare}/desk");
     block(&mut alice, &[&desk]).await;
+    let mark = alice.mark();
     bob_desk.send_str(&chat(&a_bare, "from desk")).await;
     let e = bob_desk.next_named("message").await;
     assert_eq!(stanza_error(&e).as_deref(), Some("service-unavailable"));
     bob_phone.send_str(&chat(&a_bare, "from phone")).await;
     sync(&mut bob_phone).await;
-    let m = alice.next_named("message").await;
-    assert_eq!(m.attr("from"), Some(format!("{b_bare}/phone").as_str()));
+    let from_phone = format!("{b_bare}/phone");
+    alice
+        .expect_only(
+            mark,
+            &[Expect("the message from bob's phone", &|e| {
+                e.is("message", NS_CLIENT) && e.attr("from") == Some(from_phone.as_str())
+            })],
+        )
+        .await;
     unblock(&mut alice, &[]).await;
 
     // The own domain: every local user is blocked, but the server itself
     // stays reachable, as do the user's own resources.
     block(&mut alice, &[DOMAIN]).await;
+    let (mark, desk_mark, phone_mark) = (alice.mark(), bob_desk.mark(), bob_phone.mark());
     bob_phone.send_str(&chat(&a_bare, "hi")).await;
     let e = bob_phone.next_named("message").await;
     assert_eq!(stanza_error(&e).as_deref(), Some("service-unavailable"));
     alice.send_str(&chat(&b_bare, "hi")).await;
     let e = alice.next_named("message").await;
     assert_eq!(stanza_error(&e).as_deref(), Some("not-acceptable"));
+    // Neither message got through: each side saw its own error only.
+    alice
+        .expect_only(
+            mark,
+            &[Expect("the not-acceptable error", &|e| {
+                e.attr("type") == Some("error") && e.attr("from") == Some(b_bare.as_str())
+            })],
+        )
+        .await;
+    bob_desk.expect_nothing(desk_mark).await;
+    bob_phone
+        .expect_only(
+            phone_mark,
+            &[Expect("the service-unavailable error", &|e| {
+                e.attr("type") == Some("error") && e.attr("from") == Some(a_bare.as_str())
+            })],
+        )
+        .await;
     let r = alice
         .iq(
             "<iq type='get' id='d' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",

@@ -556,10 +556,14 @@ async fn raw_s2s(addr: SocketAddr) -> (Client, String) {
 async fn unauthenticated_and_spoofed_from_are_invalid_from_and_bad_keys_invalid() {
     let p = pair().await;
     let a_s2s = p.a.running.as_ref().unwrap().s2s_addrs[0];
+    // The addressee is online, so a stanza let through would reach it.
+    let mut user = online(&p.a, A).await;
+    user.barrier().await;
+    let mark = user.mark();
 
     // Stanzas before dialback.
     let (mut c, _) = raw_s2s(a_s2s).await;
-    c.send_str("<message from='user@b.test' to='user@a.test'><body>x</body></message>")
+    c.send_str("<message from='user@b.test' to='user@a.test/r'><body>x</body></message>")
         .await;
     assert_eq!(c.expect_stream_error().await, "invalid-from");
 
@@ -574,9 +578,12 @@ async fn unauthenticated_and_spoofed_from_are_invalid_from_and_bad_keys_invalid(
     let answer = c.next_element().await;
     assert!(answer.is("result", "jabber:server:dialback"), "{answer:?}");
     assert_eq!(answer.attr("type"), Some("valid"));
-    c.send_str("<message from='eve@c.test' to='user@a.test'><body>spoof</body></message>")
+    c.send_str("<message from='eve@c.test' to='user@a.test/r'><body>spoof</body></message>")
         .await;
     assert_eq!(c.expect_stream_error().await, "invalid-from");
+    // Each stream error went out after its stanza was handled: neither
+    // stanza reached the user.
+    user.expect_nothing(mark).await;
 
     // SASL EXTERNAL without a certificate fails; the stream stays usable.
     let (mut c, _) = raw_s2s(a_s2s).await;

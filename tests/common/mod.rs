@@ -109,12 +109,32 @@ enum Pipe {
 }
 
 /// A scripted client: send raw XML, read parsed events.
+///
+/// From the first [`Client::mark`] on, every top-level element read is also
+/// kept in `received`, including those the convenience readers (`iq`,
+/// `next_named`, `expect_stream_error`) skip, so a claim that something was
+/// *not* delivered can be checked against everything that arrived: see
+/// [`Client::expect_only`]. (Not before: a flood test reading millions of
+/// answers must not hold them all in the process whose RSS it measures.)
 pub struct Client {
     pipe: Pipe,
     pub parser: StreamParser,
     pub jid: Option<String>,
     /// The domain `open_stream` addresses.
     pub domain: String,
+    /// Every top-level element read from the server since the first mark, in order.
+    pub received: Vec<Element>,
+    recording: bool,
+    barriers: u32,
+}
+
+/// What one of the elements allowed by [`Client::expect_only`] looks like:
+/// a description for the failure message and a test.
+pub struct Expect<'a>(pub &'a str, pub &'a dyn Fn(&Element) -> bool);
+
+/// An element as the XML the server sent (for failure messages).
+pub fn show(e: &Element) -> String {
+    String::from_utf8_lossy(&e.to_bytes(NS_CLIENT)).into_owned()
 }
 
 impl Client {
@@ -125,6 +145,9 @@ impl Client {
             parser: StreamParser::new(ParserLimits::default()),
             jid: None,
             domain: DOMAIN.to_string(),
+            received: Vec::new(),
+            recording: false,
+            barriers: 0,
         }
     }
 
@@ -218,7 +241,12 @@ impl Client {
         tokio::time::timeout(TIMEOUT, async {
             loop {
                 match self.parser.next_event() {
-                    Ok(Some(ev)) => return Some(ev),
+                    Ok(Some(ev)) => {
+                        if let (true, StreamEvent::Stanza(e)) = (self.recording, &ev) {
+                            self.received.push(e.clone());
+                        }
+                        return Some(ev);
+                    }
                     Ok(None) => {}
                     Err(e) => panic!("server sent bad XML: {e:?}"),
                 }
@@ -503,6 +531,82 @@ impl Client {
         }
     }
 
+    /// A position in `received`: what arrives after it is what
+    /// [`Client::expect_only`] checks. Recording starts with the first mark.
+    pub fn mark(&mut self) -> usize {
+        self.recording = true;
+        self.received.len()
+    }
+
+    /// A round trip to the own server (XEP-0199 ping): once its answer is
+    /// read, everything the server routed to this session before it handled
+    /// the ping has been read too (one session's queue is delivered in order).
+    pub async fn barrier(&mut self) {
+        self.barriers += 1;
+        let id = format!("barrier-{}", self.barriers);
+        let to = self.domain.clone();
+        self.send_str(&format!(
+            "<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        loop {
+            let e = self.next_element().await;
+            if e.is("iq", NS_CLIENT) && e.attr("id") == Some(id.as_str()) {
+                assert_eq!(e.attr("type"), Some("result"), "barrier: {}", show(&e));
+                // The barrier's own answer is not part of what the test saw.
+                if self.recording {
+                    self.received.pop();
+                }
+                return;
+            }
+        }
+    }
+
+    /// The strict check for "nothing but X arrived": after a barrier, every
+    /// element received since `since` must be matched by one entry of
+    /// `allowed`, each entry matching exactly one element, in any order, and
+    /// every entry must have been used. Panics listing everything received
+    /// otherwise. Returns the elements since `since`.
+    pub async fn expect_only(&mut self, since: usize, allowed: &[Expect<'_>]) -> Vec<Element> {
+        self.barrier().await;
+        let got = self.received[since..].to_vec();
+        let mut used = vec![false; allowed.len()];
+        let listing = || {
+            got.iter()
+                .map(|e| format!("\n  {}", show(e)))
+                .collect::<String>()
+        };
+        for e in &got {
+            let slot = allowed
+                .iter()
+                .enumerate()
+                .position(|(i, Expect(_, f))| !used[i] && f(e));
+            match slot {
+                Some(i) => used[i] = true,
+                None => panic!(
+                    "{}: unexpected {}; received since the mark:{}",
+                    self.jid.as_deref().unwrap_or("client"),
+                    show(e),
+                    listing()
+                ),
+            }
+        }
+        for (i, Expect(what, _)) in allowed.iter().enumerate() {
+            assert!(
+                used[i],
+                "{}: expected {what}; received since the mark:{}",
+                self.jid.as_deref().unwrap_or("client"),
+                listing()
+            );
+        }
+        got
+    }
+
+    /// Nothing at all arrived since `since` (after a barrier).
+    pub async fn expect_nothing(&mut self, since: usize) {
+        self.expect_only(since, &[]).await;
+    }
+
     /// Next stanza of the given name.
     pub async fn next_named(&mut self, name: &str) -> Element {
         loop {
@@ -511,6 +615,23 @@ impl Client {
                 return e;
             }
         }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics naming `what` when it
+/// still does not after [`TIMEOUT`] (a poll must never fall through).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened within {TIMEOUT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

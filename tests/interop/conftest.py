@@ -9,6 +9,10 @@ must exit with code 0 within 10 s.
 On a failing test the server's log lines written during that test are added
 to the report (section "waxwing log"), next to slixmpp's DEBUG log, which
 holds every stanza sent and received (SEND:/RECV:).
+
+Skips: with CI=true in the environment every skipped test is reported as a
+failure (a run that did not test something must not be green); locally a
+skip stays a skip, but the end of the run says so in a banner.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from waxwing_bin import waxwing_bin
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "localhost"
@@ -48,9 +54,8 @@ SERVER_KEY = pytest.StashKey["WaxwingServer"]()
 LOG_OFFSET_KEY = pytest.StashKey[int]()
 
 
-def waxwing_bin() -> Path:
-    path = Path(os.environ.get("WAXWING_BIN", "target/debug/waxwing"))
-    return path if path.is_absolute() else REPO_ROOT / path
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 def free_port() -> int:
@@ -291,6 +296,29 @@ def fresh_server(tmp_path, request):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
     if report.failed and SERVER_KEY in item.stash:
         srv = item.stash[SERVER_KEY]
         report.sections.append(("waxwing log", srv.log_tail(item.stash.get(LOG_OFFSET_KEY, 0))))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A skip is not a pass: say so loudly (under CI=true skips already failed)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    terminalreporter.write_sep("!", f"{len(skipped)} TEST(S) SKIPPED: this run did NOT test them", red=True,
+                               bold=True)
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.write_line(f"  SKIPPED {report.nodeid}: {reason}", red=True)
+    terminalreporter.write_line("  (with CI=true every skip fails the run)", red=True)
+
+
+def pytest_collectreport(report):
+    """A whole module skipped at collection is a skip too."""
+    if report.skipped and in_ci():
+        report.outcome = "failed"

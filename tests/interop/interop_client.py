@@ -24,7 +24,7 @@ import os
 import ssl
 import tempfile
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout  # noqa: F401  (re-exported for tests)
@@ -91,7 +91,15 @@ def tls_exporter_binding(ssl_object: ssl.SSLObject, keylog_path: str) -> bytes |
 
 
 class Client(slixmpp.ClientXMPP):
-    """A slixmpp client with queues for what the tests wait on."""
+    """A slixmpp client with queues for what the tests wait on.
+
+    Every stanza received is also recorded in `received` (an incoming
+    filter, before any handler or queue sees it), so a claim that something
+    was *not* delivered is checked against everything that arrived:
+    `mark = await c.checkpoint()`, the test's actions, then
+    `await c.expect_only(mark, ("what", predicate), …)` or
+    `await c.expect_nothing(mark)`.
+    """
 
     def __init__(
         self,
@@ -112,6 +120,8 @@ class Client(slixmpp.ClientXMPP):
         self.messages: asyncio.Queue = asyncio.Queue()
         self.presences: asyncio.Queue = asyncio.Queue()
         self.stream_errors: list[str] = []
+        self.received: list[Any] = []
+        self._barriers = 0
         self.auth_failures: list[str] = []
         self.sasl_mechanisms_offered: list[str] = []
         self._ready: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -158,6 +168,7 @@ class Client(slixmpp.ClientXMPP):
         mechs.sasl_callback = credentials
         mechs.security_callback = security
 
+        self.add_filter("in", self._record)
         self.add_event_handler("session_start", self._on_session_start)
         self.add_event_handler("failed_auth", self._on_failed_auth)
         self.add_event_handler("failed_all_auth", lambda _e: self._fail_login("no more mechanisms to try"))
@@ -175,6 +186,11 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("session_bind", lambda jid: self.events.append(f"bound {jid}"))
 
     # event handlers
+
+    def _record(self, stanza: Any) -> Any:
+        if getattr(stanza, "name", None) in ("message", "presence", "iq"):
+            self.received.append(stanza)
+        return stanza
 
     def _on_session_start(self, _event: Any) -> None:
         self.events.append(f"session started as {self.boundjid.full}")
@@ -236,6 +252,57 @@ class Client(slixmpp.ClientXMPP):
             return await asyncio.wait_for(self.messages.get(), timeout)
         except asyncio.TimeoutError:
             raise AssertionError(f"{self.boundjid.full}: no message within {timeout} s") from None
+
+    # strict checks: "nothing but X arrived"
+
+    def mark(self) -> int:
+        """A position in `received`; what arrives after it is what `expect_only` checks."""
+        return len(self.received)
+
+    async def barrier(self, timeout: float = STEP_TIMEOUT) -> None:
+        """A ping round trip to the own server: once answered, everything the server
+        routed to this session before it handled the ping has been received (one
+        session's stanzas are delivered in order). The ping's answer is not recorded."""
+        self._barriers += 1
+        iq = self.Iq()
+        iq["type"] = "get"
+        iq["to"] = self.boundjid.domain
+        iq["id"] = f"barrier-{self._barriers}-{uuid.uuid4().hex[:6]}"
+        iq.enable("ping")
+        reply = await iq.send(timeout=timeout)
+        assert reply["type"] == "result", f"barrier: {reply}"
+        self.received = [s for s in self.received
+                         if not (s.name == "iq" and s["id"] == iq["id"])]
+
+    async def checkpoint(self) -> int:
+        """A barrier, then a mark: anything that was already on its way is before it."""
+        await self.barrier()
+        return self.mark()
+
+    async def expect_only(self, since: int, *allowed: tuple[str, Callable[[Any], bool]]) -> list:
+        """After a barrier, every stanza received since `since` must match one entry of
+        `allowed` ((description, predicate) pairs, each matching exactly one stanza, in any
+        order) and every entry must be used; fails listing everything received otherwise.
+        Returns the stanzas since `since`."""
+        await self.barrier()
+        got = self.received[since:]
+        listing = "".join(f"\n  {s}" for s in got) or " (nothing)"
+        used = [False] * len(allowed)
+        for stanza in got:
+            for i, (_what, match) in enumerate(allowed):
+                if not used[i] and match(stanza):
+                    used[i] = True
+                    break
+            else:
+                raise AssertionError(f"{self.boundjid.full}: unexpected {stanza}; received since the mark:{listing}")
+        for i, (what, _match) in enumerate(allowed):
+            if not used[i]:
+                raise AssertionError(f"{self.boundjid.full}: expected {what}; received since the mark:{listing}")
+        return got
+
+    async def expect_nothing(self, since: int) -> None:
+        """Nothing at all arrived since `since` (checked after a barrier)."""
+        await self.expect_only(since)
 
     async def close(self) -> None:
         if not self._closed.done():

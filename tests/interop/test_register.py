@@ -44,9 +44,13 @@ def test_register_change_password_and_cancel(server):
         finally:
             await client.close()
 
-        with pytest.raises(LoginFailed):
+        # The old password no longer works: SASL <not-authorized/> (RFC 6120 §6.5.10),
+        # not some other failure (a dropped connection, a stream error) that would
+        # also raise LoginFailed.
+        with pytest.raises(LoginFailed) as old:
             async with connect(server, user, password=first):
                 pass
+        assert old.value.condition == "not-authorized", old.value
 
         async with connect(server, user, password=second, plugins=PLUGINS) as c:
             info = await c.plugin["xep_0077"].get_registration(timeout=STEP_TIMEOUT)

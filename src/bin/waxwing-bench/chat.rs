@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -35,8 +35,19 @@ pub enum Cmd {
 #[derive(Default)]
 pub struct Counters {
     pub sent: AtomicU64,
+    /// Distinct messages of this run delivered (each id counted once).
     pub delivered: AtomicU64,
+    /// Distinct messages of this run that came back as errors.
     pub bounced: AtomicU64,
+    /// A message id of this run seen again after its delivery or bounce.
+    pub duplicates: AtomicU64,
+    /// Chat messages of an earlier run (stragglers) or with an id never sent.
+    pub stale: AtomicU64,
+    /// Paced mode: messages written more than `LATE` after their due time.
+    pub late_sends: AtomicU64,
+    pub max_lateness_us: AtomicU64,
+    /// When the last distinct delivery arrived, µs after the plan's start.
+    pub last_delivery_us: AtomicU64,
     pub disconnected: AtomicU64,
     pub closed_clean: AtomicU64,
     /// Senders still writing in the current chat run.
@@ -45,18 +56,61 @@ pub struct Counters {
 
 impl Counters {
     pub fn reset_chat(&self) {
-        self.sent.store(0, Relaxed);
-        self.delivered.store(0, Relaxed);
-        self.bounced.store(0, Relaxed);
+        for c in [
+            &self.sent,
+            &self.delivered,
+            &self.bounced,
+            &self.duplicates,
+            &self.stale,
+            &self.late_sends,
+            &self.max_lateness_us,
+            &self.last_delivery_us,
+        ] {
+            c.store(0, Relaxed);
+        }
     }
 }
 
+/// A paced message written later than this after its due time counts as
+/// late: the sender fell behind its schedule.
+pub const LATE: Duration = Duration::from_millis(10);
+
 /// One direction of a pair (sender → receiver).
 pub struct Direction {
+    /// Messages of this direction delivered or bounced: each frees a slot of
+    /// the window (saturate mode).
     received: AtomicU64,
+    /// Messages written on this direction; ids at or above it were never sent.
+    sent: AtomicU64,
+    /// One bit per message id: delivered or bounced already. Only the
+    /// receiving task (deliveries) and the sending session's reader (bounces)
+    /// touch it, so the lock is not contended.
+    seen: Mutex<Vec<u64>>,
     /// Wakes the sender when its window opens (saturate mode).
     notify: Notify,
 }
+
+impl Direction {
+    /// Records that message `seq` arrived; false when it had already (a
+    /// duplicate) or was never sent.
+    fn first_arrival(&self, seq: u64) -> Option<bool> {
+        if seq >= self.sent.load(Acquire) {
+            return None;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if seen.len() <= word {
+            seen.resize(word + 1, 0);
+        }
+        let fresh = seen[word] & (1 << bit) == 0;
+        seen[word] |= 1 << bit;
+        Some(fresh)
+    }
+}
+
+/// Distinguishes the runs of one tool invocation, so a straggler of an
+/// earlier run is not counted as a delivery of this one.
+static RUN: AtomicU64 = AtomicU64::new(0);
 
 /// A session's part in the chat.
 pub struct Role {
@@ -72,6 +126,9 @@ pub struct ChatPlan {
     /// 0 = saturate.
     rate: u64,
     window: u64,
+    /// Stanzas per write (1 = what real clients do: a TLS record each).
+    per_write: u64,
+    run: u64,
     dirs: Vec<Direction>,
     roles: Vec<Option<Role>>,
     body: String,
@@ -79,12 +136,16 @@ pub struct ChatPlan {
 
 impl ChatPlan {
     /// Pairs up consecutive logged-in sessions whose accounts differ.
+    // One call site, each argument a command-line option: a struct for them
+    // would only rename the options.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         jids: &[Option<String>],
         accounts: usize,
         pairs: usize,
         rate: u64,
         window: u64,
+        per_write: u64,
         duration: Duration,
         body: usize,
     ) -> ChatPlan {
@@ -118,6 +179,8 @@ impl ChatPlan {
         let dirs = (0..2 * made)
             .map(|_| Direction {
                 received: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
+                seen: Mutex::new(Vec::new()),
                 notify: Notify::new(),
             })
             .collect();
@@ -128,6 +191,8 @@ impl ChatPlan {
             send_end: start + duration,
             rate,
             window: window.max(1),
+            per_write: per_write.max(1),
+            run: RUN.fetch_add(1, Relaxed),
             dirs,
             roles,
             body: "x".repeat(body),
@@ -136,6 +201,25 @@ impl ChatPlan {
 
     pub fn directions(&self) -> usize {
         self.dirs.len()
+    }
+
+    /// Messages the paced schedule has due before `send_end`.
+    pub fn scheduled(&self) -> u64 {
+        if self.rate == 0 {
+            return 0;
+        }
+        let secs = (self.send_end - self.start).as_secs_f64();
+        (0..self.dirs.len() as u64)
+            .map(|d| {
+                let first = d as f64 / self.rate as f64;
+                let step = self.dirs.len() as f64 / self.rate as f64;
+                if first >= secs {
+                    0
+                } else {
+                    ((secs - first) / step).ceil() as u64
+                }
+            })
+            .sum()
     }
 
     fn micros_since_start(&self, t: Instant) -> u64 {
@@ -156,6 +240,7 @@ struct Reader {
 struct ChatIn<'a> {
     plan: &'a ChatPlan,
     in_dir: usize,
+    out_dir: usize,
     counters: &'a Counters,
     hist: &'a LatencyHistogram,
 }
@@ -165,22 +250,36 @@ impl ChatIn<'_> {
         if el.name() != "message" {
             return;
         }
-        if el.attr("type") == Some("error") {
-            self.counters.bounced.fetch_add(1, Relaxed);
-            return;
-        }
-        let Some(ts) = el
-            .attr("id")
-            .and_then(|id| id.strip_prefix("wb"))
-            .and_then(|id| id.split('.').nth(1))
-            .and_then(|ts| ts.parse::<u64>().ok())
-        else {
+        let Some((run, seq, ts)) = el.attr("id").and_then(parse_id) else {
             return;
         };
-        let now = self.plan.micros_since_start(Instant::now());
-        self.hist.record(now.saturating_sub(ts));
-        self.counters.delivered.fetch_add(1, Relaxed);
-        let dir = &self.plan.dirs[self.in_dir];
+        if run != self.plan.run {
+            self.counters.stale.fetch_add(1, Relaxed);
+            return;
+        }
+        // A bounce comes back to the sender: it is about our outgoing direction.
+        let bounce = el.attr("type") == Some("error");
+        let dir = &self.plan.dirs[if bounce { self.out_dir } else { self.in_dir }];
+        match dir.first_arrival(seq) {
+            None => {
+                self.counters.stale.fetch_add(1, Relaxed);
+                return;
+            }
+            Some(false) => {
+                self.counters.duplicates.fetch_add(1, Relaxed);
+                return;
+            }
+            Some(true) => {}
+        }
+        if bounce {
+            self.counters.bounced.fetch_add(1, Relaxed);
+        } else {
+            let now = self.plan.micros_since_start(Instant::now());
+            self.hist.record(now.saturating_sub(ts));
+            self.counters.delivered.fetch_add(1, Relaxed);
+            self.counters.last_delivery_us.fetch_max(now, Relaxed);
+        }
+        // Delivered or bounced, the message no longer holds a slot of the window.
         dir.received.fetch_add(1, Release);
         if self.plan.rate == 0 {
             dir.notify.notify_one();
@@ -276,19 +375,36 @@ fn attr_escaped(s: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// `wb<run>.<seq>.<ts>`: the run, the message's number on its direction,
+/// and its timestamp (µs after the plan's start).
 fn push_message(buf: &mut Vec<u8>, plan: &ChatPlan, to: &str, seq: u64, ts: u64) {
     let _ = write!(
         buf,
-        "<message type='chat' to='{to}' id='wb{seq}.{ts}'><body>{}</body></message>",
-        plan.body
+        "<message type='chat' to='{to}' id='wb{}.{seq}.{ts}'><body>{}</body></message>",
+        plan.run, plan.body
     );
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = id.strip_prefix("wb")?.split('.');
+    let mut next = || parts.next()?.parse::<u64>().ok();
+    let ids = (next()?, next()?, next()?);
+    parts.next().is_none().then_some(ids)
+}
+
+/// Writes `buf` (whole stanzas); false when the stream is gone.
+async fn write_out(wr: &mut WriteHalf<Tls>, buf: &[u8]) -> bool {
+    wr.write_all(buf).await.is_ok() && wr.flush().await.is_ok()
 }
 
 /// Open-loop pacing: message k of direction d is due at start + (d + k·D)/rate,
 /// D the number of directions, whatever the replies do. Its timestamp is the
 /// due time, so a sender that falls behind does not hide the delay
-/// (no coordinated omission); late messages go out together in one write.
+/// (no coordinated omission); late messages are still written (up to
+/// `per_write` a write), and counted as late, so the report can say that the
+/// sender fell behind its schedule.
 async fn send_paced(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, counters: &Counters) {
+    let dir = &plan.dirs[role.out_dir];
     let ndirs = plan.dirs.len() as u64;
     let step_ns = ndirs as f64 * 1e9 / plan.rate as f64;
     let offset_ns = role.out_dir as f64 * 1e9 / plan.rate as f64;
@@ -304,11 +420,18 @@ async fn send_paced(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, count
         let now = Instant::now();
         buf.clear();
         let mut batch = 0;
-        loop {
+        while batch < plan.per_write {
             let d = due(k);
-            if d > now || d >= plan.send_end || buf.len() > 16 * 1024 {
+            if d > now || d >= plan.send_end {
                 break;
             }
+            let late = now.saturating_duration_since(d);
+            if late > LATE {
+                counters.late_sends.fetch_add(1, Relaxed);
+            }
+            counters
+                .max_lateness_us
+                .fetch_max(late.as_micros() as u64, Relaxed);
             push_message(
                 &mut buf,
                 plan,
@@ -319,7 +442,9 @@ async fn send_paced(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, count
             k += 1;
             batch += 1;
         }
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+        // Counted before the write: an answer may arrive before write_out returns.
+        dir.sent.fetch_add(batch, Release);
+        if !write_out(wr, &buf).await {
             return;
         }
         counters.sent.fetch_add(batch, Relaxed);
@@ -342,12 +467,13 @@ async fn send_window(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, coun
         if in_flight < plan.window {
             buf.clear();
             let ts = plan.micros_since_start(now);
-            let n = plan.window - in_flight;
+            let n = (plan.window - in_flight).min(plan.per_write);
             for _ in 0..n {
                 push_message(&mut buf, plan, &role.peer_jid, sent, ts);
                 sent += 1;
             }
-            if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            dir.sent.fetch_add(n, Release);
+            if !write_out(wr, &buf).await {
                 return;
             }
             counters.sent.fetch_add(n, Relaxed);
@@ -399,6 +525,7 @@ pub async fn session_loop(
                     let chat = ChatIn {
                         plan: &plan,
                         in_dir: role.in_dir,
+                        out_dir: role.out_dir,
                         counters: &counters,
                         hist: &hist,
                     };

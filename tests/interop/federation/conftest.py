@@ -54,6 +54,7 @@ from pathlib import Path
 import pytest
 
 from fed_dns import DnsServer
+from waxwing_bin import waxwing_bin
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -497,11 +498,6 @@ modules:
 # --- Waxwing -----------------------------------------------------------------------------
 
 
-def waxwing_bin() -> Path:
-    path = Path(os.environ.get("WAXWING_BIN", "target/debug/waxwing"))
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def waxwing_config(dir: Path, domain: str, ip: str, *, cert: Path, key: Path, ca: Path,
                    sasl_external: bool = True) -> str:
     hosts = "\n".join(f"{toml_str(d)} = {toml_str(f'{a}:{S2S_PORT}')}" for d, a in ALL_DOMAINS
@@ -578,15 +574,18 @@ class WaxwingPeer(Peer):
         self.bin = waxwing_bin()
         self.config_path = self.dir / "waxwing.toml"
         self.proc: subprocess.Popen | None = None
+        self.users_added = False
 
     def start(self) -> None:
         if not self.bin.exists():
             raise RuntimeError(f"{self.bin} does not exist: run `cargo build --bins` (or set WAXWING_BIN)")
         self.config_path.write_text(waxwing_config(self.dir, self.domain, self.host, cert=self.cert, key=self.key,
                                                    ca=self.fed.pki.ca, sasl_external=self.sasl_external))
-        for user, password in self.users.items():
-            run_checked([str(self.bin), "ctl", "--config", str(self.config_path), "user", "add",
-                         self.jid(user), password], cwd=self.dir)
+        if not self.users_added:
+            for user, password in self.users.items():
+                run_checked([str(self.bin), "ctl", "--config", str(self.config_path), "user", "add",
+                             self.jid(user), password], cwd=self.dir)
+            self.users_added = True
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(self.bin), "serve", "--config", str(self.config_path)], cwd=self.dir,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -630,6 +629,13 @@ class WaxwingPeer(Peer):
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def restart(self) -> int:
+        """Stops and starts again (same data): every s2s stream with it ends, so the next
+        ones are set up — and logged — anew. Returns the log offset after the start."""
+        self.stop()
+        self.start()
+        return self.log_size()
 
 
 # --- the federation: started lazily, one of each for the session --------------------------
@@ -755,6 +761,25 @@ def _waxwing(federation, request, name: str) -> WaxwingPeer:
 def waxwing_fed(federation, request):
     """Waxwing as waxwing.test (SASL EXTERNAL when certificates allow, dialback otherwise)."""
     return _waxwing(federation, request, "waxwing")
+
+
+class Fresh:
+    """A Waxwing restarted for this test, and where each log stood afterwards: what a
+    test looks for in a log after these offsets was caused by the test itself, not by
+    a stream an earlier test set up."""
+
+    def __init__(self, waxwing: WaxwingPeer, peers: list[Peer]):
+        self.offset = waxwing.restart()
+        self.offsets = {id(p): p.log_size() for p in peers}
+
+    def of(self, peer: Peer) -> int:
+        return self.offsets[id(peer)]
+
+
+@pytest.fixture
+def fresh(federation):
+    """fresh(waxwing, *peers): restarts `waxwing`, returns a Fresh with the log offsets."""
+    return lambda waxwing, *peers: Fresh(waxwing, list(peers))
 
 
 @pytest.fixture

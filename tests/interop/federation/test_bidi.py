@@ -22,8 +22,10 @@ from fed_helpers import exchange, login
 from interop_client import run
 
 
-def test_one_bidi_stream_carries_both_directions(waxwing_fed, untrusted_prosody):
+def test_one_bidi_stream_carries_both_directions(waxwing_fed, untrusted_prosody, fresh):
     wax, other = waxwing_fed.domain, untrusted_prosody.domain
+    # Restarted: the stream is this test's, and the logs are read from here on.
+    logs = fresh(waxwing_fed, untrusted_prosody)
 
     async def scenario():
         async with login(waxwing_fed, "bob") as w, login(untrusted_prosody, "bob") as u:
@@ -32,7 +34,7 @@ def test_one_bidi_stream_carries_both_directions(waxwing_fed, untrusted_prosody)
             await exchange(u, w)
 
     run(scenario())
-    events = waxwing_fed.auth_events()
+    events = waxwing_fed.auth_events(logs.offset)
     outgoing = [f for m, f in events if m == "s2s stream authenticated" and f.get("remote") == other]
     incoming = [f for m, f in events if m == "dialback result" and f.get("from") == other
                 and f.get("answer") == "valid"]
@@ -46,4 +48,4 @@ def test_one_bidi_stream_carries_both_directions(waxwing_fed, untrusted_prosody)
         # Waxwing opened the stream: Prosody must have agreed to bidi.
         assert outgoing and all(f.get("bidi") == "true" for f in outgoing), seen
     # Prosody's side agrees: it used one bidirectional stream.
-    untrusted_prosody.wait_log(0, "bidirectional stream")
+    untrusted_prosody.wait_log(logs.of(untrusted_prosody), "bidirectional stream")

@@ -28,24 +28,24 @@ from interop_client import run
 
 
 
-def peer_says_dialback(peer, wax: str) -> None:
-    """The peer's log shows both streams with `wax` authenticated by dialback (regexes over its whole log)."""
+def peer_says_dialback(peer, wax: str, offset: int) -> None:
+    """The peer's log after `offset` shows both streams with `wax` authenticated by dialback."""
     other = re.escape(peer.domain)
     w = re.escape(wax)
     if peer.kind == "ejabberd":
         # ejabberd_s2s_out/in:handle_auth_success/… name the mechanism
-        peer.wait_log_re(0, rf"Accepted outbound s2s dialback authentication {other} -> {w}\b")
-        peer.wait_log_re(0, rf"Accepted inbound s2s dialback authentication {w} -> {other}\b")
+        peer.wait_log_re(offset, rf"Accepted outbound s2s dialback authentication {other} -> {w}\b")
+        peer.wait_log_re(offset, rf"Accepted inbound s2s dialback authentication {w} -> {other}\b")
     elif peer.kind == "prosody":
         # Prosody's lines name the session (s2sout…/s2sin…), not always the domains: the session
         # that sent a dialback key (or asked wax about one) is the one that completed.
         sessions = re.findall(r"^\S+ \S+ \S+ (s2sout\w+)\s+debug\s+sent dialback key on outgoing s2s stream$",
-                              peer.log_text(0), re.M)
+                              peer.log_text(offset), re.M)
         assert sessions, f"prosody never sent a dialback key\n{peer.log_tail()}"
-        peer.wait_log_re(0, rf"^\S+ \S+ \S+ (?:{'|'.join(sessions)})\s+info\s+"
+        peer.wait_log_re(offset, rf"^\S+ \S+ \S+ (?:{'|'.join(sessions)})\s+info\s+"
                             rf"Outgoing s2s connection {other}->{w} complete$")
-        asked = peer.wait_log_re(0, rf"^\S+ \S+ \S+ (s2sin\w+)\s+debug\s+asking {w} if key \S+ belongs to them$")
-        peer.wait_log_re(0, rf"^\S+ \S+ \S+ {asked.group(1)}\s+info\s+Incoming s2s connection {w}->{other} complete$")
+        asked = peer.wait_log_re(offset, rf"^\S+ \S+ \S+ (s2sin\w+)\s+debug\s+asking {w} if key \S+ belongs to them$")
+        peer.wait_log_re(offset, rf"^\S+ \S+ \S+ {asked.group(1)}\s+info\s+Incoming s2s connection {w}->{other} complete$")
     else:
         raise AssertionError(peer.kind)
 
@@ -55,8 +55,10 @@ def peer(request):
     return request.getfixturevalue(request.param)
 
 
-def test_dialback_both_ways(waxwing_dialback, peer):
+def test_dialback_both_ways(waxwing_dialback, peer, fresh):
     wax, other = waxwing_dialback.domain, peer.domain
+    # Restarted: the streams are this test's, and the logs are read from here on.
+    logs = fresh(waxwing_dialback, peer)
 
     async def scenario():
         async with login(waxwing_dialback, "alice") as d, login(peer, "alice") as p:
@@ -67,17 +69,17 @@ def test_dialback_both_ways(waxwing_dialback, peer):
     try:
         run(scenario())
     except AssertionError as e:
-        lines = "\n".join(f"  {m} {f}" for m, f in waxwing_dialback.auth_events()) or "  (none)"
+        lines = "\n".join(f"  {m} {f}" for m, f in waxwing_dialback.auth_events(logs.offset)) or "  (none)"
         raise AssertionError(f"{e}\n{wax}'s s2s authentication lines so far:\n{lines}") from None
 
     # dialback.test → peer
-    out = waxwing_dialback.wait_auth_event("s2s stream authenticated", local=wax, remote=other)
+    out = waxwing_dialback.wait_auth_event("s2s stream authenticated", logs.offset, local=wax, remote=other)
     assert out["method"] == "dialback", f"dialback.test's stream to {other}: {out}"
     # peer → dialback.test
-    result = waxwing_dialback.wait_auth_event("dialback result", **{"from": other, "to": wax})
+    result = waxwing_dialback.wait_auth_event("dialback result", logs.offset, **{"from": other, "to": wax})
     assert result["answer"] == "valid", result
 
-    events = waxwing_dialback.auth_events()
+    events = waxwing_dialback.auth_events(logs.offset)
     outgoing = [f for m, f in events if m == "s2s stream authenticated" and f.get("remote") == other]
     assert all(f.get("method") == "dialback" for f in outgoing), f"dialback.test → {other}: {outgoing}"
     external = [f for m, f in events if m == "s2s peer authenticated with SASL EXTERNAL"]
@@ -86,4 +88,4 @@ def test_dialback_both_ways(waxwing_dialback, peer):
     assert not invalid, f"dialback answered invalid: {invalid}"
 
     # and the peer agrees, for both directions
-    peer_says_dialback(peer, wax)
+    peer_says_dialback(peer, wax, logs.of(peer))

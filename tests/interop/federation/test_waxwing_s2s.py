@@ -67,11 +67,12 @@ async def wait_status(me, other, show: str, status: str) -> None:
     assert res["show"] == show, res
 
 
-def test_untrusted_certificate_falls_back_to_dialback(waxwing_fed, untrusted_prosody):
+def test_untrusted_certificate_falls_back_to_dialback(waxwing_fed, untrusted_prosody, fresh):
     """untrusted.test's certificate comes from a CA Waxwing does not trust:
     its connection to Waxwing must be authenticated by dialback (XEP-0220),
-    and messages still flow both ways. The stream may have been opened by an
-    earlier test (test_bidi.py), so the whole session's log is searched."""
+    and messages still flow both ways. Waxwing is restarted first, so the
+    stream is this test's and Prosody's log is read from there on."""
+    logs = fresh(waxwing_fed, untrusted_prosody)
 
     async def scenario():
         async with login(waxwing_fed, "alice") as w, login(untrusted_prosody, "alice") as u:
@@ -79,7 +80,7 @@ def test_untrusted_certificate_falls_back_to_dialback(waxwing_fed, untrusted_pro
             await exchange(w, u)
 
     run(scenario())
-    untrusted_prosody.wait_log(0, "sent dialback key on outgoing s2s stream")
+    untrusted_prosody.wait_log(logs.of(untrusted_prosody), "sent dialback key on outgoing s2s stream")
 
 
 def test_unreachable_domain_bounces_and_session_survives(waxwing_fed):
