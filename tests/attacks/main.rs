@@ -21,8 +21,8 @@ pub fn rss_kib() -> u64 {
 }
 
 // One line per attack file (tests/attacks/<name>.rs):
-mod cross_host;
-mod xml;
-mod state;
-mod net;
 mod auth;
+mod cross_host;
+mod net;
+mod state;
+mod xml;

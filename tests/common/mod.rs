@@ -139,7 +139,18 @@ pub fn show(e: &Element) -> String {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        Self::over(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// Connects from a chosen local address (another loopback address
+    /// such as 127.0.0.2 looks like another remote host to the server).
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        Self::over(socket.connect(addr).await.unwrap())
+    }
+
+    fn over(tcp: TcpStream) -> Client {
         Client {
             pipe: Pipe::Plain(tcp),
             parser: StreamParser::new(ParserLimits::default()),
@@ -152,20 +163,6 @@ impl Client {
     }
 
     /// Connects with direct TLS (XEP-0368).
-    /// Connects from a chosen local address (another loopback address
-    /// such as 127.0.0.2 looks like another remote host to the server).
-    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Client {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(local, 0)).unwrap();
-        let tcp = socket.connect(addr).await.unwrap();
-        Client {
-            pipe: Pipe::Plain(tcp),
-            parser: StreamParser::new(ParserLimits::default()),
-            jid: None,
-            domain: DOMAIN.to_string(),
-        }
-    }
-
     pub async fn connect_tls(addr: SocketAddr) -> Client {
         Self::connect_tls_sni(addr, DOMAIN).await
     }
