@@ -66,10 +66,11 @@ ensure_postgres() {
         done
         pg_isready -q -h 127.0.0.1 -p 5432 || return 1
     fi
-    if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc \
-        "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
+    # A fresh database each run: migrations left by another checkout (a
+    # branch with a migration this one lacks, or an edited one) would make
+    # sqlx refuse to start, whatever this checkout's code does.
+    dropdb -h 127.0.0.1 -U postgres --if-exists --force "$PG_DB" &&
         createdb -h 127.0.0.1 -U postgres "$PG_DB"
-    fi
 }
 
 # Prosody and ejabberd (Debian packages) for tests/interop/federation. They run there as
