@@ -22,23 +22,6 @@ const NS_DIALBACK: &str = "jabber:server:dialback";
 /// child elements) stays small and the flooder's own stream never fills.
 const PAYLOAD: usize = 64 * 1024;
 
-async fn still_serves(ts: &TestServer) {
-    let started = Instant::now();
-    let mut c = Client::login(ts.plain_addr, "canary", "pw", None).await;
-    let p = c
-        .iq(
-            "<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
-            "alive",
-        )
-        .await;
-    assert_eq!(p.attr("type"), Some("result"));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-}
-
 async fn server_with(tweak: impl FnOnce(&mut waxwing::config::Config)) -> TestServer {
     let ts = TestServer::start_with(tweak).await;
     for u in ["canary", "victim", "flooder"] {

@@ -22,24 +22,6 @@ async fn server_with_canary() -> TestServer {
     server
 }
 
-/// Another user can still log in and is answered promptly.
-async fn still_serves(server: &TestServer) {
-    let started = Instant::now();
-    let mut c = Client::login(server.plain_addr, "canary", "pw", None).await;
-    let p = c
-        .iq(
-            "<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
-            "alive",
-        )
-        .await;
-    assert_eq!(p.attr("type"), Some("result"));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "login took {:?}",
-        started.elapsed()
-    );
-}
-
 /// The audit's input: a header binding `p:` to `urn:` + `uri_len` × 'x', then
 /// `<p:r>` with `children` `<p:a/>`.
 fn amplification(uri_len: usize, children: usize) -> Vec<u8> {

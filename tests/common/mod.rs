@@ -727,3 +727,27 @@ pub fn cert_dir(root: &tempfile::TempDir, domain: &str) -> std::path::PathBuf {
     waxwing::net::tls::ensure_dev_cert(&dir, &[domain.to_string()]).unwrap();
     dir
 }
+
+/// `user` (password "pw") logs in and gets a ping answered within 3 s:
+/// whatever a test just did to the server, it still serves everyone else.
+pub async fn still_serves_user(server: &TestServer, user: &str) {
+    let started = std::time::Instant::now();
+    let mut c = Client::login(server.plain_addr, user, "pw", None).await;
+    let p = c
+        .iq(
+            "<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "alive",
+        )
+        .await;
+    assert_eq!(p.attr("type"), Some("result"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "login took {:?}",
+        started.elapsed()
+    );
+}
+
+/// [`still_serves_user`] as the test servers' usual "canary".
+pub async fn still_serves(server: &TestServer) {
+    still_serves_user(server, "canary").await
+}
