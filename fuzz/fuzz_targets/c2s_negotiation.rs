@@ -31,8 +31,8 @@ use waxwing::sasl::{
 };
 use waxwing::stanza::{error_reply, iq_result, StanzaErrorCondition};
 use waxwing::stream::c2s::{
-    check_header, classify, features_authenticated, features_unauthenticated,
-    offered_mechanisms, Mechanism, Negotiation, Phase, NS_BIND, NS_SASL,
+    check_header, classify, features_authenticated, features_unauthenticated, offered_mechanisms,
+    Mechanism, Negotiation, Phase, NS_BIND, NS_SASL,
 };
 use waxwing::xml::{Element, ParserLimits, StreamEvent, StreamParser, NS_CLIENT};
 use waxwing_fuzz::{assert_roundtrip, writes};
@@ -226,7 +226,11 @@ impl Conn {
             Err(cond) => error_reply(&iq, cond, None),
         };
         if let Some(r) = reply {
-            assert_eq!(r.attr("to"), None, "reply to an unauthenticated client has an address");
+            assert_eq!(
+                r.attr("to"),
+                None,
+                "reply to an unauthenticated client has an address"
+            );
             assert_roundtrip(&r, NS_CLIENT, 64);
         }
     }
@@ -237,7 +241,10 @@ impl Conn {
             return self.sasl_result(Err(SaslError::EncryptionRequired));
         }
         let offered = self.offered();
-        let Some(mech) = auth.attr("mechanism").and_then(|m| Mechanism::find(&offered, m)) else {
+        let Some(mech) = auth
+            .attr("mechanism")
+            .and_then(|m| Mechanism::find(&offered, m))
+        else {
             return self.sasl_result(Err(SaslError::InvalidMechanism));
         };
         if matches!(mech, Mechanism::Plain) {
@@ -332,8 +339,8 @@ impl Conn {
                 Ok(())
             }
             Err(e) => {
-                let failure =
-                    Element::new("failure", NS_SASL).with_child(Element::new(e.condition(), NS_SASL));
+                let failure = Element::new("failure", NS_SASL)
+                    .with_child(Element::new(e.condition(), NS_SASL));
                 assert_roundtrip(&failure, NS_CLIENT, 8);
                 if matches!(e, SaslError::NotAuthorized) {
                     self.failures += 1;
@@ -371,9 +378,11 @@ impl Conn {
             Some(r) => match ResourcePart::new(&r) {
                 Ok(r) => r.to_string(),
                 Err(_) => {
-                    if let Some(reply) =
-                        error_reply(iq, StanzaErrorCondition::BadRequest, Some("invalid resource"))
-                    {
+                    if let Some(reply) = error_reply(
+                        iq,
+                        StanzaErrorCondition::BadRequest,
+                        Some("invalid resource"),
+                    ) {
                         assert_roundtrip(&reply, NS_CLIENT, 64);
                     }
                     return Ok(());

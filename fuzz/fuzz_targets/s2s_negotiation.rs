@@ -30,8 +30,12 @@ use waxwing::stream::s2s::{
     external_identity, features, into_client, key_matches, to_server_bytes, Offer, NS_BIDI,
     NS_DIALBACK, NS_SASL, NS_TLS,
 };
-use waxwing::xml::{Element, ParserLimits, StreamEvent, StreamParser, NS_CLIENT, NS_SERVER, NS_STREAMS};
-use waxwing_fuzz::{assert_prefixed_roundtrip, assert_roundtrip, contains_ns, parse_written, writes};
+use waxwing::xml::{
+    Element, ParserLimits, StreamEvent, StreamParser, NS_CLIENT, NS_SERVER, NS_STREAMS,
+};
+use waxwing_fuzz::{
+    assert_prefixed_roundtrip, assert_roundtrip, contains_ns, parse_written, writes,
+};
 
 const SECRET: &str = "s3cret";
 const REMOTE_SECRET: &str = "remote";
@@ -196,8 +200,15 @@ impl Peer {
         let key = el.text().trim().to_string();
         // The simulated authoritative server for `from` checks the key it
         // would have generated; our own domains are never vouched for.
-        let valid = !is_local(&from) && key_matches(&key, &dialback_key(REMOTE_SECRET, &to, &from, STREAM_ID));
-        let answer = dialback("result", &to, &from, None, Err(if valid { "valid" } else { "invalid" }));
+        let valid = !is_local(&from)
+            && key_matches(&key, &dialback_key(REMOTE_SECRET, &to, &from, STREAM_ID));
+        let answer = dialback(
+            "result",
+            &to,
+            &from,
+            None,
+            Err(if valid { "valid" } else { "invalid" }),
+        );
         assert_prefixed_roundtrip(&answer, NS_SERVER, "db");
         if valid {
             self.authenticated.insert(from);
@@ -210,16 +221,27 @@ impl Peer {
         let to = el.attr("to").and_then(domain_of).unwrap_or_default();
         let id = el.attr("id").unwrap_or_default();
         if !is_local(&to) {
-            let e = dialback_error("verify", &to, &from, Some(id), StanzaErrorCondition::ItemNotFound);
+            let e = dialback_error(
+                "verify",
+                &to,
+                &from,
+                Some(id),
+                StanzaErrorCondition::ItemNotFound,
+            );
             assert_prefixed_roundtrip(&e, NS_SERVER, "db");
             return;
         }
         let expected = dialback_key(SECRET, &from, &to, id);
         // Lowercase hex of HMAC-SHA256.
         assert_eq!(expected.len(), 64);
-        assert!(expected.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(expected
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         assert!(key_matches(&expected, &expected));
-        assert!(key_matches(&format!(" {} ", expected.to_ascii_uppercase()), &expected));
+        assert!(key_matches(
+            &format!(" {} ", expected.to_ascii_uppercase()),
+            &expected
+        ));
         let given = el.text();
         let valid = key_matches(&given, &expected);
         assert_eq!(
@@ -227,7 +249,13 @@ impl Peer {
             given.trim().eq_ignore_ascii_case(&expected),
             "key_matches disagrees with a plain comparison"
         );
-        let answer = dialback("verify", &to, &from, Some(id), Err(if valid { "valid" } else { "invalid" }));
+        let answer = dialback(
+            "verify",
+            &to,
+            &from,
+            Some(id),
+            Err(if valid { "valid" } else { "invalid" }),
+        );
         assert_prefixed_roundtrip(&answer, NS_SERVER, "db");
     }
 }

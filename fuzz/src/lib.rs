@@ -54,7 +54,11 @@ pub fn chunked<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
     let mut rest = data;
     let mut i = 0;
     while !rest.is_empty() {
-        let n = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1).max(1);
+        let n = sizes
+            .get(i % sizes.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .max(1);
         let (head, tail) = rest.split_at(n.min(rest.len()));
         out.push(head);
         rest = tail;
@@ -106,7 +110,8 @@ pub fn parse_written(
     write_stream_header(&mut input, default_ns, prefixes, &[]);
     input.extend_from_slice(bytes);
     let limits = ParserLimits {
-        max_stanza_bytes: bytes.len() + 1024,
+        // The header counts against this limit too, and may be long.
+        max_stanza_bytes: input.len() + 1024,
         max_depth,
         ..ParserLimits::default()
     };
