@@ -94,7 +94,7 @@ for t in "${TARGETS[@]}"; do
     if cargo fuzz run -O -a "$t" "corpus-run/$t" "corpus/$t" -- "${common[@]}" \
         -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 \
         </dev/null >"$log" 2>&1; then
-        grep -E '^#[0-9]+ *DONE|^stat::number_of_executed_units|^stat::average_exec_per_sec|^stat::peak_rss_mb' "$log" |
+        grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units|^stat::average_exec_per_sec|^stat::peak_rss_mb' "$log" |
             tr '\n' ' ' | sed "s/^/fuzz: $t: /"
         echo
     else
