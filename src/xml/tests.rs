@@ -1061,3 +1061,33 @@ fn the_servers_default_limits_are_the_parsers() {
         ParserLimits::default()
     );
 }
+
+/// Found by fuzzing (fuzz/regressions/xml_stream/writer-amplification): the
+/// URI of a namespace declared once on the header is shared in memory, but
+/// written out again on every element in it whose parent is in another, so
+/// siblings in a long namespace cost little to parse and a lot to write.
+/// Their written declarations count against the stanza's budget.
+#[test]
+fn written_namespace_declarations_count_against_the_budget() {
+    let uri = format!("urn:{}", "x".repeat(500));
+    let header = format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' xmlns:p='{uri}'>"
+    );
+    let body = format!("<message>{}</message>", "<p:a/>".repeat(2000));
+    let input = format!("{header}{body}").into_bytes();
+    assert!(input.len() < 20_000);
+    let (_, err) = whole(&input);
+    assert!(
+        matches!(err, Some(ParseError::PolicyViolation(_))),
+        "{err:?}"
+    );
+    // Nested in one another, the same elements declare the namespace once.
+    let nested = format!(
+        "{header}<message><p:a>{}</p:a></message>",
+        "<p:b/>".repeat(2000)
+    );
+    let (events, err) = whole(nested.as_bytes());
+    assert_eq!(err, None);
+    let written = stanzas(&events)[0].to_bytes(super::NS_CLIENT);
+    assert!(written.len() < 4 * nested.len(), "{}", written.len());
+}
