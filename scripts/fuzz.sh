@@ -13,6 +13,15 @@
 #   FUZZ_MALLOC_MB libFuzzer -malloc_limit_mb: most one input may allocate
 #                  at once (default 512)
 #   FUZZ_TIMEOUT   seconds one input may take (default 10)
+#   FUZZ_SANITIZER address (default) or none (default under CI=true: building
+#                  every dependency with AddressSanitizer took most of an
+#                  hour on this 2-core machine under load; the targets are
+#                  safe Rust, so CI keeps the panics, overflow checks,
+#                  timeouts and the RSS limit, and a longer ASan run is in
+#                  FUZZING.md)
+#   FUZZ_TARGET_DIR where the instrumented build goes (default fuzz/target;
+#                  under CI=true /var/cache/waxwing/fuzz-target, kept between
+#                  runs on one machine so only the first build is cold)
 #
 # Exits non-zero on any crash, failed assertion, leak, out-of-memory or
 # slow input, after printing the artifact that reproduces it. Needs only
@@ -26,6 +35,16 @@ SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 RSS_MB=${FUZZ_RSS_MB:-1024}
 MALLOC_MB=${FUZZ_MALLOC_MB:-512}
 TIMEOUT=${FUZZ_TIMEOUT:-10}
+if [ "${CI:-}" = true ]; then
+    SANITIZER=${FUZZ_SANITIZER:-none}
+    TARGET_DIR=${FUZZ_TARGET_DIR:-/var/cache/waxwing/fuzz-target}
+else
+    SANITIZER=${FUZZ_SANITIZER:-address}
+    TARGET_DIR=${FUZZ_TARGET_DIR:-$ROOT/fuzz/target}
+fi
+mkdir -p "$TARGET_DIR"
+# What every cargo-fuzz build and run of this script passes.
+FUZZ_FLAGS=(-O -a -s "$SANITIZER" --target-dir "$TARGET_DIR")
 export RUSTC_BOOTSTRAP=1
 # A smaller ASan quarantine keeps the RSS limit about the input, not ASan.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-quarantine_size_mb=64:malloc_context_size=20}
@@ -62,7 +81,7 @@ echo "fuzz: building ${TARGETS[*]}"
 build_log="$FUZZ/artifacts/build.log"
 mkdir -p "$FUZZ/artifacts"
 for t in "${TARGETS[@]}"; do
-    if ! cargo fuzz build -O -a "$t" </dev/null >"$build_log" 2>&1; then
+    if ! cargo fuzz build "${FUZZ_FLAGS[@]}" "$t" </dev/null >"$build_log" 2>&1; then
         tail -n 40 "$build_log" >&2
         echo "fuzz: cannot build target $t; log: fuzz/artifacts/build.log" >&2
         exit 1
@@ -79,7 +98,7 @@ for t in "${TARGETS[@]}"; do
     # Inputs that once failed must keep passing.
     if [ -d "regressions/$t" ] && [ -n "$(ls -A "regressions/$t")" ]; then
         echo "fuzz: $t: replaying regressions/$t"
-        if ! cargo fuzz run -O -a "$t" "regressions/$t" -- "${common[@]}" -runs=0 \
+        if ! cargo fuzz run "${FUZZ_FLAGS[@]}" "$t" "regressions/$t" -- "${common[@]}" -runs=0 \
             </dev/null >"$log" 2>&1; then
             echo "fuzz: $t: a regression input fails again; log: fuzz/$log" >&2
             tail -n 30 "$log" >&2
@@ -91,7 +110,7 @@ for t in "${TARGETS[@]}"; do
     echo "fuzz: $t: ${SECONDS_PER_TARGET}s"
     # New inputs go to corpus-run/ (first directory); the committed seeds
     # in corpus/ are only read.
-    if cargo fuzz run -O -a "$t" "corpus-run/$t" "corpus/$t" -- "${common[@]}" \
+    if cargo fuzz run "${FUZZ_FLAGS[@]}" "$t" "corpus-run/$t" "corpus/$t" -- "${common[@]}" \
         -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 \
         </dev/null >"$log" 2>&1; then
         grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units|^stat::average_exec_per_sec|^stat::peak_rss_mb' "$log" |
@@ -103,7 +122,7 @@ for t in "${TARGETS[@]}"; do
         grep -E 'ERROR: libFuzzer|panicked at|Test unit written to|SUMMARY' "$log" >&2 || tail -n 40 "$log" >&2
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
         if [ -n "$artifact" ]; then
-            echo "fuzz: $t: reproduce with: (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O -a $t $artifact)" >&2
+            echo "fuzz: $t: reproduce with: (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ${FUZZ_FLAGS[*]} $t $artifact)" >&2
         fi
     fi
 done

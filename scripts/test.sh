@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: lint, build, Rust tests (unit,
 # transcript, integration; SQLite and PostgreSQL), then real-client interop
-# tests (tests/interop, slixmpp) against the built binary.
+# tests (tests/interop, slixmpp) against the built binary, then a bounded
+# fuzzing run of every cargo-fuzz target (scripts/fuzz.sh).
 #
 # Installs what it needs and skips what is already there, so it is quick to
 # run again. Every step runs even when an earlier one failed (except tests that
@@ -152,6 +153,14 @@ elif [ "$built" = 1 ]; then
         python3 -m pytest -q -rs tests/interop || fail "interop tests"
 else
     fail "interop tests (not run: no binary)"
+fi
+
+step "fuzzing (scripts/fuzz.sh: regressions replayed, then ${FUZZ_SECONDS:-60} s per target)"
+# Skipped only on request (a quick local run); CI always fuzzes.
+if [ "${WAXWING_SKIP_FUZZ:-}" = 1 ] && [ "${CI:-}" != true ]; then
+    echo "!!! fuzzing SKIPPED (WAXWING_SKIP_FUZZ=1)" >&2
+else
+    bash ./scripts/fuzz.sh </dev/null || fail "fuzzing"
 fi
 
 echo
