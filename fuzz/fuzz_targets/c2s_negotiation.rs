@@ -69,6 +69,8 @@ struct Conn {
     parser: StreamParser,
     phase: Phase,
     domain: String,
+    /// Stream headers read so far: the first fixes the domain.
+    headers_seen: u32,
     failures: u32,
     /// A SCRAM exchange waiting for the client's next message.
     pending: Option<Pending>,
@@ -98,6 +100,7 @@ fuzz_target!(|data: &[u8]| {
             tls: flags & 1 != 0,
         },
         domain: "a.test".to_string(),
+        headers_seen: 0,
         failures: 0,
         pending: None,
     };
@@ -159,6 +162,13 @@ impl Conn {
             StreamEvent::Header(h) => {
                 let domain = check_header(&h, domains(), "a.test").map_err(|_| Closed::Stream)?;
                 assert!(domains().contains(&domain), "accepted {domain}");
+                // A restart keeps the first header's domain (the audit's
+                // cross-host takeover), as the driver checks.
+                if self.headers_seen > 0 {
+                    waxwing::stream::check_restart_domain(&self.domain, &domain)
+                        .map_err(|_| Closed::Stream)?;
+                }
+                self.headers_seen += 1;
                 self.domain = domain;
                 let features = match &self.phase {
                     Phase::Unauthenticated { tls } => {
@@ -205,9 +215,15 @@ impl Conn {
             }
             Negotiation::Auth => self.auth(el),
             Negotiation::Bind => {
-                let Phase::Authenticated { username, .. } = &self.phase else {
+                let Phase::Authenticated {
+                    username, domain, ..
+                } = &self.phase
+                else {
                     panic!("classify yielded Bind before authentication");
                 };
+                // The account binds on the domain it authenticated on,
+                // whatever headers came after.
+                assert_eq!(*domain, self.domain, "bind on another domain than SASL's");
                 self.bind(el, &username.clone())
             }
         }
@@ -294,7 +310,8 @@ impl Conn {
                     }
                 }
                 let creds = (username.as_deref() == Some("alice")).then(|| credentials(hash));
-                let server_first = scram.server_first(creds.as_ref());
+                let lookup_name = username.as_deref().unwrap_or(&first.username);
+                let server_first = scram.server_first(lookup_name, creds.as_ref());
                 assert!(!server_first.is_empty());
                 self.pending = Some(Pending::ScramFinal(Box::new(scram), username));
                 Ok(())
@@ -334,6 +351,7 @@ impl Conn {
                 self.phase = Phase::Authenticated {
                     tls: self.tls(),
                     username,
+                    domain: self.domain.clone(),
                 };
                 self.restart();
                 Ok(())

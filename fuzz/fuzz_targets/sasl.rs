@@ -100,13 +100,13 @@ fn hostile_client(mut server: ScramServer, hash: ScramHash, rest: &[u8]) {
     let last = fields.next().unwrap_or_default();
     let Ok(client_first) = server.handle_client_first(first) else {
         // A failed step ends the exchange: nothing later may succeed.
-        assert!(server.server_first(None).is_empty());
+        assert!(server.server_first("", None).is_empty());
         assert!(server.handle_client_final(last).is_err());
         return;
     };
     // As the c2s driver does: credentials only for a known username.
     let creds = (client_first.username == USER).then(|| credentials(hash));
-    let server_first = server.server_first(creds);
+    let server_first = server.server_first(&client_first.username, creds);
     assert!(!server_first.is_empty());
     assert!(
         server.handle_client_final(last).is_err(),
@@ -176,7 +176,7 @@ fn real_client(
         "authzid escaping"
     );
     let creds = ScramCredentials::derive(hash, &password, b"salt", ITERATIONS);
-    let server_first = server.server_first(Some(&creds));
+    let server_first = server.server_first(&first.username, Some(&creds));
     let mut client_final = match client.handle_server_first(&server_first) {
         Ok(f) => f,
         Err(e) => panic!("client refused our server-first: {e:?}"),
