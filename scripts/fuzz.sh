@@ -19,6 +19,9 @@
 #                  safe Rust, so CI keeps the panics, overflow checks,
 #                  timeouts and the RSS limit, and a longer ASan run is in
 #                  FUZZING.md)
+#   FUZZ_SEED      libFuzzer -seed (default under CI=true: 1, so a CI run
+#                  explores the same inputs as the same run here; random
+#                  otherwise)
 #   FUZZ_TARGET_DIR where the instrumented build goes (default fuzz/target;
 #                  under CI=true /var/cache/waxwing/fuzz-target, kept between
 #                  runs on one machine so only the first build is cold)
@@ -35,10 +38,13 @@ SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 RSS_MB=${FUZZ_RSS_MB:-1024}
 MALLOC_MB=${FUZZ_MALLOC_MB:-512}
 TIMEOUT=${FUZZ_TIMEOUT:-10}
+SEED_FLAG=()
 if [ "${CI:-}" = true ]; then
+    SEED_FLAG=(-seed="${FUZZ_SEED:-1}")
     SANITIZER=${FUZZ_SANITIZER:-none}
     TARGET_DIR=${FUZZ_TARGET_DIR:-/var/cache/waxwing/fuzz-target}
 else
+    if [ -n "${FUZZ_SEED:-}" ]; then SEED_FLAG=(-seed="$FUZZ_SEED"); fi
     SANITIZER=${FUZZ_SANITIZER:-address}
     TARGET_DIR=${FUZZ_TARGET_DIR:-$ROOT/fuzz/target}
 fi
@@ -93,7 +99,8 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "corpus-run/$t" "artifacts/$t" "corpus/$t"
     log="artifacts/$t/fuzz.log"
     common=(-rss_limit_mb="$RSS_MB" -malloc_limit_mb="$MALLOC_MB" -timeout="$TIMEOUT"
-        -max_len="$(max_len "$t")" -dict="$(dict "$t")" -artifact_prefix="artifacts/$t/")
+        -max_len="$(max_len "$t")" -dict="$(dict "$t")" -artifact_prefix="artifacts/$t/"
+        ${SEED_FLAG[@]+"${SEED_FLAG[@]}"})
 
     # Inputs that once failed must keep passing.
     if [ -d "regressions/$t" ] && [ -n "$(ls -A "regressions/$t")" ]; then

@@ -432,6 +432,10 @@ async fn roster_and_offline_work_on_postgres() {
         "<message to='{b}@localhost' type='chat' id='pg'><body>later</body></message>"
     ))
     .await;
+    // Stored before b comes online: otherwise it may arrive live, ahead of
+    // the stored subscription request that `next_presence_of` waits for
+    // (and skips everything else until).
+    ca.barrier().await;
     let mut cb = online(&server, &b, "r").await;
     next_presence_of(&mut cb, Some("subscribe"), &format!("{a}@localhost")).await;
     let m = cb.next_named("message").await;

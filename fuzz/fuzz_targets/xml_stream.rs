@@ -120,10 +120,16 @@ fn check_header_roundtrip(h: &StreamHeader, limits: ParserLimits) {
         ..limits
     };
     let parsed = parse_chunks(limits, [bytes.as_slice()], false);
+    // `xmlns=''` (no default namespace) is what writing no declaration
+    // means too: the writer leaves it out, so both read as "none".
+    let mut expected = h.clone();
+    if expected.default_ns.as_deref() == Some("") {
+        expected.default_ns = None;
+    }
     match parsed.events.first() {
         Some(StreamEvent::Header(back)) => assert_eq!(
             back,
-            h,
+            &expected,
             "header round trip; written as {:?}",
             String::from_utf8_lossy(&bytes)
         ),
