@@ -874,17 +874,23 @@ fn split_qname(qname: &str) -> (&str, &str) {
 /// A loose XML `QName` check: enough to refuse garbage and misplaced punctuation, while
 /// accepting any non-ASCII letters without carrying the full Unicode tables.
 fn check_name(name: &str) -> Result<(), ParseError> {
-    let b = name.as_bytes();
-    let valid = match (b.first(), b.last()) {
-        (Some(&first), Some(&last)) => {
-            !(first.is_ascii_digit() || matches!(first, b'-' | b'.' | b':'))
-                && last != b':'
-                && b.iter().filter(|&&c| c == b':').count() <= 1
-                && b.iter().all(|&c| {
-                    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':') || c >= 0x80
+    // Each part of a QName (prefix and local name) is an NCName: it may not
+    // start with a digit, `-` or `.` (`p:3x` is no name; fuzzing found the
+    // parser taking it and the writer producing `<3x …/>`, which no parser
+    // reads back).
+    let ncname = |part: &[u8]| match part.first() {
+        Some(&first) => {
+            !(first.is_ascii_digit() || matches!(first, b'-' | b'.'))
+                && part.iter().all(|&c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.') || c >= 0x80
                 })
         }
-        _ => false,
+        None => false,
+    };
+    let b = name.as_bytes();
+    let valid = match b.iter().position(|&c| c == b':') {
+        None => ncname(b),
+        Some(i) => ncname(&b[..i]) && ncname(&b[i + 1..]),
     };
     if valid {
         Ok(())

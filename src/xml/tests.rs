@@ -1091,3 +1091,23 @@ fn written_namespace_declarations_count_against_the_budget() {
     let written = stanzas(&events)[0].to_bytes(super::NS_CLIENT);
     assert!(written.len() < 4 * nested.len(), "{}", written.len());
 }
+
+/// Found by fuzzing in CI (fuzz/regressions/xml_stream/prefixed-name-starting-with-digit):
+/// a prefixed name whose local part is no NCName was taken, and its written
+/// form could not be read back.
+#[test]
+fn each_part_of_a_prefixed_name_must_be_a_name() {
+    for bad in [
+        "<p:3x xmlns:p='urn:p'/>",
+        "<p:-x xmlns:p='urn:p'/>",
+        "<p:.x xmlns:p='urn:p'/>",
+        "<p:a:b xmlns:p='urn:p'/>",
+    ] {
+        let err = error_of(&in_stream(bad));
+        assert!(
+            matches!(err, Some(ParseError::NotWellFormed(_))),
+            "{bad}: {err:?}"
+        );
+    }
+    assert_eq!(error_of(&in_stream("<p:x3.-_ xmlns:p='urn:p'/>")), None);
+}
