@@ -21,16 +21,6 @@ if [ ! -x "$BIN" ] || [ -n "$(find "$ROOT/src/bin/waxwing-bench" -newer "$BIN" -
   (cd "$ROOT" && cargo build --release --bin waxwing-bench)
 fi
 
-# Busy share of the machine (in cores) over one second, from /proc/stat.
-busy_cores() {
-  local a b
-  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
-  local ta=0 tb=0 i
-  for i in 1 2 3 4 5 6 7 8; do ta=$((ta + a[i])); tb=$((tb + b[i])); done
-  local busy=$(( (tb - ta) - (b[4] - a[4]) - (b[5] - a[5]) ))
-  awk -v b="$busy" -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", b / t }'
-}
-
 wait_quiet() { # until other load < 0.15 core for 3 s running, at most QUIET_WAIT s
   local ok=0 t0=$SECONDS c
   while [ $((SECONDS - t0)) -lt "$QUIET_WAIT" ]; do

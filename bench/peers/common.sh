@@ -37,3 +37,14 @@ wait_port() {
 # The fd limit to give servers and the bench tool: 65536, or the hard limit if that is lower
 # (this sandbox's hard limit is 20000 and root cannot raise it: no CAP_SYS_RESOURCE).
 fd_limit() { local h; h=$(ulimit -Hn); if [ "$h" = unlimited ] || [ "$h" -gt 65536 ]; then echo 65536; else echo "$h"; fi; }
+
+# Busy share of the machine (in cores) over one second, from /proc/stat;
+# the side-by-side scripts wait for it to drop before each run.
+busy_cores() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+  local ta=0 tb=0 i
+  for i in 1 2 3 4 5 6 7 8; do ta=$((ta + a[i])); tb=$((tb + b[i])); done
+  local busy=$(( (tb - ta) - (b[4] - a[4]) - (b[5] - a[5]) ))
+  awk -v b="$busy" -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", b / t }'
+}

@@ -10,7 +10,7 @@ use crate::common::*;
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use waxwing::config::ComponentConfig;
 use waxwing::sasl::build_plain;
-use waxwing::stream::component::{handshake_digest, NS_COMPONENT};
+use waxwing::stream::component::NS_COMPONENT;
 use waxwing::xml::{Element, StreamEvent};
 
 const OTHER_HOST: &str = "127.0.0.2";
@@ -444,20 +444,7 @@ const SECRET: &str = "s3cret";
 /// One component handshake from 127.0.0.1: Ok on `<handshake/>`, else the
 /// stream error condition.
 async fn component_handshake(addr: SocketAddr, secret: &str) -> Result<(), String> {
-    let mut c = Client::connect(addr).await;
-    c.send_str(&format!(
-        "<stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='http://etherx.jabber.org/streams' to='{BOT}'>"
-    ))
-    .await;
-    let id = match c.next_event().await {
-        Some(StreamEvent::Header(h)) => h.id.expect("stream id"),
-        other => panic!("expected a header, got {other:?}"),
-    };
-    c.send_str(&format!(
-        "<handshake>{}</handshake>",
-        handshake_digest(&id, secret)
-    ))
-    .await;
+    let mut c = Client::component_handshake_sent(addr, BOT, secret).await;
     match c.next_event().await {
         Some(StreamEvent::Stanza(e)) if e.is("handshake", NS_COMPONENT) => Ok(()),
         Some(StreamEvent::Stanza(e)) if e.is("error", waxwing::xml::NS_STREAMS) => Err(e

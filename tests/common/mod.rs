@@ -498,6 +498,16 @@ impl Client {
     /// An external component (XEP-0114) connected as `domain` with
     /// `secret`, its handshake done.
     pub async fn component(addr: SocketAddr, domain: &str, secret: &str) -> Client {
+        let mut c = Self::component_handshake_sent(addr, domain, secret).await;
+        let ok = c.next_element().await;
+        let ns = waxwing::stream::component::NS_COMPONENT;
+        assert!(ok.is("handshake", ns), "{ok:?}");
+        c
+    }
+
+    /// A component stream to `domain` with its `<handshake/>` for
+    /// `secret` sent, the server's answer not yet read.
+    pub async fn component_handshake_sent(addr: SocketAddr, domain: &str, secret: &str) -> Client {
         use waxwing::stream::component::{handshake_digest, NS_COMPONENT};
         let mut c = Client::connect(addr).await;
         c.send_str(&format!(
@@ -513,8 +523,6 @@ impl Client {
             handshake_digest(&id, secret)
         ))
         .await;
-        let ok = c.next_element().await;
-        assert!(ok.is("handshake", NS_COMPONENT), "{ok:?}");
         c
     }
 
