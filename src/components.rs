@@ -133,7 +133,10 @@ impl ComponentRegistry {
     pub fn send(&self, domain: &str, data: Bytes) -> Result<(), DeliveryError> {
         let map = self.read();
         let c = map.get(domain).ok_or(DeliveryError::Offline)?;
-        c.tx.try_send(Outbound::Stanza(data)).map_err(|e| match e {
+        c.tx.try_send(Outbound::Stanza(crate::sessions::OutStanza::serialized(
+            data,
+        )))
+        .map_err(|e| match e {
             QueueError::Full => DeliveryError::QueueFull,
             QueueError::Closed => DeliveryError::Offline,
         })

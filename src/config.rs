@@ -31,6 +31,39 @@ pub struct Config {
     pub s2s: S2sConfig,
     /// The local administration channel of `waxwing ctl`.
     pub admin: AdminConfig,
+    /// Stream management (XEP-0198) on client streams.
+    pub stream_management: StreamManagementConfig,
+}
+
+/// Stream management (XEP-0198): acknowledgements, and sessions that
+/// outlive their connection until the client resumes them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementConfig {
+    /// Offer stream management to clients.
+    pub enabled: bool,
+    /// Longest a session whose connection dropped waits for its client to
+    /// resume, in seconds (a client may ask for less). Default 600; mobile
+    /// clients (Monal) do best with an hour or more; at most a day.
+    pub max_resume: u64,
+    /// `host:port` clients should resume at, when it differs from where
+    /// they connected (several nodes behind one name); empty: none given.
+    pub location: String,
+    /// Most stanzas written to a client and not acknowledged; a client
+    /// that lets more pile up has its stream closed (its session waits
+    /// for resumption as after a drop). Default 1,000.
+    pub max_unacked: usize,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        StreamManagementConfig {
+            enabled: true,
+            max_resume: 600,
+            location: String::new(),
+            max_unacked: 1000,
+        }
+    }
 }
 
 /// The Unix socket `waxwing ctl` asks a running server through (listing
@@ -362,6 +395,7 @@ impl Default for Config {
             component_listener: ComponentListener::default(),
             s2s: S2sConfig::default(),
             admin: AdminConfig::default(),
+            stream_management: StreamManagementConfig::default(),
         }
     }
 }
@@ -1196,6 +1230,18 @@ const S2S: &[Field] = &[
     ),
 ];
 const ADMIN: &[Field] = &[f("socket", Kind::Str(socket_path))];
+const STREAM_MANAGEMENT: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("max_resume", Kind::Int { min: 1, max: 86_400 }),
+    f("location", Kind::Str(empty_or_host_port)),
+    f(
+        "max_unacked",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1208,7 +1254,17 @@ const SCHEMA: &[Field] = &[
     f("component_listener", Kind::Table(COMPONENT_LISTENER)),
     f("s2s", Kind::Table(S2S)),
     f("admin", Kind::Table(ADMIN)),
+    f("stream_management", Kind::Table(STREAM_MANAGEMENT)),
 ];
+
+/// Empty, or `host:port`.
+fn empty_or_host_port(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        Ok(())
+    } else {
+        host_port(s)
+    }
+}
 
 struct Validator<'a> {
     src: &'a str,

@@ -8,13 +8,13 @@
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 
-use crate::modules::blocking::{self, Verdict};
-use crate::modules::offline::{self, NotStored};
-use crate::modules::{self, presence, IqRequest, IqTarget};
+use crate::feature::{Event, EventKind, Verdict};
+use crate::modules::{self, IqRequest, IqTarget};
+use crate::routes::Route;
 use crate::server::Server;
-use crate::sessions::DeliveryError;
+use crate::sessions::{DeliveryError, OutStanza};
 use crate::stanza::{
-    error_reply, iq_result, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
+    error_reply, iq_result, StanzaError, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
 };
 use crate::stream::component::{self as component_rules};
 use crate::xml::{Element, NS_CLIENT};
@@ -34,7 +34,7 @@ pub enum Origin<'a> {
 
 impl Origin<'_> {
     /// The sender's address.
-    fn sender(&self) -> &Jid {
+    pub fn sender(&self) -> &Jid {
         match self {
             Origin::Session(full) => full,
             Origin::Component { from, .. } | Origin::Remote { from } => from,
@@ -42,7 +42,7 @@ impl Origin<'_> {
     }
 
     /// The local session, if the stanza came from one.
-    fn session(&self) -> Option<&FullJid> {
+    pub fn session(&self) -> Option<&FullJid> {
         match self {
             Origin::Session(full) => Some(full),
             Origin::Component { .. } | Origin::Remote { .. } => None,
@@ -154,53 +154,23 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
         return;
     };
 
-    let sender_is_local = origin.session().is_some();
-    match blocking::filter(server, origin.sender(), sender_is_local, &to, kind, &stanza).await {
-        Verdict::Pass => {}
-        Verdict::Drop => return,
-        Verdict::Bounce(why) => {
-            if let Some(reply) = blocking::bounce_reply(&stanza, why) {
-                deliver_reply(server, origin, &reply);
-            }
+    if server.features.wants(EventKind::PreRoute) {
+        let mut event = Event::PreRoute {
+            origin,
+            kind,
+            to: &to,
+            stanza: &stanza,
+        };
+        if server.features.fire(server, &mut event).await == Verdict::Stop {
             return;
         }
     }
 
-    let to_domain = to.domain().as_str();
-    if server.components.is_component(to_domain) {
-        match origin.session() {
-            // A user's presence to a component goes through the presence
-            // module, which keeps the roster and directed-presence state
-            // and forwards it.
-            Some(session) if kind == StanzaKind::Presence => {
-                presence::from_client(server, session, Some(to), stanza).await
-            }
-            _ => to_component(server, origin, to_domain, &stanza),
-        }
-        return;
-    }
-    if !server.is_local_domain(to_domain) {
-        match origin {
-            // Presence goes through the presence module, which keeps
-            // subscription and directed-presence state and sends it on.
-            Origin::Session(session) if server.config.s2s.enabled() => {
-                if kind == StanzaKind::Presence {
-                    presence::from_client(server, session, Some(to), stanza).await
-                } else {
-                    server.s2s.send(server, stanza)
-                }
-                return;
-            }
-            // A component's stanzas federate like a user's (the component
-            // keeps its own presence state).
-            Origin::Component { .. } if server.config.s2s.enabled() => {
-                server.s2s.send(server, stanza);
-                return;
-            }
-            // Without s2s no other domain is reachable; remote servers are
-            // not relayed to third domains.
-            _ => {}
-        }
+    let route = server.route(to.domain().as_str());
+    // Without s2s no other domain is reachable; remote servers are not
+    // relayed to third domains.
+    let relay = route == Route::Remote && matches!(origin, Origin::Remote { .. });
+    if route == Route::Unreachable || relay {
         bounce(
             server,
             origin,
@@ -209,16 +179,26 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
         );
         return;
     }
+    // A user's presence goes through the presence feature wherever it is
+    // addressed (it keeps the roster and directed-presence state and sends
+    // it on); presence from elsewhere only when it is for one of our users.
+    if kind == StanzaKind::Presence
+        && (origin.session().is_some() || route == Route::Host)
+        && presence_event(server, origin, Some(&to), &stanza).await
+    {
+        return;
+    }
+    if route != Route::Host {
+        match deliver(server, &stanza, &to) {
+            Ok(()) => message_sent(server, origin, kind, &to, &stanza).await,
+            Err(e) => bounce(server, origin, &stanza, e.condition()),
+        }
+        return;
+    }
 
     if kind == StanzaKind::Presence {
-        match origin {
-            Origin::Session(session) => {
-                presence::from_client(server, session, Some(to), stanza).await
-            }
-            Origin::Component { from, .. } | Origin::Remote { from } => {
-                presence::from_remote(server, from, to, stanza).await
-            }
-        }
+        // No presence feature: nothing keeps presence state, so nothing is
+        // delivered either.
         return;
     }
     if to.node().is_none() {
@@ -231,23 +211,68 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
     }
 }
 
-/// Hands a stanza to the component serving `domain`; a configured component
-/// that is not connected cannot be reached (service-unavailable).
-fn to_component(server: &Server, origin: Origin<'_>, domain: &str, stanza: &Element) {
-    match deliver_to_component(server, domain, stanza) {
-        Ok(()) => {}
-        Err(DeliveryError::Offline) => bounce(
-            server,
-            origin,
-            stanza,
-            StanzaErrorCondition::ServiceUnavailable,
-        ),
-        Err(DeliveryError::QueueFull) => bounce(
-            server,
-            origin,
-            stanza,
-            StanzaErrorCondition::ResourceConstraint,
-        ),
+/// Hands a presence stanza to the presence feature; false if none took it.
+async fn presence_event(
+    server: &Server,
+    origin: Origin<'_>,
+    to: Option<&Jid>,
+    stanza: &Element,
+) -> bool {
+    let mut event = Event::Presence { origin, to, stanza };
+    server.features.fire(server, &mut event).await == Verdict::Stop
+}
+
+/// Tells the features a local user's message went out (carbons, archive).
+async fn message_sent(
+    server: &Server,
+    origin: Origin<'_>,
+    kind: StanzaKind,
+    to: &Jid,
+    stanza: &Element,
+) {
+    if kind != StanzaKind::Message || !server.features.wants(EventKind::MessageSent) {
+        return;
+    }
+    if let Origin::Session(from) = origin {
+        let mut event = Event::MessageSent { from, to, stanza };
+        server.features.fire(server, &mut event).await;
+    }
+}
+
+/// Queues a stanza for `to` wherever it lives: the one delivery function
+/// below the router and the features. A local bare JID gets the RFC 6121
+/// §8.5.2 choice of resources ([`crate::sessions::SessionRegistry::targets`]);
+/// nothing is stored and no event is fired here.
+pub fn deliver(server: &Server, stanza: &Element, to: &Jid) -> Result<(), DeliveryError> {
+    let domain = to.domain().as_str();
+    match server.route(domain) {
+        Route::Host => match to.try_as_full() {
+            Ok(full) => server
+                .sessions
+                .send_to_full(full, OutStanza::new(stanza.clone())),
+            Err(_) => {
+                let bare = to.to_bare();
+                let targets = server.sessions.targets(&bare, stanza);
+                if targets.is_empty() {
+                    return Err(DeliveryError::Offline);
+                }
+                let data = OutStanza::new(stanza.clone());
+                let mut result = Err(DeliveryError::QueueFull);
+                for t in &targets {
+                    if server.sessions.send_to_full(t, data.clone()).is_ok() {
+                        result = Ok(());
+                    }
+                }
+                result
+            }
+        },
+        Route::Service(i) => server.features.deliver_to_service(i, server, stanza),
+        Route::Component => deliver_to_component(server, domain, stanza),
+        Route::Remote => {
+            server.s2s.send(server, stanza.clone());
+            Ok(())
+        }
+        Route::Unreachable => Err(DeliveryError::Unreachable),
     }
 }
 
@@ -280,7 +305,9 @@ async fn handle_addressed_to_self(
     };
     match kind {
         StanzaKind::Iq => answer_iq(server, origin, stanza, IqTarget::Account { own: true }).await,
-        StanzaKind::Presence => presence::from_client(server, session, None, stanza.clone()).await,
+        StanzaKind::Presence => {
+            presence_event(server, origin, None, stanza).await;
+        }
         StanzaKind::Message => {
             let bare = session.to_bare();
             to_bare(server, origin, kind, &bare, stanza.clone()).await
@@ -308,13 +335,15 @@ async fn to_bare(
             let own = origin.session().is_some_and(|s| s.to_bare() == *to);
             answer_iq(server, origin, &stanza, IqTarget::Account { own }).await;
         }
-        // Presence never reaches here: the presence module routes it.
+        // Presence never reaches here: the presence feature routes it.
         StanzaKind::Presence => {}
         StanzaKind::Message => message_to_bare(server, origin, to, &stanza).await,
     }
 }
 
-/// RFC 6121 §8.5.2: pick the resources that get a message sent to a bare JID.
+/// A message for a local bare JID (or a full JID whose resource is gone):
+/// the resources RFC 6121 §8.5.2 picks, else the features that keep
+/// undeliverable messages (offline storage).
 async fn message_to_bare(server: &Server, origin: Origin<'_>, to: &BareJid, stanza: &Element) {
     let kind = stanza.attr("type").unwrap_or("normal");
     match kind {
@@ -330,59 +359,83 @@ async fn message_to_bare(server: &Server, origin: Origin<'_>, to: &BareJid, stan
         }
         _ => {}
     }
-    let resources: Vec<(FullJid, i8)> = server
-        .sessions
-        .available_resources(to)
-        .into_iter()
-        .filter(|(_, p)| *p >= 0)
-        .collect();
-    let targets: Vec<&FullJid> = if kind == "headline" {
-        resources.iter().map(|(j, _)| j).collect()
-    } else {
-        let top = resources.iter().map(|(_, p)| *p).max();
-        resources
-            .iter()
-            .filter(|(_, p)| Some(*p) == top)
-            .map(|(j, _)| j)
-            .collect()
-    };
+    let targets = server.sessions.targets(to, stanza);
     if targets.is_empty() {
         // XEP-0160: chat and normal messages wait in storage; headlines
         // are dropped (RFC 6121 §8.5.2.1.2).
         if kind != "headline" {
-            match offline::store(server, to, stanza).await {
-                Ok(()) => {}
-                Err(NotStored::Storage(e)) => {
-                    tracing::error!(error = %e, "storing an offline message");
-                    bounce(
-                        server,
-                        origin,
-                        stanza,
-                        StanzaErrorCondition::InternalServerError,
-                    );
-                }
-                Err(NotStored::NoAccount | NotStored::QuotaFull) => bounce(
-                    server,
-                    origin,
-                    stanza,
-                    StanzaErrorCondition::ServiceUnavailable,
-                ),
-            }
+            undeliverable(server, origin, to, stanza).await;
         }
         return;
     }
-    let data = serialize(stanza);
-    let mut delivered = false;
-    for t in targets {
-        delivered |= server.sessions.send_to_full(t, data.clone()).is_ok();
+    let data = OutStanza::new(stanza.clone());
+    let delivered: Vec<FullJid> = targets
+        .into_iter()
+        .filter(|t| server.sessions.send_to_full(t, data.clone()).is_ok())
+        .collect();
+    if delivered.is_empty() {
+        if kind != "headline" {
+            bounce(
+                server,
+                origin,
+                stanza,
+                StanzaErrorCondition::ResourceConstraint,
+            );
+        }
+        return;
     }
-    if !delivered && kind != "headline" {
-        bounce(
+    delivered_to_local(server, origin, &Jid::from(to.clone()), &delivered, stanza).await;
+}
+
+/// Tells the features a message reached a local user's resources
+/// (carbons' received copies), then that its sender sent it.
+async fn delivered_to_local(
+    server: &Server,
+    origin: Origin<'_>,
+    to: &Jid,
+    resources: &[FullJid],
+    stanza: &Element,
+) {
+    if server.features.wants(EventKind::MessageDelivered) {
+        let mut event = Event::MessageDelivered {
+            to,
+            resources,
+            stanza,
+        };
+        server.features.fire(server, &mut event).await;
+    }
+    message_sent(server, origin, StanzaKind::Message, to, stanza).await;
+}
+
+/// A message for a local account that no resource takes: the features
+/// that keep such messages decide; if none does, the sender is told.
+async fn undeliverable(server: &Server, origin: Origin<'_>, to: &BareJid, stanza: &Element) {
+    let mut refusal = None;
+    let mut event = Event::Undeliverable {
+        origin,
+        to,
+        stanza,
+        refusal: &mut refusal,
+    };
+    let kept = server.features.fire(server, &mut event).await == Verdict::Stop;
+    match refusal {
+        Some(e) => bounce_with(server, origin, stanza, &e),
+        None if kept => {
+            message_sent(
+                server,
+                origin,
+                StanzaKind::Message,
+                &Jid::from(to.clone()),
+                stanza,
+            )
+            .await
+        }
+        None => bounce(
             server,
             origin,
             stanza,
-            StanzaErrorCondition::ResourceConstraint,
-        );
+            StanzaErrorCondition::ServiceUnavailable,
+        ),
     }
 }
 
@@ -393,23 +446,33 @@ async fn to_full(
     to: &FullJid,
     stanza: Element,
 ) {
-    let data = serialize(&stanza);
-    match server.sessions.send_to_full(to, data) {
-        Ok(()) => {}
+    let data = OutStanza::new(stanza);
+    let sent = server.sessions.send_to_full(to, data.clone());
+    let Some(stanza) = data.element() else {
+        return;
+    };
+    match sent {
+        Ok(()) => {
+            if kind == StanzaKind::Message {
+                let resources = [to.clone()];
+                let to = Jid::from(to.clone());
+                delivered_to_local(server, origin, &to, &resources, stanza).await;
+            }
+        }
         Err(DeliveryError::QueueFull) => bounce(
             server,
             origin,
-            &stanza,
+            stanza,
             StanzaErrorCondition::ResourceConstraint,
         ),
         // RFC 6121 §8.5.3.2: no such resource.
-        Err(DeliveryError::Offline) => match kind {
+        Err(DeliveryError::Offline | DeliveryError::Unreachable) => match kind {
             StanzaKind::Message => match stanza.attr("type").unwrap_or("normal") {
-                "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), &stanza).await,
+                "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), stanza).await,
                 "groupchat" => bounce(
                     server,
                     origin,
-                    &stanza,
+                    stanza,
                     StanzaErrorCondition::ServiceUnavailable,
                 ),
                 _ => {}
@@ -420,7 +483,7 @@ async fn to_full(
                     bounce(
                         server,
                         origin,
-                        &stanza,
+                        stanza,
                         StanzaErrorCondition::ServiceUnavailable,
                     )
                 }
@@ -429,13 +492,18 @@ async fn to_full(
     }
 }
 
-/// Answers an IQ get/set with a module; results and errors addressed to the
-/// server or an account are consumed (nothing waits for them).
+/// Answers an IQ get/set with a feature; results and errors addressed to
+/// the server go to the IQ tracker (answers to IQs the server sent).
 async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: IqTarget) {
     let is_set = match iq.attr("type") {
         Some("get") => false,
         Some("set") => true,
-        Some("result") | Some("error") => return,
+        Some("result") | Some("error") => {
+            if target == IqTarget::Server {
+                server.iq_tracker.answer(origin.sender(), iq);
+            }
+            return;
+        }
         _ => {
             bounce(server, origin, iq, StanzaErrorCondition::BadRequest);
             return;
@@ -451,6 +519,7 @@ async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: Iq
         bounce(server, origin, iq, StanzaErrorCondition::ServiceUnavailable);
         return;
     }
+    let end_session = std::sync::OnceLock::new();
     let req = IqRequest {
         server,
         iq,
@@ -458,15 +527,19 @@ async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: Iq
         from: origin.sender(),
         target,
         is_set,
+        end_session: &end_session,
     };
     let reply = match modules::dispatch(&req).await {
-        Ok(payload) => iq_result(iq, payload),
-        Err(cond) => match error_reply(iq, cond, None) {
-            Some(r) => r,
-            None => return,
-        },
+        Ok(payload) => Some(iq_result(iq, payload)),
+        Err(cond) => error_reply(iq, cond, None),
     };
-    deliver_reply(server, origin, &reply);
+    if let Some(reply) = reply {
+        deliver_reply(server, origin, &reply);
+    }
+    if let (Some(cond), Some(session)) = (end_session.get(), origin.session()) {
+        // Queued behind the reply, so the client reads the answer first.
+        server.sessions.close(session, *cond);
+    }
 }
 
 /// Sends `stanza`'s error reply back where it came from.
@@ -476,7 +549,15 @@ fn bounce(server: &Server, origin: Origin<'_>, stanza: &Element, cond: StanzaErr
     }
 }
 
-fn deliver_reply(server: &Server, origin: Origin<'_>, reply: &Element) {
+/// Sends `stanza`'s error reply, with text or application condition.
+fn bounce_with(server: &Server, origin: Origin<'_>, stanza: &Element, error: &StanzaError) {
+    if let Some(reply) = error.reply_to(stanza) {
+        deliver_reply(server, origin, &reply);
+    }
+}
+
+/// Sends a reply (an error, an IQ result) back to where a stanza came from.
+pub fn deliver_reply(server: &Server, origin: Origin<'_>, reply: &Element) {
     // The sender's own queue being full means it is not reading; dropping
     // the reply there is the backpressure the queue limit exists for.
     let _ = match origin {
@@ -493,72 +574,66 @@ fn deliver_reply(server: &Server, origin: Origin<'_>, reply: &Element) {
 /// (s2s failures): to the full JID that sent it, or to each available
 /// resource of a bare one (subscription stanzas carry bare JIDs).
 pub fn deliver_bounce(server: &Server, reply: &Element) {
-    let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
-        return;
-    };
-    if server.components.is_component(to.domain().as_str()) {
-        let _ = deliver_to_component(server, to.domain().as_str(), reply);
-        return;
-    }
-    let data = serialize(reply);
-    match to.try_into_full() {
-        Ok(full) => {
-            let _ = server.sessions.send_to_full(&full, data);
-        }
-        Err(bare) => {
-            for (full, _) in server.sessions.available_resources(&bare) {
-                let _ = server.sessions.send_to_full(&full, data.clone());
-            }
-        }
+    if let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) {
+        let _ = deliver(server, reply, &to);
     }
 }
 
-/// Re-routes a serialized stanza that was queued for the session `gone` but
-/// never written (RFC 6121 §8.5.3.2.1 for what was addressed to the full
-/// JID): chat and normal messages go to the user's other resources or to
-/// offline storage; anything else is dropped, as it would be for a
-/// resource that is not there.
-pub async fn reroute_undelivered(server: &Server, gone: &FullJid, data: &[u8]) {
-    let mut parser = crate::xml::StreamParser::new(Default::default());
-    parser.feed(
-        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
-    );
-    parser.feed(data);
-    let mut stanzas = Vec::new();
-    while let Ok(Some(ev)) = parser.next_event() {
-        if let crate::xml::StreamEvent::Stanza(el) = ev {
-            stanzas.push(el);
-        }
+/// Re-routes one stanza that was queued for the session `gone` but never
+/// written (RFC 6121 §8.5.3.2.1 for what was addressed to the full JID):
+/// a chat or normal message goes to the user's other resources or to the
+/// features that keep undeliverable messages; anything else is dropped, as
+/// it would be for a resource that is not there.
+pub async fn reroute_one(server: &Server, gone: &FullJid, queued: &OutStanza) {
+    let Some(stanza) = queued.element() else {
+        return;
+    };
+    let is_chat_or_normal = matches!(stanza.attr("type"), None | Some("chat") | Some("normal"));
+    if stanza.name() != "message" || !is_chat_or_normal {
+        return;
     }
-    for stanza in stanzas {
-        let is_chat_or_normal = matches!(stanza.attr("type"), None | Some("chat") | Some("normal"));
-        if stanza.name() != "message" || !is_chat_or_normal {
-            continue;
-        }
-        let bare = gone.to_bare();
-        let targets = server.sessions.available_resources(&bare);
-        let best = targets
-            .iter()
-            .filter(|(_, p)| *p >= 0)
-            .max_by_key(|(_, p)| *p);
-        let delivered = match best {
-            Some((full, _)) => deliver_local(server, full, &stanza).is_ok(),
-            None => false,
+    // It arrives later than it was sent: say when it came (XEP-0203), once.
+    let mut stanza = stanza.clone();
+    if stanza.get_child("delay", modules::offline::NS_DELAY).is_none() {
+        let stamp = modules::time::xep0082(queued.queued_at() as i64).unwrap_or_default();
+        stanza.append_child(
+            Element::new("delay", modules::offline::NS_DELAY)
+                .with_attr("from", gone.domain().as_str())
+                .with_attr("stamp", stamp),
+        );
+    }
+    // The session is unbound by now: a resource of the same name bound
+    // since is a new session, which may take it.
+    let bare = gone.to_bare();
+    let data = OutStanza::new(stanza);
+    let Some(stanza) = data.element() else {
+        return;
+    };
+    let delivered = server
+        .sessions
+        .targets(&bare, stanza)
+        .iter()
+        .any(|t| server.sessions.send_to_full(t, data.clone()).is_ok());
+    if !delivered {
+        let mut refusal = None;
+        // The sender was told nothing failed when the stanza was queued;
+        // there is nobody to bounce to now, so a refusal is only logged.
+        let mut event = Event::Undeliverable {
+            origin: Origin::Session(gone),
+            to: &bare,
+            stanza,
+            refusal: &mut refusal,
         };
-        if !delivered {
-            if let Err(e) = offline::store(server, &bare, &stanza).await {
-                tracing::warn!(error = ?e, "undelivered message could not be stored");
-            }
+        server.features.fire(server, &mut event).await;
+        if let Some(e) = refusal {
+            tracing::warn!(condition = ?e.condition, "undelivered message could not be kept");
         }
     }
 }
 
 /// Queues a stanza (typically one the server generated) for a local full JID.
 pub fn deliver_local(server: &Server, to: &FullJid, stanza: &Element) -> Result<(), DeliveryError> {
-    server.sessions.send_to_full(to, serialize(stanza))
-}
-
-/// Serializes once for every recipient (RFC 6120 jabber:client default namespace).
-fn serialize(stanza: &Element) -> Bytes {
-    Bytes::from(stanza.to_bytes(NS_CLIENT))
+    server
+        .sessions
+        .send_to_full(to, OutStanza::new(stanza.clone()))
 }

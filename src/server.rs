@@ -49,14 +49,16 @@ pub struct Server {
     pub connections: ConnectionLimits,
     /// Caps on incoming s2s connections.
     pub s2s_connections: ConnectionLimits,
-    /// Blocklists (XEP-0191) of recently active users, for the router's filter.
-    pub blocklists: crate::modules::blocking::BlocklistCache,
+    /// The features (plug-ins) and their event subscriptions.
+    pub features: crate::feature::Features,
+    /// What serves each domain.
+    routes: crate::routes::RouteTable,
+    /// IQs the server sent and waits on.
+    pub iq_tracker: crate::iq_tracker::IqTracker,
     /// Cancelled to ask every connection to close with `system-shutdown`.
     pub shutdown: CancellationToken,
     next_id: AtomicU64,
     started: std::time::Instant,
-    /// Serializes each user's offline-queue writes and hand-overs.
-    pub offline_locks: crate::modules::offline::OfflineLocks,
     /// Outgoing server-to-server streams.
     pub s2s: net::s2s_out::S2sOut,
     /// Every live s2s connection, either way, as `ctl s2s list` shows it.
@@ -86,8 +88,37 @@ impl Server {
         Server::with_store(config, store)
     }
 
+    /// Opens the store, with `extra` features after the default ones (an
+    /// embedder's or a test's).
+    pub async fn with_features(
+        config: Config,
+        extra: Vec<Arc<dyn crate::feature::Feature>>,
+    ) -> Result<Arc<Server>, String> {
+        let store = Store::open(&config.database.url, config.database.max_connections)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut list = crate::modules::default_features();
+        list.extend(extra);
+        Server::build(config, store, list)
+    }
+
     /// Builds the server around an already-open store.
     pub fn with_store(config: Config, store: Store) -> Result<Arc<Server>, String> {
+        Server::build(config, store, crate::modules::default_features())
+    }
+
+    fn build(
+        config: Config,
+        store: Store,
+        features: Vec<Arc<dyn crate::feature::Feature>>,
+    ) -> Result<Arc<Server>, String> {
+        let features = crate::feature::Features::new(features)?;
+        let routes = crate::routes::RouteTable::new(
+            config.domains(),
+            features.service_domains(&config),
+            config.components().into_iter().map(|(d, _)| d),
+            config.s2s.enabled(),
+        )?;
         let certs = Arc::new(net::tls::CertStore::from_config(&config)?);
         let tls = net::tls::server_config(certs.clone(), None)?;
         let window = Duration::from_secs(config.limits.auth_failure_window);
@@ -159,11 +190,12 @@ impl Server {
             sessions: SessionRegistry::default(),
             certs,
             tls,
-            blocklists: Default::default(),
+            features,
+            routes,
+            iq_tracker: Default::default(),
             shutdown: CancellationToken::new(),
             next_id: AtomicU64::new(1),
             started: std::time::Instant::now(),
-            offline_locks: Default::default(),
         }))
     }
 
@@ -172,15 +204,20 @@ impl Server {
         &self.domains
     }
 
-    /// Is `domain` (normalised) one of ours?
-    pub fn is_local_domain(&self, domain: &str) -> bool {
-        self.domains.contains(domain)
+    /// What serves `domain` (normalised).
+    pub fn route(&self, domain: &str) -> crate::routes::Route {
+        self.routes.route(domain)
     }
 
-    /// Is `domain` one this server speaks for to other servers: a host or
-    /// an external component's domain?
+    /// Is `domain` (normalised) one of our hosts?
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.route(domain) == crate::routes::Route::Host
+    }
+
+    /// Is `domain` one this server speaks for to other servers: a host, an
+    /// in-process service's or an external component's domain?
     pub fn is_served_here(&self, domain: &str) -> bool {
-        self.is_local_domain(domain) || self.components.is_component(domain)
+        self.route(domain).served_here()
     }
 
     /// How long the server has been running.

@@ -2,7 +2,7 @@
 //! server, their presence priority, and the queue that reaches each one.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
@@ -11,11 +11,83 @@ use crate::queue::{QueueError, QueueSender};
 use crate::stanza::StreamErrorCondition;
 use crate::xml::Element;
 
+/// A stanza queued for a session (or a component): its bytes, serialized
+/// once and shared by every recipient, and the element itself for the
+/// features that look at what they hold (client state, stream
+/// management's re-routing). A stanza read back from storage keeps only
+/// its bytes and is parsed on the first look.
+#[derive(Debug)]
+pub struct OutStanza {
+    bytes: Bytes,
+    element: std::sync::OnceLock<Option<Element>>,
+    /// When it was queued (unix seconds): the delay stamp it gets if it
+    /// has to be re-routed later.
+    queued_at: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl OutStanza {
+    /// Serializes `element` in `jabber:client`.
+    pub fn new(element: Element) -> Arc<OutStanza> {
+        let bytes = Bytes::from(element.to_bytes(crate::xml::NS_CLIENT));
+        Arc::new(OutStanza {
+            bytes,
+            element: std::sync::OnceLock::from(Some(element)),
+            queued_at: unix_now(),
+        })
+    }
+
+    /// A stanza already serialized (`jabber:client` as default namespace).
+    pub fn serialized(bytes: Bytes) -> Arc<OutStanza> {
+        Arc::new(OutStanza {
+            bytes,
+            element: std::sync::OnceLock::new(),
+            queued_at: unix_now(),
+        })
+    }
+
+    /// The bytes to write.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The stanza as an element (None if its bytes are not one stanza).
+    pub fn element(&self) -> Option<&Element> {
+        self.element
+            .get_or_init(|| {
+                crate::modules::xml_from_storage(
+                    std::str::from_utf8(&self.bytes).ok()?,
+                    crate::xml::ParserLimits::default().max_depth,
+                )?
+                .into_iter()
+                .next()
+            })
+            .as_ref()
+    }
+
+    /// When it was queued, in unix seconds.
+    pub fn queued_at(&self) -> u64 {
+        self.queued_at
+    }
+
+    /// Roughly the memory it holds: the bytes, and about as much again for
+    /// the element.
+    pub fn weight(&self) -> usize {
+        self.bytes.len() * 2
+    }
+}
+
 /// What the router hands to a session's connection task.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A serialized stanza, ready to write (`jabber:client` as default namespace).
-    Stanza(Bytes),
+    /// A stanza to write.
+    Stanza(Arc<OutStanza>),
     /// End the stream with this condition (e.g. `conflict` when replaced).
     Close(StreamErrorCondition),
 }
@@ -27,6 +99,20 @@ pub enum DeliveryError {
     Offline,
     /// The session's queue is full: it reads slower than it is written to.
     QueueFull,
+    /// The domain cannot be reached (not ours, and federation is off).
+    Unreachable,
+}
+
+impl DeliveryError {
+    /// The stanza error a sender gets for it.
+    pub fn condition(self) -> crate::stanza::StanzaErrorCondition {
+        use crate::stanza::StanzaErrorCondition as C;
+        match self {
+            DeliveryError::Offline => C::ServiceUnavailable,
+            DeliveryError::QueueFull => C::ResourceConstraint,
+            DeliveryError::Unreachable => C::RemoteServerNotFound,
+        }
+    }
 }
 
 /// One bound resource.
@@ -116,22 +202,19 @@ impl SessionRegistry {
     }
 
     /// Removes a binding, if it still belongs to `session_id`, and returns
-    /// the presence state it leaves behind.
-    pub fn unbind(&self, jid: &FullJid, session_id: u64) -> Departed {
+    /// the presence state it leaves behind (None if it was not bound, or
+    /// was replaced by a newer session).
+    pub fn unbind(&self, jid: &FullJid, session_id: u64) -> Option<Departed> {
         let bare = jid.to_bare();
         let mut map = self.write();
-        let Some(list) = map.get_mut(&bare) else {
-            return Departed::default();
-        };
-        let Some(i) = list.iter().position(|r| r.session_id == session_id) else {
-            return Departed::default();
-        };
+        let list = map.get_mut(&bare)?;
+        let i = list.iter().position(|r| r.session_id == session_id)?;
         let gone = list.swap_remove(i);
         let last_resource = list.is_empty();
         if last_resource {
             map.remove(&bare);
         }
-        Departed {
+        Some(Departed {
             presence: gone.presence,
             directed: into_list(
                 gone.directed
@@ -139,7 +222,7 @@ impl SessionRegistry {
                     .unwrap_or_else(|e| e.into_inner()),
             ),
             last_resource,
-        }
+        })
     }
 
     /// Records the session's broadcast presence: `Some` when available
@@ -280,7 +363,7 @@ impl SessionRegistry {
     }
 
     /// Queues a stanza for one full JID.
-    pub fn send_to_full(&self, jid: &FullJid, data: Bytes) -> Result<(), DeliveryError> {
+    pub fn send_to_full(&self, jid: &FullJid, data: Arc<OutStanza>) -> Result<(), DeliveryError> {
         let map = self.read();
         let r = map
             .get(&jid.to_bare())
@@ -311,6 +394,57 @@ impl SessionRegistry {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// RFC 6121 §8.5.2: the resources of `bare` that get `stanza` sent to
+    /// the bare JID. The one rule for bare-JID delivery, used by the router
+    /// and every feature.
+    pub fn targets(&self, bare: &BareJid, stanza: &Element) -> Vec<FullJid> {
+        match stanza.name() {
+            // §8.5.2.1.1: every available resource.
+            "presence" => self
+                .available_resources(bare)
+                .into_iter()
+                .map(|(j, _)| j)
+                .collect(),
+            "message" => self.message_targets(bare, stanza.attr("type").unwrap_or("normal")),
+            // An IQ to a bare JID is the server's to answer.
+            _ => Vec::new(),
+        }
+    }
+
+    /// §8.5.2.1.1–2: chat and normal messages go to the non-negative
+    /// resources of the highest priority; headlines (and errors) to every
+    /// non-negative one; groupchat to none.
+    pub fn message_targets(&self, bare: &BareJid, kind: &str) -> Vec<FullJid> {
+        let resources: Vec<(FullJid, i8)> = self
+            .available_resources(bare)
+            .into_iter()
+            .filter(|(_, p)| *p >= 0)
+            .collect();
+        match kind {
+            "chat" | "normal" => {
+                let top = resources.iter().map(|(_, p)| *p).max();
+                resources
+                    .into_iter()
+                    .filter(|(_, p)| Some(*p) == top)
+                    .map(|(j, _)| j)
+                    .collect()
+            }
+            "headline" | "error" => resources.into_iter().map(|(j, _)| j).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Ends one session with a stream error, after what is already queued.
+    pub fn close(&self, jid: &FullJid, cond: StreamErrorCondition) {
+        let map = self.read();
+        if let Some(r) = map
+            .get(&jid.to_bare())
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+        {
+            let _ = r.tx.send_beyond_capacity(Outbound::Close(cond));
+        }
     }
 
     /// Every bound full JID (for `ctl` and shutdown).
@@ -362,6 +496,19 @@ impl SessionRegistry {
     }
 }
 
+/// Ends a session: unbinds it and tells the features what it left
+/// behind (`SessionEnded`: presence broadcasts unavailable, last activity
+/// records the time). Nothing happens for a session already replaced.
+pub async fn end_session(server: &crate::server::Server, jid: &FullJid, session_id: u64) {
+    if let Some(departed) = server.sessions.unbind(jid, session_id) {
+        let mut event = crate::feature::Event::SessionEnded {
+            jid,
+            departed: &departed,
+        };
+        server.features.fire(server, &mut event).await;
+    }
+}
+
 /// A session already has directed presence out to as many recipients as
 /// it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,7 +518,7 @@ fn into_list(set: HashSet<Box<str>>) -> Vec<String> {
     set.into_iter().map(String::from).collect()
 }
 
-fn queue(tx: &QueueSender<Outbound>, data: Bytes) -> Result<(), DeliveryError> {
+fn queue(tx: &QueueSender<Outbound>, data: Arc<OutStanza>) -> Result<(), DeliveryError> {
     tx.try_send(Outbound::Stanza(data)).map_err(|e| match e {
         QueueError::Full => DeliveryError::QueueFull,
         QueueError::Closed => DeliveryError::Offline,
@@ -396,7 +543,8 @@ mod tests {
         ));
         reg.unbind(&jid, 1);
         assert!(reg.is_bound(&jid));
-        reg.send_to_full(&jid, Bytes::from_static(b"<x/>")).unwrap();
+        reg.send_to_full(&jid, OutStanza::serialized(Bytes::from_static(b"<x/>")))
+            .unwrap();
         assert!(matches!(rx2.try_recv(), Some(Outbound::Stanza(_))));
         let list = reg.list();
         assert_eq!(list.len(), 1);
@@ -425,7 +573,7 @@ mod tests {
         assert_eq!(left, ["c@x", "d@x"]);
         assert!(reg.take_directed(&jid).is_empty());
         assert_eq!(reg.note_directed(&jid, "e@x", true, 2), Ok(()));
-        assert_eq!(reg.unbind(&jid, 1).directed, ["e@x"]);
+        assert_eq!(reg.unbind(&jid, 1).unwrap().directed, ["e@x"]);
     }
 
     #[test]
@@ -434,9 +582,10 @@ mod tests {
         let jid = FullJid::new("a@x/r").unwrap();
         let (tx, _rx) = crate::queue::queue(1, usize::MAX);
         reg.bind(&jid, 1, tx);
-        reg.send_to_full(&jid, Bytes::new()).unwrap();
+        reg.send_to_full(&jid, OutStanza::serialized(Bytes::new()))
+            .unwrap();
         assert_eq!(
-            reg.send_to_full(&jid, Bytes::new()),
+            reg.send_to_full(&jid, OutStanza::serialized(Bytes::new())),
             Err(DeliveryError::QueueFull)
         );
     }

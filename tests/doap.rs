@@ -11,11 +11,8 @@ fn doap_lists_what_the_code_implements() {
         .skip(1)
         .filter_map(|s| s.get(..4)?.parse().ok())
         .collect();
-    let mut implemented: BTreeSet<u16> = waxwing::modules::MODULES
-        .iter()
-        .map(|m| m.xep)
-        .filter(|&x| x != 0)
-        .collect();
+    let features = waxwing::feature::Features::new(waxwing::modules::default_features()).unwrap();
+    let mut implemented: BTreeSet<u16> = features.xeps().into_iter().filter(|&x| x != 0).collect();
     implemented.extend(waxwing::stream::c2s::XEPS);
     implemented.extend(waxwing::stream::component::XEPS);
     implemented.extend(waxwing::stream::s2s::XEPS);

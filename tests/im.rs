@@ -534,9 +534,18 @@ async fn message_stored_after_the_hand_over_reaches_the_new_session() {
         .with_attr("id", "late")
         .with_child(Element::new("body", NS_CLIENT).with_text("late"));
     let bare = jid::BareJid::new("bob@localhost").unwrap();
-    waxwing::modules::offline::store(server.server(), &bare, &message)
-        .await
-        .unwrap();
+    let alice = jid::FullJid::new("alice@localhost/x").unwrap();
+    let srv = server.server();
+    let mut refusal = None;
+    let mut event = waxwing::feature::Event::Undeliverable {
+        origin: waxwing::router::Origin::Session(&alice),
+        to: &bare,
+        stanza: &message,
+        refusal: &mut refusal,
+    };
+    let verdict = srv.features.fire(srv, &mut event).await;
+    assert_eq!(verdict, waxwing::feature::Verdict::Stop);
+    assert!(refusal.is_none());
     let m = bob.next_named("message").await;
     assert_eq!(m.attr("id"), Some("late"));
     assert_eq!(

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use jid::{FullJid, Jid};
 
-use super::{IqOutcome, IqRequest, IqTarget, Module};
+use super::{IqFuture, IqOutcome, IqRequest, IqTarget};
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
+use crate::routes::Route;
 use crate::server::Server;
 use crate::stanza::{StanzaErrorCondition, StanzaKind};
 use crate::storage::StorageError;
@@ -36,16 +38,96 @@ pub const MAX_BLOCKLIST_ITEMS: usize = 10_000;
 /// entry is dropped (and reloaded from the store when next needed).
 const CACHE_CAPACITY: usize = 200_000;
 
-pub const MODULE: Module = Module {
-    xep: 191,
-    namespaces: &[NS],
-    features: &[NS],
-    handle: |req| Box::pin(answer(req)),
-};
+/// The blocking feature: its blocklist cache, the IQs, and the filter on
+/// every routed stanza (a `PreRoute` subscriber).
+#[derive(Debug, Default)]
+pub struct Blocking {
+    cache: BlocklistCache,
+}
+
+impl Feature for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking"
+    }
+
+    fn xeps(&self) -> &'static [u16] {
+        &[191]
+    }
+
+    fn disco(&self) -> Disco {
+        Disco {
+            server: &[NS],
+            account: &[],
+        }
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    fn handle_iq<'a>(&'a self, req: &'a IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(answer(&self.cache, req))
+    }
+
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        // Early: a blocked stanza must not reach any later filter or store.
+        &[(EventKind::PreRoute, -100), (EventKind::AccountDeleted, 0)]
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            match event {
+                Event::PreRoute {
+                    origin,
+                    kind,
+                    to,
+                    stanza,
+                } => {
+                    let local = origin.session().is_some();
+                    match filter(
+                        &self.cache,
+                        server,
+                        origin.sender(),
+                        local,
+                        to,
+                        *kind,
+                        stanza,
+                    )
+                    .await
+                    {
+                        Filter::Pass => Verdict::Continue,
+                        Filter::Drop => Verdict::Stop,
+                        Filter::Bounce(why) => {
+                            if let Some(reply) = bounce_reply(stanza, why) {
+                                crate::router::deliver_reply(server, *origin, &reply);
+                            }
+                            Verdict::Stop
+                        }
+                    }
+                }
+                // A later account of the same name must not inherit the list.
+                Event::AccountDeleted { user } => {
+                    self.cache.forget(&Jid::from((*user).clone()));
+                    Verdict::Continue
+                }
+                _ => Verdict::Continue,
+            }
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The running server's blocklist cache (None if blocking is not registered).
+fn cache_of(server: &Server) -> Option<&BlocklistCache> {
+    server.features.get::<Blocking>().map(|b| &b.cache)
+}
 
 /// What the router does with a stanza after the blocklist check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+enum Filter {
     /// Route it as usual.
     Pass,
     /// Drop it silently.
@@ -290,61 +372,67 @@ impl BlocklistCache {
 /// Checks a stanza from `origin` to `to` against both parties' blocklists:
 /// the sender's when `origin_is_local` (a local user, not a component), the
 /// recipient's when it is a local user.
-pub async fn filter(
+async fn filter(
+    cache: &BlocklistCache,
     server: &Server,
     origin: &Jid,
     origin_is_local: bool,
     to: &Jid,
     kind: StanzaKind,
     stanza: &Element,
-) -> Verdict {
+) -> Filter {
     // XEP-0191 §5: a user's own resources are never blocked from one another.
     if bare_str(origin) == bare_str(to) {
-        return Verdict::Pass;
+        return Filter::Pass;
     }
-    let to_local = server.is_local_domain(to.domain().as_str());
+    let to_local = server.route(to.domain().as_str()) == Route::Host;
     // The user's own server stays reachable even when its domain is blocked:
     // it is what serves the session (and the blocklist itself).
     let to_server = to_local && to.node().is_none();
     // Only a local user has a blocklist here; a component's is its own business.
-    if origin_is_local && !to_server && server.blocklists.blocks(server, origin, to).await {
+    if origin_is_local && !to_server && cache.blocks(server, origin, to).await {
         return outbound(kind, stanza);
     }
-    if to_local && to.node().is_some() && server.blocklists.blocks(server, to, origin).await {
+    if to_local && to.node().is_some() && cache.blocks(server, to, origin).await {
         return inbound(kind, stanza);
     }
-    Verdict::Pass
+    Filter::Pass
 }
 
 /// Is `other` blocked by local user `owner`? For modules that deliver on a
 /// user's behalf (presence broadcast, offline delivery) outside the router.
 pub async fn is_blocked(server: &Server, owner: &Jid, other: &Jid) -> bool {
-    bare_str(owner) != bare_str(other) && server.blocklists.blocks(server, owner, other).await
+    match cache_of(server) {
+        Some(cache) => {
+            bare_str(owner) != bare_str(other) && cache.blocks(server, owner, other).await
+        }
+        None => false,
+    }
 }
 
 /// XEP-0191 §3.3: the user sends to a JID they blocked — refuse with
 /// not-acceptable + <blocked/>, except for what is never answered.
-fn outbound(kind: StanzaKind, stanza: &Element) -> Verdict {
+fn outbound(kind: StanzaKind, stanza: &Element) -> Filter {
     match (kind, stanza.attr("type")) {
-        (_, Some("error")) | (StanzaKind::Iq, Some("result")) => Verdict::Drop,
-        _ => Verdict::Bounce(BounceKind::SenderBlocks),
+        (_, Some("error")) | (StanzaKind::Iq, Some("result")) => Filter::Drop,
+        _ => Filter::Bounce(BounceKind::SenderBlocks),
     }
 }
 
 /// XEP-0191 §3.3: a blocked JID sends to the user — the user must look
 /// offline: presence dropped without answer, messages and IQ get/set
 /// answered with service-unavailable, IQ results and errors dropped.
-fn inbound(kind: StanzaKind, stanza: &Element) -> Verdict {
+fn inbound(kind: StanzaKind, stanza: &Element) -> Filter {
     match (kind, stanza.attr("type")) {
-        (StanzaKind::Presence, _) | (_, Some("error")) => Verdict::Drop,
-        (StanzaKind::Iq, Some("get" | "set")) => Verdict::Bounce(BounceKind::RecipientBlocks),
-        (StanzaKind::Iq, _) => Verdict::Drop,
-        (StanzaKind::Message, _) => Verdict::Bounce(BounceKind::RecipientBlocks),
+        (StanzaKind::Presence, _) | (_, Some("error")) => Filter::Drop,
+        (StanzaKind::Iq, Some("get" | "set")) => Filter::Bounce(BounceKind::RecipientBlocks),
+        (StanzaKind::Iq, _) => Filter::Drop,
+        (StanzaKind::Message, _) => Filter::Bounce(BounceKind::RecipientBlocks),
     }
 }
 
 /// The error reply for a bounced stanza (None for errors, which are never answered).
-pub fn bounce_reply(stanza: &Element, kind: BounceKind) -> Option<Element> {
+fn bounce_reply(stanza: &Element, kind: BounceKind) -> Option<Element> {
     use crate::stanza::error_reply;
     match kind {
         BounceKind::RecipientBlocks => {
@@ -360,16 +448,16 @@ pub fn bounce_reply(stanza: &Element, kind: BounceKind) -> Option<Element> {
     }
 }
 
-async fn answer(req: &IqRequest<'_>) -> IqOutcome {
+async fn answer(cache: &BlocklistCache, req: &IqRequest<'_>) -> IqOutcome {
     // The blocklist is the account's own business (XEP-0191 §3: IQs with
     // no 'to'); nobody else may read or change it.
     if req.target != (IqTarget::Account { own: true }) {
         return Err(StanzaErrorCondition::ServiceUnavailable);
     }
     match (req.payload.name(), req.is_set) {
-        ("blocklist", false) => get(req).await,
-        ("block", true) => block(req).await,
-        ("unblock", true) => unblock(req).await,
+        ("blocklist", false) => get(cache, req).await,
+        ("block", true) => block(cache, req).await,
+        ("unblock", true) => unblock(cache, req).await,
         _ => Err(StanzaErrorCondition::BadRequest),
     }
 }
@@ -379,8 +467,7 @@ fn internal(e: StorageError) -> StanzaErrorCondition {
     StanzaErrorCondition::InternalServerError
 }
 
-async fn get(req: &IqRequest<'_>) -> IqOutcome {
-    let cache = &req.server.blocklists;
+async fn get(cache: &BlocklistCache, req: &IqRequest<'_>) -> IqOutcome {
     let list = cache.load(req.server, req.from).await.map_err(internal)?;
     if let Ok(session) = req.from.try_as_full() {
         cache.add_interested(req.server, session);
@@ -410,13 +497,12 @@ fn items(payload: &Element) -> Result<Vec<Jid>, StanzaErrorCondition> {
         .collect()
 }
 
-async fn block(req: &IqRequest<'_>) -> IqOutcome {
+async fn block(cache: &BlocklistCache, req: &IqRequest<'_>) -> IqOutcome {
     let jids = items(req.payload)?;
     if jids.is_empty() {
         return Err(StanzaErrorCondition::BadRequest);
     }
     let (server, owner): (&Server, &Jid) = (req.server, req.from);
-    let cache = &server.blocklists;
     let added = {
         let _change = cache.changes.lock().await;
         let mut list = (*cache.load(server, owner).await.map_err(internal)?).clone();
@@ -430,17 +516,16 @@ async fn block(req: &IqRequest<'_>) -> IqOutcome {
         added
     };
     let push = with_items(Element::new("block", NS), jids.iter().map(|j| j.as_str()));
-    push_to_interested(server, owner, push);
+    push_to_interested(cache, server, owner, push);
     for jid in added {
         presence_after_change(server, owner, jid, true).await;
     }
     Ok(None)
 }
 
-async fn unblock(req: &IqRequest<'_>) -> IqOutcome {
+async fn unblock(cache: &BlocklistCache, req: &IqRequest<'_>) -> IqOutcome {
     let jids = items(req.payload)?;
     let (server, owner): (&Server, &Jid) = (req.server, req.from);
-    let cache = &server.blocklists;
     let removed: Vec<Jid> = {
         let _change = cache.changes.lock().await;
         let list = cache.load(server, owner).await.map_err(internal)?;
@@ -466,7 +551,7 @@ async fn unblock(req: &IqRequest<'_>) -> IqOutcome {
         removed
     };
     let push = with_items(Element::new("unblock", NS), jids.iter().map(|j| j.as_str()));
-    push_to_interested(server, owner, push);
+    push_to_interested(cache, server, owner, push);
     for jid in &removed {
         presence_after_change(server, owner, jid, false).await;
     }
@@ -475,8 +560,8 @@ async fn unblock(req: &IqRequest<'_>) -> IqOutcome {
 
 /// XEP-0191 §3.3–§3.5: every resource that requested the blocklist learns
 /// of the change with an IQ set.
-fn push_to_interested(server: &Server, owner: &Jid, payload: Element) {
-    for resource in server.blocklists.interested(server, owner) {
+fn push_to_interested(cache: &BlocklistCache, server: &Server, owner: &Jid, payload: Element) {
+    for resource in cache.interested(server, owner) {
         let iq = Element::new("iq", NS_CLIENT)
             .with_attr("to", resource.as_str())
             .with_attr("type", "set")
@@ -494,7 +579,7 @@ fn push_to_interested(server: &Server, owner: &Jid, payload: Element) {
 /// reached until federation arrives, and a domain item is not taken as
 /// "every user at that domain".
 async fn presence_after_change(server: &Server, owner: &Jid, jid: &Jid, blocked: bool) {
-    if jid.node().is_none() || !server.is_local_domain(jid.domain().as_str()) {
+    if jid.node().is_none() || server.route(jid.domain().as_str()) != Route::Host {
         return;
     }
     let (user, contact) = (owner.to_bare(), jid.to_bare());
@@ -612,27 +697,27 @@ mod tests {
         use StanzaKind::*;
         assert_eq!(
             outbound(Message, &el("message", Some("chat"))),
-            Verdict::Bounce(BounceKind::SenderBlocks)
+            Filter::Bounce(BounceKind::SenderBlocks)
         );
         assert_eq!(
             outbound(Message, &el("message", Some("error"))),
-            Verdict::Drop
+            Filter::Drop
         );
-        assert_eq!(outbound(Iq, &el("iq", Some("result"))), Verdict::Drop);
-        assert_eq!(inbound(Presence, &el("presence", None)), Verdict::Drop);
+        assert_eq!(outbound(Iq, &el("iq", Some("result"))), Filter::Drop);
+        assert_eq!(inbound(Presence, &el("presence", None)), Filter::Drop);
         assert_eq!(
             inbound(Presence, &el("presence", Some("subscribe"))),
-            Verdict::Drop
+            Filter::Drop
         );
         assert_eq!(
             inbound(Message, &el("message", None)),
-            Verdict::Bounce(BounceKind::RecipientBlocks)
+            Filter::Bounce(BounceKind::RecipientBlocks)
         );
         assert_eq!(
             inbound(Iq, &el("iq", Some("get"))),
-            Verdict::Bounce(BounceKind::RecipientBlocks)
+            Filter::Bounce(BounceKind::RecipientBlocks)
         );
-        assert_eq!(inbound(Iq, &el("iq", Some("result"))), Verdict::Drop);
+        assert_eq!(inbound(Iq, &el("iq", Some("result"))), Filter::Drop);
     }
 
     #[test]

@@ -26,9 +26,14 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
     }
     match (req.payload.name(), req.payload.ns(), req.target) {
         ("query", NS_INFO, IqTarget::Server) => Ok(Some(server_info(req.server))),
-        ("query", NS_INFO, IqTarget::Account { own: true }) => Ok(Some(
-            Element::new("query", NS_INFO).with_child(identity("account", "registered", None)),
-        )),
+        ("query", NS_INFO, IqTarget::Account { own: true }) => {
+            let mut q =
+                Element::new("query", NS_INFO).with_child(identity("account", "registered", None));
+            for f in req.server.features.account_disco() {
+                q.append_child(Element::new("feature", NS_INFO).with_attr("var", f));
+            }
+            Ok(Some(q))
+        }
         ("query", NS_ITEMS, IqTarget::Server) => Ok(Some(server_items(req.server))),
         ("query", NS_ITEMS, IqTarget::Account { own: true }) => {
             Ok(Some(Element::new("query", NS_ITEMS)))
@@ -65,7 +70,7 @@ fn server_items(server: &Server) -> Element {
 pub fn server_info(server: &Server) -> Element {
     let mut q =
         Element::new("query", NS_INFO).with_child(identity("server", "im", Some("Waxwing")));
-    for f in super::server_features() {
+    for f in server.features.server_disco() {
         q.append_child(Element::new("feature", NS_INFO).with_attr("var", f));
     }
     if let Some(form) = super::contact::server_info_form(&server.config.contact) {

@@ -6,19 +6,62 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jid::BareJid;
 
-use super::{IqFuture, IqRequest, IqTarget, Module};
+use super::{IqFuture, IqRequest, IqTarget};
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
 use crate::xml::Element;
 
 pub const NS: &str = "jabber:iq:last";
 
-pub const MODULE: Module = Module {
-    xep: 12,
-    namespaces: &[NS],
-    features: &[NS],
-    handle,
-};
+/// The last-activity feature: answers queries and records when a user's
+/// last session ends (`SessionEnded`).
+#[derive(Debug, Default)]
+pub struct LastActivity;
+
+impl Feature for LastActivity {
+    fn name(&self) -> &'static str {
+        "last"
+    }
+
+    fn xeps(&self) -> &'static [u16] {
+        &[12]
+    }
+
+    fn disco(&self) -> Disco {
+        Disco {
+            server: &[NS],
+            account: &[],
+        }
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    fn handle_iq<'a>(&'a self, req: &'a IqRequest<'a>) -> IqFuture<'a> {
+        handle(req)
+    }
+
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        &[(EventKind::SessionEnded, 0)]
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            if let Event::SessionEnded { jid, departed } = event {
+                if departed.last_resource {
+                    record_logout(server, &jid.to_bare()).await;
+                }
+            }
+            Verdict::Continue
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// The `user_data` key holding the unix time of the last session's end.
 pub const KEY: &str = "last_logout";
@@ -76,7 +119,7 @@ fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
 }
 
 /// Remembers when the user's last session ended.
-pub async fn record_logout(server: &Server, user: &BareJid) {
+async fn record_logout(server: &Server, user: &BareJid) {
     let (d, u) = (
         user.domain().as_str(),
         user.node().map(|n| n.as_str()).unwrap_or_default(),

@@ -20,9 +20,11 @@ pub mod version;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use jid::Jid;
 
+use crate::feature::{Disco, Feature};
 use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
 use crate::xml::Element;
@@ -48,6 +50,9 @@ pub struct IqRequest<'a> {
     pub target: IqTarget,
     /// True for type='set', false for 'get'.
     pub is_set: bool,
+    /// Set by a handler to end the requesting session with this stream
+    /// error once the reply is written (an account cancelled in-band).
+    pub end_session: &'a std::sync::OnceLock<crate::stanza::StreamErrorCondition>,
 }
 
 /// A module's answer: a result payload (or none), or a stanza error.
@@ -61,7 +66,8 @@ pub fn ready(outcome: IqOutcome) -> IqFuture<'static> {
     Box::pin(std::future::ready(outcome))
 }
 
-/// A feature module: its XEP and disco features, and its IQ handler.
+/// A feature that only answers IQs and adds disco features: declared as
+/// a constant, registered like any other [`Feature`].
 pub struct Module {
     /// The XEP number (0 for an RFC feature), checked against xep/waxwing.doap.
     pub xep: u16,
@@ -72,21 +78,57 @@ pub struct Module {
     pub handle: for<'a> fn(&'a IqRequest<'a>) -> IqFuture<'a>,
 }
 
-/// Every module, in disco order.
-pub const MODULES: &[&Module] = &[
-    &disco::MODULE,
-    &ping::MODULE,
-    &version::MODULE,
-    &time::MODULE,
-    &session::MODULE,
-    &roster::MODULE,
-    &offline::MODULE,
-    &last::MODULE,
-    &register::MODULE,
-    &blocking::MODULE,
-    &vcard::MODULE,
-    &private::MODULE,
-];
+impl Feature for Module {
+    fn name(&self) -> &'static str {
+        self.namespaces
+            .first()
+            .or(self.features.first())
+            .copied()
+            .unwrap_or("module")
+    }
+
+    fn xeps(&self) -> &[u16] {
+        std::slice::from_ref(&self.xep)
+    }
+
+    fn disco(&self) -> Disco {
+        Disco {
+            server: self.features,
+            account: &[],
+        }
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        self.namespaces
+    }
+
+    fn handle_iq<'a>(&'a self, req: &'a IqRequest<'a>) -> IqFuture<'a> {
+        (self.handle)(req)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The features a server runs, in disco order. A new feature is one line here.
+pub fn default_features() -> Vec<Arc<dyn Feature>> {
+    vec![
+        Arc::new(disco::MODULE),
+        Arc::new(ping::MODULE),
+        Arc::new(version::MODULE),
+        Arc::new(time::MODULE),
+        Arc::new(session::MODULE),
+        Arc::new(roster::MODULE),
+        Arc::new(presence::Presence),
+        Arc::new(offline::Offline::default()),
+        Arc::new(last::LastActivity),
+        Arc::new(register::Registration),
+        Arc::new(blocking::Blocking::default()),
+        Arc::new(vcard::MODULE),
+        Arc::new(private::MODULE),
+    ]
+}
 
 /// XEPs implemented inside another module rather than as one of their own:
 /// delayed delivery stamps (XEP-0203) on offline messages, and contact
@@ -110,18 +152,13 @@ impl IqRequest<'_> {
     }
 }
 
-/// Answers an IQ get/set addressed to the server or an account.
+/// Answers an IQ get/set addressed to the server or an account, with the
+/// feature that owns the payload's namespace.
 pub async fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
-    let ns = req.payload.ns();
-    match MODULES.iter().find(|m| m.namespaces.contains(&ns)) {
-        Some(m) => (m.handle)(req).await,
+    match req.server.features.iq_handler(req.payload.ns()) {
+        Some(f) => f.handle_iq(req).await,
         None => Err(StanzaErrorCondition::ServiceUnavailable),
     }
-}
-
-/// The server's disco features, from every module.
-pub fn server_features() -> impl Iterator<Item = &'static str> {
-    MODULES.iter().flat_map(|m| m.features.iter().copied())
 }
 
 /// Serializes XML payloads for the per-user key-value store (vCards,

@@ -9,19 +9,83 @@ use std::sync::{Arc, Mutex};
 use jid::{BareJid, FullJid};
 use tokio::sync::OwnedMutexGuard;
 
-use super::Module;
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::server::Server;
+use crate::stanza::{StanzaError, StanzaErrorCondition};
 use crate::storage::StorageError;
 use crate::xml::{Element, NS_CLIENT};
 
 pub const NS_DELAY: &str = "urn:xmpp:delay";
 
-pub const MODULE: Module = Module {
-    xep: 160,
-    namespaces: &[],
-    features: &["msgoffline"],
-    handle: |_| super::ready(Err(crate::stanza::StanzaErrorCondition::ServiceUnavailable)),
-};
+/// The offline-storage feature: keeps undeliverable messages
+/// (`Undeliverable`) and hands them over at initial presence
+/// (`SessionAvailable`).
+#[derive(Debug, Default)]
+pub struct Offline {
+    locks: OfflineLocks,
+}
+
+impl Feature for Offline {
+    fn name(&self) -> &'static str {
+        "offline"
+    }
+
+    fn xeps(&self) -> &'static [u16] {
+        &[160]
+    }
+
+    fn disco(&self) -> Disco {
+        Disco {
+            server: &["msgoffline"],
+            account: &[],
+        }
+    }
+
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        // Late: storage is the last resort for a message (push and archive
+        // hooks, when they come, run before it).
+        &[
+            (EventKind::Undeliverable, 100),
+            (EventKind::SessionAvailable, 0),
+        ]
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            match event {
+                Event::Undeliverable {
+                    to,
+                    stanza,
+                    refusal,
+                    ..
+                } => match self.store(server, to, stanza).await {
+                    Ok(()) => Verdict::Stop,
+                    Err(NotStored::Storage(e)) => {
+                        tracing::error!(error = %e, "storing an offline message");
+                        **refusal = Some(StanzaErrorCondition::InternalServerError.into());
+                        Verdict::Stop
+                    }
+                    Err(NotStored::NoAccount | NotStored::QuotaFull) => {
+                        **refusal =
+                            Some(StanzaError::from(StanzaErrorCondition::ServiceUnavailable));
+                        Verdict::Stop
+                    }
+                },
+                Event::SessionAvailable { jid, initial: true } => {
+                    if let Err(e) = self.deliver(server, jid).await {
+                        tracing::error!(error = %e, "offline hand-over");
+                    }
+                    Verdict::Continue
+                }
+                _ => Verdict::Continue,
+            }
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// Messages handed to a session per storage round trip.
 const DELIVERY_BATCH: u32 = 500;
@@ -63,67 +127,77 @@ pub enum NotStored {
     Storage(StorageError),
 }
 
-/// Stores a message for `to`, stamped with XEP-0203 delay.
-pub async fn store(server: &Server, to: &BareJid, message: &Element) -> Result<(), NotStored> {
-    let (domain, user) = (
-        to.domain().as_str(),
-        to.node().map(|n| n.as_str()).unwrap_or_default(),
-    );
-    match server.store.account_exists(domain, user).await {
-        Ok(true) => {}
-        Ok(false) => return Err(NotStored::NoAccount),
-        Err(e) => return Err(NotStored::Storage(e)),
-    }
-    let mut stamped = message.clone();
-    stamped.append_child(
-        Element::new("delay", NS_DELAY)
-            .with_attr("from", domain)
-            .with_attr("stamp", super::time::utc_now()),
-    );
-    let xml = String::from_utf8_lossy(&stamped.to_bytes(NS_CLIENT)).into_owned();
-    // Under the user's lock, so a hand-over cannot run between the routing
-    // decision ("nobody available") and the push: if a resource became
-    // available meanwhile and already fetched its queue, this message
-    // would otherwise wait for the next login.
-    let _guard = server.offline_locks.lock(to).await;
-    match server
-        .store
-        .offline_push(
-            domain,
-            user,
-            &xml,
-            server.config.limits.max_offline_messages,
-            server.config.limits.max_offline_bytes as u64,
-        )
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => return Err(NotStored::QuotaFull),
-        Err(e) => return Err(NotStored::Storage(e)),
-    }
-    // A resource that came online while the message was being routed gets
-    // it now, as the bare-JID rules would have given it (the top priority,
-    // not negative).
-    let top = server
-        .sessions
-        .available_resources(to)
-        .into_iter()
-        .filter(|(_, p)| *p >= 0)
-        .max_by_key(|(_, p)| *p);
-    if let Some((full, _)) = top {
-        if let Err(e) = deliver_locked(server, &full).await {
-            tracing::error!(error = %e, "offline hand-over");
+impl Offline {
+    /// Stores a message for `to`, stamped with XEP-0203 delay.
+    async fn store(
+        &self,
+        server: &Server,
+        to: &BareJid,
+        message: &Element,
+    ) -> Result<(), NotStored> {
+        let (domain, user) = (
+            to.domain().as_str(),
+            to.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        match server.store.account_exists(domain, user).await {
+            Ok(true) => {}
+            Ok(false) => return Err(NotStored::NoAccount),
+            Err(e) => return Err(NotStored::Storage(e)),
         }
+        let mut stamped = message.clone();
+        // A message re-routed from a session that never got it is stamped
+        // already, with the time it first arrived.
+        if stamped.get_child("delay", NS_DELAY).is_none() {
+            stamped.append_child(
+                Element::new("delay", NS_DELAY)
+                    .with_attr("from", domain)
+                    .with_attr("stamp", super::time::utc_now()),
+            );
+        }
+        let xml = String::from_utf8_lossy(&stamped.to_bytes(NS_CLIENT)).into_owned();
+        // Under the user's lock, so a hand-over cannot run between the routing
+        // decision ("nobody available") and the push: if a resource became
+        // available meanwhile and already fetched its queue, this message
+        // would otherwise wait for the next login.
+        let _guard = self.locks.lock(to).await;
+        match server
+            .store
+            .offline_push(
+                domain,
+                user,
+                &xml,
+                server.config.limits.max_offline_messages,
+                server.config.limits.max_offline_bytes as u64,
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(NotStored::QuotaFull),
+            Err(e) => return Err(NotStored::Storage(e)),
+        }
+        // A resource that came online while the message was being routed gets
+        // it now, as the bare-JID rules would have given it (the top priority,
+        // not negative).
+        if let Some(full) = server
+            .sessions
+            .message_targets(to, "chat")
+            .into_iter()
+            .next()
+        {
+            if let Err(e) = deliver_locked(server, &full).await {
+                tracing::error!(error = %e, "offline hand-over");
+            }
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Hands every waiting message to the session `to`, oldest first, deleting
-/// each batch once queued. Stops (keeping the rest) if the session's queue
-/// is full or gone.
-pub async fn deliver(server: &Server, to: &FullJid) -> Result<(), StorageError> {
-    let _guard = server.offline_locks.lock(&to.to_bare()).await;
-    deliver_locked(server, to).await
+    /// Hands every waiting message to the session `to`, oldest first, deleting
+    /// each batch once queued. Stops (keeping the rest) if the session's queue
+    /// is full or gone.
+    async fn deliver(&self, server: &Server, to: &FullJid) -> Result<(), StorageError> {
+        let _guard = self.locks.lock(&to.to_bare()).await;
+        deliver_locked(server, to).await
+    }
 }
 
 async fn deliver_locked(server: &Server, to: &FullJid) -> Result<(), StorageError> {
@@ -143,7 +217,10 @@ async fn deliver_locked(server: &Server, to: &FullJid) -> Result<(), StorageErro
         for (id, xml) in &batch {
             if server
                 .sessions
-                .send_to_full(to, bytes::Bytes::from(xml.clone()))
+                .send_to_full(
+                    to,
+                    crate::sessions::OutStanza::serialized(bytes::Bytes::from(xml.clone())),
+                )
                 .is_err()
             {
                 break;

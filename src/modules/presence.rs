@@ -7,15 +7,63 @@ use jid::{BareJid, FullJid, Jid};
 
 use super::blocking;
 use super::roster::{self, Inbound, SubscriptionKind};
-use crate::router::{deliver_local, deliver_to_component};
+use crate::feature::{Event, EventKind, Feature, HookFuture, Verdict};
+use crate::router::{deliver, deliver_local, Origin};
+use crate::routes::Route;
 use crate::server::Server;
+use crate::sessions::Departed;
 use crate::stanza::{error_reply, StanzaErrorCondition};
 use crate::storage::StorageError;
 use crate::xml::{Element, NS_CLIENT};
 
+/// The presence feature (RFC 6121 §4, with the roster's subscription
+/// states): takes every routed presence stanza, and broadcasts
+/// unavailable when a session ends.
+#[derive(Debug, Default)]
+pub struct Presence;
+
+impl Feature for Presence {
+    fn name(&self) -> &'static str {
+        "presence"
+    }
+
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        &[(EventKind::Presence, 0), (EventKind::SessionEnded, 0)]
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            match event {
+                Event::Presence { origin, to, stanza } => {
+                    let to = to.cloned();
+                    match (origin, to) {
+                        (Origin::Session(session), to) => {
+                            from_client(server, session, to, (*stanza).clone()).await
+                        }
+                        (Origin::Component { from, .. } | Origin::Remote { from }, Some(to)) => {
+                            from_remote(server, from, to, (*stanza).clone()).await
+                        }
+                        _ => {}
+                    }
+                    Verdict::Stop
+                }
+                Event::SessionEnded { jid, departed } => {
+                    session_ended(server, jid, departed).await;
+                    Verdict::Continue
+                }
+                _ => Verdict::Continue,
+            }
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// A presence stanza sent by the local session `origin` (its `from` already
 /// stamped with the full JID, `to` normalised).
-pub async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, stanza: Element) {
+async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, stanza: Element) {
     let kind = stanza.attr("type").map(str::to_owned);
     let result = match (to, kind.as_deref()) {
         (None, None) => available(server, origin, stanza).await,
@@ -45,7 +93,7 @@ pub async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, sta
 /// checked and `to` normalised: the recipient's side of the subscription
 /// state machine, probes answered from the recipient's roster, and
 /// everything else delivered like directed presence.
-pub async fn from_remote(server: &Server, from: &Jid, to: Jid, mut stanza: Element) {
+async fn from_remote(server: &Server, from: &Jid, to: Jid, mut stanza: Element) {
     let (user, contact) = (to.to_bare(), from.to_bare());
     if user.node().is_none() {
         // Presence to the server itself has no recipient.
@@ -113,7 +161,7 @@ async fn subscription_to_local(
                 .with_attr("from", user.as_str())
                 .with_attr("to", contact.as_str())
                 .with_attr("type", "subscribed");
-            if server.is_local_domain(contact.domain().as_str()) {
+            if server.route(contact.domain().as_str()) == Route::Host {
                 // The approval reaches a local contact as if the user had
                 // sent it: the contact's side of the state machine runs here.
                 if let Inbound::Deliver =
@@ -158,7 +206,7 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
                 if !may_exchange(server, &user, &contact).await {
                     continue;
                 }
-                if is_remote(server, contact.domain().as_str()) {
+                if server.route(contact.domain().as_str()) == Route::Remote {
                     // The contact's server answers for it (§4.3.1).
                     let probe = Element::new("presence", NS_CLIENT)
                         .with_attr("from", user.as_str())
@@ -196,8 +244,17 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
         for request in roster::pending_requests(server, &user).await? {
             let _ = deliver_local(server, origin, &request);
         }
-        super::offline::deliver(server, origin).await?;
     }
+    server
+        .features
+        .fire(
+            server,
+            &mut Event::SessionAvailable {
+                jid: origin,
+                initial: !was_available,
+            },
+        )
+        .await;
     Ok(())
 }
 
@@ -210,7 +267,7 @@ async fn last_unavailable(
 ) -> Result<(), StorageError> {
     let mut by_domain: std::collections::HashMap<&str, Vec<&str>> = Default::default();
     for c in contacts {
-        if let (Some(node), true) = (c.node(), server.is_local_domain(c.domain().as_str())) {
+        if let (Some(node), Route::Host) = (c.node(), server.route(c.domain().as_str())) {
             by_domain
                 .entry(c.domain().as_str())
                 .or_default()
@@ -289,45 +346,14 @@ async fn may_exchange(server: &Server, a: &BareJid, b: &BareJid) -> bool {
     !blocking::is_blocked(server, &a, &b).await && !blocking::is_blocked(server, &b, &a).await
 }
 
-/// Delivers to each available resource of a local bare JID, or to the
-/// external component that serves `to`'s domain.
+/// Delivers a presence to `to` wherever it lives (each available resource
+/// of a local bare JID, a component, another server).
 fn send_to_resources(server: &Server, to: &BareJid, stanza: &Element) {
-    if server.components.is_component(to.domain().as_str()) {
-        let _ = deliver_to_component(server, to.domain().as_str(), stanza);
-        return;
-    }
-    if is_remote(server, to.domain().as_str()) {
-        server.s2s.send(server, stanza.clone());
-        return;
-    }
-    let data = bytes::Bytes::from(stanza.to_bytes(NS_CLIENT));
-    for (full, _) in server.sessions.available_resources(to) {
-        let _ = server.sessions.send_to_full(&full, data.clone());
-    }
+    let _ = deliver(server, stanza, &Jid::from(to.clone()));
 }
 
 fn deliver_to_jid(server: &Server, to: &Jid, stanza: &Element) {
-    if server.components.is_component(to.domain().as_str()) {
-        let _ = deliver_to_component(server, to.domain().as_str(), stanza);
-        return;
-    }
-    if is_remote(server, to.domain().as_str()) {
-        server.s2s.send(server, stanza.clone());
-        return;
-    }
-    match to.clone().try_into_full() {
-        Ok(full) => {
-            let _ = deliver_local(server, &full, stanza);
-        }
-        Err(bare) => send_to_resources(server, &bare, stanza),
-    }
-}
-
-/// Is `domain` another server's, reachable over s2s?
-fn is_remote(server: &Server, domain: &str) -> bool {
-    server.config.s2s.enabled()
-        && !server.is_local_domain(domain)
-        && !server.components.is_component(domain)
+    let _ = deliver(server, stanza, to);
 }
 
 /// `presence` with `from` and `to` set.
@@ -428,30 +454,18 @@ pub async fn route_subscription(
     kind: SubscriptionKind,
     stanza: Element,
 ) -> Result<(), StorageError> {
-    let domain = contact.domain().as_str();
-    if server.components.is_component(domain) {
-        // The component keeps its own subscription state, if any.
-        if deliver_to_component(server, domain, &stanza).is_err() {
-            if let Some(reply) =
-                error_reply(&stanza, StanzaErrorCondition::ServiceUnavailable, None)
-            {
-                send_to_resources(server, user, &reply);
+    match server.route(contact.domain().as_str()) {
+        Route::Host => {}
+        // The contact's server, component or service runs its side of the
+        // state machine.
+        _ => {
+            if let Err(e) = deliver(server, &stanza, &Jid::from(contact.clone())) {
+                if let Some(reply) = error_reply(&stanza, e.condition(), None) {
+                    send_to_resources(server, user, &reply);
+                }
             }
+            return Ok(());
         }
-        return Ok(());
-    }
-    if is_remote(server, domain) {
-        // The contact's server runs its side of the state machine.
-        server.s2s.send(server, stanza);
-        return Ok(());
-    }
-    if !server.is_local_domain(domain) {
-        // Federation is off: the remote domain cannot be reached.
-        if let Some(reply) = error_reply(&stanza, StanzaErrorCondition::RemoteServerNotFound, None)
-        {
-            send_to_resources(server, user, &reply);
-        }
-        return Ok(());
     }
     subscription_to_local(server, user, contact, kind, stanza).await
 }
@@ -477,10 +491,9 @@ pub fn send_unavailable_to(server: &Server, user: &BareJid, contact: &BareJid) {
     }
 }
 
-/// A session ended (clean close, error, timeout, kill): unbind it and, if it
-/// was available, broadcast unavailable (§4.5.2).
-pub async fn session_ended(server: &Server, jid: &FullJid, session_id: u64) {
-    let departed = server.sessions.unbind(jid, session_id);
+/// A session ended (clean close, error, timeout, kill) and was unbound:
+/// if it was available, broadcast unavailable (§4.5.2).
+async fn session_ended(server: &Server, jid: &FullJid, departed: &Departed) {
     let user = jid.to_bare();
     if departed.presence.is_some() {
         let p = Element::new("presence", NS_CLIENT).with_attr("type", "unavailable");
@@ -493,9 +506,6 @@ pub async fn session_ended(server: &Server, jid: &FullJid, session_id: u64) {
                 deliver_to_jid(server, &j, &addressed(&p, jid, to));
             }
         }
-    }
-    if departed.last_resource {
-        super::last::record_logout(server, &user).await;
     }
 }
 

@@ -3,32 +3,94 @@
 //! logged-in user, changing the password or cancelling the account with
 //! everything stored for it.
 //!
-//! The pre-authentication half is called by the c2s negotiation driver
-//! (`net::c2s`), which has no bound JID yet; the rest is an ordinary module.
+//! The pre-authentication half answers the `PreAuthIq` event the c2s
+//! negotiation fires (the stream has no bound JID yet); the rest answers
+//! IQs like any feature.
 
 use std::net::IpAddr;
 
 use jid::{BareJid, NodePart};
 
-use super::{IqOutcome, IqRequest, IqTarget, Module, NS_DATA};
+use super::{IqFuture, IqOutcome, IqRequest, IqTarget, NS_DATA};
 use crate::accounts;
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::hashing::HashingError;
 use crate::server::Server;
-use crate::stanza::StanzaErrorCondition;
+use crate::stanza::{StanzaError, StanzaErrorCondition, StreamErrorCondition};
 use crate::storage::AccountRecord;
 use crate::stream::c2s::NS_REGISTER;
 use crate::throttle;
-use crate::xml::{Element, NS_CLIENT};
+use crate::xml::Element;
 
-pub const MODULE: Module = Module {
-    xep: 77,
-    namespaces: &[NS_REGISTER],
-    // Advertised on every host: a logged-in user can always change the
-    // password and cancel in-band (§6); whether new accounts may be created
-    // is told by the stream feature instead.
-    features: &[NS_REGISTER],
-    handle: |req| Box::pin(answer(req)),
-};
+/// The registration feature.
+#[derive(Debug, Default)]
+pub struct Registration;
+
+/// Per-connection state: an account was created on this stream.
+#[derive(Debug, Default)]
+struct RegisteredHere(bool);
+
+impl Feature for Registration {
+    fn name(&self) -> &'static str {
+        "register"
+    }
+
+    fn xeps(&self) -> &'static [u16] {
+        &[77]
+    }
+
+    fn disco(&self) -> Disco {
+        // Advertised on every host: a logged-in user can always change the
+        // password and cancel in-band (§6); whether new accounts may be
+        // created is told by the stream feature instead.
+        Disco {
+            server: &[NS_REGISTER],
+            account: &[],
+        }
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_REGISTER]
+    }
+
+    fn handle_iq<'a>(&'a self, req: &'a IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(answer(req))
+    }
+
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        &[(EventKind::PreAuthIq, 0)]
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            let Event::PreAuthIq {
+                domain,
+                peer,
+                iq,
+                connection,
+                answer,
+            } = event
+            else {
+                return Verdict::Continue;
+            };
+            if iq.get_child("query", NS_REGISTER).is_none() {
+                return Verdict::Continue;
+            }
+            let here = &mut connection.get_or_default::<RegisteredHere>().0;
+            let outcome = before_auth(server, domain, *peer, iq, here).await;
+            **answer = Some(outcome.map_err(|r| StanzaError {
+                condition: r.condition,
+                text: r.text.map(str::to_owned),
+                app: None,
+            }));
+            Verdict::Stop
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// A refused registration request: the condition and a text for the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +122,7 @@ impl From<StanzaErrorCondition> for Refusal {
 /// stays unauthenticated: the client logs in with the new account next.
 /// `registered_here` is set once an account was created on this stream; a
 /// second one is refused, as §3.3 allows.
-pub async fn before_auth(
+async fn before_auth(
     server: &Server,
     domain: &str,
     ip: IpAddr,
@@ -165,16 +227,6 @@ async fn create(
     }
 }
 
-/// Is `stanza` a request to cancel the sender's own account (§3.2)? The
-/// c2s session checks this to end the stream once the account is gone.
-pub fn is_cancel(stanza: &Element) -> bool {
-    stanza.is("iq", NS_CLIENT)
-        && stanza.attr("type") == Some("set")
-        && stanza
-            .get_child("query", NS_REGISTER)
-            .is_some_and(|q| q.get_child("remove", NS_REGISTER).is_some())
-}
-
 /// Registration IQs from a logged-in user, about their own account: to
 /// the server (as §3.3 shows) or with no `to` (as §3.2 asks for cancels).
 async fn answer(req: &IqRequest<'_>) -> IqOutcome {
@@ -204,28 +256,32 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
             .from
             .try_as_full()
             .map_err(|_| StanzaErrorCondition::ServiceUnavailable)?;
-        return cancel(req.server, &account, session).await;
+        return cancel(req, &account, session).await;
     }
     change_password(req, &account, username).await
 }
 
 /// §3.2: deletes the account and all its data. The requesting session ends
-/// itself with `not-authorized` after this result (see `net::c2s`).
-async fn cancel(server: &Server, account: &BareJid, requester: &jid::FullJid) -> IqOutcome {
+/// with `not-authorized` after this result is written.
+async fn cancel(req: &IqRequest<'_>, account: &BareJid, requester: &jid::FullJid) -> IqOutcome {
+    let server = req.server;
     let domain = account.domain().as_str();
     let username = account.node().map(|n| n.as_str()).unwrap_or_default();
     match server.store.delete_account(domain, username).await {
         Ok(true) => {
             tracing::info!(jid = %account, "account cancelled in-band");
-            // A later account of the same name must not inherit the list.
-            server.blocklists.forget(&jid::Jid::from(account.clone()));
+            server
+                .features
+                .fire(server, &mut Event::AccountDeleted { user: account })
+                .await;
             // §3.2: the account's other sessions end too; the requester's
-            // own ends itself once this result is written.
+            // own once this result is written.
             server.sessions.close_account(
                 account,
                 Some(requester),
-                crate::stanza::StreamErrorCondition::NotAuthorized,
+                StreamErrorCondition::NotAuthorized,
             );
+            let _ = req.end_session.set(StreamErrorCondition::NotAuthorized);
             Ok(None)
         }
         Ok(false) => Err(StanzaErrorCondition::RegistrationRequired),
@@ -336,19 +392,5 @@ mod tests {
         );
         assert_eq!(field(&form, "username").as_deref(), Some("romeo"));
         assert_eq!(field(&form, "password"), None);
-    }
-
-    #[test]
-    fn cancel_is_recognised() {
-        let cancel = Element::new("iq", NS_CLIENT)
-            .with_attr("type", "set")
-            .with_child(
-                Element::new("query", NS_REGISTER).with_child(Element::new("remove", NS_REGISTER)),
-            );
-        assert!(is_cancel(&cancel));
-        let get = Element::new("iq", NS_CLIENT)
-            .with_attr("type", "get")
-            .with_child(Element::new("query", NS_REGISTER));
-        assert!(!is_cancel(&get));
     }
 }

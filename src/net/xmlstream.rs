@@ -53,7 +53,7 @@ pub trait Queued: Weigh {
 impl Weigh for Outbound {
     fn weight(&self) -> usize {
         match self {
-            Outbound::Stanza(bytes) => bytes.len(),
+            Outbound::Stanza(st) => st.weight(),
             Outbound::Close(_) => 0,
         }
     }
@@ -62,8 +62,8 @@ impl Weigh for Outbound {
 impl Queued for Outbound {
     fn write_to(self, out: &mut Vec<u8>) -> Option<StreamErrorCondition> {
         match self {
-            Outbound::Stanza(bytes) => {
-                out.extend_from_slice(&bytes);
+            Outbound::Stanza(st) => {
+                out.extend_from_slice(st.bytes());
                 None
             }
             Outbound::Close(cond) => Some(cond),

@@ -184,6 +184,55 @@ pub fn error_reply(
     Some(reply)
 }
 
+/// A stanza error as a feature returns it: the condition, and optionally
+/// a human-readable text and an application-specific condition element
+/// (RFC 6120 §8.3.2; PubSub and MUC use both).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StanzaError {
+    pub condition: StanzaErrorCondition,
+    pub text: Option<String>,
+    pub app: Option<Element>,
+}
+
+impl StanzaError {
+    /// The condition with a text for the user.
+    pub fn with_text(condition: StanzaErrorCondition, text: impl Into<String>) -> StanzaError {
+        StanzaError {
+            condition,
+            text: Some(text.into()),
+            app: None,
+        }
+    }
+
+    /// Adds an application-specific condition element.
+    pub fn with_app(mut self, app: Element) -> StanzaError {
+        self.app = Some(app);
+        self
+    }
+
+    /// The error reply to `stanza` carrying this error (None for an error,
+    /// which is never answered).
+    pub fn reply_to(&self, stanza: &Element) -> Option<Element> {
+        let mut reply = error_reply(stanza, self.condition, self.text.as_deref())?;
+        if let Some(app) = &self.app {
+            if let Some(err) = reply.get_child_mut("error", stanza.ns()) {
+                err.append_child(app.clone());
+            }
+        }
+        Some(reply)
+    }
+}
+
+impl From<StanzaErrorCondition> for StanzaError {
+    fn from(condition: StanzaErrorCondition) -> StanzaError {
+        StanzaError {
+            condition,
+            text: None,
+            app: None,
+        }
+    }
+}
+
 /// An IQ result for `iq` with an optional payload.
 pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
     let mut reply = Element::new("iq", NS_CLIENT).with_attr("type", "result");

@@ -16,14 +16,16 @@ use super::transport::Transport;
 use super::xmlstream::{random_id, End, Flow, XmlStream};
 use super::ConnectionSlot;
 use crate::accounts;
+use crate::feature::{Event, Extensions, StreamPhase, Verdict};
 use crate::hashing::HashingError;
-use crate::modules::register;
 use crate::queue::QueueReceiver;
 use crate::router;
 use crate::sasl::{self, parse_plain, SaslError, ScramServer};
 use crate::server::Server;
 use crate::sessions::Outbound;
-use crate::stanza::{error_reply, iq_result, StanzaErrorCondition, StreamErrorCondition};
+use crate::stanza::{
+    error_reply, iq_result, StanzaError, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
+};
 use crate::stream::c2s::{
     self as rules, check_header, classify, offered_mechanisms, Mechanism, Negotiation, Phase,
     NS_BIND, NS_SASL,
@@ -62,18 +64,19 @@ pub async fn run(
         id,
         jid: None,
         queue: None,
+        extensions: Extensions::default(),
     };
     tracing::info!(conn = id, %peer, direct_tls, "c2s connection opened");
     let end = conn.run(direct_tls).await;
     let jid = conn.jid.as_ref().map(|j| j.to_string()).unwrap_or_default();
     if let Some(j) = &conn.jid {
-        crate::modules::presence::session_ended(&server, j, id).await;
+        crate::sessions::end_session(&server, j, id).await;
         // Stanzas routed here but never written go back to routing
         // (another resource or offline storage) instead of being lost.
         if let Some(rx) = conn.queue.take() {
             for item in rx.close_and_drain() {
-                if let Outbound::Stanza(bytes) = item {
-                    router::reroute_undelivered(&server, j, &bytes).await;
+                if let Outbound::Stanza(st) = &item {
+                    router::reroute_one(&server, j, st).await;
                 }
             }
         }
@@ -101,6 +104,8 @@ struct Connection {
     /// The session's queue, kept after the session ends so its leftovers
     /// can be re-routed.
     queue: Option<QueueReceiver<Outbound>>,
+    /// Features' state about this connection before it has a session.
+    extensions: Extensions,
 }
 
 impl Connection {
@@ -137,7 +142,6 @@ impl Connection {
         }
         let mut phase = Phase::Unauthenticated { tls: direct_tls };
         let mut auth_failures = 0u32;
-        let mut registered_here = false;
         // The first header fixes the domain; restarts must keep it.
         let mut headers_seen = 0u32;
         loop {
@@ -174,14 +178,18 @@ impl Connection {
                 {
                     Err(cond) => return Err(self.stream.close_with(cond, None).await),
                     Ok(Negotiation::Register) => {
-                        let outcome = register::before_auth(
-                            &self.server,
-                            &self.domain,
-                            self.peer.ip(),
-                            &el,
-                            &mut registered_here,
-                        )
-                        .await;
+                        let mut answer = None;
+                        let mut event = Event::PreAuthIq {
+                            domain: &self.domain,
+                            peer: self.peer.ip(),
+                            iq: &el,
+                            connection: &mut self.extensions,
+                            answer: &mut answer,
+                        };
+                        self.server.features.fire(&self.server, &mut event).await;
+                        let outcome = answer.unwrap_or_else(|| {
+                            Err(StanzaErrorCondition::ServiceUnavailable.into())
+                        });
                         self.answer_unauthenticated_iq(&el, outcome).await?;
                     }
                     Ok(Negotiation::RefuseIq(cond)) => {
@@ -246,14 +254,14 @@ impl Connection {
     async fn answer_unauthenticated_iq(
         &mut self,
         iq: &Element,
-        outcome: Result<Option<Element>, register::Refusal>,
+        outcome: Result<Option<Element>, StanzaError>,
     ) -> Flow<()> {
         let mut iq = iq.clone();
         iq.remove_attr("from");
         iq.remove_attr("to");
         let reply = match outcome {
             Ok(payload) => Some(iq_result(&iq, payload)),
-            Err(r) => error_reply(&iq, r.condition, r.text),
+            Err(e) => e.reply_to(&iq),
         };
         if let Some(reply) = reply {
             self.stream.write(&reply);
@@ -279,7 +287,17 @@ impl Connection {
                     self.registration_allowed(),
                 )
             }
-            Phase::Authenticated { .. } => rules::features_authenticated(),
+            Phase::Authenticated { .. } => {
+                let mut f = rules::features_authenticated();
+                for extra in self
+                    .server
+                    .features
+                    .stream_features(&self.server, StreamPhase::Authenticated)
+                {
+                    f.append_child(extra);
+                }
+                f
+            }
         }
     }
 
@@ -656,6 +674,8 @@ impl Connection {
         self.stream.write(&result);
         self.stream.flush().await?;
         tracing::info!(conn = self.id, peer = %self.peer, jid = %full, "c2s resource bound");
+        let mut event = Event::SessionBound { jid: &full };
+        self.server.features.fire(&self.server, &mut event).await;
         Ok(Some((full, rx)))
     }
 
@@ -669,17 +689,8 @@ impl Connection {
                 match self.stream.parser.next_event() {
                     Ok(None) => break,
                     Ok(Some(StreamEvent::Stanza(el))) => {
-                        let cancel = register::is_cancel(&el);
-                        if let Err(cond) = self.handle_stanza(&jid, el).await {
+                        if let Err(cond) = self.handle_element(&jid, el).await {
                             return self.stream.close_with(cond, None).await;
-                        }
-                        if cancel && self.account_cancelled(&jid).await {
-                            // XEP-0077 §3.2: the result, then not-authorized.
-                            let _ = self.stream.drain_queue(rx);
-                            return self
-                                .stream
-                                .close_with(StreamErrorCondition::NotAuthorized, None)
-                                .await;
                         }
                     }
                     Ok(Some(StreamEvent::End)) => return self.stream.close_stream().await,
@@ -698,25 +709,36 @@ impl Connection {
         }
     }
 
-    /// Is the session's account gone (after an in-band cancel)? A failed
-    /// look-up keeps the session: it is only a hint to close early.
-    async fn account_cancelled(&self, jid: &FullJid) -> bool {
-        let username = jid.node().map(|n| n.as_str()).unwrap_or_default();
-        matches!(
-            self.server
-                .store
-                .account_exists(jid.domain().as_str(), username)
-                .await,
-            Ok(false)
-        )
-    }
-
-    async fn handle_stanza(
+    /// A top-level element of the bound session: a stanza goes to the
+    /// router; anything else (stream management, client state) to the
+    /// feature that takes it, else the stream ends.
+    async fn handle_element(
         &mut self,
         jid: &FullJid,
         el: Element,
     ) -> Result<(), StreamErrorCondition> {
-        router::route_from_client(&self.server, jid, el).await
+        if StanzaKind::of(&el, NS_CLIENT).is_some() {
+            return router::route_from_client(&self.server, jid, el).await;
+        }
+        let mut replies = Vec::new();
+        let mut release = Vec::new();
+        let mut event = Event::SessionElement {
+            jid,
+            element: &el,
+            session: &mut self.extensions,
+            replies: &mut replies,
+            release: &mut release,
+        };
+        if self.server.features.fire(&self.server, &mut event).await != Verdict::Stop {
+            return Err(StreamErrorCondition::UnsupportedStanzaType);
+        }
+        for r in &replies {
+            self.stream.write(r);
+        }
+        for st in &release {
+            self.stream.write_raw(st.bytes());
+        }
+        Ok(())
     }
 
     // ---- I/O helpers ---------------------------------------------------

@@ -1,0 +1,170 @@
+//! The events features subscribe to. Each carries typed borrowed data; a
+//! subscriber answers with a [`Verdict`]. Adding an event means a variant
+//! here, its kind in [`EventKind`], and one `fire` where it happens.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use jid::{BareJid, FullJid, Jid};
+
+use super::Extensions;
+use crate::router::Origin;
+use crate::sessions::{Departed, OutStanza};
+use crate::stanza::{StanzaError, StanzaKind};
+use crate::xml::Element;
+
+/// Whether later subscribers see the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not handled here (or handled, and others may act too).
+    Continue,
+    /// Handled: later subscribers and the default action are skipped.
+    Stop,
+}
+
+/// The kinds of [`Event`], for subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum EventKind {
+    PreRoute,
+    Presence,
+    MessageSent,
+    MessageDelivered,
+    Undeliverable,
+    PreAuthIq,
+    SessionElement,
+    SessionBound,
+    SessionAvailable,
+    SessionEnded,
+    AccountDeleted,
+    /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
+    /// stanza about to be written to a client (kept synchronous: it is on
+    /// the hot path).
+    Outbound,
+}
+
+impl EventKind {
+    /// Every kind, in discriminant order.
+    pub const ALL: [EventKind; 12] = [
+        EventKind::PreRoute,
+        EventKind::Presence,
+        EventKind::MessageSent,
+        EventKind::MessageDelivered,
+        EventKind::Undeliverable,
+        EventKind::PreAuthIq,
+        EventKind::SessionElement,
+        EventKind::SessionBound,
+        EventKind::SessionAvailable,
+        EventKind::SessionEnded,
+        EventKind::AccountDeleted,
+        EventKind::Outbound,
+    ];
+}
+
+/// Something that happened, with what a feature needs to act on it.
+pub enum Event<'a> {
+    /// A stanza with a `to`, its `from` checked, before the route is
+    /// chosen. Stop = the feature dealt with it (dropped or answered).
+    PreRoute {
+        origin: Origin<'a>,
+        kind: StanzaKind,
+        to: &'a Jid,
+        stanza: &'a Element,
+    },
+    /// A presence stanza past the filters, for the presence feature: from
+    /// a local session (`to` None for a broadcast), or from a component or
+    /// a remote server to a local JID.
+    Presence {
+        origin: Origin<'a>,
+        to: Option<&'a Jid>,
+        stanza: &'a Element,
+    },
+    /// A message a local session sent, after it was routed (carbons' sent
+    /// copies, archiving).
+    MessageSent {
+        from: &'a FullJid,
+        to: &'a Jid,
+        stanza: &'a Element,
+    },
+    /// A message handed to resources of a local account (`to` as
+    /// addressed; `resources` those that got it).
+    MessageDelivered {
+        to: &'a Jid,
+        resources: &'a [FullJid],
+        stanza: &'a Element,
+    },
+    /// A message for a local account that no resource can take. A
+    /// subscriber that keeps it (offline storage) stops the event; one that
+    /// cannot sets `refusal`, the error the sender gets.
+    Undeliverable {
+        origin: Origin<'a>,
+        to: &'a BareJid,
+        stanza: &'a Element,
+        refusal: &'a mut Option<StanzaError>,
+    },
+    /// An IQ on a client stream before authentication (registration).
+    /// The subscriber that answers sets `answer` and stops the event;
+    /// `connection` holds per-connection state across such IQs.
+    PreAuthIq {
+        domain: &'a str,
+        peer: IpAddr,
+        iq: &'a Element,
+        connection: &'a mut Extensions,
+        answer: &'a mut Option<Result<Option<Element>, StanzaError>>,
+    },
+    /// A top-level element on a bound client stream that is not a stanza
+    /// and not stream management's (client state, …). The subscriber that
+    /// takes it stops the event; it may keep state in `session` (the
+    /// session's extension data), write `replies`, and `release` stanzas
+    /// it held back (`Feature::outbound`), which are written in order.
+    /// Untaken, the element ends the stream with `unsupported-stanza-type`.
+    SessionElement {
+        jid: &'a FullJid,
+        element: &'a Element,
+        session: &'a mut Extensions,
+        replies: &'a mut Vec<Element>,
+        release: &'a mut Vec<Arc<OutStanza>>,
+    },
+    /// A resource was bound.
+    SessionBound { jid: &'a FullJid },
+    /// A session sent available presence; `initial` the first time.
+    SessionAvailable { jid: &'a FullJid, initial: bool },
+    /// A session ended and was unbound: what it left behind.
+    SessionEnded {
+        jid: &'a FullJid,
+        departed: &'a Departed,
+    },
+    /// An account was deleted; each feature forgets what it kept for it.
+    AccountDeleted { user: &'a BareJid },
+}
+
+impl Event<'_> {
+    /// This event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::PreRoute { .. } => EventKind::PreRoute,
+            Event::Presence { .. } => EventKind::Presence,
+            Event::MessageSent { .. } => EventKind::MessageSent,
+            Event::MessageDelivered { .. } => EventKind::MessageDelivered,
+            Event::Undeliverable { .. } => EventKind::Undeliverable,
+            Event::PreAuthIq { .. } => EventKind::PreAuthIq,
+            Event::SessionElement { .. } => EventKind::SessionElement,
+            Event::SessionBound { .. } => EventKind::SessionBound,
+            Event::SessionAvailable { .. } => EventKind::SessionAvailable,
+            Event::SessionEnded { .. } => EventKind::SessionEnded,
+            Event::AccountDeleted { .. } => EventKind::AccountDeleted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_kind_at_its_index() {
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Stream Management (XEP-0198), the session side: the stream feature, and
+//! the sessions whose connection went away waiting to be resumed.
+//!
+//! The counting lives in `stream::sm` (sans I/O) and runs in the client
+//! driver (`net::c2s`), which owns a session while a connection is
+//! attached. When the connection drops, the driver *parks* the session
+//! here: its queue keeps receiving stanzas (the resource stays bound, so
+//! routing does not change), and its unacknowledged stanzas wait with it.
+//! A new connection that authenticates as the same account and sends
+//! `<resume previd=…>` takes it back; if none does within the resumption
+//! time the session ends as any other does, and what it never delivered
+//! is re-routed (other resources, else offline storage).
+//!
+//! A resumption may arrive while the old connection still looks alive (a
+//! half-dead TCP stream): the old driver is told to let go (its takeover
+//! token) and parks the session at once; the resumer waits for that.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jid::{BareJid, FullJid};
+use tokio_util::sync::CancellationToken;
+
+use crate::feature::{Extensions, Feature, StreamPhase};
+use crate::queue::QueueReceiver;
+use crate::server::Server;
+use crate::sessions::Outbound;
+use crate::stream::sm::{StreamManagement, NS_SM};
+use crate::xml::Element;
+
+/// How long a resumer waits for the old connection to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A session without a connection, waiting to be resumed.
+pub struct Parked {
+    pub jid: FullJid,
+    /// The id its resource is bound under in the session registry.
+    pub session_id: u64,
+    /// Its queue, still filled by the router.
+    pub rx: QueueReceiver<Outbound>,
+    pub sm: StreamManagement,
+    /// Features' per-session state (carbons, client state …).
+    pub extensions: Extensions,
+}
+
+enum Slot {
+    /// A connection holds the session; cancelling the token asks it to
+    /// park the session.
+    Attached {
+        owner: BareJid,
+        takeover: CancellationToken,
+    },
+    Parked {
+        owner: BareJid,
+        session: Box<Parked>,
+        /// Which parking this is, so an old expiry timer cannot end a
+        /// session that was resumed and parked again.
+        generation: u64,
+    },
+}
+
+/// Why a resumption failed (`<failed><item-not-found/>` either way).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResumeError {
+    /// No such id, expired, another account's, or replaced.
+    NotFound,
+}
+
+/// The stream management feature and its resumable sessions.
+#[derive(Default)]
+pub struct StreamManagementFeature {
+    slots: Mutex<HashMap<String, Slot>>,
+    parked_changed: tokio::sync::Notify,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Feature for StreamManagementFeature {
+    fn name(&self) -> &'static str {
+        "stream-management"
+    }
+
+    fn xeps(&self) -> &'static [u16] {
+        &[198]
+    }
+
+    fn stream_feature(&self, server: &Server, phase: StreamPhase) -> Option<Element> {
+        (phase == StreamPhase::Authenticated && server.config.stream_management.enabled)
+            .then(|| Element::new("sm", NS_SM))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl StreamManagementFeature {
+    /// Records a resumable session as held by a connection.
+    pub fn attach(&self, id: &str, owner: BareJid, takeover: CancellationToken) {
+        self.lock()
+            .insert(id.to_string(), Slot::Attached { owner, takeover });
+    }
+
+    /// The session ended for good (or was never resumable): forget it.
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Parks a session whose connection went away, and starts its expiry.
+    pub fn park(&self, server: &Arc<Server>, session: Parked) {
+        let id = session.sm.id.clone();
+        let wait = Duration::from_secs(session.sm.max_secs);
+        let owner = session.jid.to_bare();
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(
+            id.clone(),
+            Slot::Parked {
+                owner,
+                session: Box::new(session),
+                generation,
+            },
+        );
+        self.parked_changed.notify_waiters();
+        let server = server.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // A shutdown ends parked sessions too: their undelivered
+                // messages go to offline storage while the store is open.
+                _ = server.shutdown.cancelled() => {}
+            }
+            let Some(sm) = server.features.get::<StreamManagementFeature>() else {
+                return;
+            };
+            let expired = {
+                let mut slots = sm.lock();
+                match slots.get(&id) {
+                    Some(Slot::Parked { generation: g, .. }) if *g == generation => {
+                        match slots.remove(&id) {
+                            Some(Slot::Parked { session, .. }) => Some(session),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(session) = expired {
+                tracing::info!(jid = %session.jid, "stream management: resumption time over");
+                end_parked(&server, *session).await;
+            }
+        });
+    }
+
+    /// Takes the session `previd` back for a connection authenticated as
+    /// `owner`, telling a connection that still holds it to let go.
+    pub async fn resume(&self, owner: &BareJid, previd: &str) -> Result<Parked, ResumeError> {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            let notified = self.parked_changed.notified();
+            {
+                let mut slots = self.lock();
+                match slots.get(previd) {
+                    None => return Err(ResumeError::NotFound),
+                    Some(Slot::Attached { owner: o, .. } | Slot::Parked { owner: o, .. })
+                        if o != owner =>
+                    {
+                        return Err(ResumeError::NotFound)
+                    }
+                    Some(Slot::Attached { takeover, .. }) => takeover.cancel(),
+                    Some(Slot::Parked { .. }) => match slots.remove(previd) {
+                        Some(Slot::Parked { session, .. }) => return Ok(*session),
+                        _ => return Err(ResumeError::NotFound),
+                    },
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ResumeError::NotFound);
+            }
+        }
+    }
+
+    /// Sessions waiting for resumption.
+    pub fn parked(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| matches!(s, Slot::Parked { .. }))
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // Each change is one map operation: poisoning cannot leave it half done.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Ends a session that will not be resumed: unbinds it (presence
+/// unavailable and the rest, through `SessionEnded`), then re-routes what
+/// it never acknowledged and what was still queued for it, in order.
+pub async fn end_parked(server: &Server, mut session: Parked) {
+    crate::sessions::end_session(server, &session.jid, session.session_id).await;
+    let mut undelivered = session.sm.take_unacked();
+    undelivered.extend(
+        session
+            .rx
+            .close_and_drain()
+            .into_iter()
+            .filter_map(|item| match item {
+                Outbound::Stanza(st) => Some(st),
+                Outbound::Close(_) => None,
+            }),
+    );
+    for st in &undelivered {
+        crate::router::reroute_one(server, &session.jid, st).await;
+    }
+}
