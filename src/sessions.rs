@@ -136,7 +136,15 @@ struct BoundResource {
     directed: Mutex<HashSet<Box<str>>>,
     /// When the resource was bound (for `ctl sessions list`).
     bound_at: std::time::Instant,
+    /// Features' data about this session (carbons on, client state, …),
+    /// kept as long as the session, across connections.
+    extensions: SessionExtensions,
 }
+
+/// A session's extension data, shared by its connection's task and the
+/// features acting on it from other tasks. Lock it briefly, never across
+/// an await.
+pub type SessionExtensions = Arc<Mutex<crate::feature::Extensions>>;
 
 /// A bound resource as `ctl sessions list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +197,7 @@ impl SessionRegistry {
                 interested: false,
                 directed: Mutex::default(),
                 bound_at: std::time::Instant::now(),
+                extensions: SessionExtensions::default(),
             });
             old
         };
@@ -312,6 +321,37 @@ impl SessionRegistry {
                 into_list(std::mem::take(&mut *set))
             })
             .unwrap_or_default()
+    }
+
+    /// The extension data of the session bound to a full JID.
+    pub fn extensions(&self, jid: &FullJid) -> Option<SessionExtensions> {
+        self.read()
+            .get(&jid.to_bare())
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            .map(|r| r.extensions.clone())
+    }
+
+    /// Runs `f` on the extension data of each bound resource of `bare`
+    /// (its full JID, and the data locked for the call).
+    pub fn for_each_extensions(
+        &self,
+        bare: &BareJid,
+        mut f: impl FnMut(&FullJid, &mut crate::feature::Extensions),
+    ) {
+        let list: Vec<(FullJid, SessionExtensions)> = self
+            .read()
+            .get(bare)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|r| {
+                        Some((bare.with_resource_str(&r.resource).ok()?, r.extensions.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (jid, ext) in list {
+            f(&jid, &mut ext.lock().unwrap_or_else(|e| e.into_inner()));
+        }
     }
 
     /// The connection id bound to a full JID.

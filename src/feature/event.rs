@@ -114,14 +114,14 @@ pub enum Event<'a> {
     },
     /// A top-level element on a bound client stream that is not a stanza
     /// and not stream management's (client state, …). The subscriber that
-    /// takes it stops the event; it may keep state in `session` (the
-    /// session's extension data), write `replies`, and `release` stanzas
-    /// it held back (`Feature::outbound`), which are written in order.
-    /// Untaken, the element ends the stream with `unsupported-stanza-type`.
+    /// takes it stops the event; it may keep state in the session's
+    /// extension data (`SessionRegistry::extensions`), write `replies`,
+    /// and `release` stanzas it held back (`Feature::outbound`), which are
+    /// written in order. Untaken, the element ends the stream with
+    /// `unsupported-stanza-type`.
     SessionElement {
         jid: &'a FullJid,
         element: &'a Element,
-        session: &'a mut Extensions,
         replies: &'a mut Vec<Element>,
         release: &'a mut Vec<Arc<OutStanza>>,
     },

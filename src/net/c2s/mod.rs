@@ -279,13 +279,21 @@ impl Connection {
                     !cb.available.is_empty(),
                     self.server.config.c2s.allow_plain,
                 );
-                rules::features_unauthenticated(
+                let mut f = rules::features_unauthenticated(
                     *tls,
                     self.server.config.c2s.require_encryption,
                     &mechs,
                     &cb_names,
                     self.registration_allowed(),
-                )
+                );
+                for extra in self
+                    .server
+                    .features
+                    .stream_features(&self.server, StreamPhase::Unauthenticated { tls: *tls })
+                {
+                    f.append_child(extra);
+                }
+                f
             }
             Phase::Authenticated { .. } => {
                 let mut f = rules::features_authenticated();
@@ -725,7 +733,6 @@ impl Connection {
         let mut event = Event::SessionElement {
             jid,
             element: &el,
-            session: &mut self.extensions,
             replies: &mut replies,
             release: &mut release,
         };
