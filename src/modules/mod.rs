@@ -14,6 +14,7 @@ pub mod private;
 pub mod register;
 pub mod roster;
 pub mod session;
+pub mod stream_management;
 pub mod time;
 pub mod vcard;
 pub mod version;
@@ -127,6 +128,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(blocking::Blocking::default()),
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),
+        Arc::new(stream_management::StreamManagementFeature::default()),
     ]
 }
 
