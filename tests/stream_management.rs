@@ -415,3 +415,57 @@ async fn offline_messages_are_deleted_only_once_acknowledged() {
     })
     .await;
 }
+
+/// One account may keep only `max_parked_per_account` sessions waiting:
+/// parking one more ends the oldest, whose message goes to offline
+/// storage; the newer one still resumes.
+#[tokio::test]
+async fn an_account_cannot_pile_up_waiting_sessions() {
+    let server = TestServer::start_with(|c| c.stream_management.max_parked_per_account = 1).await;
+    server.add_user("lou", "pw").await;
+    server.add_user("max", "pw").await;
+    let a = SmClient::login(&server, "lou", "a").await;
+    let b = SmClient::login(&server, "lou", "b").await;
+    let (id_a, id_b) = (a.id.clone(), b.id.clone());
+    let mut max = Client::login(server.plain_addr, "max", "pw", None).await;
+    drop(a);
+    let s = server.server().clone();
+    let parked = move || {
+        let s = s.clone();
+        async move {
+            s.features
+                .get::<waxwing::modules::stream_management::StreamManagementFeature>()
+                .map(|f| f.parked())
+        }
+    };
+    eventually("a waits for resumption", || {
+        let p = parked();
+        async move { p.await == Some(1) }
+    })
+    .await;
+    send_numbered(&mut max, "lou@localhost/a", 1..=1).await;
+    drop(b);
+    let store = server.store().clone();
+    eventually(
+        "the oldest waiting session ended into offline storage",
+        || {
+            let store = store.clone();
+            async move { store.offline_count("localhost", "lou").await.unwrap() == 1 }
+        },
+    )
+    .await;
+    let mut late = authenticated(&server, "lou").await;
+    late.send_str(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id_a}' h='0'/>"
+    ))
+    .await;
+    let failed = late.next_element().await;
+    assert!(failed.is("failed", NS_SM), "{}", show(&failed));
+    let mut c = authenticated(&server, "lou").await;
+    c.send_str(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id_b}' h='0'/>"
+    ))
+    .await;
+    let resumed = c.next_element().await;
+    assert!(resumed.is("resumed", NS_SM), "{}", show(&resumed));
+}
