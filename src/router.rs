@@ -531,7 +531,7 @@ async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: Iq
     };
     let reply = match modules::dispatch(&req).await {
         Ok(payload) => Some(iq_result(iq, payload)),
-        Err(cond) => error_reply(iq, cond, None),
+        Err(e) => e.reply_to(iq),
     };
     if let Some(reply) = reply {
         deliver_reply(server, origin, &reply);

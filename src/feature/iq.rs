@@ -36,7 +36,7 @@ pub struct IqRequest<'a> {
 }
 
 /// A module's answer: a result payload (or none), or a stanza error.
-pub type IqOutcome = Result<Option<Element>, StanzaErrorCondition>;
+pub type IqOutcome = Result<Option<Element>, crate::stanza::StanzaError>;
 
 /// An IQ handler's pending answer (handlers may wait on storage).
 pub type IqFuture<'a> = Pin<Box<dyn Future<Output = IqOutcome> + Send + 'a>>;

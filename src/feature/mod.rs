@@ -94,7 +94,7 @@ pub trait Feature: Send + Sync + 'static {
 
     /// Answers an IQ get/set whose payload is in one of `iq_namespaces`.
     fn handle_iq<'a>(&'a self, _req: &'a IqRequest<'a>) -> IqFuture<'a> {
-        iq::ready(Err(StanzaErrorCondition::ServiceUnavailable))
+        iq::ready(Err(StanzaErrorCondition::ServiceUnavailable.into()))
     }
 
     /// Domains it serves as an in-process service (e.g. `conference.<host>`),

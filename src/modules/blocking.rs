@@ -452,13 +452,13 @@ async fn answer(cache: &BlocklistCache, req: &IqRequest<'_>) -> IqOutcome {
     // The blocklist is the account's own business (XEP-0191 §3: IQs with
     // no 'to'); nobody else may read or change it.
     if req.target != (IqTarget::Account { own: true }) {
-        return Err(StanzaErrorCondition::ServiceUnavailable);
+        return Err(StanzaErrorCondition::ServiceUnavailable.into());
     }
     match (req.payload.name(), req.is_set) {
         ("blocklist", false) => get(cache, req).await,
         ("block", true) => block(cache, req).await,
         ("unblock", true) => unblock(cache, req).await,
-        _ => Err(StanzaErrorCondition::BadRequest),
+        _ => Err(StanzaErrorCondition::BadRequest.into()),
     }
 }
 
@@ -500,7 +500,7 @@ fn items(payload: &Element) -> Result<Vec<Jid>, StanzaErrorCondition> {
 async fn block(cache: &BlocklistCache, req: &IqRequest<'_>) -> IqOutcome {
     let jids = items(req.payload)?;
     if jids.is_empty() {
-        return Err(StanzaErrorCondition::BadRequest);
+        return Err(StanzaErrorCondition::BadRequest.into());
     }
     let (server, owner): (&Server, &Jid) = (req.server, req.from);
     let added = {
@@ -508,7 +508,7 @@ async fn block(cache: &BlocklistCache, req: &IqRequest<'_>) -> IqOutcome {
         let mut list = (*cache.load(server, owner).await.map_err(internal)?).clone();
         let added: Vec<&Jid> = jids.iter().filter(|j| list.insert(j)).collect();
         if list.len() > MAX_BLOCKLIST_ITEMS {
-            return Err(StanzaErrorCondition::PolicyViolation);
+            return Err(StanzaErrorCondition::PolicyViolation.into());
         }
         if !added.is_empty() {
             cache.save(server, owner, list).await.map_err(internal)?;

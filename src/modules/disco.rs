@@ -18,11 +18,11 @@ pub const MODULE: Module = Module {
 
 fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.is_set {
-        return Err(StanzaErrorCondition::NotAllowed);
+        return Err(StanzaErrorCondition::NotAllowed.into());
     }
     // Nodes are not used yet; asking for one is asking for something absent.
     if req.payload.attr("node").is_some() {
-        return Err(StanzaErrorCondition::ItemNotFound);
+        return Err(StanzaErrorCondition::ItemNotFound.into());
     }
     match (req.payload.name(), req.payload.ns(), req.target) {
         ("query", NS_INFO, IqTarget::Server) => Ok(Some(server_info(req.server))),
@@ -39,9 +39,9 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
             Ok(Some(Element::new("query", NS_ITEMS)))
         }
         ("query", _, IqTarget::Account { own: false }) => {
-            Err(StanzaErrorCondition::ServiceUnavailable)
+            Err(StanzaErrorCondition::ServiceUnavailable.into())
         }
-        _ => Err(StanzaErrorCondition::BadRequest),
+        _ => Err(StanzaErrorCondition::BadRequest.into()),
     }
 }
 

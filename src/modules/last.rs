@@ -80,7 +80,7 @@ fn query(seconds: u64) -> Element {
 fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
     Box::pin(async move {
         if req.is_set || req.payload.name() != "query" {
-            return Err(StanzaErrorCondition::BadRequest);
+            return Err(StanzaErrorCondition::BadRequest.into());
         }
         let user = match req.target {
             IqTarget::Server => return Ok(Some(query(req.server.uptime().as_secs()))),
@@ -93,8 +93,8 @@ fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
                         .await
                     {
                         Ok(true) => {}
-                        Ok(false) => return Err(StanzaErrorCondition::Forbidden),
-                        Err(_) => return Err(StanzaErrorCondition::InternalServerError),
+                        Ok(false) => return Err(StanzaErrorCondition::Forbidden.into()),
+                        Err(_) => return Err(StanzaErrorCondition::InternalServerError.into()),
                     }
                 }
                 to
@@ -112,8 +112,8 @@ fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
                 let then: u64 = v.parse().unwrap_or(0);
                 Ok(Some(query(now().saturating_sub(then))))
             }
-            Ok(None) => Err(StanzaErrorCondition::ItemNotFound),
-            Err(_) => Err(StanzaErrorCondition::InternalServerError),
+            Ok(None) => Err(StanzaErrorCondition::ItemNotFound.into()),
+            Err(_) => Err(StanzaErrorCondition::InternalServerError.into()),
         }
     })
 }

@@ -104,7 +104,7 @@ pub const NS_DATA: &str = "jabber:x:data";
 pub async fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
     match req.server.features.iq_handler(req.payload.ns()) {
         Some(f) => f.handle_iq(req).await,
-        None => Err(StanzaErrorCondition::ServiceUnavailable),
+        None => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     }
 }
 

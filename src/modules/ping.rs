@@ -13,7 +13,7 @@ pub const MODULE: Module = Module {
 
 fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.is_set || req.payload.name() != "ping" {
-        return Err(crate::stanza::StanzaErrorCondition::BadRequest);
+        return Err(crate::stanza::StanzaErrorCondition::BadRequest.into());
     }
     Ok(None)
 }

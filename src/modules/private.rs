@@ -68,18 +68,18 @@ fn internal(e: StorageError) -> StanzaErrorCondition {
 
 async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if !req.payload.is("query", NS) {
-        return Err(StanzaErrorCondition::BadRequest);
+        return Err(StanzaErrorCondition::BadRequest.into());
     }
     // XEP-0049 §2.3: another user's data is forbidden (preferred over
     // service-unavailable); so is addressing the server.
     if req.target != (IqTarget::Account { own: true }) {
-        return Err(StanzaErrorCondition::Forbidden);
+        return Err(StanzaErrorCondition::Forbidden.into());
     }
     let children: Vec<&Element> = req.payload.children().collect();
     // XEP-0049 §2.3: at least one child with a namespace of its own
     // (bad-format is a stream condition, so not-acceptable it is).
     if children.is_empty() || children.iter().any(|c| reserved(c.ns())) {
-        return Err(StanzaErrorCondition::NotAcceptable);
+        return Err(StanzaErrorCondition::NotAcceptable.into());
     }
     let (domain, user) = (
         req.from.domain().as_str(),
@@ -124,7 +124,7 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     // XEP-0049 §2.3: a get asks for one namespace.
     let ns = children[0].ns();
     if children.iter().any(|c| c.ns() != ns) {
-        return Err(StanzaErrorCondition::BadRequest);
+        return Err(StanzaErrorCondition::BadRequest.into());
     }
     let mut query = Element::new("query", NS);
     match store

@@ -231,10 +231,10 @@ async fn create(
 /// the server (as §3.3 shows) or with no `to` (as §3.2 asks for cancels).
 async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.target == (IqTarget::Account { own: false }) {
-        return Err(StanzaErrorCondition::ServiceUnavailable);
+        return Err(StanzaErrorCondition::ServiceUnavailable.into());
     }
     if req.payload.name() != "query" {
-        return Err(StanzaErrorCondition::BadRequest);
+        return Err(StanzaErrorCondition::BadRequest.into());
     }
     let account = req.from.to_bare();
     let username = account.node().map(|n| n.as_str()).unwrap_or_default();
@@ -249,7 +249,7 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.payload.get_child("remove", NS_REGISTER).is_some() {
         // §3.2: <remove/> must be the only child.
         if req.payload.children().count() != 1 {
-            return Err(StanzaErrorCondition::BadRequest);
+            return Err(StanzaErrorCondition::BadRequest.into());
         }
         // Only a session owns an account to cancel.
         let session = req
@@ -284,10 +284,10 @@ async fn cancel(req: &IqRequest<'_>, account: &BareJid, requester: &jid::FullJid
             let _ = req.end_session.set(StreamErrorCondition::NotAuthorized);
             Ok(None)
         }
-        Ok(false) => Err(StanzaErrorCondition::RegistrationRequired),
+        Ok(false) => Err(StanzaErrorCondition::RegistrationRequired.into()),
         Err(e) => {
             tracing::error!(error = %e, jid = %account, "deleting an account");
-            Err(StanzaErrorCondition::InternalServerError)
+            Err(StanzaErrorCondition::InternalServerError.into())
         }
     }
 }
@@ -297,12 +297,12 @@ async fn change_password(req: &IqRequest<'_>, account: &BareJid, username: &str)
     let given = field(req.payload, "username").ok_or(StanzaErrorCondition::BadRequest)?;
     // Compare in normalised form: "Juliet" names the account "juliet".
     if NodePart::new(&given).ok().as_ref().map(|n| n.as_str()) != Some(username) {
-        return Err(StanzaErrorCondition::BadRequest);
+        return Err(StanzaErrorCondition::BadRequest.into());
     }
     let password = field(req.payload, "password").ok_or(StanzaErrorCondition::BadRequest)?;
     // §3.3: an empty password never replaces the existing one.
     if password.is_empty() {
-        return Err(StanzaErrorCondition::NotAcceptable);
+        return Err(StanzaErrorCondition::NotAcceptable.into());
     }
     let record = derive(req.server, account, password)
         .await
@@ -312,10 +312,10 @@ async fn change_password(req: &IqRequest<'_>, account: &BareJid, username: &str)
             tracing::info!(jid = %account, "password changed in-band");
             Ok(None)
         }
-        Ok(false) => Err(StanzaErrorCondition::RegistrationRequired),
+        Ok(false) => Err(StanzaErrorCondition::RegistrationRequired.into()),
         Err(e) => {
             tracing::error!(error = %e, jid = %account, "changing a password");
-            Err(StanzaErrorCondition::InternalServerError)
+            Err(StanzaErrorCondition::InternalServerError.into())
         }
     }
 }

@@ -188,10 +188,10 @@ fn push(server: &Server, user: &BareJid, item: Element, ver: i64) {
 fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
     Box::pin(async move {
         if req.target != (IqTarget::Account { own: true }) {
-            return Err(StanzaErrorCondition::Forbidden);
+            return Err(StanzaErrorCondition::Forbidden.into());
         }
         if req.payload.name() != "query" {
-            return Err(StanzaErrorCondition::BadRequest);
+            return Err(StanzaErrorCondition::BadRequest.into());
         }
         let user = req.from.to_bare();
         let r = if req.is_set {
@@ -201,7 +201,7 @@ fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
         };
         r.unwrap_or_else(|e| {
             tracing::error!(error = %e, "roster storage");
-            Err(StanzaErrorCondition::InternalServerError)
+            Err(StanzaErrorCondition::InternalServerError.into())
         })
     })
 }
@@ -230,13 +230,13 @@ async fn set(req: &IqRequest<'_>, user: &BareJid) -> Result<IqOutcome, StorageEr
     // RFC 6121 §2.3.3: exactly one item.
     let mut it = req.payload.children().filter(|c| c.is("item", NS));
     let (Some(el), None) = (it.next(), it.next()) else {
-        return Ok(Err(StanzaErrorCondition::BadRequest));
+        return Ok(Err(StanzaErrorCondition::BadRequest.into()));
     };
     let Some(contact) = el.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
-        return Ok(Err(StanzaErrorCondition::BadRequest));
+        return Ok(Err(StanzaErrorCondition::BadRequest.into()));
     };
     if contact == *user {
-        return Ok(Err(StanzaErrorCondition::NotAllowed));
+        return Ok(Err(StanzaErrorCondition::NotAllowed.into()));
     }
     if el.attr("subscription") == Some("remove") {
         return remove(req.server, user, &contact).await.map(|_| Ok(None));
@@ -246,14 +246,14 @@ async fn set(req: &IqRequest<'_>, user: &BareJid) -> Result<IqOutcome, StorageEr
         let name = g.text();
         // §2.3.3: empty or duplicate groups are errors.
         if name.is_empty() || groups.contains(&name) {
-            return Ok(Err(StanzaErrorCondition::BadRequest));
+            return Ok(Err(StanzaErrorCondition::BadRequest.into()));
         }
         groups.push(name);
     }
     let existing = item(req.server, user, &contact).await?;
     let joins = !existing.as_ref().is_some_and(|i| i.record.in_roster);
     if joins && roster_full(req.server, user).await? {
-        return Ok(Err(StanzaErrorCondition::ResourceConstraint));
+        return Ok(Err(StanzaErrorCondition::ResourceConstraint.into()));
     }
     let mut item = existing.unwrap_or_else(|| Item::new(&contact));
     item.record.in_roster = true;

@@ -16,7 +16,7 @@ pub const MODULE: Module = Module {
 
 fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if !req.is_set || req.payload.name() != "session" {
-        return Err(StanzaErrorCondition::BadRequest);
+        return Err(StanzaErrorCondition::BadRequest.into());
     }
     Ok(None)
 }

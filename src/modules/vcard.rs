@@ -22,7 +22,7 @@ pub const MODULE: Module = Module {
 
 async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if !req.payload.is("vCard", NS) {
-        return Err(StanzaErrorCondition::BadRequest);
+        return Err(StanzaErrorCondition::BadRequest.into());
     }
     match (req.target, req.is_set) {
         (IqTarget::Account { own: true }, false) => {
@@ -48,12 +48,12 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
             stored(req, to.domain().as_str(), user)
                 .await?
                 .map(Some)
-                .ok_or(StanzaErrorCondition::ServiceUnavailable)
+                .ok_or(StanzaErrorCondition::ServiceUnavailable.into())
         }
         // XEP-0054 §3.2: nobody changes another entity's vCard.
-        (_, true) => Err(StanzaErrorCondition::Forbidden),
+        (_, true) => Err(StanzaErrorCondition::Forbidden.into()),
         // The server itself has no vCard.
-        (IqTarget::Server, false) => Err(StanzaErrorCondition::ServiceUnavailable),
+        (IqTarget::Server, false) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     }
 }
 
@@ -108,7 +108,7 @@ async fn set(req: &IqRequest<'_>) -> IqOutcome {
     }
     let xml = super::xml_for_storage([req.payload]);
     if xml.len() > req.server.config.limits.max_vcard_size {
-        return Err(StanzaErrorCondition::NotAcceptable);
+        return Err(StanzaErrorCondition::NotAcceptable.into());
     }
     store
         .user_data_put(domain, user, STORE_KEY, &xml)
