@@ -161,6 +161,14 @@ pub fn answer(server: &Server, request: Request) -> Vec<Vec<String>> {
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
                 ("uptime_seconds", server.uptime().as_secs().to_string()),
                 ("c2s_sessions", server.sessions.count().to_string()),
+                (
+                    "c2s_sessions_waiting_resumption",
+                    server
+                        .features
+                        .get::<crate::modules::stream_management::StreamManagementFeature>()
+                        .map_or(0, |f| f.parked())
+                        .to_string(),
+                ),
                 ("s2s_connections_in", inbound.to_string()),
                 ("s2s_connections_out", (links.len() - inbound).to_string()),
                 ("s2s_outgoing_streams", server.s2s.count().to_string()),

@@ -129,6 +129,7 @@ async fn sessions_components_and_stats_show_what_the_server_holds() {
 
     let st = stats(&sock).await;
     assert_eq!(st["c2s_sessions"], "1", "{st:?}");
+    assert_eq!(st["c2s_sessions_waiting_resumption"], "0", "{st:?}");
     assert_eq!(st["components_connected"], "1", "{st:?}");
     assert_eq!(st["components_configured"], "2", "{st:?}");
     assert_eq!(st["s2s_connections_in"], "0", "{st:?}");
