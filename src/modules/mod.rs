@@ -4,6 +4,7 @@
 //! payload's namespace.
 
 pub mod blocking;
+pub mod carbons;
 pub mod contact;
 pub mod disco;
 pub mod last;
@@ -127,6 +128,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(blocking::Blocking::default()),
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),
+        Arc::new(carbons::Carbons),
     ]
 }
 
