@@ -4,6 +4,7 @@
 //! payload's namespace.
 
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod contact;
 pub mod disco;
@@ -129,6 +130,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),
         Arc::new(carbons::Carbons),
+        Arc::new(caps::Caps::default()),
     ]
 }
 
