@@ -1232,7 +1232,13 @@ const S2S: &[Field] = &[
 const ADMIN: &[Field] = &[f("socket", Kind::Str(socket_path))];
 const STREAM_MANAGEMENT: &[Field] = &[
     f("enabled", Kind::Bool),
-    f("max_resume", Kind::Int { min: 1, max: 86_400 }),
+    f(
+        "max_resume",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
     f("location", Kind::Str(empty_or_host_port)),
     f(
         "max_unacked",

@@ -594,7 +594,10 @@ pub async fn reroute_one(server: &Server, gone: &FullJid, queued: &OutStanza) {
     }
     // It arrives later than it was sent: say when it came (XEP-0203), once.
     let mut stanza = stanza.clone();
-    if stanza.get_child("delay", modules::offline::NS_DELAY).is_none() {
+    if stanza
+        .get_child("delay", modules::offline::NS_DELAY)
+        .is_none()
+    {
         let stamp = modules::time::xep0082(queued.queued_at() as i64).unwrap_or_default();
         stanza.append_child(
             Element::new("delay", modules::offline::NS_DELAY)

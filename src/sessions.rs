@@ -344,7 +344,10 @@ impl SessionRegistry {
             .map(|l| {
                 l.iter()
                     .filter_map(|r| {
-                        Some((bare.with_resource_str(&r.resource).ok()?, r.extensions.clone()))
+                        Some((
+                            bare.with_resource_str(&r.resource).ok()?,
+                            r.extensions.clone(),
+                        ))
                     })
                     .collect()
             })

@@ -16,6 +16,7 @@ pub mod private;
 pub mod register;
 pub mod roster;
 pub mod session;
+pub mod stream_management;
 pub mod time;
 pub mod vcard;
 pub mod version;
@@ -129,6 +130,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(blocking::Blocking::default()),
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),
+        Arc::new(stream_management::StreamManagementFeature::default()),
         Arc::new(carbons::Carbons),
         Arc::new(caps::Caps::default()),
     ]

@@ -22,10 +22,10 @@ use std::time::Duration;
 use jid::{BareJid, FullJid};
 use tokio_util::sync::CancellationToken;
 
-use crate::feature::{Extensions, Feature, StreamPhase};
+use crate::feature::{Feature, StreamPhase};
 use crate::queue::QueueReceiver;
 use crate::server::Server;
-use crate::sessions::Outbound;
+use crate::sessions::{OutStanza, Outbound};
 use crate::stream::sm::{StreamManagement, NS_SM};
 use crate::xml::Element;
 
@@ -40,8 +40,6 @@ pub struct Parked {
     /// Its queue, still filled by the router.
     pub rx: QueueReceiver<Outbound>,
     pub sm: StreamManagement,
-    /// Features' per-session state (carbons, client state …).
-    pub extensions: Extensions,
 }
 
 enum Slot {
@@ -195,23 +193,39 @@ impl StreamManagementFeature {
     }
 }
 
-/// Ends a session that will not be resumed: unbinds it (presence
-/// unavailable and the rest, through `SessionEnded`), then re-routes what
-/// it never acknowledged and what was still queued for it, in order.
+/// Ends a parked session that will not be resumed.
 pub async fn end_parked(server: &Server, mut session: Parked) {
-    crate::sessions::end_session(server, &session.jid, session.session_id).await;
-    let mut undelivered = session.sm.take_unacked();
-    undelivered.extend(
-        session
-            .rx
-            .close_and_drain()
-            .into_iter()
-            .filter_map(|item| match item {
-                Outbound::Stanza(st) => Some(st),
-                Outbound::Close(_) => None,
-            }),
-    );
+    let unacked = session.sm.take_unacked();
+    end_for_good(
+        server,
+        &session.jid,
+        session.session_id,
+        &session.rx,
+        unacked,
+    )
+    .await;
+}
+
+/// Ends a session for good: unbinds it (presence unavailable and the
+/// rest, through `SessionEnded`), then re-routes what it never
+/// acknowledged and what was still queued for it, in order.
+pub async fn end_for_good(
+    server: &Server,
+    jid: &FullJid,
+    session_id: u64,
+    rx: &QueueReceiver<Outbound>,
+    unacked: Vec<Arc<OutStanza>>,
+) {
+    crate::sessions::end_session(server, jid, session_id).await;
+    let queued = rx
+        .close_and_drain()
+        .into_iter()
+        .filter_map(|item| match item {
+            Outbound::Stanza(st) => Some(st),
+            Outbound::Close(_) => None,
+        });
+    let undelivered: Vec<Arc<OutStanza>> = unacked.into_iter().chain(queued).collect();
     for st in &undelivered {
-        crate::router::reroute_one(server, &session.jid, st).await;
+        crate::router::reroute_one(server, jid, st).await;
     }
 }

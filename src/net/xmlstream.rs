@@ -336,8 +336,18 @@ impl XmlStream {
         &mut self,
         rx: &QueueReceiver<T>,
     ) -> Option<StreamErrorCondition> {
+        self.drain_queue_with(rx, &mut |item: T, out: &mut Vec<u8>| item.write_to(out))
+    }
+
+    /// [`XmlStream::drain_queue`] with a writer of one's own (the client
+    /// driver counts and filters what it writes).
+    pub fn drain_queue_with<T: Weigh>(
+        &mut self,
+        rx: &QueueReceiver<T>,
+        write: &mut impl FnMut(T, &mut Vec<u8>) -> Option<StreamErrorCondition>,
+    ) -> Option<StreamErrorCondition> {
         while self.out.len() < MAX_BATCH {
-            if let Some(cond) = rx.try_recv()?.write_to(&mut self.out) {
+            if let Some(cond) = write(rx.try_recv()?, &mut self.out) {
                 return Some(cond);
             }
         }
@@ -351,6 +361,23 @@ impl XmlStream {
     pub async fn pump<T: Queued>(
         &mut self,
         rx: &QueueReceiver<T>,
+        shutdown: &CancellationToken,
+        idle: Duration,
+    ) -> Flow<()> {
+        self.pump_with(
+            rx,
+            &mut |item: T, out: &mut Vec<u8>| item.write_to(out),
+            shutdown,
+            idle,
+        )
+        .await
+    }
+
+    /// [`XmlStream::pump`] with a writer of one's own for queued items.
+    pub async fn pump_with<T: Weigh>(
+        &mut self,
+        rx: &QueueReceiver<T>,
+        write: &mut impl FnMut(T, &mut Vec<u8>) -> Option<StreamErrorCondition>,
         shutdown: &CancellationToken,
         idle: Duration,
     ) -> Flow<()> {
@@ -369,7 +396,7 @@ impl XmlStream {
             if self.deadline.is_some_and(|at| Instant::now() >= at) {
                 return Err(self.deadline_end().await);
             }
-            if let Some(cond) = self.drain_queue(rx) {
+            if let Some(cond) = self.drain_queue_with(rx, write) {
                 return Err(self.close_with(cond, None).await);
             }
             return self.read_into_parser();
@@ -384,7 +411,7 @@ impl XmlStream {
                     self.last_activity = Instant::now();
                 }
                 // Batch whatever else is already queued into the same write.
-                match msg.write_to(&mut self.out).or_else(|| self.drain_queue(rx)) {
+                match write(msg, &mut self.out).or_else(|| self.drain_queue_with(rx, write)) {
                     Some(cond) => Err(self.close_with(cond, None).await),
                     None => Ok(()),
                 }

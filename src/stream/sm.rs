@@ -78,6 +78,11 @@ impl StreamManagement {
         self.unacked.len()
     }
 
+    /// The unacknowledged stanzas, oldest first.
+    pub fn unacked(&self) -> impl Iterator<Item = &Arc<OutStanza>> {
+        self.unacked.iter()
+    }
+
     /// Roughly the memory the unacknowledged stanzas hold.
     pub fn unacked_weight(&self) -> usize {
         self.unacked_weight

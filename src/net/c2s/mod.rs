@@ -12,24 +12,28 @@ use jid::{BareJid, FullJid, NodePart, ResourcePart};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+mod session;
+
+use session::Attached;
+
 use super::transport::Transport;
 use super::xmlstream::{random_id, End, Flow, XmlStream};
 use super::ConnectionSlot;
 use crate::accounts;
-use crate::feature::{Event, Extensions, StreamPhase, Verdict};
+use crate::feature::{Event, Extensions, StreamPhase};
 use crate::hashing::HashingError;
 use crate::queue::QueueReceiver;
-use crate::router;
 use crate::sasl::{self, parse_plain, SaslError, ScramServer};
 use crate::server::Server;
 use crate::sessions::Outbound;
 use crate::stanza::{
-    error_reply, iq_result, StanzaError, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
+    error_reply, iq_result, StanzaError, StanzaErrorCondition, StreamErrorCondition,
 };
 use crate::stream::c2s::{
     self as rules, check_header, classify, offered_mechanisms, Mechanism, Negotiation, Phase,
     NS_BIND, NS_SASL,
 };
+use crate::stream::sm::NS_SM;
 use crate::throttle::{self, Attempt};
 use crate::xml::{Element, StreamEvent, NS_CLIENT};
 
@@ -62,25 +66,20 @@ pub async fn run(
         tls_addressed: false,
         peer,
         id,
-        jid: None,
-        queue: None,
         extensions: Extensions::default(),
     };
     tracing::info!(conn = id, %peer, direct_tls, "c2s connection opened");
-    let end = conn.run(direct_tls).await;
-    let jid = conn.jid.as_ref().map(|j| j.to_string()).unwrap_or_default();
-    if let Some(j) = &conn.jid {
-        crate::sessions::end_session(&server, j, id).await;
-        // Stanzas routed here but never written go back to routing
-        // (another resource or offline storage) instead of being lost.
-        if let Some(rx) = conn.queue.take() {
-            for item in rx.close_and_drain() {
-                if let Outbound::Stanza(st) = &item {
-                    router::reroute_one(&server, j, st).await;
-                }
-            }
-        }
+    let (end, attached) = conn.run(direct_tls).await;
+    let jid = attached
+        .as_ref()
+        .map(|a| a.jid.to_string())
+        .unwrap_or_default();
+    if let Some(a) = attached {
+        // Before the socket's shutdown, which may wait on a dead peer: a
+        // resumption elsewhere is waiting for the session.
+        conn.finish(a).await;
     }
+    conn.stream.shutdown().await;
     tracing::info!(
         conn = id,
         %peer,
@@ -100,16 +99,12 @@ struct Connection {
     tls_addressed: bool,
     peer: SocketAddr,
     id: u64,
-    jid: Option<FullJid>,
-    /// The session's queue, kept after the session ends so its leftovers
-    /// can be re-routed.
-    queue: Option<QueueReceiver<Outbound>>,
     /// Features' state about this connection before it has a session.
     extensions: Extensions,
 }
 
 impl Connection {
-    async fn run(&mut self, direct_tls: bool) -> End {
+    async fn run(&mut self, direct_tls: bool) -> (End, Option<Attached>) {
         let login_timeout = Duration::from_secs(self.server.config.c2s.login_timeout);
         let negotiated = match timeout(login_timeout, self.negotiate(direct_tls)).await {
             Ok(r) => r,
@@ -121,22 +116,19 @@ impl Connection {
                 )
                 .await),
         };
-        let end = match negotiated {
-            Ok((jid, rx)) => {
-                let end = self.session(jid, &rx).await;
-                self.queue = Some(rx);
-                end
+        match negotiated {
+            Ok(mut a) => {
+                let end = self.session(&mut a).await;
+                (end, Some(a))
             }
-            Err(end) => end,
-        };
-        self.stream.shutdown().await;
-        end
+            Err(end) => (end, None),
+        }
     }
 
     // ---- negotiation -------------------------------------------------
 
     /// From the first byte to a bound resource.
-    async fn negotiate(&mut self, direct_tls: bool) -> Flow<(FullJid, QueueReceiver<Outbound>)> {
+    async fn negotiate(&mut self, direct_tls: bool) -> Flow<Attached> {
         if direct_tls {
             self.start_tls(false).await?;
         }
@@ -174,6 +166,39 @@ impl Connection {
                     self.stream.flush().await?;
                 }
                 StreamEvent::End => return Err(self.stream.close_stream().await),
+                StreamEvent::Stanza(el) if el.ns() == NS_SM => {
+                    let Phase::Authenticated {
+                        username, domain, ..
+                    } = &phase
+                    else {
+                        return Err(self
+                            .stream
+                            .close_with(StreamErrorCondition::NotAuthorized, None)
+                            .await);
+                    };
+                    match el.name() {
+                        "resume" => {
+                            let owner = BareJid::new(&format!("{username}@{domain}"))
+                                .map_err(|_| End::Io("account JID".into()))?;
+                            if let Some(a) = self.resume(&el, &owner).await? {
+                                return Ok(a);
+                            }
+                        }
+                        // §3: enable comes after binding.
+                        "enable" => {
+                            self.stream.write(&Element::new("failed", NS_SM).with_child(
+                                Element::new("unexpected-request", crate::stanza::NS_STANZA_ERRORS),
+                            ));
+                            self.stream.flush().await?;
+                        }
+                        _ => {
+                            return Err(self
+                                .stream
+                                .close_with(StreamErrorCondition::UnsupportedStanzaType, None)
+                                .await)
+                        }
+                    }
+                }
                 StreamEvent::Stanza(el) => match classify(&el, &phase, self.registration_allowed())
                 {
                     Err(cond) => return Err(self.stream.close_with(cond, None).await),
@@ -231,8 +256,9 @@ impl Connection {
                             unreachable!("classify only yields Bind when authenticated")
                         };
                         let account = format!("{username}@{domain}");
-                        if let Some(bound) = self.bind(&el, &account).await? {
-                            return Ok(bound);
+                        if let Some((jid, rx)) = self.bind(&el, &account).await? {
+                            let ext = self.server.sessions.extensions(&jid).unwrap_or_default();
+                            return Ok(Attached::new(jid, self.id, rx, ext));
                         }
                     }
                 },
@@ -668,7 +694,6 @@ impl Connection {
             self.server.config.limits.session_queue_bytes,
         );
         self.server.sessions.bind(&full, self.id, tx);
-        self.jid = Some(full.clone());
         let mut iq_no_from = iq.clone();
         iq_no_from.remove_attr("from");
         iq_no_from.remove_attr("to");
@@ -685,67 +710,6 @@ impl Connection {
         let mut event = Event::SessionBound { jid: &full };
         self.server.features.fire(&self.server, &mut event).await;
         Ok(Some((full, rx)))
-    }
-
-    // ---- bound session -----------------------------------------------
-
-    async fn session(&mut self, jid: FullJid, rx: &QueueReceiver<Outbound>) -> End {
-        let idle = Duration::from_secs(self.server.config.c2s.idle_timeout);
-        loop {
-            // Handle every complete stanza already buffered.
-            loop {
-                match self.stream.parser.next_event() {
-                    Ok(None) => break,
-                    Ok(Some(StreamEvent::Stanza(el))) => {
-                        if let Err(cond) = self.handle_element(&jid, el).await {
-                            return self.stream.close_with(cond, None).await;
-                        }
-                    }
-                    Ok(Some(StreamEvent::End)) => return self.stream.close_stream().await,
-                    Ok(Some(StreamEvent::Header(_))) => {
-                        return self
-                            .stream
-                            .close_with(StreamErrorCondition::NotWellFormed, None)
-                            .await
-                    }
-                    Err(e) => return self.stream.close_parse_error(e).await,
-                }
-            }
-            if let Err(end) = self.stream.pump(rx, &self.server.shutdown, idle).await {
-                return end;
-            }
-        }
-    }
-
-    /// A top-level element of the bound session: a stanza goes to the
-    /// router; anything else (stream management, client state) to the
-    /// feature that takes it, else the stream ends.
-    async fn handle_element(
-        &mut self,
-        jid: &FullJid,
-        el: Element,
-    ) -> Result<(), StreamErrorCondition> {
-        if StanzaKind::of(&el, NS_CLIENT).is_some() {
-            return router::route_from_client(&self.server, jid, el).await;
-        }
-        let mut replies = Vec::new();
-        let mut release = Vec::new();
-        let mut event = Event::SessionElement {
-            jid,
-            element: &el,
-            replies: &mut replies,
-            release: &mut release,
-        };
-        if self.server.features.fire(&self.server, &mut event).await != Verdict::Stop {
-            return Err(StreamErrorCondition::UnsupportedStanzaType);
-        }
-        for r in &replies {
-            self.stream.write(r);
-        }
-        for st in &release {
-            self.stream.write_raw(st.bytes());
-        }
-        Ok(())
     }
 
     // ---- I/O helpers ---------------------------------------------------

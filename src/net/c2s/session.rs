@@ -1,0 +1,415 @@
+//! The bound client session as its connection drives it: stanzas read go
+//! to the router, queued stanzas pass the features' outbound filters (client
+//! state) and are written, and stream management (XEP-0198) counts both
+//! ways. When the connection ends, a resumable session is parked for its
+//! client to resume from a new connection; any other ends for good, and
+//! what it never got is re-routed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jid::FullJid;
+use tokio_util::sync::CancellationToken;
+
+use super::Connection;
+use crate::feature::Event;
+use crate::feature::Verdict;
+use crate::modules::stream_management::{
+    end_for_good, end_parked, Parked, ResumeError, StreamManagementFeature,
+};
+use crate::net::xmlstream::{random_id, End};
+use crate::queue::QueueReceiver;
+use crate::router;
+use crate::sessions::{OutStanza, Outbound, SessionExtensions};
+use crate::stanza::{StanzaKind, StreamErrorCondition, NS_STANZA_ERRORS};
+use crate::stream::sm::{parse_h, StreamManagement, NS_SM};
+use crate::xml::{Element, StreamEvent, NS_CLIENT};
+
+/// A session's state while a connection drives it.
+pub(super) struct Attached {
+    pub jid: FullJid,
+    /// The id it is bound under in the registry (the first connection's).
+    pub session_id: u64,
+    pub rx: QueueReceiver<Outbound>,
+    /// Cancelled when a resumption elsewhere takes the session over.
+    pub takeover: CancellationToken,
+    /// The client closed its stream itself: the session ends.
+    pub closed_by_client: bool,
+    /// What writes to the client (apart, so the queue can be read while
+    /// it is borrowed).
+    pub w: Writer,
+}
+
+/// The outbound half of an attached session.
+pub(super) struct Writer {
+    pub extensions: SessionExtensions,
+    pub sm: Option<StreamManagement>,
+    /// The stream ended so that a resumable session waits (a drop, not a
+    /// protocol error or a close).
+    pub park: bool,
+}
+
+/// `<failed xmlns='urn:xmpp:sm:3'>` with a stanza error condition.
+fn failed(condition: &str, h: Option<u32>) -> Element {
+    let mut f = Element::new("failed", NS_SM).with_child(Element::new(condition, NS_STANZA_ERRORS));
+    if let Some(h) = h {
+        f.set_attr("h", h.to_string());
+    }
+    f
+}
+
+impl Attached {
+    pub fn new(
+        jid: FullJid,
+        session_id: u64,
+        rx: QueueReceiver<Outbound>,
+        extensions: SessionExtensions,
+    ) -> Attached {
+        Attached {
+            jid,
+            session_id,
+            rx,
+            takeover: CancellationToken::new(),
+            closed_by_client: false,
+            w: Writer {
+                extensions,
+                sm: None,
+                park: false,
+            },
+        }
+    }
+}
+
+impl Writer {
+    /// Writes one queued item: through the features' outbound filters,
+    /// counted by stream management. Returns a condition to close with.
+    fn write_item(
+        &mut self,
+        server: &crate::server::Server,
+        item: Outbound,
+        out: &mut Vec<u8>,
+    ) -> Option<StreamErrorCondition> {
+        let st = match item {
+            Outbound::Stanza(st) => st,
+            Outbound::Close(cond) => {
+                // Closed from the server's side (replaced, account gone):
+                // the session ends, it does not wait for resumption.
+                self.park = false;
+                return Some(cond);
+            }
+        };
+        let mut now = Vec::new();
+        if server.features.wants(crate::feature::EventKind::Outbound) {
+            let mut ext = self.extensions.lock().unwrap_or_else(|e| e.into_inner());
+            server.features.outbound(&mut ext, st, &mut now);
+        } else {
+            now.push(st);
+        }
+        self.write_now(server, now, out)
+    }
+
+    /// Writes stanzas past the filters, counting them.
+    fn write_now(
+        &mut self,
+        server: &crate::server::Server,
+        stanzas: Vec<Arc<OutStanza>>,
+        out: &mut Vec<u8>,
+    ) -> Option<StreamErrorCondition> {
+        let Some(sm) = &mut self.sm else {
+            for st in stanzas {
+                out.extend_from_slice(st.bytes());
+            }
+            return None;
+        };
+        for st in stanzas {
+            out.extend_from_slice(st.bytes());
+            sm.sent_one(st);
+        }
+        let max = server.config.stream_management.max_unacked;
+        let max_bytes = server.config.limits.session_queue_bytes;
+        if sm.unacked_len() > max || sm.unacked_weight() > max_bytes {
+            // A client that stops acknowledging is treated as gone: its
+            // session waits for a resumption, holding what it did not ack.
+            self.park = true;
+            return Some(StreamErrorCondition::PolicyViolation);
+        }
+        if !sm.request_pending && sm.unacked_len() > 0 {
+            out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
+            sm.request_pending = true;
+        }
+        None
+    }
+}
+
+impl Connection {
+    /// Runs a bound session until its connection ends.
+    pub(super) async fn session(&mut self, a: &mut Attached) -> End {
+        let idle = Duration::from_secs(self.server.config.c2s.idle_timeout);
+        let server = self.server.clone();
+        loop {
+            // Handle every complete stanza already buffered.
+            loop {
+                match self.stream.parser.next_event() {
+                    Ok(None) => break,
+                    Ok(Some(StreamEvent::Stanza(el))) => {
+                        if let Err(cond) = self.handle_element(a, el).await {
+                            return self.stream.close_with(cond, None).await;
+                        }
+                    }
+                    Ok(Some(StreamEvent::End)) => {
+                        a.closed_by_client = true;
+                        return self.stream.close_stream().await;
+                    }
+                    Ok(Some(StreamEvent::Header(_))) => {
+                        return self
+                            .stream
+                            .close_with(StreamErrorCondition::NotWellFormed, None)
+                            .await
+                    }
+                    Err(e) => return self.stream.close_parse_error(e).await,
+                }
+            }
+            let pumped = {
+                let w = &mut a.w;
+                let mut write =
+                    |item: Outbound, out: &mut Vec<u8>| w.write_item(&server, item, out);
+                tokio::select! {
+                    biased;
+                    _ = a.takeover.cancelled() => None,
+                    r = self.stream.pump_with(&a.rx, &mut write, &server.shutdown, idle) => Some(r),
+                }
+            };
+            match pumped {
+                // Resumed elsewhere: let go of the session at once.
+                None => {
+                    a.w.park = true;
+                    return End::Io("session resumed on another connection".into());
+                }
+                Some(Err(end)) => {
+                    if matches!(
+                        end,
+                        End::Io(_)
+                            | End::WriteTimeout
+                            | End::PeerClosed
+                            | End::StreamError(StreamErrorCondition::ConnectionTimeout)
+                    ) {
+                        a.w.park = true;
+                    }
+                    return end;
+                }
+                Some(Ok(())) => {}
+            }
+        }
+    }
+
+    /// A top-level element of the bound session: a stanza goes to the
+    /// router; stream management's are answered here; anything else
+    /// (client state) goes to the feature that takes it, else the stream
+    /// ends.
+    async fn handle_element(
+        &mut self,
+        a: &mut Attached,
+        el: Element,
+    ) -> Result<(), StreamErrorCondition> {
+        if StanzaKind::of(&el, NS_CLIENT).is_some() {
+            router::route_from_client(&self.server, &a.jid, el).await?;
+            if let Some(sm) = &mut a.w.sm {
+                sm.handled_one();
+            }
+            return Ok(());
+        }
+        if el.ns() == NS_SM {
+            return self.stream_management(a, &el);
+        }
+        let mut replies = Vec::new();
+        let mut release = Vec::new();
+        let mut event = Event::SessionElement {
+            jid: &a.jid,
+            element: &el,
+            replies: &mut replies,
+            release: &mut release,
+        };
+        if self.server.features.fire(&self.server, &mut event).await != Verdict::Stop {
+            return Err(StreamErrorCondition::UnsupportedStanzaType);
+        }
+        for r in &replies {
+            self.stream.write(r);
+        }
+        let mut out = Vec::new();
+        let cond = a.w.write_now(&self.server, release, &mut out);
+        self.stream.write_raw(&out);
+        cond.map_or(Ok(()), Err)
+    }
+
+    /// `<enable/>`, `<r/>`, `<a/>` on a bound stream (XEP-0198 §3, §4).
+    fn stream_management(
+        &mut self,
+        a: &mut Attached,
+        el: &Element,
+    ) -> Result<(), StreamErrorCondition> {
+        let config = &self.server.config.stream_management;
+        let feature = self.server.features.get::<StreamManagementFeature>();
+        match (el.name(), &mut a.w.sm) {
+            (_, _) if !config.enabled || feature.is_none() => {
+                Err(StreamErrorCondition::UnsupportedStanzaType)
+            }
+            ("enable", Some(_)) | ("resume", _) => {
+                self.stream.write(&failed("unexpected-request", None));
+                Ok(())
+            }
+            ("enable", None) => {
+                let resumable = matches!(el.attr("resume"), Some("true" | "1"));
+                let max = el
+                    .attr("max")
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .filter(|m| *m > 0)
+                    .map_or(config.max_resume, |m| m.min(config.max_resume));
+                let id = random_id();
+                let mut enabled = Element::new("enabled", NS_SM);
+                if resumable {
+                    enabled.set_attr("id", &id);
+                    enabled.set_attr("resume", "true");
+                    enabled.set_attr("max", max.to_string());
+                    if !config.location.is_empty() {
+                        enabled.set_attr("location", &config.location);
+                    }
+                    if let Some(f) = feature {
+                        f.attach(&id, a.jid.to_bare(), a.takeover.clone());
+                    }
+                }
+                a.w.sm = Some(StreamManagement::new(id, resumable, max));
+                self.stream.write(&enabled);
+                Ok(())
+            }
+            ("r", Some(sm)) => {
+                self.stream.write(&sm.answer());
+                Ok(())
+            }
+            ("a", Some(sm)) => {
+                let Some(h) = parse_h(el) else {
+                    return Err(StreamErrorCondition::InvalidXml);
+                };
+                sm.request_pending = false;
+                if let Err(too_high) = sm.acknowledge(h) {
+                    tracing::info!(conn = self.id, jid = %a.jid, h = too_high.h,
+                        sent = too_high.sent, "stream management: ack beyond what was sent");
+                    return Err(StreamErrorCondition::UndefinedCondition);
+                }
+                if sm.unacked_len() > 0 {
+                    // More went out since the request this answers.
+                    self.stream.write_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
+                    sm.request_pending = true;
+                }
+                Ok(())
+            }
+            // `<r/>` or `<a/>` before `<enable/>`.
+            _ => Err(StreamErrorCondition::UnsupportedStanzaType),
+        }
+    }
+
+    /// `<resume/>` after authentication, instead of binding (§5): takes the
+    /// parked session back, answers `<resumed/>` and writes again what the
+    /// client did not acknowledge. None (after `<failed/>`) when it cannot.
+    pub(super) async fn resume(
+        &mut self,
+        el: &Element,
+        owner: &jid::BareJid,
+    ) -> Result<Option<Attached>, End> {
+        let feature = match self.server.features.get::<StreamManagementFeature>() {
+            Some(f) if self.server.config.stream_management.enabled => f,
+            _ => {
+                self.stream.write(&failed("feature-not-implemented", None));
+                self.stream.flush().await?;
+                return Ok(None);
+            }
+        };
+        let (Some(previd), Some(h)) = (el.attr("previd"), parse_h(el)) else {
+            self.stream.write(&failed("bad-request", None));
+            self.stream.flush().await?;
+            return Ok(None);
+        };
+        let parked = match feature.resume(owner, previd).await {
+            Ok(p) => p,
+            Err(ResumeError::NotFound) => {
+                self.stream.write(&failed("item-not-found", None));
+                self.stream.flush().await?;
+                return Ok(None);
+            }
+        };
+        // A new login of the same resource replaced the session meanwhile:
+        // it is over, and its stanzas go where that login can get them.
+        if self.server.sessions.session_id(&parked.jid) != Some(parked.session_id) {
+            end_parked(&self.server, parked).await;
+            self.stream.write(&failed("item-not-found", None));
+            self.stream.flush().await?;
+            return Ok(None);
+        }
+        let Parked {
+            jid,
+            session_id,
+            rx,
+            mut sm,
+        } = parked;
+        if sm.acknowledge(h).is_err() {
+            let unacked = sm.take_unacked();
+            end_for_good(&self.server, &jid, session_id, &rx, unacked).await;
+            return Err(self
+                .stream
+                .close_with(
+                    StreamErrorCondition::UndefinedCondition,
+                    Some("acknowledged more than was sent"),
+                )
+                .await);
+        }
+        let extensions = self.server.sessions.extensions(&jid).unwrap_or_default();
+        let resumed = Element::new("resumed", NS_SM)
+            .with_attr("previd", &sm.id)
+            .with_attr("h", sm.handled().to_string());
+        self.stream.write(&resumed);
+        // What the client did not acknowledge, again; it stays counted
+        // and unacknowledged until it is.
+        for st in sm.unacked() {
+            self.stream.write_raw(st.bytes());
+        }
+        sm.request_pending = sm.unacked_len() > 0;
+        if sm.request_pending {
+            self.stream.write_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
+        }
+        tracing::info!(conn = self.id, peer = %self.peer, jid = %jid,
+            resent = sm.unacked_len(), "c2s session resumed");
+        let mut a = Attached::new(jid, session_id, rx, extensions);
+        feature.attach(&sm.id, owner.clone(), a.takeover.clone());
+        a.w.sm = Some(sm);
+        self.stream.flush().await?;
+        Ok(Some(a))
+    }
+
+    /// After the connection ended: park a resumable session, or end it and
+    /// re-route what it never got.
+    pub(super) async fn finish(&mut self, mut a: Attached) {
+        let server = self.server.clone();
+        let resumable = a.w.sm.as_ref().is_some_and(|sm| sm.resumable);
+        let feature = server.features.get::<StreamManagementFeature>();
+        if resumable && a.w.park && !a.closed_by_client && !server.shutdown.is_cancelled() {
+            if let (Some(f), Some(sm)) = (feature, a.w.sm.take()) {
+                tracing::info!(conn = self.id, jid = %a.jid, "c2s session waits for resumption");
+                f.park(
+                    &server,
+                    Parked {
+                        jid: a.jid,
+                        session_id: a.session_id,
+                        rx: a.rx,
+                        sm,
+                    },
+                );
+                return;
+            }
+        }
+        let mut sm = a.w.sm.take();
+        if let (Some(f), Some(sm)) = (feature, &sm) {
+            f.forget(&sm.id);
+        }
+        let unacked = sm.as_mut().map(|s| s.take_unacked()).unwrap_or_default();
+        end_for_good(&server, &a.jid, a.session_id, &a.rx, unacked).await;
+    }
+}
