@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod caps;
 pub mod carbons;
 pub mod contact;
+pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod offline;
@@ -133,6 +134,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(stream_management::StreamManagementFeature::default()),
         Arc::new(carbons::Carbons),
         Arc::new(caps::Caps::default()),
+        Arc::new(csi::ClientStateIndication),
     ]
 }
 
