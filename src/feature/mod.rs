@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod extensions;
+pub mod iq;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -21,11 +22,11 @@ use std::sync::Arc;
 pub use event::{Event, EventKind, Verdict};
 pub use extensions::Extensions;
 
-use crate::modules::{IqFuture, IqRequest};
 use crate::server::Server;
 use crate::sessions::OutStanza;
 use crate::stanza::StanzaErrorCondition;
 use crate::xml::Element;
+use iq::{IqFuture, IqRequest};
 
 /// A subscriber's pending verdict (handlers may wait on storage).
 pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
@@ -93,7 +94,7 @@ pub trait Feature: Send + Sync + 'static {
 
     /// Answers an IQ get/set whose payload is in one of `iq_namespaces`.
     fn handle_iq<'a>(&'a self, _req: &'a IqRequest<'a>) -> IqFuture<'a> {
-        crate::modules::ready(Err(StanzaErrorCondition::ServiceUnavailable))
+        iq::ready(Err(StanzaErrorCondition::ServiceUnavailable))
     }
 
     /// Domains it serves as an in-process service (e.g. `conference.<host>`),
