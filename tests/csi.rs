@@ -409,4 +409,24 @@ async fn stream_features_offer_client_state_and_capabilities() {
     assert!(waxwing::modules::caps::verification_input(q)
         .contains("abuse-addresses<mailto:abuse@localhost<"));
     assert_eq!(waxwing::modules::caps::verification_string(q), ver);
+    // §6.2: the caps node answers with the same info; other nodes do not exist.
+    let node = format!("https://waxwing.im#{ver}");
+    let info = c
+        .iq(
+            &format!("<iq type='get' id='n' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'/></iq>"),
+            "n",
+        )
+        .await;
+    let q = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .expect("info for the caps node");
+    assert_eq!(q.attr("node"), Some(node.as_str()));
+    assert_eq!(waxwing::modules::caps::verification_string(q), ver);
+    let info = c
+        .iq(
+            "<iq type='get' id='x' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='https://waxwing.im#other'/></iq>",
+            "x",
+        )
+        .await;
+    assert_eq!(stanza_error(&info).as_deref(), Some("item-not-found"));
 }

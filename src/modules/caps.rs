@@ -39,6 +39,13 @@ impl Caps {
     }
 }
 
+impl Caps {
+    /// The disco node whose info is the server's (`node#ver`, §6.2).
+    pub fn node(&self, server: &Server) -> String {
+        format!("{NODE}#{}", self.ver(server))
+    }
+}
+
 impl Feature for Caps {
     fn name(&self) -> &'static str {
         "caps"
