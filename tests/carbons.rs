@@ -639,3 +639,39 @@ async fn messages_from_outside_the_server_are_copied() {
         .await;
     w.bob.expect_nothing(m[3]).await;
 }
+
+/// A message to the bare JID that no resource takes (none available) is
+/// stored offline, and the carbons-enabled resources still get a copy.
+#[tokio::test]
+async fn a_message_no_resource_takes_is_still_copied() {
+    let mut w = world().await;
+    w.one.send_str("<presence type='unavailable'/>").await;
+    w.one.barrier().await;
+    let m = w.mark();
+    w.bob
+        .send_str("<message type='chat' to='alice@localhost'><body>kept</body></message>")
+        .await;
+    w.bob.barrier().await;
+    w.one
+        .expect_only(
+            m[0],
+            &[Expect("a received copy", &|e| {
+                carbon(e, "received", ONE, "kept")
+            })],
+        )
+        .await;
+    w.two
+        .expect_only(
+            m[1],
+            &[Expect("a received copy", &|e| {
+                carbon(e, "received", TWO, "kept")
+            })],
+        )
+        .await;
+    w.three.expect_nothing(m[2]).await;
+    w.bob.expect_nothing(m[3]).await;
+    // It was stored too: the next initial presence gets it.
+    w.three.send_str("<presence/>").await;
+    let got = w.three.next_named("message").await;
+    assert!(plain(&got, "kept"), "{}", show(&got));
+}

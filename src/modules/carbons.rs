@@ -7,11 +7,12 @@
 //! the session registry): it follows the session, and a new binding of
 //! the same resource starts with carbons off.
 //!
-//! The copies come from two events the router fires after it routed a
+//! The copies come from the events the router fires after it routed a
 //! message: `MessageDelivered` (received copies, to the account's
-//! carbons-enabled resources that did not get the message) and
-//! `MessageSent` (sent copies, to the sender's other carbons-enabled
-//! resources). Copies go through `router::deliver` and fire no event, so
+//! carbons-enabled resources that did not get the message),
+//! `Undeliverable` (the same when no resource took it, as when every
+//! resource has a negative priority) and `MessageSent` (sent copies, to
+//! the sender's other carbons-enabled resources). Copies go through `router::deliver` and fire no event, so
 //! a copy is never copied again; a message that *contains* a copy (one a
 //! client forged, or relayed) is not eligible either. What one message
 //! can make the server write is bounded by the number of the account's
@@ -98,9 +99,11 @@ impl Feature for Carbons {
     }
 
     fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        // Undeliverable before offline storage (100), which stops it.
         &[
             (EventKind::MessageDelivered, 0),
             (EventKind::MessageSent, 0),
+            (EventKind::Undeliverable, 0),
         ]
     }
 
@@ -112,6 +115,15 @@ impl Feature for Carbons {
                 stanza,
             } => received_copies(server, to, resources, stanza),
             Event::MessageSent { from, to, stanza } => sent_copies(server, from, to, stanza),
+            // No resource took it (none available with a non-negative
+            // priority): the carbons-enabled ones still get their copy. A
+            // message the account's own session left behind (re-routed at
+            // its end) had its copies when it was first delivered.
+            Event::Undeliverable {
+                origin, to, stanza, ..
+            } if origin.session().is_none_or(|s| s.to_bare() != **to) => {
+                received_copies(server, &Jid::from((*to).clone()), &[], stanza)
+            }
             _ => {}
         }
         crate::feature::verdict(Verdict::Continue)
