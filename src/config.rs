@@ -70,6 +70,9 @@ pub struct StreamManagementConfig {
     /// that lets more pile up has its stream closed (its session waits
     /// for resumption as after a drop). Default 1,000.
     pub max_unacked: usize,
+    /// Most sessions of one account waiting for resumption at once; one
+    /// more ends the oldest. Default 10.
+    pub max_parked_per_account: usize,
 }
 
 impl Default for StreamManagementConfig {
@@ -79,6 +82,7 @@ impl Default for StreamManagementConfig {
             max_resume: 600,
             location: String::new(),
             max_unacked: 1000,
+            max_parked_per_account: 10,
         }
     }
 }
@@ -1263,6 +1267,13 @@ const STREAM_MANAGEMENT: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 1_000_000,
+        },
+    ),
+    f(
+        "max_parked_per_account",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
         },
     ),
 ];

@@ -585,6 +585,10 @@ pub fn deliver_bounce(server: &Server, reply: &Element) {
 /// features that keep undeliverable messages; anything else is dropped, as
 /// it would be for a resource that is not there.
 pub async fn reroute_one(server: &Server, gone: &FullJid, queued: &OutStanza) {
+    // Read from offline storage and never acknowledged: it is still there.
+    if queued.stored_id().is_some() {
+        return;
+    }
     let Some(stanza) = queued.element() else {
         return;
     };

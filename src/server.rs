@@ -55,6 +55,9 @@ pub struct Server {
     routes: crate::routes::RouteTable,
     /// IQs the server sent and waits on.
     pub iq_tracker: crate::iq_tracker::IqTracker,
+    /// Tasks of features that must finish before the store closes at
+    /// shutdown (parked sessions handing their messages to offline storage).
+    pub background: TaskTracker,
     /// Cancelled to ask every connection to close with `system-shutdown`.
     pub shutdown: CancellationToken,
     next_id: AtomicU64,
@@ -193,6 +196,7 @@ impl Server {
             features,
             routes,
             iq_tracker: Default::default(),
+            background: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             next_id: AtomicU64::new(1),
             started: std::time::Instant::now(),
@@ -386,10 +390,12 @@ impl RunningServer {
             admin.remove();
         }
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        self.server.background.close();
+        let both = async {
+            self.tracker.wait().await;
+            self.server.background.wait().await;
+        };
+        if tokio::time::timeout(grace, both).await.is_err() {
             tracing::warn!("some connections did not close within {grace:?}");
         }
         self.server.store.close().await;

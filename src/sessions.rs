@@ -23,7 +23,15 @@ pub struct OutStanza {
     /// When it was queued (unix seconds): the delay stamp it gets if it
     /// has to be re-routed later.
     queued_at: u64,
+    /// The offline-storage row it was read from, which is deleted only
+    /// once the client acknowledges it (stream management).
+    stored_id: Option<i64>,
 }
+
+/// Marks a session whose client acknowledges what it receives (stream
+/// management is on): for it, a stanza counts as delivered once acked.
+#[derive(Debug, Default)]
+pub struct AcknowledgesDelivery;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -40,6 +48,7 @@ impl OutStanza {
             bytes,
             element: std::sync::OnceLock::from(Some(element)),
             queued_at: unix_now(),
+            stored_id: None,
         })
     }
 
@@ -49,7 +58,23 @@ impl OutStanza {
             bytes,
             element: std::sync::OnceLock::new(),
             queued_at: unix_now(),
+            stored_id: None,
         })
+    }
+
+    /// A stanza read from offline storage row `id`, serialized there.
+    pub fn stored(bytes: Bytes, id: i64) -> Arc<OutStanza> {
+        Arc::new(OutStanza {
+            bytes,
+            element: std::sync::OnceLock::new(),
+            queued_at: unix_now(),
+            stored_id: Some(id),
+        })
+    }
+
+    /// The offline-storage row this stanza still lives in, if any.
+    pub fn stored_id(&self) -> Option<i64> {
+        self.stored_id
     }
 
     /// The bytes to write.
@@ -477,6 +502,16 @@ impl SessionRegistry {
             "headline" | "error" => resources.into_iter().map(|(j, _)| j).collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// Does the session's client acknowledge what it receives?
+    pub fn acknowledges_delivery(&self, jid: &FullJid) -> bool {
+        self.extensions(jid).is_some_and(|e| {
+            e.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get::<AcknowledgesDelivery>()
+                .is_some()
+        })
     }
 
     /// Ends one session with a stream error, after what is already queued.

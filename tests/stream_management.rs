@@ -360,3 +360,112 @@ async fn acks_and_failures() {
     assert_eq!(c.expect_stream_error().await, "undefined-condition");
     still_serves_user(&server, "ivy").await;
 }
+
+/// With stream management on, offline messages handed over at initial
+/// presence stay stored until the client acknowledges them: a client that
+/// never does (its network goes, nobody resumes) finds them again at the
+/// next login, once each; one that acks them has them deleted.
+#[tokio::test]
+async fn offline_messages_are_deleted_only_once_acknowledged() {
+    let server = TestServer::start_with(|c| c.stream_management.max_resume = 1).await;
+    server.add_user("jill", "pw").await;
+    server.add_user("ken", "pw").await;
+    let mut ken = Client::login(server.plain_addr, "ken", "pw", None).await;
+    send_numbered(&mut ken, "jill@localhost", 1..=3).await;
+    let store = server.store().clone();
+    assert_eq!(store.offline_count("localhost", "jill").await.unwrap(), 3);
+
+    let mut first = SmClient::login(&server, "jill", "phone").await;
+    first.c.send_str("<presence/>").await;
+    first.read_messages(3).await;
+    assert_eq!(first.bodies, numbered(1..=3));
+    // Read, but never acknowledged: still stored.
+    first.c.barrier().await;
+    assert_eq!(store.offline_count("localhost", "jill").await.unwrap(), 3);
+    drop(first);
+
+    // The session expires; the rows were not stored a second time.
+    let s = server.server().clone();
+    eventually("the unacknowledged session ended", || {
+        let s = s.clone();
+        async move { s.sessions.count() == 1 }
+    })
+    .await;
+    assert_eq!(store.offline_count("localhost", "jill").await.unwrap(), 3);
+
+    let mut second = SmClient::login(&server, "jill", "phone").await;
+    let since = second.c.mark();
+    second.c.send_str("<presence/>").await;
+    second.read_messages(3).await;
+    assert_eq!(second.bodies, numbered(1..=3));
+    second
+        .c
+        .send_str(&format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", second.h))
+        .await;
+    second.c.barrier().await;
+    let again: Vec<String> = second.c.received[since..]
+        .iter()
+        .filter(|e| e.is("message", NS_CLIENT))
+        .map(show)
+        .collect();
+    assert_eq!(again.len(), 3, "each once: {again:?}");
+    eventually("acknowledged rows are deleted", || {
+        let store = store.clone();
+        async move { store.offline_count("localhost", "jill").await.unwrap() == 0 }
+    })
+    .await;
+}
+
+/// One account may keep only `max_parked_per_account` sessions waiting:
+/// parking one more ends the oldest, whose message goes to offline
+/// storage; the newer one still resumes.
+#[tokio::test]
+async fn an_account_cannot_pile_up_waiting_sessions() {
+    let server = TestServer::start_with(|c| c.stream_management.max_parked_per_account = 1).await;
+    server.add_user("lou", "pw").await;
+    server.add_user("max", "pw").await;
+    let a = SmClient::login(&server, "lou", "a").await;
+    let b = SmClient::login(&server, "lou", "b").await;
+    let (id_a, id_b) = (a.id.clone(), b.id.clone());
+    let mut max = Client::login(server.plain_addr, "max", "pw", None).await;
+    drop(a);
+    let s = server.server().clone();
+    let parked = move || {
+        let s = s.clone();
+        async move {
+            s.features
+                .get::<waxwing::modules::stream_management::StreamManagementFeature>()
+                .map(|f| f.parked())
+        }
+    };
+    eventually("a waits for resumption", || {
+        let p = parked();
+        async move { p.await == Some(1) }
+    })
+    .await;
+    send_numbered(&mut max, "lou@localhost/a", 1..=1).await;
+    drop(b);
+    let store = server.store().clone();
+    eventually(
+        "the oldest waiting session ended into offline storage",
+        || {
+            let store = store.clone();
+            async move { store.offline_count("localhost", "lou").await.unwrap() == 1 }
+        },
+    )
+    .await;
+    let mut late = authenticated(&server, "lou").await;
+    late.send_str(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id_a}' h='0'/>"
+    ))
+    .await;
+    let failed = late.next_element().await;
+    assert!(failed.is("failed", NS_SM), "{}", show(&failed));
+    let mut c = authenticated(&server, "lou").await;
+    c.send_str(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id_b}' h='0'/>"
+    ))
+    .await;
+    let resumed = c.next_element().await;
+    assert!(resumed.is("resumed", NS_SM), "{}", show(&resumed));
+}

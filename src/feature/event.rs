@@ -38,6 +38,7 @@ pub enum EventKind {
     SessionAvailable,
     SessionEnded,
     AccountDeleted,
+    Acknowledged,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -46,7 +47,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -59,6 +60,7 @@ impl EventKind {
         EventKind::SessionAvailable,
         EventKind::SessionEnded,
         EventKind::AccountDeleted,
+        EventKind::Acknowledged,
         EventKind::Outbound,
     ];
 }
@@ -146,6 +148,12 @@ pub enum Event<'a> {
     },
     /// An account was deleted; each feature forgets what it kept for it.
     AccountDeleted { user: &'a BareJid },
+    /// A client acknowledged (stream management) stanzas read from offline
+    /// storage, up to row `stored_through`: they are delivered now.
+    Acknowledged {
+        jid: &'a FullJid,
+        stored_through: i64,
+    },
 }
 
 impl Event<'_> {
@@ -164,6 +172,7 @@ impl Event<'_> {
             Event::SessionAvailable { .. } => EventKind::SessionAvailable,
             Event::SessionEnded { .. } => EventKind::SessionEnded,
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,
+            Event::Acknowledged { .. } => EventKind::Acknowledged,
         }
     }
 }

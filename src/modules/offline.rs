@@ -11,6 +11,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::server::Server;
+use crate::sessions::OutStanza;
 use crate::stanza::{StanzaError, StanzaErrorCondition};
 use crate::storage::StorageError;
 use crate::xml::{Element, NS_CLIENT};
@@ -23,6 +24,11 @@ pub const NS_DELAY: &str = "urn:xmpp:delay";
 #[derive(Debug, Default)]
 pub struct Offline {
     locks: OfflineLocks,
+    /// Rows handed to a session that acknowledges delivery (stream
+    /// management) and not acknowledged yet: per user, that session and
+    /// the last row it got. They stay stored until acknowledged, and no
+    /// other session is handed them meanwhile.
+    in_flight: Mutex<HashMap<BareJid, (FullJid, i64)>>,
 }
 
 impl Feature for Offline {
@@ -47,6 +53,8 @@ impl Feature for Offline {
         &[
             (EventKind::Undeliverable, 100),
             (EventKind::SessionAvailable, 0),
+            (EventKind::Acknowledged, 0),
+            (EventKind::SessionEnded, 0),
         ]
     }
 
@@ -75,6 +83,17 @@ impl Feature for Offline {
                     if let Err(e) = self.deliver(server, jid).await {
                         tracing::error!(error = %e, "offline hand-over");
                     }
+                    Verdict::Continue
+                }
+                Event::Acknowledged {
+                    jid,
+                    stored_through,
+                } => {
+                    self.acknowledged(server, jid, *stored_through).await;
+                    Verdict::Continue
+                }
+                Event::SessionEnded { jid, .. } => {
+                    self.session_ended(server, jid).await;
                     Verdict::Continue
                 }
                 _ => Verdict::Continue,
@@ -184,60 +203,129 @@ impl Offline {
             .into_iter()
             .next()
         {
-            if let Err(e) = deliver_locked(server, &full).await {
+            if let Err(e) = self.deliver_locked(server, &full).await {
                 tracing::error!(error = %e, "offline hand-over");
             }
         }
         Ok(())
     }
 
-    /// Hands every waiting message to the session `to`, oldest first, deleting
-    /// each batch once queued. Stops (keeping the rest) if the session's queue
-    /// is full or gone.
+    /// Hands every waiting message to the session `to`, oldest first.
+    /// Stops (keeping the rest) if the session's queue is full or gone.
     async fn deliver(&self, server: &Server, to: &FullJid) -> Result<(), StorageError> {
         let _guard = self.locks.lock(&to.to_bare()).await;
-        deliver_locked(server, to).await
+        self.deliver_locked(server, to).await
     }
-}
 
-async fn deliver_locked(server: &Server, to: &FullJid) -> Result<(), StorageError> {
-    let (domain, user) = (
-        to.domain().as_str(),
-        to.node().map(|n| n.as_str()).unwrap_or_default(),
-    );
-    loop {
-        let batch = server
-            .store
-            .offline_fetch(domain, user, DELIVERY_BATCH)
-            .await?;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut last_handed = None;
-        for (id, xml) in &batch {
-            if server
-                .sessions
-                .send_to_full(
-                    to,
-                    crate::sessions::OutStanza::serialized(bytes::Bytes::from(xml.clone())),
-                )
-                .is_err()
-            {
-                break;
+    /// The hand-over itself, under the user's lock. Rows go to a session
+    /// that acknowledges delivery as stored stanzas, deleted when it acks
+    /// them (`acknowledged`); to any other, they are deleted once queued.
+    async fn deliver_locked(&self, server: &Server, to: &FullJid) -> Result<(), StorageError> {
+        let (domain, user) = (
+            to.domain().as_str(),
+            to.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        let bare = to.to_bare();
+        let acks = server.sessions.acknowledges_delivery(to);
+        // Rows in flight to another live session are its, until it acks
+        // them or ends.
+        let mut after = match self.flight().get(&bare) {
+            Some((owner, last)) if owner != to && server.sessions.is_bound(owner) => *last,
+            _ => 0,
+        };
+        loop {
+            let batch = server
+                .store
+                .offline_fetch(domain, user, after, DELIVERY_BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok(());
             }
-            last_handed = Some(*id);
-        }
-        match last_handed {
-            Some(id) => {
+            let mut last_handed = None;
+            for (id, xml) in &batch {
+                let bytes = bytes::Bytes::from(xml.clone());
+                let st = if acks {
+                    OutStanza::stored(bytes, *id)
+                } else {
+                    OutStanza::serialized(bytes)
+                };
+                if server.sessions.send_to_full(to, st).is_err() {
+                    break;
+                }
+                last_handed = Some(*id);
+            }
+            let Some(id) = last_handed else {
+                return Ok(());
+            };
+            if acks {
+                self.flight().insert(bare.clone(), (to.clone(), id));
+            } else {
                 server
                     .store
                     .offline_delete_through(domain, user, id)
-                    .await?
+                    .await?;
             }
-            None => return Ok(()),
+            if Some(id) != batch.last().map(|b| b.0) || batch.len() < DELIVERY_BATCH as usize {
+                return Ok(());
+            }
+            after = id;
         }
-        if last_handed != batch.last().map(|b| b.0) || batch.len() < DELIVERY_BATCH as usize {
-            return Ok(());
+    }
+
+    /// The session acknowledged stored rows up to `through`: delete them.
+    async fn acknowledged(&self, server: &Server, jid: &FullJid, through: i64) {
+        let bare = jid.to_bare();
+        let (domain, user) = (
+            jid.domain().as_str(),
+            jid.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        if let Err(e) = server
+            .store
+            .offline_delete_through(domain, user, through)
+            .await
+        {
+            tracing::error!(error = %e, "deleting acknowledged offline messages");
+            return;
         }
+        let mut flight = self.flight();
+        if flight
+            .get(&bare)
+            .is_some_and(|(owner, last)| owner == jid && *last <= through)
+        {
+            flight.remove(&bare);
+        }
+    }
+
+    /// A session that had stored rows in flight ended without acking them
+    /// all: they are free again, and go to another available resource now
+    /// (or wait for the next login).
+    async fn session_ended(&self, server: &Server, jid: &FullJid) {
+        let bare = jid.to_bare();
+        let was_owner = {
+            let mut flight = self.flight();
+            let owned = flight.get(&bare).is_some_and(|(owner, _)| owner == jid);
+            if owned {
+                flight.remove(&bare);
+            }
+            owned
+        };
+        if !was_owner {
+            return;
+        }
+        let next = server
+            .sessions
+            .message_targets(&bare, "chat")
+            .into_iter()
+            .next();
+        if let Some(next) = next {
+            if let Err(e) = self.deliver(server, &next).await {
+                tracing::error!(error = %e, "offline hand-over");
+            }
+        }
+    }
+
+    fn flight(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, (FullJid, i64)>> {
+        // One map operation at a time: poisoning cannot leave it half done.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

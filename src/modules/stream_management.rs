@@ -121,8 +121,10 @@ impl StreamManagementFeature {
             },
         );
         self.parked_changed.notify_waiters();
+        self.limit_parked(server, &id);
         let server = server.clone();
-        tokio::spawn(async move {
+        let tasks = server.background.clone();
+        tasks.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 // A shutdown ends parked sessions too: their undelivered
@@ -149,6 +151,45 @@ impl StreamManagementFeature {
                 end_parked(&server, *session).await;
             }
         });
+    }
+
+    /// An account may have at most `max_parked_per_account` sessions
+    /// waiting: beyond that the oldest ends now (a client that drops and
+    /// reconnects with a new resource again and again cannot pile them up).
+    fn limit_parked(&self, server: &Arc<Server>, newest: &str) {
+        let max = server.config.stream_management.max_parked_per_account;
+        let oldest = {
+            let mut slots = self.lock();
+            let owner = match slots.get(newest) {
+                Some(Slot::Parked { owner, .. }) => owner.clone(),
+                _ => return,
+            };
+            let mut mine: Vec<(u64, String)> = slots
+                .iter()
+                .filter_map(|(id, s)| match s {
+                    Slot::Parked {
+                        owner: o,
+                        generation,
+                        ..
+                    } if *o == owner => Some((*generation, id.clone())),
+                    _ => None,
+                })
+                .collect();
+            if mine.len() <= max {
+                return;
+            }
+            mine.sort();
+            match slots.remove(&mine[0].1) {
+                Some(Slot::Parked { session, .. }) => session,
+                _ => return,
+            }
+        };
+        tracing::info!(jid = %oldest.jid, "stream management: too many sessions waiting; oldest ended");
+        let server = server.clone();
+        server
+            .background
+            .clone()
+            .spawn(async move { end_parked(&server, *oldest).await });
     }
 
     /// Takes the session `previd` back for a connection authenticated as

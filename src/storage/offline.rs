@@ -55,13 +55,15 @@ impl Store {
         &self,
         domain: &str,
         username: &str,
+        after_id: i64,
         limit: u32,
     ) -> Result<Vec<(i64, String)>, StorageError> {
-        const Q: &str = "SELECT id, stanza FROM offline_messages WHERE domain = $1 AND username = $2 ORDER BY id LIMIT $3";
+        const Q: &str = "SELECT id, stanza FROM offline_messages WHERE domain = $1 AND username = $2 AND id > $3 ORDER BY id LIMIT $4";
         Ok(on_pool!(self, pool => {
             sqlx::query_as(Q)
                 .bind(domain)
                 .bind(username)
+                .bind(after_id)
                 .bind(limit as i64)
                 .fetch_all(pool)
                 .await?

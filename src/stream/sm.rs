@@ -92,7 +92,10 @@ impl StreamManagement {
     /// stanzas. An `h` beyond what was sent is a protocol error (§4:
     /// `handled-count-too-high`). An `h` below an earlier one (an old ack
     /// arriving late) acknowledges nothing new.
-    pub fn acknowledge(&mut self, h: u32) -> Result<(), TooHigh> {
+    ///
+    /// Returns the highest offline-storage row among the stanzas it
+    /// acknowledged (rows that may now be deleted).
+    pub fn acknowledge(&mut self, h: u32) -> Result<Option<i64>, TooHigh> {
         let acked_before = self.sent.wrapping_sub(self.unacked.len() as u32);
         let newly = h.wrapping_sub(acked_before);
         if newly as usize > self.unacked.len() {
@@ -100,16 +103,18 @@ impl StreamManagement {
             // wraps to a huge count; tell them apart by distance.
             let behind = acked_before.wrapping_sub(h);
             if behind <= u32::MAX / 2 && behind != 0 {
-                return Ok(());
+                return Ok(None);
             }
             return Err(TooHigh { h, sent: self.sent });
         }
+        let mut stored = None;
         for _ in 0..newly {
             if let Some(st) = self.unacked.pop_front() {
                 self.unacked_weight -= st.weight();
+                stored = st.stored_id().or(stored);
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Takes the unacknowledged stanzas (for resending after a resumption,
@@ -152,15 +157,31 @@ mod tests {
         for _ in 0..5 {
             sm.sent_one(st());
         }
-        assert_eq!(sm.acknowledge(3), Ok(()));
+        assert_eq!(sm.acknowledge(3), Ok(None));
         assert_eq!(sm.unacked_len(), 2);
         // A stale ack changes nothing.
-        assert_eq!(sm.acknowledge(1), Ok(()));
+        assert_eq!(sm.acknowledge(1), Ok(None));
         assert_eq!(sm.unacked_len(), 2);
         assert_eq!(sm.acknowledge(6), Err(TooHigh { h: 6, sent: 5 }));
-        assert_eq!(sm.acknowledge(5), Ok(()));
+        assert_eq!(sm.acknowledge(5), Ok(None));
         assert_eq!(sm.unacked_len(), 0);
         assert_eq!(sm.unacked_weight(), 0);
+    }
+
+    #[test]
+    fn an_ack_names_the_last_stored_row_it_covers() {
+        let mut sm = StreamManagement::new("x".into(), true, 60);
+        sm.sent_one(st());
+        sm.sent_one(OutStanza::stored(
+            bytes::Bytes::from_static(b"<message/>"),
+            7,
+        ));
+        sm.sent_one(OutStanza::stored(
+            bytes::Bytes::from_static(b"<message/>"),
+            9,
+        ));
+        assert_eq!(sm.acknowledge(2), Ok(Some(7)));
+        assert_eq!(sm.acknowledge(3), Ok(Some(9)));
     }
 
     #[test]
@@ -175,9 +196,9 @@ mod tests {
         for _ in 0..3 {
             sm.sent_one(st());
         }
-        assert_eq!(sm.acknowledge(u32::MAX), Ok(()));
+        assert_eq!(sm.acknowledge(u32::MAX), Ok(None));
         assert_eq!(sm.unacked_len(), 2);
-        assert_eq!(sm.acknowledge(1), Ok(()));
+        assert_eq!(sm.acknowledge(1), Ok(None));
         assert_eq!(sm.unacked_len(), 0);
         assert!(sm.acknowledge(2).is_err());
     }

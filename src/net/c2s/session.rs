@@ -20,7 +20,7 @@ use crate::modules::stream_management::{
 use crate::net::xmlstream::{random_id, End};
 use crate::queue::QueueReceiver;
 use crate::router;
-use crate::sessions::{OutStanza, Outbound, SessionExtensions};
+use crate::sessions::{AcknowledgesDelivery, OutStanza, Outbound, SessionExtensions};
 use crate::stanza::{StanzaKind, StreamErrorCondition, NS_STANZA_ERRORS};
 use crate::stream::sm::{parse_h, StreamManagement, NS_SM};
 use crate::xml::{Element, StreamEvent, NS_CLIENT};
@@ -219,7 +219,14 @@ impl Connection {
             return Ok(());
         }
         if el.ns() == NS_SM {
-            return self.stream_management(a, &el);
+            if let Some(stored_through) = self.stream_management(a, &el)? {
+                let mut event = Event::Acknowledged {
+                    jid: &a.jid,
+                    stored_through,
+                };
+                self.server.features.fire(&self.server, &mut event).await;
+            }
+            return Ok(());
         }
         let mut replies = Vec::new();
         let mut release = Vec::new();
@@ -242,11 +249,12 @@ impl Connection {
     }
 
     /// `<enable/>`, `<r/>`, `<a/>` on a bound stream (XEP-0198 §3, §4).
+    /// Returns the last offline-storage row an ack covered.
     fn stream_management(
         &mut self,
         a: &mut Attached,
         el: &Element,
-    ) -> Result<(), StreamErrorCondition> {
+    ) -> Result<Option<i64>, StreamErrorCondition> {
         let config = &self.server.config.stream_management;
         let feature = self.server.features.get::<StreamManagementFeature>();
         match (el.name(), &mut a.w.sm) {
@@ -255,7 +263,7 @@ impl Connection {
             }
             ("enable", Some(_)) | ("resume", _) => {
                 self.stream.write(&failed("unexpected-request", None));
-                Ok(())
+                Ok(None)
             }
             ("enable", None) => {
                 let resumable = matches!(el.attr("resume"), Some("true" | "1"));
@@ -278,29 +286,37 @@ impl Connection {
                     }
                 }
                 a.w.sm = Some(StreamManagement::new(id, resumable, max));
+                // From now on a stanza is delivered when acknowledged.
+                a.w.extensions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(AcknowledgesDelivery);
                 self.stream.write(&enabled);
-                Ok(())
+                Ok(None)
             }
             ("r", Some(sm)) => {
                 self.stream.write(&sm.answer());
-                Ok(())
+                Ok(None)
             }
             ("a", Some(sm)) => {
                 let Some(h) = parse_h(el) else {
                     return Err(StreamErrorCondition::InvalidXml);
                 };
                 sm.request_pending = false;
-                if let Err(too_high) = sm.acknowledge(h) {
-                    tracing::info!(conn = self.id, jid = %a.jid, h = too_high.h,
-                        sent = too_high.sent, "stream management: ack beyond what was sent");
-                    return Err(StreamErrorCondition::UndefinedCondition);
-                }
+                let stored = match sm.acknowledge(h) {
+                    Ok(stored) => stored,
+                    Err(too_high) => {
+                        tracing::info!(conn = self.id, jid = %a.jid, h = too_high.h,
+                            sent = too_high.sent, "stream management: ack beyond what was sent");
+                        return Err(StreamErrorCondition::UndefinedCondition);
+                    }
+                };
                 if sm.unacked_len() > 0 {
                     // More went out since the request this answers.
                     self.stream.write_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
                     sm.request_pending = true;
                 }
-                Ok(())
+                Ok(stored)
             }
             // `<r/>` or `<a/>` before `<enable/>`.
             _ => Err(StreamErrorCondition::UnsupportedStanzaType),
@@ -350,7 +366,15 @@ impl Connection {
             rx,
             mut sm,
         } = parked;
-        if sm.acknowledge(h).is_err() {
+        let acked = sm.acknowledge(h);
+        if let Ok(Some(stored_through)) = acked {
+            let mut event = Event::Acknowledged {
+                jid: &jid,
+                stored_through,
+            };
+            self.server.features.fire(&self.server, &mut event).await;
+        }
+        if acked.is_err() {
             let unacked = sm.take_unacked();
             end_for_good(&self.server, &jid, session_id, &rx, unacked).await;
             return Err(self
