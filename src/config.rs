@@ -33,6 +33,23 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Stream management (XEP-0198) on client streams.
     pub stream_management: StreamManagementConfig,
+    /// Client state indication (XEP-0352).
+    pub csi: CsiConfig,
+}
+
+/// Client state indication (XEP-0352): what an inactive client is spared.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiConfig {
+    /// Most stanzas (presence updates, chat states) held back for one
+    /// inactive client; reaching it sends them all. 0: nothing is held.
+    pub max_held: usize,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { max_held: 100 }
+    }
 }
 
 /// Stream management (XEP-0198): acknowledgements, and sessions that
@@ -400,6 +417,7 @@ impl Default for Config {
             s2s: S2sConfig::default(),
             admin: AdminConfig::default(),
             stream_management: StreamManagementConfig::default(),
+            csi: CsiConfig::default(),
         }
     }
 }
@@ -1259,6 +1277,13 @@ const STREAM_MANAGEMENT: &[Field] = &[
         },
     ),
 ];
+const CSI: &[Field] = &[f(
+    "max_held",
+    Kind::Int {
+        min: 0,
+        max: 100_000,
+    },
+)];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1272,6 +1297,7 @@ const SCHEMA: &[Field] = &[
     f("s2s", Kind::Table(S2S)),
     f("admin", Kind::Table(ADMIN)),
     f("stream_management", Kind::Table(STREAM_MANAGEMENT)),
+    f("csi", Kind::Table(CSI)),
 ];
 
 /// Empty, or `host:port`.
@@ -1419,6 +1445,7 @@ mod tests {
         assert!(c.s2s.listen_tls.is_empty());
         assert_eq!(c.s2s.bidi, d.s2s.bidi);
         assert_eq!(c.admin_socket(), d.admin_socket());
+        assert_eq!(c.csi.max_held, d.csi.max_held);
     }
 
     /// Every key of the schema appears in `waxwing.example.toml` under its

@@ -34,6 +34,7 @@ pub enum EventKind {
     PreAuthIq,
     SessionElement,
     SessionBound,
+    SessionResumed,
     SessionAvailable,
     SessionEnded,
     AccountDeleted,
@@ -46,7 +47,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -55,6 +56,7 @@ impl EventKind {
         EventKind::PreAuthIq,
         EventKind::SessionElement,
         EventKind::SessionBound,
+        EventKind::SessionResumed,
         EventKind::SessionAvailable,
         EventKind::SessionEnded,
         EventKind::AccountDeleted,
@@ -129,6 +131,14 @@ pub enum Event<'a> {
     },
     /// A resource was bound.
     SessionBound { jid: &'a FullJid },
+    /// A session was resumed on a new stream (XEP-0198), after stream
+    /// management sent again what the client had not acknowledged. A
+    /// feature whose per-stream state starts afresh (client state) resets
+    /// it here; `release` are stanzas it held back, written next, in order.
+    SessionResumed {
+        jid: &'a FullJid,
+        release: &'a mut Vec<Arc<OutStanza>>,
+    },
     /// A session sent available presence; `initial` the first time.
     SessionAvailable { jid: &'a FullJid, initial: bool },
     /// A session ended and was unbound: what it left behind.
@@ -158,6 +168,7 @@ impl Event<'_> {
             Event::PreAuthIq { .. } => EventKind::PreAuthIq,
             Event::SessionElement { .. } => EventKind::SessionElement,
             Event::SessionBound { .. } => EventKind::SessionBound,
+            Event::SessionResumed { .. } => EventKind::SessionResumed,
             Event::SessionAvailable { .. } => EventKind::SessionAvailable,
             Event::SessionEnded { .. } => EventKind::SessionEnded,
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,

@@ -20,9 +20,17 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.is_set {
         return Err(StanzaErrorCondition::NotAllowed.into());
     }
-    // Nodes are not used yet; asking for one is asking for something absent.
-    if req.payload.attr("node").is_some() {
-        return Err(StanzaErrorCondition::ItemNotFound.into());
+    // The one node answered is the server's capabilities node (XEP-0115
+    // §6.2: `node#ver` has the server's own info); any other is absent.
+    if let Some(node) = req.payload.attr("node") {
+        let caps = req.server.features.get::<super::caps::Caps>();
+        let ours = caps.is_some_and(|c| c.node(req.server) == node);
+        if !(ours && req.payload.is("query", NS_INFO) && req.target == IqTarget::Server) {
+            return Err(StanzaErrorCondition::ItemNotFound.into());
+        }
+        let mut q = server_info(req.server);
+        q.set_attr("node", node);
+        return Ok(Some(q));
     }
     match (req.payload.name(), req.payload.ns(), req.target) {
         ("query", NS_INFO, IqTarget::Server) => Ok(Some(server_info(req.server))),

@@ -4,7 +4,10 @@
 //! payload's namespace.
 
 pub mod blocking;
+pub mod caps;
+pub mod carbons;
 pub mod contact;
+pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod offline;
@@ -88,6 +91,9 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),
         Arc::new(stream_management::StreamManagementFeature::default()),
+        Arc::new(carbons::Carbons),
+        Arc::new(caps::Caps::default()),
+        Arc::new(csi::ClientStateIndication),
     ]
 }
 

@@ -41,6 +41,15 @@ impl TestServer {
 
     /// Starts with the defaults, ports chosen by the OS, and `tweak` applied.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_with_features(tweak, Vec::new()).await
+    }
+
+    /// As [`TestServer::start_with`], with `extra` features registered
+    /// after the default ones (`Server::with_features`).
+    pub async fn start_with_features(
+        tweak: impl FnOnce(&mut Config),
+        extra: Vec<Arc<dyn waxwing::feature::Feature>>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.database.url = format!("sqlite://{}/waxwing.db", dir.path().display());
@@ -54,7 +63,7 @@ impl TestServer {
             // which servers of tests running side by side would share.
             config.admin.socket = Some(dir.path().join("waxwing.sock").display().to_string());
         }
-        let server = Server::new(config).await.unwrap();
+        let server = Server::with_features(config, extra).await.unwrap();
         let running = RunningServer::start(server).await.unwrap();
         TestServer {
             plain_addr: running.c2s_addrs[0],

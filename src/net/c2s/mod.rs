@@ -312,12 +312,16 @@ impl Connection {
                     &cb_names,
                     self.registration_allowed(),
                 );
-                for extra in self
-                    .server
-                    .features
-                    .stream_features(&self.server, StreamPhase::Unauthenticated { tls: *tls })
-                {
-                    f.append_child(extra);
+                // RFC 6120 §5.3.1: where TLS is mandatory, STARTTLS is the
+                // only feature of the first stage.
+                if *tls || !self.server.config.c2s.require_encryption {
+                    for extra in self
+                        .server
+                        .features
+                        .stream_features(&self.server, StreamPhase::Unauthenticated { tls: *tls })
+                    {
+                        f.append_child(extra);
+                    }
                 }
                 f
             }

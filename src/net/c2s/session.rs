@@ -404,6 +404,23 @@ impl Connection {
         let mut a = Attached::new(jid, session_id, rx, extensions);
         feature.attach(&sm.id, owner.clone(), a.takeover.clone());
         a.w.sm = Some(sm);
+        // Features whose state is per stream start afresh; what they held
+        // is written next, counted like any stanza. Past the unacked cap
+        // the stream is not closed here (the session is not driven yet):
+        // the next write closes it, as it would anyway.
+        let mut release = Vec::new();
+        let mut event = Event::SessionResumed {
+            jid: &a.jid,
+            release: &mut release,
+        };
+        self.server.features.fire(&self.server, &mut event).await;
+        if !release.is_empty() {
+            let mut out = Vec::new();
+            if a.w.write_now(&self.server, release, &mut out).is_some() {
+                a.w.park = false;
+            }
+            self.stream.write_raw(&out);
+        }
         self.stream.flush().await?;
         Ok(Some(a))
     }
