@@ -426,43 +426,42 @@ impl Reader {
     /// One top-level element: stream management's bookkeeping, carbon
     /// copies counted apart, the rest to the chat if one is running.
     fn on_element(&self, el: &Element, chat: Option<&ChatIn<'_>>, counters: &Counters) {
+        let kind = Incoming::of(el);
         if let Some(sm) = &self.sm {
-            if el.ns() == xmpp::NS_SM {
-                match el.name() {
-                    "r" => {
-                        counters.sm_requests.fetch_add(1, Relaxed);
-                        sm.ack_due.store(true, Release);
-                        sm.wake.notify_one();
-                    }
-                    "a" => {
-                        counters.sm_acks_received.fetch_add(1, Relaxed);
-                        let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
-                        if h == Some(sm.sent.load(Acquire)) {
-                            counters.sm_h_match.fetch_add(1, Relaxed);
-                        } else {
-                            counters.sm_h_mismatch.fetch_add(1, Relaxed);
-                        }
-                    }
-                    _ => {}
-                }
-                return;
-            }
-            if is_stanza(el) {
+            if kind.counts_for_sm() {
                 sm.h.fetch_add(1, Release);
             }
         }
-        if el.name() == "message" {
-            if el.get_child("received", xmpp::NS_CARBONS).is_some() {
+        match kind {
+            Incoming::SmRequest => {
+                if let Some(sm) = &self.sm {
+                    counters.sm_requests.fetch_add(1, Relaxed);
+                    sm.ack_due.store(true, Release);
+                    sm.wake.notify_one();
+                }
+            }
+            Incoming::SmAck(h) => {
+                if let Some(sm) = &self.sm {
+                    counters.sm_acks_received.fetch_add(1, Relaxed);
+                    if h == Some(sm.sent.load(Acquire)) {
+                        counters.sm_h_match.fetch_add(1, Relaxed);
+                    } else {
+                        counters.sm_h_mismatch.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            Incoming::CarbonReceived => {
                 counters.carbons_received.fetch_add(1, Relaxed);
-                return;
             }
-            if el.get_child("sent", xmpp::NS_CARBONS).is_some() {
+            Incoming::CarbonSent => {
                 counters.carbons_sent.fetch_add(1, Relaxed);
-                return;
             }
-        }
-        if let Some(c) = chat {
-            c.on_stanza(el);
+            Incoming::Stanza => {
+                if let Some(c) = chat {
+                    c.on_stanza(el);
+                }
+            }
+            Incoming::Other => {}
         }
     }
 
@@ -489,6 +488,55 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+/// What a top-level element received on a session is, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Incoming {
+    /// `<r xmlns='urn:xmpp:sm:3'/>`.
+    SmRequest,
+    /// `<a xmlns='urn:xmpp:sm:3' h='…'/>` (None: no valid h).
+    SmAck(Option<u32>),
+    /// A carbon copy (XEP-0280) of a message to another resource of the account.
+    CarbonReceived,
+    /// A carbon copy of a message another resource of the account sent.
+    CarbonSent,
+    /// Any other message, presence or iq.
+    Stanza,
+    /// Anything else (other nonzas).
+    Other,
+}
+
+impl Incoming {
+    fn of(el: &Element) -> Incoming {
+        if el.ns() == xmpp::NS_SM {
+            return match el.name() {
+                "r" => Incoming::SmRequest,
+                "a" => Incoming::SmAck(el.attr("h").and_then(|h| h.parse().ok())),
+                _ => Incoming::Other,
+            };
+        }
+        if !is_stanza(el) {
+            return Incoming::Other;
+        }
+        if el.name() == "message" {
+            if el.get_child("received", xmpp::NS_CARBONS).is_some() {
+                return Incoming::CarbonReceived;
+            }
+            if el.get_child("sent", xmpp::NS_CARBONS).is_some() {
+                return Incoming::CarbonSent;
+            }
+        }
+        Incoming::Stanza
+    }
+
+    /// Whether it counts in XEP-0198's `h` (every message, presence, iq).
+    fn counts_for_sm(self) -> bool {
+        matches!(
+            self,
+            Incoming::Stanza | Incoming::CarbonReceived | Incoming::CarbonSent
+        )
     }
 }
 
@@ -873,5 +921,70 @@ pub async fn session_loop(
         if !alive {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waxwing::xml::ParserLimits;
+
+    fn elements(xml: &str) -> Vec<Element> {
+        let mut p = StreamParser::new(ParserLimits::default());
+        p.feed(
+            format!(
+                "<stream:stream xmlns='jabber:client' \
+                 xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
+            )
+            .as_bytes(),
+        );
+        let mut out = Vec::new();
+        while let Ok(Some(ev)) = p.next_event() {
+            if let StreamEvent::Stanza(el) = ev {
+                out.push(el);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn classifies_sm_carbons_and_stanzas() {
+        let els = elements(
+            "<r xmlns='urn:xmpp:sm:3'/>\
+             <a xmlns='urn:xmpp:sm:3' h='4294967295'/>\
+             <a xmlns='urn:xmpp:sm:3' h='x'/>\
+             <enabled xmlns='urn:xmpp:sm:3' id='i' resume='true'/>\
+             <message from='a@x/r1' to='a@x/r0' id='wb0.1.2'>\
+               <received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+               <message xmlns='jabber:client' id='wb0.1.2' type='chat'><body>b</body></message>\
+               </forwarded></received></message>\
+             <message from='a@x' to='a@x/r1'><sent xmlns='urn:xmpp:carbons:2'/></message>\
+             <message id='wb0.1.2' type='chat'><body>b</body></message>\
+             <presence/><iq type='result' id='carb1'/>",
+        );
+        let kinds: Vec<Incoming> = els.iter().map(Incoming::of).collect();
+        assert_eq!(
+            kinds,
+            [
+                Incoming::SmRequest,
+                Incoming::SmAck(Some(u32::MAX)),
+                Incoming::SmAck(None),
+                Incoming::Other,
+                Incoming::CarbonReceived,
+                Incoming::CarbonSent,
+                Incoming::Stanza,
+                Incoming::Stanza,
+                Incoming::Stanza,
+            ]
+        );
+        let counted = kinds.iter().filter(|k| k.counts_for_sm()).count();
+        assert_eq!(counted, 5);
+    }
+
+    #[test]
+    fn message_ids_round_trip() {
+        assert_eq!(parse_id("wb3.17.123456"), Some((3, 17, 123456)));
+        assert_eq!(parse_id("wb3.17"), None);
+        assert_eq!(parse_id("carb1"), None);
     }
 }

@@ -959,6 +959,34 @@ struct ChatCtx<'a> {
     tck: u64,
 }
 
+/// Stream management and carbons counters, to report a chat run's share.
+struct ExtraCounts {
+    requests: u64,
+    acks: u64,
+    carbons_received: u64,
+    carbons_sent: u64,
+}
+
+impl ExtraCounts {
+    fn of(c: &Counters) -> ExtraCounts {
+        ExtraCounts {
+            requests: c.sm_requests.load(Relaxed),
+            acks: c.sm_acks_sent.load(Relaxed),
+            carbons_received: c.carbons_received.load(Relaxed),
+            carbons_sent: c.carbons_sent.load(Relaxed),
+        }
+    }
+
+    fn minus(&self, before: &ExtraCounts) -> ExtraCounts {
+        ExtraCounts {
+            requests: self.requests - before.requests,
+            acks: self.acks - before.acks,
+            carbons_received: self.carbons_received - before.carbons_received,
+            carbons_sent: self.carbons_sent - before.carbons_sent,
+        }
+    }
+}
+
 struct ChatResult {
     delivered_per_s: f64,
     json: String,
@@ -986,6 +1014,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     let plan = Arc::new(plan);
     c.counters.reset_chat();
     c.hist.reset();
+    let extras0 = ExtraCounts::of(c.counters);
     let _ = c.cmd_tx.send(Cmd::Chat(plan.clone()));
     // Every sender registers before the first send is due (plan.start is 200 ms
     // away); CPU is sampled over exactly the measured window, from that start
@@ -1013,6 +1042,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     let s1 = stats::cpu_ticks(None);
     let m1 = stats::machine_busy_ticks();
     let _ = c.cmd_tx.send(Cmd::Hold);
+    let extras = ExtraCounts::of(c.counters).minus(&extras0);
     let wall = (end - plan.start).as_secs_f64();
     let send_wall = (plan.send_end - plan.start).as_secs_f64();
     let sent = c.counters.sent.load(Relaxed);
@@ -1064,6 +1094,30 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
         args.duration,
         sent as f64 / send_wall,
     ));
+    if args.sm {
+        j.num("sm_requests_received", extras.requests);
+        j.num("sm_acks_sent", extras.acks);
+        lines.push(format!(
+            "  stream management: {} <r/> received, {} <a/> sent ({:.2} per delivered message)",
+            extras.requests,
+            extras.acks,
+            extras.acks as f64 / delivered.max(1) as f64
+        ));
+    }
+    if args.carbons {
+        j.num(
+            "carbons_copies",
+            extras.carbons_received + extras.carbons_sent,
+        );
+        j.num("carbons_copies_received", extras.carbons_received);
+        j.num("carbons_copies_sent", extras.carbons_sent);
+        lines.push(format!(
+            "  carbons: {} copies received ({} <received/>, {} <sent/>), apart from the deliveries",
+            extras.carbons_received + extras.carbons_sent,
+            extras.carbons_received,
+            extras.carbons_sent
+        ));
+    }
     if !saturate {
         let scheduled = plan.scheduled();
         let late = c.counters.late_sends.load(Relaxed);
