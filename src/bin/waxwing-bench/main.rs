@@ -798,25 +798,34 @@ async fn resume_phase(
     reconnect_lat.sort_unstable();
     let resumed = resume_lat.len();
     let failed = n - resumed;
-    let max = |v: &[u64]| v.last().copied().unwrap_or(0) as f64 / 1000.0;
+    // No resumption, no latency: null in the JSON, not 0.
+    let q = |v: &[u64], x: f64| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            pct_ms(v, x)
+        }
+    };
+    let max = |v: &[u64]| v.last().map_or(f64::NAN, |&m| m as f64 / 1000.0);
     let mut r = rep(report);
     r.num("resumed", resumed);
     r.num("resume_failures", failed);
     r.float("resume_wall_s", wall);
-    r.float("resume_p50_ms", pct_ms(&resume_lat, 0.5));
-    r.float("resume_p99_ms", pct_ms(&resume_lat, 0.99));
+    r.float("resume_p50_ms", q(&resume_lat, 0.5));
+    r.float("resume_p99_ms", q(&resume_lat, 0.99));
     r.float("resume_max_ms", max(&resume_lat));
-    r.float("reconnect_p50_ms", pct_ms(&reconnect_lat, 0.5));
-    r.float("reconnect_p99_ms", pct_ms(&reconnect_lat, 0.99));
+    r.float("reconnect_p50_ms", q(&reconnect_lat, 0.5));
+    r.float("reconnect_p99_ms", q(&reconnect_lat, 0.99));
     r.float("reconnect_max_ms", max(&reconnect_lat));
     r.num("resume_h_match", h_ok);
     r.num("resume_h_mismatch", h_bad);
     r.line(format!(
-        "resume: {n} sessions dropped at once (socket closed, no </stream:stream>), {resumed} resumed, \
-         {failed} failed in {wall:.2} s ({} reconnecting at most)",
+        "resume: {n} sessions chosen to drop at once (socket closed, no </stream:stream>) and \
+         resume: {resumed} resumed, {failed} failed in {wall:.2} s ({} reconnecting at most)",
         args.login_concurrency
     ));
-    r.line(format!(
+    if resumed > 0 {
+        r.line(format!(
         "  <resume/> → <resumed/> p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
          TCP connect → <resumed/> (TLS, SASL, restart, resume) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         pct_ms(&resume_lat, 0.5),
@@ -826,6 +835,7 @@ async fn resume_phase(
         pct_ms(&reconnect_lat, 0.99),
         max(&reconnect_lat),
     ));
+    }
     if h_bad > 0 {
         r.line(format!(
             "  <resumed h/> differed from our count of stanzas sent on {h_bad} of {resumed} sessions"

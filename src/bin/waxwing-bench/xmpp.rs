@@ -644,8 +644,14 @@ async fn enable_sm(
         format!("<enable xmlns='{NS_SM}' resume='true'/>").as_bytes(),
     )
     .await?;
+    // Reading is cancel-safe (a read is fed to the parser before the next await).
+    let wait = std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let el = xs.next_stanza(Step::Bind).await?;
+        let Ok(el) = tokio::time::timeout_at(deadline, xs.next_stanza(Step::Bind)).await else {
+            return Ok(Err(format!("no <enabled/> within {} s", wait.as_secs())));
+        };
+        let el = el?;
         if el.is("enabled", NS_SM) {
             let Some(id) = el.attr("id") else {
                 return Ok(Err("<enabled/> without a resumption id".into()));
