@@ -2,23 +2,31 @@
 //! (a client that stops reading would push back on the server and skew the
 //! figures), and in the chat phase it also sends to its partner, either paced
 //! open-loop or with a bounded window.
+//!
+//! With stream management the reader counts the stanzas it receives and
+//! answers the server's `<r/>` through a small acker beside it, which shares
+//! the write half with the sender; with carbons it counts the copies apart
+//! from the chat's deliveries. A resumption round drops the connection of
+//! chosen sessions and takes each back with `<resume/>` on a new one.
 
 use std::io::Write as _;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_rustls::client::TlsStream;
 use waxwing::xml::{escape_attr, Element, StreamEvent, StreamParser};
 
 use crate::stats::LatencyHistogram;
-use crate::xmpp::{Session, XmlStream};
+use crate::xmpp::{self, is_stanza, Failure, Session, SmSession, Step, Target, XmlStream};
 
 type Tls = TlsStream<TcpStream>;
+/// The write half, shared by the sender and the acker of one session.
+type Writer = tokio::sync::Mutex<WriteHalf<Tls>>;
 
 /// What the coordinator asks of every session.
 #[derive(Clone)]
@@ -27,6 +35,8 @@ pub enum Cmd {
     Hold,
     /// Run the chat plan (sessions without a role in it hold).
     Chat(Arc<ChatPlan>),
+    /// Drop and resume the sessions the plan names (the others hold).
+    Resume(Arc<ResumePlan>),
     /// Close the stream and end.
     Close,
 }
@@ -52,6 +62,18 @@ pub struct Counters {
     pub closed_clean: AtomicU64,
     /// Senders still writing in the current chat run.
     pub senders_active: AtomicU64,
+    /// Stream management: `<a/>` written, `<r/>` received from the server,
+    /// `<a/>` received (answers to our `<r/>` at close), and how many of
+    /// those matched our count of stanzas sent.
+    pub sm_acks_sent: AtomicU64,
+    pub sm_requests: AtomicU64,
+    pub sm_acks_received: AtomicU64,
+    pub sm_h_match: AtomicU64,
+    pub sm_h_mismatch: AtomicU64,
+    /// Carbon copies (XEP-0280) received: of messages to the account's
+    /// other resources, and of messages its other resources sent.
+    pub carbons_received: AtomicU64,
+    pub carbons_sent: AtomicU64,
 }
 
 impl Counters {
@@ -227,6 +249,31 @@ impl ChatPlan {
     }
 }
 
+/// Stream management of one session, shared by its reader (which counts
+/// and sees `<r/>`) and its acker (which writes `<a/>`). Survives resumption.
+pub struct SmLink {
+    id: String,
+    /// Stanzas received since `<enabled/>`, modulo 2^32.
+    h: AtomicU32,
+    /// Stanzas written since `<enabled/>`, modulo 2^32.
+    sent: AtomicU32,
+    /// An `<r/>` came and is not answered yet.
+    ack_due: AtomicBool,
+    wake: Notify,
+}
+
+impl SmLink {
+    fn new(s: &SmSession) -> SmLink {
+        SmLink {
+            id: s.id.clone(),
+            h: AtomicU32::new(s.h),
+            sent: AtomicU32::new(s.sent),
+            ack_due: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+}
+
 /// The reading half of a session, with its parser.
 struct Reader {
     rd: ReadHalf<Tls>,
@@ -234,6 +281,35 @@ struct Reader {
     scratch: Box<[u8]>,
     dead: bool,
     got_end: bool,
+    sm: Option<Arc<SmLink>>,
+}
+
+/// One connection of a session: its reader and the shared write half.
+struct Conn {
+    reader: Reader,
+    writer: Writer,
+}
+
+impl Conn {
+    fn new(stream: XmlStream<Tls>, sm: Option<Arc<SmLink>>) -> Conn {
+        let XmlStream {
+            io,
+            parser,
+            scratch,
+        } = stream;
+        let (rd, wr) = tokio::io::split(io);
+        Conn {
+            reader: Reader {
+                rd,
+                parser,
+                scratch,
+                dead: false,
+                got_end: false,
+                sm,
+            },
+            writer: tokio::sync::Mutex::new(wr),
+        }
+    }
 }
 
 /// What a received stanza means for the chat in progress.
@@ -296,6 +372,11 @@ impl Reader {
         chat: Option<ChatIn<'_>>,
         counters: &Counters,
     ) -> bool {
+        // What the parser already holds (read along with the end of the
+        // login or the <resumed/>) is handled before waiting for more.
+        if !self.dead {
+            self.drain_events(chat.as_ref(), counters);
+        }
         loop {
             if self.dead {
                 return cmd_rx.changed().await.is_ok();
@@ -320,11 +401,7 @@ impl Reader {
     fn drain_events(&mut self, chat: Option<&ChatIn<'_>>, counters: &Counters) {
         loop {
             match self.parser.next_event() {
-                Ok(Some(StreamEvent::Stanza(el))) => {
-                    if let Some(c) = chat {
-                        c.on_stanza(&el);
-                    }
-                }
+                Ok(Some(StreamEvent::Stanza(el))) => self.on_element(&el, chat, counters),
                 Ok(Some(StreamEvent::End)) => {
                     self.got_end = true;
                     if !self.dead {
@@ -346,8 +423,50 @@ impl Reader {
         }
     }
 
+    /// One top-level element: stream management's bookkeeping, carbon
+    /// copies counted apart, the rest to the chat if one is running.
+    fn on_element(&self, el: &Element, chat: Option<&ChatIn<'_>>, counters: &Counters) {
+        let kind = Incoming::of(el);
+        if let Some(sm) = &self.sm {
+            if kind.counts_for_sm() {
+                sm.h.fetch_add(1, Release);
+            }
+        }
+        match kind {
+            Incoming::SmRequest => {
+                if let Some(sm) = &self.sm {
+                    counters.sm_requests.fetch_add(1, Relaxed);
+                    sm.ack_due.store(true, Release);
+                    sm.wake.notify_one();
+                }
+            }
+            Incoming::SmAck(h) => {
+                if let Some(sm) = &self.sm {
+                    counters.sm_acks_received.fetch_add(1, Relaxed);
+                    if h == Some(sm.sent.load(Acquire)) {
+                        counters.sm_h_match.fetch_add(1, Relaxed);
+                    } else {
+                        counters.sm_h_mismatch.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            Incoming::CarbonReceived => {
+                counters.carbons_received.fetch_add(1, Relaxed);
+            }
+            Incoming::CarbonSent => {
+                counters.carbons_sent.fetch_add(1, Relaxed);
+            }
+            Incoming::Stanza => {
+                if let Some(c) = chat {
+                    c.on_stanza(el);
+                }
+            }
+            Incoming::Other => {}
+        }
+    }
+
     /// After our `</stream:stream>`: reads until the server's end of stream or EOF.
-    async fn until_end(&mut self) {
+    async fn until_end(&mut self, counters: &Counters) {
         while !self.got_end {
             match self.rd.read(&mut self.scratch).await {
                 Ok(0) | Err(_) => return,
@@ -359,6 +478,9 @@ impl Reader {
                                 self.got_end = true;
                                 break;
                             }
+                            Ok(Some(StreamEvent::Stanza(el))) => {
+                                self.on_element(&el, None, counters)
+                            }
                             Ok(Some(_)) => {}
                             Ok(None) | Err(_) => break,
                         }
@@ -366,6 +488,75 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+/// What a top-level element received on a session is, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Incoming {
+    /// `<r xmlns='urn:xmpp:sm:3'/>`.
+    SmRequest,
+    /// `<a xmlns='urn:xmpp:sm:3' h='…'/>` (None: no valid h).
+    SmAck(Option<u32>),
+    /// A carbon copy (XEP-0280) of a message to another resource of the account.
+    CarbonReceived,
+    /// A carbon copy of a message another resource of the account sent.
+    CarbonSent,
+    /// Any other message, presence or iq.
+    Stanza,
+    /// Anything else (other nonzas).
+    Other,
+}
+
+impl Incoming {
+    fn of(el: &Element) -> Incoming {
+        if el.ns() == xmpp::NS_SM {
+            return match el.name() {
+                "r" => Incoming::SmRequest,
+                "a" => Incoming::SmAck(el.attr("h").and_then(|h| h.parse().ok())),
+                _ => Incoming::Other,
+            };
+        }
+        if !is_stanza(el) {
+            return Incoming::Other;
+        }
+        if el.name() == "message" {
+            if el.get_child("received", xmpp::NS_CARBONS).is_some() {
+                return Incoming::CarbonReceived;
+            }
+            if el.get_child("sent", xmpp::NS_CARBONS).is_some() {
+                return Incoming::CarbonSent;
+            }
+        }
+        Incoming::Stanza
+    }
+
+    /// Whether it counts in XEP-0198's `h` (every message, presence, iq).
+    fn counts_for_sm(self) -> bool {
+        matches!(
+            self,
+            Incoming::Stanza | Incoming::CarbonReceived | Incoming::CarbonSent
+        )
+    }
+}
+
+/// Answers the server's `<r/>` while the reader reads: one `<a/>` with the
+/// count at the time it is written (acks are cumulative, so requests that
+/// pile up meanwhile get one answer). Returns once `done` is set.
+async fn ack_loop(sm: &SmLink, wr: &Writer, done: &AtomicBool, counters: &Counters) {
+    loop {
+        if sm.ack_due.swap(false, AcqRel) {
+            let mut w = wr.lock().await;
+            let ack = SmSession::ack(sm.h.load(Acquire));
+            if !write_out(&mut w, ack.as_bytes()).await {
+                return;
+            }
+            counters.sm_acks_sent.fetch_add(1, Relaxed);
+        }
+        if done.load(Acquire) {
+            return;
+        }
+        sm.wake.notified().await;
     }
 }
 
@@ -403,7 +594,13 @@ async fn write_out(wr: &mut WriteHalf<Tls>, buf: &[u8]) -> bool {
 /// (no coordinated omission); late messages are still written (up to
 /// `per_write` a write), and counted as late, so the report can say that the
 /// sender fell behind its schedule.
-async fn send_paced(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, counters: &Counters) {
+async fn send_paced(
+    wr: &Writer,
+    plan: &ChatPlan,
+    role: &Role,
+    counters: &Counters,
+    sm: Option<&SmLink>,
+) {
     let dir = &plan.dirs[role.out_dir];
     let ndirs = plan.dirs.len() as u64;
     let step_ns = ndirs as f64 * 1e9 / plan.rate as f64;
@@ -444,15 +641,24 @@ async fn send_paced(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, count
         }
         // Counted before the write: an answer may arrive before write_out returns.
         dir.sent.fetch_add(batch, Release);
-        if !write_out(wr, &buf).await {
+        if !write_out(&mut *wr.lock().await, &buf).await {
             return;
         }
         counters.sent.fetch_add(batch, Relaxed);
+        if let Some(sm) = sm {
+            sm.sent.fetch_add(batch as u32, Release);
+        }
     }
 }
 
 /// Saturation: keep `window` messages in flight on this direction until the end.
-async fn send_window(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, counters: &Counters) {
+async fn send_window(
+    wr: &Writer,
+    plan: &ChatPlan,
+    role: &Role,
+    counters: &Counters,
+    sm: Option<&SmLink>,
+) {
     let dir = &plan.dirs[role.out_dir];
     let mut buf = Vec::with_capacity(4096);
     let mut sent = 0u64;
@@ -473,10 +679,13 @@ async fn send_window(wr: &mut WriteHalf<Tls>, plan: &ChatPlan, role: &Role, coun
                 sent += 1;
             }
             dir.sent.fetch_add(n, Release);
-            if !write_out(wr, &buf).await {
+            if !write_out(&mut *wr.lock().await, &buf).await {
                 return;
             }
             counters.sent.fetch_add(n, Relaxed);
+            if let Some(sm) = sm {
+                sm.sent.fetch_add(n as u32, Release);
+            }
         } else {
             tokio::select! {
                 _ = dir.notify.notified() => {}
@@ -495,63 +704,214 @@ impl Drop for ActiveSender<'_> {
     }
 }
 
+/// Which session this is, and how to log in again as it.
+pub struct Who {
+    pub idx: usize,
+    pub user: String,
+    pub target: Arc<Target>,
+}
+
+/// A resumption round: the sessions to drop and resume, at most as many
+/// reconnecting at once as the semaphore has permits.
+pub struct ResumePlan {
+    pub id: u64,
+    pub members: Vec<bool>,
+    pub sem: Arc<Semaphore>,
+    pub done: mpsc::UnboundedSender<ResumeDone>,
+}
+
+/// One session's resumption, sent to the coordinator.
+pub struct ResumeDone {
+    pub idx: usize,
+    pub result: Result<ResumeTiming, Failure>,
+}
+
+pub struct ResumeTiming {
+    /// `<resume/>` written → `<resumed/>` parsed.
+    pub resume_us: u64,
+    /// TCP connect → `<resumed/>` parsed.
+    pub reconnect_us: u64,
+    /// Whether `<resumed h/>` equals the stanzas we had sent (None: no h).
+    pub h_matched: Option<bool>,
+}
+
+/// Drops `conn` without a word (no `</stream:stream>`, no TLS close_notify:
+/// the socket is just closed) and takes the session back on a new connection.
+/// None when that fails (the session is then gone).
+async fn drop_and_resume(
+    conn: Conn,
+    who: &Who,
+    plan: &ResumePlan,
+    sm: Option<&Arc<SmLink>>,
+) -> Option<Conn> {
+    let failed = |detail: &str| ResumeDone {
+        idx: who.idx,
+        result: Err(Failure {
+            step: Step::Resume,
+            detail: detail.to_owned(),
+        }),
+    };
+    let Some(sm) = sm else {
+        let _ = plan.done.send(failed("stream management was not enabled"));
+        return Some(conn);
+    };
+    if conn.reader.dead {
+        let _ = plan
+            .done
+            .send(failed("the connection was gone before the drop"));
+        return None;
+    }
+    drop(conn);
+    let permit = plan.sem.acquire().await;
+    let h = sm.h.load(Acquire);
+    let res = match tokio::time::timeout(
+        Duration::from_secs(60),
+        xmpp::resume(&who.target, &who.user, &sm.id, h),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Failure {
+            step: Step::Timeout,
+            detail: "resumption took over 60 s".into(),
+        }),
+    };
+    drop(permit);
+    match res {
+        Ok(r) => {
+            let timing = ResumeTiming {
+                resume_us: r.resume_us,
+                reconnect_us: r.reconnect_us,
+                h_matched: r.server_h.map(|s| s == sm.sent.load(Acquire)),
+            };
+            let _ = plan.done.send(ResumeDone {
+                idx: who.idx,
+                result: Ok(timing),
+            });
+            Some(Conn::new(r.stream, Some(sm.clone())))
+        }
+        Err(f) => {
+            let _ = plan.done.send(ResumeDone {
+                idx: who.idx,
+                result: Err(f),
+            });
+            None
+        }
+    }
+}
+
+/// Reads (and answers `<r/>`) until the coordinator's command changes,
+/// sending meanwhile when `chat` gives this session a role.
+async fn run_round(
+    conn: &mut Conn,
+    cmd_rx: &mut watch::Receiver<Cmd>,
+    chat: Option<(&ChatPlan, &Role)>,
+    counters: &Counters,
+    hist: &LatencyHistogram,
+) -> bool {
+    let done = AtomicBool::new(false);
+    let Conn { reader, writer } = conn;
+    let sm = reader.sm.clone();
+    let chat_in = chat.map(|(plan, role)| ChatIn {
+        plan,
+        in_dir: role.in_dir,
+        out_dir: role.out_dir,
+        counters,
+        hist,
+    });
+    if chat.is_some() {
+        counters.senders_active.fetch_add(1, Relaxed);
+    }
+    let read = async {
+        let alive = reader.until_changed(cmd_rx, chat_in, counters).await;
+        done.store(true, Release);
+        if let Some(sm) = &sm {
+            sm.wake.notify_one();
+        }
+        alive
+    };
+    let ack = async {
+        if let Some(sm) = &sm {
+            ack_loop(sm, writer, &done, counters).await;
+        }
+    };
+    let send = async {
+        if let Some((plan, role)) = chat {
+            let _active = ActiveSender(counters);
+            if plan.rate == 0 {
+                send_window(writer, plan, role, counters, sm.as_deref()).await
+            } else {
+                send_paced(writer, plan, role, counters, sm.as_deref()).await
+            }
+        }
+    };
+    let (alive, (), ()) = tokio::join!(read, ack, send);
+    alive
+}
+
 /// The life of one session after login, until the coordinator says Close.
 pub async fn session_loop(
-    idx: usize,
+    who: Who,
     session: Session,
     mut cmd_rx: watch::Receiver<Cmd>,
     counters: Arc<Counters>,
     hist: Arc<LatencyHistogram>,
 ) {
-    let XmlStream {
-        io,
-        parser,
-        scratch,
-    } = session.stream;
-    let (rd, mut wr) = tokio::io::split(io);
-    let mut reader = Reader {
-        rd,
-        parser,
-        scratch,
-        dead: false,
-        got_end: false,
+    let sm = match &session.sm {
+        Some(Ok(s)) => {
+            counters.sm_acks_sent.fetch_add(s.acks_sent, Relaxed);
+            counters.sm_requests.fetch_add(s.requests, Relaxed);
+            Some(Arc::new(SmLink::new(s)))
+        }
+        _ => None,
     };
+    let mut conn = Conn::new(session.stream, sm.clone());
+    let mut resumed_in = None;
     loop {
         let cmd = cmd_rx.borrow_and_update().clone();
         let alive = match cmd {
-            Cmd::Hold => reader.until_changed(&mut cmd_rx, None, &counters).await,
-            Cmd::Chat(plan) => match plan.roles.get(idx).and_then(|r| r.as_ref()) {
-                Some(role) if !reader.dead => {
-                    let chat = ChatIn {
-                        plan: &plan,
-                        in_dir: role.in_dir,
-                        out_dir: role.out_dir,
-                        counters: &counters,
-                        hist: &hist,
-                    };
-                    counters.senders_active.fetch_add(1, Relaxed);
-                    let send = async {
-                        let _active = ActiveSender(&counters);
-                        if plan.rate == 0 {
-                            send_window(&mut wr, &plan, role, &counters).await
-                        } else {
-                            send_paced(&mut wr, &plan, role, &counters).await
-                        }
-                    };
-                    let (alive, ()) = tokio::join!(
-                        reader.until_changed(&mut cmd_rx, Some(chat), &counters),
-                        send
-                    );
-                    alive
+            Cmd::Hold => run_round(&mut conn, &mut cmd_rx, None, &counters, &hist).await,
+            Cmd::Chat(plan) => match plan.roles.get(who.idx).and_then(|r| r.as_ref()) {
+                Some(role) if !conn.reader.dead => {
+                    let chat = Some((&*plan, role));
+                    run_round(&mut conn, &mut cmd_rx, chat, &counters, &hist).await
                 }
-                _ => reader.until_changed(&mut cmd_rx, None, &counters).await,
+                _ => run_round(&mut conn, &mut cmd_rx, None, &counters, &hist).await,
             },
+            Cmd::Resume(plan) => {
+                if plan.members.get(who.idx) == Some(&true) && resumed_in != Some(plan.id) {
+                    resumed_in = Some(plan.id);
+                    match drop_and_resume(conn, &who, &plan, sm.as_ref()).await {
+                        Some(c) => conn = c,
+                        None => return,
+                    }
+                    // Hold on the new connection until the command changes.
+                    continue;
+                }
+                run_round(&mut conn, &mut cmd_rx, None, &counters, &hist).await
+            }
             Cmd::Close => {
-                if !reader.dead {
-                    crate::close_stream(&mut wr).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(10), reader.until_end()).await;
+                if !conn.reader.dead {
+                    let mut wr = conn.writer.lock().await;
+                    if let Some(sm) = &sm {
+                        // Acknowledge everything, so nothing is re-routed when
+                        // the session ends, and ask for the server's count.
+                        let last = format!(
+                            "{}<r xmlns='{}'/>",
+                            SmSession::ack(sm.h.load(Acquire)),
+                            xmpp::NS_SM
+                        );
+                        if write_out(&mut wr, last.as_bytes()).await {
+                            counters.sm_acks_sent.fetch_add(1, Relaxed);
+                        }
+                    }
+                    crate::close_stream(&mut *wr).await;
+                    let reader = &mut conn.reader;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), reader.until_end(&counters))
+                            .await;
                     let _ = wr.shutdown().await;
-                    if reader.got_end {
+                    if conn.reader.got_end {
                         counters.closed_clean.fetch_add(1, Relaxed);
                     }
                 }
@@ -561,5 +921,70 @@ pub async fn session_loop(
         if !alive {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waxwing::xml::ParserLimits;
+
+    fn elements(xml: &str) -> Vec<Element> {
+        let mut p = StreamParser::new(ParserLimits::default());
+        p.feed(
+            format!(
+                "<stream:stream xmlns='jabber:client' \
+                 xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
+            )
+            .as_bytes(),
+        );
+        let mut out = Vec::new();
+        while let Ok(Some(ev)) = p.next_event() {
+            if let StreamEvent::Stanza(el) = ev {
+                out.push(el);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn classifies_sm_carbons_and_stanzas() {
+        let els = elements(
+            "<r xmlns='urn:xmpp:sm:3'/>\
+             <a xmlns='urn:xmpp:sm:3' h='4294967295'/>\
+             <a xmlns='urn:xmpp:sm:3' h='x'/>\
+             <enabled xmlns='urn:xmpp:sm:3' id='i' resume='true'/>\
+             <message from='a@x/r1' to='a@x/r0' id='wb0.1.2'>\
+               <received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+               <message xmlns='jabber:client' id='wb0.1.2' type='chat'><body>b</body></message>\
+               </forwarded></received></message>\
+             <message from='a@x' to='a@x/r1'><sent xmlns='urn:xmpp:carbons:2'/></message>\
+             <message id='wb0.1.2' type='chat'><body>b</body></message>\
+             <presence/><iq type='result' id='carb1'/>",
+        );
+        let kinds: Vec<Incoming> = els.iter().map(Incoming::of).collect();
+        assert_eq!(
+            kinds,
+            [
+                Incoming::SmRequest,
+                Incoming::SmAck(Some(u32::MAX)),
+                Incoming::SmAck(None),
+                Incoming::Other,
+                Incoming::CarbonReceived,
+                Incoming::CarbonSent,
+                Incoming::Stanza,
+                Incoming::Stanza,
+                Incoming::Stanza,
+            ]
+        );
+        let counted = kinds.iter().filter(|k| k.counts_for_sm()).count();
+        assert_eq!(counted, 5);
+    }
+
+    #[test]
+    fn message_ids_round_trip() {
+        assert_eq!(parse_id("wb3.17.123456"), Some((3, 17, 123456)));
+        assert_eq!(parse_id("wb3.17"), None);
+        assert_eq!(parse_id("carb1"), None);
     }
 }

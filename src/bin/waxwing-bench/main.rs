@@ -3,7 +3,10 @@
 //! Prosody or ejabberd.
 //!
 //! Phases: [register] → login N sessions → hold them idle (server RSS per
-//! session) → chat between P pairs at a paced rate or saturating → close.
+//! session) → [drop and resume some of them] → chat between P pairs at a
+//! paced rate or saturating → close. With --sm every session enables stream
+//! management (XEP-0198) and answers the server's acknowledgement requests;
+//! with --carbons it enables message carbons (XEP-0280).
 //! Prints a human summary and, last, one JSON line.
 
 mod chat;
@@ -121,6 +124,19 @@ struct Args {
     /// `plain` (PLAIN over TLS: the server derives a key per login).
     #[arg(long = "mechanism", value_enum, default_value = "scram")]
     sasl: xmpp::SaslChoice,
+    /// Stream management (XEP-0198): every session sends `<enable resume='true'/>`
+    /// right after bind and answers each `<r/>` with its count of stanzas received.
+    #[arg(long)]
+    sm: bool,
+    /// Message carbons (XEP-0280): every session enables them after bind; copies
+    /// are counted apart from the chat's deliveries.
+    #[arg(long)]
+    carbons: bool,
+    /// After the idle phase, drop the TCP connection of this many sessions at
+    /// once and resume each on a new connection (at most --login-concurrency at a
+    /// time); needs --sm. Resumed sessions chat like the others.
+    #[arg(long, default_value_t = 0)]
+    resume: usize,
     /// A label copied into the JSON line (e.g. the server's name).
     #[arg(long, default_value = "")]
     label: String,
@@ -241,12 +257,56 @@ struct LoginDone {
     idx: usize,
     result: Result<String, Failure>,
     micros: u64,
+    /// What came of `<enable/>` and of the carbons IQ, when asked for.
+    sm: Option<Result<(), String>>,
+    carbons: Option<Result<(), String>>,
+}
+
+/// Whether an optional step succeeded, without its value.
+fn outcome<T>(r: &Option<Result<T, String>>) -> Option<Result<(), String>> {
+    r.as_ref()
+        .map(|r| r.as_ref().map(|_| ()).map_err(Clone::clone))
+}
+
+/// p-quantile of sorted microseconds, in ms.
+fn pct_ms(v: &[u64], q: f64) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0
+    }
+}
+
+/// Tally of a per-session outcome (accepted / refused, with an example reason).
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    failed: usize,
+    example: String,
+}
+
+impl Tally {
+    fn add(&mut self, r: &Option<Result<(), String>>) {
+        match r {
+            Some(Ok(())) => self.ok += 1,
+            Some(Err(e)) => {
+                self.failed += 1;
+                if self.example.is_empty() {
+                    self.example = e.clone();
+                }
+            }
+            None => {}
+        }
+    }
 }
 
 async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     let addr = resolve(&args.host, args.port)?;
     if args.accounts == 0 || args.sessions == 0 {
         return Err("--accounts and --sessions must be > 0".into());
+    }
+    if args.resume > 0 && !args.sm {
+        return Err("--resume needs --sm (resumption is part of stream management)".into());
     }
     let tls_name = ServerName::try_from(args.domain.clone())
         .map_err(|e| format!("--domain {}: {e}", args.domain))?;
@@ -297,6 +357,9 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         );
         r.num("sessions_wanted", args.sessions);
         r.num("accounts", args.accounts);
+        r.raw("sm", args.sm.to_string());
+        r.raw("carbons", args.carbons.to_string());
+        r.num("resume_n", args.resume);
         if let Some(p) = &peer {
             r.str("peer_target", &format!("{}", p.addr));
             r.str("peer_domain", &p.domain);
@@ -348,12 +411,17 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         let cmd_rx = cmd_rx.clone();
         let counters = counters.clone();
         let hist = hist.clone();
+        let opts = xmpp::LoginOpts {
+            presence: true,
+            sm: args.sm,
+            carbons: args.carbons,
+        };
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
             let start = Instant::now();
             let res = match tokio::time::timeout(
                 Duration::from_secs(60),
-                xmpp::login(&target, &user, &resource),
+                xmpp::login_with(&target, &user, &resource, opts),
             )
             .await
             {
@@ -371,14 +439,19 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
                         idx,
                         result: Ok(session.jid.clone()),
                         micros,
+                        sm: outcome(&session.sm),
+                        carbons: session.carbons.clone(),
                     });
-                    chat::session_loop(idx, session, cmd_rx, counters, hist).await;
+                    let who = chat::Who { idx, user, target };
+                    chat::session_loop(who, session, cmd_rx, counters, hist).await;
                 }
                 Err(f) => {
                     let _ = done_tx.send(LoginDone {
                         idx,
                         result: Err(f),
                         micros,
+                        sm: None,
+                        carbons: None,
                     });
                 }
             }
@@ -390,8 +463,11 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     let mut login_lat: Vec<u64> = Vec::with_capacity(args.sessions);
     let mut received = 0;
     let mut last_progress = Instant::now();
+    let (mut sm_tally, mut carbons_tally) = (Tally::default(), Tally::default());
     while let Some(d) = done_rx.recv().await {
         received += 1;
+        sm_tally.add(&d.sm);
+        carbons_tally.add(&d.carbons);
         match d.result {
             Ok(jid) => {
                 jids[d.idx] = Some(jid);
@@ -423,13 +499,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     let m1 = stats::machine_busy_ticks();
     let ok = login_lat.len();
     login_lat.sort_unstable();
-    let pct = |v: &Vec<u64>, q: f64| -> f64 {
-        if v.is_empty() {
-            0.0
-        } else {
-            v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0
-        }
-    };
+    let pct = |v: &Vec<u64>, q: f64| pct_ms(v, q);
     {
         let mut r = rep(&report);
         let failed: usize = failures.values().map(|v| v.0).sum();
@@ -500,6 +570,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
             }
         }
     }
+    report_login_extras(&args, &sm_tally, &carbons_tally, ok, &report);
     if ok == 0 {
         return Err("no session could log in".into());
     }
@@ -526,6 +597,11 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
             r.line(format!("idle {} s: {alive} sessions still up", args.idle));
         }
         r.num("sessions_alive_after_idle", alive);
+    }
+
+    // ---- phase 2b: drop and resume ----
+    if args.resume > 0 {
+        resume_phase(&args, &mut jids, &cmd_tx, pid, rss_base, &report).await;
     }
 
     // ---- phase 3: chat ----
@@ -584,7 +660,205 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         "close: {clean}/{ok} streams closed cleanly in {:.2} s",
         tc.elapsed().as_secs_f64()
     ));
+    let c = &counters;
+    if args.sm {
+        let (acks, reqs) = (c.sm_acks_sent.load(Relaxed), c.sm_requests.load(Relaxed));
+        let (got, good, bad) = (
+            c.sm_acks_received.load(Relaxed),
+            c.sm_h_match.load(Relaxed),
+            c.sm_h_mismatch.load(Relaxed),
+        );
+        r.num("sm_acks_sent", acks);
+        r.num("sm_requests_received", reqs);
+        r.num("sm_acks_received", got);
+        r.num("sm_h_match", good);
+        r.num("sm_h_mismatch", bad);
+        r.line(format!(
+            "stream management, whole run: {reqs} <r/> received, {acks} <a/> sent (one more per \
+             session at close); at close the server's <a h/> matched our count of stanzas sent on \
+             {good} of {got} sessions{}",
+            if bad > 0 {
+                format!(" — MISMATCH on {bad}")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if args.carbons {
+        let (rc, sc) = (
+            c.carbons_received.load(Relaxed),
+            c.carbons_sent.load(Relaxed),
+        );
+        r.num("carbons_copies", rc + sc);
+        r.num("carbons_copies_received", rc);
+        r.num("carbons_copies_sent", sc);
+        r.line(format!(
+            "carbons, whole run: {} copies received ({rc} <received/>, {sc} <sent/>), not counted as deliveries",
+            rc + sc
+        ));
+    }
     Ok(())
+}
+
+/// Reports what came of `<enable/>` (stream management) and of the carbons IQ.
+fn report_login_extras(args: &Args, sm: &Tally, carbons: &Tally, ok: usize, report: &SharedReport) {
+    let mut r = rep(report);
+    if args.sm {
+        r.num("sm_enabled", sm.ok);
+        r.num("sm_failed", sm.failed);
+        if sm.failed > 0 || sm.ok < ok {
+            r.line(format!(
+                "STREAM MANAGEMENT FAILED: <enabled/> came on only {} of {ok} sessions ({} refused, e.g. {})",
+                sm.ok, sm.failed, sm.example
+            ));
+            if sm.ok == 0 {
+                r.str("sm_error", &sm.example);
+            }
+        } else {
+            r.line(format!(
+                "stream management: enabled (resumable) on all {ok} sessions"
+            ));
+        }
+    }
+    if args.carbons {
+        r.num("carbons_enabled", carbons.ok);
+        r.num("carbons_refused", carbons.failed);
+        if carbons.failed > 0 {
+            r.line(format!(
+                "carbons NOT AVAILABLE on {} of {ok} sessions (e.g. {}); enabled on {}",
+                carbons.failed, carbons.example, carbons.ok
+            ));
+        } else {
+            r.line(format!(
+                "carbons: enabled on {} of {ok} sessions",
+                carbons.ok
+            ));
+        }
+    }
+}
+
+/// Drops the connection of --resume idle sessions at once (spread evenly over
+/// the logged-in ones) and resumes each on a new connection, at most
+/// --login-concurrency at a time. Failed sessions leave the pool.
+async fn resume_phase(
+    args: &Args,
+    jids: &mut [Option<String>],
+    cmd_tx: &watch::Sender<Cmd>,
+    pid: Option<u32>,
+    rss_base: Option<u64>,
+    report: &SharedReport,
+) {
+    let up: Vec<usize> = (0..jids.len()).filter(|&i| jids[i].is_some()).collect();
+    let n = args.resume.min(up.len());
+    let mut members = vec![false; jids.len()];
+    for k in 0..n {
+        members[up[k * up.len() / n]] = true;
+    }
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let plan = Arc::new(chat::ResumePlan {
+        id: 0,
+        members,
+        sem: Arc::new(Semaphore::new(args.login_concurrency.max(1))),
+        done: done_tx,
+    });
+    let t0 = Instant::now();
+    let _ = cmd_tx.send(Cmd::Resume(plan));
+    let (mut resume_lat, mut reconnect_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut failures: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
+    let (mut h_ok, mut h_bad) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut got = 0;
+    while got < n {
+        let Ok(Some(d)) = tokio::time::timeout_at(deadline, done_rx.recv()).await else {
+            break;
+        };
+        got += 1;
+        match d.result {
+            Ok(t) => {
+                resume_lat.push(t.resume_us);
+                reconnect_lat.push(t.reconnect_us);
+                match t.h_matched {
+                    Some(true) => h_ok += 1,
+                    Some(false) => h_bad += 1,
+                    None => {}
+                }
+            }
+            Err(f) => {
+                jids[d.idx] = None;
+                let e = failures
+                    .entry(f.step.name())
+                    .or_insert((0, f.detail.clone()));
+                e.0 += 1;
+            }
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let _ = cmd_tx.send(Cmd::Hold);
+    resume_lat.sort_unstable();
+    reconnect_lat.sort_unstable();
+    let resumed = resume_lat.len();
+    let failed = n - resumed;
+    // No resumption, no latency: null in the JSON, not 0.
+    let q = |v: &[u64], x: f64| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            pct_ms(v, x)
+        }
+    };
+    let max = |v: &[u64]| v.last().map_or(f64::NAN, |&m| m as f64 / 1000.0);
+    let mut r = rep(report);
+    r.num("resumed", resumed);
+    r.num("resume_failures", failed);
+    r.float("resume_wall_s", wall);
+    r.float("resume_p50_ms", q(&resume_lat, 0.5));
+    r.float("resume_p99_ms", q(&resume_lat, 0.99));
+    r.float("resume_max_ms", max(&resume_lat));
+    r.float("reconnect_p50_ms", q(&reconnect_lat, 0.5));
+    r.float("reconnect_p99_ms", q(&reconnect_lat, 0.99));
+    r.float("reconnect_max_ms", max(&reconnect_lat));
+    r.num("resume_h_match", h_ok);
+    r.num("resume_h_mismatch", h_bad);
+    r.line(format!(
+        "resume: {n} sessions chosen to drop at once (socket closed, no </stream:stream>) and \
+         resume: {resumed} resumed, {failed} failed in {wall:.2} s ({} reconnecting at most)",
+        args.login_concurrency
+    ));
+    if resumed > 0 {
+        r.line(format!(
+        "  <resume/> → <resumed/> p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+         TCP connect → <resumed/> (TLS, SASL, restart, resume) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct_ms(&resume_lat, 0.5),
+        pct_ms(&resume_lat, 0.99),
+        max(&resume_lat),
+        pct_ms(&reconnect_lat, 0.5),
+        pct_ms(&reconnect_lat, 0.99),
+        max(&reconnect_lat),
+    ));
+    }
+    if h_bad > 0 {
+        r.line(format!(
+            "  <resumed h/> differed from our count of stanzas sent on {h_bad} of {resumed} sessions"
+        ));
+    }
+    for (step, (k, detail)) in &failures {
+        r.line(format!("  resume failed at {step}: {k} (e.g. {detail})"));
+        r.num(&format!("resume_fail_{step}"), k);
+    }
+    if got < n {
+        r.line(format!(
+            "  {} resumptions did not report within 120 s",
+            n - got
+        ));
+    }
+    if let (Some(b), Some(k)) = (rss_base, pid.and_then(stats::rss_kib)) {
+        r.num("rss_after_resume_kib", k);
+        r.line(format!(
+            "  server RSS after the resumptions {:.1} MiB (+{:.1} MiB over the baseline)",
+            k as f64 / 1024.0,
+            (k as f64 - b as f64) / 1024.0
+        ));
+    }
 }
 
 /// Creates bench0..bench{A-1} by XEP-0077 in-band registration.
@@ -695,6 +969,34 @@ struct ChatCtx<'a> {
     tck: u64,
 }
 
+/// Stream management and carbons counters, to report a chat run's share.
+struct ExtraCounts {
+    requests: u64,
+    acks: u64,
+    carbons_received: u64,
+    carbons_sent: u64,
+}
+
+impl ExtraCounts {
+    fn of(c: &Counters) -> ExtraCounts {
+        ExtraCounts {
+            requests: c.sm_requests.load(Relaxed),
+            acks: c.sm_acks_sent.load(Relaxed),
+            carbons_received: c.carbons_received.load(Relaxed),
+            carbons_sent: c.carbons_sent.load(Relaxed),
+        }
+    }
+
+    fn minus(&self, before: &ExtraCounts) -> ExtraCounts {
+        ExtraCounts {
+            requests: self.requests - before.requests,
+            acks: self.acks - before.acks,
+            carbons_received: self.carbons_received - before.carbons_received,
+            carbons_sent: self.carbons_sent - before.carbons_sent,
+        }
+    }
+}
+
 struct ChatResult {
     delivered_per_s: f64,
     json: String,
@@ -722,6 +1024,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     let plan = Arc::new(plan);
     c.counters.reset_chat();
     c.hist.reset();
+    let extras0 = ExtraCounts::of(c.counters);
     let _ = c.cmd_tx.send(Cmd::Chat(plan.clone()));
     // Every sender registers before the first send is due (plan.start is 200 ms
     // away); CPU is sampled over exactly the measured window, from that start
@@ -749,6 +1052,7 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
     let s1 = stats::cpu_ticks(None);
     let m1 = stats::machine_busy_ticks();
     let _ = c.cmd_tx.send(Cmd::Hold);
+    let extras = ExtraCounts::of(c.counters).minus(&extras0);
     let wall = (end - plan.start).as_secs_f64();
     let send_wall = (plan.send_end - plan.start).as_secs_f64();
     let sent = c.counters.sent.load(Relaxed);
@@ -800,6 +1104,30 @@ async fn chat_run(c: &ChatCtx<'_>, rate: u64, report: &SharedReport) -> Option<C
         args.duration,
         sent as f64 / send_wall,
     ));
+    if args.sm {
+        j.num("sm_requests_received", extras.requests);
+        j.num("sm_acks_sent", extras.acks);
+        lines.push(format!(
+            "  stream management: {} <r/> received, {} <a/> sent ({:.2} per delivered message)",
+            extras.requests,
+            extras.acks,
+            extras.acks as f64 / delivered.max(1) as f64
+        ));
+    }
+    if args.carbons {
+        j.num(
+            "carbons_copies",
+            extras.carbons_received + extras.carbons_sent,
+        );
+        j.num("carbons_copies_received", extras.carbons_received);
+        j.num("carbons_copies_sent", extras.carbons_sent);
+        lines.push(format!(
+            "  carbons: {} copies received ({} <received/>, {} <sent/>), apart from the deliveries",
+            extras.carbons_received + extras.carbons_sent,
+            extras.carbons_received,
+            extras.carbons_sent
+        ));
+    }
     if !saturate {
         let scheduled = plan.scheduled();
         let late = c.counters.late_sends.load(Relaxed);

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use waxwing::sasl::{SaltedPasswordCache, ScramClient, ScramHash};
-use waxwing::xml::{escape_text, Element, ParserLimits, StreamEvent, StreamParser};
+use waxwing::xml::{escape_attr, escape_text, Element, ParserLimits, StreamEvent, StreamParser};
 
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -22,6 +22,14 @@ const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 const NS_REGISTER: &str = "jabber:iq:register";
+pub const NS_SM: &str = "urn:xmpp:sm:3";
+pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+const NS_CLIENT: &str = "jabber:client";
+
+/// A stanza in the sense of XEP-0198's counters: message, presence or iq.
+pub fn is_stanza(el: &Element) -> bool {
+    matches!(el.name(), "message" | "presence" | "iq") && el.ns() == NS_CLIENT
+}
 
 /// Where a login or registration failed; failures are counted per step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +41,7 @@ pub enum Step {
     Sasl,
     Bind,
     Register,
+    Resume,
     Timeout,
 }
 
@@ -46,6 +55,7 @@ impl Step {
             Step::Sasl => "sasl",
             Step::Bind => "bind",
             Step::Register => "register",
+            Step::Resume => "resume",
             Step::Timeout => "timeout",
         }
     }
@@ -280,6 +290,42 @@ async fn connect_tls(t: &Target) -> Result<(XmlStream<TlsStream<TcpStream>>, Ele
 pub struct Session {
     pub stream: XmlStream<TlsStream<TcpStream>>,
     pub jid: String,
+    /// Stream management: None when not asked for, else what came of `<enable/>`.
+    pub sm: Option<Result<SmSession, String>>,
+    /// Carbons: None when not asked for, else whether the server accepted them.
+    pub carbons: Option<Result<(), String>>,
+}
+
+/// What to do after bind.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginOpts {
+    /// Send initial presence.
+    pub presence: bool,
+    /// Enable stream management (resumable) right after bind.
+    pub sm: bool,
+    /// Enable message carbons (XEP-0280) after bind.
+    pub carbons: bool,
+}
+
+/// The client side of an enabled stream management (XEP-0198).
+#[derive(Debug, Clone, Default)]
+pub struct SmSession {
+    /// Resumption id from `<enabled/>`.
+    pub id: String,
+    /// Stanzas received since `<enabled/>` (our `h`), modulo 2^32.
+    pub h: u32,
+    /// Stanzas sent since `<enabled/>` (the server's `h` should reach it).
+    pub sent: u32,
+    /// `<a/>` written, and `<r/>` received, during the login.
+    pub acks_sent: u64,
+    pub requests: u64,
+}
+
+impl SmSession {
+    /// `<a xmlns='urn:xmpp:sm:3' h='N'/>` for `h`.
+    pub fn ack(h: u32) -> String {
+        format!("<a xmlns='{NS_SM}' h='{h}'/>")
+    }
 }
 
 fn mechanisms(features: &Element) -> Vec<String> {
@@ -296,7 +342,12 @@ fn mechanisms(features: &Element) -> Vec<String> {
 /// The whole login of one session: STARTTLS, SASL (`t.sasl`),
 /// stream restart, bind `resource`, legacy session if required, `<presence/>`.
 pub async fn login(t: &Target, user: &str, resource: &str) -> Result<Session, Failure> {
-    login_bound(t, user, resource, true).await
+    let opts = LoginOpts {
+        presence: true,
+        sm: false,
+        carbons: false,
+    };
+    login_with(t, user, resource, opts).await
 }
 
 /// Like `login`, sending initial presence only when `presence` is true.
@@ -306,13 +357,83 @@ pub async fn login_bound(
     resource: &str,
     presence: bool,
 ) -> Result<Session, Failure> {
+    let opts = LoginOpts {
+        presence,
+        sm: false,
+        carbons: false,
+    };
+    login_with(t, user, resource, opts).await
+}
+
+/// The whole login, with stream management and carbons as `opts` asks.
+pub async fn login_with(
+    t: &Target,
+    user: &str,
+    resource: &str,
+    opts: LoginOpts,
+) -> Result<Session, Failure> {
+    let xs = authenticate(t, user).await?;
+    bind_session(t, xs, resource, opts).await
+}
+
+/// TCP, STARTTLS, SASL: a stream ready to be restarted.
+async fn authenticate(t: &Target, user: &str) -> Result<XmlStream<TlsStream<TcpStream>>, Failure> {
     let (mut xs, features) = connect_tls(t).await?;
     let mechs = mechanisms(&features);
     match t.sasl {
         SaslChoice::Scram => sasl_scram(t, &mut xs, &mechs, user).await?,
         SaslChoice::Plain => sasl_plain(t, &mut xs, &mechs, user).await?,
     }
-    bind_session(t, xs, resource, presence).await
+    Ok(xs)
+}
+
+/// A session taken back by XEP-0198 resumption on a new connection.
+pub struct Resumed {
+    pub stream: XmlStream<TlsStream<TcpStream>>,
+    /// The `h` of `<resumed/>`: stanzas of ours the server handled.
+    pub server_h: Option<u32>,
+    /// From `<resume/>` written to `<resumed/>` parsed.
+    pub resume_us: u64,
+    /// From the TCP connect to `<resumed/>` parsed.
+    pub reconnect_us: u64,
+}
+
+/// New connection, authentication as `user`, restart, `<resume previd h/>`,
+/// `<resumed/>`. What the server re-sends after it is left to the caller.
+pub async fn resume(t: &Target, user: &str, previd: &str, h: u32) -> Result<Resumed, Failure> {
+    let start = std::time::Instant::now();
+    let mut xs = authenticate(t, user).await?;
+    let features = xs.open(Step::Resume, &t.domain).await?;
+    if features.get_child("sm", NS_SM).is_none() {
+        return fail(
+            Step::Resume,
+            "server offers no stream management after SASL",
+        );
+    }
+    let mut req = format!("<resume xmlns='{NS_SM}' previd='").into_bytes();
+    escape_attr(previd, &mut req);
+    req.extend_from_slice(format!("' h='{h}'/>").as_bytes());
+    let sent_at = std::time::Instant::now();
+    xs.send(Step::Resume, &req).await?;
+    let el = xs.next_stanza(Step::Resume).await?;
+    let (resume_us, reconnect_us) = (
+        sent_at.elapsed().as_micros() as u64,
+        start.elapsed().as_micros() as u64,
+    );
+    if !el.is("resumed", NS_SM) {
+        let cond = el
+            .children()
+            .next()
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default();
+        return fail(Step::Resume, format!("<{}> {cond}", el.name()));
+    }
+    Ok(Resumed {
+        server_h: el.attr("h").and_then(|h| h.parse().ok()),
+        stream: xs,
+        resume_us,
+        reconnect_us,
+    })
 }
 
 /// PLAIN with the initial response in `<auth/>`.
@@ -403,12 +524,12 @@ async fn sasl_scram(
 }
 
 /// After SASL success: restart the stream, bind, legacy session if asked
-/// for, initial presence if `presence`.
+/// for, then as `opts` says stream management, carbons and initial presence.
 async fn bind_session(
     t: &Target,
     mut xs: XmlStream<TlsStream<TcpStream>>,
     resource: &str,
-    presence: bool,
+    opts: LoginOpts,
 ) -> Result<Session, Failure> {
     let features = xs.open(Step::Bind, &t.domain).await?;
     if features.get_child("bind", NS_BIND).is_none() {
@@ -458,13 +579,126 @@ async fn bind_session(
             }
         }
     }
-    if presence {
-        xs.send(Step::Bind, b"<presence/>").await?;
+    let mut sm = None;
+    if opts.sm {
+        sm = Some(enable_sm(&mut xs, &features).await?);
     }
-    Ok(Session { stream: xs, jid })
+    let mut counting = sm.as_ref().and_then(|r| r.as_ref().ok()).cloned();
+    let mut carbons = None;
+    if opts.carbons {
+        xs.send(
+            Step::Bind,
+            format!("<iq type='set' id='carb1'><enable xmlns='{NS_CARBONS}'/></iq>").as_bytes(),
+        )
+        .await?;
+        if let Some(c) = &mut counting {
+            c.sent = c.sent.wrapping_add(1);
+        }
+        carbons = Some(loop {
+            let el = xs.next_counted(Step::Bind, &mut counting).await?;
+            if el.name() != "iq" || el.attr("id") != Some("carb1") {
+                continue;
+            }
+            if el.attr("type") == Some("result") {
+                break Ok(());
+            }
+            let cond = el
+                .get_child("error", NS_CLIENT)
+                .and_then(|e| e.children().next().map(|c| c.name().to_owned()))
+                .unwrap_or_default();
+            break Err(format!("iq {} {cond}", el.attr("type").unwrap_or("")));
+        });
+    }
+    if opts.presence {
+        xs.send(Step::Bind, b"<presence/>").await?;
+        if let Some(c) = &mut counting {
+            c.sent = c.sent.wrapping_add(1);
+        }
+    }
+    if let Some(Ok(s)) = &mut sm {
+        if let Some(c) = counting {
+            *s = c;
+        }
+    }
+    Ok(Session {
+        stream: xs,
+        jid,
+        sm,
+        carbons,
+    })
+}
+
+/// `<enable resume='true'/>` and its answer. Err(reason) when the server
+/// offers no stream management or does not send `<enabled/>`.
+async fn enable_sm(
+    xs: &mut XmlStream<TlsStream<TcpStream>>,
+    features: &Element,
+) -> Result<Result<SmSession, String>, Failure> {
+    if features.get_child("sm", NS_SM).is_none() {
+        return Ok(Err(
+            "server offers no stream management (urn:xmpp:sm:3)".into()
+        ));
+    }
+    xs.send(
+        Step::Bind,
+        format!("<enable xmlns='{NS_SM}' resume='true'/>").as_bytes(),
+    )
+    .await?;
+    // Reading is cancel-safe (a read is fed to the parser before the next await).
+    let wait = std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let Ok(el) = tokio::time::timeout_at(deadline, xs.next_stanza(Step::Bind)).await else {
+            return Ok(Err(format!("no <enabled/> within {} s", wait.as_secs())));
+        };
+        let el = el?;
+        if el.is("enabled", NS_SM) {
+            let Some(id) = el.attr("id") else {
+                return Ok(Err("<enabled/> without a resumption id".into()));
+            };
+            return Ok(Ok(SmSession {
+                id: id.to_owned(),
+                ..SmSession::default()
+            }));
+        }
+        if el.is("failed", NS_SM) {
+            let cond = el
+                .children()
+                .next()
+                .map(|c| c.name().to_owned())
+                .unwrap_or_default();
+            return Ok(Err(format!("<failed/> {cond}")));
+        }
+        // Anything before <enabled/> is not counted, by either side.
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
+    /// The next element, with stream management's bookkeeping when `sm` is
+    /// on: stanzas are counted, each `<r/>` is answered at once.
+    async fn next_counted(
+        &mut self,
+        step: Step,
+        sm: &mut Option<SmSession>,
+    ) -> Result<Element, Failure> {
+        loop {
+            let el = self.next_stanza(step).await?;
+            let Some(c) = sm.as_mut() else {
+                return Ok(el);
+            };
+            if el.is("r", NS_SM) {
+                c.requests += 1;
+                self.send(step, SmSession::ack(c.h).as_bytes()).await?;
+                c.acks_sent += 1;
+                continue;
+            }
+            if is_stanza(&el) {
+                c.h = c.h.wrapping_add(1);
+            }
+            return Ok(el);
+        }
+    }
+
     /// Sends raw XML (for `waxwing-bench im`).
     pub async fn send_raw(&mut self, data: &[u8]) -> Result<(), String> {
         self.send(Step::Stream, data)
