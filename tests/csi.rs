@@ -137,19 +137,22 @@ async fn world() -> World {
 async fn updates_wait_newest_per_contact_until_a_message_flushes_them() {
     let mut w = world().await;
     let m = w.phone.mark();
+    // Each sender's stanza is routed before the next sender's (separate
+    // connections are handled concurrently), so the held order is known.
     w.bob1.send_str(&presence(Some("away"))).await;
+    w.bob1.barrier().await;
     w.bob2.send_str(&presence(None)).await;
-    w.carol.send_str(&presence(Some("xa"))).await;
     w.bob2.barrier().await;
+    w.carol.send_str(&presence(Some("xa"))).await;
     w.carol.barrier().await;
     // Newer from the same full JID and from the same contact replace.
     w.bob1.send_str(&presence(Some("dnd"))).await;
     w.bob1.send_str(&chat_state("composing")).await;
+    w.bob1.barrier().await;
     w.bob2.send_str(&chat_state("paused")).await;
+    w.bob2.barrier().await;
     w.carol.send_str(&chat_state("composing")).await;
-    for c in [&mut w.bob1, &mut w.bob2, &mut w.carol] {
-        c.barrier().await;
-    }
+    w.carol.barrier().await;
     held(&w.ts, 5).await;
     assert_eq!(w.phone.received.len(), m, "nothing read yet");
 
@@ -260,10 +263,9 @@ async fn what_matters_goes_at_once_after_what_was_held() {
 async fn reaching_the_cap_sends_everything_held() {
     let mut w = world_with(|c| c.csi.max_held = 3).await;
     let m = w.phone.mark();
-    w.bob1.send_str(&presence(Some("away"))).await;
-    w.bob2.send_str(&presence(Some("away"))).await;
-    w.carol.send_str(&presence(Some("away"))).await;
+    // One sender after the other, so the held order is known.
     for c in [&mut w.bob1, &mut w.bob2, &mut w.carol] {
+        c.send_str(&presence(Some("away"))).await;
         c.barrier().await;
     }
     held(&w.ts, 3).await;
