@@ -42,9 +42,6 @@ pub struct Server {
     pub component_failures_by_ip: FailureWindow<IpAddr>,
     /// Bounded password hashing (PLAIN, registration, password change).
     pub hashing: crate::hashing::HashingPool,
-    /// Accounts created in-band per remote IP (XEP-0077), counted like
-    /// failures so the same window logic caps them.
-    pub registrations_by_ip: FailureWindow<IpAddr>,
     /// Caps on client and component connections.
     pub connections: ConnectionLimits,
     /// Caps on incoming s2s connections.
@@ -174,10 +171,6 @@ impl Server {
             hashing: crate::hashing::HashingPool::new(
                 config.limits.hashing_workers,
                 config.limits.hashing_queue,
-            ),
-            registrations_by_ip: FailureWindow::new(
-                config.limits.registrations_per_ip,
-                Duration::from_secs(config.limits.registration_window),
             ),
             connections: ConnectionLimits::new(
                 config.c2s.max_connections,

@@ -86,7 +86,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(presence::Presence),
         Arc::new(offline::Offline::default()),
         Arc::new(last::LastActivity),
-        Arc::new(register::Registration),
+        Arc::new(register::Registration::default()),
         Arc::new(blocking::Blocking::default()),
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),

@@ -22,9 +22,24 @@ use crate::stream::c2s::NS_REGISTER;
 use crate::throttle;
 use crate::xml::Element;
 
-/// The registration feature.
-#[derive(Debug, Default)]
-pub struct Registration;
+/// The registration feature, with its count of accounts created in-band
+/// per source address (counted like failures, so the same window logic
+/// caps them; made from the configuration on first use).
+#[derive(Default)]
+pub struct Registration {
+    by_source: std::sync::OnceLock<crate::throttle::FailureWindow<IpAddr>>,
+}
+
+impl Registration {
+    fn by_source(&self, server: &Server) -> &crate::throttle::FailureWindow<IpAddr> {
+        self.by_source.get_or_init(|| {
+            crate::throttle::FailureWindow::new(
+                server.config.limits.registrations_per_ip,
+                std::time::Duration::from_secs(server.config.limits.registration_window),
+            )
+        })
+    }
+}
 
 /// Per-connection state: an account was created on this stream.
 #[derive(Debug, Default)]
@@ -77,7 +92,8 @@ impl Feature for Registration {
                 return Verdict::Continue;
             }
             let here = &mut connection.get_or_default::<RegisteredHere>().0;
-            let outcome = before_auth(server, domain, *peer, iq, here).await;
+            let outcome =
+                before_auth(server, self.by_source(server), domain, *peer, iq, here).await;
             **answer = Some(outcome.map_err(|r| StanzaError {
                 condition: r.condition,
                 text: r.text.map(str::to_owned),
@@ -124,6 +140,7 @@ impl From<StanzaErrorCondition> for Refusal {
 /// second one is refused, as §3.3 allows.
 async fn before_auth(
     server: &Server,
+    by_source: &crate::throttle::FailureWindow<IpAddr>,
     domain: &str,
     ip: IpAddr,
     iq: &Element,
@@ -178,7 +195,7 @@ async fn before_auth(
     // from one source cannot all pass, and given back if no account was
     // created. §3.3 suggests not-acceptable for registering too often.
     let source = throttle::source_key(ip, server.config.limits.auth_ipv6_prefix);
-    let Some(attempt) = server.registrations_by_ip.try_reserve(&source) else {
+    let Some(attempt) = by_source.try_reserve(&source) else {
         return Err(Refusal::new(
             StanzaErrorCondition::NotAcceptable,
             "too many accounts were created from your address recently; try again later",
@@ -192,7 +209,7 @@ async fn before_auth(
             Ok(None)
         }
         Err(r) => {
-            server.registrations_by_ip.refund(&source, attempt);
+            by_source.refund(&source, attempt);
             Err(r)
         }
     }
