@@ -384,27 +384,31 @@ async fn message_to_bare(server: &Server, origin: Origin<'_>, to: &BareJid, stan
         }
         return;
     }
-    delivered_to_local(server, origin, &Jid::from(to.clone()), &delivered, stanza).await;
+    let addressed = || Jid::from(to.clone());
+    delivered_to_local(server, origin, to, addressed, &delivered, stanza).await;
 }
 
-/// Tells the features a message reached a local user's resources
+/// Tells the features a message reached a local account's resources
 /// (carbons' received copies), then that its sender sent it.
 async fn delivered_to_local(
     server: &Server,
     origin: Origin<'_>,
-    to: &Jid,
+    account: &BareJid,
+    to: impl FnOnce() -> Jid,
     resources: &[FullJid],
     stanza: &Element,
 ) {
     if server.features.wants(EventKind::MessageDelivered) {
         let mut event = Event::MessageDelivered {
-            to,
+            account,
             resources,
             stanza,
         };
         server.features.fire(server, &mut event).await;
     }
-    message_sent(server, origin, StanzaKind::Message, to, stanza).await;
+    if server.features.wants(EventKind::MessageSent) && origin.session().is_some() {
+        message_sent(server, origin, StanzaKind::Message, &to(), stanza).await;
+    }
 }
 
 /// A message for a local account that no resource takes: the features
@@ -454,9 +458,10 @@ async fn to_full(
     match sent {
         Ok(()) => {
             if kind == StanzaKind::Message {
-                let resources = [to.clone()];
-                let to = Jid::from(to.clone());
-                delivered_to_local(server, origin, &to, &resources, stanza).await;
+                let account = to.to_bare();
+                let resources = std::slice::from_ref(to);
+                let addressed = || Jid::from(to.clone());
+                delivered_to_local(server, origin, &account, addressed, resources, stanza).await;
             }
         }
         Err(DeliveryError::QueueFull) => bounce(

@@ -90,10 +90,10 @@ pub enum Event<'a> {
         to: &'a Jid,
         stanza: &'a Element,
     },
-    /// A message handed to resources of a local account (`to` as
-    /// addressed; `resources` those that got it).
+    /// A message handed to resources of a local `account` (`resources`
+    /// those that got it).
     MessageDelivered {
-        to: &'a Jid,
+        account: &'a BareJid,
         resources: &'a [FullJid],
         stanza: &'a Element,
     },

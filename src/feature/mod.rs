@@ -125,6 +125,14 @@ pub trait Feature: Send + Sync + 'static {
         Outgoing::Write
     }
 
+    /// Handles an event it subscribed to without waiting, when it can
+    /// (None: run `on_event` instead). Hot events (every routed message)
+    /// pass through here, so a handler that seldom waits answers here and
+    /// costs no allocation.
+    fn on_event_now(&self, _server: &Server, _event: &mut Event<'_>) -> Option<Verdict> {
+        None
+    }
+
     /// Handles one event it subscribed to.
     fn on_event<'a>(&'a self, _server: &'a Server, _event: &'a mut Event<'_>) -> HookFuture<'a> {
         verdict(Verdict::Continue)
@@ -182,7 +190,12 @@ impl Features {
     /// Hands `event` to its subscribers in order until one stops it.
     pub async fn fire(&self, server: &Server, event: &mut Event<'_>) -> Verdict {
         for &i in &self.subscribers[event.kind() as usize] {
-            if self.list[i].on_event(server, event).await == Verdict::Stop {
+            let f = &self.list[i];
+            let v = match f.on_event_now(server, event) {
+                Some(v) => v,
+                None => f.on_event(server, event).await,
+            };
+            if v == Verdict::Stop {
                 return Verdict::Stop;
             }
         }

@@ -74,6 +74,35 @@ impl Feature for Blocking {
         &[(EventKind::PreRoute, -100), (EventKind::AccountDeleted, 0)]
     }
 
+    fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
+        // The common case: both parties' lists are in memory (most users
+        // block nobody, and an empty list is cached too).
+        let Event::PreRoute {
+            origin,
+            kind,
+            to,
+            stanza,
+        } = event
+        else {
+            return None;
+        };
+        let local = origin.session().is_some();
+        match filter_cached(
+            &self.cache,
+            server,
+            origin.sender(),
+            local,
+            to,
+            *kind,
+            stanza,
+        )? {
+            Filter::Pass => Some(Verdict::Continue),
+            Filter::Drop => Some(Verdict::Stop),
+            // Answers are rare: the async path builds them.
+            Filter::Bounce(_) => None,
+        }
+    }
+
     fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
         Box::pin(async move {
             match event {
@@ -371,7 +400,7 @@ impl BlocklistCache {
 
 /// Checks a stanza from `origin` to `to` against both parties' blocklists:
 /// the sender's when `origin_is_local` (a local user, not a component), the
-/// recipient's when it is a local user.
+/// recipient's when it is a local user. Loads lists that are not in memory.
 async fn filter(
     cache: &BlocklistCache,
     server: &Server,
@@ -381,22 +410,79 @@ async fn filter(
     kind: StanzaKind,
     stanza: &Element,
 ) -> Filter {
+    let sender = if origin_is_local {
+        cache.blocks(server, origin, to).await
+    } else {
+        false
+    };
+    let recipient = to.node().is_some()
+        && server.route(to.domain().as_str()) == Route::Host
+        && cache.blocks(server, to, origin).await;
+    let decided = decide(
+        server,
+        origin,
+        origin_is_local,
+        to,
+        kind,
+        stanza,
+        || Some(sender),
+        || Some(recipient),
+    );
+    decided.unwrap_or(Filter::Pass)
+}
+
+/// [`filter`] from the lists in memory alone; None when one must be loaded.
+fn filter_cached(
+    cache: &BlocklistCache,
+    server: &Server,
+    origin: &Jid,
+    origin_is_local: bool,
+    to: &Jid,
+    kind: StanzaKind,
+    stanza: &Element,
+) -> Option<Filter> {
+    decide(
+        server,
+        origin,
+        origin_is_local,
+        to,
+        kind,
+        stanza,
+        || cache.cached(bare_str(origin), to),
+        || cache.cached(bare_str(to), origin),
+    )
+}
+
+/// The rule, given how to ask whether the sender blocks the recipient and
+/// whether the recipient blocks the sender (each asked only when it
+/// matters; None: unknown yet).
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    server: &Server,
+    origin: &Jid,
+    origin_is_local: bool,
+    to: &Jid,
+    kind: StanzaKind,
+    stanza: &Element,
+    sender_blocks: impl FnOnce() -> Option<bool>,
+    recipient_blocks: impl FnOnce() -> Option<bool>,
+) -> Option<Filter> {
     // XEP-0191 §5: a user's own resources are never blocked from one another.
     if bare_str(origin) == bare_str(to) {
-        return Filter::Pass;
+        return Some(Filter::Pass);
     }
     let to_local = server.route(to.domain().as_str()) == Route::Host;
     // The user's own server stays reachable even when its domain is blocked:
     // it is what serves the session (and the blocklist itself).
     let to_server = to_local && to.node().is_none();
     // Only a local user has a blocklist here; a component's is its own business.
-    if origin_is_local && !to_server && cache.blocks(server, origin, to).await {
-        return outbound(kind, stanza);
+    if origin_is_local && !to_server && sender_blocks()? {
+        return Some(outbound(kind, stanza));
     }
-    if to_local && to.node().is_some() && cache.blocks(server, to, origin).await {
-        return inbound(kind, stanza);
+    if to_local && to.node().is_some() && recipient_blocks()? {
+        return Some(inbound(kind, stanza));
     }
-    Filter::Pass
+    Some(Filter::Pass)
 }
 
 /// Is `other` blocked by local user `owner`? For modules that deliver on a

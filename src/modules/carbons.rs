@@ -21,7 +21,7 @@
 use jid::{BareJid, FullJid, Jid};
 
 use super::{IqFuture, IqRequest, IqTarget};
-use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
+use crate::feature::{Disco, Event, EventKind, Feature, Verdict};
 use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
 use crate::xml::{Element, NS_CLIENT};
@@ -107,13 +107,13 @@ impl Feature for Carbons {
         ]
     }
 
-    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+    fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
         match event {
             Event::MessageDelivered {
-                to,
+                account,
                 resources,
                 stanza,
-            } => received_copies(server, to, resources, stanza),
+            } => received_copies(server, account, resources, stanza),
             Event::MessageSent { from, to, stanza } => sent_copies(server, from, to, stanza),
             // No resource took it (none available with a non-negative
             // priority): the carbons-enabled ones still get their copy. A
@@ -122,11 +122,11 @@ impl Feature for Carbons {
             Event::Undeliverable {
                 origin, to, stanza, ..
             } if origin.session().is_none_or(|s| s.to_bare() != **to) => {
-                received_copies(server, &Jid::from((*to).clone()), &[], stanza)
+                received_copies(server, to, &[], stanza)
             }
             _ => {}
         }
-        crate::feature::verdict(Verdict::Continue)
+        Some(Verdict::Continue)
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -174,33 +174,40 @@ pub fn enabled(server: &Server, jid: &FullJid) -> bool {
     })
 }
 
-/// The carbons-enabled resources of `account`, but those in `except`.
-fn enabled_resources(server: &Server, account: &BareJid, except: &[&FullJid]) -> Vec<FullJid> {
-    let mut out = Vec::new();
-    server.sessions.for_each_extensions(account, |full, ext| {
-        if ext.get::<CarbonsEnabled>().is_some_and(|c| c.0) && !except.contains(&full) {
-            out.push(full.clone());
-        }
-    });
-    out
+/// The carbons-enabled resources of `account`, but those named in
+/// `except` (resource parts). Runs for every routed message, so it builds
+/// no JID unless a copy is due.
+fn enabled_resources(server: &Server, account: &BareJid, except: &[&str]) -> Vec<FullJid> {
+    let mut names: Vec<String> = Vec::new();
+    server
+        .sessions
+        .for_each_extensions(account, |resource, ext| {
+            if ext.get::<CarbonsEnabled>().is_some_and(|c| c.0) && !except.contains(&resource) {
+                names.push(resource.to_string());
+            }
+        });
+    names
+        .iter()
+        .filter_map(|r| account.with_resource_str(r).ok())
+        .collect()
+}
+
+/// The resource part of `jid` if it is a full JID of `account`.
+fn resource_of<'j>(jid: &'j str, account: &BareJid) -> Option<&'j str> {
+    jid.strip_prefix(account.as_str())?.strip_prefix('/')
 }
 
 /// §7: a message reached some resources of a local account; its other
 /// carbons-enabled resources get a `<received/>` copy. A message one
 /// resource sent to its own account is not copied back to the sender.
-fn received_copies(server: &Server, to: &Jid, resources: &[FullJid], stanza: &Element) {
+fn received_copies(server: &Server, account: &BareJid, resources: &[FullJid], stanza: &Element) {
     if !eligible(stanza, Direction::Received) {
         return;
     }
-    let account = to.to_bare();
-    let sender = stanza
-        .attr("from")
-        .and_then(|f| FullJid::new(f).ok())
-        .filter(|f| f.to_bare() == account);
-    let mut except: Vec<&FullJid> = resources.iter().collect();
-    except.extend(sender.as_ref());
-    for target in enabled_resources(server, &account, &except) {
-        send_copy(server, Direction::Received, &account, &target, stanza);
+    let mut except: Vec<&str> = resources.iter().map(|r| r.resource().as_str()).collect();
+    except.extend(stanza.attr("from").and_then(|f| resource_of(f, account)));
+    for target in enabled_resources(server, account, &except) {
+        send_copy(server, Direction::Received, account, &target, stanza);
     }
 }
 
@@ -208,11 +215,22 @@ fn received_copies(server: &Server, to: &Jid, resources: &[FullJid], stanza: &El
 /// carbons-enabled resources get a `<sent/>` copy. A message to the own
 /// account is left to the received copies (each resource gets it once).
 fn sent_copies(server: &Server, from: &FullJid, to: &Jid, stanza: &Element) {
-    let account = from.to_bare();
-    if to.to_bare() == account || !eligible(stanza, Direction::Sent) {
+    let own = to.as_str();
+    let to_own_account = own
+        .strip_prefix(from.node().map(|n| n.as_str()).unwrap_or_default())
+        .and_then(|rest| rest.strip_prefix('@'))
+        .is_some_and(|rest| {
+            let domain = from.domain().as_str();
+            rest == domain
+                || rest
+                    .strip_prefix(domain)
+                    .is_some_and(|r| r.starts_with('/'))
+        });
+    if to_own_account || !eligible(stanza, Direction::Sent) {
         return;
     }
-    for target in enabled_resources(server, &account, &[from]) {
+    let account = from.to_bare();
+    for target in enabled_resources(server, &account, &[from.resource().as_str()]) {
         send_copy(server, Direction::Sent, &account, &target, stanza);
     }
 }
