@@ -96,6 +96,18 @@ impl OutStanza {
             .as_ref()
     }
 
+    /// The same stanza holding only its bytes (parsed again if looked at):
+    /// what stream management keeps until the client acknowledges it, so
+    /// the element's many small allocations are freed once it is written.
+    pub fn bytes_only(&self) -> Arc<OutStanza> {
+        Arc::new(OutStanza {
+            bytes: self.bytes.clone(),
+            element: std::sync::OnceLock::new(),
+            queued_at: self.queued_at,
+            stored_id: self.stored_id,
+        })
+    }
+
     /// When it was queued, in unix seconds.
     pub fn queued_at(&self) -> u64 {
         self.queued_at

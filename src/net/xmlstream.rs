@@ -122,6 +122,9 @@ pub struct XmlStream {
     /// instant whatever the peer sends (whitespace included): the
     /// pre-authentication deadline of incoming s2s streams.
     deadline: Option<Instant>,
+    /// When set, `pump` returns at that time even with nothing to do, so a
+    /// driver can act on a timer of its own. Cleared by each `pump`.
+    pub wake_at: Option<Instant>,
 }
 
 impl XmlStream {
@@ -147,6 +150,7 @@ impl XmlStream {
             write_timeout: limits.write_timeout,
             write_failed: false,
             deadline: None,
+            wake_at: None,
         }
     }
 
@@ -421,6 +425,9 @@ impl XmlStream {
                 self.read_into_parser()
             }
             _ = Self::deadline_passed(self.deadline) => Err(self.deadline_end().await),
+            // A wake-up the driver asked for (stream management's ack
+            // request): nothing to do here, the driver looks after it.
+            _ = Self::deadline_passed(self.wake_at.take()) => Ok(()),
             _ = tokio::time::sleep_until((self.last_activity + idle).into()) => {
                 match self.idle_rule {
                     IdleRule::SilentPeer => {

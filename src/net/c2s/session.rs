@@ -6,7 +6,7 @@
 //! what it never got is re-routed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jid::FullJid;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +40,18 @@ pub(super) struct Attached {
     pub w: Writer,
 }
 
+/// Unacknowledged stanzas that make stream management ask for an ack at
+/// once.
+const ACK_REQUEST_EVERY: usize = 8;
+/// How long fewer than that wait before an ack is asked for anyway.
+const ACK_REQUEST_DELAY: Duration = Duration::from_millis(500);
+const ACK_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
+
 /// The outbound half of an attached session.
 pub(super) struct Writer {
+    /// Since when a tail of fewer than `ACK_REQUEST_EVERY` stanzas waits
+    /// for an ack request.
+    pub tail_since: Option<Instant>,
     pub extensions: SessionExtensions,
     pub sm: Option<StreamManagement>,
     /// The stream ended so that a resumable session waits (a drop, not a
@@ -72,6 +82,7 @@ impl Attached {
             takeover: CancellationToken::new(),
             closed_by_client: false,
             w: Writer {
+                tail_since: None,
                 extensions,
                 sm: None,
                 park: false,
@@ -123,7 +134,7 @@ impl Writer {
         };
         for st in stanzas {
             out.extend_from_slice(st.bytes());
-            sm.sent_one(st);
+            sm.sent_one(st.bytes_only());
         }
         let max = server.config.stream_management.max_unacked;
         let max_bytes = server.config.limits.session_queue_bytes;
@@ -133,11 +144,25 @@ impl Writer {
             self.park = true;
             return Some(StreamErrorCondition::PolicyViolation);
         }
-        if !sm.request_pending && sm.unacked_len() > 0 {
-            out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
+        // Ask for an ack once enough is waiting for one; a smaller tail is
+        // asked for by the timer (`ack_due`), so a busy stream does not
+        // pay an extra round trip per write.
+        if !sm.request_pending && sm.unacked_len() >= ACK_REQUEST_EVERY {
+            out.extend_from_slice(ACK_REQUEST);
             sm.request_pending = true;
         }
         None
+    }
+
+    /// When stream management should next ask for an ack of a tail of
+    /// unacknowledged stanzas (None: nothing to ask).
+    fn ack_due(&mut self) -> Option<Instant> {
+        let sm = self.sm.as_mut()?;
+        if sm.request_pending || sm.unacked_len() == 0 {
+            self.tail_since = None;
+            return None;
+        }
+        Some(*self.tail_since.get_or_insert_with(Instant::now) + ACK_REQUEST_DELAY)
     }
 }
 
@@ -167,6 +192,18 @@ impl Connection {
                             .await
                     }
                     Err(e) => return self.stream.close_parse_error(e).await,
+                }
+            }
+            // A tail of unacknowledged stanzas gets its ack request when due.
+            if let Some(at) = a.w.ack_due() {
+                if Instant::now() >= at {
+                    if let Some(sm) = &mut a.w.sm {
+                        self.stream.write_raw(ACK_REQUEST);
+                        sm.request_pending = true;
+                    }
+                    a.w.tail_since = None;
+                } else {
+                    self.stream.wake_at = Some(at);
                 }
             }
             let pumped = {
@@ -311,9 +348,9 @@ impl Connection {
                         return Err(StreamErrorCondition::UndefinedCondition);
                     }
                 };
-                if sm.unacked_len() > 0 {
+                if sm.unacked_len() >= ACK_REQUEST_EVERY {
                     // More went out since the request this answers.
-                    self.stream.write_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
+                    self.stream.write_raw(ACK_REQUEST);
                     sm.request_pending = true;
                 }
                 Ok(stored)
@@ -397,7 +434,7 @@ impl Connection {
         }
         sm.request_pending = sm.unacked_len() > 0;
         if sm.request_pending {
-            self.stream.write_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
+            self.stream.write_raw(ACK_REQUEST);
         }
         tracing::info!(conn = self.id, peer = %self.peer, jid = %jid,
             resent = sm.unacked_len(), "c2s session resumed");
