@@ -42,7 +42,7 @@ pub(super) struct Attached {
 
 /// Unacknowledged stanzas that make stream management ask for an ack at
 /// once.
-const ACK_REQUEST_EVERY: usize = 8;
+const ACK_REQUEST_EVERY: usize = 32;
 /// How long fewer than that wait before an ack is asked for anyway.
 const ACK_REQUEST_DELAY: Duration = Duration::from_millis(500);
 const ACK_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
