@@ -75,14 +75,6 @@ impl RouteTable {
             None => Route::Unreachable,
         }
     }
-
-    /// The domains of in-process services, with their feature.
-    pub fn services(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.local.iter().filter_map(|(d, r)| match r {
-            Route::Service(i) => Some((d.as_str(), *i)),
-            _ => None,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -469,3 +469,33 @@ async fn an_account_cannot_pile_up_waiting_sessions() {
     let resumed = c.next_element().await;
     assert!(resumed.is("resumed", NS_SM), "{}", show(&resumed));
 }
+
+/// A client that leaves more than `max_unacked` stanzas unacknowledged has
+/// its stream closed (policy-violation); its session waits and resumes
+/// with them.
+#[tokio::test]
+async fn too_many_unacknowledged_stanzas_close_the_stream_and_the_session_waits() {
+    let server = TestServer::start_with(|c| c.stream_management.max_unacked = 3).await;
+    server.add_user("quinn", "pw").await;
+    server.add_user("rosa", "pw").await;
+    let mut q = SmClient::login(&server, "quinn", "q").await;
+    let mut rosa = Client::login(server.plain_addr, "rosa", "pw", None).await;
+    send_numbered(&mut rosa, "quinn@localhost/q", 1..=4).await;
+    assert_eq!(q.c.expect_stream_error().await, "policy-violation");
+    let id = q.id.clone();
+    let mut c = authenticated(&server, "quinn").await;
+    c.send_str(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    let resumed = c.next_element().await;
+    assert!(resumed.is("resumed", NS_SM), "{}", show(&resumed));
+    let mut again = SmClient {
+        c,
+        h: 0,
+        id,
+        bodies: Vec::new(),
+    };
+    again.read_messages(4).await;
+    assert_eq!(again.bodies, numbered(1..=4));
+}

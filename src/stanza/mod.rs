@@ -269,6 +269,25 @@ mod tests {
     }
 
     #[test]
+    fn a_stanza_error_carries_its_text_and_application_condition() {
+        let iq = Element::new("iq", NS_CLIENT)
+            .with_attr("from", "a@x/r")
+            .with_attr("to", "x")
+            .with_attr("type", "set")
+            .with_attr("id", "1");
+        let e = StanzaError::with_text(StanzaErrorCondition::Conflict, "taken")
+            .with_app(Element::new("node-exists", "urn:example:app"));
+        let r = e.reply_to(&iq).unwrap();
+        let err = r.get_child("error", NS_CLIENT).unwrap();
+        assert!(err.get_child("conflict", NS_STANZA_ERRORS).is_some());
+        assert_eq!(
+            err.get_child("text", NS_STANZA_ERRORS).map(|t| t.text()),
+            Some("taken".to_string())
+        );
+        assert!(err.get_child("node-exists", "urn:example:app").is_some());
+    }
+
+    #[test]
     fn error_reply_swaps_addresses_and_never_answers_errors() {
         let m = Element::new("message", NS_CLIENT)
             .with_attr("from", "a@x/r")
