@@ -384,8 +384,7 @@ async fn message_to_bare(server: &Server, origin: Origin<'_>, to: &BareJid, stan
         }
         return;
     }
-    let addressed = || Jid::from(to.clone());
-    delivered_to_local(server, origin, to, addressed, &delivered, stanza).await;
+    delivered_to_local(server, origin, to, to, &delivered, stanza).await;
 }
 
 /// Tells the features a message reached a local account's resources
@@ -394,7 +393,7 @@ async fn delivered_to_local(
     server: &Server,
     origin: Origin<'_>,
     account: &BareJid,
-    to: impl FnOnce() -> Jid,
+    to: &Jid,
     resources: &[FullJid],
     stanza: &Element,
 ) {
@@ -407,7 +406,7 @@ async fn delivered_to_local(
         server.features.fire(server, &mut event).await;
     }
     if server.features.wants(EventKind::MessageSent) && origin.session().is_some() {
-        message_sent(server, origin, StanzaKind::Message, &to(), stanza).await;
+        message_sent(server, origin, StanzaKind::Message, to, stanza).await;
     }
 }
 
@@ -460,8 +459,7 @@ async fn to_full(
             if kind == StanzaKind::Message {
                 let account = to.to_bare();
                 let resources = std::slice::from_ref(to);
-                let addressed = || Jid::from(to.clone());
-                delivered_to_local(server, origin, &account, addressed, resources, stanza).await;
+                delivered_to_local(server, origin, &account, to, resources, stanza).await;
             }
         }
         Err(DeliveryError::QueueFull) => bounce(

@@ -96,6 +96,19 @@ impl OutStanza {
             .as_ref()
     }
 
+    /// This stanza holding only its bytes: itself with its element dropped
+    /// when nobody else holds it (the common case once it is written),
+    /// else a new handle on the same bytes.
+    pub fn into_bytes_only(mut self: Arc<Self>) -> Arc<OutStanza> {
+        match Arc::get_mut(&mut self) {
+            Some(this) => {
+                this.element.take();
+                self
+            }
+            None => self.bytes_only(),
+        }
+    }
+
     /// The same stanza holding only its bytes (parsed again if looked at):
     /// what stream management keeps until the client acknowledges it, so
     /// the element's many small allocations are freed once it is written.
@@ -209,7 +222,40 @@ pub struct Departed {
 /// All bound resources, by bare JID.
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
-    by_bare: RwLock<HashMap<BareJid, Vec<BoundResource>>>,
+    by_bare: RwLock<HashMap<Account, Vec<BoundResource>>>,
+}
+
+/// The registry's key: a bare JID that can be looked up by its text, so a
+/// full JID finds its account by slicing off the resource instead of
+/// building a `BareJid` (an allocation per routed stanza).
+#[derive(Debug)]
+struct Account(BareJid);
+
+impl std::hash::Hash for Account {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state)
+    }
+}
+
+impl PartialEq for Account {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Account {}
+
+impl std::borrow::Borrow<str> for Account {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// The bare part of a full JID's text (a JID's resource starts at its
+/// first `/`, which neither node nor domain may contain).
+pub fn bare_of(jid: &FullJid) -> &str {
+    let s = jid.as_str();
+    &s[..s.len() - jid.resource().as_str().len() - 1]
 }
 
 impl SessionRegistry {
@@ -220,7 +266,7 @@ impl SessionRegistry {
         let resource = jid.resource().as_str().to_string();
         let old = {
             let mut map = self.write();
-            let list = map.entry(jid.to_bare()).or_default();
+            let list = map.entry(Account(jid.to_bare())).or_default();
             let old = list
                 .iter()
                 .position(|r| r.resource == resource)
@@ -251,14 +297,14 @@ impl SessionRegistry {
     /// the presence state it leaves behind (None if it was not bound, or
     /// was replaced by a newer session).
     pub fn unbind(&self, jid: &FullJid, session_id: u64) -> Option<Departed> {
-        let bare = jid.to_bare();
+        let bare = bare_of(jid);
         let mut map = self.write();
-        let list = map.get_mut(&bare)?;
+        let list = map.get_mut(bare)?;
         let i = list.iter().position(|r| r.session_id == session_id)?;
         let gone = list.swap_remove(i);
         let last_resource = list.is_empty();
         if last_resource {
-            map.remove(&bare);
+            map.remove(bare);
         }
         Some(Departed {
             presence: gone.presence,
@@ -294,7 +340,7 @@ impl SessionRegistry {
     pub fn set_interested(&self, jid: &FullJid) {
         let mut map = self.write();
         if let Some(r) = map
-            .get_mut(&jid.to_bare())
+            .get_mut(bare_of(jid))
             .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
         {
             r.interested = true;
@@ -313,7 +359,7 @@ impl SessionRegistry {
     ) -> Result<(), DirectedFull> {
         let map = self.read();
         let Some(r) = map
-            .get(&jid.to_bare())
+            .get(bare_of(jid))
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
         else {
             return Ok(());
@@ -338,7 +384,7 @@ impl SessionRegistry {
         except: Option<&FullJid>,
         cond: StreamErrorCondition,
     ) {
-        if let Some(list) = self.read().get(bare) {
+        if let Some(list) = self.read().get(bare.as_str()) {
             for r in list
                 .iter()
                 .filter(|r| except.is_none_or(|e| e.resource().as_str() != r.resource))
@@ -351,7 +397,7 @@ impl SessionRegistry {
     /// Forgets and returns the session's directed-presence recipients.
     pub fn take_directed(&self, jid: &FullJid) -> Vec<String> {
         let map = self.read();
-        map.get(&jid.to_bare())
+        map.get(bare_of(jid))
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .map(|r| {
                 let mut set = r.directed.lock().unwrap_or_else(|e| e.into_inner());
@@ -363,7 +409,7 @@ impl SessionRegistry {
     /// The extension data of the session bound to a full JID.
     pub fn extensions(&self, jid: &FullJid) -> Option<SessionExtensions> {
         self.read()
-            .get(&jid.to_bare())
+            .get(bare_of(jid))
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .map(|r| r.extensions.clone())
     }
@@ -375,7 +421,7 @@ impl SessionRegistry {
     /// the registry.
     pub fn for_each_extensions(
         &self,
-        bare: &BareJid,
+        bare: &str,
         mut f: impl FnMut(&str, &mut crate::feature::Extensions),
     ) {
         let map = self.read();
@@ -390,7 +436,7 @@ impl SessionRegistry {
     /// The connection id bound to a full JID.
     pub fn session_id(&self, jid: &FullJid) -> Option<u64> {
         self.read()
-            .get(&jid.to_bare())
+            .get(bare_of(jid))
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .map(|r| r.session_id)
     }
@@ -398,7 +444,7 @@ impl SessionRegistry {
     /// Full JIDs of the user's resources that requested the roster.
     pub fn interested_resources(&self, bare: &BareJid) -> Vec<FullJid> {
         self.read()
-            .get(bare)
+            .get(bare.as_str())
             .map(|l| {
                 l.iter()
                     .filter(|r| r.interested)
@@ -411,7 +457,7 @@ impl SessionRegistry {
     /// The last presence of each available resource of `bare`.
     pub fn presences(&self, bare: &BareJid) -> Vec<(FullJid, Element)> {
         self.read()
-            .get(bare)
+            .get(bare.as_str())
             .map(|l| {
                 l.iter()
                     .filter_map(|r| {
@@ -430,7 +476,7 @@ impl SessionRegistry {
         f: impl FnOnce(&mut BoundResource) -> T,
     ) -> Option<T> {
         let mut map = self.write();
-        map.get_mut(&jid.to_bare())
+        map.get_mut(bare_of(jid))
             .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
             .map(f)
     }
@@ -439,7 +485,7 @@ impl SessionRegistry {
     pub fn send_to_full(&self, jid: &FullJid, data: Arc<OutStanza>) -> Result<(), DeliveryError> {
         let map = self.read();
         let r = map
-            .get(&jid.to_bare())
+            .get(bare_of(jid))
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .ok_or(DeliveryError::Offline)?;
         queue(&r.tx, data)
@@ -448,14 +494,14 @@ impl SessionRegistry {
     /// Is this full JID bound?
     pub fn is_bound(&self, jid: &FullJid) -> bool {
         self.read()
-            .get(&jid.to_bare())
+            .get(bare_of(jid))
             .is_some_and(|l| l.iter().any(|r| r.resource == jid.resource().as_str()))
     }
 
     /// Full JIDs of the available resources of `bare`, with their priority.
     pub fn available_resources(&self, bare: &BareJid) -> Vec<(FullJid, i8)> {
         let map = self.read();
-        map.get(bare)
+        map.get(bare.as_str())
             .map(|l| {
                 l.iter()
                     .filter(|r| r.presence.is_some())
@@ -523,7 +569,7 @@ impl SessionRegistry {
     pub fn close(&self, jid: &FullJid, cond: StreamErrorCondition) {
         let map = self.read();
         if let Some(r) = map
-            .get(&jid.to_bare())
+            .get(bare_of(jid))
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
         {
             let _ = r.tx.send_beyond_capacity(Outbound::Close(cond));
@@ -534,7 +580,7 @@ impl SessionRegistry {
     pub fn all(&self) -> Vec<FullJid> {
         let map = self.read();
         map.iter()
-            .flat_map(|(bare, l)| {
+            .flat_map(|(Account(bare), l)| {
                 l.iter()
                     .filter_map(move |r| bare.with_resource_str(&r.resource).ok())
             })
@@ -546,7 +592,7 @@ impl SessionRegistry {
         let mut out: Vec<SessionInfo> = {
             let map = self.read();
             map.iter()
-                .flat_map(|(bare, l)| {
+                .flat_map(|(Account(bare), l)| {
                     l.iter().filter_map(move |r| {
                         Some(SessionInfo {
                             jid: bare.with_resource_str(&r.resource).ok()?,
@@ -568,13 +614,13 @@ impl SessionRegistry {
         self.read().values().map(Vec::len).sum()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<BoundResource>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Account, Vec<BoundResource>>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (every update is a single Vec operation), so poisoning is ignored.
         self.by_bare.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<BoundResource>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Account, Vec<BoundResource>>> {
         self.by_bare.write().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -3,51 +3,68 @@
 //! the session core, which stays ignorant of features.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 
-/// A map from a type to one value of that type.
+/// A map from a type to one value of that type. A session holds a handful
+/// of entries and they are read for every stanza it is sent, so they sit
+/// in a short vector scanned by type id: no hashing, and an empty map
+/// owns no allocation.
 #[derive(Default)]
 pub struct Extensions {
-    map: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    entries: Vec<(TypeId, Box<dyn Any + Send + Sync>)>,
 }
 
 impl Extensions {
+    fn position<T: Any>(&self) -> Option<usize> {
+        let id = TypeId::of::<T>();
+        self.entries.iter().position(|(t, _)| *t == id)
+    }
+
     /// The value of type `T`, if set.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.map
-            .get(&TypeId::of::<T>())
-            .and_then(|b| b.downcast_ref::<T>())
+        let i = self.position::<T>()?;
+        self.entries[i].1.downcast_ref::<T>()
     }
 
     /// The value of type `T`, set to its default first if missing.
     pub fn get_or_default<T: Any + Send + Sync + Default>(&mut self) -> &mut T {
-        self.map
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| Box::<T>::default())
+        let i = match self.position::<T>() {
+            Some(i) => i,
+            None => {
+                self.entries.push((TypeId::of::<T>(), Box::<T>::default()));
+                self.entries.len() - 1
+            }
+        };
+        self.entries[i]
+            .1
             .downcast_mut::<T>()
             .expect("an entry under T's TypeId holds a T")
     }
 
     /// Sets the value of type `T`, returning the old one.
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) -> Option<T> {
-        self.map
-            .insert(TypeId::of::<T>(), Box::new(value))
-            .and_then(|b| b.downcast::<T>().ok())
-            .map(|b| *b)
+        match self.position::<T>() {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.entries[i].1, Box::new(value));
+                old.downcast::<T>().ok().map(|b| *b)
+            }
+            None => {
+                self.entries.push((TypeId::of::<T>(), Box::new(value)));
+                None
+            }
+        }
     }
 
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Any + Send + Sync>(&mut self) -> Option<T> {
-        self.map
-            .remove(&TypeId::of::<T>())
-            .and_then(|b| b.downcast::<T>().ok())
-            .map(|b| *b)
+        let i = self.position::<T>()?;
+        let (_, b) = self.entries.swap_remove(i);
+        b.downcast::<T>().ok().map(|b| *b)
     }
 }
 
 impl std::fmt::Debug for Extensions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Extensions({} entries)", self.map.len())
+        write!(f, "Extensions({} entries)", self.entries.len())
     }
 }
 

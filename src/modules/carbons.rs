@@ -174,22 +174,22 @@ pub fn enabled(server: &Server, jid: &FullJid) -> bool {
     })
 }
 
-/// The carbons-enabled resources of `account`, but those named in
-/// `except` (resource parts). Runs for every routed message, so it builds
-/// no JID unless a copy is due.
-fn enabled_resources(server: &Server, account: &BareJid, except: &[&str]) -> Vec<FullJid> {
+/// The carbons-enabled resources of `account` (its bare JID's text) that
+/// are `wanted` (resource parts). Runs for every routed message, so it
+/// builds no JID and allocates nothing unless a copy is due.
+fn enabled_resources(server: &Server, account: &str, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    // Looked up before anything else: most accounts have no other
+    // carbons-enabled resource, and then the message is not even parsed
+    // for eligibility.
     let mut names: Vec<String> = Vec::new();
     server
         .sessions
         .for_each_extensions(account, |resource, ext| {
-            if ext.get::<CarbonsEnabled>().is_some_and(|c| c.0) && !except.contains(&resource) {
+            if ext.get::<CarbonsEnabled>().is_some_and(|c| c.0) && wanted(resource) {
                 names.push(resource.to_string());
             }
         });
     names
-        .iter()
-        .filter_map(|r| account.with_resource_str(r).ok())
-        .collect()
 }
 
 /// The resource part of `jid` if it is a full JID of `account`.
@@ -201,12 +201,17 @@ fn resource_of<'j>(jid: &'j str, account: &BareJid) -> Option<&'j str> {
 /// carbons-enabled resources get a `<received/>` copy. A message one
 /// resource sent to its own account is not copied back to the sender.
 fn received_copies(server: &Server, account: &BareJid, resources: &[FullJid], stanza: &Element) {
-    if !eligible(stanza, Direction::Received) {
+    let sender = stanza.attr("from").and_then(|f| resource_of(f, account));
+    let names = enabled_resources(server, account.as_str(), |r| {
+        Some(r) != sender && !resources.iter().any(|got| got.resource().as_str() == r)
+    });
+    if names.is_empty() || !eligible(stanza, Direction::Received) {
         return;
     }
-    let mut except: Vec<&str> = resources.iter().map(|r| r.resource().as_str()).collect();
-    except.extend(stanza.attr("from").and_then(|f| resource_of(f, account)));
-    for target in enabled_resources(server, account, &except) {
+    for target in names
+        .iter()
+        .filter_map(|r| account.with_resource_str(r).ok())
+    {
         send_copy(server, Direction::Received, account, &target, stanza);
     }
 }
@@ -215,22 +220,24 @@ fn received_copies(server: &Server, account: &BareJid, resources: &[FullJid], st
 /// carbons-enabled resources get a `<sent/>` copy. A message to the own
 /// account is left to the received copies (each resource gets it once).
 fn sent_copies(server: &Server, from: &FullJid, to: &Jid, stanza: &Element) {
-    let own = to.as_str();
-    let to_own_account = own
-        .strip_prefix(from.node().map(|n| n.as_str()).unwrap_or_default())
-        .and_then(|rest| rest.strip_prefix('@'))
-        .is_some_and(|rest| {
-            let domain = from.domain().as_str();
-            rest == domain
-                || rest
-                    .strip_prefix(domain)
-                    .is_some_and(|r| r.starts_with('/'))
-        });
-    if to_own_account || !eligible(stanza, Direction::Sent) {
+    let account = crate::sessions::bare_of(from);
+    let to_own_account = to
+        .as_str()
+        .strip_prefix(account)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if to_own_account {
+        return;
+    }
+    let own = from.resource().as_str();
+    let names = enabled_resources(server, account, |r| r != own);
+    if names.is_empty() || !eligible(stanza, Direction::Sent) {
         return;
     }
     let account = from.to_bare();
-    for target in enabled_resources(server, &account, &[from.resource().as_str()]) {
+    for target in names
+        .iter()
+        .filter_map(|r| account.with_resource_str(r).ok())
+    {
         send_copy(server, Direction::Sent, &account, &target, stanza);
     }
 }

@@ -41,6 +41,15 @@ pub struct ConnectionSlot {
     s2s: bool,
 }
 
+impl ConnectionSlot {
+    /// A client connection's slot from `ip`, for a listener of another
+    /// transport (the web ones) counted against the same c2s caps: None
+    /// when they are full.
+    pub fn admit_client(server: &Arc<Server>, ip: IpAddr) -> Option<ConnectionSlot> {
+        ConnectionLimits::admit(server, ip, false)
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let limits = if self.s2s {

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 mod session;
+pub mod transport;
 
 use session::Attached;
 
@@ -36,32 +37,49 @@ use crate::stream::c2s::{
 use crate::stream::sm::NS_SM;
 use crate::throttle::{self, Attempt};
 use crate::xml::{Element, StreamEvent, NS_CLIENT};
+pub use transport::ClientStream;
 
 /// Most failed SASL attempts on one stream before it is closed
 /// (RFC 6120 §6.4.5 asks for a small configurable number; five is generous).
 const MAX_AUTH_ATTEMPTS_PER_STREAM: u32 = 5;
 
-/// Runs a client connection to its end.
+/// Runs a client connection over TCP (plain until STARTTLS, or direct
+/// TLS) to its end.
 pub async fn run(
     server: Arc<Server>,
     tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+    slot: ConnectionSlot,
+) {
+    let limits = server.config.limits.stream();
+    let domain = server.config.domains().first().cloned().unwrap_or_default();
+    let stream = XmlStream::new(
+        Transport::Plain(tcp),
+        limits,
+        NS_CLIENT,
+        Some("1.0"),
+        domain,
+    );
+    serve(server, stream, peer, direct_tls, slot).await
+}
+
+/// Runs a client connection over any transport to its end: negotiation,
+/// then the bound session. `direct_tls`: run a TLS handshake before the
+/// first stream header.
+pub async fn serve<S: ClientStream>(
+    server: Arc<Server>,
+    stream: S,
     peer: SocketAddr,
     direct_tls: bool,
     _slot: ConnectionSlot,
 ) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = server.config.limits.stream();
     let domain = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {
         server: server.clone(),
-        stream: XmlStream::new(
-            Transport::Plain(tcp),
-            limits,
-            NS_CLIENT,
-            Some("1.0"),
-            domain.clone(),
-        ),
+        stream,
         domain,
         tls_addressed: false,
         peer,
@@ -90,9 +108,10 @@ pub async fn run(
     );
 }
 
-struct Connection {
+struct Connection<S> {
     server: Arc<Server>,
-    stream: XmlStream,
+    /// The stream, over whichever transport the client came by.
+    stream: S,
     /// The served domain the client's stream header named.
     domain: String,
     /// TLS was started (STARTTLS) on a stream addressed to `domain`.
@@ -103,7 +122,7 @@ struct Connection {
     extensions: Extensions,
 }
 
-impl Connection {
+impl<S: ClientStream> Connection<S> {
     async fn run(&mut self, direct_tls: bool) -> (End, Option<Attached>) {
         let login_timeout = Duration::from_secs(self.server.config.c2s.login_timeout);
         let negotiated = match timeout(login_timeout, self.negotiate(direct_tls)).await {
@@ -132,7 +151,10 @@ impl Connection {
         if direct_tls {
             self.start_tls(false).await?;
         }
-        let mut phase = Phase::Unauthenticated { tls: direct_tls };
+        // A transport may be secure below XMPP (WebSocket over HTTPS).
+        let mut phase = Phase::Unauthenticated {
+            tls: self.stream.is_secure(),
+        };
         let mut auth_failures = 0u32;
         // The first header fixes the domain; restarts must keep it.
         let mut headers_seen = 0u32;
@@ -229,7 +251,7 @@ impl Connection {
                         phase = Phase::Unauthenticated { tls: true };
                     }
                     Ok(Negotiation::Auth) => {
-                        let tls = self.stream.transport.is_tls();
+                        let tls = self.stream.is_secure();
                         if let Some(username) = self.authenticate(&el, &mut auth_failures).await? {
                             phase = Phase::Authenticated {
                                 tls,
@@ -340,7 +362,7 @@ impl Connection {
     }
 
     fn channel_binding(&self) -> sasl::ChannelBindingData {
-        match self.stream.transport.tls_session() {
+        match self.stream.tls_session() {
             Some(tls) => self
                 .server
                 .certs
@@ -362,7 +384,7 @@ impl Connection {
         } else {
             self.server.tls.clone()
         };
-        if let Err(e) = self.stream.transport.upgrade(config).await {
+        if let Err(e) = self.stream.start_tls(config).await {
             return Err(End::Io(format!("TLS handshake: {e}")));
         }
         self.restart_stream();
@@ -381,7 +403,7 @@ impl Connection {
     /// (see `throttle`), and given back unless it was a failed guess; a
     /// success never clears the source's earlier failures.
     async fn authenticate(&mut self, auth: &Element, failures: &mut u32) -> Flow<Option<String>> {
-        let tls = self.stream.transport.is_tls();
+        let tls = self.stream.is_secure();
         let cb = self.channel_binding();
         let offered = offered_mechanisms(
             tls,

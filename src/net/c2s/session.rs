@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use jid::FullJid;
 use tokio_util::sync::CancellationToken;
 
-use super::Connection;
+use super::transport::ElementSink;
+use super::{ClientStream, Connection};
 use crate::feature::Event;
 use crate::feature::Verdict;
 use crate::modules::stream_management::{
@@ -57,6 +58,8 @@ pub(super) struct Writer {
     /// The stream ended so that a resumable session waits (a drop, not a
     /// protocol error or a close).
     pub park: bool,
+    /// Scratch space for what the outbound filters let through.
+    pub filtered: Vec<Arc<OutStanza>>,
 }
 
 /// `<failed xmlns='urn:xmpp:sm:3'>` with a stanza error condition.
@@ -86,6 +89,7 @@ impl Attached {
                 extensions,
                 sm: None,
                 park: false,
+                filtered: Vec::new(),
             },
         }
     }
@@ -98,7 +102,7 @@ impl Writer {
         &mut self,
         server: &crate::server::Server,
         item: Outbound,
-        out: &mut Vec<u8>,
+        out: &mut impl ElementSink,
     ) -> Option<StreamErrorCondition> {
         let st = match item {
             Outbound::Stanza(st) => st,
@@ -109,32 +113,37 @@ impl Writer {
                 return Some(cond);
             }
         };
-        let mut now = Vec::new();
-        if server.features.wants(crate::feature::EventKind::Outbound) {
+        if !server.features.wants(crate::feature::EventKind::Outbound) {
+            return self.write_now(server, std::iter::once(st), out);
+        }
+        // A buffer kept across writes: the filters' output is mostly the
+        // one stanza, and allocating for it per write is measurable.
+        let mut now = std::mem::take(&mut self.filtered);
+        {
             let mut ext = self.extensions.lock().unwrap_or_else(|e| e.into_inner());
             server.features.outbound(&mut ext, st, &mut now);
-        } else {
-            now.push(st);
         }
-        self.write_now(server, now, out)
+        let cond = self.write_now(server, now.drain(..), out);
+        self.filtered = now;
+        cond
     }
 
     /// Writes stanzas past the filters, counting them.
     fn write_now(
         &mut self,
         server: &crate::server::Server,
-        stanzas: Vec<Arc<OutStanza>>,
-        out: &mut Vec<u8>,
+        stanzas: impl IntoIterator<Item = Arc<OutStanza>>,
+        out: &mut impl ElementSink,
     ) -> Option<StreamErrorCondition> {
         let Some(sm) = &mut self.sm else {
             for st in stanzas {
-                out.extend_from_slice(st.bytes());
+                out.element(st.bytes());
             }
             return None;
         };
         for st in stanzas {
-            out.extend_from_slice(st.bytes());
-            sm.sent_one(st.bytes_only());
+            out.element(st.bytes());
+            sm.sent_one(st.into_bytes_only());
         }
         let max = server.config.stream_management.max_unacked;
         let max_bytes = server.config.limits.session_queue_bytes;
@@ -148,7 +157,7 @@ impl Writer {
         // asked for by the timer (`ack_due`), so a busy stream does not
         // pay an extra round trip per write.
         if !sm.request_pending && sm.unacked_len() >= ACK_REQUEST_EVERY {
-            out.extend_from_slice(ACK_REQUEST);
+            out.element(ACK_REQUEST);
             sm.request_pending = true;
         }
         None
@@ -166,7 +175,7 @@ impl Writer {
     }
 }
 
-impl Connection {
+impl<S: ClientStream> Connection<S> {
     /// Runs a bound session until its connection ends.
     pub(super) async fn session(&mut self, a: &mut Attached) -> End {
         let idle = Duration::from_secs(self.server.config.c2s.idle_timeout);
@@ -174,7 +183,7 @@ impl Connection {
         loop {
             // Handle every complete stanza already buffered.
             loop {
-                match self.stream.parser.next_event() {
+                match self.stream.next_buffered() {
                     Ok(None) => break,
                     Ok(Some(StreamEvent::Stanza(el))) => {
                         if let Err(cond) = self.handle_element(a, el).await {
@@ -203,13 +212,12 @@ impl Connection {
                     }
                     a.w.tail_since = None;
                 } else {
-                    self.stream.wake_at = Some(at);
+                    self.stream.wake_at(at);
                 }
             }
             let pumped = {
                 let w = &mut a.w;
-                let mut write =
-                    |item: Outbound, out: &mut Vec<u8>| w.write_item(&server, item, out);
+                let mut write = |item: Outbound, out: &mut S::Out| w.write_item(&server, item, out);
                 tokio::select! {
                     biased;
                     _ = a.takeover.cancelled() => None,
@@ -279,9 +287,9 @@ impl Connection {
         for r in &replies {
             self.stream.write(r);
         }
-        let mut out = Vec::new();
+        let mut out = S::Out::default();
         let cond = a.w.write_now(&self.server, release, &mut out);
-        self.stream.write_raw(&out);
+        self.stream.write_out(out);
         cond.map_or(Ok(()), Err)
     }
 
@@ -452,11 +460,11 @@ impl Connection {
         };
         self.server.features.fire(&self.server, &mut event).await;
         if !release.is_empty() {
-            let mut out = Vec::new();
+            let mut out = S::Out::default();
             if a.w.write_now(&self.server, release, &mut out).is_some() {
                 a.w.park = false;
             }
-            self.stream.write_raw(&out);
+            self.stream.write_out(out);
         }
         self.stream.flush().await?;
         Ok(Some(a))
