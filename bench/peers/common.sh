@@ -12,11 +12,21 @@ need_pkg() { # need_pkg PKG... : install Debian packages that are missing
   fi
 }
 
-# make_cert DIR DOMAIN OWNER : self-signed cert+key for DOMAIN, readable by OWNER
+# make_cert DIR DOMAIN OWNER : self-signed cert+key for DOMAIN, readable by OWNER.
+# BENCH_CERT_KEY=rsa (default: RSA-2048, what every recorded run used) or ec (ECDSA
+# P-256, what certbot issues by default since 2.0); a cert of the other kind is replaced.
 make_cert() {
-  local dir=$1 domain=$2 owner=$3
-  if [ ! -s "$dir/$domain.crt" ]; then
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$domain" \
+  local dir=$1 domain=$2 owner=$3 key=${BENCH_CERT_KEY:-rsa} newkey is_ec=0
+  case $key in
+    rsa) newkey=(-newkey rsa:2048) ;;
+    ec) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+    *) echo "BENCH_CERT_KEY must be rsa or ec" >&2; return 2 ;;
+  esac
+  if [ -s "$dir/$domain.crt" ] &&
+    openssl x509 -in "$dir/$domain.crt" -noout -text | grep -q id-ecPublicKey; then is_ec=1; fi
+  if [ ! -s "$dir/$domain.crt" ] || { [ $key = ec ] && [ $is_ec = 0 ]; } ||
+    { [ $key = rsa ] && [ $is_ec = 1 ]; }; then
+    openssl req -x509 "${newkey[@]}" -nodes -days 30 -subj "/CN=$domain" \
       -addext "subjectAltName=DNS:$domain,DNS:*.$domain" \
       -keyout "$dir/$domain.key" -out "$dir/$domain.crt" 2>/dev/null
   fi
