@@ -89,14 +89,17 @@ impl Feature for Push {
                     self.consider(server, to, stanza);
                 }
             }
+            // Every routed message passes here: the registry is looked at
+            // (a lock) only for one worth a push.
             Event::MessageDelivered {
                 account,
                 resources,
                 stanza,
-            } => {
-                if !resources.is_empty() && all_awaiting_resumption(server, account, resources) {
-                    self.consider(server, account, stanza);
-                }
+            } if !resources.is_empty()
+                && worth_pushing(stanza).is_some()
+                && all_awaiting_resumption(server, account, resources) =>
+            {
+                self.consider(server, account, stanza);
             }
             Event::SessionBound { jid } | Event::SessionResumed { jid, .. } => {
                 self.publisher.seen(&jid.to_bare());
