@@ -374,6 +374,42 @@ async fn parked_session_pushes_on_postgres() {
     parked_session_pushes(start(|c| c.database.url = postgres_url()).await).await;
 }
 
+/// Messages written to a connection that was lost before the client
+/// acknowledged them count as unseen when the session is parked: a phone
+/// out of coverage looks connected until a write fails.
+#[tokio::test]
+async fn unacknowledged_messages_push_when_the_session_parks() {
+    let ts = start(|_| {}).await;
+    let n = accounts(&ts).await;
+    let mut app = app_server(&ts, APP).await;
+    let mut user = sm_login(&ts, &n.user).await;
+    enable(&mut user, APP, "n", None).await;
+    let mut contact = Client::login(ts.plain_addr, &n.contact, "pw", Some("desk")).await;
+    for body in ["one", "two"] {
+        chat(&mut contact, &n.user, body).await;
+        let m = user.next_named("message").await;
+        assert_eq!(
+            m.get_child("body", waxwing::xml::NS_CLIENT).unwrap().text(),
+            body
+        );
+    }
+    // Written, never acknowledged; nothing pushed while attached.
+    let early = app_barrier(&mut app, APP).await;
+    assert!(
+        early.is_empty(),
+        "{:?}",
+        early.iter().map(show).collect::<Vec<_>>()
+    );
+    drop_and_park(&ts, user).await;
+    let iq = next_publish(&mut app).await;
+    let fields = summary(&iq).1;
+    assert_eq!(fields["message-count"], "2", "{}", show(&iq));
+    assert_eq!(
+        fields["last-message-sender"],
+        format!("{}@localhost/desk", n.contact)
+    );
+}
+
 /// No session at all: the message is stored offline (the push does not
 /// stop it) and pushed.
 async fn offline_user_pushes(ts: TestServer) {

@@ -35,6 +35,7 @@ pub enum EventKind {
     SessionElement,
     SessionBound,
     SessionResumed,
+    SessionParked,
     SessionAvailable,
     SessionEnded,
     AccountDeleted,
@@ -47,7 +48,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -57,6 +58,7 @@ impl EventKind {
         EventKind::SessionElement,
         EventKind::SessionBound,
         EventKind::SessionResumed,
+        EventKind::SessionParked,
         EventKind::SessionAvailable,
         EventKind::SessionEnded,
         EventKind::AccountDeleted,
@@ -139,6 +141,14 @@ pub enum Event<'a> {
         jid: &'a FullJid,
         release: &'a mut Vec<Arc<OutStanza>>,
     },
+    /// A session's connection went away and the session waits for
+    /// resumption (XEP-0198); `unacknowledged` are the stanzas written to
+    /// the lost connection that the client never acknowledged (push
+    /// notifications tell of them: the client may never have seen them).
+    SessionParked {
+        jid: &'a FullJid,
+        unacknowledged: &'a [Arc<OutStanza>],
+    },
     /// A session sent available presence; `initial` the first time.
     SessionAvailable { jid: &'a FullJid, initial: bool },
     /// A session ended and was unbound: what it left behind.
@@ -169,6 +179,7 @@ impl Event<'_> {
             Event::SessionElement { .. } => EventKind::SessionElement,
             Event::SessionBound { .. } => EventKind::SessionBound,
             Event::SessionResumed { .. } => EventKind::SessionResumed,
+            Event::SessionParked { .. } => EventKind::SessionParked,
             Event::SessionAvailable { .. } => EventKind::SessionAvailable,
             Event::SessionEnded { .. } => EventKind::SessionEnded,
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,

@@ -138,6 +138,19 @@ impl StreamManagementFeature {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(AwaitingResumption);
         }
+        // Told from a task: parking happens where nothing may wait.
+        if server.features.wants(EventKind::SessionParked) {
+            let jid = session.jid.clone();
+            let unacknowledged: Vec<Arc<OutStanza>> = session.sm.unacked().cloned().collect();
+            let server = server.clone();
+            server.background.clone().spawn(async move {
+                let mut event = Event::SessionParked {
+                    jid: &jid,
+                    unacknowledged: &unacknowledged,
+                };
+                server.features.fire(&server, &mut event).await;
+            });
+        }
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

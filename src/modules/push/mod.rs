@@ -18,12 +18,15 @@
 mod notification;
 mod publisher;
 
+use std::sync::Arc;
+
 use jid::{BareJid, Jid};
 
 use crate::feature::iq::{IqFuture, IqOutcome, IqRequest, IqTarget};
 use crate::feature::{Disco, Event, EventKind, Feature, Verdict};
 use crate::router::Origin;
 use crate::server::Server;
+use crate::sessions::OutStanza;
 use crate::stanza::{StanzaError, StanzaErrorCondition};
 use crate::storage::PushRegistration;
 use crate::xml::Element;
@@ -70,6 +73,7 @@ impl Feature for Push {
             // Before offline storage (100), which stops the event.
             (EventKind::Undeliverable, 50),
             (EventKind::MessageDelivered, 50),
+            (EventKind::SessionParked, 0),
             // A client is back: what it missed is on its screen now.
             (EventKind::SessionBound, 0),
             (EventKind::SessionResumed, 0),
@@ -101,6 +105,10 @@ impl Feature for Push {
             {
                 self.consider(server, account, stanza);
             }
+            Event::SessionParked {
+                jid,
+                unacknowledged,
+            } => self.unacknowledged(server, &jid.to_bare(), unacknowledged),
             Event::SessionBound { jid } | Event::SessionResumed { jid, .. } => {
                 self.publisher.seen(&jid.to_bare());
             }
@@ -149,6 +157,26 @@ impl Push {
             .map(|b| notification::truncate(&b.text(), limits.max_body_bytes).to_string());
         self.publisher
             .notify(server, account, summary.sender.to_string(), body);
+    }
+
+    /// A session was parked with stanzas its client never acknowledged:
+    /// it may have lost them with the connection (a phone that went out of
+    /// coverage looks connected until a write fails), so they count as
+    /// unseen. Those read from offline storage were counted when stored.
+    fn unacknowledged(&self, server: &Server, account: &BareJid, stanzas: &[Arc<OutStanza>]) {
+        let max_depth = server.config.limits.max_depth;
+        for st in stanzas.iter().filter(|st| st.stored_id().is_none()) {
+            // Parsed apart from the stanza, which keeps only its bytes
+            // while it waits (its element is not cached again).
+            let Some(element) = std::str::from_utf8(st.bytes())
+                .ok()
+                .and_then(|xml| super::xml_from_storage(xml, max_depth))
+                .and_then(|mut v| v.pop())
+            else {
+                continue;
+            };
+            self.consider(server, account, &element);
+        }
     }
 
     async fn answer(&self, req: &IqRequest<'_>) -> IqOutcome {
