@@ -471,6 +471,30 @@ async fn offline_user_pushes_on_postgres() {
     offline_user_pushes(start(|c| c.database.url = postgres_url()).await).await;
 }
 
+/// A subscription request for a user with no connected client is worth a
+/// notification too, counted apart from messages.
+#[tokio::test]
+async fn subscription_request_pushes() {
+    let ts = start(|_| {}).await;
+    let n = accounts(&ts).await;
+    let mut app = app_server(&ts, APP).await;
+    let mut user = Client::login(ts.plain_addr, &n.user, "pw", Some("phone")).await;
+    enable(&mut user, APP, "n", None).await;
+    go_offline(&ts, user, &n.user).await;
+    let mut contact = Client::login(ts.plain_addr, &n.contact, "pw", Some("desk")).await;
+    contact
+        .send_str(&format!(
+            "<presence type='subscribe' to='{}@localhost'/>",
+            n.user
+        ))
+        .await;
+    let iq = next_publish(&mut app).await;
+    let fields = summary(&iq).1;
+    assert_eq!(fields["pending-subscription-count"], "1", "{}", show(&iq));
+    assert_eq!(fields["message-count"], "0");
+    assert!(!fields.contains_key("last-message-sender"));
+}
+
 /// Within `min_interval` of a push, further messages wait and go out as
 /// one notification counting them all.
 #[tokio::test]

@@ -40,6 +40,7 @@ pub enum EventKind {
     SessionEnded,
     AccountDeleted,
     Acknowledged,
+    SubscriptionRequest,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -48,7 +49,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -63,6 +64,7 @@ impl EventKind {
         EventKind::SessionEnded,
         EventKind::AccountDeleted,
         EventKind::Acknowledged,
+        EventKind::SubscriptionRequest,
         EventKind::Outbound,
     ];
 }
@@ -158,6 +160,12 @@ pub enum Event<'a> {
     },
     /// An account was deleted; each feature forgets what it kept for it.
     AccountDeleted { user: &'a BareJid },
+    /// A subscription request from `contact` was kept for local `user`
+    /// (pending, RFC 6121 §3.1.3) and handed to the resources available.
+    SubscriptionRequest {
+        user: &'a BareJid,
+        contact: &'a BareJid,
+    },
     /// A client acknowledged (stream management) stanzas read from offline
     /// storage, up to row `stored_through`: they are delivered now.
     Acknowledged {
@@ -184,6 +192,7 @@ impl Event<'_> {
             Event::SessionEnded { .. } => EventKind::SessionEnded,
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,
             Event::Acknowledged { .. } => EventKind::Acknowledged,
+            Event::SubscriptionRequest { .. } => EventKind::SubscriptionRequest,
         }
     }
 }

@@ -2,14 +2,16 @@
 //! registers its app server (`<enable jid node>`, with the publish options
 //! its app server needs, often a secret) and unregisters it
 //! (`<disable jid [node]>`); when a message worth waking the phone for
-//! arrives while none of the account's clients is connected, the server
-//! publishes a summary to every registration ([`publisher`]).
+//! (or a subscription request) arrives while none of the account's
+//! clients is connected, the server publishes a summary to every
+//! registration ([`publisher`]).
 //!
 //! "Not connected" is two cases: no session at all (the message is
 //! `Undeliverable`, on its way to offline storage), or sessions that all
 //! wait for stream-management resumption (the message reached their
 //! queues, `MessageDelivered`, but nobody reads them; see
-//! `stream_management::AwaitingResumption`).
+//! `stream_management::AwaitingResumption`); and when a session is
+//! parked, what its client never acknowledged (`SessionParked`).
 //!
 //! Registrations are stored per account (`storage::push`), at most
 //! `[push] max_registrations`; publish options are stored and sent, never
@@ -31,6 +33,7 @@ use crate::stanza::{StanzaError, StanzaErrorCondition};
 use crate::storage::PushRegistration;
 use crate::xml::Element;
 
+use notification::Unseen;
 pub use notification::{worth_pushing, NS_SUMMARY};
 pub use publisher::Publisher;
 
@@ -74,6 +77,7 @@ impl Feature for Push {
             (EventKind::Undeliverable, 50),
             (EventKind::MessageDelivered, 50),
             (EventKind::SessionParked, 0),
+            (EventKind::SubscriptionRequest, 0),
             // A client is back: what it missed is on its screen now.
             (EventKind::SessionBound, 0),
             (EventKind::SessionResumed, 0),
@@ -109,6 +113,10 @@ impl Feature for Push {
                 jid,
                 unacknowledged,
             } => self.unacknowledged(server, &jid.to_bare(), unacknowledged),
+            Event::SubscriptionRequest { user, .. } if !any_attached(server, user) => {
+                self.publisher
+                    .notify(server, user, Unseen::SubscriptionRequest);
+            }
             Event::SessionBound { jid } | Event::SessionResumed { jid, .. } => {
                 self.publisher.seen(&jid.to_bare());
             }
@@ -138,6 +146,16 @@ fn all_awaiting_resumption(server: &Server, account: &BareJid, resources: &[jid:
     !attached
 }
 
+/// Is any session of `account` attached to a connection?
+fn any_attached(server: &Server, account: &BareJid) -> bool {
+    use crate::modules::stream_management::AwaitingResumption;
+    let mut attached = false;
+    server.sessions.for_each_extensions(account, |_, ext| {
+        attached |= ext.get::<AwaitingResumption>().is_none();
+    });
+    attached
+}
+
 impl Push {
     /// The publisher, for tests and `ctl` figures.
     pub fn publisher(&self) -> &Publisher {
@@ -155,8 +173,11 @@ impl Push {
             .body
             .filter(|_| limits.include_body)
             .map(|b| notification::truncate(&b.text(), limits.max_body_bytes).to_string());
-        self.publisher
-            .notify(server, account, summary.sender.to_string(), body);
+        let unseen = Unseen::Message {
+            sender: summary.sender.to_string(),
+            body,
+        };
+        self.publisher.notify(server, account, unseen);
     }
 
     /// A session was parked with stanzas its client never acknowledged:

@@ -74,9 +74,44 @@ fn field(var: &str, value: &str) -> Element {
 /// connected, the last sender, and the last body when the operator allows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Messages since a client was last connected.
     pub count: u32,
+    /// Subscription requests since then.
+    pub subscriptions: u32,
+    /// The last message's sender (empty before any message).
     pub sender: String,
     pub body: Option<String>,
+}
+
+/// What happened that is worth a notification.
+#[derive(Debug)]
+pub enum Unseen {
+    Message {
+        sender: String,
+        body: Option<String>,
+    },
+    SubscriptionRequest,
+}
+
+impl Summary {
+    /// Counts one more unseen event.
+    pub fn add(&mut self, unseen: Unseen) {
+        match unseen {
+            Unseen::Message { sender, body } => {
+                self.count = self.count.saturating_add(1);
+                self.sender = sender;
+                self.body = body;
+            }
+            Unseen::SubscriptionRequest => {
+                self.subscriptions = self.subscriptions.saturating_add(1);
+            }
+        }
+    }
+
+    /// Nothing counted.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0 && self.subscriptions == 0
+    }
 }
 
 /// The publish IQ (without `id` and `from`, which the IQ tracker sets) to
@@ -90,8 +125,16 @@ pub fn publish_iq(
     let mut form = Element::new("x", NS_DATA)
         .with_attr("type", "form")
         .with_child(field("FORM_TYPE", NS_SUMMARY).with_attr("type", "hidden"))
-        .with_child(field("message-count", &summary.count.to_string()))
-        .with_child(field("last-message-sender", &summary.sender));
+        .with_child(field("message-count", &summary.count.to_string()));
+    if summary.subscriptions > 0 {
+        form.append_child(field(
+            "pending-subscription-count",
+            &summary.subscriptions.to_string(),
+        ));
+    }
+    if summary.count > 0 {
+        form.append_child(field("last-message-sender", &summary.sender));
+    }
     if let Some(body) = &summary.body {
         form.append_child(field("last-message-body", body));
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use jid::BareJid;
 
-use super::notification::{publish_iq, Summary};
+use super::notification::{publish_iq, Summary, Unseen};
 use crate::iq_tracker::IqFailure;
 use crate::server::Server;
 use crate::storage::PushRegistration;
@@ -43,8 +43,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Counts a message for `account` and starts its worker if none runs.
-    pub fn notify(&self, server: &Server, account: &BareJid, sender: String, body: Option<String>) {
+    /// Counts what `account` has not seen and starts its worker if none runs.
+    pub fn notify(&self, server: &Server, account: &BareJid, unseen: Unseen) {
         let start = {
             let mut map = self.lock();
             if !map.contains_key(account) && map.len() >= server.config.push.max_pending_accounts {
@@ -58,9 +58,7 @@ impl Publisher {
                 }
             }
             let p = map.entry(account.clone()).or_default();
-            p.summary.count = p.summary.count.saturating_add(1);
-            p.summary.sender = sender;
-            p.summary.body = body;
+            p.summary.add(unseen);
             p.fresh = true;
             !std::mem::replace(&mut p.worker, true)
         };
@@ -115,7 +113,7 @@ impl Publisher {
         let p = map.get_mut(account)?;
         if !p.fresh {
             p.worker = false;
-            if p.summary.count == 0 {
+            if p.summary.is_empty() {
                 map.remove(account);
             }
             return None;
