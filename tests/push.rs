@@ -622,6 +622,12 @@ async fn bad_input_and_limits() {
             "not-acceptable",
         ),
         (format!("<disable xmlns='{NS_PUSH}'/>"), "bad-request"),
+        // Not an account here, nor the server itself.
+        (
+            format!("<enable xmlns='{NS_PUSH}' jid='{}@localhost/r' node='n'/>", n.contact),
+            "not-acceptable",
+        ),
+        (format!("<enable xmlns='{NS_PUSH}' jid='localhost' node='n'/>"), "not-acceptable"),
         (format!("<other xmlns='{NS_PUSH}' jid='{APP}'/>"), "bad-request"),
     ];
     for (xml, cond) in &cases {
@@ -786,6 +792,28 @@ async fn push_crosses_s2s_to_a_remote_app_server() {
             .await
             .unwrap()
             .is_empty()
+    })
+    .await;
+}
+
+/// Messages for accounts without registrations (or without an account at
+/// all, as anyone may address) leave nothing behind in the publisher.
+#[tokio::test]
+async fn accounts_without_registrations_are_not_remembered() {
+    let ts = start(|c| c.push.min_interval = 3600).await;
+    let n = accounts(&ts).await;
+    let mut contact = Client::login(ts.plain_addr, &n.contact, "pw", Some("desk")).await;
+    for to in [n.user.as_str(), "nobody1", "nobody2"] {
+        chat(&mut contact, to, "hello?").await;
+    }
+    contact.barrier().await;
+    let push = ts
+        .server()
+        .features
+        .get::<waxwing::modules::push::Push>()
+        .unwrap();
+    eventually("nothing pending", || async {
+        push.publisher().pending_accounts() == 0
     })
     .await;
 }

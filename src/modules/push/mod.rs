@@ -219,7 +219,8 @@ impl Push {
         let store = &req.server.store;
         match req.payload.name() {
             "enable" => {
-                let reg = registration(req.server, req.payload, service)?;
+                check_service(req.server, &service)?;
+                let reg = registration(req.server, req.payload, service.to_string())?;
                 let max = req.server.config.push.max_registrations;
                 match store.push_enable(domain, user, &reg, max).await {
                     Ok(true) => {
@@ -238,7 +239,10 @@ impl Push {
             }
             "disable" => {
                 let node = req.payload.attr("node");
-                match store.push_disable(domain, user, &service, node).await {
+                match store
+                    .push_disable(domain, user, service.as_str(), node)
+                    .await
+                {
                     Ok(n) => {
                         tracing::info!(account = %account, service = %service, removed = n,
                             "push notifications disabled");
@@ -258,13 +262,25 @@ fn internal(e: crate::storage::StorageError) -> StanzaError {
 }
 
 /// The app server's JID (`jid`, required), normalised.
-fn service_jid(payload: &Element) -> Result<String, StanzaError> {
+fn service_jid(payload: &Element) -> Result<Jid, StanzaError> {
     let raw = payload
         .attr("jid")
         .ok_or_else(|| StanzaError::with_text(StanzaErrorCondition::BadRequest, "missing 'jid'"))?;
-    Jid::new(raw)
-        .map(|j| j.to_string())
-        .map_err(|_| StanzaErrorCondition::JidMalformed.into())
+    Jid::new(raw).map_err(|_| StanzaErrorCondition::JidMalformed.into())
+}
+
+/// An app server is a service: a component, or anything on another
+/// domain. An address at one of our hosts would let a user have the
+/// server send IQs of their making to another user's client, past that
+/// user's blocklist.
+fn check_service(server: &Server, service: &Jid) -> Result<(), StanzaError> {
+    if server.route(service.domain().as_str()) == crate::routes::Route::Host {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::NotAcceptable,
+            "an app server is not an address at this server's hosts",
+        ));
+    }
+    Ok(())
 }
 
 /// The registration an `<enable/>` asks for: a node (required: a publish

@@ -91,6 +91,11 @@ impl Publisher {
         }
     }
 
+    /// Drops what is kept for `account` (its worker ends).
+    fn forget(&self, account: &BareJid) {
+        self.lock().remove(account);
+    }
+
     /// Notifications answered with a result so far.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
@@ -137,18 +142,24 @@ async fn work(server: &Arc<Server>, account: &BareJid) {
     let publisher = &push.publisher;
     let interval = Duration::from_secs(server.config.push.min_interval);
     while let Some(summary) = publisher.take_fresh(account) {
-        publish_round(server, publisher, account, &summary).await;
+        if publish_round(server, publisher, account, &summary).await == 0 {
+            // No registration (most accounts, and accounts that do not
+            // exist): nothing to wait for, nothing worth remembering.
+            publisher.forget(account);
+            return;
+        }
         tokio::time::sleep(interval).await;
     }
 }
 
-/// Publishes `summary` to each of the account's registrations at once.
+/// Publishes `summary` to each of the account's registrations at once;
+/// returns how many there were.
 async fn publish_round(
     server: &Arc<Server>,
     publisher: &Publisher,
     account: &BareJid,
     summary: &Summary,
-) {
+) -> usize {
     let (domain, user) = (
         account.domain().as_str(),
         account.node().map(|n| n.as_str()).unwrap_or_default(),
@@ -157,13 +168,14 @@ async fn publish_round(
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "push: reading registrations");
-            return;
+            return 0;
         }
     };
     let rounds = registrations
         .iter()
         .map(|reg| publish_one(server, publisher, account, reg, summary));
     futures_util::future::join_all(rounds).await;
+    registrations.len()
 }
 
 async fn publish_one(
