@@ -61,6 +61,9 @@ pub struct PushConfig {
     pub min_interval: u64,
     /// Seconds to wait for an app server's answer.
     pub timeout: u64,
+    /// Error answers in a row from an app server before its registration
+    /// is removed (transient errors and timeouts do not count).
+    pub max_errors: u32,
     /// Most accounts with notifications counted or under way at once;
     /// beyond it new notifications are dropped (and logged).
     pub max_pending_accounts: usize,
@@ -79,6 +82,7 @@ impl Default for PushConfig {
             max_body_bytes: 256,
             min_interval: 5,
             timeout: 30,
+            max_errors: 1,
             max_pending_accounts: 10_000,
             max_node_length: 256,
             max_options_bytes: 2048,
@@ -1353,6 +1357,7 @@ const PUSH: &[Field] = &[
         },
     ),
     f("timeout", Kind::Int { min: 1, max: 3_600 }),
+    f("max_errors", Kind::Int { min: 1, max: 1_000 }),
     f(
         "max_pending_accounts",
         Kind::Int {

@@ -817,3 +817,36 @@ async fn accounts_without_registrations_are_not_remembered() {
     })
     .await;
 }
+
+/// Transient errors never remove a registration; with `max_errors = 2`
+/// two refusals in a row do, one does not.
+#[tokio::test]
+async fn transient_errors_keep_the_registration() {
+    let ts = start(|c| c.push.max_errors = 2).await;
+    let n = accounts(&ts).await;
+    let mut app = app_server(&ts, APP).await;
+    let mut user = Client::login(ts.plain_addr, &n.user, "pw", Some("phone")).await;
+    enable(&mut user, APP, "n", None).await;
+    go_offline(&ts, user, &n.user).await;
+    let mut contact = Client::login(ts.plain_addr, &n.contact, "pw", Some("desk")).await;
+    let answers = [
+        ("wait", "resource-constraint"),
+        ("cancel", "remote-server-not-found"),
+        ("cancel", "service-unavailable"),
+        ("wait", "remote-server-timeout"),
+        ("cancel", "service-unavailable"),
+    ];
+    for (i, (kind, cond)) in answers.iter().enumerate() {
+        chat(&mut contact, &n.user, "hi").await;
+        let iq = next_publish(&mut app).await;
+        answer(&mut app, &iq, Some((kind, cond))).await;
+        if i + 1 < answers.len() {
+            // Kept: the next message is published to it again.
+            continue;
+        }
+        eventually("the second refusal removes it", || async {
+            registrations(&ts, &n.user).await.is_empty()
+        })
+        .await;
+    }
+}

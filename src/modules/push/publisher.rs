@@ -5,10 +5,13 @@
 //! one each. The accounts tracked are bounded (`max_pending_accounts`).
 //!
 //! An app server that answers with an error loses its registration
-//! (XEP-0357 §7.1), unless the error is of type `wait` (transient, such as
-//! `resource-constraint`); no answer in time, or a route that cannot be
-//! used right now (a component not connected), keeps it: the app server
-//! may be briefly away, and the next message tries again.
+//! (XEP-0357 §7.1) after `[push] max_errors` errors in a row (default 1,
+//! as the XEP says), unless the error is of type `wait` (such as
+//! `resource-constraint`) or says the app server's domain cannot be
+//! reached (`remote-server-not-found`, `-timeout`): those, no answer in
+//! time, and a route that cannot be used right now (a component not
+//! connected) keep it — registrations that vanish while the network
+//! hiccups are what users of other servers complain of.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +39,10 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Publisher {
     accounts: Mutex<HashMap<BareJid, Pending>>,
+    /// Errors in a row per registration (account, service, node), for
+    /// those whose last answer was an error; at most one entry per stored
+    /// registration.
+    errors: Mutex<HashMap<(BareJid, String, String), u32>>,
     /// Notifications published and answered with a result.
     published: AtomicU64,
     /// Notifications not counted because too many accounts were pending.
@@ -88,6 +95,24 @@ impl Publisher {
             } else {
                 map.remove(account);
             }
+        }
+    }
+
+    /// One more error in a row from `reg`'s app server; how many now.
+    fn failed(&self, account: &BareJid, reg: &PushRegistration) -> u32 {
+        let mut map = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map
+            .entry((account.clone(), reg.service.clone(), reg.node.clone()))
+            .or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// `reg` answered, or is gone: its errors start over.
+    fn forget_errors(&self, account: &BareJid, reg: &PushRegistration) {
+        let mut map = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.is_empty() {
+            map.remove(&(account.clone(), reg.service.clone(), reg.node.clone()));
         }
     }
 
@@ -197,15 +222,38 @@ async fn publish_one(
     match server.iq_tracker.request(server, from, iq, timeout).await {
         Ok(_) => {
             publisher.published.fetch_add(1, Ordering::Relaxed);
+            publisher.forget_errors(account, reg);
         }
         Err(IqFailure::Error(answer)) => {
             let error = answer.get_child("error", crate::xml::NS_CLIENT);
             let kind = error.and_then(|e| e.attr("type")).unwrap_or("cancel");
-            if kind == "wait" {
-                tracing::info!(account = %account, service = %reg.service,
-                    "push: app server busy; registration kept");
+            let condition = error
+                .and_then(|e| {
+                    e.children()
+                        .find(|c| c.ns() == crate::stanza::NS_STANZA_ERRORS)
+                })
+                .map(|c| c.name())
+                .unwrap_or("undefined-condition");
+            // The network between us and the app server, or an app
+            // server asking to be tried later, is no refusal.
+            let transient = kind == "wait"
+                || matches!(
+                    condition,
+                    "remote-server-not-found" | "remote-server-timeout"
+                );
+            if transient {
+                tracing::info!(account = %account, service = %reg.service, condition,
+                    "push: app server unreachable or busy; registration kept");
                 return;
             }
+            let errors = publisher.failed(account, reg);
+            let max = server.config.push.max_errors;
+            if errors < max {
+                tracing::info!(account = %account, service = %reg.service, condition,
+                    errors, max, "push: app server answered with an error; registration kept");
+                return;
+            }
+            publisher.forget_errors(account, reg);
             let (domain, user) = (
                 account.domain().as_str(),
                 account.node().map(|n| n.as_str()).unwrap_or_default(),
@@ -215,7 +263,7 @@ async fn publish_one(
                 .push_disable(domain, user, &reg.service, Some(&reg.node))
                 .await
             {
-                Ok(_) => tracing::info!(account = %account, service = %reg.service,
+                Ok(_) => tracing::info!(account = %account, service = %reg.service, condition,
                     "push: app server answered with an error; registration removed"),
                 Err(e) => tracing::error!(error = %e, "push: removing a registration"),
             }
