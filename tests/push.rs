@@ -362,6 +362,17 @@ async fn parked_session_pushes(ts: TestServer) {
         push.publisher().published() == 2
     })
     .await;
+    // What an operator sees (`waxwing ctl stats`).
+    let stats: HashMap<String, String> = waxwing::admin::request(&ts.admin_socket(), "stats")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    assert_eq!(stats["push_published"], "2");
+    assert_eq!(stats["push_failed"], "1");
+    assert_eq!(stats["push_registrations_removed"], "1");
+    assert_eq!(stats["push_dropped"], "0");
 }
 
 #[tokio::test]

@@ -120,7 +120,10 @@ impl Feature for Push {
             Event::SessionBound { jid } | Event::SessionResumed { jid, .. } => {
                 self.publisher.seen(&jid.to_bare());
             }
-            Event::AccountDeleted { user } => self.publisher.seen(user),
+            Event::AccountDeleted { user } => {
+                self.publisher.seen(user);
+                self.publisher.forget_account_errors(user);
+            }
             _ => {}
         }
         Some(Verdict::Continue)
@@ -244,6 +247,7 @@ impl Push {
                     .await
                 {
                     Ok(n) => {
+                        self.publisher.forget_account_errors(&account);
                         tracing::info!(account = %account, service = %service, removed = n,
                             "push notifications disabled");
                         Ok(None)

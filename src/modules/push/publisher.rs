@@ -45,6 +45,11 @@ pub struct Publisher {
     errors: Mutex<HashMap<(BareJid, String, String), u32>>,
     /// Notifications published and answered with a result.
     published: AtomicU64,
+    /// Notifications answered with an error, or with nothing in time, or
+    /// not sent.
+    failed: AtomicU64,
+    /// Registrations removed after their app server's errors.
+    removed: AtomicU64,
     /// Notifications not counted because too many accounts were pending.
     dropped: AtomicU64,
 }
@@ -99,7 +104,7 @@ impl Publisher {
     }
 
     /// One more error in a row from `reg`'s app server; how many now.
-    fn failed(&self, account: &BareJid, reg: &PushRegistration) -> u32 {
+    fn error_in_a_row(&self, account: &BareJid, reg: &PushRegistration) -> u32 {
         let mut map = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         let n = map
             .entry((account.clone(), reg.service.clone(), reg.node.clone()))
@@ -116,6 +121,14 @@ impl Publisher {
         }
     }
 
+    /// The account disabled registrations or is gone: its error counts go.
+    pub fn forget_account_errors(&self, account: &BareJid) {
+        let mut map = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.is_empty() {
+            map.retain(|(a, _, _), _| a != account);
+        }
+    }
+
     /// Drops what is kept for `account` (its worker ends).
     fn forget(&self, account: &BareJid) {
         self.lock().remove(account);
@@ -124,6 +137,16 @@ impl Publisher {
     /// Notifications answered with a result so far.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+
+    /// Notifications that failed (error, timeout, not sent).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Registrations removed after their app server's errors.
+    pub fn removed(&self) -> u64 {
+        self.removed.load(Ordering::Relaxed)
     }
 
     /// Notifications dropped because too many accounts were pending.
@@ -225,6 +248,7 @@ async fn publish_one(
             publisher.forget_errors(account, reg);
         }
         Err(IqFailure::Error(answer)) => {
+            publisher.failed.fetch_add(1, Ordering::Relaxed);
             let error = answer.get_child("error", crate::xml::NS_CLIENT);
             let kind = error.and_then(|e| e.attr("type")).unwrap_or("cancel");
             let condition = error
@@ -246,7 +270,7 @@ async fn publish_one(
                     "push: app server unreachable or busy; registration kept");
                 return;
             }
-            let errors = publisher.failed(account, reg);
+            let errors = publisher.error_in_a_row(account, reg);
             let max = server.config.push.max_errors;
             if errors < max {
                 tracing::info!(account = %account, service = %reg.service, condition,
@@ -263,16 +287,21 @@ async fn publish_one(
                 .push_disable(domain, user, &reg.service, Some(&reg.node))
                 .await
             {
-                Ok(_) => tracing::info!(account = %account, service = %reg.service, condition,
-                    "push: app server answered with an error; registration removed"),
+                Ok(_) => {
+                    publisher.removed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(account = %account, service = %reg.service, condition,
+                        "push: app server answered with an error; registration removed")
+                }
                 Err(e) => tracing::error!(error = %e, "push: removing a registration"),
             }
         }
         Err(IqFailure::Timeout) => {
+            publisher.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(account = %account, service = %reg.service,
                 "push: no answer from the app server");
         }
         Err(IqFailure::NotSent) => {
+            publisher.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(account = %account, service = %reg.service,
                 "push: notification could not be sent");
         }
