@@ -91,7 +91,10 @@ impl Feature for Push {
                 origin, to, stanza, ..
             } => {
                 // A message re-routed from a session that ended without
-                // reading it was pushed when it reached that session.
+                // reading it is not counted again: a session that waited
+                // for resumption counted it when it arrived or when it was
+                // parked. (One without stream management was connected
+                // when it arrived, as far as anyone knew.)
                 let rerouted = matches!(origin, Origin::Session(s) if s.to_bare() == **to);
                 if !rerouted {
                     self.consider(server, to, stanza);
@@ -109,10 +112,13 @@ impl Feature for Push {
             {
                 self.consider(server, account, stanza);
             }
+            // Told from a task: the session may be resumed already.
             Event::SessionParked {
                 jid,
                 unacknowledged,
-            } => self.unacknowledged(server, &jid.to_bare(), unacknowledged),
+            } if still_awaiting_resumption(server, jid) => {
+                self.unacknowledged(server, &jid.to_bare(), unacknowledged)
+            }
             Event::SubscriptionRequest { user, .. } if !any_attached(server, user) => {
                 self.publisher
                     .notify(server, user, Unseen::SubscriptionRequest);
@@ -132,6 +138,16 @@ impl Feature for Push {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+fn still_awaiting_resumption(server: &Server, jid: &jid::FullJid) -> bool {
+    use crate::modules::stream_management::AwaitingResumption;
+    server.sessions.extensions(jid).is_some_and(|ext| {
+        ext.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get::<AwaitingResumption>()
+            .is_some()
+    })
 }
 
 /// Did the message reach only sessions whose connection is gone?
