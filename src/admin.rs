@@ -184,10 +184,26 @@ pub fn answer(server: &Server, request: Request) -> Vec<Vec<String>> {
                 ),
             ]
             .into_iter()
+            .chain(push_stats(server))
             .map(|(k, v)| vec![k.to_string(), v])
             .collect()
         }
     }
+}
+
+/// Push notifications' counters (XEP-0357), when the feature runs: what
+/// an operator looks at when users say notifications stopped.
+fn push_stats(server: &Server) -> Vec<(&'static str, String)> {
+    let Some(p) = server.features.get::<crate::modules::push::Push>() else {
+        return Vec::new();
+    };
+    let p = p.publisher();
+    vec![
+        ("push_published", p.published().to_string()),
+        ("push_failed", p.failed().to_string()),
+        ("push_registrations_removed", p.removed().to_string()),
+        ("push_dropped", p.dropped().to_string()),
+    ]
 }
 
 /// Makes a value safe as one field: no tab, line break or other control

@@ -35,6 +35,59 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     /// Client state indication (XEP-0352).
     pub csi: CsiConfig,
+    /// Push notifications (XEP-0357).
+    pub push: PushConfig,
+}
+
+/// Push notifications (XEP-0357): what one account may register, and what
+/// and how often we publish to its app servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Offer push notifications (the account's disco feature and the
+    /// enable/disable IQs; publishing to registrations already stored).
+    pub enabled: bool,
+    /// Most app servers (JID and node) one account may register.
+    pub max_registrations: u32,
+    /// Put the message body in notifications (`last-message-body`). Off by
+    /// default: the body would travel through the app server and the
+    /// platform's push service.
+    pub include_body: bool,
+    /// Longest body sent when `include_body` is on, in bytes (cut at a
+    /// character boundary).
+    pub max_body_bytes: usize,
+    /// Seconds between two notifications to one registration; messages in
+    /// between are counted into the next one.
+    pub min_interval: u64,
+    /// Seconds to wait for an app server's answer.
+    pub timeout: u64,
+    /// Error answers in a row from an app server before its registration
+    /// is removed (transient errors and timeouts do not count).
+    pub max_errors: u32,
+    /// Most accounts with notifications counted or under way at once;
+    /// beyond it new notifications are dropped (and logged).
+    pub max_pending_accounts: usize,
+    /// Longest app server node name, in bytes.
+    pub max_node_length: usize,
+    /// Largest publish-options form, serialized, in bytes.
+    pub max_options_bytes: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            max_registrations: 5,
+            include_body: false,
+            max_body_bytes: 256,
+            min_interval: 5,
+            timeout: 30,
+            max_errors: 1,
+            max_pending_accounts: 10_000,
+            max_node_length: 256,
+            max_options_bytes: 2048,
+        }
+    }
 }
 
 /// Client state indication (XEP-0352): what an inactive client is spared.
@@ -418,6 +471,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             stream_management: StreamManagementConfig::default(),
             csi: CsiConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -1284,6 +1338,42 @@ const CSI: &[Field] = &[f(
         max: 100_000,
     },
 )];
+const PUSH: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("max_registrations", Kind::Int { min: 0, max: 1_000 }),
+    f("include_body", Kind::Bool),
+    f(
+        "max_body_bytes",
+        Kind::Int {
+            min: 0,
+            max: 65_536,
+        },
+    ),
+    f(
+        "min_interval",
+        Kind::Int {
+            min: 0,
+            max: 86_400,
+        },
+    ),
+    f("timeout", Kind::Int { min: 1, max: 3_600 }),
+    f("max_errors", Kind::Int { min: 1, max: 1_000 }),
+    f(
+        "max_pending_accounts",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f("max_node_length", Kind::Int { min: 1, max: 3_071 }),
+    f(
+        "max_options_bytes",
+        Kind::Int {
+            min: 0,
+            max: 65_536,
+        },
+    ),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1298,6 +1388,7 @@ const SCHEMA: &[Field] = &[
     f("admin", Kind::Table(ADMIN)),
     f("stream_management", Kind::Table(STREAM_MANAGEMENT)),
     f("csi", Kind::Table(CSI)),
+    f("push", Kind::Table(PUSH)),
 ];
 
 /// Empty, or `host:port`.
@@ -1446,6 +1537,9 @@ mod tests {
         assert_eq!(c.s2s.bidi, d.s2s.bidi);
         assert_eq!(c.admin_socket(), d.admin_socket());
         assert_eq!(c.csi.max_held, d.csi.max_held);
+        assert_eq!(c.push.max_registrations, d.push.max_registrations);
+        assert_eq!(c.push.include_body, d.push.include_body);
+        assert_eq!(c.push.min_interval, d.push.min_interval);
     }
 
     /// Every key of the schema appears in `waxwing.example.toml` under its

@@ -35,10 +35,12 @@ pub enum EventKind {
     SessionElement,
     SessionBound,
     SessionResumed,
+    SessionParked,
     SessionAvailable,
     SessionEnded,
     AccountDeleted,
     Acknowledged,
+    SubscriptionRequest,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -47,7 +49,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -57,10 +59,12 @@ impl EventKind {
         EventKind::SessionElement,
         EventKind::SessionBound,
         EventKind::SessionResumed,
+        EventKind::SessionParked,
         EventKind::SessionAvailable,
         EventKind::SessionEnded,
         EventKind::AccountDeleted,
         EventKind::Acknowledged,
+        EventKind::SubscriptionRequest,
         EventKind::Outbound,
     ];
 }
@@ -139,6 +143,14 @@ pub enum Event<'a> {
         jid: &'a FullJid,
         release: &'a mut Vec<Arc<OutStanza>>,
     },
+    /// A session's connection went away and the session waits for
+    /// resumption (XEP-0198); `unacknowledged` are the stanzas written to
+    /// the lost connection that the client never acknowledged (push
+    /// notifications tell of them: the client may never have seen them).
+    SessionParked {
+        jid: &'a FullJid,
+        unacknowledged: &'a [Arc<OutStanza>],
+    },
     /// A session sent available presence; `initial` the first time.
     SessionAvailable { jid: &'a FullJid, initial: bool },
     /// A session ended and was unbound: what it left behind.
@@ -148,6 +160,12 @@ pub enum Event<'a> {
     },
     /// An account was deleted; each feature forgets what it kept for it.
     AccountDeleted { user: &'a BareJid },
+    /// A subscription request from `contact` was kept for local `user`
+    /// (pending, RFC 6121 §3.1.3) and handed to the resources available.
+    SubscriptionRequest {
+        user: &'a BareJid,
+        contact: &'a BareJid,
+    },
     /// A client acknowledged (stream management) stanzas read from offline
     /// storage, up to row `stored_through`: they are delivered now.
     Acknowledged {
@@ -169,10 +187,12 @@ impl Event<'_> {
             Event::SessionElement { .. } => EventKind::SessionElement,
             Event::SessionBound { .. } => EventKind::SessionBound,
             Event::SessionResumed { .. } => EventKind::SessionResumed,
+            Event::SessionParked { .. } => EventKind::SessionParked,
             Event::SessionAvailable { .. } => EventKind::SessionAvailable,
             Event::SessionEnded { .. } => EventKind::SessionEnded,
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,
             Event::Acknowledged { .. } => EventKind::Acknowledged,
+            Event::SubscriptionRequest { .. } => EventKind::SubscriptionRequest,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod session;
@@ -94,6 +95,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(carbons::Carbons),
         Arc::new(caps::Caps::default()),
         Arc::new(csi::ClientStateIndication),
+        Arc::new(push::Push::default()),
     ]
 }
 

@@ -146,7 +146,13 @@ async fn subscription_to_local(
         return Ok(());
     }
     match roster::inbound(server, user, contact, kind, &stanza).await? {
-        Inbound::Deliver => send_to_resources(server, user, &stanza),
+        Inbound::Deliver => {
+            send_to_resources(server, user, &stanza);
+            if kind == SubscriptionKind::Subscribe {
+                let mut event = Event::SubscriptionRequest { user, contact };
+                server.features.fire(server, &mut event).await;
+            }
+        }
         Inbound::Drop => {}
         Inbound::Refuse(cond) => {
             // Back to the requester, wherever it lives (a remote one over

@@ -22,7 +22,7 @@ use std::time::Duration;
 use jid::{BareJid, FullJid};
 use tokio_util::sync::CancellationToken;
 
-use crate::feature::{Feature, StreamPhase};
+use crate::feature::{Event, EventKind, Feature, StreamPhase, Verdict};
 use crate::queue::QueueReceiver;
 use crate::server::Server;
 use crate::sessions::{OutStanza, Outbound};
@@ -31,6 +31,12 @@ use crate::xml::Element;
 
 /// How long a resumer waits for the old connection to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Marks a session (in its extensions) whose connection is gone while it
+/// waits for resumption: stanzas still reach its queue, but nobody reads
+/// them yet (push notifications look for this).
+#[derive(Debug)]
+pub struct AwaitingResumption;
 
 /// A session without a connection, waiting to be resumed.
 pub struct Parked {
@@ -87,6 +93,22 @@ impl Feature for StreamManagementFeature {
             .then(|| Element::new("sm", NS_SM))
     }
 
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        // First: a resumed session is attached again before anyone looks.
+        &[(EventKind::SessionResumed, i32::MIN)]
+    }
+
+    fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
+        if let Event::SessionResumed { jid, .. } = event {
+            if let Some(ext) = server.sessions.extensions(jid) {
+                ext.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove::<AwaitingResumption>();
+            }
+        }
+        Some(Verdict::Continue)
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -109,6 +131,26 @@ impl StreamManagementFeature {
         let id = session.sm.id.clone();
         let wait = Duration::from_secs(session.sm.max_secs);
         let owner = session.jid.to_bare();
+        // Only this session's entry: the resource may be bound anew already.
+        let ours = server.sessions.session_id(&session.jid) == Some(session.session_id);
+        if let Some(ext) = server.sessions.extensions(&session.jid).filter(|_| ours) {
+            ext.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(AwaitingResumption);
+        }
+        // Told from a task: parking happens where nothing may wait.
+        if server.features.wants(EventKind::SessionParked) {
+            let jid = session.jid.clone();
+            let unacknowledged: Vec<Arc<OutStanza>> = session.sm.unacked().cloned().collect();
+            let server = server.clone();
+            server.background.clone().spawn(async move {
+                let mut event = Event::SessionParked {
+                    jid: &jid,
+                    unacknowledged: &unacknowledged,
+                };
+                server.features.fire(&server, &mut event).await;
+            });
+        }
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

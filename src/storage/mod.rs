@@ -18,10 +18,12 @@ macro_rules! on_pool {
 
 mod accounts;
 mod offline;
+mod push;
 mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
+pub use push::PushRegistration;
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
 use std::str::FromStr;
@@ -129,6 +131,7 @@ impl Store {
         "roster_items",
         "roster_versions",
         "offline_messages",
+        "push_registrations",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).
