@@ -156,7 +156,7 @@ fn all_awaiting_resumption(server: &Server, account: &BareJid, resources: &[jid:
     let mut attached = false;
     server
         .sessions
-        .for_each_extensions(account, |resource, ext| {
+        .for_each_extensions(account.as_str(), |resource, ext| {
             let got_it = resources.iter().any(|r| r.resource().as_str() == resource);
             if got_it && ext.get::<AwaitingResumption>().is_none() {
                 attached = true;
@@ -169,7 +169,7 @@ fn all_awaiting_resumption(server: &Server, account: &BareJid, resources: &[jid:
 fn any_attached(server: &Server, account: &BareJid) -> bool {
     use crate::modules::stream_management::AwaitingResumption;
     let mut attached = false;
-    server.sessions.for_each_extensions(account, |_, ext| {
+    server.sessions.for_each_extensions(account.as_str(), |_, ext| {
         attached |= ext.get::<AwaitingResumption>().is_none();
     });
     attached
