@@ -35,6 +35,41 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     /// Client state indication (XEP-0352).
     pub csi: CsiConfig,
+    /// SASL2 logins (XEP-0388), FAST tokens (XEP-0484) and the clients an
+    /// account logged in with (XEP-0494).
+    pub sasl2: Sasl2Config,
+}
+
+/// SASL2 (XEP-0388) with Bind 2 (XEP-0386), FAST tokens (XEP-0484), and the
+/// client list users and operators see (XEP-0494).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sasl2Config {
+    /// Offer SASL2 beside legacy SASL.
+    pub enabled: bool,
+    /// Offer FAST tokens.
+    pub fast: bool,
+    /// How long a FAST token is valid, in seconds. Default 14 days.
+    pub token_lifetime: u64,
+    /// A token used with less than this left before it expires is
+    /// replaced by a new one in the success, in seconds. Default 7 days;
+    /// 0: tokens are only replaced when the client asks.
+    pub token_rotate_before_expiry: u64,
+    /// Most clients remembered per account; one more forgets the least
+    /// recently seen (and its token). Default 32.
+    pub max_clients_per_account: usize,
+}
+
+impl Default for Sasl2Config {
+    fn default() -> Self {
+        Sasl2Config {
+            enabled: true,
+            fast: true,
+            token_lifetime: 14 * 86_400,
+            token_rotate_before_expiry: 7 * 86_400,
+            max_clients_per_account: 32,
+        }
+    }
 }
 
 /// Client state indication (XEP-0352): what an inactive client is spared.
@@ -418,6 +453,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             stream_management: StreamManagementConfig::default(),
             csi: CsiConfig::default(),
+            sasl2: Sasl2Config::default(),
         }
     }
 }
@@ -1284,6 +1320,31 @@ const CSI: &[Field] = &[f(
         max: 100_000,
     },
 )];
+const SASL2: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("fast", Kind::Bool),
+    f(
+        "token_lifetime",
+        Kind::Int {
+            min: 60,
+            max: 366 * 86_400,
+        },
+    ),
+    f(
+        "token_rotate_before_expiry",
+        Kind::Int {
+            min: 0,
+            max: 366 * 86_400,
+        },
+    ),
+    f(
+        "max_clients_per_account",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1298,6 +1359,7 @@ const SCHEMA: &[Field] = &[
     f("admin", Kind::Table(ADMIN)),
     f("stream_management", Kind::Table(STREAM_MANAGEMENT)),
     f("csi", Kind::Table(CSI)),
+    f("sasl2", Kind::Table(SASL2)),
 ];
 
 /// Empty, or `host:port`.

@@ -17,11 +17,13 @@ macro_rules! on_pool {
 }
 
 mod accounts;
+mod clients;
 mod offline;
 mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
+pub use clients::{ClientRecord, FastToken};
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
 use std::str::FromStr;
@@ -129,6 +131,7 @@ impl Store {
         "roster_items",
         "roster_versions",
         "offline_messages",
+        "clients",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).
