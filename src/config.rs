@@ -51,7 +51,7 @@ pub struct Sasl2Config {
     pub fast: bool,
     /// How long a FAST token is valid, in seconds. Default 14 days.
     pub token_lifetime: u64,
-    /// A token used with less than this left before it expires is
+    /// A token used with this long or less left before it expires is
     /// replaced by a new one in the success, in seconds. Default 7 days;
     /// 0: tokens are only replaced when the client asks.
     pub token_rotate_before_expiry: u64,

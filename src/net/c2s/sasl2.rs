@@ -344,7 +344,7 @@ impl<S: ClientStream> Connection<S> {
             let rotation_due = !invalidate
                 && authed
                     .token_expiry
-                    .is_some_and(|e| e - now < config.token_rotate_before_expiry as i64);
+                    .is_some_and(|e| e - now <= config.token_rotate_before_expiry as i64);
             let mechanism = requested.or(if rotation_due {
                 FastMechanism::from_name(&req.mechanism)
             } else {
