@@ -414,3 +414,136 @@ async fn offered_without_from_on_the_stream_header() {
     let (_c, features) = secured(&server).await;
     assert!(features.get_child("authentication", NS_SASL2).is_some());
 }
+
+/// Logs in with SASL2 SCRAM + Bind 2 as `client_id`, asking for a token;
+/// returns the client, its full JID and the token.
+async fn sasl2_login(server: &TestServer, user: &str, client_id: &str) -> (Client, String, String) {
+    let (mut c, _) = secured(server).await;
+    let inline = format!(
+        "<bind xmlns='{NS_BIND2}'><tag>T</tag></bind><request-token xmlns='{NS_FAST}' mechanism='{NONE}'/>"
+    );
+    let r = c
+        .sasl2_scram(ScramHash::Sha256, user, "pw", false, client_id, &inline)
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+    let full = authorization_identifier(&r.outcome);
+    let token = issued_token(&r.outcome).unwrap();
+    c.next_element().await; // features
+    c.jid = Some(full.clone());
+    (c, full, token)
+}
+
+/// XEP-0494: a user lists their clients and revokes one: its token dies
+/// and its session ends.
+#[tokio::test]
+async fn a_user_lists_and_revokes_clients() {
+    let server = TestServer::start().await;
+    server.add_user("cam", "pw").await;
+    let (mut phone, _, phone_token) = sasl2_login(&server, "cam", "phone").await;
+    let (mut laptop, _, _) = sasl2_login(&server, "cam", "laptop").await;
+    let list = laptop
+        .iq(
+            "<iq type='get' id='l1'><list xmlns='urn:xmpp:cam:0'/></iq>",
+            "l1",
+        )
+        .await;
+    let clients = list
+        .get_child("clients", "urn:xmpp:cam:0")
+        .unwrap_or_else(|| panic!("{}", show(&list)));
+    let ids: Vec<&str> = clients.children().filter_map(|c| c.attr("id")).collect();
+    assert_eq!(ids.len(), 2, "{}", show(&list));
+    let p = clients
+        .children()
+        .find(|c| c.attr("id") == Some("phone"))
+        .unwrap();
+    assert_eq!(p.attr("connected"), Some("true"));
+    assert_eq!(p.attr("type"), Some("access"), "holds a token");
+    assert!(p.get_child("user-agent", "urn:xmpp:cam:0").is_some());
+
+    let bad = laptop
+        .iq(
+            "<iq type='set' id='r0'><revoke xmlns='urn:xmpp:cam:0' id='nope'/></iq>",
+            "r0",
+        )
+        .await;
+    assert_eq!(stanza_error(&bad).as_deref(), Some("item-not-found"));
+    let ok = laptop
+        .iq(
+            "<iq type='set' id='r1'><revoke xmlns='urn:xmpp:cam:0' id='phone'/></iq>",
+            "r1",
+        )
+        .await;
+    assert_eq!(ok.attr("type"), Some("result"), "{}", show(&ok));
+    assert_eq!(phone.expect_stream_error().await, "not-authorized");
+    let (mut r, _) = secured(&server).await;
+    let f = r
+        .sasl2_fast(NONE, "cam", &phone_token, &[], "phone", Some(1), "")
+        .await;
+    assert!(f.is("failure", NS_SASL2), "{}", show(&f));
+}
+
+/// `waxwing ctl user clients JID` and `ctl user revoke JID CLIENT-ID` on
+/// the same database, the running server ending the revoked session.
+#[tokio::test]
+async fn ctl_lists_and_revokes_clients() {
+    let server = TestServer::start().await;
+    server.add_user("op", "pw").await;
+    let (mut tablet, _, token) = sasl2_login(&server, "op", "tablet-7").await;
+    let d = server.dir.path();
+    let config = d.join("ctl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[host]]\ndomain = \"localhost\"\n[database]\nurl = \"sqlite://{}/waxwing.db\"\n[admin]\nsocket = \"{}\"\n",
+            d.display(),
+            server.admin_socket().display()
+        ),
+    )
+    .unwrap();
+    let ctl = |args: Vec<&'static str>| {
+        let config = config.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"))
+                    .arg("ctl")
+                    .arg("--config")
+                    .arg(&config)
+                    .args(args)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, out, err) = ctl(vec!["user", "clients", "op@localhost"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().next().unwrap().starts_with("CLIENT-ID"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("tablet-7"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("waxwing tests") && line.ends_with("yes"),
+        "{line}"
+    );
+    let (ok, out, err) = ctl(vec!["user", "revoke", "op@localhost", "tablet-7"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("its session was ended"), "{out}");
+    assert_eq!(tablet.expect_stream_error().await, "not-authorized");
+    let (ok, _, err) = ctl(vec!["user", "revoke", "op@localhost", "tablet-7"]).await;
+    assert!(!ok && err.contains("no client"), "{err}");
+    let (mut r, _) = secured(&server).await;
+    let f = r
+        .sasl2_fast(NONE, "op", &token, &[], "tablet-7", Some(1), "")
+        .await;
+    assert!(f.is("failure", NS_SASL2), "{}", show(&f));
+}

@@ -232,7 +232,7 @@ impl<S: ClientStream> Connection<S> {
                 }
                 StreamEvent::Stanza(el) if el.ns() == sasl2::NS_SASL2 => {
                     match self.sasl2(&el, &mut phase, &mut auth_failures).await? {
-                        sasl2::Outcome::Bound(a) => return Ok(a),
+                        sasl2::Outcome::Bound(a) => return Ok(*a),
                         sasl2::Outcome::Continue => {}
                     }
                 }

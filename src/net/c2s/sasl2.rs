@@ -29,7 +29,7 @@ pub(super) use crate::stream::sasl2::NS_SASL2;
 /// Where a SASL2 `<authenticate/>` left the negotiation.
 pub(super) enum Outcome {
     /// A session is bound (Bind 2) or resumed: negotiation is over.
-    Bound(Attached),
+    Bound(Box<Attached>),
     /// Failed (the client may retry), or authenticated without Bind 2
     /// (the client binds the RFC 6120 way, on the same stream).
     Continue,
@@ -389,7 +389,7 @@ impl<S: ClientStream> Connection<S> {
         let mut resume_failed = None;
         if let Some(resume) = &req.resume {
             match self.resume(resume, &bare, Some(success(&account))).await? {
-                Ok(a) => return Ok(Outcome::Bound(a)),
+                Ok(a) => return Ok(Outcome::Bound(Box::new(a))),
                 Err(failed) => resume_failed = Some(failed),
             }
         }
@@ -429,7 +429,7 @@ impl<S: ClientStream> Connection<S> {
             }
         }
         match a {
-            Some(a) => Ok(Outcome::Bound(a)),
+            Some(a) => Ok(Outcome::Bound(Box::new(a))),
             None => Err(self
                 .stream
                 .close_with(StreamErrorCondition::InternalServerError, None)
