@@ -413,6 +413,23 @@ async fn offered_without_from_on_the_stream_header() {
     let server = TestServer::start().await;
     let (_c, features) = secured(&server).await;
     assert!(features.get_child("authentication", NS_SASL2).is_some());
+    // And with `from`, as FAST clients send it.
+    let header =
+        "<?xml version='1.0'?><stream:stream from='a@localhost' to='localhost' version='1.0' \
+         xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+    let mut c = Client::connect(server.plain_addr).await;
+    c.send_str(header).await;
+    c.next_element().await;
+    c.send_str(&format!("<starttls xmlns='{NS_TLS}'/>")).await;
+    assert!(c.next_element().await.is("proceed", NS_TLS));
+    c.tls_handshake().await.unwrap();
+    c.send_str(header).await;
+    let features = c.next_element().await;
+    assert!(
+        features.get_child("authentication", NS_SASL2).is_some(),
+        "{}",
+        show(&features)
+    );
 }
 
 /// Logs in with SASL2 SCRAM + Bind 2 as `client_id`, asking for a token;
@@ -546,4 +563,47 @@ async fn ctl_lists_and_revokes_clients() {
         .sasl2_fast(NONE, "op", &token, &[], "tablet-7", Some(1), "")
         .await;
     assert!(f.is("failure", NS_SASL2), "{}", show(&f));
+}
+
+/// One account cannot make the server remember more than
+/// `max_clients_per_account` clients: a new one forgets the least recently
+/// seen, never itself.
+async fn client_quota(server: &TestServer) {
+    let u = user("many");
+    server.add_user(&u, "pw").await;
+    for id in ["c1", "c2", "c3"] {
+        let (_c, _, _) = sasl2_login(server, &u, id).await;
+    }
+    let ids: Vec<String> = server
+        .store()
+        .clients("localhost", &u)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.client_id)
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"c3".to_string()), "{ids:?}");
+    server
+        .store()
+        .delete_account("localhost", &u)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn clients_per_account_are_bounded_on_sqlite() {
+    let server = TestServer::start_with(|c| c.sasl2.max_clients_per_account = 2).await;
+    client_quota(&server).await;
+}
+
+#[tokio::test]
+async fn clients_per_account_are_bounded_on_postgres() {
+    let url = postgres_url();
+    let server = TestServer::start_with(move |c| {
+        c.database.url = url;
+        c.sasl2.max_clients_per_account = 2;
+    })
+    .await;
+    client_quota(&server).await;
 }

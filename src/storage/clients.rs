@@ -102,11 +102,11 @@ impl Store {
         max_clients: usize,
     ) -> Result<(), StorageError> {
         on_pool!(self, pool => {
-            sqlx::query(
+            let first_seen: i64 = sqlx::query_scalar(
                 "INSERT INTO clients (domain, username, client_id, software, device, first_seen, last_seen, last_auth) \
                  VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
                  ON CONFLICT (domain, username, client_id) DO UPDATE SET software = $4, device = $5, \
-                 last_seen = $6, last_auth = $7",
+                 last_seen = $6, last_auth = $7 RETURNING first_seen",
             )
             .bind(domain)
             .bind(username)
@@ -115,20 +115,25 @@ impl Store {
             .bind(device)
             .bind(now)
             .bind(auth)
-            .execute(pool)
+            .fetch_one(pool)
             .await?;
-            sqlx::query(
-                "DELETE FROM clients WHERE domain = $1 AND username = $2 AND client_id IN \
-                 (SELECT client_id FROM clients WHERE domain = $1 AND username = $2 \
-                  ORDER BY last_seen DESC, client_id LIMIT -1 OFFSET $3)"
-                    .replace("LIMIT -1 OFFSET $3", self.offset_only())
-                    .as_str(),
-            )
-            .bind(domain)
-            .bind(username)
-            .bind(max_clients as i64)
-            .execute(pool)
-            .await?;
+            // Only a new client can take the account past its quota: a
+            // returning one skips the extra statement (and its commit).
+            if first_seen == now {
+                sqlx::query(
+                    "DELETE FROM clients WHERE domain = $1 AND username = $2 AND client_id IN \
+                     (SELECT client_id FROM clients WHERE domain = $1 AND username = $2 \
+                      ORDER BY (client_id = $4) DESC, last_seen DESC, client_id LIMIT -1 OFFSET $3)"
+                        .replace("LIMIT -1 OFFSET $3", self.offset_only())
+                        .as_str(),
+                )
+                .bind(domain)
+                .bind(username)
+                .bind(max_clients as i64)
+                .bind(client_id)
+                .execute(pool)
+                .await?;
+            }
         });
         Ok(())
     }
