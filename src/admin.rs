@@ -238,6 +238,18 @@ fn handle(server: &Server, line: &str) -> Result<Vec<Vec<String>>, String> {
     if line.trim().is_empty() {
         return Err("empty request".into());
     }
+    // `sessions close JID/RESOURCE`: ends one session (a client revoked
+    // from `ctl` while the server runs).
+    if let Some(jid) = line.trim().strip_prefix("sessions close ") {
+        let jid = jid::FullJid::new(jid.trim()).map_err(|e| format!("bad JID: {e}"))?;
+        let closed = server.sessions.is_bound(&jid);
+        server
+            .sessions
+            .close(&jid, crate::stanza::StreamErrorCondition::NotAuthorized);
+        return Ok(vec![vec![
+            if closed { "closed" } else { "not bound" }.into()
+        ]]);
+    }
     match Request::parse(line) {
         Some(r) => Ok(answer(server, r)),
         None => {

@@ -37,6 +37,9 @@ pub struct Config {
     pub csi: CsiConfig,
     /// Push notifications (XEP-0357).
     pub push: PushConfig,
+    /// SASL2 logins (XEP-0388), FAST tokens (XEP-0484) and the clients an
+    /// account logged in with (XEP-0494).
+    pub sasl2: Sasl2Config,
 }
 
 /// Push notifications (XEP-0357): what one account may register, and what
@@ -86,6 +89,38 @@ impl Default for PushConfig {
             max_pending_accounts: 10_000,
             max_node_length: 256,
             max_options_bytes: 2048,
+        }
+    }
+}
+
+/// SASL2 (XEP-0388) with Bind 2 (XEP-0386), FAST tokens (XEP-0484), and the
+/// client list users and operators see (XEP-0494).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sasl2Config {
+    /// Offer SASL2 beside legacy SASL.
+    pub enabled: bool,
+    /// Offer FAST tokens.
+    pub fast: bool,
+    /// How long a FAST token is valid, in seconds. Default 14 days.
+    pub token_lifetime: u64,
+    /// A token used with this long or less left before it expires is
+    /// replaced by a new one in the success, in seconds. Default 7 days;
+    /// 0: tokens are only replaced when the client asks.
+    pub token_rotate_before_expiry: u64,
+    /// Most clients remembered per account; one more forgets the least
+    /// recently seen (and its token). Default 32.
+    pub max_clients_per_account: usize,
+}
+
+impl Default for Sasl2Config {
+    fn default() -> Self {
+        Sasl2Config {
+            enabled: true,
+            fast: true,
+            token_lifetime: 14 * 86_400,
+            token_rotate_before_expiry: 7 * 86_400,
+            max_clients_per_account: 32,
         }
     }
 }
@@ -472,6 +507,7 @@ impl Default for Config {
             stream_management: StreamManagementConfig::default(),
             csi: CsiConfig::default(),
             push: PushConfig::default(),
+            sasl2: Sasl2Config::default(),
         }
     }
 }
@@ -1374,6 +1410,31 @@ const PUSH: &[Field] = &[
         },
     ),
 ];
+const SASL2: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("fast", Kind::Bool),
+    f(
+        "token_lifetime",
+        Kind::Int {
+            min: 60,
+            max: 366 * 86_400,
+        },
+    ),
+    f(
+        "token_rotate_before_expiry",
+        Kind::Int {
+            min: 0,
+            max: 366 * 86_400,
+        },
+    ),
+    f(
+        "max_clients_per_account",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1389,6 +1450,7 @@ const SCHEMA: &[Field] = &[
     f("stream_management", Kind::Table(STREAM_MANAGEMENT)),
     f("csi", Kind::Table(CSI)),
     f("push", Kind::Table(PUSH)),
+    f("sasl2", Kind::Table(SASL2)),
 ];
 
 /// Empty, or `host:port`.

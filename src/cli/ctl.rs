@@ -62,6 +62,11 @@ pub enum UserCommand {
     Del { jid: String },
     /// List accounts, of one domain or of all.
     List { domain: Option<String> },
+    /// List the clients an account logged in with (SASL2 user-agent ids).
+    Clients { jid: String },
+    /// Revoke one client: its FAST token dies and, if the server runs, its
+    /// session ends.
+    Revoke { jid: String, client_id: String },
 }
 
 pub fn run(config: Config, command: CtlCommand) -> ExitCode {
@@ -216,6 +221,37 @@ async fn user(config: &Config, store: &Store, command: UserCommand) -> Result<St
                 false => Err(format!("{jid} does not exist")),
             }
         }
+        UserCommand::Clients { jid } => {
+            let jid = account_jid(config, &jid)?;
+            let node = jid.node().map(|n| n.as_str()).unwrap_or_default();
+            let list = store
+                .clients(jid.domain().as_str(), node)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(clients_table(&list))
+        }
+        UserCommand::Revoke { jid, client_id } => {
+            let jid = account_jid(config, &jid)?;
+            let node = jid.node().map(|n| n.as_str()).unwrap_or_default();
+            let Some(old) = store
+                .delete_client(jid.domain().as_str(), node, &client_id)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Err(format!("{jid} has no client '{client_id}'"));
+            };
+            let mut msg = format!("revoked {client_id} of {jid}");
+            if let (Some(path), Some(res)) = (config.admin_socket(), old.resource) {
+                // The running server (if any) ends the client's session.
+                let line = format!("sessions close {jid}/{res}");
+                if let Ok(rows) = crate::admin::request(&path, &line).await {
+                    if rows.first().and_then(|r| r.first()).map(String::as_str) == Some("closed") {
+                        msg.push_str("; its session was ended");
+                    }
+                }
+            }
+            Ok(msg)
+        }
         UserCommand::List { domain } => {
             let list = store
                 .list_accounts(domain.as_deref())
@@ -224,6 +260,58 @@ async fn user(config: &Config, store: &Store, command: UserCommand) -> Result<St
             Ok(list.join("\n"))
         }
     }
+}
+
+/// `ctl user clients`: one line per client under a header.
+fn clients_table(list: &[crate::storage::ClientRecord]) -> String {
+    let stamp = |s: i64| crate::modules::time::xep0082(s).unwrap_or_default();
+    let mut rows = vec![vec![
+        "CLIENT-ID".to_string(),
+        "SOFTWARE".into(),
+        "DEVICE".into(),
+        "LAST-SEEN".into(),
+        "AUTH".into(),
+        "TOKEN".into(),
+    ]];
+    for c in list {
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect()
+            }
+        };
+        rows.push(vec![
+            dash(&c.client_id),
+            dash(&c.software),
+            dash(&c.device),
+            stamp(c.last_seen),
+            dash(&c.last_auth),
+            if c.token.is_some() || c.next.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, f)| format!("{f:<w$}", w = widths[i]))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Parses `user@domain`, which must be on a configured host.

@@ -6,6 +6,7 @@
 pub mod blocking;
 pub mod caps;
 pub mod carbons;
+pub mod clients;
 pub mod contact;
 pub mod csi;
 pub mod disco;
@@ -96,6 +97,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(caps::Caps::default()),
         Arc::new(csi::ClientStateIndication),
         Arc::new(push::Push::default()),
+        Arc::new(clients::Clients),
     ]
 }
 

@@ -19,6 +19,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+pub mod fast;
 mod plain;
 mod scram;
 

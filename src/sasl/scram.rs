@@ -128,7 +128,7 @@ impl ScramHash {
         out
     }
 
-    fn hash(self, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn hash(self, data: &[u8]) -> Vec<u8> {
         match self {
             ScramHash::Sha1 => sha1::Sha1::digest(data).to_vec(),
             ScramHash::Sha256 => sha2::Sha256::digest(data).to_vec(),
@@ -303,6 +303,8 @@ pub struct ScramServer {
     cb: ChannelBindingData,
     unknown_user_iterations: u32,
     fixed_nonce: Option<String>,
+    /// XEP-0474: the `h` attribute of the server-first-message.
+    downgrade_hash: Option<String>,
     state: ServerState,
 }
 
@@ -327,6 +329,7 @@ impl ScramServer {
             cb,
             unknown_user_iterations: DEFAULT_UNKNOWN_USER_ITERATIONS,
             fixed_nonce: None,
+            downgrade_hash: None,
             state: ServerState::AwaitingClientFirst,
         }
     }
@@ -335,6 +338,13 @@ impl ScramServer {
     /// real accounts have so that it gives nothing away.
     pub fn with_unknown_user_iterations(mut self, iterations: u32) -> Self {
         self.unknown_user_iterations = iterations;
+        self
+    }
+
+    /// Adds XEP-0474's downgrade protection hash (`h=`) to the
+    /// server-first-message, where the client's proof covers it.
+    pub fn with_downgrade_hash(mut self, hash: String) -> Self {
+        self.downgrade_hash = Some(hash);
         self
     }
 
@@ -447,7 +457,11 @@ impl ScramServer {
             }
         };
 
-        let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
+        let mut server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
+        if let Some(h) = &self.downgrade_hash {
+            server_first.push_str(",h=");
+            server_first.push_str(h);
+        }
         self.state = ServerState::AwaitingClientFinal(AwaitingFinal {
             nonce,
             expected_cbind: first.expected_cbind,

@@ -102,6 +102,13 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 insert_scram!(tx, rec, $iter);
+                // XEP-0484: a new password ends every FAST token issued
+                // under the old one.
+                sqlx::query(super::clients::REVOKE_TOKENS_SQL)
+                    .bind(&rec.domain)
+                    .bind(&rec.username)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(true)
             }};

@@ -17,6 +17,7 @@ macro_rules! on_pool {
 }
 
 mod accounts;
+mod clients;
 mod offline;
 mod push;
 mod roster;
@@ -24,6 +25,7 @@ mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
 pub use push::PushRegistration;
+pub use clients::{ClientRecord, FastToken};
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
 use std::str::FromStr;
@@ -132,6 +134,7 @@ impl Store {
         "roster_versions",
         "offline_messages",
         "push_registrations",
+        "clients",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

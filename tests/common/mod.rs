@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sasl2;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

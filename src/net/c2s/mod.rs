@@ -12,6 +12,7 @@ use jid::{BareJid, FullJid, NodePart, ResourcePart};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+mod sasl2;
 mod session;
 pub mod transport;
 
@@ -85,6 +86,7 @@ pub async fn serve<S: ClientStream>(
         peer,
         id,
         extensions: Extensions::default(),
+        sasl_ns: NS_SASL,
     };
     tracing::info!(conn = id, %peer, direct_tls, "c2s connection opened");
     let (end, attached) = conn.run(direct_tls).await;
@@ -120,6 +122,9 @@ struct Connection<S> {
     id: u64,
     /// Features' state about this connection before it has a session.
     extensions: Extensions,
+    /// The namespace of the SASL profile being negotiated (RFC 6120's, or
+    /// SASL2's), for challenges and responses.
+    sasl_ns: &'static str,
 }
 
 impl<S: ClientStream> Connection<S> {
@@ -202,8 +207,12 @@ impl<S: ClientStream> Connection<S> {
                         "resume" => {
                             let owner = BareJid::new(&format!("{username}@{domain}"))
                                 .map_err(|_| End::Io("account JID".into()))?;
-                            if let Some(a) = self.resume(&el, &owner).await? {
-                                return Ok(a);
+                            match self.resume(&el, &owner, None).await? {
+                                Ok(a) => return Ok(a),
+                                Err(failed) => {
+                                    self.stream.write(&failed);
+                                    self.stream.flush().await?;
+                                }
                             }
                         }
                         // §3: enable comes after binding.
@@ -219,6 +228,12 @@ impl<S: ClientStream> Connection<S> {
                                 .close_with(StreamErrorCondition::UnsupportedStanzaType, None)
                                 .await)
                         }
+                    }
+                }
+                StreamEvent::Stanza(el) if el.ns() == sasl2::NS_SASL2 => {
+                    match self.sasl2(&el, &mut phase, &mut auth_failures).await? {
+                        sasl2::Outcome::Bound(a) => return Ok(*a),
+                        sasl2::Outcome::Continue => {}
                     }
                 }
                 StreamEvent::Stanza(el) => match classify(&el, &phase, self.registration_allowed())
@@ -344,6 +359,9 @@ impl<S: ClientStream> Connection<S> {
                     {
                         f.append_child(extra);
                     }
+                    if let Some(a) = self.sasl2_feature(&mechs, &cb) {
+                        f.append_child(a);
+                    }
                 }
                 f
             }
@@ -403,43 +421,7 @@ impl<S: ClientStream> Connection<S> {
     /// (see `throttle`), and given back unless it was a failed guess; a
     /// success never clears the source's earlier failures.
     async fn authenticate(&mut self, auth: &Element, failures: &mut u32) -> Flow<Option<String>> {
-        let tls = self.stream.is_secure();
-        let cb = self.channel_binding();
-        let offered = offered_mechanisms(
-            tls,
-            !cb.available.is_empty(),
-            self.server.config.c2s.allow_plain,
-        );
-        let server = self.server.clone();
-        let source = throttle::source_key(self.peer.ip(), server.config.limits.auth_ipv6_prefix);
-        let mut attempt = None;
-        let result = if !tls && server.config.c2s.require_encryption {
-            Err(SaslError::EncryptionRequired)
-        } else if let Some(a) = server.auth_failures_by_ip.try_reserve(&source) {
-            attempt = Some(a);
-            match auth
-                .attr("mechanism")
-                .and_then(|m| Mechanism::find(&offered, m))
-            {
-                None => Err(SaslError::InvalidMechanism),
-                Some(Mechanism::Plain) => self.auth_plain(auth, source).await?,
-                Some(Mechanism::Scram { hash, plus }) => {
-                    let offers_plus = offered
-                        .iter()
-                        .any(|m| matches!(m, Mechanism::Scram { plus: true, .. }));
-                    let scram = ScramServer::new(hash, plus, offers_plus, cb)
-                        .with_unknown_user_iterations(server.config.limits.scram_iterations);
-                    self.auth_scram(auth, scram, source).await?
-                }
-            }
-        } else {
-            Err(SaslError::TemporaryAuthFailure)
-        };
-        if let Some(a) = attempt {
-            if !matches!(result, Err(SaslError::NotAuthorized)) {
-                server.auth_failures_by_ip.refund(&source, a);
-            }
-        }
+        let result = self.sasl_exchange(auth).await?;
         match result {
             Ok((username, success_data)) => {
                 let mut success = Element::new("success", NS_SASL);
@@ -464,6 +446,55 @@ impl<S: ClientStream> Connection<S> {
                 Ok(None)
             }
         }
+    }
+
+    /// The SASL exchange of `auth` (`<auth mechanism=…>initial response`),
+    /// in either profile: the authenticated username and the success's
+    /// additional data, or why not.
+    async fn sasl_exchange(
+        &mut self,
+        auth: &Element,
+    ) -> Flow<Result<(String, Option<Vec<u8>>), SaslError>> {
+        let tls = self.stream.is_secure();
+        let cb = self.channel_binding();
+        let offered = offered_mechanisms(
+            tls,
+            !cb.available.is_empty(),
+            self.server.config.c2s.allow_plain,
+        );
+        let server = self.server.clone();
+        let source = throttle::source_key(self.peer.ip(), server.config.limits.auth_ipv6_prefix);
+        let mut attempt = None;
+        let result = if !tls && server.config.c2s.require_encryption {
+            Err(SaslError::EncryptionRequired)
+        } else if let Some(a) = server.auth_failures_by_ip.try_reserve(&source) {
+            attempt = Some(a);
+            match auth
+                .attr("mechanism")
+                .and_then(|m| Mechanism::find(&offered, m))
+            {
+                None => Err(SaslError::InvalidMechanism),
+                Some(Mechanism::Plain) => self.auth_plain(auth, source).await?,
+                Some(Mechanism::Scram { hash, plus }) => {
+                    let offers_plus = offered
+                        .iter()
+                        .any(|m| matches!(m, Mechanism::Scram { plus: true, .. }));
+                    let downgrade = sasl2::downgrade_hash_for(hash, &offered, &cb);
+                    let scram = ScramServer::new(hash, plus, offers_plus, cb)
+                        .with_unknown_user_iterations(server.config.limits.scram_iterations)
+                        .with_downgrade_hash(downgrade);
+                    self.auth_scram(auth, scram, source).await?
+                }
+            }
+        } else {
+            Err(SaslError::TemporaryAuthFailure)
+        };
+        if let Some(a) = attempt {
+            if !matches!(result, Err(SaslError::NotAuthorized)) {
+                server.auth_failures_by_ip.refund(&source, a);
+            }
+        }
+        Ok(result)
     }
 
     /// Counts an attempt at `username` from `source` (None: that budget is
@@ -659,8 +690,10 @@ impl<S: ClientStream> Connection<S> {
     /// Waits for `<response/>` (or `<abort/>`) from the client.
     async fn next_sasl_response(&mut self) -> Flow<Result<Vec<u8>, SaslError>> {
         match self.stream.next_event().await? {
-            StreamEvent::Stanza(el) if el.is("response", NS_SASL) => Ok(decode_sasl(&el.text())),
-            StreamEvent::Stanza(el) if el.is("abort", NS_SASL) => Ok(Err(SaslError::Aborted)),
+            StreamEvent::Stanza(el) if el.is("response", self.sasl_ns) => {
+                Ok(decode_sasl(&el.text()))
+            }
+            StreamEvent::Stanza(el) if el.is("abort", self.sasl_ns) => Ok(Err(SaslError::Aborted)),
             StreamEvent::End => Err(self.stream.close_stream().await),
             _ => Err(self
                 .stream
@@ -670,7 +703,7 @@ impl<S: ClientStream> Connection<S> {
     }
 
     fn send_sasl(&mut self, name: &str, data: &[u8]) {
-        let mut el = Element::new(name, NS_SASL);
+        let mut el = Element::new(name, self.sasl_ns);
         if !data.is_empty() {
             el.append_text(base64::engine::general_purpose::STANDARD.encode(data));
         }

@@ -370,40 +370,30 @@ impl<S: ClientStream> Connection<S> {
 
     /// `<resume/>` after authentication, instead of binding (§5): takes the
     /// parked session back, answers `<resumed/>` and writes again what the
-    /// client did not acknowledge. None (after `<failed/>`) when it cannot.
+    /// client did not acknowledge. `inline`: the SASL2 `<success/>` the
+    /// `<resumed/>` goes into. The `<failed/>` to answer when it cannot.
     pub(super) async fn resume(
         &mut self,
         el: &Element,
         owner: &jid::BareJid,
-    ) -> Result<Option<Attached>, End> {
+        inline: Option<Element>,
+    ) -> Result<Result<Attached, Element>, End> {
         let feature = match self.server.features.get::<StreamManagementFeature>() {
             Some(f) if self.server.config.stream_management.enabled => f,
-            _ => {
-                self.stream.write(&failed("feature-not-implemented", None));
-                self.stream.flush().await?;
-                return Ok(None);
-            }
+            _ => return Ok(Err(failed("feature-not-implemented", None))),
         };
         let (Some(previd), Some(h)) = (el.attr("previd"), parse_h(el)) else {
-            self.stream.write(&failed("bad-request", None));
-            self.stream.flush().await?;
-            return Ok(None);
+            return Ok(Err(failed("bad-request", None)));
         };
         let parked = match feature.resume(owner, previd).await {
             Ok(p) => p,
-            Err(ResumeError::NotFound) => {
-                self.stream.write(&failed("item-not-found", None));
-                self.stream.flush().await?;
-                return Ok(None);
-            }
+            Err(ResumeError::NotFound) => return Ok(Err(failed("item-not-found", None))),
         };
         // A new login of the same resource replaced the session meanwhile:
         // it is over, and its stanzas go where that login can get them.
         if self.server.sessions.session_id(&parked.jid) != Some(parked.session_id) {
             end_parked(&self.server, parked).await;
-            self.stream.write(&failed("item-not-found", None));
-            self.stream.flush().await?;
-            return Ok(None);
+            return Ok(Err(failed("item-not-found", None)));
         }
         let Parked {
             jid,
@@ -434,7 +424,13 @@ impl<S: ClientStream> Connection<S> {
         let resumed = Element::new("resumed", NS_SM)
             .with_attr("previd", &sm.id)
             .with_attr("h", sm.handled().to_string());
-        self.stream.write(&resumed);
+        match inline {
+            Some(mut success) => {
+                success.append_child(resumed);
+                self.stream.write(&success);
+            }
+            None => self.stream.write(&resumed),
+        }
         // What the client did not acknowledge, again; it stays counted
         // and unacknowledged until it is.
         for st in sm.unacked() {
@@ -467,7 +463,7 @@ impl<S: ClientStream> Connection<S> {
             self.stream.write_out(out);
         }
         self.stream.flush().await?;
-        Ok(Some(a))
+        Ok(Ok(a))
     }
 
     /// After the connection ended: park a resumable session, or end it and
