@@ -161,6 +161,7 @@ const BEYOND_XEP_0479: &[Row] = &[
     row(160, "msgoffline", Beyond, Server, Implemented),
     row(199, "urn:xmpp:ping", Beyond, Server, Implemented),
     row(202, "urn:xmpp:time", Beyond, Server, Implemented),
+    row(494, "urn:xmpp:cam:0", Beyond, Server, Implemented),
 ];
 
 /// The features pending work, which only shrinks as it lands.

@@ -24,8 +24,8 @@ mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
-pub use push::PushRegistration;
 pub use clients::{ClientRecord, FastToken};
+pub use push::PushRegistration;
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
 use std::str::FromStr;

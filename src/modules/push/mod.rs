@@ -169,9 +169,11 @@ fn all_awaiting_resumption(server: &Server, account: &BareJid, resources: &[jid:
 fn any_attached(server: &Server, account: &BareJid) -> bool {
     use crate::modules::stream_management::AwaitingResumption;
     let mut attached = false;
-    server.sessions.for_each_extensions(account.as_str(), |_, ext| {
-        attached |= ext.get::<AwaitingResumption>().is_none();
-    });
+    server
+        .sessions
+        .for_each_extensions(account.as_str(), |_, ext| {
+            attached |= ext.get::<AwaitingResumption>().is_none();
+        });
     attached
 }
 
