@@ -35,6 +35,46 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     /// Client state indication (XEP-0352).
     pub csi: CsiConfig,
+    /// Publish-subscribe (XEP-0060) and personal eventing (XEP-0163).
+    pub pep: PepConfig,
+}
+
+/// Publish-subscribe nodes on every account (PEP, XEP-0163): what one
+/// account can make the server keep and compute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    /// Offer PEP on accounts.
+    pub enabled: bool,
+    /// Most nodes one account may own.
+    pub max_nodes: u32,
+    /// Most items one node keeps (`pubsub#max_items` = `max` means this).
+    pub max_items: u32,
+    /// Largest item payload accepted, in bytes of XML.
+    pub max_item_bytes: usize,
+    /// Most items one `<items/>` answer carries.
+    pub max_items_page: u32,
+    /// Entity capabilities (XEP-0115) remembered, by verification string.
+    pub caps_cache: usize,
+    /// Seconds to wait for a client's disco#info answer about its caps.
+    pub caps_query_timeout: u64,
+    /// Most explicit subscriptions to one node.
+    pub max_subscribers: u32,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            enabled: true,
+            max_nodes: 100,
+            max_items: 256,
+            max_item_bytes: 100_000,
+            max_items_page: 100,
+            caps_cache: 5_000,
+            caps_query_timeout: 10,
+            max_subscribers: 1_000,
+        }
+    }
 }
 
 /// Client state indication (XEP-0352): what an inactive client is spared.
@@ -418,6 +458,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             stream_management: StreamManagementConfig::default(),
             csi: CsiConfig::default(),
+            pep: PepConfig::default(),
         }
     }
 }
@@ -1284,6 +1325,16 @@ const CSI: &[Field] = &[f(
         max: 100_000,
     },
 )];
+const PEP: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("max_nodes", Kind::Int { min: 1, max: 100_000 }),
+    f("max_items", Kind::Int { min: 1, max: 100_000 }),
+    f("max_item_bytes", Kind::Int { min: 256, max: 10_000_000 }),
+    f("max_items_page", Kind::Int { min: 1, max: 10_000 }),
+    f("caps_cache", Kind::Int { min: 1, max: 1_000_000 }),
+    f("caps_query_timeout", Kind::Int { min: 1, max: 300 }),
+    f("max_subscribers", Kind::Int { min: 1, max: 1_000_000 }),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1298,6 +1349,7 @@ const SCHEMA: &[Field] = &[
     f("admin", Kind::Table(ADMIN)),
     f("stream_management", Kind::Table(STREAM_MANAGEMENT)),
     f("csi", Kind::Table(CSI)),
+    f("pep", Kind::Table(PEP)),
 ];
 
 /// Empty, or `host:port`.

@@ -18,10 +18,12 @@ macro_rules! on_pool {
 
 mod accounts;
 mod offline;
+mod pubsub;
 mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
+pub use pubsub::StoredItem;
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
 use std::str::FromStr;
@@ -129,6 +131,10 @@ impl Store {
         "roster_items",
         "roster_versions",
         "offline_messages",
+        "pubsub_nodes",
+        "pubsub_items",
+        "pubsub_subscriptions",
+        "pubsub_affiliations",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).
