@@ -58,8 +58,10 @@ pub struct PepConfig {
     pub caps_cache: usize,
     /// Seconds to wait for a client's disco#info answer about its caps.
     pub caps_query_timeout: u64,
-    /// Most explicit subscriptions to one node.
+    /// Most explicit subscriptions (and affiliations) on one node.
     pub max_subscribers: u32,
+    /// Most resources (local and remote) whose capabilities are remembered.
+    pub max_caps_resources: usize,
 }
 
 impl Default for PepConfig {
@@ -73,6 +75,7 @@ impl Default for PepConfig {
             caps_cache: 5_000,
             caps_query_timeout: 10,
             max_subscribers: 1_000,
+            max_caps_resources: 100_000,
         }
     }
 }
@@ -1334,6 +1337,7 @@ const PEP: &[Field] = &[
     f("caps_cache", Kind::Int { min: 1, max: 1_000_000 }),
     f("caps_query_timeout", Kind::Int { min: 1, max: 300 }),
     f("max_subscribers", Kind::Int { min: 1, max: 1_000_000 }),
+    f("max_caps_resources", Kind::Int { min: 1, max: 10_000_000 }),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),

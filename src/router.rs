@@ -60,6 +60,9 @@ const COMPONENT_SERVER_QUERIES: &[&str] = &[
     "urn:xmpp:time",
     "jabber:iq:last",
     "vcard-temp",
+    // A contact's PEP items (OMEMO bundles) from another server; the
+    // engine checks the node's access model against the requester.
+    crate::pubsub::NS,
 ];
 
 /// Routes one stanza received from the session bound to `origin`.

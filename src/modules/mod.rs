@@ -11,6 +11,7 @@ pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -94,6 +95,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(carbons::Carbons),
         Arc::new(caps::Caps::default()),
         Arc::new(csi::ClientStateIndication),
+        Arc::new(pep::Pep::default()),
     ]
 }
 

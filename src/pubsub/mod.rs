@@ -86,6 +86,27 @@ pub enum Change {
     },
 }
 
+/// Does the access model let an entity get a node's notifications and
+/// items (the owner always does; `affiliation` the owner gave it)?
+pub fn may_receive(
+    config: &NodeConfig,
+    owner: bool,
+    presence_subscribed: bool,
+    affiliation: &str,
+) -> bool {
+    if owner {
+        return true;
+    }
+    if affiliation == "outcast" {
+        return false;
+    }
+    match config.access_model {
+        AccessModel::Open => true,
+        AccessModel::Presence | AccessModel::Roster => presence_subscribed,
+        AccessModel::Whitelist => matches!(affiliation, "member" | "publisher"),
+    }
+}
+
 /// A stanza error with a pubsub#errors condition.
 pub fn error(cond: Cond, app: &str) -> StanzaError {
     StanzaError::from(cond).with_app(Element::new(app, NS_ERRORS))
@@ -207,7 +228,7 @@ impl Service<'_> {
     }
 
     /// The affiliation the owner gave `jid` on a node ("none" if none).
-    async fn affiliation(&self, node: &str, jid: &Jid) -> Result<String, StanzaError> {
+    pub async fn affiliation(&self, node: &str, jid: &Jid) -> Result<String, StanzaError> {
         let bare = jid.to_bare().to_string();
         Ok(self
             .store
