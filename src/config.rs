@@ -1330,14 +1330,56 @@ const CSI: &[Field] = &[f(
 )];
 const PEP: &[Field] = &[
     f("enabled", Kind::Bool),
-    f("max_nodes", Kind::Int { min: 1, max: 100_000 }),
-    f("max_items", Kind::Int { min: 1, max: 100_000 }),
-    f("max_item_bytes", Kind::Int { min: 256, max: 10_000_000 }),
-    f("max_items_page", Kind::Int { min: 1, max: 10_000 }),
-    f("caps_cache", Kind::Int { min: 1, max: 1_000_000 }),
+    f(
+        "max_nodes",
+        Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    ),
+    f(
+        "max_items",
+        Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    ),
+    f(
+        "max_item_bytes",
+        Kind::Int {
+            min: 256,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_items_page",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+    f(
+        "caps_cache",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
     f("caps_query_timeout", Kind::Int { min: 1, max: 300 }),
-    f("max_subscribers", Kind::Int { min: 1, max: 1_000_000 }),
-    f("max_caps_resources", Kind::Int { min: 1, max: 10_000_000 }),
+    f(
+        "max_subscribers",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_caps_resources",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),

@@ -145,7 +145,10 @@ impl NodeConfig {
                 }
                 .into(),
             ),
-            ("pubsub#notify_retract", bool_text(self.notify_retract).into()),
+            (
+                "pubsub#notify_retract",
+                bool_text(self.notify_retract).into(),
+            ),
             ("pubsub#notify_delete", bool_text(self.notify_delete).into()),
             (
                 "pubsub#deliver_payloads",

@@ -24,9 +24,9 @@ pub fn event_of(change: &Change) -> Option<Element> {
             }
             Some(event.with_child(items))
         }
-        Change::Deleted { node, .. } => {
-            Some(event.with_child(Element::new("delete", NS_EVENT).with_attr("node", node.as_str())))
-        }
+        Change::Deleted { node, .. } => Some(
+            event.with_child(Element::new("delete", NS_EVENT).with_attr("node", node.as_str())),
+        ),
         Change::Purged { node, .. } => {
             Some(event.with_child(Element::new("purge", NS_EVENT).with_attr("node", node.as_str())))
         }

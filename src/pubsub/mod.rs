@@ -162,11 +162,9 @@ impl Service<'_> {
             (true, _, _) if !who.owner => Err(Cond::Forbidden.into()),
             (true, false, "configure") => self.configure_get(verb).await,
             (true, true, "configure") => self.configure_set(verb).await,
-            (true, false, "default") => Ok(Some(
-                Element::new("pubsub", NS_OWNER).with_child(
-                    Element::new("default", NS_OWNER).with_child(NodeConfig::default().to_form()),
-                ),
-            )),
+            (true, false, "default") => Ok(Some(Element::new("pubsub", NS_OWNER).with_child(
+                Element::new("default", NS_OWNER).with_child(NodeConfig::default().to_form()),
+            ))),
             (true, true, "delete") => self.delete(verb, changes).await,
             (true, true, "purge") => self.purge(verb, changes).await,
             (true, false, "subscriptions") => self.subscribers_get(verb).await,
@@ -258,10 +256,9 @@ impl Service<'_> {
         match config.access_model {
             AccessModel::Open => Ok(()),
             AccessModel::Presence if who.presence_subscribed => Ok(()),
-            AccessModel::Presence => Err(error(
-                Cond::NotAuthorized,
-                "presence-subscription-required",
-            )),
+            AccessModel::Presence => {
+                Err(error(Cond::NotAuthorized, "presence-subscription-required"))
+            }
             // Roster groups are not configurable here: every contact with a
             // presence subscription is in the allowed group.
             AccessModel::Roster if who.presence_subscribed => Ok(()),
@@ -845,13 +842,7 @@ impl Service<'_> {
                 return Err(Cond::BadRequest.into());
             }
             self.store
-                .pubsub_affiliate(
-                    self.domain,
-                    self.username,
-                    node,
-                    jid.as_str(),
-                    affiliation,
-                )
+                .pubsub_affiliate(self.domain, self.username, node, jid.as_str(), affiliation)
                 .await
                 .map_err(internal)?;
         }

@@ -76,7 +76,8 @@ impl Store {
         config: &str,
         max_items: u32,
     ) -> Result<(), StorageError> {
-        const Q: &str = "UPDATE pubsub_nodes SET config = $4 WHERE domain = $1 AND username = $2 AND node = $3";
+        const Q: &str =
+            "UPDATE pubsub_nodes SET config = $4 WHERE domain = $1 AND username = $2 AND node = $3";
         on_pool!(self, pool => {
             sqlx::query(Q).bind(domain).bind(username).bind(node).bind(config).execute(pool).await?;
         });
@@ -117,7 +118,8 @@ impl Store {
         max_items: u32,
     ) -> Result<(), StorageError> {
         const DEL: &str = "DELETE FROM pubsub_items WHERE domain = $1 AND username = $2 AND node = $3 AND item_id = $4";
-        const INS: &str = "INSERT INTO pubsub_items (domain, username, node, item_id, publisher, payload) \
+        const INS: &str =
+            "INSERT INTO pubsub_items (domain, username, node, item_id, publisher, payload) \
              VALUES ($1, $2, $3, $4, $5, $6)";
         const TRIM: &str = "DELETE FROM pubsub_items WHERE domain = $1 AND username = $2 AND node = $3 \
              AND id NOT IN (SELECT id FROM pubsub_items WHERE domain = $1 AND username = $2 AND node = $3 \

@@ -103,7 +103,11 @@ impl ContactCaps {
         let Some(features) = features else {
             return;
         };
-        if inner.by_ver.insert(ver.to_owned(), Arc::new(features)).is_none() {
+        if inner
+            .by_ver
+            .insert(ver.to_owned(), Arc::new(features))
+            .is_none()
+        {
             inner.order.push_back(ver.to_owned());
         }
         while inner.order.len() > max {
@@ -211,7 +215,10 @@ mod tests {
         c.learned("v1", Some(["n+notify".to_owned()].into()), 10);
         assert!(c.wants(&a, "n"));
         assert!(!c.wants(&a, "m"));
-        assert!(matches!(c.announce(&jid("a@x/2"), "v1", 10), Announced::Known(_)));
+        assert!(matches!(
+            c.announce(&jid("a@x/2"), "v1", 10),
+            Announced::Known(_)
+        ));
         assert_eq!(c.resources(&BareJid::new("a@x").unwrap()).len(), 2);
         c.forget(&a);
         assert!(!c.wants(&a, "n"));

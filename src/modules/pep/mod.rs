@@ -170,7 +170,8 @@ impl Pep {
         let Some(c) = stanza.get_child("c", super::caps::NS) else {
             return;
         };
-        let (Some("sha-1"), Some(node), Some(ver)) = (c.attr("hash"), c.attr("node"), c.attr("ver"))
+        let (Some("sha-1"), Some(node), Some(ver)) =
+            (c.attr("hash"), c.attr("node"), c.attr("ver"))
         else {
             return;
         };

@@ -215,5 +215,9 @@ async fn send_last(server: &Server, owner: &BareJid, node: &str, config: &NodeCo
         std::slice::from_ref(&item),
         config,
     ));
-    let _ = deliver(server, &event::message(owner.as_str(), to.as_str(), &ev), to);
+    let _ = deliver(
+        server,
+        &event::message(owner.as_str(), to.as_str(), &ev),
+        to,
+    );
 }
