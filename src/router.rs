@@ -537,12 +537,23 @@ async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: Iq
         is_set,
         end_session: &end_session,
     };
-    let reply = match modules::dispatch(&req).await {
+    let outcome = modules::dispatch(&req).await;
+    let done = outcome.is_ok();
+    let reply = match outcome {
         Ok(payload) => Some(iq_result(iq, payload)),
         Err(e) => e.reply_to(iq),
     };
     if let Some(reply) = reply {
         deliver_reply(server, origin, &reply);
+    }
+    if done && is_set && server.features.wants(EventKind::IqSetDone) {
+        let mut event = Event::IqSetDone {
+            from: origin.sender(),
+            target,
+            iq,
+            payload,
+        };
+        server.features.fire(server, &mut event).await;
     }
     if let (Some(cond), Some(session)) = (end_session.get(), origin.session()) {
         // Queued behind the reply, so the client reads the answer first.

@@ -587,3 +587,108 @@ async fn limits_and_bad_input() {
         .unwrap()
         .is_empty());
 }
+
+/// XEP-0398: a vCard photo becomes the PEP avatar, and a PEP avatar
+/// becomes the vCard photo.
+#[tokio::test]
+async fn avatar_and_vcard_kept_in_step() {
+    use base64::Engine;
+    let ts = TestServer::start().await;
+    ts.add_user("vic", "pw").await;
+    let mut v = Client::login(ts.plain_addr, "vic", "pw", Some("r")).await;
+    let image = b"\x89PNG fake image bytes";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(image);
+    let id = sha1_hex(image);
+    let r = v
+        .iq(
+            &format!(
+                "<iq type='set' id='vc'><vCard xmlns='vcard-temp'><FN>Vic</FN>\
+                 <PHOTO><TYPE>image/png</TYPE><BINVAL>{b64}</BINVAL></PHOTO></vCard></iq>"
+            ),
+            "vc",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = items(&mut v, "vic", "urn:xmpp:avatar:metadata", "").await;
+    assert_eq!(item_ids(&r), vec![id.clone()], "{}", show(&r));
+    let r = items(&mut v, "vic", "urn:xmpp:avatar:data", "").await;
+    assert!(show(&r).contains(&b64), "{}", show(&r));
+
+    // The other way: a new avatar through PEP replaces the vCard photo.
+    let image2 = b"GIF89a another image";
+    let b64_2 = base64::engine::general_purpose::STANDARD.encode(image2);
+    let id2 = sha1_hex(image2);
+    let r = publish(
+        &mut v,
+        "urn:xmpp:avatar:data",
+        &id2,
+        &format!("<data xmlns='urn:xmpp:avatar:data'>{b64_2}</data>"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = publish(
+        &mut v,
+        "urn:xmpp:avatar:metadata",
+        &id2,
+        &format!(
+            "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{id2}' bytes='{}' type='image/gif'/></metadata>",
+            image2.len()
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = v
+        .iq(
+            "<iq type='get' id='vg'><vCard xmlns='vcard-temp'/></iq>",
+            "vg",
+        )
+        .await;
+    let card = r.get_child("vCard", "vcard-temp").expect("vCard");
+    assert!(
+        card.get_child("FN", "vcard-temp").is_some(),
+        "the rest stays"
+    );
+    let photo = card.get_child("PHOTO", "vcard-temp").expect("PHOTO");
+    assert_eq!(
+        photo.get_child("BINVAL", "vcard-temp").unwrap().text(),
+        b64_2
+    );
+    assert_eq!(
+        photo.get_child("TYPE", "vcard-temp").unwrap().text(),
+        "image/gif"
+    );
+    // Disabling the avatar removes the photo.
+    let r = publish(
+        &mut v,
+        "urn:xmpp:avatar:metadata",
+        "none",
+        "<metadata xmlns='urn:xmpp:avatar:metadata'/>",
+        &[],
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = v
+        .iq(
+            "<iq type='get' id='vg2'><vCard xmlns='vcard-temp'/></iq>",
+            "vg2",
+        )
+        .await;
+    assert!(
+        r.get_child("vCard", "vcard-temp")
+            .unwrap()
+            .get_child("PHOTO", "vcard-temp")
+            .is_none(),
+        "{}",
+        show(&r)
+    );
+}
+
+fn sha1_hex(data: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -39,6 +39,7 @@ pub enum EventKind {
     SessionEnded,
     AccountDeleted,
     Acknowledged,
+    IqSetDone,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -47,7 +48,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -61,6 +62,7 @@ impl EventKind {
         EventKind::SessionEnded,
         EventKind::AccountDeleted,
         EventKind::Acknowledged,
+        EventKind::IqSetDone,
         EventKind::Outbound,
     ];
 }
@@ -154,6 +156,15 @@ pub enum Event<'a> {
         jid: &'a FullJid,
         stored_through: i64,
     },
+    /// An IQ set was answered with a result (the reply is queued): a
+    /// feature that keeps one store in step with another (vCard photo and
+    /// avatar nodes, private bookmarks and PEP bookmarks) follows up here.
+    IqSetDone {
+        from: &'a Jid,
+        target: crate::feature::iq::IqTarget,
+        iq: &'a Element,
+        payload: &'a Element,
+    },
 }
 
 impl Event<'_> {
@@ -173,6 +184,7 @@ impl Event<'_> {
             Event::SessionEnded { .. } => EventKind::SessionEnded,
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,
             Event::Acknowledged { .. } => EventKind::Acknowledged,
+            Event::IqSetDone { .. } => EventKind::IqSetDone,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! addressed to the server or to an account to the module that owns the
 //! payload's namespace.
 
+pub mod avatar;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;
@@ -96,6 +97,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(caps::Caps::default()),
         Arc::new(csi::ClientStateIndication),
         Arc::new(pep::Pep::default()),
+        Arc::new(avatar::AvatarConversion),
     ]
 }
 

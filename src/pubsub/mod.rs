@@ -206,6 +206,15 @@ impl Service<'_> {
             .and_then(|i| self.item_element(&i, true)))
     }
 
+    /// One item by id, as an `<item/>` with its payload.
+    pub async fn item(&self, node: &str, id: &str) -> Result<Option<Element>, StorageError> {
+        Ok(self
+            .store
+            .pubsub_item(self.domain, self.username, node, id)
+            .await?
+            .and_then(|i| self.item_element(&i, true)))
+    }
+
     fn item_element(&self, stored: &StoredItem, payload: bool) -> Option<Element> {
         let mut item = Element::new("item", NS).with_attr("id", stored.item_id.as_str());
         if payload {
