@@ -5,6 +5,7 @@
 
 pub mod avatar;
 pub mod blocking;
+pub mod bookmarks;
 pub mod caps;
 pub mod carbons;
 pub mod contact;
@@ -98,6 +99,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(csi::ClientStateIndication),
         Arc::new(pep::Pep::default()),
         Arc::new(avatar::AvatarConversion),
+        Arc::new(bookmarks::BookmarksConversion),
     ]
 }
 
