@@ -692,3 +692,115 @@ fn sha1_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// XEP-0411 / XEP-0402 compat: bookmarks written in private storage show
+/// up as native items (and in the storage:bookmarks node), and native
+/// items written through PEP show up in private storage.
+#[tokio::test]
+async fn bookmarks_kept_in_step() {
+    const NATIVE: &str = "urn:xmpp:bookmarks:1";
+    let ts = TestServer::start().await;
+    ts.add_user("bea", "pw").await;
+    let mut b = Client::login(ts.plain_addr, "bea", "pw", Some("r")).await;
+    let r = b
+        .iq(
+            "<iq type='set' id='ps'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>\
+             <conference jid='tea@rooms.example' name='Tea' autojoin='true'><nick>bea</nick></conference>\
+             <conference jid='coffee@rooms.example' autojoin='false'/>\
+             </storage></query></iq>",
+            "ps",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = items(&mut b, "bea", NATIVE, "").await;
+    let mut ids = item_ids(&r);
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["coffee@rooms.example", "tea@rooms.example"],
+        "{}",
+        show(&r)
+    );
+    assert!(show(&r).contains("name='Tea'"), "{}", show(&r));
+    let r = items(&mut b, "bea", "storage:bookmarks", "").await;
+    assert!(show(&r).contains("tea@rooms.example"), "{}", show(&r));
+    // The native node is private (whitelist) and persistent.
+    let r = b
+        .iq(
+            &format!("<iq type='get' id='cfg'><pubsub xmlns='{NS_OWNER}'><configure node='{NATIVE}'/></pubsub></iq>"),
+            "cfg",
+        )
+        .await;
+    assert!(show(&r).contains("whitelist"), "{}", show(&r));
+
+    // Native → private: a new room published, one retracted.
+    let r = publish(
+        &mut b,
+        NATIVE,
+        "juice@rooms.example",
+        "<conference xmlns='urn:xmpp:bookmarks:1' name='Juice' autojoin='true'/>",
+        &[
+            ("pubsub#persist_items", "true"),
+            ("pubsub#max_items", "max"),
+            ("pubsub#send_last_published_item", "never"),
+            ("pubsub#access_model", "whitelist"),
+        ],
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = b
+        .iq(
+            &format!(
+                "<iq type='set' id='rt'><pubsub xmlns='{NS_PUBSUB}'><retract node='{NATIVE}' notify='true'>\
+                 <item id='coffee@rooms.example'/></retract></pubsub></iq>"
+            ),
+            "rt",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = b
+        .iq(
+            "<iq type='get' id='pg'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query></iq>",
+            "pg",
+        )
+        .await;
+    let text = show(&r);
+    assert!(text.contains("juice@rooms.example"), "{text}");
+    assert!(text.contains("tea@rooms.example"), "{text}");
+    assert!(!text.contains("coffee@rooms.example"), "{text}");
+}
+
+/// XEP-0223: a node published with whitelist + persist_items keeps the
+/// data from everyone else, contacts included.
+#[tokio::test]
+async fn private_pep_storage() {
+    let ts = TestServer::start().await;
+    let [owner, friend] = names(["pat", "pal"]);
+    ts.add_user(&owner, "pw").await;
+    ts.add_user(&friend, "pw").await;
+    befriend(&ts, &owner, &friend).await;
+    let mut o = Client::login(ts.plain_addr, &owner, "pw", Some("r")).await;
+    let mut f = Client::login(ts.plain_addr, &friend, "pw", Some("r")).await;
+    let r = publish(
+        &mut o,
+        "urn:example:secrets",
+        "current",
+        "<secret xmlns='urn:example:secrets'>42</secret>",
+        &[
+            ("pubsub#access_model", "whitelist"),
+            ("pubsub#persist_items", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = items(&mut f, &owner, "urn:example:secrets", "").await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("not-allowed"),
+        "{}",
+        show(&r)
+    );
+    assert_eq!(error_app(&r).as_deref(), Some("closed-node"));
+    let r = items(&mut o, &owner, "urn:example:secrets", "").await;
+    assert_eq!(item_ids(&r), vec!["current".to_owned()], "{}", show(&r));
+}

@@ -36,7 +36,10 @@ impl Feature for BookmarksConversion {
     fn disco(&self) -> Disco {
         Disco {
             server: &[],
-            account: &["urn:xmpp:bookmarks:1#compat", "urn:xmpp:bookmarks:1#compat-pep"],
+            account: &[
+                "urn:xmpp:bookmarks:1#compat",
+                "urn:xmpp:bookmarks:1#compat-pep",
+            ],
         }
     }
 
@@ -210,9 +213,7 @@ fn private_options() -> Element {
     Element::new("publish-options", pubsub::NS).with_child(
         Element::new("x", super::NS_DATA)
             .with_attr("type", "submit")
-            .with_child(
-                field("FORM_TYPE", pubsub::NS_PUBLISH_OPTIONS).with_attr("type", "hidden"),
-            )
+            .with_child(field("FORM_TYPE", pubsub::NS_PUBLISH_OPTIONS).with_attr("type", "hidden"))
             .with_child(field("pubsub#persist_items", "true"))
             .with_child(field("pubsub#max_items", "max"))
             .with_child(field("pubsub#send_last_published_item", "never"))

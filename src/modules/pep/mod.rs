@@ -98,7 +98,9 @@ impl Feature for Pep {
     }
 
     fn xeps(&self) -> &[u16] {
-        &[60, 163]
+        // XEP-0223: private storage is a whitelist node with persist_items,
+        // which publish-options can ask for.
+        &[60, 163, 223]
     }
 
     fn disco(&self) -> Disco {
