@@ -62,6 +62,8 @@ pub struct PepConfig {
     pub max_subscribers: u32,
     /// Most resources (local and remote) whose capabilities are remembered.
     pub max_caps_resources: usize,
+    /// Most disco#info queries about unknown capabilities waiting at once.
+    pub max_caps_queries: usize,
 }
 
 impl Default for PepConfig {
@@ -76,6 +78,7 @@ impl Default for PepConfig {
             caps_query_timeout: 10,
             max_subscribers: 1_000,
             max_caps_resources: 100_000,
+            max_caps_queries: 100,
         }
     }
 }
@@ -1380,6 +1383,13 @@ const PEP: &[Field] = &[
             max: 10_000_000,
         },
     ),
+    f(
+        "max_caps_queries",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
@@ -1544,6 +1554,16 @@ mod tests {
         assert_eq!(c.s2s.bidi, d.s2s.bidi);
         assert_eq!(c.admin_socket(), d.admin_socket());
         assert_eq!(c.csi.max_held, d.csi.max_held);
+        assert_eq!(c.pep.enabled, d.pep.enabled);
+        assert_eq!(c.pep.max_nodes, d.pep.max_nodes);
+        assert_eq!(c.pep.max_items, d.pep.max_items);
+        assert_eq!(c.pep.max_item_bytes, d.pep.max_item_bytes);
+        assert_eq!(c.pep.max_items_page, d.pep.max_items_page);
+        assert_eq!(c.pep.caps_cache, d.pep.caps_cache);
+        assert_eq!(c.pep.caps_query_timeout, d.pep.caps_query_timeout);
+        assert_eq!(c.pep.max_subscribers, d.pep.max_subscribers);
+        assert_eq!(c.pep.max_caps_resources, d.pep.max_caps_resources);
+        assert_eq!(c.pep.max_caps_queries, d.pep.max_caps_queries);
     }
 
     /// Every key of the schema appears in `waxwing.example.toml` under its

@@ -59,7 +59,16 @@ impl ContactCaps {
     }
 
     /// `jid` announced `ver` in available presence.
-    pub fn announce(&self, jid: &FullJid, ver: &str, max_resources: usize) -> Announced {
+    /// At most `max_queries` vers are asked about at once: beyond, a new
+    /// one is remembered for the resource but not asked (a peer inventing
+    /// vers cannot fill the server's IQ tracker).
+    pub fn announce(
+        &self,
+        jid: &FullJid,
+        ver: &str,
+        max_resources: usize,
+        max_queries: usize,
+    ) -> Announced {
         let mut inner = self.lock();
         let bare = jid.to_bare();
         let resource = jid.resource().as_str();
@@ -87,7 +96,9 @@ impl ContactCaps {
         if let Some(f) = inner.by_ver.get(ver) {
             return Announced::Known(f.clone());
         }
-        if inner.pending.insert(ver.to_owned()) {
+        if inner.pending.contains(ver) || inner.pending.len() >= max_queries {
+            Announced::Asking
+        } else if inner.pending.insert(ver.to_owned()) {
             Announced::Ask
         } else {
             Announced::Asking
@@ -208,15 +219,15 @@ mod tests {
     fn announce_learn_forget() {
         let c = ContactCaps::default();
         let a = jid("a@x/1");
-        assert_eq!(c.announce(&a, "v1", 10), Announced::Ask);
-        assert_eq!(c.announce(&jid("b@x/1"), "v1", 10), Announced::Asking);
-        assert_eq!(c.announce(&a, "v1", 10), Announced::Same);
+        assert_eq!(c.announce(&a, "v1", 10, 10), Announced::Ask);
+        assert_eq!(c.announce(&jid("b@x/1"), "v1", 10, 10), Announced::Asking);
+        assert_eq!(c.announce(&a, "v1", 10, 10), Announced::Same);
         assert!(!c.wants(&a, "n"));
         c.learned("v1", Some(["n+notify".to_owned()].into()), 10);
         assert!(c.wants(&a, "n"));
         assert!(!c.wants(&a, "m"));
         assert!(matches!(
-            c.announce(&jid("a@x/2"), "v1", 10),
+            c.announce(&jid("a@x/2"), "v1", 10, 10),
             Announced::Known(_)
         ));
         assert_eq!(c.resources(&BareJid::new("a@x").unwrap()).len(), 2);
@@ -228,8 +239,9 @@ mod tests {
     #[test]
     fn bounded() {
         let c = ContactCaps::default();
-        assert_eq!(c.announce(&jid("a@x/1"), "v1", 1), Announced::Ask);
-        assert_eq!(c.announce(&jid("a@x/2"), "v1", 1), Announced::Full);
+        assert_eq!(c.announce(&jid("a@x/1"), "v1", 1, 1), Announced::Ask);
+        assert_eq!(c.announce(&jid("a@x/2"), "v1", 1, 1), Announced::Full);
+        assert_eq!(c.announce(&jid("a@x/1"), "v2", 2, 1), Announced::Asking);
         c.learned("v1", Some(HashSet::new()), 1);
         c.learned("v2", Some(HashSet::new()), 1);
         assert_eq!(c.counts().1, 1);

@@ -177,8 +177,10 @@ impl Pep {
         else {
             return;
         };
-        let max = server.config.pep.max_caps_resources;
-        let announced = self.caps.announce(&from, ver, max);
+        let c = &server.config.pep;
+        let announced = self
+            .caps
+            .announce(&from, ver, c.max_caps_resources, c.max_caps_queries);
         let Some(server) = server.arc() else {
             return;
         };
