@@ -124,3 +124,52 @@ def test_omemo_device_list_reaches_interested_contact_only(server):
                 "Carol has no +notify for the device list"
 
     run(scenario())
+
+
+AVATAR = PEP + ("xep_0054", "xep_0084")
+
+
+def test_avatar_published_with_xep_0084_becomes_the_vcard_photo(server):
+    (user,) = new_users(server, "pepavatar")
+    image = b"\x89PNG\r\n\x1a\n interop avatar bytes"
+
+    async def scenario():
+        async with connect(server, user, plugins=AVATAR) as a:
+            info = await a.plugin["xep_0030"].get_info(jid=a.boundjid.bare, timeout=STEP_TIMEOUT)
+            assert "urn:xmpp:pep-vcard-conversion:0" in info["disco_info"]["features"]
+            avatar = a.plugin["xep_0084"]
+            avatar_id = avatar.generate_id(image)
+            await avatar.publish_avatar(image, timeout=STEP_TIMEOUT)
+            await avatar.publish_avatar_metadata(
+                {"id": avatar_id, "type": "image/png", "bytes": len(image)}, timeout=STEP_TIMEOUT)
+            reply = await a.plugin["xep_0054"].get_vcard(a.boundjid.bare, local=False, timeout=STEP_TIMEOUT)
+            photo = reply["vcard_temp"]["PHOTO"]
+            assert photo["BINVAL"] == image, str(reply)
+            assert photo["TYPE"] == "image/png"
+
+    run(scenario())
+
+
+BOOKMARKS = PEP + ("xep_0048", "xep_0049", "xep_0223", "xep_0402")
+
+
+def test_xep_0048_bookmarks_in_private_storage_become_native_bookmarks(server):
+    (user,) = new_users(server, "pepbookmarks")
+
+    async def scenario():
+        async with connect(server, user, plugins=BOOKMARKS) as a:
+            info = await a.plugin["xep_0030"].get_info(jid=a.boundjid.bare, timeout=STEP_TIMEOUT)
+            for f in ("urn:xmpp:bookmarks:1#compat", "urn:xmpp:bookmarks:1#compat-pep"):
+                assert f in info["disco_info"]["features"], f
+            from slixmpp.plugins.xep_0048.stanza import Bookmarks
+            bookmarks = Bookmarks()
+            bookmarks.add_conference("lounge@rooms.example", "me", name="Lounge", autojoin=True)
+            await a.plugin["xep_0048"].set_bookmarks(bookmarks, method="xep_0049", timeout=STEP_TIMEOUT)
+            got = await a.plugin["xep_0060"].get_items(a.boundjid.bare, "urn:xmpp:bookmarks:1", timeout=STEP_TIMEOUT)
+            items = list(got["pubsub"]["items"])
+            assert [i["id"] for i in items] == ["lounge@rooms.example"], str(got)
+            conference = items[0].xml.find("{urn:xmpp:bookmarks:1}conference")
+            assert conference is not None and conference.get("name") == "Lounge", str(got)
+            assert conference.get("autojoin") in ("true", "1")
+
+    run(scenario())
