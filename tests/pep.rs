@@ -804,3 +804,96 @@ async fn private_pep_storage() {
     let r = items(&mut o, &owner, "urn:example:secrets", "").await;
     assert_eq!(item_ids(&r), vec!["current".to_owned()], "{}", show(&r));
 }
+
+/// §6.1 explicit subscriptions: a stranger subscribes to an open node,
+/// gets the last item at once and every publish after, until it
+/// unsubscribes; a subscription for someone else's JID is refused.
+#[tokio::test]
+async fn explicit_subscription() {
+    let ts = TestServer::start().await;
+    let [owner, reader] = names(["olga", "rita"]);
+    ts.add_user(&owner, "pw").await;
+    ts.add_user(&reader, "pw").await;
+    let mut o = Client::login(ts.plain_addr, &owner, "pw", Some("r")).await;
+    let mut r = Client::login(ts.plain_addr, &reader, "pw", Some("r")).await;
+    let reply = publish(
+        &mut o,
+        "urn:example:news",
+        "n1",
+        "<news xmlns='urn:example:news'>one</news>",
+        &[("pubsub#access_model", "open")],
+    )
+    .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", show(&reply));
+    let rjid = r.jid.clone().unwrap();
+    let sub = r
+        .iq(
+            &format!(
+                "<iq type='set' id='sub' to='{owner}@{DOMAIN}'><pubsub xmlns='{NS_PUBSUB}'>\
+                 <subscribe node='urn:example:news' jid='{rjid}'/></pubsub></iq>"
+            ),
+            "sub",
+        )
+        .await;
+    assert_eq!(sub.attr("type"), Some("result"), "{}", show(&sub));
+    let ev = next_event(&mut r, &owner, "urn:example:news").await;
+    assert!(show(&ev).contains("one"), "{}", show(&ev));
+    publish(
+        &mut o,
+        "urn:example:news",
+        "n2",
+        "<news xmlns='urn:example:news'>two</news>",
+        &[],
+    )
+    .await;
+    let ev = next_event(&mut r, &owner, "urn:example:news").await;
+    assert!(show(&ev).contains("two"), "{}", show(&ev));
+    // The owner sees the subscriber.
+    let subs = o
+        .iq(
+            &format!(
+                "<iq type='get' id='subs'><pubsub xmlns='{NS_OWNER}'><subscriptions node='urn:example:news'/></pubsub></iq>"
+            ),
+            "subs",
+        )
+        .await;
+    assert!(show(&subs).contains(&rjid), "{}", show(&subs));
+    // Someone else's JID.
+    let bad = r
+        .iq(
+            &format!(
+                "<iq type='set' id='bad' to='{owner}@{DOMAIN}'><pubsub xmlns='{NS_PUBSUB}'>\
+                 <subscribe node='urn:example:news' jid='{owner}@{DOMAIN}'/></pubsub></iq>"
+            ),
+            "bad",
+        )
+        .await;
+    assert_eq!(
+        error_app(&bad).as_deref(),
+        Some("invalid-jid"),
+        "{}",
+        show(&bad)
+    );
+    let unsub = r
+        .iq(
+            &format!(
+                "<iq type='set' id='unsub' to='{owner}@{DOMAIN}'><pubsub xmlns='{NS_PUBSUB}'>\
+                 <unsubscribe node='urn:example:news' jid='{rjid}'/></pubsub></iq>"
+            ),
+            "unsub",
+        )
+        .await;
+    assert_eq!(unsub.attr("type"), Some("result"), "{}", show(&unsub));
+    r.barrier().await;
+    let mark = r.mark();
+    publish(
+        &mut o,
+        "urn:example:news",
+        "n3",
+        "<news xmlns='urn:example:news'>three</news>",
+        &[],
+    )
+    .await;
+    o.barrier().await;
+    r.expect_nothing(mark).await;
+}

@@ -15,7 +15,7 @@ use jid::{BareJid, FullJid, Jid};
 
 use super::roster;
 use crate::feature::iq::{IqFuture, IqRequest, IqTarget};
-use crate::feature::{Disco, Event, EventKind, Feature, Verdict};
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::pubsub::{self, Change, Limits, Requester, Service};
 use crate::router::Origin;
 use crate::server::Server;
@@ -124,7 +124,11 @@ impl Feature for Pep {
 
     fn subscriptions(&self) -> &'static [(EventKind, i32)] {
         // Before the presence feature, which takes the stanza.
-        &[(EventKind::Presence, -10), (EventKind::SessionEnded, 10)]
+        &[
+            (EventKind::Presence, -10),
+            (EventKind::SessionEnded, 10),
+            (EventKind::IqSetDone, 0),
+        ]
     }
 
     fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
@@ -133,9 +137,28 @@ impl Feature for Pep {
                 self.presence(server, *origin, *to, stanza);
             }
             Event::SessionEnded { jid, .. } => self.caps.forget(jid),
+            Event::IqSetDone { payload, .. } if subscription_of(payload).is_some() => return None,
             _ => {}
         }
         Some(Verdict::Continue)
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            if let Event::IqSetDone {
+                from, iq, payload, ..
+            } = event
+            {
+                let owner = match iq.attr("to") {
+                    Some(to) => Jid::new(to).ok().map(|j| j.to_bare()),
+                    None => Some(from.to_bare()),
+                };
+                if let (Some(owner), Some((node, jid))) = (owner, subscription_of(payload)) {
+                    notify::subscribed(server, &owner, node, &jid).await;
+                }
+            }
+            Verdict::Continue
+        })
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -209,6 +232,15 @@ impl Pep {
             }
         }
     }
+}
+
+/// The node and JID of a `<pubsub><subscribe/></pubsub>` request.
+fn subscription_of(payload: &Element) -> Option<(&str, Jid)> {
+    if !payload.is("pubsub", pubsub::NS) {
+        return None;
+    }
+    let s = payload.get_child("subscribe", pubsub::NS)?;
+    Some((s.attr("node")?, Jid::new(s.attr("jid")?).ok()?))
 }
 
 /// Asks `jid` what `node#ver` stands for (XEP-0115 §6.2) and caches the

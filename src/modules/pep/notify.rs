@@ -16,10 +16,9 @@ use crate::xml::Element;
 
 /// Sends the notifications of one change of `owner`'s service.
 pub async fn change(server: &Server, owner: &BareJid, change: &Change) {
-    if let Change::Subscribed { node, config, jid } = change {
-        if config.send_last_published_item != SendLast::Never {
-            send_last(server, owner, node, config, jid).await;
-        }
+    // A new subscriber's last item follows the subscription's result
+    // (§6.1.7), so it is sent on `IqSetDone`: see [`subscribed`].
+    if let Change::Subscribed { .. } = change {
         return;
     }
     let Some(ev) = event::event_of(change) else {
@@ -197,6 +196,18 @@ pub async fn last_items_to(server: &Server, to: &FullJid, owners: &[BareJid]) {
                 send_last(server, owner, &node, &config, &jid).await;
             }
         }
+    }
+}
+
+/// A subscription was confirmed (its result queued): the new subscriber
+/// gets the node's last item unless the node says never.
+pub async fn subscribed(server: &Server, owner: &BareJid, node: &str, to: &Jid) {
+    match service(server, owner).node(node).await {
+        Ok(Some(config)) if config.send_last_published_item != SendLast::Never => {
+            send_last(server, owner, node, &config, to).await
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "pubsub storage"),
     }
 }
 
