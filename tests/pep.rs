@@ -578,6 +578,60 @@ async fn limits_and_bad_input() {
     ] {
         assert!(q.children().any(|c| c.attr("var") == Some(f)), "{f}");
     }
+    // Configuration by form (§8.2.4): a bad value is refused, a good one kept.
+    let form = |max: &str| {
+        format!(
+            "<iq type='set' id='cf'><pubsub xmlns='{NS_OWNER}'><configure node='n1'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#max_items'><value>{max}</value></field>\
+             <field var='pubsub#access_model'><value>open</value></field>\
+             </x></configure></pubsub></iq>"
+        )
+    };
+    let r = e.iq(&form("0"), "cf").await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("not-acceptable"),
+        "{}",
+        show(&r)
+    );
+    let r = e.iq(&form("3"), "cf").await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    for id in ["a", "b", "c", "d"] {
+        publish(&mut e, "n1", id, "<x xmlns='test'/>", &[]).await;
+    }
+    let r = items(&mut m, "eve", "n1", "").await;
+    assert_eq!(
+        item_ids(&r),
+        vec!["b", "c", "d"],
+        "open now, three kept: {}",
+        show(&r)
+    );
+    // Purge, then delete (§8.5, §8.4).
+    let r = e
+        .iq(
+            &format!("<iq type='set' id='pu'><pubsub xmlns='{NS_OWNER}'><purge node='n1'/></pubsub></iq>"),
+            "pu",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = items(&mut e, "eve", "n1", "").await;
+    assert!(item_ids(&r).is_empty(), "{}", show(&r));
+    let r = e
+        .iq(
+            &format!("<iq type='set' id='dn'><pubsub xmlns='{NS_OWNER}'><delete node='n1'/></pubsub></iq>"),
+            "dn",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let r = items(&mut e, "eve", "n1", "").await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("item-not-found"),
+        "{}",
+        show(&r)
+    );
     // Deleting the account empties its nodes.
     ts.store().delete_account(DOMAIN, "eve").await.unwrap();
     assert!(ts
