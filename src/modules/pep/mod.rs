@@ -226,7 +226,13 @@ impl Pep {
             }
             Announced::Ask => {
                 tokio::spawn(async move {
-                    learn(&server, &from, &node, &ver).await;
+                    // Asked from our domain: the local user's, whichever
+                    // side the resource is on.
+                    let ours = match &owner {
+                        Some(o) => o.domain().to_string(),
+                        None => from.domain().to_string(),
+                    };
+                    learn(&server, &ours, &from, &node, &ver).await;
                     notify::last_items_on_presence(&server, &from, owner).await;
                 });
             }
@@ -243,9 +249,9 @@ fn subscription_of(payload: &Element) -> Option<(&str, Jid)> {
     Some((s.attr("node")?, Jid::new(s.attr("jid")?).ok()?))
 }
 
-/// Asks `jid` what `node#ver` stands for (XEP-0115 §6.2) and caches the
+/// Asks `jid` (from our domain `ours`) what `node#ver` stands for (XEP-0115 §6.2) and caches the
 /// answer if its hash is `ver`.
-async fn learn(server: &Server, jid: &FullJid, node: &str, ver: &str) {
+async fn learn(server: &Server, ours: &str, jid: &FullJid, node: &str, ver: &str) {
     let Some(pep) = server.features.get::<Pep>() else {
         return;
     };
@@ -256,11 +262,7 @@ async fn learn(server: &Server, jid: &FullJid, node: &str, ver: &str) {
             Element::new("query", super::disco::NS_INFO).with_attr("node", format!("{node}#{ver}")),
         );
     let timeout = Duration::from_secs(server.config.pep.caps_query_timeout);
-    let features = match server
-        .iq_tracker
-        .request(server, jid.domain().as_str(), iq, timeout)
-        .await
-    {
+    let features = match server.iq_tracker.request(server, ours, iq, timeout).await {
         Ok(answer) => answer
             .get_child("query", super::disco::NS_INFO)
             .filter(|q| super::caps::verification_string(q) == ver)
