@@ -912,6 +912,20 @@ async fn explicit_subscription() {
         )
         .await;
     assert!(show(&subs).contains(&rjid), "{}", show(&subs));
+    // The subscriber lists its subscriptions on the service (§5.6).
+    let mine = r
+        .iq(
+            &format!(
+                "<iq type='get' id='mine' to='{owner}@{DOMAIN}'><pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub></iq>"
+            ),
+            "mine",
+        )
+        .await;
+    assert!(
+        show(&mine).contains("node='urn:example:news'") && show(&mine).contains(&rjid),
+        "{}",
+        show(&mine)
+    );
     // Someone else's JID.
     let bad = r
         .iq(

@@ -617,44 +617,45 @@ impl Service<'_> {
     /// §5.6: the requester's subscriptions on this service.
     async fn own_subscriptions(&self, who: &Requester<'_>) -> Outcome {
         let bare = who.jid.to_bare().to_string();
-        let full = who.jid.to_string();
         let mut subs = Element::new("subscriptions", NS);
-        for (node, _) in self.nodes().await.map_err(internal)? {
-            for jid in self
-                .store
-                .pubsub_subscribers(self.domain, self.username, &node)
-                .await
-                .map_err(internal)?
-            {
-                if jid == bare || jid == full {
-                    subs.append_child(
-                        Element::new("subscription", NS)
-                            .with_attr("node", node.as_str())
-                            .with_attr("jid", jid)
-                            .with_attr("subscription", "subscribed"),
-                    );
-                }
-            }
+        for (node, jid) in self
+            .store
+            .pubsub_subscriptions_of(self.domain, self.username, who.jid.as_str(), &bare)
+            .await
+            .map_err(internal)?
+        {
+            subs.append_child(
+                Element::new("subscription", NS)
+                    .with_attr("node", node)
+                    .with_attr("jid", jid)
+                    .with_attr("subscription", "subscribed"),
+            );
         }
         Ok(Some(Element::new("pubsub", NS).with_child(subs)))
     }
 
     /// §5.7: the requester's affiliations on this service.
     async fn own_affiliations(&self, who: &Requester<'_>) -> Outcome {
+        let list: Vec<(String, String)> = if who.owner {
+            self.nodes()
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|(node, _)| (node, "owner".to_owned()))
+                .collect()
+        } else {
+            self.store
+                .pubsub_affiliations_of(self.domain, self.username, &who.jid.to_bare().to_string())
+                .await
+                .map_err(internal)?
+        };
         let mut affs = Element::new("affiliations", NS);
-        for (node, _) in self.nodes().await.map_err(internal)? {
-            let a = if who.owner {
-                "owner".to_owned()
-            } else {
-                self.affiliation(&node, who.jid).await?
-            };
-            if a != "none" {
-                affs.append_child(
-                    Element::new("affiliation", NS)
-                        .with_attr("node", node.as_str())
-                        .with_attr("affiliation", a),
-                );
-            }
+        for (node, a) in list {
+            affs.append_child(
+                Element::new("affiliation", NS)
+                    .with_attr("node", node)
+                    .with_attr("affiliation", a),
+            );
         }
         Ok(Some(Element::new("pubsub", NS).with_child(affs)))
     }

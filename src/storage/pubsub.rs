@@ -272,6 +272,37 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// The nodes of a service `jid` (or its bare JID `bare`) is subscribed
+    /// to, with the JID subscribed: one query whatever the node count.
+    pub async fn pubsub_subscriptions_of(
+        &self,
+        domain: &str,
+        username: &str,
+        jid: &str,
+        bare: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        const Q: &str =
+            "SELECT node, jid FROM pubsub_subscriptions WHERE domain = $1 AND username = $2 \
+             AND (jid = $3 OR jid = $4) ORDER BY node";
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(Q).bind(domain).bind(username).bind(jid).bind(bare).fetch_all(pool).await?
+        }))
+    }
+
+    /// The affiliations `bare` has on the nodes of a service (node, affiliation).
+    pub async fn pubsub_affiliations_of(
+        &self,
+        domain: &str,
+        username: &str,
+        bare: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        const Q: &str = "SELECT node, affiliation FROM pubsub_affiliations WHERE domain = $1 AND username = $2 \
+             AND jid = $3 ORDER BY node";
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(Q).bind(domain).bind(username).bind(bare).fetch_all(pool).await?
+        }))
+    }
+
     /// The affiliations the owner set on a node (jid, affiliation).
     pub async fn pubsub_affiliations(
         &self,
