@@ -505,6 +505,14 @@ async fn limits_and_bad_input() {
         show(&r)
     );
     assert_eq!(error_app(&r).as_deref(), Some("invalid-payload"));
+    // No payload.
+    let r = publish(&mut e, "n1", "4", "", &[]).await;
+    assert_eq!(
+        error_app(&r).as_deref(),
+        Some("payload-required"),
+        "{}",
+        show(&r)
+    );
     // No node.
     let r = e
         .iq(

@@ -348,9 +348,12 @@ impl Service<'_> {
         let Some(item) = item else {
             return Err(error(Cond::BadRequest, "item-required"));
         };
+        // §7.1.3.6 / §7.1.3.7: PEP nodes deliver payloads, so exactly one.
         let mut payloads = item.children();
-        let (Some(payload), None) = (payloads.next(), payloads.next()) else {
-            return Err(error(Cond::BadRequest, "invalid-payload"));
+        let payload = match (payloads.next(), payloads.next()) {
+            (Some(p), None) => p,
+            (None, _) => return Err(error(Cond::BadRequest, "payload-required")),
+            (Some(_), Some(_)) => return Err(error(Cond::BadRequest, "invalid-payload")),
         };
         let stored_payload = xml_for_storage([payload]);
         if stored_payload.len() > self.limits.max_item_bytes {
