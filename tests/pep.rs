@@ -973,3 +973,38 @@ async fn explicit_subscription() {
     o.barrier().await;
     r.expect_nothing(mark).await;
 }
+
+/// The publisher reads the result of its publish before its own
+/// notification (XEP-0060 §7.1: the notifications follow the result).
+#[tokio::test]
+async fn result_before_notification() {
+    let ts = TestServer::start().await;
+    ts.add_user("quinn", "pw").await;
+    let mut q = login_with_caps(
+        &ts,
+        "quinn",
+        "r",
+        &[NS_DISCO_INFO, "urn:example:order+notify"],
+        true,
+    )
+    .await;
+    caps_learned(&ts, 1).await;
+    q.barrier().await;
+    q.send_str(&format!(
+        "<iq type='set' id='ord'><pubsub xmlns='{NS_PUBSUB}'><publish node='urn:example:order'>\
+         <item id='1'><x xmlns='urn:example:order'/></item></publish></pubsub></iq>"
+    ))
+    .await;
+    let first = q.next_element().await;
+    assert!(
+        first.is("iq", NS_CLIENT) && first.attr("id") == Some("ord"),
+        "{}",
+        show(&first)
+    );
+    let second = q.next_element().await;
+    assert!(
+        is_event(&second, "quinn", "urn:example:order"),
+        "{}",
+        show(&second)
+    );
+}

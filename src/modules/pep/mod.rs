@@ -8,7 +8,7 @@
 pub mod caps;
 mod notify;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use jid::{BareJid, FullJid, Jid};
@@ -65,9 +65,28 @@ pub const ACCOUNT_FEATURES: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct Pep {
     caps: ContactCaps,
+    /// Changes of a request whose result is not queued yet, by requester
+    /// and IQ id: their notifications follow the result (`IqSetDone`), as
+    /// in XEP-0060's examples. An entry lives for one request.
+    answered: std::sync::Mutex<HashMap<(String, String), (BareJid, Vec<Change>)>>,
 }
 
 impl Pep {
+    fn lock_answered(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (BareJid, Vec<Change>)>> {
+        // One insert or remove at a time: poisoning cannot leave it half done.
+        self.answered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_answered(&self, from: &Jid, iq: &Element) -> bool {
+        let key = (
+            from.to_string(),
+            iq.attr("id").unwrap_or_default().to_owned(),
+        );
+        self.lock_answered().contains_key(&key)
+    }
+
     /// The capabilities learned from contacts' presence.
     pub fn caps(&self) -> &ContactCaps {
         &self.caps
@@ -138,6 +157,7 @@ impl Feature for Pep {
             }
             Event::SessionEnded { jid, .. } => self.caps.forget(jid),
             Event::IqSetDone { payload, .. } if subscription_of(payload).is_some() => return None,
+            Event::IqSetDone { from, iq, .. } if self.has_answered(from, iq) => return None,
             _ => {}
         }
         Some(Verdict::Continue)
@@ -149,6 +169,16 @@ impl Feature for Pep {
                 from, iq, payload, ..
             } = event
             {
+                let key = (
+                    from.to_string(),
+                    iq.attr("id").unwrap_or_default().to_owned(),
+                );
+                let answered = self.lock_answered().remove(&key);
+                if let Some((owner, changes)) = answered {
+                    for change in &changes {
+                        notify::change(server, &owner, change).await;
+                    }
+                }
                 let owner = match iq.attr("to") {
                     Some(to) => Jid::new(to).ok().map(|j| j.to_bare()),
                     None => Some(from.to_bare()),
@@ -315,8 +345,22 @@ async fn handle_iq(req: &IqRequest<'_>) -> crate::feature::iq::IqOutcome {
     let answer = service(server, &owner)
         .handle(&who, req.payload, req.is_set, &mut changes)
         .await;
-    for change in &changes {
-        notify::change(server, &owner, change).await;
+    if answer.is_ok() && !changes.is_empty() {
+        match server.features.get::<Pep>() {
+            // Sent once the result is queued (Event::IqSetDone).
+            Some(pep) => {
+                let key = (
+                    req.from.to_string(),
+                    req.iq.attr("id").unwrap_or_default().to_owned(),
+                );
+                pep.lock_answered().insert(key, (owner, changes));
+            }
+            None => {
+                for change in &changes {
+                    notify::change(server, &owner, change).await;
+                }
+            }
+        }
     }
     answer
 }
