@@ -68,13 +68,14 @@ pub struct Pep {
     /// Changes of a request whose result is not queued yet, by requester
     /// and IQ id: their notifications follow the result (`IqSetDone`), as
     /// in XEP-0060's examples. An entry lives for one request.
-    answered: std::sync::Mutex<HashMap<(String, String), (BareJid, Vec<Change>)>>,
+    answered: std::sync::Mutex<Answered>,
 }
 
+/// (requester, IQ id) → the service's owner and what the request changed.
+type Answered = HashMap<(String, String), (BareJid, Vec<Change>)>;
+
 impl Pep {
-    fn lock_answered(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (BareJid, Vec<Change>)>> {
+    fn lock_answered(&self) -> std::sync::MutexGuard<'_, Answered> {
         // One insert or remove at a time: poisoning cannot leave it half done.
         self.answered.lock().unwrap_or_else(|e| e.into_inner())
     }
