@@ -40,6 +40,8 @@ pub struct Config {
     /// SASL2 logins (XEP-0388), FAST tokens (XEP-0484) and the clients an
     /// account logged in with (XEP-0494).
     pub sasl2: Sasl2Config,
+    /// Publish-subscribe (XEP-0060) and personal eventing (XEP-0163).
+    pub pep: PepConfig,
 }
 
 /// Push notifications (XEP-0357): what one account may register, and what
@@ -121,6 +123,50 @@ impl Default for Sasl2Config {
             token_lifetime: 14 * 86_400,
             token_rotate_before_expiry: 7 * 86_400,
             max_clients_per_account: 32,
+        }
+    }
+}
+
+/// Publish-subscribe nodes on every account (PEP, XEP-0163): what one
+/// account can make the server keep and compute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    /// Offer PEP on accounts.
+    pub enabled: bool,
+    /// Most nodes one account may own.
+    pub max_nodes: u32,
+    /// Most items one node keeps (`pubsub#max_items` = `max` means this).
+    pub max_items: u32,
+    /// Largest item payload accepted, in bytes of XML.
+    pub max_item_bytes: usize,
+    /// Most items one `<items/>` answer carries.
+    pub max_items_page: u32,
+    /// Entity capabilities (XEP-0115) remembered, by verification string.
+    pub caps_cache: usize,
+    /// Seconds to wait for a client's disco#info answer about its caps.
+    pub caps_query_timeout: u64,
+    /// Most explicit subscriptions (and affiliations) on one node.
+    pub max_subscribers: u32,
+    /// Most resources (local and remote) whose capabilities are remembered.
+    pub max_caps_resources: usize,
+    /// Most disco#info queries about unknown capabilities waiting at once.
+    pub max_caps_queries: usize,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            enabled: true,
+            max_nodes: 100,
+            max_items: 256,
+            max_item_bytes: 100_000,
+            max_items_page: 100,
+            caps_cache: 5_000,
+            caps_query_timeout: 10,
+            max_subscribers: 1_000,
+            max_caps_resources: 100_000,
+            max_caps_queries: 100,
         }
     }
 }
@@ -508,6 +554,7 @@ impl Default for Config {
             csi: CsiConfig::default(),
             push: PushConfig::default(),
             sasl2: Sasl2Config::default(),
+            pep: PepConfig::default(),
         }
     }
 }
@@ -1435,6 +1482,66 @@ const SASL2: &[Field] = &[
         },
     ),
 ];
+const PEP: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f(
+        "max_nodes",
+        Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    ),
+    f(
+        "max_items",
+        Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    ),
+    f(
+        "max_item_bytes",
+        Kind::Int {
+            min: 256,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_items_page",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+    f(
+        "caps_cache",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f("caps_query_timeout", Kind::Int { min: 1, max: 300 }),
+    f(
+        "max_subscribers",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_caps_resources",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_caps_queries",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1451,6 +1558,7 @@ const SCHEMA: &[Field] = &[
     f("csi", Kind::Table(CSI)),
     f("push", Kind::Table(PUSH)),
     f("sasl2", Kind::Table(SASL2)),
+    f("pep", Kind::Table(PEP)),
 ];
 
 /// Empty, or `host:port`.
@@ -1602,6 +1710,16 @@ mod tests {
         assert_eq!(c.push.max_registrations, d.push.max_registrations);
         assert_eq!(c.push.include_body, d.push.include_body);
         assert_eq!(c.push.min_interval, d.push.min_interval);
+        assert_eq!(c.pep.enabled, d.pep.enabled);
+        assert_eq!(c.pep.max_nodes, d.pep.max_nodes);
+        assert_eq!(c.pep.max_items, d.pep.max_items);
+        assert_eq!(c.pep.max_item_bytes, d.pep.max_item_bytes);
+        assert_eq!(c.pep.max_items_page, d.pep.max_items_page);
+        assert_eq!(c.pep.caps_cache, d.pep.caps_cache);
+        assert_eq!(c.pep.caps_query_timeout, d.pep.caps_query_timeout);
+        assert_eq!(c.pep.max_subscribers, d.pep.max_subscribers);
+        assert_eq!(c.pep.max_caps_resources, d.pep.max_caps_resources);
+        assert_eq!(c.pep.max_caps_queries, d.pep.max_caps_queries);
     }
 
     /// Every key of the schema appears in `waxwing.example.toml` under its

@@ -11,6 +11,7 @@ pub mod hashing;
 pub mod iq_tracker;
 pub mod modules;
 pub mod net;
+pub mod pubsub;
 pub mod queue;
 pub mod router;
 pub mod routes;

@@ -60,6 +60,9 @@ const COMPONENT_SERVER_QUERIES: &[&str] = &[
     "urn:xmpp:time",
     "jabber:iq:last",
     "vcard-temp",
+    // A contact's PEP items (OMEMO bundles) from another server; the
+    // engine checks the node's access model against the requester.
+    crate::pubsub::NS,
 ];
 
 /// Routes one stanza received from the session bound to `origin`.
@@ -532,12 +535,23 @@ async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: Iq
         is_set,
         end_session: &end_session,
     };
-    let reply = match modules::dispatch(&req).await {
+    let outcome = modules::dispatch(&req).await;
+    let done = outcome.is_ok();
+    let reply = match outcome {
         Ok(payload) => Some(iq_result(iq, payload)),
         Err(e) => e.reply_to(iq),
     };
     if let Some(reply) = reply {
         deliver_reply(server, origin, &reply);
+    }
+    if done && is_set && server.features.wants(EventKind::IqSetDone) {
+        let mut event = Event::IqSetDone {
+            from: origin.sender(),
+            target,
+            iq,
+            payload,
+        };
+        server.features.fire(server, &mut event).await;
     }
     if let (Some(cond), Some(session)) = (end_session.get(), origin.session()) {
         // Queued behind the reply, so the client reads the answer first.

@@ -41,6 +41,7 @@ pub enum EventKind {
     AccountDeleted,
     Acknowledged,
     SubscriptionRequest,
+    IqSetDone,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -49,7 +50,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -65,6 +66,7 @@ impl EventKind {
         EventKind::AccountDeleted,
         EventKind::Acknowledged,
         EventKind::SubscriptionRequest,
+        EventKind::IqSetDone,
         EventKind::Outbound,
     ];
 }
@@ -172,6 +174,15 @@ pub enum Event<'a> {
         jid: &'a FullJid,
         stored_through: i64,
     },
+    /// An IQ set was answered with a result (the reply is queued): a
+    /// feature that keeps one store in step with another (vCard photo and
+    /// avatar nodes, private bookmarks and PEP bookmarks) follows up here.
+    IqSetDone {
+        from: &'a Jid,
+        target: crate::feature::iq::IqTarget,
+        iq: &'a Element,
+        payload: &'a Element,
+    },
 }
 
 impl Event<'_> {
@@ -193,6 +204,7 @@ impl Event<'_> {
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,
             Event::Acknowledged { .. } => EventKind::Acknowledged,
             Event::SubscriptionRequest { .. } => EventKind::SubscriptionRequest,
+            Event::IqSetDone { .. } => EventKind::IqSetDone,
         }
     }
 }

@@ -82,6 +82,12 @@ pub trait Feature: Send + Sync + 'static {
         Disco::default()
     }
 
+    /// An identity (category, type) every account's bare JID adds to its
+    /// disco#info (e.g. PEP's pubsub/pep).
+    fn account_identity(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
+
     /// A stream feature to offer on client streams in `phase`.
     fn stream_feature(&self, _server: &Server, _phase: StreamPhase) -> Option<Element> {
         None
@@ -273,6 +279,11 @@ impl Features {
         self.list
             .iter()
             .flat_map(|f| f.disco().account.iter().copied())
+    }
+
+    /// The identities features add to an account's disco#info.
+    pub fn account_identities(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.list.iter().filter_map(|f| f.account_identity())
     }
 
     /// The stream features every feature offers in `phase`.

@@ -37,6 +37,9 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
         ("query", NS_INFO, IqTarget::Account { own: true }) => {
             let mut q =
                 Element::new("query", NS_INFO).with_child(identity("account", "registered", None));
+            for (category, kind) in req.server.features.account_identities() {
+                q.append_child(identity(category, kind, None));
+            }
             for f in req.server.features.account_disco() {
                 q.append_child(Element::new("feature", NS_INFO).with_attr("var", f));
             }

@@ -3,7 +3,9 @@
 //! addressed to the server or to an account to the module that owns the
 //! payload's namespace.
 
+pub mod avatar;
 pub mod blocking;
+pub mod bookmarks;
 pub mod caps;
 pub mod carbons;
 pub mod clients;
@@ -12,6 +14,7 @@ pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -98,6 +101,9 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(csi::ClientStateIndication),
         Arc::new(push::Push::default()),
         Arc::new(clients::Clients),
+        Arc::new(pep::Pep::default()),
+        Arc::new(avatar::AvatarConversion),
+        Arc::new(bookmarks::BookmarksConversion),
     ]
 }
 

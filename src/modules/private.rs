@@ -27,7 +27,9 @@ fn reserved(ns: &str) -> bool {
 /// Every private XML document is stored under this prefix and its namespace.
 const KEY_PREFIX: &str = "private:";
 
-fn key(ns: &str) -> String {
+/// The per-user store key of the document in `ns` (bookmark conversion
+/// writes `storage:bookmarks` there too).
+pub fn key(ns: &str) -> String {
     format!("{KEY_PREFIX}{ns}")
 }
 

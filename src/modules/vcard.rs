@@ -11,7 +11,8 @@ use crate::xml::Element;
 pub const NS: &str = "vcard-temp";
 
 /// Key of the vCard in the per-user key-value store.
-const STORE_KEY: &str = "vcard";
+/// Where the vCard is kept in the per-user store (avatar conversion reads it too).
+pub const STORE_KEY: &str = "vcard";
 
 pub const MODULE: Module = Module {
     xep: 54,

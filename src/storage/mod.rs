@@ -19,12 +19,14 @@ macro_rules! on_pool {
 mod accounts;
 mod clients;
 mod offline;
+mod pubsub;
 mod push;
 mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
 pub use clients::{ClientRecord, FastToken};
+pub use pubsub::StoredItem;
 pub use push::PushRegistration;
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
@@ -135,6 +137,10 @@ impl Store {
         "offline_messages",
         "push_registrations",
         "clients",
+        "pubsub_nodes",
+        "pubsub_items",
+        "pubsub_subscriptions",
+        "pubsub_affiliations",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

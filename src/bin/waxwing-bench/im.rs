@@ -88,7 +88,12 @@ fn jid(a: &ImArgs, local: &str) -> String {
     format!("{}{local}@{}", a.prefix, a.domain)
 }
 
-async fn login(t: &Target, user: &str, resource: &str, presence: bool) -> Result<Session, String> {
+pub(crate) async fn login(
+    t: &Target,
+    user: &str,
+    resource: &str,
+    presence: bool,
+) -> Result<Session, String> {
     xmpp::login_bound(t, user, resource, presence)
         .await
         .map_err(|f| format!("{user}: {f:?}"))
@@ -97,7 +102,7 @@ async fn login(t: &Target, user: &str, resource: &str, presence: bool) -> Result
 /// Closes a stream the way RFC 6120 §4.4 asks: send the closing tag, then
 /// read until the server's, so nothing routed to the session meanwhile is
 /// written into a socket nobody reads any more.
-async fn close(mut s: Session) {
+pub(crate) async fn close(mut s: Session) {
     if s.stream.send_raw(b"</stream:stream>").await.is_ok() {
         let wait = async { while s.stream.next_element().await.is_ok() {} };
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
@@ -106,7 +111,7 @@ async fn close(mut s: Session) {
 }
 
 /// Round trip to the server: everything sent before it has been handled.
-async fn sync(s: &mut Session, id: &str) -> Result<(), String> {
+pub(crate) async fn sync(s: &mut Session, id: &str) -> Result<(), String> {
     let ping = format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>");
     s.stream.send_raw(ping.as_bytes()).await?;
     loop {
@@ -117,7 +122,7 @@ async fn sync(s: &mut Session, id: &str) -> Result<(), String> {
     }
 }
 
-async fn roster_both_count(s: &mut Session) -> Result<usize, String> {
+pub(crate) async fn roster_both_count(s: &mut Session) -> Result<usize, String> {
     s.stream
         .send_raw(format!("<iq type='get' id='rc'><query xmlns='{NS_ROSTER}'/></iq>").as_bytes())
         .await?;
@@ -178,7 +183,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn summary(name: &str, mut v: Vec<f64>) -> String {
+pub(crate) fn summary(name: &str, mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.total_cmp(b));
     let (p50, p99, max) = (
         percentile(&v, 0.5),

@@ -12,6 +12,7 @@
 mod chat;
 mod first;
 mod im;
+mod pep;
 mod stats;
 mod xmpp;
 
@@ -200,6 +201,10 @@ fn main() {
     // `waxwing-bench im …`: the IM-core figures (roster login, offline hand-over).
     if std::env::args().nth(1).as_deref() == Some("im") {
         return im::main();
+    }
+    // `waxwing-bench pep …`: PEP publish → notification latency to online contacts.
+    if std::env::args().nth(1).as_deref() == Some("pep") {
+        return pep::main();
     }
     // `waxwing-bench first …`: latency of the first message to a new domain (s2s setup).
     if std::env::args().nth(1).as_deref() == Some("first") {
