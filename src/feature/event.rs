@@ -39,6 +39,7 @@ pub enum EventKind {
     SessionEnded,
     AccountDeleted,
     Acknowledged,
+    LocalDelivery,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -47,7 +48,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -61,6 +62,7 @@ impl EventKind {
         EventKind::SessionEnded,
         EventKind::AccountDeleted,
         EventKind::Acknowledged,
+        EventKind::LocalDelivery,
         EventKind::Outbound,
     ];
 }
@@ -154,6 +156,16 @@ pub enum Event<'a> {
         jid: &'a FullJid,
         stored_through: i64,
     },
+    /// A message for the local account `to`, past the routing checks,
+    /// before it is handed to its resources or kept for later: the one
+    /// place a feature may change what the account gets (the archive's
+    /// stanza-id). Fired only when someone subscribes. The verdict only
+    /// ends the event; the message goes on either way.
+    LocalDelivery {
+        origin: Origin<'a>,
+        to: &'a BareJid,
+        stanza: &'a mut Element,
+    },
 }
 
 impl Event<'_> {
@@ -173,6 +185,7 @@ impl Event<'_> {
             Event::SessionEnded { .. } => EventKind::SessionEnded,
             Event::AccountDeleted { .. } => EventKind::AccountDeleted,
             Event::Acknowledged { .. } => EventKind::Acknowledged,
+            Event::LocalDelivery { .. } => EventKind::LocalDelivery,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod contact;
 pub mod csi;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -94,6 +95,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(carbons::Carbons),
         Arc::new(caps::Caps::default()),
         Arc::new(csi::ClientStateIndication),
+        Arc::new(mam::Mam::default()),
     ]
 }
 

@@ -17,11 +17,13 @@ macro_rules! on_pool {
 }
 
 mod accounts;
+mod archive;
 mod offline;
 mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
+pub use archive::{ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem};
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
 
 use std::str::FromStr;
@@ -129,6 +131,7 @@ impl Store {
         "roster_items",
         "roster_versions",
         "offline_messages",
+        "archive",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).
