@@ -23,3 +23,14 @@ CREATE TABLE archive (
 CREATE INDEX archive_peer ON archive (kind, domain, username, peer, id);
 -- Retention: what is older than the cut-off, whoever owns it.
 CREATE INDEX archive_ts ON archive (ts);
+
+-- Rows per owner, kept in the same transactions as the rows, so the size
+-- of a whole archive (XEP-0059 <count/> of an unfiltered query) is one
+-- look-up however large it grows.
+CREATE TABLE archive_counts (
+    kind     SMALLINT NOT NULL,
+    domain   TEXT    NOT NULL,
+    username TEXT    NOT NULL,
+    n        BIGINT  NOT NULL,
+    PRIMARY KEY (kind, domain, username)
+);

@@ -61,6 +61,24 @@ pub struct ArchiveFilter {
 /// PostgreSQL's parameter limits).
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Adds $4 to an owner's row count.
+const COUNT_ADD: &str =
+    "INSERT INTO archive_counts (kind, domain, username, n) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (kind, domain, username) DO UPDATE SET n = archive_counts.n + excluded.n";
+
+impl ArchiveFilter {
+    /// Does it select the whole archive?
+    fn is_everything(&self) -> bool {
+        self.peer.is_none()
+            && self.resource.is_none()
+            && self.id_from.is_none()
+            && self.id_until.is_none()
+            && self.after.is_none()
+            && self.before.is_none()
+            && self.ids.is_empty()
+    }
+}
+
 /// A bound value of a query built at run time.
 enum Bind<'a> {
     Text(&'a str),
@@ -129,6 +147,13 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
+        let mut added: Vec<(&ArchiveOwner, i64)> = Vec::new();
+        for r in rows {
+            match added.iter_mut().find(|(o, _)| *o == &r.owner) {
+                Some((_, n)) => *n += 1,
+                None => added.push((&r.owner, 1)),
+            }
+        }
         macro_rules! run {
             ($pool:expr, $db:ty) => {{
                 let mut tx = $pool.begin().await?;
@@ -148,6 +173,15 @@ impl Store {
                             .push_bind(&r.payload);
                     });
                     qb.build().execute(&mut *tx).await?;
+                }
+                for (owner, added) in &added {
+                    sqlx::query(COUNT_ADD)
+                        .bind(owner.kind as i16)
+                        .bind(&owner.domain)
+                        .bind(&owner.username)
+                        .bind(*added)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }};
@@ -186,6 +220,20 @@ impl Store {
         owner: &ArchiveOwner,
         filter: &ArchiveFilter,
     ) -> Result<i64, StorageError> {
+        if filter.is_everything() {
+            // Kept with the rows: one look-up, however large the archive.
+            const Q: &str =
+                "SELECT n FROM archive_counts WHERE kind = $1 AND domain = $2 AND username = $3";
+            let n: Option<(i64,)> = on_pool!(self, pool => {
+                sqlx::query_as(Q)
+                    .bind(owner.kind as i16)
+                    .bind(&owner.domain)
+                    .bind(&owner.username)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            return Ok(n.map_or(0, |(n,)| n));
+        }
         let (cond, binds) = where_clause(owner, filter);
         let sql = format!("SELECT COUNT(*) FROM archive WHERE {cond}");
         let (n,): (i64,) = on_pool!(self, pool => {
@@ -210,10 +258,27 @@ impl Store {
     }
 
     /// Deletes every row stored before `ts` (microseconds), whoever owns
-    /// it; returns how many.
+    /// it; returns how many. One owner at a time, each in a transaction
+    /// with its count.
     pub async fn archive_expire(&self, ts: i64) -> Result<u64, StorageError> {
-        const Q: &str = "DELETE FROM archive WHERE ts < $1";
-        Ok(on_pool!(self, pool => sqlx::query(Q).bind(ts).execute(pool).await?.rows_affected()))
+        const OWNERS: &str = "SELECT DISTINCT kind, domain, username FROM archive WHERE ts < $1";
+        let owners: Vec<(i16, String, String)> = on_pool!(self, pool => {
+            sqlx::query_as(OWNERS).bind(ts).fetch_all(pool).await?
+        });
+        let mut removed = 0;
+        for (kind, domain, username) in owners {
+            let owner = ArchiveOwner {
+                kind: match kind {
+                    0 => ArchiveKind::User,
+                    // A kind this version does not know: not its to expire.
+                    _ => continue,
+                },
+                domain,
+                username,
+            };
+            removed += self.archive_delete(&owner, None, Some(ts)).await?;
+        }
+        Ok(removed)
     }
 
     /// Deletes `owner`'s rows with ids below `before` (all of them when
@@ -223,18 +288,47 @@ impl Store {
         owner: &ArchiveOwner,
         before: Option<&str>,
     ) -> Result<u64, StorageError> {
+        self.archive_delete(owner, before, None).await
+    }
+
+    /// Deletes `owner`'s rows below an id and/or a time, and takes them
+    /// off its count, in one transaction.
+    async fn archive_delete(
+        &self,
+        owner: &ArchiveOwner,
+        before: Option<&str>,
+        older_than: Option<i64>,
+    ) -> Result<u64, StorageError> {
         let filter = ArchiveFilter {
             before: before.map(str::to_string),
             ..Default::default()
         };
-        let (cond, binds) = where_clause(owner, &filter);
+        let (mut cond, mut binds) = where_clause(owner, &filter);
+        if let Some(ts) = older_than {
+            binds.push(Bind::Int(ts));
+            cond.push_str(&format!(" AND ts < ${}", binds.len()));
+        }
         let sql = format!("DELETE FROM archive WHERE {cond}");
-        Ok(on_pool!(self, pool => {
-            bind_all!(sqlx::query(&sql), &binds)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }))
+        const COUNT_SUB: &str = "UPDATE archive_counts SET n = n - $4 WHERE kind = $1 AND domain = $2 AND username = $3";
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let n = bind_all!(sqlx::query(&sql), &binds)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(COUNT_SUB)
+                    .bind(owner.kind as i16)
+                    .bind(&owner.domain)
+                    .bind(&owner.username)
+                    .bind(n as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                n
+            }};
+        }
+        Ok(on_pool!(self, pool => run!(pool)))
     }
 
     /// Owners of `kind` with more than `max` rows, and their counts.
@@ -243,8 +337,7 @@ impl Store {
         kind: ArchiveKind,
         max: u64,
     ) -> Result<Vec<(String, String, i64)>, StorageError> {
-        const Q: &str = "SELECT domain, username, COUNT(*) FROM archive WHERE kind = $1 \
-             GROUP BY domain, username HAVING COUNT(*) > $2";
+        const Q: &str = "SELECT domain, username, n FROM archive_counts WHERE kind = $1 AND n > $2";
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         Ok(on_pool!(self, pool => {
             sqlx::query_as(Q)

@@ -132,6 +132,7 @@ impl Store {
         "roster_versions",
         "offline_messages",
         "archive",
+        "archive_counts",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

@@ -7,10 +7,12 @@
 //! the account is removed, and an archivable message (`eligible`) the
 //! account's preferences keep is archived, and gets the archive's
 //! `<stanza-id/>`, once its row is committed (`writer`). Offline copies are
-//! taken after that, so they carry the same id. A local user's own message
-//! is archived on `MessageSent`, before the sender's next stanza is read.
+//! taken after that, so they carry the same id. A local sender's copy is
+//! archived in the same commit; a message from a local user to anywhere
+//! else is archived on `MessageSent`. Both happen before the sender's next
+//! stanza is read, so before stream management acknowledges it.
 
-mod cleanup;
+pub mod cleanup;
 pub mod eligible;
 pub mod id;
 pub mod prefs;
@@ -23,6 +25,7 @@ use jid::{BareJid, FullJid, Jid};
 
 use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::modules::{IqFuture, IqRequest, IqTarget};
+use crate::router::Origin;
 use crate::server::Server;
 use crate::stanza::{StanzaError, StanzaErrorCondition};
 use crate::storage::{ArchiveKind, ArchiveOwner, ArchiveRow};
@@ -90,7 +93,7 @@ impl Feature for Mam {
         cleanup::spawn(server);
     }
 
-    fn on_event_now(&self, _server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
+    fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
         match event {
             Event::LocalDelivery { to, stanza, .. } => {
                 // Removed whether or not this one is archived: an id by
@@ -98,12 +101,10 @@ impl Feature for Mam {
                 eligible::strip_stanza_ids(stanza, to.as_str());
                 (!eligible::archivable(stanza)).then_some(Verdict::Continue)
             }
-            Event::MessageSent { from, to, stanza } => {
-                let own = to.node().is_some()
-                    && to.node().map(|n| n.as_str()) == from.node().map(|n| n.as_str())
-                    && to.domain() == from.domain();
-                // Within one account the receiving side archived it.
-                (own || !eligible::archivable(stanza)).then_some(Verdict::Continue)
+            Event::MessageSent { to, stanza, .. } => {
+                // To a local account, LocalDelivery archived both sides.
+                let local = to.node().is_some() && server.is_local_domain(to.domain().as_str());
+                (local || !eligible::archivable(stanza)).then_some(Verdict::Continue)
             }
             Event::AccountDeleted { user } => {
                 self.prefs.forget(user);
@@ -117,8 +118,7 @@ impl Feature for Mam {
         Box::pin(async move {
             match event {
                 Event::LocalDelivery { origin, to, stanza } => {
-                    self.archive_incoming(server, origin.sender(), to, stanza)
-                        .await;
+                    self.archive_local(server, *origin, to, stanza).await;
                 }
                 Event::MessageSent { from, to, stanza } => {
                     self.archive_outgoing(server, from, to, stanza).await;
@@ -166,44 +166,75 @@ impl Mam {
         }
     }
 
-    /// Archives a message for the local account `to` and stamps it.
-    async fn archive_incoming(
+    /// Archives a message for the local account `to`, and stamps it with
+    /// the archive's id; from a local user, in the sender's archive too,
+    /// in the same commit (one commit per message, not two).
+    async fn archive_local(
         &self,
         server: &Server,
-        from: &Jid,
+        origin: Origin<'_>,
         to: &BareJid,
         stanza: &mut Element,
     ) {
-        // Nothing is kept for an account that does not exist (a remote
-        // server naming users at random); one with a session exists.
-        if server.sessions.available_resources(to).is_empty() {
-            let (d, u) = (
-                to.domain().as_str(),
-                to.node().map(|n| n.as_str()).unwrap_or_default(),
-            );
-            if !server.store.account_exists(d, u).await.unwrap_or(false) {
-                return;
+        let from = origin.sender();
+        let peer = from.to_bare();
+        let mut rows = Vec::with_capacity(2);
+        let mut stamp = None;
+        if self.account_exists(server, to).await && self.keeps(server, to, peer.as_str()).await {
+            let (id, ts) = self.ids.next();
+            rows.push(ArchiveRow {
+                owner: owner_of(to),
+                id: id.clone(),
+                ts,
+                peer: peer.to_string(),
+                resource: from
+                    .resource()
+                    .map(|r| r.as_str().to_string())
+                    .unwrap_or_default(),
+                outgoing: false,
+                payload: crate::modules::xml_for_storage([&*stanza]),
+            });
+            stamp = Some(id);
+        }
+        // A message to oneself is one message, archived once.
+        if let Some(sender) = origin.session().filter(|s| s.to_bare() != *to) {
+            let user = sender.to_bare();
+            if self.keeps(server, &user, to.as_str()).await {
+                let (id, ts) = self.ids.next();
+                rows.push(ArchiveRow {
+                    owner: owner_of(&user),
+                    id,
+                    ts,
+                    peer: to.to_string(),
+                    resource: stanza
+                        .attr("to")
+                        .and_then(|t| Jid::new(t).ok())
+                        .and_then(|t| t.resource().map(|r| r.as_str().to_string()))
+                        .unwrap_or_default(),
+                    outgoing: true,
+                    payload: crate::modules::xml_for_storage([&*stanza]),
+                });
             }
         }
-        let peer = from.to_bare();
-        if !self.keeps(server, to, peer.as_str()).await {
-            return;
+        if !rows.is_empty() {
+            self.write(server, rows).await;
         }
-        let (id, ts) = self.ids.next();
-        let row = ArchiveRow {
-            owner: owner_of(to),
-            id: id.clone(),
-            ts,
-            peer: peer.to_string(),
-            resource: from
-                .resource()
-                .map(|r| r.as_str().to_string())
-                .unwrap_or_default(),
-            outgoing: false,
-            payload: crate::modules::xml_for_storage([&*stanza]),
-        };
-        self.write(server, vec![row]).await;
-        stanza.append_child(eligible::stanza_id(to.as_str(), &id));
+        if let Some(id) = stamp {
+            stanza.append_child(eligible::stanza_id(to.as_str(), &id));
+        }
+    }
+
+    /// Nothing is kept for an account that does not exist (a remote
+    /// server naming users at random); one with a session exists.
+    async fn account_exists(&self, server: &Server, user: &BareJid) -> bool {
+        if !server.sessions.available_resources(user).is_empty() {
+            return true;
+        }
+        let (d, u) = (
+            user.domain().as_str(),
+            user.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        server.store.account_exists(d, u).await.unwrap_or(false)
     }
 
     /// Archives a message a local user sent, in their own archive.
