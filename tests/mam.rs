@@ -676,3 +676,76 @@ async fn disabled_means_absent() {
     let ans = query(&mut ca, "", "").await;
     assert_eq!(ans.error().as_deref(), Some("service-unavailable"));
 }
+
+/// Retention, the per-user cap and purging, on the store the server uses;
+/// the kept count (`<count/>` of a whole archive) follows every deletion.
+async fn cleanup(ts: TestServer) {
+    use waxwing::modules::mam::{cleanup::run_once, id, owner_of};
+    use waxwing::storage::{ArchiveFilter, ArchiveRow};
+    let [a] = users(&ts, ["ca"]).await;
+    let owner = owner_of(&jid::BareJid::new(&jid(&a)).unwrap());
+    let store = ts.store();
+    let now = id::now_micros();
+    let day = 86_400_000_000i64;
+    let rows: Vec<ArchiveRow> = (0..10)
+        .map(|i| {
+            // Five ten days old, five of today, oldest first.
+            let t = if i < 5 {
+                now - 10 * day + i
+            } else {
+                now - 1000 + i
+            };
+            ArchiveRow {
+                owner: owner.clone(),
+                id: format!("{}0000000{i}", id::time_prefix(t)),
+                ts: t,
+                peer: "peer@elsewhere".into(),
+                resource: String::new(),
+                outgoing: false,
+                payload: format!(
+                    "<message xmlns='jabber:client' type='chat'><body>{i}</body></message>"
+                ),
+            }
+        })
+        .collect();
+    store.archive_insert(&rows).await.unwrap();
+    // A filter that selects everything, counted row by row.
+    let real = ArchiveFilter {
+        id_from: Some("0".into()),
+        ..Default::default()
+    };
+    let counts = || async {
+        (
+            store
+                .archive_count(&owner, &Default::default())
+                .await
+                .unwrap(),
+            store.archive_count(&owner, &real).await.unwrap(),
+        )
+    };
+    assert_eq!(counts().await, (10, 10));
+    run_once(store, 7, 0).await;
+    assert_eq!(counts().await, (5, 5));
+    run_once(store, 0, 3).await;
+    assert_eq!(counts().await, (3, 3));
+    let page = store.archive_page(&owner, &real, false, 10).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        rows[7..].iter().map(|r| r.id.as_str()).collect::<Vec<_>>()
+    );
+    // The client sees the same through a query.
+    let mut ca = login(&ts, &a, "r").await;
+    let ans = query(&mut ca, "", "").await;
+    assert_eq!(ans.bodies(), ["7", "8", "9"]);
+    assert_eq!(ans.count(), 3);
+    store
+        .archive_purge(&owner, Some(&rows[8].id))
+        .await
+        .unwrap();
+    assert_eq!(counts().await, (2, 2));
+    store.archive_purge(&owner, None).await.unwrap();
+    assert_eq!(counts().await, (0, 0));
+}
+
+on_both!(cleanup, cleanup_sqlite, cleanup_postgres);

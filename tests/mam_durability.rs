@@ -268,4 +268,13 @@ async fn acknowledged_and_received_messages_survive_kill_9() {
         .map(|(_, b)| b)
         .collect();
     assert_eq!(alices, expected);
+
+    // `ctl archive purge` beside the running server: nothing before 2000,
+    // then everything.
+    let alice_jid = format!("{}@{DOMAIN}", ALICE.0);
+    w.ctl(&["archive", "purge", &alice_jid, "--before", "2000-01-01"]);
+    assert_eq!(archive(&mut alice).await.len(), COUNT);
+    w.ctl(&["archive", "purge", &alice_jid]);
+    assert!(archive(&mut alice).await.is_empty());
+    assert_eq!(archive(&mut bob).await.len(), COUNT);
 }
