@@ -45,11 +45,17 @@ pub fn archivable(stanza: &Element) -> bool {
 
 /// Removes every `<stanza-id/>` claiming to be by `by` (XEP-0359 §5: only
 /// the archive `by` names may have put it there; a sender's would let it
-/// choose the id a client trusts). Returns whether any was there.
+/// choose the id a client trusts). `by` is compared as a JID, so another
+/// spelling of the same address goes too. Returns whether any was there.
 pub fn strip_stanza_ids(stanza: &mut Element, by: &str) -> bool {
+    let claims_by = |e: &Element| match e.attr("by") {
+        Some(b) if b == by => true,
+        Some(b) => jid::Jid::new(b).is_ok_and(|j| j.as_str() == by),
+        None => false,
+    };
     let before = stanza.nodes().len();
     stanza.nodes_mut().retain(|n| match n {
-        crate::xml::Node::Element(e) => !(e.is("stanza-id", NS_SID) && e.attr("by") == Some(by)),
+        crate::xml::Node::Element(e) => !(e.is("stanza-id", NS_SID) && claims_by(e)),
         _ => true,
     });
     stanza.nodes().len() != before
@@ -101,7 +107,7 @@ mod tests {
     #[test]
     fn strips_only_ours() {
         let mut m = parse(
-            "<message><stanza-id xmlns='urn:xmpp:sid:0' by='a@x' id='1'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@y' id='2'/><body>b</body></message>",
+            "<message><stanza-id xmlns='urn:xmpp:sid:0' by='a@x' id='1'/><stanza-id xmlns='urn:xmpp:sid:0' by='A@X' id='3'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@y' id='2'/><body>b</body></message>",
         );
         assert!(strip_stanza_ids(&mut m, "a@x"));
         assert_eq!(
