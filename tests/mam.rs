@@ -753,3 +753,64 @@ async fn cleanup(ts: TestServer) {
 }
 
 on_both!(cleanup, cleanup_sqlite, cleanup_postgres);
+
+/// Messages to and from an external component (XEP-0114): the user's
+/// sent message is archived on its way out of the server, the component's
+/// message on its way in (with a stanza-id); nothing for an account that
+/// does not exist.
+#[tokio::test]
+async fn component_messages_both_ways() {
+    const BOT: &str = "bot.localhost";
+    let ts = TestServer::start_with(|c| {
+        c.component_listener.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.component.push(waxwing::config::ComponentConfig {
+            domain: BOT.into(),
+            secret: "s3cret".into(),
+        });
+    })
+    .await;
+    let [a] = users(&ts, ["ka"]).await;
+    let mut bot = Client::component(
+        ts.running.as_ref().unwrap().component_addrs[0],
+        BOT,
+        "s3cret",
+    )
+    .await;
+    let mut ca = login(&ts, &a, "r").await;
+    ca.send_str(&format!(
+        "<message type='chat' to='helper@{BOT}'><body>out</body></message>"
+    ))
+    .await;
+    ca.barrier().await;
+    let out = bot.next_named("message").await;
+    assert_eq!(
+        out.get_child("body", "jabber:component:accept")
+            .unwrap()
+            .text(),
+        "out"
+    );
+    bot.send_str(&format!(
+        "<message xmlns='jabber:component:accept' type='chat' from='helper@{BOT}/x' to='{}'><body>in</body></message>\
+         <message xmlns='jabber:component:accept' type='chat' from='helper@{BOT}' to='nobody{a}@{DOMAIN}'><body>lost</body></message>",
+        jid(&a)
+    ))
+    .await;
+    let m = ca.next_named("message").await;
+    let ids = stanza_ids(&m, &jid(&a));
+    assert_eq!(ids.len(), 1, "{}", show(&m));
+    let ans = query(&mut ca, &form(&[("with", &[&format!("helper@{BOT}")])]), "").await;
+    assert_eq!(ans.bodies(), ["out", "in"]);
+    assert_eq!(ans.ids()[1], ids[0]);
+    let nobody = waxwing::modules::mam::owner_of(
+        &jid::BareJid::new(&format!("nobody{a}@{DOMAIN}")).unwrap(),
+    );
+    // The component's second message was routed before its first reached
+    // `ca` (one stream, in order), so it is done with by now.
+    assert_eq!(
+        ts.store()
+            .archive_count(&nobody, &Default::default())
+            .await
+            .unwrap(),
+        0
+    );
+}
