@@ -404,6 +404,27 @@ async fn filters(ts: TestServer) {
         .await;
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 
+    // Metadata (#extended): the first and last messages.
+    let meta = ca
+        .iq(
+            &format!("<iq type='get' id='meta'><metadata xmlns='{NS_MAM}'/></iq>"),
+            "meta",
+        )
+        .await;
+    let meta = meta.get_child("metadata", NS_MAM).expect("metadata");
+    assert_eq!(
+        meta.get_child("start", NS_MAM).unwrap().attr("id"),
+        Some(ids[0].as_str())
+    );
+    assert_eq!(
+        meta.get_child("end", NS_MAM).unwrap().attr("id"),
+        Some(ids[10].as_str())
+    );
+    assert_eq!(
+        meta.get_child("start", NS_MAM).unwrap().attr("timestamp"),
+        Some(stamps[0].as_str())
+    );
+
     // The form, and disco.
     let f = ca
         .iq(
@@ -496,6 +517,18 @@ async fn stanza_id_on_delivery(ts: TestServer) {
     }
     assert_eq!(query(&mut cb, "", "").await.count(), 1);
     assert_eq!(query(&mut ca, "", "").await.bodies(), ["hello"]);
+
+    // An empty archive has empty metadata.
+    let [e] = users(&ts, ["se"]).await;
+    let mut ce = login(&ts, &e, "r").await;
+    let meta = ce
+        .iq(
+            &format!("<iq type='get' id='meta'><metadata xmlns='{NS_MAM}'/></iq>"),
+            "meta",
+        )
+        .await;
+    let meta = meta.get_child("metadata", NS_MAM).expect("metadata");
+    assert_eq!(meta.children().count(), 0);
 
     // Deleting the account empties its archive.
     ts.store().delete_account(DOMAIN, &b).await.unwrap();

@@ -317,6 +317,7 @@ impl Mam {
                 }
                 Ok(Some(answer.fin))
             }
+            ("metadata", false) => Ok(Some(query::metadata(server, &owner_of(&user)).await?)),
             ("prefs", false) => {
                 let p = self.prefs.get(server, &user).await.map_err(internal)?;
                 Ok(Some(p.to_element()))

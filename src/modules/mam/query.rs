@@ -315,12 +315,7 @@ pub fn result_message(
     let forwarded_msg = crate::modules::xml_from_storage(&item.payload, max_depth)?
         .into_iter()
         .find(|e| e.is("message", NS_CLIENT))?;
-    let stamp = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(item.ts) * 1000)
-        .ok()?
-        .format(&time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-        ))
-        .ok()?;
+    let stamp = stamp(item.ts)?;
     let mut result = Element::new("result", NS_MAM).with_attr("id", &item.id);
     if let Some(q) = query_id {
         result.set_attr("queryid", q);
@@ -336,4 +331,40 @@ pub fn result_message(
             .with_attr("to", to.as_str())
             .with_child(result),
     )
+}
+
+/// Microseconds since the Unix epoch as an XEP-0082 DateTime.
+pub fn stamp(ts: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts) * 1000)
+        .ok()?
+        .format(&time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
+        .ok()
+}
+
+/// The archive's metadata (§ "Archive metadata", #extended): its first
+/// and last messages, or an empty element for an empty archive.
+pub async fn metadata(server: &Server, owner: &ArchiveOwner) -> Result<Element, StanzaError> {
+    let internal = |e: crate::storage::StorageError| {
+        tracing::error!(error = %e, "archive metadata");
+        StanzaError::from(StanzaErrorCondition::InternalServerError)
+    };
+    let everything = ArchiveFilter::default();
+    let mut meta = Element::new("metadata", NS_MAM);
+    for (name, newest_first) in [("start", false), ("end", true)] {
+        let page = server
+            .store
+            .archive_page(owner, &everything, newest_first, 1)
+            .await
+            .map_err(internal)?;
+        if let Some(item) = page.first() {
+            meta.append_child(
+                Element::new(name, NS_MAM)
+                    .with_attr("id", &item.id)
+                    .with_attr("timestamp", stamp(item.ts).unwrap_or_default()),
+            );
+        }
+    }
+    Ok(meta)
 }
