@@ -42,6 +42,8 @@ pub struct Config {
     pub sasl2: Sasl2Config,
     /// Publish-subscribe (XEP-0060) and personal eventing (XEP-0163).
     pub pep: PepConfig,
+    /// Message archive management (XEP-0313).
+    pub mam: MamConfig,
 }
 
 /// Push notifications (XEP-0357): what one account may register, and what
@@ -167,6 +169,56 @@ impl Default for PepConfig {
             max_subscribers: 1_000,
             max_caps_resources: 100_000,
             max_caps_queries: 100,
+        }
+    }
+}
+
+/// Message archive management (XEP-0313): what is kept, for how long, and
+/// what one query or one user may cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamConfig {
+    /// Archive messages and answer queries.
+    pub enabled: bool,
+    /// What a user who set no preferences gets archived: "always",
+    /// "roster" (only conversations with roster contacts) or "never".
+    pub default: String,
+    /// Days a message is kept; 0 keeps it until the user or `ctl` removes it.
+    pub retention_days: u64,
+    /// Most messages kept per user; the oldest beyond it are removed by
+    /// the periodic clean-up. 0: no cap.
+    pub max_messages_per_user: u64,
+    /// Seconds between clean-ups (retention and the per-user cap).
+    pub cleanup_interval: u64,
+    /// Results of one query page when the client asks for no number.
+    pub default_page: u32,
+    /// Most results of one query page, whatever the client asks.
+    pub max_page: u32,
+    /// Most ids in one query's `ids` field.
+    pub max_ids: usize,
+    /// Most JIDs in each of a user's `always` and `never` lists.
+    pub max_pref_jids: usize,
+    /// Messages waiting for the archive writer; when full, the senders
+    /// whose messages are archived wait (their stream is not read meanwhile).
+    pub queue: usize,
+    /// Most messages written in one transaction.
+    pub batch: usize,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            enabled: true,
+            default: "always".into(),
+            retention_days: 365,
+            max_messages_per_user: 100_000,
+            cleanup_interval: 3_600,
+            default_page: 50,
+            max_page: 250,
+            max_ids: 50,
+            max_pref_jids: 1_000,
+            queue: 4_096,
+            batch: 256,
         }
     }
 }
@@ -555,6 +607,7 @@ impl Default for Config {
             push: PushConfig::default(),
             sasl2: Sasl2Config::default(),
             pep: PepConfig::default(),
+            mam: MamConfig::default(),
         }
     }
 }
@@ -1542,6 +1595,73 @@ const PEP: &[Field] = &[
         },
     ),
 ];
+const MAM: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("default", Kind::Str(mam_default)),
+    f(
+        "retention_days",
+        Kind::Int {
+            min: 0,
+            max: 36_500,
+        },
+    ),
+    f(
+        "max_messages_per_user",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000_000,
+        },
+    ),
+    f(
+        "cleanup_interval",
+        Kind::Int {
+            min: 1,
+            max: 604_800,
+        },
+    ),
+    f(
+        "default_page",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+    f(
+        "max_page",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+    f(
+        "max_ids",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+    f(
+        "max_pref_jids",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "queue",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "batch",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    ),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1559,7 +1679,16 @@ const SCHEMA: &[Field] = &[
     f("push", Kind::Table(PUSH)),
     f("sasl2", Kind::Table(SASL2)),
     f("pep", Kind::Table(PEP)),
+    f("mam", Kind::Table(MAM)),
 ];
+
+/// A XEP-0313 default archiving mode.
+fn mam_default(s: &str) -> Result<(), String> {
+    match s {
+        "always" | "roster" | "never" => Ok(()),
+        _ => Err("must be \"always\", \"roster\" or \"never\"".into()),
+    }
+}
 
 /// Empty, or `host:port`.
 fn empty_or_host_port(s: &str) -> Result<(), String> {

@@ -208,6 +208,9 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
         to_server(server, origin, kind, &stanza).await;
         return;
     }
+    if kind == StanzaKind::Message && server.features.wants(EventKind::LocalDelivery) {
+        local_delivery(server, origin, &to.to_bare(), &mut stanza).await;
+    }
     match to.try_into_full() {
         Ok(full) => to_full(server, origin, kind, &full, stanza).await,
         Err(bare) => to_bare(server, origin, kind, &bare, stanza).await,
@@ -223,6 +226,16 @@ async fn presence_event(
 ) -> bool {
     let mut event = Event::Presence { origin, to, stanza };
     server.features.fire(server, &mut event).await == Verdict::Stop
+}
+
+/// Lets the features change a message for a local account before any
+/// resource or storage gets it (the archive's stanza-id); free when none
+/// listens.
+async fn local_delivery(server: &Server, origin: Origin<'_>, to: &BareJid, stanza: &mut Element) {
+    if server.features.wants(EventKind::LocalDelivery) {
+        let mut event = Event::LocalDelivery { origin, to, stanza };
+        server.features.fire(server, &mut event).await;
+    }
 }
 
 /// Tells the features a local user's message went out (carbons, archive).
@@ -313,7 +326,9 @@ async fn handle_addressed_to_self(
         }
         StanzaKind::Message => {
             let bare = session.to_bare();
-            to_bare(server, origin, kind, &bare, stanza.clone()).await
+            let mut stanza = stanza.clone();
+            local_delivery(server, origin, &bare, &mut stanza).await;
+            to_bare(server, origin, kind, &bare, stanza).await
         }
     }
 }

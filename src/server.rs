@@ -112,6 +112,10 @@ impl Server {
         store: Store,
         features: Vec<Arc<dyn crate::feature::Feature>>,
     ) -> Result<Arc<Server>, String> {
+        let features = features
+            .into_iter()
+            .filter(|f| f.enabled(&config))
+            .collect();
         let features = crate::feature::Features::new(features)?;
         let routes = crate::routes::RouteTable::new(
             config.domains(),
@@ -307,6 +311,9 @@ impl RunningServer {
                 Err(e) => return Err(e.to_string()),
             },
         };
+        // Before any listener: what features run in the background (the
+        // archive writer) is there for the first stanza.
+        server.features.start(&server);
         let mut c2s_addrs = Vec::new();
         let mut c2s_tls_addrs = Vec::new();
         for (addrs, direct_tls, out) in [

@@ -224,7 +224,8 @@ async fn message_to_own_resource_and_to_nobody() {
         &mut c,
         "
         C: <message to='una@localhost/t' type='chat' id='m1'><body>note to self</body></message>
-        S: <message to='una@localhost/t' type='chat' id='m1' from='una@localhost/t'><body>note to self</body></message>
+        # Archived (XEP-0313), so it carries the archive's id (XEP-0359).
+        S: <message to='una@localhost/t' type='chat' id='m1' from='una@localhost/t'><body>note to self</body><stanza-id xmlns='urn:xmpp:sid:0' by='una@localhost' id='*'/></message>
         # No such user: the message comes back as an error (RFC 6121 §8.5.2.2.1).
         C: <message to='nobody@localhost' type='chat' id='m2'><body>hello?</body></message>
         S: <message to='una@localhost/t' type='error' id='m2' from='nobody@localhost'><body>hello?</body><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>

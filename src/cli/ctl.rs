@@ -38,6 +38,11 @@ pub enum CtlCommand {
     },
     /// Counters of the running server.
     Stats,
+    /// Message archives (XEP-0313), on the database.
+    Archive {
+        #[command(subcommand)]
+        command: super::archive::ArchiveCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,7 +88,8 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
     rt.block_on(async move {
         // Listings come from the running server and need no database.
         let command = match command {
-            CtlCommand::User { command } => command,
+            CtlCommand::User { command } => Ok(command),
+            CtlCommand::Archive { command } => Err(command),
             CtlCommand::S2s { .. } => return ask(&config, Request::S2sList).await,
             CtlCommand::Components { .. } => return ask(&config, Request::ComponentsList).await,
             CtlCommand::Sessions { .. } => return ask(&config, Request::SessionsList).await,
@@ -96,7 +102,16 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let result = user(&config, &store, command).await;
+        let result = match command {
+            Ok(command) => user(&config, &store, command).await,
+            Err(command) => {
+                let super::archive::ArchiveCommand::Purge { jid, .. } = &command;
+                match account_jid(&config, jid) {
+                    Ok(jid) => super::archive::archive(&store, &jid, command).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
         store.close().await;
         match result {
             Ok(msg) => {

@@ -1,5 +1,6 @@
 //! The `waxwing` command line: `serve`, `ctl …` and `check-config`.
 
+mod archive;
 mod ctl;
 mod serve;
 
@@ -31,7 +32,7 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Administer the server's data (`user …`, whether the server runs or
+    /// Administer the server's data (`user …`, `archive purge`, whether the server runs or
     /// not) and list what the running server holds (`s2s list`,
     /// `components list`, `sessions list`, `stats`, through its admin socket).
     Ctl {

@@ -42,6 +42,7 @@ pub enum EventKind {
     Acknowledged,
     SubscriptionRequest,
     IqSetDone,
+    LocalDelivery,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -50,7 +51,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -67,6 +68,7 @@ impl EventKind {
         EventKind::Acknowledged,
         EventKind::SubscriptionRequest,
         EventKind::IqSetDone,
+        EventKind::LocalDelivery,
         EventKind::Outbound,
     ];
 }
@@ -183,6 +185,16 @@ pub enum Event<'a> {
         iq: &'a Element,
         payload: &'a Element,
     },
+    /// A message for the local account `to`, past the routing checks,
+    /// before it is handed to its resources or kept for later: the one
+    /// place a feature may change what the account gets (the archive's
+    /// stanza-id). Fired only when someone subscribes. The verdict only
+    /// ends the event; the message goes on either way.
+    LocalDelivery {
+        origin: Origin<'a>,
+        to: &'a BareJid,
+        stanza: &'a mut Element,
+    },
 }
 
 impl Event<'_> {
@@ -205,6 +217,7 @@ impl Event<'_> {
             Event::Acknowledged { .. } => EventKind::Acknowledged,
             Event::SubscriptionRequest { .. } => EventKind::SubscriptionRequest,
             Event::IqSetDone { .. } => EventKind::IqSetDone,
+            Event::LocalDelivery { .. } => EventKind::LocalDelivery,
         }
     }
 }

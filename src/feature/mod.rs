@@ -71,6 +71,12 @@ pub trait Feature: Send + Sync + 'static {
     /// A short name, for logs and `ctl`.
     fn name(&self) -> &'static str;
 
+    /// Whether it runs under `config` (a feature its section turns off is
+    /// left out of the server altogether: no events, disco or IQs).
+    fn enabled(&self, _config: &crate::config::Config) -> bool {
+        true
+    }
+
     /// The XEPs it implements (0 for an RFC feature), listed in
     /// xep/waxwing.doap (a test keeps the two equal).
     fn xeps(&self) -> &[u16] {
@@ -144,6 +150,11 @@ pub trait Feature: Send + Sync + 'static {
         verdict(Verdict::Continue)
     }
 
+    /// The server is starting: a feature with tasks of its own (a
+    /// writer, a periodic clean-up) spawns them here, on
+    /// `server.background`, so a shutdown waits for them.
+    fn start(&self, _server: &Arc<Server>) {}
+
     /// For [`Features::get`]: the feature as `Any`, so its owner can reach
     /// its state by type (`ctl` figures, tests).
     fn as_any(&self) -> &dyn Any;
@@ -191,6 +202,13 @@ impl Features {
             subscribers,
             iq,
         })
+    }
+
+    /// Lets every feature start its tasks ([`Feature::start`]).
+    pub fn start(&self, server: &Arc<Server>) {
+        for f in &self.list {
+            f.start(server);
+        }
     }
 
     /// Hands `event` to its subscribers in order until one stops it.

@@ -13,6 +13,7 @@ pub mod contact;
 pub mod csi;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod pep;
 pub mod ping;
@@ -104,6 +105,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(pep::Pep::default()),
         Arc::new(avatar::AvatarConversion),
         Arc::new(bookmarks::BookmarksConversion),
+        Arc::new(mam::Mam::default()),
     ]
 }
 

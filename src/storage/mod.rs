@@ -17,6 +17,7 @@ macro_rules! on_pool {
 }
 
 mod accounts;
+mod archive;
 mod clients;
 mod offline;
 mod pubsub;
@@ -25,6 +26,7 @@ mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
+pub use archive::{ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem};
 pub use clients::{ClientRecord, FastToken};
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;
@@ -141,6 +143,8 @@ impl Store {
         "pubsub_items",
         "pubsub_subscriptions",
         "pubsub_affiliations",
+        "archive",
+        "archive_counts",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

@@ -1,0 +1,91 @@
+//! Archive ids (XEP-0359 stanza-id): 11 characters of the time in
+//! microseconds then 8 random ones, in an alphabet whose byte order is its
+//! numeric order, so sorting ids sorts by time and a time bound is an id
+//! bound. 40 random bits make an id of someone else's message a poor guess.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use rand::Rng;
+
+/// Crockford's base32, lowercase: digits before letters, in ASCII order.
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+/// Characters of the time prefix: 55 bits of microseconds (year 3111).
+pub const TIME_CHARS: usize = 11;
+const RANDOM_CHARS: usize = 8;
+
+/// Hands out ids whose times never go backwards within this process, even
+/// if the clock does, so ids issued later sort later.
+#[derive(Debug, Default)]
+pub struct IdSource {
+    last: AtomicI64,
+}
+
+impl IdSource {
+    /// A new id and its time (microseconds since the Unix epoch).
+    pub fn next(&self) -> (String, i64) {
+        let now = now_micros();
+        let mut prev = self.last.load(Ordering::Relaxed);
+        let ts = loop {
+            let ts = now.max(prev + 1);
+            match self
+                .last
+                .compare_exchange_weak(prev, ts, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break ts,
+                Err(p) => prev = p,
+            }
+        };
+        let mut id = time_prefix(ts);
+        let mut rng = rand::thread_rng();
+        for _ in 0..RANDOM_CHARS {
+            id.push(ALPHABET[rng.gen_range(0..32)] as char);
+        }
+        (id, ts)
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The prefix every id of time `ts` starts with; also the smallest id of
+/// that time, so `id >= time_prefix(t)` is "at or after t".
+pub fn time_prefix(ts: i64) -> String {
+    let mut v = ts.clamp(0, (1 << (5 * TIME_CHARS)) - 1) as u64;
+    let mut out = [b'0'; TIME_CHARS];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(v & 31) as usize];
+        v >>= 5;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Is `id` shaped like one of ours? (Anything else cannot be in the
+/// archive, and is not worth a database look-up.)
+pub fn well_formed(id: &str) -> bool {
+    id.len() == TIME_CHARS + RANDOM_CHARS && id.bytes().all(|b| ALPHABET.contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_are_unique() {
+        let src = IdSource::default();
+        let ids: Vec<(String, i64)> = (0..1000).map(|_| src.next()).collect();
+        for w in ids.windows(2) {
+            assert!(w[0].0 < w[1].0, "{:?}", w);
+            assert!(w[0].1 < w[1].1);
+        }
+        assert!(ids.iter().all(|(i, _)| well_formed(i)));
+        assert!(time_prefix(1) < time_prefix(2));
+        assert!(time_prefix(31) < time_prefix(32));
+        assert!(ids[0].0.starts_with(&time_prefix(ids[0].1)));
+        assert!(!well_formed("../etc"));
+    }
+}

@@ -1,0 +1,339 @@
+//! Message Archive Management (XEP-0313 urn:xmpp:mam:2 and #extended),
+//! unique stanza ids (XEP-0359), result paging (XEP-0059) and archiving
+//! preferences (XEP-0441).
+//!
+//! A message for a local account passes `Event::LocalDelivery` before any
+//! resource or offline storage gets it: a `<stanza-id/>` claiming to be by
+//! the account is removed, and an archivable message (`eligible`) the
+//! account's preferences keep is archived, and gets the archive's
+//! `<stanza-id/>`, once its row is committed (`writer`). Offline copies are
+//! taken after that, so they carry the same id. A local sender's copy is
+//! archived in the same commit; a message from a local user to anywhere
+//! else is archived on `MessageSent`. Both happen before the sender's next
+//! stanza is read, so before stream management acknowledges it.
+
+pub mod cleanup;
+pub mod eligible;
+pub mod id;
+pub mod prefs;
+pub mod query;
+mod writer;
+
+use std::sync::{Arc, OnceLock};
+
+use jid::{BareJid, FullJid, Jid};
+
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
+use crate::modules::{IqFuture, IqRequest, IqTarget};
+use crate::router::Origin;
+use crate::server::Server;
+use crate::stanza::{StanzaError, StanzaErrorCondition};
+use crate::storage::{ArchiveKind, ArchiveOwner, ArchiveRow};
+use crate::xml::Element;
+
+pub use writer::Writer;
+
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+pub const NS_MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+
+/// The archive feature: ids, preferences and the writer task.
+#[derive(Debug, Default)]
+pub struct Mam {
+    ids: id::IdSource,
+    prefs: prefs::PrefsCache,
+    writer: OnceLock<Writer>,
+}
+
+/// The archive owner of a user.
+pub fn owner_of(user: &BareJid) -> ArchiveOwner {
+    ArchiveOwner {
+        kind: ArchiveKind::User,
+        domain: user.domain().as_str().to_string(),
+        username: user
+            .node()
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+impl Feature for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+
+    fn enabled(&self, config: &crate::config::Config) -> bool {
+        config.mam.enabled
+    }
+
+    fn xeps(&self) -> &'static [u16] {
+        &[313, 359, 59, 441]
+    }
+
+    fn disco(&self) -> Disco {
+        Disco {
+            server: &[NS_MAM, NS_MAM_EXTENDED],
+            account: &[NS_MAM, NS_MAM_EXTENDED, eligible::NS_SID],
+        }
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_MAM]
+    }
+
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        &[
+            (EventKind::LocalDelivery, 0),
+            (EventKind::MessageSent, 0),
+            (EventKind::AccountDeleted, 0),
+        ]
+    }
+
+    fn start(&self, server: &Arc<Server>) {
+        let _ = self.writer.set(Writer::spawn(server));
+        cleanup::spawn(server);
+    }
+
+    fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
+        match event {
+            Event::LocalDelivery { to, stanza, .. } => {
+                // Removed whether or not this one is archived: an id by
+                // the account's archive comes from the archive only.
+                eligible::strip_stanza_ids(stanza, to.as_str());
+                (!eligible::archivable(stanza)).then_some(Verdict::Continue)
+            }
+            Event::MessageSent { to, stanza, .. } => {
+                // To a local account, LocalDelivery archived both sides.
+                let local = to.node().is_some() && server.is_local_domain(to.domain().as_str());
+                (local || !eligible::archivable(stanza)).then_some(Verdict::Continue)
+            }
+            Event::AccountDeleted { user } => {
+                self.prefs.forget(user);
+                Some(Verdict::Continue)
+            }
+            _ => Some(Verdict::Continue),
+        }
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            match event {
+                Event::LocalDelivery { origin, to, stanza } => {
+                    self.archive_local(server, *origin, to, stanza).await;
+                }
+                Event::MessageSent { from, to, stanza } => {
+                    self.archive_outgoing(server, from, to, stanza).await;
+                }
+                _ => {}
+            }
+            Verdict::Continue
+        })
+    }
+
+    fn handle_iq<'a>(&'a self, req: &'a IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(self.iq(req))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Mam {
+    /// Does `user`'s archive keep messages with `peer` (bare)?
+    async fn keeps(&self, server: &Server, user: &BareJid, peer: &str) -> bool {
+        let prefs = match self.prefs.get(server, user).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "reading archive preferences");
+                return false;
+            }
+        };
+        match prefs.decide(peer) {
+            prefs::Decision::Archive => true,
+            prefs::Decision::Skip => false,
+            prefs::Decision::IfInRoster => {
+                let Ok(peer) = BareJid::new(peer) else {
+                    return false;
+                };
+                match crate::modules::roster::item(server, user, &peer).await {
+                    Ok(item) => item.is_some_and(|i| i.record.in_roster),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the roster for archiving");
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Archives a message for the local account `to`, and stamps it with
+    /// the archive's id; from a local user, in the sender's archive too,
+    /// in the same commit (one commit per message, not two).
+    async fn archive_local(
+        &self,
+        server: &Server,
+        origin: Origin<'_>,
+        to: &BareJid,
+        stanza: &mut Element,
+    ) {
+        let from = origin.sender();
+        let peer = from.to_bare();
+        let mut rows = Vec::with_capacity(2);
+        let mut stamp = None;
+        if self.account_exists(server, to).await && self.keeps(server, to, peer.as_str()).await {
+            let (id, ts) = self.ids.next();
+            rows.push(ArchiveRow {
+                owner: owner_of(to),
+                id: id.clone(),
+                ts,
+                peer: peer.to_string(),
+                resource: from
+                    .resource()
+                    .map(|r| r.as_str().to_string())
+                    .unwrap_or_default(),
+                outgoing: false,
+                payload: crate::modules::xml_for_storage([&*stanza]),
+            });
+            stamp = Some(id);
+        }
+        // A message to oneself is one message, archived once.
+        if let Some(sender) = origin.session().filter(|s| s.to_bare() != *to) {
+            let user = sender.to_bare();
+            if self.keeps(server, &user, to.as_str()).await {
+                let (id, ts) = self.ids.next();
+                rows.push(ArchiveRow {
+                    owner: owner_of(&user),
+                    id,
+                    ts,
+                    peer: to.to_string(),
+                    resource: stanza
+                        .attr("to")
+                        .and_then(|t| Jid::new(t).ok())
+                        .and_then(|t| t.resource().map(|r| r.as_str().to_string()))
+                        .unwrap_or_default(),
+                    outgoing: true,
+                    payload: crate::modules::xml_for_storage([&*stanza]),
+                });
+            }
+        }
+        if !rows.is_empty() {
+            self.write(server, rows).await;
+        }
+        if let Some(id) = stamp {
+            stanza.append_child(eligible::stanza_id(to.as_str(), &id));
+        }
+    }
+
+    /// Nothing is kept for an account that does not exist (a remote
+    /// server naming users at random); one with a session exists.
+    async fn account_exists(&self, server: &Server, user: &BareJid) -> bool {
+        if !server.sessions.available_resources(user).is_empty() {
+            return true;
+        }
+        let (d, u) = (
+            user.domain().as_str(),
+            user.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        server.store.account_exists(d, u).await.unwrap_or(false)
+    }
+
+    /// Archives a message a local user sent, in their own archive.
+    async fn archive_outgoing(&self, server: &Server, from: &FullJid, to: &Jid, stanza: &Element) {
+        let user = from.to_bare();
+        let peer = to.to_bare();
+        if !self.keeps(server, &user, peer.as_str()).await {
+            return;
+        }
+        // The recipient's archive id, when it is ours, is not the sender's.
+        let mut copy = stanza.clone();
+        eligible::strip_stanza_ids(&mut copy, peer.as_str());
+        let (id, ts) = self.ids.next();
+        let row = ArchiveRow {
+            owner: owner_of(&user),
+            id,
+            ts,
+            peer: peer.to_string(),
+            resource: to
+                .resource()
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
+            outgoing: true,
+            payload: crate::modules::xml_for_storage([&copy]),
+        };
+        self.write(server, vec![row]).await;
+    }
+
+    async fn write(&self, server: &Server, rows: Vec<ArchiveRow>) {
+        match self.writer.get() {
+            Some(w) => w.write(rows).await,
+            // A server that was never started (embedded, tests): directly.
+            None => writer::write_direct(&server.store, &rows).await,
+        }
+    }
+
+    async fn iq(&self, req: &IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        match req.target {
+            IqTarget::Account { own: true } => {}
+            // Another user's archive is theirs alone.
+            IqTarget::Account { own: false } => return Err(StanzaErrorCondition::Forbidden.into()),
+            IqTarget::Server => return Err(StanzaErrorCondition::ServiceUnavailable.into()),
+        }
+        let Ok(requester) = req.from.clone().try_into_full() else {
+            return Err(StanzaErrorCondition::Forbidden.into());
+        };
+        let user = requester.to_bare();
+        let server = req.server;
+        let config = &server.config.mam;
+        match (req.payload.name(), req.is_set) {
+            ("query", false) => Ok(Some(query::form())),
+            ("query", true) => {
+                let q = query::parse(
+                    req.payload,
+                    config.default_page,
+                    config.max_page,
+                    config.max_ids,
+                )?;
+                let answer = query::run(server, &owner_of(&user), &q).await?;
+                let depth = server.config.limits.max_depth;
+                for item in &answer.items {
+                    let Some(msg) = query::result_message(
+                        &user,
+                        &requester,
+                        q.query_id.as_deref(),
+                        item,
+                        depth,
+                    ) else {
+                        tracing::warn!(id = %item.id, "an archived message does not parse; skipped");
+                        continue;
+                    };
+                    // Queued before the IQ result, so read before it; a
+                    // client not reading its results fills its own queue.
+                    if crate::router::deliver_local(server, &requester, &msg).is_err() {
+                        return Err(StanzaError::with_text(
+                            StanzaErrorCondition::ResourceConstraint,
+                            "ask for smaller pages",
+                        ));
+                    }
+                }
+                Ok(Some(answer.fin))
+            }
+            ("metadata", false) => Ok(Some(query::metadata(server, &owner_of(&user)).await?)),
+            ("prefs", false) => {
+                let p = self.prefs.get(server, &user).await.map_err(internal)?;
+                Ok(Some(p.to_element()))
+            }
+            ("prefs", true) => {
+                let p = prefs::Prefs::from_element(req.payload, config.max_pref_jids)?;
+                let answer = p.to_element();
+                self.prefs.set(server, &user, p).await.map_err(internal)?;
+                Ok(Some(answer))
+            }
+            _ => Err(StanzaErrorCondition::FeatureNotImplemented.into()),
+        }
+    }
+}
+
+fn internal(e: crate::storage::StorageError) -> StanzaError {
+    tracing::error!(error = %e, "archive preferences");
+    StanzaErrorCondition::InternalServerError.into()
+}
