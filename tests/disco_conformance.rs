@@ -76,9 +76,6 @@ const fn row(xep: u16, var: &'static str, suite: Suite, entity: Entity, status: 
     }
 }
 
-const PEP: Status = Pending("PEP (XEP-0163), issue 11");
-const MAM: Status = Pending("MAM (XEP-0313), issue 11");
-
 /// XEP-0479, Advanced Server: the disco features its Core, IM and Mobile
 /// suites call for.
 const XEP_0479: &[Row] = &[
@@ -111,44 +108,53 @@ const XEP_0479: &[Row] = &[
         "http://jabber.org/protocol/pubsub#publish",
         Core,
         Account,
-        PEP,
+        Implemented,
     ),
     row(
         163,
         "http://jabber.org/protocol/pubsub#auto-create",
         Core,
         Account,
-        PEP,
+        Implemented,
     ),
     row(
         163,
         "http://jabber.org/protocol/pubsub#auto-subscribe",
         Core,
         Account,
-        PEP,
+        Implemented,
     ),
     row(
         163,
         "http://jabber.org/protocol/pubsub#filtered-notifications",
         Core,
         Account,
-        PEP,
+        Implemented,
     ),
     // IM
     row(54, "vcard-temp", Im, Server, Implemented),
-    row(398, "urn:xmpp:pep-vcard-conversion:0", Im, Account, Missing),
+    row(
+        398,
+        "urn:xmpp:pep-vcard-conversion:0",
+        Im,
+        Account,
+        Implemented,
+    ),
     row(280, "urn:xmpp:carbons:2", Im, Server, Implemented),
     row(191, "urn:xmpp:blocking", Im, Server, Implemented),
-    row(402, "urn:xmpp:bookmarks:1#compat", Im, Account, PEP),
+    row(402, "urn:xmpp:bookmarks:1#compat", Im, Account, Implemented),
     row(
         223,
         "http://jabber.org/protocol/pubsub#publish-options",
         Im,
         Account,
-        PEP,
+        Implemented,
     ),
-    row(313, "urn:xmpp:mam:2", Im, Account, MAM),
-    row(313, "urn:xmpp:mam:2#extended", Im, Account, MAM),
+    row(313, "urn:xmpp:mam:2", Im, Account, Implemented),
+    row(313, "urn:xmpp:mam:2#extended", Im, Account, Implemented),
+    // XEP-0313 §7: also on the server, for the domain's own archive queries.
+    row(313, "urn:xmpp:mam:2", Im, Server, Implemented),
+    row(313, "urn:xmpp:mam:2#extended", Im, Server, Implemented),
     // Mobile
     row(357, "urn:xmpp:push:0", Mobile, Account, Implemented),
 ];
@@ -162,19 +168,215 @@ const BEYOND_XEP_0479: &[Row] = &[
     row(199, "urn:xmpp:ping", Beyond, Server, Implemented),
     row(202, "urn:xmpp:time", Beyond, Server, Implemented),
     row(494, "urn:xmpp:cam:0", Beyond, Server, Implemented),
+    // The rest of XEP-0060's features PEP implements (§10 feature names).
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#access-open",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#access-presence",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#access-roster",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#access-whitelist",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#config-node",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#config-node-max",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#create-and-configure",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#create-nodes",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#delete-items",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#delete-nodes",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#item-ids",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#last-published",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#manage-subscriptions",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#member-affiliation",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#modify-affiliations",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#multi-items",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#outcast-affiliation",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#persistent-items",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#presence-notifications",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#publisher-affiliation",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#purge-nodes",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#retract-items",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#retrieve-affiliations",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#retrieve-default",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#retrieve-items",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        60,
+        "http://jabber.org/protocol/pubsub#subscribe",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(
+        411,
+        "urn:xmpp:bookmarks:1#compat-pep",
+        Beyond,
+        Account,
+        Implemented,
+    ),
+    row(359, "urn:xmpp:sid:0", Beyond, Account, Implemented),
 ];
 
 /// The features pending work, which only shrinks as it lands.
-const PENDING: &[&str] = &[
-    "http://jabber.org/protocol/pubsub#publish",
-    "http://jabber.org/protocol/pubsub#auto-create",
-    "http://jabber.org/protocol/pubsub#auto-subscribe",
-    "http://jabber.org/protocol/pubsub#filtered-notifications",
-    "urn:xmpp:bookmarks:1#compat",
-    "http://jabber.org/protocol/pubsub#publish-options",
-    "urn:xmpp:mam:2",
-    "urn:xmpp:mam:2#extended",
-];
+const PENDING: &[&str] = &[];
 
 fn features(info: &Element) -> BTreeSet<String> {
     info.get_child("query", NS_INFO)

@@ -8,6 +8,9 @@
 # WAXWING_ALLOW_PLAIN=true offers PLAIN (over TLS) for `waxwing-bench --mechanism plain`;
 # WAXWING_REGISTRATION=true allows in-band registration for `waxwing-bench --register`;
 # WAXWING_PRELOAD=/path/lib.so runs the server with that library preloaded (an allocator).
+# WAXWING_MAM=true archives messages (XEP-0313); off by default, as in every run recorded
+# before the archive existed and as in the peers' bench configs; WAXWING_MAM=omit writes no
+# [mam] section (for a binary older than the archive, which would refuse it).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -52,6 +55,7 @@ auth_failures_per_account = 100000
 auth_failure_window = 60
 scram_iterations = 4096
 registrations_per_ip = 1000000
+$( [ "${WAXWING_MAM:-false}" = omit ] || printf '[mam]\nenabled = %s\n' "${WAXWING_MAM:-false}" )
 CFG
   chown -R waxwing:waxwing "$D"
 }
