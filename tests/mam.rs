@@ -838,7 +838,9 @@ async fn component_messages_both_ways() {
         &jid::BareJid::new(&format!("nobody{a}@{DOMAIN}")).unwrap(),
     );
     // The component's second message was routed before its first reached
-    // `ca` (one stream, in order), so it is done with by now.
+    // `ca` (one stream, in order), so it is done with by now; whatever it
+    // handed the archive writer is committed once `flushed` returns.
+    ts.server().features.flushed().await;
     assert_eq!(
         ts.store()
             .archive_count(&nobody, &Default::default())

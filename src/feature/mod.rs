@@ -150,6 +150,15 @@ pub trait Feature: Send + Sync + 'static {
         verdict(Verdict::Continue)
     }
 
+    /// Resolves once everything the feature accepted so far is stored
+    /// durably (None: it keeps nothing that lags behind). Stream
+    /// management waits for every feature's before it acknowledges the
+    /// client's stanzas, so what the server acknowledged survives a crash
+    /// even where a feature commits in the background (the archive).
+    fn flushed(&self) -> Option<HookFuture<'_>> {
+        None
+    }
+
     /// The server is starting: a feature with tasks of its own (a
     /// writer, a periodic clean-up) spawns them here, on
     /// `server.background`, so a shutdown waits for them.
@@ -208,6 +217,16 @@ impl Features {
     pub fn start(&self, server: &Arc<Server>) {
         for f in &self.list {
             f.start(server);
+        }
+    }
+
+    /// Waits until every feature has stored durably what it accepted so
+    /// far ([`Feature::flushed`]).
+    pub async fn flushed(&self) {
+        for f in &self.list {
+            if let Some(done) = f.flushed() {
+                done.await;
+            }
         }
     }
 

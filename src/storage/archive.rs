@@ -62,9 +62,10 @@ pub struct ArchiveFilter {
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// Adds $4 to an owner's row count.
-const COUNT_ADD: &str =
-    "INSERT INTO archive_counts (kind, domain, username, n) VALUES ($1, $2, $3, $4) \
-     ON CONFLICT (kind, domain, username) DO UPDATE SET n = archive_counts.n + excluded.n";
+/// How the rows' counts are added to `archive_counts` (after a multi-row
+/// VALUES with one row per owner).
+const COUNT_ADD_CONFLICT: &str =
+    " ON CONFLICT (kind, domain, username) DO UPDATE SET n = archive_counts.n + excluded.n";
 
 impl ArchiveFilter {
     /// Does it select the whole archive?
@@ -174,14 +175,20 @@ impl Store {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
-                for (owner, added) in &added {
-                    sqlx::query(COUNT_ADD)
-                        .bind(owner.kind as i16)
-                        .bind(&owner.domain)
-                        .bind(&owner.username)
-                        .bind(*added)
-                        .execute(&mut *tx)
-                        .await?;
+                // One statement for every owner's count: a batch spans
+                // hundreds of owners, and a statement each cost more than
+                // the rows themselves.
+                for chunk in added.chunks(ROWS_PER_STATEMENT) {
+                    let mut qb: QueryBuilder<$db> =
+                        QueryBuilder::new("INSERT INTO archive_counts (kind, domain, username, n) ");
+                    qb.push_values(chunk, |mut b, (owner, added)| {
+                        b.push_bind(owner.kind as i16)
+                            .push_bind(&owner.domain)
+                            .push_bind(&owner.username)
+                            .push_bind(*added);
+                    });
+                    qb.push(COUNT_ADD_CONFLICT);
+                    qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }};

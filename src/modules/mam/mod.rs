@@ -5,12 +5,13 @@
 //! A message for a local account passes `Event::LocalDelivery` before any
 //! resource or offline storage gets it: a `<stanza-id/>` claiming to be by
 //! the account is removed, and an archivable message (`eligible`) the
-//! account's preferences keep is archived, and gets the archive's
-//! `<stanza-id/>`, once its row is committed (`writer`). Offline copies are
-//! taken after that, so they carry the same id. A local sender's copy is
-//! archived in the same commit; a message from a local user to anywhere
-//! else is archived on `MessageSent`. Both happen before the sender's next
-//! stanza is read, so before stream management acknowledges it.
+//! account's preferences keep is archived (its rows handed to `writer`,
+//! which commits in the background), and gets the archive's
+//! `<stanza-id/>`. Offline copies are taken after that, so they carry the
+//! same id. A local sender's copy goes in the same hand-over; a message
+//! from a local user to anywhere else is archived on `MessageSent`.
+//! Stream management acknowledges a stanza only after the writer committed
+//! what was handed over before (`Feature::flushed`).
 
 pub mod cleanup;
 pub mod eligible;
@@ -86,6 +87,14 @@ impl Feature for Mam {
             (EventKind::MessageSent, 0),
             (EventKind::AccountDeleted, 0),
         ]
+    }
+
+    fn flushed(&self) -> Option<HookFuture<'_>> {
+        let writer = self.writer.get()?;
+        Some(Box::pin(async move {
+            writer.flushed().await;
+            Verdict::Continue
+        }))
     }
 
     fn start(&self, server: &Arc<Server>) {
@@ -287,6 +296,11 @@ impl Mam {
         match (req.payload.name(), req.is_set) {
             ("query", false) => Ok(Some(query::form())),
             ("query", true) => {
+                // Read what this account was just sent: rows handed to the
+                // writer before the query are committed first.
+                if let Some(w) = self.writer.get() {
+                    w.flushed().await;
+                }
                 let q = query::parse(
                     req.payload,
                     config.default_page,

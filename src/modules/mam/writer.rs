@@ -2,27 +2,30 @@
 //! transaction per batch, so many senders share each commit instead of
 //! queueing for the database one by one.
 //!
-//! A message's rows are handed over with a oneshot that fires once they are
-//! committed; the router waits for it before the message is delivered or
-//! stored offline, and before the sender's stream reads its next stanza (so
-//! before stream management can acknowledge it). Whatever a client saw, or
-//! the server acknowledged, is therefore in the archive after a crash.
+//! Handing rows over does not wait for their commit: routing goes on at
+//! once, and many senders share each commit. Each hand-over gets the next
+//! sequence number (in queue order), and the task publishes the last one
+//! it committed. What must not run ahead of the disk waits for that mark
+//! ([`Writer::flushed`]): stream management before it acknowledges
+//! stanzas (through `Feature::flushed`), so whatever the server
+//! acknowledged is in the archive after a crash, and an archive query, so
+//! a client finds what it was just sent.
 //! The queue is bounded (`[mam] queue`): when full, the sender waits for a
 //! place, which holds back only the streams sending archived messages.
 //! After shutdown has closed the queue, rows are written directly.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::Server;
 use crate::storage::{ArchiveRow, StorageError, Store};
 
-/// One message's rows, and who waits for their commit.
+/// One message's rows, with their place in the queue.
 struct Job {
+    seq: u64,
     rows: Vec<ArchiveRow>,
-    done: oneshot::Sender<bool>,
 }
 
 /// The handle the feature writes through.
@@ -30,6 +33,11 @@ struct Job {
 pub struct Writer {
     tx: mpsc::Sender<Job>,
     store: Store,
+    /// The last sequence number handed out; taken with the queue's slot
+    /// under this lock, so queue order and number order agree.
+    last: Mutex<u64>,
+    /// The last sequence number committed (or given up on, logged).
+    committed: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Job {
@@ -43,27 +51,41 @@ impl Writer {
     pub fn spawn(server: &Arc<Server>) -> Writer {
         let config = &server.config.mam;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (mark, committed) = watch::channel(0);
         let store = server.store.clone();
         let batch = config.batch.max(1);
         let shutdown = server.shutdown.clone();
         server
             .background
-            .spawn(run(store.clone(), rx, batch, shutdown));
-        Writer { tx, store }
+            .spawn(run(store.clone(), rx, batch, shutdown, mark));
+        Writer {
+            tx,
+            store,
+            last: Mutex::new(0),
+            committed,
+        }
     }
 
-    /// Archives `rows` and returns once they are committed (or failed,
-    /// which is logged: the message still goes on).
+    /// Hands `rows` to the writer task, waiting only for room in its
+    /// queue (a failed commit is logged: the message still goes on).
     pub async fn write(&self, rows: Vec<ArchiveRow>) {
-        let (done, committed) = oneshot::channel();
-        match self.tx.send(Job { rows, done }).await {
-            Ok(()) => {
-                // A dropped sender means the task ended mid-batch; nothing
-                // more can be done for these rows than what it logged.
-                let _ = committed.await;
-            }
-            Err(mpsc::error::SendError(job)) => write_direct(&self.store, &job.rows).await,
-        }
+        let Ok(slot) = self.tx.reserve().await else {
+            // The task has stopped (shutdown): write here.
+            write_direct(&self.store, &rows).await;
+            return;
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        *last += 1;
+        slot.send(Job { seq: *last, rows });
+    }
+
+    /// Waits until everything handed over before the call is committed.
+    pub async fn flushed(&self) {
+        let target = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut committed = self.committed.clone();
+        // An error means the task is gone; what it took was committed or
+        // logged, and later rows are written directly.
+        let _ = committed.wait_for(|&c| c >= target).await;
     }
 }
 
@@ -78,7 +100,13 @@ fn log_failure(e: &StorageError, rows: usize) {
     tracing::error!(error = %e, rows, "archiving messages");
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Job>, batch: usize, shutdown: CancellationToken) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Job>,
+    batch: usize,
+    shutdown: CancellationToken,
+    mark: watch::Sender<u64>,
+) {
     loop {
         let first = tokio::select! {
             biased;
@@ -87,14 +115,18 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>, batch: usize, shutdown: 
         };
         let Some(first) = first else { break };
         let jobs = gather(first, &mut rx, batch);
+        let last = jobs.last().map_or(0, |j| j.seq);
         commit(&store, jobs).await;
+        mark.send_replace(last);
     }
     // Shutdown: no new jobs (senders write directly from now on); what is
     // queued still goes in before the store closes.
     rx.close();
     while let Some(first) = rx.recv().await {
         let jobs = gather(first, &mut rx, batch);
+        let last = jobs.last().map_or(0, |j| j.seq);
         commit(&store, jobs).await;
+        mark.send_replace(last);
     }
 }
 
@@ -117,30 +149,16 @@ fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: usize) -> Vec<Job> {
 async fn commit(store: &Store, jobs: Vec<Job>) {
     let rows: Vec<ArchiveRow> = jobs.iter().flat_map(|j| j.rows.iter().cloned()).collect();
     match store.archive_insert(&rows).await {
-        Ok(()) => {
-            for j in jobs {
-                let _ = j.done.send(true);
-            }
-        }
+        Ok(()) => {}
         Err(e) if jobs.len() > 1 => {
             // One bad row must not cost the others: each on its own.
             tracing::warn!(error = %e, "archive batch failed; writing its messages one by one");
             for j in jobs {
-                let ok = match store.archive_insert(&j.rows).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        log_failure(&e, j.rows.len());
-                        false
-                    }
-                };
-                let _ = j.done.send(ok);
+                if let Err(e) = store.archive_insert(&j.rows).await {
+                    log_failure(&e, j.rows.len());
+                }
             }
         }
-        Err(e) => {
-            log_failure(&e, rows.len());
-            for j in jobs {
-                let _ = j.done.send(false);
-            }
-        }
+        Err(e) => log_failure(&e, rows.len()),
     }
 }

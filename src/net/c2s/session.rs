@@ -264,6 +264,11 @@ impl<S: ClientStream> Connection<S> {
             return Ok(());
         }
         if el.ns() == NS_SM {
+            if el.name() == "r" {
+                // An ack says the stanzas were handled: what features keep
+                // of them (the archive) must be on disk first.
+                self.server.features.flushed().await;
+            }
             if let Some(stored_through) = self.stream_management(a, &el)? {
                 let mut event = Event::Acknowledged {
                     jid: &a.jid,
