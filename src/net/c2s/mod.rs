@@ -130,7 +130,10 @@ struct Connection<S> {
 impl<S: ClientStream> Connection<S> {
     async fn run(&mut self, direct_tls: bool) -> (End, Option<Attached>) {
         let login_timeout = Duration::from_secs(self.server.config.c2s.login_timeout);
-        let negotiated = match timeout(login_timeout, self.negotiate(direct_tls)).await {
+        // Boxed: negotiation's state (SASL, SASL2, bind, resume) is larger
+        // than a bound session's and lives only until login; inline, every
+        // idle session's task would stay that size for its whole life.
+        let negotiated = match timeout(login_timeout, Box::pin(self.negotiate(direct_tls))).await {
             Ok(r) => r,
             Err(_) => Err(self
                 .stream
