@@ -12,8 +12,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::process::Waxwing;
 use common::{Client, DOMAIN};
 use waxwing::xml::{Element, NS_CLIENT};

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::process::Waxwing;
 use common::{Client, DOMAIN};
 use waxwing::xml::NS_CLIENT;
