@@ -14,7 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 BIN=$1; D=$2; shift 2
 LABEL=cg-$(basename "$BIN")-$D
-OUT=/tmp/waxwing-callgrind; mkdir -p "$OUT"; chmod 777 "$OUT"
+OUT=${CALLGRIND_DIR:-/tmp/waxwing-callgrind}; mkdir -p "$OUT"; chmod 777 "$OUT"
 WRAP=$OUT/wrap-$(basename "$BIN")
 cat > "$WRAP" <<W
 #!/bin/sh
@@ -28,8 +28,8 @@ rm -f "$OUT/$LABEL".*
 WAXWING_BIN=$WRAP bench/peers/waxwing.sh start >/dev/null
 pid=$(bench/peers/waxwing.sh pid)
 . bench/peers/common.sh
-wait_port 127.0.0.4 5222 60
-( ulimit -n "$(fd_limit)"; target/release/waxwing-bench --host 127.0.0.4 --port 5222 --domain waxwing.bench \
+wait_port "${WAXWING_BENCH_IP:-127.0.0.4}" 5222 60
+( ulimit -n "$(fd_limit)"; target/release/waxwing-bench --host "${WAXWING_BENCH_IP:-127.0.0.4}" --port 5222 --domain waxwing.bench \
   --accounts 200 --password "$BENCH_PASSWORD" --sessions 200 --server-pid "$pid" --pairs 100 \
   --rates "${RATE:-sat}" --duration "$D" --idle 1 --label "$LABEL" "$@" ) > "$OUT/$LABEL.out" 2>&1
 bench/peers/waxwing.sh stop >/dev/null

@@ -70,7 +70,7 @@ for s in "$@"; do
   case $s in
     prosody) run_one prosody 127.0.0.2 prosody.bench prosody.sh ;;
     ejabberd) run_one ejabberd 127.0.0.3 ejabberd.bench ejabberd.sh ;;
-    waxwing) run_one waxwing 127.0.0.4 waxwing.bench waxwing.sh ;;
+    waxwing) run_one waxwing "${WAXWING_BENCH_IP:-127.0.0.4}" waxwing.bench waxwing.sh ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac
 done

@@ -15,7 +15,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 . "$HERE/common.sh"
-IP=127.0.0.4 PORT=5222 DOMAIN=waxwing.bench
+# WAXWING_BENCH_IP lets two benchmark runs (two checkouts) share the machine without sharing a port.
+IP=${WAXWING_BENCH_IP:-127.0.0.4} PORT=5222 DOMAIN=waxwing.bench
 D=$BENCH_DIR/waxwing
 BIN=${WAXWING_BIN:-$ROOT/target/release/waxwing}
 : "${WAXWING_ACCOUNTS:=${ACCOUNTS_USED:-1000}}"
