@@ -733,6 +733,8 @@ pub struct ResumeTiming {
     pub reconnect_us: u64,
     /// Whether `<resumed h/>` equals the stanzas we had sent (None: no h).
     pub h_matched: Option<bool>,
+    /// The reconnection's TLS handshake resumed a TLS session.
+    pub tls_resumed: bool,
 }
 
 /// Drops `conn` without a word (no `</stream:stream>`, no TLS close_notify:
@@ -783,6 +785,7 @@ async fn drop_and_resume(
                 resume_us: r.resume_us,
                 reconnect_us: r.reconnect_us,
                 h_matched: r.server_h.map(|s| s == sm.sent.load(Acquire)),
+                tls_resumed: r.tls_resumed,
             };
             let _ = plan.done.send(ResumeDone {
                 idx: who.idx,

@@ -143,6 +143,7 @@ pub fn tls_connector(resume: bool) -> TlsConnector {
 }
 
 /// Everything a session needs to log in.
+#[derive(Clone)]
 pub struct Target {
     pub addr: std::net::SocketAddr,
     pub domain: String,
@@ -152,6 +153,23 @@ pub struct Target {
     pub scram_cache: Arc<SaltedPasswordCache>,
     /// How sessions authenticate.
     pub sasl: SaslChoice,
+}
+
+impl Target {
+    /// The same target with a TLS session store of its own, as one real
+    /// client has: its reconnection presents the ticket of its own last
+    /// session. (One store shared by every benchmark session keeps only a
+    /// few tickets per server name, so most reconnections of a storm would
+    /// fall back to a full handshake.)
+    pub fn with_own_tls_sessions(&self) -> Target {
+        let mut config = ClientConfig::clone(self.connector.config());
+        config.resumption =
+            rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(2)));
+        Target {
+            connector: TlsConnector::from(Arc::new(config)),
+            ..self.clone()
+        }
+    }
 }
 
 /// The SASL mechanism a benchmark logs in with.
@@ -396,6 +414,9 @@ pub struct Resumed {
     pub resume_us: u64,
     /// From the TCP connect to `<resumed/>` parsed.
     pub reconnect_us: u64,
+    /// The TLS handshake resumed an earlier TLS session (no certificate,
+    /// no signature) rather than a full one.
+    pub tls_resumed: bool,
 }
 
 /// New connection, authentication as `user`, restart, `<resume previd h/>`,
@@ -428,8 +449,10 @@ pub async fn resume(t: &Target, user: &str, previd: &str, h: u32) -> Result<Resu
             .unwrap_or_default();
         return fail(Step::Resume, format!("<{}> {cond}", el.name()));
     }
+    let tls_resumed = xs.io.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     Ok(Resumed {
         server_h: el.attr("h").and_then(|h| h.parse().ok()),
+        tls_resumed,
         stream: xs,
         resume_us,
         reconnect_us,
