@@ -88,7 +88,9 @@ fn record(r: Row) -> ClientRecord {
 impl Store {
     /// Records a login by `client_id`, creating its row; past `max_clients`
     /// rows for the account, the least recently seen others are forgotten
-    /// (with their tokens).
+    /// (with their tokens). Returns the row's `first_seen`: a session bound
+    /// by this login belongs to this row, and a row revoked and made anew
+    /// (another `first_seen`) is not its own.
     #[allow(clippy::too_many_arguments)]
     pub async fn client_seen(
         &self,
@@ -100,8 +102,8 @@ impl Store {
         auth: &str,
         now: i64,
         max_clients: usize,
-    ) -> Result<(), StorageError> {
-        on_pool!(self, pool => {
+    ) -> Result<i64, StorageError> {
+        let first_seen = on_pool!(self, pool => {
             let first_seen: i64 = sqlx::query_scalar(
                 "INSERT INTO clients (domain, username, client_id, software, device, first_seen, last_seen, last_auth) \
                  VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
@@ -134,8 +136,9 @@ impl Store {
                 .execute(pool)
                 .await?;
             }
+            first_seen
         });
-        Ok(())
+        Ok(first_seen)
     }
 
     /// "Everything after the first $3 rows" in this dialect.

@@ -11,6 +11,7 @@ use super::session::Attached;
 use super::{ClientStream, Connection, MAX_AUTH_ATTEMPTS_PER_STREAM};
 use crate::feature::Event;
 use crate::modules::carbons::CarbonsEnabled;
+use crate::modules::clients::BoundClient;
 use crate::modules::stream_management::StreamManagementFeature;
 use crate::net::xmlstream::{random_id, Flow};
 use crate::sasl::fast::{self, FastMechanism};
@@ -301,13 +302,14 @@ impl<S: ClientStream> Connection<S> {
         let now = now();
         let client_id = req.user_agent.id.clone();
         let mut token_el = None;
+        let mut first_seen = None;
         if let Some(id) = &client_id {
             let how = if authed.token_expiry.is_some() {
                 "fast"
             } else {
                 "password"
             };
-            if let Err(e) = server
+            match server
                 .store
                 .client_seen(
                     &self.domain,
@@ -321,7 +323,8 @@ impl<S: ClientStream> Connection<S> {
                 )
                 .await
             {
-                tracing::error!(error = %e, "recording client");
+                Ok(f) => first_seen = Some(f),
+                Err(e) => tracing::error!(error = %e, "recording client"),
             }
             let invalidate = req.fast.is_some_and(|f| f.invalidate);
             if invalidate {
@@ -420,6 +423,15 @@ impl<S: ClientStream> Connection<S> {
             )
             .await?;
         if let (Some(id), Some(a)) = (&client_id, &a) {
+            if let Some(first_seen) = first_seen {
+                a.w.extensions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(BoundClient {
+                        client_id: id.clone(),
+                        first_seen,
+                    });
+            }
             if let Err(e) = server
                 .store
                 .client_bound(&self.domain, &username, id, a.jid.resource().as_str())

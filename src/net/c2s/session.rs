@@ -400,6 +400,14 @@ impl<S: ClientStream> Connection<S> {
             end_parked(&self.server, parked).await;
             return Ok(Err(failed("item-not-found", None)));
         }
+        // Its client was revoked (perhaps by `ctl` while the server could
+        // not be told): the session ends instead.
+        if !crate::modules::clients::may_resume(&self.server, &parked.jid).await {
+            tracing::info!(conn = self.id, peer = %self.peer, jid = %parked.jid,
+                "c2s resumption refused: the client was revoked");
+            end_parked(&self.server, parked).await;
+            return Ok(Err(failed("item-not-found", None)));
+        }
         let Parked {
             jid,
             session_id,
