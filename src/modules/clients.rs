@@ -23,13 +23,13 @@ use crate::xml::Element;
 pub const NS: &str = "urn:xmpp:cam:0";
 
 /// In a session's extensions (set at Bind 2): the SASL2 client the session
-/// belongs to, and its row's `first_seen` then. A resumption checks the row
+/// belongs to, and its row's `generation` then. A resumption checks the row
 /// is still there and still the same one, so a client revoked while the
 /// server could not be told (`ctl` without the admin socket) cannot resume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundClient {
     pub client_id: String,
-    pub first_seen: i64,
+    pub generation: i64,
 }
 
 /// What a revocation found.
@@ -227,7 +227,7 @@ pub async fn may_resume(server: &Server, jid: &FullJid) -> bool {
     let bare = jid.to_bare();
     let (domain, user) = account_parts(&bare);
     match server.store.client(domain, user, &bound.client_id).await {
-        Ok(Some(row)) => row.first_seen == bound.first_seen,
+        Ok(Some(row)) => row.generation == bound.generation,
         Ok(None) => false,
         Err(e) => {
             tracing::error!(error = %e, "reading client before resumption");

@@ -36,6 +36,8 @@ pub struct ClientRecord {
     pub token_count: i64,
     /// A token issued and not yet used.
     pub next: Option<FastToken>,
+    /// Random, chosen when the row was made (see `client_seen`).
+    pub generation: i64,
 }
 
 type Row = (
@@ -53,10 +55,12 @@ type Row = (
     Option<Vec<u8>>,
     Option<String>,
     Option<i64>,
+    i64,
 );
 
 const COLUMNS: &str = "client_id, software, device, first_seen, last_seen, last_auth, resource, \
-     token_hash, token_mechanism, token_expiry, token_count, next_hash, next_mechanism, next_expiry";
+     token_hash, token_mechanism, token_expiry, token_count, next_hash, next_mechanism, next_expiry, \
+     generation";
 
 fn token(
     hash: Option<Vec<u8>>,
@@ -82,15 +86,16 @@ fn record(r: Row) -> ClientRecord {
         token: token(r.7, r.8, r.9),
         token_count: r.10,
         next: token(r.11, r.12, r.13),
+        generation: r.14,
     }
 }
 
 impl Store {
     /// Records a login by `client_id`, creating its row; past `max_clients`
     /// rows for the account, the least recently seen others are forgotten
-    /// (with their tokens). Returns the row's `first_seen`: a session bound
-    /// by this login belongs to this row, and a row revoked and made anew
-    /// (another `first_seen`) is not its own.
+    /// (with their tokens). Returns the row's `generation` (random, chosen
+    /// when the row is made): a session bound by this login belongs to this
+    /// row, and a row revoked and made anew is not its own.
     #[allow(clippy::too_many_arguments)]
     pub async fn client_seen(
         &self,
@@ -103,12 +108,12 @@ impl Store {
         now: i64,
         max_clients: usize,
     ) -> Result<i64, StorageError> {
-        let first_seen = on_pool!(self, pool => {
-            let first_seen: i64 = sqlx::query_scalar(
-                "INSERT INTO clients (domain, username, client_id, software, device, first_seen, last_seen, last_auth) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
+        let generation = on_pool!(self, pool => {
+            let (first_seen, generation): (i64, i64) = sqlx::query_as(
+                "INSERT INTO clients (domain, username, client_id, software, device, first_seen, last_seen, last_auth, generation) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) \
                  ON CONFLICT (domain, username, client_id) DO UPDATE SET software = $4, device = $5, \
-                 last_seen = $6, last_auth = $7 RETURNING first_seen",
+                 last_seen = $6, last_auth = $7 RETURNING first_seen, generation",
             )
             .bind(domain)
             .bind(username)
@@ -117,6 +122,7 @@ impl Store {
             .bind(device)
             .bind(now)
             .bind(auth)
+            .bind(rand::random::<i64>())
             .fetch_one(pool)
             .await?;
             // Only a new client can take the account past its quota: a
@@ -136,9 +142,9 @@ impl Store {
                 .execute(pool)
                 .await?;
             }
-            first_seen
+            generation
         });
-        Ok(first_seen)
+        Ok(generation)
     }
 
     /// "Everything after the first $3 rows" in this dialect.

@@ -302,7 +302,7 @@ impl<S: ClientStream> Connection<S> {
         let now = now();
         let client_id = req.user_agent.id.clone();
         let mut token_el = None;
-        let mut first_seen = None;
+        let mut generation = None;
         if let Some(id) = &client_id {
             let how = if authed.token_expiry.is_some() {
                 "fast"
@@ -323,7 +323,7 @@ impl<S: ClientStream> Connection<S> {
                 )
                 .await
             {
-                Ok(f) => first_seen = Some(f),
+                Ok(g) => generation = Some(g),
                 Err(e) => tracing::error!(error = %e, "recording client"),
             }
             let invalidate = req.fast.is_some_and(|f| f.invalidate);
@@ -423,13 +423,13 @@ impl<S: ClientStream> Connection<S> {
             )
             .await?;
         if let (Some(id), Some(a)) = (&client_id, &a) {
-            if let Some(first_seen) = first_seen {
+            if let Some(generation) = generation {
                 a.w.extensions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(BoundClient {
                         client_id: id.clone(),
-                        first_seen,
+                        generation,
                     });
             }
             if let Err(e) = server
