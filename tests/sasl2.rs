@@ -832,3 +832,100 @@ async fn clients_per_account_are_bounded_on_postgres() {
     .await;
     client_quota(&server).await;
 }
+
+/// One TLS session, resumed: a rustls client keeping its session store
+/// across connections resumes (no certificate signature), on direct TLS
+/// and on STARTTLS, with stateless tickets alone and with the server's
+/// session cache alone; SCRAM-SHA-256-PLUS then binds to the resumed
+/// session with tls-exporter (RFC 9266: this handshake's exporter, not the
+/// first one's) and with tls-server-end-point (the session's certificate).
+/// With both off, nothing resumes.
+#[tokio::test]
+async fn resumed_tls_sessions_keep_channel_binding() {
+    for (tickets, cache) in [(true, 0), (false, 16)] {
+        let server = TestServer::start_with(move |c| {
+            c.tls.session_tickets = tickets;
+            c.tls.session_cache = cache;
+        })
+        .await;
+        server.add_user("tick", "pw").await;
+        for direct in [true, false] {
+            resumed_session_binds(&server, direct).await;
+        }
+    }
+
+    let off = TestServer::start_with(|c| {
+        c.tls.session_tickets = false;
+        c.tls.session_cache = 0;
+    })
+    .await;
+    let config = insecure_client_config();
+    for _ in 0..2 {
+        let mut c = Client::connect_tls_config(off.tls_addr, "localhost", config.clone()).await;
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        // The features come after anything sent right after the
+        // handshake: had the server sent a ticket, the store would hold it.
+        c.open_stream().await;
+        c.next_element().await;
+    }
+}
+
+/// Direct TLS or STARTTLS, `resumed_tls_sessions_keep_channel_binding`.
+async fn resumed_session_binds(server: &TestServer, direct: bool) {
+    let config = insecure_client_config();
+    let connect = |config: Arc<rustls::ClientConfig>| async move {
+        if direct {
+            let mut c = Client::connect_tls_config(server.tls_addr, "localhost", config).await;
+            c.open_stream().await;
+            let f = c.next_element().await;
+            (c, f)
+        } else {
+            let mut c = Client::connect(server.plain_addr).await;
+            let f = c.starttls_config(config).await;
+            (c, f)
+        }
+    };
+    let (mut first, _) = connect(config.clone()).await;
+    assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    // A login reads past the handshake, so the tickets are in.
+    let r = first
+        .sasl2_scram(ScramHash::Sha256, "tick", "pw", true, "t1", "")
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+    let first_exporter = first.tls_exporter().unwrap();
+    drop(first);
+
+    let (mut again, features) = connect(config.clone()).await;
+    assert_eq!(
+        again.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "direct TLS: {direct}"
+    );
+    let cbs = cb_types(&features).unwrap();
+    assert!(cbs.contains(&"tls-exporter".to_string()), "{cbs:?}");
+    let exporter = again.tls_exporter().unwrap();
+    assert_ne!(exporter, first_exporter, "a new exporter per handshake");
+    let r = again
+        .sasl2_scram(ScramHash::Sha256, "tick", "pw", true, "t1", "")
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+
+    let (mut endpoint, _) = connect(config.clone()).await;
+    assert_eq!(
+        endpoint.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let hash = endpoint
+        .server_end_point_hash()
+        .expect("certificate of the session");
+    let outcome = endpoint
+        .scram_with_binding(
+            ScramHash::Sha256,
+            "tick",
+            "pw",
+            waxwing::sasl::ChannelBindingType::TlsServerEndPoint,
+            hash,
+        )
+        .await;
+    assert!(outcome.is("success", NS_SASL), "{}", show(&outcome));
+}
