@@ -1122,6 +1122,14 @@ const TLS: &[Field] = &[
     f("cert", Kind::Str(any_str)),
     f("key", Kind::Str(any_str)),
     f("dev_cert_dir", Kind::Str(any_str)),
+    f("session_tickets", Kind::Bool),
+    f(
+        "session_cache",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+    ),
 ];
 const C2S: &[Field] = &[
     f("listen", Kind::Addrs),

@@ -137,6 +137,8 @@ async fn login_drop_and_fast_resume(server: &TestServer) {
         "server proves it knows the token"
     );
     let resumed = success.get_child("resumed", NS_SM).expect("resumed inline");
+    // XEP-0388: after a resumption, the session's full JID.
+    assert_eq!(authorization_identifier(&success), full);
     assert_eq!(resumed.attr("previd"), Some(sm_id.as_str()));
     assert!(
         success.get_child("bound", NS_BIND2).is_none(),

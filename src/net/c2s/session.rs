@@ -439,6 +439,12 @@ impl<S: ClientStream> Connection<S> {
             .with_attr("h", sm.handled().to_string());
         match inline {
             Some(mut success) => {
+                // XEP-0388 §2.5.3: after a resumption the identifier is
+                // the session's full JID, not the account's.
+                let ns = crate::stream::sasl2::NS_SASL2;
+                if let Some(a) = success.get_child_mut("authorization-identifier", ns) {
+                    *a = Element::new("authorization-identifier", ns).with_text(jid.as_str());
+                }
                 success.append_child(resumed);
                 self.stream.write(&success);
             }
