@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -291,6 +292,9 @@ def main():
     ap.add_argument("--modes", default="scram,fast,fast-resumed")
     ap.add_argument("--callgrind", action="store_true")
     ap.add_argument("--rtt", action="store_true")
+    ap.add_argument("--rsa", action="store_true",
+                    help="an RSA-2048 certificate (openssl) instead of the generated ECDSA P-256 one")
+    ap.add_argument("--keep-dumps", help="copy callgrind's dumps here (for callgrind_annotate)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     hz = os.sysconf("SC_CLK_TCK")
@@ -300,12 +304,20 @@ def main():
     with tempfile.TemporaryDirectory(dir=base) as d:
         port, tls_port = free_port(), free_port()
         cfg = os.path.join(d, "bench.toml")
+        tls_keys = ""
+        if args.rsa:
+            cert, key = os.path.join(d, "rsa.pem"), os.path.join(d, "rsa.key")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                            "-keyout", key, "-out", cert], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            tls_keys = "cert = \"%s\"\nkey = \"%s\"\n" % (cert, key)
         with open(cfg, "w") as f:
-            f.write("log_level = \"warn\"\n[[host]]\ndomain = \"localhost\"\n[database]\n"
-                    "url = \"sqlite://%s/db.sqlite\"\n[tls]\ndev_cert_dir = \"%s/certs\"\n[c2s]\n"
-                    "listen = [\"%s:%d\"]\nlisten_tls = [\"%s:%d\"]\n[admin]\nsocket = \"\"\n"
-                    "[limits]\nauth_failures_per_ip = 100000\n"
-                    % (d, d, HOST, port, HOST, tls_port))
+            f.write(("log_level = \"warn\"\n[[host]]\ndomain = \"localhost\"\n[database]\n"
+                     "url = \"sqlite://%s/db.sqlite\"\n[tls]\n%sdev_cert_dir = \"%s/certs\"\n[c2s]\n"
+                     "listen = [\"%s:%d\"]\nlisten_tls = [\"%s:%d\"]\n[admin]\nsocket = \"\"\n"
+                     "[limits]\nauth_failures_per_ip = 100000\n")
+                    % (d, tls_keys, d, HOST, port, HOST, tls_port))
         subprocess.run([args.bin, "ctl", "--config", cfg, "user", "add", "bench@localhost", "pw"],
                        check=True, stdout=subprocess.DEVNULL)
         cmd = [args.bin, "serve", "--config", cfg]
@@ -368,6 +380,10 @@ def main():
         finally:
             server.terminate()
             server.wait()
+            if args.keep_dumps:
+                os.makedirs(args.keep_dumps, exist_ok=True)
+                for f in glob.glob(dumps + "*"):
+                    shutil.copy(f, args.keep_dumps)
 
 
 if __name__ == "__main__":

@@ -233,11 +233,15 @@ impl Store {
         Ok(r > 0)
     }
 
-    /// Records a use of a token (`hash`). With a `count`, only if it is
-    /// above every count already used with that token (compared and
-    /// written in one statement, so two racing replays cannot both pass).
-    /// `next`: the token used is the one waiting, which becomes the current
-    /// one, the older invalidated (XEP-0484 §3.3). False: refused.
+    /// Records a use of a token (`hash`), and the login with it (last
+    /// seen, user-agent texts: what `client_seen` records for a password
+    /// login, in the same statement, so a FAST login commits once). With a
+    /// `count`, only if it is above every count already used with that
+    /// token (compared and written in one statement, so two racing replays
+    /// cannot both pass). `next`: the token used is the one waiting, which
+    /// becomes the current one, the older invalidated (XEP-0484 §3.3).
+    /// Returns the row's `generation`; None: refused.
+    #[allow(clippy::too_many_arguments)]
     pub async fn use_fast_token(
         &self,
         domain: &str,
@@ -246,35 +250,41 @@ impl Store {
         hash: &[u8],
         next: bool,
         count: Option<i64>,
-    ) -> Result<bool, StorageError> {
-        let sql = match (next, count.is_some()) {
-            (true, _) => {
-                "UPDATE clients SET token_hash = next_hash, token_mechanism = next_mechanism, \
+        seen: (&str, &str, i64),
+    ) -> Result<Option<i64>, StorageError> {
+        let (set, cond) = match (next, count.is_some()) {
+            (true, _) => (
+                "token_hash = next_hash, token_mechanism = next_mechanism, \
                  token_expiry = next_expiry, token_count = COALESCE($5, 0), next_hash = NULL, \
-                 next_mechanism = NULL, next_expiry = NULL \
-                 WHERE domain = $1 AND username = $2 AND client_id = $3 AND next_hash = $4"
-            }
-            (false, true) => {
-                "UPDATE clients SET token_count = $5 WHERE domain = $1 AND username = $2 \
-                 AND client_id = $3 AND token_hash = $4 AND token_count < $5"
-            }
-            (false, false) => {
-                "UPDATE clients SET token_count = token_count + 0 * COALESCE($5, 0) \
-                 WHERE domain = $1 AND username = $2 AND client_id = $3 AND token_hash = $4"
-            }
+                 next_mechanism = NULL, next_expiry = NULL",
+                "next_hash = $4",
+            ),
+            (false, true) => ("token_count = $5", "token_hash = $4 AND token_count < $5"),
+            (false, false) => (
+                "token_count = token_count + 0 * COALESCE($5, 0)",
+                "token_hash = $4",
+            ),
         };
-        let r = on_pool!(self, pool => {
-            sqlx::query(sql)
+        let sql = format!(
+            "UPDATE clients SET {set}, software = $6, device = $7, last_seen = $8, \
+             last_auth = 'fast' WHERE domain = $1 AND username = $2 AND client_id = $3 AND {cond} \
+             RETURNING generation"
+        );
+        let (software, device, now) = seen;
+        let generation: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar(&sql)
                 .bind(domain)
                 .bind(username)
                 .bind(client_id)
                 .bind(hash)
                 .bind(count)
-                .execute(pool)
+                .bind(software)
+                .bind(device)
+                .bind(now)
+                .fetch_optional(pool)
                 .await?
-                .rows_affected()
         });
-        Ok(r > 0)
+        Ok(generation)
     }
 
     /// Forgets a client's tokens (XEP-0484 invalidation).
