@@ -112,6 +112,19 @@ ensure_federation_peers() {
 step "setup: Python packages (slixmpp $SLIXMPP_VERSION, pytest $PYTEST_VERSION)"
 ensure_python_packages || fail "python packages"
 
+# xmpp.js for tests/interop/test_xmppjs.py: the versions its package-lock.json
+# pins, from the npm registry. Node comes from the system (Debian's nodejs
+# when missing); without it the tests skip, which fails a CI=true run.
+ensure_xmppjs() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm || return 1
+    fi
+    (cd tests/interop/xmppjs && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+step "setup: xmpp.js for the SASL2/FAST interop tests (npm ci in tests/interop/xmppjs)"
+ensure_xmppjs || fail "xmpp.js (npm ci)"
+
 step "setup: PostgreSQL at 127.0.0.1:5432 (WAXWING_TEST_POSTGRES=$WAXWING_TEST_POSTGRES)"
 ensure_postgres || fail "postgresql"
 
@@ -142,7 +155,7 @@ else
     cargo test --no-fail-fast || fail "cargo test"
 fi
 
-step "interop tests (tests/interop, slixmpp against ${WAXWING_BIN:-target/debug/waxwing})"
+step "interop tests (tests/interop, slixmpp and xmpp.js against ${WAXWING_BIN:-target/debug/waxwing})"
 # A WAXWING_BIN from the environment must be a program; otherwise the tests
 # would run against whatever it names, or fail far from the cause.
 if [ -n "${WAXWING_BIN:-}" ] && [ ! -x "$WAXWING_BIN" ]; then

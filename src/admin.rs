@@ -243,9 +243,16 @@ fn handle(server: &Server, line: &str) -> Result<Vec<Vec<String>>, String> {
     if let Some(jid) = line.trim().strip_prefix("sessions close ") {
         let jid = jid::FullJid::new(jid.trim()).map_err(|e| format!("bad JID: {e}"))?;
         let closed = server.sessions.is_bound(&jid);
-        server
-            .sessions
-            .close(&jid, crate::stanza::StreamErrorCondition::NotAuthorized);
+        // Live or waiting for resumption, the session ends (ending a
+        // parked one re-routes its stanzas, which is done in a task).
+        if closed {
+            if let Some(server) = server.arc() {
+                let tasks = server.background.clone();
+                tasks.spawn(async move {
+                    crate::modules::clients::end_session(&server, &jid).await;
+                });
+            }
+        }
         return Ok(vec![vec![
             if closed { "closed" } else { "not bound" }.into()
         ]]);

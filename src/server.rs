@@ -124,14 +124,14 @@ impl Server {
             config.s2s.enabled(),
         )?;
         let certs = Arc::new(net::tls::CertStore::from_config(&config)?);
-        let tls = net::tls::server_config(certs.clone(), None)?;
+        let tls = net::tls::server_config(certs.clone(), None, &config.tls)?;
         let window = Duration::from_secs(config.limits.auth_failure_window);
         let s2s_roots = net::tls::s2s_roots(&config.s2s.ca_file)?;
         let mut s2s_tls = std::collections::HashMap::new();
         let mut starttls = std::collections::HashMap::new();
         let mut s2s_tls_server = std::collections::HashMap::new();
         for domain in config.domains() {
-            let c = net::tls::server_config(certs.clone(), Some(&domain))?;
+            let c = net::tls::server_config(certs.clone(), Some(&domain), &config.tls)?;
             starttls.insert(domain, c);
         }
         // Component domains federate too (their stanzas to and from other

@@ -137,6 +137,8 @@ async fn login_drop_and_fast_resume(server: &TestServer) {
         "server proves it knows the token"
     );
     let resumed = success.get_child("resumed", NS_SM).expect("resumed inline");
+    // XEP-0388: after a resumption, the session's full JID.
+    assert_eq!(authorization_identifier(&success), full);
     assert_eq!(resumed.attr("previd"), Some(sm_id.as_str()));
     assert!(
         success.get_child("bound", NS_BIND2).is_none(),
@@ -450,14 +452,25 @@ async fn sasl2_login(server: &TestServer, user: &str, client_id: &str) -> (Clien
     (c, full, token)
 }
 
-/// XEP-0494: a user lists their clients and revokes one: its token dies
-/// and its session ends.
+/// XEP-0494 (0.1.0): a user lists their clients and revokes one: its token
+/// dies and its session ends. A client that last logged in with the
+/// password is revoked too, but the answer says the password must change.
 #[tokio::test]
 async fn a_user_lists_and_revokes_clients() {
     let server = TestServer::start().await;
     server.add_user("cam", "pw").await;
-    let (mut phone, _, phone_token) = sasl2_login(&server, "cam", "phone").await;
+    let (first, _, phone_token) = sasl2_login(&server, "cam", "phone").await;
+    drop(first);
+    // The phone comes back with its token: it logs in with FAST now.
+    let (mut phone, _) = secured(&server).await;
+    let bind = format!("<bind xmlns='{NS_BIND2}'><tag>T</tag></bind>");
+    let ok = phone
+        .sasl2_fast(NONE, "cam", &phone_token, &[], "phone", Some(1), &bind)
+        .await;
+    assert!(ok.is("success", NS_SASL2), "{}", show(&ok));
+    phone.next_element().await; // features
     let (mut laptop, _, _) = sasl2_login(&server, "cam", "laptop").await;
+    let (mut old, _, _) = sasl2_login(&server, "cam", "old-pc").await;
     let list = laptop
         .iq(
             "<iq type='get' id='l1'><list xmlns='urn:xmpp:cam:0'/></iq>",
@@ -468,14 +481,28 @@ async fn a_user_lists_and_revokes_clients() {
         .get_child("clients", "urn:xmpp:cam:0")
         .unwrap_or_else(|| panic!("{}", show(&list)));
     let ids: Vec<&str> = clients.children().filter_map(|c| c.attr("id")).collect();
-    assert_eq!(ids.len(), 2, "{}", show(&list));
+    assert_eq!(ids.len(), 3, "{}", show(&list));
     let p = clients
         .children()
         .find(|c| c.attr("id") == Some("phone"))
         .unwrap();
     assert_eq!(p.attr("connected"), Some("true"));
-    assert_eq!(p.attr("type"), Some("access"), "holds a token");
-    assert!(p.get_child("user-agent", "urn:xmpp:cam:0").is_some());
+    assert_eq!(p.attr("type"), Some("session"), "it logged in over XMPP");
+    let cam = "urn:xmpp:cam:0";
+    let auth = p.get_child("auth", cam).expect("<auth/> is required");
+    assert!(auth.get_child("password", cam).is_some(), "{}", show(p));
+    assert!(auth.get_child("fast", cam).is_some(), "holds a token");
+    assert_eq!(
+        p.get_child("permission", cam)
+            .and_then(|e| e.attr("status")),
+        Some("unrestricted")
+    );
+    let ua = p.get_child("user-agent", cam).unwrap();
+    assert_eq!(
+        ua.get_child("software", cam).unwrap().text(),
+        "waxwing tests"
+    );
+    assert_eq!(ua.get_child("device", cam).unwrap().text(), "loopback");
 
     let bad = laptop
         .iq(
@@ -494,9 +521,209 @@ async fn a_user_lists_and_revokes_clients() {
     assert_eq!(phone.expect_stream_error().await, "not-authorized");
     let (mut r, _) = secured(&server).await;
     let f = r
-        .sasl2_fast(NONE, "cam", &phone_token, &[], "phone", Some(1), "")
+        .sasl2_fast(NONE, "cam", &phone_token, &[], "phone", Some(2), "")
         .await;
     assert!(f.is("failure", NS_SASL2), "{}", show(&f));
+
+    // Logged in with the password last: ended all the same, and told so.
+    let e = laptop
+        .iq(
+            "<iq type='set' id='r2'><revoke xmlns='urn:xmpp:cam:0' id='old-pc'/></iq>",
+            "r2",
+        )
+        .await;
+    assert_eq!(
+        stanza_error(&e).as_deref(),
+        Some("service-unavailable"),
+        "{}",
+        show(&e)
+    );
+    assert!(
+        e.get_child("error", "jabber:client")
+            .and_then(|er| er.get_child("password-reset-required", cam))
+            .is_some(),
+        "{}",
+        show(&e)
+    );
+    assert_eq!(old.expect_stream_error().await, "not-authorized");
+}
+
+/// How a revocation reaches the server in `revoke_parked`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Revoker {
+    /// Another client of the user, XEP-0494.
+    User,
+    /// `waxwing ctl user revoke`, which tells the server on its admin socket.
+    Ctl,
+    /// `ctl` with no admin socket: only the database knows.
+    CtlDatabaseOnly,
+}
+
+/// Runs `waxwing ctl` on the server's database; (success, stdout, stderr).
+async fn run_ctl(
+    server: &TestServer,
+    db_url: &str,
+    admin: bool,
+    args: Vec<String>,
+) -> (bool, String, String) {
+    let d = server.dir.path();
+    let config = d.join(format!("ctl-{}.toml", rand::random::<u32>()));
+    let socket = if admin {
+        server.admin_socket().display().to_string()
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &config,
+        format!("[[host]]\ndomain = \"localhost\"\n[database]\nurl = \"{db_url}\"\n[admin]\nsocket = \"{socket}\"\n"),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"))
+            .arg("ctl")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A revoked client's session that waits for resumption ends with the
+/// revocation (or, when the server was not told, at the resumption): a
+/// later `<resume/>` gets `<failed/>` and its token is dead.
+async fn revoke_parked(server: &TestServer, db_url: &str, how: Revoker) {
+    let u = user("park");
+    server.add_user(&u, "pw").await;
+    let (mut c, _) = secured(server).await;
+    let inline = format!(
+        "<bind xmlns='{NS_BIND2}'><tag>T</tag><enable xmlns='{NS_SM}' resume='true'/></bind>\
+         <request-token xmlns='{NS_FAST}' mechanism='{NONE}'/>"
+    );
+    let r = c
+        .sasl2_scram(ScramHash::Sha256, &u, "pw", false, "phone", &inline)
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+    let token = issued_token(&r.outcome).unwrap();
+    let sm_id = r
+        .outcome
+        .get_child("bound", NS_BIND2)
+        .and_then(|b| b.get_child("enabled", NS_SM))
+        .and_then(|e| e.attr("id"))
+        .expect("resumable")
+        .to_owned();
+    c.next_element().await; // features
+    c.send_str("<presence/>").await;
+    c.barrier().await;
+    drop(c);
+    let s = server.server().clone();
+    let count_parked = || {
+        let s = s.clone();
+        async move { parked(&s).await }
+    };
+    eventually("the session waits for resumption", || async {
+        count_parked().await == 1
+    })
+    .await;
+
+    match how {
+        Revoker::User => {
+            let (mut other, _, _) = sasl2_login(server, &u, "laptop").await;
+            let e = other
+                .iq(
+                    "<iq type='set' id='r'><revoke xmlns='urn:xmpp:cam:0' id='phone'/></iq>",
+                    "r",
+                )
+                .await;
+            // It last logged in with the password: revoked, and said so.
+            assert_eq!(
+                stanza_error(&e).as_deref(),
+                Some("service-unavailable"),
+                "{}",
+                show(&e)
+            );
+        }
+        Revoker::Ctl | Revoker::CtlDatabaseOnly => {
+            let admin = how == Revoker::Ctl;
+            let args = vec![
+                "user".into(),
+                "revoke".into(),
+                format!("{u}@localhost"),
+                "phone".into(),
+            ];
+            let (ok, out, err) = run_ctl(server, db_url, admin, args).await;
+            assert!(ok, "{out}{err}");
+            assert_eq!(out.contains("its session was ended"), admin, "{out}");
+        }
+    }
+    if how == Revoker::CtlDatabaseOnly {
+        // Nobody told the server: the session still waits.
+        assert_eq!(count_parked().await, 1);
+    } else {
+        eventually("the revoked session no longer waits", || async {
+            count_parked().await == 0
+        })
+        .await;
+    }
+
+    // The token is dead.
+    let (mut f, _) = secured(server).await;
+    let resume = format!("<resume xmlns='{NS_SM}' previd='{sm_id}' h='0'/>");
+    let failure = f
+        .sasl2_fast(NONE, &u, &token, &[], "phone", Some(1), &resume)
+        .await;
+    assert!(failure.is("failure", NS_SASL2), "{}", show(&failure));
+    // The password still works (a new row for the same client id), but
+    // the old session is not resumed.
+    let (mut back, _) = secured(server).await;
+    let r = back
+        .sasl2_scram(ScramHash::Sha256, &u, "pw", false, "phone", &resume)
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+    let failed = r
+        .outcome
+        .get_child("failed", NS_SM)
+        .unwrap_or_else(|| panic!("resumption refused: {}", show(&r.outcome)));
+    assert!(
+        failed
+            .get_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            .is_some(),
+        "{}",
+        show(failed)
+    );
+    assert!(r.outcome.get_child("resumed", NS_SM).is_none());
+    assert_eq!(count_parked().await, 0, "ended at the refused resumption");
+    server
+        .store()
+        .delete_account("localhost", &u)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn revoking_ends_a_parked_session_on_sqlite() {
+    let server = TestServer::start().await;
+    let db = format!("sqlite://{}/waxwing.db", server.dir.path().display());
+    for how in [Revoker::User, Revoker::Ctl, Revoker::CtlDatabaseOnly] {
+        revoke_parked(&server, &db, how).await;
+    }
+}
+
+#[tokio::test]
+async fn revoking_ends_a_parked_session_on_postgres() {
+    let url = postgres_url();
+    let db = url.clone();
+    let server = TestServer::start_with(move |c| c.database.url = url).await;
+    for how in [Revoker::User, Revoker::Ctl, Revoker::CtlDatabaseOnly] {
+        revoke_parked(&server, &db, how).await;
+    }
 }
 
 /// `waxwing ctl user clients JID` and `ctl user revoke JID CLIENT-ID` on
@@ -606,4 +833,101 @@ async fn clients_per_account_are_bounded_on_postgres() {
     })
     .await;
     client_quota(&server).await;
+}
+
+/// One TLS session, resumed: a rustls client keeping its session store
+/// across connections resumes (no certificate signature), on direct TLS
+/// and on STARTTLS, with stateless tickets alone and with the server's
+/// session cache alone; SCRAM-SHA-256-PLUS then binds to the resumed
+/// session with tls-exporter (RFC 9266: this handshake's exporter, not the
+/// first one's) and with tls-server-end-point (the session's certificate).
+/// With both off, nothing resumes.
+#[tokio::test]
+async fn resumed_tls_sessions_keep_channel_binding() {
+    for (tickets, cache) in [(true, 0), (false, 16)] {
+        let server = TestServer::start_with(move |c| {
+            c.tls.session_tickets = tickets;
+            c.tls.session_cache = cache;
+        })
+        .await;
+        server.add_user("tick", "pw").await;
+        for direct in [true, false] {
+            resumed_session_binds(&server, direct).await;
+        }
+    }
+
+    let off = TestServer::start_with(|c| {
+        c.tls.session_tickets = false;
+        c.tls.session_cache = 0;
+    })
+    .await;
+    let config = insecure_client_config();
+    for _ in 0..2 {
+        let mut c = Client::connect_tls_config(off.tls_addr, "localhost", config.clone()).await;
+        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        // The features come after anything sent right after the
+        // handshake: had the server sent a ticket, the store would hold it.
+        c.open_stream().await;
+        c.next_element().await;
+    }
+}
+
+/// Direct TLS or STARTTLS, `resumed_tls_sessions_keep_channel_binding`.
+async fn resumed_session_binds(server: &TestServer, direct: bool) {
+    let config = insecure_client_config();
+    let connect = |config: Arc<rustls::ClientConfig>| async move {
+        if direct {
+            let mut c = Client::connect_tls_config(server.tls_addr, "localhost", config).await;
+            c.open_stream().await;
+            let f = c.next_element().await;
+            (c, f)
+        } else {
+            let mut c = Client::connect(server.plain_addr).await;
+            let f = c.starttls_config(config).await;
+            (c, f)
+        }
+    };
+    let (mut first, _) = connect(config.clone()).await;
+    assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    // A login reads past the handshake, so the tickets are in.
+    let r = first
+        .sasl2_scram(ScramHash::Sha256, "tick", "pw", true, "t1", "")
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+    let first_exporter = first.tls_exporter().unwrap();
+    drop(first);
+
+    let (mut again, features) = connect(config.clone()).await;
+    assert_eq!(
+        again.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "direct TLS: {direct}"
+    );
+    let cbs = cb_types(&features).unwrap();
+    assert!(cbs.contains(&"tls-exporter".to_string()), "{cbs:?}");
+    let exporter = again.tls_exporter().unwrap();
+    assert_ne!(exporter, first_exporter, "a new exporter per handshake");
+    let r = again
+        .sasl2_scram(ScramHash::Sha256, "tick", "pw", true, "t1", "")
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+
+    let (mut endpoint, _) = connect(config.clone()).await;
+    assert_eq!(
+        endpoint.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let hash = endpoint
+        .server_end_point_hash()
+        .expect("certificate of the session");
+    let outcome = endpoint
+        .scram_with_binding(
+            ScramHash::Sha256,
+            "tick",
+            "pw",
+            waxwing::sasl::ChannelBindingType::TlsServerEndPoint,
+            hash,
+        )
+        .await;
+    assert!(outcome.is("success", NS_SASL), "{}", show(&outcome));
 }

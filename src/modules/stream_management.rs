@@ -262,6 +262,20 @@ impl StreamManagementFeature {
         }
     }
 
+    /// Takes out the session of `jid` waiting for resumption, if one does
+    /// (a revoked client's: it must not be resumed).
+    pub fn take_parked(&self, jid: &FullJid) -> Option<Parked> {
+        let mut slots = self.lock();
+        let id = slots.iter().find_map(|(id, s)| match s {
+            Slot::Parked { session, .. } if session.jid == *jid => Some(id.clone()),
+            _ => None,
+        })?;
+        match slots.remove(&id) {
+            Some(Slot::Parked { session, .. }) => Some(*session),
+            _ => None,
+        }
+    }
+
     /// Sessions waiting for resumption.
     pub fn parked(&self) -> usize {
         self.lock()

@@ -133,16 +133,33 @@ impl CertStore {
 /// Builds the rustls configuration of client streams: with `addressed`,
 /// for STARTTLS on a stream whose header named that domain (its
 /// certificate when the client sends no SNI); without, for direct TLS.
+///
+/// Session resumption (`[tls] session_tickets`, `session_cache`): each
+/// configuration has its own ticket key and cache, so a session resumes
+/// only where it began (the same certificate choice, hence the same
+/// tls-server-end-point binding).
 pub fn server_config(
     store: Arc<CertStore>,
     addressed: Option<&str>,
+    tls: &crate::config::TlsConfig,
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ServerConfig::builder_with_provider(provider)
+    let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(resolver(store, addressed));
+    cfg.session_storage = if tls.session_cache > 0 {
+        rustls::server::ServerSessionMemoryCache::new(tls.session_cache)
+    } else {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    };
+    if tls.session_tickets {
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    }
+    if !tls.session_tickets && tls.session_cache == 0 {
+        cfg.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(cfg))
 }
 

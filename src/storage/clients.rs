@@ -36,6 +36,8 @@ pub struct ClientRecord {
     pub token_count: i64,
     /// A token issued and not yet used.
     pub next: Option<FastToken>,
+    /// Random, chosen when the row was made (see `client_seen`).
+    pub generation: i64,
 }
 
 type Row = (
@@ -53,10 +55,12 @@ type Row = (
     Option<Vec<u8>>,
     Option<String>,
     Option<i64>,
+    i64,
 );
 
 const COLUMNS: &str = "client_id, software, device, first_seen, last_seen, last_auth, resource, \
-     token_hash, token_mechanism, token_expiry, token_count, next_hash, next_mechanism, next_expiry";
+     token_hash, token_mechanism, token_expiry, token_count, next_hash, next_mechanism, next_expiry, \
+     generation";
 
 fn token(
     hash: Option<Vec<u8>>,
@@ -82,13 +86,16 @@ fn record(r: Row) -> ClientRecord {
         token: token(r.7, r.8, r.9),
         token_count: r.10,
         next: token(r.11, r.12, r.13),
+        generation: r.14,
     }
 }
 
 impl Store {
     /// Records a login by `client_id`, creating its row; past `max_clients`
     /// rows for the account, the least recently seen others are forgotten
-    /// (with their tokens).
+    /// (with their tokens). Returns the row's `generation` (random, chosen
+    /// when the row is made): a session bound by this login belongs to this
+    /// row, and a row revoked and made anew is not its own.
     #[allow(clippy::too_many_arguments)]
     pub async fn client_seen(
         &self,
@@ -100,13 +107,13 @@ impl Store {
         auth: &str,
         now: i64,
         max_clients: usize,
-    ) -> Result<(), StorageError> {
-        on_pool!(self, pool => {
-            let first_seen: i64 = sqlx::query_scalar(
-                "INSERT INTO clients (domain, username, client_id, software, device, first_seen, last_seen, last_auth) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
+    ) -> Result<i64, StorageError> {
+        let generation = on_pool!(self, pool => {
+            let (first_seen, generation): (i64, i64) = sqlx::query_as(
+                "INSERT INTO clients (domain, username, client_id, software, device, first_seen, last_seen, last_auth, generation) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) \
                  ON CONFLICT (domain, username, client_id) DO UPDATE SET software = $4, device = $5, \
-                 last_seen = $6, last_auth = $7 RETURNING first_seen",
+                 last_seen = $6, last_auth = $7 RETURNING first_seen, generation",
             )
             .bind(domain)
             .bind(username)
@@ -115,6 +122,7 @@ impl Store {
             .bind(device)
             .bind(now)
             .bind(auth)
+            .bind(rand::random::<i64>())
             .fetch_one(pool)
             .await?;
             // Only a new client can take the account past its quota: a
@@ -134,8 +142,9 @@ impl Store {
                 .execute(pool)
                 .await?;
             }
+            generation
         });
-        Ok(())
+        Ok(generation)
     }
 
     /// "Everything after the first $3 rows" in this dialect.
@@ -224,11 +233,15 @@ impl Store {
         Ok(r > 0)
     }
 
-    /// Records a use of a token (`hash`). With a `count`, only if it is
-    /// above every count already used with that token (compared and
-    /// written in one statement, so two racing replays cannot both pass).
-    /// `next`: the token used is the one waiting, which becomes the current
-    /// one, the older invalidated (XEP-0484 §3.3). False: refused.
+    /// Records a use of a token (`hash`), and the login with it (last
+    /// seen, user-agent texts: what `client_seen` records for a password
+    /// login, in the same statement, so a FAST login commits once). With a
+    /// `count`, only if it is above every count already used with that
+    /// token (compared and written in one statement, so two racing replays
+    /// cannot both pass). `next`: the token used is the one waiting, which
+    /// becomes the current one, the older invalidated (XEP-0484 §3.3).
+    /// Returns the row's `generation`; None: refused.
+    #[allow(clippy::too_many_arguments)]
     pub async fn use_fast_token(
         &self,
         domain: &str,
@@ -237,35 +250,41 @@ impl Store {
         hash: &[u8],
         next: bool,
         count: Option<i64>,
-    ) -> Result<bool, StorageError> {
-        let sql = match (next, count.is_some()) {
-            (true, _) => {
-                "UPDATE clients SET token_hash = next_hash, token_mechanism = next_mechanism, \
+        seen: (&str, &str, i64),
+    ) -> Result<Option<i64>, StorageError> {
+        let (set, cond) = match (next, count.is_some()) {
+            (true, _) => (
+                "token_hash = next_hash, token_mechanism = next_mechanism, \
                  token_expiry = next_expiry, token_count = COALESCE($5, 0), next_hash = NULL, \
-                 next_mechanism = NULL, next_expiry = NULL \
-                 WHERE domain = $1 AND username = $2 AND client_id = $3 AND next_hash = $4"
-            }
-            (false, true) => {
-                "UPDATE clients SET token_count = $5 WHERE domain = $1 AND username = $2 \
-                 AND client_id = $3 AND token_hash = $4 AND token_count < $5"
-            }
-            (false, false) => {
-                "UPDATE clients SET token_count = token_count + 0 * COALESCE($5, 0) \
-                 WHERE domain = $1 AND username = $2 AND client_id = $3 AND token_hash = $4"
-            }
+                 next_mechanism = NULL, next_expiry = NULL",
+                "next_hash = $4",
+            ),
+            (false, true) => ("token_count = $5", "token_hash = $4 AND token_count < $5"),
+            (false, false) => (
+                "token_count = token_count + 0 * COALESCE($5, 0)",
+                "token_hash = $4",
+            ),
         };
-        let r = on_pool!(self, pool => {
-            sqlx::query(sql)
+        let sql = format!(
+            "UPDATE clients SET {set}, software = $6, device = $7, last_seen = $8, \
+             last_auth = 'fast' WHERE domain = $1 AND username = $2 AND client_id = $3 AND {cond} \
+             RETURNING generation"
+        );
+        let (software, device, now) = seen;
+        let generation: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar(&sql)
                 .bind(domain)
                 .bind(username)
                 .bind(client_id)
                 .bind(hash)
                 .bind(count)
-                .execute(pool)
+                .bind(software)
+                .bind(device)
+                .bind(now)
+                .fetch_optional(pool)
                 .await?
-                .rows_affected()
         });
-        Ok(r > 0)
+        Ok(generation)
     }
 
     /// Forgets a client's tokens (XEP-0484 invalidation).

@@ -186,6 +186,41 @@ impl Client {
         c
     }
 
+    /// Direct TLS with a given client configuration (one kept across
+    /// connections carries its TLS session store: the second resumes).
+    pub async fn connect_tls_config(
+        addr: SocketAddr,
+        sni: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Client {
+        let mut c = Self::connect(addr).await;
+        c.tls_handshake_config(sni, config).await.unwrap();
+        c
+    }
+
+    /// STARTTLS with a given client configuration, up to the features of
+    /// the TLS stream.
+    pub async fn starttls_config(&mut self, config: Arc<rustls::ClientConfig>) -> Element {
+        self.open_stream().await;
+        let features = self.next_element().await;
+        assert!(features.get_child("starttls", NS_TLS).is_some());
+        self.send_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let proceed = self.next_element().await;
+        assert!(proceed.is("proceed", NS_TLS), "{proceed:?}");
+        self.tls_handshake_config(DOMAIN, config).await.unwrap();
+        self.open_stream().await;
+        self.next_element().await
+    }
+
+    /// Full or resumed: how the TLS handshake went (None before TLS).
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        match &self.pipe {
+            Pipe::Tls(s) => s.get_ref().1.handshake_kind(),
+            _ => None,
+        }
+    }
+
     /// The server's leaf certificate (DER).
     pub fn peer_certificate(&self) -> Option<Vec<u8>> {
         match &self.pipe {

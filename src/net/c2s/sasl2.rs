@@ -11,6 +11,7 @@ use super::session::Attached;
 use super::{ClientStream, Connection, MAX_AUTH_ATTEMPTS_PER_STREAM};
 use crate::feature::Event;
 use crate::modules::carbons::CarbonsEnabled;
+use crate::modules::clients::BoundClient;
 use crate::modules::stream_management::StreamManagementFeature;
 use crate::net::xmlstream::{random_id, Flow};
 use crate::sasl::fast::{self, FastMechanism};
@@ -41,6 +42,9 @@ struct Authenticated {
     additional_data: Option<Vec<u8>>,
     /// A FAST login: the expiry of the token used.
     token_expiry: Option<i64>,
+    /// A FAST login: the client row's generation (its login is recorded
+    /// already, with the token's use).
+    generation: Option<i64>,
 }
 
 fn now() -> i64 {
@@ -172,6 +176,7 @@ impl<S: ClientStream> Connection<S> {
             username,
             additional_data,
             token_expiry: None,
+            generation: None,
         }))
     }
 
@@ -228,10 +233,11 @@ impl<S: ClientStream> Connection<S> {
             .verify_token(mechanism, req, cb, &username, &ht.proof)
             .await;
         self.settle_account_attempt(&reserved, &result);
-        result.map(|(additional, expiry)| Authenticated {
+        result.map(|(additional, expiry, generation)| Authenticated {
             username,
             additional_data: Some(additional),
             token_expiry: Some(expiry),
+            generation: Some(generation),
         })
     }
 
@@ -242,7 +248,7 @@ impl<S: ClientStream> Connection<S> {
         cb: &ChannelBindingData,
         username: &str,
         proof: &[u8],
-    ) -> Result<(Vec<u8>, i64), SaslError> {
+    ) -> Result<(Vec<u8>, i64, i64), SaslError> {
         // Tokens are bound to the client they were issued to.
         let client_id = req
             .user_agent
@@ -269,19 +275,32 @@ impl<S: ClientStream> Connection<S> {
             return Err(SaslError::NotAuthorized);
         };
         let count = req.fast.and_then(|f| f.count);
+        let ua = &req.user_agent;
         let accepted = store
-            .use_fast_token(&self.domain, username, client_id, &token.hash, next, count)
+            .use_fast_token(
+                &self.domain,
+                username,
+                client_id,
+                &token.hash,
+                next,
+                count,
+                (&ua.software, &ua.device, now),
+            )
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "using FAST token");
                 SaslError::TemporaryAuthFailure
             })?;
-        if !accepted {
+        let Some(generation) = accepted else {
             tracing::info!(conn = self.id, peer = %self.peer, user = username, client = client_id,
                 "FAST token count replayed");
             return Err(SaslError::NotAuthorized);
-        }
-        Ok((fast::responder(&token.hash, &cb_data), token.expiry))
+        };
+        Ok((
+            fast::responder(&token.hash, &cb_data),
+            token.expiry,
+            generation,
+        ))
     }
 
     /// After a successful exchange: the client's record, its token,
@@ -301,27 +320,33 @@ impl<S: ClientStream> Connection<S> {
         let now = now();
         let client_id = req.user_agent.id.clone();
         let mut token_el = None;
+        let mut generation = None;
         if let Some(id) = &client_id {
             let how = if authed.token_expiry.is_some() {
                 "fast"
             } else {
                 "password"
             };
-            if let Err(e) = server
-                .store
-                .client_seen(
-                    &self.domain,
-                    &username,
-                    id,
-                    &req.user_agent.software,
-                    &req.user_agent.device,
-                    how,
-                    now,
-                    config.max_clients_per_account,
-                )
-                .await
-            {
-                tracing::error!(error = %e, "recording client");
+            // A FAST login was recorded with the token's use (one commit).
+            generation = authed.generation;
+            if generation.is_none() {
+                match server
+                    .store
+                    .client_seen(
+                        &self.domain,
+                        &username,
+                        id,
+                        &req.user_agent.software,
+                        &req.user_agent.device,
+                        how,
+                        now,
+                        config.max_clients_per_account,
+                    )
+                    .await
+                {
+                    Ok(g) => generation = Some(g),
+                    Err(e) => tracing::error!(error = %e, "recording client"),
+                }
             }
             let invalidate = req.fast.is_some_and(|f| f.invalidate);
             if invalidate {
@@ -420,6 +445,15 @@ impl<S: ClientStream> Connection<S> {
             )
             .await?;
         if let (Some(id), Some(a)) = (&client_id, &a) {
+            if let Some(generation) = generation {
+                a.w.extensions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(BoundClient {
+                        client_id: id.clone(),
+                        generation,
+                    });
+            }
             if let Err(e) = server
                 .store
                 .client_bound(&self.domain, &username, id, a.jid.resource().as_str())

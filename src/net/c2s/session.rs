@@ -400,6 +400,14 @@ impl<S: ClientStream> Connection<S> {
             end_parked(&self.server, parked).await;
             return Ok(Err(failed("item-not-found", None)));
         }
+        // Its client was revoked (perhaps by `ctl` while the server could
+        // not be told): the session ends instead.
+        if !crate::modules::clients::may_resume(&self.server, &parked.jid).await {
+            tracing::info!(conn = self.id, peer = %self.peer, jid = %parked.jid,
+                "c2s resumption refused: the client was revoked");
+            end_parked(&self.server, parked).await;
+            return Ok(Err(failed("item-not-found", None)));
+        }
         let Parked {
             jid,
             session_id,
@@ -431,6 +439,12 @@ impl<S: ClientStream> Connection<S> {
             .with_attr("h", sm.handled().to_string());
         match inline {
             Some(mut success) => {
+                // XEP-0388 §2.5.3: after a resumption the identifier is
+                // the session's full JID, not the account's.
+                let ns = crate::stream::sasl2::NS_SASL2;
+                if let Some(a) = success.get_child_mut("authorization-identifier", ns) {
+                    *a = Element::new("authorization-identifier", ns).with_text(jid.as_str());
+                }
                 success.append_child(resumed);
                 self.stream.write(&success);
             }
