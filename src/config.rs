@@ -524,6 +524,10 @@ pub struct Limits {
     pub scram_iterations: u32,
     pub max_offline_messages: u32,
     pub max_vcard_size: usize,
+    /// Accounts whose avatar hash (XEP-0153/0398, put into their presence)
+    /// is kept in memory; beyond it one is forgotten and read again from
+    /// the vCard when needed.
+    pub max_avatar_hashes: usize,
     pub registrations_per_ip: u32,
     pub registration_window: u64,
     // per-user state
@@ -712,6 +716,7 @@ impl Default for Limits {
             scram_iterations: 4096,
             max_offline_messages: 1000,
             max_vcard_size: 64 * 1024,
+            max_avatar_hashes: 100_000,
             registrations_per_ip: 5,
             registration_window: 3600,
             // per-user state
@@ -1237,6 +1242,13 @@ const LIMITS: &[Field] = &[
         Kind::Int {
             min: 1024,
             max: 64 << 20,
+        },
+    ),
+    f(
+        "max_avatar_hashes",
+        Kind::Int {
+            min: 1,
+            max: 100_000_000,
         },
     ),
     f(

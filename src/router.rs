@@ -153,7 +153,7 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
     }
 
     let Some(to) = to else {
-        handle_addressed_to_self(server, origin, kind, &stanza).await;
+        handle_addressed_to_self(server, origin, kind, &mut stanza).await;
         return;
     };
 
@@ -187,7 +187,7 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
     // it on); presence from elsewhere only when it is for one of our users.
     if kind == StanzaKind::Presence
         && (origin.session().is_some() || route == Route::Host)
-        && presence_event(server, origin, Some(&to), &stanza).await
+        && presence_event(server, origin, Some(&to), &mut stanza).await
     {
         return;
     }
@@ -222,7 +222,7 @@ async fn presence_event(
     server: &Server,
     origin: Origin<'_>,
     to: Option<&Jid>,
-    stanza: &Element,
+    stanza: &mut Element,
 ) -> bool {
     let mut event = Event::Presence { origin, to, stanza };
     server.features.fire(server, &mut event).await == Verdict::Stop
@@ -313,7 +313,7 @@ async fn handle_addressed_to_self(
     server: &Server,
     origin: Origin<'_>,
     kind: StanzaKind,
-    stanza: &Element,
+    stanza: &mut Element,
 ) {
     let Origin::Session(session) = origin else {
         to_server(server, origin, kind, stanza).await;

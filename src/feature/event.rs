@@ -85,11 +85,12 @@ pub enum Event<'a> {
     },
     /// A presence stanza past the filters, for the presence feature: from
     /// a local session (`to` None for a broadcast), or from a component or
-    /// a remote server to a local JID.
+    /// a remote server to a local JID. A feature ordered before the
+    /// presence feature may change it (the avatar hash of XEP-0398).
     Presence {
         origin: Origin<'a>,
         to: Option<&'a Jid>,
-        stanza: &'a Element,
+        stanza: &'a mut Element,
     },
     /// A message a local session sent, after it was routed (carbons' sent
     /// copies, archiving).

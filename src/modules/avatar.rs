@@ -87,7 +87,7 @@ fn publishes(payload: &Element, node: &str) -> bool {
 }
 
 /// The hex SHA-1 of the image: the avatar's id (XEP-0084 §4.2).
-fn avatar_id(image: &[u8]) -> String {
+pub(crate) fn avatar_id(image: &[u8]) -> String {
     Sha1::digest(image)
         .iter()
         .map(|b| format!("{b:02x}"))
