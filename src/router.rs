@@ -439,6 +439,7 @@ async fn undeliverable(server: &Server, origin: Origin<'_>, to: &BareJid, stanza
         refusal: &mut refusal,
     };
     let kept = server.features.fire(server, &mut event).await == Verdict::Stop;
+    unreached(server, origin, to, stanza, kept && refusal.is_none()).await;
     match refusal {
         Some(e) => bounce_with(server, origin, stanza, &e),
         None if kept => {
@@ -457,6 +458,25 @@ async fn undeliverable(server: &Server, origin: Origin<'_>, to: &BareJid, stanza
             stanza,
             StanzaErrorCondition::ServiceUnavailable,
         ),
+    }
+}
+
+/// Tells the features what became of a message no resource of `to` took.
+async fn unreached(
+    server: &Server,
+    origin: Origin<'_>,
+    to: &BareJid,
+    stanza: &Element,
+    stored: bool,
+) {
+    if server.features.wants(EventKind::Unreached) {
+        let mut event = Event::Unreached {
+            origin,
+            to,
+            stanza,
+            stored,
+        };
+        server.features.fire(server, &mut event).await;
     }
 }
 
@@ -490,12 +510,17 @@ async fn to_full(
         Err(DeliveryError::Offline | DeliveryError::Unreachable) => match kind {
             StanzaKind::Message => match stanza.attr("type").unwrap_or("normal") {
                 "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), stanza).await,
-                "groupchat" => bounce(
-                    server,
-                    origin,
-                    stanza,
-                    StanzaErrorCondition::ServiceUnavailable,
-                ),
+                "groupchat" => {
+                    bounce(
+                        server,
+                        origin,
+                        stanza,
+                        StanzaErrorCondition::ServiceUnavailable,
+                    );
+                    // The room learns the occupant is gone; the user's
+                    // phone may still want to hear of it (push).
+                    unreached(server, origin, &to.to_bare(), stanza, false).await;
+                }
                 _ => {}
             },
             StanzaKind::Presence => {}

@@ -43,6 +43,7 @@ pub enum EventKind {
     SubscriptionRequest,
     IqSetDone,
     LocalDelivery,
+    Unreached,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -51,7 +52,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -69,6 +70,7 @@ impl EventKind {
         EventKind::SubscriptionRequest,
         EventKind::IqSetDone,
         EventKind::LocalDelivery,
+        EventKind::Unreached,
         EventKind::Outbound,
     ];
 }
@@ -196,6 +198,17 @@ pub enum Event<'a> {
         to: &'a BareJid,
         stanza: &'a mut Element,
     },
+    /// A message for the local account `to` reached none of its
+    /// resources, and what became of it is settled: offline storage kept
+    /// it (`stored`), or the sender got an error (a full offline store, a
+    /// group chat message for a resource that is gone). Push
+    /// notifications follow this outcome rather than the attempt.
+    Unreached {
+        origin: Origin<'a>,
+        to: &'a BareJid,
+        stanza: &'a Element,
+        stored: bool,
+    },
 }
 
 impl Event<'_> {
@@ -219,6 +232,7 @@ impl Event<'_> {
             Event::SubscriptionRequest { .. } => EventKind::SubscriptionRequest,
             Event::IqSetDone { .. } => EventKind::IqSetDone,
             Event::LocalDelivery { .. } => EventKind::LocalDelivery,
+            Event::Unreached { .. } => EventKind::Unreached,
         }
     }
 }

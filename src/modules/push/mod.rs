@@ -7,7 +7,9 @@
 //! registration ([`publisher`]).
 //!
 //! "Not connected" is two cases: no session at all (the message is
-//! `Undeliverable`, on its way to offline storage), or sessions that all
+//! `Unreached`: kept by offline storage — one it refused, the sender was
+//! told of, pushes nothing — or a group chat message for a resource that
+//! is gone), or sessions that all
 //! wait for stream-management resumption (the message reached their
 //! queues, `MessageDelivered`, but nobody reads them; see
 //! `stream_management::AwaitingResumption`); and when a session is
@@ -73,8 +75,9 @@ impl Feature for Push {
 
     fn subscriptions(&self) -> &'static [(EventKind, i32)] {
         &[
-            // Before offline storage (100), which stops the event.
-            (EventKind::Undeliverable, 50),
+            // After offline storage decided: a message it refused (the
+            // sender got an error) wakes nobody.
+            (EventKind::Unreached, 0),
             (EventKind::MessageDelivered, 50),
             (EventKind::SessionParked, 0),
             (EventKind::SubscriptionRequest, 0),
@@ -87,8 +90,11 @@ impl Feature for Push {
 
     fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
         match event {
-            Event::Undeliverable {
-                origin, to, stanza, ..
+            Event::Unreached {
+                origin,
+                to,
+                stanza,
+                stored,
             } => {
                 // A message re-routed from a session that ended without
                 // reading it is not counted again: a session that waited
@@ -96,7 +102,11 @@ impl Feature for Push {
                 // parked. (One without stream management was connected
                 // when it arrived, as far as anyone knew.)
                 let rerouted = matches!(origin, Origin::Session(s) if s.to_bare() == **to);
-                if !rerouted {
+                // Only what offline storage kept is waiting for the user;
+                // a group chat message is never kept, but the room's
+                // archive has it for the client that wakes up.
+                let waiting = *stored || stanza.attr("type") == Some("groupchat");
+                if waiting && !rerouted {
                     self.consider(server, to, stanza);
                 }
             }
