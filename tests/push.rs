@@ -975,3 +975,72 @@ async fn group_chat_pushes() {
     assert_eq!(summary(&iq).1["message-count"], "3", "{}", show(&iq));
     answer(&mut app, &iq, None).await;
 }
+
+/// Remote disabling (XEP-0357 §8): the app server tells the user's bare
+/// JID that the publish affiliation is gone (the XEP's `<pubsub/>` form,
+/// or a pubsub#event affiliations change); the registration goes, but
+/// only when the sender is the app server of that registration and the
+/// node is its node. Such a message reaches no client; others do.
+#[tokio::test]
+async fn app_server_disables_a_registration() {
+    let ts = start(|_| {}).await;
+    let n = accounts(&ts).await;
+    let mut app = app_server(&ts, APP).await;
+    let mut app2 = app_server(&ts, APP2).await;
+    let mut user = Client::login(ts.plain_addr, &n.user, "pw", Some("phone")).await;
+    for (service, node) in [(APP, "n1"), (APP, "n3"), (APP2, "n2")] {
+        let r = enable(&mut user, service, node, None).await;
+        assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    }
+    let bare = format!("{}@localhost", n.user);
+    let xep_form = |from: &str, node: &str, jid: &str| {
+        format!(
+            "<message from='{from}' to='{bare}'><pubsub xmlns='{NS_PUBSUB}' node='{node}'>\
+             <affiliation jid='{jid}' affiliation='none'/></pubsub></message>"
+        )
+    };
+    let mark = user.mark();
+
+    // Not the registration's app server, not its node, not the user: kept.
+    app2.send_str(&xep_form(APP2, "n1", &bare)).await;
+    app_barrier(&mut app2, APP2).await;
+    app.send_str(&xep_form(APP, "n2", &bare)).await;
+    app.send_str(&xep_form(APP, "n1", "someone@localhost"))
+        .await;
+    app_barrier(&mut app, APP).await;
+    let all = vec![
+        (APP.to_string(), "n1".to_string()),
+        (APP.to_string(), "n3".to_string()),
+        (APP2.to_string(), "n2".to_string()),
+    ];
+    assert_eq!(registrations(&ts, &n.user).await, all);
+
+    // The app server of n1, for n1: gone.
+    app.send_str(&xep_form(APP, "n1", &bare)).await;
+    // The XEP-0060 notification form, for n3: gone too.
+    app.send_str(&format!(
+        "<message from='{APP}' to='{bare}'><event xmlns='{NS_PUBSUB}#event'>\
+         <affiliations node='n3'><affiliation jid='{bare}' affiliation='none'/></affiliations>\
+         </event></message>"
+    ))
+    .await;
+    app_barrier(&mut app, APP).await;
+    assert_eq!(
+        registrations(&ts, &n.user).await,
+        vec![(APP2.to_string(), "n2".to_string())]
+    );
+
+    // The user's client saw only the three that were not acted on.
+    let from_app = |e: &Element, from: &str| {
+        e.is("message", waxwing::xml::NS_CLIENT) && e.attr("from") == Some(from)
+    };
+    user.expect_only(
+        mark,
+        &[
+            Expect("APP2's message", &|e| from_app(e, APP2)),
+            Expect("APP's message for n2", &|e| from_app(e, APP)),
+            Expect("APP's message for someone", &|e| from_app(e, APP)),
+        ],
+    )
+    .await;
+}

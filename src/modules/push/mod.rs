@@ -21,13 +21,14 @@
 
 mod notification;
 mod publisher;
+mod remote_disable;
 
 use std::sync::Arc;
 
 use jid::{BareJid, Jid};
 
 use crate::feature::iq::{IqFuture, IqOutcome, IqRequest, IqTarget};
-use crate::feature::{Disco, Event, EventKind, Feature, Verdict};
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::router::Origin;
 use crate::server::Server;
 use crate::sessions::OutStanza;
@@ -85,11 +86,28 @@ impl Feature for Push {
             (EventKind::SessionBound, 0),
             (EventKind::SessionResumed, 0),
             (EventKind::AccountDeleted, 0),
+            // An app server taking a registration back (§8).
+            (EventKind::PreRoute, 0),
         ]
     }
 
     fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
         match event {
+            // Every routed stanza passes here: only a message from outside
+            // (a component, another server) to a local account carrying
+            // an affiliation change is looked at further.
+            Event::PreRoute {
+                origin,
+                kind: crate::stanza::StanzaKind::Message,
+                to,
+                stanza,
+            } if origin.session().is_none()
+                && to.node().is_some()
+                && server.is_local_domain(to.domain().as_str())
+                && remote_disable::affiliation_removed(stanza).is_some() =>
+            {
+                return None;
+            }
             Event::Unreached {
                 origin,
                 to,
@@ -143,6 +161,27 @@ impl Feature for Push {
             _ => {}
         }
         Some(Verdict::Continue)
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            let Event::PreRoute {
+                origin, to, stanza, ..
+            } = event
+            else {
+                return Verdict::Continue;
+            };
+            let Some((node, jid)) = remote_disable::affiliation_removed(stanza) else {
+                return Verdict::Continue;
+            };
+            let user = to.to_bare();
+            if remote_disable::disable(server, origin.sender(), &user, node, jid).await {
+                self.publisher.forget_account_errors(&user);
+                // Told to the server, not to the user's clients.
+                return Verdict::Stop;
+            }
+            Verdict::Continue
+        })
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
