@@ -196,6 +196,10 @@ pub struct MamConfig {
     pub max_page: u32,
     /// Most ids in one query's `ids` field.
     pub max_ids: usize,
+    /// Largest RSM `<index/>` a query may jump to (XEP-0059 §2.5): the
+    /// archive is read up to it, so beyond it the answer is
+    /// feature-not-implemented (paging by id costs nothing extra).
+    pub max_index: u32,
     /// Most JIDs in each of a user's `always` and `never` lists.
     pub max_pref_jids: usize,
     /// Messages waiting for the archive writer; when full, the senders
@@ -216,6 +220,7 @@ impl Default for MamConfig {
             default_page: 50,
             max_page: 250,
             max_ids: 50,
+            max_index: 1_000,
             max_pref_jids: 1_000,
             queue: 4_096,
             batch: 256,
@@ -1650,6 +1655,13 @@ const MAM: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 10_000,
+        },
+    ),
+    f(
+        "max_index",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
         },
     ),
     f(
