@@ -196,6 +196,10 @@ pub struct MamConfig {
     pub max_page: u32,
     /// Most ids in one query's `ids` field.
     pub max_ids: usize,
+    /// Largest RSM `<index/>` a query may jump to (XEP-0059 §2.5): the
+    /// archive is read up to it, so beyond it the answer is
+    /// feature-not-implemented (paging by id costs nothing extra).
+    pub max_index: u32,
     /// Most JIDs in each of a user's `always` and `never` lists.
     pub max_pref_jids: usize,
     /// Messages waiting for the archive writer; when full, the senders
@@ -216,6 +220,7 @@ impl Default for MamConfig {
             default_page: 50,
             max_page: 250,
             max_ids: 50,
+            max_index: 1_000,
             max_pref_jids: 1_000,
             queue: 4_096,
             batch: 256,
@@ -536,6 +541,10 @@ pub struct Limits {
     pub scram_iterations: u32,
     pub max_offline_messages: u32,
     pub max_vcard_size: usize,
+    /// Accounts whose avatar hash (XEP-0153/0398, put into their presence)
+    /// is kept in memory; beyond it one is forgotten and read again from
+    /// the vCard when needed.
+    pub max_avatar_hashes: usize,
     pub registrations_per_ip: u32,
     pub registration_window: u64,
     // per-user state
@@ -726,6 +735,7 @@ impl Default for Limits {
             scram_iterations: 4096,
             max_offline_messages: 1000,
             max_vcard_size: 64 * 1024,
+            max_avatar_hashes: 100_000,
             registrations_per_ip: 5,
             registration_window: 3600,
             // per-user state
@@ -1262,6 +1272,13 @@ const LIMITS: &[Field] = &[
         },
     ),
     f(
+        "max_avatar_hashes",
+        Kind::Int {
+            min: 1,
+            max: 100_000_000,
+        },
+    ),
+    f(
         "registrations_per_ip",
         Kind::Int {
             min: 1,
@@ -1660,6 +1677,13 @@ const MAM: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 10_000,
+        },
+    ),
+    f(
+        "max_index",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
         },
     ),
     f(

@@ -153,7 +153,7 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
     }
 
     let Some(to) = to else {
-        handle_addressed_to_self(server, origin, kind, &stanza).await;
+        handle_addressed_to_self(server, origin, kind, &mut stanza).await;
         return;
     };
 
@@ -187,7 +187,7 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
     // it on); presence from elsewhere only when it is for one of our users.
     if kind == StanzaKind::Presence
         && (origin.session().is_some() || route == Route::Host)
-        && presence_event(server, origin, Some(&to), &stanza).await
+        && presence_event(server, origin, Some(&to), &mut stanza).await
     {
         return;
     }
@@ -222,7 +222,7 @@ async fn presence_event(
     server: &Server,
     origin: Origin<'_>,
     to: Option<&Jid>,
-    stanza: &Element,
+    stanza: &mut Element,
 ) -> bool {
     let mut event = Event::Presence { origin, to, stanza };
     server.features.fire(server, &mut event).await == Verdict::Stop
@@ -313,7 +313,7 @@ async fn handle_addressed_to_self(
     server: &Server,
     origin: Origin<'_>,
     kind: StanzaKind,
-    stanza: &Element,
+    stanza: &mut Element,
 ) {
     let Origin::Session(session) = origin else {
         to_server(server, origin, kind, stanza).await;
@@ -439,6 +439,7 @@ async fn undeliverable(server: &Server, origin: Origin<'_>, to: &BareJid, stanza
         refusal: &mut refusal,
     };
     let kept = server.features.fire(server, &mut event).await == Verdict::Stop;
+    unreached(server, origin, to, stanza, kept && refusal.is_none()).await;
     match refusal {
         Some(e) => bounce_with(server, origin, stanza, &e),
         None if kept => {
@@ -457,6 +458,25 @@ async fn undeliverable(server: &Server, origin: Origin<'_>, to: &BareJid, stanza
             stanza,
             StanzaErrorCondition::ServiceUnavailable,
         ),
+    }
+}
+
+/// Tells the features what became of a message no resource of `to` took.
+async fn unreached(
+    server: &Server,
+    origin: Origin<'_>,
+    to: &BareJid,
+    stanza: &Element,
+    stored: bool,
+) {
+    if server.features.wants(EventKind::Unreached) {
+        let mut event = Event::Unreached {
+            origin,
+            to,
+            stanza,
+            stored,
+        };
+        server.features.fire(server, &mut event).await;
     }
 }
 
@@ -490,12 +510,17 @@ async fn to_full(
         Err(DeliveryError::Offline | DeliveryError::Unreachable) => match kind {
             StanzaKind::Message => match stanza.attr("type").unwrap_or("normal") {
                 "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), stanza).await,
-                "groupchat" => bounce(
-                    server,
-                    origin,
-                    stanza,
-                    StanzaErrorCondition::ServiceUnavailable,
-                ),
+                "groupchat" => {
+                    bounce(
+                        server,
+                        origin,
+                        stanza,
+                        StanzaErrorCondition::ServiceUnavailable,
+                    );
+                    // The room learns the occupant is gone; the user's
+                    // phone may still want to hear of it (push).
+                    unreached(server, origin, &to.to_bare(), stanza, false).await;
+                }
                 _ => {}
             },
             StanzaKind::Presence => {}

@@ -166,6 +166,11 @@ fn form(fields: &[(&str, &[&str])]) -> String {
     x
 }
 
+/// The id of the archive's first message.
+async fn ans_first_id(c: &mut Client) -> String {
+    query(c, "", &rsm("<max>1</max>")).await.first()
+}
+
 fn rsm(inner: &str) -> String {
     format!("<set xmlns='{NS_RSM}'>{inner}</set>")
 }
@@ -246,6 +251,39 @@ async fn paging_through_1000(ts: TestServer) {
         before = ans.first();
     }
     assert_eq!(got, expected);
+
+    // A page by position (XEP-0059 §2.5), past one read of 250: exactly
+    // the items from 371 on, with that index.
+    let ans = query(&mut ca, "", &rsm("<max>10</max><index>371</index>")).await;
+    assert_eq!(ans.count(), 1000);
+    assert_eq!(ans.first_index(), Some(371));
+    let want: Vec<String> = (371..381).map(|i| format!("n{i}")).collect();
+    assert_eq!(ans.bodies(), want);
+    assert!(!ans.complete());
+    let ans = query(&mut ca, "", &rsm("<max>10</max><index>0</index>")).await;
+    assert_eq!(ans.first_index(), Some(0));
+    assert_eq!(ans.bodies()[0], "n0");
+    let ans = query(&mut ca, "", &rsm("<max>10</max><index>995</index>")).await;
+    assert_eq!(ans.first_index(), Some(995));
+    let want: Vec<String> = (995..1000).map(|i| format!("n{i}")).collect();
+    assert_eq!(ans.bodies(), want);
+    assert!(ans.complete());
+    // At the end: an empty page.
+    let ans = query(&mut ca, "", &rsm("<max>10</max><index>1000</index>")).await;
+    assert!(ans.results.is_empty());
+    assert!(ans.complete());
+    assert_eq!(ans.count(), 1000);
+    // Beyond [mam] max_index (1,000): too costly to find, 501.
+    let ans = query(&mut ca, "", &rsm("<max>10</max><index>1001</index>")).await;
+    assert_eq!(ans.error().as_deref(), Some("feature-not-implemented"));
+    let first_id = ans_first_id(&mut ca).await;
+    let ans = query(
+        &mut ca,
+        "",
+        &rsm(&format!("<index>3</index><after>{first_id}</after>")),
+    )
+    .await;
+    assert_eq!(ans.error().as_deref(), Some("bad-request"));
 
     // The default page is 50; max is capped at 250.
     let ans = query(&mut ca, "", "").await;

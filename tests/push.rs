@@ -862,3 +862,185 @@ async fn transient_errors_keep_the_registration() {
         .await;
     }
 }
+
+/// A push follows what became of the message: one that offline storage
+/// refuses (its quota is full; the sender gets an error) wakes nobody,
+/// so the next notification still counts one message.
+#[tokio::test]
+async fn no_push_for_a_message_that_was_bounced() {
+    let ts = start(|c| c.limits.max_offline_messages = 1).await;
+    let n = accounts(&ts).await;
+    let mut app = app_server(&ts, APP).await;
+    let mut user = Client::login(ts.plain_addr, &n.user, "pw", Some("phone")).await;
+    let r = enable(&mut user, APP, "quota", None).await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    go_offline(&ts, user, &n.user).await;
+
+    let mut contact = Client::login(ts.plain_addr, &n.contact, "pw", Some("desk")).await;
+    chat(&mut contact, &n.user, "kept").await;
+    let iq = next_publish(&mut app).await;
+    assert_eq!(summary(&iq).1["message-count"], "1");
+    answer(&mut app, &iq, None).await;
+
+    // The store is full: this one bounces.
+    chat(&mut contact, &n.user, "bounced").await;
+    let bounce = contact.next_named("message").await;
+    assert_eq!(bounce.attr("type"), Some("error"), "{}", show(&bounce));
+    assert_eq!(
+        stanza_error(&bounce).as_deref(),
+        Some("service-unavailable")
+    );
+
+    // Something else worth a push: its notification counts the one
+    // message kept, not the bounced one, and it is the only publish.
+    contact
+        .send_str(&format!(
+            "<presence type='subscribe' to='{}@localhost'/>",
+            n.user
+        ))
+        .await;
+    let iq = next_publish(&mut app).await;
+    let fields = summary(&iq).1;
+    assert_eq!(fields["pending-subscription-count"], "1", "{}", show(&iq));
+    assert_eq!(fields["message-count"], "1", "{}", show(&iq));
+    answer(&mut app, &iq, None).await;
+    contact.barrier().await;
+    let late = app_barrier(&mut app, APP).await;
+    assert!(
+        late.is_empty(),
+        "{:?}",
+        late.iter().map(show).collect::<Vec<_>>()
+    );
+}
+
+const ROOMS: &str = "conference.localhost";
+
+/// Group chat: a component plays the room and sends type='groupchat' to
+/// the user's full JID. A session waiting for resumption, or a resource
+/// that is gone (the room gets its error), pushes for a message with a
+/// body; a subject alone does not.
+#[tokio::test]
+async fn group_chat_pushes() {
+    let ts = start(|c| {
+        c.component.push(ComponentConfig {
+            domain: ROOMS.into(),
+            secret: APP_SECRET.into(),
+        })
+    })
+    .await;
+    let n = accounts(&ts).await;
+    let mut app = app_server(&ts, APP).await;
+    let mut room = app_server(&ts, ROOMS).await;
+    let room_jid = format!("room@{ROOMS}");
+    let groupchat = |to: &str, inner: &str| {
+        format!(
+            "<message from='{room_jid}/alice' to='{to}' type='groupchat' id='g'>{inner}</message>"
+        )
+    };
+
+    // Parked: the message waits in the session's queue.
+    let mut user = sm_login(&ts, &n.user).await;
+    let r = enable(&mut user, APP, "muc", None).await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    drop_and_park(&ts, user).await;
+    let full = format!("{}@localhost/phone", n.user);
+    room.send_str(&groupchat(&full, "<body>hey @user</body>"))
+        .await;
+    let iq = next_publish(&mut app).await;
+    let fields = summary(&iq).1;
+    assert_eq!(fields["message-count"], "1", "{}", show(&iq));
+    assert_eq!(fields["last-message-sender"], format!("{room_jid}/alice"));
+    answer(&mut app, &iq, None).await;
+
+    // A subject alone is no news; the next body is the second message.
+    room.send_str(&groupchat(&full, "<subject>topic</subject>"))
+        .await;
+    room.send_str(&groupchat(&full, "<body>second</body>"))
+        .await;
+    let iq = next_publish(&mut app).await;
+    assert_eq!(summary(&iq).1["message-count"], "2", "{}", show(&iq));
+    answer(&mut app, &iq, None).await;
+
+    // A resource that is gone: the room hears so, the phone is woken.
+    let gone = format!("{}@localhost/laptop", n.user);
+    room.send_str(&groupchat(&gone, "<body>third</body>")).await;
+    let error = loop {
+        let e = room.next_element().await;
+        if e.name() == "message" {
+            break e;
+        }
+    };
+    assert_eq!(error.attr("type"), Some("error"), "{}", show(&error));
+    let iq = next_publish(&mut app).await;
+    assert_eq!(summary(&iq).1["message-count"], "3", "{}", show(&iq));
+    answer(&mut app, &iq, None).await;
+}
+
+/// Remote disabling (XEP-0357 §8): the app server tells the user's bare
+/// JID that the publish affiliation is gone (the XEP's `<pubsub/>` form,
+/// or a pubsub#event affiliations change); the registration goes, but
+/// only when the sender is the app server of that registration and the
+/// node is its node. Such a message reaches no client; others do.
+#[tokio::test]
+async fn app_server_disables_a_registration() {
+    let ts = start(|_| {}).await;
+    let n = accounts(&ts).await;
+    let mut app = app_server(&ts, APP).await;
+    let mut app2 = app_server(&ts, APP2).await;
+    let mut user = Client::login(ts.plain_addr, &n.user, "pw", Some("phone")).await;
+    for (service, node) in [(APP, "n1"), (APP, "n3"), (APP2, "n2")] {
+        let r = enable(&mut user, service, node, None).await;
+        assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    }
+    let bare = format!("{}@localhost", n.user);
+    let xep_form = |from: &str, node: &str, jid: &str| {
+        format!(
+            "<message from='{from}' to='{bare}'><pubsub xmlns='{NS_PUBSUB}' node='{node}'>\
+             <affiliation jid='{jid}' affiliation='none'/></pubsub></message>"
+        )
+    };
+    let mark = user.mark();
+
+    // Not the registration's app server, not its node, not the user: kept.
+    app2.send_str(&xep_form(APP2, "n1", &bare)).await;
+    app_barrier(&mut app2, APP2).await;
+    app.send_str(&xep_form(APP, "n2", &bare)).await;
+    app.send_str(&xep_form(APP, "n1", "someone@localhost"))
+        .await;
+    app_barrier(&mut app, APP).await;
+    let all = vec![
+        (APP.to_string(), "n1".to_string()),
+        (APP.to_string(), "n3".to_string()),
+        (APP2.to_string(), "n2".to_string()),
+    ];
+    assert_eq!(registrations(&ts, &n.user).await, all);
+
+    // The app server of n1, for n1: gone.
+    app.send_str(&xep_form(APP, "n1", &bare)).await;
+    // The XEP-0060 notification form, for n3: gone too.
+    app.send_str(&format!(
+        "<message from='{APP}' to='{bare}'><event xmlns='{NS_PUBSUB}#event'>\
+         <affiliations node='n3'><affiliation jid='{bare}' affiliation='none'/></affiliations>\
+         </event></message>"
+    ))
+    .await;
+    app_barrier(&mut app, APP).await;
+    assert_eq!(
+        registrations(&ts, &n.user).await,
+        vec![(APP2.to_string(), "n2".to_string())]
+    );
+
+    // The user's client saw only the three that were not acted on.
+    let from_app = |e: &Element, from: &str| {
+        e.is("message", waxwing::xml::NS_CLIENT) && e.attr("from") == Some(from)
+    };
+    user.expect_only(
+        mark,
+        &[
+            Expect("APP2's message", &|e| from_app(e, APP2)),
+            Expect("APP's message for n2", &|e| from_app(e, APP)),
+            Expect("APP's message for someone", &|e| from_app(e, APP)),
+        ],
+    )
+    .await;
+}

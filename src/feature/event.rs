@@ -43,6 +43,7 @@ pub enum EventKind {
     SubscriptionRequest,
     IqSetDone,
     LocalDelivery,
+    Unreached,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -51,7 +52,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -69,6 +70,7 @@ impl EventKind {
         EventKind::SubscriptionRequest,
         EventKind::IqSetDone,
         EventKind::LocalDelivery,
+        EventKind::Unreached,
         EventKind::Outbound,
     ];
 }
@@ -85,11 +87,12 @@ pub enum Event<'a> {
     },
     /// A presence stanza past the filters, for the presence feature: from
     /// a local session (`to` None for a broadcast), or from a component or
-    /// a remote server to a local JID.
+    /// a remote server to a local JID. A feature ordered before the
+    /// presence feature may change it (the avatar hash of XEP-0398).
     Presence {
         origin: Origin<'a>,
         to: Option<&'a Jid>,
-        stanza: &'a Element,
+        stanza: &'a mut Element,
     },
     /// A message a local session sent, after it was routed (carbons' sent
     /// copies, archiving).
@@ -195,6 +198,17 @@ pub enum Event<'a> {
         to: &'a BareJid,
         stanza: &'a mut Element,
     },
+    /// A message for the local account `to` reached none of its
+    /// resources, and what became of it is settled: offline storage kept
+    /// it (`stored`), or the sender got an error (a full offline store, a
+    /// group chat message for a resource that is gone). Push
+    /// notifications follow this outcome rather than the attempt.
+    Unreached {
+        origin: Origin<'a>,
+        to: &'a BareJid,
+        stanza: &'a Element,
+        stored: bool,
+    },
 }
 
 impl Event<'_> {
@@ -218,6 +232,7 @@ impl Event<'_> {
             Event::SubscriptionRequest { .. } => EventKind::SubscriptionRequest,
             Event::IqSetDone { .. } => EventKind::IqSetDone,
             Event::LocalDelivery { .. } => EventKind::LocalDelivery,
+            Event::Unreached { .. } => EventKind::Unreached,
         }
     }
 }

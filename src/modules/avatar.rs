@@ -29,6 +29,12 @@ impl Feature for AvatarConversion {
         "avatar"
     }
 
+    // The conversion needs the PEP nodes; without PEP the vCard alone
+    // remains (its hash still goes into presence, `vcard_update`).
+    fn enabled(&self, config: &crate::config::Config) -> bool {
+        config.pep.enabled
+    }
+
     fn xeps(&self) -> &[u16] {
         &[84, 398]
     }
@@ -87,7 +93,7 @@ fn publishes(payload: &Element, node: &str) -> bool {
 }
 
 /// The hex SHA-1 of the image: the avatar's id (XEP-0084 §4.2).
-fn avatar_id(image: &[u8]) -> String {
+pub(crate) fn avatar_id(image: &[u8]) -> String {
     Sha1::digest(image)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -107,6 +113,7 @@ async fn publish(server: &Server, owner: &BareJid, node: &str, item: Element) ->
         jid: &jid,
         owner: true,
         presence_subscribed: true,
+        groups: &[],
     };
     let mut changes = Vec::new();
     let done = super::pep::service(server, owner)

@@ -29,6 +29,11 @@ impl Feature for BookmarksConversion {
         "bookmarks"
     }
 
+    // The conversion writes PEP nodes: nothing to keep in step without PEP.
+    fn enabled(&self, config: &crate::config::Config) -> bool {
+        config.pep.enabled
+    }
+
     fn xeps(&self) -> &[u16] {
         &[402, 411]
     }
@@ -228,6 +233,7 @@ async fn as_owner(server: &Server, owner: &BareJid, request: Element) -> bool {
         jid: &jid,
         owner: true,
         presence_subscribed: true,
+        groups: &[],
     };
     let mut changes: Vec<Change> = Vec::new();
     let done = super::pep::service(server, owner)

@@ -1,5 +1,8 @@
-//! Service Discovery (XEP-0030): the server's identity and features, and an
-//! account's identity for its owner.
+//! Service Discovery (XEP-0030): the server's identity and features; an
+//! account's identity and features for its owner and its contacts; an
+//! account's PEP nodes (`pep::disco`) for whoever may see them.
+
+use jid::{BareJid, Jid};
 
 use super::{IqOutcome, IqRequest, IqTarget, Module};
 use crate::server::Server;
@@ -13,12 +16,39 @@ pub const MODULE: Module = Module {
     xep: 30,
     namespaces: &[NS_INFO, NS_ITEMS],
     features: &[NS_INFO, NS_ITEMS],
-    handle: |req| super::ready(answer(req)),
+    handle: |req| Box::pin(answer(req)),
 };
 
-fn answer(req: &IqRequest<'_>) -> IqOutcome {
+/// The account a disco query at a bare JID is about.
+fn account_of(req: &IqRequest<'_>) -> Option<BareJid> {
+    match req.iq.attr("to") {
+        Some(to) => Jid::new(to).ok().map(|j| j.to_bare()),
+        None => Some(req.from.to_bare()),
+    }
+}
+
+async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.is_set {
         return Err(StanzaErrorCondition::NotAllowed.into());
+    }
+    // The PEP service at the account (XEP-0163 §8), when PEP runs.
+    let pep = req.server.features.get::<super::pep::Pep>().is_some();
+    if let (true, IqTarget::Account { own }) = (pep, req.target) {
+        let account = account_of(req).ok_or(StanzaErrorCondition::JidMalformed)?;
+        match (
+            req.payload.name(),
+            req.payload.ns(),
+            req.payload.attr("node"),
+        ) {
+            ("query", NS_INFO, Some(node)) => {
+                return super::pep::disco::node_info(req.server, &account, req.from, own, node)
+                    .await
+            }
+            ("query", NS_ITEMS, None) => {
+                return super::pep::disco::items(req.server, &account, req.from, own).await
+            }
+            _ => {}
+        }
     }
     // The one node answered is the server's capabilities node (XEP-0115
     // §6.2: `node#ver` has the server's own info); any other is absent.
@@ -34,7 +64,23 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
     }
     match (req.payload.name(), req.payload.ns(), req.target) {
         ("query", NS_INFO, IqTarget::Server) => Ok(Some(server_info(req.server))),
-        ("query", NS_INFO, IqTarget::Account { own: true }) => {
+        ("query", NS_INFO, IqTarget::Account { own }) => {
+            // A contact (the account shares presence with it) learns what
+            // the account offers, PEP above all (XEP-0163 §8.2); anyone
+            // else gets the answer a missing account gets.
+            if !own {
+                let account = account_of(req).ok_or(StanzaErrorCondition::JidMalformed)?;
+                let contact =
+                    super::roster::is_subscribed_from(req.server, &account, &req.from.to_bare())
+                        .await
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "roster");
+                            StanzaErrorCondition::InternalServerError
+                        })?;
+                if !contact {
+                    return Err(StanzaErrorCondition::ServiceUnavailable.into());
+                }
+            }
             let mut q =
                 Element::new("query", NS_INFO).with_child(identity("account", "registered", None));
             for (category, kind) in req.server.features.account_identities() {

@@ -26,6 +26,7 @@ pub mod session;
 pub mod stream_management;
 pub mod time;
 pub mod vcard;
+pub mod vcard_update;
 pub mod version;
 
 use std::sync::Arc;
@@ -104,6 +105,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(clients::Clients),
         Arc::new(pep::Pep::default()),
         Arc::new(avatar::AvatarConversion),
+        Arc::new(vcard_update::VcardUpdate::default()),
         Arc::new(bookmarks::BookmarksConversion),
         Arc::new(mam::Mam::default()),
     ]

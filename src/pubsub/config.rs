@@ -61,7 +61,17 @@ pub struct NodeConfig {
     pub deliver_payloads: bool,
     pub deliver_notifications: bool,
     pub title: String,
+    /// `pubsub#roster_groups_allowed` (list-multi): with the roster access
+    /// model, the owner's roster groups whose contacts may read the node;
+    /// empty means every contact with a presence subscription.
+    pub roster_groups_allowed: Vec<String>,
 }
+
+/// The one multi-valued option (a list of roster groups).
+pub const ROSTER_GROUPS: &str = "pubsub#roster_groups_allowed";
+/// Most groups one node names, and the longest name taken.
+const MAX_ROSTER_GROUPS: usize = 100;
+const MAX_OPTION_TEXT: usize = 1024;
 
 impl Default for NodeConfig {
     /// XEP-0163 §4 defaults for a personal node: contacts with a presence
@@ -78,6 +88,7 @@ impl Default for NodeConfig {
             deliver_payloads: true,
             deliver_notifications: true,
             title: String::new(),
+            roster_groups_allowed: Vec::new(),
         }
     }
 }
@@ -209,10 +220,25 @@ impl NodeConfig {
                 self.deliver_notifications = boolean(value).ok_or_else(bad)?
             }
             "pubsub#title" => {
-                if value.len() > 1024 {
+                if value.len() > MAX_OPTION_TEXT {
                     return Err(bad());
                 }
                 self.title = value.to_owned();
+            }
+            // One value at a time: each adds a group (a form replaces the
+            // list first, see `apply_form`). A group name is one line of
+            // the stored text.
+            ROSTER_GROUPS => {
+                if value.len() > MAX_OPTION_TEXT || value.contains(['\n', '\r']) {
+                    return Err(bad());
+                }
+                if value.is_empty() || self.roster_groups_allowed.iter().any(|g| g == value) {
+                    return Ok(true);
+                }
+                if self.roster_groups_allowed.len() >= MAX_ROSTER_GROUPS {
+                    return Err(bad());
+                }
+                self.roster_groups_allowed.push(value.to_owned());
             }
             _ => return Ok(false),
         }
@@ -222,6 +248,9 @@ impl NodeConfig {
     /// Does the node's value of `var` equal `value` (both read the same
     /// way, `max` as the cap)? Unknown options never match.
     pub fn matches(&self, var: &str, value: &str, cap: u32) -> bool {
+        if var == ROSTER_GROUPS {
+            return self.roster_groups_allowed.iter().any(|g| g == value);
+        }
         let mut probe = self.clone();
         match probe.set(var, value, cap) {
             Ok(true) => {
@@ -235,10 +264,19 @@ impl NodeConfig {
         }
     }
 
-    /// Applies every field of a submitted form (FORM_TYPE aside).
+    /// Applies every field of a submitted form (FORM_TYPE aside); a
+    /// roster groups field replaces the list with all its values.
     pub fn apply_form(&mut self, form: &Element, cap: u32) -> Result<(), OptionError> {
         for (var, value) in form_fields(form) {
-            self.set(&var, &value, cap)?;
+            if var != ROSTER_GROUPS {
+                self.set(&var, &value, cap)?;
+            }
+        }
+        if let Some(values) = form_values(form, ROSTER_GROUPS) {
+            self.roster_groups_allowed.clear();
+            for v in values {
+                self.set(ROSTER_GROUPS, &v, cap)?;
+            }
         }
         Ok(())
     }
@@ -251,6 +289,12 @@ impl NodeConfig {
             s.push('=');
             // One line per option: a title cannot break the format.
             s.push_str(&value.replace('\n', " "));
+            s.push('\n');
+        }
+        for g in &self.roster_groups_allowed {
+            s.push_str(ROSTER_GROUPS);
+            s.push('=');
+            s.push_str(g);
             s.push('\n');
         }
         s
@@ -301,6 +345,13 @@ impl NodeConfig {
             f.append_child(Element::new("value", NS_DATA).with_text(value));
             x.append_child(f);
         }
+        let mut groups = Element::new("field", NS_DATA)
+            .with_attr("var", ROSTER_GROUPS)
+            .with_attr("type", "list-multi");
+        for g in &self.roster_groups_allowed {
+            groups.append_child(Element::new("value", NS_DATA).with_text(g.as_str()));
+        }
+        x.append_child(groups);
         x
     }
 }
@@ -321,6 +372,20 @@ pub fn form_fields(form: &Element) -> Vec<(String, String)> {
             Some((var.to_owned(), value))
         })
         .collect()
+}
+
+/// Every value of the field `var` of a form; None without that field.
+pub fn form_values(form: &Element, var: &str) -> Option<Vec<String>> {
+    let field = form
+        .children()
+        .find(|c| c.is("field", NS_DATA) && c.attr("var") == Some(var))?;
+    Some(
+        field
+            .children()
+            .filter(|v| v.is("value", NS_DATA))
+            .map(Element::text)
+            .collect(),
+    )
 }
 
 /// The FORM_TYPE of a form, if it has one.

@@ -53,6 +53,9 @@ pub struct Requester<'a> {
     pub owner: bool,
     /// The owner shares presence with the requester (subscription from or both).
     pub presence_subscribed: bool,
+    /// The groups the owner's roster puts the requester in (the roster
+    /// access model's `pubsub#roster_groups_allowed`).
+    pub groups: &'a [String],
 }
 
 /// Something a request changed that subscribers may hear of.
@@ -92,6 +95,7 @@ pub fn may_receive(
     config: &NodeConfig,
     owner: bool,
     presence_subscribed: bool,
+    groups: &[String],
     affiliation: &str,
 ) -> bool {
     if owner {
@@ -102,9 +106,19 @@ pub fn may_receive(
     }
     match config.access_model {
         AccessModel::Open => true,
-        AccessModel::Presence | AccessModel::Roster => presence_subscribed,
+        AccessModel::Presence => presence_subscribed,
+        AccessModel::Roster => presence_subscribed && in_allowed_group(config, groups),
         AccessModel::Whitelist => matches!(affiliation, "member" | "publisher"),
     }
+}
+
+/// The roster access model (§4.5): is one of the requester's groups among
+/// the node's allowed ones? A node that names none lets every contact in.
+pub fn in_allowed_group(config: &NodeConfig, groups: &[String]) -> bool {
+    config.roster_groups_allowed.is_empty()
+        || groups
+            .iter()
+            .any(|g| config.roster_groups_allowed.contains(g))
 }
 
 /// A stanza error with a pubsub#errors condition.
@@ -268,15 +282,22 @@ impl Service<'_> {
             AccessModel::Presence => {
                 Err(error(Cond::NotAuthorized, "presence-subscription-required"))
             }
-            // Roster groups are not configurable here: every contact with a
-            // presence subscription is in the allowed group.
-            AccessModel::Roster if who.presence_subscribed => Ok(()),
+            AccessModel::Roster
+                if who.presence_subscribed && in_allowed_group(config, who.groups) =>
+            {
+                Ok(())
+            }
             AccessModel::Roster => Err(error(Cond::NotAuthorized, "not-in-roster-group")),
             AccessModel::Whitelist if matches!(affiliation.as_str(), "member" | "publisher") => {
                 Ok(())
             }
             AccessModel::Whitelist => Err(error(Cond::NotAllowed, "closed-node")),
         }
+    }
+
+    /// May `who` see this node (its items, its disco entries)?
+    pub async fn may_see(&self, who: &Requester<'_>, node: &str, config: &NodeConfig) -> bool {
+        self.may_read(who, node, config).await.is_ok()
     }
 
     async fn may_publish(
@@ -359,17 +380,17 @@ impl Service<'_> {
         if stored_payload.len() > self.limits.max_item_bytes {
             return Err(error(Cond::NotAcceptable, "payload-too-big"));
         }
-        let options = match pubsub.get_child("publish-options", NS) {
+        let form = pubsub
+            .get_child("publish-options", NS)
+            .and_then(|po| po.get_child("x", crate::modules::NS_DATA));
+        let options = match form {
             None => Vec::new(),
-            Some(po) => match po.get_child("x", crate::modules::NS_DATA) {
-                None => Vec::new(),
-                Some(x) => {
-                    if form_type(x).is_some_and(|t| t != NS_PUBLISH_OPTIONS) {
-                        return Err(Cond::BadRequest.into());
-                    }
-                    config::form_fields(x)
+            Some(x) => {
+                if form_type(x).is_some_and(|t| t != NS_PUBLISH_OPTIONS) {
+                    return Err(Cond::BadRequest.into());
                 }
-            },
+                config::form_fields(x)
+            }
         };
         let cap = self.limits.max_items;
         let config = match self.node(node).await.map_err(internal)? {
@@ -389,8 +410,8 @@ impl Service<'_> {
                     return Err(Cond::ItemNotFound.into());
                 }
                 let mut config = NodeConfig::default();
-                for (var, value) in &options {
-                    if config.set(var, value, cap).is_err() {
+                if let Some(x) = form {
+                    if config.apply_form(x, cap).is_err() {
                         return Err(error(Cond::Conflict, "precondition-not-met"));
                     }
                 }

@@ -25,6 +25,8 @@ pub enum Page {
     Forward(Option<String>),
     /// The last page (`<before/>`), or right before an id.
     Backward(Option<String>),
+    /// The page whose first item is at this position (RSM `<index/>`).
+    Index(u32),
 }
 
 /// A parsed query.
@@ -142,11 +144,16 @@ pub fn parse(
             (None, Some(b)) => Page::Backward(Some(b.trim().to_string())),
             (None, None) => Page::Forward(None),
         };
-        if set.get_child("index", NS_RSM).is_some() {
-            return Err(StanzaError::with_text(
-                StanzaErrorCondition::FeatureNotImplemented,
-                "paging by index is not supported",
-            ));
+        if let Some(i) = set.get_child("index", NS_RSM) {
+            if page != Page::Forward(None) {
+                return Err(bad("<index/> goes without <before/> and <after/>"));
+            }
+            let n: u32 = i
+                .text()
+                .trim()
+                .parse()
+                .map_err(|_| bad("<index/> is not a number"))?;
+            page = Page::Index(n);
         }
     }
     Ok(Query {
@@ -203,6 +210,7 @@ pub async fn run(server: &Server, owner: &ArchiveOwner, q: &Query) -> Result<Ans
     let not_found = || StanzaError::from(StanzaErrorCondition::ItemNotFound);
     let page_id = match &q.page {
         Page::Forward(a) | Page::Backward(a) => a.as_ref(),
+        Page::Index(_) => None,
     };
     let named = q
         .filter
@@ -222,6 +230,17 @@ pub async fn run(server: &Server, owner: &ArchiveOwner, q: &Query) -> Result<Ans
         .archive_count(owner, &q.filter)
         .await
         .map_err(internal)?;
+    let resolved;
+    let q = match q.page {
+        Page::Index(n) => {
+            let page = page_at(server, owner, &q.filter, n)
+                .await
+                .map_err(|e| e.unwrap_or_else(internal_of))?;
+            resolved = Query { page, ..q.clone() };
+            &resolved
+        }
+        _ => q,
+    };
     let mut page_filter = q.filter.clone();
     let backward = matches!(q.page, Page::Backward(_));
     match &q.page {
@@ -249,7 +268,7 @@ pub async fn run(server: &Server, owner: &ArchiveOwner, q: &Query) -> Result<Ans
         Some(first) => Some(match &q.page {
             Page::Forward(None) => 0,
             Page::Backward(None) => count - items.len() as i64,
-            _ => {
+            Page::Forward(Some(_)) | Page::Backward(Some(_)) | Page::Index(_) => {
                 let mut before_first = q.filter.clone();
                 before_first.before = Some(tighter(&q.filter.before, &first.id, false));
                 server
@@ -263,9 +282,7 @@ pub async fn run(server: &Server, owner: &ArchiveOwner, q: &Query) -> Result<Ans
     // Complete: this page reaches the end of the result set in the
     // direction of paging (the last item forward, the first backward).
     let complete = match index {
-        None => match &q.page {
-            Page::Forward(_) | Page::Backward(_) => true,
-        },
+        None => true,
         Some(i) if backward => i == 0,
         Some(i) => i + items.len() as i64 >= count,
     };
@@ -293,6 +310,57 @@ pub async fn run(server: &Server, owner: &ArchiveOwner, q: &Query) -> Result<Ans
     }
     fin.append_child(set);
     Ok(Answer { items, fin })
+}
+
+fn internal_of() -> StanzaError {
+    StanzaError::from(StanzaErrorCondition::InternalServerError)
+}
+
+/// The page whose first item is the `n`th (from 0) of the result set:
+/// the one after the item at `n - 1`, found by reading forward in pages
+/// of at most `max_page` ids (bounded by `[mam] max_index`). An index at
+/// or past the end gives the page after the last item: empty, as
+/// XEP-0059 §2.5 asks.
+async fn page_at(
+    server: &Server,
+    owner: &ArchiveOwner,
+    filter: &ArchiveFilter,
+    n: u32,
+) -> Result<Page, Option<StanzaError>> {
+    let c = &server.config.mam;
+    if n > c.max_index {
+        return Err(Some(StanzaError::with_text(
+            StanzaErrorCondition::FeatureNotImplemented,
+            format!("paging by index only up to {}", c.max_index),
+        )));
+    }
+    let step = c.max_page.max(1);
+    let mut remaining = n;
+    let mut last: Option<String> = None;
+    while remaining > 0 {
+        let mut f = filter.clone();
+        if let Some(a) = &last {
+            f.after = Some(tighter(&filter.after, a, true));
+        }
+        let want = remaining.min(step);
+        let rows = server
+            .store
+            .archive_page(owner, &f, false, want)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "archive query");
+                None
+            })?;
+        let Some(row) = rows.last() else {
+            break;
+        };
+        last = Some(row.id.clone());
+        remaining -= rows.len() as u32;
+        if (rows.len() as u32) < want {
+            break;
+        }
+    }
+    Ok(Page::Forward(last))
 }
 
 /// The narrower of an existing exclusive id bound and a new one.

@@ -6,6 +6,7 @@
 //! a contact whose resource becomes available gets the last items.
 
 pub mod caps;
+pub mod disco;
 mod notify;
 
 use std::collections::{HashMap, HashSet};
@@ -115,6 +116,12 @@ pub fn service<'a>(server: &'a Server, owner: &'a BareJid) -> Service<'a> {
 impl Feature for Pep {
     fn name(&self) -> &'static str {
         "pep"
+    }
+
+    // `[pep] enabled = false`: no PEP identity or features anywhere, and
+    // the pubsub IQs find no handler (service-unavailable).
+    fn enabled(&self, config: &crate::config::Config) -> bool {
+        config.pep.enabled
     }
 
     fn xeps(&self) -> &[u16] {
@@ -313,6 +320,59 @@ async fn learn(server: &Server, ours: &str, jid: &FullJid, node: &str, ver: &str
         .learned(ver, features, server.config.pep.caps_cache);
 }
 
+/// What the owner's roster says of a requester, for the access models.
+pub struct Asker {
+    pub owner: bool,
+    /// The owner shares presence with it (subscription from or both).
+    pub subscribed: bool,
+    /// Its groups in the owner's roster.
+    pub groups: Vec<String>,
+}
+
+impl Asker {
+    /// Reads `requester`'s row in `owner`'s roster (none for the owner).
+    pub async fn of(
+        server: &Server,
+        owner: &BareJid,
+        requester: &BareJid,
+        is_owner: bool,
+    ) -> Result<Asker, crate::stanza::StanzaError> {
+        if is_owner {
+            return Ok(Asker {
+                owner: true,
+                subscribed: true,
+                groups: Vec::new(),
+            });
+        }
+        let item = roster::item(server, owner, requester).await.map_err(|e| {
+            tracing::error!(error = %e, "roster");
+            crate::stanza::StanzaError::from(StanzaErrorCondition::InternalServerError)
+        })?;
+        Ok(match item {
+            Some(i) => Asker {
+                owner: false,
+                subscribed: i.from(),
+                groups: i.record.groups,
+            },
+            None => Asker {
+                owner: false,
+                subscribed: false,
+                groups: Vec::new(),
+            },
+        })
+    }
+
+    /// The engine's view of it, asking as `jid`.
+    pub fn requester<'a>(&'a self, jid: &'a Jid) -> Requester<'a> {
+        Requester {
+            jid,
+            owner: self.owner,
+            presence_subscribed: self.subscribed,
+            groups: &self.groups,
+        }
+    }
+}
+
 /// The account an IQ is for: its `to`, or the sender's own without one.
 fn owner_of(req: &IqRequest<'_>) -> Option<BareJid> {
     match req.iq.attr("to") {
@@ -330,18 +390,8 @@ async fn handle_iq(req: &IqRequest<'_>) -> crate::feature::iq::IqOutcome {
         return Err(StanzaErrorCondition::JidMalformed.into());
     };
     let is_owner = req.target == IqTarget::Account { own: true };
-    let presence_subscribed = is_owner
-        || roster::is_subscribed_from(server, &owner, &req.from.to_bare())
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "roster");
-                crate::stanza::StanzaError::from(StanzaErrorCondition::InternalServerError)
-            })?;
-    let who = Requester {
-        jid: req.from,
-        owner: is_owner,
-        presence_subscribed,
-    };
+    let asker = Asker::of(server, &owner, &req.from.to_bare(), is_owner).await?;
+    let who = asker.requester(req.from);
     let mut changes = Vec::new();
     let answer = service(server, &owner)
         .handle(&who, req.payload, req.is_set, &mut changes)

@@ -90,7 +90,7 @@ async fn recipients(
         } else {
             String::new()
         };
-        if !may_receive(config, false, true, &affiliation) {
+        if !may_receive(config, false, true, &item.record.groups, &affiliation) {
             continue;
         }
         let resources = if server.is_local_domain(contact.domain().as_str()) {
@@ -178,10 +178,9 @@ pub async fn last_items_to(server: &Server, to: &FullJid, owners: &[BareJid]) {
             continue;
         }
         let is_owner = *owner == bare;
-        let subscribed = is_owner
-            || roster::is_subscribed_from(server, owner, &bare)
-                .await
-                .unwrap_or(false);
+        let Ok(asker) = super::Asker::of(server, owner, &bare, is_owner).await else {
+            continue;
+        };
         let jid = Jid::from(to.clone());
         for (node, config) in wanted {
             let affiliation = if config.access_model == AccessModel::Whitelist {
@@ -192,7 +191,13 @@ pub async fn last_items_to(server: &Server, to: &FullJid, owners: &[BareJid]) {
             } else {
                 String::new()
             };
-            if may_receive(&config, is_owner, subscribed, &affiliation) {
+            if may_receive(
+                &config,
+                is_owner,
+                asker.subscribed,
+                &asker.groups,
+                &affiliation,
+            ) {
                 send_last(server, owner, &node, &config, &jid).await;
             }
         }

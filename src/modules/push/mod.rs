@@ -7,7 +7,9 @@
 //! registration ([`publisher`]).
 //!
 //! "Not connected" is two cases: no session at all (the message is
-//! `Undeliverable`, on its way to offline storage), or sessions that all
+//! `Unreached`: kept by offline storage — one it refused, the sender was
+//! told of, pushes nothing — or a group chat message for a resource that
+//! is gone), or sessions that all
 //! wait for stream-management resumption (the message reached their
 //! queues, `MessageDelivered`, but nobody reads them; see
 //! `stream_management::AwaitingResumption`); and when a session is
@@ -19,13 +21,14 @@
 
 mod notification;
 mod publisher;
+mod remote_disable;
 
 use std::sync::Arc;
 
 use jid::{BareJid, Jid};
 
 use crate::feature::iq::{IqFuture, IqOutcome, IqRequest, IqTarget};
-use crate::feature::{Disco, Event, EventKind, Feature, Verdict};
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::router::Origin;
 use crate::server::Server;
 use crate::sessions::OutStanza;
@@ -73,8 +76,9 @@ impl Feature for Push {
 
     fn subscriptions(&self) -> &'static [(EventKind, i32)] {
         &[
-            // Before offline storage (100), which stops the event.
-            (EventKind::Undeliverable, 50),
+            // After offline storage decided: a message it refused (the
+            // sender got an error) wakes nobody.
+            (EventKind::Unreached, 0),
             (EventKind::MessageDelivered, 50),
             (EventKind::SessionParked, 0),
             (EventKind::SubscriptionRequest, 0),
@@ -82,13 +86,33 @@ impl Feature for Push {
             (EventKind::SessionBound, 0),
             (EventKind::SessionResumed, 0),
             (EventKind::AccountDeleted, 0),
+            // An app server taking a registration back (§8).
+            (EventKind::PreRoute, 0),
         ]
     }
 
     fn on_event_now(&self, server: &Server, event: &mut Event<'_>) -> Option<Verdict> {
         match event {
-            Event::Undeliverable {
-                origin, to, stanza, ..
+            // Every routed stanza passes here: only a message from outside
+            // (a component, another server) to a local account carrying
+            // an affiliation change is looked at further.
+            Event::PreRoute {
+                origin,
+                kind: crate::stanza::StanzaKind::Message,
+                to,
+                stanza,
+            } if origin.session().is_none()
+                && to.node().is_some()
+                && server.is_local_domain(to.domain().as_str())
+                && remote_disable::affiliation_removed(stanza).is_some() =>
+            {
+                return None;
+            }
+            Event::Unreached {
+                origin,
+                to,
+                stanza,
+                stored,
             } => {
                 // A message re-routed from a session that ended without
                 // reading it is not counted again: a session that waited
@@ -96,7 +120,11 @@ impl Feature for Push {
                 // parked. (One without stream management was connected
                 // when it arrived, as far as anyone knew.)
                 let rerouted = matches!(origin, Origin::Session(s) if s.to_bare() == **to);
-                if !rerouted {
+                // Only what offline storage kept is waiting for the user;
+                // a group chat message is never kept, but the room's
+                // archive has it for the client that wakes up.
+                let waiting = *stored || stanza.attr("type") == Some("groupchat");
+                if waiting && !rerouted {
                     self.consider(server, to, stanza);
                 }
             }
@@ -133,6 +161,27 @@ impl Feature for Push {
             _ => {}
         }
         Some(Verdict::Continue)
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            let Event::PreRoute {
+                origin, to, stanza, ..
+            } = event
+            else {
+                return Verdict::Continue;
+            };
+            let Some((node, jid)) = remote_disable::affiliation_removed(stanza) else {
+                return Verdict::Continue;
+            };
+            let user = to.to_bare();
+            if remote_disable::disable(server, origin.sender(), &user, node, jid).await {
+                self.publisher.forget_account_errors(&user);
+                // Told to the server, not to the user's clients.
+                return Verdict::Stop;
+            }
+            Verdict::Continue
+        })
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

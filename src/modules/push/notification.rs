@@ -27,16 +27,16 @@ pub struct MessageSummary<'a> {
 }
 
 /// The summary of a message worth a push (a body, an encrypted payload, a
-/// call proposal), or None: errors, group chat and headlines, chat
-/// states, receipts and markers alone never wake a phone.
+/// call proposal), or None: errors and headlines, chat states, receipts
+/// and markers alone never wake a phone. Group chat messages count like
+/// chat (they only ever reach a full JID: a room sends them to an
+/// occupant's resource); a client that wants only mentions filters on its
+/// app server, as Conversations does.
 pub fn worth_pushing(stanza: &Element) -> Option<MessageSummary<'_>> {
     if stanza.name() != "message" {
         return None;
     }
-    if matches!(
-        stanza.attr("type"),
-        Some("error" | "groupchat" | "headline")
-    ) {
+    if matches!(stanza.attr("type"), Some("error" | "headline")) {
         return None;
     }
     let body = stanza.children().find(|c| c.is("body", NS_CLIENT));
@@ -194,16 +194,26 @@ mod tests {
     }
 
     #[test]
-    fn chat_states_errors_groupchat_and_headlines_are_not() {
+    fn chat_states_errors_and_headlines_are_not() {
         let state = message(
             Element::new("composing", "http://jabber.org/protocol/chatstates"),
             Some("chat"),
         );
         assert!(worth_pushing(&state).is_none());
-        for kind in ["error", "groupchat", "headline"] {
+        for kind in ["error", "headline"] {
             let m = message(Element::new("body", NS_CLIENT).with_text("x"), Some(kind));
             assert!(worth_pushing(&m).is_none(), "{kind}");
         }
+        let subject = message(
+            Element::new("subject", NS_CLIENT).with_text("x"),
+            Some("groupchat"),
+        );
+        assert!(worth_pushing(&subject).is_none());
+        let m = message(
+            Element::new("body", NS_CLIENT).with_text("x"),
+            Some("groupchat"),
+        );
+        assert!(worth_pushing(&m).is_some());
     }
 
     #[test]
