@@ -25,11 +25,25 @@ fn owner(u: &str) -> ArchiveOwner {
 fn old_rows() -> Vec<(&'static str, String, i64, String)> {
     let mut v = Vec::new();
     for i in 0..30 {
-        let peer = if i % 2 == 0 { "bob@shape.example" } else { "carol@shape.example" };
-        v.push(("alice", format!("0000000000{i:02}aaaaaaa"), 1_000 + i as i64, peer.to_string()));
+        let peer = if i % 2 == 0 {
+            "bob@shape.example"
+        } else {
+            "carol@shape.example"
+        };
+        v.push((
+            "alice",
+            format!("0000000000{i:02}aaaaaaa"),
+            1_000 + i as i64,
+            peer.to_string(),
+        ));
     }
     for i in 0..5 {
-        v.push(("bob", format!("0000000000{i:02}bbbbbbb"), 2_000 + i as i64, "alice@shape.example".into()));
+        v.push((
+            "bob",
+            format!("0000000000{i:02}bbbbbbb"),
+            2_000 + i as i64,
+            "alice@shape.example".into(),
+        ));
     }
     v
 }
@@ -47,16 +61,21 @@ async fn old_migrator(dialect: &str) -> Migrator {
         .filter(|m| m.version < RESHAPE)
         .cloned()
         .collect();
-    assert!(before.len() < all.migrations.len(), "the reshaping migration exists");
+    assert!(
+        before.len() < all.migrations.len(),
+        "the reshaping migration exists"
+    );
     Migrator {
         migrations: Cow::Owned(before),
         ..Migrator::DEFAULT
     }
 }
 
-const OLD_INSERT: &str = "INSERT INTO archive (kind, domain, username, id, ts, peer, resource, outgoing, payload) \
+const OLD_INSERT: &str =
+    "INSERT INTO archive (kind, domain, username, id, ts, peer, resource, outgoing, payload) \
      VALUES (0, 'shape.example', $1, $2, $3, $4, 'r', false, $5)";
-const OLD_COUNT: &str = "INSERT INTO archive_counts (kind, domain, username, n) VALUES (0, 'shape.example', $1, $2)";
+const OLD_COUNT: &str =
+    "INSERT INTO archive_counts (kind, domain, username, n) VALUES (0, 'shape.example', $1, $2)";
 
 async fn check_after(store: &Store) {
     let alice = owner("alice");
@@ -70,11 +89,24 @@ async fn check_after(store: &Store) {
     assert_eq!(store.archive_count(&alice, &with_bob).await.unwrap(), 15);
     let last = store.archive_page(&alice, &all, true, 3).await.unwrap();
     let ids: Vec<&str> = last.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["000000000029aaaaaaa", "000000000028aaaaaaa", "000000000027aaaaaaa"]);
+    assert_eq!(
+        ids,
+        [
+            "000000000029aaaaaaa",
+            "000000000028aaaaaaa",
+            "000000000027aaaaaaa"
+        ]
+    );
     assert_eq!(last[0].payload, "<m n='alice29'/>");
     assert_eq!(last[0].ts, 1_029);
-    assert!(store.archive_has(&alice, "000000000003aaaaaaa").await.unwrap());
-    assert!(!store.archive_has(&owner("bob"), "000000000003aaaaaaa").await.unwrap());
+    assert!(store
+        .archive_has(&alice, "000000000003aaaaaaa")
+        .await
+        .unwrap());
+    assert!(!store
+        .archive_has(&owner("bob"), "000000000003aaaaaaa")
+        .await
+        .unwrap());
 
     // New rows land beside the old ones, counted.
     let row = ArchiveRow {
@@ -90,7 +122,13 @@ async fn check_after(store: &Store) {
     assert_eq!(store.archive_count(&alice, &all).await.unwrap(), 31);
     // Retention by time (ids are time-ordered: the old ids are below the
     // id bound of ts 10 µs after the epoch's first id characters).
-    assert_eq!(store.archive_purge(&alice, Some("000000000010aaaaaaa")).await.unwrap(), 10);
+    assert_eq!(
+        store
+            .archive_purge(&alice, Some("000000000010aaaaaaa"))
+            .await
+            .unwrap(),
+        10
+    );
     assert_eq!(store.archive_count(&alice, &all).await.unwrap(), 21);
     assert_eq!(
         store.archive_count(&alice, &with_bob).await.unwrap(),
@@ -105,8 +143,10 @@ async fn sqlite_archive_is_reshaped_with_its_rows() {
     let path = dir.path().join("old.db");
     let url = format!("sqlite://{}", path.display());
     {
-        let opts: sqlx::sqlite::SqliteConnectOptions =
-            url.parse::<sqlx::sqlite::SqliteConnectOptions>().unwrap().create_if_missing(true);
+        let opts: sqlx::sqlite::SqliteConnectOptions = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
         old_migrator("sqlite").await.run(&pool).await.unwrap();
         for (u, id, ts, peer) in old_rows() {
@@ -122,7 +162,12 @@ async fn sqlite_archive_is_reshaped_with_its_rows() {
                 .unwrap();
         }
         for (u, n) in [("alice", 30i64), ("bob", 5)] {
-            sqlx::query(OLD_COUNT).bind(u).bind(n).execute(&pool).await.unwrap();
+            sqlx::query(OLD_COUNT)
+                .bind(u)
+                .bind(n)
+                .execute(&pool)
+                .await
+                .unwrap();
         }
         pool.close().await;
     }
@@ -138,8 +183,13 @@ async fn postgres_archive_is_reshaped_with_its_rows() {
     // A database of its own, made and dropped here: the shared one has
     // every migration applied already.
     let name = format!("wx_shape_{}", rand::thread_rng().gen::<u32>());
-    let admin = sqlx::PgPool::connect(&base).await.expect("PostgreSQL must be reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL must be reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
     let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
     {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -157,12 +207,20 @@ async fn postgres_archive_is_reshaped_with_its_rows() {
                 .unwrap();
         }
         for (u, n) in [("alice", 30i64), ("bob", 5)] {
-            sqlx::query(OLD_COUNT).bind(u).bind(n).execute(&pool).await.unwrap();
+            sqlx::query(OLD_COUNT)
+                .bind(u)
+                .bind(n)
+                .execute(&pool)
+                .await
+                .unwrap();
         }
         pool.close().await;
     }
     let store = Store::open(&url, 2).await.unwrap();
     check_after(&store).await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {name}")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{
+    ConnectOptions, Connection, PgConnection, Postgres, QueryBuilder, Sqlite, SqliteConnection,
+};
 
 use super::{StorageError, Store};
 
@@ -226,7 +228,10 @@ fn take_ids(
 }
 
 /// Inserts `rows` and counts them, in one transaction, on SQLite.
-async fn insert_sqlite(conn: &mut SqliteConnection, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+async fn insert_sqlite(
+    conn: &mut SqliteConnection,
+    rows: &[ArchiveRow],
+) -> Result<(), StorageError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -243,7 +248,11 @@ async fn insert_sqlite(conn: &mut SqliteConnection, rows: &[ArchiveRow]) -> Resu
                 .push_bind(*added);
         });
         qb.push(OWNERS_UPSERT_TAIL);
-        returned.extend(qb.build_query_as::<(i64, i16, String, String)>().fetch_all(&mut *tx).await?);
+        returned.extend(
+            qb.build_query_as::<(i64, i16, String, String)>()
+                .fetch_all(&mut *tx)
+                .await?,
+        );
     }
     let ids = take_ids(&owners, returned)?;
     let numbered: Vec<(i64, &ArchiveRow)> = rows
@@ -285,9 +294,27 @@ async fn insert_postgres(conn: &mut PgConnection, rows: &[ArchiveRow]) -> Result
     let mut tx = conn.begin().await?;
     let sql = format!("{OWNERS}{OWNERS_UPSERT_TAIL}");
     let returned: Vec<(i64, i16, String, String)> = sqlx::query_as(&sql)
-        .bind(owners.list.iter().map(|(o, _)| o.kind as i16).collect::<Vec<_>>())
-        .bind(owners.list.iter().map(|(o, _)| o.domain.as_str()).collect::<Vec<_>>())
-        .bind(owners.list.iter().map(|(o, _)| o.username.as_str()).collect::<Vec<_>>())
+        .bind(
+            owners
+                .list
+                .iter()
+                .map(|(o, _)| o.kind as i16)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            owners
+                .list
+                .iter()
+                .map(|(o, _)| o.domain.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            owners
+                .list
+                .iter()
+                .map(|(o, _)| o.username.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(owners.list.iter().map(|(_, n)| *n).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;

@@ -26,7 +26,9 @@ mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
-pub use archive::{ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem};
+pub use archive::{
+    ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem,
+};
 pub use clients::{ClientRecord, FastToken};
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;

@@ -121,7 +121,9 @@ impl Db {
         if self.conn.is_none() {
             match self.store.archive_conn(self.cache_kib).await {
                 Ok(c) => self.conn = Some(c),
-                Err(e) => tracing::warn!(error = %e, "archive writer: own connection; using the pool"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "archive writer: own connection; using the pool")
+                }
             }
         }
         let Some(conn) = &mut self.conn else {
