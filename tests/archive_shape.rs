@@ -120,8 +120,8 @@ async fn check_after(store: &Store) {
     };
     store.archive_insert(&[row]).await.unwrap();
     assert_eq!(store.archive_count(&alice, &all).await.unwrap(), 31);
-    // Retention by time (ids are time-ordered: the old ids are below the
-    // id bound of ts 10 µs after the epoch's first id characters).
+    // A purge below an id takes the old rows off the count and out of the
+    // peer index alike.
     assert_eq!(
         store
             .archive_purge(&alice, Some("000000000010aaaaaaa"))
