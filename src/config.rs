@@ -205,8 +205,11 @@ pub struct MamConfig {
     /// Messages waiting for the archive writer; when full, the senders
     /// whose messages are archived wait (their stream is not read meanwhile).
     pub queue: usize,
-    /// Most messages written in one transaction.
+    /// Most archive rows written in one transaction (a message is one or
+    /// two rows).
     pub batch: usize,
+    /// Page cache of the archive writer's own SQLite connection, in KiB.
+    pub writer_cache_kib: u64,
 }
 
 impl Default for MamConfig {
@@ -222,8 +225,9 @@ impl Default for MamConfig {
             max_ids: 50,
             max_index: 1_000,
             max_pref_jids: 1_000,
-            queue: 4_096,
-            batch: 256,
+            queue: 8_192,
+            batch: 8_192,
+            writer_cache_kib: 32_768,
         }
     }
 }
@@ -464,6 +468,11 @@ impl ContactAddresses {
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
+    /// SQLite's `synchronous` in WAL mode: "normal" (a commit is written
+    /// to the WAL file but not synced: safe against a crash of the
+    /// process, not against power loss or an OS crash, which can lose the
+    /// last commits) or "full" (every commit synced). PostgreSQL ignores it.
+    pub sqlite_synchronous: String,
 }
 
 /// The fallback certificate, or where a development one is generated.
@@ -633,11 +642,21 @@ impl Default for Config {
     }
 }
 
+impl DatabaseConfig {
+    /// How the store sets up SQLite connections.
+    pub fn sqlite_tuning(&self) -> crate::storage::SqliteTuning {
+        crate::storage::SqliteTuning {
+            synchronous_full: self.sqlite_synchronous == "full",
+        }
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "sqlite://data/waxwing.db".into(),
             max_connections: 8,
+            sqlite_synchronous: "normal".into(),
         }
     }
 }
@@ -1127,6 +1146,7 @@ const CONTACT: &[Field] = &[
 const DATABASE: &[Field] = &[
     f("url", Kind::Str(database_url)),
     f("max_connections", Kind::Int { min: 1, max: 1000 }),
+    f("sqlite_synchronous", Kind::Str(sqlite_synchronous)),
 ];
 const TLS: &[Field] = &[
     f("cert", Kind::Str(any_str)),
@@ -1704,7 +1724,14 @@ const MAM: &[Field] = &[
         "batch",
         Kind::Int {
             min: 1,
-            max: 10_000,
+            max: 100_000,
+        },
+    ),
+    f(
+        "writer_cache_kib",
+        Kind::Int {
+            min: 1,
+            max: 16_777_216,
         },
     ),
 ];
@@ -1729,6 +1756,13 @@ const SCHEMA: &[Field] = &[
 ];
 
 /// A XEP-0313 default archiving mode.
+fn sqlite_synchronous(s: &str) -> Result<(), String> {
+    match s {
+        "normal" | "full" => Ok(()),
+        _ => Err("must be \"normal\" or \"full\"".into()),
+    }
+}
+
 fn mam_default(s: &str) -> Result<(), String> {
     match s {
         "always" | "roster" | "never" => Ok(()),

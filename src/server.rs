@@ -82,9 +82,13 @@ pub struct Server {
 impl Server {
     /// Opens the store and loads certificates.
     pub async fn new(config: Config) -> Result<Arc<Server>, String> {
-        let store = Store::open(&config.database.url, config.database.max_connections)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store = Store::open_tuned(
+            &config.database.url,
+            config.database.max_connections,
+            config.database.sqlite_tuning(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         Server::with_store(config, store)
     }
 
@@ -94,9 +98,13 @@ impl Server {
         config: Config,
         extra: Vec<Arc<dyn crate::feature::Feature>>,
     ) -> Result<Arc<Server>, String> {
-        let store = Store::open(&config.database.url, config.database.max_connections)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store = Store::open_tuned(
+            &config.database.url,
+            config.database.max_connections,
+            config.database.sqlite_tuning(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut list = crate::modules::default_features();
         list.extend(extra);
         Server::build(config, store, list)

@@ -11,6 +11,8 @@
 # WAXWING_MAM=true archives messages (XEP-0313); off by default, as in every run recorded
 # before the archive existed and as in the peers' bench configs; WAXWING_MAM=omit writes no
 # [mam] section (for a binary older than the archive, which would refuse it).
+# WAXWING_DB=postgres://USER@HOST:PORT/DB stores everything in that (existing) PostgreSQL
+# database instead of the SQLite file (give each checkout a database of its own).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -32,7 +34,7 @@ log_level = "warn"
 domain = "$DOMAIN"
 allow_registration = ${WAXWING_REGISTRATION:-false}
 [database]
-url = "sqlite://$D/data/waxwing.db"
+url = "${WAXWING_DB:-sqlite://$D/data/waxwing.db}"
 max_connections = 8
 [tls]
 cert = "$D/certs/$DOMAIN.crt"

@@ -125,6 +125,15 @@ impl Store {
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
+                // Archive rows name their owner by number: before the owners go.
+                sqlx::query(
+                    "DELETE FROM archive WHERE owner_id IN \
+                     (SELECT owner_id FROM archive_owners WHERE domain = $1 AND username = $2)",
+                )
+                .bind(domain)
+                .bind(username)
+                .execute(&mut *tx)
+                .await?;
                 for table in Store::USER_TABLES {
                     sqlx::query(&format!(
                         "DELETE FROM {table} WHERE domain = $1 AND username = $2"

@@ -1,8 +1,24 @@
 //! The archive table: stanzas kept per owner in time order (XEP-0313 user
-//! archives today). Ids are time-ordered strings, so every range — by
-//! time, after or before an id — is a range of the primary key.
+//! archives today). Ids are time-ordered strings (`modules::mam::id`), so
+//! every range — by time, after or before an id — is a range of the
+//! (owner, id) index.
+//!
+//! Owners are rows of `archive_owners`: an integer `owner_id` and the
+//! owner's row count. Archive rows carry only that integer, so the two
+//! per-owner indexes stay narrow. Writing is what costs under load: every
+//! row adds an entry at its owner's place in each index, so a commit
+//! writes about one page per index per owner it touches, whatever the
+//! number of rows. The archive writer therefore commits large batches, on
+//! a connection of its own ([`ArchiveConn`]) whose page cache stays valid
+//! from one commit to the next (a pooled SQLite connection drops its whole
+//! cache whenever another connection wrote since its last use).
 
-use sqlx::{Postgres, QueryBuilder, Sqlite};
+use std::collections::HashMap;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{
+    ConnectOptions, Connection, PgConnection, Postgres, QueryBuilder, Sqlite, SqliteConnection,
+};
 
 use super::{StorageError, Store};
 
@@ -57,15 +73,27 @@ pub struct ArchiveFilter {
     pub ids: Vec<String>,
 }
 
-/// Rows per INSERT statement (9 parameters each: far below SQLite's and
-/// PostgreSQL's parameter limits).
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per multi-row statement on SQLite, largest first: a batch is cut
+/// into statements of these sizes only, so each connection prepares at
+/// most four shapes of each statement and reuses them (sqlx caches
+/// prepared statements by their text). 256 rows × 7 values is far below
+/// SQLite's parameter limit.
+const CHUNKS: [usize; 4] = [256, 32, 4, 1];
 
-/// Adds $4 to an owner's row count.
-/// How the rows' counts are added to `archive_counts` (after a multi-row
-/// VALUES with one row per owner).
-const COUNT_ADD_CONFLICT: &str =
-    " ON CONFLICT (kind, domain, username) DO UPDATE SET n = archive_counts.n + excluded.n";
+/// Cuts `items` into slices of the `CHUNKS` sizes, largest first.
+fn chunked<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = CHUNKS.iter().copied().find(|&c| c <= items.len())?;
+        let (head, tail) = items.split_at(size);
+        items = tail;
+        Some(head)
+    })
+}
+
+/// The owner condition of every query: the owner's integer id, looked up
+/// once per statement from its (kind, domain, username) ($1–$3).
+const OWNER_IS: &str = "owner_id = (SELECT owner_id FROM archive_owners \
+     WHERE kind = $1 AND domain = $2 AND username = $3)";
 
 impl ArchiveFilter {
     /// Does it select the whole archive?
@@ -89,7 +117,7 @@ enum Bind<'a> {
 /// The WHERE clause of `filter` for `owner`, with `$n` placeholders from
 /// 1, and the values to bind in order.
 fn where_clause<'a>(owner: &'a ArchiveOwner, filter: &'a ArchiveFilter) -> (String, Vec<Bind<'a>>) {
-    let mut sql = String::from("kind = $1 AND domain = $2 AND username = $3");
+    let mut sql = String::from(OWNER_IS);
     let mut binds = vec![
         Bind::Int(owner.kind as i64),
         Bind::Text(&owner.domain),
@@ -142,62 +170,228 @@ macro_rules! bind_all {
     }};
 }
 
-impl Store {
+/// The owners of a batch, each once with how many rows it adds, and for
+/// each row the index of its owner in that list.
+struct Owners<'a> {
+    list: Vec<(&'a ArchiveOwner, i64)>,
+    of_row: Vec<usize>,
+}
+
+impl<'a> Owners<'a> {
+    fn of(rows: &'a [ArchiveRow]) -> Owners<'a> {
+        let mut index: HashMap<&ArchiveOwner, usize> = HashMap::new();
+        let mut list: Vec<(&ArchiveOwner, i64)> = Vec::new();
+        let mut of_row = Vec::with_capacity(rows.len());
+        for r in rows {
+            let i = *index.entry(&r.owner).or_insert_with(|| {
+                list.push((&r.owner, 0));
+                list.len() - 1
+            });
+            list[i].1 += 1;
+            of_row.push(i);
+        }
+        Owners { list, of_row }
+    }
+
+    /// Where each owner stands in `list`, by the key the database returns.
+    fn positions(&self) -> HashMap<(i16, &str, &str), usize> {
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, (o, _))| ((o.kind as i16, o.domain.as_str(), o.username.as_str()), i))
+            .collect()
+    }
+}
+
+/// Adds each owner's rows to its count (creating the owner), returning
+/// (owner_id, kind, domain, username) per owner.
+const OWNERS_UPSERT_TAIL: &str = " ON CONFLICT (kind, domain, username) \
+     DO UPDATE SET n = archive_owners.n + excluded.n \
+     RETURNING owner_id, kind, domain, username";
+
+/// Fills `ids` (one per owner of `owners.list`) from the upsert's rows.
+fn take_ids(
+    owners: &Owners<'_>,
+    returned: Vec<(i64, i16, String, String)>,
+) -> Result<Vec<i64>, StorageError> {
+    let positions = owners.positions();
+    let mut ids = vec![-1; owners.list.len()];
+    for (id, kind, domain, username) in &returned {
+        if let Some(&i) = positions.get(&(*kind, domain.as_str(), username.as_str())) {
+            ids[i] = *id;
+        }
+    }
+    if ids.contains(&-1) {
+        return Err(StorageError::Invalid("archive owner without an id".into()));
+    }
+    Ok(ids)
+}
+
+/// Inserts `rows` and counts them, in one transaction, on SQLite.
+async fn insert_sqlite(
+    conn: &mut SqliteConnection,
+    rows: &[ArchiveRow],
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let owners = Owners::of(rows);
+    let mut tx = conn.begin().await?;
+    let mut returned = Vec::with_capacity(owners.list.len());
+    for chunk in chunked(&owners.list) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO archive_owners (kind, domain, username, n) ");
+        qb.push_values(chunk, |mut b, (owner, added)| {
+            b.push_bind(owner.kind as i16)
+                .push_bind(&owner.domain)
+                .push_bind(&owner.username)
+                .push_bind(*added);
+        });
+        qb.push(OWNERS_UPSERT_TAIL);
+        returned.extend(
+            qb.build_query_as::<(i64, i16, String, String)>()
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+    }
+    let ids = take_ids(&owners, returned)?;
+    let numbered: Vec<(i64, &ArchiveRow)> = rows
+        .iter()
+        .zip(&owners.of_row)
+        .map(|(r, &i)| (ids[i], r))
+        .collect();
+    for chunk in chunked(&numbered) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO archive (owner_id, id, ts, peer, resource, outgoing, payload) ",
+        );
+        qb.push_values(chunk, |mut b, (owner_id, r)| {
+            b.push_bind(*owner_id)
+                .push_bind(&r.id)
+                .push_bind(r.ts)
+                .push_bind(&r.peer)
+                .push_bind(&r.resource)
+                .push_bind(r.outgoing)
+                .push_bind(&r.payload);
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts `rows` and counts them, in one transaction, on PostgreSQL:
+/// two statements whatever the batch (arrays unnested), each prepared once
+/// per connection.
+async fn insert_postgres(conn: &mut PgConnection, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    const OWNERS: &str = "INSERT INTO archive_owners (kind, domain, username, n) \
+         SELECT * FROM UNNEST($1::int2[], $2::text[], $3::text[], $4::int8[])";
+    const ROWS: &str = "INSERT INTO archive (owner_id, id, ts, peer, resource, outgoing, payload) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::bool[], $7::text[])";
+    let owners = Owners::of(rows);
+    let mut tx = conn.begin().await?;
+    let sql = format!("{OWNERS}{OWNERS_UPSERT_TAIL}");
+    let returned: Vec<(i64, i16, String, String)> = sqlx::query_as(&sql)
+        .bind(
+            owners
+                .list
+                .iter()
+                .map(|(o, _)| o.kind as i16)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            owners
+                .list
+                .iter()
+                .map(|(o, _)| o.domain.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            owners
+                .list
+                .iter()
+                .map(|(o, _)| o.username.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(owners.list.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    let ids = take_ids(&owners, returned)?;
+    sqlx::query(ROWS)
+        .bind(owners.of_row.iter().map(|&i| ids[i]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.ts).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.peer.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.resource.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.outgoing).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A connection of the archive writer's own (see the module's comment).
+#[derive(Debug)]
+pub enum ArchiveConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl ArchiveConn {
     /// Inserts rows in one transaction (the archive writer's batch).
+    pub async fn insert(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+        match self {
+            ArchiveConn::Sqlite(c) => insert_sqlite(c, rows).await,
+            ArchiveConn::Postgres(c) => insert_postgres(c, rows).await,
+        }
+    }
+
+    /// Closes the connection (errors are of no use at this point).
+    pub async fn close(self) {
+        let _ = match self {
+            ArchiveConn::Sqlite(c) => c.close().await,
+            ArchiveConn::Postgres(c) => c.close().await,
+        };
+    }
+}
+
+/// Which pooled connection an insert without a writer runs on.
+enum Pooled {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Store {
+    /// Opens a connection for the archive writer, outside the pool, with
+    /// the pool's options; on SQLite with a page cache of `cache_kib`.
+    pub async fn archive_conn(&self, cache_kib: u64) -> Result<ArchiveConn, StorageError> {
+        Ok(match self {
+            Store::Sqlite(pool) => {
+                let opts = (*pool.connect_options())
+                    .clone()
+                    .pragma("cache_size", format!("-{}", cache_kib.max(1)));
+                ArchiveConn::Sqlite(opts.connect().await?)
+            }
+            Store::Postgres(pool) => ArchiveConn::Postgres(pool.connect_options().connect().await?),
+        })
+    }
+
+    /// Inserts rows in one transaction, on a pooled connection.
     pub async fn archive_insert(&self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut added: Vec<(&ArchiveOwner, i64)> = Vec::new();
-        for r in rows {
-            match added.iter_mut().find(|(o, _)| *o == &r.owner) {
-                Some((_, n)) => *n += 1,
-                None => added.push((&r.owner, 1)),
-            }
+        let conn = match self {
+            Store::Sqlite(p) => Pooled::Sqlite(p.acquire().await?),
+            Store::Postgres(p) => Pooled::Postgres(p.acquire().await?),
+        };
+        match conn {
+            Pooled::Sqlite(mut c) => insert_sqlite(&mut c, rows).await,
+            Pooled::Postgres(mut c) => insert_postgres(&mut c, rows).await,
         }
-        macro_rules! run {
-            ($pool:expr, $db:ty) => {{
-                let mut tx = $pool.begin().await?;
-                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO archive (kind, domain, username, id, ts, peer, resource, outgoing, payload) ",
-                    );
-                    qb.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.owner.kind as i16)
-                            .push_bind(&r.owner.domain)
-                            .push_bind(&r.owner.username)
-                            .push_bind(&r.id)
-                            .push_bind(r.ts)
-                            .push_bind(&r.peer)
-                            .push_bind(&r.resource)
-                            .push_bind(r.outgoing)
-                            .push_bind(&r.payload);
-                    });
-                    qb.build().execute(&mut *tx).await?;
-                }
-                // One statement for every owner's count: a batch spans
-                // hundreds of owners, and a statement each cost more than
-                // the rows themselves.
-                for chunk in added.chunks(ROWS_PER_STATEMENT) {
-                    let mut qb: QueryBuilder<$db> =
-                        QueryBuilder::new("INSERT INTO archive_counts (kind, domain, username, n) ");
-                    qb.push_values(chunk, |mut b, (owner, added)| {
-                        b.push_bind(owner.kind as i16)
-                            .push_bind(&owner.domain)
-                            .push_bind(&owner.username)
-                            .push_bind(*added);
-                    });
-                    qb.push(COUNT_ADD_CONFLICT);
-                    qb.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match self {
-            Store::Sqlite(p) => run!(p, Sqlite),
-            Store::Postgres(p) => run!(p, Postgres),
-        }
-        Ok(())
     }
 
     /// Up to `limit` rows matching `filter`, oldest first, or newest first
@@ -230,7 +424,7 @@ impl Store {
         if filter.is_everything() {
             // Kept with the rows: one look-up, however large the archive.
             const Q: &str =
-                "SELECT n FROM archive_counts WHERE kind = $1 AND domain = $2 AND username = $3";
+                "SELECT n FROM archive_owners WHERE kind = $1 AND domain = $2 AND username = $3";
             let n: Option<(i64,)> = on_pool!(self, pool => {
                 sqlx::query_as(Q)
                     .bind(owner.kind as i16)
@@ -251,10 +445,10 @@ impl Store {
 
     /// Does `owner`'s archive hold `id`?
     pub async fn archive_has(&self, owner: &ArchiveOwner, id: &str) -> Result<bool, StorageError> {
-        const Q: &str = "SELECT COUNT(*) FROM archive WHERE kind = $1 AND domain = $2 AND username = $3 AND id = $4";
+        let sql = format!("SELECT COUNT(*) FROM archive WHERE {OWNER_IS} AND id = $4");
         let (n,): (i64,) = on_pool!(self, pool => {
-            sqlx::query_as(Q)
-                .bind(owner.kind as i16)
+            sqlx::query_as(&sql)
+                .bind(owner.kind as i64)
                 .bind(&owner.domain)
                 .bind(&owner.username)
                 .bind(id)
@@ -265,12 +459,16 @@ impl Store {
     }
 
     /// Deletes every row stored before `ts` (microseconds), whoever owns
-    /// it; returns how many. One owner at a time, each in a transaction
+    /// it; returns how many. Ids are time-ordered, so each owner's old
+    /// rows are the start of its (owner, id) range: owners are found by
+    /// their oldest id, then emptied one at a time, each in a transaction
     /// with its count.
     pub async fn archive_expire(&self, ts: i64) -> Result<u64, StorageError> {
-        const OWNERS: &str = "SELECT DISTINCT kind, domain, username FROM archive WHERE ts < $1";
+        let bound = crate::modules::mam::id::time_prefix(ts);
+        const OWNERS: &str = "SELECT o.kind, o.domain, o.username FROM archive_owners o \
+             WHERE o.n > 0 AND (SELECT MIN(a.id) FROM archive a WHERE a.owner_id = o.owner_id) < $1";
         let owners: Vec<(i16, String, String)> = on_pool!(self, pool => {
-            sqlx::query_as(OWNERS).bind(ts).fetch_all(pool).await?
+            sqlx::query_as(OWNERS).bind(&bound).fetch_all(pool).await?
         });
         let mut removed = 0;
         for (kind, domain, username) in owners {
@@ -283,7 +481,7 @@ impl Store {
                 domain,
                 username,
             };
-            removed += self.archive_delete(&owner, None, Some(ts)).await?;
+            removed += self.archive_delete(&owner, Some(&bound), Some(ts)).await?;
         }
         Ok(removed)
     }
@@ -316,7 +514,7 @@ impl Store {
             cond.push_str(&format!(" AND ts < ${}", binds.len()));
         }
         let sql = format!("DELETE FROM archive WHERE {cond}");
-        const COUNT_SUB: &str = "UPDATE archive_counts SET n = n - $4 WHERE kind = $1 AND domain = $2 AND username = $3";
+        const COUNT_SUB: &str = "UPDATE archive_owners SET n = n - $4 WHERE kind = $1 AND domain = $2 AND username = $3";
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
@@ -344,7 +542,7 @@ impl Store {
         kind: ArchiveKind,
         max: u64,
     ) -> Result<Vec<(String, String, i64)>, StorageError> {
-        const Q: &str = "SELECT domain, username, n FROM archive_counts WHERE kind = $1 AND n > $2";
+        const Q: &str = "SELECT domain, username, n FROM archive_owners WHERE kind = $1 AND n > $2";
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         Ok(on_pool!(self, pool => {
             sqlx::query_as(Q)
@@ -371,6 +569,22 @@ impl Store {
         match oldest_kept {
             Some((id,)) => self.archive_purge(owner, Some(&id)).await,
             None => Ok(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunked;
+
+    #[test]
+    fn batches_are_cut_into_few_statement_shapes() {
+        for n in [0usize, 1, 3, 4, 5, 31, 32, 33, 255, 256, 257, 1000, 4096] {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = chunked(&items).collect();
+            assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), n);
+            assert!(chunks.iter().all(|c| [256, 32, 4, 1].contains(&c.len())));
+            assert_eq!(chunks.concat(), items);
         }
     }
 }

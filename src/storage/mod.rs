@@ -26,7 +26,9 @@ mod roster;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
-pub use archive::{ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem};
+pub use archive::{
+    ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem,
+};
 pub use clients::{ClientRecord, FastToken};
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;
@@ -36,7 +38,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -59,14 +63,38 @@ pub enum Store {
     Postgres(PgPool),
 }
 
+/// How SQLite connections are set up (PostgreSQL ignores it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqliteTuning {
+    /// `synchronous = FULL`: every commit synced to disk. Otherwise
+    /// NORMAL: in WAL mode a commit is written to the WAL file (so it
+    /// survives the process being killed) and synced only at checkpoints,
+    /// so power loss or an OS crash can lose the last commits.
+    pub synchronous_full: bool,
+}
+
 impl Store {
     /// Connects (creating a SQLite file and its directory if missing) and
-    /// applies pending migrations.
+    /// applies pending migrations, with the default [`SqliteTuning`].
     pub async fn open(url: &str, max_connections: u32) -> Result<Store, StorageError> {
+        Store::open_tuned(url, max_connections, SqliteTuning::default()).await
+    }
+
+    /// [`Store::open`] with SQLite connections set up as `tuning` says.
+    pub async fn open_tuned(
+        url: &str,
+        max_connections: u32,
+        tuning: SqliteTuning,
+    ) -> Result<Store, StorageError> {
         let store = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(if tuning.synchronous_full {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Normal
+                })
                 .busy_timeout(Duration::from_secs(10));
             if let Some(dir) = opts.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
@@ -143,8 +171,8 @@ impl Store {
         "pubsub_items",
         "pubsub_subscriptions",
         "pubsub_affiliations",
-        "archive",
-        "archive_counts",
+        // The rows of `archive` go with their owner (`delete_account`).
+        "archive_owners",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

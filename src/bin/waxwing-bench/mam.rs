@@ -142,11 +142,15 @@ async fn size_on_disk(store: &Store, sqlite_file: Option<&std::path::Path>) -> R
             Ok(std::fs::metadata(path).map_err(|e| e.to_string())?.len())
         }
         Store::Postgres(pool) => {
-            sqlx::query("VACUUM ANALYZE archive")
-                .execute(pool)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (n,): (i64,) = sqlx::query_as("SELECT pg_total_relation_size('archive')")
+            for table in ["archive", "archive_owners"] {
+                sqlx::query(&format!("VACUUM ANALYZE {table}"))
+                    .execute(pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT pg_total_relation_size('archive') + pg_total_relation_size('archive_owners')",
+            )
                 .fetch_one(pool)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -241,7 +245,9 @@ async fn bench(args: Args, dir: &std::path::Path) -> Result<(), String> {
     // A rerun on the same PostgreSQL database starts from nothing.
     if let Store::Postgres(pool) = &store {
         for q in [
-            "DELETE FROM archive WHERE domain = $1",
+            "DELETE FROM archive WHERE owner_id IN \
+             (SELECT owner_id FROM archive_owners WHERE domain = $1)",
+            "DELETE FROM archive_owners WHERE domain = $1",
             "DELETE FROM scram_credentials WHERE domain = $1",
             "DELETE FROM accounts WHERE domain = $1",
         ] {

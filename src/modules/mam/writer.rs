@@ -13,6 +13,14 @@
 //! The queue is bounded (`[mam] queue`): when full, the sender waits for a
 //! place, which holds back only the streams sending archived messages.
 //! After shutdown has closed the queue, rows are written directly.
+//!
+//! What a commit costs is mostly the index pages it writes, about one per
+//! owner it touches (see `storage::archive`), so the task commits
+//! everything that waits, up to `[mam] batch` rows: under load the queue
+//! fills while a commit runs, and the next commit takes all of it. It
+//! writes on a connection of its own (`[mam] writer_cache_kib` of page
+//! cache on SQLite), opened at start and again after a failure; without
+//! one it uses the pool.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::Server;
-use crate::storage::{ArchiveRow, StorageError, Store};
+use crate::storage::{ArchiveConn, ArchiveRow, StorageError, Store};
 
 /// One message's rows, with their place in the queue.
 struct Job {
@@ -54,10 +62,11 @@ impl Writer {
         let (mark, committed) = watch::channel(0);
         let store = server.store.clone();
         let batch = config.batch.max(1);
+        let cache_kib = config.writer_cache_kib;
         let shutdown = server.shutdown.clone();
         server
             .background
-            .spawn(run(store.clone(), rx, batch, shutdown, mark));
+            .spawn(run(store.clone(), cache_kib, rx, batch, shutdown, mark));
         Writer {
             tx,
             store,
@@ -100,13 +109,48 @@ fn log_failure(e: &StorageError, rows: usize) {
     tracing::error!(error = %e, rows, "archiving messages");
 }
 
+/// The database side of the task: its own connection when it has one.
+struct Db {
+    store: Store,
+    cache_kib: u64,
+    conn: Option<ArchiveConn>,
+}
+
+impl Db {
+    async fn insert(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+        if self.conn.is_none() {
+            match self.store.archive_conn(self.cache_kib).await {
+                Ok(c) => self.conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "archive writer: own connection; using the pool")
+                }
+            }
+        }
+        let Some(conn) = &mut self.conn else {
+            return self.store.archive_insert(rows).await;
+        };
+        let r = conn.insert(rows).await;
+        if r.is_err() {
+            // Whatever broke, the next batch starts on a new connection.
+            self.conn = None;
+        }
+        r
+    }
+}
+
 async fn run(
     store: Store,
+    cache_kib: u64,
     mut rx: mpsc::Receiver<Job>,
     batch: usize,
     shutdown: CancellationToken,
     mark: watch::Sender<u64>,
 ) {
+    let mut db = Db {
+        store,
+        cache_kib,
+        conn: None,
+    };
     loop {
         let first = tokio::select! {
             biased;
@@ -116,7 +160,7 @@ async fn run(
         let Some(first) = first else { break };
         let jobs = gather(first, &mut rx, batch);
         let last = jobs.last().map_or(0, |j| j.seq);
-        commit(&store, jobs).await;
+        commit(&mut db, jobs).await;
         mark.send_replace(last);
     }
     // Shutdown: no new jobs (senders write directly from now on); what is
@@ -125,8 +169,11 @@ async fn run(
     while let Some(first) = rx.recv().await {
         let jobs = gather(first, &mut rx, batch);
         let last = jobs.last().map_or(0, |j| j.seq);
-        commit(&store, jobs).await;
+        commit(&mut db, jobs).await;
         mark.send_replace(last);
+    }
+    if let Some(conn) = db.conn.take() {
+        conn.close().await;
     }
 }
 
@@ -146,16 +193,24 @@ fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: usize) -> Vec<Job> {
     jobs
 }
 
-async fn commit(store: &Store, jobs: Vec<Job>) {
-    let rows: Vec<ArchiveRow> = jobs.iter().flat_map(|j| j.rows.iter().cloned()).collect();
-    match store.archive_insert(&rows).await {
+async fn commit(db: &mut Db, jobs: Vec<Job>) {
+    let mut sizes = Vec::with_capacity(jobs.len());
+    let mut rows = Vec::with_capacity(jobs.iter().map(|j| j.rows.len()).sum());
+    for j in jobs {
+        sizes.push(j.rows.len());
+        rows.extend(j.rows);
+    }
+    match db.insert(&rows).await {
         Ok(()) => {}
-        Err(e) if jobs.len() > 1 => {
-            // One bad row must not cost the others: each on its own.
+        Err(e) if sizes.len() > 1 => {
+            // One bad row must not cost the others: each message on its own.
             tracing::warn!(error = %e, "archive batch failed; writing its messages one by one");
-            for j in jobs {
-                if let Err(e) = store.archive_insert(&j.rows).await {
-                    log_failure(&e, j.rows.len());
+            let mut at = 0;
+            for n in sizes {
+                let one = &rows[at..at + n];
+                at += n;
+                if let Err(e) = db.insert(one).await {
+                    log_failure(&e, n);
                 }
             }
         }
