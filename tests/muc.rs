@@ -184,6 +184,19 @@ async fn configure(owner: &mut Client, room: &str, fields: &[(&str, &str)]) -> E
         .await
 }
 
+/// Sends an IQ and returns its answer with everything read before it.
+async fn iq_keep(c: &mut Client, xml: &str, id: &str) -> (Element, Vec<Element>) {
+    c.send_str(xml).await;
+    let mut before = Vec::new();
+    loop {
+        let e = c.next_element().await;
+        if e.is("iq", NS_CLIENT) && e.attr("id") == Some(id) {
+            return (e, before);
+        }
+        before.push(e);
+    }
+}
+
 async fn admin_set(c: &mut Client, room: &str, items: &str) -> Element {
     c.iq(
         &format!(
@@ -607,6 +620,7 @@ async fn one_user_can_join_with_several_resources_under_one_nick() {
     say(&mut cs[1], "multi", "both").await;
     groupchat(&mut cs[0], "multi").await;
     groupchat(&mut a2, "multi").await;
+    groupchat(&mut cs[1], "multi").await;
 
     // One resource leaves: only it hears of it, the occupant stays.
     let since = cs[1].mark();
@@ -697,10 +711,13 @@ async fn kick_ban_and_voice() {
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 
     // Kick (307) with actor and reason.
-    let r = admin_set(
+    let (r, before) = iq_keep(
         &mut cs[0],
-        "mod",
-        "<item nick='bob' role='none'><reason>calm down</reason></item>",
+        &format!(
+            "<iq type='set' id='kick' to='{}'><query xmlns='{NS_ADMIN}'><item nick='bob' role='none'><reason>calm down</reason></item></query></iq>",
+            room_jid("mod")
+        ),
+        "kick",
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
@@ -717,8 +734,12 @@ async fn kick_ban_and_voice() {
         item(&p).get_child("actor", NS_USER).unwrap().attr("nick"),
         Some("owner")
     );
-    let seen = presence_of(&mut cs[0], "mod", "bob").await;
-    assert_eq!(codes(&seen), vec![307]);
+    // The room tells the moderator before it answers.
+    let seen = before
+        .iter()
+        .find(|e| e.name() == "presence" && e.attr("type") == Some("unavailable"))
+        .expect("the moderator sees the kick");
+    assert_eq!(codes(seen), vec![307]);
 
     // Ban (301): out, and cannot come back.
     join(&mut cs[1], "mod", "bob").await;
@@ -922,26 +943,29 @@ async fn destroying_a_room_tells_everyone_why_and_where_to_go() {
         )
         .await;
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
-    let r = cs[0]
-        .iq(
-            &format!(
-                "<iq type='set' id='x' to='{}'><query xmlns='{NS_OWNER}'><destroy jid='new@{SERVICE}'><reason>moved</reason></destroy></query></iq>",
-                room_jid("old")
-            ),
-            "x",
-        )
-        .await;
+    let (r, before) = iq_keep(
+        &mut cs[0],
+        &format!(
+            "<iq type='set' id='x' to='{}'><query xmlns='{NS_OWNER}'><destroy jid='new@{SERVICE}'><reason>moved</reason></destroy></query></iq>",
+            room_jid("old")
+        ),
+        "x",
+    )
+    .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
-    for c in cs.iter_mut() {
-        let p = loop {
-            let e = c.next_named("presence").await;
-            if is_room_stanza(&e, "old")
-                && e.attr("type") == Some("unavailable")
-                && codes(&e).contains(&110)
-            {
-                break e;
-            }
-        };
+    let owner_saw = before
+        .into_iter()
+        .find(|e| e.name() == "presence" && codes(e).contains(&110))
+        .expect("the owner's own unavailable, before the answer");
+    let bob_saw = loop {
+        let e = cs[1].next_named("presence").await;
+        if is_room_stanza(&e, "old") && e.attr("type") == Some("unavailable") {
+            break e;
+        }
+    };
+    for p in [owner_saw, bob_saw] {
+        assert!(codes(&p).contains(&110), "{}", show(&p));
+        assert_eq!(p.attr("type"), Some("unavailable"));
         let d = p
             .get_child("x", NS_USER)
             .unwrap()
@@ -1108,6 +1132,7 @@ async fn bounds_on_nicks_rooms_and_joins() {
     };
     assert_eq!(stanza_error(&e).as_deref(), Some("jid-malformed"));
     // The server is unharmed.
+    server.add_user("canary", "pw").await;
     still_serves(&server).await;
 }
 

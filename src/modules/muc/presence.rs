@@ -91,7 +91,7 @@ pub fn occupant_presence(
 }
 
 /// Sends `occ`'s presence to everyone in the room (each variant built and
-/// serialized once) and to its own sessions (`only_self`: just that one).
+/// serialized once) and to its own sessions (`only_self`: only to that one).
 pub fn announce(
     ctx: &mut Ctx<'_>,
     room: &Room,
@@ -100,6 +100,12 @@ pub fn announce(
     only_self: Option<&FullJid>,
 ) {
     let aff = room.affiliation(&occ.real);
+    if let Some(s) = only_self {
+        // Another resource joining under the same nick: it alone hears.
+        let own = Prepared::new(occupant_presence(room, occ, aff, a, true, true));
+        ctx.send(&own, s);
+        return;
+    }
     let mut with_jid: Option<Prepared> = None;
     let mut without_jid: Option<Prepared> = None;
     for other in room.occupants.values() {
@@ -120,13 +126,8 @@ pub fn announce(
         }
     }
     let own = Prepared::new(occupant_presence(room, occ, aff, a, true, true));
-    match only_self {
-        Some(s) => ctx.send(&own, s),
-        None => {
-            for s in &occ.sessions {
-                ctx.send(&own, &s.jid);
-            }
-        }
+    for s in &occ.sessions {
+        ctx.send(&own, &s.jid);
     }
 }
 
