@@ -167,8 +167,8 @@ async fn instant_room(owner: &mut Client, room: &str) -> Joined {
 
 /// Submits configuration fields as the owner.
 async fn configure(owner: &mut Client, room: &str, fields: &[(&str, &str)]) -> Element {
-    let mut form = format!(
-        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+    let mut form = String::from(
+        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>",
     );
     for (var, v) in fields {
         form.push_str(&format!("<field var='{var}'><value>{v}</value></field>"));
