@@ -92,7 +92,7 @@ impl Default for MucConfig {
             create: "local".into(),
             queue: 8192,
             max_rooms: 10_000,
-            max_occupants: 5_000,
+            max_occupants: 1_000,
             default_max_users: 200,
             max_rooms_per_user: 100,
             max_affiliations: 10_000,

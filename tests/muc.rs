@@ -1269,3 +1269,93 @@ async fn a_persistent_room_survives_a_restart_on_sqlite() {
 async fn a_persistent_room_survives_a_restart_on_postgres() {
     persistent_room_survives_restart(postgres_url()).await;
 }
+
+#[tokio::test]
+async fn an_occupant_whose_session_is_gone_is_removed_with_333() {
+    let server = TestServer::start().await;
+    let mut cs = users(&server, &["alice"]).await;
+    server.add_user("bob", "pw").await;
+    instant_room(&mut cs[0], "gone").await;
+    // Never available, so its end sends no unavailable to the room: the
+    // room finds out when it next writes to it.
+    let mut b = Client::login_without_presence(server.plain_addr, "bob", "pw", Some("r")).await;
+    join(&mut b, "gone", "bob").await;
+    sync(&mut b).await;
+    drop(b);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        say(&mut cs[0], "gone", &format!("ping{n}")).await;
+        let (_, before) = iq_keep(
+            &mut cs[0],
+            &format!("<iq type='get' id='s{n}' to='{SERVICE}'><ping xmlns='urn:xmpp:ping'/></iq>"),
+            &format!("s{n}"),
+        )
+        .await;
+        if let Some(p) = before
+            .iter()
+            .find(|e| e.name() == "presence" && e.attr("type") == Some("unavailable"))
+        {
+            assert_eq!(
+                p.attr("from"),
+                Some(format!("{}/bob", room_jid("gone")).as_str())
+            );
+            assert_eq!(codes(p), vec![333], "{}", show(p));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob was never removed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_occupant_that_stops_reading_is_removed_and_the_room_goes_on() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.limits.session_queue = 4;
+        c.limits.write_timeout = 300;
+    })
+    .await;
+    let mut cs = users(&server, &["alice", "bob"]).await;
+    instant_room(&mut cs[0], "slow").await;
+    join(&mut cs[1], "slow", "bob").await;
+    sync(&mut cs[0]).await;
+    // Bob stops reading; alice writes big messages until the room gives
+    // up on him (his socket buffers and his queue of 4 full).
+    let big = "x".repeat(100_000);
+    let mut removed = None;
+    for i in 0..400 {
+        say(&mut cs[0], "slow", &format!("{i}{big}")).await;
+        loop {
+            let e = cs[0].next_element().await;
+            if e.name() == "presence" && e.attr("type") == Some("unavailable") {
+                removed = Some(e);
+                break;
+            }
+            if e.name() == "message" && e.attr("id") == Some(format!("m-{i}{big}").as_str()) {
+                break;
+            }
+        }
+        if removed.is_some() {
+            break;
+        }
+    }
+    let p = removed.expect("bob removed before 40 MB were queued for him");
+    assert_eq!(
+        p.attr("from"),
+        Some(format!("{}/bob", room_jid("slow")).as_str())
+    );
+    assert_eq!(codes(&p), vec![333]);
+    // The room still works for alice.
+    say(&mut cs[0], "slow", "after").await;
+    while groupchat(&mut cs[0], "slow")
+        .await
+        .get_child("body", NS_CLIENT)
+        .unwrap()
+        .text()
+        != "after"
+    {}
+}
