@@ -82,6 +82,9 @@ pub struct MucConfig {
     pub default_history: usize,
     /// The most history one room may keep, whatever its configuration.
     pub max_history: usize,
+    /// Keep every room's group chat in the archive (XEP-0313 on the room
+    /// JID; retention as `[mam] retention_days`).
+    pub archive: bool,
 }
 
 impl Default for MucConfig {
@@ -101,6 +104,7 @@ impl Default for MucConfig {
             max_field_bytes: 1024,
             default_history: 20,
             max_history: 100,
+            archive: true,
         }
     }
 }
@@ -1797,6 +1801,7 @@ const MUC: &[Field] = &[
             max: 10_000,
         },
     ),
+    f("archive", Kind::Bool),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),

@@ -313,7 +313,7 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
     let j = join(a, "lobby", "owner").await;
     let mut c = codes(&j.own);
     c.sort();
-    assert_eq!(c, vec![110, 201], "{}", show(&j.own));
+    assert_eq!(c, vec![110, 170, 201], "{}", show(&j.own));
     let it = item(&j.own);
     assert_eq!(
         (it.attr("affiliation"), it.attr("role")),
@@ -365,7 +365,7 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
 
     let since = a.mark();
     let jb = join(b, "lobby", "bob").await;
-    assert_eq!(codes(&jb.own), vec![110]);
+    assert_eq!(codes(&jb.own), vec![110, 170]);
     assert_eq!(jb.others.len(), 1);
     // Semi-anonymous: a participant does not see the owner's JID.
     assert_eq!(item(&jb.others[0]).attr("jid"), None);
@@ -1358,4 +1358,95 @@ async fn an_occupant_that_stops_reading_is_removed_and_the_room_goes_on() {
         .text()
         != "after"
     {}
+}
+
+#[tokio::test]
+async fn the_room_archive_pages_with_the_stanza_ids_occupants_got() {
+    let server = TestServer::start().await;
+    let mut cs = users(&server, &["alice", "bob"]).await;
+    let j = instant_room(&mut cs[0], "log").await;
+    assert!(
+        codes(&j.own).contains(&170),
+        "logged room: {}",
+        show(&j.own)
+    );
+    let info = cs[0]
+        .iq(
+            &format!(
+                "<iq type='get' id='i' to='{}'><query xmlns='{NS_INFO}'/></iq>",
+                room_jid("log")
+            ),
+            "i",
+        )
+        .await;
+    assert!(info
+        .get_child("query", NS_INFO)
+        .unwrap()
+        .children()
+        .any(|f| f.attr("var") == Some("urn:xmpp:mam:2")));
+    let mut sids = Vec::new();
+    for i in 0..3 {
+        say(&mut cs[0], "log", &format!("a{i}")).await;
+        let m = groupchat(&mut cs[0], "log").await;
+        let sid = m.get_child("stanza-id", "urn:xmpp:sid:0").unwrap();
+        sids.push(sid.attr("id").unwrap().to_string());
+    }
+    // Bob (not in the room: it is open) pages through it.
+    let query = |id: &str, set: &str| {
+        format!(
+            "<iq type='set' id='{id}' to='{}'><query xmlns='urn:xmpp:mam:2' queryid='q{id}'><set xmlns='http://jabber.org/protocol/rsm'>{set}</set></query></iq>",
+            room_jid("log")
+        )
+    };
+    let (fin, before) = iq_keep(&mut cs[1], &query("p1", "<max>2</max>"), "p1").await;
+    assert_eq!(fin.attr("type"), Some("result"), "{}", show(&fin));
+    let results: Vec<(String, String)> = before
+        .iter()
+        .filter_map(|m| {
+            let r = m.get_child("result", "urn:xmpp:mam:2")?;
+            assert_eq!(m.attr("from"), Some(room_jid("log").as_str()));
+            let fwd = r.get_child("forwarded", "urn:xmpp:forward:0")?;
+            let msg = fwd.get_child("message", NS_CLIENT)?;
+            assert_eq!(
+                msg.attr("from"),
+                Some(format!("{}/owner", room_jid("log")).as_str())
+            );
+            Some((
+                r.attr("id")?.to_string(),
+                msg.get_child("body", NS_CLIENT)?.text(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            (sids[0].clone(), "a0".to_string()),
+            (sids[1].clone(), "a1".to_string())
+        ]
+    );
+    let f = fin.get_child("fin", "urn:xmpp:mam:2").unwrap();
+    assert_eq!(f.attr("complete"), None);
+    let (fin, before) = iq_keep(
+        &mut cs[1],
+        &query("p2", &format!("<max>2</max><after>{}</after>", sids[1])),
+        "p2",
+    )
+    .await;
+    let ids: Vec<&str> = before
+        .iter()
+        .filter_map(|m| m.get_child("result", "urn:xmpp:mam:2")?.attr("id"))
+        .collect();
+    assert_eq!(ids, vec![sids[2].as_str()]);
+    assert_eq!(
+        fin.get_child("fin", "urn:xmpp:mam:2")
+            .unwrap()
+            .attr("complete"),
+        Some("true")
+    );
+
+    // Members-only: outsiders may not read it.
+    let r = configure(&mut cs[0], "log", &[("muc#roomconfig_membersonly", "1")]).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let r = cs[1].iq(&query("p3", "<max>2</max>"), "p3").await;
+    assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 }

@@ -12,6 +12,9 @@ use super::{StorageError, Store};
 pub enum ArchiveKind {
     /// A user's messages (XEP-0313).
     User = 0,
+    /// A chat room's group chat (XEP-0313 on the room JID, XEP-0045):
+    /// `domain` is the service, `username` the room's name.
+    Room = 1,
 }
 
 /// The owner of an archive: a kind and an address split as accounts are.

@@ -31,7 +31,7 @@ pub fn room_iq(
     payload: &Element,
 ) -> Outcome {
     match (payload.ns(), is_set) {
-        (NS_INFO, false) => disco_info(room, payload),
+        (NS_INFO, false) => disco_info(room, payload, ctx.archiving),
         (NS_ITEMS, false) => Ok(Some(disco_items(room, from))),
         (NS_PING, false) => Ok(None),
         (NS_ADMIN, false) => admin_get(room, from, payload),
@@ -47,7 +47,7 @@ fn feature(var: &str) -> Element {
 }
 
 /// §6.4: identity, the room's features and `muc#roominfo`.
-fn disco_info(room: &Room, payload: &Element) -> Outcome {
+fn disco_info(room: &Room, payload: &Element, archiving: bool) -> Outcome {
     if payload.attr("node").is_some() {
         return err(StanzaErrorCondition::ItemNotFound);
     }
@@ -90,6 +90,9 @@ fn disco_info(room: &Room, payload: &Element) -> Outcome {
         ),
     ] {
         q.append_child(feature(f));
+    }
+    if archiving {
+        q.append_child(feature(crate::modules::mam::NS_MAM));
     }
     q.append_child(super::config::roominfo(
         c,

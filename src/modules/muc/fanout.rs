@@ -45,6 +45,11 @@ impl Prepared {
         }
     }
 
+    /// The element, when kept.
+    pub fn element_ref(&self) -> Option<&Element> {
+        self.element.as_ref()
+    }
+
     /// Its serialized size, for history's `maxchars`.
     pub fn len(&self) -> usize {
         self.bytes.len()

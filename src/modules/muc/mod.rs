@@ -13,6 +13,7 @@
 //! every occupant).
 
 pub mod admin;
+pub mod archive;
 pub mod config;
 pub mod fanout;
 pub mod message;

@@ -256,7 +256,7 @@ pub fn available(
         send_occupants_to(ctx, room, nick, role, from);
         let occ = room.occupants.get(nick).expect("checked above").clone();
         let a = Announcement {
-            self_codes: self_codes(room, false),
+            self_codes: self_codes(ctx, room, false),
             ..Default::default()
         };
         announce(ctx, room, &occ, &a, Some(from));
@@ -273,7 +273,7 @@ pub fn available(
         }
         send_occupants_to(ctx, room, nick, occ.role, from);
         let a = Announcement {
-            self_codes: self_codes(room, created),
+            self_codes: self_codes(ctx, room, created),
             ..Default::default()
         };
         room.occupants.insert(nick.to_string(), occ.clone());
@@ -288,8 +288,12 @@ pub fn available(
     super::message::send_subject(ctx, room, from);
 }
 
-fn self_codes(room: &Room, created: bool) -> Vec<u16> {
+fn self_codes(ctx: &Ctx<'_>, room: &Room, created: bool) -> Vec<u16> {
     let mut codes = Vec::new();
+    // 170: what is said here is kept (the room's archive).
+    if ctx.archiving {
+        codes.push(170);
+    }
     if room.config.whois == super::config::Whois::Anyone {
         codes.push(100);
     }
@@ -367,7 +371,7 @@ fn change_nick(
     }
     room.occupants.insert(new.to_string(), occ.clone());
     let back = Announcement {
-        self_codes: self_codes(room, false),
+        self_codes: self_codes(ctx, room, false),
         ..Default::default()
     };
     announce(ctx, room, &occ, &back, None);

@@ -161,6 +161,10 @@ pub struct Ctx<'a> {
     pub secret: &'a [u8],
     /// Sessions a stanza could not be queued for: gone, or not reading.
     pub lost: Vec<FullJid>,
+    /// Rooms keep their group chat in the archive.
+    pub archiving: bool,
+    /// Rows for the archive, handed to its writer after the stanza.
+    pub archive_rows: Vec<crate::storage::ArchiveRow>,
 }
 
 impl Ctx<'_> {

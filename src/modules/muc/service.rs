@@ -113,6 +113,8 @@ async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
 
 struct Service {
     rooms: HashMap<String, Room>,
+    /// The rooms' archive, when `[muc] archive` is on.
+    archive: Option<Arc<super::archive::RoomArchive>>,
     joined: HashMap<String, usize>,
     ids: IdSource,
     secret: Vec<u8>,
@@ -120,7 +122,7 @@ struct Service {
 }
 
 impl Service {
-    fn new(server: &Server) -> Service {
+    fn new(server: &Arc<Server>) -> Service {
         use hmac::{Hmac, Mac};
         // Occupant ids are keyed by the server's secret, so they stay the
         // same across restarts when the dialback secret is configured.
@@ -130,6 +132,11 @@ impl Service {
         mac.update(b"waxwing muc occupant-id");
         Service {
             rooms: HashMap::new(),
+            archive: server
+                .config
+                .muc
+                .archive
+                .then(|| Arc::new(super::archive::RoomArchive::new(server))),
             joined: HashMap::new(),
             ids: IdSource::default(),
             secret: mac.finalize().into_bytes().to_vec(),
@@ -137,7 +144,7 @@ impl Service {
         }
     }
 
-    async fn handle(&mut self, server: &Server, stanza: Element) {
+    async fn handle(&mut self, server: &Arc<Server>, stanza: Element) {
         let (Some(to), Some(from)) = (
             stanza.attr("to").and_then(|t| Jid::new(t).ok()),
             stanza.attr("from").and_then(|f| Jid::new(f).ok()),
@@ -152,12 +159,26 @@ impl Service {
             return reply_error(server, &stanza, StanzaErrorCondition::NotAcceptable.into());
         };
         let key = to.to_bare().as_str().to_string();
+        if stanza.name() == "iq"
+            && to.resource().is_none()
+            && matches!(stanza.attr("type"), Some("get" | "set"))
+        {
+            if let Some(payload) = stanza
+                .children()
+                .next()
+                .filter(|p| super::archive::is_archive_iq(p))
+            {
+                return self.archive_iq(server, &key, &from, &stanza, payload);
+            }
+        }
+        let archiving = self.archive.is_some();
         let Service {
             rooms,
             joined,
             ids,
             secret,
             limits,
+            archive,
         } = self;
         let mut ctx = Ctx {
             server,
@@ -166,6 +187,8 @@ impl Service {
             ids,
             secret,
             lost: Vec::new(),
+            archiving,
+            archive_rows: Vec::new(),
         };
         let nick = to.resource().map(|r| r.as_str().to_string());
         match stanza.name() {
@@ -193,7 +216,11 @@ impl Service {
                 }
             }
         }
+        let rows = std::mem::take(&mut ctx.archive_rows);
         drop(ctx);
+        if let Some(a) = archive {
+            a.write(rows).await;
+        }
         self.settle(server, &key).await;
     }
 
@@ -206,6 +233,9 @@ impl Service {
         let service = room.jid.domain().as_str().to_string();
         let name = room.jid.node().map(|n| n.to_string()).unwrap_or_default();
         let forget = room.destroyed || (room.occupants.is_empty() && !room.config.persistent);
+        if room.destroyed && self.archive.is_some() {
+            super::archive::purge(server, &room.jid).await;
+        }
         if forget || !room.config.persistent {
             if room.stored {
                 if let Err(e) = server.store.muc_delete_room(&service, &name).await {
@@ -229,6 +259,27 @@ impl Service {
         if forget {
             self.rooms.remove(key);
         }
+    }
+
+    /// An archive IQ (XEP-0313) to a room, for those its rules let read.
+    fn archive_iq(
+        &self,
+        server: &Arc<Server>,
+        key: &str,
+        from: &FullJid,
+        iq: &Element,
+        payload: &Element,
+    ) {
+        let Some(archive) = &self.archive else {
+            return reply_error(server, iq, StanzaErrorCondition::ServiceUnavailable.into());
+        };
+        let Some(room) = self.rooms.get(key) else {
+            return reply_error(server, iq, StanzaErrorCondition::ItemNotFound.into());
+        };
+        if !super::archive::may_query(room, from) {
+            return reply_error(server, iq, StanzaErrorCondition::Forbidden.into());
+        }
+        super::archive::answer(server, archive, &room.jid, from, iq, payload);
     }
 
     /// Stanzas to the service's own domain.
@@ -290,12 +341,14 @@ impl Service {
 
     /// §7.2.? / §8: the service is stopping; each occupant hears 332.
     fn shutdown(&mut self, server: &Server) {
+        let archiving = self.archive.is_some();
         let Service {
             rooms,
             joined,
             ids,
             secret,
             limits,
+            ..
         } = self;
         let mut ctx = Ctx {
             server,
@@ -304,6 +357,8 @@ impl Service {
             ids,
             secret,
             lost: Vec::new(),
+            archiving,
+            archive_rows: Vec::new(),
         };
         let a = presence::Announcement {
             unavailable: true,
