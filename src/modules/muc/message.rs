@@ -99,13 +99,20 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
         crate::xml::Node::Text(_) => true,
     });
     out.append_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occupant_id));
-    let (id, _) = ctx.ids.next();
+    let (id, ts) = ctx.ids.next();
     out.append_child(
         Element::new("stanza-id", NS_SID)
-            .with_attr("id", id)
+            .with_attr("id", id.as_str())
             .with_attr("by", by.as_str()),
     );
     let live = Prepared::new(out);
+    // Archived under the stanza-id the occupants got (XEP-0313 §5.1.2).
+    if ctx.archiving && has_body {
+        if let Some(e) = live.element_ref() {
+            let row = super::archive::row(&room.jid, &nick, id, ts, e);
+            ctx.archive_rows.push(row);
+        }
+    }
     for (_, s) in room.sessions() {
         ctx.send(&live, s);
     }
