@@ -82,6 +82,8 @@ pub struct MucConfig {
     pub default_history: usize,
     /// The most history one room may keep, whatever its configuration.
     pub max_history: usize,
+    /// The most bytes of history one room keeps (oldest dropped first).
+    pub max_history_bytes: usize,
     /// Keep every room's group chat in the archive (XEP-0313 on the room
     /// JID; retention as `[mam] retention_days`).
     pub archive: bool,
@@ -104,6 +106,7 @@ impl Default for MucConfig {
             max_field_bytes: 1024,
             default_history: 20,
             max_history: 100,
+            max_history_bytes: 262_144,
             archive: true,
         }
     }
@@ -1799,6 +1802,13 @@ const MUC: &[Field] = &[
         Kind::Int {
             min: 0,
             max: 10_000,
+        },
+    ),
+    f(
+        "max_history_bytes",
+        Kind::Int {
+            min: 0,
+            max: 1 << 30,
         },
     ),
     f("archive", Kind::Bool),

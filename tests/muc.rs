@@ -1450,3 +1450,30 @@ async fn the_room_archive_pages_with_the_stanza_ids_occupants_got() {
     let r = cs[1].iq(&query("p3", "<max>2</max>"), "p3").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 }
+
+#[tokio::test]
+async fn history_is_bounded_in_bytes_too() {
+    let server = TestServer::start_with(|c: &mut Config| c.muc.max_history_bytes = 10_000).await;
+    let mut cs = users(&server, &["alice", "bob"]).await;
+    instant_room(&mut cs[0], "big").await;
+    for i in 0..5 {
+        say(&mut cs[0], "big", &format!("{i}{}", "y".repeat(2_000))).await;
+    }
+    sync(&mut cs[0]).await;
+    let j = join(&mut cs[1], "big", "bob").await;
+    // Two messages of ~4.4 KB (the test repeats the body in the id) fit
+    // in 10,000 bytes, not three.
+    let firsts: Vec<char> = j
+        .history
+        .iter()
+        .map(|m| {
+            m.get_child("body", NS_CLIENT)
+                .unwrap()
+                .text()
+                .chars()
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(firsts, vec!['3', '4']);
+}

@@ -413,10 +413,7 @@ fn owner_set(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, payload: &Eleme
             let old = std::mem::replace(&mut room.config, new);
             let was_locked = std::mem::replace(&mut room.locked, false);
             room.dirty = true;
-            if room.config.history < room.history.len() {
-                let drop = room.history.len() - room.config.history;
-                room.history.drain(..drop);
-            }
+            room.trim_history(ctx.limits.max_history_bytes);
             if was_locked {
                 return Ok(None);
             }

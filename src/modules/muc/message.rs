@@ -118,10 +118,13 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
     }
     if has_body && room.config.history > 0 {
         let at = now();
-        room.remember(HistoryItem {
-            stanza: with_delay(&live, room.jid.as_str(), at),
-            at,
-        });
+        room.remember(
+            HistoryItem {
+                stanza: with_delay(&live, room.jid.as_str(), at),
+                at,
+            },
+            ctx.limits.max_history_bytes,
+        );
     }
 }
 

@@ -139,6 +139,8 @@ pub struct Room {
     pub by_session: HashMap<String, String>,
     pub subject: Subject,
     pub history: VecDeque<HistoryItem>,
+    /// Bytes held by `history`.
+    pub history_bytes: usize,
     /// Created and not yet configured (§10.1): only owners may enter.
     pub locked: bool,
     /// Configuration, affiliations or subject changed since the last write.
@@ -200,6 +202,7 @@ impl Room {
             by_session: HashMap::new(),
             subject: Subject::default(),
             history: VecDeque::new(),
+            history_bytes: 0,
             locked: false,
             dirty: false,
             stored: false,
@@ -265,15 +268,25 @@ impl Room {
         self.config.whois == Whois::Anyone || role == Role::Moderator
     }
 
-    /// Keeps a broadcast message for joiners, within the room's length.
-    pub fn remember(&mut self, item: HistoryItem) {
-        if self.config.history == 0 {
+    /// Keeps a broadcast message for joiners, within the room's length
+    /// and the service's byte bound.
+    pub fn remember(&mut self, item: HistoryItem, max_bytes: usize) {
+        if self.config.history == 0 || item.stanza.len() > max_bytes {
             return;
         }
-        while self.history.len() >= self.config.history {
-            self.history.pop_front();
-        }
+        self.history_bytes += item.stanza.len();
         self.history.push_back(item);
+        self.trim_history(max_bytes);
+    }
+
+    /// Drops the oldest history beyond the room's length or `max_bytes`.
+    pub fn trim_history(&mut self, max_bytes: usize) {
+        while self.history.len() > self.config.history || self.history_bytes > max_bytes {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.stanza.len(),
+                None => break,
+            }
+        }
     }
 
     /// What the database keeps of the room.
