@@ -44,6 +44,72 @@ pub struct Config {
     pub pep: PepConfig,
     /// Message archive management (XEP-0313).
     pub mam: MamConfig,
+    /// Multi-user chat (XEP-0045): the `conference.<host>` services.
+    pub muc: MucConfig,
+}
+
+/// Multi-user chat (XEP-0045): where the service lives, who may create
+/// rooms, and every bound on what rooms and occupants may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucConfig {
+    /// Run a chat service for each host.
+    pub enabled: bool,
+    /// The service's domain is `<subdomain>.<host>`.
+    pub subdomain: String,
+    /// Who may create rooms: "anyone" (remote users too) or "local"
+    /// (accounts of this server's hosts).
+    pub create: String,
+    /// Stanzas waiting for the service's task; beyond → resource-constraint.
+    pub queue: usize,
+    /// Most rooms one service holds (persistent and temporary).
+    pub max_rooms: usize,
+    /// Most occupants (nicknames) of one room, whatever its `maxusers`.
+    pub max_occupants: usize,
+    /// A new room's `maxusers`.
+    pub default_max_users: usize,
+    /// Most rooms one user (bare JID) is in at once on one service.
+    pub max_rooms_per_user: usize,
+    /// Most affiliations (owners, admins, members, outcasts) of one room.
+    pub max_affiliations: usize,
+    /// Longest nickname, in characters.
+    pub max_nick_length: usize,
+    /// Largest subject, in bytes.
+    pub max_subject_bytes: usize,
+    /// Largest room name, description or password, in bytes.
+    pub max_field_bytes: usize,
+    /// A new room's history length (messages kept for joiners).
+    pub default_history: usize,
+    /// The most history one room may keep, whatever its configuration.
+    pub max_history: usize,
+    /// The most bytes of history one room keeps (oldest dropped first).
+    pub max_history_bytes: usize,
+    /// Keep every room's group chat in the archive (XEP-0313 on the room
+    /// JID; retention as `[mam] retention_days`).
+    pub archive: bool,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            subdomain: "conference".into(),
+            create: "local".into(),
+            queue: 8192,
+            max_rooms: 10_000,
+            max_occupants: 1_000,
+            default_max_users: 200,
+            max_rooms_per_user: 100,
+            max_affiliations: 10_000,
+            max_nick_length: 64,
+            max_subject_bytes: 4096,
+            max_field_bytes: 1024,
+            default_history: 20,
+            max_history: 100,
+            max_history_bytes: 262_144,
+            archive: true,
+        }
+    }
 }
 
 /// Push notifications (XEP-0357): what one account may register, and what
@@ -638,6 +704,7 @@ impl Default for Config {
             sasl2: Sasl2Config::default(),
             pep: PepConfig::default(),
             mam: MamConfig::default(),
+            muc: MucConfig::default(),
         }
     }
 }
@@ -1735,6 +1802,90 @@ const MAM: &[Field] = &[
         },
     ),
 ];
+const MUC: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("subdomain", Kind::Str(dns_label)),
+    f("create", Kind::Str(muc_create)),
+    f(
+        "queue",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_rooms",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f(
+        "max_occupants",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "default_max_users",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_rooms_per_user",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_affiliations",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f("max_nick_length", Kind::Int { min: 1, max: 1023 }),
+    f(
+        "max_subject_bytes",
+        Kind::Int {
+            min: 0,
+            max: 1_048_576,
+        },
+    ),
+    f(
+        "max_field_bytes",
+        Kind::Int {
+            min: 1,
+            max: 65_536,
+        },
+    ),
+    f(
+        "default_history",
+        Kind::Int {
+            min: 0,
+            max: 10_000,
+        },
+    ),
+    f(
+        "max_history",
+        Kind::Int {
+            min: 0,
+            max: 10_000,
+        },
+    ),
+    f(
+        "max_history_bytes",
+        Kind::Int {
+            min: 0,
+            max: 1 << 30,
+        },
+    ),
+    f("archive", Kind::Bool),
+];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
     f("host", Kind::Tables(HOST)),
@@ -1753,7 +1904,27 @@ const SCHEMA: &[Field] = &[
     f("sasl2", Kind::Table(SASL2)),
     f("pep", Kind::Table(PEP)),
     f("mam", Kind::Table(MAM)),
+    f("muc", Kind::Table(MUC)),
 ];
+
+/// A MUC service's creation policy.
+fn muc_create(s: &str) -> Result<(), String> {
+    match s {
+        "anyone" | "local" => Ok(()),
+        _ => Err("must be \"anyone\" or \"local\"".into()),
+    }
+}
+
+/// A domain label (the MUC service's subdomain).
+fn dns_label(s: &str) -> Result<(), String> {
+    let ok =
+        !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("must be one DNS label (letters, digits, '-')".into())
+    }
+}
 
 /// A XEP-0313 default archiving mode.
 fn sqlite_synchronous(s: &str) -> Result<(), String> {

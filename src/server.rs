@@ -142,11 +142,21 @@ impl Server {
             let c = net::tls::server_config(certs.clone(), Some(&domain), &config.tls)?;
             starttls.insert(domain, c);
         }
-        // Component domains federate too (their stanzas to and from other
-        // servers go over our s2s streams): each gets the certificate that
-        // names it, else the fallback one.
+        // Component domains and in-process services (a chat service)
+        // federate too (their stanzas to and from other servers go over
+        // our s2s streams): each gets the certificate that names it, else
+        // the fallback one.
         let components = config.components().into_iter().map(|(d, _)| d);
-        for domain in config.domains().into_iter().chain(components) {
+        let services = features
+            .service_domains(&config)
+            .into_iter()
+            .map(|(d, _)| d);
+        for domain in config
+            .domains()
+            .into_iter()
+            .chain(components)
+            .chain(services)
+        {
             let c = net::tls::s2s_client_config(s2s_roots.clone(), &certs, &domain)?;
             s2s_tls.insert(domain.clone(), c);
             let c = net::tls::s2s_server_config(certs.clone(), &domain)?;

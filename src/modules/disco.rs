@@ -112,10 +112,14 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
     e
 }
 
-/// The server's disco#items answer: the external components (XEP-0114),
-/// so clients can find the bots and gateways it offers, connected or not.
+/// The server's disco#items answer: the in-process services (a chat
+/// service) and the external components (XEP-0114), so clients can find
+/// the rooms, bots and gateways it offers, connected or not.
 fn server_items(server: &Server) -> Element {
     let mut q = Element::new("query", NS_ITEMS);
+    for (domain, _) in server.features.service_domains(&server.config) {
+        q.append_child(Element::new("item", NS_ITEMS).with_attr("jid", domain));
+    }
     for domain in server.components.domains() {
         q.append_child(Element::new("item", NS_ITEMS).with_attr("jid", domain));
     }

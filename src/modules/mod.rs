@@ -14,6 +14,7 @@ pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod ping;
@@ -108,6 +109,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(vcard_update::VcardUpdate::default()),
         Arc::new(bookmarks::BookmarksConversion),
         Arc::new(mam::Mam::default()),
+        Arc::new(muc::Muc::default()),
     ]
 }
 

@@ -28,6 +28,9 @@ use super::{StorageError, Store};
 pub enum ArchiveKind {
     /// A user's messages (XEP-0313).
     User = 0,
+    /// A chat room's group chat (XEP-0313 on the room JID, XEP-0045):
+    /// `domain` is the service, `username` the room's name.
+    Room = 1,
 }
 
 /// The owner of an archive: a kind and an address split as accounts are.
@@ -475,6 +478,7 @@ impl Store {
             let owner = ArchiveOwner {
                 kind: match kind {
                     0 => ArchiveKind::User,
+                    1 => ArchiveKind::Room,
                     // A kind this version does not know: not its to expire.
                     _ => continue,
                 },

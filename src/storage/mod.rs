@@ -19,6 +19,7 @@ macro_rules! on_pool {
 mod accounts;
 mod archive;
 mod clients;
+mod muc;
 mod offline;
 mod pubsub;
 mod push;
@@ -30,6 +31,7 @@ pub use archive::{
     ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem,
 };
 pub use clients::{ClientRecord, FastToken};
+pub use muc::StoredRoom;
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};

@@ -1,0 +1,534 @@
+//! The chat service as a plug-in feature: `<subdomain>.<host>` for each
+//! host in the route table; stanzas for it are queued (bounded) to one
+//! task that owns every room, loads persistent rooms at start, and
+//! writes a persistent room back after a stanza changed it. The service's
+//! own disco (§6.1–6.3) and unique room names (§10.1.4) are answered here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use jid::{FullJid, Jid};
+use tokio::sync::mpsc;
+
+use super::config::RoomConfig;
+use super::presence;
+use super::room::{Affiliation, Ctx, Room};
+use super::{message, NS_MUC, NS_OCCUPANT_ID, NS_PING, NS_SELF_PING, NS_SID, NS_UNIQUE};
+use crate::config::{Config, MucConfig};
+use crate::feature::Feature;
+use crate::modules::disco::{NS_INFO, NS_ITEMS};
+use crate::modules::mam::id::IdSource;
+use crate::server::Server;
+use crate::sessions::DeliveryError;
+use crate::stanza::{iq_result, StanzaError, StanzaErrorCondition};
+use crate::xml::Element;
+
+/// Most rooms listed in the service's disco#items.
+const MAX_LISTED: usize = 1000;
+
+/// The multi-user chat feature.
+#[derive(Default)]
+pub struct Muc {
+    tx: OnceLock<mpsc::Sender<Element>>,
+}
+
+/// The service domains under `config`.
+pub fn service_domains(config: &Config) -> Vec<String> {
+    config
+        .domains()
+        .into_iter()
+        .map(|h| format!("{}.{}", config.muc.subdomain, h))
+        .collect()
+}
+
+impl Feature for Muc {
+    fn name(&self) -> &'static str {
+        "muc"
+    }
+
+    fn enabled(&self, config: &Config) -> bool {
+        config.muc.enabled
+    }
+
+    fn xeps(&self) -> &[u16] {
+        &[45, 410, 421]
+    }
+
+    fn service_domains(&self, config: &Config) -> Vec<String> {
+        service_domains(config)
+    }
+
+    fn deliver_to_service(&self, _server: &Server, stanza: &Element) -> Result<(), DeliveryError> {
+        let tx = self.tx.get().ok_or(DeliveryError::Offline)?;
+        tx.try_send(stanza.clone()).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
+        })
+    }
+
+    fn start(&self, server: &Arc<Server>) {
+        let (tx, rx) = mpsc::channel(server.config.muc.queue.max(1));
+        if self.tx.set(tx).is_err() {
+            return;
+        }
+        let server = server.clone();
+        server.clone().background.spawn(run(server, rx));
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The service's task: loads persistent rooms, then handles stanzas in
+/// order until shutdown, when every occupant is told (332).
+async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
+    let mut service = Service::new(&server);
+    for domain in service_domains(&server.config) {
+        match server.store.muc_rooms(&domain).await {
+            Ok(rooms) => {
+                for stored in rooms {
+                    if let Some(room) = Room::from_stored(&domain, &stored, &service.limits) {
+                        service.rooms.insert(room.jid.as_str().to_string(), room);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, service = %domain, "muc: loading rooms"),
+        }
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = server.shutdown.cancelled() => {
+                service.shutdown(&server);
+                return;
+            }
+            stanza = rx.recv() => match stanza {
+                Some(s) => service.handle(&server, s).await,
+                None => return,
+            },
+        }
+    }
+}
+
+struct Service {
+    rooms: HashMap<String, Room>,
+    /// The rooms' archive, when `[muc] archive` is on.
+    archive: Option<Arc<super::archive::RoomArchive>>,
+    joined: HashMap<String, usize>,
+    ids: IdSource,
+    secret: Vec<u8>,
+    limits: MucConfig,
+}
+
+impl Service {
+    fn new(server: &Arc<Server>) -> Service {
+        use hmac::{Hmac, Mac};
+        // Occupant ids are keyed by the server's secret, so they stay the
+        // same across restarts when the dialback secret is configured.
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(server.dialback_secret.as_bytes())
+                .expect("any key length");
+        mac.update(b"waxwing muc occupant-id");
+        Service {
+            rooms: HashMap::new(),
+            archive: server
+                .config
+                .muc
+                .archive
+                .then(|| Arc::new(super::archive::RoomArchive::new(server))),
+            joined: HashMap::new(),
+            ids: IdSource::default(),
+            secret: mac.finalize().into_bytes().to_vec(),
+            limits: server.config.muc.clone(),
+        }
+    }
+
+    async fn handle(&mut self, server: &Arc<Server>, stanza: Element) {
+        let (Some(to), Some(from)) = (
+            stanza.attr("to").and_then(|t| Jid::new(t).ok()),
+            stanza.attr("from").and_then(|f| Jid::new(f).ok()),
+        ) else {
+            return;
+        };
+        if to.node().is_none() {
+            return self.service_stanza(server, &stanza, &from, &to);
+        }
+        // Occupants are sessions: a bare sender cannot be one.
+        let Ok(from) = from.try_into_full() else {
+            return reply_error(server, &stanza, StanzaErrorCondition::NotAcceptable.into());
+        };
+        let key = to.to_bare().as_str().to_string();
+        if stanza.name() == "iq"
+            && to.resource().is_none()
+            && matches!(stanza.attr("type"), Some("get" | "set"))
+        {
+            if let Some(payload) = stanza
+                .children()
+                .next()
+                .filter(|p| super::archive::is_archive_iq(p))
+            {
+                return self.archive_iq(server, &key, &from, &stanza, payload);
+            }
+        }
+        let archiving = self.archive.is_some();
+        let Service {
+            rooms,
+            joined,
+            ids,
+            secret,
+            limits,
+            archive,
+        } = self;
+        let mut ctx = Ctx {
+            server,
+            limits,
+            joined,
+            ids,
+            secret,
+            lost: Vec::new(),
+            archiving,
+            archive_rows: Vec::new(),
+        };
+        let nick = to.resource().map(|r| r.as_str().to_string());
+        match stanza.name() {
+            "presence" => presence_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+            "message" => match rooms.get_mut(&key) {
+                None => reply_error(server, &stanza, StanzaErrorCondition::ItemNotFound.into()),
+                Some(room) => match &nick {
+                    Some(n) => message::private(&mut ctx, room, &from, n, &stanza),
+                    None => message::to_room(&mut ctx, room, &from, &stanza),
+                },
+            },
+            "iq" => iq_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+            _ => {}
+        }
+        // Sessions that could not take what the room sent leave it (333);
+        // their removal may find more, a few rounds at most.
+        for _ in 0..4 {
+            let lost = std::mem::take(&mut ctx.lost);
+            if lost.is_empty() {
+                break;
+            }
+            if let Some(room) = rooms.get_mut(&key) {
+                for s in &lost {
+                    presence::drop_lost(&mut ctx, room, s);
+                }
+            }
+        }
+        let rows = std::mem::take(&mut ctx.archive_rows);
+        drop(ctx);
+        if let Some(a) = archive {
+            a.write(rows).await;
+        }
+        self.settle(server, &key).await;
+    }
+
+    /// After a stanza: a destroyed room, or a temporary one left empty,
+    /// is forgotten; a persistent one that changed is written.
+    async fn settle(&mut self, server: &Server, key: &str) {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        let service = room.jid.domain().as_str().to_string();
+        let name = room.jid.node().map(|n| n.to_string()).unwrap_or_default();
+        let forget = room.destroyed || (room.occupants.is_empty() && !room.config.persistent);
+        if room.destroyed && self.archive.is_some() {
+            super::archive::purge(server, &room.jid).await;
+        }
+        if forget || !room.config.persistent {
+            if room.stored {
+                if let Err(e) = server.store.muc_delete_room(&service, &name).await {
+                    tracing::error!(error = %e, room = %key, "muc: deleting a room");
+                }
+                room.stored = false;
+            }
+        } else if room.dirty && !room.locked {
+            match server
+                .store
+                .muc_save_room(&service, &room.to_stored())
+                .await
+            {
+                Ok(()) => {
+                    room.stored = true;
+                    room.dirty = false;
+                }
+                Err(e) => tracing::error!(error = %e, room = %key, "muc: storing a room"),
+            }
+        }
+        if forget {
+            self.rooms.remove(key);
+        }
+    }
+
+    /// An archive IQ (XEP-0313) to a room, for those its rules let read.
+    fn archive_iq(
+        &self,
+        server: &Arc<Server>,
+        key: &str,
+        from: &FullJid,
+        iq: &Element,
+        payload: &Element,
+    ) {
+        let Some(archive) = &self.archive else {
+            return reply_error(server, iq, StanzaErrorCondition::ServiceUnavailable.into());
+        };
+        let Some(room) = self.rooms.get(key) else {
+            return reply_error(server, iq, StanzaErrorCondition::ItemNotFound.into());
+        };
+        if !super::archive::may_query(room, from) {
+            return reply_error(server, iq, StanzaErrorCondition::Forbidden.into());
+        }
+        super::archive::answer(server, archive, &room.jid, from, iq, payload);
+    }
+
+    /// Stanzas to the service's own domain.
+    fn service_stanza(&mut self, server: &Server, stanza: &Element, from: &Jid, to: &Jid) {
+        if stanza.name() != "iq" {
+            if stanza.name() == "message" {
+                reply_error(
+                    server,
+                    stanza,
+                    StanzaErrorCondition::ServiceUnavailable.into(),
+                );
+            }
+            return;
+        }
+        let is_set = match stanza.attr("type") {
+            Some("get") => false,
+            Some("set") => true,
+            _ => return,
+        };
+        let mut children = stanza.children();
+        let (Some(payload), None) = (children.next(), children.next()) else {
+            return reply_error(server, stanza, StanzaErrorCondition::BadRequest.into());
+        };
+        let outcome: Result<Option<Element>, StanzaError> = match (payload.ns(), is_set) {
+            (NS_INFO, false) if payload.attr("node").is_none() => Ok(Some(service_info())),
+            (NS_ITEMS, false) if payload.attr("node").is_none() => {
+                Ok(Some(self.public_rooms(to.domain().as_str())))
+            }
+            (NS_PING, false) => Ok(None),
+            (NS_UNIQUE, false) => {
+                let (id, _) = self.ids.next();
+                Ok(Some(Element::new("unique", NS_UNIQUE).with_text(id)))
+            }
+            (NS_INFO | NS_ITEMS, false) => Err(StanzaErrorCondition::ItemNotFound.into()),
+            _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+        };
+        let _ = from;
+        answer(server, stanza, outcome);
+    }
+
+    /// §6.3: public rooms (neither hidden nor still locked), by JID.
+    fn public_rooms(&self, domain: &str) -> Element {
+        let mut listed: Vec<&Room> = self
+            .rooms
+            .values()
+            .filter(|r| r.config.public && !r.locked && r.jid.domain().as_str() == domain)
+            .collect();
+        listed.sort_by(|a, b| a.jid.as_str().cmp(b.jid.as_str()));
+        let mut q = Element::new("query", NS_ITEMS);
+        for r in listed.into_iter().take(MAX_LISTED) {
+            let mut item = Element::new("item", NS_ITEMS).with_attr("jid", r.jid.as_str());
+            if !r.config.name.is_empty() {
+                item.set_attr("name", r.config.name.as_str());
+            }
+            q.append_child(item);
+        }
+        q
+    }
+
+    /// §7.2.? / §8: the service is stopping; each occupant hears 332.
+    fn shutdown(&mut self, server: &Server) {
+        let archiving = self.archive.is_some();
+        let Service {
+            rooms,
+            joined,
+            ids,
+            secret,
+            limits,
+            ..
+        } = self;
+        let mut ctx = Ctx {
+            server,
+            limits,
+            joined,
+            ids,
+            secret,
+            lost: Vec::new(),
+            archiving,
+            archive_rows: Vec::new(),
+        };
+        let a = presence::Announcement {
+            unavailable: true,
+            codes: vec![332],
+            ..Default::default()
+        };
+        for room in rooms.values_mut() {
+            presence::empty_room(&mut ctx, room, &a);
+        }
+    }
+}
+
+/// The service's disco#info (§6.2).
+fn service_info() -> Element {
+    let mut q = Element::new("query", NS_INFO).with_child(
+        Element::new("identity", NS_INFO)
+            .with_attr("category", "conference")
+            .with_attr("type", "text")
+            .with_attr("name", "Chatrooms"),
+    );
+    for f in [
+        NS_MUC,
+        NS_INFO,
+        NS_ITEMS,
+        NS_PING,
+        NS_UNIQUE,
+        NS_SID,
+        NS_OCCUPANT_ID,
+        NS_SELF_PING,
+    ] {
+        q.append_child(Element::new("feature", NS_INFO).with_attr("var", f));
+    }
+    q
+}
+
+/// Presence to `room/nick` (or, wrongly, to the bare room).
+fn presence_to_room(
+    ctx: &mut Ctx<'_>,
+    rooms: &mut HashMap<String, Room>,
+    key: &str,
+    from: &FullJid,
+    nick: Option<&str>,
+    stanza: &Element,
+) {
+    let kind = stanza.attr("type");
+    match kind {
+        None => {}
+        Some("unavailable") => {
+            if let Some(room) = rooms.get_mut(key) {
+                presence::unavailable(ctx, room, from, stanza);
+            }
+            return;
+        }
+        Some("error") => {
+            if rooms.get(key).is_some_and(|r| r.nick_of(from).is_some()) {
+                ctx.lost.push(from.clone());
+            }
+            return;
+        }
+        // Subscriptions and probes mean nothing to a room.
+        Some(_) => return,
+    }
+    let Some(nick) = nick else {
+        // §7.2.1: a join names a nick.
+        return reply_error(
+            ctx.server,
+            stanza,
+            StanzaErrorCondition::JidMalformed.into(),
+        );
+    };
+    let mut created = false;
+    if !rooms.contains_key(key) {
+        let to_nick = format!("{key}/{nick}");
+        let refuse = |ctx: &Ctx<'_>, e: StanzaError| {
+            if let Some(p) = presence::presence_error(&to_nick, from, &e) {
+                let _ = crate::router::deliver(ctx.server, &p, &Jid::from(from.clone()));
+            }
+        };
+        if let Err(e) = presence::check_nick(ctx, nick) {
+            return refuse(ctx, e);
+        }
+        if ctx.limits.create == "local" && !ctx.server.is_local_domain(from.domain().as_str()) {
+            return refuse(
+                ctx,
+                StanzaError::with_text(
+                    StanzaErrorCondition::NotAllowed,
+                    "rooms are created by local users",
+                ),
+            );
+        }
+        if rooms.len() >= ctx.limits.max_rooms {
+            return refuse(
+                ctx,
+                StanzaError::with_text(
+                    StanzaErrorCondition::ResourceConstraint,
+                    "no more rooms on this service",
+                ),
+            );
+        }
+        let Ok(jid) = jid::BareJid::new(key) else {
+            return;
+        };
+        let mut room = Room::new(jid, RoomConfig::new(ctx.limits));
+        room.locked = true;
+        room.set_affiliation(&from.to_bare(), Affiliation::Owner, String::new());
+        rooms.insert(key.to_string(), room);
+        created = true;
+    }
+    let Some(room) = rooms.get_mut(key) else {
+        return;
+    };
+    if !created && room.nick_of(from).is_none() && stanza.get_child("x", NS_MUC).is_none() {
+        return presence::not_joined(ctx, room, from, nick);
+    }
+    presence::available(ctx, room, from, nick, stanza, created);
+}
+
+/// IQs to a room or to an occupant.
+fn iq_to_room(
+    ctx: &mut Ctx<'_>,
+    rooms: &mut HashMap<String, Room>,
+    key: &str,
+    from: &FullJid,
+    nick: Option<&str>,
+    stanza: &Element,
+) {
+    let is_set = match stanza.attr("type") {
+        Some("get") => false,
+        Some("set") => true,
+        _ => return,
+    };
+    let mut children = stanza.children();
+    let (Some(payload), None) = (children.next(), children.next()) else {
+        return reply_error(ctx.server, stanza, StanzaErrorCondition::BadRequest.into());
+    };
+    let Some(room) = rooms.get_mut(key) else {
+        return reply_error(
+            ctx.server,
+            stanza,
+            StanzaErrorCondition::ItemNotFound.into(),
+        );
+    };
+    let outcome = match nick {
+        None => super::admin::room_iq(ctx, room, from, is_set, payload),
+        Some(nick) => match room.nick_of(from) {
+            // XEP-0410: a ping to one's own occupant JID is answered here.
+            Some(own) if own == nick && payload.is("ping", NS_PING) => Ok(None),
+            Some(_) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+            None => Err(StanzaErrorCondition::NotAcceptable.into()),
+        },
+    };
+    answer(ctx.server, stanza, outcome);
+}
+
+fn answer(server: &Server, iq: &Element, outcome: Result<Option<Element>, StanzaError>) {
+    match outcome {
+        Ok(payload) => {
+            let reply = iq_result(iq, payload);
+            if let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) {
+                let _ = crate::router::deliver(server, &reply, &to);
+            }
+        }
+        Err(e) => reply_error(server, iq, e),
+    }
+}
+
+fn reply_error(server: &Server, stanza: &Element, e: StanzaError) {
+    if let Some(reply) = e.reply_to(stanza) {
+        if let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) {
+            let _ = crate::router::deliver(server, &reply, &to);
+        }
+    }
+}
