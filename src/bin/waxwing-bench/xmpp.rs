@@ -163,8 +163,9 @@ impl Target {
     /// fall back to a full handshake.)
     pub fn with_own_tls_sessions(&self) -> Target {
         let mut config = ClientConfig::clone(self.connector.config());
-        config.resumption =
-            rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(2)));
+        config.resumption = rustls::client::Resumption::store(Arc::new(
+            rustls::client::ClientSessionMemoryCache::new(2),
+        ));
         Target {
             connector: TlsConnector::from(Arc::new(config)),
             ..self.clone()
