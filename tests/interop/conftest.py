@@ -33,6 +33,13 @@ import pytest
 
 from waxwing_bin import waxwing_bin
 
+# Test modules that need this file's classes import it as `interop_conftest`:
+# the name `conftest` is taken by whichever conftest pytest loaded last (the
+# federation directory has its own), so `from conftest import …` is not safe.
+import sys as _sys
+
+_sys.modules.setdefault("interop_conftest", _sys.modules[__name__])
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "localhost"
 HOST = "127.0.0.1"

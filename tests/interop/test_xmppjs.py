@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WaxwingServer, in_ci
+from interop_conftest import WaxwingServer, in_ci
 
 HERE = Path(__file__).resolve().parent / "xmppjs"
 SCRIPT_TIMEOUT = 120
@@ -133,7 +133,7 @@ class RotatingServer(WaxwingServer):
 
 @pytest.fixture
 def rotating_server(tmp_path, request):
-    from conftest import LOG_OFFSET_KEY, SERVER_KEY
+    from interop_conftest import LOG_OFFSET_KEY, SERVER_KEY
 
     srv = RotatingServer(tmp_path / "server")
     try:
