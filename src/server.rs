@@ -290,6 +290,8 @@ pub struct RunningServer {
     pub s2s_addrs: Vec<SocketAddr>,
     /// Bound direct-TLS server-to-server listener addresses, in config order.
     pub s2s_tls_addrs: Vec<SocketAddr>,
+    /// Bound HTTP and HTTPS listener addresses (`[http]`), in config order.
+    pub web: crate::web::Bound,
     /// The admin channel's socket (`waxwing ctl`), when enabled.
     admin: Option<crate::admin::AdminSocket>,
     tracker: TaskTracker,
@@ -382,7 +384,9 @@ impl RunningServer {
                 ));
             }
         }
+        let web = crate::web::start(&server, &tracker).await?;
         Ok(RunningServer {
+            web,
             s2s_addrs,
             s2s_tls_addrs,
             server,
