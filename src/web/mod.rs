@@ -13,6 +13,10 @@
 pub mod host_meta;
 pub mod websocket;
 
+/// XEPs the HTTP side implements (xep/waxwing.doap lists them): XEP-0156
+/// connection discovery. (XMPP over WebSocket is RFC 7395, not a XEP.)
+pub const XEPS: &[u16] = &[156];
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
