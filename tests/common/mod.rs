@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod muc;
 pub mod process;
 pub mod sasl2;
 
