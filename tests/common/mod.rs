@@ -5,6 +5,7 @@
 
 pub mod muc;
 pub mod process;
+pub mod push_app;
 pub mod sasl2;
 
 use std::net::SocketAddr;
