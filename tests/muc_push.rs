@@ -98,3 +98,45 @@ async fn a_mention_of_an_absent_member_pushes() {
     say(&mut a, "team", "bobby: welcome back").await;
     assert_eq!(pending(&ts), 0);
 }
+
+/// The nick a member entered with is kept with a persistent room: after
+/// a restart a mention still finds them.
+#[tokio::test]
+async fn a_member_is_found_by_nick_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/muc.db", dir.path().display());
+    let start = |url: String| {
+        TestServer::start_with(move |c| {
+            push_app::configure(c);
+            c.database.url = url;
+        })
+    };
+    let mut ts = start(url.clone()).await;
+    for u in ["alice", "bob"] {
+        ts.add_user(u, "pw").await;
+    }
+    let mut a = Client::login(ts.plain_addr, "alice", "pw", Some("r")).await;
+    create_room(&mut a, "kept", &[("muc#roomconfig_persistentroom", "1")]).await;
+    let r = admin_set(
+        &mut a,
+        "kept",
+        "<item jid='bob@localhost' affiliation='member'/>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let mut b = Client::login(ts.plain_addr, "bob", "pw", Some("phone")).await;
+    push_app::enable(&mut b, "bob-node").await;
+    join(&mut b, "kept", "bobby").await;
+    leave(&mut b, "kept", "bobby").await;
+    drop((a, b));
+    ts.stop().await;
+
+    let ts = start(url).await;
+    let mut app = push_app::connect(&ts).await;
+    let mut a = Client::login(ts.plain_addr, "alice", "pw", Some("r")).await;
+    join(&mut a, "kept", "owner").await;
+    say(&mut a, "kept", "where is bobby?").await;
+    let (node, fields) = push_app::next_publish(&mut app).await;
+    assert_eq!(node, "bob-node");
+    assert_eq!(fields["message-count"], "1");
+}

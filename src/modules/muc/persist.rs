@@ -40,7 +40,7 @@ pub fn load(service: &str, stored: &StoredRoom, limits: &MucConfig) -> Option<Ro
     let mut room = Room::from_stored(service, stored, limits)?;
     for (jid, nick) in &stored.nicks {
         if room.affiliations.contains_key(jid) {
-            room.nicks.insert(jid.clone(), nick.clone());
+            room.nicks.insert(jid, nick);
         }
     }
     if !stored.vcard.is_empty() {
@@ -81,7 +81,7 @@ fn delta(room: &Room) -> RoomDelta {
         .map(|jid| AffiliationRow {
             jid: jid.clone(),
             now: room.affiliations.get(jid).map(|(a, reason)| {
-                let nick = room.nicks.get(jid).cloned().unwrap_or_default();
+                let nick = room.nicks.get(jid).unwrap_or_default().to_string();
                 (a.as_str().to_string(), reason.clone(), nick)
             }),
         })
@@ -131,8 +131,8 @@ pub fn remember_nick(room: &mut Room, real: &str, nick: &str) {
     if !room.affiliations.contains_key(real) {
         return;
     }
-    if room.nicks.get(real).map(String::as_str) != Some(nick) {
-        room.nicks.insert(real.to_string(), nick.to_string());
+    if room.nicks.get(real) != Some(nick) {
+        room.nicks.insert(real, nick);
         room.pending.affiliation(real);
     }
 }

@@ -150,7 +150,7 @@ pub struct Room {
     pub pending: super::persist::Pending,
     /// Bare JID → the nick an affiliated user last entered with (for
     /// mentions of absent members); only affiliated users have one.
-    pub nicks: HashMap<String, String>,
+    pub nicks: super::mentions::MemberNicks,
     /// The room's vCard and its photo's hash (XEP-0486).
     pub avatar: Option<super::avatar::RoomAvatar>,
     /// Has rows in the database.
@@ -216,7 +216,7 @@ impl Room {
             locked: false,
             dirty: false,
             pending: Default::default(),
-            nicks: HashMap::new(),
+            nicks: Default::default(),
             avatar: None,
             stored: false,
             destroyed: false,
