@@ -135,10 +135,8 @@ async fn one_change_in_a_big_room(url: String) {
     let r = admin_set(
         &mut a,
         &room,
-        &format!(
-            "<item jid='bob@localhost' affiliation='admin'><reason>trusted</reason></item>\
-             <item jid='dave@localhost' affiliation='none'/>"
-        ),
+        "<item jid='bob@localhost' affiliation='admin'><reason>trusted</reason></item>\
+         <item jid='dave@localhost' affiliation='none'/>",
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));

@@ -51,7 +51,7 @@ fn parse(query: &Element) -> Result<Request, StanzaError> {
 }
 
 /// The `k` smallest (or largest) by JID, in order.
-fn ends<'a>(mut v: Vec<&'a Room>, k: usize, largest: bool) -> Vec<&'a Room> {
+fn ends(mut v: Vec<&Room>, k: usize, largest: bool) -> Vec<&Room> {
     let by_jid = |a: &&Room, b: &&Room| -> Ordering { a.jid.as_str().cmp(b.jid.as_str()) };
     if k < v.len() {
         if largest {
