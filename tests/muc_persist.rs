@@ -25,25 +25,23 @@ async fn start(url: &str) -> TestServer {
 async fn tamper(store: &Store, room: &str, jid: &str, reason: &str) {
     const SQL: &str =
         "UPDATE muc_affiliations SET reason = $1 WHERE service = $2 AND room = $3 AND jid = $4";
+    // The same statement on whichever pool backs the store.
+    macro_rules! run {
+        ($pool:expr) => {
+            sqlx::query(SQL)
+                .bind(reason)
+                .bind(SERVICE)
+                .bind(room)
+                .bind(jid)
+                .execute($pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        };
+    }
     let done = match store {
-        Store::Sqlite(p) => sqlx::query(SQL)
-            .bind(reason)
-            .bind(SERVICE)
-            .bind(room)
-            .bind(jid)
-            .execute(p)
-            .await
-            .unwrap()
-            .rows_affected(),
-        Store::Postgres(p) => sqlx::query(SQL)
-            .bind(reason)
-            .bind(SERVICE)
-            .bind(room)
-            .bind(jid)
-            .execute(p)
-            .await
-            .unwrap()
-            .rows_affected(),
+        Store::Sqlite(p) => run!(p),
+        Store::Postgres(p) => run!(p),
     };
     assert_eq!(done, 1);
 }

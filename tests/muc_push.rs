@@ -22,21 +22,6 @@ fn pending(ts: &TestServer) -> usize {
         .pending_accounts()
 }
 
-/// Ends the stream and waits until the user has no session.
-async fn go_offline(ts: &TestServer, mut c: Client, user: &str) {
-    c.send_str("</stream:stream>").await;
-    drop(c);
-    let prefix = format!("{user}@");
-    eventually("the session ends", || async {
-        !ts.server()
-            .sessions
-            .all()
-            .iter()
-            .any(|j| j.as_str().starts_with(&prefix))
-    })
-    .await;
-}
-
 async fn say(c: &mut Client, room: &str, body: &str) {
     c.send_str(&format!(
         "<message to='{}' type='groupchat'><body>{body}</body></message>",
@@ -70,7 +55,7 @@ async fn a_mention_of_an_absent_member_pushes() {
         push_app::enable(&mut c, &format!("{user}-node")).await;
         join(&mut c, "team", nick).await;
         leave(&mut c, "team", nick).await;
-        go_offline(&ts, c, user).await;
+        push_app::go_offline(&ts, c, user).await;
     }
 
     // Nobody named, a non-member named: nothing counted.

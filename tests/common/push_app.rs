@@ -9,7 +9,7 @@ use waxwing::config::{ComponentConfig, Config};
 use waxwing::stream::component::NS_COMPONENT;
 use waxwing::xml::Element;
 
-use super::{show, Client, TestServer};
+use super::{eventually, show, Client, TestServer};
 
 pub const APP: &str = "push.localhost";
 pub const APP_SECRET: &str = "app-secret";
@@ -84,4 +84,20 @@ pub async fn next_publish(app: &mut Client) -> (String, HashMap<String, String>)
     ))
     .await;
     (publish.attr("node").unwrap().to_string(), fields)
+}
+
+/// Ends the client's stream and waits until `user` has no session left
+/// (what push waits for before it wakes a phone).
+pub async fn go_offline(ts: &TestServer, mut c: Client, user: &str) {
+    c.send_str("</stream:stream>").await;
+    drop(c);
+    let prefix = format!("{user}@");
+    eventually("the session ends", || async {
+        !ts.server()
+            .sessions
+            .all()
+            .iter()
+            .any(|j| j.as_str().starts_with(&prefix))
+    })
+    .await;
 }
