@@ -132,6 +132,11 @@ pub struct MucConfig {
     /// Keep every room's group chat in the archive (XEP-0313 on the room
     /// JID; retention as `[mam] retention_days`).
     pub archive: bool,
+    /// Largest room vCard (XEP-0486 room avatar), serialized, in bytes.
+    pub max_avatar_bytes: usize,
+    /// Most rooms in one page of the service's room list (disco#items
+    /// with RSM, XEP-0059); also the page a client gets without asking.
+    pub max_room_list_page: usize,
 }
 
 impl Default for MucConfig {
@@ -153,6 +158,8 @@ impl Default for MucConfig {
             max_history: 100,
             max_history_bytes: 262_144,
             archive: true,
+            max_avatar_bytes: 65_536,
+            max_room_list_page: 100,
         }
     }
 }
@@ -1931,6 +1938,20 @@ const MUC: &[Field] = &[
         },
     ),
     f("archive", Kind::Bool),
+    f(
+        "max_avatar_bytes",
+        Kind::Int {
+            min: 0,
+            max: 1 << 24,
+        },
+    ),
+    f(
+        "max_room_list_page",
+        Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    ),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),

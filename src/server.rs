@@ -131,7 +131,14 @@ impl Server {
             config.components().into_iter().map(|(d, _)| d),
             config.s2s.enabled(),
         )?;
-        let certs = Arc::new(net::tls::CertStore::from_config(&config)?);
+        let mut certs = net::tls::CertStore::from_config(&config)?;
+        certs.adopt(
+            features
+                .service_domains(&config)
+                .into_iter()
+                .map(|(d, _)| d),
+        );
+        let certs = Arc::new(certs);
         let tls = net::tls::server_config(certs.clone(), None, &config.tls)?;
         let window = Duration::from_secs(config.limits.auth_failure_window);
         let s2s_roots = net::tls::s2s_roots(&config.s2s.ca_file)?;
