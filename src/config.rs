@@ -49,6 +49,44 @@ pub struct Config {
     /// The HTTP listener: XMPP over WebSocket (RFC 7395) and connection
     /// discovery (XEP-0156).
     pub http: HttpConfig,
+    /// STUN and TURN servers offered to clients (XEP-0215), for calls.
+    pub external_service: Vec<ExternalServiceConfig>,
+}
+
+/// One STUN/TURN server clients learn of through external service
+/// discovery (XEP-0215), with short-lived TURN credentials derived from a
+/// secret shared with it (the TURN REST scheme: coturn's
+/// `use-auth-secret` / `static-auth-secret`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalServiceConfig {
+    /// "stun", "stuns", "turn" or "turns".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    /// "udp" or "tcp".
+    pub transport: String,
+    /// A label for people.
+    pub name: String,
+    /// The TURN server's shared secret; empty: no credentials are handed out.
+    pub secret: String,
+    /// Seconds the credentials handed out stay valid.
+    pub credential_lifetime: u64,
+}
+
+impl Default for ExternalServiceConfig {
+    fn default() -> Self {
+        ExternalServiceConfig {
+            kind: "turn".into(),
+            host: String::new(),
+            port: 3478,
+            transport: "udp".into(),
+            name: String::new(),
+            secret: String::new(),
+            credential_lifetime: 86_400,
+        }
+    }
 }
 
 /// The HTTP(S) listener (`src/web/`). Off unless given addresses: the
@@ -758,6 +796,7 @@ impl Default for Config {
             mam: MamConfig::default(),
             muc: MucConfig::default(),
             http: HttpConfig::default(),
+            external_service: Vec::new(),
         }
     }
 }
@@ -1973,7 +2012,56 @@ const SCHEMA: &[Field] = &[
     f("mam", Kind::Table(MAM)),
     f("muc", Kind::Table(MUC)),
     f("http", Kind::Table(HTTP)),
+    f("external_service", Kind::Tables(EXTERNAL_SERVICE)),
 ];
+const EXTERNAL_SERVICE: &[Field] = &[
+    f("type", Kind::Str(external_service_type)),
+    f("host", Kind::Str(non_empty_host)),
+    f(
+        "port",
+        Kind::Int {
+            min: 1,
+            max: 65_535,
+        },
+    ),
+    f("transport", Kind::Str(udp_or_tcp)),
+    f("name", Kind::Str(any_str)),
+    f("secret", Kind::Str(any_str)),
+    f(
+        "credential_lifetime",
+        Kind::Int {
+            min: 60,
+            max: 30 * 86_400,
+        },
+    ),
+];
+
+fn external_service_type(s: &str) -> Result<(), String> {
+    match s {
+        "stun" | "stuns" | "turn" | "turns" => Ok(()),
+        _ => Err("must be \"stun\", \"stuns\", \"turn\" or \"turns\"".into()),
+    }
+}
+
+fn udp_or_tcp(s: &str) -> Result<(), String> {
+    match s {
+        "udp" | "tcp" => Ok(()),
+        _ => Err("must be \"udp\" or \"tcp\"".into()),
+    }
+}
+
+/// A host name or IP address (it goes into attributes clients read).
+fn non_empty_host(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("must be a host name or an IP address".into())
+    }
+}
 const HTTP: &[Field] = &[
     f("listen", Kind::Addrs),
     f("listen_tls", Kind::Addrs),

@@ -12,6 +12,7 @@ pub mod clients;
 pub mod contact;
 pub mod csi;
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 pub mod mam;
 pub mod muc;
@@ -110,6 +111,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(bookmarks::BookmarksConversion),
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),
+        Arc::new(extdisco::ExternalServices),
     ]
 }
 
