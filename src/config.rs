@@ -51,6 +51,48 @@ pub struct Config {
     pub http: HttpConfig,
     /// STUN and TURN servers offered to clients (XEP-0215), for calls.
     pub external_service: Vec<ExternalServiceConfig>,
+    /// HTTP File Upload (XEP-0363) on the `[http]` listener.
+    pub upload: UploadConfig,
+}
+
+/// HTTP File Upload (XEP-0363): the `upload.<host>` services and what
+/// they may store. On where the `[http]` listener is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    pub enabled: bool,
+    /// The service's domain is `<subdomain>.<host>`.
+    pub subdomain: String,
+    /// Where files are kept (created at start), named by their slot's token.
+    pub dir: String,
+    /// Largest file, in bytes.
+    pub max_file_size: u64,
+    /// Bytes one user may have stored (open slots count).
+    pub quota_per_user: u64,
+    /// Days a file is kept.
+    pub expire_days: u64,
+    /// Seconds a PUT URL stays valid.
+    pub slot_lifetime: u64,
+    /// Seconds between clean-ups.
+    pub cleanup_interval: u64,
+    /// Slot requests waiting for the service.
+    pub queue: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: true,
+            subdomain: "upload".into(),
+            dir: "uploads".into(),
+            max_file_size: 100 * 1024 * 1024,
+            quota_per_user: 1024 * 1024 * 1024,
+            expire_days: 30,
+            slot_lifetime: 300,
+            cleanup_interval: 3600,
+            queue: 1024,
+        }
+    }
 }
 
 /// One STUN/TURN server clients learn of through external service
@@ -797,6 +839,7 @@ impl Default for Config {
             muc: MucConfig::default(),
             http: HttpConfig::default(),
             external_service: Vec::new(),
+            upload: UploadConfig::default(),
         }
     }
 }
@@ -2013,6 +2056,54 @@ const SCHEMA: &[Field] = &[
     f("muc", Kind::Table(MUC)),
     f("http", Kind::Table(HTTP)),
     f("external_service", Kind::Tables(EXTERNAL_SERVICE)),
+    f("upload", Kind::Table(UPLOAD)),
+];
+const UPLOAD: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("subdomain", Kind::Str(dns_label)),
+    f("dir", Kind::Str(any_str)),
+    f(
+        "max_file_size",
+        Kind::Int {
+            min: 1,
+            max: 1 << 40,
+        },
+    ),
+    f(
+        "quota_per_user",
+        Kind::Int {
+            min: 1,
+            max: 1 << 50,
+        },
+    ),
+    f(
+        "expire_days",
+        Kind::Int {
+            min: 1,
+            max: 36_500,
+        },
+    ),
+    f(
+        "slot_lifetime",
+        Kind::Int {
+            min: 10,
+            max: 86_400,
+        },
+    ),
+    f(
+        "cleanup_interval",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
+    f(
+        "queue",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+    ),
 ];
 const EXTERNAL_SERVICE: &[Field] = &[
     f("type", Kind::Str(external_service_type)),

@@ -27,6 +27,7 @@ pub mod roster;
 pub mod session;
 pub mod stream_management;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod vcard_update;
 pub mod version;
@@ -112,6 +113,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),
         Arc::new(extdisco::ExternalServices),
+        Arc::new(upload::Upload::default()),
     ]
 }
 

@@ -24,6 +24,7 @@ mod offline;
 mod pubsub;
 mod push;
 mod roster;
+mod uploads;
 mod user_data;
 
 pub use accounts::{AccountRecord, ScramRecord};
@@ -35,6 +36,7 @@ pub use muc::{AffiliationRow, RoomDelta, StoredRoom};
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};
+pub use uploads::UploadSlot;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -11,6 +11,7 @@
 //! is encrypted ([`ConnInfo`]).
 
 pub mod host_meta;
+pub mod upload;
 pub mod websocket;
 
 /// XEPs the HTTP side implements (xep/waxwing.doap lists them): XEP-0156
@@ -62,6 +63,10 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
         .route("/xmpp-websocket", get(websocket::upgrade))
         .route("/.well-known/host-meta", get(host_meta::xrd))
         .route("/.well-known/host-meta.json", get(host_meta::json))
+        .route(
+            "/upload/{token}/{name}",
+            get(upload::get).put(upload::put).options(upload::preflight),
+        )
         .with_state(web)
 }
 
