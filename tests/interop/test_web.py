@@ -4,7 +4,10 @@
 the npm registry) in Debian's headless Chromium, driven by playwright-core:
 the page logs in over the server's `[http]` listener, the user opens a chat
 with a slixmpp user through the UI, types a message and sends it with Enter;
-the slixmpp user answers, and the page must show the answer. The page is
+the slixmpp user answers, and the page must show the answer. Then the user picks a file with Converse's
+upload button: Converse asks the server's upload service for a slot
+(XEP-0363), PUTs the file from the page's origin (CORS) and sends the link,
+which the slixmpp side fetches and compares byte for byte. The page is
 saved as a screenshot (WAXWING_SCREENSHOT_DIR, else the test's temp dir).
 
 Needs `node` (>= 20), `npm ci` in tests/interop/web and Debian's `chromium`
@@ -18,6 +21,7 @@ import asyncio
 import json
 import os
 import shutil
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -51,6 +55,14 @@ def browser():
         pytest.skip(reason)
 
 
+def fetch(url: str) -> bytes:
+    """GETs an upload URL (on the server's loopback HTTP listener)."""
+    assert url.startswith("http://127.0.0.1:"), url
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.headers.get("Access-Control-Allow-Origin") == "*"
+        return r.read()
+
+
 def new_user(server, prefix: str) -> str:
     user = f"{prefix}{uuid.uuid4().hex[:10]}"
     password = f"{user}-pw"
@@ -64,6 +76,7 @@ def test_converse_in_chromium_chats_with_slixmpp_over_websocket(server, browser,
     shots = Path(os.environ.get("WAXWING_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     screenshot = shots / "converse-websocket.png"
+    upload_content = f"a file from Converse {uuid.uuid4().hex}\n" * 50
     env = dict(os.environ)
     env.update(
         WS_URL=f"ws://{server.host}:{server.http_port}/xmpp-websocket",
@@ -72,6 +85,7 @@ def test_converse_in_chromium_chats_with_slixmpp_over_websocket(server, browser,
         PEER=f"{peer}@{server.domain}",
         SCREENSHOT=str(screenshot),
         CHROMIUM=CHROMIUM,
+        UPLOAD_CONTENT=upload_content,
     )
 
     async def scenario() -> None:
@@ -95,10 +109,22 @@ def test_converse_in_chromium_chats_with_slixmpp_over_websocket(server, browser,
                 wanted = asyncio.ensure_future(first_chat_message())
                 await asyncio.wait({finished, wanted}, return_when=asyncio.FIRST_COMPLETED)
                 msg = None
+                uploaded = False
                 if wanted.done():
                     msg = wanted.result()
                     assert msg["from"].bare == f"{web_user}@{server.domain}", msg
                     slix.send_message(mto=msg["from"], mbody=f"re: {msg['body']}", mtype="chat")
+                    # Then the file: a message whose body is the GET URL
+                    # (XEP-0066 out-of-band data), fetched here.
+                    wanted = asyncio.ensure_future(first_chat_message())
+                    await asyncio.wait({finished, wanted}, return_when=asyncio.FIRST_COMPLETED)
+                    if wanted.done():
+                        link = wanted.result()
+                        fetched = await asyncio.to_thread(fetch, str(link["body"]).strip())
+                        assert fetched == upload_content.encode(), "the uploaded file differs"
+                        uploaded = True
+                    else:
+                        wanted.cancel()
                 else:
                     wanted.cancel()
                 out, err = await asyncio.wait_for(finished, 90)
@@ -111,6 +137,7 @@ def test_converse_in_chromium_chats_with_slixmpp_over_websocket(server, browser,
             report = json.loads(lines[-1])
             assert report.get("ok"), json.dumps(report, indent=1)
             assert msg is not None and report["sent"] == msg["body"]
+            assert uploaded, "the peer got no upload link"
 
     run(scenario(), timeout=200)
     assert screenshot.stat().st_size > 10_000, "the screenshot is missing or empty"

@@ -75,9 +75,21 @@ async function main() {
     const reply = page.locator(`converse-chat[jid="${peer}"] .chat-msg__text`, { hasText: `re: ${text}` });
     await reply.waitFor({ timeout: 20000 });
     step('reply shown');
+    // A file, through Converse's upload button: it asks the server's
+    // upload service for a slot (XEP-0363), PUTs the file across origins
+    // and sends the GET URL to the peer, who fetches it.
+    const content = process.env.UPLOAD_CONTENT || 'waxwing upload test';
+    const input = page.locator(`converse-chat[jid="${peer}"] input.fileupload`);
+    await input.waitFor({ state: 'attached', timeout: 15000 });
+    await input.setInputFiles({ name: 'waxwing-upload.txt', mimeType: 'text/plain', buffer: Buffer.from(content) });
+    step('file chosen');
+    const link = page.locator(`converse-chat[jid="${peer}"] .chat-msg__text a[href*="/upload/"], converse-chat[jid="${peer}"] .chat-msg__body a[href*="/upload/"]`);
+    await link.first().waitFor({ timeout: 20000 });
+    const url = await link.first().getAttribute('href');
+    step(`file sent: ${url}`);
     await page.screenshot({ path: shot, fullPage: true });
     step('screenshot saved');
-    console.log(JSON.stringify({ ok: true, sent: text, steps }));
+    console.log(JSON.stringify({ ok: true, sent: text, uploaded: url, steps }));
   } catch (e) {
     console.log(JSON.stringify({ ok: false, error: String(e), steps, console: console_lines.slice(-40) }));
   } finally {
