@@ -73,6 +73,8 @@ fn disco_info(room: &Room, payload: &Element, archiving: bool) -> Outcome {
         NS_SID,
         NS_OCCUPANT_ID,
         NS_SELF_PING,
+        super::moderate::NS_MODERATE,
+        super::moderate::NS_MODERATE_0,
         "http://jabber.org/protocol/muc#stable_id",
         pick(c.persistent, "muc_persistent", "muc_temporary"),
         pick(c.public, "muc_public", "muc_hidden"),

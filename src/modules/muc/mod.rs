@@ -17,6 +17,7 @@ pub mod archive;
 pub mod config;
 pub mod fanout;
 pub mod message;
+pub mod moderate;
 pub mod presence;
 pub mod room;
 pub mod service;

@@ -115,6 +115,8 @@ impl Occupant {
 #[derive(Debug, Clone)]
 pub struct HistoryItem {
     pub stanza: Prepared,
+    /// Its stanza-id (what a moderator names to retract it).
+    pub id: String,
     /// When it was sent (unix seconds).
     pub at: i64,
 }

@@ -11,6 +11,7 @@ use jid::{FullJid, Jid};
 use tokio::sync::mpsc;
 
 use super::config::RoomConfig;
+use super::moderate::{self, Request};
 use super::presence;
 use super::room::{Affiliation, Ctx, Room};
 use super::{message, NS_MUC, NS_OCCUPANT_ID, NS_PING, NS_SELF_PING, NS_SID, NS_UNIQUE};
@@ -51,7 +52,7 @@ impl Feature for Muc {
     }
 
     fn xeps(&self) -> &[u16] {
-        &[45, 410, 421]
+        &[45, 410, 421, 424, 425]
     }
 
     fn service_domains(&self, config: &Config) -> Vec<String> {
@@ -171,6 +172,21 @@ impl Service {
                 return self.archive_iq(server, &key, &from, &stanza, payload);
             }
         }
+        // XEP-0425: checked and archived first (that waits on the disk).
+        let mut retraction = None;
+        if stanza.name() == "iq" && to.resource().is_none() && stanza.attr("type") == Some("set") {
+            if let Some(request) = stanza.children().next().and_then(Request::parse) {
+                let room = self.rooms.get(&key);
+                let prepared = match request {
+                    Ok(r) => moderate::prepare(server, room, self.archive.as_ref(), &from, r).await,
+                    Err(e) => Err(e),
+                };
+                match prepared {
+                    Ok(r) => retraction = Some(r),
+                    Err(e) => return reply_error(server, &stanza, e),
+                }
+            }
+        }
         let archiving = self.archive.is_some();
         let Service {
             rooms,
@@ -200,7 +216,13 @@ impl Service {
                     None => message::to_room(&mut ctx, room, &from, &stanza),
                 },
             },
-            "iq" => iq_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+            "iq" => match (retraction, rooms.get_mut(&key)) {
+                (Some(r), Some(room)) => {
+                    moderate::apply(&mut ctx, room, r);
+                    answer(server, &stanza, Ok(None));
+                }
+                _ => iq_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+            },
             _ => {}
         }
         // Sessions that could not take what the room sent leave it (333);
