@@ -57,9 +57,19 @@ pub struct MucConfig {
     pub enabled: bool,
     /// The service's domain is `<subdomain>.<host>`.
     pub subdomain: String,
-    /// Who may create rooms: "anyone" (remote users too) or "local"
-    /// (accounts of this server's hosts).
+    /// Who may create rooms: "anyone" (remote users too), "local"
+    /// (accounts of this server's hosts), "admins" (the JIDs of `admins`)
+    /// or "list" (those of `creators`, and the admins).
     pub create: String,
+    /// The service's administrators (bare JIDs): they may always create rooms.
+    pub admins: Vec<String>,
+    /// Who may create rooms under `create = "list"` (bare JIDs).
+    pub creators: Vec<String>,
+    /// IQs relayed to occupants (XEP-0045 §7.? IQ to an occupant) awaiting
+    /// their answer, per room; beyond → resource-constraint.
+    pub max_relayed_iqs: usize,
+    /// Seconds a relayed IQ waits for its answer before it is forgotten.
+    pub relayed_iq_timeout: u64,
     /// Stanzas waiting for the service's task; beyond → resource-constraint.
     pub queue: usize,
     /// Most rooms one service holds (persistent and temporary).
@@ -95,6 +105,10 @@ impl Default for MucConfig {
             enabled: true,
             subdomain: "conference".into(),
             create: "local".into(),
+            admins: Vec::new(),
+            creators: Vec::new(),
+            max_relayed_iqs: 64,
+            relayed_iq_timeout: 60,
             queue: 8192,
             max_rooms: 10_000,
             max_occupants: 1_000,
@@ -1131,6 +1145,8 @@ enum Kind {
     StrMap(fn(&str) -> Result<(), String>),
     /// A list of URIs (`scheme:…`).
     Uris,
+    /// A list of bare JIDs.
+    Jids,
     Table(&'static [Field]),
     Tables(&'static [Field]),
 }
@@ -1806,6 +1822,22 @@ const MUC: &[Field] = &[
     f("enabled", Kind::Bool),
     f("subdomain", Kind::Str(dns_label)),
     f("create", Kind::Str(muc_create)),
+    f("admins", Kind::Jids),
+    f("creators", Kind::Jids),
+    f(
+        "max_relayed_iqs",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "relayed_iq_timeout",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
     f(
         "queue",
         Kind::Int {
@@ -1910,8 +1942,8 @@ const SCHEMA: &[Field] = &[
 /// A MUC service's creation policy.
 fn muc_create(s: &str) -> Result<(), String> {
     match s {
-        "anyone" | "local" => Ok(()),
-        _ => Err("must be \"anyone\" or \"local\"".into()),
+        "anyone" | "local" | "admins" | "list" => Ok(()),
+        _ => Err("must be \"anyone\", \"local\", \"admins\" or \"list\"".into()),
     }
 }
 
@@ -2037,6 +2069,16 @@ impl Validator<'_> {
                     }
                 }
             }
+            (Kind::Jids, Item::Value(Value::Array(a))) => {
+                for v in a.iter() {
+                    if v.as_str().is_none_or(|s| jid::BareJid::new(s).is_err()) {
+                        self.problem(
+                            v.span().or(span.clone()),
+                            format!("{path}: {v} is not a bare JID like \"admin@example.org\""),
+                        )
+                    }
+                }
+            }
             (kind, _) => {
                 let want = match kind {
                     Kind::Str(_) => "a string",
@@ -2044,6 +2086,7 @@ impl Validator<'_> {
                     Kind::Int { .. } => "an integer",
                     Kind::Addrs => "a list of addresses",
                     Kind::Uris => "a list of URIs",
+                    Kind::Jids => "a list of bare JIDs",
                     Kind::StrMap(_) => "a table of strings",
                     Kind::Table(_) => "a table",
                     Kind::Tables(_) => "an array of tables ([[…]])",

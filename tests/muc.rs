@@ -90,11 +90,14 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
     assert!(x
         .children()
         .any(|f| f.attr("var") == Some("muc#roomconfig_whois")));
-    // Only the owner may.
+    // To others the locked room is not there at all.
     let r = query(&mut bob, &room_jid("lobby"), "get", NS_OWNER, "").await;
-    assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
+    assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"));
     let r = configure(&mut alice, "lobby", &[]).await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    // Unlocked, it is; its form is still the owner's only.
+    let r = query(&mut bob, &room_jid("lobby"), "get", NS_OWNER, "").await;
+    assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 
     let since = alice.mark();
     let jb = join_room(&mut bob, "lobby", "bob").await;

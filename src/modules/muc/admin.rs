@@ -18,6 +18,9 @@ use crate::xml::Element;
 
 type Outcome = Result<Option<Element>, StanzaError>;
 
+/// §7.12: the disco node that tells a user its reserved nick.
+const RESERVED_NICK_NODE: &str = "x-roomuser-item";
+
 fn err(c: StanzaErrorCondition) -> Outcome {
     Err(c.into())
 }
@@ -30,6 +33,11 @@ pub fn room_iq(
     is_set: bool,
     payload: &Element,
 ) -> Outcome {
+    // §10.1.3: until its owner configures it, the room is there for its
+    // owners only.
+    if room.locked && room.affiliation(&from.to_bare()) != Affiliation::Owner {
+        return err(StanzaErrorCondition::ItemNotFound);
+    }
     match (payload.ns(), is_set) {
         (NS_INFO, false) => disco_info(room, payload, ctx.archiving),
         (NS_ITEMS, false) => Ok(Some(disco_items(room, from))),
@@ -48,8 +56,17 @@ fn feature(var: &str) -> Element {
 
 /// §6.4: identity, the room's features and `muc#roominfo`.
 fn disco_info(room: &Room, payload: &Element, archiving: bool) -> Outcome {
-    if payload.attr("node").is_some() {
-        return err(StanzaErrorCondition::ItemNotFound);
+    match payload.attr("node") {
+        None => {}
+        // §7.12: the user's reserved nick. The service has no room
+        // registration, so nobody has one: an empty answer, as the XEP
+        // asks for a user without.
+        Some(RESERVED_NICK_NODE) => {
+            return Ok(Some(
+                Element::new("query", NS_INFO).with_attr("node", RESERVED_NICK_NODE),
+            ))
+        }
+        Some(_) => return err(StanzaErrorCondition::ItemNotFound),
     }
     let c = &room.config;
     let mut q = Element::new("query", NS_INFO);

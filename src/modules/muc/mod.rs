@@ -18,6 +18,7 @@ pub mod config;
 pub mod fanout;
 pub mod message;
 pub mod moderate;
+pub mod nick;
 pub mod presence;
 pub mod room;
 pub mod service;

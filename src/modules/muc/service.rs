@@ -462,12 +462,12 @@ fn presence_to_room(
         if let Err(e) = presence::check_nick(ctx, nick) {
             return refuse(ctx, e);
         }
-        if ctx.limits.create == "local" && !ctx.server.is_local_domain(from.domain().as_str()) {
+        if !presence::may_create(ctx, from) {
             return refuse(
                 ctx,
                 StanzaError::with_text(
                     StanzaErrorCondition::NotAllowed,
-                    "rooms are created by local users",
+                    "you may not create rooms on this service",
                 ),
             );
         }
