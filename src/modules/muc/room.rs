@@ -151,6 +151,9 @@ pub struct Room {
     pub stored: bool,
     /// Destroyed by its owner: the service forgets it.
     pub destroyed: bool,
+    /// IQs relayed to occupants awaiting their answer, by the id they
+    /// were sent with (bounded by `[muc] max_relayed_iqs`).
+    pub relayed: HashMap<String, super::iq_relay::RelayedIq>,
 }
 
 /// What a room's handlers reach beyond the room: the server (delivery),
@@ -209,6 +212,7 @@ impl Room {
             dirty: false,
             stored: false,
             destroyed: false,
+            relayed: HashMap::new(),
         }
     }
 

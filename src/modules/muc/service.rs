@@ -155,6 +155,17 @@ impl Service {
         if to.node().is_none() {
             return self.service_stanza(server, &stanza, &from, &to);
         }
+        // The answer to an IQ relayed to an occupant (it may come from a
+        // bare JID: a vCard is the account's).
+        if stanza.name() == "iq"
+            && to.resource().is_some()
+            && matches!(stanza.attr("type"), Some("result" | "error"))
+        {
+            if let Some(room) = self.rooms.get_mut(to.to_bare().as_str()) {
+                super::iq_relay::answered(server, room, &from, &stanza);
+            }
+            return;
+        }
         // Occupants are sessions: a bare sender cannot be one.
         let Ok(from) = from.try_into_full() else {
             return reply_error(server, &stanza, StanzaErrorCondition::NotAcceptable.into());
@@ -528,7 +539,11 @@ fn iq_to_room(
         Some(nick) => match room.nick_of(from) {
             // XEP-0410: a ping to one's own occupant JID is answered here.
             Some(own) if own == nick && payload.is("ping", NS_PING) => Ok(None),
-            Some(_) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+            // Relayed to the occupant; its answer comes back later.
+            Some(_) => match super::iq_relay::relay(ctx, room, from, nick, stanza) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             None => Err(StanzaErrorCondition::NotAcceptable.into()),
         },
     };
