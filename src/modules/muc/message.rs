@@ -38,6 +38,15 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
         }
         return;
     }
+    if let Some(form) = stanza
+        .get_child("x", crate::modules::NS_DATA)
+        .filter(|f| kind != "groupchat" && super::voice::is_voice_form(f))
+    {
+        if let Err(e) = super::voice::submitted(ctx, room, from, form) {
+            refuse(ctx, stanza, e);
+        }
+        return;
+    }
     if let Some(x) = stanza.get_child("x", NS_USER) {
         if kind != "groupchat" {
             return invitations(ctx, room, from, stanza, x);

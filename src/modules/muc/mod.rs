@@ -23,6 +23,7 @@ pub mod nick;
 pub mod presence;
 pub mod room;
 pub mod service;
+pub mod voice;
 
 pub use service::Muc;
 

@@ -3,7 +3,7 @@
 //! and the history kept for joiners. Nothing here waits; what must be
 //! stored is marked `dirty` and written by the service after the stanza.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use jid::{BareJid, FullJid};
 
@@ -154,6 +154,8 @@ pub struct Room {
     /// IQs relayed to occupants awaiting their answer, by the id they
     /// were sent with (bounded by `[muc] max_relayed_iqs`).
     pub relayed: HashMap<String, super::iq_relay::RelayedIq>,
+    /// Nicks of visitors whose voice request awaits a moderator (§7.13).
+    pub voice_requests: HashSet<String>,
 }
 
 /// What a room's handlers reach beyond the room: the server (delivery),
@@ -213,6 +215,7 @@ impl Room {
             stored: false,
             destroyed: false,
             relayed: HashMap::new(),
+            voice_requests: HashSet::new(),
         }
     }
 
