@@ -25,7 +25,7 @@ fn approval(room: &str, nick: &str, allow: bool) -> String {
     )
 }
 
-fn value<'a>(form: &'a Element, var: &str) -> Option<String> {
+fn value(form: &Element, var: &str) -> Option<String> {
     form.children()
         .find(|f| f.attr("var") == Some(var))
         .and_then(|f| f.get_child("value", NS_DATA))
