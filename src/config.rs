@@ -70,6 +70,8 @@ pub struct MucConfig {
     pub max_relayed_iqs: usize,
     /// Seconds a relayed IQ waits for its answer before it is forgotten.
     pub relayed_iq_timeout: u64,
+    /// Most XEP-0317 hats (user and hat pairs) one room holds.
+    pub max_hats: usize,
     /// Stanzas waiting for the service's task; beyond → resource-constraint.
     pub queue: usize,
     /// Most rooms one service holds (persistent and temporary).
@@ -109,6 +111,7 @@ impl Default for MucConfig {
             creators: Vec::new(),
             max_relayed_iqs: 64,
             relayed_iq_timeout: 60,
+            max_hats: 100,
             queue: 8192,
             max_rooms: 10_000,
             max_occupants: 1_000,
@@ -1829,6 +1832,13 @@ const MUC: &[Field] = &[
         Kind::Int {
             min: 0,
             max: 1_000_000,
+        },
+    ),
+    f(
+        "max_hats",
+        Kind::Int {
+            min: 0,
+            max: 100_000,
         },
     ),
     f(

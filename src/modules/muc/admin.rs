@@ -40,7 +40,15 @@ pub fn room_iq(
     }
     match (payload.ns(), is_set) {
         (NS_INFO, false) => disco_info(room, payload, ctx.archiving),
+        (NS_ITEMS, false) if payload.attr("node") == Some(super::hats::NS_COMMANDS) => {
+            let mut q = Element::new("query", NS_ITEMS).with_attr("node", super::hats::NS_COMMANDS);
+            for i in super::hats::command_items(room, from) {
+                q.append_child(i);
+            }
+            Ok(Some(q))
+        }
         (NS_ITEMS, false) => Ok(Some(disco_items(room, from))),
+        (super::hats::NS_COMMANDS, true) => super::hats::command(ctx, room, from, payload),
         (NS_PING, false) => Ok(None),
         (NS_ADMIN, false) => admin_get(room, from, payload),
         (NS_ADMIN, true) => admin_set(ctx, room, from, payload),
@@ -92,6 +100,8 @@ fn disco_info(room: &Room, payload: &Element, archiving: bool) -> Outcome {
         NS_SELF_PING,
         super::moderate::NS_MODERATE,
         super::moderate::NS_MODERATE_0,
+        super::hats::NS_HATS,
+        super::hats::NS_COMMANDS,
         "http://jabber.org/protocol/muc#stable_id",
         pick(c.persistent, "muc_persistent", "muc_temporary"),
         pick(c.public, "muc_public", "muc_hidden"),

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod archive;
 pub mod config;
 pub mod fanout;
+pub mod hats;
 pub mod iq_relay;
 pub mod message;
 pub mod moderate;

@@ -84,6 +84,9 @@ pub fn occupant_presence(
         x.append_child(Element::new("status", NS_USER).with_attr("code", c.to_string()));
     }
     p.append_child(x);
+    if let Some(hats) = super::hats::hats_of(room, &occ.real) {
+        p.append_child(hats);
+    }
     p.append_child(
         Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occ.occupant_id.as_str()),
     );

@@ -156,6 +156,8 @@ pub struct Room {
     pub relayed: HashMap<String, super::iq_relay::RelayedIq>,
     /// Nicks of visitors whose voice request awaits a moderator (§7.13).
     pub voice_requests: HashSet<String>,
+    /// XEP-0317 hats users wear here (≤ `[muc] max_hats`).
+    pub hats: Vec<super::hats::Hat>,
 }
 
 /// What a room's handlers reach beyond the room: the server (delivery),
@@ -216,6 +218,7 @@ impl Room {
             destroyed: false,
             relayed: HashMap::new(),
             voice_requests: HashSet::new(),
+            hats: Vec::new(),
         }
     }
 
@@ -308,11 +311,24 @@ impl Room {
         affiliations.sort();
         StoredRoom {
             room: self.jid.node().map(|n| n.to_string()).unwrap_or_default(),
-            config: self.config.to_stored(),
+            config: self.stored_config(),
             subject: self.subject.text.clone(),
             subject_by: self.subject.by.clone(),
             affiliations,
         }
+    }
+
+    /// The configuration text with the hats as `hat=` lines (the
+    /// configuration reader passes over them).
+    fn stored_config(&self) -> String {
+        let mut text = self.config.to_stored();
+        for h in &self.hats {
+            // A hat's fields hold no line break (`hats::command` sees to it).
+            text.push_str("hat=");
+            text.push_str(&h.to_stored());
+            text.push('\n');
+        }
+        text
     }
 
     /// A room read back from the database.
@@ -320,6 +336,13 @@ impl Room {
         let jid = BareJid::new(&format!("{}@{}", stored.room, service)).ok()?;
         let mut room = Room::new(jid, RoomConfig::from_stored(&stored.config, limits));
         room.config.persistent = true;
+        room.hats = stored
+            .config
+            .lines()
+            .filter_map(|l| l.strip_prefix("hat="))
+            .filter_map(super::hats::Hat::from_stored)
+            .take(limits.max_hats)
+            .collect();
         room.subject = Subject {
             text: stored.subject.clone(),
             by: stored.subject_by.clone(),

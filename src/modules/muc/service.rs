@@ -52,7 +52,7 @@ impl Feature for Muc {
     }
 
     fn xeps(&self) -> &[u16] {
-        &[45, 410, 421, 424, 425]
+        &[45, 317, 410, 421, 424, 425]
     }
 
     fn service_domains(&self, config: &Config) -> Vec<String> {
