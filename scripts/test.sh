@@ -125,6 +125,19 @@ ensure_xmppjs() {
 step "setup: xmpp.js for the SASL2/FAST interop tests (npm ci in tests/interop/xmppjs)"
 ensure_xmppjs || fail "xmpp.js (npm ci)"
 
+# Converse.js and playwright-core for tests/interop/test_web.py (pinned by
+# tests/interop/web/package-lock.json), and Debian's Chromium that
+# playwright-core drives headless (no browser download from elsewhere).
+ensure_web_client() {
+    if [ ! -x /usr/bin/chromium ]; then
+        apt_install chromium || return 1
+    fi
+    (cd tests/interop/web && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+step "setup: Converse.js and Chromium for the web interop test (npm ci in tests/interop/web, apt chromium)"
+ensure_web_client || fail "converse.js/chromium"
+
 step "setup: PostgreSQL at 127.0.0.1:5432 (WAXWING_TEST_POSTGRES=$WAXWING_TEST_POSTGRES)"
 ensure_postgres || fail "postgresql"
 

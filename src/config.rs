@@ -46,6 +46,51 @@ pub struct Config {
     pub mam: MamConfig,
     /// Multi-user chat (XEP-0045): the `conference.<host>` services.
     pub muc: MucConfig,
+    /// The HTTP listener: XMPP over WebSocket (RFC 7395) and connection
+    /// discovery (XEP-0156).
+    pub http: HttpConfig,
+}
+
+/// The HTTP(S) listener (`src/web/`). Off unless given addresses: the
+/// usual ports are 5280 (plain HTTP, for loopback or behind a reverse
+/// proxy) and 5443 (HTTPS with the hosts' certificates, by SNI).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Plain HTTP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Whether XMPP over a plain-HTTP WebSocket counts as encrypted:
+    /// "loopback" (from 127.0.0.0/8 or ::1 only: a reverse proxy on the
+    /// same machine that terminated TLS), "always" (a proxy elsewhere),
+    /// "never". What is not encrypted is refused authentication.
+    pub plain_is_secure: String,
+    /// The URL clients reach this listener at, for connection discovery
+    /// (e.g. "https://chat.example.org"); empty: from each request's Host
+    /// header and the listener's scheme.
+    pub public_url: String,
+    /// Most HTTP connections open at once (each WebSocket session also
+    /// counts against the `[c2s]` caps, as a TCP session does).
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers.
+    pub header_timeout: u64,
+    /// Most bytes of request headers (at least 8,192).
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Vec::new(),
+            listen_tls: Vec::new(),
+            plain_is_secure: "loopback".into(),
+            public_url: String::new(),
+            max_connections: 10_000,
+            header_timeout: 10,
+            max_header_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// Multi-user chat (XEP-0045): where the service lives, who may create
@@ -99,6 +144,11 @@ pub struct MucConfig {
     /// Keep every room's group chat in the archive (XEP-0313 on the room
     /// JID; retention as `[mam] retention_days`).
     pub archive: bool,
+    /// Largest room vCard (XEP-0486 room avatar), serialized, in bytes.
+    pub max_avatar_bytes: usize,
+    /// Most rooms in one page of the service's room list (disco#items
+    /// with RSM, XEP-0059); also the page a client gets without asking.
+    pub max_room_list_page: usize,
 }
 
 impl Default for MucConfig {
@@ -125,6 +175,8 @@ impl Default for MucConfig {
             max_history: 100,
             max_history_bytes: 262_144,
             archive: true,
+            max_avatar_bytes: 65_536,
+            max_room_list_page: 100,
         }
     }
 }
@@ -722,6 +774,7 @@ impl Default for Config {
             pep: PepConfig::default(),
             mam: MamConfig::default(),
             muc: MucConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -1927,6 +1980,20 @@ const MUC: &[Field] = &[
         },
     ),
     f("archive", Kind::Bool),
+    f(
+        "max_avatar_bytes",
+        Kind::Int {
+            min: 0,
+            max: 1 << 24,
+        },
+    ),
+    f(
+        "max_room_list_page",
+        Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    ),
 ];
 const SCHEMA: &[Field] = &[
     f("log_level", Kind::Str(log_filter)),
@@ -1947,7 +2014,48 @@ const SCHEMA: &[Field] = &[
     f("pep", Kind::Table(PEP)),
     f("mam", Kind::Table(MAM)),
     f("muc", Kind::Table(MUC)),
+    f("http", Kind::Table(HTTP)),
 ];
+const HTTP: &[Field] = &[
+    f("listen", Kind::Addrs),
+    f("listen_tls", Kind::Addrs),
+    f("plain_is_secure", Kind::Str(plain_is_secure)),
+    f("public_url", Kind::Str(http_url)),
+    f(
+        "max_connections",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+    ),
+    f("header_timeout", Kind::Int { min: 1, max: 3_600 }),
+    f(
+        "max_header_bytes",
+        Kind::Int {
+            min: 8_192,
+            max: 1 << 20,
+        },
+    ),
+];
+
+/// When a plain-HTTP WebSocket counts as encrypted.
+fn plain_is_secure(s: &str) -> Result<(), String> {
+    match s {
+        "loopback" | "always" | "never" => Ok(()),
+        _ => Err("must be \"loopback\", \"always\" or \"never\"".into()),
+    }
+}
+
+/// Empty, or an http(s) URL without a trailing slash.
+fn http_url(s: &str) -> Result<(), String> {
+    let ok = s.is_empty()
+        || ((s.starts_with("https://") || s.starts_with("http://")) && !s.ends_with('/'));
+    if ok {
+        Ok(())
+    } else {
+        Err("must be empty or an http(s):// URL without a trailing slash".into())
+    }
+}
 
 /// A MUC service's creation policy.
 fn muc_create(s: &str) -> Result<(), String> {

@@ -22,4 +22,5 @@ pub mod stanza;
 pub mod storage;
 pub mod stream;
 pub mod throttle;
+pub mod web;
 pub mod xml;

@@ -131,7 +131,14 @@ impl Server {
             config.components().into_iter().map(|(d, _)| d),
             config.s2s.enabled(),
         )?;
-        let certs = Arc::new(net::tls::CertStore::from_config(&config)?);
+        let mut certs = net::tls::CertStore::from_config(&config)?;
+        certs.adopt(
+            features
+                .service_domains(&config)
+                .into_iter()
+                .map(|(d, _)| d),
+        );
+        let certs = Arc::new(certs);
         let tls = net::tls::server_config(certs.clone(), None, &config.tls)?;
         let window = Duration::from_secs(config.limits.auth_failure_window);
         let s2s_roots = net::tls::s2s_roots(&config.s2s.ca_file)?;
@@ -290,6 +297,8 @@ pub struct RunningServer {
     pub s2s_addrs: Vec<SocketAddr>,
     /// Bound direct-TLS server-to-server listener addresses, in config order.
     pub s2s_tls_addrs: Vec<SocketAddr>,
+    /// Bound HTTP and HTTPS listener addresses (`[http]`), in config order.
+    pub web: crate::web::Bound,
     /// The admin channel's socket (`waxwing ctl`), when enabled.
     admin: Option<crate::admin::AdminSocket>,
     tracker: TaskTracker,
@@ -382,7 +391,9 @@ impl RunningServer {
                 ));
             }
         }
+        let web = crate::web::start(&server, &tracker).await?;
         Ok(RunningServer {
+            web,
             s2s_addrs,
             s2s_tls_addrs,
             server,

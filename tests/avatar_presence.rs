@@ -280,3 +280,47 @@ async fn hash_from_vcard_without_pep() {
     let p = one_presence_of(&mut b, mark, &ava).await;
     assert_eq!(photo(&p), Some(sha1_hex(image)), "{}", show(&p));
 }
+
+/// The hashes kept in memory are bounded (`[limits] max_avatar_hashes`);
+/// an account pushed out is read from its vCard again, so presence still
+/// carries the right hash for everyone.
+#[tokio::test]
+async fn hashes_past_the_cap_are_read_again_from_the_vcard() {
+    let ts = TestServer::start_with(|c| {
+        c.pep.enabled = false;
+        c.limits.max_avatar_hashes = 1;
+    })
+    .await;
+    let [ava, cid, bob] = names(["ava", "cid", "bob"]);
+    for u in [&ava, &cid, &bob] {
+        ts.add_user(u, "pw").await;
+    }
+    befriend(&ts, &ava, &bob).await;
+    befriend(&ts, &cid, &bob).await;
+    let mut b = Client::login(ts.plain_addr, &bob, "pw", Some("r")).await;
+    b.barrier().await;
+    let (image_a, image_c) = (b"\x89PNG ava", b"\x89PNG cid");
+    for (user, image) in [(&ava, image_a), (&cid, image_c)] {
+        let mut c = Client::login(ts.plain_addr, user, "pw", Some("r")).await;
+        set_vcard(&mut c, &vcard(image)).await;
+        c.barrier().await;
+    }
+    // Both send presence again, in turns, each evicting the other's hash.
+    for round in 0..2 {
+        for (user, image) in [(&ava, image_a), (&cid, image_c)] {
+            b.barrier().await;
+            let mark = b.mark();
+            let mut c = Client::login(ts.plain_addr, user, "pw", Some(&format!("x{round}"))).await;
+            c.barrier().await;
+            let p = one_presence_of(&mut b, mark, user).await;
+            assert_eq!(photo(&p), Some(sha1_hex(image)), "{user}: {}", show(&p));
+            let held = ts
+                .server()
+                .features
+                .get::<waxwing::modules::vcard_update::VcardUpdate>()
+                .unwrap()
+                .held();
+            assert!(held <= 1, "{held} hashes held past the cap of 1");
+        }
+    }
+}

@@ -846,11 +846,6 @@ async fn rooms_per_user_are_bounded() {
     join_room(&mut a2, "one", "owner").await;
 }
 
-fn postgres_url() -> String {
-    std::env::var("WAXWING_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/wt_muc".into())
-}
-
 /// A persistent room keeps its configuration, affiliations and subject
 /// across a restart on the database at `url`.
 async fn persistent_room_survives_restart(url: String) {

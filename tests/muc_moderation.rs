@@ -224,9 +224,7 @@ async fn a_moderator_retracts_a_message_on_sqlite() {
 
 #[tokio::test]
 async fn a_moderator_retracts_a_message_on_postgres() {
-    let url = std::env::var("WAXWING_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/wt_muc".into());
-    a_moderator_retracts_a_message(Some(url)).await;
+    a_moderator_retracts_a_message(Some(postgres_url())).await;
 }
 
 /// Without an archive, the history is what the room knows of.

@@ -316,6 +316,80 @@ async fn tokens_rotate_and_old_ones_die_on_postgres() {
     rotation(&server).await;
 }
 
+/// XEP-0484 §5: a token the server no longer trusts (here: past its
+/// expiry) fails with credentials-expired, so the client goes back to its
+/// password; a token that does not verify stays not-authorized.
+async fn expired_token(server: &TestServer) {
+    let u = user("exp");
+    server.add_user(&u, "pw").await;
+    let (mut c, _) = secured(server).await;
+    let r = c
+        .sasl2_scram(
+            ScramHash::Sha256,
+            &u,
+            "pw",
+            false,
+            "dev",
+            &format!("<request-token xmlns='{NS_FAST}' mechanism='{NONE}'/>"),
+        )
+        .await;
+    assert!(issued_token(&r.outcome).is_some(), "{}", show(&r.outcome));
+    // The client's waiting token becomes one that expired a minute ago.
+    let stale = fast::new_token();
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 60;
+    let stored = waxwing::storage::FastToken {
+        hash: fast::token_hash(&stale),
+        mechanism: NONE.into(),
+        expiry: past,
+    };
+    assert!(server
+        .store()
+        .issue_fast_token("localhost", &u, "dev", &stored)
+        .await
+        .unwrap());
+    let (mut f, _) = secured(server).await;
+    let out = f
+        .sasl2_fast(NONE, &u, &stale, &[], "dev", Some(1), "")
+        .await;
+    assert!(out.is("failure", NS_SASL2), "{}", show(&out));
+    assert!(
+        out.get_child("credentials-expired", NS_SASL).is_some(),
+        "{}",
+        show(&out)
+    );
+    // A token nobody issued: not-authorized, as before.
+    let (mut g, _) = secured(server).await;
+    let out = g
+        .sasl2_fast(NONE, &u, &fast::new_token(), &[], "dev", Some(1), "")
+        .await;
+    assert!(
+        out.get_child("not-authorized", NS_SASL).is_some(),
+        "{}",
+        show(&out)
+    );
+    // The password still opens the account on the same client.
+    let (mut h, _) = secured(server).await;
+    let r = h
+        .sasl2_scram(ScramHash::Sha256, &u, "pw", false, "dev", "")
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+}
+
+#[tokio::test]
+async fn an_expired_token_fails_with_credentials_expired_on_sqlite() {
+    expired_token(&TestServer::start().await).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_fails_with_credentials_expired_on_postgres() {
+    let url = postgres_url();
+    expired_token(&TestServer::start_with(move |c| c.database.url = url).await).await;
+}
+
 /// Legacy SASL clients see the same mechanisms and log in as before; their
 /// SCRAM carries the downgrade hash too.
 #[tokio::test]

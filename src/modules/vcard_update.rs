@@ -56,6 +56,11 @@ impl VcardUpdate {
         self.hashes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many accounts' hashes are held (at most `max_avatar_hashes`).
+    pub fn held(&self) -> usize {
+        self.lock().len()
+    }
+
     fn cached(&self, account: &str) -> Option<Photo> {
         self.lock().get(account).cloned()
     }

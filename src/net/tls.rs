@@ -83,23 +83,34 @@ impl CertStore {
                 by_domain.insert(h.domain.to_ascii_lowercase(), load(c, k)?);
             }
         }
-        // A component's domain has no certificate setting of its own: it
-        // uses a host's (or the fallback) certificate that names it, e.g.
-        // by a wildcard, so peers can authenticate it by certificate too.
-        for (domain, _) in config.components() {
-            let named = by_domain
+        let mut store = CertStore {
+            by_domain,
+            fallback,
+        };
+        store.adopt(config.components().into_iter().map(|(d, _)| d));
+        Ok(store)
+    }
+
+    /// Domains with no certificate setting of their own (components',
+    /// in-process services' such as the chat service) use a host's (or
+    /// the fallback) certificate that names them, e.g. by a wildcard, so
+    /// peers can authenticate them by certificate too.
+    pub fn adopt(&mut self, domains: impl IntoIterator<Item = String>) {
+        for domain in domains {
+            let domain = domain.to_ascii_lowercase();
+            if self.by_domain.contains_key(&domain) {
+                continue;
+            }
+            let named = self
+                .by_domain
                 .values()
-                .chain([&fallback])
+                .chain([&self.fallback])
                 .find(|c| cert_names(c, &domain))
                 .cloned();
             if let Some(cert) = named {
-                by_domain.insert(domain, cert);
+                self.by_domain.insert(domain, cert);
             }
         }
-        Ok(CertStore {
-            by_domain,
-            fallback,
-        })
     }
 
     /// Channel-binding data for a finished server handshake on a stream
@@ -612,11 +623,14 @@ mod tests {
                 secret: "s".into(),
             });
         }
-        let store = CertStore::from_config(&config).unwrap();
+        let mut store = CertStore::from_config(&config).unwrap();
+        // An in-process service's domain (the chat service) the same way.
+        store.adopt(["conference.a.example".to_string()]);
         let host_der = ck.cert.der().to_vec();
         let picked = |d: &str| store.pick(None, Some(d)).key.cert[0].to_vec();
         // *.a.example names echo.a.example: the host's certificate.
         assert_eq!(picked("echo.a.example"), host_der);
+        assert_eq!(picked("conference.a.example"), host_der);
         // Nothing names other.example: the fallback.
         assert_eq!(picked("other.example"), store.fallback.key.cert[0].to_vec());
     }

@@ -418,6 +418,32 @@ impl Store {
         }))
     }
 
+    /// The id of the `offset`th row (from 0, oldest first) matching
+    /// `filter`, else the newest matching id (the offset is past the end),
+    /// else None (nothing matches). Reads ids only: the (owner, id) index
+    /// answers it without touching a payload.
+    pub async fn archive_id_at(
+        &self,
+        owner: &ArchiveOwner,
+        filter: &ArchiveFilter,
+        offset: u32,
+    ) -> Result<Option<String>, StorageError> {
+        let (cond, binds) = where_clause(owner, filter);
+        let at =
+            format!("SELECT id FROM archive WHERE {cond} ORDER BY id ASC LIMIT 1 OFFSET {offset}");
+        let found: Option<(String,)> = on_pool!(self, pool => {
+            bind_all!(sqlx::query_as(&at), &binds).fetch_optional(pool).await?
+        });
+        if found.is_some() {
+            return Ok(found.map(|(id,)| id));
+        }
+        let newest = format!("SELECT id FROM archive WHERE {cond} ORDER BY id DESC LIMIT 1");
+        let last: Option<(String,)> = on_pool!(self, pool => {
+            bind_all!(sqlx::query_as(&newest), &binds).fetch_optional(pool).await?
+        });
+        Ok(last.map(|(id,)| id))
+    }
+
     /// How many rows match `filter`.
     pub async fn archive_count(
         &self,

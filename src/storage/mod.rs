@@ -31,7 +31,7 @@ pub use archive::{
     ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem,
 };
 pub use clients::{ClientRecord, FastToken};
-pub use muc::StoredRoom;
+pub use muc::{AffiliationRow, RoomDelta, StoredRoom};
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;
 pub use roster::{PendingRequest, RosterRecord, SubscriptionRequest};

@@ -1,7 +1,10 @@
-//! Persistent multi-user chat rooms (XEP-0045): configuration, subject and
-//! affiliations. The room's live state is owned by the chat service's
-//! task; this is only what must outlive a restart, written whole when it
-//! changes (a room's rows are few, and changes are admin actions).
+//! Persistent multi-user chat rooms (XEP-0045): configuration, subject,
+//! affiliations (with the nick each affiliated user last used) and the
+//! room's vCard (XEP-0486). The room's live state is owned by the chat
+//! service's task; this is only what must outlive a restart. A room is
+//! written whole once, when it first becomes persistent; after that each
+//! change writes only its own rows ([`RoomDelta`]), so one new member of
+//! a 10,000-member room is one upsert, not 10,000 inserts.
 
 use super::{StorageError, Store};
 
@@ -17,20 +20,68 @@ pub struct StoredRoom {
     pub subject_by: String,
     /// (bare JID, affiliation, reason).
     pub affiliations: Vec<(String, String, String)>,
+    /// (bare JID, nick) of affiliated users who entered the room.
+    pub nicks: Vec<(String, String)>,
+    /// The room's vCard, serialized ('' = none).
+    pub vcard: String,
 }
 
+/// One affiliation row as it is now: `None` = the user has none (the row
+/// goes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffiliationRow {
+    pub jid: String,
+    /// (affiliation, reason, nick).
+    pub now: Option<(String, String, String)>,
+}
+
+/// What changed in a stored room since it was last written.
+#[derive(Debug, Clone, Default)]
+pub struct RoomDelta {
+    /// The room's row (configuration, subject, subject's author).
+    pub row: Option<(String, String, String)>,
+    pub affiliations: Vec<AffiliationRow>,
+    /// The vCard: `Some("")` removes it.
+    pub vcard: Option<String>,
+}
+
+impl RoomDelta {
+    pub fn is_empty(&self) -> bool {
+        self.row.is_none() && self.affiliations.is_empty() && self.vcard.is_none()
+    }
+}
+
+const UPSERT_ROOM: &str = "INSERT INTO muc_rooms (service, room, config, subject, subject_by) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, room) DO UPDATE SET \
+     config = excluded.config, subject = excluded.subject, subject_by = excluded.subject_by";
+const UPSERT_AFF: &str =
+    "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason, nick) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, room, jid) DO UPDATE SET \
+     affiliation = excluded.affiliation, reason = excluded.reason, nick = excluded.nick";
+const DELETE_AFF: &str =
+    "DELETE FROM muc_affiliations WHERE service = $1 AND room = $2 AND jid = $3";
+const UPSERT_VCARD: &str = "INSERT INTO muc_vcards (service, room, vcard) VALUES ($1, $2, $3) \
+     ON CONFLICT (service, room) DO UPDATE SET vcard = excluded.vcard";
+const DELETE_VCARD: &str = "DELETE FROM muc_vcards WHERE service = $1 AND room = $2";
+
 impl Store {
-    /// Every persistent room of a service, with its affiliations.
+    /// Every persistent room of a service, with its affiliations, nicks
+    /// and vCard.
     pub async fn muc_rooms(&self, service: &str) -> Result<Vec<StoredRoom>, StorageError> {
         const ROOMS: &str = "SELECT room, config, subject, subject_by FROM muc_rooms \
              WHERE service = $1 ORDER BY room";
-        const AFFS: &str = "SELECT room, jid, affiliation, reason FROM muc_affiliations \
+        const AFFS: &str = "SELECT room, jid, affiliation, reason, nick FROM muc_affiliations \
              WHERE service = $1 ORDER BY room, jid";
+        const VCARDS: &str = "SELECT room, vcard FROM muc_vcards WHERE service = $1";
         let rooms: Vec<(String, String, String, String)> = on_pool!(self, pool => sqlx::query_as(ROOMS)
             .bind(service)
             .fetch_all(pool)
             .await?);
-        let affs: Vec<(String, String, String, String)> = on_pool!(self, pool => sqlx::query_as(AFFS)
+        let affs: Vec<(String, String, String, String, String)> = on_pool!(self, pool => sqlx::query_as(AFFS)
+            .bind(service)
+            .fetch_all(pool)
+            .await?);
+        let vcards: Vec<(String, String)> = on_pool!(self, pool => sqlx::query_as(VCARDS)
             .bind(service)
             .fetch_all(pool)
             .await?);
@@ -41,33 +92,40 @@ impl Store {
                 config,
                 subject,
                 subject_by,
-                affiliations: Vec::new(),
+                ..StoredRoom::default()
             })
             .collect();
-        for (room, jid, aff, reason) in affs {
-            if let Ok(i) = out.binary_search_by(|r| r.room.as_str().cmp(room.as_str())) {
+        let find = |out: &[StoredRoom], room: &str| {
+            out.binary_search_by(|r| r.room.as_str().cmp(room)).ok()
+        };
+        for (room, jid, aff, reason, nick) in affs {
+            if let Some(i) = find(&out, &room) {
+                if !nick.is_empty() {
+                    out[i].nicks.push((jid.clone(), nick));
+                }
                 out[i].affiliations.push((jid, aff, reason));
+            }
+        }
+        for (room, vcard) in vcards {
+            if let Some(i) = find(&out, &room) {
+                out[i].vcard = vcard;
             }
         }
         Ok(out)
     }
 
-    /// Writes a room whole (configuration, subject, affiliations) in one
-    /// transaction, replacing what was stored.
+    /// Writes a room whole (configuration, subject, affiliations, vCard)
+    /// in one transaction, replacing what was stored: for a room that
+    /// has just become persistent.
     pub async fn muc_save_room(
         &self,
         service: &str,
         room: &StoredRoom,
     ) -> Result<(), StorageError> {
-        const UPSERT: &str = "INSERT INTO muc_rooms (service, room, config, subject, subject_by) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, room) DO UPDATE SET \
-             config = excluded.config, subject = excluded.subject, subject_by = excluded.subject_by";
         const CLEAR: &str = "DELETE FROM muc_affiliations WHERE service = $1 AND room = $2";
-        const AFF: &str = "INSERT INTO muc_affiliations (service, room, jid, affiliation, reason) \
-             VALUES ($1, $2, $3, $4, $5)";
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query(UPSERT)
+            sqlx::query(UPSERT_ROOM)
                 .bind(service)
                 .bind(&room.room)
                 .bind(&room.config)
@@ -81,14 +139,93 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             for (jid, aff, reason) in &room.affiliations {
-                sqlx::query(AFF)
+                let nick = room
+                    .nicks
+                    .iter()
+                    .find(|(j, _)| j == jid)
+                    .map(|(_, n)| n.as_str())
+                    .unwrap_or("");
+                sqlx::query(UPSERT_AFF)
                     .bind(service)
                     .bind(&room.room)
                     .bind(jid)
                     .bind(aff)
                     .bind(reason)
+                    .bind(nick)
                     .execute(&mut *tx)
                     .await?;
+            }
+            let vcard_sql = if room.vcard.is_empty() { DELETE_VCARD } else { UPSERT_VCARD };
+            let mut q = sqlx::query(vcard_sql).bind(service).bind(&room.room);
+            if !room.vcard.is_empty() {
+                q = q.bind(&room.vcard);
+            }
+            q.execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Writes what changed in a stored room, in one transaction: the
+    /// room's row, one upsert or delete per changed affiliation, the
+    /// vCard.
+    pub async fn muc_save_delta(
+        &self,
+        service: &str,
+        room: &str,
+        delta: &RoomDelta,
+    ) -> Result<(), StorageError> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if let Some((config, subject, subject_by)) = &delta.row {
+                sqlx::query(UPSERT_ROOM)
+                    .bind(service)
+                    .bind(room)
+                    .bind(config)
+                    .bind(subject)
+                    .bind(subject_by)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for a in &delta.affiliations {
+                match &a.now {
+                    Some((aff, reason, nick)) => {
+                        sqlx::query(UPSERT_AFF)
+                            .bind(service)
+                            .bind(room)
+                            .bind(&a.jid)
+                            .bind(aff)
+                            .bind(reason)
+                            .bind(nick)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    None => {
+                        sqlx::query(DELETE_AFF)
+                            .bind(service)
+                            .bind(room)
+                            .bind(&a.jid)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            match delta.vcard.as_deref() {
+                None => {}
+                Some("") => {
+                    sqlx::query(DELETE_VCARD).bind(service).bind(room).execute(&mut *tx).await?;
+                }
+                Some(v) => {
+                    sqlx::query(UPSERT_VCARD)
+                        .bind(service)
+                        .bind(room)
+                        .bind(v)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
         });
@@ -103,8 +240,22 @@ impl Store {
             let mut tx = pool.begin().await?;
             sqlx::query(ROOM).bind(service).bind(room).execute(&mut *tx).await?;
             sqlx::query(AFFS).bind(service).bind(room).execute(&mut *tx).await?;
+            sqlx::query(DELETE_VCARD).bind(service).bind(room).execute(&mut *tx).await?;
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// The secret stored under `name`, made from `fresh` the first time
+    /// (whoever stores first wins; every caller gets that one).
+    pub async fn server_secret(&self, name: &str, fresh: &str) -> Result<String, StorageError> {
+        const INSERT: &str =
+            "INSERT INTO server_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+        const SELECT: &str = "SELECT secret FROM server_secrets WHERE name = $1";
+        let secret: (String,) = on_pool!(self, pool => {
+            sqlx::query(INSERT).bind(name).bind(fresh).execute(pool).await?;
+            sqlx::query_as(SELECT).bind(name).fetch_one(pool).await?
+        });
+        Ok(secret.0)
     }
 }

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod muc;
 pub mod process;
+pub mod push_app;
 pub mod sasl2;
 
 use std::net::SocketAddr;

@@ -87,6 +87,8 @@ class WaxwingServer:
         self.c2s_port = free_port()
         self.tls_port = free_port()
         self.component_port = free_port()
+        # XMPP over WebSocket (test_web.py: Converse.js in Chromium).
+        self.http_port = free_port()
         self.component_domain = COMPONENT_DOMAIN
         self.component_secret = COMPONENT_SECRET
         self.config_path = self.dir / "waxwing.toml"
@@ -117,6 +119,9 @@ listen_tls = [{toml_str(f"{self.host}:{self.tls_port}")}]
 
 [component_listener]
 listen = [{toml_str(f"{self.host}:{self.component_port}")}]
+
+[http]
+listen = [{toml_str(f"{self.host}:{self.http_port}")}]
 
 [[component]]
 domain = {toml_str(self.component_domain)}
@@ -160,7 +165,7 @@ auth_failures_per_account = 1000
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
-        pending = {self.c2s_port, self.tls_port, self.component_port}
+        pending = {self.c2s_port, self.tls_port, self.component_port, self.http_port}
         while pending:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"waxwing serve exited with {self.proc.returncode} during start\n{self.log_tail()}")

@@ -1,10 +1,19 @@
-//! The vocabulary of the MUC transcript tests (`tests/muc*.rs`): joining
-//! and creating rooms, configuring them, reading what the room sends, and
-//! the status codes and items of its presences. Each helper reads a whole
-//! exchange, so a test reads as "alice does X, bob sees Y".
+//! The vocabulary of the MUC transcript tests (`tests/muc.rs` and the
+//! `tests/muc_*.rs` of moderation, rooms, voice, hats and IQ relay), on top
+//! of `tests/common/muc.rs`: named clients, joining and creating rooms,
+//! configuring them (the answer returned, so refusals can be tested),
+//! reading what the room sends. Each helper reads a whole exchange, so a
+//! test reads as "alice does X, bob sees Y".
 
 #![allow(dead_code)]
 
+/// What the other MUC test files share (tests/common/muc.rs); each test
+/// file uses a part of it.
+#[allow(unused_imports)]
+pub use crate::common::muc::{
+    admin_set, codes, item, postgres_url, room_jid, sync, NS_ADMIN, NS_DATA, NS_INFO, NS_ITEMS,
+    NS_MUC, NS_OWNER, NS_USER, SERVICE,
+};
 use crate::common::*;
 use waxwing::xml::{Element, NS_CLIENT};
 
@@ -15,63 +24,9 @@ pub fn next_id(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-pub const SERVICE: &str = "conference.localhost";
-pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
-pub const NS_USER: &str = "http://jabber.org/protocol/muc#user";
-pub const NS_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
-pub const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
-pub const NS_DATA: &str = "jabber:x:data";
-pub const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
-pub const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
-
-pub fn room_jid(room: &str) -> String {
-    format!("{room}@{SERVICE}")
-}
-
-/// Status codes of a MUC presence or message.
-pub fn codes(e: &Element) -> Vec<u16> {
-    e.get_child("x", NS_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.is("status", NS_USER))
-                .filter_map(|c| c.attr("code")?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn item(e: &Element) -> &Element {
-    e.get_child("x", NS_USER)
-        .and_then(|x| x.get_child("item", NS_USER))
-        .unwrap_or_else(|| panic!("no muc#user item in {}", show(e)))
-}
-
 pub fn is_room_stanza(e: &Element, room: &str) -> bool {
     e.attr("from")
         .is_some_and(|f| f == room_jid(room) || f.starts_with(&format!("{}/", room_jid(room))))
-}
-
-/// A round trip through the chat service: what the room sent this client
-/// before answering has been read.
-pub async fn sync(c: &mut Client) {
-    let id = next_id("sync");
-    c.send_str(&format!(
-        "<iq type='get' id='{id}' to='{SERVICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ))
-    .await;
-    loop {
-        let e = c.next_element().await;
-        if e.is("iq", NS_CLIENT) && e.attr("id") == Some(id.as_str()) {
-            assert_eq!(e.attr("type"), Some("result"), "{}", show(&e));
-            if c.received
-                .last()
-                .is_some_and(|l| l.attr("id") == Some(id.as_str()))
-            {
-                c.received.pop();
-            }
-            return;
-        }
-    }
 }
 
 /// What a join brought: other occupants' presences, the self-presence,
@@ -194,17 +149,6 @@ pub async fn iq_keep(c: &mut Client, xml: &str, id: &str) -> (Element, Vec<Eleme
         }
         before.push(e);
     }
-}
-
-pub async fn admin_set(c: &mut Client, room: &str, items: &str) -> Element {
-    c.iq(
-        &format!(
-            "<iq type='set' id='adm' to='{}'><query xmlns='{NS_ADMIN}'>{items}</query></iq>",
-            room_jid(room)
-        ),
-        "adm",
-    )
-    .await
 }
 
 /// Next presence from the room about `nick`.

@@ -317,10 +317,10 @@ fn internal_of() -> StanzaError {
 }
 
 /// The page whose first item is the `n`th (from 0) of the result set:
-/// the one after the item at `n - 1`, found by reading forward in pages
-/// of at most `max_page` ids (bounded by `[mam] max_index`). An index at
-/// or past the end gives the page after the last item: empty, as
-/// XEP-0059 §2.5 asks.
+/// the one after the item at `n - 1`, which the store finds by offset
+/// over ids alone (bounded by `[mam] max_index`, since an offset still
+/// walks the index). An index at or past the end gives the page after the
+/// last item: empty, as XEP-0059 §2.5 asks.
 async fn page_at(
     server: &Server,
     owner: &ArchiveOwner,
@@ -334,33 +334,18 @@ async fn page_at(
             format!("paging by index only up to {}", c.max_index),
         )));
     }
-    let step = c.max_page.max(1);
-    let mut remaining = n;
-    let mut last: Option<String> = None;
-    while remaining > 0 {
-        let mut f = filter.clone();
-        if let Some(a) = &last {
-            f.after = Some(tighter(&filter.after, a, true));
-        }
-        let want = remaining.min(step);
-        let rows = server
-            .store
-            .archive_page(owner, &f, false, want)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "archive query");
-                None
-            })?;
-        let Some(row) = rows.last() else {
-            break;
-        };
-        last = Some(row.id.clone());
-        remaining -= rows.len() as u32;
-        if (rows.len() as u32) < want {
-            break;
-        }
+    if n == 0 {
+        return Ok(Page::Forward(None));
     }
-    Ok(Page::Forward(last))
+    let before_first = server
+        .store
+        .archive_id_at(owner, filter, n - 1)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "archive query");
+            None
+        })?;
+    Ok(Page::Forward(before_first))
 }
 
 /// The narrower of an existing exclusive id bound and a new one.

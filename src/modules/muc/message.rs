@@ -126,6 +126,7 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
     for (_, s) in room.sessions() {
         ctx.send(&live, s);
     }
+    super::mentions::note(ctx, room, &live);
     if has_body && room.config.history > 0 {
         let at = now();
         room.remember(

@@ -10,19 +10,26 @@
 //! (group chat, private messages, subject, invitations), `admin` (roles,
 //! affiliations, the owner's configuration and destruction), `config`
 //! (the `muc#roomconfig` form), `fanout` (a stanza serialized once for
-//! every occupant).
+//! every occupant), `persist` (what a persistent room writes: whole once,
+//! then only the changed rows), `avatar` (the room's vCard, XEP-0486),
+//! `mentions` (push for absent members named in a message), `room_list`
+//! (the service's disco#items with RSM paging).
 
 pub mod admin;
 pub mod archive;
+pub mod avatar;
 pub mod config;
 pub mod fanout;
 pub mod hats;
 pub mod iq_relay;
+pub mod mentions;
 pub mod message;
 pub mod moderate;
 pub mod nick;
+pub mod persist;
 pub mod presence;
 pub mod room;
+pub mod room_list;
 pub mod service;
 pub mod voice;
 

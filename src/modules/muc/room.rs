@@ -145,8 +145,16 @@ pub struct Room {
     pub history_bytes: usize,
     /// Created and not yet configured (§10.1): only owners may enter.
     pub locked: bool,
-    /// Configuration, affiliations or subject changed since the last write.
+    /// Configuration or subject changed since the last write (the room's
+    /// row); affiliations and the vCard are tracked in `pending`.
     pub dirty: bool,
+    /// Affiliation rows and vCard changed since the last write.
+    pub pending: super::persist::Pending,
+    /// Bare JID → the nick an affiliated user last entered with (for
+    /// mentions of absent members); only affiliated users have one.
+    pub nicks: super::mentions::MemberNicks,
+    /// The room's vCard and its photo's hash (XEP-0486).
+    pub avatar: Option<super::avatar::RoomAvatar>,
     /// Has rows in the database.
     pub stored: bool,
     /// Destroyed by its owner: the service forgets it.
@@ -176,6 +184,8 @@ pub struct Ctx<'a> {
     pub archiving: bool,
     /// Rows for the archive, handed to its writer after the stanza.
     pub archive_rows: Vec<crate::storage::ArchiveRow>,
+    /// Messages naming absent members, told to push after the stanza.
+    pub mentions: Vec<super::mentions::Mentioned>,
 }
 
 impl Ctx<'_> {
@@ -214,6 +224,9 @@ impl Room {
             history_bytes: 0,
             locked: false,
             dirty: false,
+            pending: Default::default(),
+            nicks: Default::default(),
+            avatar: None,
             stored: false,
             destroyed: false,
             relayed: HashMap::new(),
@@ -234,11 +247,12 @@ impl Room {
     pub fn set_affiliation(&mut self, real: &BareJid, aff: Affiliation, reason: String) {
         if aff == Affiliation::None {
             self.affiliations.remove(real.as_str());
+            self.nicks.remove(real.as_str());
         } else {
             self.affiliations
                 .insert(real.as_str().to_string(), (aff, reason));
         }
-        self.dirty = true;
+        self.pending.affiliation(real.as_str());
     }
 
     /// How many owners the room has.
@@ -315,12 +329,13 @@ impl Room {
             subject: self.subject.text.clone(),
             subject_by: self.subject.by.clone(),
             affiliations,
+            ..StoredRoom::default()
         }
     }
 
     /// The configuration text with the hats as `hat=` lines (the
     /// configuration reader passes over them).
-    fn stored_config(&self) -> String {
+    pub fn stored_config(&self) -> String {
         let mut text = self.config.to_stored();
         for h in &self.hats {
             // A hat's fields hold no line break (`hats::command` sees to it).

@@ -1,8 +1,9 @@
 //! The chat service as a plug-in feature: `<subdomain>.<host>` for each
 //! host in the route table; stanzas for it are queued (bounded) to one
 //! task that owns every room, loads persistent rooms at start, and
-//! writes a persistent room back after a stanza changed it. The service's
-//! own disco (§6.1–6.3) and unique room names (§10.1.4) are answered here.
+//! writes what a stanza changed in a persistent room after it
+//! (`persist`). The service's own disco (§6.1–6.3, the room list paged
+//! by `room_list`) and unique room names (§10.1.4) are answered here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -23,9 +24,6 @@ use crate::server::Server;
 use crate::sessions::DeliveryError;
 use crate::stanza::{iq_result, StanzaError, StanzaErrorCondition};
 use crate::xml::Element;
-
-/// Most rooms listed in the service's disco#items.
-const MAX_LISTED: usize = 1000;
 
 /// The multi-user chat feature.
 #[derive(Default)]
@@ -52,7 +50,7 @@ impl Feature for Muc {
     }
 
     fn xeps(&self) -> &[u16] {
-        &[45, 317, 410, 421, 424, 425]
+        &[45, 317, 410, 421, 424, 425, 486]
     }
 
     fn service_domains(&self, config: &Config) -> Vec<String> {
@@ -84,12 +82,13 @@ impl Feature for Muc {
 /// The service's task: loads persistent rooms, then handles stanzas in
 /// order until shutdown, when every occupant is told (332).
 async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
-    let mut service = Service::new(&server);
+    let secret = occupant_id_secret(&server).await;
+    let mut service = Service::new(&server, &secret);
     for domain in service_domains(&server.config) {
         match server.store.muc_rooms(&domain).await {
             Ok(rooms) => {
                 for stored in rooms {
-                    if let Some(room) = Room::from_stored(&domain, &stored, &service.limits) {
+                    if let Some(room) = super::persist::load(&domain, &stored, &service.limits) {
                         service.rooms.insert(room.jid.as_str().to_string(), room);
                     }
                 }
@@ -112,6 +111,27 @@ async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
     }
 }
 
+/// The key occupant ids are derived from: the configured dialback
+/// secret when there is one (as before), else a secret made once and
+/// kept in the database, so ids survive a restart either way (XEP-0421
+/// §3: an occupant id is stable). Without a database answer, the
+/// server's dialback secret of this run.
+async fn occupant_id_secret(server: &Server) -> String {
+    if !server.config.s2s.dialback_secret.is_empty() {
+        return server.dialback_secret.clone();
+    }
+    let fresh: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    match server.store.server_secret("muc-occupant-id", &fresh).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "muc: no stored secret; occupant ids change at restart");
+            server.dialback_secret.clone()
+        }
+    }
+}
+
 struct Service {
     rooms: HashMap<String, Room>,
     /// The rooms' archive, when `[muc] archive` is on.
@@ -123,13 +143,11 @@ struct Service {
 }
 
 impl Service {
-    fn new(server: &Arc<Server>) -> Service {
+    fn new(server: &Arc<Server>, secret: &str) -> Service {
         use hmac::{Hmac, Mac};
-        // Occupant ids are keyed by the server's secret, so they stay the
-        // same across restarts when the dialback secret is configured.
+        // Occupant ids are keyed by a secret that outlives a restart.
         let mut mac =
-            <Hmac<sha2::Sha256> as Mac>::new_from_slice(server.dialback_secret.as_bytes())
-                .expect("any key length");
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("any key length");
         mac.update(b"waxwing muc occupant-id");
         Service {
             rooms: HashMap::new(),
@@ -216,10 +234,19 @@ impl Service {
             lost: Vec::new(),
             archiving,
             archive_rows: Vec::new(),
+            mentions: Vec::new(),
         };
         let nick = to.resource().map(|r| r.as_str().to_string());
         match stanza.name() {
-            "presence" => presence_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+            "presence" => {
+                presence_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza);
+                // An affiliated user's nick is remembered (mentions).
+                if let Some(room) = rooms.get_mut(&key) {
+                    if let Some(n) = room.nick_of(&from) {
+                        super::persist::remember_nick(room, from.to_bare().as_str(), &n);
+                    }
+                }
+            }
             "message" => match rooms.get_mut(&key) {
                 None => reply_error(server, &stanza, StanzaErrorCondition::ItemNotFound.into()),
                 Some(room) => match &nick {
@@ -250,15 +277,19 @@ impl Service {
             }
         }
         let rows = std::mem::take(&mut ctx.archive_rows);
+        let mentions = std::mem::take(&mut ctx.mentions);
         drop(ctx);
         if let Some(a) = archive {
             a.write(rows).await;
+        }
+        if !mentions.is_empty() {
+            super::mentions::tell(server, to.domain().as_str(), mentions).await;
         }
         self.settle(server, &key).await;
     }
 
     /// After a stanza: a destroyed room, or a temporary one left empty,
-    /// is forgotten; a persistent one that changed is written.
+    /// is forgotten; what changed in a persistent one is written.
     async fn settle(&mut self, server: &Server, key: &str) {
         let Some(room) = self.rooms.get_mut(key) else {
             return;
@@ -276,18 +307,11 @@ impl Service {
                 }
                 room.stored = false;
             }
-        } else if room.dirty && !room.locked {
-            match server
-                .store
-                .muc_save_room(&service, &room.to_stored())
-                .await
-            {
-                Ok(()) => {
-                    room.stored = true;
-                    room.dirty = false;
-                }
-                Err(e) => tracing::error!(error = %e, room = %key, "muc: storing a room"),
-            }
+            // Written whole if it becomes persistent: nothing to track.
+            room.dirty = false;
+            room.pending = Default::default();
+        } else if !room.locked {
+            super::persist::write(server, room).await;
         }
         if forget {
             self.rooms.remove(key);
@@ -338,9 +362,13 @@ impl Service {
         };
         let outcome: Result<Option<Element>, StanzaError> = match (payload.ns(), is_set) {
             (NS_INFO, false) if payload.attr("node").is_none() => Ok(Some(service_info())),
-            (NS_ITEMS, false) if payload.attr("node").is_none() => {
-                Ok(Some(self.public_rooms(to.domain().as_str())))
-            }
+            (NS_ITEMS, false) if payload.attr("node").is_none() => super::room_list::answer(
+                self.rooms.values(),
+                to.domain().as_str(),
+                payload,
+                self.limits.max_room_list_page,
+            )
+            .map(Some),
             (NS_PING, false) => Ok(None),
             (NS_UNIQUE, false) => {
                 let (id, _) = self.ids.next();
@@ -351,25 +379,6 @@ impl Service {
         };
         let _ = from;
         answer(server, stanza, outcome);
-    }
-
-    /// §6.3: public rooms (neither hidden nor still locked), by JID.
-    fn public_rooms(&self, domain: &str) -> Element {
-        let mut listed: Vec<&Room> = self
-            .rooms
-            .values()
-            .filter(|r| r.config.public && !r.locked && r.jid.domain().as_str() == domain)
-            .collect();
-        listed.sort_by(|a, b| a.jid.as_str().cmp(b.jid.as_str()));
-        let mut q = Element::new("query", NS_ITEMS);
-        for r in listed.into_iter().take(MAX_LISTED) {
-            let mut item = Element::new("item", NS_ITEMS).with_attr("jid", r.jid.as_str());
-            if !r.config.name.is_empty() {
-                item.set_attr("name", r.config.name.as_str());
-            }
-            q.append_child(item);
-        }
-        q
     }
 
     /// §7.2.? / §8: the service is stopping; each occupant hears 332.
@@ -392,6 +401,7 @@ impl Service {
             lost: Vec::new(),
             archiving,
             archive_rows: Vec::new(),
+            mentions: Vec::new(),
         };
         let a = presence::Announcement {
             unavailable: true,
@@ -535,7 +545,19 @@ fn iq_to_room(
         );
     };
     let outcome = match nick {
-        None => super::admin::room_iq(ctx, room, from, is_set, payload),
+        None if super::avatar::is_vcard(payload) => {
+            super::avatar::iq(ctx, room, from, is_set, payload)
+        }
+        None => super::admin::room_iq(ctx, room, from, is_set, payload).map(|mut answer| {
+            // The room's own features only, not those of a node (§7.12).
+            if let Some(info) = answer
+                .as_mut()
+                .filter(|q| q.is("query", NS_INFO) && q.attr("node").is_none())
+            {
+                super::avatar::add_to_info(room, info);
+            }
+            answer
+        }),
         Some(nick) => match room.nick_of(from) {
             // XEP-0410: a ping to one's own occupant JID is answered here.
             Some(own) if own == nick && payload.is("ping", NS_PING) => Ok(None),

@@ -266,14 +266,20 @@ impl<S: ClientStream> Connection<S> {
             })?
             .ok_or(SaslError::NotAuthorized)?;
         let now = now();
-        let usable = |t: &&FastToken| t.expiry > now && t.mechanism == mechanism.name();
+        let ours = |t: &&FastToken| t.mechanism == mechanism.name();
         let matched = [(record.token.as_ref(), false), (record.next.as_ref(), true)]
             .into_iter()
-            .filter_map(|(t, next)| t.filter(usable).map(|t| (t, next)))
+            .filter_map(|(t, next)| t.filter(ours).map(|t| (t, next)))
             .find(|(t, _)| fast::verify(&t.hash, &cb_data, proof));
         let Some((token, next)) = matched else {
             return Err(SaslError::NotAuthorized);
         };
+        // XEP-0484 §5: a token the server no longer trusts fails with
+        // credentials-expired, so the client falls back to its password
+        // instead of treating the account as locked or the proof as wrong.
+        if token.expiry <= now {
+            return Err(SaslError::CredentialsExpired);
+        }
         let count = req.fast.and_then(|f| f.count);
         let ua = &req.user_agent;
         let accepted = store

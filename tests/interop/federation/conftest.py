@@ -70,7 +70,12 @@ ROGUE = ("rogue.test", "127.0.0.16")
 ECHO_COMPONENT = ("echo.waxwing.test", WAXWING[1])
 ECHO_SECRET = "echo-component-secret"
 COMPONENT_PORT = 5347
-ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE, DIALBACK, ROGUE, ECHO_COMPONENT)
+# The chat services (test_muc_federation.py): Waxwing's built-in one and a `muc`
+# Component of prosody.test; each domain's certificate covers its subdomains.
+WAXWING_MUC = ("conference.waxwing.test", WAXWING[1])
+PROSODY_MUC = ("conference.prosody.test", PROSODY[1])
+ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE, DIALBACK, ROGUE, ECHO_COMPONENT,
+               WAXWING_MUC, PROSODY_MUC)
 DNS_IP = "127.0.0.19"
 C2S_PORT, C2S_TLS_PORT, S2S_PORT = 5222, 5223, 5269
 HOSTS_MARK = "# waxwing-federation-test"
@@ -270,9 +275,10 @@ class ProsodyPeer(Peer):
     kind = "prosody"
 
     def __init__(self, fed, domain, ip, *, cert: Path, key: Path, client_ca: Path, secure_auth: bool,
-                 bidi: bool = False):
+                 bidi: bool = False, muc: str | None = None):
         super().__init__(fed, domain, ip, ca_for_clients=client_ca)
         self.cert, self.key, self.secure_auth, self.bidi = cert, key, secure_auth, bidi
+        self.muc = muc  # the domain of a `muc` Component, if any
         self.proc: subprocess.Popen | None = None
         self.config_path = self.dir / "prosody.cfg.lua"
 
@@ -321,7 +327,12 @@ ssl = {ssl}
 unbound = {{ hoststxt = {lua_str(str(self.fed.hosts_file))} }}
 VirtualHost "{self.domain}"
   ssl = {ssl}
-""")
+""" + ("" if self.muc is None else f"""
+-- a chat service (test_muc_federation.py); rooms open at once (no locking until configured)
+Component {lua_str(self.muc)} "muc"
+  ssl = {ssl}
+  muc_room_locking = false
+"""))
         self._write_accounts()
         chown_tree(d, "prosody")
 
@@ -688,7 +699,8 @@ class Federation:
     def _make(self, name: str) -> Peer:
         if name == "prosody":
             cert, key = self.pki.issue(PROSODY[0])
-            return ProsodyPeer(self, *PROSODY, cert=cert, key=key, client_ca=self.pki.ca, secure_auth=True)
+            return ProsodyPeer(self, *PROSODY, cert=cert, key=key, client_ca=self.pki.ca, secure_auth=True,
+                               muc=PROSODY_MUC[0])
         if name == "untrusted":
             cert, key = self.pki.issue(UNTRUSTED[0], untrusted=True)
             return ProsodyPeer(self, *UNTRUSTED, cert=cert, key=key, client_ca=self.pki.untrusted_ca,

@@ -1,0 +1,217 @@
+//! The HTTP side of the server (issue #14): one listener kind, plain or
+//! HTTPS (rustls with the hosts' certificates by SNI, as direct-TLS c2s),
+//! serving
+//! - XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` ([`websocket`]),
+//! - connection discovery (XEP-0156) at `/.well-known/host-meta` and
+//!   `/.well-known/host-meta.json` ([`host_meta`]).
+//!
+//! hyper parses HTTP and axum routes; each accepted connection is served
+//! here so that it can be bounded (`[http] max_connections`, header size
+//! and time) and so that handlers know where it came from and whether it
+//! is encrypted ([`ConnInfo`]).
+
+pub mod host_meta;
+pub mod websocket;
+
+/// XEPs the HTTP side implements (xep/waxwing.doap lists them): XEP-0156
+/// connection discovery. (XMPP over WebSocket is RFC 7395, not a XEP.)
+pub const XEPS: &[u16] = &[156];
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::server::Server;
+
+/// What every handler shares.
+pub struct Web {
+    pub server: Arc<Server>,
+    /// WebSocket sessions outlive the HTTP exchange that upgraded them
+    /// (the library runs them on a task of its own): each holds a token of
+    /// this tracker, so shutdown waits for them as for TCP sessions.
+    pub tracker: TaskTracker,
+}
+
+/// The HTTP connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// HTTPS, or plain HTTP trusted by `[http] plain_is_secure`.
+    pub secure: bool,
+    /// The connection itself is TLS (the scheme clients should use).
+    pub tls: bool,
+}
+
+/// The routes.
+fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
+    let web = Arc::new(Web {
+        server: server.clone(),
+        tracker: tracker.clone(),
+    });
+    Router::new()
+        .route("/xmpp-websocket", get(websocket::upgrade))
+        .route("/.well-known/host-meta", get(host_meta::xrd))
+        .route("/.well-known/host-meta.json", get(host_meta::json))
+        .with_state(web)
+}
+
+/// Bound addresses of the HTTP listeners.
+#[derive(Debug, Default)]
+pub struct Bound {
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+}
+
+/// Binds `[http] listen` and `listen_tls` and serves them until shutdown.
+pub async fn start(server: &Arc<Server>, tracker: &TaskTracker) -> Result<Bound, String> {
+    let config = &server.config.http;
+    let mut bound = Bound::default();
+    if config.listen.is_empty() && config.listen_tls.is_empty() {
+        return Ok(bound);
+    }
+    let router = router(server, tracker);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let tls = https_config(server)?;
+    for (addrs, tls, out) in [
+        (&config.listen, None, &mut bound.http),
+        (&config.listen_tls, Some(tls), &mut bound.https),
+    ] {
+        for addr in addrs {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            let kind = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %local, kind, "listening");
+            out.push(local);
+            tracker.spawn(accept(
+                server.clone(),
+                listener,
+                tls.clone(),
+                router.clone(),
+                slots.clone(),
+                tracker.clone(),
+            ));
+        }
+    }
+    Ok(bound)
+}
+
+/// The HTTPS configuration: the c2s certificates by SNI, ALPN http/1.1.
+fn https_config(server: &Server) -> Result<Arc<rustls::ServerConfig>, String> {
+    let base = crate::net::tls::server_config(server.certs.clone(), None, &server.config.tls)?;
+    let mut config = (*base).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+async fn accept(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Over the cap: closed at once, before any byte is read.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "http connection refused: connection limit reached");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (server, router, tls) = (server.clone(), router.clone(), tls.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    let info = ConnInfo {
+                        peer,
+                        secure: plain_is_secure(&server, &peer),
+                        tls: false,
+                    };
+                    serve_connection(&server, tcp, info, router).await
+                }
+                Some(tls) => {
+                    let timeout = Duration::from_secs(server.config.http.header_timeout);
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let info = ConnInfo {
+                        peer,
+                        secure: true,
+                        tls: true,
+                    };
+                    serve_connection(&server, stream, info, router).await
+                }
+            }
+        });
+    }
+}
+
+/// Does a plain-HTTP connection from `peer` count as encrypted?
+fn plain_is_secure(server: &Server, peer: &SocketAddr) -> bool {
+    match server.config.http.plain_is_secure.as_str() {
+        "always" => true,
+        "loopback" => peer.ip().is_loopback(),
+        _ => false,
+    }
+}
+
+/// Serves one HTTP/1.1 connection (with upgrades, for WebSocket) until it
+/// ends or the server shuts down.
+async fn serve_connection<I>(server: &Server, io: I, info: ConnInfo, router: Router)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &server.config.http;
+    let service = router.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(info);
+        req
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.header_timeout))
+        .max_buf_size(config.max_header_bytes);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %info.peer, error = %e, "http connection ended");
+            }
+        }
+        _ = server.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
