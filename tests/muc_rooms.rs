@@ -45,6 +45,17 @@ async fn a_reserved_room_stays_locked_until_its_owner_submits_the_form() {
     assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"));
     let items = query(&mut bob, SERVICE, "get", NS_ITEMS, "").await;
     assert!(!show(&items).contains(&room_jid("plans")));
+    let id = next_id("vc");
+    let r = bob
+        .iq(
+            &format!(
+                "<iq type='get' id='{id}' to='{}'><vCard xmlns='vcard-temp'/></iq>",
+                room_jid("plans")
+            ),
+            &id,
+        )
+        .await;
+    assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"));
 
     // The owner reads the form and submits it with values.
     let form = query(&mut alice, &room_jid("plans"), "get", NS_OWNER, "").await;

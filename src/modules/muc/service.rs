@@ -545,7 +545,11 @@ fn iq_to_room(
         );
     };
     let outcome = match nick {
-        None if super::avatar::is_vcard(payload) => {
+        // A locked room's vCard is its owners' too (admin::room_iq says
+        // item-not-found to the others).
+        None if super::avatar::is_vcard(payload)
+            && (!room.locked || room.affiliation(&from.to_bare()) == Affiliation::Owner) =>
+        {
             super::avatar::iq(ctx, room, from, is_set, payload)
         }
         None => super::admin::room_iq(ctx, room, from, is_set, payload).map(|mut answer| {
