@@ -757,6 +757,9 @@ async fn history_on_join_follows_the_limits_asked_for() {
 async fn mediated_invitations_and_self_ping() {
     let server = TestServer::start().await;
     let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    // Bob's initial presence is handled before the invitation is sent (it
+    // goes to his available resources).
+    sync(&mut bob).await;
     instant_room(&mut alice, "party").await;
     alice
         .send_str(&format!(
