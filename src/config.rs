@@ -182,9 +182,21 @@ pub struct MucConfig {
     pub enabled: bool,
     /// The service's domain is `<subdomain>.<host>`.
     pub subdomain: String,
-    /// Who may create rooms: "anyone" (remote users too) or "local"
-    /// (accounts of this server's hosts).
+    /// Who may create rooms: "anyone" (remote users too), "local"
+    /// (accounts of this server's hosts), "admins" (the JIDs of `admins`)
+    /// or "list" (those of `creators`, and the admins).
     pub create: String,
+    /// The service's administrators (bare JIDs): they may always create rooms.
+    pub admins: Vec<String>,
+    /// Who may create rooms under `create = "list"` (bare JIDs).
+    pub creators: Vec<String>,
+    /// IQs relayed to occupants (XEP-0045 §7.? IQ to an occupant) awaiting
+    /// their answer, per room; beyond → resource-constraint.
+    pub max_relayed_iqs: usize,
+    /// Seconds a relayed IQ waits for its answer before it is forgotten.
+    pub relayed_iq_timeout: u64,
+    /// Most XEP-0317 hats (user and hat pairs) one room holds.
+    pub max_hats: usize,
     /// Stanzas waiting for the service's task; beyond → resource-constraint.
     pub queue: usize,
     /// Most rooms one service holds (persistent and temporary).
@@ -225,6 +237,11 @@ impl Default for MucConfig {
             enabled: true,
             subdomain: "conference".into(),
             create: "local".into(),
+            admins: Vec::new(),
+            creators: Vec::new(),
+            max_relayed_iqs: 64,
+            relayed_iq_timeout: 60,
+            max_hats: 100,
             queue: 8192,
             max_rooms: 10_000,
             max_occupants: 1_000,
@@ -1266,6 +1283,8 @@ enum Kind {
     StrMap(fn(&str) -> Result<(), String>),
     /// A list of URIs (`scheme:…`).
     Uris,
+    /// A list of bare JIDs.
+    Jids,
     Table(&'static [Field]),
     Tables(&'static [Field]),
 }
@@ -1941,6 +1960,29 @@ const MUC: &[Field] = &[
     f("enabled", Kind::Bool),
     f("subdomain", Kind::Str(dns_label)),
     f("create", Kind::Str(muc_create)),
+    f("admins", Kind::Jids),
+    f("creators", Kind::Jids),
+    f(
+        "max_relayed_iqs",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+    ),
+    f(
+        "max_hats",
+        Kind::Int {
+            min: 0,
+            max: 100_000,
+        },
+    ),
+    f(
+        "relayed_iq_timeout",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
     f(
         "queue",
         Kind::Int {
@@ -2197,8 +2239,8 @@ fn http_url(s: &str) -> Result<(), String> {
 /// A MUC service's creation policy.
 fn muc_create(s: &str) -> Result<(), String> {
     match s {
-        "anyone" | "local" => Ok(()),
-        _ => Err("must be \"anyone\" or \"local\"".into()),
+        "anyone" | "local" | "admins" | "list" => Ok(()),
+        _ => Err("must be \"anyone\", \"local\", \"admins\" or \"list\"".into()),
     }
 }
 
@@ -2324,6 +2366,16 @@ impl Validator<'_> {
                     }
                 }
             }
+            (Kind::Jids, Item::Value(Value::Array(a))) => {
+                for v in a.iter() {
+                    if v.as_str().is_none_or(|s| jid::BareJid::new(s).is_err()) {
+                        self.problem(
+                            v.span().or(span.clone()),
+                            format!("{path}: {v} is not a bare JID like \"admin@example.org\""),
+                        )
+                    }
+                }
+            }
             (kind, _) => {
                 let want = match kind {
                     Kind::Str(_) => "a string",
@@ -2331,6 +2383,7 @@ impl Validator<'_> {
                     Kind::Int { .. } => "an integer",
                     Kind::Addrs => "a list of addresses",
                     Kind::Uris => "a list of URIs",
+                    Kind::Jids => "a list of bare JIDs",
                     Kind::StrMap(_) => "a table of strings",
                     Kind::Table(_) => "a table",
                     Kind::Tables(_) => "an array of tables ([[…]])",

@@ -619,6 +619,13 @@ pub fn deliver_reply(server: &Server, origin: Origin<'_>, reply: &Element) {
     // the reply there is the backpressure the queue limit exists for.
     let _ = match origin {
         Origin::Session(full) => deliver_local(server, full, reply),
+        // An in-process service (the chat rooms relaying an occupant's
+        // vCard request) routes like a component but has no stream: its
+        // replies go by their address.
+        Origin::Component { domain, .. } if server.route(domain) != Route::Component => {
+            deliver_bounce(server, reply);
+            Ok(())
+        }
         Origin::Component { domain, .. } => deliver_to_component(server, domain, reply),
         Origin::Remote { .. } => {
             server.s2s.send(server, reply.clone());

@@ -12,272 +12,25 @@
 //! client before has been read: tests never sleep.
 
 mod common;
+mod muc_transcript;
 
 use common::*;
+use muc_transcript::*;
 use waxwing::config::Config;
 use waxwing::xml::{Element, NS_CLIENT};
-
-const SERVICE: &str = "conference.localhost";
-const NS_MUC: &str = "http://jabber.org/protocol/muc";
-const NS_USER: &str = "http://jabber.org/protocol/muc#user";
-const NS_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
-const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
-const NS_DATA: &str = "jabber:x:data";
-const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
-const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
-
-fn room_jid(room: &str) -> String {
-    format!("{room}@{SERVICE}")
-}
-
-/// Status codes of a MUC presence or message.
-fn codes(e: &Element) -> Vec<u16> {
-    e.get_child("x", NS_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.is("status", NS_USER))
-                .filter_map(|c| c.attr("code")?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn item(e: &Element) -> &Element {
-    e.get_child("x", NS_USER)
-        .and_then(|x| x.get_child("item", NS_USER))
-        .unwrap_or_else(|| panic!("no muc#user item in {}", show(e)))
-}
-
-fn is_room_stanza(e: &Element, room: &str) -> bool {
-    e.attr("from")
-        .is_some_and(|f| f == room_jid(room) || f.starts_with(&format!("{}/", room_jid(room))))
-}
-
-/// A round trip through the chat service: what the room sent this client
-/// before answering has been read.
-async fn sync(c: &mut Client) {
-    let id = format!("sync-{}", c.received.len());
-    c.send_str(&format!(
-        "<iq type='get' id='{id}' to='{SERVICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ))
-    .await;
-    loop {
-        let e = c.next_element().await;
-        if e.is("iq", NS_CLIENT) && e.attr("id") == Some(id.as_str()) {
-            assert_eq!(e.attr("type"), Some("result"), "{}", show(&e));
-            if c.received
-                .last()
-                .is_some_and(|l| l.attr("id") == Some(id.as_str()))
-            {
-                c.received.pop();
-            }
-            return;
-        }
-    }
-}
-
-/// What a join brought: other occupants' presences, the self-presence,
-/// history and the subject.
-struct Joined {
-    others: Vec<Element>,
-    own: Element,
-    history: Vec<Element>,
-    subject: Element,
-}
-
-/// Sends a join with `extra` inside `<x/>` and reads up to the subject.
-async fn join_with(c: &mut Client, room: &str, nick: &str, extra: &str) -> Joined {
-    c.send_str(&format!(
-        "<presence to='{}/{nick}'><x xmlns='{NS_MUC}'>{extra}</x></presence>",
-        room_jid(room)
-    ))
-    .await;
-    let mut others = Vec::new();
-    let mut own = None;
-    let mut history = Vec::new();
-    loop {
-        let e = c.next_element().await;
-        if !is_room_stanza(&e, room) {
-            continue;
-        }
-        if e.attr("type") == Some("error") {
-            panic!("join refused: {}", show(&e));
-        }
-        if e.name() == "presence" {
-            if codes(&e).contains(&110) {
-                own = Some(e);
-            } else {
-                others.push(e);
-            }
-        } else if e.name() == "message" && e.get_child("subject", NS_CLIENT).is_some() {
-            return Joined {
-                others,
-                own: own.expect("self-presence before the subject"),
-                history,
-                subject: e,
-            };
-        } else if e.name() == "message" {
-            history.push(e);
-        }
-    }
-}
-
-async fn join(c: &mut Client, room: &str, nick: &str) -> Joined {
-    join_with(c, room, nick, "").await
-}
-
-/// A join expected to fail: the error condition.
-async fn join_refused(c: &mut Client, room: &str, nick: &str, extra: &str) -> String {
-    c.send_str(&format!(
-        "<presence to='{}/{nick}'><x xmlns='{NS_MUC}'>{extra}</x></presence>",
-        room_jid(room)
-    ))
-    .await;
-    loop {
-        let e = c.next_named("presence").await;
-        if is_room_stanza(&e, room) {
-            assert_eq!(
-                e.attr("type"),
-                Some("error"),
-                "expected a refusal: {}",
-                show(&e)
-            );
-            assert!(e.get_child("x", NS_MUC).is_some(), "{}", show(&e));
-            return stanza_error(&e).unwrap();
-        }
-    }
-}
-
-/// Creates `room` as `owner` (nick "owner") and accepts the default
-/// configuration (the instant room).
-async fn instant_room(owner: &mut Client, room: &str) -> Joined {
-    let j = join(owner, room, "owner").await;
-    let r = owner
-        .iq(
-            &format!(
-                "<iq type='set' id='inst' to='{}'><query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query></iq>",
-                room_jid(room)
-            ),
-            "inst",
-        )
-        .await;
-    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
-    j
-}
-
-/// Submits configuration fields as the owner.
-async fn configure(owner: &mut Client, room: &str, fields: &[(&str, &str)]) -> Element {
-    let mut form = String::from(
-        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>",
-    );
-    for (var, v) in fields {
-        form.push_str(&format!("<field var='{var}'><value>{v}</value></field>"));
-    }
-    owner
-        .iq(
-            &format!(
-                "<iq type='set' id='cfg' to='{}'><query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'>{form}</x></query></iq>",
-                room_jid(room)
-            ),
-            "cfg",
-        )
-        .await
-}
-
-/// Sends an IQ and returns its answer with everything read before it.
-async fn iq_keep(c: &mut Client, xml: &str, id: &str) -> (Element, Vec<Element>) {
-    c.send_str(xml).await;
-    let mut before = Vec::new();
-    loop {
-        let e = c.next_element().await;
-        if e.is("iq", NS_CLIENT) && e.attr("id") == Some(id) {
-            return (e, before);
-        }
-        before.push(e);
-    }
-}
-
-async fn admin_set(c: &mut Client, room: &str, items: &str) -> Element {
-    c.iq(
-        &format!(
-            "<iq type='set' id='adm' to='{}'><query xmlns='{NS_ADMIN}'>{items}</query></iq>",
-            room_jid(room)
-        ),
-        "adm",
-    )
-    .await
-}
-
-/// Next presence from the room about `nick`.
-async fn presence_of(c: &mut Client, room: &str, nick: &str) -> Element {
-    let from = format!("{}/{nick}", room_jid(room));
-    loop {
-        let e = c.next_named("presence").await;
-        if e.attr("from") == Some(from.as_str()) {
-            return e;
-        }
-    }
-}
-
-/// Next group chat message from the room.
-async fn groupchat(c: &mut Client, room: &str) -> Element {
-    loop {
-        let e = c.next_named("message").await;
-        if is_room_stanza(&e, room) && e.get_child("body", NS_CLIENT).is_some() {
-            return e;
-        }
-    }
-}
-
-async fn say(c: &mut Client, room: &str, text: &str) {
-    c.send_str(&format!(
-        "<message to='{}' type='groupchat' id='m-{text}'><body>{text}</body></message>",
-        room_jid(room)
-    ))
-    .await;
-}
-
-/// An error answer to a message sent to the room.
-async fn message_error(c: &mut Client, room: &str) -> String {
-    loop {
-        let e = c.next_named("message").await;
-        if is_room_stanza(&e, room) && e.attr("type") == Some("error") {
-            return stanza_error(&e).unwrap();
-        }
-    }
-}
-
-async fn users(server: &TestServer, names: &[&str]) -> Vec<Client> {
-    let mut out = Vec::new();
-    for n in names {
-        server.add_user(n, "pw").await;
-        out.push(Client::login(server.plain_addr, n, "pw", Some("r")).await);
-    }
-    out
-}
 
 #[tokio::test]
 async fn the_service_is_discoverable_and_the_server_does_not_claim_muc() {
     let server = TestServer::start().await;
-    let mut c = users(&server, &["alice"]).await.remove(0);
-    let items = c
-        .iq(
-            &format!("<iq type='get' id='i' to='{DOMAIN}'><query xmlns='{NS_ITEMS}'/></iq>"),
-            "i",
-        )
-        .await;
+    let [mut c] = users(&server, ["alice"]).await;
+    let items = query(&mut c, DOMAIN, "get", NS_ITEMS, "").await;
     let q = items.get_child("query", NS_ITEMS).unwrap();
     assert!(
         q.children().any(|i| i.attr("jid") == Some(SERVICE)),
         "{}",
         show(&items)
     );
-    let info = c
-        .iq(
-            &format!("<iq type='get' id='s' to='{SERVICE}'><query xmlns='{NS_INFO}'/></iq>"),
-            "s",
-        )
-        .await;
+    let info = query(&mut c, SERVICE, "get", NS_INFO, "").await;
     let q = info.get_child("query", NS_INFO).unwrap();
     let id = q.get_child("identity", NS_INFO).unwrap();
     assert_eq!(
@@ -288,12 +41,7 @@ async fn the_service_is_discoverable_and_the_server_does_not_claim_muc() {
     for f in [NS_MUC, "urn:xmpp:occupant-id:0", "urn:xmpp:sid:0"] {
         assert!(vars.contains(&f), "{f} missing: {}", show(&info));
     }
-    let own = c
-        .iq(
-            &format!("<iq type='get' id='o' to='{DOMAIN}'><query xmlns='{NS_INFO}'/></iq>"),
-            "o",
-        )
-        .await;
+    let own = query(&mut c, DOMAIN, "get", NS_INFO, "").await;
     assert!(
         !own.get_child("query", NS_INFO)
             .unwrap()
@@ -306,11 +54,9 @@ async fn the_service_is_discoverable_and_the_server_does_not_claim_muc() {
 #[tokio::test]
 async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    let (a, rest) = cs.split_first_mut().unwrap();
-    let b = &mut rest[0];
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
 
-    let j = join(a, "lobby", "owner").await;
+    let j = join_room(&mut alice, "lobby", "owner").await;
     let mut c = codes(&j.own);
     c.sort();
     assert_eq!(c, vec![110, 170, 201], "{}", show(&j.own));
@@ -330,18 +76,13 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
         .is_some());
 
     // Locked: nobody else enters, and the room is not listed.
-    assert_eq!(join_refused(b, "lobby", "bob", "").await, "item-not-found");
+    assert_eq!(
+        join_refused(&mut bob, "lobby", "bob", "").await,
+        "item-not-found"
+    );
 
     // The owner gets the form, then accepts the defaults.
-    let form = a
-        .iq(
-            &format!(
-                "<iq type='get' id='f' to='{}'><query xmlns='{NS_OWNER}'/></iq>",
-                room_jid("lobby")
-            ),
-            "f",
-        )
-        .await;
+    let form = query(&mut alice, &room_jid("lobby"), "get", NS_OWNER, "").await;
     let x = form
         .get_child("query", NS_OWNER)
         .and_then(|q| q.get_child("x", NS_DATA))
@@ -349,30 +90,25 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
     assert!(x
         .children()
         .any(|f| f.attr("var") == Some("muc#roomconfig_whois")));
-    // Only the owner may.
-    let r = b
-        .iq(
-            &format!(
-                "<iq type='get' id='f2' to='{}'><query xmlns='{NS_OWNER}'/></iq>",
-                room_jid("lobby")
-            ),
-            "f2",
-        )
-        .await;
-    assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
-    let r = configure(a, "lobby", &[]).await;
+    // To others the locked room is not there at all.
+    let r = query(&mut bob, &room_jid("lobby"), "get", NS_OWNER, "").await;
+    assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"));
+    let r = configure(&mut alice, "lobby", &[]).await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    // Unlocked, it is; its form is still the owner's only.
+    let r = query(&mut bob, &room_jid("lobby"), "get", NS_OWNER, "").await;
+    assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 
-    let since = a.mark();
-    let jb = join(b, "lobby", "bob").await;
+    let since = alice.mark();
+    let jb = join_room(&mut bob, "lobby", "bob").await;
     assert_eq!(codes(&jb.own), vec![110, 170]);
     assert_eq!(jb.others.len(), 1);
     // Semi-anonymous: a participant does not see the owner's JID.
     assert_eq!(item(&jb.others[0]).attr("jid"), None);
     assert_eq!(item(&jb.others[0]).attr("role"), Some("moderator"));
     // The moderator sees bob's.
-    sync(a).await;
-    let got = a
+    sync(&mut alice).await;
+    let got = alice
         .expect_only(
             since,
             &[Expect("bob's presence with his JID", &|e: &Element| {
@@ -384,12 +120,7 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
         .await;
     assert_eq!(got.len(), 1);
 
-    let items = b
-        .iq(
-            &format!("<iq type='get' id='l' to='{SERVICE}'><query xmlns='{NS_ITEMS}'/></iq>"),
-            "l",
-        )
-        .await;
+    let items = query(&mut bob, SERVICE, "get", NS_ITEMS, "").await;
     assert!(items
         .get_child("query", NS_ITEMS)
         .unwrap()
@@ -400,15 +131,13 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
 #[tokio::test]
 async fn group_chat_reaches_everyone_with_stanza_and_occupant_ids() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
-    instant_room(&mut cs[0], "chat").await;
-    join(&mut cs[1], "chat", "bob").await;
-    sync(&mut cs[0]).await;
+    let [mut alice, mut bob, mut carol] = users(&server, ["alice", "bob", "carol"]).await;
+    open_room(&mut alice, "chat", &mut [&mut bob]).await;
 
-    say(&mut cs[1], "chat", "hello").await;
+    say(&mut bob, "chat", "hello").await;
     // A forged id for the room is dropped.
     let mut ids = Vec::new();
-    for c in cs[..2].iter_mut() {
+    for c in [&mut alice, &mut bob] {
         let m = groupchat(c, "chat").await;
         assert_eq!(
             m.attr("from"),
@@ -431,14 +160,14 @@ async fn group_chat_reaches_everyone_with_stanza_and_occupant_ids() {
     assert_eq!(ids[0], ids[1], "one stanza, the same ids for everyone");
 
     // A forged occupant-id and stanza-id are replaced by the room's.
-    cs[1]
+    bob
         .send_str(&format!(
             "<message to='{}' type='groupchat'><body>x</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='fake'/><stanza-id xmlns='urn:xmpp:sid:0' by='{}' id='fake'/></message>",
             room_jid("chat"),
             room_jid("chat")
         ))
         .await;
-    let m = groupchat(&mut cs[0], "chat").await;
+    let m = groupchat(&mut alice, "chat").await;
     let oids: Vec<&str> = m
         .children()
         .filter(|c| c.is("occupant-id", "urn:xmpp:occupant-id:0"))
@@ -453,38 +182,37 @@ async fn group_chat_reaches_everyone_with_stanza_and_occupant_ids() {
     );
 
     // Someone outside cannot write to the room.
-    say(&mut cs[2], "chat", "intruder").await;
-    assert_eq!(message_error(&mut cs[2], "chat").await, "not-acceptable");
+    say(&mut carol, "chat", "intruder").await;
+    assert_eq!(message_error(&mut carol, "chat").await, "not-acceptable");
 }
 
 #[tokio::test]
 async fn nick_conflicts_get_409_and_nick_changes_303() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "names").await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    instant_room(&mut alice, "names").await;
     assert_eq!(
-        join_refused(&mut cs[1], "names", "owner", "").await,
+        join_refused(&mut bob, "names", "owner", "").await,
         "conflict"
     );
-    join(&mut cs[1], "names", "bob").await;
-    sync(&mut cs[0]).await;
-    let since = cs[0].mark();
+    join_room(&mut bob, "names", "bob").await;
+    sync(&mut alice).await;
+    let since = alice.mark();
 
-    cs[1]
-        .send_str(&format!("<presence to='{}/robert'/>", room_jid("names")))
+    bob.send_str(&format!("<presence to='{}/robert'/>", room_jid("names")))
         .await;
-    let gone = presence_of(&mut cs[1], "names", "bob").await;
+    let gone = presence_of(&mut bob, "names", "bob").await;
     assert_eq!(gone.attr("type"), Some("unavailable"));
     let mut c = codes(&gone);
     c.sort();
     assert_eq!(c, vec![110, 303]);
     assert_eq!(item(&gone).attr("nick"), Some("robert"));
-    let back = presence_of(&mut cs[1], "names", "robert").await;
+    let back = presence_of(&mut bob, "names", "robert").await;
     assert_eq!(back.attr("type"), None);
     assert!(codes(&back).contains(&110));
 
-    sync(&mut cs[0]).await;
-    cs[0]
+    sync(&mut alice).await;
+    alice
         .expect_only(
             since,
             &[
@@ -502,27 +230,24 @@ async fn nick_conflicts_get_409_and_nick_changes_303() {
         .await;
 
     // Changing to a taken nick is a conflict, and nothing changes.
-    cs[1]
-        .send_str(&format!("<presence to='{}/owner'/>", room_jid("names")))
+    bob.send_str(&format!("<presence to='{}/owner'/>", room_jid("names")))
         .await;
-    let e = presence_of(&mut cs[1], "names", "owner").await;
+    let e = presence_of(&mut bob, "names", "owner").await;
     assert_eq!(stanza_error(&e).as_deref(), Some("conflict"));
 }
 
 #[tokio::test]
 async fn private_messages_go_between_occupants_only() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
-    instant_room(&mut cs[0], "pm").await;
-    join(&mut cs[1], "pm", "bob").await;
-    cs[1]
-        .send_str(&format!(
-            "<message to='{}/owner' type='chat'><body>psst</body></message>",
-            room_jid("pm")
-        ))
-        .await;
+    let [mut alice, mut bob, mut carol] = users(&server, ["alice", "bob", "carol"]).await;
+    open_room(&mut alice, "pm", &mut [&mut bob]).await;
+    bob.send_str(&format!(
+        "<message to='{}/owner' type='chat'><body>psst</body></message>",
+        room_jid("pm")
+    ))
+    .await;
     let m = loop {
-        let e = cs[0].next_named("message").await;
+        let e = alice.next_named("message").await;
         if e.get_child("body", NS_CLIENT).is_some() {
             break e;
         }
@@ -534,39 +259,35 @@ async fn private_messages_go_between_occupants_only() {
     assert_eq!(m.attr("type"), Some("chat"));
     assert!(m.get_child("x", NS_USER).is_some());
 
-    cs[1]
-        .send_str(&format!(
-            "<message to='{}/nobody' type='chat'><body>?</body></message>",
-            room_jid("pm")
-        ))
-        .await;
-    assert_eq!(message_error(&mut cs[1], "pm").await, "item-not-found");
-    cs[2]
+    bob.send_str(&format!(
+        "<message to='{}/nobody' type='chat'><body>?</body></message>",
+        room_jid("pm")
+    ))
+    .await;
+    assert_eq!(message_error(&mut bob, "pm").await, "item-not-found");
+    carol
         .send_str(&format!(
             "<message to='{}/owner' type='chat'><body>?</body></message>",
             room_jid("pm")
         ))
         .await;
-    assert_eq!(message_error(&mut cs[2], "pm").await, "not-acceptable");
+    assert_eq!(message_error(&mut carol, "pm").await, "not-acceptable");
 }
 
 #[tokio::test]
 async fn leaving_is_announced_and_an_empty_temporary_room_is_gone() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "brief").await;
-    join(&mut cs[1], "brief", "bob").await;
-    sync(&mut cs[0]).await;
-    cs[1]
-        .send_str(&format!(
-            "<presence type='unavailable' to='{}/bob'><status>bye</status></presence>",
-            room_jid("brief")
-        ))
-        .await;
-    let own = presence_of(&mut cs[1], "brief", "bob").await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    open_room(&mut alice, "brief", &mut [&mut bob]).await;
+    bob.send_str(&format!(
+        "<presence type='unavailable' to='{}/bob'><status>bye</status></presence>",
+        room_jid("brief")
+    ))
+    .await;
+    let own = presence_of(&mut bob, "brief", "bob").await;
     assert_eq!(own.attr("type"), Some("unavailable"));
     assert_eq!(codes(&own), vec![110]);
-    let seen = presence_of(&mut cs[0], "brief", "bob").await;
+    let seen = presence_of(&mut alice, "brief", "bob").await;
     assert_eq!(seen.attr("type"), Some("unavailable"));
     assert_eq!(
         seen.get_child("status", NS_CLIENT)
@@ -577,20 +298,12 @@ async fn leaving_is_announced_and_an_empty_temporary_room_is_gone() {
     assert_eq!(item(&seen).attr("role"), Some("none"));
 
     // The owner's session ends without a word: the room still hears it.
-    drop(cs.remove(0));
+    drop(alice);
     // Polled as `eventually` does (the session's end is noticed by the
     // server in its own time).
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        let r = cs[0]
-            .iq(
-                &format!(
-                    "<iq type='get' id='d' to='{}'><query xmlns='{NS_INFO}'/></iq>",
-                    room_jid("brief")
-                ),
-                "d",
-            )
-            .await;
+        let r = query(&mut bob, &room_jid("brief"), "get", NS_INFO, "").await;
         if stanza_error(&r).as_deref() == Some("item-not-found") {
             break;
         }
@@ -605,25 +318,24 @@ async fn leaving_is_announced_and_an_empty_temporary_room_is_gone() {
 #[tokio::test]
 async fn one_user_can_join_with_several_resources_under_one_nick() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
     let mut a2 = Client::login(server.plain_addr, "alice", "pw", Some("r2")).await;
-    instant_room(&mut cs[0], "multi").await;
-    join(&mut cs[1], "multi", "bob").await;
-    sync(&mut cs[1]).await;
-    let since = cs[1].mark();
-    let j = join(&mut a2, "multi", "owner").await;
+    open_room(&mut alice, "multi", &mut [&mut bob]).await;
+    sync(&mut bob).await;
+    let since = bob.mark();
+    let j = join_room(&mut a2, "multi", "owner").await;
     assert_eq!(j.others.len(), 1, "bob's presence");
     // Bob sees no new occupant.
-    sync(&mut cs[1]).await;
-    cs[1].expect_nothing(since).await;
+    sync(&mut bob).await;
+    bob.expect_nothing(since).await;
 
-    say(&mut cs[1], "multi", "both").await;
-    groupchat(&mut cs[0], "multi").await;
+    say(&mut bob, "multi", "both").await;
+    groupchat(&mut alice, "multi").await;
     groupchat(&mut a2, "multi").await;
-    groupchat(&mut cs[1], "multi").await;
+    groupchat(&mut bob, "multi").await;
 
     // One resource leaves: only it hears of it, the occupant stays.
-    let since = cs[1].mark();
+    let since = bob.mark();
     a2.send_str(&format!(
         "<presence type='unavailable' to='{}/owner'/>",
         room_jid("multi")
@@ -631,11 +343,11 @@ async fn one_user_can_join_with_several_resources_under_one_nick() {
     .await;
     let own = presence_of(&mut a2, "multi", "owner").await;
     assert_eq!(own.attr("type"), Some("unavailable"));
-    sync(&mut cs[1]).await;
-    cs[1].expect_nothing(since).await;
-    say(&mut cs[1], "multi", "still").await;
+    sync(&mut bob).await;
+    bob.expect_nothing(since).await;
+    say(&mut bob, "multi", "still").await;
     assert_eq!(
-        groupchat(&mut cs[0], "multi")
+        groupchat(&mut alice, "multi")
             .await
             .get_child("body", NS_CLIENT)
             .unwrap()
@@ -647,20 +359,19 @@ async fn one_user_can_join_with_several_resources_under_one_nick() {
 #[tokio::test]
 async fn the_subject_is_for_moderators_unless_the_room_allows_it() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "topic").await;
-    join(&mut cs[1], "topic", "bob").await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    open_room(&mut alice, "topic", &mut [&mut bob]).await;
     let set = |t: &str| {
         format!(
             "<message to='{}' type='groupchat'><subject>{t}</subject></message>",
             room_jid("topic")
         )
     };
-    cs[1].send_str(&set("mine")).await;
-    assert_eq!(message_error(&mut cs[1], "topic").await, "forbidden");
-    cs[0].send_str(&set("Rust")).await;
+    bob.send_str(&set("mine")).await;
+    assert_eq!(message_error(&mut bob, "topic").await, "forbidden");
+    alice.send_str(&set("Rust")).await;
     let m = loop {
-        let e = cs[1].next_named("message").await;
+        let e = bob.next_named("message").await;
         if e.get_child("subject", NS_CLIENT).is_some() {
             break e;
         }
@@ -670,23 +381,23 @@ async fn the_subject_is_for_moderators_unless_the_room_allows_it() {
         Some(format!("{}/owner", room_jid("topic")).as_str())
     );
     // A joiner gets it last.
-    let mut c3 = users(&server, &["carol"]).await.remove(0);
-    let j = join(&mut c3, "topic", "carol").await;
+    let [mut c3] = users(&server, ["carol"]).await;
+    let j = join_room(&mut c3, "topic", "carol").await;
     assert_eq!(
         j.subject.get_child("subject", NS_CLIENT).unwrap().text(),
         "Rust"
     );
     // Too long a subject is refused.
     let r = configure(
-        &mut cs[0],
+        &mut alice,
         "topic",
         &[("muc#roomconfig_changesubject", "1")],
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"));
-    cs[1].send_str(&set(&"x".repeat(5000))).await;
-    assert_eq!(message_error(&mut cs[1], "topic").await, "not-acceptable");
-    cs[1].send_str(&set("ours")).await;
+    bob.send_str(&set(&"x".repeat(5000))).await;
+    assert_eq!(message_error(&mut bob, "topic").await, "not-acceptable");
+    bob.send_str(&set("ours")).await;
     loop {
         let e = c3.next_named("message").await;
         if e.get_child("subject", NS_CLIENT)
@@ -702,17 +413,16 @@ async fn the_subject_is_for_moderators_unless_the_room_allows_it() {
 #[tokio::test]
 async fn kick_ban_and_voice() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
-    instant_room(&mut cs[0], "mod").await;
-    join(&mut cs[1], "mod", "bob").await;
+    let [mut alice, mut bob, mut carol] = users(&server, ["alice", "bob", "carol"]).await;
+    open_room(&mut alice, "mod", &mut [&mut bob]).await;
 
     // A participant may not kick.
-    let r = admin_set(&mut cs[1], "mod", "<item nick='owner' role='none'/>").await;
+    let r = admin_set(&mut bob, "mod", "<item nick='owner' role='none'/>").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 
     // Kick (307) with actor and reason.
     let (r, before) = iq_keep(
-        &mut cs[0],
+        &mut alice,
         &format!(
             "<iq type='set' id='kick' to='{}'><query xmlns='{NS_ADMIN}'><item nick='bob' role='none'><reason>calm down</reason></item></query></iq>",
             room_jid("mod")
@@ -721,7 +431,7 @@ async fn kick_ban_and_voice() {
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
-    let p = presence_of(&mut cs[1], "mod", "bob").await;
+    let p = presence_of(&mut bob, "mod", "bob").await;
     assert_eq!(p.attr("type"), Some("unavailable"));
     let mut c = codes(&p);
     c.sort();
@@ -742,29 +452,28 @@ async fn kick_ban_and_voice() {
     assert_eq!(codes(seen), vec![307]);
 
     // Ban (301): out, and cannot come back.
-    join(&mut cs[1], "mod", "bob").await;
+    join_room(&mut bob, "mod", "bob").await;
     let r = admin_set(
-        &mut cs[0],
+        &mut alice,
         "mod",
         "<item jid='bob@localhost' affiliation='outcast'><reason>spam</reason></item>",
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
-    let p = presence_of(&mut cs[1], "mod", "bob").await;
+    let p = presence_of(&mut bob, "mod", "bob").await;
     let mut c = codes(&p);
     c.sort();
     assert_eq!(c, vec![110, 301]);
     assert_eq!(item(&p).attr("affiliation"), Some("outcast"));
-    assert_eq!(
-        join_refused(&mut cs[1], "mod", "bob", "").await,
-        "forbidden"
-    );
-    let list = cs[0]
-        .iq(
-            &format!("<iq type='get' id='ol' to='{}'><query xmlns='{NS_ADMIN}'><item affiliation='outcast'/></query></iq>", room_jid("mod")),
-            "ol",
-        )
-        .await;
+    assert_eq!(join_refused(&mut bob, "mod", "bob", "").await, "forbidden");
+    let list = query(
+        &mut alice,
+        &room_jid("mod"),
+        "get",
+        NS_ADMIN,
+        "<item affiliation='outcast'/>",
+    )
+    .await;
     let items: Vec<&Element> = list
         .get_child("query", NS_ADMIN)
         .unwrap()
@@ -778,19 +487,19 @@ async fn kick_ban_and_voice() {
     );
 
     // Moderated: a visitor has no voice until granted.
-    let r = configure(&mut cs[0], "mod", &[("muc#roomconfig_moderatedroom", "1")]).await;
+    let r = configure(&mut alice, "mod", &[("muc#roomconfig_moderatedroom", "1")]).await;
     assert_eq!(r.attr("type"), Some("result"));
-    let j = join(&mut cs[2], "mod", "carol").await;
+    let j = join_room(&mut carol, "mod", "carol").await;
     assert_eq!(item(&j.own).attr("role"), Some("visitor"));
-    say(&mut cs[2], "mod", "may I").await;
-    assert_eq!(message_error(&mut cs[2], "mod").await, "forbidden");
-    let r = admin_set(&mut cs[0], "mod", "<item nick='carol' role='participant'/>").await;
+    say(&mut carol, "mod", "may I").await;
+    assert_eq!(message_error(&mut carol, "mod").await, "forbidden");
+    let r = admin_set(&mut alice, "mod", "<item nick='carol' role='participant'/>").await;
     assert_eq!(r.attr("type"), Some("result"));
-    let p = presence_of(&mut cs[2], "mod", "carol").await;
+    let p = presence_of(&mut carol, "mod", "carol").await;
     assert_eq!(item(&p).attr("role"), Some("participant"));
-    say(&mut cs[2], "mod", "thanks").await;
+    say(&mut carol, "mod", "thanks").await;
     assert_eq!(
-        groupchat(&mut cs[0], "mod")
+        groupchat(&mut alice, "mod")
             .await
             .get_child("body", NS_CLIENT)
             .unwrap()
@@ -798,14 +507,14 @@ async fn kick_ban_and_voice() {
         "thanks"
     );
     // Revoked again.
-    let r = admin_set(&mut cs[0], "mod", "<item nick='carol' role='visitor'/>").await;
+    let r = admin_set(&mut alice, "mod", "<item nick='carol' role='visitor'/>").await;
     assert_eq!(r.attr("type"), Some("result"));
     // Nobody kicks the owner.
-    let r = admin_set(&mut cs[0], "mod", "<item nick='owner' role='none'/>").await;
+    let r = admin_set(&mut alice, "mod", "<item nick='owner' role='none'/>").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("not-allowed"));
     // The last owner stays an owner.
     let r = admin_set(
-        &mut cs[0],
+        &mut alice,
         "mod",
         "<item jid='alice@localhost' affiliation='member'/>",
     )
@@ -816,22 +525,23 @@ async fn kick_ban_and_voice() {
 #[tokio::test]
 async fn member_lists_and_members_only_rooms() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
-    instant_room(&mut cs[0], "club").await;
-    join(&mut cs[2], "club", "carol").await;
+    let [mut alice, mut bob, mut carol] = users(&server, ["alice", "bob", "carol"]).await;
+    open_room(&mut alice, "club", &mut [&mut carol]).await;
     let r = admin_set(
-        &mut cs[0],
+        &mut alice,
         "club",
         "<item jid='bob@localhost' affiliation='member'/>",
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"));
-    let list = cs[0]
-        .iq(
-            &format!("<iq type='get' id='ml' to='{}'><query xmlns='{NS_ADMIN}'><item affiliation='member'/></query></iq>", room_jid("club")),
-            "ml",
-        )
-        .await;
+    let list = query(
+        &mut alice,
+        &room_jid("club"),
+        "get",
+        NS_ADMIN,
+        "<item affiliation='member'/>",
+    )
+    .await;
     let jids: Vec<&str> = list
         .get_child("query", NS_ADMIN)
         .unwrap()
@@ -840,12 +550,14 @@ async fn member_lists_and_members_only_rooms() {
         .collect();
     assert_eq!(jids, vec!["bob@localhost"]);
     // Owner list.
-    let list = cs[0]
-        .iq(
-            &format!("<iq type='get' id='own' to='{}'><query xmlns='{NS_ADMIN}'><item affiliation='owner'/></query></iq>", room_jid("club")),
-            "own",
-        )
-        .await;
+    let list = query(
+        &mut alice,
+        &room_jid("club"),
+        "get",
+        NS_ADMIN,
+        "<item affiliation='owner'/>",
+    )
+    .await;
     assert_eq!(
         list.get_child("query", NS_ADMIN)
             .unwrap()
@@ -854,45 +566,47 @@ async fn member_lists_and_members_only_rooms() {
         1
     );
     // A non-admin may not read lists.
-    let r = cs[2]
-        .iq(
-            &format!("<iq type='get' id='ml2' to='{}'><query xmlns='{NS_ADMIN}'><item affiliation='member'/></query></iq>", room_jid("club")),
-            "ml2",
-        )
-        .await;
+    let r = query(
+        &mut carol,
+        &room_jid("club"),
+        "get",
+        NS_ADMIN,
+        "<item affiliation='member'/>",
+    )
+    .await;
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 
     // Members-only: carol (no affiliation) is removed with 322.
-    let r = configure(&mut cs[0], "club", &[("muc#roomconfig_membersonly", "1")]).await;
+    let r = configure(&mut alice, "club", &[("muc#roomconfig_membersonly", "1")]).await;
     assert_eq!(r.attr("type"), Some("result"));
-    let p = presence_of(&mut cs[2], "club", "carol").await;
+    let p = presence_of(&mut carol, "club", "carol").await;
     assert_eq!(p.attr("type"), Some("unavailable"));
     assert!(codes(&p).contains(&322), "{}", show(&p));
     assert_eq!(
-        join_refused(&mut cs[2], "club", "carol", "").await,
+        join_refused(&mut carol, "club", "carol", "").await,
         "registration-required"
     );
-    let j = join(&mut cs[1], "club", "bob").await;
+    let j = join_room(&mut bob, "club", "bob").await;
     assert_eq!(item(&j.own).attr("affiliation"), Some("member"));
     // Losing membership removes bob with 321.
     let r = admin_set(
-        &mut cs[0],
+        &mut alice,
         "club",
         "<item jid='bob@localhost' affiliation='none'/>",
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"));
-    let p = presence_of(&mut cs[1], "club", "bob").await;
+    let p = presence_of(&mut bob, "club", "bob").await;
     assert!(codes(&p).contains(&321), "{}", show(&p));
 }
 
 #[tokio::test]
 async fn passwords_and_maximum_occupants() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
-    instant_room(&mut cs[0], "safe").await;
+    let [mut alice, mut bob, mut carol] = users(&server, ["alice", "bob", "carol"]).await;
+    instant_room(&mut alice, "safe").await;
     let r = configure(
-        &mut cs[0],
+        &mut alice,
         "safe",
         &[
             ("muc#roomconfig_passwordprotectedroom", "1"),
@@ -903,23 +617,23 @@ async fn passwords_and_maximum_occupants() {
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
     assert_eq!(
-        join_refused(&mut cs[1], "safe", "bob", "").await,
+        join_refused(&mut bob, "safe", "bob", "").await,
         "not-authorized"
     );
     assert_eq!(
-        join_refused(&mut cs[1], "safe", "bob", "<password>wrong</password>").await,
+        join_refused(&mut bob, "safe", "bob", "<password>wrong</password>").await,
         "not-authorized"
     );
-    join_with(&mut cs[1], "safe", "bob", "<password>sesame</password>").await;
+    join_with(&mut bob, "safe", "bob", "<password>sesame</password>").await;
     assert_eq!(
-        join_refused(&mut cs[2], "safe", "carol", "<password>sesame</password>").await,
+        join_refused(&mut carol, "safe", "carol", "<password>sesame</password>").await,
         "service-unavailable"
     );
     // Wrong types in the form: bad-request, nothing changed.
-    let r = configure(&mut cs[0], "safe", &[("muc#roomconfig_maxusers", "many")]).await;
+    let r = configure(&mut alice, "safe", &[("muc#roomconfig_maxusers", "many")]).await;
     assert_eq!(stanza_error(&r).as_deref(), Some("bad-request"));
     let r = configure(
-        &mut cs[0],
+        &mut alice,
         "safe",
         &[("muc#roomconfig_moderatedroom", "maybe")],
     )
@@ -930,21 +644,12 @@ async fn passwords_and_maximum_occupants() {
 #[tokio::test]
 async fn destroying_a_room_tells_everyone_why_and_where_to_go() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "old").await;
-    join(&mut cs[1], "old", "bob").await;
-    let r = cs[1]
-        .iq(
-            &format!(
-                "<iq type='set' id='x' to='{}'><query xmlns='{NS_OWNER}'><destroy/></query></iq>",
-                room_jid("old")
-            ),
-            "x",
-        )
-        .await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    open_room(&mut alice, "old", &mut [&mut bob]).await;
+    let r = query(&mut bob, &room_jid("old"), "set", NS_OWNER, "<destroy/>").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
     let (r, before) = iq_keep(
-        &mut cs[0],
+        &mut alice,
         &format!(
             "<iq type='set' id='x' to='{}'><query xmlns='{NS_OWNER}'><destroy jid='new@{SERVICE}'><reason>moved</reason></destroy></query></iq>",
             room_jid("old")
@@ -958,7 +663,7 @@ async fn destroying_a_room_tells_everyone_why_and_where_to_go() {
         .find(|e| e.name() == "presence" && codes(e).contains(&110))
         .expect("the owner's own unavailable, before the answer");
     let bob_saw = loop {
-        let e = cs[1].next_named("presence").await;
+        let e = bob.next_named("presence").await;
         if is_room_stanza(&e, "old") && e.attr("type") == Some("unavailable") {
             break e;
         }
@@ -974,30 +679,22 @@ async fn destroying_a_room_tells_everyone_why_and_where_to_go() {
         assert_eq!(d.attr("jid"), Some(format!("new@{SERVICE}").as_str()));
         assert_eq!(d.get_child("reason", NS_USER).unwrap().text(), "moved");
     }
-    let r = cs[1]
-        .iq(
-            &format!(
-                "<iq type='get' id='g' to='{}'><query xmlns='{NS_INFO}'/></iq>",
-                room_jid("old")
-            ),
-            "g",
-        )
-        .await;
+    let r = query(&mut bob, &room_jid("old"), "get", NS_INFO, "").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"));
 }
 
 #[tokio::test]
 async fn history_on_join_follows_the_limits_asked_for() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "past").await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    instant_room(&mut alice, "past").await;
     for i in 0..5 {
-        say(&mut cs[0], "past", &format!("m{i}")).await;
+        say(&mut alice, "past", &format!("m{i}")).await;
     }
-    sync(&mut cs[0]).await;
+    sync(&mut alice).await;
     let body = |e: &Element| e.get_child("body", NS_CLIENT).unwrap().text();
 
-    let j = join(&mut cs[1], "past", "bob").await;
+    let j = join_room(&mut bob, "past", "bob").await;
     assert_eq!(
         j.history.iter().map(body).collect::<Vec<_>>(),
         ["m0", "m1", "m2", "m3", "m4"]
@@ -1015,20 +712,20 @@ async fn history_on_join_follows_the_limits_asked_for() {
         room_jid("past")
     );
 
-    cs[1].send_str(&leave).await;
-    sync(&mut cs[1]).await;
-    let j = join_with(&mut cs[1], "past", "bob", "<history maxstanzas='2'/>").await;
+    bob.send_str(&leave).await;
+    sync(&mut bob).await;
+    let j = join_with(&mut bob, "past", "bob", "<history maxstanzas='2'/>").await;
     assert_eq!(j.history.iter().map(body).collect::<Vec<_>>(), ["m3", "m4"]);
 
-    cs[1].send_str(&leave).await;
-    sync(&mut cs[1]).await;
-    let j = join_with(&mut cs[1], "past", "bob", "<history maxchars='0'/>").await;
+    bob.send_str(&leave).await;
+    sync(&mut bob).await;
+    let j = join_with(&mut bob, "past", "bob", "<history maxchars='0'/>").await;
     assert!(j.history.is_empty());
 
-    cs[1].send_str(&leave).await;
-    sync(&mut cs[1]).await;
+    bob.send_str(&leave).await;
+    sync(&mut bob).await;
     let j = join_with(
-        &mut cs[1],
+        &mut bob,
         "past",
         "bob",
         "<history since='2999-01-01T00:00:00Z'/>",
@@ -1036,10 +733,10 @@ async fn history_on_join_follows_the_limits_asked_for() {
     .await;
     assert!(j.history.is_empty());
 
-    cs[1].send_str(&leave).await;
-    sync(&mut cs[1]).await;
+    bob.send_str(&leave).await;
+    sync(&mut bob).await;
     let j = join_with(
-        &mut cs[1],
+        &mut bob,
         "past",
         "bob",
         "<history seconds='3600' maxstanzas='3'/>",
@@ -1048,27 +745,30 @@ async fn history_on_join_follows_the_limits_asked_for() {
     assert_eq!(j.history.len(), 3);
 
     // The room keeps what its configuration says.
-    let r = configure(&mut cs[0], "past", &[("muc#maxhistoryfetch", "1")]).await;
+    let r = configure(&mut alice, "past", &[("muc#maxhistoryfetch", "1")]).await;
     assert_eq!(r.attr("type"), Some("result"));
-    cs[1].send_str(&leave).await;
-    sync(&mut cs[1]).await;
-    let j = join(&mut cs[1], "past", "bob").await;
+    bob.send_str(&leave).await;
+    sync(&mut bob).await;
+    let j = join_room(&mut bob, "past", "bob").await;
     assert_eq!(j.history.iter().map(body).collect::<Vec<_>>(), ["m4"]);
 }
 
 #[tokio::test]
 async fn mediated_invitations_and_self_ping() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "party").await;
-    cs[0]
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    // Bob's initial presence is handled before the invitation is sent (it
+    // goes to his available resources).
+    sync(&mut bob).await;
+    instant_room(&mut alice, "party").await;
+    alice
         .send_str(&format!(
             "<message to='{}'><x xmlns='{NS_USER}'><invite to='bob@localhost'><reason>come</reason></invite></x></message>",
             room_jid("party")
         ))
         .await;
     let m = loop {
-        let e = cs[1].next_named("message").await;
+        let e = bob.next_named("message").await;
         if e.attr("from") == Some(room_jid("party").as_str()) {
             break e;
         }
@@ -1088,9 +788,9 @@ async fn mediated_invitations_and_self_ping() {
             room_jid("party")
         )
     };
-    let r = cs[0].iq(&ping("p1", "owner"), "p1").await;
+    let r = alice.iq(&ping("p1", "owner"), "p1").await;
     assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
-    let r = cs[1].iq(&ping("p2", "bob"), "p2").await;
+    let r = bob.iq(&ping("p2", "bob"), "p2").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("not-acceptable"));
 }
 
@@ -1102,30 +802,29 @@ async fn bounds_on_nicks_rooms_and_joins() {
         c.muc.max_nick_length = 10;
     })
     .await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
     assert_eq!(
-        join_refused(&mut cs[0], "r1", &"n".repeat(11), "").await,
+        join_refused(&mut alice, "r1", &"n".repeat(11), "").await,
         "not-acceptable"
     );
-    instant_room(&mut cs[0], "r1").await;
-    instant_room(&mut cs[0], "r2").await;
+    instant_room(&mut alice, "r1").await;
+    instant_room(&mut alice, "r2").await;
     // The service is full.
     assert_eq!(
-        join_refused(&mut cs[1], "r3", "bob", "").await,
+        join_refused(&mut bob, "r3", "bob", "").await,
         "resource-constraint"
     );
     // Bob may be in two rooms, not three... here, the service's two.
-    join(&mut cs[1], "r1", "bob").await;
-    join(&mut cs[1], "r2", "bob").await;
+    join_room(&mut bob, "r1", "bob").await;
+    join_room(&mut bob, "r2", "bob").await;
     // A presence to the room without a nick.
-    cs[1]
-        .send_str(&format!(
-            "<presence to='{}'><x xmlns='{NS_MUC}'/></presence>",
-            room_jid("r1")
-        ))
-        .await;
+    bob.send_str(&format!(
+        "<presence to='{}'><x xmlns='{NS_MUC}'/></presence>",
+        room_jid("r1")
+    ))
+    .await;
     let e = loop {
-        let e = cs[1].next_named("presence").await;
+        let e = bob.next_named("presence").await;
         if e.attr("type") == Some("error") {
             break e;
         }
@@ -1139,20 +838,15 @@ async fn bounds_on_nicks_rooms_and_joins() {
 #[tokio::test]
 async fn rooms_per_user_are_bounded() {
     let server = TestServer::start_with(|c: &mut Config| c.muc.max_rooms_per_user = 1).await;
-    let mut cs = users(&server, &["alice"]).await;
-    instant_room(&mut cs[0], "one").await;
+    let [mut alice] = users(&server, ["alice"]).await;
+    instant_room(&mut alice, "one").await;
     assert_eq!(
-        join_refused(&mut cs[0], "two", "owner", "").await,
+        join_refused(&mut alice, "two", "owner", "").await,
         "resource-constraint"
     );
     // A second resource in a room already joined is no new room.
     let mut a2 = Client::login(server.plain_addr, "alice", "pw", Some("r2")).await;
-    join(&mut a2, "one", "owner").await;
-}
-
-fn postgres_url() -> String {
-    std::env::var("WAXWING_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/wt_muc".into())
+    join_room(&mut a2, "one", "owner").await;
 }
 
 /// A persistent room keeps its configuration, affiliations and subject
@@ -1171,7 +865,7 @@ async fn persistent_room_survives_restart(url: String) {
         server.add_user(u, "pw").await;
     }
     let mut a = Client::login(server.plain_addr, "alice", "pw", Some("r")).await;
-    join(&mut a, &room, "owner").await;
+    join_room(&mut a, &room, "owner").await;
     let r = configure(
         &mut a,
         &room,
@@ -1208,15 +902,7 @@ async fn persistent_room_survives_restart(url: String) {
 
     let server = start(url).await;
     let mut b = Client::login(server.plain_addr, "bob", "pw", Some("r")).await;
-    let info = b
-        .iq(
-            &format!(
-                "<iq type='get' id='i' to='{}'><query xmlns='{NS_INFO}'/></iq>",
-                room_jid(&room)
-            ),
-            "i",
-        )
-        .await;
+    let info = query(&mut b, &room_jid(&room), "get", NS_INFO, "").await;
     let q = info
         .get_child("query", NS_INFO)
         .unwrap_or_else(|| panic!("{}", show(&info)));
@@ -1230,7 +916,7 @@ async fn persistent_room_survives_restart(url: String) {
         q.get_child("identity", NS_INFO).unwrap().attr("name"),
         Some("Kept")
     );
-    let j = join(&mut b, &room, "bob").await;
+    let j = join_room(&mut b, &room, "bob").await;
     assert_eq!(item(&j.own).attr("affiliation"), Some("member"));
     assert_eq!(
         j.subject.get_child("subject", NS_CLIENT).unwrap().text(),
@@ -1243,15 +929,7 @@ async fn persistent_room_survives_restart(url: String) {
     );
     // Destroyed: gone from the database too.
     let mut a = Client::login(server.plain_addr, "alice", "pw", Some("r")).await;
-    let r = a
-        .iq(
-            &format!(
-                "<iq type='set' id='x' to='{}'><query xmlns='{NS_OWNER}'><destroy/></query></iq>",
-                room_jid(&room)
-            ),
-            "x",
-        )
-        .await;
+    let r = query(&mut a, &room_jid(&room), "set", NS_OWNER, "<destroy/>").await;
     assert_eq!(r.attr("type"), Some("result"));
     sync(&mut a).await;
     let service = SERVICE.to_string();
@@ -1273,22 +951,22 @@ async fn a_persistent_room_survives_a_restart_on_postgres() {
 #[tokio::test]
 async fn an_occupant_whose_session_is_gone_is_removed_with_333() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice"]).await;
+    let [mut alice] = users(&server, ["alice"]).await;
     server.add_user("bob", "pw").await;
-    instant_room(&mut cs[0], "gone").await;
+    instant_room(&mut alice, "gone").await;
     // Never available, so its end sends no unavailable to the room: the
     // room finds out when it next writes to it.
     let mut b = Client::login_without_presence(server.plain_addr, "bob", "pw", Some("r")).await;
-    join(&mut b, "gone", "bob").await;
+    join_room(&mut b, "gone", "bob").await;
     sync(&mut b).await;
     drop(b);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let mut n = 0;
     loop {
         n += 1;
-        say(&mut cs[0], "gone", &format!("ping{n}")).await;
+        say(&mut alice, "gone", &format!("ping{n}")).await;
         let (_, before) = iq_keep(
-            &mut cs[0],
+            &mut alice,
             &format!("<iq type='get' id='s{n}' to='{SERVICE}'><ping xmlns='urn:xmpp:ping'/></iq>"),
             &format!("s{n}"),
         )
@@ -1319,18 +997,16 @@ async fn an_occupant_that_stops_reading_is_removed_and_the_room_goes_on() {
         c.limits.write_timeout = 300;
     })
     .await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "slow").await;
-    join(&mut cs[1], "slow", "bob").await;
-    sync(&mut cs[0]).await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    open_room(&mut alice, "slow", &mut [&mut bob]).await;
     // Bob stops reading; alice writes big messages until the room gives
     // up on him (his socket buffers and his queue of 4 full).
     let big = "x".repeat(100_000);
     let mut removed = None;
     for i in 0..400 {
-        say(&mut cs[0], "slow", &format!("{i}{big}")).await;
+        say(&mut alice, "slow", &format!("{i}{big}")).await;
         loop {
-            let e = cs[0].next_element().await;
+            let e = alice.next_element().await;
             if e.name() == "presence" && e.attr("type") == Some("unavailable") {
                 removed = Some(e);
                 break;
@@ -1350,8 +1026,8 @@ async fn an_occupant_that_stops_reading_is_removed_and_the_room_goes_on() {
     );
     assert_eq!(codes(&p), vec![333]);
     // The room still works for alice.
-    say(&mut cs[0], "slow", "after").await;
-    while groupchat(&mut cs[0], "slow")
+    say(&mut alice, "slow", "after").await;
+    while groupchat(&mut alice, "slow")
         .await
         .get_child("body", NS_CLIENT)
         .unwrap()
@@ -1363,22 +1039,14 @@ async fn an_occupant_that_stops_reading_is_removed_and_the_room_goes_on() {
 #[tokio::test]
 async fn the_room_archive_pages_with_the_stanza_ids_occupants_got() {
     let server = TestServer::start().await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    let j = instant_room(&mut cs[0], "log").await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    let j = instant_room(&mut alice, "log").await;
     assert!(
         codes(&j.own).contains(&170),
         "logged room: {}",
         show(&j.own)
     );
-    let info = cs[0]
-        .iq(
-            &format!(
-                "<iq type='get' id='i' to='{}'><query xmlns='{NS_INFO}'/></iq>",
-                room_jid("log")
-            ),
-            "i",
-        )
-        .await;
+    let info = query(&mut alice, &room_jid("log"), "get", NS_INFO, "").await;
     assert!(info
         .get_child("query", NS_INFO)
         .unwrap()
@@ -1386,19 +1054,19 @@ async fn the_room_archive_pages_with_the_stanza_ids_occupants_got() {
         .any(|f| f.attr("var") == Some("urn:xmpp:mam:2")));
     let mut sids = Vec::new();
     for i in 0..3 {
-        say(&mut cs[0], "log", &format!("a{i}")).await;
-        let m = groupchat(&mut cs[0], "log").await;
+        say(&mut alice, "log", &format!("a{i}")).await;
+        let m = groupchat(&mut alice, "log").await;
         let sid = m.get_child("stanza-id", "urn:xmpp:sid:0").unwrap();
         sids.push(sid.attr("id").unwrap().to_string());
     }
     // Bob (not in the room: it is open) pages through it.
-    let query = |id: &str, set: &str| {
+    let mam_query = |id: &str, set: &str| {
         format!(
             "<iq type='set' id='{id}' to='{}'><query xmlns='urn:xmpp:mam:2' queryid='q{id}'><set xmlns='http://jabber.org/protocol/rsm'>{set}</set></query></iq>",
             room_jid("log")
         )
     };
-    let (fin, before) = iq_keep(&mut cs[1], &query("p1", "<max>2</max>"), "p1").await;
+    let (fin, before) = iq_keep(&mut bob, &mam_query("p1", "<max>2</max>"), "p1").await;
     assert_eq!(fin.attr("type"), Some("result"), "{}", show(&fin));
     let results: Vec<(String, String)> = before
         .iter()
@@ -1427,8 +1095,8 @@ async fn the_room_archive_pages_with_the_stanza_ids_occupants_got() {
     let f = fin.get_child("fin", "urn:xmpp:mam:2").unwrap();
     assert_eq!(f.attr("complete"), None);
     let (fin, before) = iq_keep(
-        &mut cs[1],
-        &query("p2", &format!("<max>2</max><after>{}</after>", sids[1])),
+        &mut bob,
+        &mam_query("p2", &format!("<max>2</max><after>{}</after>", sids[1])),
         "p2",
     )
     .await;
@@ -1445,22 +1113,22 @@ async fn the_room_archive_pages_with_the_stanza_ids_occupants_got() {
     );
 
     // Members-only: outsiders may not read it.
-    let r = configure(&mut cs[0], "log", &[("muc#roomconfig_membersonly", "1")]).await;
+    let r = configure(&mut alice, "log", &[("muc#roomconfig_membersonly", "1")]).await;
     assert_eq!(r.attr("type"), Some("result"));
-    let r = cs[1].iq(&query("p3", "<max>2</max>"), "p3").await;
+    let r = bob.iq(&mam_query("p3", "<max>2</max>"), "p3").await;
     assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"));
 }
 
 #[tokio::test]
 async fn history_is_bounded_in_bytes_too() {
     let server = TestServer::start_with(|c: &mut Config| c.muc.max_history_bytes = 10_000).await;
-    let mut cs = users(&server, &["alice", "bob"]).await;
-    instant_room(&mut cs[0], "big").await;
+    let [mut alice, mut bob] = users(&server, ["alice", "bob"]).await;
+    instant_room(&mut alice, "big").await;
     for i in 0..5 {
-        say(&mut cs[0], "big", &format!("{i}{}", "y".repeat(2_000))).await;
+        say(&mut alice, "big", &format!("{i}{}", "y".repeat(2_000))).await;
     }
-    sync(&mut cs[0]).await;
-    let j = join(&mut cs[1], "big", "bob").await;
+    sync(&mut alice).await;
+    let j = join_room(&mut bob, "big", "bob").await;
     // Two messages of ~4.4 KB (the test repeats the body in the id) fit
     // in 10,000 bytes, not three.
     let firsts: Vec<char> = j

@@ -487,6 +487,30 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Replaces the payload of `owner`'s row `id` (a retracted message
+    /// becomes its tombstone, XEP-0425 §4), keeping its place, time and
+    /// peer; returns whether there was such a row.
+    pub async fn archive_replace(
+        &self,
+        owner: &ArchiveOwner,
+        id: &str,
+        payload: &str,
+    ) -> Result<bool, StorageError> {
+        let sql = format!("UPDATE archive SET payload = $5 WHERE {OWNER_IS} AND id = $4");
+        let n = on_pool!(self, pool => {
+            sqlx::query(&sql)
+                .bind(owner.kind as i64)
+                .bind(&owner.domain)
+                .bind(&owner.username)
+                .bind(id)
+                .bind(payload)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
     /// Deletes every row stored before `ts` (microseconds), whoever owns
     /// it; returns how many. Ids are time-ordered, so each owner's old
     /// rows are the start of its (owner, id) range: owners are found by

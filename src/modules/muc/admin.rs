@@ -18,6 +18,9 @@ use crate::xml::Element;
 
 type Outcome = Result<Option<Element>, StanzaError>;
 
+/// §7.12: the disco node that tells a user its reserved nick.
+const RESERVED_NICK_NODE: &str = "x-roomuser-item";
+
 fn err(c: StanzaErrorCondition) -> Outcome {
     Err(c.into())
 }
@@ -30,9 +33,22 @@ pub fn room_iq(
     is_set: bool,
     payload: &Element,
 ) -> Outcome {
+    // §10.1.3: until its owner configures it, the room is there for its
+    // owners only.
+    if room.locked && room.affiliation(&from.to_bare()) != Affiliation::Owner {
+        return err(StanzaErrorCondition::ItemNotFound);
+    }
     match (payload.ns(), is_set) {
         (NS_INFO, false) => disco_info(room, payload, ctx.archiving),
+        (NS_ITEMS, false) if payload.attr("node") == Some(super::hats::NS_COMMANDS) => {
+            let mut q = Element::new("query", NS_ITEMS).with_attr("node", super::hats::NS_COMMANDS);
+            for i in super::hats::command_items(room, from) {
+                q.append_child(i);
+            }
+            Ok(Some(q))
+        }
         (NS_ITEMS, false) => Ok(Some(disco_items(room, from))),
+        (super::hats::NS_COMMANDS, true) => super::hats::command(ctx, room, from, payload),
         (NS_PING, false) => Ok(None),
         (NS_ADMIN, false) => admin_get(room, from, payload),
         (NS_ADMIN, true) => admin_set(ctx, room, from, payload),
@@ -48,8 +64,17 @@ fn feature(var: &str) -> Element {
 
 /// §6.4: identity, the room's features and `muc#roominfo`.
 fn disco_info(room: &Room, payload: &Element, archiving: bool) -> Outcome {
-    if payload.attr("node").is_some() {
-        return err(StanzaErrorCondition::ItemNotFound);
+    match payload.attr("node") {
+        None => {}
+        // §7.12: the user's reserved nick. The service has no room
+        // registration, so nobody has one: an empty answer, as the XEP
+        // asks for a user without.
+        Some(RESERVED_NICK_NODE) => {
+            return Ok(Some(
+                Element::new("query", NS_INFO).with_attr("node", RESERVED_NICK_NODE),
+            ))
+        }
+        Some(_) => return err(StanzaErrorCondition::ItemNotFound),
     }
     let c = &room.config;
     let mut q = Element::new("query", NS_INFO);
@@ -73,6 +98,10 @@ fn disco_info(room: &Room, payload: &Element, archiving: bool) -> Outcome {
         NS_SID,
         NS_OCCUPANT_ID,
         NS_SELF_PING,
+        super::moderate::NS_MODERATE,
+        super::moderate::NS_MODERATE_0,
+        super::hats::NS_HATS,
+        super::hats::NS_COMMANDS,
         "http://jabber.org/protocol/muc#stable_id",
         pick(c.persistent, "muc_persistent", "muc_temporary"),
         pick(c.public, "muc_public", "muc_hidden"),

@@ -60,7 +60,7 @@ impl RoomArchive {
     }
 
     /// Resolves once every row handed over before is committed.
-    async fn flushed(&self) {
+    pub(super) async fn flushed(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Job::Flushed(tx)).await.is_ok() {
             let _ = rx.await;

@@ -38,6 +38,15 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
         }
         return;
     }
+    if let Some(form) = stanza
+        .get_child("x", crate::modules::NS_DATA)
+        .filter(|f| kind != "groupchat" && super::voice::is_voice_form(f))
+    {
+        if let Err(e) = super::voice::submitted(ctx, room, from, form) {
+            refuse(ctx, stanza, e);
+        }
+        return;
+    }
     if let Some(x) = stanza.get_child("x", NS_USER) {
         if kind != "groupchat" {
             return invitations(ctx, room, from, stanza, x);
@@ -99,6 +108,7 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
         crate::xml::Node::Text(_) => true,
     });
     out.append_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occupant_id));
+    super::moderate::strip_forged(&mut out);
     let (id, ts) = ctx.ids.next();
     out.append_child(
         Element::new("stanza-id", NS_SID)
@@ -109,7 +119,7 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
     // Archived under the stanza-id the occupants got (XEP-0313 §5.1.2).
     if ctx.archiving && has_body {
         if let Some(e) = live.element_ref() {
-            let row = super::archive::row(&room.jid, &nick, id, ts, e);
+            let row = super::archive::row(&room.jid, &nick, id.clone(), ts, e);
             ctx.archive_rows.push(row);
         }
     }
@@ -122,6 +132,7 @@ pub fn to_room(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
         room.remember(
             HistoryItem {
                 stanza: with_delay(&live, room.jid.as_str(), at),
+                id,
                 at,
             },
             ctx.limits.max_history_bytes,

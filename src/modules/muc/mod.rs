@@ -20,13 +20,18 @@ pub mod archive;
 pub mod avatar;
 pub mod config;
 pub mod fanout;
+pub mod hats;
+pub mod iq_relay;
 pub mod mentions;
 pub mod message;
+pub mod moderate;
+pub mod nick;
 pub mod persist;
 pub mod presence;
 pub mod room;
 pub mod room_list;
 pub mod service;
+pub mod voice;
 
 pub use service::Muc;
 

@@ -69,7 +69,7 @@ fn whole(room: &Room) -> StoredRoom {
 fn delta(room: &Room) -> RoomDelta {
     let row = room.dirty.then(|| {
         (
-            room.config.to_stored(),
+            room.stored_config(),
             room.subject.text.clone(),
             room.subject.by.clone(),
         )

@@ -84,6 +84,9 @@ pub fn occupant_presence(
         x.append_child(Element::new("status", NS_USER).with_attr("code", c.to_string()));
     }
     p.append_child(x);
+    if let Some(hats) = super::hats::hats_of(room, &occ.real) {
+        p.append_child(hats);
+    }
     p.append_child(
         Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occ.occupant_id.as_str()),
     );
@@ -174,6 +177,22 @@ pub fn check_nick(ctx: &Ctx<'_>, nick: &str) -> Result<(), StanzaError> {
     Ok(())
 }
 
+/// §10.1.1: may `from` create a room, by the service's `create` policy?
+/// The service's admins always may.
+pub fn may_create(ctx: &Ctx<'_>, from: &FullJid) -> bool {
+    let bare = from.to_bare();
+    let listed = |l: &[String]| l.iter().any(|j| BareJid::new(j).is_ok_and(|j| j == bare));
+    if listed(&ctx.limits.admins) {
+        return true;
+    }
+    match ctx.limits.create.as_str() {
+        "anyone" => true,
+        "admins" => false,
+        "list" => listed(&ctx.limits.creators),
+        _ => ctx.server.is_local_domain(from.domain().as_str()),
+    }
+}
+
 /// Available presence from `from` to `room/nick`: a join, a second
 /// session under the same nick, a presence update or a nick change.
 /// `created`: the room was just made for this join (201, locked).
@@ -185,12 +204,16 @@ pub fn available(
     stanza: &Element,
     created: bool,
 ) {
+    let enforced = super::nick::enforce(nick);
+    // 210: the occupant is known by another nick than it asked for.
+    let modified = super::nick::requested(stanza) != Some(enforced.as_str());
+    let nick = enforced.as_str();
     let to_nick = room.occupant_jid(nick);
     if let Some(current) = room.nick_of(from) {
         if current == nick {
             update(ctx, room, from, nick, stanza);
         } else {
-            change_nick(ctx, room, from, &current, nick, stanza);
+            change_nick(ctx, room, from, &current, nick, stanza, modified);
         }
         return;
     }
@@ -256,7 +279,7 @@ pub fn available(
         send_occupants_to(ctx, room, nick, role, from);
         let occ = room.occupants.get(nick).expect("checked above").clone();
         let a = Announcement {
-            self_codes: self_codes(ctx, room, false),
+            self_codes: self_codes(ctx, room, false, modified),
             ..Default::default()
         };
         announce(ctx, room, &occ, &a, Some(from));
@@ -273,7 +296,7 @@ pub fn available(
         }
         send_occupants_to(ctx, room, nick, occ.role, from);
         let a = Announcement {
-            self_codes: self_codes(ctx, room, created),
+            self_codes: self_codes(ctx, room, created, modified),
             ..Default::default()
         };
         room.occupants.insert(nick.to_string(), occ.clone());
@@ -288,7 +311,7 @@ pub fn available(
     super::message::send_subject(ctx, room, from);
 }
 
-fn self_codes(ctx: &Ctx<'_>, room: &Room, created: bool) -> Vec<u16> {
+fn self_codes(ctx: &Ctx<'_>, room: &Room, created: bool, modified: bool) -> Vec<u16> {
     let mut codes = Vec::new();
     // 170: what is said here is kept (the room's archive).
     if ctx.archiving {
@@ -299,6 +322,9 @@ fn self_codes(ctx: &Ctx<'_>, room: &Room, created: bool) -> Vec<u16> {
     }
     if created {
         codes.push(201);
+    }
+    if modified {
+        codes.push(210);
     }
     codes
 }
@@ -342,6 +368,7 @@ fn change_nick(
     old: &str,
     new: &str,
     stanza: &Element,
+    modified: bool,
 ) {
     let to_nick = room.occupant_jid(new);
     if let Err(e) = check_nick(ctx, new) {
@@ -371,7 +398,7 @@ fn change_nick(
     }
     room.occupants.insert(new.to_string(), occ.clone());
     let back = Announcement {
-        self_codes: self_codes(ctx, room, false),
+        self_codes: self_codes(ctx, room, false, modified),
         ..Default::default()
     };
     announce(ctx, room, &occ, &back, None);

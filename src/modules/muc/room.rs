@@ -3,7 +3,7 @@
 //! and the history kept for joiners. Nothing here waits; what must be
 //! stored is marked `dirty` and written by the service after the stanza.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use jid::{BareJid, FullJid};
 
@@ -115,6 +115,8 @@ impl Occupant {
 #[derive(Debug, Clone)]
 pub struct HistoryItem {
     pub stanza: Prepared,
+    /// Its stanza-id (what a moderator names to retract it).
+    pub id: String,
     /// When it was sent (unix seconds).
     pub at: i64,
 }
@@ -157,6 +159,13 @@ pub struct Room {
     pub stored: bool,
     /// Destroyed by its owner: the service forgets it.
     pub destroyed: bool,
+    /// IQs relayed to occupants awaiting their answer, by the id they
+    /// were sent with (bounded by `[muc] max_relayed_iqs`).
+    pub relayed: HashMap<String, super::iq_relay::RelayedIq>,
+    /// Nicks of visitors whose voice request awaits a moderator (§7.13).
+    pub voice_requests: HashSet<String>,
+    /// XEP-0317 hats users wear here (≤ `[muc] max_hats`).
+    pub hats: Vec<super::hats::Hat>,
 }
 
 /// What a room's handlers reach beyond the room: the server (delivery),
@@ -220,6 +229,9 @@ impl Room {
             avatar: None,
             stored: false,
             destroyed: false,
+            relayed: HashMap::new(),
+            voice_requests: HashSet::new(),
+            hats: Vec::new(),
         }
     }
 
@@ -313,7 +325,7 @@ impl Room {
         affiliations.sort();
         StoredRoom {
             room: self.jid.node().map(|n| n.to_string()).unwrap_or_default(),
-            config: self.config.to_stored(),
+            config: self.stored_config(),
             subject: self.subject.text.clone(),
             subject_by: self.subject.by.clone(),
             affiliations,
@@ -321,11 +333,31 @@ impl Room {
         }
     }
 
+    /// The configuration text with the hats as `hat=` lines (the
+    /// configuration reader passes over them).
+    pub fn stored_config(&self) -> String {
+        let mut text = self.config.to_stored();
+        for h in &self.hats {
+            // A hat's fields hold no line break (`hats::command` sees to it).
+            text.push_str("hat=");
+            text.push_str(&h.to_stored());
+            text.push('\n');
+        }
+        text
+    }
+
     /// A room read back from the database.
     pub fn from_stored(service: &str, stored: &StoredRoom, limits: &MucConfig) -> Option<Room> {
         let jid = BareJid::new(&format!("{}@{}", stored.room, service)).ok()?;
         let mut room = Room::new(jid, RoomConfig::from_stored(&stored.config, limits));
         room.config.persistent = true;
+        room.hats = stored
+            .config
+            .lines()
+            .filter_map(|l| l.strip_prefix("hat="))
+            .filter_map(super::hats::Hat::from_stored)
+            .take(limits.max_hats)
+            .collect();
         room.subject = Subject {
             text: stored.subject.clone(),
             by: stored.subject_by.clone(),

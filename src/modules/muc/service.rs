@@ -12,6 +12,7 @@ use jid::{FullJid, Jid};
 use tokio::sync::mpsc;
 
 use super::config::RoomConfig;
+use super::moderate::{self, Request};
 use super::presence;
 use super::room::{Affiliation, Ctx, Room};
 use super::{message, NS_MUC, NS_OCCUPANT_ID, NS_PING, NS_SELF_PING, NS_SID, NS_UNIQUE};
@@ -49,7 +50,7 @@ impl Feature for Muc {
     }
 
     fn xeps(&self) -> &[u16] {
-        &[45, 410, 421, 486]
+        &[45, 317, 410, 421, 424, 425, 486]
     }
 
     fn service_domains(&self, config: &Config) -> Vec<String> {
@@ -172,6 +173,17 @@ impl Service {
         if to.node().is_none() {
             return self.service_stanza(server, &stanza, &from, &to);
         }
+        // The answer to an IQ relayed to an occupant (it may come from a
+        // bare JID: a vCard is the account's).
+        if stanza.name() == "iq"
+            && to.resource().is_some()
+            && matches!(stanza.attr("type"), Some("result" | "error"))
+        {
+            if let Some(room) = self.rooms.get_mut(to.to_bare().as_str()) {
+                super::iq_relay::answered(server, room, &from, &stanza);
+            }
+            return;
+        }
         // Occupants are sessions: a bare sender cannot be one.
         let Ok(from) = from.try_into_full() else {
             return reply_error(server, &stanza, StanzaErrorCondition::NotAcceptable.into());
@@ -187,6 +199,21 @@ impl Service {
                 .filter(|p| super::archive::is_archive_iq(p))
             {
                 return self.archive_iq(server, &key, &from, &stanza, payload);
+            }
+        }
+        // XEP-0425: checked and archived first (that waits on the disk).
+        let mut retraction = None;
+        if stanza.name() == "iq" && to.resource().is_none() && stanza.attr("type") == Some("set") {
+            if let Some(request) = stanza.children().next().and_then(Request::parse) {
+                let room = self.rooms.get(&key);
+                let prepared = match request {
+                    Ok(r) => moderate::prepare(server, room, self.archive.as_ref(), &from, r).await,
+                    Err(e) => Err(e),
+                };
+                match prepared {
+                    Ok(r) => retraction = Some(r),
+                    Err(e) => return reply_error(server, &stanza, e),
+                }
             }
         }
         let archiving = self.archive.is_some();
@@ -227,7 +254,13 @@ impl Service {
                     None => message::to_room(&mut ctx, room, &from, &stanza),
                 },
             },
-            "iq" => iq_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+            "iq" => match (retraction, rooms.get_mut(&key)) {
+                (Some(r), Some(room)) => {
+                    moderate::apply(&mut ctx, room, r);
+                    answer(server, &stanza, Ok(None));
+                }
+                _ => iq_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+            },
             _ => {}
         }
         // Sessions that could not take what the room sent leave it (333);
@@ -450,12 +483,12 @@ fn presence_to_room(
         if let Err(e) = presence::check_nick(ctx, nick) {
             return refuse(ctx, e);
         }
-        if ctx.limits.create == "local" && !ctx.server.is_local_domain(from.domain().as_str()) {
+        if !presence::may_create(ctx, from) {
             return refuse(
                 ctx,
                 StanzaError::with_text(
                     StanzaErrorCondition::NotAllowed,
-                    "rooms are created by local users",
+                    "you may not create rooms on this service",
                 ),
             );
         }
@@ -512,11 +545,19 @@ fn iq_to_room(
         );
     };
     let outcome = match nick {
-        None if super::avatar::is_vcard(payload) => {
+        // A locked room's vCard is its owners' too (admin::room_iq says
+        // item-not-found to the others).
+        None if super::avatar::is_vcard(payload)
+            && (!room.locked || room.affiliation(&from.to_bare()) == Affiliation::Owner) =>
+        {
             super::avatar::iq(ctx, room, from, is_set, payload)
         }
         None => super::admin::room_iq(ctx, room, from, is_set, payload).map(|mut answer| {
-            if let Some(info) = answer.as_mut().filter(|q| q.is("query", NS_INFO)) {
+            // The room's own features only, not those of a node (§7.12).
+            if let Some(info) = answer
+                .as_mut()
+                .filter(|q| q.is("query", NS_INFO) && q.attr("node").is_none())
+            {
                 super::avatar::add_to_info(room, info);
             }
             answer
@@ -524,7 +565,11 @@ fn iq_to_room(
         Some(nick) => match room.nick_of(from) {
             // XEP-0410: a ping to one's own occupant JID is answered here.
             Some(own) if own == nick && payload.is("ping", NS_PING) => Ok(None),
-            Some(_) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+            // Relayed to the occupant; its answer comes back later.
+            Some(_) => match super::iq_relay::relay(ctx, room, from, nick, stanza) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             None => Err(StanzaErrorCondition::NotAcceptable.into()),
         },
     };
