@@ -45,6 +45,10 @@ struct Shared<T> {
     max_bytes: usize,
     ready: Notify,
     closed: AtomicBool,
+    /// A sender waits in `wait_for_room` (checked on every receive, so
+    /// the common case costs one relaxed load).
+    room_wanted: AtomicBool,
+    room: Notify,
 }
 
 /// The sending side (cheap to clone).
@@ -74,6 +78,8 @@ pub fn queue<T: Weigh>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, Qu
         max_bytes,
         ready: Notify::new(),
         closed: AtomicBool::new(false),
+        room_wanted: AtomicBool::new(false),
+        room: Notify::new(),
     });
     (QueueSender(shared.clone()), QueueReceiver(shared))
 }
@@ -84,6 +90,18 @@ impl<T> Shared<T> {
         // panic cannot leave it half-done, so poisoning carries no
         // information.
         self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At most half full by count and bytes: a waiting sender resumes
+    /// here, so each resumption fills half the queue at once.
+    fn half_empty(&self, q: &Items<T>) -> bool {
+        q.queue.len() <= self.capacity / 2 && q.bytes <= self.max_bytes / 2
+    }
+
+    fn wake_room_waiter(&self) {
+        if self.room_wanted.swap(false, Ordering::AcqRel) {
+            self.room.notify_waiters();
+        }
     }
 }
 
@@ -131,6 +149,28 @@ impl<T: Weigh> QueueSender<T> {
         self.0.ready.notify_one();
         Ok(())
     }
+
+    /// Waits until the queue is at most half full (or closed): for a
+    /// producer with a long backlog for one receiver (a big room's
+    /// occupant list for a joiner), which sends as the receiver reads
+    /// instead of holding it all in the queue at once.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let notified = self.0.room.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a receive between the check
+            // and the await still wakes us.
+            notified.as_mut().enable();
+            self.0.room_wanted.store(true, Ordering::Release);
+            {
+                let q = self.0.lock();
+                if self.0.closed.load(Ordering::Acquire) || self.0.half_empty(&q) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
 }
 
 impl<T: Weigh> QueueReceiver<T> {
@@ -148,6 +188,9 @@ impl<T: Weigh> QueueReceiver<T> {
                 // Drained: give the buffer back (see the module comment).
                 q.queue = VecDeque::new();
             }
+        }
+        if self.0.room_wanted.load(Ordering::Relaxed) && self.0.half_empty(&q) {
+            self.0.wake_room_waiter();
         }
         item
     }
@@ -170,6 +213,7 @@ impl<T> QueueReceiver<T> {
         let mut q = self.0.lock();
         self.0.closed.store(true, Ordering::Release);
         q.bytes = 0;
+        self.0.wake_room_waiter();
         std::mem::take(&mut q.queue).into()
     }
 }
@@ -180,6 +224,7 @@ impl<T> Drop for QueueReceiver<T> {
         self.0.closed.store(true, Ordering::Release);
         q.bytes = 0;
         q.queue.clear();
+        self.0.wake_room_waiter();
     }
 }
 
@@ -268,6 +313,36 @@ mod tests {
         assert_eq!(tx.try_send(1), Err(QueueError::Full));
         assert_eq!(rx.try_recv(), Some(50));
         tx.try_send(1).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sender_waits_for_room_until_half_drained_or_closed() {
+        let (tx, rx) = queue(4, usize::MAX);
+        for i in 0..4 {
+            tx.try_send(i).unwrap();
+        }
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(rx.try_recv(), Some(0));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "3 of 4 is more than half full");
+        assert_eq!(rx.try_recv(), Some(1));
+        waiter.await.unwrap();
+        // An empty-enough queue does not wait at all.
+        tx.wait_for_room().await;
+        // A closed queue ends the wait (the receiver is gone).
+        tx.try_send(2).unwrap();
+        tx.try_send(3).unwrap();
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        drop(rx);
+        waiter.await.unwrap();
     }
 
     #[test]

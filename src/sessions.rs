@@ -491,6 +491,15 @@ impl SessionRegistry {
         queue(&r.tx, data)
     }
 
+    /// The queue of one full JID: for a sender with a long backlog for it
+    /// (a big room's presences for a joiner) that waits for room in it.
+    pub fn queue_of(&self, jid: &FullJid) -> Option<QueueSender<Outbound>> {
+        let map = self.read();
+        map.get(bare_of(jid))
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            .map(|r| r.tx.clone())
+    }
+
     /// Is this full JID bound?
     pub fn is_bound(&self, jid: &FullJid) -> bool {
         self.read()

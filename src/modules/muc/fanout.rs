@@ -3,10 +3,20 @@
 //! bytes for local sessions instead of building one element per
 //! occupant. Recipients elsewhere (s2s, components) get an element, as
 //! `router::deliver` needs one.
+//!
+//! A joiner's occupant list is streamed ([`JoinStreams`]): each presence
+//! is built from the room as it is when the joiner's session queue has
+//! room for it, never all N at once, and whatever else the room sends
+//! that session meanwhile waits behind the list, in order.
+
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use jid::{FullJid, Jid};
+use tokio::sync::mpsc;
 
+use super::presence::{occupant_presence, Announcement};
+use super::room::Room;
 use crate::routes::Route;
 use crate::server::Server;
 use crate::sessions::{DeliveryError, OutStanza};
@@ -86,6 +96,215 @@ impl Prepared {
         };
         e.set_attr("to", to.as_str());
         crate::router::deliver(server, &e, &Jid::from(to.clone()))
+    }
+}
+
+/// Joiners whose occupant list is still being sent, by session.
+pub struct JoinStreams {
+    streams: HashMap<String, JoinStream>,
+    /// Sessions whose queue has room again, for the service to pump.
+    wake: mpsc::UnboundedSender<FullJid>,
+    /// Most stanzas held behind one joiner's list: as many as its session
+    /// queue holds, so a joiner that does not read is dropped (333) as any
+    /// slow occupant is.
+    max_held: usize,
+}
+
+/// What one joiner still has to get, in order.
+struct JoinStream {
+    backlog: VecDeque<Backlog>,
+    /// `Stanza` items in `backlog`.
+    held: usize,
+    /// A waker is armed: the service resumes the stream.
+    waiting: bool,
+}
+
+enum Backlog {
+    /// The presences of `nicks` (those still in the room when their turn
+    /// comes) as `room` shows them to the joiner.
+    Occupants {
+        room: String,
+        nicks: VecDeque<String>,
+        show_jids: bool,
+    },
+    /// A stanza the room sent the joiner while its list was going out.
+    Stanza(Prepared),
+}
+
+/// How a pump ended.
+enum Pumped {
+    /// Everything is queued: the stream is over.
+    Done,
+    /// The session's queue is full: resume when it has room.
+    Blocked,
+    /// The session is gone.
+    Gone,
+}
+
+impl JoinStreams {
+    /// Streams holding at most `max_held` stanzas each; the receiver
+    /// gets the sessions to pump again ([`JoinStreams::resume`]).
+    pub fn new(max_held: usize) -> (JoinStreams, mpsc::UnboundedReceiver<FullJid>) {
+        let (wake, rx) = mpsc::unbounded_channel();
+        let streams = JoinStreams {
+            streams: HashMap::new(),
+            wake,
+            max_held: max_held.max(1),
+        };
+        (streams, rx)
+    }
+
+    /// Holds `p` behind `to`'s list if it has one. Ok(false): no stream,
+    /// send it now. Err: too much held, the session is too slow.
+    pub fn hold(&mut self, p: &Prepared, to: &FullJid) -> Result<bool, ()> {
+        if self.streams.is_empty() {
+            return Ok(false);
+        }
+        let Some(s) = self.streams.get_mut(to.as_str()) else {
+            return Ok(false);
+        };
+        if s.held >= self.max_held {
+            self.streams.remove(to.as_str());
+            return Err(());
+        }
+        s.held += 1;
+        s.backlog.push_back(Backlog::Stanza(p.bytes_only()));
+        Ok(true)
+    }
+
+    /// Opens `to`'s stream (a local session joining `room`) with the
+    /// presence of every occupant but `own_nick`: what the room sends it
+    /// from now on (its own presence, history, subject) waits behind the
+    /// list. Nothing is sent before [`JoinStreams::flush`].
+    pub fn start(&mut self, room: &Room, own_nick: &str, show_jids: bool, to: &FullJid) {
+        let nicks: VecDeque<String> = room
+            .occupants
+            .keys()
+            .filter(|n| n.as_str() != own_nick)
+            .cloned()
+            .collect();
+        let s = self
+            .streams
+            .entry(to.as_str().to_string())
+            .or_insert_with(|| JoinStream {
+                backlog: VecDeque::new(),
+                held: 0,
+                waiting: false,
+            });
+        if !nicks.is_empty() {
+            s.backlog.push_back(Backlog::Occupants {
+                room: room.jid.as_str().to_string(),
+                nicks,
+                show_jids,
+            });
+        }
+    }
+
+    /// After a join was handled: sends `to` what its queue takes of its
+    /// stream now; the rest follows as it reads. A stream already waiting
+    /// for room (another room's list going out) is left to its waker.
+    pub fn flush(&mut self, server: &Server, room: &Room, to: &FullJid) {
+        if self
+            .streams
+            .get(to.as_str())
+            .is_none_or(|s| s.waiting)
+        {
+            return;
+        }
+        let key = room.jid.as_str();
+        self.pump(server, to, |k| (k == key).then_some(room));
+    }
+
+    /// Resumes `to`'s stream after its queue made room, with the rooms.
+    pub fn resume<'r>(
+        &mut self,
+        server: &Server,
+        to: &FullJid,
+        rooms: impl Fn(&str) -> Option<&'r Room>,
+    ) {
+        self.pump(server, to, rooms);
+    }
+
+    /// Queues what `to`'s queue takes; arms a waker when it is full.
+    fn pump<'r>(&mut self, server: &Server, to: &FullJid, rooms: impl Fn(&str) -> Option<&'r Room>) {
+        let Some(s) = self.streams.get_mut(to.as_str()) else {
+            return;
+        };
+        s.waiting = false;
+        match s.pump(server, to, rooms) {
+            Pumped::Done | Pumped::Gone => {
+                self.streams.remove(to.as_str());
+            }
+            Pumped::Blocked => {
+                let Some(queue) = server.sessions.queue_of(to) else {
+                    self.streams.remove(to.as_str());
+                    return;
+                };
+                s.waiting = true;
+                let (wake, to) = (self.wake.clone(), to.clone());
+                tokio::spawn(async move {
+                    queue.wait_for_room().await;
+                    let _ = wake.send(to);
+                });
+            }
+        }
+    }
+
+    /// Joiners with a list still going out.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether no list is going out.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+}
+
+impl JoinStream {
+    fn pump<'r>(
+        &mut self,
+        server: &Server,
+        to: &FullJid,
+        rooms: impl Fn(&str) -> Option<&'r Room>,
+    ) -> Pumped {
+        let none = Announcement::default();
+        while let Some(item) = self.backlog.front_mut() {
+            match item {
+                Backlog::Occupants {
+                    room,
+                    nicks,
+                    show_jids,
+                } => {
+                    // A room gone, or left by the joiner meanwhile: the rest
+                    // of its list means nothing any more.
+                    let room = rooms(room).filter(|r| r.nick_of(to).is_some());
+                    if let Some(room) = room {
+                        while let Some(nick) = nicks.front() {
+                            if let Some(occ) = room.occupants.get(nick) {
+                                let aff = room.affiliation(&occ.real);
+                                let p = Prepared::new(occupant_presence(
+                                    room, occ, aff, &none, *show_jids, false,
+                                ));
+                                match p.send(server, to) {
+                                    Ok(()) => {}
+                                    Err(DeliveryError::QueueFull) => return Pumped::Blocked,
+                                    Err(_) => return Pumped::Gone,
+                                }
+                            }
+                            nicks.pop_front();
+                        }
+                    }
+                }
+                Backlog::Stanza(p) => match p.send(server, to) {
+                    Ok(()) => self.held -= 1,
+                    Err(DeliveryError::QueueFull) => return Pumped::Blocked,
+                    Err(_) => return Pumped::Gone,
+                },
+            }
+            self.backlog.pop_front();
+        }
+        Pumped::Done
     }
 }
 

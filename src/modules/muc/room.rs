@@ -167,13 +167,22 @@ pub struct Ctx<'a> {
     pub archiving: bool,
     /// Rows for the archive, handed to its writer after the stanza.
     pub archive_rows: Vec<crate::storage::ArchiveRow>,
+    /// Joiners whose occupant list is still going out: what the room
+    /// sends them waits behind it.
+    pub streams: &'a mut super::fanout::JoinStreams,
 }
 
 impl Ctx<'_> {
     /// Queues `p` for one session, noting a session that cannot take it.
     pub fn send(&mut self, p: &Prepared, to: &FullJid) {
-        if p.send(self.server, to).is_err() {
-            self.lost.push(to.clone());
+        match self.streams.hold(p, to) {
+            Ok(true) => {}
+            Ok(false) => {
+                if p.send(self.server, to).is_err() {
+                    self.lost.push(to.clone());
+                }
+            }
+            Err(()) => self.lost.push(to.clone()),
         }
     }
 
