@@ -150,6 +150,36 @@ impl<T: Weigh> QueueSender<T> {
         Ok(())
     }
 
+    /// Queues items from the front of `items` while the queue takes them,
+    /// under one lock and with one wake-up of the receiver: how a producer
+    /// with a backlog for one receiver hands over a chunk. Returns how many
+    /// were queued; the rest stay in `items`.
+    pub fn try_send_from(&self, items: &mut VecDeque<T>) -> Result<usize, QueueError> {
+        let mut queued = 0;
+        {
+            let mut q = self.0.lock();
+            if self.0.closed.load(Ordering::Acquire) {
+                return Err(QueueError::Closed);
+            }
+            while let Some(item) = items.pop_front() {
+                let weight = item.weight();
+                let over_bytes =
+                    !q.queue.is_empty() && q.bytes.saturating_add(weight) > self.0.max_bytes;
+                if q.queue.len() >= self.0.capacity || over_bytes {
+                    items.push_front(item);
+                    break;
+                }
+                q.bytes = q.bytes.saturating_add(weight);
+                q.queue.push_back(item);
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            self.0.ready.notify_one();
+        }
+        Ok(queued)
+    }
+
     /// Waits until the queue is at most half full (or closed): for a
     /// producer with a long backlog for one receiver (a big room's
     /// occupant list for a joiner), which sends as the receiver reads
@@ -343,6 +373,23 @@ mod tests {
         tokio::task::yield_now().await;
         drop(rx);
         waiter.await.unwrap();
+    }
+
+    #[test]
+    fn a_batch_goes_in_as_far_as_the_bounds_allow() {
+        let (tx, rx) = queue(3, 10);
+        let mut items: VecDeque<i32> = [2, 3, 4, 5].into_iter().collect();
+        // Count allows 3, bytes 10: 2 + 3 + 4 = 9 fit, the 5 waits.
+        assert_eq!(tx.try_send_from(&mut items), Ok(3));
+        assert_eq!(items, VecDeque::from([5]));
+        assert_eq!(tx.try_send_from(&mut items), Ok(0));
+        while rx.try_recv().is_some() {}
+        assert_eq!(tx.try_send_from(&mut items), Ok(1));
+        drop(rx);
+        assert_eq!(
+            tx.try_send_from(&mut VecDeque::from([1])),
+            Err(QueueError::Closed)
+        );
     }
 
     #[test]

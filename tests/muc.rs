@@ -1061,6 +1061,9 @@ async fn mediated_invitations_and_self_ping() {
     let server = TestServer::start().await;
     let mut cs = users(&server, &["alice", "bob"]).await;
     instant_room(&mut cs[0], "party").await;
+    // Bob's initial presence is handled before the invitation reaches his
+    // bare JID (else it is stored offline, and this test waited forever).
+    sync(&mut cs[1]).await;
     cs[0]
         .send_str(&format!(
             "<message to='{}'><x xmlns='{NS_USER}'><invite to='bob@localhost'><reason>come</reason></invite></x></message>",

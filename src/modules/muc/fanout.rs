@@ -10,6 +10,7 @@
 //! that session meanwhile waits behind the list, in order.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use jid::{FullJid, Jid};
@@ -19,7 +20,7 @@ use super::presence::{occupant_presence, Announcement};
 use super::room::Room;
 use crate::routes::Route;
 use crate::server::Server;
-use crate::sessions::{DeliveryError, OutStanza};
+use crate::sessions::{DeliveryError, OutStanza, Outbound};
 use crate::xml::{escape_attr, Element, NS_CLIENT};
 
 /// A stanza without `to`, ready to go to any number of occupants.
@@ -78,18 +79,22 @@ impl Prepared {
         }
     }
 
+    /// The stanza for one local session: `to` spliced in after the
+    /// element's name, no element built.
+    fn for_session(&self, to: &FullJid) -> Arc<OutStanza> {
+        let mut out = Vec::with_capacity(self.bytes.len() + to.as_str().len() + 8);
+        out.extend_from_slice(&self.bytes[..self.name_end]);
+        out.extend_from_slice(b" to=\"");
+        escape_attr(to.as_str(), &mut out);
+        out.push(b'"');
+        out.extend_from_slice(&self.bytes[self.name_end..]);
+        OutStanza::serialized(Bytes::from(out))
+    }
+
     /// Queues it for `to`.
     pub fn send(&self, server: &Server, to: &FullJid) -> Result<(), DeliveryError> {
         if server.route(to.domain().as_str()) == Route::Host {
-            let mut out = Vec::with_capacity(self.bytes.len() + to.as_str().len() + 8);
-            out.extend_from_slice(&self.bytes[..self.name_end]);
-            out.extend_from_slice(b" to=\"");
-            escape_attr(to.as_str(), &mut out);
-            out.push(b'"');
-            out.extend_from_slice(&self.bytes[self.name_end..]);
-            return server
-                .sessions
-                .send_to_full(to, OutStanza::serialized(Bytes::from(out)));
+            return server.sessions.send_to_full(to, self.for_session(to));
         }
         let Some(mut e) = self.element() else {
             return Err(DeliveryError::Offline);
@@ -110,8 +115,15 @@ pub struct JoinStreams {
     max_held: usize,
 }
 
+/// Stanzas of a stream built ahead of one hand-over to the session's
+/// queue: a join's presences reach the connection in chunks (one lock,
+/// one wake-up, one write) rather than one by one.
+const CHUNK: usize = 64;
+
 /// What one joiner still has to get, in order.
 struct JoinStream {
+    /// Built and addressed, next to go (at most `CHUNK`).
+    ready: VecDeque<Outbound>,
     backlog: VecDeque<Backlog>,
     /// `Stanza` items in `backlog`.
     held: usize,
@@ -187,6 +199,7 @@ impl JoinStreams {
             .streams
             .entry(to.as_str().to_string())
             .or_insert_with(|| JoinStream {
+                ready: VecDeque::new(),
                 backlog: VecDeque::new(),
                 held: 0,
                 waiting: false,
@@ -262,14 +275,35 @@ impl JoinStreams {
 }
 
 impl JoinStream {
+    /// Hands chunks to the session's queue until the stream is out or the
+    /// queue is full.
     fn pump<'r>(
         &mut self,
         server: &Server,
         to: &FullJid,
         rooms: impl Fn(&str) -> Option<&'r Room>,
     ) -> Pumped {
+        loop {
+            self.refill(to, &rooms);
+            if self.ready.is_empty() {
+                return Pumped::Done;
+            }
+            match server.sessions.send_batch_to_full(to, &mut self.ready) {
+                Ok(_) if self.ready.is_empty() => {}
+                Ok(_) => return Pumped::Blocked,
+                Err(_) => return Pumped::Gone,
+            }
+        }
+    }
+
+    /// Builds the next stanzas, up to `CHUNK` ready: occupants as the room
+    /// shows them now, then what was held.
+    fn refill<'r>(&mut self, to: &FullJid, rooms: &impl Fn(&str) -> Option<&'r Room>) {
         let none = Announcement::default();
-        while let Some(item) = self.backlog.front_mut() {
+        while self.ready.len() < CHUNK {
+            let Some(item) = self.backlog.front_mut() else {
+                return;
+            };
             match item {
                 Backlog::Occupants {
                     room,
@@ -278,33 +312,34 @@ impl JoinStream {
                 } => {
                     // A room gone, or left by the joiner meanwhile: the rest
                     // of its list means nothing any more.
-                    let room = rooms(room).filter(|r| r.nick_of(to).is_some());
-                    if let Some(room) = room {
-                        while let Some(nick) = nicks.front() {
-                            if let Some(occ) = room.occupants.get(nick) {
+                    if let Some(room) = rooms(room.as_str()).filter(|r| r.nick_of(to).is_some()) {
+                        while self.ready.len() < CHUNK {
+                            let Some(nick) = nicks.pop_front() else {
+                                break;
+                            };
+                            if let Some(occ) = room.occupants.get(&nick) {
                                 let aff = room.affiliation(&occ.real);
                                 let p = Prepared::new(occupant_presence(
                                     room, occ, aff, &none, *show_jids, false,
                                 ));
-                                match p.send(server, to) {
-                                    Ok(()) => {}
-                                    Err(DeliveryError::QueueFull) => return Pumped::Blocked,
-                                    Err(_) => return Pumped::Gone,
-                                }
+                                self.ready.push_back(Outbound::Stanza(p.for_session(to)));
                             }
-                            nicks.pop_front();
                         }
+                    } else {
+                        nicks.clear();
+                    }
+                    if nicks.is_empty() {
+                        self.backlog.pop_front();
                     }
                 }
-                Backlog::Stanza(p) => match p.send(server, to) {
-                    Ok(()) => self.held -= 1,
-                    Err(DeliveryError::QueueFull) => return Pumped::Blocked,
-                    Err(_) => return Pumped::Gone,
-                },
+                Backlog::Stanza(p) => {
+                    let out = p.for_session(to);
+                    self.held -= 1;
+                    self.ready.push_back(Outbound::Stanza(out));
+                    self.backlog.pop_front();
+                }
             }
-            self.backlog.pop_front();
         }
-        Pumped::Done
     }
 }
 
