@@ -13,7 +13,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-BIN=$1; D=$2; shift 2
+BIN=$(realpath "$1"); D=$2; shift 2
 : "${ROOMS:=2}" "${ROOM_SIZE:=50}"
 LABEL=cgmuc-$(basename "$BIN")-$D
 OUT=${CALLGRIND_DIR:-/tmp/waxwing-callgrind-muc}; mkdir -p "$OUT"; chmod 777 "$OUT"

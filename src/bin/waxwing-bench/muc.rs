@@ -138,7 +138,17 @@ pub fn main() {
             2
         }
     };
-    println!("{}", rep(&report).json());
+    {
+        let mut r = rep(&report);
+        let removed = REMOVED.load(Relaxed);
+        r.num("occupants_removed_by_server", removed);
+        if removed > 0 {
+            r.line(format!(
+                "NOTE: the service removed {removed} occupant(s) on its own (333/307/332)"
+            ));
+        }
+        println!("{}", r.json());
+    }
     std::process::exit(code);
 }
 
@@ -247,6 +257,9 @@ async fn reader(
     }
 }
 
+/// Occupants the service removed from a room on its own (333, 307, 332).
+static REMOVED: AtomicU64 = AtomicU64::new(0);
+
 fn room_of(from: &str) -> &str {
     from.split('/').next().unwrap_or(from)
 }
@@ -308,6 +321,17 @@ fn on_stanza(s: &Sess, el: &Element, tx: &mpsc::UnboundedSender<Ctl>, chat: &Cha
                 .children()
                 .any(|c| c.name() == "status" && c.attr("code") == Some("110"));
             if own {
+                let unavailable = el.attr("type") == Some("unavailable");
+                // Removed by the service (333 slow or gone, 307 kicked…),
+                // not a leave we asked for: counted, the run says how many.
+                if unavailable
+                    && x.children().any(|c| {
+                        c.name() == "status"
+                            && matches!(c.attr("code"), Some("333" | "307" | "332"))
+                    })
+                {
+                    REMOVED.fetch_add(1, Relaxed);
+                }
                 let _ = tx.send(Ctl::SelfPresence {
                     room: room_of(from).to_owned(),
                     unavailable: el.attr("type") == Some("unavailable"),

@@ -82,19 +82,25 @@ impl Prepared {
     /// The stanza for one local session: `to` spliced in after the
     /// element's name, no element built.
     fn for_session(&self, to: &FullJid) -> Arc<OutStanza> {
-        let mut out = Vec::with_capacity(self.bytes.len() + to.as_str().len() + 8);
+        // Exactly the size it ends up (a JID rarely needs escaping), so the
+        // buffer becomes `Bytes` as it is: a spare byte of capacity would
+        // cost `Bytes` one more allocation per recipient.
+        let mut out = Vec::with_capacity(self.bytes.len() + to.as_str().len() + 6);
         out.extend_from_slice(&self.bytes[..self.name_end]);
         out.extend_from_slice(b" to=\"");
         escape_attr(to.as_str(), &mut out);
         out.push(b'"');
         out.extend_from_slice(&self.bytes[self.name_end..]);
-        OutStanza::serialized(Bytes::from(out))
+        OutStanza::serialized(Bytes::from(out.into_boxed_slice()))
     }
 
     /// Queues it for `to`.
     pub fn send(&self, server: &Server, to: &FullJid) -> Result<(), DeliveryError> {
-        if server.route(to.domain().as_str()) == Route::Host {
-            return server.sessions.send_to_full(to, self.for_session(to));
+        // Nearly every occupant is a session here: the registry answers
+        // first, and only a JID it does not know costs a route look-up.
+        match server.sessions.send_to_full(to, self.for_session(to)) {
+            Err(DeliveryError::Offline) if server.route(to.domain().as_str()) != Route::Host => {}
+            done => return done,
         }
         let Some(mut e) = self.element() else {
             return Err(DeliveryError::Offline);
@@ -217,11 +223,7 @@ impl JoinStreams {
     /// stream now; the rest follows as it reads. A stream already waiting
     /// for room (another room's list going out) is left to its waker.
     pub fn flush(&mut self, server: &Server, room: &Room, to: &FullJid) {
-        if self
-            .streams
-            .get(to.as_str())
-            .is_none_or(|s| s.waiting)
-        {
+        if self.streams.get(to.as_str()).is_none_or(|s| s.waiting) {
             return;
         }
         let key = room.jid.as_str();
@@ -239,7 +241,12 @@ impl JoinStreams {
     }
 
     /// Queues what `to`'s queue takes; arms a waker when it is full.
-    fn pump<'r>(&mut self, server: &Server, to: &FullJid, rooms: impl Fn(&str) -> Option<&'r Room>) {
+    fn pump<'r>(
+        &mut self,
+        server: &Server,
+        to: &FullJid,
+        rooms: impl Fn(&str) -> Option<&'r Room>,
+    ) {
         let Some(s) = self.streams.get_mut(to.as_str()) else {
             return;
         };
