@@ -92,10 +92,11 @@ impl<T> Shared<T> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// At most half full by count and bytes: a waiting sender resumes
-    /// here, so each resumption fills half the queue at once.
+    /// At most a quarter full by count and bytes: a sender waiting in
+    /// `wait_for_room` resumes here, and `try_send_from` fills to half, so
+    /// each resumption hands over a quarter of the queue at once.
     fn half_empty(&self, q: &Items<T>) -> bool {
-        q.queue.len() <= self.capacity / 2 && q.bytes <= self.max_bytes / 2
+        q.queue.len() <= self.capacity / 4 && q.bytes <= self.max_bytes / 4
     }
 
     fn wake_room_waiter(&self) {
@@ -150,11 +151,15 @@ impl<T: Weigh> QueueSender<T> {
         Ok(())
     }
 
-    /// Queues items from the front of `items` while the queue takes them,
-    /// under one lock and with one wake-up of the receiver: how a producer
-    /// with a backlog for one receiver hands over a chunk. Returns how many
-    /// were queued; the rest stay in `items`.
+    /// Queues items from the front of `items` while the queue is less than
+    /// half full, under one lock and with one wake-up of the receiver: how
+    /// a producer with a backlog for one receiver (a joiner's occupant
+    /// list) hands over a chunk. The other half stays free for the
+    /// receiver's live traffic, which must never find the queue full
+    /// because of a backlog. Returns how many were queued; the rest stay
+    /// in `items`.
     pub fn try_send_from(&self, items: &mut VecDeque<T>) -> Result<usize, QueueError> {
+        let (capacity, max_bytes) = ((self.0.capacity / 2).max(1), self.0.max_bytes / 2);
         let mut queued = 0;
         {
             let mut q = self.0.lock();
@@ -164,8 +169,8 @@ impl<T: Weigh> QueueSender<T> {
             while let Some(item) = items.pop_front() {
                 let weight = item.weight();
                 let over_bytes =
-                    !q.queue.is_empty() && q.bytes.saturating_add(weight) > self.0.max_bytes;
-                if q.queue.len() >= self.0.capacity || over_bytes {
+                    !q.queue.is_empty() && q.bytes.saturating_add(weight) > max_bytes;
+                if q.queue.len() >= capacity || over_bytes {
                     items.push_front(item);
                     break;
                 }
@@ -180,7 +185,7 @@ impl<T: Weigh> QueueSender<T> {
         Ok(queued)
     }
 
-    /// Waits until the queue is at most half full (or closed): for a
+    /// Waits until the queue is at most a quarter full (or closed): for a
     /// producer with a long backlog for one receiver (a big room's
     /// occupant list for a joiner), which sends as the receiver reads
     /// instead of holding it all in the queue at once.
@@ -346,8 +351,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sender_waits_for_room_until_half_drained_or_closed() {
-        let (tx, rx) = queue(4, usize::MAX);
+    async fn a_sender_waits_for_room_until_a_quarter_full_or_closed() {
+        let (tx, rx) = queue(8, usize::MAX);
         for i in 0..4 {
             tx.try_send(i).unwrap();
         }
@@ -358,7 +363,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(rx.try_recv(), Some(0));
         tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "3 of 4 is more than half full");
+        assert!(!waiter.is_finished(), "3 of 8 is more than a quarter");
         assert_eq!(rx.try_recv(), Some(1));
         waiter.await.unwrap();
         // An empty-enough queue does not wait at all.
@@ -376,13 +381,15 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_goes_in_as_far_as_the_bounds_allow() {
-        let (tx, rx) = queue(3, 10);
+    fn a_batch_fills_half_the_queue_and_leaves_the_rest_for_live_traffic() {
+        let (tx, rx) = queue(6, 20);
         let mut items: VecDeque<i32> = [2, 3, 4, 5].into_iter().collect();
-        // Count allows 3, bytes 10: 2 + 3 + 4 = 9 fit, the 5 waits.
+        // Half the count is 3, half the bytes 10: 2 + 3 + 4 = 9 fit, the 5 waits.
         assert_eq!(tx.try_send_from(&mut items), Ok(3));
         assert_eq!(items, VecDeque::from([5]));
         assert_eq!(tx.try_send_from(&mut items), Ok(0));
+        // The other half still takes single items.
+        tx.try_send(1).unwrap();
         while rx.try_recv().is_some() {}
         assert_eq!(tx.try_send_from(&mut items), Ok(1));
         drop(rx);

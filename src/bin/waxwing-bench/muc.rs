@@ -362,6 +362,8 @@ struct Bench {
     tck: u64,
     /// Tells rooms of this run apart from any left by an earlier one.
     tag: String,
+    /// When `--max-time` runs out.
+    end: Instant,
 }
 
 impl Bench {
@@ -472,7 +474,13 @@ impl Bench {
                 }
             }
         });
-        futures_join_all(joins).await;
+        // Joins still in flight at the deadline get a little longer, not
+        // the 60 s each may wait: a server far behind is measured as it is.
+        let _ = tokio::time::timeout_at(
+            (deadline + Duration::from_secs(10)).into(),
+            futures_join_all(joins),
+        )
+        .await;
         let (n, f) = (joined.load(Relaxed) as usize, failed.load(Relaxed));
         if f > 0 || n < members.len() {
             let ex = example.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -560,6 +568,7 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
             args.domain, args.accounts
         ));
     }
+    let started = Instant::now();
     let rss0 = args.server_pid.and_then(stats::rss_kib);
     let chat = Arc::new(Chat {
         run: AtomicU64::new(0),
@@ -630,6 +639,7 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         }
     }
     let b = Bench {
+        end: started + Duration::from_secs(args.max_time),
         tag: format!("x{}", std::process::id()),
         args: args.clone(),
         muc,
@@ -678,7 +688,11 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         let members: Vec<usize> = (0..args.big_size).collect();
         let rss_before = b.rss();
         let t = Instant::now();
-        let filled = b.fill(&room, &members, Instant::now() + phase).await;
+        // Whatever --max-time leaves after the fill is kept for measuring
+        // the room as far as it got (joins, a saturated run: about a minute).
+        let reserve = b.end.checked_sub(Duration::from_secs(70)).unwrap_or(t);
+        let deadline = (t + phase).min(reserve).max(t);
+        let filled = b.fill(&room, &members, deadline).await;
         let fill_s = t.elapsed().as_secs_f64();
         // Let the last broadcasts drain before reading the RSS.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
