@@ -168,8 +168,7 @@ impl<T: Weigh> QueueSender<T> {
             }
             while let Some(item) = items.pop_front() {
                 let weight = item.weight();
-                let over_bytes =
-                    !q.queue.is_empty() && q.bytes.saturating_add(weight) > max_bytes;
+                let over_bytes = !q.queue.is_empty() && q.bytes.saturating_add(weight) > max_bytes;
                 if q.queue.len() >= capacity || over_bytes {
                     items.push_front(item);
                     break;

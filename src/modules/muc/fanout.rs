@@ -126,6 +126,18 @@ pub struct JoinStreams {
 /// one wake-up, one write) rather than one by one.
 const CHUNK: usize = 64;
 
+/// What became of a stanza for a session that may be joining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// No list is going out to it: send it now.
+    SendNow,
+    /// Held behind its list.
+    Held,
+    /// Too much is held already: the session does not read (its stream
+    /// is dropped; the room removes it as any slow occupant).
+    TooSlow,
+}
+
 /// What one joiner still has to get, in order.
 struct JoinStream {
     /// Built and addressed, next to go (at most `CHUNK`).
@@ -172,22 +184,21 @@ impl JoinStreams {
         (streams, rx)
     }
 
-    /// Holds `p` behind `to`'s list if it has one. Ok(false): no stream,
-    /// send it now. Err: too much held, the session is too slow.
-    pub fn hold(&mut self, p: &Prepared, to: &FullJid) -> Result<bool, ()> {
+    /// Holds `p` behind `to`'s list if it has one.
+    pub fn hold(&mut self, p: &Prepared, to: &FullJid) -> Hold {
         if self.streams.is_empty() {
-            return Ok(false);
+            return Hold::SendNow;
         }
         let Some(s) = self.streams.get_mut(to.as_str()) else {
-            return Ok(false);
+            return Hold::SendNow;
         };
         if s.held >= self.max_held {
             self.streams.remove(to.as_str());
-            return Err(());
+            return Hold::TooSlow;
         }
         s.held += 1;
         s.backlog.push_back(Backlog::Stanza(p.bytes_only()));
-        Ok(true)
+        Hold::Held
     }
 
     /// Opens `to`'s stream (a local session joining `room`) with the

@@ -176,13 +176,13 @@ impl Ctx<'_> {
     /// Queues `p` for one session, noting a session that cannot take it.
     pub fn send(&mut self, p: &Prepared, to: &FullJid) {
         match self.streams.hold(p, to) {
-            Ok(true) => {}
-            Ok(false) => {
+            super::fanout::Hold::Held => {}
+            super::fanout::Hold::SendNow => {
                 if p.send(self.server, to).is_err() {
                     self.lost.push(to.clone());
                 }
             }
-            Err(()) => self.lost.push(to.clone()),
+            super::fanout::Hold::TooSlow => self.lost.push(to.clone()),
         }
     }
 
