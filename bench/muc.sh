@@ -12,7 +12,7 @@
 # Environment (defaults in brackets):
 #   JOIN_SIZE [500] JOIN_REPEAT [20] ROOMS [10] ROOM_SIZE [50] SENDERS [5]
 #   WINDOW [4] DURATION [10] BIG_SIZE [5000] BIG_JOIN_REPEAT [5]
-#   PHASE_TIME [90] MAX_TIME [260] QUIET_WAIT [20] EXTRA [] (more tool flags)
+#   PHASE_TIME [90] MAX_TIME [230] QUIET_WAIT [20] EXTRA [] (more tool flags)
 #   WAXWING_BENCH_IP [127.0.0.24]: the address every server of this script
 #   listens on (one at a time), apart from other benchmark runs.
 # Results: bench/results/muc-<server>-<commit>-<UTC time>.txt, the last line JSON.
@@ -28,7 +28,7 @@ export ACCOUNTS=${ACCOUNTS:-1000} WAXWING_ACCOUNTS=${ACCOUNTS:-1000}
 . "$ROOT/bench/peers/common.sh"
 : "${JOIN_SIZE:=500}" "${JOIN_REPEAT:=20}" "${ROOMS:=10}" "${ROOM_SIZE:=50}" "${SENDERS:=5}"
 : "${WINDOW:=4}" "${DURATION:=10}" "${BIG_SIZE:=5000}" "${BIG_JOIN_REPEAT:=5}"
-: "${PHASE_TIME:=90}" "${MAX_TIME:=260}" "${QUIET_WAIT:=20}" "${EXTRA:=}"
+: "${PHASE_TIME:=90}" "${MAX_TIME:=230}" "${QUIET_WAIT:=20}" "${EXTRA:=}"
 BIN=$ROOT/target/release/waxwing-bench
 OUT=$ROOT/bench/results
 mkdir -p "$OUT"

@@ -728,16 +728,18 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
                 ));
             }
         }
+        // Each part goes into the report as soon as it is measured, so a
+        // run cut by --max-time still has what it got.
+        rep(&report).raw("big", j.json());
         let joins = measure_joins(&b, &room, args.big_size, filled, args.big_join_repeat).await;
-        j.raw("join", joins);
+        rep(&report).raw("big_join", joins);
         let plan = vec![(
             room.clone(),
             (0..filled.min(args.senders)).collect(),
             filled,
         )];
         let sat = chat_run(&b, &plan, None, "big_saturation").await;
-        j.raw("saturation", sat.1);
-        rep(&report).raw("big", j.json());
+        rep(&report).raw("big_saturation", sat.1);
     }
     Ok(())
 }
