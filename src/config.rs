@@ -201,7 +201,10 @@ pub struct MucConfig {
     pub queue: usize,
     /// Most rooms one service holds (persistent and temporary).
     pub max_rooms: usize,
-    /// Most occupants (nicknames) of one room, whatever its `maxusers`.
+    /// Most occupants (nicknames) of one room, whatever its `maxusers`. A
+    /// joiner's occupant list is streamed as it reads, so this is bounded
+    /// by memory (see ARCHITECTURE.md's resource budget), not by the
+    /// session queue.
     pub max_occupants: usize,
     /// A new room's `maxusers`.
     pub default_max_users: usize,
@@ -244,7 +247,7 @@ impl Default for MucConfig {
             max_hats: 100,
             queue: 8192,
             max_rooms: 10_000,
-            max_occupants: 1_000,
+            max_occupants: 10_000,
             default_max_users: 200,
             max_rooms_per_user: 100,
             max_affiliations: 10_000,

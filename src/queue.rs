@@ -45,6 +45,10 @@ struct Shared<T> {
     max_bytes: usize,
     ready: Notify,
     closed: AtomicBool,
+    /// A sender waits in `wait_for_room` (checked on every receive, so
+    /// the common case costs one relaxed load).
+    room_wanted: AtomicBool,
+    room: Notify,
 }
 
 /// The sending side (cheap to clone).
@@ -74,6 +78,8 @@ pub fn queue<T: Weigh>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, Qu
         max_bytes,
         ready: Notify::new(),
         closed: AtomicBool::new(false),
+        room_wanted: AtomicBool::new(false),
+        room: Notify::new(),
     });
     (QueueSender(shared.clone()), QueueReceiver(shared))
 }
@@ -84,6 +90,19 @@ impl<T> Shared<T> {
         // panic cannot leave it half-done, so poisoning carries no
         // information.
         self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At most a quarter full by count and bytes: a sender waiting in
+    /// `wait_for_room` resumes here, and `try_send_from` fills to half, so
+    /// each resumption hands over a quarter of the queue at once.
+    fn half_empty(&self, q: &Items<T>) -> bool {
+        q.queue.len() <= self.capacity / 4 && q.bytes <= self.max_bytes / 4
+    }
+
+    fn wake_room_waiter(&self) {
+        if self.room_wanted.swap(false, Ordering::AcqRel) {
+            self.room.notify_waiters();
+        }
     }
 }
 
@@ -131,6 +150,61 @@ impl<T: Weigh> QueueSender<T> {
         self.0.ready.notify_one();
         Ok(())
     }
+
+    /// Queues items from the front of `items` while the queue is less than
+    /// half full, under one lock and with one wake-up of the receiver: how
+    /// a producer with a backlog for one receiver (a joiner's occupant
+    /// list) hands over a chunk. The other half stays free for the
+    /// receiver's live traffic, which must never find the queue full
+    /// because of a backlog. Returns how many were queued; the rest stay
+    /// in `items`.
+    pub fn try_send_from(&self, items: &mut VecDeque<T>) -> Result<usize, QueueError> {
+        let (capacity, max_bytes) = ((self.0.capacity / 2).max(1), self.0.max_bytes / 2);
+        let mut queued = 0;
+        {
+            let mut q = self.0.lock();
+            if self.0.closed.load(Ordering::Acquire) {
+                return Err(QueueError::Closed);
+            }
+            while let Some(item) = items.pop_front() {
+                let weight = item.weight();
+                let over_bytes = !q.queue.is_empty() && q.bytes.saturating_add(weight) > max_bytes;
+                if q.queue.len() >= capacity || over_bytes {
+                    items.push_front(item);
+                    break;
+                }
+                q.bytes = q.bytes.saturating_add(weight);
+                q.queue.push_back(item);
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            self.0.ready.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Waits until the queue is at most a quarter full (or closed): for a
+    /// producer with a long backlog for one receiver (a big room's
+    /// occupant list for a joiner), which sends as the receiver reads
+    /// instead of holding it all in the queue at once.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let notified = self.0.room.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a receive between the check
+            // and the await still wakes us.
+            notified.as_mut().enable();
+            self.0.room_wanted.store(true, Ordering::Release);
+            {
+                let q = self.0.lock();
+                if self.0.closed.load(Ordering::Acquire) || self.0.half_empty(&q) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
 }
 
 impl<T: Weigh> QueueReceiver<T> {
@@ -148,6 +222,9 @@ impl<T: Weigh> QueueReceiver<T> {
                 // Drained: give the buffer back (see the module comment).
                 q.queue = VecDeque::new();
             }
+        }
+        if self.0.room_wanted.load(Ordering::Relaxed) && self.0.half_empty(&q) {
+            self.0.wake_room_waiter();
         }
         item
     }
@@ -170,6 +247,7 @@ impl<T> QueueReceiver<T> {
         let mut q = self.0.lock();
         self.0.closed.store(true, Ordering::Release);
         q.bytes = 0;
+        self.0.wake_room_waiter();
         std::mem::take(&mut q.queue).into()
     }
 }
@@ -180,6 +258,7 @@ impl<T> Drop for QueueReceiver<T> {
         self.0.closed.store(true, Ordering::Release);
         q.bytes = 0;
         q.queue.clear();
+        self.0.wake_room_waiter();
     }
 }
 
@@ -268,6 +347,55 @@ mod tests {
         assert_eq!(tx.try_send(1), Err(QueueError::Full));
         assert_eq!(rx.try_recv(), Some(50));
         tx.try_send(1).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sender_waits_for_room_until_a_quarter_full_or_closed() {
+        let (tx, rx) = queue(8, usize::MAX);
+        for i in 0..4 {
+            tx.try_send(i).unwrap();
+        }
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(rx.try_recv(), Some(0));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "3 of 8 is more than a quarter");
+        assert_eq!(rx.try_recv(), Some(1));
+        waiter.await.unwrap();
+        // An empty-enough queue does not wait at all.
+        tx.wait_for_room().await;
+        // A closed queue ends the wait (the receiver is gone).
+        tx.try_send(2).unwrap();
+        tx.try_send(3).unwrap();
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.wait_for_room().await })
+        };
+        tokio::task::yield_now().await;
+        drop(rx);
+        waiter.await.unwrap();
+    }
+
+    #[test]
+    fn a_batch_fills_half_the_queue_and_leaves_the_rest_for_live_traffic() {
+        let (tx, rx) = queue(6, 20);
+        let mut items: VecDeque<i32> = [2, 3, 4, 5].into_iter().collect();
+        // Half the count is 3, half the bytes 10: 2 + 3 + 4 = 9 fit, the 5 waits.
+        assert_eq!(tx.try_send_from(&mut items), Ok(3));
+        assert_eq!(items, VecDeque::from([5]));
+        assert_eq!(tx.try_send_from(&mut items), Ok(0));
+        // The other half still takes single items.
+        tx.try_send(1).unwrap();
+        while rx.try_recv().is_some() {}
+        assert_eq!(tx.try_send_from(&mut items), Ok(1));
+        drop(rx);
+        assert_eq!(
+            tx.try_send_from(&mut VecDeque::from([1])),
+            Err(QueueError::Closed)
+        );
     }
 
     #[test]

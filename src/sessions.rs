@@ -491,6 +491,32 @@ impl SessionRegistry {
         queue(&r.tx, data)
     }
 
+    /// Queues stanzas from the front of `batch` for one full JID while its
+    /// queue takes them (one lock, one wake-up of its connection); how
+    /// many were queued, the rest left in `batch`.
+    pub fn send_batch_to_full(
+        &self,
+        jid: &FullJid,
+        batch: &mut std::collections::VecDeque<Outbound>,
+    ) -> Result<usize, DeliveryError> {
+        let map = self.read();
+        let r = map
+            .get(bare_of(jid))
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            .ok_or(DeliveryError::Offline)?;
+        r.tx.try_send_from(batch)
+            .map_err(|_| DeliveryError::Offline)
+    }
+
+    /// The queue of one full JID: for a sender with a long backlog for it
+    /// (a big room's presences for a joiner) that waits for room in it.
+    pub fn queue_of(&self, jid: &FullJid) -> Option<QueueSender<Outbound>> {
+        let map = self.read();
+        map.get(bare_of(jid))
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            .map(|r| r.tx.clone())
+    }
+
     /// Is this full JID bound?
     pub fn is_bound(&self, jid: &FullJid) -> bool {
         self.read()

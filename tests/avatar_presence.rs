@@ -300,10 +300,14 @@ async fn hashes_past_the_cap_are_read_again_from_the_vcard() {
     let mut b = Client::login(ts.plain_addr, &bob, "pw", Some("r")).await;
     b.barrier().await;
     let (image_a, image_c) = (b"\x89PNG ava", b"\x89PNG cid");
+    // Every client stays connected to the end, so no unavailable presence
+    // arrives between the marks below.
+    let mut kept = Vec::new();
     for (user, image) in [(&ava, image_a), (&cid, image_c)] {
         let mut c = Client::login(ts.plain_addr, user, "pw", Some("r")).await;
         set_vcard(&mut c, &vcard(image)).await;
         c.barrier().await;
+        kept.push(c);
     }
     // Both send presence again, in turns, each evicting the other's hash.
     for round in 0..2 {
@@ -312,6 +316,7 @@ async fn hashes_past_the_cap_are_read_again_from_the_vcard() {
             let mark = b.mark();
             let mut c = Client::login(ts.plain_addr, user, "pw", Some(&format!("x{round}"))).await;
             c.barrier().await;
+            kept.push(c);
             let p = one_presence_of(&mut b, mark, user).await;
             assert_eq!(photo(&p), Some(sha1_hex(image)), "{user}: {}", show(&p));
             let held = ts

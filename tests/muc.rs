@@ -1145,3 +1145,66 @@ async fn history_is_bounded_in_bytes_too() {
         .collect();
     assert_eq!(firsts, vec!['3', '4']);
 }
+
+/// A joiner whose occupant list is longer than its session queue gets it
+/// streamed as it reads: every occupant's presence, then its own, then
+/// the subject, in that order; nobody is dropped with 333 on the way
+/// (each of the 20 joins before it is streamed the same way).
+#[tokio::test]
+async fn a_join_into_a_room_bigger_than_the_session_queue_is_streamed() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.limits.session_queue = 4;
+    })
+    .await;
+    let [mut alice, _bob, mut carol] = users(&server, ["alice", "bob", "carol"]).await;
+    instant_room(&mut alice, "big").await;
+    let mut others = Vec::new();
+    for i in 0..20 {
+        let mut c =
+            Client::login_without_presence(server.plain_addr, "bob", "pw", Some(&format!("o{i}")))
+                .await;
+        let j = join_room(&mut c, "big", &format!("n{i}")).await;
+        assert_eq!(j.others.len(), i + 1, "occupants before n{i}");
+        assert!(!codes(&j.own).contains(&333), "{}", show(&j.own));
+        others.push(c);
+    }
+    carol
+        .send_str(&format!(
+            "<presence to='{}/carol'><x xmlns='{NS_MUC}'/></presence>",
+            room_jid("big")
+        ))
+        .await;
+    let (mut seen, mut own_at) = (Vec::new(), None);
+    loop {
+        let e = carol.next_element().await;
+        if !is_room_stanza(&e, "big") {
+            continue;
+        }
+        if e.name() == "message" {
+            assert!(e.get_child("subject", NS_CLIENT).is_some(), "{}", show(&e));
+            break;
+        }
+        assert_eq!(e.name(), "presence", "{}", show(&e));
+        assert_ne!(e.attr("type"), Some("unavailable"), "{}", show(&e));
+        if codes(&e).contains(&110) {
+            own_at = Some(seen.len());
+        }
+        seen.push(e.attr("from").unwrap_or_default().to_string());
+    }
+    assert_eq!(own_at, Some(21), "self-presence after all 21 others");
+    let mut nicks = seen[..21].to_vec();
+    nicks.sort();
+    nicks.dedup();
+    assert_eq!(nicks.len(), 21, "each occupant once");
+    // The room goes on for everyone, the streamed joiners included.
+    say(&mut alice, "big", "after").await;
+    for c in others.iter_mut().chain(std::iter::once(&mut carol)) {
+        while groupchat(c, "big")
+            .await
+            .get_child("body", NS_CLIENT)
+            .map(|b| b.text())
+            .as_deref()
+            != Some("after")
+        {}
+    }
+}

@@ -13,9 +13,10 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
-IP=127.0.0.3 PORT=5222 DOMAIN=ejabberd.bench
+# EJABBERD_BENCH_IP and EJABBERD_NODE move it (bench/muc.sh runs one of its own).
+IP=${EJABBERD_BENCH_IP:-127.0.0.3} PORT=5222 DOMAIN=ejabberd.bench
 D=$BENCH_DIR/ejabberd
-NODE=ejabberd-bench@localhost
+NODE=${EJABBERD_NODE:-ejabberd-bench@localhost}
 
 as_ej() { # run as the ejabberd user without PAM (su/runuser would reset the fd limit)
   ( cd "$D" && ulimit -n "$(fd_limit)" && exec env HOME="$D" setpriv --reuid=ejabberd --regid=ejabberd --init-groups "$@" )
@@ -87,6 +88,24 @@ modules:
     ip_access: all
     access: register
 CFG
+  # BENCH_MUC=1: mod_muc for bench/muc.sh — anyone creates rooms, no history,
+  # no archive, room and presence-broadcast limits above the biggest room.
+  if [ "${BENCH_MUC:-}" = 1 ]; then cat >> "$D/ejabberd.yml" <<CFG
+  mod_muc:
+    host: "conference.$DOMAIN"
+    access: all
+    access_create: all
+    access_persistent: all
+    history_size: 0
+    max_users: 20000
+    max_users_presence: 20000
+    max_user_conferences: 1000
+    default_room_options:
+      max_users: 20000
+      mam: false
+      persistent: false
+CFG
+  fi
   printf '{lookup,["file","native"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n' > "$D/inetrc"
   chown -R ejabberd:ejabberd "$D"
 }

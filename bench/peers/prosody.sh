@@ -10,7 +10,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
-IP=127.0.0.2 PORT=5222 DOMAIN=prosody.bench
+# PROSODY_BENCH_IP moves it (bench/muc.sh gives each run of its own an address).
+IP=${PROSODY_BENCH_IP:-127.0.0.2} PORT=5222 DOMAIN=prosody.bench
 D=$BENCH_DIR/prosody
 
 write_config() {
@@ -47,6 +48,18 @@ c2s_stanza_size_limit = 256 * 1024
 VirtualHost "$DOMAIN"
   ssl = { certificate = "$D/certs/$DOMAIN.crt", key = "$D/certs/$DOMAIN.key" }
 CFG
+  # BENCH_MUC=1: a MUC component for bench/muc.sh — anyone creates rooms, no
+  # history on join, room cache big enough that no live room is evicted.
+  if [ "${BENCH_MUC:-}" = 1 ]; then cat >> "$D/prosody.cfg.lua" <<CFG
+Component "conference.$DOMAIN" "muc"
+  restrict_room_creation = false
+  muc_room_default_history_length = 0
+  max_history_messages = 0
+  muc_room_cache_size = 10000
+  muc_tombstones = false
+  muc_room_default_persistent = false
+CFG
+  fi
   chown -R prosody:prosody "$D"
 }
 

@@ -60,6 +60,18 @@ scram_iterations = 4096
 registrations_per_ip = 1000000
 $( [ "${WAXWING_MAM:-false}" = omit ] || printf '[mam]\nenabled = %s\n' "${WAXWING_MAM:-false}" )
 CFG
+  # BENCH_MUC=1: the MUC service for bench/muc.sh, set as the peers are —
+  # no history, no room archive, rooms big enough for the biggest room.
+  if [ "${BENCH_MUC:-}" = 1 ]; then cat >> "$D/waxwing.toml" <<CFG
+[muc]
+create = "anyone"
+max_occupants = 20000
+default_max_users = 20000
+default_history = 0
+max_rooms_per_user = 1000
+archive = false
+CFG
+  fi
   chown -R waxwing:waxwing "$D"
 }
 

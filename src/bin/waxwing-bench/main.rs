@@ -12,6 +12,7 @@
 mod chat;
 mod first;
 mod im;
+mod muc;
 mod pep;
 mod stats;
 mod xmpp;
@@ -207,6 +208,10 @@ fn main() {
     // `waxwing-bench pep …`: PEP publish → notification latency to online contacts.
     if std::env::args().nth(1).as_deref() == Some("pep") {
         return pep::main();
+    }
+    // `waxwing-bench muc …`: group chat joins, fan-out rate and latency (XEP-0045).
+    if std::env::args().nth(1).as_deref() == Some("muc") {
+        return muc::main();
     }
     // `waxwing-bench first …`: latency of the first message to a new domain (s2s setup).
     if std::env::args().nth(1).as_deref() == Some("first") {

@@ -309,6 +309,9 @@ pub fn available(
         x.and_then(|x| x.get_child("history", NS_MUC)),
     );
     super::message::send_subject(ctx, room, from);
+    // The joiner's stream: the occupants, then all of the above, as its
+    // session queue takes them.
+    ctx.streams.flush(ctx.server, room, from);
 }
 
 fn self_codes(ctx: &Ctx<'_>, room: &Room, created: bool, modified: bool) -> Vec<u16> {
@@ -329,10 +332,17 @@ fn self_codes(ctx: &Ctx<'_>, room: &Room, created: bool, modified: bool) -> Vec<
     codes
 }
 
-/// The presence of every occupant but `nick` to a joining session, one
-/// stanza at a time (each queued as it is built).
+/// The presence of every occupant but `nick` to a joining session. A
+/// local session's list is streamed (`fanout::JoinStreams`): built as its
+/// queue takes it, with what the room sends it meanwhile held behind. A
+/// remote one's goes out at once, one stanza at a time (its s2s queue is
+/// the bound).
 fn send_occupants_to(ctx: &mut Ctx<'_>, room: &Room, nick: &str, role: Role, to: &FullJid) {
     let show = room.shows_jids_to(role);
+    if ctx.server.route(to.domain().as_str()) == crate::routes::Route::Host {
+        ctx.streams.start(room, nick, show, to);
+        return;
+    }
     let a = Announcement::default();
     for occ in room.occupants.values() {
         if occ.nick == nick {

@@ -186,13 +186,22 @@ pub struct Ctx<'a> {
     pub archive_rows: Vec<crate::storage::ArchiveRow>,
     /// Messages naming absent members, told to push after the stanza.
     pub mentions: Vec<super::mentions::Mentioned>,
+    /// Joiners whose occupant list is still going out: what the room
+    /// sends them waits behind it.
+    pub streams: &'a mut super::fanout::JoinStreams,
 }
 
 impl Ctx<'_> {
     /// Queues `p` for one session, noting a session that cannot take it.
     pub fn send(&mut self, p: &Prepared, to: &FullJid) {
-        if p.send(self.server, to).is_err() {
-            self.lost.push(to.clone());
+        match self.streams.hold(p, to) {
+            super::fanout::Hold::Held => {}
+            super::fanout::Hold::SendNow => {
+                if p.send(self.server, to).is_err() {
+                    self.lost.push(to.clone());
+                }
+            }
+            super::fanout::Hold::TooSlow => self.lost.push(to.clone()),
         }
     }
 

@@ -83,7 +83,11 @@ impl Feature for Muc {
 /// order until shutdown, when every occupant is told (332).
 async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
     let secret = occupant_id_secret(&server).await;
-    let mut service = Service::new(&server, &secret);
+    // What waits behind a joiner's list: its queue's worth, plus a whole
+    // join's own stanzas (self-presence, history, subject).
+    let held = server.config.limits.session_queue + server.config.muc.max_history + 2;
+    let (streams, mut wakes) = super::fanout::JoinStreams::new(held);
+    let mut service = Service::new(&server, &secret, streams);
     for domain in service_domains(&server.config) {
         match server.store.muc_rooms(&domain).await {
             Ok(rooms) => {
@@ -107,6 +111,11 @@ async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
                 Some(s) => service.handle(&server, s).await,
                 None => return,
             },
+            // A joiner's queue has room again: more of its occupant list.
+            Some(to) = wakes.recv() => {
+                let rooms = &service.rooms;
+                service.streams.resume(&server, &to, |k| rooms.get(k));
+            }
         }
     }
 }
@@ -140,10 +149,11 @@ struct Service {
     ids: IdSource,
     secret: Vec<u8>,
     limits: MucConfig,
+    streams: super::fanout::JoinStreams,
 }
 
 impl Service {
-    fn new(server: &Arc<Server>, secret: &str) -> Service {
+    fn new(server: &Arc<Server>, secret: &str, streams: super::fanout::JoinStreams) -> Service {
         use hmac::{Hmac, Mac};
         // Occupant ids are keyed by a secret that outlives a restart.
         let mut mac =
@@ -160,6 +170,7 @@ impl Service {
             ids: IdSource::default(),
             secret: mac.finalize().into_bytes().to_vec(),
             limits: server.config.muc.clone(),
+            streams,
         }
     }
 
@@ -224,6 +235,7 @@ impl Service {
             secret,
             limits,
             archive,
+            streams,
         } = self;
         let mut ctx = Ctx {
             server,
@@ -235,6 +247,7 @@ impl Service {
             archiving,
             archive_rows: Vec::new(),
             mentions: Vec::new(),
+            streams,
         };
         let nick = to.resource().map(|r| r.as_str().to_string());
         match stanza.name() {
@@ -390,6 +403,7 @@ impl Service {
             ids,
             secret,
             limits,
+            streams,
             ..
         } = self;
         let mut ctx = Ctx {
@@ -402,6 +416,7 @@ impl Service {
             archiving,
             archive_rows: Vec::new(),
             mentions: Vec::new(),
+            streams,
         };
         let a = presence::Announcement {
             unavailable: true,
