@@ -175,7 +175,10 @@ async fn receive(body: Body, path: &std::path::Path, size: i64) -> Result<(), Re
         tracing::error!(error = %e, "upload: writing a file");
         status(StatusCode::INTERNAL_SERVER_ERROR, "\n")
     };
-    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    // Written through a 1 MiB buffer: tokio's file writes each go to a
+    // blocking thread, so small body frames would cost one hop each.
+    let file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut got: i64 = 0;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -196,7 +199,7 @@ async fn receive(body: Body, path: &std::path::Path, size: i64) -> Result<(), Re
         ));
     }
     file.flush().await.map_err(internal)?;
-    file.sync_all().await.map_err(internal)?;
+    file.get_ref().sync_all().await.map_err(internal)?;
     Ok(())
 }
 
