@@ -86,6 +86,18 @@ impl Ws {
         }
     }
 
+    /// A stream error with `condition`, then the close.
+    async fn expect_stream_error(&mut self, condition: &str) {
+        let e = self.next().await;
+        assert!(
+            e.get_child(condition, "urn:ietf:params:xml:ns:xmpp-streams")
+                .is_some(),
+            "{}",
+            show(&e)
+        );
+        self.expect_closed().await;
+    }
+
     /// `<open/>`, answered with `<open/>` and the features.
     async fn open(&mut self) -> Element {
         self.send(&format!(
@@ -286,27 +298,13 @@ async fn framing_errors_close_the_stream_and_nothing_else() {
     ws.open().await;
     ws.send("<presence xmlns='jabber:client'/><presence xmlns='jabber:client'/>")
         .await;
-    let e = ws.next().await;
-    assert!(
-        e.get_child("not-well-formed", "urn:ietf:params:xml:ns:xmpp-streams")
-            .is_some(),
-        "{}",
-        show(&e)
-    );
-    ws.expect_closed().await;
+    ws.expect_stream_error("not-well-formed").await;
 
     // Half an element.
     let mut ws = Ws::connect(http_addr(&ts)).await;
     ws.open().await;
     ws.send("<message xmlns='jabber:client'><body>").await;
-    let e = ws.next().await;
-    assert!(
-        e.get_child("not-well-formed", "urn:ietf:params:xml:ns:xmpp-streams")
-            .is_some(),
-        "{}",
-        show(&e)
-    );
-    ws.expect_closed().await;
+    ws.expect_stream_error("not-well-formed").await;
 
     // A message over max_stanza_size: policy-violation.
     let mut ws = Ws::connect(http_addr(&ts)).await;
@@ -316,14 +314,7 @@ async fn framing_errors_close_the_stream_and_nothing_else() {
         "<message xmlns='jabber:client'><body>{big}</body></message>"
     ))
     .await;
-    let e = ws.next().await;
-    assert!(
-        e.get_child("policy-violation", "urn:ietf:params:xml:ns:xmpp-streams")
-            .is_some(),
-        "{}",
-        show(&e)
-    );
-    ws.expect_closed().await;
+    ws.expect_stream_error("policy-violation").await;
 
     // Far over it: the library refuses the message and the socket ends.
     let mut ws = Ws::connect(http_addr(&ts)).await;

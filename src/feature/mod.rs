@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod extensions;
+pub mod inbox;
 pub mod iq;
 
 use std::any::Any;

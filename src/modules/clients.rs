@@ -10,6 +10,7 @@
 //! whether a connection holds it or it waits for resumption. Checked
 //! against XEP-0494 version 0.1.0 (2024-09-17).
 
+use crate::modules::time::unix_now as now;
 use jid::{BareJid, FullJid};
 
 use super::stream_management::{end_parked, StreamManagementFeature};
@@ -150,13 +151,6 @@ async fn list(server: &Server, bare: &BareJid) -> Result<Element, StanzaError> {
 
 fn stamp(secs: i64) -> String {
     super::time::xep0082(secs).unwrap_or_default()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// One `<client/>` as XEP-0494 0.1.0 draws it.

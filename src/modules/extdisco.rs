@@ -9,6 +9,7 @@
 //! call back to us, and they stop working at the expiry. Only the server's
 //! own users get them (a session of one of our hosts asking its server).
 
+use crate::modules::time::unix_now;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -142,13 +143,6 @@ pub fn turn_credentials(secret: &str, user: &str, expires: i64) -> (String, Stri
     mac.update(username.as_bytes());
     let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     (username, password)
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -21,6 +21,14 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
     ))
 }
 
+/// Now in whole seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Now as an XEP-0082 DateTime in UTC, e.g. 2026-11-21T23:04:30.123Z.
 pub fn utc_now() -> String {
     let now = time::OffsetDateTime::now_utc();

@@ -12,6 +12,7 @@
 //! per user (the sum of their slots, counted when the slot is handed out);
 //! files go after `expire_days`, open slots after `slot_lifetime`.
 
+use crate::modules::time::unix_now as now;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// The feature; its key and queue are set at start.
 #[derive(Debug, Default)]
 pub struct Upload {
-    tx: OnceLock<mpsc::Sender<Element>>,
+    inbox: crate::feature::inbox::ServiceInbox,
     key: OnceLock<Vec<u8>>,
 }
 
@@ -170,18 +171,13 @@ impl Feature for Upload {
     }
 
     fn deliver_to_service(&self, _server: &Server, stanza: &Element) -> Result<(), DeliveryError> {
-        let tx = self.tx.get().ok_or(DeliveryError::Offline)?;
-        tx.try_send(stanza.clone()).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
-        })
+        self.inbox.deliver(stanza)
     }
 
     fn start(&self, server: &Arc<Server>) {
-        let (tx, rx) = mpsc::channel(server.config.upload.queue.max(1));
-        if self.tx.set(tx).is_err() {
+        let Some(rx) = self.inbox.open(server.config.upload.queue) else {
             return;
-        }
+        };
         let server = server.clone();
         server.clone().background.spawn(run(server, rx));
     }
@@ -285,13 +281,6 @@ fn disco_info(server: &Server) -> Element {
                         .with_child(Element::new("value", super::NS_DATA).with_text(max)),
                 ),
         )
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// A slot request (XEP-0363 §4).

@@ -1,6 +1,7 @@
 //! Account rows: the argon2 hash for PLAIN and the SCRAM salted keys.
 
 use super::{StorageError, Store};
+use crate::modules::time::unix_now as now;
 
 /// SCRAM keys for one hash function, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,13 +24,6 @@ pub struct AccountRecord {
     pub username: String,
     pub argon2: String,
     pub scram: Vec<ScramRecord>,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Inserts every SCRAM record of `rec` inside transaction `tx`; the integer

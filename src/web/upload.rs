@@ -9,6 +9,7 @@
 //! more and it stops with 413), the GET reads the file in chunks, so memory
 //! stays flat whatever the file's size.
 
+use crate::modules::time::unix_now as now;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,13 +28,6 @@ use crate::server::Server;
 pub struct Signed {
     e: Option<i64>,
     s: Option<String>,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// A token is 32 lower-case hex digits; anything else names no file.

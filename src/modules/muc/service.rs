@@ -6,7 +6,7 @@
 //! by `room_list`) and unique room names (§10.1.4) are answered here.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use jid::{FullJid, Jid};
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ use crate::xml::Element;
 /// The multi-user chat feature.
 #[derive(Default)]
 pub struct Muc {
-    tx: OnceLock<mpsc::Sender<Element>>,
+    inbox: crate::feature::inbox::ServiceInbox,
 }
 
 /// The service domains under `config`.
@@ -58,18 +58,13 @@ impl Feature for Muc {
     }
 
     fn deliver_to_service(&self, _server: &Server, stanza: &Element) -> Result<(), DeliveryError> {
-        let tx = self.tx.get().ok_or(DeliveryError::Offline)?;
-        tx.try_send(stanza.clone()).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
-        })
+        self.inbox.deliver(stanza)
     }
 
     fn start(&self, server: &Arc<Server>) {
-        let (tx, rx) = mpsc::channel(server.config.muc.queue.max(1));
-        if self.tx.set(tx).is_err() {
+        let Some(rx) = self.inbox.open(server.config.muc.queue) else {
             return;
-        }
+        };
         let server = server.clone();
         server.clone().background.spawn(run(server, rx));
     }

@@ -5,6 +5,7 @@
 //! carbons and client state, and a FAST token (XEP-0484) — answered in one
 //! `<success/>`. The rules are in `stream::sasl2`.
 
+use crate::modules::time::unix_now as now;
 use jid::{BareJid, FullJid};
 
 use super::session::Attached;
@@ -45,13 +46,6 @@ struct Authenticated {
     /// A FAST login: the client row's generation (its login is recorded
     /// already, with the token's use).
     generation: Option<i64>,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// XEP-0474's hash for a SCRAM exchange: over the `<mechanism/>` list (the
