@@ -77,6 +77,12 @@ pub struct UploadConfig {
     pub cleanup_interval: u64,
     /// Slot requests waiting for the service.
     pub queue: usize,
+    /// At start, fetch a URL under the upload prefix the way clients will
+    /// and log (and show in `ctl stats`) whether it reaches this server.
+    pub self_check: bool,
+    /// Seconds the self-check keeps trying before it reports a failure
+    /// (0: one attempt).
+    pub self_check_for: u64,
 }
 
 impl Default for UploadConfig {
@@ -91,6 +97,8 @@ impl Default for UploadConfig {
             slot_lifetime: 300,
             cleanup_interval: 3600,
             queue: 1024,
+            self_check: true,
+            self_check_for: 60,
         }
     }
 }
@@ -2105,6 +2113,14 @@ const SCHEMA: &[Field] = &[
 ];
 const UPLOAD: &[Field] = &[
     f("enabled", Kind::Bool),
+    f("self_check", Kind::Bool),
+    f(
+        "self_check_for",
+        Kind::Int {
+            min: 0,
+            max: 86_400,
+        },
+    ),
     f("subdomain", Kind::Str(dns_label)),
     f("dir", Kind::Str(any_str)),
     f(

@@ -11,6 +11,7 @@
 //! is encrypted ([`ConnInfo`]).
 
 pub mod host_meta;
+pub mod self_check;
 pub mod upload;
 pub mod websocket;
 
@@ -64,6 +65,10 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
         .route("/.well-known/host-meta", get(host_meta::xrd))
         .route("/.well-known/host-meta.json", get(host_meta::json))
         .route(
+            &format!("/upload/{}/{{nonce}}", self_check::SEGMENT),
+            get(self_check::answer),
+        )
+        .route(
             "/upload/{token}/{name}",
             get(upload::get).put(upload::put).options(upload::preflight),
         )
@@ -108,6 +113,9 @@ pub async fn start(server: &Arc<Server>, tracker: &TaskTracker) -> Result<Bound,
                 tracker.clone(),
             ));
         }
+    }
+    if server.config.upload.self_check {
+        tracker.spawn(self_check::run(server.clone()));
     }
     Ok(bound)
 }
