@@ -165,6 +165,10 @@ pub struct HttpConfig {
     pub header_timeout: u64,
     /// Most bytes of request headers (at least 8,192).
     pub max_header_bytes: usize,
+    /// A directory served at `/chat/` (a web client such as Converse.js);
+    /// its HTML pages get `{{websocket_url}}`, `{{bosh_url}}` and
+    /// `{{domain}}` filled in. Empty: no `/chat/`.
+    pub chat_dir: String,
 }
 
 impl Default for HttpConfig {
@@ -177,6 +181,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             header_timeout: 10,
             max_header_bytes: 16 * 1024,
+            chat_dir: String::new(),
         }
     }
 }
@@ -2234,6 +2239,7 @@ const HTTP: &[Field] = &[
             max: 1 << 20,
         },
     ),
+    f("chat_dir", Kind::Str(any_str)),
 ];
 
 /// When a plain-HTTP WebSocket counts as encrypted.
