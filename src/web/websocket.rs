@@ -10,7 +10,6 @@
 //! our own, so the parser's limits (size, depth, elements, attributes,
 //! names) hold per message as they hold per stanza on TCP.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,15 @@ pub const SUBPROTOCOL: &str = "xmpp";
 const HEADER: &[u8] =
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
 
+/// The library's read buffer per connection, kept for the connection's
+/// life (its default, 128 KiB, made an idle WebSocket session eight times
+/// the memory of a TCP one). A message larger than this still arrives:
+/// the buffer grows for it.
+const READ_BUFFER: usize = 512;
+/// Bytes of messages gathered before a write to the connection (every
+/// batch is flushed at its end anyway); its buffer keeps what it grew to.
+const WRITE_BUFFER: usize = 4096;
+
 /// The upgrade: a client slot (WebSocket sessions count against the same
 /// `[c2s]` caps as TCP ones), the subprotocol, the message size bound,
 /// then the c2s driver on the upgraded connection.
@@ -68,6 +76,8 @@ pub async fn upgrade(
     let tracked = web.tracker.token();
     ws.max_message_size(hard)
         .max_frame_size(hard)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
             let stream = WsStream::new(socket, &server, secure);
@@ -93,7 +103,10 @@ pub struct WsStream {
     socket: std::sync::Mutex<WebSocket>,
     parser: StreamParser,
     max_message: usize,
-    events: VecDeque<Result<StreamEvent, ParseError>>,
+    /// The event of the last message read, not yet taken (one message
+    /// carries one element, and the next is read only once it is taken,
+    /// so there is never more than one: no queue to keep allocated).
+    event: Option<Result<StreamEvent, ParseError>>,
     out: Vec<Vec<u8>>,
     wake_at: Option<Instant>,
     write_timeout: Duration,
@@ -109,7 +122,7 @@ impl WsStream {
             socket: std::sync::Mutex::new(socket),
             parser: StreamParser::new(limits.parser),
             max_message: server.config.limits.max_stanza_size,
-            events: VecDeque::new(),
+            event: None,
             out: Vec::new(),
             wake_at: None,
             write_timeout: limits.write_timeout,
@@ -122,6 +135,11 @@ impl WsStream {
 
     fn socket(&mut self) -> &mut WebSocket {
         self.socket.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_event(&mut self, ev: Result<StreamEvent, ParseError>) {
+        debug_assert!(self.event.is_none(), "one message, one event");
+        self.event = Some(ev);
     }
 
     /// A fresh parse context: our header, and its event dropped.
@@ -147,7 +165,7 @@ impl WsStream {
                 Ok(())
             }
             Some(Ok(Message::Binary(_))) => {
-                self.events.push_back(Err(ParseError::PolicyViolation(
+                self.set_event(Err(ParseError::PolicyViolation(
                     "XMPP travels in text messages (RFC 7395 §3.3.3)".into(),
                 )));
                 Ok(())
@@ -165,7 +183,7 @@ impl WsStream {
             return;
         }
         if bytes.len() > self.max_message {
-            self.events.push_back(Err(ParseError::PolicyViolation(
+            self.set_event(Err(ParseError::PolicyViolation(
                 "message larger than max_stanza_size".into(),
             )));
             return;
@@ -178,7 +196,7 @@ impl WsStream {
                 Ok(Some(StreamEvent::Stanza(el))) if found.is_none() => found = Some(el),
                 Ok(None) => break,
                 Err(e) => {
-                    self.events.push_back(Err(e));
+                    self.set_event(Err(e));
                     return;
                 }
                 // A second element, or `</stream:stream>` in a message.
@@ -189,10 +207,8 @@ impl WsStream {
             }
         }
         match found {
-            Some(el) if !extra && self.parser.buffered() == 0 => {
-                self.events.push_back(Ok(event_of(el)))
-            }
-            _ => self.events.push_back(Err(ParseError::NotWellFormed(
+            Some(el) if !extra && self.parser.buffered() == 0 => self.set_event(Ok(event_of(el))),
+            _ => self.set_event(Err(ParseError::NotWellFormed(
                 "a WebSocket message carries exactly one whole element (RFC 7395 §3.3.3)".into(),
             ))),
         }
@@ -275,7 +291,7 @@ impl ClientStream for WsStream {
 
     async fn next_event(&mut self) -> Flow<StreamEvent> {
         loop {
-            match self.events.pop_front() {
+            match self.event.take() {
                 Some(Ok(ev)) => return Ok(ev),
                 Some(Err(e)) => return Err(self.close_parse_error(e).await),
                 None => self.fill().await?,
@@ -284,7 +300,7 @@ impl ClientStream for WsStream {
     }
 
     fn next_buffered(&mut self) -> Result<Option<StreamEvent>, ParseError> {
-        self.events.pop_front().transpose()
+        self.event.take().transpose()
     }
 
     fn write(&mut self, el: &Element) {
@@ -380,7 +396,7 @@ impl ClientStream for WsStream {
         idle: Duration,
     ) -> Flow<()> {
         ClientStream::flush(self).await?;
-        if !self.events.is_empty() {
+        if self.event.is_some() {
             return Ok(());
         }
         let wake = self.wake_at.take();
