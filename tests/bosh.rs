@@ -521,9 +521,14 @@ async fn hold_and_wait() {
 
     // With two held (hold = 1), the second answers the first at once.
     c.send("").await;
+    let started = Instant::now();
     c.send("").await;
     let first = c.next_body().await;
     assert_eq!(first.children().count(), 0, "{}", show(&first));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not before its wait"
+    );
 
     // A session with wait = 1: its held request comes back empty.
     let (mut short, _) = Bosh::login(addr, "holder", "short", 1).await;
@@ -722,4 +727,36 @@ async fn host_meta_lists_bosh() {
         assert!(out.contains(&format!("http://{host}/http-bind")), "{out}");
         assert!(out.contains("urn:xmpp:alt-connections:websocket"), "{out}");
     }
+}
+
+#[tokio::test]
+async fn server_shutdown_ends_bosh_sessions_at_once() {
+    let mut ts = server_with(|_| {}).await;
+    ts.add_user("held", "pw").await;
+    ts.add_user("idle", "pw").await;
+    let addr = http_addr(&ts);
+    // One session with a request held, one with none.
+    let (mut held, _) = Bosh::login(addr, "held", "r", 60).await;
+    while !held.pending.is_empty() {
+        held.take_oldest().await;
+    }
+    held.send("").await;
+    let (mut idle, _) = Bosh::login(addr, "idle", "r", 60).await;
+    idle.send("<presence xmlns='jabber:client'/>").await;
+    while !idle.pending.is_empty() {
+        idle.take_oldest().await;
+    }
+    let started = Instant::now();
+    let stop = ts.stop();
+    let (_, t) = tokio::join!(stop, held.next_body());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(condition(&t), Some("remote-stream-error"), "{}", show(&t));
+    assert!(t
+        .get_child("error", NS_STREAMS)
+        .and_then(|e| e.get_child("system-shutdown", NS_STREAM_ERRORS))
+        .is_some());
 }

@@ -588,9 +588,17 @@ impl ClientStream for BoshStream {
         self.end_session(None, false);
         // An error no request was held for goes to the next one, if it
         // comes soon (a client polls again at once after an answer).
+        // Not while the server shuts down: the listener takes no more
+        // requests, and shutdown must not wait on a client.
         if let Some(r) = self.undelivered.take() {
             let deadline = tokio::time::Instant::now() + self.write_timeout;
-            if let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, self.inbox.recv()).await {
+            let shutdown = self.shutdown.clone();
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => None,
+                r = tokio::time::timeout_at(deadline, self.inbox.recv()) => r.ok().flatten(),
+            };
+            if let Some(incoming) = next {
                 let reply = match incoming {
                     Incoming::Request(req) => req.reply,
                     Incoming::Oversized(reply) => reply,
