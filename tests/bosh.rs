@@ -43,8 +43,25 @@ struct Http {
 
 /// One request on a connection of its own.
 async fn http(addr: SocketAddr, method: &str, body: &str) -> Http {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(tcp, method, body).await
+}
+
+/// One request over HTTPS (the server's development certificate is not
+/// checked: what is under test is the server).
+async fn https(addr: SocketAddr, method: &str, body: &str) -> Http {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(insecure_client_config());
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    exchange(tls, method, body).await
+}
+
+async fn exchange<S>(mut s: S, method: &str, body: &str) -> Http
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(
         format!(
             "{method} /http-bind HTTP/1.1\r\nHost: localhost\r\nOrigin: http://elsewhere.example\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -54,10 +71,10 @@ async fn http(addr: SocketAddr, method: &str, body: &str) -> Http {
     .await
     .unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(70), tcp.read_to_end(&mut out))
+    // A TLS peer may end without close_notify: what was read counts.
+    let _ = tokio::time::timeout(Duration::from_secs(70), s.read_to_end(&mut out))
         .await
-        .expect("a response")
-        .unwrap();
+        .expect("a response");
     let text = String::from_utf8(out).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
     let status = head[9..12].parse().unwrap();
@@ -759,4 +776,82 @@ async fn server_shutdown_ends_bosh_sessions_at_once() {
         .get_child("error", NS_STREAMS)
         .and_then(|e| e.get_child("system-shutdown", NS_STREAM_ERRORS))
         .is_some());
+}
+
+#[tokio::test]
+async fn encryption_is_the_http_connections() {
+    let ts = server_with(|c| {
+        c.http.plain_is_secure = "never".into();
+        c.http.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+    })
+    .await;
+    ts.add_user("secure", "pw").await;
+    let create = |rid: u64| {
+        format!(
+            "<body rid='{rid}' to='localhost' wait='5' hold='1' ver='1.11' xmpp:version='1.0' \
+             xmlns='{NS_HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh'/>"
+        )
+    };
+    // Plain HTTP that does not count as encrypted: no SASL offered.
+    let plain = parse_body(&http(http_addr(&ts), "POST", &create(10)).await);
+    let f = plain.get_child("features", NS_STREAMS).expect("features");
+    assert!(f.get_child("mechanisms", NS_SASL).is_none(), "{}", show(&f));
+
+    // HTTPS: SASL offered, and a login goes through.
+    let addr = ts.running.as_ref().unwrap().web.https[0];
+    let secure = parse_body(&https(addr, "POST", &create(20)).await);
+    let sid = secure.attr("sid").unwrap().to_string();
+    let mechs = secure
+        .get_child("features", NS_STREAMS)
+        .and_then(|f| f.get_child("mechanisms", NS_SASL))
+        .expect("SASL over HTTPS");
+    assert!(mechs.children().any(|m| m.text() == "PLAIN"));
+    let auth = b64(b"\0secure\0pw");
+    let r = parse_body(
+        &https(
+            addr,
+            "POST",
+            &format!(
+                "<body rid='21' sid='{sid}' xmlns='{NS_HTTPBIND}'><auth xmlns='{NS_SASL}' mechanism='PLAIN'>{auth}</auth></body>"
+            ),
+        )
+        .await,
+    );
+    assert!(r.get_child("success", NS_SASL).is_some(), "{}", show(&r));
+}
+
+#[tokio::test]
+async fn pause_answers_at_once_and_sets_the_next_gap() {
+    let ts = server_with(|c| c.http.bosh_max_pause = 5).await;
+    ts.add_user("pauser", "pw").await;
+    ts.add_user("watcher", "pw").await;
+    let addr = http_addr(&ts);
+    let mut tcp = Client::login(ts.plain_addr, "watcher", "pw", Some("d")).await;
+    let (mut c, _) = Bosh::login(addr, "pauser", "r", 30).await;
+    c.send("<presence xmlns='jabber:client'/><presence xmlns='jabber:client' to='watcher@localhost/d'/>")
+        .await;
+    presence_from(&mut tcp, "pauser@localhost/r").await;
+    while !c.pending.is_empty() {
+        c.take_oldest().await;
+    }
+    // Held requests and the pause itself are answered at once (their
+    // wait is 30 s); the session then lives for the pause (1 s here,
+    // not the 60 s inactivity) and ends as a dropped connection.
+    c.send("").await;
+    let started = Instant::now();
+    c.send_attrs("pause='1'", "").await;
+    c.take_oldest().await;
+    c.take_oldest().await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let gone = presence_from(&mut tcp, "pauser@localhost/r").await;
+    assert_eq!(gone.attr("type"), Some("unavailable"), "{}", show(&gone));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // A pause over maxpause breaks the rules.
+    let (mut c, _) = Bosh::login(addr, "pauser", "s", 30).await;
+    while !c.pending.is_empty() {
+        c.take_oldest().await;
+    }
+    c.send_attrs("pause='6'", "").await;
+    assert_eq!(condition(&c.next_body().await), Some("policy-violation"));
 }
