@@ -795,7 +795,7 @@ async fn encryption_is_the_http_connections() {
     // Plain HTTP that does not count as encrypted: no SASL offered.
     let plain = parse_body(&http(http_addr(&ts), "POST", &create(10)).await);
     let f = plain.get_child("features", NS_STREAMS).expect("features");
-    assert!(f.get_child("mechanisms", NS_SASL).is_none(), "{}", show(&f));
+    assert!(f.get_child("mechanisms", NS_SASL).is_none(), "{}", show(f));
 
     // HTTPS: SASL offered, and a login goes through.
     let addr = ts.running.as_ref().unwrap().web.https[0];
