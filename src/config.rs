@@ -141,7 +141,7 @@ pub struct HttpConfig {
     pub listen: Vec<SocketAddr>,
     /// HTTPS listeners.
     pub listen_tls: Vec<SocketAddr>,
-    /// Whether XMPP over a plain-HTTP WebSocket counts as encrypted:
+    /// Whether XMPP over plain HTTP (WebSocket, BOSH) counts as encrypted:
     /// "loopback" (from 127.0.0.0/8 or ::1 only: a reverse proxy on the
     /// same machine that terminated TLS), "always" (a proxy elsewhere),
     /// "never". What is not encrypted is refused authentication.

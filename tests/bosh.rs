@@ -855,3 +855,52 @@ async fn pause_answers_at_once_and_sets_the_next_gap() {
     c.send_attrs("pause='6'", "").await;
     assert_eq!(condition(&c.next_body().await), Some("policy-violation"));
 }
+
+#[tokio::test]
+async fn sessions_count_against_the_c2s_caps() {
+    let ts = server_with(|c| c.c2s.max_connections_per_ip = 2).await;
+    let addr = http_addr(&ts);
+    let (_a, _) = Bosh::create(addr, 5).await;
+    let (_b, _) = Bosh::create(addr, 5).await;
+    // A third session from the same address: refused, as a third TCP
+    // connection would be.
+    let third = parse_body(
+        &http(
+            addr,
+            "POST",
+            &format!(
+                "<body rid='7' to='localhost' wait='5' hold='1' xmpp:version='1.0' \
+                 xmlns='{NS_HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh'/>"
+            ),
+        )
+        .await,
+    );
+    assert_eq!(condition(&third), Some("remote-connection-failed"));
+    // Neither can TCP get in now; the listener itself goes on.
+    let mut tcp = Client::connect(ts.plain_addr).await;
+    tcp.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_body_cannot_smuggle_a_second_body_or_the_stream_end() {
+    let ts = server_with(|_| {}).await;
+    ts.add_user("sly", "pw").await;
+    ts.add_user("canary", "pw").await;
+    let addr = http_addr(&ts);
+    for payload in [
+        "<presence xmlns='jabber:client'/></body><body xmlns='http://jabber.org/protocol/httpbind'><presence xmlns='jabber:client'/>",
+        "</stream:stream>",
+        "<!-- a comment -->",
+    ] {
+        let (mut c, _) = Bosh::login(addr, "sly", "r", 30).await;
+        while !c.pending.is_empty() {
+            c.take_oldest().await;
+        }
+        c.send(payload).await;
+        let t = c.next_body().await;
+        assert_eq!(condition(&t), Some("remote-stream-error"), "{payload}: {}", show(&t));
+        c.send("").await;
+        assert_eq!(condition(&c.next_body().await), Some("item-not-found"));
+    }
+    still_serves(&ts).await;
+}
