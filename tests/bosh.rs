@@ -442,10 +442,23 @@ async fn rids_in_order_retransmission_and_the_window() {
         format!("<iq xmlns='jabber:client' type='get' id='{id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     };
     let second = c.wrap(r2, "", &ping("second"));
-    let late = tokio::spawn(async move { http(addr, "POST", &second).await });
-    // rid+2 is held unprocessed: nothing comes back for it yet.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!late.is_finished());
+    // rid+2 sent twice: the server keeps the newer copy waiting for rid+1
+    // and answers the older at once with a recoverable error (§14.3) —
+    // which also tells us rid+2 is there before rid+1 is sent.
+    let (s1, s2) = (second.clone(), second);
+    let mut a = tokio::spawn(async move { http(addr, "POST", &s1).await });
+    let mut b = tokio::spawn(async move { http(addr, "POST", &s2).await });
+    let (older, late) = tokio::select! {
+        r = &mut a => (r.unwrap(), b),
+        r = &mut b => (r.unwrap(), a),
+    };
+    assert_eq!(
+        parse_body(&older).attr("type"),
+        Some("error"),
+        "{}",
+        older.body
+    );
+    assert!(!late.is_finished(), "rid+2 waits for rid+1");
     let first_body = c.wrap(r1, "", &ping("first"));
     let first = http(addr, "POST", &first_body).await;
     let first_el = parse_body(&first);
