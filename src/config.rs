@@ -77,6 +77,12 @@ pub struct UploadConfig {
     pub cleanup_interval: u64,
     /// Slot requests waiting for the service.
     pub queue: usize,
+    /// At start, fetch a URL under the upload prefix the way clients will
+    /// and log (and show in `ctl stats`) whether it reaches this server.
+    pub self_check: bool,
+    /// Seconds the self-check keeps trying before it reports a failure
+    /// (0: one attempt).
+    pub self_check_for: u64,
 }
 
 impl Default for UploadConfig {
@@ -91,6 +97,8 @@ impl Default for UploadConfig {
             slot_lifetime: 300,
             cleanup_interval: 3600,
             queue: 1024,
+            self_check: true,
+            self_check_for: 60,
         }
     }
 }
@@ -179,6 +187,10 @@ pub struct HttpConfig {
     /// BOSH: most bytes of output buffered for a session while no request
     /// is held; more waits in the session queue.
     pub bosh_buffer_bytes: usize,
+    /// A directory served at `/chat/` (a web client such as Converse.js);
+    /// its HTML pages get `{{websocket_url}}`, `{{bosh_url}}` and
+    /// `{{domain}}` filled in. Empty: no `/chat/`.
+    pub chat_dir: String,
 }
 
 impl Default for HttpConfig {
@@ -199,6 +211,7 @@ impl Default for HttpConfig {
             bosh_max_pause: 120,
             bosh_polling: 2,
             bosh_buffer_bytes: 512 * 1024,
+            chat_dir: String::new(),
         }
     }
 }
@@ -2135,6 +2148,14 @@ const SCHEMA: &[Field] = &[
 ];
 const UPLOAD: &[Field] = &[
     f("enabled", Kind::Bool),
+    f("self_check", Kind::Bool),
+    f(
+        "self_check_for",
+        Kind::Int {
+            min: 0,
+            max: 86_400,
+        },
+    ),
     f("subdomain", Kind::Str(dns_label)),
     f("dir", Kind::Str(any_str)),
     f(
@@ -2274,6 +2295,7 @@ const HTTP: &[Field] = &[
             max: 64 << 20,
         },
     ),
+    f("chat_dir", Kind::Str(any_str)),
 ];
 
 /// When a plain-HTTP WebSocket counts as encrypted.
