@@ -149,7 +149,7 @@ pub struct HttpConfig {
     pub listen: Vec<SocketAddr>,
     /// HTTPS listeners.
     pub listen_tls: Vec<SocketAddr>,
-    /// Whether XMPP over a plain-HTTP WebSocket counts as encrypted:
+    /// Whether XMPP over plain HTTP (WebSocket, BOSH) counts as encrypted:
     /// "loopback" (from 127.0.0.0/8 or ::1 only: a reverse proxy on the
     /// same machine that terminated TLS), "always" (a proxy elsewhere),
     /// "never". What is not encrypted is refused authentication.
@@ -165,6 +165,28 @@ pub struct HttpConfig {
     pub header_timeout: u64,
     /// Most bytes of request headers (at least 8,192).
     pub max_header_bytes: usize,
+    /// BOSH (`/http-bind`): most bytes of one request body; 0: the
+    /// `[limits] max_stanza_size` plus 8 KiB for the wrapper.
+    pub bosh_max_body_bytes: usize,
+    /// BOSH: longest a request is held waiting for something to carry
+    /// (seconds; a client asking more gets this).
+    pub bosh_max_wait: u64,
+    /// BOSH: most requests held open at once per session.
+    pub bosh_max_hold: usize,
+    /// BOSH: most requests in flight per session (the `rid` window and the
+    /// responses kept for retransmission); hold + 1 within this.
+    pub bosh_max_requests: usize,
+    /// BOSH: seconds with no request held before the session counts as
+    /// gone (as a dropped TCP connection).
+    pub bosh_inactivity: u64,
+    /// BOSH: longest pause (seconds) a client may ask for.
+    pub bosh_max_pause: u64,
+    /// BOSH: shortest interval (seconds) between empty polls of a
+    /// session that holds no request (hold = 0).
+    pub bosh_polling: u64,
+    /// BOSH: most bytes of output buffered for a session while no request
+    /// is held; more waits in the session queue.
+    pub bosh_buffer_bytes: usize,
     /// A directory served at `/chat/` (a web client such as Converse.js);
     /// its HTML pages get `{{websocket_url}}`, `{{bosh_url}}` and
     /// `{{domain}}` filled in. Empty: no `/chat/`.
@@ -181,6 +203,14 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             header_timeout: 10,
             max_header_bytes: 16 * 1024,
+            bosh_max_body_bytes: 0,
+            bosh_max_wait: 60,
+            bosh_max_hold: 1,
+            bosh_max_requests: 2,
+            bosh_inactivity: 60,
+            bosh_max_pause: 120,
+            bosh_polling: 2,
+            bosh_buffer_bytes: 512 * 1024,
             chat_dir: String::new(),
         }
     }
@@ -2237,6 +2267,32 @@ const HTTP: &[Field] = &[
         Kind::Int {
             min: 8_192,
             max: 1 << 20,
+        },
+    ),
+    f(
+        "bosh_max_body_bytes",
+        Kind::Int {
+            min: 0,
+            max: 64 << 20,
+        },
+    ),
+    f("bosh_max_wait", Kind::Int { min: 1, max: 3_600 }),
+    f("bosh_max_hold", Kind::Int { min: 0, max: 16 }),
+    f("bosh_max_requests", Kind::Int { min: 1, max: 17 }),
+    f("bosh_inactivity", Kind::Int { min: 1, max: 3_600 }),
+    f(
+        "bosh_max_pause",
+        Kind::Int {
+            min: 0,
+            max: 86_400,
+        },
+    ),
+    f("bosh_polling", Kind::Int { min: 0, max: 3_600 }),
+    f(
+        "bosh_buffer_bytes",
+        Kind::Int {
+            min: 4_096,
+            max: 64 << 20,
         },
     ),
     f("chat_dir", Kind::Str(any_str)),

@@ -13,6 +13,29 @@ use axum::Extension;
 use super::{ConnInfo, Web};
 
 pub const REL_WEBSOCKET: &str = "urn:xmpp:alt-connections:websocket";
+pub const REL_BOSH: &str = "urn:xmpp:alt-connections:xbosh";
+
+/// The BOSH endpoint's URL: as the WebSocket one's, with http(s).
+fn bosh_url(web: &Web, conn: &ConnInfo, headers: &HeaderMap) -> Option<String> {
+    let ws = websocket_url(web, conn, headers)?;
+    let base = ws.strip_suffix("/xmpp-websocket")?;
+    let http = base
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1);
+    Some(format!("{http}/http-bind"))
+}
+
+/// The endpoints, as (rel, href).
+fn links(web: &Web, conn: &ConnInfo, headers: &HeaderMap) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(url) = websocket_url(web, conn, headers) {
+        out.push((REL_WEBSOCKET, url));
+    }
+    if let Some(url) = bosh_url(web, conn, headers) {
+        out.push((REL_BOSH, url));
+    }
+    out
+}
 
 /// The WebSocket endpoint's URL: from `[http] public_url`, else from the
 /// request's Host header and the connection's scheme.
@@ -56,8 +79,8 @@ pub async fn xrd(
     let mut body = String::from(
         "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n",
     );
-    if let Some(url) = websocket_url(&web, &conn, &headers) {
-        body.push_str(&format!("  <Link rel='{REL_WEBSOCKET}' href='{url}'/>\n"));
+    for (rel, url) in links(&web, &conn, &headers) {
+        body.push_str(&format!("  <Link rel='{rel}' href='{url}'/>\n"));
     }
     body.push_str("</XRD>\n");
     with_cors(body.into_response(), "application/xrd+xml")
@@ -68,9 +91,9 @@ pub async fn json(
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
 ) -> Response {
-    let links: Vec<String> = websocket_url(&web, &conn, &headers)
-        .map(|url| format!("{{\"rel\":\"{REL_WEBSOCKET}\",\"href\":\"{url}\"}}"))
+    let links: Vec<String> = links(&web, &conn, &headers)
         .into_iter()
+        .map(|(rel, url)| format!("{{\"rel\":\"{rel}\",\"href\":\"{url}\"}}"))
         .collect();
     let body = format!("{{\"links\":[{}]}}\n", links.join(","));
     with_cors(body.into_response(), "application/json")

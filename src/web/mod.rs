@@ -2,6 +2,7 @@
 //! HTTPS (rustls with the hosts' certificates by SNI, as direct-TLS c2s),
 //! serving
 //! - XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` ([`websocket`]),
+//! - BOSH (XEP-0124, XEP-0206) at `/http-bind` ([`bosh`]),
 //! - connection discovery (XEP-0156) at `/.well-known/host-meta` and
 //!   `/.well-known/host-meta.json` ([`host_meta`]).
 //!
@@ -10,21 +11,23 @@
 //! and time) and so that handlers know where it came from and whether it
 //! is encrypted ([`ConnInfo`]).
 
+pub mod bosh;
 pub mod chat;
 pub mod host_meta;
 pub mod self_check;
 pub mod upload;
 pub mod websocket;
 
-/// XEPs the HTTP side implements (xep/waxwing.doap lists them): XEP-0156
-/// connection discovery. (XMPP over WebSocket is RFC 7395, not a XEP.)
-pub const XEPS: &[u16] = &[156];
+/// XEPs the HTTP side implements (xep/waxwing.doap lists them): BOSH
+/// (XEP-0124) with XMPP over it (XEP-0206), XEP-0156 connection
+/// discovery. (XMPP over WebSocket is RFC 7395, not a XEP.)
+pub const XEPS: &[u16] = &[124, 156, 206];
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -43,6 +46,8 @@ pub struct Web {
     /// (the library runs them on a task of its own): each holds a token of
     /// this tracker, so shutdown waits for them as for TCP sessions.
     pub tracker: TaskTracker,
+    /// BOSH sessions by sid.
+    pub bosh: Arc<bosh::Sessions>,
 }
 
 /// The HTTP connection a request came on.
@@ -60,6 +65,7 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
     let web = Arc::new(Web {
         server: server.clone(),
         tracker: tracker.clone(),
+        bosh: Arc::default(),
     });
     let mut routes = Router::new();
     if !server.config.http.chat_dir.is_empty() {
@@ -70,6 +76,7 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
     }
     routes
         .route("/xmpp-websocket", get(websocket::upgrade))
+        .route("/http-bind", post(bosh::request).options(bosh::preflight))
         .route("/.well-known/host-meta", get(host_meta::xrd))
         .route("/.well-known/host-meta.json", get(host_meta::json))
         .route(

@@ -228,6 +228,13 @@ impl StreamParser {
         self.scanner.buffered()
     }
 
+    /// Is a top-level element begun and not yet complete (in the buffer
+    /// or already partly built)? A transport whose units must carry
+    /// whole elements (BOSH bodies) checks this after each unit.
+    pub fn mid_element(&self) -> bool {
+        self.scanner.buffered() > 0 || !self.doc.open.is_empty()
+    }
+
     /// Capacity of the receive buffer, for tests of [`shrink`](Self::shrink).
     #[cfg(test)]
     pub(super) fn buffer_capacity(&self) -> usize {

@@ -1,4 +1,5 @@
-"""Converse.js, a web client, against waxwing over WebSocket (RFC 7395).
+"""Converse.js, a web client, against waxwing over WebSocket (RFC 7395) and
+over BOSH (XEP-0124/XEP-0206): the same scenario once per transport.
 
 `web/converse.mjs` runs Converse.js 14.0.0 (pinned with its lock file, from
 the npm registry) in Debian's headless Chromium, driven by playwright-core:
@@ -72,14 +73,31 @@ def new_user(server, prefix: str) -> str:
 
 
 def test_converse_in_chromium_chats_with_slixmpp_over_websocket(server, browser, tmp_path):
+    converse_chats_with_slixmpp(
+        server, tmp_path, "websocket",
+        WS_URL=f"ws://{server.host}:{server.http_port}/xmpp-websocket",
+    )
+
+
+def test_converse_in_chromium_chats_with_slixmpp_over_bosh(server, browser, tmp_path):
+    since = server.log_size()
+    converse_chats_with_slixmpp(
+        server, tmp_path, "bosh",
+        BOSH_URL=f"http://{server.host}:{server.http_port}/http-bind",
+    )
+    # It was BOSH that carried it (the server logs each session it creates).
+    assert "BOSH session created" in server.log_text(since), "no BOSH session in the log"
+
+
+def converse_chats_with_slixmpp(server, tmp_path, transport: str, **endpoint: str) -> None:
     web_user, peer = new_user(server, "conv"), new_user(server, "slix")
     shots = Path(os.environ.get("WAXWING_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    screenshot = shots / "converse-websocket.png"
+    screenshot = shots / f"converse-{transport}.png"
     upload_content = f"a file from Converse {uuid.uuid4().hex}\n" * 50
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("WS_URL", "BOSH_URL")}
+    env.update(endpoint)
     env.update(
-        WS_URL=f"ws://{server.host}:{server.http_port}/xmpp-websocket",
         JID=f"{web_user}@{server.domain}",
         PASSWORD=server.users[web_user],
         PEER=f"{peer}@{server.domain}",

@@ -1,7 +1,10 @@
 // Converse.js (from the npm registry) in Debian's headless Chromium,
 // driven by playwright-core, against a waxwing server over WebSocket
-// (RFC 7395). Driven by tests/interop/test_web.py, which passes:
+// (RFC 7395) or BOSH (XEP-0124/XEP-0206). Driven by
+// tests/interop/test_web.py, which passes one of:
 //   WS_URL    the server's ws://…/xmpp-websocket
+//   BOSH_URL  the server's http://…/http-bind
+// and:
 //   JID, PASSWORD   the browser user's account
 //   PEER      the bare JID of a slixmpp user who answers "re: <text>"
 //   SCREENSHOT      where to save the page at the end
@@ -41,7 +44,8 @@ function serve() {
 }
 
 async function main() {
-  const [ws, jid, password, peer] = [env('WS_URL'), env('JID'), env('PASSWORD'), env('PEER')];
+  const [jid, password, peer] = [env('JID'), env('PASSWORD'), env('PEER')];
+  const transport = process.env.BOSH_URL ? { bosh: process.env.BOSH_URL } : { ws: env('WS_URL') };
   const shot = env('SCREENSHOT');
   const site = await serve();
   const browser = await chromium.launch({
@@ -54,7 +58,7 @@ async function main() {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     page.on('console', (m) => console_lines.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => console_lines.push(`pageerror: ${e.message}`));
-    const q = new URLSearchParams({ ws, jid, password });
+    const q = new URLSearchParams({ ...transport, jid, password });
     await page.goto(`http://127.0.0.1:${site.address().port}/?${q}`);
     step('page loaded');
     // Logged in: Converse's connection reports the bound JID.
