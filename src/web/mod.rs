@@ -3,7 +3,8 @@
 //! serving
 //! - XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` ([`websocket`]),
 //! - connection discovery (XEP-0156) at `/.well-known/host-meta` and
-//!   `/.well-known/host-meta.json` ([`host_meta`]).
+//!   `/.well-known/host-meta.json` ([`host_meta`]),
+//! - Prometheus metrics at `/metrics` ([`metrics`]).
 //!
 //! hyper parses HTTP and axum routes; each accepted connection is served
 //! here so that it can be bounded (`[http] max_connections`, header size
@@ -11,6 +12,7 @@
 //! is encrypted ([`ConnInfo`]).
 
 pub mod host_meta;
+pub mod metrics;
 pub mod upload;
 pub mod websocket;
 
@@ -63,6 +65,7 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
         .route("/xmpp-websocket", get(websocket::upgrade))
         .route("/.well-known/host-meta", get(host_meta::xrd))
         .route("/.well-known/host-meta.json", get(host_meta::json))
+        .route("/metrics", get(metrics::scrape))
         .route(
             "/upload/{token}/{name}",
             get(upload::get).put(upload::put).options(upload::preflight),
