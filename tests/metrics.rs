@@ -344,6 +344,54 @@ async fn logins_messages_and_sessions_move_the_counters_by_what_happened() {
     assert!(after.has_family("waxwing_archive_messages"));
 }
 
+#[tokio::test]
+async fn component_stanzas_count_on_the_component_stream() {
+    let ts = server(|c| {
+        c.component_listener.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.component.push(waxwing::config::ComponentConfig {
+            domain: "bot.localhost".into(),
+            secret: "bot-secret".into(),
+        });
+    })
+    .await;
+    ts.add_user("alice", "pw-alice").await;
+    let addr = http_addr(&ts);
+    let component_addr = ts.running.as_ref().unwrap().component_addrs[0];
+    let mut bot = Client::component(component_addr, "bot.localhost", "bot-secret").await;
+    let mut alice = Client::login(ts.plain_addr, "alice", "pw-alice", Some("a")).await;
+    alice.barrier().await;
+    let before = scrape(addr).await;
+    let count = |s: &Scrape, direction: &str| {
+        s.value(
+            STANZAS,
+            &[
+                ("direction", direction),
+                ("stream", "component"),
+                ("kind", "message"),
+            ],
+        )
+    };
+
+    // Two messages to the component, one from it.
+    for i in 0..2 {
+        alice
+            .send_str(&format!(
+                "<message to='echo@bot.localhost' id='c{i}'><body>hi</body></message>"
+            ))
+            .await;
+        let m = bot.next_element().await;
+        assert_eq!(m.name(), "message");
+    }
+    bot.send_str(
+        "<message from='echo@bot.localhost' to='alice@localhost/a'><body>back</body></message>",
+    )
+    .await;
+    alice.next_named("message").await;
+    let after = scrape(addr).await;
+    assert_eq!(count(&after, "out") - count(&before, "out"), 2.0);
+    assert_eq!(count(&after, "in") - count(&before, "in"), 1.0);
+}
+
 /// A WebSocket session (RFC 7395), PLAIN over the loopback WebSocket.
 async fn websocket_login(addr: SocketAddr, user: &str, pass: &str) -> WsSocket {
     let mut req = format!("ws://{addr}/xmpp-websocket")
