@@ -180,6 +180,7 @@ pub fn answer(server: &Server, request: Request) -> Vec<Vec<String>> {
             ]
             .into_iter()
             .chain(push_stats(server))
+            .chain(upload_stats(server))
             .map(|(k, v)| vec![k.to_string(), v])
             .collect()
         }
@@ -199,6 +200,17 @@ fn push_stats(server: &Server) -> Vec<(&'static str, String)> {
         ("push_registrations_removed", p.removed().to_string()),
         ("push_dropped", p.dropped().to_string()),
     ]
+}
+
+/// The upload URL self-check's outcome (`web::self_check`), when the
+/// upload service runs: the first thing to look at when photos fail.
+fn upload_stats(server: &Server) -> Vec<(&'static str, String)> {
+    match server.features.get::<crate::modules::upload::Upload>() {
+        Some(u) if server.config.upload.self_check => {
+            vec![("upload_url_check", u.self_check().result().to_string())]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Makes a value safe as one field: no tab, line break or other control

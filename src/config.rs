@@ -108,6 +108,12 @@ pub struct UploadConfig {
     pub cleanup_interval: u64,
     /// Slot requests waiting for the service.
     pub queue: usize,
+    /// At start, fetch a URL under the upload prefix the way clients will
+    /// and log (and show in `ctl stats`) whether it reaches this server.
+    pub self_check: bool,
+    /// Seconds the self-check keeps trying before it reports a failure
+    /// (0: one attempt).
+    pub self_check_for: u64,
 }
 
 impl Default for UploadConfig {
@@ -122,6 +128,8 @@ impl Default for UploadConfig {
             slot_lifetime: 300,
             cleanup_interval: 3600,
             queue: 1024,
+            self_check: true,
+            self_check_for: 60,
         }
     }
 }
@@ -188,6 +196,10 @@ pub struct HttpConfig {
     pub header_timeout: u64,
     /// Most bytes of request headers (at least 8,192).
     pub max_header_bytes: usize,
+    /// A directory served at `/chat/` (a web client such as Converse.js);
+    /// its HTML pages get `{{websocket_url}}`, `{{bosh_url}}` and
+    /// `{{domain}}` filled in. Empty: no `/chat/`.
+    pub chat_dir: String,
 }
 
 impl Default for HttpConfig {
@@ -200,6 +212,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             header_timeout: 10,
             max_header_bytes: 16 * 1024,
+            chat_dir: String::new(),
         }
     }
 }
@@ -2171,6 +2184,14 @@ fn metrics_allow(s: &str) -> Result<(), String> {
 }
 const UPLOAD: &[Field] = &[
     f("enabled", Kind::Bool),
+    f("self_check", Kind::Bool),
+    f(
+        "self_check_for",
+        Kind::Int {
+            min: 0,
+            max: 86_400,
+        },
+    ),
     f("subdomain", Kind::Str(dns_label)),
     f("dir", Kind::Str(any_str)),
     f(
@@ -2284,6 +2305,7 @@ const HTTP: &[Field] = &[
             max: 1 << 20,
         },
     ),
+    f("chat_dir", Kind::Str(any_str)),
 ];
 
 /// When a plain-HTTP WebSocket counts as encrypted.

@@ -327,7 +327,7 @@ async fn logins_messages_and_sessions_move_the_counters_by_what_happened() {
         3.0
     );
     assert!(stanzas(&after, "in", "presence") >= 2.0);
-    assert!(stanzas(&after, "out", "iq") >= 2.0, "bind results at least");
+    assert!(stanzas(&after, "out", "iq") >= 2.0, "the barriers' answers");
     assert!(after.value("waxwing_c2s_queue_peak_items", &[]) >= 1.0);
     assert!(after.value("waxwing_c2s_queue_peak_bytes", &[]) >= 1.0);
     assert!(after.value("waxwing_process_resident_memory_bytes", &[]) > 1e6);

@@ -361,3 +361,94 @@ async fn what_is_refused() {
         201
     );
 }
+
+/// What the upload URL self-check ended with (polled until it is not
+/// pending).
+async fn self_check_outcome(ts: &TestServer) -> waxwing::web::self_check::UrlCheck {
+    use waxwing::web::self_check::UrlCheck;
+    let upload = ts
+        .server()
+        .features
+        .get::<waxwing::modules::upload::Upload>()
+        .expect("the upload feature runs");
+    eventually("the upload URL self-check finishes", || async {
+        upload.self_check().result() != UrlCheck::Pending
+    })
+    .await;
+    upload.self_check().result()
+}
+
+/// One line of `ctl stats`.
+fn stat(ts: &TestServer, key: &str) -> Option<String> {
+    waxwing::admin::answer(ts.server(), waxwing::admin::Request::Stats)
+        .into_iter()
+        .find(|row| row[0] == key)
+        .map(|row| row[1].clone())
+}
+
+#[tokio::test]
+async fn the_upload_url_self_check_passes_when_the_url_reaches_us() {
+    let s = setup(|_| {}).await;
+    assert_eq!(
+        self_check_outcome(&s.ts).await,
+        waxwing::web::self_check::UrlCheck::Passed
+    );
+    // ctl stats shows it.
+    assert_eq!(stat(&s.ts, "upload_url_check").as_deref(), Some("ok"));
+}
+
+#[tokio::test]
+async fn the_upload_url_self_check_names_what_is_wrong() {
+    use waxwing::web::self_check::UrlCheck;
+    // Nothing listens where public_url points.
+    let closed = free_port();
+    let s = setup(move |c| {
+        c.http.public_url = format!("http://127.0.0.1:{closed}");
+        c.upload.self_check_for = 0;
+    })
+    .await;
+    match self_check_outcome(&s.ts).await {
+        UrlCheck::Failed(why) => assert!(why.contains("cannot connect"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let shown = stat(&s.ts, "upload_url_check").unwrap();
+    assert!(shown.starts_with("failed: cannot connect"), "{shown}");
+
+    // Something else answers there, 200 to anything (a catch-all page).
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = other.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    .await;
+            });
+        }
+    });
+    let s = setup(move |c| {
+        c.http.public_url = format!("http://{other_addr}");
+        c.upload.self_check_for = 0;
+    })
+    .await;
+    match self_check_outcome(&s.ts).await {
+        UrlCheck::Failed(why) => assert!(why.contains("something other"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Our listener, but over HTTPS with the self-signed development
+    // certificate: clients would refuse it, and so does the check.
+    let port = free_port();
+    let s = setup(move |c| {
+        c.http.listen_tls = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+        c.http.public_url = format!("https://localhost:{port}");
+        c.upload.self_check_for = 0;
+    })
+    .await;
+    match self_check_outcome(&s.ts).await {
+        UrlCheck::Failed(why) => assert!(why.contains("TLS with localhost failed"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -11,6 +11,8 @@
 # WAXWING_MAM=true archives messages (XEP-0313); off by default, as in every run recorded
 # before the archive existed and as in the peers' bench configs; WAXWING_MAM=omit writes no
 # [mam] section (for a binary older than the archive, which would refuse it).
+# WAXWING_HTTPS_PORT=5443 also serves HTTPS (XMPP over WebSocket) on $IP at that port, for
+# `waxwing-bench --ws-port` (bench/websocket.sh).
 # WAXWING_DB=postgres://USER@HOST:PORT/DB stores everything in that (existing) PostgreSQL
 # database instead of the SQLite file (give each checkout a database of its own).
 set -euo pipefail
@@ -58,6 +60,7 @@ auth_failures_per_account = 100000
 auth_failure_window = 60
 scram_iterations = 4096
 registrations_per_ip = 1000000
+$( [ -z "${WAXWING_HTTPS_PORT:-}" ] || printf '[http]\nlisten_tls = ["%s:%s"]\nmax_connections = 100000\n' "$IP" "$WAXWING_HTTPS_PORT" )
 $( [ "${WAXWING_MAM:-false}" = omit ] || printf '[mam]\nenabled = %s\n' "${WAXWING_MAM:-false}" )
 CFG
   # BENCH_MUC=1: the MUC service for bench/muc.sh, set as the peers are —

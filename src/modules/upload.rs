@@ -37,6 +37,8 @@ const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub struct Upload {
     inbox: crate::feature::inbox::ServiceInbox,
     key: OnceLock<Vec<u8>>,
+    /// The upload URL self-check at start (`web::self_check`).
+    self_check: crate::web::self_check::SelfCheck,
 }
 
 pub fn service_domains(config: &Config) -> Vec<String> {
@@ -66,6 +68,11 @@ impl Upload {
     /// The signing key (None before start has read it).
     pub fn key(&self) -> Option<&[u8]> {
         self.key.get().map(Vec::as_slice)
+    }
+
+    /// The upload URL self-check's state.
+    pub fn self_check(&self) -> &crate::web::self_check::SelfCheck {
+        &self.self_check
     }
 }
 

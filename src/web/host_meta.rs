@@ -16,7 +16,7 @@ pub const REL_WEBSOCKET: &str = "urn:xmpp:alt-connections:websocket";
 
 /// The WebSocket endpoint's URL: from `[http] public_url`, else from the
 /// request's Host header and the connection's scheme.
-fn websocket_url(web: &Web, conn: &ConnInfo, headers: &HeaderMap) -> Option<String> {
+pub(super) fn websocket_url(web: &Web, conn: &ConnInfo, headers: &HeaderMap) -> Option<String> {
     let public = &web.server.config.http.public_url;
     if !public.is_empty() {
         let ws = public

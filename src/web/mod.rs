@@ -11,8 +11,10 @@
 //! and time) and so that handlers know where it came from and whether it
 //! is encrypted ([`ConnInfo`]).
 
+pub mod chat;
 pub mod host_meta;
 pub mod metrics;
+pub mod self_check;
 pub mod upload;
 pub mod websocket;
 
@@ -61,11 +63,22 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
         server: server.clone(),
         tracker: tracker.clone(),
     });
-    Router::new()
+    let mut routes = Router::new();
+    if !server.config.http.chat_dir.is_empty() {
+        routes = routes
+            .route("/chat", get(chat::to_index))
+            .route("/chat/", get(chat::serve))
+            .route("/chat/{*path}", get(chat::serve));
+    }
+    routes
         .route("/xmpp-websocket", get(websocket::upgrade))
         .route("/.well-known/host-meta", get(host_meta::xrd))
         .route("/.well-known/host-meta.json", get(host_meta::json))
         .route("/metrics", get(metrics::scrape))
+        .route(
+            &format!("/upload/{}/{{nonce}}", self_check::SEGMENT),
+            get(self_check::answer),
+        )
         .route(
             "/upload/{token}/{name}",
             get(upload::get).put(upload::put).options(upload::preflight),
@@ -86,6 +99,13 @@ pub async fn start(server: &Arc<Server>, tracker: &TaskTracker) -> Result<Bound,
     let mut bound = Bound::default();
     if config.listen.is_empty() && config.listen_tls.is_empty() {
         return Ok(bound);
+    }
+    let chat_dir = &config.chat_dir;
+    if !chat_dir.is_empty() && !std::path::Path::new(chat_dir).is_dir() {
+        tracing::warn!(
+            chat_dir,
+            "[http] chat_dir is not a directory: /chat/ will answer 404"
+        );
     }
     let router = router(server, tracker);
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -111,6 +131,9 @@ pub async fn start(server: &Arc<Server>, tracker: &TaskTracker) -> Result<Bound,
                 tracker.clone(),
             ));
         }
+    }
+    if server.config.upload.self_check {
+        tracker.spawn(self_check::run(server.clone()));
     }
     Ok(bound)
 }

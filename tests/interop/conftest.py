@@ -89,6 +89,8 @@ class WaxwingServer:
         self.component_port = free_port()
         # XMPP over WebSocket (test_web.py: Converse.js in Chromium).
         self.http_port = free_port()
+        # The bundled web chat at /chat/ (test_web_chat.py).
+        self.chat_dir = self.dir / "chat"
         self.component_domain = COMPONENT_DOMAIN
         self.component_secret = COMPONENT_SECRET
         self.config_path = self.dir / "waxwing.toml"
@@ -122,6 +124,7 @@ listen = [{toml_str(f"{self.host}:{self.component_port}")}]
 
 [http]
 listen = [{toml_str(f"{self.host}:{self.http_port}")}]
+chat_dir = {toml_str(str(self.chat_dir))}
 
 [[component]]
 domain = {toml_str(self.component_domain)}
@@ -151,10 +154,23 @@ auth_failures_per_account = 1000
                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
             )
 
+    def prepare_chat_dir(self) -> None:
+        """/chat/ as an operator sets it up: the repository's Converse.js page
+        (contrib/chat/index.html) with Converse's dist/ beside it (linked from
+        tests/interop/web/node_modules when `npm ci` ran there)."""
+        self.chat_dir.mkdir(parents=True, exist_ok=True)
+        repo = Path(__file__).resolve().parents[2]
+        shutil.copyfile(repo / "contrib" / "chat" / "index.html", self.chat_dir / "index.html")
+        dist = Path(__file__).resolve().parent / "web" / "node_modules" / "converse.js" / "dist"
+        link = self.chat_dir / "dist"
+        if dist.is_dir() and not link.exists():
+            link.symlink_to(dist, target_is_directory=True)
+
     def start(self) -> None:
         if not self.bin.exists():
             raise RuntimeError(f"{self.bin} does not exist: run `cargo build --bins` (or set WAXWING_BIN)")
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_chat_dir()
         self.write_config()
         for user, password in self.users.items():
             self.add_user(user, password)

@@ -16,15 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
-use tokio_rustls::client::TlsStream;
 use waxwing::xml::{escape_attr, Element, StreamEvent, StreamParser};
 
 use crate::stats::LatencyHistogram;
 use crate::xmpp::{self, is_stanza, Failure, Session, SmSession, Step, Target, XmlStream};
 
-type Tls = TlsStream<TcpStream>;
+type Tls = xmpp::Conn;
 /// The write half, shared by the sender and the acker of one session.
 type Writer = tokio::sync::Mutex<WriteHalf<Tls>>;
 

@@ -83,6 +83,7 @@ fn target(host: &str, port: u16, domain: &str, password: &str) -> Result<Target,
         password: password.to_owned(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
         sasl: xmpp::SaslChoice::Scram,
+        ws: None,
     })
 }
 

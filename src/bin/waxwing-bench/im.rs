@@ -81,6 +81,7 @@ fn target(a: &ImArgs) -> Result<Target, String> {
         password: a.password.clone(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
         sasl: xmpp::SaslChoice::Scram,
+        ws: None,
     })
 }
 

@@ -15,6 +15,7 @@ mod im;
 mod muc;
 mod pep;
 mod stats;
+mod ws;
 mod xmpp;
 
 use std::collections::BTreeMap;
@@ -141,6 +142,13 @@ struct Args {
     /// time); needs --sm. Resumed sessions chat like the others.
     #[arg(long, default_value_t = 0)]
     resume: usize,
+    /// XMPP over WebSocket (RFC 7395, wss) instead of TCP: the HTTPS port of
+    /// the server's `[http] listen_tls` on --host; sessions connect to
+    /// wss://DOMAIN:PORT/xmpp-websocket (--ws-path). Needs --per-write 1.
+    #[arg(long)]
+    ws_port: Option<u16>,
+    #[arg(long, default_value = "/xmpp-websocket")]
+    ws_path: String,
     /// A label copied into the JSON line (e.g. the server's name).
     #[arg(long, default_value = "")]
     label: String,
@@ -312,6 +320,24 @@ impl Tally {
     }
 }
 
+/// The WebSocket endpoint when --ws-port is given.
+fn ws_target(args: &Args) -> Result<Option<xmpp::WsTarget>, String> {
+    let Some(port) = args.ws_port else {
+        return Ok(None);
+    };
+    if args.per_write != 1 {
+        // RFC 7395 §3.3.3: one stanza per message, and a write is a message.
+        return Err("--ws-port needs --per-write 1".into());
+    }
+    if args.peer_host.is_some() {
+        return Err("--ws-port does not combine with --peer-host".into());
+    }
+    Ok(Some(xmpp::WsTarget {
+        addr: resolve(&args.host, port)?,
+        path: args.ws_path.clone(),
+    }))
+}
+
 async fn run(args: Args, report: SharedReport) -> Result<(), String> {
     let addr = resolve(&args.host, args.port)?;
     if args.accounts == 0 || args.sessions == 0 {
@@ -330,6 +356,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
         password: args.password.clone(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
         sasl: args.sasl,
+        ws: ws_target(&args)?,
     });
     let peer = match (&args.peer_host, &args.peer_domain) {
         (None, None) => None,
@@ -342,6 +369,7 @@ async fn run(args: Args, report: SharedReport) -> Result<(), String> {
             password: args.password.clone(),
             scram_cache: Arc::new(SaltedPasswordCache::new()),
             sasl: args.sasl,
+            ws: None,
         })),
         _ => return Err("--peer-host and --peer-domain go together".into()),
     };

@@ -12,6 +12,8 @@
 //! PostgreSQL URL of an empty database of its own.
 
 #[allow(dead_code)]
+mod ws;
+#[allow(dead_code)]
 mod xmpp;
 
 use std::sync::Arc;
@@ -310,6 +312,7 @@ async fn bench(args: Args, dir: &std::path::Path) -> Result<(), String> {
         password: PASSWORD.into(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
         sasl: xmpp::SaslChoice::Scram,
+        ws: None,
     };
     let mut session = xmpp::login(&target, "u0", "bench")
         .await

@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex, Semaphore};
-use tokio_rustls::client::TlsStream;
 use waxwing::sasl::SaltedPasswordCache;
 use waxwing::xml::{Element, StreamEvent};
 
@@ -186,7 +184,7 @@ struct Chat {
 /// One logged-in session.
 struct Sess {
     idx: usize,
-    wr: Mutex<WriteHalf<TlsStream<TcpStream>>>,
+    wr: Mutex<WriteHalf<xmpp::Conn>>,
     ctl: Mutex<mpsc::UnboundedReceiver<Ctl>>,
     /// Occupant presences (without 110) received so far.
     presences: AtomicU64,
@@ -229,7 +227,7 @@ impl Sess {
 /// control events passed on, group chat deliveries timed.
 async fn reader(
     s: Arc<Sess>,
-    mut rd: tokio::io::ReadHalf<TlsStream<TcpStream>>,
+    mut rd: tokio::io::ReadHalf<xmpp::Conn>,
     mut xs_parser: waxwing::xml::StreamParser,
     tx: mpsc::UnboundedSender<Ctl>,
     chat: Arc<Chat>,
@@ -541,6 +539,7 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         password: args.password.clone(),
         scram_cache: Arc::new(SaltedPasswordCache::new()),
         sasl: xmpp::SaslChoice::Scram,
+        ws: None,
     });
     let n = (args.join_size + 1)
         .max(args.rooms * args.room_size)

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+pub use crate::ws::{Conn, WsIo, WsTarget};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -11,7 +12,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use waxwing::sasl::{SaltedPasswordCache, ScramClient, ScramHash};
 use waxwing::xml::{escape_attr, escape_text, Element, ParserLimits, StreamEvent, StreamParser};
@@ -153,6 +153,8 @@ pub struct Target {
     pub scram_cache: Arc<SaltedPasswordCache>,
     /// How sessions authenticate.
     pub sasl: SaslChoice,
+    /// XMPP over WebSocket (wss) instead of TCP with STARTTLS.
+    pub ws: Option<WsTarget>,
 }
 
 impl Target {
@@ -269,9 +271,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
     }
 }
 
-/// TCP, stream, STARTTLS and the TLS handshake; returns the features of the
-/// stream opened over TLS.
-async fn connect_tls(t: &Target) -> Result<(XmlStream<TlsStream<TcpStream>>, Element), Failure> {
+/// A connection with TLS and the stream opened over it: STARTTLS on TCP,
+/// or a WebSocket over TLS when the target says so. Returns the features.
+async fn connect_tls(t: &Target) -> Result<(XmlStream<Conn>, Element), Failure> {
+    if let Some(ws) = &t.ws {
+        return connect_ws(t, ws).await;
+    }
     let tcp = match TcpStream::connect(t.addr).await {
         Ok(s) => s,
         Err(e) => return fail(Step::Connect, e.to_string()),
@@ -297,7 +302,7 @@ async fn connect_tls(t: &Target) -> Result<(XmlStream<TlsStream<TcpStream>>, Ele
         Err(e) => return fail(Step::Tls, e.to_string()),
     };
     let mut xs = XmlStream {
-        io: tls,
+        io: Conn::Tls(tls),
         parser: plain.parser,
         scratch: plain.scratch,
     };
@@ -305,9 +310,29 @@ async fn connect_tls(t: &Target) -> Result<(XmlStream<TlsStream<TcpStream>>, Ele
     Ok((xs, features))
 }
 
+/// TCP, TLS, the WebSocket handshake, `<open/>`: returns the features.
+async fn connect_ws(t: &Target, ws: &WsTarget) -> Result<(XmlStream<Conn>, Element), Failure> {
+    let tcp = match TcpStream::connect(ws.addr).await {
+        Ok(s) => s,
+        Err(e) => return fail(Step::Connect, e.to_string()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let tls = match t.connector.connect(t.tls_name.clone(), tcp).await {
+        Ok(s) => s,
+        Err(e) => return fail(Step::Tls, e.to_string()),
+    };
+    let io = match WsIo::handshake(tls, &t.domain, ws.addr.port(), &ws.path).await {
+        Ok(io) => io,
+        Err(e) => return fail(Step::Connect, e),
+    };
+    let mut xs = XmlStream::new(Conn::Ws(Box::new(io)));
+    let features = xs.open(Step::Stream, &t.domain).await?;
+    Ok((xs, features))
+}
+
 /// A logged-in, bound, available session.
 pub struct Session {
-    pub stream: XmlStream<TlsStream<TcpStream>>,
+    pub stream: XmlStream<Conn>,
     pub jid: String,
     /// Stream management: None when not asked for, else what came of `<enable/>`.
     pub sm: Option<Result<SmSession, String>>,
@@ -396,7 +421,7 @@ pub async fn login_with(
 }
 
 /// TCP, STARTTLS, SASL: a stream ready to be restarted.
-async fn authenticate(t: &Target, user: &str) -> Result<XmlStream<TlsStream<TcpStream>>, Failure> {
+async fn authenticate(t: &Target, user: &str) -> Result<XmlStream<Conn>, Failure> {
     let (mut xs, features) = connect_tls(t).await?;
     let mechs = mechanisms(&features);
     match t.sasl {
@@ -408,7 +433,7 @@ async fn authenticate(t: &Target, user: &str) -> Result<XmlStream<TlsStream<TcpS
 
 /// A session taken back by XEP-0198 resumption on a new connection.
 pub struct Resumed {
-    pub stream: XmlStream<TlsStream<TcpStream>>,
+    pub stream: XmlStream<Conn>,
     /// The `h` of `<resumed/>`: stanzas of ours the server handled.
     pub server_h: Option<u32>,
     /// From `<resume/>` written to `<resumed/>` parsed.
@@ -450,7 +475,8 @@ pub async fn resume(t: &Target, user: &str, previd: &str, h: u32) -> Result<Resu
             .unwrap_or_default();
         return fail(Step::Resume, format!("<{}> {cond}", el.name()));
     }
-    let tls_resumed = xs.io.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let tls_resumed =
+        xs.io.tls().get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     Ok(Resumed {
         server_h: el.attr("h").and_then(|h| h.parse().ok()),
         tls_resumed,
@@ -463,7 +489,7 @@ pub async fn resume(t: &Target, user: &str, previd: &str, h: u32) -> Result<Resu
 /// PLAIN with the initial response in `<auth/>`.
 async fn sasl_plain(
     t: &Target,
-    xs: &mut XmlStream<TlsStream<TcpStream>>,
+    xs: &mut XmlStream<Conn>,
     mechs: &[String],
     user: &str,
 ) -> Result<(), Failure> {
@@ -491,7 +517,7 @@ async fn sasl_plain(
 /// SCRAM-SHA-256 (else -SHA-1), checking the server's signature.
 async fn sasl_scram(
     t: &Target,
-    xs: &mut XmlStream<TlsStream<TcpStream>>,
+    xs: &mut XmlStream<Conn>,
     mechs: &[String],
     user: &str,
 ) -> Result<(), Failure> {
@@ -551,7 +577,7 @@ async fn sasl_scram(
 /// for, then as `opts` says stream management, carbons and initial presence.
 async fn bind_session(
     t: &Target,
-    mut xs: XmlStream<TlsStream<TcpStream>>,
+    mut xs: XmlStream<Conn>,
     resource: &str,
     opts: LoginOpts,
 ) -> Result<Session, Failure> {
@@ -655,7 +681,7 @@ async fn bind_session(
 /// `<enable resume='true'/>` and its answer. Err(reason) when the server
 /// offers no stream management or does not send `<enabled/>`.
 async fn enable_sm(
-    xs: &mut XmlStream<TlsStream<TcpStream>>,
+    xs: &mut XmlStream<Conn>,
     features: &Element,
 ) -> Result<Result<SmSession, String>, Failure> {
     if features.get_child("sm", NS_SM).is_none() {
