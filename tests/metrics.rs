@@ -345,6 +345,57 @@ async fn logins_messages_and_sessions_move_the_counters_by_what_happened() {
 }
 
 #[tokio::test]
+async fn sasl2_and_fast_logins_count_under_their_profile() {
+    use common::sasl2::NS_SASL2;
+    use waxwing::sasl::ScramHash;
+    let ts = server(|_| {}).await;
+    ts.add_user("erin", "pw-erin").await;
+    let addr = http_addr(&ts);
+    let sasl2 = |s: &Scrape, mechanism: &str, result: &str| {
+        let labels = [
+            ("profile", "sasl2"),
+            ("mechanism", mechanism),
+            ("result", result),
+        ];
+        s.samples.get(&key(AUTH, &labels)).copied().unwrap_or(0.0)
+    };
+    let before = scrape(addr).await;
+
+    let mut c = Client::connect(ts.plain_addr).await;
+    c.starttls().await;
+    let r = c
+        .sasl2_scram(ScramHash::Sha256, "erin", "pw-erin", false, "dev-1", "")
+        .await;
+    assert!(r.outcome.is("success", NS_SASL2), "{}", show(&r.outcome));
+    // A FAST login with a token the server never issued.
+    let mut c = Client::connect(ts.plain_addr).await;
+    c.starttls().await;
+    let failed = c
+        .sasl2_fast(
+            "HT-SHA-256-NONE",
+            "erin",
+            "not-a-token",
+            &[],
+            "dev-1",
+            None,
+            "",
+        )
+        .await;
+    assert!(failed.is("failure", NS_SASL2), "{}", show(&failed));
+
+    let after = scrape(addr).await;
+    let moved = |m: &str, r: &str| sasl2(&after, m, r) - sasl2(&before, m, r);
+    assert_eq!(moved("SCRAM-SHA-256", "success"), 1.0);
+    assert_eq!(moved("HT-SHA-256-NONE", "failure"), 1.0);
+    assert_eq!(moved("HT-SHA-256-NONE", "success"), 0.0);
+    // Nothing counted under legacy SASL.
+    assert_eq!(
+        auth(&after, "SCRAM-SHA-256", "success"),
+        auth(&before, "SCRAM-SHA-256", "success")
+    );
+}
+
+#[tokio::test]
 async fn component_stanzas_count_on_the_component_stream() {
     let ts = server(|c| {
         c.component_listener.listen = vec!["127.0.0.1:0".parse().unwrap()];
