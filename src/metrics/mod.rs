@@ -118,7 +118,7 @@ impl Metrics {
         let queue_peak_bytes = gauge(
             &mut registry,
             "waxwing_c2s_queue_peak_bytes",
-            "Most bytes any client session's queue has held at once since start",
+            "Most bytes (as the queue bound counts them: limits.session_queue_bytes) any client session's queue has held at once since start",
         );
         let resident = gauge(
             &mut registry,
