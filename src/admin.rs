@@ -26,7 +26,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 
-use crate::net::s2s_links::Direction;
 use crate::server::Server;
 
 /// Longest request line, in bytes, without its `\n`.
@@ -151,11 +150,7 @@ pub fn answer(server: &Server, request: Request) -> Vec<Vec<String>> {
             })
             .collect(),
         Request::Stats => {
-            let links = server.s2s_links.list();
-            let inbound = links
-                .iter()
-                .filter(|l| l.direction == Direction::Inbound)
-                .count();
+            let (inbound, outbound) = server.s2s_links.count_by_direction();
             let (external, dialback) = server.s2s.authenticated();
             [
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
@@ -170,7 +165,7 @@ pub fn answer(server: &Server, request: Request) -> Vec<Vec<String>> {
                         .to_string(),
                 ),
                 ("s2s_connections_in", inbound.to_string()),
-                ("s2s_connections_out", (links.len() - inbound).to_string()),
+                ("s2s_connections_out", outbound.to_string()),
                 ("s2s_outgoing_streams", server.s2s.count().to_string()),
                 ("s2s_authenticated_external", external.to_string()),
                 ("s2s_authenticated_dialback", dialback.to_string()),

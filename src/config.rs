@@ -53,6 +53,37 @@ pub struct Config {
     pub external_service: Vec<ExternalServiceConfig>,
     /// HTTP File Upload (XEP-0363) on the `[http]` listener.
     pub upload: UploadConfig,
+    /// Prometheus metrics at `/metrics` on the `[http]` listener.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics (`src/metrics/`, `web::metrics`): served at
+/// `/metrics` on the `[http]` listener when it runs, to whom `allow` says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Who may scrape: "loopback" (peers on 127.0.0.0/8 or ::1), "token"
+    /// (`Authorization: Bearer <token>` from anywhere) or
+    /// "loopback_or_token".
+    pub allow: String,
+    /// The bearer token for "token" and "loopback_or_token" (at least 16
+    /// characters).
+    pub token: String,
+    /// Seconds the stored-message counts (offline, archive) are reused
+    /// before a scrape counts them again.
+    pub storage_refresh: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            allow: "loopback".into(),
+            token: String::new(),
+            storage_refresh: 60,
+        }
+    }
 }
 
 /// HTTP File Upload (XEP-0363): the `upload.<host>` services and what
@@ -903,6 +934,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             external_service: Vec::new(),
             upload: UploadConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1183,6 +1215,19 @@ impl Config {
                     .and_then(|t| t.span())
                     .map(|s| line_of(src, s.start)),
                 message: "[tls]: set both cert and key, or neither".into(),
+            });
+        }
+        if self.metrics.enabled && self.metrics.allow != "loopback" && self.metrics.token.len() < 16
+        {
+            problems.push(Problem {
+                line: doc
+                    .get("metrics")
+                    .and_then(|t| t.span())
+                    .map(|s| line_of(src, s.start)),
+                message: format!(
+                    "[metrics]: allow = \"{}\" needs a token of at least 16 characters",
+                    self.metrics.allow
+                ),
             });
         }
         if self.c2s.listen.is_empty() && self.c2s.listen_tls.is_empty() {
@@ -2145,7 +2190,28 @@ const SCHEMA: &[Field] = &[
     f("http", Kind::Table(HTTP)),
     f("external_service", Kind::Tables(EXTERNAL_SERVICE)),
     f("upload", Kind::Table(UPLOAD)),
+    f("metrics", Kind::Table(METRICS)),
 ];
+const METRICS: &[Field] = &[
+    f("enabled", Kind::Bool),
+    f("allow", Kind::Str(metrics_allow)),
+    f("token", Kind::Str(any_str)),
+    f(
+        "storage_refresh",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
+];
+
+/// Who may scrape `/metrics`.
+fn metrics_allow(s: &str) -> Result<(), String> {
+    match s {
+        "loopback" | "token" | "loopback_or_token" => Ok(()),
+        _ => Err("must be \"loopback\", \"token\" or \"loopback_or_token\"".into()),
+    }
+}
 const UPLOAD: &[Field] = &[
     f("enabled", Kind::Bool),
     f("self_check", Kind::Bool),
@@ -2623,6 +2689,30 @@ mod tests {
         assert!(problems[2]
             .message
             .contains("s2s.bidi: expected true or false"));
+    }
+
+    #[test]
+    fn metrics_section_checks_who_may_scrape() {
+        let d = Config::default().metrics;
+        assert!(d.enabled);
+        assert_eq!((d.allow.as_str(), d.storage_refresh), ("loopback", 60));
+        let c = Config::parse(
+            "[metrics]\nallow = \"loopback_or_token\"\ntoken = \"0123456789abcdef\"\nstorage_refresh = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.allow, "loopback_or_token");
+        assert_eq!(c.metrics.storage_refresh, 5);
+        // A token mode needs a token; an unknown mode and a zero refresh
+        // are refused.
+        let p = Config::parse("[metrics]\nallow = \"token\"\n").unwrap_err();
+        assert!(p[0].message.contains("needs a token"), "{p:?}");
+        assert_eq!(p[0].line, Some(1));
+        let p = Config::parse("[metrics]\nallow = \"anyone\"\nstorage_refresh = 0\n").unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].message.contains("metrics.allow"), "{p:?}");
+        assert!(p[1].message.contains("metrics.storage_refresh"), "{p:?}");
+        // Off, no token is needed.
+        Config::parse("[metrics]\nenabled = false\nallow = \"token\"\n").unwrap();
     }
 
     #[test]

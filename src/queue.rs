@@ -10,7 +10,7 @@
 //! session hold count × largest-stanza bytes (2,048 × 256 KiB = 512 MiB).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -49,6 +49,43 @@ struct Shared<T> {
     /// the common case costs one relaxed load).
     room_wanted: AtomicBool,
     room: Notify,
+    /// Where the fullest this queue has been is reported (the metrics'
+    /// session-queue high-water mark), if anywhere.
+    peak: Option<Arc<Peak>>,
+}
+
+/// The most items and bytes any of the queues sharing it has held at once
+/// since it was made: a high-water mark, for the metrics.
+///
+/// Noted under the queue's lock after each send with one relaxed load per
+/// figure; the shared atomics are written only when a queue goes past the
+/// mark, which soon becomes rare, so the cache line stays shared between
+/// cores instead of bouncing on every send.
+#[derive(Debug, Default)]
+pub struct Peak {
+    items: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Peak {
+    fn note(&self, items: usize, bytes: usize) {
+        if items > self.items.load(Ordering::Relaxed) {
+            self.items.fetch_max(items, Ordering::Relaxed);
+        }
+        if bytes > self.bytes.load(Ordering::Relaxed) {
+            self.bytes.fetch_max(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// The most items any queue held.
+    pub fn items(&self) -> usize {
+        self.items.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes (by [`Weigh`]) any queue held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// The sending side (cheap to clone).
@@ -69,6 +106,15 @@ pub struct QueueReceiver<T>(Arc<Shared<T>>);
 /// them — except that an empty queue takes one item of any weight, so a
 /// stanza larger than the byte bound still gets through on its own.
 pub fn queue<T: Weigh>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+    queue_with_peak(capacity, max_bytes, None)
+}
+
+/// [`queue`], reporting how full it gets to `peak`.
+pub fn queue_with_peak<T: Weigh>(
+    capacity: usize,
+    max_bytes: usize,
+    peak: Option<Arc<Peak>>,
+) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
         items: Mutex::new(Items {
             queue: VecDeque::new(),
@@ -80,6 +126,7 @@ pub fn queue<T: Weigh>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, Qu
         closed: AtomicBool::new(false),
         room_wanted: AtomicBool::new(false),
         room: Notify::new(),
+        peak,
     });
     (QueueSender(shared.clone()), QueueReceiver(shared))
 }
@@ -97,6 +144,13 @@ impl<T> Shared<T> {
     /// each resumption hands over a quarter of the queue at once.
     fn half_empty(&self, q: &Items<T>) -> bool {
         q.queue.len() <= self.capacity / 4 && q.bytes <= self.max_bytes / 4
+    }
+
+    /// Reports the queue's size after a send to the high-water mark.
+    fn note_peak(&self, q: &Items<T>) {
+        if let Some(p) = &self.peak {
+            p.note(q.queue.len(), q.bytes);
+        }
     }
 
     fn wake_room_waiter(&self) {
@@ -123,6 +177,7 @@ impl<T: Weigh> QueueSender<T> {
             }
             q.bytes = q.bytes.saturating_add(item.weight());
             q.queue.push_back(item);
+            self.0.note_peak(&q);
         }
         self.0.ready.notify_one();
         Ok(())
@@ -145,6 +200,7 @@ impl<T: Weigh> QueueSender<T> {
             }
             q.bytes = q.bytes.saturating_add(weight);
             q.queue.push_back(item);
+            self.0.note_peak(&q);
         }
         // A stored permit covers a receiver that is not waiting yet.
         self.0.ready.notify_one();
@@ -177,6 +233,7 @@ impl<T: Weigh> QueueSender<T> {
                 q.queue.push_back(item);
                 queued += 1;
             }
+            self.0.note_peak(&q);
         }
         if queued > 0 {
             self.0.ready.notify_one();
@@ -406,5 +463,32 @@ mod tests {
         assert_eq!(rx.try_recv(), Some(20));
         assert_eq!(rx.0.lock().bytes, 0);
         tx.try_send(1).unwrap();
+    }
+
+    #[test]
+    fn the_peak_is_the_fullest_any_queue_sharing_it_was() {
+        let peak = Arc::new(Peak::default());
+        let (a, ra) = queue_with_peak(10, usize::MAX, Some(peak.clone()));
+        let (b, _rb) = queue_with_peak(10, usize::MAX, Some(peak.clone()));
+        a.try_send(5).unwrap();
+        a.try_send(7).unwrap();
+        assert_eq!((peak.items(), peak.bytes()), (2, 12));
+        // Draining does not lower it; a smaller queue elsewhere does not
+        // either; a fuller one raises it, by every way of sending.
+        assert_eq!(ra.try_recv(), Some(5));
+        assert_eq!(ra.try_recv(), Some(7));
+        b.try_send(1).unwrap();
+        assert_eq!((peak.items(), peak.bytes()), (2, 12));
+        b.send_beyond_capacity(20).unwrap();
+        assert_eq!((peak.items(), peak.bytes()), (2, 21));
+        let mut more: VecDeque<i32> = [1, 1, 1].into();
+        assert_eq!(b.try_send_from(&mut more), Ok(3));
+        assert_eq!((peak.items(), peak.bytes()), (5, 24));
+        // A queue without a peak reports nowhere.
+        let (c, _rc) = queue(10, usize::MAX);
+        for _ in 0..8 {
+            c.try_send(100).unwrap();
+        }
+        assert_eq!(peak.items(), 5);
     }
 }

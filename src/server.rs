@@ -77,6 +77,8 @@ pub struct Server {
     pub dialback_secret: String,
     /// This server itself, for tasks it starts (outgoing s2s streams).
     me: std::sync::Weak<Server>,
+    /// What `/metrics` reports, and the handles the server counts through.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Server {
@@ -210,6 +212,7 @@ impl Server {
                 config.s2s.max_connections_per_ip,
             ),
             components: ComponentRegistry::new(config.components()),
+            metrics: crate::metrics::Metrics::new(&config.metrics),
             config,
             store,
             sessions: SessionRegistry::default(),

@@ -112,6 +112,7 @@ fn event_of(frame: &[u8]) -> Result<StreamEvent, ParseError> {
 }
 
 impl ClientStream for Framed {
+    const TRANSPORT: &'static str = "test-framed";
     type Out = Frames;
 
     async fn next_event(&mut self) -> Flow<StreamEvent> {

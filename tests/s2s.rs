@@ -190,6 +190,13 @@ async fn messages_cross_both_ways(p: &Pair) {
     let m = wait_for(&mut ub, "second message", |e| e.name() == "message").await;
     assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "again");
     assert_eq!(p.a.server().s2s.count(), 1);
+    // The metrics count each message once on each side of the hop.
+    let s2s = |ts: &TestServer, direction| {
+        let stanzas = &ts.server().metrics.stanzas;
+        stanzas.get(direction, waxwing::metrics::StreamKind::S2s, "message")
+    };
+    assert_eq!((s2s(&p.a, "out"), s2s(&p.a, "in")), (2, 1));
+    assert_eq!((s2s(&p.b, "out"), s2s(&p.b, "in")), (1, 2));
 }
 
 fn roster_subscription(iq: &Element, contact: &str) -> Option<String> {

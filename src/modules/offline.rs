@@ -10,6 +10,7 @@ use jid::{BareJid, FullJid};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
+use crate::metrics::StorageOp;
 use crate::server::Server;
 use crate::sessions::OutStanza;
 use crate::stanza::{StanzaError, StanzaErrorCondition};
@@ -179,15 +180,17 @@ impl Offline {
         // available meanwhile and already fetched its queue, this message
         // would otherwise wait for the next login.
         let _guard = self.locks.lock(to).await;
+        let push = server.store.offline_push(
+            domain,
+            user,
+            &xml,
+            server.config.limits.max_offline_messages,
+            server.config.limits.max_offline_bytes as u64,
+        );
         match server
-            .store
-            .offline_push(
-                domain,
-                user,
-                &xml,
-                server.config.limits.max_offline_messages,
-                server.config.limits.max_offline_bytes as u64,
-            )
+            .metrics
+            .storage
+            .time(StorageOp::OfflinePush, push)
             .await
         {
             Ok(true) => {}
@@ -234,9 +237,11 @@ impl Offline {
             _ => 0,
         };
         loop {
-            let batch = server
+            let fetch = server
                 .store
-                .offline_fetch(domain, user, after, DELIVERY_BATCH)
+                .offline_fetch(domain, user, after, DELIVERY_BATCH);
+            let batch = (server.metrics.storage)
+                .time(StorageOp::OfflineFetch, fetch)
                 .await?;
             if batch.is_empty() {
                 return Ok(());

@@ -6,6 +6,7 @@
 use jid::BareJid;
 
 use super::{IqFuture, IqOutcome, IqRequest, IqTarget, Module};
+use crate::metrics::StorageOp;
 use crate::router::deliver_local;
 use crate::server::Server;
 use crate::stanza::StanzaErrorCondition;
@@ -149,9 +150,9 @@ pub async fn item(
 /// The whole roster, request-only rows included.
 pub async fn items(server: &Server, user: &BareJid) -> Result<Vec<Item>, StorageError> {
     let (d, u) = parts(user);
-    Ok(server
-        .store
-        .roster_items(d, u)
+    let timers = &server.metrics.storage;
+    Ok(timers
+        .time(StorageOp::RosterLoad, server.store.roster_items(d, u))
         .await?
         .into_iter()
         .map(|record| Item { record })

@@ -11,8 +11,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::transport::Transport;
-use super::xmlstream::{random_id, End, Flow, XmlStream};
+use super::xmlstream::{random_id, End, Flow, Queued, XmlStream};
 use super::ConnectionSlot;
+use crate::metrics::StreamKind;
 use crate::queue::QueueReceiver;
 use crate::router;
 use crate::server::Server;
@@ -175,6 +176,7 @@ impl Connection {
                     Ok(None) => break,
                     Ok(Some(StreamEvent::Stanza(el))) => {
                         let el = rules::into_client(el);
+                        (self.server.metrics.stanzas).received(StreamKind::Component, el.name());
                         if let Err(cond) =
                             router::route_from_component(&self.server, domain, el).await
                         {
@@ -191,7 +193,17 @@ impl Connection {
                     Err(e) => return self.stream.close_parse_error(e).await,
                 }
             }
-            if let Err(end) = self.stream.pump(rx, &self.server.shutdown, idle).await {
+            let stanzas = &self.server.metrics.stanzas;
+            let mut write = |item: Outbound, out: &mut Vec<u8>| {
+                if let Outbound::Stanza(st) = &item {
+                    stanzas.sent_serialized(StreamKind::Component, st.bytes());
+                }
+                item.write_to(out)
+            };
+            let pumped = (self.stream)
+                .pump_with(rx, &mut write, &self.server.shutdown, idle)
+                .await;
+            if let Err(end) = pumped {
                 return end;
             }
         }

@@ -165,7 +165,12 @@ impl Connection {
                     self.stream.set_deadline(None);
                 }
                 let server = &self.server;
-                if let Err(end) = self.stream.pump(&self.queued, &server.shutdown, idle).await {
+                let mut write =
+                    |item, out: &mut Vec<u8>| super::s2s_out::write_counted(server, item, out);
+                let pumped = (self.stream)
+                    .pump_with(&self.queued, &mut write, &server.shutdown, idle)
+                    .await;
+                if let Err(end) = pumped {
                     return end;
                 }
             }

@@ -121,6 +121,17 @@ impl S2sLinks {
     pub fn count(&self) -> usize {
         self.lock().len()
     }
+
+    /// Live connections (inbound, outbound): what `ctl stats` and the
+    /// metrics report, counted without copying the list.
+    pub fn count_by_direction(&self) -> (usize, usize) {
+        let links = self.lock();
+        let inbound = links
+            .values()
+            .filter(|l| l.direction == Direction::Inbound)
+            .count();
+        (inbound, links.len() - inbound)
+    }
 }
 
 /// A connection's entry in `S2sLinks`: updated as negotiation goes on,

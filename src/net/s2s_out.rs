@@ -81,6 +81,19 @@ impl Queued for ToPeer {
     }
 }
 
+/// Writes a queued item onto an s2s stream, counting stanzas for the
+/// metrics (both directions' streams write through here).
+pub(crate) fn write_counted(
+    server: &crate::server::Server,
+    item: ToPeer,
+    out: &mut Vec<u8>,
+) -> Option<StreamErrorCondition> {
+    if let ToPeer::Stanza(el) = &item {
+        (server.metrics.stanzas).sent(crate::metrics::StreamKind::S2s, el.name());
+    }
+    item.write_to(out)
+}
+
 /// The route for a domain pair: an id (so a late end cannot remove its
 /// successor) and the queue of the stream that carries it — an outgoing
 /// stream of ours, or an incoming bidirectional one (XEP-0288).
@@ -369,7 +382,11 @@ pub async fn session(
                 Err(e) => return stream.close_parse_error(e).await,
             }
         }
-        if let Err(end) = stream.pump(rx, &server.shutdown, idle).await {
+        let mut write = |item, out: &mut Vec<u8>| write_counted(server, item, out);
+        if let Err(end) = stream
+            .pump_with(rx, &mut write, &server.shutdown, idle)
+            .await
+        {
             return end;
         }
     }

@@ -224,6 +224,7 @@ impl Receiving {
             Err(cond) => return Err(stream.close_with(cond, None).await),
         };
         let el = rules::into_client(el);
+        (server.metrics.stanzas).received(crate::metrics::StreamKind::S2s, el.name());
         if let Err(cond) = router::route_from_remote(server, &from, to, el).await {
             return Err(stream.close_with(cond, None).await);
         }

@@ -24,6 +24,7 @@ mod offline;
 mod pubsub;
 mod push;
 mod roster;
+mod stats;
 mod uploads;
 mod user_data;
 

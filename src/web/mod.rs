@@ -4,7 +4,8 @@
 //! - XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` ([`websocket`]),
 //! - BOSH (XEP-0124, XEP-0206) at `/http-bind` ([`bosh`]),
 //! - connection discovery (XEP-0156) at `/.well-known/host-meta` and
-//!   `/.well-known/host-meta.json` ([`host_meta`]).
+//!   `/.well-known/host-meta.json` ([`host_meta`]),
+//! - Prometheus metrics at `/metrics` ([`metrics`]).
 //!
 //! hyper parses HTTP and axum routes; each accepted connection is served
 //! here so that it can be bounded (`[http] max_connections`, header size
@@ -14,6 +15,7 @@
 pub mod bosh;
 pub mod chat;
 pub mod host_meta;
+pub mod metrics;
 pub mod self_check;
 pub mod upload;
 pub mod websocket;
@@ -79,6 +81,7 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
         .route("/http-bind", post(bosh::request).options(bosh::preflight))
         .route("/.well-known/host-meta", get(host_meta::xrd))
         .route("/.well-known/host-meta.json", get(host_meta::json))
+        .route("/metrics", get(metrics::scrape))
         .route(
             &format!("/upload/{}/{{nonce}}", self_check::SEGMENT),
             get(self_check::answer),

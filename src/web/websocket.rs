@@ -287,6 +287,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 impl ClientStream for WsStream {
+    const TRANSPORT: &'static str = "websocket";
     type Out = Messages;
 
     async fn next_event(&mut self) -> Flow<StreamEvent> {

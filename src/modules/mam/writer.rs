@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{StorageOp, StorageTimers};
 use crate::server::Server;
 use crate::storage::{ArchiveConn, ArchiveRow, StorageError, Store};
 
@@ -64,9 +65,18 @@ impl Writer {
         let batch = config.batch.max(1);
         let cache_kib = config.writer_cache_kib;
         let shutdown = server.shutdown.clone();
-        server
-            .background
-            .spawn(run(store.clone(), cache_kib, rx, batch, shutdown, mark));
+        server.background.spawn(run(
+            Db {
+                store: store.clone(),
+                cache_kib,
+                conn: None,
+                timers: server.metrics.storage.clone(),
+            },
+            rx,
+            batch,
+            shutdown,
+            mark,
+        ));
         Writer {
             tx,
             store,
@@ -114,10 +124,19 @@ struct Db {
     store: Store,
     cache_kib: u64,
     conn: Option<ArchiveConn>,
+    /// Each batch's commit time goes to the metrics.
+    timers: StorageTimers,
 }
 
 impl Db {
     async fn insert(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        let r = self.insert_untimed(rows).await;
+        (self.timers).observe(StorageOp::ArchiveInsert, started.elapsed());
+        r
+    }
+
+    async fn insert_untimed(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
         if self.conn.is_none() {
             match self.store.archive_conn(self.cache_kib).await {
                 Ok(c) => self.conn = Some(c),
@@ -139,18 +158,12 @@ impl Db {
 }
 
 async fn run(
-    store: Store,
-    cache_kib: u64,
+    mut db: Db,
     mut rx: mpsc::Receiver<Job>,
     batch: usize,
     shutdown: CancellationToken,
     mark: watch::Sender<u64>,
 ) {
-    let mut db = Db {
-        store,
-        cache_kib,
-        conn: None,
-    };
     loop {
         let first = tokio::select! {
             biased;

@@ -24,6 +24,7 @@ use super::ConnectionSlot;
 use crate::accounts;
 use crate::feature::{Event, Extensions, StreamPhase};
 use crate::hashing::HashingError;
+use crate::metrics::{Profile, StorageOp};
 use crate::queue::QueueReceiver;
 use crate::sasl::{self, parse_plain, SaslError, ScramServer};
 use crate::server::Server;
@@ -145,6 +146,7 @@ impl<S: ClientStream> Connection<S> {
         };
         match negotiated {
             Ok(mut a) => {
+                let _attached = self.server.metrics.session_attached(S::TRANSPORT);
                 let end = self.session(&mut a).await;
                 (end, Some(a))
             }
@@ -425,6 +427,8 @@ impl<S: ClientStream> Connection<S> {
     /// success never clears the source's earlier failures.
     async fn authenticate(&mut self, auth: &Element, failures: &mut u32) -> Flow<Option<String>> {
         let result = self.sasl_exchange(auth).await?;
+        let mechanism = auth.attr("mechanism").unwrap_or("");
+        (self.server.metrics.auth).record(Profile::Sasl, mechanism, result.is_ok());
         match result {
             Ok((username, success_data)) => {
                 let mut success = Element::new("success", NS_SASL);
@@ -434,7 +438,7 @@ impl<S: ClientStream> Connection<S> {
                 self.stream.write(&success);
                 self.stream.flush().await?;
                 tracing::info!(conn = self.id, peer = %self.peer, user = %username, domain = %self.domain,
-                    mechanism = auth.attr("mechanism").unwrap_or(""), "c2s authenticated");
+                    mechanism, "c2s authenticated");
                 Ok(Some(username))
             }
             Err(e) => {
@@ -557,13 +561,10 @@ impl<S: ClientStream> Connection<S> {
             return Ok(Err(SaslError::TemporaryAuthFailure));
         };
         let hashing = self.server.config.limits.password_hashing();
-        let result = match accounts::plain_check(
-            &self.server.store,
-            &self.domain,
-            &username,
-            &hashing,
-        )
-        .await
+        let lookup = accounts::plain_check(&self.server.store, &self.domain, &username, &hashing);
+        let result = match (self.server.metrics.storage)
+            .time(StorageOp::AccountLookup, lookup)
+            .await
         {
             Err(e) => {
                 tracing::error!(error = %e, "reading account");
@@ -622,7 +623,10 @@ impl<S: ClientStream> Connection<S> {
         let creds = match &username {
             None => None,
             Some(u) => {
-                match accounts::scram_credentials(&self.server.store, &self.domain, u, scram.hash())
+                let lookup =
+                    accounts::scram_credentials(&self.server.store, &self.domain, u, scram.hash());
+                match (self.server.metrics.storage)
+                    .time(StorageOp::AccountLookup, lookup)
                     .await
                 {
                     Ok(c) => c,
@@ -751,9 +755,10 @@ impl<S: ClientStream> Connection<S> {
                     .await)
             }
         };
-        let (tx, rx) = crate::queue::queue(
+        let (tx, rx) = crate::queue::queue_with_peak(
             self.server.config.limits.session_queue,
             self.server.config.limits.session_queue_bytes,
+            Some(self.server.metrics.queue_peak.clone()),
         );
         self.server.sessions.bind(&full, self.id, tx);
         let mut iq_no_from = iq.clone();

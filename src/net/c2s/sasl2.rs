@@ -11,6 +11,7 @@ use jid::{BareJid, FullJid};
 use super::session::Attached;
 use super::{ClientStream, Connection, MAX_AUTH_ATTEMPTS_PER_STREAM};
 use crate::feature::Event;
+use crate::metrics::Profile;
 use crate::modules::carbons::CarbonsEnabled;
 use crate::modules::clients::BoundClient;
 use crate::modules::stream_management::StreamManagementFeature;
@@ -123,6 +124,9 @@ impl<S: ClientStream> Connection<S> {
                 },
             }
         };
+        // The name as the client sent it (also when it could not be parsed).
+        let mechanism = el.attr("mechanism").unwrap_or("");
+        (self.server.metrics.auth).record(Profile::Sasl2, mechanism, result.is_ok());
         let (authed, req) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -485,9 +489,10 @@ impl<S: ClientStream> Connection<S> {
         let Ok(full) = FullJid::new(&format!("{account}/{resource}")) else {
             return Ok(None);
         };
-        let (tx, rx) = crate::queue::queue(
+        let (tx, rx) = crate::queue::queue_with_peak(
             self.server.config.limits.session_queue,
             self.server.config.limits.session_queue_bytes,
+            Some(self.server.metrics.queue_peak.clone()),
         );
         self.server.sessions.bind(&full, self.id, tx);
         let ext = self.server.sessions.extensions(&full).unwrap_or_default();

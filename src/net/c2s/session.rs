@@ -15,6 +15,7 @@ use super::transport::ElementSink;
 use super::{ClientStream, Connection};
 use crate::feature::Event;
 use crate::feature::Verdict;
+use crate::metrics::StreamKind;
 use crate::modules::stream_management::{
     end_for_good, end_parked, Parked, ResumeError, StreamManagementFeature,
 };
@@ -135,13 +136,16 @@ impl Writer {
         stanzas: impl IntoIterator<Item = Arc<OutStanza>>,
         out: &mut impl ElementSink,
     ) -> Option<StreamErrorCondition> {
+        let counted = &server.metrics.stanzas;
         let Some(sm) = &mut self.sm else {
             for st in stanzas {
+                counted.sent_serialized(StreamKind::C2s, st.bytes());
                 out.element(st.bytes());
             }
             return None;
         };
         for st in stanzas {
+            counted.sent_serialized(StreamKind::C2s, st.bytes());
             out.element(st.bytes());
             sm.sent_one(st.into_bytes_only());
         }
@@ -257,6 +261,7 @@ impl<S: ClientStream> Connection<S> {
         el: Element,
     ) -> Result<(), StreamErrorCondition> {
         if StanzaKind::of(&el, NS_CLIENT).is_some() {
+            (self.server.metrics.stanzas).received(StreamKind::C2s, el.name());
             router::route_from_client(&self.server, &a.jid, el).await?;
             if let Some(sm) = &mut a.w.sm {
                 sm.handled_one();

@@ -39,6 +39,10 @@ impl ElementSink for Vec<u8> {
 /// opening, top-level elements, its close), elements out, and what the
 /// security layer under it offers.
 pub trait ClientStream: Send {
+    /// The transport's name in the metrics (`waxwing_c2s_sessions`'s
+    /// `transport` label): "tcp", "websocket", "bosh".
+    const TRANSPORT: &'static str;
+
     /// What queued stanzas are serialized into (see [`ElementSink`]).
     type Out: ElementSink + Default + Send;
 
@@ -117,6 +121,7 @@ pub trait ClientStream: Send {
 }
 
 impl ClientStream for XmlStream {
+    const TRANSPORT: &'static str = "tcp";
     type Out = Vec<u8>;
 
     async fn next_event(&mut self) -> Flow<StreamEvent> {

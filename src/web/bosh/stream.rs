@@ -492,6 +492,7 @@ impl Drop for BoshStream {
 }
 
 impl ClientStream for BoshStream {
+    const TRANSPORT: &'static str = "bosh";
     type Out = Payload;
 
     async fn next_event(&mut self) -> Flow<StreamEvent> {
