@@ -9,6 +9,7 @@ pub mod config;
 pub mod feature;
 pub mod hashing;
 pub mod iq_tracker;
+pub mod migrate;
 pub mod modules;
 pub mod net;
 pub mod pubsub;

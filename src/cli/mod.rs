@@ -2,6 +2,7 @@
 
 mod archive;
 mod ctl;
+mod migrate;
 mod serve;
 
 use std::path::PathBuf;
