@@ -434,6 +434,11 @@ def migrated():
         ejabberd_export = ejabberd.export()
         ejabberd.stop()
         timings["export"] = time.monotonic() - t
+        # A dry run through the command line writes nothing.
+        dry = wax.ctl("import", "--dry-run", str(ejabberd_export))
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "would import 3 users" in dry.stdout, dry.stdout
+        assert set(wax.row_counts().values()) == {0}, wax.row_counts()
         t = time.monotonic()
         imports = []
         for export in (prosody_export, ejabberd_export):
@@ -451,7 +456,7 @@ def migrated():
         counts_again = wax.row_counts()
         wax.start()
         print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-        yield SimpleNamespace(wax=wax, imports=imports, reimports=reimports, counts=counts,
+        yield SimpleNamespace(wax=wax, prosody=prosody, imports=imports, reimports=reimports, counts=counts,
                               counts_again=counts_again, prosody_export=prosody_export,
                               ejabberd_export=ejabberd_export, timings=timings)
     except Exception as e:
@@ -609,3 +614,37 @@ def test_importing_again_changes_nothing(migrated):
         assert len(rows) == 9, out
         for kind, created, changed, _unchanged in rows:
             assert (created, changed) == ("0", "0"), f"{kind}\n{out}"
+
+
+def test_prosody_reads_a_waxwing_export(migrated):
+    """The way back: `ctl export` → prosody-migrator (xep0227 store in,
+    internal out) → Prosody, where alice logs in with her password and
+    finds her roster."""
+    wax, prosody = migrated.wax, migrated.prosody
+    out = prosody.dir / "from-waxwing"
+    r = wax.ctl("export", "--domain", PROSODY_DOMAIN, str(out))
+    assert r.returncode == 0 and "exported 3 accounts" in r.stdout, r.stdout + r.stderr
+    data = prosody.dir / "data"
+    shutil.rmtree(data)
+    data.mkdir()
+    j = json.dumps
+    config = prosody.dir / "back.cfg.lua"
+    config.write_text(
+        f"input {{ hosts = {{ [{j(PROSODY_DOMAIN)}] = {{ \"accounts\", \"roster\", \"vcard\", \"private\" }} }};"
+        " type = \"xep0227\"; }\n"
+        f"output {{ type = \"internal\"; path = {j(str(data))}; }}\n")
+    chown_tree(prosody.dir, "prosody")
+    run_checked(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                 'mount --bind "$0" /var/lib/prosody && exec "$@"', str(out),
+                 "prosody-migrator", "--config", str(config), "input", "output"])
+    chown_tree(data, "prosody")
+    prosody.start()
+    try:
+        async def go():
+            async with connect(prosody, "alice", mechanism="SCRAM-SHA-1") as alice:
+                item = await roster_item(alice, f"bob@{PROSODY_DOMAIN}")
+                assert item.get("subscription") == "both" and item.get("name") == "Bobby", item
+                assert sorted(item.get("groups", [])) == ["Friends", "Work"], item
+        run(go())
+    finally:
+        prosody.stop()
