@@ -59,7 +59,8 @@ fn write_export(dir: &Path, domain: &str, broken: bool) {
   <storage xmlns='storage:bookmarks'><conference jid='balcony@chat.verona.lit' name='Balcony' autojoin='true'/></storage></query>\
 <pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='http://jabber.org/protocol/nick'>\
   <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
-  <field var='pubsub#access_model'><value>open</value></field><field var='pubsub#max_items'><value>1</value></field></x></configure></pubsub>\
+  <field var='pubsub#access_model'><value>roster</value></field><field var='pubsub#max_items'><value>1</value></field>\
+  <field var='pubsub#roster_groups_allowed'><value>Friends</value><value>Montagues</value></field></x></configure></pubsub>\
 <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='http://jabber.org/protocol/nick'>\
   <item id='current'><nick xmlns='http://jabber.org/protocol/nick'>Jules</nick></item></items></pubsub>\
 <archive xmlns='urn:xmpp:pie:0#mam'>\
@@ -502,6 +503,14 @@ async fn round_trip(a: &Store, b: &Store, domain: &str) {
     assert_eq!(j.requests[0].1.nick.as_deref(), Some("Tybalt"));
     assert_eq!(j.archive.len(), 1);
     assert_eq!(j.pep[0].items.len(), 1);
+    let config = j.pep[0].config.as_deref().unwrap();
+    assert!(config.contains("pubsub#access_model=roster"), "{config}");
+    assert!(
+        config.contains(
+            "pubsub#roster_groups_allowed=Friends\npubsub#roster_groups_allowed=Montagues"
+        ),
+        "{config}"
+    );
     // Importing an export into the store it came from changes nothing.
     let again = import(a, &out1, &options(domain, false)).await.unwrap();
     for (kind, t) in again.counts.kinds() {

@@ -232,7 +232,7 @@ impl PieUser {
                 ("query", NS_ROSTER) => u.read_roster(child, &own),
                 ("presence", _) => u.read_request(child, &own),
                 ("vCard", NS_VCARD) => {
-                    if child.nodes().iter().any(|_| true) {
+                    if !child.nodes().is_empty() {
                         u.vcard = Some(xml_for_storage([child]));
                     }
                 }
@@ -251,7 +251,7 @@ impl PieUser {
                     }
                 }
                 ("pubsub", NS_PUBSUB_OWNER) => u.read_pep_owner(child),
-                ("pubsub", NS_PUBSUB) => u.read_pep_items(child, &own),
+                ("pubsub", NS_PUBSUB) => u.read_pep_items(child),
                 ("query", NS_PRIVACY) => u.read_privacy(child),
                 ("blocklist", NS_BLOCKING) => {
                     for item in child.children().filter(|i| i.name() == "item") {
@@ -393,9 +393,16 @@ impl PieUser {
                 "configure" => {
                     let mut config = NodeConfig::default();
                     if let Some(form) = el.children().find(|c| c.name() == "x") {
-                        for (var, value) in crate::pubsub::config::form_fields(form) {
+                        use crate::pubsub::config::{form_fields, form_values, ROSTER_GROUPS};
+                        for (var, value) in form_fields(form) {
                             // Values this service does not know keep the default.
-                            let _ = config.set(&var, &value, u32::MAX);
+                            if var != ROSTER_GROUPS {
+                                let _ = config.set(&var, &value, u32::MAX);
+                            }
+                        }
+                        // The one multi-valued option: every value, not the first.
+                        for group in form_values(form, ROSTER_GROUPS).unwrap_or_default() {
+                            let _ = config.set(ROSTER_GROUPS, &group, u32::MAX);
                         }
                     }
                     self.pep_node(node).config = Some(config.to_text());
@@ -435,8 +442,7 @@ impl PieUser {
         }
     }
 
-    fn read_pep_items(&mut self, pubsub: &Element, own: &str) {
-        let _ = own;
+    fn read_pep_items(&mut self, pubsub: &Element) {
         for items in pubsub.children().filter(|c| c.name() == "items") {
             let Some(node) = items.attr("node").filter(|n| !n.is_empty()) else {
                 continue;
