@@ -542,3 +542,100 @@ async fn export_then_import_round_trips_between_sqlite_and_postgres() {
     sqlite2.close().await;
     pg.close().await;
 }
+
+/// The command line: `ctl import --dry-run` reports per kind and writes
+/// nothing, `ctl import` says which user it left out and exits 3, `ctl
+/// export` writes one file per account, and a limit from the config
+/// (`import_max_user_bytes`) is applied; stdout is no terminal here, so
+/// no progress bar is drawn into it.
+#[test]
+fn ctl_import_and_export_from_the_command_line() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    std::fs::create_dir(&export).unwrap();
+    write_export(&export, "example.org", true);
+    let config = dir.path().join("waxwing.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[host]]\ndomain = \"example.org\"\n[database]\nurl = \"sqlite://{}/db.sqlite\"\n{extra}",
+                dir.path().display()
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_waxwing"))
+            .arg("ctl")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let export_arg = export.to_str().unwrap();
+    let (code, out) = ctl(&["import", "--dry-run", export_arg]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.starts_with("would import 3 users from 2 files (dry run: nothing written)"),
+        "{out}"
+    );
+    assert!(out.contains("WOULD-CREATE"), "{out}");
+    assert!(
+        out.contains("user not imported: tybalt@example.org"),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\r') && !out.contains('\u{1b}'),
+        "no progress bar off a terminal: {out:?}"
+    );
+    let (_, list) = ctl(&["user", "list"]);
+    assert_eq!(list.trim(), "", "a dry run creates nobody");
+
+    let (code, out) = ctl(&["import", export_arg]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.starts_with("imported 3 users"), "{out}");
+    let (_, list) = ctl(&["user", "list"]);
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        vec![
+            "juliet@example.org",
+            "mercutio@example.org",
+            "romeo@example.org"
+        ]
+    );
+
+    let out_dir = dir.path().join("out");
+    let (code, out) = ctl(&["export", out_dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("exported 3 accounts"), "{out}");
+    assert!(out_dir.join("juliet@example.org.xml").is_file());
+
+    // The per-user limit comes from the config: juliet's file is ~3 KB.
+    write("[limits]\nimport_max_user_bytes = 65536\n");
+    let (code, _) = ctl(&["import", "--dry-run", export_arg]);
+    assert_eq!(code, Some(3));
+    let big = format!("<x xmlns='urn:x'>{}</x>", "p".repeat(70_000));
+    let text = std::fs::read_to_string(export.join("juliet@example.org.xml")).unwrap();
+    std::fs::write(
+        export.join("juliet@example.org.xml"),
+        text.replace(
+            "<vCard xmlns='vcard-temp'>",
+            &format!("{big}<vCard xmlns='vcard-temp'>"),
+        ),
+    )
+    .unwrap();
+    let (code, out) = ctl(&["import", "--dry-run", export_arg]);
+    assert_eq!(code, Some(3));
+    assert!(
+        out.contains("larger than import_max_user_bytes (65536)"),
+        "{out}"
+    );
+}
