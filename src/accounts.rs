@@ -245,6 +245,38 @@ pub async fn plain_check(
     Ok(unknown())
 }
 
+/// The hashes of [`SCRAM_HASHES`] an account has no keys for: accounts
+/// imported from a server that kept SHA-1 keys only (Prosody 0.12,
+/// ejabberd) until their next PLAIN login.
+pub async fn missing_hashes(
+    store: &Store,
+    domain: &str,
+    username: &str,
+) -> Result<Vec<ScramHash>, StorageError> {
+    let have = store.scram_mechanisms(domain, username).await?;
+    Ok(SCRAM_HASHES
+        .into_iter()
+        .filter(|h| !have.iter().any(|m| m == mechanism_key(*h)))
+        .collect())
+}
+
+/// SCRAM keys of `password` for `hashes`. CPU-heavy (one PBKDF2 each).
+pub fn derive_scram(hashes: &[ScramHash], password: &str, iterations: u32) -> Vec<ScramRecord> {
+    hashes
+        .iter()
+        .map(|&h| {
+            let c = ScramCredentials::generate(h, password, iterations);
+            ScramRecord {
+                mechanism: mechanism_key(h).to_string(),
+                salt: c.salt,
+                iterations: c.iterations,
+                stored_key: c.stored_key,
+                server_key: c.server_key,
+            }
+        })
+        .collect()
+}
+
 /// Loads the SCRAM credentials of an account for one hash.
 pub async fn scram_credentials(
     store: &Store,

@@ -858,6 +858,10 @@ pub struct Limits {
     /// Bytes kept of a pending request's nick (XEP-0172) and of its status
     /// text, each (longer ones are cut at a character boundary).
     pub max_subscription_text: usize,
+    /// `ctl import` (XEP-0227): the largest `<user>` element read into
+    /// memory at once, in bytes of XML; a bigger one is refused (reported,
+    /// the rest of the file still imported).
+    pub import_max_user_bytes: usize,
     /// Distinct JIDs one session may have sent directed available presence
     /// to; beyond it the directed presence is refused (`resource-constraint`).
     pub max_directed_presences: usize,
@@ -1058,6 +1062,7 @@ impl Default for Limits {
             max_roster_items: 5000,
             max_pending_subscriptions: 100,
             max_subscription_text: 1024,
+            import_max_user_bytes: 256 << 20,
             max_directed_presences: 500,
             max_private_bytes: 1 << 20,
             max_private_document: 128 * 1024,
@@ -1644,6 +1649,13 @@ const LIMITS: &[Field] = &[
         Kind::Int {
             min: 0,
             max: 64 << 10,
+        },
+    ),
+    f(
+        "import_max_user_bytes",
+        Kind::Int {
+            min: 1 << 16,
+            max: 1 << 34,
         },
     ),
     f(

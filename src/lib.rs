@@ -10,6 +10,7 @@ pub mod feature;
 pub mod hashing;
 pub mod iq_tracker;
 pub mod metrics;
+pub mod migrate;
 pub mod modules;
 pub mod net;
 pub mod pubsub;

@@ -18,5 +18,6 @@ fn doap_lists_what_the_code_implements() {
     implemented.extend(waxwing::stream::s2s::XEPS);
     implemented.extend(waxwing::modules::IMPLIED_XEPS);
     implemented.extend(waxwing::web::XEPS);
+    implemented.extend(waxwing::migrate::XEPS);
     assert_eq!(listed, implemented);
 }

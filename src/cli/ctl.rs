@@ -43,6 +43,24 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: super::archive::ArchiveCommand,
     },
+    /// Import accounts and their data from XEP-0227 files (Prosody's
+    /// `prosody-migrator` xep0227 store, ejabberd's `export_piefxis`, a
+    /// Waxwing export): a file or a directory of them. Run it with the
+    /// server stopped; running it again changes nothing.
+    Import {
+        path: std::path::PathBuf,
+        /// Report what would be created or changed, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Export accounts and their data as XEP-0227 files, one
+    /// `user@host.xml` per account, into DIR.
+    Export {
+        dir: std::path::PathBuf,
+        /// Only the accounts of this host.
+        #[arg(long)]
+        domain: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +112,20 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
             CtlCommand::Components { .. } => return ask(&config, Request::ComponentsList).await,
             CtlCommand::Sessions { .. } => return ask(&config, Request::SessionsList).await,
             CtlCommand::Stats => return ask(&config, Request::Stats).await,
+            CtlCommand::Import { path, dry_run } => {
+                return super::migrate::run(
+                    &config,
+                    super::migrate::Migration::Import { path, dry_run },
+                )
+                .await
+            }
+            CtlCommand::Export { dir, domain } => {
+                return super::migrate::run(
+                    &config,
+                    super::migrate::Migration::Export { dir, domain },
+                )
+                .await
+            }
         };
         let store = match Store::open(&config.database.url, 2).await {
             Ok(s) => s,

@@ -2,6 +2,7 @@
 
 mod archive;
 mod ctl;
+mod migrate;
 mod serve;
 
 use std::path::PathBuf;
@@ -33,7 +34,8 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Administer the server's data (`user …`, `archive purge`, whether the server runs or
-    /// not) and list what the running server holds (`s2s list`,
+    /// not; `import`/`export` of XEP-0227 files, with it stopped) and list what the running
+    /// server holds (`s2s list`,
     /// `components list`, `sessions list`, `stats`, through its admin socket).
     Ctl {
         #[arg(long, short)]

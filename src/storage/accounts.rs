@@ -149,6 +149,62 @@ impl Store {
         on_pool!(self, pool => run!(pool))
     }
 
+    /// Adds SCRAM keys an account lacks (an account imported with SHA-1
+    /// keys only gains SHA-256/512 at its next PLAIN login); keys already
+    /// there are kept. False if there is no such account.
+    pub async fn add_scram_credentials(
+        &self,
+        domain: &str,
+        username: &str,
+        keys: &[ScramRecord],
+    ) -> Result<bool, StorageError> {
+        macro_rules! run {
+            ($pool:expr, $iter:ty) => {{
+                let mut tx = $pool.begin().await?;
+                let exists: Option<(String,)> =
+                    sqlx::query_as("SELECT argon2 FROM accounts WHERE domain = $1 AND username = $2")
+                        .bind(domain)
+                        .bind(username)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if exists.is_none() {
+                    return Ok(false);
+                }
+                for s in keys {
+                    sqlx::query("INSERT INTO scram_credentials (domain, username, mechanism, salt, iterations, stored_key, server_key) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING")
+                        .bind(domain)
+                        .bind(username)
+                        .bind(&s.mechanism)
+                        .bind(&s.salt)
+                        .bind(s.iterations as $iter)
+                        .bind(&s.stored_key)
+                        .bind(&s.server_key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }};
+        }
+        match self {
+            Store::Sqlite(pool) => run!(pool, i64),
+            Store::Postgres(pool) => run!(pool, i32),
+        }
+    }
+
+    /// The SCRAM hashes ("SHA-1"…) an account has keys for.
+    pub async fn scram_mechanisms(
+        &self,
+        domain: &str,
+        username: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        const Q: &str = "SELECT mechanism FROM scram_credentials WHERE domain = $1 AND username = $2 ORDER BY mechanism";
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(Q).bind(domain).bind(username).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(m,)| m).collect())
+    }
+
     /// Does the account exist?
     pub async fn account_exists(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
         Ok(self.argon2_hash(domain, username).await?.is_some())

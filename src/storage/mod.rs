@@ -19,6 +19,7 @@ macro_rules! on_pool {
 mod accounts;
 mod archive;
 mod clients;
+mod import;
 mod muc;
 mod offline;
 mod pubsub;
@@ -33,6 +34,7 @@ pub use archive::{
     ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem,
 };
 pub use clients::{ClientRecord, FastToken};
+pub use import::{ImportCounts, ImportUser, Tally};
 pub use muc::{AffiliationRow, RoomDelta, StoredRoom};
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;

@@ -42,7 +42,7 @@ pub struct PendingRequest {
     pub legacy_stanza: Option<String>,
 }
 
-type RosterRow = (
+pub(super) type RosterRow = (
     String,
     Option<String>,
     String,
@@ -53,7 +53,7 @@ type RosterRow = (
     String,
 );
 
-fn from_row(r: RosterRow) -> RosterRecord {
+pub(super) fn from_row(r: RosterRow) -> RosterRecord {
     RosterRecord {
         contact: r.0,
         name: r.1,
@@ -73,7 +73,8 @@ fn from_row(r: RosterRow) -> RosterRecord {
 
 /// The request's own texts are not among them: the presence broadcast reads
 /// every row of a roster, and has no use for them.
-const COLUMNS: &str = "contact, name, subscription, ask_out, pending, approved, in_roster, groups";
+pub(super) const COLUMNS: &str =
+    "contact, name, subscription, ask_out, pending, approved, in_roster, groups";
 
 /// Bumps a user's roster version inside a transaction and returns it.
 macro_rules! bump_version {

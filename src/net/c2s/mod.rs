@@ -572,13 +572,20 @@ impl<S: ClientStream> Connection<S> {
             }
             Ok(check) => {
                 let password = creds.password;
+                let on_scram = matches!(check, accounts::PlainCheck::Scram(_));
+                let kept = on_scram.then(|| password.clone());
                 match self
                     .server
                     .hashing
                     .run(move |memory| check.verify(&password, memory))
                     .await
                 {
-                    Ok(true) => Ok((username, None)),
+                    Ok(true) => {
+                        if let Some(password) = kept {
+                            self.complete_scram_keys(&username, password).await;
+                        }
+                        Ok((username, None))
+                    }
                     Ok(false) => Err(SaslError::NotAuthorized),
                     Err(HashingError::Busy) => {
                         tracing::warn!(conn = self.id, "password hashing saturated: login shed");
@@ -590,6 +597,45 @@ impl<S: ClientStream> Connection<S> {
         };
         self.settle_account_attempt(&reserved, &result);
         Ok(result)
+    }
+
+    /// After a PLAIN login checked against SCRAM keys: an account imported
+    /// with keys for some hashes only (XEP-0227 exports of Prosody 0.12
+    /// carry SCRAM-SHA-1 alone) gets keys for the others from the password
+    /// just verified, so that SCRAM-SHA-256/512 work from now on. Failing
+    /// here costs the upgrade, never the login.
+    async fn complete_scram_keys(&self, username: &str, password: String) {
+        let missing =
+            match accounts::missing_hashes(&self.server.store, &self.domain, username).await {
+                Ok(m) if !m.is_empty() => m,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading SCRAM keys for the upgrade");
+                    return;
+                }
+            };
+        let iterations = self.server.config.limits.scram_iterations;
+        let derived = self
+            .server
+            .hashing
+            .run(move |_| accounts::derive_scram(&missing, &password, iterations))
+            .await;
+        let Ok(keys) = derived else {
+            return;
+        };
+        match self
+            .server
+            .store
+            .add_scram_credentials(&self.domain, username, &keys)
+            .await
+        {
+            Ok(_) => tracing::info!(
+                user = username,
+                added = keys.len(),
+                "SCRAM keys added at PLAIN login"
+            ),
+            Err(e) => tracing::warn!(error = %e, "storing upgraded SCRAM keys"),
+        }
     }
 
     /// SCRAM (RFC 5802/7677), with channel binding for -PLUS.
@@ -641,6 +687,25 @@ impl<S: ClientStream> Connection<S> {
                 }
             }
         };
+        // An account without keys for this hash (imported with SHA-1 keys
+        // only, not yet upgraded by a PLAIN login) is told the mechanism is
+        // not available rather than that its password is wrong: clients
+        // that try mechanisms in turn (slixmpp, Gajim) go on to the next
+        // one, SCRAM-SHA-1, and log in. This tells a prober that such an
+        // account exists; ARCHITECTURE.md "Migration" weighs it.
+        if let (None, Some(u)) = (&creds, &username) {
+            match self.server.store.account_exists(&self.domain, u).await {
+                Ok(true) => {
+                    let result = Err(SaslError::InvalidMechanism);
+                    if let Some(r) = &reserved {
+                        self.settle_account_attempt(r, &result);
+                    }
+                    return Ok(result);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "reading account"),
+            }
+        }
         // An unknown account's stand-in salt comes from the same prepared
         // name a real account is looked up by, so spelling variants of a
         // name behave alike whether it exists or not.
