@@ -43,10 +43,10 @@ const HEADER: &[u8] =
 /// life (its default, 128 KiB, made an idle WebSocket session eight times
 /// the memory of a TCP one). A message larger than this still arrives:
 /// the buffer grows for it.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 /// Bytes of messages gathered before a write to the connection (every
 /// batch is flushed at its end anyway); its buffer keeps what it grew to.
-const WRITE_BUFFER: usize = 4096;
+const WRITE_BUFFER: usize = 2048;
 
 /// The upgrade: a client slot (WebSocket sessions count against the same
 /// `[c2s]` caps as TCP ones), the subprotocol, the message size bound,
@@ -78,10 +78,16 @@ pub async fn upgrade(
         .max_frame_size(hard)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let _tracked = tracked;
+        .on_upgrade(move |socket| {
+            // The session future is built here, outside the async block, so
+            // the block does not keep the socket it was given beside the
+            // session that owns it.
             let stream = WsStream::new(socket, &server, secure);
-            crate::net::c2s::serve(server, stream, conn.peer, false, slot).await
+            let session = crate::net::c2s::serve(server, stream, conn.peer, false, slot);
+            async move {
+                let _tracked = tracked;
+                session.await
+            }
         })
 }
 

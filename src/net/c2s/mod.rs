@@ -69,18 +69,24 @@ pub async fn run(
 /// Runs a client connection over any transport to its end: negotiation,
 /// then the bound session. `direct_tls`: run a TLS handshake before the
 /// first stream header.
-pub async fn serve<S: ClientStream>(
+///
+/// Not an `async fn`: its arguments would be kept in the future beside the
+/// `Connection` they are moved into, so every connection would hold its
+/// stream twice for its whole life. Building the `Connection` first and
+/// capturing only it keeps one copy (about a kilobyte per WebSocket
+/// session, less for TCP).
+pub fn serve<S: ClientStream>(
     server: Arc<Server>,
     stream: S,
     peer: SocketAddr,
     direct_tls: bool,
-    _slot: ConnectionSlot,
-) {
+    slot: ConnectionSlot,
+) -> impl std::future::Future<Output = ()> {
     let started = Instant::now();
     let id = server.next_id();
     let domain = server.config.domains().first().cloned().unwrap_or_default();
     let mut conn = Connection {
-        server: server.clone(),
+        server,
         stream,
         domain,
         tls_addressed: false,
@@ -89,26 +95,29 @@ pub async fn serve<S: ClientStream>(
         extensions: Extensions::default(),
         sasl_ns: NS_SASL,
     };
-    tracing::info!(conn = id, %peer, direct_tls, "c2s connection opened");
-    let (end, attached) = conn.run(direct_tls).await;
-    let jid = attached
-        .as_ref()
-        .map(|a| a.jid.to_string())
-        .unwrap_or_default();
-    if let Some(a) = attached {
-        // Before the socket's shutdown, which may wait on a dead peer: a
-        // resumption elsewhere is waiting for the session.
-        conn.finish(a).await;
+    async move {
+        let _slot = slot;
+        tracing::info!(conn = id, %peer, direct_tls, "c2s connection opened");
+        let (end, attached) = conn.run(direct_tls).await;
+        let jid = attached
+            .as_ref()
+            .map(|a| a.jid.to_string())
+            .unwrap_or_default();
+        if let Some(a) = attached {
+            // Before the socket's shutdown, which may wait on a dead peer: a
+            // resumption elsewhere is waiting for the session.
+            conn.finish(a).await;
+        }
+        conn.stream.shutdown().await;
+        tracing::info!(
+            conn = id,
+            %peer,
+            jid,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = %end,
+            "c2s connection closed"
+        );
     }
-    conn.stream.shutdown().await;
-    tracing::info!(
-        conn = id,
-        %peer,
-        jid,
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = %end,
-        "c2s connection closed"
-    );
 }
 
 struct Connection<S> {
