@@ -43,10 +43,10 @@ const HEADER: &[u8] =
 /// life (its default, 128 KiB, made an idle WebSocket session eight times
 /// the memory of a TCP one). A message larger than this still arrives:
 /// the buffer grows for it.
-const READ_BUFFER: usize = 256;
+const READ_BUFFER: usize = 512;
 /// Bytes of messages gathered before a write to the connection (every
 /// batch is flushed at its end anyway); its buffer keeps what it grew to.
-const WRITE_BUFFER: usize = 2048;
+const WRITE_BUFFER: usize = 4096;
 
 /// The upgrade: a client slot (WebSocket sessions count against the same
 /// `[c2s]` caps as TCP ones), the subprotocol, the message size bound,
@@ -79,11 +79,14 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            // The session future is built here, outside the async block, so
-            // the block does not keep the socket it was given beside the
-            // session that owns it.
+            // The session is built here and boxed: an async block keeps
+            // what it captures for its whole life, so capturing the socket
+            // (or the session future itself, awaited in place) would hold
+            // it twice for as long as the session lives.
             let stream = WsStream::new(socket, &server, secure);
-            let session = crate::net::c2s::serve(server, stream, conn.peer, false, slot);
+            let session = Box::pin(crate::net::c2s::serve(
+                server, stream, conn.peer, false, slot,
+            ));
             async move {
                 let _tracked = tracked;
                 session.await
