@@ -1,0 +1,482 @@
+//! Administration from a client over real sockets: the XEP-0050 command
+//! list and sessions on the server's domain, and the XEP-0133 commands
+//! run by an admin named in `[admin] admins`, each checked by its effect
+//! (a login that works or fails, a session that ends, a message that
+//! arrives), with the refusals non-admins and bad sessions get.
+
+mod common;
+
+use common::muc::{NS_DATA, NS_INFO, NS_ITEMS};
+use common::*;
+use waxwing::sasl::ScramHash;
+use waxwing::xml::Element;
+
+const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
+const ADMIN: &str = "http://jabber.org/protocol/admin#";
+
+fn admin_config(c: &mut waxwing::config::Config) {
+    c.admin.admins = vec!["alice@localhost".into()];
+}
+
+static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+fn fresh(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+fn command(reply: &Element) -> &Element {
+    reply
+        .get_child("command", NS_COMMANDS)
+        .unwrap_or_else(|| panic!("no <command/> in {}", show(reply)))
+}
+
+/// The app-specific XEP-0050 condition of an error reply.
+fn command_condition(reply: &Element) -> Option<String> {
+    reply
+        .get_child("error", "jabber:client")?
+        .children()
+        .find(|c| c.ns() == NS_COMMANDS)
+        .map(|c| c.name().to_string())
+}
+
+/// Executes `node` on the server (a new session); the reply.
+async fn execute(c: &mut Client, node: &str) -> Element {
+    let id = fresh("exec");
+    c.iq(
+        &format!("<iq type='set' id='{id}' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ADMIN}{node}' action='execute'/></iq>"),
+        &id,
+    )
+    .await
+}
+
+/// Submits `fields` in session `sid` of `node`; the reply.
+async fn submit(c: &mut Client, node: &str, sid: &str, fields: &str) -> Element {
+    let id = fresh("submit");
+    c.iq(
+        &format!("<iq type='set' id='{id}' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ADMIN}{node}' sessionid='{sid}' action='complete'><x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/admin</value></field>{fields}</x></command></iq>"),
+        &id,
+    )
+    .await
+}
+
+/// Executes `node`, fills its form with `fields`, and checks it completed.
+async fn run(c: &mut Client, node: &str, fields: &str) -> Element {
+    let form = execute(c, node).await;
+    let cmd = command(&form);
+    assert_eq!(cmd.attr("status"), Some("executing"), "{}", show(&form));
+    assert!(cmd.get_child("x", NS_DATA).is_some(), "{}", show(&form));
+    let sid = cmd.attr("sessionid").expect("sessionid").to_string();
+    let done = submit(c, node, &sid, fields).await;
+    assert_eq!(done.attr("type"), Some("result"), "{node}: {}", show(&done));
+    assert_eq!(command(&done).attr("status"), Some("completed"));
+    done
+}
+
+fn value(var: &str, v: &str) -> String {
+    format!("<field var='{var}'><value>{v}</value></field>")
+}
+
+/// Whether `user` logs in with `pass` (SCRAM-SHA-256 after STARTTLS).
+async fn can_login(server: &TestServer, user: &str, pass: &str) -> bool {
+    let mut c = Client::connect(server.plain_addr).await;
+    c.starttls().await;
+    c.scram(ScramHash::Sha256, user, pass, false)
+        .await
+        .is("success", NS_SASL)
+}
+
+fn result_values(reply: &Element, var: &str) -> Vec<String> {
+    command(reply)
+        .get_child("x", NS_DATA)
+        .map(|x| {
+            x.children()
+                .filter(|f| f.attr("var") == Some(var))
+                .flat_map(|f| f.children().filter(|v| v.is("value", NS_DATA)))
+                .map(|v| v.text())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn only_admins_see_and_run_commands() {
+    let server = TestServer::start_with(admin_config).await;
+    server.add_user("alice", "pw-a").await;
+    server.add_user("bob", "pw-b").await;
+    let mut alice = Client::login(server.plain_addr, "alice", "pw-a", Some("a")).await;
+    let mut bob = Client::login(server.plain_addr, "bob", "pw-b", Some("b")).await;
+
+    let id = fresh("info");
+    let info = alice
+        .iq(
+            &format!("<iq type='get' id='{id}' to='{DOMAIN}'><query xmlns='{NS_INFO}'/></iq>"),
+            &id,
+        )
+        .await;
+    assert!(show(&info).contains(NS_COMMANDS), "{}", show(&info));
+
+    let list = |who: &str| {
+        let id = fresh(who);
+        (
+            id.clone(),
+            format!("<iq type='get' id='{id}' to='{DOMAIN}'><query xmlns='{NS_ITEMS}' node='{NS_COMMANDS}'/></iq>"),
+        )
+    };
+    let (i, q) = list("items");
+    let items = alice.iq(&q, &i).await;
+    let nodes: Vec<String> = items
+        .get_child("query", NS_ITEMS)
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("node").map(str::to_string))
+        .collect();
+    for n in [
+        "add-user",
+        "delete-user",
+        "change-user-password",
+        "end-user-session",
+        "get-online-users-num",
+        "get-online-users-list",
+        "announce",
+    ] {
+        assert!(
+            nodes.contains(&format!("{ADMIN}{n}")),
+            "{n} missing: {nodes:?}"
+        );
+    }
+    // A command node's own disco#info (XEP-0050 §2.3).
+    let id = fresh("cmdinfo");
+    let ninfo = alice
+        .iq(&format!("<iq type='get' id='{id}' to='{DOMAIN}'><query xmlns='{NS_INFO}' node='{ADMIN}announce'/></iq>"), &id)
+        .await;
+    assert!(show(&ninfo).contains("command-node"), "{}", show(&ninfo));
+
+    // Bob is no admin: an empty list, forbidden to run, no node info.
+    let (i, q) = list("items");
+    let items = bob.iq(&q, &i).await;
+    assert_eq!(
+        items
+            .get_child("query", NS_ITEMS)
+            .unwrap()
+            .children()
+            .count(),
+        0,
+        "{}",
+        show(&items)
+    );
+    let refused = execute(&mut bob, "add-user").await;
+    assert_eq!(
+        stanza_error(&refused).as_deref(),
+        Some("forbidden"),
+        "{}",
+        show(&refused)
+    );
+    let id = fresh("cmdinfo");
+    let ninfo = bob
+        .iq(&format!("<iq type='get' id='{id}' to='{DOMAIN}'><query xmlns='{NS_INFO}' node='{ADMIN}announce'/></iq>"), &id)
+        .await;
+    assert_eq!(stanza_error(&ninfo).as_deref(), Some("item-not-found"));
+    assert!(!can_login(&server, "mallory", "x").await);
+
+    // An unknown node; a made-up session; a session of another node; a
+    // session used twice.
+    let unknown = execute(&mut alice, "no-such-command").await;
+    assert_eq!(stanza_error(&unknown).as_deref(), Some("item-not-found"));
+    let bad = submit(&mut alice, "add-user", "made-up", "").await;
+    assert_eq!(stanza_error(&bad).as_deref(), Some("bad-request"));
+    assert_eq!(command_condition(&bad).as_deref(), Some("bad-sessionid"));
+    let form = execute(&mut alice, "add-user").await;
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let other = submit(&mut alice, "delete-user", &sid, "").await;
+    assert_eq!(command_condition(&other).as_deref(), Some("bad-sessionid"));
+    // The session is another resource's: bob cannot continue alice's.
+    let form = execute(&mut alice, "add-user").await;
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let id = fresh("cancel");
+    let canceled = alice
+        .iq(&format!("<iq type='set' id='{id}' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ADMIN}add-user' sessionid='{sid}' action='cancel'/></iq>"), &id)
+        .await;
+    assert_eq!(
+        command(&canceled).attr("status"),
+        Some("canceled"),
+        "{}",
+        show(&canceled)
+    );
+    let after = submit(
+        &mut alice,
+        "add-user",
+        &sid,
+        &value("accountjid", "x@localhost"),
+    )
+    .await;
+    assert_eq!(command_condition(&after).as_deref(), Some("bad-sessionid"));
+    // A bad action starting a session.
+    let id = fresh("prev");
+    let prev = alice
+        .iq(&format!("<iq type='set' id='{id}' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ADMIN}add-user' action='prev'/></iq>"), &id)
+        .await;
+    assert_eq!(
+        command_condition(&prev).as_deref(),
+        Some("bad-action"),
+        "{}",
+        show(&prev)
+    );
+    let adhoc = server
+        .server()
+        .features
+        .get::<waxwing::modules::adhoc::AdHoc>()
+        .unwrap();
+    // Only the add-user session tried on the wrong node is still open.
+    assert_eq!(adhoc.open_sessions(), 1);
+    server.add_user("canary", "pw").await;
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn admins_add_delete_and_change_passwords() {
+    let server = TestServer::start_with(admin_config).await;
+    server.add_user("alice", "pw-a").await;
+    let mut alice = Client::login(server.plain_addr, "alice", "pw-a", Some("a")).await;
+
+    assert!(!can_login(&server, "dave", "first").await);
+    run(
+        &mut alice,
+        "add-user",
+        &format!(
+            "{}{}{}",
+            value("accountjid", "dave@localhost"),
+            value("password", "first"),
+            value("password-verify", "first")
+        ),
+    )
+    .await;
+    assert!(can_login(&server, "dave", "first").await);
+    // Adding again: conflict. Differing passwords: refused.
+    let form = execute(&mut alice, "add-user").await;
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let again = submit(
+        &mut alice,
+        "add-user",
+        &sid,
+        &format!(
+            "{}{}",
+            value("accountjid", "dave@localhost"),
+            value("password", "x")
+        ),
+    )
+    .await;
+    assert_eq!(
+        stanza_error(&again).as_deref(),
+        Some("conflict"),
+        "{}",
+        show(&again)
+    );
+    let form = execute(&mut alice, "add-user").await;
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let differ = submit(
+        &mut alice,
+        "add-user",
+        &sid,
+        &format!(
+            "{}{}{}",
+            value("accountjid", "erin@localhost"),
+            value("password", "x"),
+            value("password-verify", "y")
+        ),
+    )
+    .await;
+    assert_eq!(stanza_error(&differ).as_deref(), Some("not-acceptable"));
+    // Another server's account is not ours to add.
+    let form = execute(&mut alice, "add-user").await;
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let remote = submit(
+        &mut alice,
+        "add-user",
+        &sid,
+        &format!(
+            "{}{}",
+            value("accountjid", "erin@example.org"),
+            value("password", "x")
+        ),
+    )
+    .await;
+    assert_eq!(stanza_error(&remote).as_deref(), Some("not-acceptable"));
+
+    run(
+        &mut alice,
+        "change-user-password",
+        &format!(
+            "{}{}",
+            value("accountjid", "dave@localhost"),
+            value("password", "second")
+        ),
+    )
+    .await;
+    assert!(!can_login(&server, "dave", "first").await);
+    assert!(can_login(&server, "dave", "second").await);
+
+    // Deleting ends dave's live session and his logins.
+    let mut dave = Client::login(server.plain_addr, "dave", "second", Some("d")).await;
+    run(
+        &mut alice,
+        "delete-user",
+        &value("accountjids", "dave@localhost"),
+    )
+    .await;
+    assert_eq!(dave.expect_stream_error().await, "not-authorized");
+    assert!(!can_login(&server, "dave", "second").await);
+    let form = execute(&mut alice, "delete-user").await;
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let gone = submit(
+        &mut alice,
+        "delete-user",
+        &sid,
+        &value("accountjids", "dave@localhost"),
+    )
+    .await;
+    assert_eq!(stanza_error(&gone).as_deref(), Some("item-not-found"));
+}
+
+#[tokio::test]
+async fn admins_see_online_users_announce_and_end_sessions() {
+    let server = TestServer::start_with(admin_config).await;
+    for (u, p) in [("alice", "pw-a"), ("bob", "pw-b"), ("carol", "pw-c")] {
+        server.add_user(u, p).await;
+    }
+    let mut alice = Client::login(server.plain_addr, "alice", "pw-a", Some("a")).await;
+    let mut bob1 = Client::login(server.plain_addr, "bob", "pw-b", Some("one")).await;
+    let mut bob2 = Client::login(server.plain_addr, "bob", "pw-b", Some("two")).await;
+    let mut carol = Client::login(server.plain_addr, "carol", "pw-c", Some("c")).await;
+    for c in [&mut bob1, &mut bob2, &mut carol] {
+        c.barrier().await;
+    }
+
+    // The number asks nothing: completed at once.
+    let num = execute(&mut alice, "get-online-users-num").await;
+    assert_eq!(
+        command(&num).attr("status"),
+        Some("completed"),
+        "{}",
+        show(&num)
+    );
+    assert_eq!(result_values(&num, "onlineusersnum"), vec!["3"]);
+    let list = run(
+        &mut alice,
+        "get-online-users-list",
+        &value("max_items", "25"),
+    )
+    .await;
+    assert_eq!(
+        result_values(&list, "onlineuserjids"),
+        vec!["alice@localhost", "bob@localhost", "carol@localhost"]
+    );
+    let two = run(
+        &mut alice,
+        "get-online-users-list",
+        &value("max_items", "2"),
+    )
+    .await;
+    assert_eq!(result_values(&two, "onlineuserjids").len(), 2);
+
+    // Every online session gets the announcement as a headline.
+    let marks: Vec<usize> = [&mut bob1, &mut bob2, &mut carol]
+        .into_iter()
+        .map(|c| c.mark())
+        .collect();
+    run(
+        &mut alice,
+        "announce",
+        &value("announcement", "Maintenance at noon"),
+    )
+    .await;
+    for (c, since) in [&mut bob1, &mut bob2, &mut carol].into_iter().zip(marks) {
+        c.expect_only(
+            since,
+            &[Expect("the announcement", &|e: &Element| {
+                e.is("message", "jabber:client")
+                    && e.attr("type") == Some("headline")
+                    && e.attr("from") == Some(DOMAIN)
+                    && show(e).contains("Maintenance at noon")
+            })],
+        )
+        .await;
+    }
+
+    // A full JID ends one session; a bare JID all of an account's.
+    run(
+        &mut alice,
+        "end-user-session",
+        &value("accountjids", "bob@localhost/one"),
+    )
+    .await;
+    assert_eq!(bob1.expect_stream_error().await, "policy-violation");
+    bob2.barrier().await;
+    run(
+        &mut alice,
+        "end-user-session",
+        &value("accountjids", "carol@localhost"),
+    )
+    .await;
+    assert_eq!(carol.expect_stream_error().await, "policy-violation");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let num = execute(&mut alice, "get-online-users-num").await;
+        if result_values(&num, "onlineusersnum") == vec!["2"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", show(&num));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    bob2.barrier().await;
+}
+
+#[tokio::test]
+async fn command_sessions_are_bounded_and_expire() {
+    let server = TestServer::start_with(|c| {
+        admin_config(c);
+        c.admin.max_command_sessions = 1;
+        c.admin.command_session_timeout_secs = 1;
+    })
+    .await;
+    server.add_user("alice", "pw-a").await;
+    let mut alice = Client::login(server.plain_addr, "alice", "pw-a", Some("a")).await;
+    let first = execute(&mut alice, "announce").await;
+    let sid = command(&first).attr("sessionid").unwrap().to_string();
+    let second = execute(&mut alice, "announce").await;
+    assert_eq!(
+        stanza_error(&second).as_deref(),
+        Some("resource-constraint"),
+        "{}",
+        show(&second)
+    );
+    // Once the first expires, a new one may start, and the old one is gone.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let r = execute(&mut alice, "add-user").await;
+        if r.attr("type") == Some("result") {
+            break;
+        }
+        assert_eq!(stanza_error(&r).as_deref(), Some("resource-constraint"));
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let late = submit(&mut alice, "announce", &sid, &value("announcement", "late")).await;
+    assert_eq!(
+        command_condition(&late).as_deref(),
+        Some("bad-sessionid"),
+        "{}",
+        show(&late)
+    );
+    // The periodic sweep forgets the one left open.
+    let adhoc = server
+        .server()
+        .features
+        .get::<waxwing::modules::adhoc::AdHoc>()
+        .unwrap();
+    eventually("the open session swept", || async {
+        adhoc.open_sessions() == 0
+    })
+    .await;
+}
