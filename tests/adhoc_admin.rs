@@ -317,6 +317,32 @@ async fn admins_add_delete_and_change_passwords() {
     assert!(!can_login(&server, "dave", "first").await);
     assert!(can_login(&server, "dave", "second").await);
 
+    // Disabling ends dave's live session and refuses his logins with
+    // account-disabled, until he is re-enabled.
+    let mut dave = Client::login(server.plain_addr, "dave", "second", Some("d")).await;
+    run(
+        &mut alice,
+        "disable-user",
+        &value("accountjids", "dave@localhost"),
+    )
+    .await;
+    assert_eq!(dave.expect_stream_error().await, "not-authorized");
+    let mut c = Client::connect(server.plain_addr).await;
+    c.starttls().await;
+    let failure = c.scram(ScramHash::Sha256, "dave", "second", false).await;
+    assert!(
+        show(&failure).contains("account-disabled"),
+        "{}",
+        show(&failure)
+    );
+    run(
+        &mut alice,
+        "reenable-user",
+        &value("accountjids", "dave@localhost"),
+    )
+    .await;
+    assert!(can_login(&server, "dave", "second").await);
+
     // Deleting ends dave's live session and his logins.
     let mut dave = Client::login(server.plain_addr, "dave", "second", Some("d")).await;
     run(
@@ -479,4 +505,32 @@ async fn command_sessions_are_bounded_and_expire() {
         adhoc.open_sessions() == 0
     })
     .await;
+}
+
+/// Disabling on PostgreSQL: the same table and refusal as on SQLite.
+#[tokio::test]
+async fn disable_user_on_postgres() {
+    let url = std::env::var("WAXWING_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let server = TestServer::start_with(|c| {
+        c.database.url = url;
+        c.admin.admins = vec![];
+    })
+    .await;
+    // The accounts live in a shared database: names unique to this run.
+    let tag = format!("{:x}", rand::random::<u64>());
+    let (admin, user) = (format!("adm{tag}"), format!("usr{tag}"));
+    server.add_user(&admin, "pw").await;
+    server.add_user(&user, "pw").await;
+    let store = server.store();
+    assert!(!store.account_disabled("localhost", &user).await.unwrap());
+    assert!(store.disable_account("localhost", &user).await.unwrap());
+    assert!(!store.disable_account("localhost", &user).await.unwrap());
+    assert!(!can_login(&server, &user, "pw").await);
+    assert!(can_login(&server, &admin, "pw").await);
+    assert!(store.enable_account("localhost", &user).await.unwrap());
+    assert!(can_login(&server, &user, "pw").await);
+    for u in [&admin, &user] {
+        store.delete_account("localhost", u).await.unwrap();
+    }
 }

@@ -19,6 +19,7 @@ macro_rules! on_pool {
 mod accounts;
 mod archive;
 mod clients;
+mod disabled;
 mod import;
 mod muc;
 mod offline;
@@ -180,6 +181,8 @@ impl Store {
         "pubsub_affiliations",
         // The rows of `archive` go with their owner (`delete_account`).
         "archive_owners",
+        // A new account of a deleted one's name starts enabled.
+        "disabled_accounts",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

@@ -205,3 +205,60 @@ pub fn announce(server: &Server, host: &str, text: &str) -> usize {
     tracing::info!(host, reached, "announcement sent");
     reached
 }
+
+/// Whether `username@domain` is disabled; true when the store cannot
+/// tell, so an outage never lets a disabled account in.
+pub async fn is_disabled(server: &Server, domain: &str, username: &str) -> bool {
+    server
+        .store
+        .account_disabled(domain, username)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading disabled accounts");
+            true
+        })
+}
+
+/// Disables an account: its logins fail with `account-disabled` and its
+/// live sessions end (`not-authorized`). Disabling twice is no error.
+pub async fn disable_user(server: &Server, jid: &BareJid) -> ActionResult<()> {
+    let (domain, user) = parts(jid);
+    if !server
+        .store
+        .account_exists(domain, user)
+        .await
+        .map_err(|e| internal("checking for an account", e))?
+    {
+        return Err(refuse(
+            StanzaErrorCondition::ItemNotFound,
+            format!("no account {jid}"),
+        ));
+    }
+    server
+        .store
+        .disable_account(domain, user)
+        .await
+        .map_err(|e| internal("disabling an account", e))?;
+    tracing::info!(%jid, "account disabled by an administrator");
+    server
+        .sessions
+        .close_account(jid, None, StreamErrorCondition::NotAuthorized);
+    Ok(())
+}
+
+/// Lets a disabled account log in again; item-not-found when it was not
+/// disabled.
+pub async fn enable_user(server: &Server, jid: &BareJid) -> ActionResult<()> {
+    let (domain, user) = parts(jid);
+    match server.store.enable_account(domain, user).await {
+        Ok(true) => {
+            tracing::info!(%jid, "account enabled by an administrator");
+            Ok(())
+        }
+        Ok(false) => Err(refuse(
+            StanzaErrorCondition::ItemNotFound,
+            format!("{jid} is not disabled"),
+        )),
+        Err(e) => Err(internal("enabling an account", e)),
+    }
+}

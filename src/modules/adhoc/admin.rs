@@ -17,6 +17,8 @@ const FORM_TYPE: &str = "http://jabber.org/protocol/admin";
 
 pub const ADD_USER: &str = "http://jabber.org/protocol/admin#add-user";
 pub const DELETE_USER: &str = "http://jabber.org/protocol/admin#delete-user";
+pub const DISABLE_USER: &str = "http://jabber.org/protocol/admin#disable-user";
+pub const REENABLE_USER: &str = "http://jabber.org/protocol/admin#reenable-user";
 pub const CHANGE_PASSWORD: &str = "http://jabber.org/protocol/admin#change-user-password";
 pub const END_SESSION: &str = "http://jabber.org/protocol/admin#end-user-session";
 pub const ONLINE_NUM: &str = "http://jabber.org/protocol/admin#get-online-users-num";
@@ -49,6 +51,16 @@ pub const COMMANDS: &[Command] = &[
     Command {
         node: DELETE_USER,
         name: "Delete a User",
+        allowed: is_admin,
+    },
+    Command {
+        node: DISABLE_USER,
+        name: "Disable a User",
+        allowed: is_admin,
+    },
+    Command {
+        node: REENABLE_USER,
+        name: "Re-Enable a User",
         allowed: is_admin,
     },
     Command {
@@ -225,6 +237,26 @@ pub async fn run(
                     true,
                 )],
             )),
+            DISABLE_USER => Stage::Form(form(
+                "form",
+                "Disabling a user",
+                vec![field(
+                    "accountjids",
+                    "jid-multi",
+                    "The Jabber ID(s) to disable",
+                    true,
+                )],
+            )),
+            REENABLE_USER => Stage::Form(form(
+                "form",
+                "Re-enabling a user",
+                vec![field(
+                    "accountjids",
+                    "jid-multi",
+                    "The Jabber ID(s) to re-enable",
+                    true,
+                )],
+            )),
             CHANGE_PASSWORD => Stage::Form(form(
                 "form",
                 "Changing a user's password",
@@ -299,6 +331,20 @@ pub async fn run(
                 actions::delete_user(server, jid).await?;
             }
             note(&format!("{} deleted", list.len()))
+        }
+        DISABLE_USER | REENABLE_USER => {
+            let list = jids(x, "accountjids")?
+                .iter()
+                .map(|j| actions::local_account(server, j))
+                .collect::<Result<Vec<_>, _>>()?;
+            for jid in &list {
+                if node == DISABLE_USER {
+                    actions::disable_user(server, jid).await?;
+                } else {
+                    actions::enable_user(server, jid).await?;
+                }
+            }
+            note(&format!("{} accounts changed", list.len()))
         }
         CHANGE_PASSWORD => {
             let jid = actions::local_account(server, &one(x, "accountjid")?)?;
