@@ -534,3 +534,127 @@ async fn disable_user_on_postgres() {
         store.delete_account("localhost", u).await.unwrap();
     }
 }
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `waxwing ctl --config <config> <args>`: (exit code, stdout, stderr).
+async fn ctl(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"));
+    cmd.arg("ctl").arg("--config").arg(config).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `waxwing ctl announce`, `session kick` and `user disable|enable`
+/// against a real `waxwing serve`, through its admin socket.
+#[tokio::test]
+async fn ctl_announces_kicks_and_disables_on_a_running_server() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("waxwing.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log_level = \"warn\"\n[[host]]\ndomain = \"localhost\"\n[database]\nurl = \"sqlite://{d}/db.sqlite\"\n[tls]\ndev_cert_dir = \"{d}/certs\"\n[c2s]\nlisten = [\"127.0.0.1:{port}\"]\nlisten_tls = []\n[admin]\nadmins = [\"alice@localhost\"]\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    // check-config accepts the admins list (and would name a bad JID).
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for u in ["alice", "bob"] {
+        let (code, _, err) = ctl(&config, &["user", "add", &format!("{u}@localhost"), "pw"]).await;
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let sock = dir.path().join("waxwing.sock");
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let _server = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while waxwing::admin::request(&sock, "stats").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not start: {}",
+            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut alice = Client::login(addr, "alice", "pw", Some("a")).await;
+    let mut bob = Client::login(addr, "bob", "pw", Some("b")).await;
+    alice.barrier().await;
+    bob.barrier().await;
+
+    // A two-line announcement, with a backslash, reaches both sessions.
+    let (code, out, err) = ctl(&config, &["announce", "Back", "at\\noon\nsharp"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "sent to 2 sessions");
+    for c in [&mut alice, &mut bob] {
+        let m = c.next_named("message").await;
+        assert_eq!(m.attr("type"), Some("headline"), "{}", show(&m));
+        let body = m.get_child("body", "jabber:client").unwrap().text();
+        assert_eq!(body, "Back at\\noon\nsharp");
+    }
+
+    // Bad arguments are refused before or by the server, nothing happens.
+    let (code, _, err) = ctl(&config, &["session", "kick", "bob@elsewhere.example"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    let r = waxwing::admin::request(&sock, "user disable nobody@elsewhere.example").await;
+    assert!(r.is_err(), "{r:?}");
+    let r = waxwing::admin::request(&sock, "session kick not a jid").await;
+    assert!(r.is_err(), "{r:?}");
+
+    let (code, out, err) = ctl(&config, &["session", "kick", "bob@localhost/b"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "1 sessions ended");
+    assert_eq!(bob.expect_stream_error().await, "policy-violation");
+
+    let (code, _, err) = ctl(&config, &["user", "disable", "alice@localhost"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(alice.expect_stream_error().await, "not-authorized");
+    let mut c = Client::connect(addr).await;
+    c.starttls().await;
+    let failure = c.scram(ScramHash::Sha256, "alice", "pw", false).await;
+    assert!(
+        show(&failure).contains("account-disabled"),
+        "{}",
+        show(&failure)
+    );
+    let (code, _, err) = ctl(&config, &["user", "enable", "alice@localhost"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    Client::login(addr, "alice", "pw", Some("again")).await;
+    let (code, _, err) = ctl(&config, &["user", "enable", "alice@localhost"]).await;
+    assert_eq!(code, Some(1), "enabling twice: {err}");
+}

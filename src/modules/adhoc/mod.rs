@@ -11,6 +11,7 @@
 
 pub mod actions;
 pub mod admin;
+pub mod ctl;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
