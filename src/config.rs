@@ -591,6 +591,8 @@ pub struct AdminConfig {
     pub max_command_sessions: usize,
     /// Seconds an unfinished ad-hoc command session is kept.
     pub command_session_timeout_secs: u64,
+    /// Longest announcement or message of the day an admin may send (bytes).
+    pub max_announcement_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -600,6 +602,7 @@ impl Default for AdminConfig {
             admins: Vec::new(),
             max_command_sessions: 5,
             command_session_timeout_secs: 600,
+            max_announcement_bytes: 4096,
         }
     }
 }
@@ -1852,6 +1855,13 @@ const ADMIN: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 86_400,
+        },
+    ),
+    f(
+        "max_announcement_bytes",
+        Kind::Int {
+            min: 1,
+            max: 65_536,
         },
     ),
 ];

@@ -658,3 +658,84 @@ async fn ctl_announces_kicks_and_disables_on_a_running_server() {
     let (code, _, err) = ctl(&config, &["user", "enable", "alice@localhost"]).await;
     assert_eq!(code, Some(1), "enabling twice: {err}");
 }
+
+/// The message of the day reaches each session at login, edit-motd shows
+/// it, and after delete-motd logins get nothing.
+#[tokio::test]
+async fn the_message_of_the_day_is_sent_at_login() {
+    let server = TestServer::start_with(admin_config).await;
+    server.add_user("alice", "pw-a").await;
+    server.add_user("bob", "pw-b").await;
+    let mut alice = Client::login(server.plain_addr, "alice", "pw-a", Some("a")).await;
+    run(
+        &mut alice,
+        "set-motd",
+        "<field var='motd'><value>Welcome</value><value>Be nice</value></field>",
+    )
+    .await;
+    let mut bob = Client::login(server.plain_addr, "bob", "pw-b", Some("b")).await;
+    let m = bob.next_named("message").await;
+    assert_eq!(m.attr("type"), Some("headline"), "{}", show(&m));
+    assert_eq!(m.attr("from"), Some(DOMAIN));
+    assert_eq!(
+        m.get_child("body", "jabber:client").unwrap().text(),
+        "Welcome\nBe nice"
+    );
+    // edit-motd's form carries the current text, line by line.
+    let form = execute(&mut alice, "edit-motd").await;
+    let values: Vec<String> = command(&form)
+        .get_child("x", NS_DATA)
+        .unwrap()
+        .children()
+        .filter(|f| f.attr("var") == Some("motd"))
+        .flat_map(|f| {
+            f.children()
+                .filter(|v| v.is("value", NS_DATA))
+                .map(|v| v.text())
+        })
+        .collect();
+    assert_eq!(values, vec!["Welcome", "Be nice"], "{}", show(&form));
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let done = submit(
+        &mut alice,
+        "edit-motd",
+        &sid,
+        "<field var='motd'><value>Changed</value></field>",
+    )
+    .await;
+    assert_eq!(command(&done).attr("status"), Some("completed"));
+    let mut bob2 = Client::login(server.plain_addr, "bob", "pw-b", Some("b2")).await;
+    let m = bob2.next_named("message").await;
+    assert_eq!(
+        m.get_child("body", "jabber:client").unwrap().text(),
+        "Changed"
+    );
+    // Too long: refused, the old one kept.
+    let form = execute(&mut alice, "set-motd").await;
+    let sid = command(&form).attr("sessionid").unwrap().to_string();
+    let long = "x".repeat(5000);
+    let refused = submit(&mut alice, "set-motd", &sid, &value("motd", &long)).await;
+    assert_eq!(stanza_error(&refused).as_deref(), Some("not-acceptable"));
+
+    let deleted = execute(&mut alice, "delete-motd").await;
+    assert_eq!(
+        command(&deleted).attr("status"),
+        Some("completed"),
+        "{}",
+        show(&deleted)
+    );
+    server.add_user("carol", "pw-c").await;
+    let mut bob3 =
+        Client::login_without_presence(server.plain_addr, "carol", "pw-c", Some("c")).await;
+    let since = bob3.mark();
+    bob3.send_str("<presence/>").await;
+    bob3.expect_only(
+        since,
+        &[Expect("own presence", &|e: &Element| {
+            e.is("presence", "jabber:client")
+        })],
+    )
+    .await;
+    // Stored in the database: what a restarted server would send.
+    assert_eq!(server.store().motd_get(DOMAIN).await.unwrap(), None);
+}

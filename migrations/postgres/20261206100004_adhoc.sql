@@ -8,3 +8,11 @@ CREATE TABLE disabled_accounts (
     disabled_at BIGINT NOT NULL, -- unix seconds
     PRIMARY KEY (domain, username)
 );
+
+-- The message of the day of each host (XEP-0133 set-motd), sent as a
+-- headline to each session as it becomes available. At most one per host;
+-- its length is bounded by [admin] max_announcement_bytes when set.
+CREATE TABLE motd (
+    domain TEXT NOT NULL PRIMARY KEY,
+    text   TEXT NOT NULL
+);

@@ -17,9 +17,9 @@ macro_rules! on_pool {
 }
 
 mod accounts;
+mod administration;
 mod archive;
 mod clients;
-mod disabled;
 mod import;
 mod muc;
 mod offline;

@@ -262,3 +262,37 @@ pub async fn enable_user(server: &Server, jid: &BareJid) -> ActionResult<()> {
         Err(e) => Err(internal("enabling an account", e)),
     }
 }
+
+/// Sets `host`'s message of the day (sent to each session at login).
+pub async fn set_motd(server: &Server, host: &str, text: &str) -> ActionResult<()> {
+    let max = server.config.admin.max_announcement_bytes;
+    if text.is_empty() || text.len() > max {
+        return Err(refuse(
+            StanzaErrorCondition::NotAcceptable,
+            format!("a message of the day has 1 to {max} bytes"),
+        ));
+    }
+    server
+        .store
+        .motd_set(host, text)
+        .await
+        .map_err(|e| internal("setting the message of the day", e))?;
+    if let Some(adhoc) = server.features.get::<super::AdHoc>() {
+        adhoc.motd.remember(host, Some(text));
+    }
+    tracing::info!(host, "message of the day set");
+    Ok(())
+}
+
+/// Removes `host`'s message of the day; whether there was one.
+pub async fn delete_motd(server: &Server, host: &str) -> ActionResult<bool> {
+    let had = server
+        .store
+        .motd_delete(host)
+        .await
+        .map_err(|e| internal("deleting the message of the day", e))?;
+    if let Some(adhoc) = server.features.get::<super::AdHoc>() {
+        adhoc.motd.remember(host, None);
+    }
+    Ok(had)
+}

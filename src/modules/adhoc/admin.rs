@@ -25,11 +25,12 @@ pub const ONLINE_NUM: &str = "http://jabber.org/protocol/admin#get-online-users-
 pub const ONLINE_LIST: &str = "http://jabber.org/protocol/admin#get-online-users-list";
 pub const ONLINE: &str = "http://jabber.org/protocol/admin#get-online-users";
 pub const ANNOUNCE: &str = "http://jabber.org/protocol/admin#announce";
+pub const SET_MOTD: &str = "http://jabber.org/protocol/admin#set-motd";
+pub const EDIT_MOTD: &str = "http://jabber.org/protocol/admin#edit-motd";
+pub const DELETE_MOTD: &str = "http://jabber.org/protocol/admin#delete-motd";
 
 /// Most accounts one delete or end-session form names.
 const MAX_JIDS: usize = 100;
-/// Longest announcement (bytes).
-const MAX_ANNOUNCEMENT: usize = 4096;
 
 /// Is `requester` named in `[admin] admins`?
 pub fn is_admin(server: &Server, requester: &Jid) -> bool {
@@ -93,6 +94,21 @@ pub const COMMANDS: &[Command] = &[
         name: "Send Announcement to Online Users",
         allowed: is_admin,
     },
+    Command {
+        node: SET_MOTD,
+        name: "Set Message of the Day",
+        allowed: is_admin,
+    },
+    Command {
+        node: EDIT_MOTD,
+        name: "Edit Message of the Day",
+        allowed: is_admin,
+    },
+    Command {
+        node: DELETE_MOTD,
+        name: "Delete Message of the Day",
+        allowed: is_admin,
+    },
 ];
 
 fn field(var: &str, kind: &str, label: &str, required: bool) -> Element {
@@ -130,6 +146,18 @@ fn values(form: &Element, var: &str) -> Vec<String> {
         .map(|v| v.text().trim().to_string())
         .filter(|v| !v.is_empty())
         .collect()
+}
+
+/// A text-multi field's lines as one text (each `<value/>` a line, kept
+/// as typed, trailing empty lines dropped).
+fn lines(form: &Element, var: &str) -> String {
+    let all: Vec<String> = form
+        .children()
+        .filter(|f| f.is("field", NS_DATA) && f.attr("var") == Some(var))
+        .flat_map(|f| f.children().filter(|v| v.is("value", NS_DATA)))
+        .map(|v| v.text())
+        .collect();
+    all.join("\n").trim().to_string()
 }
 
 fn one(form: &Element, var: &str) -> Result<String, StanzaError> {
@@ -306,6 +334,28 @@ pub async fn run(
                 "Making an announcement",
                 vec![field("announcement", "text-multi", "Announcement", true)],
             )),
+            SET_MOTD | EDIT_MOTD => {
+                let mut f = field("motd", "text-multi", "Message of the day", true);
+                // edit-motd shows the current text to change.
+                if node == EDIT_MOTD {
+                    if let Some(adhoc) = server.features.get::<super::AdHoc>() {
+                        if let Some(text) = adhoc.motd.get(server, host).await {
+                            for line in text.split('\n') {
+                                f.append_child(Element::new("value", NS_DATA).with_text(line));
+                            }
+                        }
+                    }
+                }
+                Stage::Form(form("form", "Setting the message of the day", vec![f]))
+            }
+            DELETE_MOTD => {
+                let had = actions::delete_motd(server, host).await?;
+                Stage::Completed(note(if had {
+                    "message of the day deleted"
+                } else {
+                    "there was no message of the day"
+                }))
+            }
             _ => return Err(StanzaErrorCondition::ItemNotFound.into()),
         });
     };
@@ -379,12 +429,21 @@ pub async fn run(
             };
             Some(online_list(server, host, max))
         }
+        SET_MOTD | EDIT_MOTD => {
+            actions::set_motd(server, host, &lines(x, "motd")).await?;
+            note("message of the day set")
+        }
+        DELETE_MOTD => {
+            actions::delete_motd(server, host).await?;
+            note("message of the day deleted")
+        }
         ANNOUNCE => {
-            let text = values(x, "announcement").join("\n");
-            if text.is_empty() || text.len() > MAX_ANNOUNCEMENT {
+            let text = lines(x, "announcement");
+            let max = server.config.admin.max_announcement_bytes;
+            if text.is_empty() || text.len() > max {
                 return Err(StanzaError::with_text(
                     StanzaErrorCondition::NotAcceptable,
-                    format!("an announcement has 1 to {MAX_ANNOUNCEMENT} bytes"),
+                    format!("an announcement has 1 to {max} bytes"),
                 ));
             }
             let reached = actions::announce(server, host, &text);

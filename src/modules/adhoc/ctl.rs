@@ -86,6 +86,10 @@ pub async fn answer(server: &Server, line: &str) -> Option<Answer> {
             if text.is_empty() {
                 return Some(Err("nothing to announce".into()));
             }
+            let max = server.config.admin.max_announcement_bytes;
+            if text.len() > max {
+                return Some(Err(format!("an announcement has at most {max} bytes")));
+            }
             let mut hosts: Vec<&String> = server
                 .domains()
                 .iter()

@@ -12,6 +12,7 @@
 pub mod actions;
 pub mod admin;
 pub mod ctl;
+pub mod motd;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use jid::Jid;
 
-use crate::feature::{Disco, Feature};
+use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::modules::{IqFuture, IqOutcome, IqRequest, IqTarget, NS_DATA};
 use crate::server::Server;
 use crate::stanza::{StanzaError, StanzaErrorCondition};
@@ -55,6 +56,8 @@ struct Session {
 #[derive(Default)]
 pub struct AdHoc {
     sessions: Mutex<HashMap<String, Vec<Session>>>,
+    /// The hosts' messages of the day, sent at login.
+    pub motd: motd::Motd,
 }
 
 impl Feature for AdHoc {
@@ -79,6 +82,20 @@ impl Feature for AdHoc {
 
     fn handle_iq<'a>(&'a self, req: &'a IqRequest<'a>) -> IqFuture<'a> {
         Box::pin(self.answer(req))
+    }
+
+    fn subscriptions(&self) -> &'static [(EventKind, i32)] {
+        // After offline messages are handed over (order 0).
+        &[(EventKind::SessionAvailable, 10)]
+    }
+
+    fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
+        Box::pin(async move {
+            if let Event::SessionAvailable { jid, initial: true } = event {
+                self.motd.deliver(server, jid).await;
+            }
+            Verdict::Continue
+        })
     }
 
     fn start(&self, server: &Arc<Server>) {

@@ -1,5 +1,6 @@
-//! Accounts an administrator disabled (XEP-0133 disable-user): a login
-//! to one fails with `account-disabled` until it is enabled again.
+//! What administrators set (XEP-0133): disabled accounts, whose logins
+//! fail with `account-disabled` until enabled again, and each host's
+//! message of the day.
 
 use super::{StorageError, Store};
 
@@ -51,5 +52,40 @@ impl Store {
             .fetch_optional(pool)
             .await?);
         Ok(row.is_some())
+    }
+
+    /// The message of the day of `domain`, if one is set.
+    pub async fn motd_get(&self, domain: &str) -> Result<Option<String>, StorageError> {
+        const Q: &str = "SELECT text FROM motd WHERE domain = $1";
+        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(Q)
+            .bind(domain)
+            .fetch_optional(pool)
+            .await?);
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Sets (or replaces) the message of the day of `domain`.
+    pub async fn motd_set(&self, domain: &str, text: &str) -> Result<(), StorageError> {
+        const Q: &str = "INSERT INTO motd (domain, text) VALUES ($1, $2) \
+                         ON CONFLICT (domain) DO UPDATE SET text = excluded.text";
+        on_pool!(self, pool => {
+            sqlx::query(Q)
+                .bind(domain)
+                .bind(text)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Removes the message of the day of `domain`; whether there was one.
+    pub async fn motd_delete(&self, domain: &str) -> Result<bool, StorageError> {
+        const Q: &str = "DELETE FROM motd WHERE domain = $1";
+        let r = on_pool!(self, pool => sqlx::query(Q)
+            .bind(domain)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(r > 0)
     }
 }
