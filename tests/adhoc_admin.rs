@@ -586,6 +586,27 @@ async fn ctl_announces_kicks_and_disables_on_a_running_server() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // A bad admin JID or limit is named with its line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[host]]\ndomain = \"localhost\"\n[admin]\nadmins = [\"not a jid@@\"]\nmax_command_sessions = 0\n",
+    )
+    .unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "{report}");
+    assert!(report.contains("line 4: admin.admins"), "{report}");
+    assert!(
+        report.contains("line 5: admin.max_command_sessions"),
+        "{report}"
+    );
     for u in ["alice", "bob"] {
         let (code, _, err) = ctl(&config, &["user", "add", &format!("{u}@localhost"), "pw"]).await;
         assert_eq!(code, Some(0), "{err}");
