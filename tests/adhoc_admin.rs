@@ -649,6 +649,40 @@ async fn ctl_announces_kicks_and_disables_on_a_running_server() {
         assert_eq!(body, "Back at\\noon\nsharp");
     }
 
+    // Rooms: listed, then destroyed with a reason the occupant hears.
+    let room = "lounge@conference.localhost";
+    alice
+        .send_str(&format!(
+            "<presence to='{room}/al'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    loop {
+        let p = alice.next_named("presence").await;
+        if p.attr("from") == Some(&format!("{room}/al")) {
+            break;
+        }
+    }
+    let (code, out, err) = ctl(&config, &["room", "list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("{room} 1 no"));
+    let (code, out, err) = ctl(&config, &["room", "destroy", room, "Closing", "time"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("{room} destroyed"));
+    let gone = alice.next_named("presence").await;
+    assert_eq!(gone.attr("type"), Some("unavailable"), "{}", show(&gone));
+    assert!(
+        show(&gone).contains("<reason>Closing time</reason>"),
+        "{}",
+        show(&gone)
+    );
+    let (code, out, err) = ctl(&config, &["room", "list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "");
+    let (code, _, err) = ctl(&config, &["room", "destroy", room]).await;
+    assert_eq!(code, Some(1), "no such room any more: {err}");
+    let (code, _, err) = ctl(&config, &["room", "destroy", "conference.localhost"]).await;
+    assert_eq!(code, Some(1), "not a room: {err}");
+
     // Bad arguments are refused before or by the server, nothing happens.
     let (code, _, err) = ctl(&config, &["session", "kick", "bob@elsewhere.example"]).await;
     assert_eq!(code, Some(1), "{err}");

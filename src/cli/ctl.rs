@@ -41,6 +41,11 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: SessionCommand,
     },
+    /// Chat rooms (XEP-0045) of the running server.
+    Room {
+        #[command(subcommand)]
+        command: RoomCommand,
+    },
     /// Send a headline message to every online session of every host.
     Announce {
         /// The text (words are joined by spaces).
@@ -78,6 +83,19 @@ pub enum CtlCommand {
 pub enum ListCommand {
     /// One line per item, under a header row.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoomCommand {
+    /// Every room: JID, occupants, persistent.
+    List,
+    /// Destroy a room: its occupants leave with the reason, its
+    /// configuration and archive are deleted.
+    Destroy {
+        room: String,
+        /// Told to the occupants (words are joined by spaces).
+        reason: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,6 +154,19 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
             CtlCommand::Session {
                 command: SessionCommand::Kick { jid },
             } => return act(&config, "session kick", &jid, false).await,
+            CtlCommand::Room {
+                command: RoomCommand::List,
+            } => return act(&config, "room list", "", false).await,
+            CtlCommand::Room {
+                command: RoomCommand::Destroy { room, reason },
+            } => {
+                if jid::BareJid::new(&room).map_or(true, |j| j.node().is_none()) {
+                    eprintln!("error: '{room}' is not a room JID (room@service)");
+                    return ExitCode::FAILURE;
+                }
+                let reason = crate::modules::adhoc::ctl::escape(&reason.join(" "));
+                return act(&config, "room destroy", &format!("{room} {reason}"), false).await;
+            }
             CtlCommand::Announce { text } => {
                 let text = crate::modules::adhoc::ctl::escape(&text.join(" "));
                 return act(&config, "announce", &text, false).await;
@@ -246,7 +277,7 @@ async fn act(config: &Config, verb: &str, arg: &str, bare: bool) -> ExitCode {
     } else {
         arg.to_string()
     };
-    let line = format!("{verb} {arg}");
+    let line = format!("{verb} {arg}").trim_end().to_string();
     if line.len() > crate::admin::MAX_REQUEST {
         eprintln!(
             "error: too long (at most {} bytes)",

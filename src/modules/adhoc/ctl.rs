@@ -5,7 +5,9 @@
 //! Request lines: `user disable JID`, `user enable JID`, `session kick
 //! JID` (a full JID ends that session, a bare one all of the account's),
 //! `announce TEXT` (to every host; TEXT is the rest of the line with `\n`
-//! for a line break and `\\` for a backslash, see [`escape`]).
+//! for a line break and `\\` for a backslash, see [`escape`]), `room list`
+//! (room JID, occupants, persistent) and `room destroy ROOM [REASON]`
+//! (REASON escaped as TEXT is).
 
 use jid::Jid;
 
@@ -102,8 +104,48 @@ pub async fn answer(server: &Server, line: &str) -> Option<Answer> {
                 .sum();
             Ok(vec![vec![format!("sent to {reached} sessions")]])
         }
+        ("room", "list") if rest.is_empty() => match muc(server) {
+            Ok(m) => m.control.list().await.map(|rooms| {
+                rooms
+                    .into_iter()
+                    .map(|(jid, n, persistent)| {
+                        vec![
+                            jid,
+                            n.to_string(),
+                            if persistent { "yes" } else { "no" }.into(),
+                        ]
+                    })
+                    .collect()
+            }),
+            Err(e) => Err(e),
+        },
+        ("room", "destroy") => {
+            let (room, reason) = match rest.split_once(char::is_whitespace) {
+                Some((r, why)) => (r, Some(unescape(why.trim())).filter(|w| !w.is_empty())),
+                None => (rest, None),
+            };
+            let room = match jid::BareJid::new(room) {
+                Ok(j) if j.node().is_some() => j,
+                _ => return Some(Err(format!("'{room}' is not a room JID"))),
+            };
+            match muc(server) {
+                Ok(m) => match m.control.destroy(room.to_string(), reason).await {
+                    Ok(true) => Ok(vec![vec![format!("{room} destroyed")]]),
+                    Ok(false) => Err(format!("no room {room}")),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
         _ => return None,
     })
+}
+
+fn muc(server: &Server) -> Result<&crate::modules::muc::Muc, String> {
+    server
+        .features
+        .get::<crate::modules::muc::Muc>()
+        .ok_or_else(|| "the chat service is off ([muc] enabled = false)".to_string())
 }
 
 #[cfg(test)]
