@@ -451,7 +451,12 @@ async fn serve(server: &Server, mut stream: UnixStream) {
         Err(_) => Err("timed out waiting for the request line".to_string()),
         Ok(Err(e)) => Err(e),
         Ok(Ok(line)) => {
-            let result = handle(server, &line);
+            // Requests that change the server (and may wait on storage)
+            // first; the listings after.
+            let result = match crate::modules::adhoc::ctl::answer(server, &line).await {
+                Some(r) => r,
+                None => handle(server, &line),
+            };
             tracing::debug!(request = %line.chars().take(64).collect::<String>(), ok = result.is_ok(), "admin request");
             result
         }

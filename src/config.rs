@@ -576,13 +576,35 @@ impl Default for StreamManagementConfig {
 
 /// The Unix socket `waxwing ctl` asks a running server through (listing
 /// sessions, components, s2s connections, counters).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Path of the socket. None (unset): `waxwing.sock` beside the SQLite
     /// database, or in `./data`; empty: no admin channel. Resolved by
     /// `Config::admin_socket`.
     pub socket: Option<String>,
+    /// Bare JIDs that may run the XEP-0133 administration commands
+    /// (ad-hoc commands on the server's domain).
+    pub admins: Vec<String>,
+    /// Multi-stage ad-hoc command sessions one client resource may hold
+    /// open at once (XEP-0050 `sessionid`s); more are refused.
+    pub max_command_sessions: usize,
+    /// Seconds an unfinished ad-hoc command session is kept.
+    pub command_session_timeout_secs: u64,
+    /// Longest announcement or message of the day an admin may send (bytes).
+    pub max_announcement_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: None,
+            admins: Vec::new(),
+            max_command_sessions: 5,
+            command_session_timeout_secs: 600,
+            max_announcement_bytes: 4096,
+        }
+    }
 }
 
 /// Server-to-server streams (RFC 6120, XEP-0220 dialback, XEP-0368 direct
@@ -1824,7 +1846,25 @@ const S2S: &[Field] = &[
         },
     ),
 ];
-const ADMIN: &[Field] = &[f("socket", Kind::Str(socket_path))];
+const ADMIN: &[Field] = &[
+    f("socket", Kind::Str(socket_path)),
+    f("admins", Kind::Jids),
+    f("max_command_sessions", Kind::Int { min: 1, max: 1000 }),
+    f(
+        "command_session_timeout_secs",
+        Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+    ),
+    f(
+        "max_announcement_bytes",
+        Kind::Int {
+            min: 1,
+            max: 65_536,
+        },
+    ),
+];
 const STREAM_MANAGEMENT: &[Field] = &[
     f("enabled", Kind::Bool),
     f(

@@ -171,6 +171,7 @@ const BEYOND_XEP_0479: &[Row] = &[
     row(199, "urn:xmpp:ping", Beyond, Server, Implemented),
     row(202, "urn:xmpp:time", Beyond, Server, Implemented),
     row(494, "urn:xmpp:cam:0", Beyond, Server, Implemented),
+    row(50, "http://jabber.org/protocol/commands", Beyond, Server, Implemented),
     // The rest of XEP-0060's features PEP implements (§10 feature names).
     row(60, "http://jabber.org/protocol/pubsub", Beyond, Account, Implemented),
     row(60, "http://jabber.org/protocol/pubsub#access-open", Beyond, Account, Implemented),

@@ -36,6 +36,22 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// End a running server's client sessions.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Chat rooms (XEP-0045) of the running server.
+    Room {
+        #[command(subcommand)]
+        command: RoomCommand,
+    },
+    /// Send a headline message to every online session of every host.
+    Announce {
+        /// The text (words are joined by spaces).
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
     /// Counters of the running server.
     Stats,
     /// Message archives (XEP-0313), on the database.
@@ -70,6 +86,25 @@ pub enum ListCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RoomCommand {
+    /// Every room: JID, occupants, persistent.
+    List,
+    /// Destroy a room: its occupants leave with the reason, its
+    /// configuration and archive are deleted.
+    Destroy {
+        room: String,
+        /// Told to the occupants (words are joined by spaces).
+        reason: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// End a session (full JID) or every session of an account (bare JID).
+    Kick { jid: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Create an account. Without PASSWORD, the first line of stdin is used.
     Add {
@@ -90,6 +125,10 @@ pub enum UserCommand {
     /// Revoke one client: its FAST token dies and, if the server runs, its
     /// session ends.
     Revoke { jid: String, client_id: String },
+    /// Refuse the account's logins and end its sessions (running server).
+    Disable { jid: String },
+    /// Let a disabled account log in again (running server).
+    Enable { jid: String },
 }
 
 pub fn run(config: Config, command: CtlCommand) -> ExitCode {
@@ -106,6 +145,32 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
     rt.block_on(async move {
         // Listings come from the running server and need no database.
         let command = match command {
+            CtlCommand::User {
+                command: UserCommand::Disable { jid },
+            } => return act(&config, "user disable", &jid, true).await,
+            CtlCommand::User {
+                command: UserCommand::Enable { jid },
+            } => return act(&config, "user enable", &jid, true).await,
+            CtlCommand::Session {
+                command: SessionCommand::Kick { jid },
+            } => return act(&config, "session kick", &jid, false).await,
+            CtlCommand::Room {
+                command: RoomCommand::List,
+            } => return act(&config, "room list", "", false).await,
+            CtlCommand::Room {
+                command: RoomCommand::Destroy { room, reason },
+            } => {
+                if jid::BareJid::new(&room).map_or(true, |j| j.node().is_none()) {
+                    eprintln!("error: '{room}' is not a room JID (room@service)");
+                    return ExitCode::FAILURE;
+                }
+                let reason = crate::modules::adhoc::ctl::escape(&reason.join(" "));
+                return act(&config, "room destroy", &format!("{room} {reason}"), false).await;
+            }
+            CtlCommand::Announce { text } => {
+                let text = crate::modules::adhoc::ctl::escape(&text.join(" "));
+                return act(&config, "announce", &text, false).await;
+            }
             CtlCommand::User { command } => Ok(command),
             CtlCommand::Archive { command } => Err(command),
             CtlCommand::S2s { .. } => return ask(&config, Request::S2sList).await,
@@ -169,6 +234,66 @@ async fn ask(config: &Config, request: Request) -> ExitCode {
     match crate::admin::request(&path, request.line()).await {
         Ok(rows) => {
             print!("{}", render(request, &rows));
+            ExitCode::SUCCESS
+        }
+        Err(CallError::NoServer) => {
+            eprintln!(
+                "no running server at {} (is it started with this config?)",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(CallError::Server(e)) => {
+            eprintln!("error: the server answered: {e}");
+            ExitCode::FAILURE
+        }
+        Err(CallError::Io(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends a request that changes the running server (`crate::modules::
+/// adhoc::ctl`) and prints its answer. `arg` is checked here first, so a
+/// mistyped JID never reaches the server and the line stays one line.
+async fn act(config: &Config, verb: &str, arg: &str, bare: bool) -> ExitCode {
+    let arg = if bare {
+        match account_jid(config, arg) {
+            Ok(j) => j.to_string(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else if verb == "session kick" {
+        match jid::Jid::new(arg) {
+            Ok(j) if account_jid(config, j.to_bare().as_str()).is_ok() => j.to_string(),
+            _ => {
+                eprintln!("error: '{arg}' is not an account or session JID of a configured host");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        arg.to_string()
+    };
+    let line = format!("{verb} {arg}").trim_end().to_string();
+    if line.len() > crate::admin::MAX_REQUEST {
+        eprintln!(
+            "error: too long (at most {} bytes)",
+            crate::admin::MAX_REQUEST
+        );
+        return ExitCode::FAILURE;
+    }
+    let Some(path) = config.admin_socket() else {
+        eprintln!("the admin channel is disabled ([admin] socket = \"\")");
+        return ExitCode::FAILURE;
+    };
+    match crate::admin::request(&path, &line).await {
+        Ok(rows) => {
+            for row in rows {
+                println!("{}", row.join(" "));
+            }
             ExitCode::SUCCESS
         }
         Err(CallError::NoServer) => {
@@ -276,6 +401,10 @@ async fn user(config: &Config, store: &Store, command: UserCommand) -> Result<St
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(clients_table(&list))
+        }
+        // Sent to the running server by `run` before the database opens.
+        UserCommand::Disable { .. } | UserCommand::Enable { .. } => {
+            Err("needs the running server".into())
         }
         UserCommand::Revoke { jid, client_id } => {
             let jid = account_jid(config, &jid)?;

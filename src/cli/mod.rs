@@ -36,7 +36,8 @@ enum Command {
     /// Administer the server's data (`user …`, `archive purge`, whether the server runs or
     /// not; `import`/`export` of XEP-0227 files, with it stopped) and list what the running
     /// server holds (`s2s list`,
-    /// `components list`, `sessions list`, `stats`, through its admin socket).
+    /// `components list`, `sessions list`, `stats`, through its admin socket); change the
+    /// running server (`user disable|enable`, `session kick`, `announce`).
     Ctl {
         #[arg(long, short)]
         config: Option<PathBuf>,

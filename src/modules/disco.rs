@@ -50,6 +50,20 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
             _ => {}
         }
     }
+    // The server's ad-hoc command list and its commands (XEP-0050 §2.2, §2.3).
+    if let (Some(node), IqTarget::Server) = (req.payload.attr("node"), req.target) {
+        if req.server.features.get::<super::adhoc::AdHoc>().is_some() {
+            let to = req.iq.attr("to").unwrap_or(req.from.domain().as_str());
+            if node == super::adhoc::NS_COMMANDS && req.payload.is("query", NS_ITEMS) {
+                return Ok(Some(super::adhoc::command_items(req.server, to, req.from)));
+            }
+            if req.payload.is("query", NS_INFO) {
+                if let Some(q) = super::adhoc::command_info(req.server, node, req.from) {
+                    return Ok(Some(q));
+                }
+            }
+        }
+    }
     // The one node answered is the server's capabilities node (XEP-0115
     // §6.2: `node#ver` has the server's own info); any other is absent.
     if let Some(node) = req.payload.attr("node") {

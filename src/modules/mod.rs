@@ -3,6 +3,7 @@
 //! addressed to the server or to an account to the module that owns the
 //! payload's namespace.
 
+pub mod adhoc;
 pub mod avatar;
 pub mod blocking;
 pub mod bookmarks;
@@ -114,6 +115,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(muc::Muc::default()),
         Arc::new(extdisco::ExternalServices),
         Arc::new(upload::Upload::default()),
+        Arc::new(adhoc::AdHoc::default()),
     ]
 }
 

@@ -17,6 +17,7 @@ macro_rules! on_pool {
 }
 
 mod accounts;
+mod administration;
 mod archive;
 mod clients;
 mod import;
@@ -180,6 +181,8 @@ impl Store {
         "pubsub_affiliations",
         // The rows of `archive` go with their owner (`delete_account`).
         "archive_owners",
+        // A new account of a deleted one's name starts enabled.
+        "disabled_accounts",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

@@ -130,6 +130,10 @@ chat_dir = {toml_str(str(self.chat_dir))}
 domain = {toml_str(self.component_domain)}
 secret = {toml_str(self.component_secret)}
 
+[admin]
+# test_adhoc_admin.py: alice administers the server from her client (XEP-0133).
+admins = ["alice@localhost"]
+
 [limits]
 # The failed-login tests make ~10 failures a minute from 127.0.0.1; keep the
 # rate limiter (tested elsewhere) out of their way.

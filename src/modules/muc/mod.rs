@@ -19,6 +19,7 @@ pub mod admin;
 pub mod archive;
 pub mod avatar;
 pub mod config;
+pub mod control;
 pub mod fanout;
 pub mod hats;
 pub mod iq_relay;

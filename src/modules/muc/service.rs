@@ -29,6 +29,8 @@ use crate::xml::Element;
 #[derive(Default)]
 pub struct Muc {
     inbox: crate::feature::inbox::ServiceInbox,
+    /// `ctl room list|destroy`, queued to the service's task.
+    pub control: super::control::ControlQueue,
 }
 
 /// The service domains under `config`.
@@ -65,8 +67,9 @@ impl Feature for Muc {
         let Some(rx) = self.inbox.open(server.config.muc.queue) else {
             return;
         };
+        let control = self.control.open();
         let server = server.clone();
-        server.clone().background.spawn(run(server, rx));
+        server.clone().background.spawn(run(server, rx, control));
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -76,7 +79,11 @@ impl Feature for Muc {
 
 /// The service's task: loads persistent rooms, then handles stanzas in
 /// order until shutdown, when every occupant is told (332).
-async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
+async fn run(
+    server: Arc<Server>,
+    mut rx: mpsc::Receiver<Element>,
+    mut control: mpsc::Receiver<super::control::Control>,
+) {
     let secret = occupant_id_secret(&server).await;
     // What waits behind a joiner's list: its queue's worth, plus a whole
     // join's own stanzas (self-presence, history, subject).
@@ -106,6 +113,7 @@ async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
                 Some(s) => service.handle(&server, s).await,
                 None => return,
             },
+            Some(c) = control.recv() => service.control(&server, c).await,
             // A joiner's queue has room again: more of its occupant list.
             Some(to) = wakes.recv() => {
                 let rooms = &service.rooms;
@@ -294,6 +302,51 @@ impl Service {
             super::mentions::tell(server, to.domain().as_str(), mentions).await;
         }
         self.settle(server, &key).await;
+    }
+
+    /// A request from the admin socket (`super::control`).
+    async fn control(&mut self, server: &Arc<Server>, request: super::control::Control) {
+        use super::control::Control;
+        match request {
+            Control::List(done) => {
+                let rooms = self
+                    .rooms
+                    .values()
+                    .map(|r| {
+                        let jid = r.jid.as_str().to_string();
+                        (jid, r.occupants.len(), r.config.persistent)
+                    })
+                    .collect();
+                let _ = done.send(rooms);
+            }
+            Control::Destroy { room, reason, done } => {
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    let _ = done.send(false);
+                    return;
+                };
+                let mut request = Element::new("destroy", super::NS_OWNER);
+                if let Some(text) = reason {
+                    request.append_child(Element::new("reason", super::NS_OWNER).with_text(text));
+                }
+                let mut ctx = Ctx {
+                    server,
+                    limits: &self.limits,
+                    joined: &mut self.joined,
+                    ids: &mut self.ids,
+                    secret: &self.secret,
+                    lost: Vec::new(),
+                    archiving: self.archive.is_some(),
+                    archive_rows: Vec::new(),
+                    mentions: Vec::new(),
+                    streams: &mut self.streams,
+                };
+                super::admin::destroy(&mut ctx, r, &request);
+                drop(ctx);
+                tracing::info!(room, "muc: room destroyed by an administrator");
+                self.settle(server, &room).await;
+                let _ = done.send(true);
+            }
+        }
     }
 
     /// After a stanza: a destroyed room, or a temporary one left empty,

@@ -510,7 +510,18 @@ impl<S: ClientStream> Connection<S> {
                 server.auth_failures_by_ip.refund(&source, a);
             }
         }
+        // Right credentials for an account an administrator disabled.
+        let result = match result {
+            Ok((username, _)) if self.disabled(&username).await => Err(SaslError::AccountDisabled),
+            r => r,
+        };
         Ok(result)
+    }
+
+    /// Whether `username` may not log in (XEP-0133 disable-user); a store
+    /// that cannot tell refuses too (fail closed).
+    pub(crate) async fn disabled(&self, username: &str) -> bool {
+        crate::modules::adhoc::actions::is_disabled(&self.server, &self.domain, username).await
     }
 
     /// Counts an attempt at `username` from `source` (None: that budget is

@@ -231,6 +231,9 @@ impl<S: ClientStream> Connection<S> {
             .verify_token(mechanism, req, cb, &username, &ht.proof)
             .await;
         self.settle_account_attempt(&reserved, &result);
+        if result.is_ok() && self.disabled(&username).await {
+            return Err(SaslError::AccountDisabled);
+        }
         result.map(|(additional, expiry, generation)| Authenticated {
             username,
             additional_data: Some(additional),

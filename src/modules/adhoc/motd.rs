@@ -1,0 +1,71 @@
+//! The message of the day (XEP-0133 set-motd / edit-motd / delete-motd):
+//! one text per host, stored in the `motd` table and sent as a headline
+//! from the host to each session as it sends its initial presence.
+//!
+//! Every login would otherwise read the table, so the text is cached per
+//! host (one entry per configured host at most, with "none" cached too);
+//! the admin actions write the table and the cache together.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use jid::FullJid;
+
+use crate::server::Server;
+use crate::sessions::OutStanza;
+use crate::xml::Element;
+
+#[derive(Default)]
+pub struct Motd {
+    /// Host → its text (None: known to have none).
+    cache: Mutex<HashMap<String, Option<Arc<str>>>>,
+}
+
+impl Motd {
+    fn cached(&self, host: &str) -> Option<Option<Arc<str>>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(host).cloned()
+    }
+
+    /// Records what the table now holds for `host`.
+    pub fn remember(&self, host: &str, text: Option<&str>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(host.to_string(), text.map(Arc::from));
+    }
+
+    /// The message of the day of `host`, from the cache or the table.
+    pub async fn get(&self, server: &Server, host: &str) -> Option<Arc<str>> {
+        if let Some(known) = self.cached(host) {
+            return known;
+        }
+        match server.store.motd_get(host).await {
+            Ok(text) => {
+                // Only hosts of ours reach here, so the cache stays bounded.
+                self.remember(host, text.as_deref());
+                text.map(Arc::from)
+            }
+            Err(e) => {
+                // Not cached: the next login tries again.
+                tracing::error!(error = %e, "reading the message of the day");
+                None
+            }
+        }
+    }
+
+    /// Sends `host`'s message of the day to a session that just became
+    /// available, if there is one.
+    pub async fn deliver(&self, server: &Server, jid: &FullJid) {
+        let host = jid.domain().as_str();
+        let Some(text) = self.get(server, host).await else {
+            return;
+        };
+        let message = Element::new("message", "jabber:client")
+            .with_attr("from", host)
+            .with_attr("to", jid.as_str())
+            .with_attr("type", "headline")
+            .with_attr("id", format!("motd-{:x}", server.next_id()))
+            .with_child(Element::new("subject", "jabber:client").with_text("Message of the day"))
+            .with_child(Element::new("body", "jabber:client").with_text(&*text));
+        let _ = server.sessions.send_to_full(jid, OutStanza::new(message));
+    }
+}
