@@ -13,6 +13,7 @@ pub mod contact;
 pub mod csi;
 pub mod disco;
 pub mod extdisco;
+pub mod invite;
 pub mod last;
 pub mod mam;
 pub mod muc;
@@ -97,6 +98,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(offline::Offline::default()),
         Arc::new(last::LastActivity),
         Arc::new(register::Registration::default()),
+        Arc::new(invite::Invitations),
         Arc::new(blocking::Blocking::default()),
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),
