@@ -401,3 +401,137 @@ async fn two_streams_holding_the_last_use_create_one_account() {
         .await
         .unwrap());
 }
+
+/// One HTTP/1.1 exchange on a fresh connection: the status and the body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    (head[9..12].parse().unwrap(), body.to_string())
+}
+
+async fn with_http() -> (TestServer, std::net::SocketAddr) {
+    let port = free_port();
+    let server = TestServer::start_with(move |c| {
+        c.http.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    })
+    .await;
+    let http = server.running.as_ref().unwrap().web.http[0];
+    (server, http)
+}
+
+#[tokio::test]
+async fn the_landing_page_registers_and_consumes_the_token() {
+    let (server, addr) = with_http().await;
+    server.add_user("romeo", "montague").await;
+    let (ok, out) = ctl_invite(&server, &["create", "--inviter", "romeo@localhost"]);
+    assert!(ok, "{out}");
+    let token = token_of(&out);
+    let path = format!("/invite/{token}");
+
+    let (status, page) = http(addr, "GET", &path, "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("romeo@localhost invites you"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "href=\"xmpp:romeo@localhost?roster;preauth={token};ibr=y\""
+        )),
+        "{page}"
+    );
+    for app in ["Conversations", "Monal", "Dino", "Gajim"] {
+        assert!(page.contains(app), "{app}");
+    }
+    assert!(!page.contains("<script"), "self-contained, no scripts");
+
+    // What the visitor typed comes back escaped.
+    let (status, page) = http(
+        addr,
+        "POST",
+        &path,
+        "username=%3Cscript%3Ealert(1)%3C%2Fscript%3E&password=x",
+    )
+    .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    // A taken name keeps the token.
+    let (status, _) = http(addr, "POST", &path, "username=romeo&password=x").await;
+    assert_eq!(status, 409);
+
+    let (status, page) = http(addr, "POST", &path, "username=Juliet&password=bal+cony%21").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("juliet@localhost"), "{page}");
+    assert!(can_log_in(&server, "juliet", "bal cony!").await);
+    assert_eq!(
+        subscription(&server, "romeo", "juliet").await.as_deref(),
+        Some("both")
+    );
+    assert_eq!(
+        subscription(&server, "juliet", "romeo").await.as_deref(),
+        Some("both")
+    );
+
+    // Used up: the page is gone, and a second POST creates nothing.
+    let (status, _) = http(addr, "GET", &path, "").await;
+    assert_eq!(status, 404);
+    let (status, _) = http(addr, "POST", &path, "username=nurse&password=x").await;
+    assert_eq!(status, 404);
+    assert!(!server
+        .store()
+        .account_exists(DOMAIN, "nurse")
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn unknown_expired_and_junk_tokens_get_404() {
+    let (server, addr) = with_http().await;
+    let expired = "Expired0123456789Expired012345678";
+    server
+        .store()
+        .invite_add(&InviteRecord {
+            token_hash: waxwing::modules::invite::token::hash(expired),
+            domain: DOMAIN.into(),
+            inviter: None,
+            may_create_account: true,
+            admin: true,
+            expires: Some(waxwing::modules::time::unix_now() - 1),
+            uses: 0,
+            max_uses: 1,
+            created: 0,
+        })
+        .await
+        .unwrap();
+    for path in [
+        format!("/invite/{expired}"),
+        "/invite/Unknown0123456789Unknown012345678".into(),
+        "/invite/%3Cb%3E".into(),
+        "/invite/".into(),
+    ] {
+        let (status, page) = http(addr, "GET", &path, "").await;
+        assert_eq!(status, 404, "{path}");
+        assert!(!page.contains("<b>"), "{page}");
+        let (status, _) = http(addr, "POST", &path, "username=mallory&password=x").await;
+        assert_eq!(status, 404, "{path}");
+    }
+    assert!(!server
+        .store()
+        .account_exists(DOMAIN, "mallory")
+        .await
+        .unwrap());
+}

@@ -154,8 +154,17 @@ impl Feature for Invitations {
                     let Some(presented) = connection.remove::<Presented>() else {
                         return Verdict::Continue;
                     };
-                    let outcome =
-                        register_with(server, domain, *peer, iq, connection, &presented).await;
+                    let here = &mut connection.get_or_default::<RegisteredHere>().0;
+                    let outcome = register_with(
+                        server,
+                        domain,
+                        *peer,
+                        iq,
+                        here,
+                        &presented.token_hash,
+                        presented.inviter.as_ref(),
+                    )
+                    .await;
                     if outcome.is_err() {
                         // Not used: the stream may try again (another name).
                         connection.insert(presented);
@@ -229,16 +238,19 @@ async fn present(
     Ok(())
 }
 
-/// The registration set on a stream that presented a token: one use of
-/// the token is taken first (so two streams racing for the last use cannot
-/// both create an account) and given back if no account was created.
-async fn register_with(
+/// A registration set (XEP-0077 IQ, or the landing page's form made into
+/// one) with the invitation `token_hash`: one use of the token is taken
+/// first (so two requests racing for the last use cannot both create an
+/// account) and given back if no account was created; the registration
+/// rules, per-address cap and hashing pool are registration's own.
+pub async fn register_with(
     server: &Server,
     domain: &str,
     peer: IpAddr,
     iq: &Element,
-    connection: &mut crate::feature::Extensions,
-    presented: &Presented,
+    here: &mut bool,
+    token_hash: &str,
+    inviter: Option<&BareJid>,
 ) -> Result<Option<Element>, Refusal> {
     let refused = Refusal {
         condition: StanzaErrorCondition::NotAuthorized,
@@ -247,11 +259,7 @@ async fn register_with(
     let Some(registration) = server.features.get::<Registration>() else {
         return Err(StanzaErrorCondition::ServiceUnavailable.into());
     };
-    match server
-        .store
-        .invite_redeem(&presented.token_hash, now())
-        .await
-    {
+    match server.store.invite_redeem(token_hash, now()).await {
         Ok(true) => {}
         Ok(false) => return Err(refused),
         Err(e) => {
@@ -259,11 +267,10 @@ async fn register_with(
             return Err(StanzaErrorCondition::InternalServerError.into());
         }
     }
-    let here = &mut connection.get_or_default::<RegisteredHere>().0;
     let by_source = registration.by_source(server);
     let outcome = register::before_auth(server, by_source, domain, peer, iq, here).await;
     if outcome.is_err() {
-        if let Err(e) = server.store.invite_unredeem(&presented.token_hash).await {
+        if let Err(e) = server.store.invite_unredeem(token_hash).await {
             tracing::error!(error = %e, "giving back an invitation's use");
         }
         return outcome;
@@ -274,7 +281,7 @@ async fn register_with(
         .and_then(|u| BareJid::new(&format!("{u}@{domain}")).ok());
     if let Some(account) = account {
         tracing::info!(jid = %account, "account created with an invitation");
-        welcome(server, presented.inviter.as_ref(), &account).await;
+        welcome(server, inviter, &account).await;
     }
     outcome
 }
