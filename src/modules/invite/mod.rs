@@ -34,11 +34,6 @@ use crate::xml::Element;
 /// XEP-0445: the stream feature that says tokens are accepted.
 pub const NS_INVITE: &str = "urn:xmpp:invite";
 
-/// Wrong tokens one stream may present before further ones are refused
-/// without a lookup: a token has ~190 bits, so this is about load, not
-/// guessing; the per-address registration cap still applies on top.
-const MAX_TOKEN_TRIES_PER_STREAM: u32 = 3;
-
 /// Per-connection state: the invitation this stream presented.
 #[derive(Debug)]
 struct Presented {
@@ -215,7 +210,10 @@ async fn present(
     token: &str,
     connection: &mut crate::feature::Extensions,
 ) -> Result<(), StanzaError> {
-    if connection.get_or_default::<Refused>().0 >= MAX_TOKEN_TRIES_PER_STREAM {
+    // `[limits] invite_tries_per_stream`: a token has ~190 bits, so this
+    // is about load, not guessing; the per-address registration cap
+    // still applies on top.
+    if connection.get_or_default::<Refused>().0 >= server.config.limits.invite_tries_per_stream {
         return Err(StanzaError {
             condition: StanzaErrorCondition::PolicyViolation,
             text: Some("too many invalid invitation tokens on this stream".into()),
