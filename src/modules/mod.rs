@@ -99,6 +99,7 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(last::LastActivity),
         Arc::new(register::Registration::default()),
         Arc::new(invite::Invitations),
+        Arc::new(invite::IbrToken),
         Arc::new(blocking::Blocking::default()),
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),

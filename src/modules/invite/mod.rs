@@ -31,8 +31,11 @@ use crate::storage::{InviteRecord, StorageError, Store};
 use crate::stream::c2s::{NS_PARS, NS_REGISTER};
 use crate::xml::Element;
 
-/// XEP-0445: the stream feature that says tokens are accepted.
+/// The stream feature that says tokens are accepted before registration,
+/// under its first name (what Conversations looks for) …
 pub const NS_INVITE: &str = "urn:xmpp:invite";
+/// … and under XEP-0445's current one.
+pub const NS_IBR_TOKEN: &str = "urn:xmpp:ibr-token:0";
 
 /// Per-connection state: the invitation this stream presented.
 #[derive(Debug)]
@@ -100,6 +103,25 @@ pub async fn welcome(server: &Server, invite: Option<&BareJid>, account: &BareJi
         if let Err(e) = roster::subscribe_mutually(server, user, contact).await {
             tracing::error!(error = %e, user = %user, "invitation: roster subscription");
         }
+    }
+}
+
+/// The second name of the stream feature (`Feature::stream_feature` offers
+/// one element per feature, so the current name has a feature of its own).
+pub struct IbrToken;
+
+impl Feature for IbrToken {
+    fn name(&self) -> &'static str {
+        "ibr-token"
+    }
+
+    fn stream_feature(&self, _server: &Server, phase: StreamPhase) -> Option<Element> {
+        (phase == StreamPhase::Unauthenticated { tls: true })
+            .then(|| Element::new("register", NS_IBR_TOKEN))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
