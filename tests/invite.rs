@@ -535,3 +535,28 @@ async fn unknown_expired_and_junk_tokens_get_404() {
         .await
         .unwrap());
 }
+
+#[tokio::test]
+async fn an_inviters_invitations_die_with_the_account() {
+    let server = TestServer::start().await;
+    server.add_user("romeo", "montague").await;
+    let (ok, out) = ctl_invite(&server, &["create", "--inviter", "romeo@localhost"]);
+    assert!(ok, "{out}");
+    let token = token_of(&out);
+    let (ok, out) = ctl_invite(&server, &["create"]);
+    assert!(ok, "{out}");
+    let admins = token_of(&out);
+    assert!(server
+        .store()
+        .delete_account(DOMAIN, "romeo")
+        .await
+        .unwrap());
+    // Whoever takes the name next gets none of Romeo's invitees.
+    server.add_user("romeo", "someone-else").await;
+    let (mut c, _) = tls_stream(&server).await;
+    let reply = preauth(&mut c, &token, "p").await;
+    assert_eq!(stanza_error(&reply).as_deref(), Some("item-not-found"));
+    // Other invitations stay.
+    let reply = preauth(&mut c, &admins, "q").await;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", show(&reply));
+}
