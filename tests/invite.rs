@@ -560,3 +560,43 @@ async fn an_inviters_invitations_die_with_the_account() {
     let reply = preauth(&mut c, &admins, "q").await;
     assert_eq!(reply.attr("type"), Some("result"), "{}", show(&reply));
 }
+
+#[tokio::test]
+async fn an_invitee_elsewhere_is_approved_too() {
+    // A user behind an external component stands for any non-local
+    // sender (XEP-0379 invitees may be on another server).
+    const BOT: &str = "bot.localhost";
+    let server = TestServer::start_with(|c| {
+        c.component_listener.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.component.push(waxwing::config::ComponentConfig {
+            domain: BOT.into(),
+            secret: "s3cret".into(),
+        });
+    })
+    .await;
+    server.add_user("romeo", "montague").await;
+    let (ok, out) = ctl_invite(&server, &["create", "--inviter", "romeo@localhost"]);
+    assert!(ok, "{out}");
+    let token = token_of(&out);
+    let addr = server.running.as_ref().unwrap().component_addrs[0];
+    let mut bot = Client::component(addr, BOT, "s3cret").await;
+    bot.send_str(&format!(
+        "<presence from='juliet@{BOT}' to='romeo@localhost' type='subscribe'><preauth xmlns='{NS_PARS}' token='{token}'/></presence>"
+    ))
+    .await;
+    loop {
+        let p = bot.next_named("presence").await;
+        if p.attr("type") == Some("subscribed") {
+            assert_eq!(p.attr("from"), Some("romeo@localhost"));
+            assert_eq!(p.attr("to"), Some(&*format!("juliet@{BOT}")));
+            break;
+        }
+    }
+    let romeo = server
+        .store()
+        .roster_item(DOMAIN, "romeo", &format!("juliet@{BOT}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(romeo.subscription, "from");
+}

@@ -198,17 +198,23 @@ impl Feature for Invitations {
                     Verdict::Stop
                 }
                 Event::Presence {
-                    origin: Origin::Session(from),
+                    origin,
                     to: Some(to),
                     stanza,
                 } => {
-                    if stanza.attr("type") == Some("subscribe") {
+                    // From a local user, a remote server's or a component's:
+                    // XEP-0379 invitees may live anywhere.
+                    let from = match origin {
+                        Origin::Session(full) => full.to_bare(),
+                        other => other.sender().to_bare(),
+                    };
+                    if stanza.attr("type") == Some("subscribe") && from.node().is_some() {
                         if let Some(token) = stanza
                             .get_child("preauth", NS_PARS)
                             .and_then(|p| p.attr("token"))
                         {
                             let token = token.to_owned();
-                            preapprove(server, &from.to_bare(), to, &token).await;
+                            preapprove(server, &from, to, &token).await;
                         }
                     }
                     Verdict::Continue
