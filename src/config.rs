@@ -870,6 +870,9 @@ pub struct Limits {
     pub max_avatar_hashes: usize,
     pub registrations_per_ip: u32,
     pub registration_window: u64,
+    /// Invalid invitation tokens (XEP-0401) one client stream may present
+    /// before further ones are refused without a lookup.
+    pub invite_tries_per_stream: u32,
     // per-user state
     /// Items one user's roster may hold; a roster set or subscription that
     /// would add one more is refused (`resource-constraint`).
@@ -1080,6 +1083,7 @@ impl Default for Limits {
             max_avatar_hashes: 100_000,
             registrations_per_ip: 5,
             registration_window: 3600,
+            invite_tries_per_stream: 3,
             // per-user state
             max_roster_items: 5000,
             max_pending_subscriptions: 100,
@@ -1651,6 +1655,7 @@ const LIMITS: &[Field] = &[
             max: 30 * 86_400,
         },
     ),
+    f("invite_tries_per_stream", Kind::Int { min: 1, max: 1000 }),
     // per-user state
     f(
         "max_roster_items",

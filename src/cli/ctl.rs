@@ -21,6 +21,12 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Invitations (XEP-0401): tokens that let someone register (where
+    /// open registration is off) and become the inviter's contact.
+    Invite {
+        #[command(subcommand)]
+        command: super::invite::InviteCommand,
+    },
     /// Server-to-server connections of the running server.
     S2s {
         #[command(subcommand)]
@@ -172,6 +178,9 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
                 return act(&config, "announce", &text, false).await;
             }
             CtlCommand::User { command } => Ok(command),
+            CtlCommand::Invite { command } => {
+                return super::invite::run(&config, command).await;
+            }
             CtlCommand::Archive { command } => Err(command),
             CtlCommand::S2s { .. } => return ask(&config, Request::S2sList).await,
             CtlCommand::Components { .. } => return ask(&config, Request::ComponentsList).await,
@@ -491,7 +500,7 @@ fn clients_table(list: &[crate::storage::ClientRecord]) -> String {
 }
 
 /// Parses `user@domain`, which must be on a configured host.
-fn account_jid(config: &Config, s: &str) -> Result<BareJid, String> {
+pub(super) fn account_jid(config: &Config, s: &str) -> Result<BareJid, String> {
     let jid = BareJid::new(s).map_err(|e| format!("'{s}' is not a valid JID: {e}"))?;
     if jid.node().is_none() {
         return Err(format!("'{s}' has no user part (expected user@domain)"));

@@ -2,6 +2,7 @@
 
 mod archive;
 mod ctl;
+mod invite;
 mod migrate;
 mod serve;
 

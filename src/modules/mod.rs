@@ -14,6 +14,7 @@ pub mod contact;
 pub mod csi;
 pub mod disco;
 pub mod extdisco;
+pub mod invite;
 pub mod last;
 pub mod mam;
 pub mod muc;
@@ -98,6 +99,8 @@ pub fn default_features() -> Vec<Arc<dyn Feature>> {
         Arc::new(offline::Offline::default()),
         Arc::new(last::LastActivity),
         Arc::new(register::Registration::default()),
+        Arc::new(invite::Invitations),
+        Arc::new(invite::IbrToken),
         Arc::new(blocking::Blocking::default()),
         Arc::new(vcard::MODULE),
         Arc::new(private::MODULE),

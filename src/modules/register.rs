@@ -31,7 +31,7 @@ pub struct Registration {
 }
 
 impl Registration {
-    fn by_source(&self, server: &Server) -> &crate::throttle::FailureWindow<IpAddr> {
+    pub(crate) fn by_source(&self, server: &Server) -> &crate::throttle::FailureWindow<IpAddr> {
         self.by_source.get_or_init(|| {
             crate::throttle::FailureWindow::new(
                 server.config.limits.registrations_per_ip,
@@ -43,7 +43,14 @@ impl Registration {
 
 /// Per-connection state: an account was created on this stream.
 #[derive(Debug, Default)]
-struct RegisteredHere(bool);
+pub(crate) struct RegisteredHere(pub bool);
+
+/// Per-connection state set by another feature (invitations, XEP-0401):
+/// this stream may register where open registration is off. The c2s
+/// negotiation then lets registration IQs through, and the feature that
+/// admitted it answers the set that creates the account.
+#[derive(Debug)]
+pub struct Admitted;
 
 impl Feature for Registration {
     fn name(&self) -> &'static str {
@@ -138,7 +145,7 @@ impl From<StanzaErrorCondition> for Refusal {
 /// stays unauthenticated: the client logs in with the new account next.
 /// `registered_here` is set once an account was created on this stream; a
 /// second one is refused, as §3.3 allows.
-async fn before_auth(
+pub(crate) async fn before_auth(
     server: &Server,
     by_source: &crate::throttle::FailureWindow<IpAddr>,
     domain: &str,
@@ -371,7 +378,7 @@ async fn derive(
 
 /// A registration field: the `jabber:iq:register` element, or the field of
 /// a submitted data form (§5, which takes precedence when present).
-fn field(query: &Element, name: &str) -> Option<String> {
+pub(crate) fn field(query: &Element, name: &str) -> Option<String> {
     if let Some(form) = query.get_child("x", NS_DATA) {
         return form
             .children()

@@ -170,6 +170,44 @@ async fn save_and_push(server: &Server, user: &BareJid, item: &Item) -> Result<(
     Ok(())
 }
 
+/// Puts `contact` in `user`'s roster with a subscription both ways and
+/// pushes it: what an invitation grants inviter and invitee (XEP-0401 §5).
+pub async fn subscribe_mutually(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+) -> Result<(), StorageError> {
+    let mut item = item(server, user, contact)
+        .await?
+        .unwrap_or_else(|| Item::new(contact));
+    item.set(true, true);
+    item.record.in_roster = true;
+    item.record.ask_out = false;
+    item.record.pending_in = false;
+    item.record.approved = false;
+    save_and_push(server, user, &item).await
+}
+
+/// Pre-approves `contact`'s subscription to `user` (RFC 6121 §3.4), so
+/// the request that follows is answered at once: how a valid XEP-0379
+/// token from the user takes effect.
+pub async fn preapprove(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+) -> Result<(), StorageError> {
+    let mut item = item(server, user, contact).await?.unwrap_or_else(|| {
+        let mut i = Item::new(contact);
+        i.record.in_roster = false;
+        i
+    });
+    if item.from() || item.record.approved {
+        return Ok(());
+    }
+    item.record.approved = true;
+    save_and_push(server, user, &item).await
+}
+
 /// Sends a roster push (RFC 6121 §2.1.6) to every interested resource.
 fn push(server: &Server, user: &BareJid, item: Element, ver: i64) {
     for full in server.sessions.interested_resources(user) {

@@ -137,6 +137,12 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
+                // Invitations the account gave out die with it: someone who
+                // later registers the same name must not inherit contacts.
+                sqlx::query("DELETE FROM invites WHERE inviter = $1")
+                    .bind(format!("{username}@{domain}"))
+                    .execute(&mut *tx)
+                    .await?;
                 let r = sqlx::query("DELETE FROM accounts WHERE domain = $1 AND username = $2")
                     .bind(domain)
                     .bind(username)

@@ -21,6 +21,7 @@ mod administration;
 mod archive;
 mod clients;
 mod import;
+mod invites;
 mod muc;
 mod offline;
 mod pubsub;
@@ -36,6 +37,7 @@ pub use archive::{
 };
 pub use clients::{ClientRecord, FastToken};
 pub use import::{ImportCounts, ImportUser, Tally};
+pub use invites::InviteRecord;
 pub use muc::{AffiliationRow, RoomDelta, StoredRoom};
 pub use pubsub::StoredItem;
 pub use push::PushRegistration;

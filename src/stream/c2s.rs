@@ -195,6 +195,17 @@ pub enum Negotiation {
     Bind,
 }
 
+/// XEP-0379/XEP-0445: the pre-authentication token element.
+pub const NS_PARS: &str = "urn:xmpp:pars:0";
+
+/// Is `el` an IQ set presenting an invitation token before registration
+/// (XEP-0445's `<preauth/>`)?
+fn is_preauth_iq(el: &Element) -> bool {
+    el.is("iq", NS_CLIENT)
+        && el.attr("type") == Some("set")
+        && el.get_child("preauth", NS_PARS).is_some()
+}
+
 /// Is `el` an IQ get/set whose payload is `jabber:iq:register`?
 fn is_register_iq(el: &Element) -> bool {
     el.is("iq", NS_CLIENT)
@@ -212,7 +223,11 @@ pub fn classify(
 ) -> Result<Negotiation, StreamErrorCondition> {
     match phase {
         Phase::Unauthenticated { tls } => {
-            if *tls && is_register_iq(el) {
+            if *tls && is_preauth_iq(el) {
+                // Answered by the invitations feature, whether or not open
+                // registration is on (nobody answering: service-unavailable).
+                Ok(Negotiation::Register)
+            } else if *tls && is_register_iq(el) {
                 Ok(if registration {
                     Negotiation::Register
                 } else {
@@ -352,6 +367,19 @@ mod tests {
         assert!(with(true, true));
         assert!(!with(true, false));
         assert!(!with(false, true));
+    }
+
+    #[test]
+    fn an_invitation_token_is_heard_over_tls_even_where_registration_is_off() {
+        let preauth = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "set")
+            .with_child(Element::new("preauth", NS_PARS).with_attr("token", "t"));
+        let tls = Phase::Unauthenticated { tls: true };
+        assert_eq!(classify(&preauth, &tls, false), Ok(Negotiation::Register));
+        assert_eq!(
+            classify(&preauth, &Phase::Unauthenticated { tls: false }, false),
+            Err(StreamErrorCondition::NotAuthorized)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod bosh;
 pub mod chat;
 pub mod host_meta;
+pub mod invite;
 pub mod metrics;
 pub mod self_check;
 pub mod upload;
@@ -79,6 +80,7 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
     routes
         .route("/xmpp-websocket", get(websocket::upgrade))
         .route("/http-bind", post(bosh::request).options(bosh::preflight))
+        .route("/invite/{token}", get(invite::show).post(invite::register))
         .route("/.well-known/host-meta", get(host_meta::xrd))
         .route("/.well-known/host-meta.json", get(host_meta::json))
         .route("/metrics", get(metrics::scrape))

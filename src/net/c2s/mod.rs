@@ -322,8 +322,13 @@ impl<S: ClientStream> Connection<S> {
     }
 
     /// May clients create accounts in-band on the domain this stream names?
+    /// Also when a feature admitted this stream (an invitation token).
     fn registration_allowed(&self) -> bool {
         self.server.config.allows_registration(&self.domain)
+            || self
+                .extensions
+                .get::<crate::modules::register::Admitted>()
+                .is_some()
     }
 
     /// Replies to an IQ received before authentication (XEP-0077
