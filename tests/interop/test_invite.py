@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from slixmpp.stanza import StreamFeatures
 
-from conftest import WaxwingServer
+from interop_conftest import WaxwingServer
 from interop_client import DEFAULT_PLUGINS, STEP_TIMEOUT, connect, make_client, run, start_connect
 from test_web import CHROMIUM, HERE, browser  # noqa: F401  (browser is a fixture)
 
