@@ -74,6 +74,9 @@ dev_cert_dir = "$d/certs"
 [c2s]
 listen = ["$ip:5222"]
 listen_tls = []
+[http]
+listen = []
+listen_tls = []
 require_encryption = true
 allow_plain = false
 idle_timeout = 3600

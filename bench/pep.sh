@@ -23,6 +23,9 @@ dev_cert_dir = "$D/certs"
 [c2s]
 listen = ["127.0.0.31:5222"]
 listen_tls = []
+[http]
+listen = []
+listen_tls = []
 [limits]
 scram_iterations = 4096
 CFG

@@ -315,7 +315,8 @@ def main():
         with open(cfg, "w") as f:
             f.write(("log_level = \"warn\"\n[[host]]\ndomain = \"localhost\"\n[database]\n"
                      "url = \"sqlite://%s/db.sqlite\"\n[tls]\n%sdev_cert_dir = \"%s/certs\"\n[c2s]\n"
-                     "listen = [\"%s:%d\"]\nlisten_tls = [\"%s:%d\"]\n[admin]\nsocket = \"\"\n"
+                     "listen = [\"%s:%d\"]\nlisten_tls = [\"%s:%d\"]\n[http]\nlisten = []\nlisten_tls = []\n"
+                     "[admin]\nsocket = \"\"\n"
                      "[limits]\nauth_failures_per_ip = 100000\n")
                     % (d, tls_keys, d, HOST, port, HOST, tls_port))
         subprocess.run([args.bin, "ctl", "--config", cfg, "user", "add", "bench@localhost", "pw"],

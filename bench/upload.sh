@@ -25,6 +25,7 @@ listen = ["$IP:5222"]
 listen_tls = []
 [http]
 listen = ["$IP:5280"]
+listen_tls = []
 [upload]
 dir = "$D/files"
 max_file_size = $((SIZE_MB * 1024 * 1024 + 1))

@@ -227,8 +227,11 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: Vec::new(),
-            listen_tls: Vec::new(),
+            // On loopback, as the client listeners are by default: a web
+            // client on this machine works out of the box, and serving
+            // others is a choice made in the file.
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5280))],
+            listen_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5443))],
             plain_is_secure: "loopback".into(),
             public_url: String::new(),
             max_connections: 10_000,

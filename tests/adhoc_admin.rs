@@ -569,7 +569,7 @@ async fn ctl_announces_kicks_and_disables_on_a_running_server() {
     std::fs::write(
         &config,
         format!(
-            "log_level = \"warn\"\n[[host]]\ndomain = \"localhost\"\n[database]\nurl = \"sqlite://{d}/db.sqlite\"\n[tls]\ndev_cert_dir = \"{d}/certs\"\n[c2s]\nlisten = [\"127.0.0.1:{port}\"]\nlisten_tls = []\n[admin]\nadmins = [\"alice@localhost\"]\n",
+            "log_level = \"warn\"\n[[host]]\ndomain = \"localhost\"\n[database]\nurl = \"sqlite://{d}/db.sqlite\"\n[tls]\ndev_cert_dir = \"{d}/certs\"\n[c2s]\nlisten = [\"127.0.0.1:{port}\"]\nlisten_tls = []\n[http]\nlisten = []\nlisten_tls = []\n[admin]\nadmins = [\"alice@localhost\"]\n",
             d = dir.path().display()
         ),
     )

@@ -211,6 +211,8 @@ fn config_in(dir: &Path) -> Config {
     c.tls.dev_cert_dir = dir.join("certs");
     c.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
     c.c2s.listen_tls = vec![];
+    c.http.listen = vec![];
+    c.http.listen_tls = vec![];
     c.log_level = "warn".into();
     c
 }

@@ -60,7 +60,7 @@ auth_failures_per_account = 100000
 auth_failure_window = 60
 scram_iterations = 4096
 registrations_per_ip = 1000000
-$( [ -z "${WAXWING_HTTPS_PORT:-}" ] || printf '[http]\nlisten_tls = ["%s:%s"]\nmax_connections = 100000\n' "$IP" "$WAXWING_HTTPS_PORT" )
+$( if [ -z "${WAXWING_HTTPS_PORT:-}" ]; then printf '[http]\nlisten = []\nlisten_tls = []\n'; else printf '[http]\nlisten = []\nlisten_tls = ["%s:%s"]\nmax_connections = 100000\n' "$IP" "$WAXWING_HTTPS_PORT"; fi )
 $( [ "${WAXWING_MAM:-false}" = omit ] || printf '[mam]\nenabled = %s\n' "${WAXWING_MAM:-false}" )
 CFG
   # BENCH_MUC=1: the MUC service for bench/muc.sh, set as the peers are —

@@ -61,6 +61,10 @@ impl TestServer {
         config.tls.dev_cert_dir = dir.path().join("certs");
         config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
         config.c2s.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+        // No HTTP unless a test asks (the default ports are fixed ones,
+        // which servers of tests running side by side would share).
+        config.http.listen = Vec::new();
+        config.http.listen_tls = Vec::new();
         config.log_level = "warn".into();
         tweak(&mut config);
         if config.admin.socket.is_none() && !config.database.url.starts_with("sqlite:") {

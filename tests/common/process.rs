@@ -35,7 +35,8 @@ impl Waxwing {
                  [[host]]\ndomain = \"{DOMAIN}\"\n\
                  [database]\nurl = {}\n\
                  [tls]\ndev_cert_dir = {}\n\
-                 [c2s]\nlisten = [\"{c2s}\"]\nlisten_tls = [\"{tls}\"]\n",
+                 [c2s]\nlisten = [\"{c2s}\"]\nlisten_tls = [\"{tls}\"]\n\
+                 [http]\nlisten = []\nlisten_tls = []\n",
                 q(format!(
                     "sqlite://{}",
                     dir.path().join("waxwing.db").display()

@@ -124,6 +124,7 @@ listen = [{toml_str(f"{self.host}:{self.component_port}")}]
 
 [http]
 listen = [{toml_str(f"{self.host}:{self.http_port}")}]
+listen_tls = []
 chat_dir = {toml_str(str(self.chat_dir))}
 
 [[component]]

@@ -298,6 +298,9 @@ dev_cert_dir = {j(str(dir / "certs"))}
 [c2s]
 listen = [{j(f"{IP}:{WAXWING_PORT}")}]
 listen_tls = [{j(f"{IP}:{WAXWING_TLS_PORT}")}]
+[http]
+listen = []
+listen_tls = []
 [admin]
 socket = {j(str(dir / "waxwing.sock"))}
 """)

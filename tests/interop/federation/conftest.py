@@ -542,6 +542,10 @@ dev_cert_dir = {toml_str(str(dir / 'dev-certs'))}
 listen = [{toml_str(f"{ip}:{C2S_PORT}")}]
 listen_tls = [{toml_str(f"{ip}:{C2S_TLS_PORT}")}]
 
+[http]
+listen = []
+listen_tls = []
+
 [s2s]
 listen = [{toml_str(f"{ip}:{S2S_PORT}")}]
 # the test CA only: untrusted.test's certificate fails, so it must use dialback
