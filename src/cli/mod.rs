@@ -76,6 +76,19 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        // The self-check reports a configuration that does not load
+        // among its findings instead of stopping at it.
+        Command::Ctl {
+            config,
+            command: ctl::CtlCommand::Check { domain, offline },
+        } => runtime().map_or(ExitCode::FAILURE, |rt| {
+            rt.block_on(ctl::check(
+                load_config(config.as_ref()),
+                config.as_deref(),
+                domain,
+                offline,
+            ))
+        }),
         Command::Ctl { config, command } => match load_config(config.as_ref()) {
             Ok(c) => ctl::run(c, command),
             Err(e) => {
@@ -83,5 +96,19 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// A single-threaded runtime for a command that talks to the network.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
+        }
     }
 }
