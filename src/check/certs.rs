@@ -76,7 +76,10 @@ pub fn check(config: &Config, hosts: &[String], report: &mut Report) {
                      one in {} that clients refuse",
                     config.tls.dev_cert_dir.display()
                 ),
-                format!("get one from Let's Encrypt ({certbot}) and set {}", src.setting),
+                format!(
+                    "get one from Let's Encrypt ({certbot}) and set {}",
+                    src.setting
+                ),
             );
             continue;
         }
@@ -86,12 +89,23 @@ pub fn check(config: &Config, hosts: &[String], report: &mut Report) {
                 report.fail(
                     "cert",
                     format!("{host}: cannot load: {e}"),
-                    format!("point {} at a PEM certificate chain and its key", src.setting),
+                    format!(
+                        "point {} at a PEM certificate chain and its key",
+                        src.setting
+                    ),
                 );
                 continue;
             }
         };
-        judge(config, host, &src, &key, roots.as_ref().ok(), &certbot, report);
+        judge(
+            config,
+            host,
+            &src,
+            &key,
+            roots.as_ref().ok(),
+            &certbot,
+            report,
+        );
     }
     if config.s2s.enabled() {
         components(config, report);
@@ -112,8 +126,14 @@ fn judge(
     if let Err(e) = key.keys_match() {
         report.fail(
             "cert",
-            format!("{host}: the key {} does not belong to {file} ({e})", src.key.display()),
-            format!("set {} to the key the certificate was issued for", src.setting),
+            format!(
+                "{host}: the key {} does not belong to {file} ({e})",
+                src.key.display()
+            ),
+            format!(
+                "set {} to the key the certificate was issued for",
+                src.setting
+            ),
         );
         return;
     }
@@ -133,8 +153,14 @@ fn judge(
     } else {
         report.fail(
             "cert",
-            format!("{host}: {file} does not name {host} (it names: {})", listed(&names)),
-            format!("get a certificate for {host} ({certbot}) and set {}", src.setting),
+            format!(
+                "{host}: {file} does not name {host} (it names: {})",
+                listed(&names)
+            ),
+            format!(
+                "get a certificate for {host} ({certbot}) and set {}",
+                src.setting
+            ),
         );
     }
     for (service, why) in super::service_domains(config, host) {
@@ -213,7 +239,10 @@ fn chain(
         report.warn(
             "cert",
             format!("{host}: {what}: clients will refuse it"),
-            format!("get one from Let's Encrypt ({certbot}) and set {}", src.setting),
+            format!(
+                "get one from Let's Encrypt ({certbot}) and set {}",
+                src.setting
+            ),
         );
         return;
     }
@@ -289,7 +318,10 @@ fn components(config: &Config, report: &mut Report) {
             .filter_map(|s| tls::load_certified(&s.cert, &s.key).ok())
             .any(|k| tls::certified_names(&k, &domain));
         if named {
-            report.ok("cert", format!("component {domain}: named by a certificate"));
+            report.ok(
+                "cert",
+                format!("component {domain}: named by a certificate"),
+            );
         } else {
             report.warn(
                 "cert",

@@ -38,10 +38,30 @@ fn services(config: &Config) -> Vec<Service> {
             });
         }
     };
-    add("_xmpp-client._tcp", &config.c2s.listen, Some(5222), "[c2s] listen");
-    add("_xmpps-client._tcp", &config.c2s.listen_tls, None, "[c2s] listen_tls");
-    add("_xmpp-server._tcp", &config.s2s.listen, Some(5269), "[s2s] listen");
-    add("_xmpps-server._tcp", &config.s2s.listen_tls, None, "[s2s] listen_tls");
+    add(
+        "_xmpp-client._tcp",
+        &config.c2s.listen,
+        Some(5222),
+        "[c2s] listen",
+    );
+    add(
+        "_xmpps-client._tcp",
+        &config.c2s.listen_tls,
+        None,
+        "[c2s] listen_tls",
+    );
+    add(
+        "_xmpp-server._tcp",
+        &config.s2s.listen,
+        Some(5269),
+        "[s2s] listen",
+    );
+    add(
+        "_xmpps-server._tcp",
+        &config.s2s.listen_tls,
+        None,
+        "[s2s] listen_tls",
+    );
     out
 }
 
@@ -52,7 +72,11 @@ pub async fn check(config: &Config, hosts: &[String], report: &mut Report) {
     let resolver = match crate::net::s2s_out::resolver_for(&config.s2s.nameservers) {
         Ok(r) => r,
         Err(e) => {
-            report.fail("dns", format!("no resolver: {e}"), "check /etc/resolv.conf or [s2s] nameservers");
+            report.fail(
+                "dns",
+                format!("no resolver: {e}"),
+                "check /etc/resolv.conf or [s2s] nameservers",
+            );
             return;
         }
     };
@@ -63,7 +87,12 @@ pub async fn check(config: &Config, hosts: &[String], report: &mut Report) {
     }
 }
 
-async fn check_service(resolver: &TokioAsyncResolver, host: &str, s: &Service, report: &mut Report) {
+async fn check_service(
+    resolver: &TokioAsyncResolver,
+    host: &str,
+    s: &Service,
+    report: &mut Report,
+) {
     let name = format!("{}.{host}.", s.label);
     let ports: BTreeSet<u16> = s.listeners.iter().map(|a| a.port()).collect();
     let port = s.listeners[0].port();
@@ -95,7 +124,10 @@ async fn check_service(resolver: &TokioAsyncResolver, host: &str, s: &Service, r
         if target == "." || target.is_empty() {
             report.fail(
                 "dns",
-                format!("{shown}: says the service is not offered, yet {} is set", s.setting),
+                format!(
+                    "{shown}: says the service is not offered, yet {} is set",
+                    s.setting
+                ),
                 format!("replace it with: {suggested}"),
             );
             continue;
@@ -203,7 +235,10 @@ async fn addresses(resolver: &TokioAsyncResolver, name: &str) -> Result<Vec<IpAd
 /// When every listener is bound to a specific address and the records
 /// lead to none of them: those addresses.
 fn bound_elsewhere(listeners: &[SocketAddr], ips: &[IpAddr]) -> Option<String> {
-    if listeners.iter().any(|l| l.ip().is_unspecified() || ips.contains(&l.ip())) {
+    if listeners
+        .iter()
+        .any(|l| l.ip().is_unspecified() || ips.contains(&l.ip()))
+    {
         return None;
     }
     let bound: BTreeSet<String> = listeners.iter().map(|l| l.ip().to_string()).collect();
@@ -211,9 +246,16 @@ fn bound_elsewhere(listeners: &[SocketAddr], ips: &[IpAddr]) -> Option<String> {
 }
 
 fn joined(ports: &BTreeSet<u16>) -> String {
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ips_joined(ips: &[IpAddr]) -> String {
-    ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+    ips.iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -59,7 +59,12 @@ pub fn offered(config: &Config) -> BTreeSet<Spec> {
     }
     // The core of XMPP, TLS (a certificate is always present, at worst
     // the development one) and roster versioning live in the stream code.
-    out.extend([Spec::Rfc(6120), Spec::Rfc(6121), Spec::Rfc(7590), Spec::Xep(237)]);
+    out.extend([
+        Spec::Rfc(6120),
+        Spec::Rfc(6121),
+        Spec::Rfc(7590),
+        Spec::Xep(237),
+    ]);
     if !config.stream_management.enabled {
         out.remove(&Spec::Xep(198));
     }
@@ -122,41 +127,170 @@ const fn row(
 /// XEP-0479 §2, the server columns (Core, Advanced). Client-only rows
 /// (N/A for servers) are left out.
 const ROWS: &[Row] = &[
-    row(Suite::Core, "Core features", &[&[Rfc(6120)]], true, true, ""),
+    row(
+        Suite::Core,
+        "Core features",
+        &[&[Rfc(6120)]],
+        true,
+        true,
+        "",
+    ),
     row(Suite::Core, "TLS", &[&[Rfc(7590)]], true, true, ""),
-    row(Suite::Core, "Direct TLS", &[&[Xep(368)]], false, true,
-        "[c2s] listen_tls = [\"0.0.0.0:5223\"]"),
-    row(Suite::Core, "Feature discovery", &[&[Xep(30)]], true, true, ""),
-    row(Suite::Core, "Feature broadcasts", &[&[Xep(115)]], false, true, ""),
-    row(Suite::Core, "Server extensibility", &[&[Xep(114)]], true, true, ""),
-    row(Suite::Core, "Event publishing", &[&[Xep(163)]], false, true, "[pep] enabled = true"),
-    row(Suite::Web, "Web connection mechanisms", &[&[Rfc(7395)], &[Xep(206)]], true, true,
-        "[http] listen_tls (or listen behind a proxy)"),
+    row(
+        Suite::Core,
+        "Direct TLS",
+        &[&[Xep(368)]],
+        false,
+        true,
+        "[c2s] listen_tls = [\"0.0.0.0:5223\"]",
+    ),
+    row(
+        Suite::Core,
+        "Feature discovery",
+        &[&[Xep(30)]],
+        true,
+        true,
+        "",
+    ),
+    row(
+        Suite::Core,
+        "Feature broadcasts",
+        &[&[Xep(115)]],
+        false,
+        true,
+        "",
+    ),
+    row(
+        Suite::Core,
+        "Server extensibility",
+        &[&[Xep(114)]],
+        true,
+        true,
+        "",
+    ),
+    row(
+        Suite::Core,
+        "Event publishing",
+        &[&[Xep(163)]],
+        false,
+        true,
+        "[pep] enabled = true",
+    ),
+    row(
+        Suite::Web,
+        "Web connection mechanisms",
+        &[&[Rfc(7395)], &[Xep(206)]],
+        true,
+        true,
+        "[http] listen_tls (or listen behind a proxy)",
+    ),
     row(Suite::Im, "Core features", &[&[Rfc(6121)]], true, true, ""),
-    row(Suite::Im, "User avatar compatibility", &[&[Xep(398), Xep(153)]], false, true,
-        "[pep] enabled = true"),
+    row(
+        Suite::Im,
+        "User avatar compatibility",
+        &[&[Xep(398), Xep(153)]],
+        false,
+        true,
+        "[pep] enabled = true",
+    ),
     row(Suite::Im, "vcard-temp", &[&[Xep(54)]], true, true, ""),
-    row(Suite::Im, "Outbound message synchronization", &[&[Xep(280)]], true, true, ""),
+    row(
+        Suite::Im,
+        "Outbound message synchronization",
+        &[&[Xep(280)]],
+        true,
+        true,
+        "",
+    ),
     row(Suite::Im, "User blocking", &[&[Xep(191)]], false, true, ""),
-    row(Suite::Im, "Group chat", &[&[Xep(45)]], true, true, "[muc] enabled = true"),
-    row(Suite::Im, "Advanced group chat", &[&[Xep(402), Xep(410), Spec::MucArchive]], false, true,
-        "[pep] enabled, [muc] enabled, [muc] archive and [mam] enabled = true"),
-    row(Suite::Im, "Private data via PubSub", &[&[Xep(223)]], false, true,
-        "[pep] enabled = true"),
-    row(Suite::Im, "Private XML storage", &[&[Xep(49)]], false, true, ""),
-    row(Suite::Im, "Stream management", &[&[Xep(198)]], false, true,
-        "[stream_management] enabled = true"),
-    row(Suite::Im, "History storage / retrieval", &[&[Xep(313)]], false, true,
-        "[mam] enabled = true"),
-    row(Suite::Im, "File upload", &[&[Xep(363)]], true, true,
-        "[upload] enabled = true with an [http] listener"),
-    row(Suite::Mobile, "Stream management", &[&[Xep(198)]], true, true,
-        "[stream_management] enabled = true"),
-    row(Suite::Mobile, "Client state indication", &[&[Xep(352)]], true, true, ""),
-    row(Suite::Mobile, "Third party push notifications", &[&[Xep(357)]], false, true,
-        "[push] enabled = true"),
-    row(Suite::Av, "STUN/TURN server discovery", &[&[Xep(215)]], true, true,
-        "an [[external_service]] (your STUN/TURN server)"),
+    row(
+        Suite::Im,
+        "Group chat",
+        &[&[Xep(45)]],
+        true,
+        true,
+        "[muc] enabled = true",
+    ),
+    row(
+        Suite::Im,
+        "Advanced group chat",
+        &[&[Xep(402), Xep(410), Spec::MucArchive]],
+        false,
+        true,
+        "[pep] enabled, [muc] enabled, [muc] archive and [mam] enabled = true",
+    ),
+    row(
+        Suite::Im,
+        "Private data via PubSub",
+        &[&[Xep(223)]],
+        false,
+        true,
+        "[pep] enabled = true",
+    ),
+    row(
+        Suite::Im,
+        "Private XML storage",
+        &[&[Xep(49)]],
+        false,
+        true,
+        "",
+    ),
+    row(
+        Suite::Im,
+        "Stream management",
+        &[&[Xep(198)]],
+        false,
+        true,
+        "[stream_management] enabled = true",
+    ),
+    row(
+        Suite::Im,
+        "History storage / retrieval",
+        &[&[Xep(313)]],
+        false,
+        true,
+        "[mam] enabled = true",
+    ),
+    row(
+        Suite::Im,
+        "File upload",
+        &[&[Xep(363)]],
+        true,
+        true,
+        "[upload] enabled = true with an [http] listener",
+    ),
+    row(
+        Suite::Mobile,
+        "Stream management",
+        &[&[Xep(198)]],
+        true,
+        true,
+        "[stream_management] enabled = true",
+    ),
+    row(
+        Suite::Mobile,
+        "Client state indication",
+        &[&[Xep(352)]],
+        true,
+        true,
+        "",
+    ),
+    row(
+        Suite::Mobile,
+        "Third party push notifications",
+        &[&[Xep(357)]],
+        false,
+        true,
+        "[push] enabled = true",
+    ),
+    row(
+        Suite::Av,
+        "STUN/TURN server discovery",
+        &[&[Xep(215)]],
+        true,
+        true,
+        "an [[external_service]] (your STUN/TURN server)",
+    ),
 ];
 
 /// The rows of `suite` (and of the Core suite) not met at a level.
@@ -164,7 +298,11 @@ fn missing<'a>(offered: &BTreeSet<Spec>, suite: Suite, advanced: bool) -> Vec<&'
     ROWS.iter()
         .filter(|r| r.suite == suite || r.suite == Suite::Core)
         .filter(|r| if advanced { r.advanced } else { r.core })
-        .filter(|r| !r.any_of.iter().any(|alt| alt.iter().all(|s| offered.contains(s))))
+        .filter(|r| {
+            !r.any_of
+                .iter()
+                .any(|alt| alt.iter().all(|s| offered.contains(s)))
+        })
         .collect()
 }
 
@@ -177,7 +315,11 @@ fn describe(rows: &[&Row]) -> (String, String) {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let mut fixes: Vec<&str> = rows.iter().map(|r| r.enable).filter(|e| !e.is_empty()).collect();
+    let mut fixes: Vec<&str> = rows
+        .iter()
+        .map(|r| r.enable)
+        .filter(|e| !e.is_empty())
+        .collect();
     fixes.dedup();
     (found, fixes.join("; "))
 }
@@ -206,12 +348,19 @@ pub fn check(config: &Config, report: &mut Report) {
             );
         } else {
             let (found, fix) = describe(&core);
-            report.warn("grade", format!("{subject}: not compliant; Core needs {found}"), fix);
+            report.warn(
+                "grade",
+                format!("{subject}: not compliant; Core needs {found}"),
+                fix,
+            );
         }
     }
     for (what, spec, enable) in CONVERSATIONS {
         if offered.contains(spec) {
-            report.ok("client", format!("Conversations server info: {what}: available"));
+            report.ok(
+                "client",
+                format!("Conversations server info: {what}: available"),
+            );
         } else {
             report.warn(
                 "client",
@@ -226,12 +375,32 @@ pub fn check(config: &Config, report: &mut Report) {
 const CONVERSATIONS: &[(&str, Spec, &str)] = &[
     ("Roster versioning", Xep(237), ""),
     ("Carbon messages", Xep(280), ""),
-    ("Message archive management", Xep(313), "[mam] enabled = true"),
+    (
+        "Message archive management",
+        Xep(313),
+        "[mam] enabled = true",
+    ),
     ("Push", Xep(357), "[push] enabled = true"),
-    ("Stream management", Xep(198), "[stream_management] enabled = true"),
+    (
+        "Stream management",
+        Xep(198),
+        "[stream_management] enabled = true",
+    ),
     ("Client state indication", Xep(352), ""),
     ("Blocking", Xep(191), ""),
-    ("HTTP upload", Xep(363), "[upload] enabled = true with an [http] listener"),
-    ("External service discovery", Xep(215), "an [[external_service]] (your STUN/TURN server)"),
-    ("PEP publish-options (OMEMO)", Spec::PublishOptions, "[pep] enabled = true"),
+    (
+        "HTTP upload",
+        Xep(363),
+        "[upload] enabled = true with an [http] listener",
+    ),
+    (
+        "External service discovery",
+        Xep(215),
+        "an [[external_service]] (your STUN/TURN server)",
+    ),
+    (
+        "PEP publish-options (OMEMO)",
+        Spec::PublishOptions,
+        "[pep] enabled = true",
+    ),
 ];

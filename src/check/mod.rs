@@ -131,7 +131,11 @@ pub struct Options {
 }
 
 /// Runs every check on a configuration as loaded (or not) from `path`.
-pub async fn run(loaded: Result<Config, ConfigError>, path: Option<&Path>, opts: &Options) -> Report {
+pub async fn run(
+    loaded: Result<Config, ConfigError>,
+    path: Option<&Path>,
+    opts: &Options,
+) -> Report {
     let mut report = Report::default();
     let Some(config) = config::check(loaded, path, &mut report) else {
         return report;
@@ -171,7 +175,10 @@ fn scope(config: &Config, domain: Option<&str>) -> Result<Vec<String>, (String, 
         Ok(vec![wanted])
     } else {
         Err((
-            format!("{d} is not a host of this configuration (hosts: {})", all.join(", ")),
+            format!(
+                "{d} is not a host of this configuration (hosts: {})",
+                all.join(", ")
+            ),
             format!("add a [[host]] with domain = \"{d}\", or name one of the hosts"),
         ))
     }
@@ -185,7 +192,10 @@ pub fn service_domains(config: &Config, host: &str) -> Vec<(String, &'static str
         out.push((format!("{}.{host}", config.muc.subdomain), "[muc] enabled"));
     }
     if config.upload.enabled && crate::modules::upload::base_url(config).is_some() {
-        out.push((format!("{}.{host}", config.upload.subdomain), "[upload] enabled"));
+        out.push((
+            format!("{}.{host}", config.upload.subdomain),
+            "[upload] enabled",
+        ));
     }
     out
 }

@@ -53,13 +53,29 @@ fn listeners(config: &Config) -> Vec<Listener> {
     };
     let xmpp = |ns, direct_tls| Kind::Xmpp { ns, direct_tls };
     add(&config.c2s.listen, "[c2s] listen", xmpp(NS_CLIENT, false));
-    add(&config.c2s.listen_tls, "[c2s] listen_tls", xmpp(NS_CLIENT, true));
+    add(
+        &config.c2s.listen_tls,
+        "[c2s] listen_tls",
+        xmpp(NS_CLIENT, true),
+    );
     add(&config.s2s.listen, "[s2s] listen", xmpp(NS_SERVER, false));
-    add(&config.s2s.listen_tls, "[s2s] listen_tls", xmpp(NS_SERVER, true));
+    add(
+        &config.s2s.listen_tls,
+        "[s2s] listen_tls",
+        xmpp(NS_SERVER, true),
+    );
     let plain = Kind::Plain { tls: false };
-    add(&config.component_listener.listen, "[component_listener] listen", plain);
+    add(
+        &config.component_listener.listen,
+        "[component_listener] listen",
+        plain,
+    );
     add(&config.http.listen, "[http] listen", plain);
-    add(&config.http.listen_tls, "[http] listen_tls", Kind::Plain { tls: true });
+    add(
+        &config.http.listen_tls,
+        "[http] listen_tls",
+        Kind::Plain { tls: true },
+    );
     out
 }
 
@@ -106,14 +122,18 @@ pub async fn check(config: &Config, hosts: &[String], report: &mut Report) -> bo
             report.fail(
                 "port",
                 format!("{} {}: {e}", l.setting, l.addr),
-                format!("check that the server could bind {} (its log) and no firewall blocks it", l.addr),
+                format!(
+                    "check that the server could bind {} (its log) and no firewall blocks it",
+                    l.addr
+                ),
             );
             continue;
         }
         match l.kind {
-            Kind::Plain { tls: false } => {
-                report.ok("port", format!("{} {}: accepts connections", l.setting, l.addr))
-            }
+            Kind::Plain { tls: false } => report.ok(
+                "port",
+                format!("{} {}: accepts connections", l.setting, l.addr),
+            ),
             Kind::Plain { tls: true } => {
                 let Some(host) = hosts.first() else { continue };
                 match tls_to(l.addr, host).await {
@@ -234,7 +254,10 @@ where
             if read > MAX_READ {
                 return Err(format!("no stream features in the first {MAX_READ} bytes"));
             }
-            let n = io.read(&mut buf).await.map_err(|e| format!("reading: {e}"))?;
+            let n = io
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("reading: {e}"))?;
             if n == 0 {
                 return Err("the connection was closed before stream features".to_string());
             }

@@ -33,13 +33,20 @@ pub async fn check(config: &Config, report: &mut Report) {
         Err(CallError::NoServer) => {
             report.warn(
                 "upload",
-                format!("no running server at {}: the upload URL was not checked", path.display()),
+                format!(
+                    "no running server at {}: the upload URL was not checked",
+                    path.display()
+                ),
                 "start the server with this configuration and check again",
             );
             return;
         }
         Err(CallError::Server(e) | CallError::Io(e)) => {
-            report.warn("upload", format!("the admin channel answered: {e}"), "see the server's log");
+            report.warn(
+                "upload",
+                format!("the admin channel answered: {e}"),
+                "see the server's log",
+            );
             return;
         }
     };
@@ -51,7 +58,10 @@ pub async fn check(config: &Config, report: &mut Report) {
         .unwrap_or_default();
     let base = crate::modules::upload::base_url(config).unwrap_or_default();
     if result == "ok" {
-        report.ok("upload", format!("{base}: the server's self-check reached itself"));
+        report.ok(
+            "upload",
+            format!("{base}: the server's self-check reached itself"),
+        );
     } else if result == "pending" || result.is_empty() {
         report.warn(
             "upload",
