@@ -27,13 +27,15 @@ const HOST: &str = "a.test";
 
 /// A configuration serving `a.test` only, listeners on loopback.
 fn config_for(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.host = vec![HostConfig {
-        domain: HOST.into(),
-        cert: None,
-        key: None,
-        allow_registration: false,
-    }];
+    let mut c = Config {
+        host: vec![HostConfig {
+            domain: HOST.into(),
+            cert: None,
+            key: None,
+            allow_registration: false,
+        }],
+        ..Config::default()
+    };
     c.database.url = format!("sqlite://{}/waxwing.db", dir.display());
     c.tls.dev_cert_dir = dir.join("certs");
     c
