@@ -481,6 +481,66 @@ async fn a_listener_that_is_not_xmpp_fails() {
     );
 }
 
+// --- Upload ----------------------------------------------------------------
+
+/// A running server with uploads on an HTTP listener, `public_url` as given
+/// (empty: the listener), its self-check finished; and its configuration.
+async fn upload_server(public_url: String) -> (TestServer, Config, tempfile::TempDir) {
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path().display().to_string();
+    let port = free_port();
+    let ts = TestServer::start_with(move |c| {
+        c.http.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+        c.http.public_url = public_url;
+        c.upload.dir = dir;
+        c.upload.self_check_for = 0;
+    })
+    .await;
+    let upload = ts
+        .server()
+        .features
+        .get::<waxwing::modules::upload::Upload>()
+        .expect("the upload feature runs");
+    eventually("the upload URL self-check finishes", || async {
+        upload.self_check().result() != waxwing::web::self_check::UrlCheck::Pending
+    })
+    .await;
+    let config = ts.server().config.clone();
+    (ts, config, files)
+}
+
+#[tokio::test]
+async fn upload_url_outcome_is_read_from_the_running_server() {
+    let (_ts, config, _files) = upload_server(String::new()).await;
+    let mut r = Report::default();
+    waxwing::check::upload::check(&config, &mut r).await;
+    assert!(
+        has(
+            &r,
+            "upload",
+            Status::Ok,
+            "the server's self-check reached itself"
+        ),
+        "{}",
+        dump(&r)
+    );
+
+    let closed = free_port();
+    let (_ts, config, _files) = upload_server(format!("http://127.0.0.1:{closed}")).await;
+    let mut r = Report::default();
+    waxwing::check::upload::check(&config, &mut r).await;
+    assert!(
+        has(&r, "upload", Status::Fail, "cannot connect"),
+        "{}",
+        dump(&r)
+    );
+    assert!(
+        has(&r, "upload", Status::Fail, "[http] public_url"),
+        "{}",
+        dump(&r)
+    );
+}
+
 // --- Grade -----------------------------------------------------------------
 
 fn grade(config: &Config) -> Report {

@@ -38,7 +38,8 @@ enum Command {
     /// not; `import`/`export` of XEP-0227 files, with it stopped) and list what the running
     /// server holds (`s2s list`,
     /// `components list`, `sessions list`, `stats`, through its admin socket); change the
-    /// running server (`user disable|enable`, `session kick`, `announce`).
+    /// running server (`user disable|enable`, `session kick`, `announce`); check a deployment
+    /// (`check [DOMAIN] [--offline]`: config, certificates, DNS, ports, upload URL, grade).
     Ctl {
         #[arg(long, short)]
         config: Option<PathBuf>,
