@@ -24,17 +24,24 @@ struct Service {
     fallback_port: Option<u16>,
     /// The listener setting, for the messages.
     setting: &'static str,
+    /// Who follows the record: clients or peers.
+    who: &'static str,
 }
 
 fn services(config: &Config) -> Vec<Service> {
     let mut out = Vec::new();
-    let mut add = |label, listeners: &[SocketAddr], fallback_port, setting| {
+    let mut add = |label: &'static str, listeners: &[SocketAddr], fallback_port, setting| {
         if !listeners.is_empty() {
             out.push(Service {
                 label,
                 listeners: listeners.to_vec(),
                 fallback_port,
                 setting,
+                who: if label.contains("server") {
+                    "peers"
+                } else {
+                    "clients"
+                },
             });
         }
     };
@@ -185,14 +192,26 @@ async fn missing(
         .filter(|p| s.listeners.iter().any(|a| a.port() == *p));
     match (fallback, s.fallback_port) {
         (Some(p), _) => match addresses(resolver, host).await {
-            Ok(ips) => report.warn(
-                "dns",
-                format!(
-                    "{name}: no SRV record; clients fall back to {host}:{p} ({})",
-                    ips_joined(&ips)
+            Ok(ips) => match bound_elsewhere(&s.listeners, &ips) {
+                None => report.warn(
+                    "dns",
+                    format!(
+                        "{name}: no SRV record; {} fall back to {host}:{p} ({})",
+                        s.who,
+                        ips_joined(&ips)
+                    ),
+                    format!("add: {suggested}"),
                 ),
-                format!("add: {suggested}"),
-            ),
+                Some(bound) => report.fail(
+                    "dns",
+                    format!(
+                        "{name}: no SRV record, and {host} resolves to {} but {} is bound to {bound}",
+                        ips_joined(&ips),
+                        s.setting
+                    ),
+                    format!("add: {suggested} and make {host} resolve to {bound}"),
+                ),
+            },
             Err(_) => report.fail(
                 "dns",
                 format!("{name}: no SRV record, and {host} has no A/AAAA record to fall back to"),
@@ -202,8 +221,8 @@ async fn missing(
         (None, Some(p)) => report.fail(
             "dns",
             format!(
-                "{name}: no SRV record, and {} does not include port {p} that clients try without it",
-                s.setting
+                "{name}: no SRV record, and {} does not include port {p} that {} try without it",
+                s.setting, s.who
             ),
             format!("add: {suggested}"),
         ),

@@ -196,7 +196,8 @@ async fn stream(
     } else {
         config.s2s.require_encryption
     };
-    let names: Vec<&str> = features.iter().map(|(n, _)| n.as_str()).collect();
+    let mut names: Vec<&str> = features.iter().map(|(n, _)| n.as_str()).collect();
+    names.dedup();
     if !direct_tls && !starttls && required {
         report.fail(
             "port",
