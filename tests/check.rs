@@ -416,7 +416,7 @@ async fn srv_port_other_than_the_listener_fails_with_the_corrected_record() {
 
 /// The test server's configuration with its real listener addresses.
 fn running_config(ts: &TestServer) -> Config {
-    let mut c = ts.server().config.clone();
+    let mut c = Config::clone(&ts.server().config());
     c.c2s.listen = vec![ts.plain_addr];
     c.c2s.listen_tls = vec![ts.tls_addr];
     c
@@ -505,7 +505,7 @@ async fn upload_server(public_url: String) -> (TestServer, Config, tempfile::Tem
         upload.self_check().result() != waxwing::web::self_check::UrlCheck::Pending
     })
     .await;
-    let config = ts.server().config.clone();
+    let config = Config::clone(&ts.server().config());
     (ts, config, files)
 }
 
