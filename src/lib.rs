@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod components;
 pub mod config;

@@ -79,6 +79,17 @@ pub enum CtlCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check a deployment: configuration, certificates, DNS records,
+    /// listeners, the upload URL, and the grade clients will show
+    /// (XEP-0479); one line per check with what to fix. Exits non-zero
+    /// when a check fails (warnings alone do not).
+    Check {
+        /// Only this host (default: every [[host]]).
+        domain: Option<String>,
+        /// Skip DNS, ports and the upload URL: no network, no running server.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Export accounts and their data as XEP-0227 files, one
     /// `user@host.xml` per account, into DIR.
     Export {
@@ -182,6 +193,9 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
                 let text = crate::modules::adhoc::ctl::escape(&text.join(" "));
                 return act(&config, "announce", &text, false).await;
             }
+            CtlCommand::Check { domain, offline } => {
+                return check(Ok(config), None, domain, offline).await
+            }
             CtlCommand::User { command } => Ok(command),
             CtlCommand::Invite { command } => {
                 return super::invite::run(&config, command).await;
@@ -237,6 +251,24 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
             }
         }
     })
+}
+
+/// `ctl check`: runs on the configuration as loaded or not (its problems
+/// are the first findings), prints the report; exit 1 when a check failed.
+pub async fn check(
+    loaded: Result<Config, crate::config::ConfigError>,
+    path: Option<&std::path::Path>,
+    domain: Option<String>,
+    offline: bool,
+) -> ExitCode {
+    let opts = crate::check::Options { domain, offline };
+    let report = crate::check::run(loaded, path, &opts).await;
+    print!("{}", report.render());
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Asks the running server through its admin socket and prints the answer.

@@ -38,7 +38,8 @@ enum Command {
     /// not; `import`/`export` of XEP-0227 files, with it stopped) and list what the running
     /// server holds (`s2s list`,
     /// `components list`, `sessions list`, `stats`, through its admin socket); change the
-    /// running server (`user disable|enable`, `session kick`, `announce`).
+    /// running server (`user disable|enable`, `session kick`, `announce`); check a deployment
+    /// (`check [DOMAIN] [--offline]`: config, certificates, DNS, ports, upload URL, grade).
     Ctl {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -76,6 +77,19 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        // The self-check reports a configuration that does not load
+        // among its findings instead of stopping at it.
+        Command::Ctl {
+            config,
+            command: ctl::CtlCommand::Check { domain, offline },
+        } => runtime().map_or(ExitCode::FAILURE, |rt| {
+            rt.block_on(ctl::check(
+                load_config(config.as_ref()),
+                config.as_deref(),
+                domain,
+                offline,
+            ))
+        }),
         Command::Ctl { config, command } => match load_config(config.as_ref()) {
             Ok(c) => ctl::run(c, command),
             Err(e) => {
@@ -83,5 +97,19 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// A single-threaded runtime for a command that talks to the network.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
+        }
     }
 }

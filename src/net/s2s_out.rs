@@ -661,11 +661,18 @@ async fn open(
 /// The resolver of s2s lookups: `[s2s] nameservers` (UDP and TCP each),
 /// else the system's configuration.
 fn resolver(server: &Server) -> Result<hickory_resolver::TokioAsyncResolver, Failure> {
+    resolver_for(&server.config().s2s.nameservers).map_err(Failure::NotFound)
+}
+
+/// The resolver for `nameservers` (else the system's), shared with `ctl
+/// check` so it looks records up exactly where federation does.
+pub fn resolver_for(
+    servers: &[std::net::SocketAddr],
+) -> Result<hickory_resolver::TokioAsyncResolver, String> {
     use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
-    let servers = &server.config().s2s.nameservers;
     if servers.is_empty() {
         return hickory_resolver::TokioAsyncResolver::tokio_from_system_conf()
-            .map_err(|e| Failure::NotFound(format!("resolver: {e}")));
+            .map_err(|e| format!("resolver: {e}"));
     }
     let mut config = ResolverConfig::new();
     for addr in servers {

@@ -458,8 +458,19 @@ pub fn peer_cert_valid_for(
 
 /// Does the leaf of `cert` name `domain` (a SAN, wildcards included)?
 fn cert_names(cert: &LoadedCert, domain: &str) -> bool {
+    certified_names(&cert.key, domain)
+}
+
+/// Loads a certificate chain and its key as the server does (for `ctl
+/// check`, which must judge exactly what the server would present).
+pub fn load_certified(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    load(cert, key).map(|c| c.key)
+}
+
+/// Does the leaf of `key` name `domain`, as a client's check would find it?
+pub fn certified_names(key: &CertifiedKey, domain: &str) -> bool {
     let (Some(leaf), Ok(name)) = (
-        cert.key.cert.first(),
+        key.cert.first(),
         rustls_pki_types::ServerName::try_from(domain),
     ) else {
         return false;

@@ -54,6 +54,11 @@ impl Feature for Push {
         "push"
     }
 
+    // `[push] enabled = false`: no account disco feature, no IQs.
+    fn enabled(&self, config: &crate::config::Config) -> bool {
+        config.push.enabled
+    }
+
     fn xeps(&self) -> &'static [u16] {
         &[357]
     }
