@@ -407,6 +407,9 @@ pub struct Sasl2Config {
     /// Most clients remembered per account; one more forgets the least
     /// recently seen (and its token). Default 32.
     pub max_clients_per_account: usize,
+    /// Offer XEP-0480 upgrade tasks (over TLS only): a client that logged
+    /// in with a password gives the SCRAM keys its account lacks.
+    pub upgrade_tasks: bool,
 }
 
 impl Default for Sasl2Config {
@@ -417,6 +420,7 @@ impl Default for Sasl2Config {
             token_lifetime: 14 * 86_400,
             token_rotate_before_expiry: 7 * 86_400,
             max_clients_per_account: 32,
+            upgrade_tasks: true,
         }
     }
 }
@@ -1962,6 +1966,7 @@ const SASL2: &[Field] = &[
             max: 10_000,
         },
     ),
+    f("upgrade_tasks", Kind::Bool),
 ];
 const PEP: &[Field] = &[
     f("enabled", Kind::Bool),

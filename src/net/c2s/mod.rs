@@ -15,6 +15,7 @@ use tokio::time::timeout;
 mod sasl2;
 mod session;
 pub mod transport;
+mod upgrade;
 
 use session::Attached;
 
