@@ -138,6 +138,14 @@ ensure_web_client() {
 step "setup: Converse.js and Chromium for the web interop test (npm ci in tests/interop/web, apt chromium)"
 ensure_web_client || fail "converse.js/chromium"
 
+# Debian's docker-compose validates docker-compose.yml without a daemon.
+ensure_compose() {
+    command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
+}
+
+step "setup: docker-compose (Debian's) to validate docker-compose.yml"
+ensure_compose || fail "docker-compose"
+
 step "setup: PostgreSQL at 127.0.0.1:5432 (WAXWING_TEST_POSTGRES=$WAXWING_TEST_POSTGRES)"
 ensure_postgres || fail "postgresql"
 
@@ -153,6 +161,12 @@ cargo clippy --quiet --all-targets -- -D warnings || fail "cargo clippy"
 step "cargo build --bins"
 built=1
 cargo build --quiet --bins || { fail "cargo build"; built=0; }
+
+step "containers: docker-compose.yml and docker/waxwing.toml are valid"
+docker-compose -f docker-compose.yml config -q || fail "docker-compose config"
+if [ "$built" = 1 ]; then
+    target/debug/waxwing check-config --config docker/waxwing.toml || fail "docker/waxwing.toml"
+fi
 
 step "Rust tests"
 if command -v cargo-nextest >/dev/null 2>&1; then

@@ -206,7 +206,7 @@ fn push_stats(server: &Server) -> Vec<(&'static str, String)> {
 /// upload service runs: the first thing to look at when photos fail.
 fn upload_stats(server: &Server) -> Vec<(&'static str, String)> {
     match server.features.get::<crate::modules::upload::Upload>() {
-        Some(u) if server.config.upload.self_check => {
+        Some(u) if server.config().upload.self_check => {
             vec![("upload_url_check", u.self_check().result().to_string())]
         }
         _ => Vec::new(),
@@ -238,6 +238,16 @@ fn encode(result: Result<Vec<Vec<String>>, String>) -> String {
         }
         Err(msg) => format!("error {}\n", field(&msg)),
     }
+}
+
+/// `reload`: the configuration file read again (`crate::reload`); one
+/// line per thing done.
+async fn reload(server: &Server) -> Result<Vec<Vec<String>>, String> {
+    let Some(server) = server.arc() else {
+        return Err("shutting down".into());
+    };
+    let report = crate::reload::reload(&server).await?;
+    Ok(report.lines().into_iter().map(|l| vec![l]).collect())
 }
 
 /// What `handle` answers to one request line.
@@ -453,9 +463,13 @@ async fn serve(server: &Server, mut stream: UnixStream) {
         Ok(Ok(line)) => {
             // Requests that change the server (and may wait on storage)
             // first; the listings after.
-            let result = match crate::modules::adhoc::ctl::answer(server, &line).await {
-                Some(r) => r,
-                None => handle(server, &line),
+            let result = if line.trim() == "reload" {
+                reload(server).await
+            } else {
+                match crate::modules::adhoc::ctl::answer(server, &line).await {
+                    Some(r) => r,
+                    None => handle(server, &line),
+                }
             };
             tracing::debug!(request = %line.chars().take(64).collect::<String>(), ok = result.is_ok(), "admin request");
             result

@@ -15,6 +15,7 @@ pub mod modules;
 pub mod net;
 pub mod pubsub;
 pub mod queue;
+pub mod reload;
 pub mod router;
 pub mod routes;
 pub mod sasl;

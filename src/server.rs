@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,18 +21,20 @@ use crate::throttle::FailureWindow;
 
 /// State shared by every connection.
 pub struct Server {
-    pub config: Config,
-    domains: HashSet<String>,
+    /// The configuration in force: replaced whole by a reload
+    /// (`crate::reload`), read through `config()`.
+    config: ArcSwap<Config>,
+    /// Where the configuration was read from (reloads read it again).
+    config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// The served hosts, normalised (a reload may add or remove some).
+    domains: ArcSwap<HashSet<String>>,
     pub store: Store,
     pub sessions: SessionRegistry,
     /// External components (XEP-0114): configured and connected.
     pub components: ComponentRegistry,
-    pub certs: Arc<net::tls::CertStore>,
-    /// TLS configuration of direct-TLS client listeners (certificate by SNI).
-    pub tls: Arc<rustls::ServerConfig>,
-    /// TLS configuration of STARTTLS on client streams, per addressed
-    /// domain (its certificate when the client sends no SNI).
-    starttls: std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
+    /// Every TLS configuration, with the certificates (replaced whole by
+    /// a reload).
+    tls: ArcSwap<net::tls_set::TlsSet>,
     /// SASL attempts per source (IPv4 address, IPv6 prefix).
     pub auth_failures_by_ip: FailureWindow<IpAddr>,
     /// SASL attempts per account and source: a budget for one source's
@@ -48,8 +51,8 @@ pub struct Server {
     pub s2s_connections: ConnectionLimits,
     /// The features (plug-ins) and their event subscriptions.
     pub features: crate::feature::Features,
-    /// What serves each domain.
-    routes: crate::routes::RouteTable,
+    /// What serves each domain (rebuilt by a reload).
+    routes: ArcSwap<crate::routes::RouteTable>,
     /// IQs the server sent and waits on.
     pub iq_tracker: crate::iq_tracker::IqTracker,
     /// Tasks of features that must finish before the store closes at
@@ -63,22 +66,14 @@ pub struct Server {
     pub s2s: net::s2s_out::S2sOut,
     /// Every live s2s connection, either way, as `ctl s2s list` shows it.
     pub s2s_links: Arc<net::s2s_links::S2sLinks>,
-    /// TLS client configuration of outgoing s2s streams, per sending
-    /// domain (each presents that domain's certificate).
-    s2s_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
-    /// TLS configuration of incoming s2s streams, per addressed domain
-    /// (asks for a client certificate).
-    s2s_tls_server: std::collections::HashMap<String, Arc<rustls::ServerConfig>>,
-    /// TLS configuration of incoming direct-TLS s2s streams (XEP-0368).
-    s2s_tls_direct: Arc<rustls::ServerConfig>,
-    /// The roots peers' certificates are checked against.
-    pub s2s_roots: Arc<rustls::RootCertStore>,
     /// The secret dialback keys are derived from (XEP-0185).
     pub dialback_secret: String,
     /// This server itself, for tasks it starts (outgoing s2s streams).
     me: std::sync::Weak<Server>,
     /// What `/metrics` reports, and the handles the server counts through.
     pub metrics: crate::metrics::Metrics,
+    /// One reload at a time.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
 }
 
 impl Server {
@@ -127,51 +122,9 @@ impl Server {
             .filter(|f| f.enabled(&config))
             .collect();
         let features = crate::feature::Features::new(features)?;
-        let routes = crate::routes::RouteTable::new(
-            config.domains(),
-            features.service_domains(&config),
-            config.components().into_iter().map(|(d, _)| d),
-            config.s2s.enabled(),
-        )?;
-        let mut certs = net::tls::CertStore::from_config(&config)?;
-        certs.adopt(
-            features
-                .service_domains(&config)
-                .into_iter()
-                .map(|(d, _)| d),
-        );
-        let certs = Arc::new(certs);
-        let tls = net::tls::server_config(certs.clone(), None, &config.tls)?;
+        let routes = Server::route_table(&config, &features)?;
+        let tls = Server::tls_set(&config, &features)?;
         let window = Duration::from_secs(config.limits.auth_failure_window);
-        let s2s_roots = net::tls::s2s_roots(&config.s2s.ca_file)?;
-        let mut s2s_tls = std::collections::HashMap::new();
-        let mut starttls = std::collections::HashMap::new();
-        let mut s2s_tls_server = std::collections::HashMap::new();
-        for domain in config.domains() {
-            let c = net::tls::server_config(certs.clone(), Some(&domain), &config.tls)?;
-            starttls.insert(domain, c);
-        }
-        // Component domains and in-process services (a chat service)
-        // federate too (their stanzas to and from other servers go over
-        // our s2s streams): each gets the certificate that names it, else
-        // the fallback one.
-        let components = config.components().into_iter().map(|(d, _)| d);
-        let services = features
-            .service_domains(&config)
-            .into_iter()
-            .map(|(d, _)| d);
-        for domain in config
-            .domains()
-            .into_iter()
-            .chain(components)
-            .chain(services)
-        {
-            let c = net::tls::s2s_client_config(s2s_roots.clone(), &certs, &domain)?;
-            s2s_tls.insert(domain.clone(), c);
-            let c = net::tls::s2s_server_config(certs.clone(), &domain)?;
-            s2s_tls_server.insert(domain, c);
-        }
-        let s2s_tls_direct = net::tls::s2s_direct_server_config(certs.clone())?;
         let dialback_secret = if config.s2s.dialback_secret.is_empty() {
             use rand::Rng;
             let bytes: [u8; 32] = rand::thread_rng().gen();
@@ -183,13 +136,9 @@ impl Server {
             me: me.clone(),
             s2s: Default::default(),
             s2s_links: Default::default(),
-            s2s_tls,
-            s2s_tls_server,
-            s2s_tls_direct,
-            starttls,
-            s2s_roots,
+            tls: ArcSwap::from_pointee(tls),
             dialback_secret,
-            domains: config.domains().into_iter().collect(),
+            domains: ArcSwap::from_pointee(config.domains().into_iter().collect()),
             auth_failures_by_ip: FailureWindow::new(config.limits.auth_failures_per_ip, window),
             auth_failures_by_account: FailureWindow::new(
                 config.limits.auth_failures_per_account,
@@ -213,13 +162,13 @@ impl Server {
             ),
             components: ComponentRegistry::new(config.components()),
             metrics: crate::metrics::Metrics::new(&config.metrics),
-            config,
+            config: ArcSwap::from_pointee(config),
+            config_path: Default::default(),
+            reloading: Default::default(),
             store,
             sessions: SessionRegistry::default(),
-            certs,
-            tls,
             features,
-            routes,
+            routes: ArcSwap::from_pointee(routes),
             iq_tracker: Default::default(),
             background: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -228,14 +177,79 @@ impl Server {
         }))
     }
 
+    /// What serves each domain under `config`.
+    pub(crate) fn route_table(
+        config: &Config,
+        features: &crate::feature::Features,
+    ) -> Result<crate::routes::RouteTable, String> {
+        crate::routes::RouteTable::new(
+            config.domains(),
+            features.service_domains(config),
+            config.components().into_iter().map(|(d, _)| d),
+            config.s2s.enabled(),
+        )
+    }
+
+    /// Every TLS configuration under `config`.
+    pub(crate) fn tls_set(
+        config: &Config,
+        features: &crate::feature::Features,
+    ) -> Result<net::tls_set::TlsSet, String> {
+        let services = features
+            .service_domains(config)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        net::tls_set::TlsSet::build(config, services)
+    }
+
+    /// The configuration in force. A snapshot: a reload replaces it for
+    /// later calls, so take it again rather than keep it for long.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Where the configuration was read from (reloads read it again).
+    pub fn config_path(&self) -> Option<std::path::PathBuf> {
+        self.config_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records where the configuration was read from.
+    pub fn set_config_path(&self, path: Option<std::path::PathBuf>) {
+        *self.config_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+    }
+
+    /// Puts a reloaded configuration and what derives from it in force
+    /// (`crate::reload` decides what may change and checks it first).
+    pub(crate) fn install(
+        &self,
+        config: Config,
+        routes: crate::routes::RouteTable,
+        tls: net::tls_set::TlsSet,
+    ) {
+        self.domains
+            .store(Arc::new(config.domains().into_iter().collect()));
+        self.routes.store(Arc::new(routes));
+        self.tls.store(Arc::new(tls));
+        self.config.store(Arc::new(config));
+    }
+
+    /// The TLS configurations and certificates in force.
+    pub fn tls(&self) -> Arc<net::tls_set::TlsSet> {
+        self.tls.load_full()
+    }
+
     /// The served domains, normalised.
-    pub fn domains(&self) -> &HashSet<String> {
-        &self.domains
+    pub fn domains(&self) -> Arc<HashSet<String>> {
+        self.domains.load_full()
     }
 
     /// What serves `domain` (normalised).
     pub fn route(&self, domain: &str) -> crate::routes::Route {
-        self.routes.route(domain)
+        self.routes.load().route(domain)
     }
 
     /// Is `domain` (normalised) one of our hosts?
@@ -256,24 +270,18 @@ impl Server {
 
     /// The TLS client configuration for s2s streams sent from `domain`.
     pub fn s2s_client_tls(&self, domain: &str) -> Option<Arc<rustls::ClientConfig>> {
-        self.s2s_tls.get(domain).cloned()
-    }
-
-    /// The TLS configuration for STARTTLS on a client stream whose header
-    /// addressed `domain` (one of ours; otherwise the direct-TLS one).
-    pub fn starttls_config(&self, domain: &str) -> Arc<rustls::ServerConfig> {
-        self.starttls.get(domain).unwrap_or(&self.tls).clone()
+        self.tls.load().s2s_client(domain)
     }
 
     /// The TLS configuration for STARTTLS on an incoming s2s stream whose
     /// header addressed `domain` (one of ours).
     pub fn s2s_starttls_config(&self, domain: &str) -> Option<Arc<rustls::ServerConfig>> {
-        self.s2s_tls_server.get(domain).cloned()
+        self.tls.load().s2s_starttls(domain)
     }
 
     /// The TLS configuration of incoming direct-TLS s2s streams.
     pub fn s2s_direct_tls_config(&self) -> Arc<rustls::ServerConfig> {
-        self.s2s_tls_direct.clone()
+        self.tls.load().s2s_direct.clone()
     }
 
     /// A shared handle to this server (None only while it is being dropped).
@@ -321,9 +329,10 @@ impl RunningServer {
     /// Binds every listener and starts accepting.
     pub async fn start(server: Arc<Server>) -> Result<RunningServer, String> {
         let tracker = TaskTracker::new();
+        let config = server.config();
         // First, so a second server on the same configuration stops here,
         // before it takes any port.
-        let admin = match server.config.admin_socket() {
+        let admin = match config.admin_socket() {
             None => None,
             Some(path) => match crate::admin::AdminSocket::bind(&server, &path, &tracker).await {
                 Ok(a) => Some(a),
@@ -332,9 +341,7 @@ impl RunningServer {
                 // PostgreSQL): serve without the channel rather than not
                 // at all. A configured socket, or another server
                 // answering, stops the start.
-                Err(crate::admin::BindError::Failed(e))
-                    if server.config.admin_socket_is_default() =>
-                {
+                Err(crate::admin::BindError::Failed(e)) if config.admin_socket_is_default() => {
                     tracing::warn!("{e}; running without the admin channel (set [admin] socket)");
                     None
                 }
@@ -347,8 +354,8 @@ impl RunningServer {
         let mut c2s_addrs = Vec::new();
         let mut c2s_tls_addrs = Vec::new();
         for (addrs, direct_tls, out) in [
-            (&server.config.c2s.listen, false, &mut c2s_addrs),
-            (&server.config.c2s.listen_tls, true, &mut c2s_tls_addrs),
+            (&config.c2s.listen, false, &mut c2s_addrs),
+            (&config.c2s.listen_tls, true, &mut c2s_tls_addrs),
         ] {
             for addr in addrs {
                 let kind = if direct_tls {
@@ -367,7 +374,7 @@ impl RunningServer {
             }
         }
         let mut component_addrs = Vec::new();
-        for addr in &server.config.component_listener.listen {
+        for addr in &config.component_listener.listen {
             let (listener, local) = bind(addr, "component").await?;
             component_addrs.push(local);
             tracker.spawn(net::component_accept_loop(
@@ -379,8 +386,8 @@ impl RunningServer {
         let mut s2s_addrs = Vec::new();
         let mut s2s_tls_addrs = Vec::new();
         for (addrs, direct_tls, out) in [
-            (&server.config.s2s.listen, false, &mut s2s_addrs),
-            (&server.config.s2s.listen_tls, true, &mut s2s_tls_addrs),
+            (&config.s2s.listen, false, &mut s2s_addrs),
+            (&config.s2s.listen_tls, true, &mut s2s_tls_addrs),
         ] {
             for addr in addrs {
                 let kind = if direct_tls { "s2s direct TLS" } else { "s2s" };

@@ -15,14 +15,17 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Attempt counts per key inside a fixed window.
 #[derive(Debug)]
 pub struct FailureWindow<K> {
-    limit: u32,
-    window: Duration,
+    /// Attempts allowed per window; changed by a configuration reload.
+    limit: AtomicU32,
+    /// The window's length in milliseconds; changed by a reload.
+    window_ms: AtomicU64,
     /// Bounds memory under a flood of distinct keys: past this many
     /// entries, expired ones are swept before inserting.
     max_entries: usize,
@@ -41,11 +44,27 @@ pub struct Attempt {
 impl<K: Hash + Eq + Clone> FailureWindow<K> {
     pub fn new(limit: u32, window: Duration) -> Self {
         FailureWindow {
-            limit,
-            window,
+            limit: AtomicU32::new(limit),
+            window_ms: AtomicU64::new(window.as_millis() as u64),
             max_entries: 100_000,
             entries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes new caps (a configuration reload); counts already made are
+    /// kept and judged by the new caps.
+    pub fn set_caps(&self, limit: u32, window: Duration) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms.load(Ordering::Relaxed))
     }
 
     /// Counts an attempt for `key` if its budget allows one more; None when
@@ -57,10 +76,10 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
         }
         let now = Instant::now();
         let e = map.entry(key.clone()).or_insert((now, 0));
-        if now.duration_since(e.0) >= self.window {
+        if now.duration_since(e.0) >= self.window() {
             *e = (now, 0);
         }
-        if e.1 >= self.limit {
+        if e.1 >= self.limit() {
             return None;
         }
         e.1 += 1;
@@ -81,7 +100,7 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
     pub fn is_blocked(&self, key: &K) -> bool {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.get(key)
-            .is_some_and(|(start, n)| start.elapsed() < self.window && *n >= self.limit)
+            .is_some_and(|(start, n)| start.elapsed() < self.window() && *n >= self.limit())
     }
 
     /// Forgets `key`'s attempts. Only for keys a success proves the owner
@@ -92,7 +111,7 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
     }
 
     fn make_room(&self, map: &mut HashMap<K, (Instant, u32)>) {
-        let window = self.window;
+        let window = self.window();
         map.retain(|_, (start, _)| start.elapsed() < window);
         if map.len() >= self.max_entries {
             // Still full of live entries: forget the older half rather

@@ -334,7 +334,7 @@ async fn ctl_user_del_removes_all_data() {
         .user_data_put(DOMAIN, "gone", "vcard", "<vCard/>")
         .await
         .unwrap();
-    let url = server.server().config.database.url.clone();
+    let url = server.server().config().database.url.clone();
     // Stopping closes the store, so the command has the database to itself.
     server.stop().await;
 

@@ -23,7 +23,7 @@ const NS_ROSTER: &str = "jabber:iq:roster";
 /// Runs `waxwing ctl invite ARGS` on the test server's database.
 fn ctl_invite(server: &TestServer, args: &[&str]) -> (bool, String) {
     let cfg = server.dir.path().join("ctl.toml");
-    let url = &server.server().config.database.url;
+    let url = &server.server().config().database.url;
     std::fs::write(
         &cfg,
         format!(

@@ -263,7 +263,7 @@ async fn occupant_ids_survive_a_restart_without_a_dialback_secret() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/muc.db", dir.path().display());
     let mut server = start(&url).await;
-    assert!(server.server().config.s2s.dialback_secret.is_empty());
+    assert!(server.server().config().s2s.dialback_secret.is_empty());
     for u in ["alice", "bob"] {
         server.add_user(u, "pw").await;
     }

@@ -422,7 +422,7 @@ async fn omemo_scenario(ts: &mut TestServer) {
     }
 
     // Items survive a restart.
-    let url = ts.server().config.database.url.clone();
+    let url = ts.server().config().database.url.clone();
     drop((a, b, c, d));
     ts.stop().await;
     let ts2 = TestServer::start_with(|cfg| cfg.database.url = url).await;

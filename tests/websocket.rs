@@ -309,7 +309,7 @@ async fn framing_errors_close_the_stream_and_nothing_else() {
     // A message over max_stanza_size: policy-violation.
     let mut ws = Ws::connect(http_addr(&ts)).await;
     ws.open().await;
-    let big = "x".repeat(ts.server().config.limits.max_stanza_size + 1);
+    let big = "x".repeat(ts.server().config().limits.max_stanza_size + 1);
     ws.send(&format!(
         "<message xmlns='jabber:client'><body>{big}</body></message>"
     ))
@@ -319,7 +319,7 @@ async fn framing_errors_close_the_stream_and_nothing_else() {
     // Far over it: the library refuses the message and the socket ends.
     let mut ws = Ws::connect(http_addr(&ts)).await;
     ws.open().await;
-    let huge = "x".repeat(4 * ts.server().config.limits.max_stanza_size);
+    let huge = "x".repeat(4 * ts.server().config().limits.max_stanza_size);
     let _ = ws.socket.send(Message::text(huge)).await;
     loop {
         match ws.socket.next().await {

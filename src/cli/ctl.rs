@@ -60,6 +60,10 @@ pub enum CtlCommand {
     },
     /// Counters of the running server.
     Stats,
+    /// Make the running server read its configuration file again (as
+    /// SIGHUP does): hosts, certificates, limits and admins change
+    /// without dropping sessions; what needs a restart is named.
+    Reload,
     /// Message archives (XEP-0313), on the database.
     Archive {
         #[command(subcommand)]
@@ -173,6 +177,7 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
                 let reason = crate::modules::adhoc::ctl::escape(&reason.join(" "));
                 return act(&config, "room destroy", &format!("{room} {reason}"), false).await;
             }
+            CtlCommand::Reload => return act(&config, "reload", "", false).await,
             CtlCommand::Announce { text } => {
                 let text = crate::modules::adhoc::ctl::escape(&text.join(" "));
                 return act(&config, "announce", &text, false).await;

@@ -69,8 +69,8 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config } => match load_config(config.as_ref()) {
-            Ok(c) => serve::serve(c),
+        Command::Serve { config: path } => match load_config(path.as_ref()) {
+            Ok(c) => serve::serve(c, path),
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::from(2)

@@ -10,7 +10,7 @@ use crate::server::{RunningServer, Server};
 /// How long connections get to close after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-pub fn serve(config: Config) -> ExitCode {
+pub fn serve(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
     init_logging(&config.log_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -30,7 +30,8 @@ pub fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let running = match RunningServer::start(server).await {
+        server.set_config_path(path);
+        let running = match RunningServer::start(server.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot start: {e}");
@@ -38,11 +39,29 @@ pub fn serve(config: Config) -> ExitCode {
             }
         };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "waxwing started");
+        let reloads = tokio::spawn(reload_on_hangup(server.clone()));
         wait_for_signal().await;
+        reloads.abort();
         running.shutdown(SHUTDOWN_GRACE).await;
         tracing::info!("waxwing stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP: the configuration file is read again (`crate::reload`); a
+/// file that does not load changes nothing and is logged.
+async fn reload_on_hangup(server: std::sync::Arc<Server>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with `waxwing ctl reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        if let Err(e) = crate::reload::reload(&server).await {
+            tracing::error!("reload refused, the running configuration stays: {e}");
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -65,7 +65,7 @@ impl Feature for AvatarConversion {
     fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
         Box::pin(async move {
             if let Event::IqSetDone { from, payload, .. } = event {
-                if !server.config.pep.enabled {
+                if !server.config().pep.enabled {
                     return Verdict::Continue;
                 }
                 let owner = from.to_bare();
@@ -188,7 +188,7 @@ async fn pep_to_vcard(server: &Server, owner: &BareJid) {
         owner.node().map(|n| n.as_str()).unwrap_or_default(),
     );
     let store = &server.store;
-    let max_depth = server.config.limits.max_depth;
+    let max_depth = server.config().limits.max_depth;
     let mut card = match store.user_data_get(domain, user, vcard::STORE_KEY).await {
         Ok(Some(xml)) => {
             match super::xml_from_storage(&xml, max_depth).and_then(|v| v.into_iter().next()) {
@@ -223,7 +223,7 @@ async fn pep_to_vcard(server: &Server, owner: &BareJid) {
         card.append_child(p);
     }
     let xml = super::xml_for_storage([&card]);
-    if xml.len() > server.config.limits.max_vcard_size {
+    if xml.len() > server.config().limits.max_vcard_size {
         return;
     }
     if let Err(e) = store

@@ -66,7 +66,7 @@ impl Feature for BookmarksConversion {
     fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
         Box::pin(async move {
             if let Event::IqSetDone { from, payload, .. } = event {
-                if server.config.pep.enabled {
+                if server.config().pep.enabled {
                     let owner = from.to_bare();
                     match source(payload) {
                         Some(Source::Private(storage)) => {
@@ -279,7 +279,7 @@ async fn native_rooms(server: &Server, owner: &BareJid) -> BTreeMap<String, Conf
             service.domain,
             service.username,
             NS_NATIVE,
-            server.config.pep.max_items,
+            server.config().pep.max_items,
         )
         .await
     else {
@@ -288,7 +288,7 @@ async fn native_rooms(server: &Server, owner: &BareJid) -> BTreeMap<String, Conf
     items
         .into_iter()
         .filter_map(|i| {
-            let payload = super::xml_from_storage(&i.payload, server.config.limits.max_depth)?;
+            let payload = super::xml_from_storage(&i.payload, server.config().limits.max_depth)?;
             let item = Element::new("item", pubsub::NS).with_child(payload.into_iter().next()?);
             Some((i.item_id, conference_of_item(&item)?))
         })
@@ -299,7 +299,7 @@ async fn write_private(server: &Server, owner: &BareJid, storage: &Element) {
     let xml = super::xml_for_storage([storage]);
     // The private-storage bound holds here too: a list that does not fit
     // one document is left as it was.
-    if xml.len() > server.config.limits.max_private_document {
+    if xml.len() > server.config().limits.max_private_document {
         return;
     }
     let (domain, user) = (

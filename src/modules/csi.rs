@@ -157,8 +157,8 @@ impl Feature for ClientStateIndication {
                 "inactive" => {
                     with_state(server, jid, |s| {
                         s.inactive = true;
-                        s.max_held = server.config.csi.max_held;
-                        s.max_bytes = server.config.limits.session_queue_bytes;
+                        s.max_held = server.config().csi.max_held;
+                        s.max_bytes = server.config().limits.session_queue_bytes;
                     });
                     Verdict::Stop
                 }

@@ -131,7 +131,7 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
 /// the rooms, bots and gateways it offers, connected or not.
 fn server_items(server: &Server) -> Element {
     let mut q = Element::new("query", NS_ITEMS);
-    for (domain, _) in server.features.service_domains(&server.config) {
+    for (domain, _) in server.features.service_domains(&server.config()) {
         q.append_child(Element::new("item", NS_ITEMS).with_attr("jid", domain));
     }
     for domain in server.components.domains() {
@@ -148,7 +148,7 @@ pub fn server_info(server: &Server) -> Element {
     for f in server.features.server_disco() {
         q.append_child(Element::new("feature", NS_INFO).with_attr("var", f));
     }
-    if let Some(form) = super::contact::server_info_form(&server.config.contact) {
+    if let Some(form) = super::contact::server_info_form(&server.config().contact) {
         q.append_child(form);
     }
     q

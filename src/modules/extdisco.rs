@@ -70,7 +70,7 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
         _ => return Err(StanzaErrorCondition::Forbidden.into()),
     };
     let now = unix_now();
-    let services = &req.server.config.external_service;
+    let services = &req.server.config().external_service;
     match req.payload.name() {
         // §3.1 / §3.2: every service, or those of one type.
         "services" => {

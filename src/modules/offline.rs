@@ -184,8 +184,8 @@ impl Offline {
             domain,
             user,
             &xml,
-            server.config.limits.max_offline_messages,
-            server.config.limits.max_offline_bytes as u64,
+            server.config().limits.max_offline_messages,
+            server.config().limits.max_offline_bytes as u64,
         );
         match server
             .metrics

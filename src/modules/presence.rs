@@ -379,7 +379,7 @@ fn addressed(presence: &Element, from: &FullJid, to: &str) -> Element {
 fn directed(server: &Server, origin: &FullJid, to: Jid, stanza: Element) {
     let available = stanza.attr("type").is_none();
     if matches!(stanza.attr("type"), None | Some("unavailable")) {
-        let max = server.config.limits.max_directed_presences;
+        let max = server.config().limits.max_directed_presences;
         if server
             .sessions
             .note_directed(origin, to.as_str(), available, max)

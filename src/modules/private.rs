@@ -101,7 +101,7 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
                 (key(ns), xml)
             })
             .collect();
-        let limits = &req.server.config.limits;
+        let limits = &req.server.config().limits;
         let stored = store
             .user_data_sizes(domain, user, KEY_PREFIX)
             .await
@@ -135,7 +135,7 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
         .map_err(internal)?
     {
         Some(xml) => {
-            let stored = super::xml_from_storage(&xml, req.server.config.limits.max_depth)
+            let stored = super::xml_from_storage(&xml, req.server.config().limits.max_depth)
                 .ok_or_else(|| {
                     tracing::error!(user, domain, ns, "stored private XML is not readable");
                     StanzaErrorCondition::InternalServerError

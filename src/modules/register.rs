@@ -34,8 +34,8 @@ impl Registration {
     pub(crate) fn by_source(&self, server: &Server) -> &crate::throttle::FailureWindow<IpAddr> {
         self.by_source.get_or_init(|| {
             crate::throttle::FailureWindow::new(
-                server.config.limits.registrations_per_ip,
-                std::time::Duration::from_secs(server.config.limits.registration_window),
+                server.config().limits.registrations_per_ip,
+                std::time::Duration::from_secs(server.config().limits.registration_window),
             )
         })
     }
@@ -201,7 +201,7 @@ pub(crate) async fn before_auth(
     // The registration is counted before the work, so parallel requests
     // from one source cannot all pass, and given back if no account was
     // created. §3.3 suggests not-acceptable for registering too often.
-    let source = throttle::source_key(ip, server.config.limits.auth_ipv6_prefix);
+    let source = throttle::source_key(ip, server.config().limits.auth_ipv6_prefix);
     let Some(attempt) = by_source.try_reserve(&source) else {
         return Err(Refusal::new(
             StanzaErrorCondition::NotAcceptable,
@@ -353,7 +353,7 @@ async fn derive(
     jid: &BareJid,
     password: String,
 ) -> Result<AccountRecord, Refusal> {
-    let hashing = server.config.limits.password_hashing();
+    let hashing = server.config().limits.password_hashing();
     let jid = jid.clone();
     match server
         .hashing

@@ -489,7 +489,7 @@ pub async fn inbound(
                 // on waiting requests — the one number any stranger on the
                 // network can raise.
                 it.record.pending_in = true;
-                let limits = &server.config.limits;
+                let limits = &server.config().limits;
                 let request = request_of(stanza, limits.max_subscription_text);
                 let (d, u) = parts(user);
                 return match server
@@ -572,7 +572,7 @@ pub async fn is_subscribed_from(
 async fn roster_full(server: &Server, user: &BareJid) -> Result<bool, StorageError> {
     let (d, u) = parts(user);
     let n = server.store.roster_count(d, u).await?;
-    Ok(n >= i64::from(server.config.limits.max_roster_items))
+    Ok(n >= i64::from(server.config().limits.max_roster_items))
 }
 
 /// What is kept of a subscribe stanza: its XEP-0172 nick and its status
@@ -619,7 +619,7 @@ pub async fn pending_requests(
     user: &BareJid,
 ) -> Result<Vec<Element>, StorageError> {
     let (d, u) = parts(user);
-    let limits = &server.config.limits;
+    let limits = &server.config().limits;
     let mut out = Vec::new();
     for pending in server.store.roster_pending_requests(d, u).await? {
         let request = match &pending.legacy_stanza {

@@ -89,7 +89,7 @@ impl Feature for StreamManagementFeature {
     }
 
     fn stream_feature(&self, server: &Server, phase: StreamPhase) -> Option<Element> {
-        (phase == StreamPhase::Authenticated && server.config.stream_management.enabled)
+        (phase == StreamPhase::Authenticated && server.config().stream_management.enabled)
             .then(|| Element::new("sm", NS_SM))
     }
 
@@ -199,7 +199,7 @@ impl StreamManagementFeature {
     /// waiting: beyond that the oldest ends now (a client that drops and
     /// reconnects with a new resource again and again cannot pile them up).
     fn limit_parked(&self, server: &Arc<Server>, newest: &str) {
-        let max = server.config.stream_management.max_parked_per_account;
+        let max = server.config().stream_management.max_parked_per_account;
         let oldest = {
             let mut slots = self.lock();
             let owner = match slots.get(newest) {

@@ -182,7 +182,7 @@ impl Feature for Upload {
     }
 
     fn start(&self, server: &Arc<Server>) {
-        let Some(rx) = self.inbox.open(server.config.upload.queue) else {
+        let Some(rx) = self.inbox.open(server.config().upload.queue) else {
             return;
         };
         let server = server.clone();
@@ -215,11 +215,11 @@ async fn run(server: Arc<Server>, mut rx: mpsc::Receiver<Element>) {
         }
         Err(e) => tracing::error!(error = %e, "upload: reading the signing key; no uploads"),
     }
-    if let Err(e) = tokio::fs::create_dir_all(&server.config.upload.dir).await {
-        tracing::error!(error = %e, dir = %server.config.upload.dir, "upload: cannot create the directory");
+    if let Err(e) = tokio::fs::create_dir_all(&server.config().upload.dir).await {
+        tracing::error!(error = %e, dir = %server.config().upload.dir, "upload: cannot create the directory");
     }
     let mut cleanup = tokio::time::interval(Duration::from_secs(
-        server.config.upload.cleanup_interval.max(1),
+        server.config().upload.cleanup_interval.max(1),
     ));
     loop {
         tokio::select! {
@@ -263,7 +263,7 @@ async fn answer(server: &Server, iq: &Element) -> Result<Element, StanzaError> {
 }
 
 fn disco_info(server: &Server) -> Element {
-    let max = server.config.upload.max_file_size.to_string();
+    let max = server.config().upload.max_file_size.to_string();
     Element::new("query", NS_DISCO_INFO)
         .with_child(
             Element::new("identity", NS_DISCO_INFO)
@@ -292,7 +292,7 @@ fn disco_info(server: &Server) -> Element {
 
 /// A slot request (XEP-0363 §4).
 async fn slot(server: &Server, iq: &Element, req: &Element) -> Result<Element, StanzaError> {
-    let config = &server.config.upload;
+    let config = &server.config().upload;
     // Our users only: uploads cost disk.
     let from = iq
         .attr("from")
@@ -348,7 +348,7 @@ async fn slot(server: &Server, iq: &Element, req: &Element) -> Result<Element, S
     let key = feature(server)
         .and_then(Upload::key)
         .ok_or(StanzaErrorCondition::InternalServerError)?;
-    let base = base_url(&server.config).ok_or(StanzaErrorCondition::ServiceUnavailable)?;
+    let base = base_url(&server.config()).ok_or(StanzaErrorCondition::ServiceUnavailable)?;
     let mut raw = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut raw);
     let token = hex(&raw);

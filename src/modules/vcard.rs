@@ -85,7 +85,7 @@ async fn stored(
     else {
         return Ok(None);
     };
-    match super::xml_from_storage(&xml, req.server.config.limits.max_depth)
+    match super::xml_from_storage(&xml, req.server.config().limits.max_depth)
         .and_then(|v| v.into_iter().next())
     {
         Some(v) => Ok(Some(v)),
@@ -108,7 +108,7 @@ async fn set(req: &IqRequest<'_>) -> IqOutcome {
         return Ok(None);
     }
     let xml = super::xml_for_storage([req.payload]);
-    if xml.len() > req.server.config.limits.max_vcard_size {
+    if xml.len() > req.server.config().limits.max_vcard_size {
         return Err(StanzaErrorCondition::NotAcceptable.into());
     }
     store

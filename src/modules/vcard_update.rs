@@ -68,7 +68,7 @@ impl VcardUpdate {
     /// Remembers `photo` for `account`; the previous value, if known.
     fn remember(&self, server: &Server, account: &str, photo: Photo) -> Option<Photo> {
         let mut map = self.lock();
-        if !map.contains_key(account) && map.len() >= server.config.limits.max_avatar_hashes {
+        if !map.contains_key(account) && map.len() >= server.config().limits.max_avatar_hashes {
             // Any one goes: it is read from the vCard again when needed.
             if let Some(k) = map.keys().next().cloned() {
                 map.remove(&k);
@@ -88,7 +88,7 @@ impl VcardUpdate {
             .user_data_get(domain, user, vcard::STORE_KEY)
             .await
         {
-            Ok(Some(xml)) => super::xml_from_storage(&xml, server.config.limits.max_depth)
+            Ok(Some(xml)) => super::xml_from_storage(&xml, server.config().limits.max_depth)
                 .and_then(|v| v.into_iter().next())
                 .map_or(Photo::Unset, |card| {
                     photo_of_vcard(&card).unwrap_or(Photo::Unset)

@@ -27,9 +27,14 @@ use crate::xml::StreamEvent;
 pub async fn run(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, _slot: ConnectionSlot) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = server.config.limits.stream();
+    let limits = server.config().limits.stream();
     // Until the header names a component, errors come from the first host.
-    let host = server.config.domains().first().cloned().unwrap_or_default();
+    let host = server
+        .config()
+        .domains()
+        .first()
+        .cloned()
+        .unwrap_or_default();
     let mut conn = Connection {
         server: server.clone(),
         stream: XmlStream::new(Transport::Plain(tcp), limits, NS_COMPONENT, None, host),
@@ -60,7 +65,7 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> End {
-        let cfg = &self.server.config.component_listener;
+        let cfg = &self.server.config().component_listener;
         let login_timeout = Duration::from_secs(cfg.login_timeout);
         let negotiated = match timeout(login_timeout, self.negotiate()).await {
             Ok(r) => r,
@@ -128,7 +133,7 @@ impl Connection {
         // before it is checked (parallel connections cannot all slip under
         // the limit), given back only when it proves the secret.
         let server = self.server.clone();
-        let source = throttle::source_key(self.peer.ip(), server.config.limits.auth_ipv6_prefix);
+        let source = throttle::source_key(self.peer.ip(), server.config().limits.auth_ipv6_prefix);
         let Some(attempt) = server.component_failures_by_ip.try_reserve(&source) else {
             tracing::info!(conn = self.id, peer = %self.peer, "component handshake refused: too many failures");
             return Err(self
@@ -145,8 +150,8 @@ impl Connection {
         }
         server.component_failures_by_ip.refund(&source, attempt);
         let (tx, rx) = crate::queue::queue(
-            self.server.config.limits.session_queue,
-            self.server.config.limits.session_queue_bytes,
+            self.server.config().limits.session_queue,
+            self.server.config().limits.session_queue_bytes,
         );
         if self
             .server
@@ -169,7 +174,7 @@ impl Connection {
     }
 
     async fn session(&mut self, domain: &str, rx: &QueueReceiver<Outbound>) -> End {
-        let idle = Duration::from_secs(self.server.config.component_listener.idle_timeout);
+        let idle = Duration::from_secs(self.server.config().component_listener.idle_timeout);
         loop {
             loop {
                 match self.stream.parser.next_event() {

@@ -9,6 +9,7 @@ pub mod s2s_links;
 pub mod s2s_out;
 pub mod s2s_receive;
 pub mod tls;
+pub mod tls_set;
 mod transport;
 mod xmlstream;
 pub use xmlstream::StreamLimits;
@@ -17,6 +18,7 @@ pub use transport::Transport;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,8 +30,10 @@ use crate::server::Server;
 /// Caps on simultaneous connections, globally and per remote IP.
 #[derive(Debug)]
 pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
+    /// The caps; changed by a configuration reload (connections already
+    /// open above a lowered cap stay).
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -70,10 +74,16 @@ impl Drop for ConnectionSlot {
 impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
         ConnectionLimits {
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             by_ip: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes new caps (a configuration reload).
+    pub fn set_caps(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, AtomicOrdering::Relaxed);
+        self.max_per_ip.store(max_per_ip, AtomicOrdering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -96,7 +106,9 @@ impl ConnectionLimits {
         let mut map = limits.lock();
         let total: usize = map.values().sum();
         let here = map.entry(ip).or_insert(0);
-        if total >= limits.max_total || *here >= limits.max_per_ip {
+        if total >= limits.max_total.load(AtomicOrdering::Relaxed)
+            || *here >= limits.max_per_ip.load(AtomicOrdering::Relaxed)
+        {
             if *here == 0 {
                 map.remove(&ip);
             }

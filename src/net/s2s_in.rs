@@ -38,14 +38,19 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let id = server.next_id();
-    let limits = server.config.limits.stream();
-    let host = server.config.domains().first().cloned().unwrap_or_default();
+    let limits = server.config().limits.stream();
+    let host = server
+        .config()
+        .domains()
+        .first()
+        .cloned()
+        .unwrap_or_default();
     let link = server
         .s2s_links
         .open(id, Direction::Inbound, Some(peer), "");
     let (to_peer, queued) = queue(
-        server.config.s2s.max_queue,
-        server.config.s2s.max_queue_bytes,
+        server.config().s2s.max_queue,
+        server.config().s2s.max_queue_bytes,
     );
     let mut conn = Connection {
         server: server.clone(),
@@ -69,12 +74,12 @@ pub async fn run(
     // buys nothing: it gets a fixed time, which whitespace keepalives (or
     // anything else it sends) do not extend.
     conn.stream.set_deadline(Some(
-        started + Duration::from_secs(server.config.s2s.auth_timeout),
+        started + Duration::from_secs(server.config().s2s.auth_timeout),
     ));
     tracing::info!(conn = id, %peer, direct_tls, "s2s connection opened");
     let end = if direct_tls {
         let handshake = tokio::time::timeout(
-            Duration::from_secs(server.config.s2s.connect_timeout),
+            Duration::from_secs(server.config().s2s.connect_timeout),
             conn.stream
                 .transport
                 .upgrade(server.s2s_direct_tls_config()),
@@ -137,7 +142,7 @@ enum Next {
 
 impl Connection {
     async fn run(&mut self) -> End {
-        let idle = Duration::from_secs(self.server.config.s2s.idle_timeout);
+        let idle = Duration::from_secs(self.server.config().s2s.idle_timeout);
         loop {
             if let Err(end) = self.open().await {
                 return end;
@@ -223,13 +228,13 @@ impl Connection {
         }
         self.stream.send_header(&attrs);
         if header.version.as_deref() == Some("1.0") {
-            let external = self.server.config.s2s.sasl_external
+            let external = self.server.config().s2s.sasl_external
                 && !self.sasl_done
                 && self
                     .peer
                     .as_deref()
                     .is_some_and(|p| self.peer_cert_valid_for(p));
-            let cfg = &self.server.config.s2s;
+            let cfg = &self.server.config().s2s;
             self.stream.write(&rules::features(rules::Offer {
                 tls_available: true,
                 is_tls: self.stream.transport.is_tls(),
@@ -249,14 +254,16 @@ impl Connection {
             .transport
             .tls_session()
             .and_then(|t| t.peer_certificates());
-        chain.is_some_and(|c| super::tls::peer_cert_valid_for(c, &self.server.s2s_roots, domain))
+        chain.is_some_and(|c| {
+            super::tls::peer_cert_valid_for(c, &self.server.tls().s2s_roots, domain)
+        })
     }
 
     /// `<auth mechanism='EXTERNAL'>` (XEP-0178 §2): the domain asked for
     /// must be the one the certificate names; success restarts the stream.
     async fn sasl_external(&mut self, el: &Element) -> Result<Next, End> {
         let wanted = rules::external_identity(&el.text(), self.peer.as_deref());
-        let ok = self.server.config.s2s.sasl_external
+        let ok = self.server.config().s2s.sasl_external
             && !self.sasl_done
             && el.attr("mechanism") == Some("EXTERNAL")
             && wanted
@@ -288,7 +295,7 @@ impl Connection {
 
     async fn element(&mut self, el: Element) -> Result<Next, End> {
         let require_tls =
-            self.server.config.s2s.require_encryption && !self.stream.transport.is_tls();
+            self.server.config().s2s.require_encryption && !self.stream.transport.is_tls();
         if el.is("starttls", NS_TLS) {
             if self.stream.transport.is_tls() {
                 return Err(self
@@ -335,7 +342,7 @@ impl Connection {
             return self.sasl_external(&el).await;
         }
         if el.is("bidi", NS_BIDI) {
-            if self.server.config.s2s.bidi {
+            if self.server.config().s2s.bidi {
                 let server = self.server.clone();
                 self.receiving
                     .enable_bidi(&server, &self.stream.local_domain);

@@ -162,7 +162,7 @@ impl S2sOut {
         let remote = to.domain().to_string();
         // Only a domain we are authoritative for (a host, or a component's)
         // can be vouched for by dialback.
-        if !server.is_served_here(&local) || !server.config.s2s.enabled() {
+        if !server.is_served_here(&local) || !server.config().s2s.enabled() {
             bounce(server, &stanza, StanzaErrorCondition::RemoteServerNotFound);
             return;
         }
@@ -190,7 +190,7 @@ impl S2sOut {
         };
         // Under the map's lock, so two senders cannot both take the last
         // place. Pairs with a stream already are not affected.
-        if self.outgoing.load(Ordering::Acquire) >= server.config.s2s.max_outgoing {
+        if self.outgoing.load(Ordering::Acquire) >= server.config().s2s.max_outgoing {
             drop(map);
             tracing::warn!(local = key.0, remote = key.1, "s2s max_outgoing reached");
             if let ToPeer::Stanza(s) = stanza {
@@ -201,8 +201,8 @@ impl S2sOut {
         self.outgoing.fetch_add(1, Ordering::AcqRel);
         let slot = OutgoingSlot(self.outgoing.clone());
         let (tx, rx) = queue(
-            server.config.s2s.max_queue,
-            server.config.s2s.max_queue_bytes,
+            server.config().s2s.max_queue,
+            server.config().s2s.max_queue_bytes,
         );
         let _ = tx.try_send(stanza);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +256,7 @@ async fn run(
     slot: OutgoingSlot,
 ) {
     let (local, remote) = (&key.0, &key.1);
-    let cfg = &server.config.s2s;
+    let cfg = &server.config().s2s;
     let made = tokio::time::timeout(
         Duration::from_secs(cfg.connect_timeout),
         authenticate(&server, local, remote),
@@ -359,7 +359,7 @@ pub async fn session(
     rx: &QueueReceiver<ToPeer>,
     receiving: &mut Receiving,
 ) -> End {
-    let idle = Duration::from_secs(server.config.s2s.idle_timeout);
+    let idle = Duration::from_secs(server.config().s2s.idle_timeout);
     loop {
         loop {
             match stream.parser.next_event() {
@@ -409,7 +409,7 @@ struct Made {
 async fn authenticate(server: &Server, local: &str, remote: &str) -> Result<Made, Failure> {
     let (stream, stream_id, features, cert_trusted) = open(server, local, remote).await?;
     let mut stream = stream.with_idle_rule(IdleRule::Unused);
-    let bidi = server.config.s2s.bidi && features.get_child("bidi", NS_BIDI_FEATURE).is_some();
+    let bidi = server.config().s2s.bidi && features.get_child("bidi", NS_BIDI_FEATURE).is_some();
     if bidi {
         stream.write(&Element::new("bidi", NS_BIDI));
     }
@@ -418,7 +418,7 @@ async fn authenticate(server: &Server, local: &str, remote: &str) -> Result<Made
         .is_some_and(|m| m.children().any(|c| c.text().trim() == "EXTERNAL"));
     // EXTERNAL only with a receiving server whose certificate we could
     // validate (XEP-0178); an untrusted one is left to dialback.
-    if server.config.s2s.sasl_external && cert_trusted && external_offered {
+    if server.config().s2s.sasl_external && cert_trusted && external_offered {
         if sasl_external(&mut stream, local, remote).await? {
             server.s2s.by_external.fetch_add(1, Ordering::Relaxed);
             return Ok(Made {
@@ -561,7 +561,7 @@ pub async fn verify(
         stream.shutdown().await;
         Ok(verdict)
     };
-    let timeout = Duration::from_secs(server.config.s2s.connect_timeout);
+    let timeout = Duration::from_secs(server.config().s2s.connect_timeout);
     match tokio::time::timeout(timeout, ask).await {
         Ok(Ok(verdict)) => verdict,
         Ok(Err(Failure::NotFound(why))) => {
@@ -591,12 +591,12 @@ async fn open(
     local: &str,
     remote: &str,
 ) -> Result<(XmlStream, String, Element, bool), Failure> {
-    let cfg = &server.config.s2s;
+    let cfg = &server.config().s2s;
     let transport = connect(server, local, remote).await?;
     if let Transport::Plain(tcp) = &transport {
         let _ = tcp.set_nodelay(true);
     }
-    let limits = server.config.limits.stream();
+    let limits = server.config().limits.stream();
     let mut stream = XmlStream::new(transport, limits, NS_SERVER, Some("1.0"), local.to_string())
         .with_prefixes(DB_PREFIX);
     if stream.transport.is_tls() {
@@ -627,7 +627,9 @@ async fn open(
                 .transport
                 .tls_client_session()
                 .and_then(|t| t.peer_certificates())
-                .is_some_and(|c| super::tls::peer_cert_valid_for(c, &server.s2s_roots, remote));
+                .is_some_and(|c| {
+                    super::tls::peer_cert_valid_for(c, &server.tls().s2s_roots, remote)
+                });
             return Ok((stream, id, features, trusted));
         }
         if features.get_child("starttls", NS_TLS).is_none() {
@@ -660,7 +662,7 @@ async fn open(
 /// else the system's configuration.
 fn resolver(server: &Server) -> Result<hickory_resolver::TokioAsyncResolver, Failure> {
     use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
-    let servers = &server.config.s2s.nameservers;
+    let servers = &server.config().s2s.nameservers;
     if servers.is_empty() {
         return hickory_resolver::TokioAsyncResolver::tokio_from_system_conf()
             .map_err(|e| Failure::NotFound(format!("resolver: {e}")));
@@ -707,7 +709,7 @@ async fn srv_targets(
 /// `_xmpp-server._tcp.<domain>`, else the domain's A/AAAA records on port
 /// 5269 (RFC 6120 §3.2); the last two are left plain for STARTTLS.
 async fn connect(server: &Server, local: &str, domain: &str) -> Result<Transport, Failure> {
-    if let Some(hp) = server.config.s2s.hosts.get(domain) {
+    if let Some(hp) = server.config().s2s.hosts.get(domain) {
         let (hp, tls) = match hp.strip_prefix("tls://") {
             Some(rest) => (rest, true),
             None => (hp.as_str(), false),

@@ -277,7 +277,7 @@ impl Receiving {
         let slot = if server.is_served_here(&from) {
             None
         } else {
-            let cfg = &server.config.s2s;
+            let cfg = &server.config().s2s;
             match server.s2s.verifications.try_start(cfg, self.peer_ip, &from) {
                 Some(slot) => Some(slot),
                 None => {

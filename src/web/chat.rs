@@ -44,7 +44,7 @@ pub async fn serve(
     Extension(conn): Extension<ConnInfo>,
     req: Request,
 ) -> Response {
-    let dir = PathBuf::from(&web.server.config.http.chat_dir);
+    let dir = PathBuf::from(&web.server.config().http.chat_dir);
     let Some(rel) = req.uri().path().strip_prefix("/chat/") else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -149,7 +149,7 @@ async fn page(web: &Web, conn: &ConnInfo, headers: &HeaderMap, dir: &Path, rel: 
 /// The XMPP domain for the page: the Host's name when this server serves
 /// it, else the first configured host.
 fn domain(web: &Web, headers: &HeaderMap) -> String {
-    let config = &web.server.config;
+    let config = &web.server.config();
     let hosts = config.domains();
     headers
         .get(header::HOST)

@@ -40,7 +40,7 @@ fn links(web: &Web, conn: &ConnInfo, headers: &HeaderMap) -> Vec<(&'static str, 
 /// The WebSocket endpoint's URL: from `[http] public_url`, else from the
 /// request's Host header and the connection's scheme.
 pub(super) fn websocket_url(web: &Web, conn: &ConnInfo, headers: &HeaderMap) -> Option<String> {
-    let public = &web.server.config.http.public_url;
+    let public = &web.server.config().http.public_url;
     if !public.is_empty() {
         let ws = public
             .replacen("https://", "wss://", 1)

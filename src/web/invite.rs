@@ -210,7 +210,7 @@ fn form_page(
         None => format!("You are invited to {domain}"),
     };
     let uri = escape(&token::uri(invite, tok));
-    let web_chat = if web.server.config.http.chat_dir.is_empty() {
+    let web_chat = if web.server.config().http.chat_dir.is_empty() {
         String::new()
     } else {
         "<li>In a web browser: <a href=\"/chat/\">the web chat of this server</a></li>".into()

@@ -70,7 +70,7 @@ pub async fn scrape(
     headers: HeaderMap,
 ) -> Response {
     let server = &web.server;
-    let config = &server.config.metrics;
+    let config = &server.config().metrics;
     if !config.enabled {
         return StatusCode::NOT_FOUND.into_response();
     }

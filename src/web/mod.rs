@@ -71,7 +71,7 @@ fn router(server: &Arc<Server>, tracker: &TaskTracker) -> Router {
         bosh: Arc::default(),
     });
     let mut routes = Router::new();
-    if !server.config.http.chat_dir.is_empty() {
+    if !server.config().http.chat_dir.is_empty() {
         routes = routes
             .route("/chat", get(chat::to_index))
             .route("/chat/", get(chat::serve))
@@ -104,7 +104,7 @@ pub struct Bound {
 
 /// Binds `[http] listen` and `listen_tls` and serves them until shutdown.
 pub async fn start(server: &Arc<Server>, tracker: &TaskTracker) -> Result<Bound, String> {
-    let config = &server.config.http;
+    let config = &server.config().http;
     let mut bound = Bound::default();
     if config.listen.is_empty() && config.listen_tls.is_empty() {
         return Ok(bound);
@@ -118,47 +118,40 @@ pub async fn start(server: &Arc<Server>, tracker: &TaskTracker) -> Result<Bound,
     }
     let router = router(server, tracker);
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let tls = https_config(server)?;
     for (addrs, tls, out) in [
-        (&config.listen, None, &mut bound.http),
-        (&config.listen_tls, Some(tls), &mut bound.https),
+        (&config.listen, false, &mut bound.http),
+        (&config.listen_tls, true, &mut bound.https),
     ] {
         for addr in addrs {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
-            let kind = if tls.is_some() { "https" } else { "http" };
+            let kind = if tls { "https" } else { "http" };
             tracing::info!(addr = %local, kind, "listening");
             out.push(local);
             tracker.spawn(accept(
                 server.clone(),
                 listener,
-                tls.clone(),
+                tls,
                 router.clone(),
                 slots.clone(),
                 tracker.clone(),
             ));
         }
     }
-    if server.config.upload.self_check {
+    if server.config().upload.self_check {
         tracker.spawn(self_check::run(server.clone()));
     }
     Ok(bound)
 }
 
-/// The HTTPS configuration: the c2s certificates by SNI, ALPN http/1.1.
-fn https_config(server: &Server) -> Result<Arc<rustls::ServerConfig>, String> {
-    let base = crate::net::tls::server_config(server.certs.clone(), None, &server.config.tls)?;
-    let mut config = (*base).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 async fn accept(
     server: Arc<Server>,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    // HTTPS (its configuration is taken per connection, so a reload's
+    // certificates serve the next handshake) or plain HTTP.
+    tls: bool,
     router: Router,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -183,10 +176,10 @@ async fn accept(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (server, router, tls) = (server.clone(), router.clone(), tls.clone());
+        let (server, router) = (server.clone(), router.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            match tls {
+            match tls.then(|| server.tls().https.clone()) {
                 None => {
                     let info = ConnInfo {
                         peer,
@@ -196,7 +189,7 @@ async fn accept(
                     serve_connection(&server, tcp, info, router).await
                 }
                 Some(tls) => {
-                    let timeout = Duration::from_secs(server.config.http.header_timeout);
+                    let timeout = Duration::from_secs(server.config().http.header_timeout);
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                     let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await
                     else {
@@ -216,7 +209,7 @@ async fn accept(
 
 /// Does a plain-HTTP connection from `peer` count as encrypted?
 fn plain_is_secure(server: &Server, peer: &SocketAddr) -> bool {
-    match server.config.http.plain_is_secure.as_str() {
+    match server.config().http.plain_is_secure.as_str() {
         "always" => true,
         "loopback" => peer.ip().is_loopback(),
         _ => false,
@@ -229,7 +222,7 @@ async fn serve_connection<I>(server: &Server, io: I, info: ConnInfo, router: Rou
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let config = &server.config.http;
+    let config = &server.config().http;
     let service = router.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(info);
         req

@@ -116,7 +116,7 @@ pub async fn run(server: Arc<Server>) {
     let Some(upload) = server.features.get::<Upload>() else {
         return;
     };
-    let Some(base) = base_url(&server.config) else {
+    let Some(base) = base_url(&server.config()) else {
         return;
     };
     let (nonce, expected) = (random_hex(), random_hex());
@@ -125,7 +125,7 @@ pub async fn run(server: Arc<Server>) {
         .arm(Some((nonce.clone(), expected.clone())));
     let url = format!("{}/upload/{SEGMENT}/{nonce}", base.trim_end_matches('/'));
     let give_up =
-        tokio::time::Instant::now() + Duration::from_secs(server.config.upload.self_check_for);
+        tokio::time::Instant::now() + Duration::from_secs(server.config().upload.self_check_for);
     let mut pause = Duration::from_secs(1);
     let outcome = loop {
         let r = probe(&server, &url, &expected).await;
@@ -171,7 +171,7 @@ async fn probe(server: &Server, url: &str, expected: &str) -> Result<(), String>
     let host = uri.host().ok_or_else(|| format!("{url} has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let timeout = Duration::from_secs(server.config.http.header_timeout.max(1));
+    let timeout = Duration::from_secs(server.config().http.header_timeout.max(1));
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| format!("connecting to {host}:{port} timed out"))?
@@ -201,7 +201,7 @@ async fn tls_connect(
     tcp: TcpStream,
     timeout: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let roots = crate::net::tls::s2s_roots(&server.config.s2s.ca_file)?;
+    let roots = crate::net::tls::s2s_roots(&server.config().s2s.ca_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -36,7 +36,7 @@ fn valid_token(t: &str) -> bool {
 }
 
 fn file_of(server: &Server, token: &str) -> PathBuf {
-    PathBuf::from(&server.config.upload.dir).join(token)
+    PathBuf::from(&server.config().upload.dir).join(token)
 }
 
 /// CORS on every answer: uploads and downloads come from web pages of
@@ -263,7 +263,7 @@ pub async fn get(
 /// Removes files past `[upload] expire_days`, and slots never used within
 /// twice `slot_lifetime`, a bounded batch of each per round.
 pub async fn clean_up(server: &Server) {
-    let config = &server.config.upload;
+    let config = &server.config().upload;
     let t = now();
     for (before, open_only) in [
         (t - config.expire_days as i64 * 86_400, false),

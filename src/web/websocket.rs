@@ -68,7 +68,7 @@ pub async fn upgrade(
     let Some(slot) = ConnectionSlot::admit_client(&server, conn.peer.ip()) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
-    let max = server.config.limits.max_stanza_size;
+    let max = server.config().limits.max_stanza_size;
     // The library refuses beyond this; up to it, a message over the stanza
     // size gets an XMPP stream error from us first (see `WsStream::fill`).
     let hard = max + 4096;
@@ -126,11 +126,11 @@ pub struct WsStream {
 
 impl WsStream {
     pub fn new(socket: WebSocket, server: &crate::server::Server, secure: bool) -> WsStream {
-        let limits = server.config.limits.stream();
+        let limits = server.config().limits.stream();
         let mut s = WsStream {
             socket: std::sync::Mutex::new(socket),
             parser: StreamParser::new(limits.parser),
-            max_message: server.config.limits.max_stanza_size,
+            max_message: server.config().limits.max_stanza_size,
             event: None,
             out: Vec::new(),
             wake_at: None,

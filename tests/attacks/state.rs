@@ -100,7 +100,7 @@ async fn subscribe_flood(server: &TestServer, victim: &str, canary: &str) {
         .await
         .unwrap();
     assert_eq!(kept.len(), CAP);
-    let limit = server.server().config.limits.max_subscription_text;
+    let limit = server.server().config().limits.max_subscription_text;
     for r in &kept {
         assert!(r.legacy_stanza.is_none());
         assert!(r.request.status.as_ref().is_some_and(|s| s.len() <= limit));

@@ -24,7 +24,7 @@ pub fn room_jid(room: &str) -> String {
 /// The PostgreSQL test database (`WAXWING_TEST_POSTGRES`).
 pub fn postgres_url() -> String {
     std::env::var("WAXWING_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/wt_muc".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// Status codes of a MUC presence or message.

@@ -60,7 +60,7 @@ async fn derive(
             "the password is empty",
         ));
     }
-    let hashing = server.config.limits.password_hashing();
+    let hashing = server.config().limits.password_hashing();
     let owned = jid.clone();
     match server
         .hashing
@@ -265,7 +265,7 @@ pub async fn enable_user(server: &Server, jid: &BareJid) -> ActionResult<()> {
 
 /// Sets `host`'s message of the day (sent to each session at login).
 pub async fn set_motd(server: &Server, host: &str, text: &str) -> ActionResult<()> {
-    let max = server.config.admin.max_announcement_bytes;
+    let max = server.config().admin.max_announcement_bytes;
     if text.is_empty() || text.len() > max {
         return Err(refuse(
             StanzaErrorCondition::NotAcceptable,

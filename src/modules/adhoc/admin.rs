@@ -36,7 +36,7 @@ const MAX_JIDS: usize = 100;
 pub fn is_admin(server: &Server, requester: &Jid) -> bool {
     let bare = requester.to_bare();
     server
-        .config
+        .config()
         .admin
         .admins
         .iter()
@@ -439,7 +439,7 @@ pub async fn run(
         }
         ANNOUNCE => {
             let text = lines(x, "announcement");
-            let max = server.config.admin.max_announcement_bytes;
+            let max = server.config().admin.max_announcement_bytes;
             if text.is_empty() || text.len() > max {
                 return Err(StanzaError::with_text(
                     StanzaErrorCondition::NotAcceptable,

@@ -88,12 +88,12 @@ pub async fn answer(server: &Server, line: &str) -> Option<Answer> {
             if text.is_empty() {
                 return Some(Err("nothing to announce".into()));
             }
-            let max = server.config.admin.max_announcement_bytes;
+            let max = server.config().admin.max_announcement_bytes;
             if text.len() > max {
                 return Some(Err(format!("an announcement has at most {max} bytes")));
             }
-            let mut hosts: Vec<&String> = server
-                .domains()
+            let domains = server.domains();
+            let mut hosts: Vec<&String> = domains
                 .iter()
                 .filter(|d| server.is_local_domain(d))
                 .collect();

@@ -103,7 +103,7 @@ impl Feature for AdHoc {
         // Sweeps sessions of requesters that never came back, so memory
         // does not keep what the lazy per-requester sweep never revisits.
         let weak = Arc::downgrade(server);
-        let period = Duration::from_secs(server.config.admin.command_session_timeout_secs.max(1));
+        let period = Duration::from_secs(server.config().admin.command_session_timeout_secs.max(1));
         let shutdown = server.shutdown.clone();
         server.background.spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -126,7 +126,7 @@ impl Feature for AdHoc {
 }
 
 fn timeout(server: &Server) -> Duration {
-    Duration::from_secs(server.config.admin.command_session_timeout_secs)
+    Duration::from_secs(server.config().admin.command_session_timeout_secs)
 }
 
 /// A XEP-0050 §4.6 error: a condition with the commands namespace's own
@@ -209,7 +209,7 @@ impl AdHoc {
         let list = map.entry(requester.to_string()).or_default();
         let limit = timeout(server);
         list.retain(|s| s.started.elapsed() < limit);
-        if list.len() >= server.config.admin.max_command_sessions {
+        if list.len() >= server.config().admin.max_command_sessions {
             return Err(StanzaError::with_text(
                 StanzaErrorCondition::ResourceConstraint,
                 "too many unfinished commands; complete or cancel one",

@@ -246,7 +246,7 @@ async fn present(
     // `[limits] invite_tries_per_stream`: a token has ~190 bits, so this
     // is about load, not guessing; the per-address registration cap
     // still applies on top.
-    if connection.get_or_default::<Refused>().0 >= server.config.limits.invite_tries_per_stream {
+    if connection.get_or_default::<Refused>().0 >= server.config().limits.invite_tries_per_stream {
         return Err(StanzaError {
             condition: StanzaErrorCondition::PolicyViolation,
             text: Some("too many invalid invitation tokens on this stream".into()),

@@ -11,7 +11,7 @@ use crate::storage::{ArchiveKind, ArchiveOwner, Store};
 /// Starts the clean-up task on the server's background tracker; it holds
 /// the store and the configuration, not the server.
 pub fn spawn(server: &Arc<Server>) {
-    let config = server.config.mam.clone();
+    let config = server.config().mam.clone();
     if config.retention_days == 0 && config.max_messages_per_user == 0 {
         return;
     }

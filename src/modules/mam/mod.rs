@@ -292,7 +292,7 @@ impl Mam {
         };
         let user = requester.to_bare();
         let server = req.server;
-        let config = &server.config.mam;
+        let config = &server.config().mam;
         match (req.payload.name(), req.is_set) {
             ("query", false) => Ok(Some(query::form())),
             ("query", true) => {
@@ -308,7 +308,7 @@ impl Mam {
                     config.max_ids,
                 )?;
                 let answer = query::run(server, &owner_of(&user), &q).await?;
-                let depth = server.config.limits.max_depth;
+                let depth = server.config().limits.max_depth;
                 for item in &answer.items {
                     let Some(msg) = query::result_message(
                         &user,

@@ -191,7 +191,7 @@ impl PrefsCache {
 /// The preferences of a user who set none.
 pub fn default_prefs(server: &Server) -> Prefs {
     Prefs {
-        default: Mode::parse(&server.config.mam.default).unwrap_or(Mode::Always),
+        default: Mode::parse(&server.config().mam.default).unwrap_or(Mode::Always),
         always: Vec::new(),
         never: Vec::new(),
     }

@@ -327,7 +327,7 @@ async fn page_at(
     filter: &ArchiveFilter,
     n: u32,
 ) -> Result<Page, Option<StanzaError>> {
-    let c = &server.config.mam;
+    let c = &server.config().mam;
     if n > c.max_index {
         return Err(Some(StanzaError::with_text(
             StanzaErrorCondition::FeatureNotImplemented,

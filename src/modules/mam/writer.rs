@@ -58,7 +58,7 @@ impl std::fmt::Debug for Job {
 impl Writer {
     /// Starts the writer task on the server's background tracker.
     pub fn spawn(server: &Arc<Server>) -> Writer {
-        let config = &server.config.mam;
+        let config = &server.config().mam;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (mark, committed) = watch::channel(0);
         let store = server.store.clone();

@@ -40,8 +40,8 @@ pub struct RoomArchive {
 
 impl RoomArchive {
     pub fn new(server: &Arc<Server>) -> RoomArchive {
-        let (tx, rx) = mpsc::channel(server.config.mam.queue.max(1));
-        let batch = server.config.mam.batch.max(1);
+        let (tx, rx) = mpsc::channel(server.config().mam.queue.max(1));
+        let batch = server.config().mam.batch.max(1);
         server
             .background
             .spawn(write_rows(server.store.clone(), rx, batch));
@@ -157,7 +157,7 @@ pub fn answer(
                     )),
                 );
             };
-            let config = &server.config.mam;
+            let config = &server.config().mam;
             let q = match query::parse(
                 payload,
                 config.default_page,
@@ -179,7 +179,7 @@ pub fn answer(
                 archive.flushed().await;
                 let outcome = match query::run(&server, &owner(&room), &q).await {
                     Ok(answer) => {
-                        let depth = server.config.limits.max_depth;
+                        let depth = server.config().limits.max_depth;
                         let mut full = false;
                         for item in &answer.items {
                             let Some(msg) = query::result_message(

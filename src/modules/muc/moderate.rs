@@ -157,7 +157,7 @@ async fn tombstone_archived(
     let Some(row) = rows.first() else {
         return Ok(false);
     };
-    let depth = server.config.limits.max_depth;
+    let depth = server.config().limits.max_depth;
     let Some(original) = crate::modules::xml_from_storage(&row.payload, depth)
         .and_then(|v| v.into_iter().find(|e| e.name() == "message"))
     else {

@@ -64,7 +64,7 @@ impl Feature for Muc {
     }
 
     fn start(&self, server: &Arc<Server>) {
-        let Some(rx) = self.inbox.open(server.config.muc.queue) else {
+        let Some(rx) = self.inbox.open(server.config().muc.queue) else {
             return;
         };
         let control = self.control.open();
@@ -87,10 +87,10 @@ async fn run(
     let secret = occupant_id_secret(&server).await;
     // What waits behind a joiner's list: its queue's worth, plus a whole
     // join's own stanzas (self-presence, history, subject).
-    let held = server.config.limits.session_queue + server.config.muc.max_history + 2;
+    let held = server.config().limits.session_queue + server.config().muc.max_history + 2;
     let (streams, mut wakes) = super::fanout::JoinStreams::new(held);
     let mut service = Service::new(&server, &secret, streams);
-    for domain in service_domains(&server.config) {
+    for domain in service_domains(&server.config()) {
         match server.store.muc_rooms(&domain).await {
             Ok(rooms) => {
                 for stored in rooms {
@@ -129,7 +129,7 @@ async fn run(
 /// §3: an occupant id is stable). Without a database answer, the
 /// server's dialback secret of this run.
 async fn occupant_id_secret(server: &Server) -> String {
-    if !server.config.s2s.dialback_secret.is_empty() {
+    if !server.config().s2s.dialback_secret.is_empty() {
         return server.dialback_secret.clone();
     }
     let fresh: String = (0..32)
@@ -165,14 +165,14 @@ impl Service {
         Service {
             rooms: HashMap::new(),
             archive: server
-                .config
+                .config()
                 .muc
                 .archive
                 .then(|| Arc::new(super::archive::RoomArchive::new(server))),
             joined: HashMap::new(),
             ids: IdSource::default(),
             secret: mac.finalize().into_bytes().to_vec(),
-            limits: server.config.muc.clone(),
+            limits: server.config().muc.clone(),
             streams,
         }
     }

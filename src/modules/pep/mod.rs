@@ -97,7 +97,7 @@ impl Pep {
 
 /// The PEP service of `owner`, with the configured limits.
 pub fn service<'a>(server: &'a Server, owner: &'a BareJid) -> Service<'a> {
-    let c = &server.config.pep;
+    let c = &server.config().pep;
     Service {
         store: &server.store,
         domain: owner.domain().as_str(),
@@ -108,7 +108,7 @@ pub fn service<'a>(server: &'a Server, owner: &'a BareJid) -> Service<'a> {
             max_item_bytes: c.max_item_bytes,
             max_items_page: c.max_items_page,
             max_subscribers: c.max_subscribers,
-            max_depth: server.config.limits.max_depth,
+            max_depth: server.config().limits.max_depth,
         },
     }
 }
@@ -209,7 +209,7 @@ impl Pep {
     /// unavailable, and starts what follows (a disco#info query, sending
     /// last items) on a task of its own.
     fn presence(&self, server: &Server, origin: Origin<'_>, to: Option<&Jid>, stanza: &Element) {
-        if !server.config.pep.enabled {
+        if !server.config().pep.enabled {
             return;
         }
         // A local user's broadcast, or a remote contact's presence to a
@@ -238,7 +238,7 @@ impl Pep {
         else {
             return;
         };
-        let c = &server.config.pep;
+        let c = &server.config().pep;
         let announced = self
             .caps
             .announce(&from, ver, c.max_caps_resources, c.max_caps_queries);
@@ -299,7 +299,7 @@ async fn learn(server: &Server, ours: &str, jid: &FullJid, node: &str, ver: &str
         .with_child(
             Element::new("query", super::disco::NS_INFO).with_attr("node", format!("{node}#{ver}")),
         );
-    let timeout = Duration::from_secs(server.config.pep.caps_query_timeout);
+    let timeout = Duration::from_secs(server.config().pep.caps_query_timeout);
     let features = match server.iq_tracker.request(server, ours, iq, timeout).await {
         Ok(answer) => answer
             .get_child("query", super::disco::NS_INFO)
@@ -317,7 +317,7 @@ async fn learn(server: &Server, ours: &str, jid: &FullJid, node: &str, ver: &str
         tracing::debug!(%jid, ver, "capabilities not learned");
     }
     pep.caps
-        .learned(ver, features, server.config.pep.caps_cache);
+        .learned(ver, features, server.config().pep.caps_cache);
 }
 
 /// What the owner's roster says of a requester, for the access models.
@@ -383,7 +383,7 @@ fn owner_of(req: &IqRequest<'_>) -> Option<BareJid> {
 
 async fn handle_iq(req: &IqRequest<'_>) -> crate::feature::iq::IqOutcome {
     let server = req.server;
-    if !server.config.pep.enabled || req.target == IqTarget::Server {
+    if !server.config().pep.enabled || req.target == IqTarget::Server {
         return Err(StanzaErrorCondition::ServiceUnavailable.into());
     }
     let Some(owner) = owner_of(req) else {

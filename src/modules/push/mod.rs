@@ -238,7 +238,7 @@ impl Push {
         let Some(summary) = worth_pushing(stanza) else {
             return;
         };
-        let limits = &server.config.push;
+        let limits = &server.config().push;
         let body = summary
             .body
             .filter(|_| limits.include_body)
@@ -255,7 +255,7 @@ impl Push {
     /// coverage looks connected until a write fails), so they count as
     /// unseen. Those read from offline storage were counted when stored.
     fn unacknowledged(&self, server: &Server, account: &BareJid, stanzas: &[Arc<OutStanza>]) {
-        let max_depth = server.config.limits.max_depth;
+        let max_depth = server.config().limits.max_depth;
         for st in stanzas.iter().filter(|st| st.stored_id().is_none()) {
             // Parsed apart from the stanza, which keeps only its bytes
             // while it waits (its element is not cached again).
@@ -291,7 +291,7 @@ impl Push {
             "enable" => {
                 check_service(req.server, &service)?;
                 let reg = registration(req.server, req.payload, service.to_string())?;
-                let max = req.server.config.push.max_registrations;
+                let max = req.server.config().push.max_registrations;
                 match store.push_enable(domain, user, &reg, max).await {
                     Ok(true) => {
                         // The node and the options are the app server's
@@ -361,7 +361,7 @@ fn registration(
     enable: &Element,
     service: String,
 ) -> Result<PushRegistration, StanzaError> {
-    let limits = &server.config.push;
+    let limits = &server.config().push;
     let node = match enable.attr("node") {
         Some(n) if !n.is_empty() => n,
         _ => {

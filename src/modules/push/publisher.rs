@@ -59,11 +59,12 @@ impl Publisher {
     pub fn notify(&self, server: &Server, account: &BareJid, unseen: Unseen) {
         let start = {
             let mut map = self.lock();
-            if !map.contains_key(account) && map.len() >= server.config.push.max_pending_accounts {
+            if !map.contains_key(account) && map.len() >= server.config().push.max_pending_accounts
+            {
                 // Forget accounts with nothing under way (they only lose
                 // their unread count) before refusing a new one.
                 map.retain(|_, p| p.worker || p.fresh);
-                if map.len() >= server.config.push.max_pending_accounts {
+                if map.len() >= server.config().push.max_pending_accounts {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("push: too many accounts pending; notification dropped");
                     return;
@@ -188,7 +189,7 @@ async fn work(server: &Arc<Server>, account: &BareJid) {
         return;
     };
     let publisher = &push.publisher;
-    let interval = Duration::from_secs(server.config.push.min_interval);
+    let interval = Duration::from_secs(server.config().push.min_interval);
     while let Some(summary) = publisher.take_fresh(account) {
         if publish_round(server, publisher, account, &summary).await == 0 {
             // No registration (most accounts, and accounts that do not
@@ -234,11 +235,11 @@ async fn publish_one(
     summary: &Summary,
 ) {
     let options = reg.options.as_deref().and_then(|xml| {
-        crate::modules::xml_from_storage(xml, server.config.limits.max_depth)
+        crate::modules::xml_from_storage(xml, server.config().limits.max_depth)
             .and_then(|mut v| v.pop())
     });
     let iq = publish_iq(&reg.service, &reg.node, summary, options);
-    let timeout = Duration::from_secs(server.config.push.timeout);
+    let timeout = Duration::from_secs(server.config().push.timeout);
     // From the account's domain, as XEP-0357 §7 shows; the answer comes
     // back to the server, where the IQ tracker takes it.
     let from = account.domain().as_str();
@@ -271,7 +272,7 @@ async fn publish_one(
                 return;
             }
             let errors = publisher.error_in_a_row(account, reg);
-            let max = server.config.push.max_errors;
+            let max = server.config().push.max_errors;
             if errors < max {
                 tracing::info!(account = %account, service = %reg.service, condition,
                     errors, max, "push: app server answered with an error; registration kept");

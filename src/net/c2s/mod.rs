@@ -55,8 +55,13 @@ pub async fn run(
     direct_tls: bool,
     slot: ConnectionSlot,
 ) {
-    let limits = server.config.limits.stream();
-    let domain = server.config.domains().first().cloned().unwrap_or_default();
+    let limits = server.config().limits.stream();
+    let domain = server
+        .config()
+        .domains()
+        .first()
+        .cloned()
+        .unwrap_or_default();
     let stream = XmlStream::new(
         Transport::Plain(tcp),
         limits,
@@ -85,12 +90,18 @@ pub fn serve<S: ClientStream>(
 ) -> impl std::future::Future<Output = ()> {
     let started = Instant::now();
     let id = server.next_id();
-    let domain = server.config.domains().first().cloned().unwrap_or_default();
+    let domain = server
+        .config()
+        .domains()
+        .first()
+        .cloned()
+        .unwrap_or_default();
     let mut conn = Connection {
         server,
         stream,
         domain,
         tls_addressed: false,
+        handshake_certs: None,
         peer,
         id,
         extensions: Extensions::default(),
@@ -129,6 +140,9 @@ struct Connection<S> {
     domain: String,
     /// TLS was started (STARTTLS) on a stream addressed to `domain`.
     tls_addressed: bool,
+    /// The certificates the TLS handshake chose from: channel binding
+    /// hashes the one served, even if a reload replaced them since.
+    handshake_certs: Option<Arc<crate::net::tls::CertStore>>,
     peer: SocketAddr,
     id: u64,
     /// Features' state about this connection before it has a session.
@@ -140,7 +154,7 @@ struct Connection<S> {
 
 impl<S: ClientStream> Connection<S> {
     async fn run(&mut self, direct_tls: bool) -> (End, Option<Attached>) {
-        let login_timeout = Duration::from_secs(self.server.config.c2s.login_timeout);
+        let login_timeout = Duration::from_secs(self.server.config().c2s.login_timeout);
         // Boxed: negotiation's state (SASL, SASL2, bind, resume) is larger
         // than a bound session's and lives only until login; inline, every
         // idle session's task would stay that size for its whole life.
@@ -181,7 +195,7 @@ impl<S: ClientStream> Connection<S> {
         loop {
             match self.stream.next_event().await? {
                 StreamEvent::Header(h) => {
-                    let domain = match check_header(&h, self.server_domains(), &self.domain) {
+                    let domain = match check_header(&h, &self.server_domains(), &self.domain) {
                         Ok(domain) => domain,
                         Err(cond) => return Err(self.stream.close_with(cond, None).await),
                     };
@@ -318,14 +332,14 @@ impl<S: ClientStream> Connection<S> {
         }
     }
 
-    fn server_domains(&self) -> &std::collections::HashSet<String> {
+    fn server_domains(&self) -> Arc<std::collections::HashSet<String>> {
         self.server.domains()
     }
 
     /// May clients create accounts in-band on the domain this stream names?
     /// Also when a feature admitted this stream (an invitation token).
     fn registration_allowed(&self) -> bool {
-        self.server.config.allows_registration(&self.domain)
+        self.server.config().allows_registration(&self.domain)
             || self
                 .extensions
                 .get::<crate::modules::register::Admitted>()
@@ -360,7 +374,7 @@ impl<S: ClientStream> Connection<S> {
                 let mechs = offered_mechanisms(
                     *tls,
                     !cb.available.is_empty(),
-                    self.server.config.c2s.allow_plain,
+                    self.server.config().c2s.allow_plain,
                 );
                 // Where open registration is off, invitation tokens still
                 // create accounts in-band: the iq-register feature stays
@@ -372,14 +386,14 @@ impl<S: ClientStream> Connection<S> {
                     .is_some();
                 let mut f = rules::features_unauthenticated(
                     *tls,
-                    self.server.config.c2s.require_encryption,
+                    self.server.config().c2s.require_encryption,
                     &mechs,
                     &cb_names,
                     self.registration_allowed() || invitations,
                 );
                 // RFC 6120 §5.3.1: where TLS is mandatory, STARTTLS is the
                 // only feature of the first stage.
-                if *tls || !self.server.config.c2s.require_encryption {
+                if *tls || !self.server.config().c2s.require_encryption {
                     for extra in self
                         .server
                         .features
@@ -409,10 +423,16 @@ impl<S: ClientStream> Connection<S> {
 
     fn channel_binding(&self) -> sasl::ChannelBindingData {
         match self.stream.tls_session() {
-            Some(tls) => self
-                .server
-                .certs
-                .channel_binding(tls, self.tls_addressed.then_some(self.domain.as_str())),
+            Some(tls) => match &self.handshake_certs {
+                Some(certs) => {
+                    certs.channel_binding(tls, self.tls_addressed.then_some(self.domain.as_str()))
+                }
+                None => self
+                    .server
+                    .tls()
+                    .certs
+                    .channel_binding(tls, self.tls_addressed.then_some(self.domain.as_str())),
+            },
             None => sasl::ChannelBindingData {
                 available: Vec::new(),
             },
@@ -425,11 +445,13 @@ impl<S: ClientStream> Connection<S> {
     /// header.
     async fn start_tls(&mut self, addressed: bool) -> Flow<()> {
         self.tls_addressed = addressed;
+        let set = self.server.tls();
         let config = if self.tls_addressed {
-            self.server.starttls_config(&self.domain)
+            set.starttls(&self.domain)
         } else {
-            self.server.tls.clone()
+            set.direct.clone()
         };
+        self.handshake_certs = Some(set.certs.clone());
         if let Err(e) = self.stream.start_tls(config).await {
             return Err(End::Io(format!("TLS handshake: {e}")));
         }
@@ -490,12 +512,12 @@ impl<S: ClientStream> Connection<S> {
         let offered = offered_mechanisms(
             tls,
             !cb.available.is_empty(),
-            self.server.config.c2s.allow_plain,
+            self.server.config().c2s.allow_plain,
         );
         let server = self.server.clone();
-        let source = throttle::source_key(self.peer.ip(), server.config.limits.auth_ipv6_prefix);
+        let source = throttle::source_key(self.peer.ip(), server.config().limits.auth_ipv6_prefix);
         let mut attempt = None;
-        let result = if !tls && server.config.c2s.require_encryption {
+        let result = if !tls && server.config().c2s.require_encryption {
             Err(SaslError::EncryptionRequired)
         } else if let Some(a) = server.auth_failures_by_ip.try_reserve(&source) {
             attempt = Some(a);
@@ -511,7 +533,7 @@ impl<S: ClientStream> Connection<S> {
                         .any(|m| matches!(m, Mechanism::Scram { plus: true, .. }));
                     let downgrade = sasl2::downgrade_hash_for(hash, &offered, &cb);
                     let scram = ScramServer::new(hash, plus, offers_plus, cb)
-                        .with_unknown_user_iterations(server.config.limits.scram_iterations)
+                        .with_unknown_user_iterations(server.config().limits.scram_iterations)
                         .with_downgrade_hash(downgrade);
                     self.auth_scram(auth, scram, source).await?
                 }
@@ -594,7 +616,7 @@ impl<S: ClientStream> Connection<S> {
         let Some(reserved) = self.reserve_account_attempt(&username, source) else {
             return Ok(Err(SaslError::TemporaryAuthFailure));
         };
-        let hashing = self.server.config.limits.password_hashing();
+        let hashing = self.server.config().limits.password_hashing();
         let lookup = accounts::plain_check(&self.server.store, &self.domain, &username, &hashing);
         let result = match (self.server.metrics.storage)
             .time(StorageOp::AccountLookup, lookup)
@@ -648,7 +670,7 @@ impl<S: ClientStream> Connection<S> {
                     return;
                 }
             };
-        let iterations = self.server.config.limits.scram_iterations;
+        let iterations = self.server.config().limits.scram_iterations;
         let derived = self
             .server
             .hashing
@@ -855,8 +877,8 @@ impl<S: ClientStream> Connection<S> {
             }
         };
         let (tx, rx) = crate::queue::queue_with_peak(
-            self.server.config.limits.session_queue,
-            self.server.config.limits.session_queue_bytes,
+            self.server.config().limits.session_queue,
+            self.server.config().limits.session_queue_bytes,
             Some(self.server.metrics.queue_peak.clone()),
         );
         self.server.sessions.bind(&full, self.id, tx);

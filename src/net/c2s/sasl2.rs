@@ -69,7 +69,7 @@ impl<S: ClientStream> Connection<S> {
         mechs: &[Mechanism],
         cb: &ChannelBindingData,
     ) -> Option<Element> {
-        let config = &self.server.config;
+        let config = &self.server.config();
         if !config.sasl2.enabled {
             return None;
         }
@@ -91,7 +91,7 @@ impl<S: ClientStream> Connection<S> {
     }
 
     fn sm_available(&self) -> bool {
-        self.server.config.stream_management.enabled
+        self.server.config().stream_management.enabled
             && self
                 .server
                 .features
@@ -107,14 +107,14 @@ impl<S: ClientStream> Connection<S> {
         failures: &mut u32,
     ) -> Flow<Outcome> {
         let unauthenticated = matches!(phase, Phase::Unauthenticated { .. });
-        if el.name() != "authenticate" || !unauthenticated || !self.server.config.sasl2.enabled {
+        if el.name() != "authenticate" || !unauthenticated || !self.server.config().sasl2.enabled {
             return Err(self
                 .stream
                 .close_with(StreamErrorCondition::NotAuthorized, None)
                 .await);
         }
         let tls = self.stream.is_secure();
-        let result = if !tls && self.server.config.c2s.require_encryption {
+        let result = if !tls && self.server.config().c2s.require_encryption {
             Err(SaslError::EncryptionRequired)
         } else {
             match rules::parse_authenticate(el) {
@@ -206,11 +206,11 @@ impl<S: ClientStream> Connection<S> {
         req: &Authenticate,
     ) -> Flow<Result<Authenticated, SaslError>> {
         let cb = self.channel_binding();
-        if !self.server.config.sasl2.fast || !FastMechanism::offered(&cb).contains(&mechanism) {
+        if !self.server.config().sasl2.fast || !FastMechanism::offered(&cb).contains(&mechanism) {
             return Ok(Err(SaslError::InvalidMechanism));
         }
         let server = self.server.clone();
-        let source = throttle::source_key(self.peer.ip(), server.config.limits.auth_ipv6_prefix);
+        let source = throttle::source_key(self.peer.ip(), server.config().limits.auth_ipv6_prefix);
         let Some(ip_attempt) = server.auth_failures_by_ip.try_reserve(&source) else {
             return Ok(Err(SaslError::TemporaryAuthFailure));
         };
@@ -338,7 +338,7 @@ impl<S: ClientStream> Connection<S> {
         phase: &mut Phase,
     ) -> Flow<Outcome> {
         let server = self.server.clone();
-        let config = &server.config.sasl2;
+        let config = &server.config().sasl2;
         let username = authed.username;
         let account = format!("{username}@{}", self.domain);
         let bare = BareJid::new(&account)
@@ -512,8 +512,8 @@ impl<S: ClientStream> Connection<S> {
             return Ok(None);
         };
         let (tx, rx) = crate::queue::queue_with_peak(
-            self.server.config.limits.session_queue,
-            self.server.config.limits.session_queue_bytes,
+            self.server.config().limits.session_queue,
+            self.server.config().limits.session_queue_bytes,
             Some(self.server.metrics.queue_peak.clone()),
         );
         self.server.sessions.bind(&full, self.id, tx);
@@ -560,7 +560,7 @@ impl<S: ClientStream> Connection<S> {
     /// XEP-0198's `<enable/>` inside Bind 2: the `<enabled/>` (or
     /// `<failed/>`) that goes into `<bound/>`.
     fn enable_inline(&self, a: &mut Attached, el: &Element) -> Element {
-        let config = &self.server.config.stream_management;
+        let config = &self.server.config().stream_management;
         let Some(feature) = self
             .server
             .features

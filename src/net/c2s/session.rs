@@ -149,8 +149,8 @@ impl Writer {
             out.element(st.bytes());
             sm.sent_one(st.into_bytes_only());
         }
-        let max = server.config.stream_management.max_unacked;
-        let max_bytes = server.config.limits.session_queue_bytes;
+        let max = server.config().stream_management.max_unacked;
+        let max_bytes = server.config().limits.session_queue_bytes;
         if sm.unacked_len() > max || sm.unacked_weight() > max_bytes {
             // A client that stops acknowledging is treated as gone: its
             // session waits for a resumption, holding what it did not ack.
@@ -182,7 +182,7 @@ impl Writer {
 impl<S: ClientStream> Connection<S> {
     /// Runs a bound session until its connection ends.
     pub(super) async fn session(&mut self, a: &mut Attached) -> End {
-        let idle = Duration::from_secs(self.server.config.c2s.idle_timeout);
+        let idle = Duration::from_secs(self.server.config().c2s.idle_timeout);
         let server = self.server.clone();
         loop {
             // Handle every complete stanza already buffered.
@@ -310,7 +310,7 @@ impl<S: ClientStream> Connection<S> {
         a: &mut Attached,
         el: &Element,
     ) -> Result<Option<i64>, StreamErrorCondition> {
-        let config = &self.server.config.stream_management;
+        let config = &self.server.config().stream_management;
         let feature = self.server.features.get::<StreamManagementFeature>();
         match (el.name(), &mut a.w.sm) {
             (_, _) if !config.enabled || feature.is_none() => {
@@ -389,7 +389,7 @@ impl<S: ClientStream> Connection<S> {
         inline: Option<Element>,
     ) -> Result<Result<Attached, Element>, End> {
         let feature = match self.server.features.get::<StreamManagementFeature>() {
-            Some(f) if self.server.config.stream_management.enabled => f,
+            Some(f) if self.server.config().stream_management.enabled => f,
             _ => return Ok(Err(failed("feature-not-implemented", None))),
         };
         let (Some(previd), Some(h)) = (el.attr("previd"), parse_h(el)) else {

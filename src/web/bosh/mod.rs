@@ -154,7 +154,7 @@ pub async fn request(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let max = max_body_bytes(&web.server.config);
+    let max = max_body_bytes(&web.server.config());
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -240,7 +240,7 @@ fn new_sid() -> String {
 /// Session creation (XEP-0124 §7, XEP-0206 §5).
 async fn create(web: &Arc<Web>, conn: ConnInfo, wrapper: body::Wrapper, bytes: Bytes) -> Response {
     let server = &web.server;
-    let http = &server.config.http;
+    let http = &server.config().http;
     let Some(first_rid) = wrapper.rid() else {
         return terminate("bad-request");
     };
@@ -278,7 +278,7 @@ async fn create(web: &Arc<Web>, conn: ConnInfo, wrapper: body::Wrapper, bytes: B
         terms,
         first_rid,
         web.bosh.clone(),
-        server.config.limits.stream(),
+        server.config().limits.stream(),
         conn.secure,
         server.shutdown.clone(),
     );
