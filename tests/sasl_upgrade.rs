@@ -170,7 +170,7 @@ async fn upgrade_then_log_in(server: &TestServer) {
     assert_eq!(salt.len(), 16);
     assert_eq!(
         iterations,
-        server.server().config.limits.scram_iterations,
+        server.server().config().limits.scram_iterations,
         "the server's iteration count"
     );
     let salted = ScramHash::Sha256.salted_password("pencil", &salt, iterations);
@@ -359,4 +359,31 @@ async fn switched_off_nothing_is_advertised_or_run() {
     .await;
     assert!(s.is("success", NS_SASL2), "{}", show(&s));
     assert_eq!(mechanisms_stored(&server, "off").await, ["SHA-1"]);
+}
+
+/// A FAST token login asking for an upgrade gets no task: a token must
+/// not be turnable into a password for another mechanism.
+#[tokio::test]
+async fn no_task_after_a_fast_token_login() {
+    let server = TestServer::start().await;
+    add_sha1_only(&server, "fasty", "pw").await;
+    let (mut c, _) = secured(&server).await;
+    let ask_token = format!("<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-NONE'/>");
+    let (s, _) = authenticate(&mut c, ScramHash::Sha1, "fasty", "pw", &ask_token).await;
+    assert!(s.is("success", NS_SASL2), "{}", show(&s));
+    let token = issued_token(&s).expect("a token");
+    let (mut d, _) = secured(&server).await;
+    let s = d
+        .sasl2_fast(
+            "HT-SHA-256-NONE",
+            "fasty",
+            &token,
+            &[],
+            "upgrader",
+            Some(1),
+            &upgrade(ScramHash::Sha256),
+        )
+        .await;
+    assert!(s.is("success", NS_SASL2), "{}", show(&s));
+    assert_eq!(mechanisms_stored(&server, "fasty").await, ["SHA-1"]);
 }

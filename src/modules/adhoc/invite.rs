@@ -54,7 +54,7 @@ fn may_invite(server: &Server, requester: &Jid) -> bool {
 
 fn may_invite_accounts(server: &Server, requester: &Jid) -> bool {
     may_invite(server, requester)
-        && (server.config.invite.account_invites == "users" || is_admin(server, requester))
+        && (server.config().invite.account_invites == "users" || is_admin(server, requester))
 }
 
 /// Runs one stage of `node` for `requester`.
@@ -68,7 +68,7 @@ pub async fn run(
     match (node, submitted) {
         (INVITE, _) => {
             let accounts =
-                server.config.invite.user_invites_create_accounts || is_admin(server, requester);
+                server.config().invite.user_invites_create_accounts || is_admin(server, requester);
             let result = create(server, &bare, Some(&bare), false, accounts).await?;
             Ok(Stage::Completed(Some(result)))
         }
@@ -111,7 +111,8 @@ async fn create(
     if let Err(e) = store.invite_purge(now, PURGE_BATCH).await {
         tracing::warn!(error = %e, "purging spent invitations");
     }
-    let config = &server.config.invite;
+    let snapshot = server.config();
+    let config = &snapshot.invite;
     if !is_admin(server, &Jid::from(requester.clone())) {
         let live = store
             .invites_live_by(requester.as_str(), now)
@@ -144,7 +145,7 @@ async fn create(
         hidden("FORM_TYPE", FORM_TYPE),
         text("uri", "Invitation URI", &token::uri(&record, &tok)),
     ];
-    if let Some(base) = crate::modules::upload::base_url(&server.config) {
+    if let Some(base) = crate::modules::upload::base_url(&snapshot) {
         fields.push(text(
             "landing-url",
             "Invitation web page",

@@ -42,7 +42,7 @@ impl<S: ClientStream> Connection<S> {
     }
 
     fn upgrades_allowed(&self) -> bool {
-        self.server.config.sasl2.upgrade_tasks && self.stream.is_secure()
+        self.server.config().sasl2.upgrade_tasks && self.stream.is_secure()
     }
 
     /// Runs the tasks `requested` calls for on `username`'s account.
@@ -76,7 +76,7 @@ impl<S: ClientStream> Connection<S> {
             .copied()
             .filter(|h| !have.iter().any(|m| m == mechanism_key(*h)))
             .collect();
-        let iterations = self.server.config.limits.scram_iterations;
+        let iterations = self.server.config().limits.scram_iterations;
         let mut keys = Vec::with_capacity(tasks.len());
         for hash in tasks {
             self.stream.write(&rules::continue_with(
