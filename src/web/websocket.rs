@@ -73,24 +73,22 @@ pub async fn upgrade(
     // size gets an XMPP stream error from us first (see `WsStream::fill`).
     let hard = max + 4096;
     let secure = conn.secure;
-    let tracked = web.tracker.token();
+    let tracker = web.tracker.clone();
     ws.max_message_size(hard)
         .max_frame_size(hard)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            // The session is built here and boxed: an async block keeps
-            // what it captures for its whole life, so capturing the socket
-            // (or the session future itself, awaited in place) would hold
-            // it twice for as long as the session lives.
+            // The session gets a task of its own, its future stored inline
+            // in that task as a TCP session's is (one allocation), and
+            // axum's upgrade task ends here. Awaiting the session inside
+            // axum's task instead costs a second task or a boxed future
+            // per session for its whole life (~0.7 KiB of an idle one).
             let stream = WsStream::new(socket, &server, secure);
-            let session = Box::pin(crate::net::c2s::serve(
+            tracker.spawn(crate::net::c2s::serve(
                 server, stream, conn.peer, false, slot,
             ));
-            async move {
-                let _tracked = tracked;
-                session.await
-            }
+            std::future::ready(())
         })
 }
 
@@ -405,6 +403,10 @@ impl ClientStream for WsStream {
         shutdown: &CancellationToken,
         idle: Duration,
     ) -> Flow<()> {
+        // Between messages nothing is buffered: the parser's receive
+        // buffer goes (as on TCP), instead of keeping the largest
+        // message's size for the session's life.
+        self.parser.shrink();
         ClientStream::flush(self).await?;
         if self.event.is_some() {
             return Ok(());
