@@ -55,6 +55,40 @@ pub struct Config {
     pub upload: UploadConfig,
     /// Prometheus metrics at `/metrics` on the `[http]` listener.
     pub metrics: MetricsConfig,
+    /// Invitations created by users with XEP-0401's ad-hoc commands.
+    pub invite: InviteConfig,
+}
+
+/// Invitations users create from their client (XEP-0401 ad-hoc commands
+/// `urn:xmpp:invite#invite` and `#create-account`); `waxwing ctl invite`
+/// is the operator's and not bound by these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InviteConfig {
+    /// Who may create account invitations (`#create-account`): "admins"
+    /// (`[admin] admins`, the default) or "users" (every local user).
+    pub account_invites: String,
+    /// Whether a user's contact invitation (`#invite`) also lets the
+    /// invitee create an account here (`ibr=y`), even where open
+    /// registration is off. Default false: contact only.
+    pub user_invites_create_accounts: bool,
+    /// Most invitations one user may have live (unused and unexpired) at
+    /// once; administrators are not counted. Default 10.
+    pub max_live_per_user: u32,
+    /// How long an invitation created by a command stays valid, in
+    /// seconds. Default 7 days.
+    pub expiry: u64,
+}
+
+impl Default for InviteConfig {
+    fn default() -> Self {
+        InviteConfig {
+            account_invites: "admins".into(),
+            user_invites_create_accounts: false,
+            max_live_per_user: 10,
+            expiry: 7 * 86_400,
+        }
+    }
 }
 
 /// Prometheus metrics (`src/metrics/`, `web::metrics`): served at
@@ -410,6 +444,9 @@ pub struct Sasl2Config {
     /// Most clients remembered per account; one more forgets the least
     /// recently seen (and its token). Default 32.
     pub max_clients_per_account: usize,
+    /// Offer XEP-0480 upgrade tasks (over TLS only): a client that logged
+    /// in with a password gives the SCRAM keys its account lacks.
+    pub upgrade_tasks: bool,
 }
 
 impl Default for Sasl2Config {
@@ -420,6 +457,7 @@ impl Default for Sasl2Config {
             token_lifetime: 14 * 86_400,
             token_rotate_before_expiry: 7 * 86_400,
             max_clients_per_account: 32,
+            upgrade_tasks: true,
         }
     }
 }
@@ -967,6 +1005,7 @@ impl Default for Config {
             external_service: Vec::new(),
             upload: UploadConfig::default(),
             metrics: MetricsConfig::default(),
+            invite: InviteConfig::default(),
         }
     }
 }
@@ -1965,6 +2004,7 @@ const SASL2: &[Field] = &[
             max: 10_000,
         },
     ),
+    f("upgrade_tasks", Kind::Bool),
 ];
 const PEP: &[Field] = &[
     f("enabled", Kind::Bool),
@@ -2251,6 +2291,25 @@ const SCHEMA: &[Field] = &[
     f("external_service", Kind::Tables(EXTERNAL_SERVICE)),
     f("upload", Kind::Table(UPLOAD)),
     f("metrics", Kind::Table(METRICS)),
+    f("invite", Kind::Table(INVITE)),
+];
+const INVITE: &[Field] = &[
+    f("account_invites", Kind::Str(account_invites)),
+    f("user_invites_create_accounts", Kind::Bool),
+    f(
+        "max_live_per_user",
+        Kind::Int {
+            min: 0,
+            max: 10_000,
+        },
+    ),
+    f(
+        "expiry",
+        Kind::Int {
+            min: 60,
+            max: 366 * 86_400,
+        },
+    ),
 ];
 const METRICS: &[Field] = &[
     f("enabled", Kind::Bool),
@@ -2467,6 +2526,13 @@ fn sqlite_synchronous(s: &str) -> Result<(), String> {
     match s {
         "normal" | "full" => Ok(()),
         _ => Err("must be \"normal\" or \"full\"".into()),
+    }
+}
+
+fn account_invites(s: &str) -> Result<(), String> {
+    match s {
+        "admins" | "users" => Ok(()),
+        _ => Err("must be \"admins\" or \"users\"".into()),
     }
 }
 

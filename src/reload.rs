@@ -158,6 +158,8 @@ fn merge(running: &Config, fresh: Config) -> (Config, Vec<String>) {
         listen_tls: running.c2s.listen_tls.clone(),
         ..fresh.c2s.clone()
     };
+    // Read per command: nothing to rebuild.
+    next.invite = fresh.invite.clone();
     next.s2s = crate::config::S2sConfig {
         listen: running.s2s.listen.clone(),
         listen_tls: running.s2s.listen_tls.clone(),

@@ -153,19 +153,18 @@ async fn only_admins_see_and_run_commands() {
         .await;
     assert!(show(&ninfo).contains("command-node"), "{}", show(&ninfo));
 
-    // Bob is no admin: an empty list, forbidden to run, no node info.
+    // Bob is no admin: no administration command in his list (only
+    // XEP-0401's contact invitation, which every user may run), forbidden
+    // to run, no node info.
     let (i, q) = list("items");
     let items = bob.iq(&q, &i).await;
-    assert_eq!(
-        items
-            .get_child("query", NS_ITEMS)
-            .unwrap()
-            .children()
-            .count(),
-        0,
-        "{}",
-        show(&items)
-    );
+    let bobs: Vec<String> = items
+        .get_child("query", NS_ITEMS)
+        .unwrap()
+        .children()
+        .filter_map(|c| c.attr("node").map(str::to_owned))
+        .collect();
+    assert_eq!(bobs, ["urn:xmpp:invite#invite"], "{}", show(&items));
     let refused = execute(&mut bob, "add-user").await;
     assert_eq!(
         stanza_error(&refused).as_deref(),
@@ -793,4 +792,61 @@ async fn the_message_of_the_day_is_sent_at_login() {
     .await;
     // Stored in the database: what a restarted server would send.
     assert_eq!(server.store().motd_get(DOMAIN).await.unwrap(), None);
+}
+
+/// Logs `user` in with `resource`; whether a message of the day came with
+/// the initial presence (the text if so).
+async fn motd_at_login(server: &TestServer, user: &str, resource: &str) -> Option<String> {
+    let mut c =
+        Client::login_without_presence(server.plain_addr, user, "pw-b", Some(resource)).await;
+    let since = c.mark();
+    c.send_str("<presence/>").await;
+    // The message comes before the answer to a later ping, if at all.
+    c.barrier().await;
+    c.received[since..]
+        .iter()
+        .find(|e| e.is("message", "jabber:client") && e.attr("type") == Some("headline"))
+        .map(|m| m.get_child("body", "jabber:client").unwrap().text())
+}
+
+/// Once per change, as ejabberd does: the first login after a text is set
+/// gets it, later logins (other resources, reconnections) do not; the
+/// same text set again is no change; a new text is sent again; after a
+/// delete, even the old text is news. One row per account remembers.
+#[tokio::test]
+async fn the_message_of_the_day_is_sent_once_per_change() {
+    let server = TestServer::start_with(admin_config).await;
+    server.add_user("alice", "pw-a").await;
+    server.add_user("bob", "pw-b").await;
+    let mut alice = Client::login(server.plain_addr, "alice", "pw-a", Some("a")).await;
+    let set = |text: &'static str| format!("<field var='motd'><value>{text}</value></field>");
+    run(&mut alice, "set-motd", &set("First")).await;
+    assert_eq!(
+        motd_at_login(&server, "bob", "b1").await.as_deref(),
+        Some("First")
+    );
+    assert_eq!(motd_at_login(&server, "bob", "b2").await, None);
+    assert_eq!(motd_at_login(&server, "bob", "b1").await, None);
+    run(&mut alice, "set-motd", &set("First")).await;
+    assert_eq!(motd_at_login(&server, "bob", "b3").await, None);
+    run(&mut alice, "set-motd", &set("Second")).await;
+    assert_eq!(
+        motd_at_login(&server, "bob", "b4").await.as_deref(),
+        Some("Second")
+    );
+    assert_eq!(motd_at_login(&server, "bob", "b5").await, None);
+    execute(&mut alice, "delete-motd").await;
+    run(&mut alice, "set-motd", &set("Second")).await;
+    assert_eq!(
+        motd_at_login(&server, "bob", "b6").await.as_deref(),
+        Some("Second")
+    );
+    assert_eq!(motd_at_login(&server, "bob", "b7").await, None);
+    // Deleting the account forgets it; a new account of the name gets it.
+    assert!(server.store().delete_account(DOMAIN, "bob").await.unwrap());
+    server.add_user("bob", "pw-b").await;
+    assert_eq!(
+        motd_at_login(&server, "bob", "b8").await.as_deref(),
+        Some("Second")
+    );
 }

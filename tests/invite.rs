@@ -145,7 +145,10 @@ async fn an_invitee_registers_with_the_token_and_becomes_the_inviters_contact() 
     assert_eq!(stored.len(), 1);
     assert!(!stored[0].token_hash.contains(&token));
 
-    // Open registration is off: the stream offers the invitation feature only.
+    // Open registration is off: the stream offers the invitation feature,
+    // and in-band registration (as Prosody's invite-only mode does: clients
+    // such as Conversations look for it before presenting a token), which
+    // refuses a registration without a token.
     let (mut c, features) = tls_stream(&server).await;
     assert!(
         features.get_child("register", NS_INVITE).is_some(),
@@ -154,7 +157,7 @@ async fn an_invitee_registers_with_the_token_and_becomes_the_inviters_contact() 
     );
     assert!(features
         .get_child("register", NS_REGISTER_FEATURE)
-        .is_none());
+        .is_some());
     let reply = register(&mut c, "juliet", "balcony", "r0").await;
     assert_eq!(stanza_error(&reply).as_deref(), Some("service-unavailable"));
 
@@ -599,4 +602,223 @@ async fn an_invitee_elsewhere_is_approved_too() {
         .unwrap()
         .unwrap();
     assert_eq!(romeo.subscription, "from");
+}
+
+// ---- XEP-0401 ad-hoc commands ----------------------------------------
+
+const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
+const NS_DATA: &str = "jabber:x:data";
+const INVITE_NODE: &str = "urn:xmpp:invite#invite";
+const ACCOUNT_NODE: &str = "urn:xmpp:invite#create-account";
+
+fn adhoc_config(c: &mut waxwing::config::Config) {
+    c.admin.admins = vec!["alice@localhost".into()];
+}
+
+/// Executes `node`; the IQ answer.
+async fn execute(c: &mut Client, node: &str, id: &str) -> Element {
+    c.iq(
+        &format!("<iq type='set' id='{id}' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{node}' action='execute'/></iq>"),
+        id,
+    )
+    .await
+}
+
+/// A result form's field value.
+fn form_value(answer: &Element, var: &str) -> Option<String> {
+    answer
+        .get_child("command", NS_COMMANDS)?
+        .get_child("x", NS_DATA)?
+        .children()
+        .find(|f| f.attr("var") == Some(var))?
+        .get_child("value", NS_DATA)
+        .map(|v| v.text())
+}
+
+fn token_in(uri: &str) -> String {
+    let start = uri.find("preauth=").unwrap() + "preauth=".len();
+    uri[start..].split(';').next().unwrap().to_string()
+}
+
+/// The nodes of the command list `c` sees.
+async fn command_nodes(c: &mut Client) -> Vec<String> {
+    let r = c
+        .iq(
+            &format!("<iq type='get' id='cl' to='{DOMAIN}'><query xmlns='http://jabber.org/protocol/disco#items' node='{NS_COMMANDS}'/></iq>"),
+            "cl",
+        )
+        .await;
+    r.get_child("query", "http://jabber.org/protocol/disco#items")
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("node").map(str::to_owned))
+        .collect()
+}
+
+/// A user's contact invitation: completed at once with the URI, the
+/// landing page and the expiry; by default it does not admit
+/// registration. Account invitations are the administrators': refused to
+/// the user, and an administrator's token creates an account that becomes
+/// the administrator's contact.
+#[tokio::test]
+async fn users_invite_contacts_and_admins_invite_accounts_with_adhoc_commands() {
+    let server = TestServer::start_with(|c| {
+        adhoc_config(c);
+        c.http.public_url = "https://chat.example".into();
+    })
+    .await;
+    server.add_user("romeo", "montague").await;
+    server.add_user("alice", "admin-pw").await;
+    let mut romeo = Client::login(server.plain_addr, "romeo", "montague", Some("r")).await;
+    let nodes = command_nodes(&mut romeo).await;
+    assert!(nodes.iter().any(|n| n == INVITE_NODE), "{nodes:?}");
+    assert!(!nodes.iter().any(|n| n == ACCOUNT_NODE), "{nodes:?}");
+
+    let r = execute(&mut romeo, INVITE_NODE, "i1").await;
+    let cmd = r.get_child("command", NS_COMMANDS).expect("command");
+    assert_eq!(cmd.attr("status"), Some("completed"), "{}", show(&r));
+    assert_eq!(
+        form_value(&r, "FORM_TYPE").as_deref(),
+        Some("urn:xmpp:invite#invitation")
+    );
+    let uri = form_value(&r, "uri").unwrap();
+    let token = token_in(&uri);
+    assert_eq!(uri, format!("xmpp:romeo@localhost?roster;preauth={token}"));
+    assert_eq!(
+        form_value(&r, "landing-url"),
+        Some(format!("https://chat.example/invite/{token}"))
+    );
+    assert!(form_value(&r, "expire").is_some(), "{}", show(&r));
+    // Contact only: the token does not open registration.
+    let (mut c, _) = tls_stream(&server).await;
+    let refused = preauth(&mut c, &token, "p0").await;
+    assert_eq!(stanza_error(&refused).as_deref(), Some("item-not-found"));
+
+    let r = execute(&mut romeo, ACCOUNT_NODE, "a1").await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("forbidden"),
+        "{}",
+        show(&r)
+    );
+
+    // The administrator: a form, then the account invitation.
+    let mut alice = Client::login(server.plain_addr, "alice", "admin-pw", Some("a")).await;
+    assert!(command_nodes(&mut alice)
+        .await
+        .iter()
+        .any(|n| n == ACCOUNT_NODE));
+    let form = execute(&mut alice, ACCOUNT_NODE, "a2").await;
+    let cmd = form.get_child("command", NS_COMMANDS).unwrap();
+    assert_eq!(cmd.attr("status"), Some("executing"), "{}", show(&form));
+    let sid = cmd.attr("sessionid").unwrap().to_string();
+    let submit = |id: &str, fields: &str| {
+        format!(
+            "<iq type='set' id='{id}' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ACCOUNT_NODE}' sessionid='{sid}' action='complete'><x xmlns='{NS_DATA}' type='submit'>{fields}</x></command></iq>"
+        )
+    };
+    let r = alice
+        .iq(
+            &submit(
+                "a3",
+                "<field var='username'><value></value></field><field var='roster-subscription'><value>1</value></field>",
+            ),
+            "a3",
+        )
+        .await;
+    let uri = form_value(&r, "uri").unwrap_or_else(|| panic!("{}", show(&r)));
+    let token = token_in(&uri);
+    assert_eq!(uri, format!("xmpp:localhost?register;preauth={token}"));
+    let (mut c, _) = tls_stream(&server).await;
+    let ok = preauth(&mut c, &token, "p1").await;
+    assert_eq!(ok.attr("type"), Some("result"), "{}", show(&ok));
+    let done = register(&mut c, "juliet", "capulet", "r1").await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", show(&done));
+    assert!(can_log_in(&server, "juliet", "capulet").await);
+    assert_eq!(
+        subscription(&server, "alice", "juliet").await.as_deref(),
+        Some("both")
+    );
+    // A name chosen in advance is not supported (it would need reserving).
+    let form = execute(&mut alice, ACCOUNT_NODE, "a4").await;
+    let sid = form
+        .get_child("command", NS_COMMANDS)
+        .unwrap()
+        .attr("sessionid")
+        .unwrap()
+        .to_string();
+    let r = alice
+        .iq(
+            &format!(
+                "<iq type='set' id='a5' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ACCOUNT_NODE}' sessionid='{sid}' action='complete'><x xmlns='{NS_DATA}' type='submit'><field var='username'><value>tybalt</value></field></x></command></iq>"
+            ),
+            "a5",
+        )
+        .await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("feature-not-implemented"),
+        "{}",
+        show(&r)
+    );
+}
+
+/// `[invite] user_invites_create_accounts`: the user's invitation carries
+/// `ibr=y` and its token registers on a host whose open registration is
+/// off; at most `max_live_per_user` live invitations; dead ones are purged
+/// as new ones are made.
+#[tokio::test]
+async fn user_invitations_may_create_accounts_are_capped_and_dead_ones_purged() {
+    let server = TestServer::start_with(|c| {
+        c.invite.user_invites_create_accounts = true;
+        c.invite.max_live_per_user = 2;
+    })
+    .await;
+    server.add_user("romeo", "montague").await;
+    let dead = "Expired0123456789Expired012345678";
+    let dead_hash = waxwing::modules::invite::token::hash(dead);
+    server
+        .store()
+        .invite_add(&InviteRecord {
+            token_hash: dead_hash.clone(),
+            domain: DOMAIN.into(),
+            inviter: Some("romeo@localhost".into()),
+            may_create_account: true,
+            admin: false,
+            expires: Some(waxwing::modules::time::unix_now() - 1),
+            uses: 0,
+            max_uses: 1,
+            created: 0,
+        })
+        .await
+        .unwrap();
+    let mut romeo = Client::login(server.plain_addr, "romeo", "montague", Some("r")).await;
+    let r = execute(&mut romeo, INVITE_NODE, "i1").await;
+    let uri = form_value(&r, "uri").unwrap_or_else(|| panic!("{}", show(&r)));
+    assert!(uri.ends_with(";ibr=y"), "{uri}");
+    assert!(
+        server.store().invite(&dead_hash).await.unwrap().is_none(),
+        "the expired invitation was purged"
+    );
+    let (mut c, _) = tls_stream(&server).await;
+    let ok = preauth(&mut c, &token_in(&uri), "p1").await;
+    assert_eq!(ok.attr("type"), Some("result"), "{}", show(&ok));
+    let done = register(&mut c, "mercutio", "pw", "r1").await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", show(&done));
+    assert_eq!(
+        subscription(&server, "romeo", "mercutio").await.as_deref(),
+        Some("both")
+    );
+    // That one is spent: two more live ones are allowed, not three.
+    for id in ["i2", "i3"] {
+        let r = execute(&mut romeo, INVITE_NODE, id).await;
+        assert!(form_value(&r, "uri").is_some(), "{}", show(&r));
+    }
+    let r = execute(&mut romeo, INVITE_NODE, "i4").await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("resource-constraint"),
+        "{}",
+        show(&r)
+    );
 }

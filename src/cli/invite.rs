@@ -16,8 +16,11 @@ pub enum InviteCommand {
     /// Create an invitation; prints its xmpp: URI and landing page URL.
     /// The token is shown only now: the database keeps its hash.
     Create {
-        /// An account invitation from the operator (stored with the admin
-        /// flag).
+        /// An account invitation (XEP-0401 "Account Creation"): the URI is
+        /// `xmpp:HOST?register;preauth=…` even with --inviter (who then
+        /// becomes the new account's contact). Without it, an invitation
+        /// with --inviter is a contact invitation
+        /// (`xmpp:INVITER?roster;preauth=…;ibr=y`).
         #[arg(long)]
         admin: bool,
         /// How long it stays valid: 7d, 12h, 30m, 90s (default 7d).
@@ -105,6 +108,8 @@ async fn execute(config: &Config, store: &Store, command: InviteCommand) -> Resu
                 &domain,
                 inviter.as_ref(),
                 admin,
+                // The operator's invitations always admit registration.
+                true,
                 Some(expires),
                 i64::from(uses),
             )

@@ -55,9 +55,9 @@ impl Feature for Clients {
     }
 
     fn xeps(&self) -> &'static [u16] {
-        // SASL2, Bind 2, FAST and downgrade protection are negotiated by
-        // the c2s driver; the client list is this feature's.
-        &[388, 386, 484, 474, 494]
+        // SASL2, Bind 2, FAST, downgrade protection and upgrade tasks are
+        // negotiated by the c2s driver; the client list is this feature's.
+        &[388, 386, 484, 474, 480, 494]
     }
 
     fn disco(&self) -> Disco {

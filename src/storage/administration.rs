@@ -79,10 +79,35 @@ impl Store {
     }
 
     /// Removes the message of the day of `domain`; whether there was one.
+    /// Who saw it is forgotten too: a message set afterwards is news, even
+    /// with the same text.
     pub async fn motd_delete(&self, domain: &str) -> Result<bool, StorageError> {
         const Q: &str = "DELETE FROM motd WHERE domain = $1";
+        const SEEN: &str = "DELETE FROM motd_seen WHERE domain = $1";
+        let r = on_pool!(self, pool => {
+            let r = sqlx::query(Q).bind(domain).execute(pool).await?.rows_affected();
+            sqlx::query(SEEN).bind(domain).execute(pool).await?;
+            r
+        });
+        Ok(r > 0)
+    }
+
+    /// Records that an account is being sent the message of the day named
+    /// `digest`; false when it was sent that one already. One statement,
+    /// so two sessions logging in together send it once.
+    pub async fn motd_mark_seen(
+        &self,
+        domain: &str,
+        username: &str,
+        digest: &str,
+    ) -> Result<bool, StorageError> {
+        const Q: &str = "INSERT INTO motd_seen (domain, username, digest) VALUES ($1, $2, $3) \
+                         ON CONFLICT (domain, username) DO UPDATE SET digest = excluded.digest \
+                         WHERE motd_seen.digest <> excluded.digest";
         let r = on_pool!(self, pool => sqlx::query(Q)
             .bind(domain)
+            .bind(username)
+            .bind(digest)
             .execute(pool)
             .await?
             .rows_affected());

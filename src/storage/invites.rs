@@ -97,4 +97,32 @@ impl Store {
             .await?
             .rows_affected()))
     }
+
+    /// How many invitations `inviter` (a bare JID) has that can still be
+    /// used at `now`: what `[invite] max_live_per_user` counts.
+    pub async fn invites_live_by(&self, inviter: &str, now: i64) -> Result<i64, StorageError> {
+        const Q: &str = "SELECT COUNT(*) FROM invites WHERE inviter = $1 \
+             AND uses < max_uses AND (expires IS NULL OR expires > $2)";
+        let row: (i64,) = on_pool!(self, pool => sqlx::query_as(Q)
+            .bind(inviter)
+            .bind(now)
+            .fetch_one(pool)
+            .await?);
+        Ok(row.0)
+    }
+
+    /// Deletes at most `limit` invitations that can no longer be used at
+    /// `now` (spent or expired); how many went. Bounded so that one call
+    /// never holds the table long: callers call again later.
+    pub async fn invite_purge(&self, now: i64, limit: i64) -> Result<u64, StorageError> {
+        const Q: &str = "DELETE FROM invites WHERE token_hash IN \
+             (SELECT token_hash FROM invites WHERE uses >= max_uses \
+              OR (expires IS NOT NULL AND expires <= $1) LIMIT $2)";
+        Ok(on_pool!(self, pool => sqlx::query(Q)
+            .bind(now)
+            .bind(limit)
+            .execute(pool)
+            .await?
+            .rows_affected()))
+    }
 }

@@ -185,6 +185,8 @@ impl Store {
         "archive_owners",
         // A new account of a deleted one's name starts enabled.
         "disabled_accounts",
+        // ... and gets the message of the day.
+        "motd_seen",
     ];
 
     /// Closes every pooled connection (flushes SQLite's WAL).

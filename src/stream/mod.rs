@@ -5,6 +5,7 @@ pub mod c2s;
 pub mod component;
 pub mod s2s;
 pub mod sasl2;
+pub mod sasl_upgrade;
 pub mod sm;
 
 use crate::stanza::StreamErrorCondition;

@@ -18,7 +18,7 @@ pub const NS_CSI: &str = "urn:xmpp:csi:0";
 pub const NS_SM: &str = crate::stream::sm::NS_SM;
 
 /// XEPs implemented by the SASL2 negotiation.
-pub const XEPS: &[u16] = &[388, 386, 484, 474];
+pub const XEPS: &[u16] = &[388, 386, 484, 474, 480];
 
 /// Longest user-agent id accepted (a UUID is 36); longer is a bad request.
 pub const MAX_CLIENT_ID: usize = 128;
@@ -65,6 +65,8 @@ pub struct Authenticate {
     pub fast: Option<FastUse>,
     /// `<resume xmlns='urn:xmpp:sm:3'/>`, inline (XEP-0198 §"SASL2").
     pub resume: Option<Element>,
+    /// XEP-0480 upgrades asked for: known task names, each once.
+    pub upgrades: Vec<ScramHash>,
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -143,6 +145,7 @@ pub fn parse_authenticate(el: &Element) -> Result<Authenticate, SaslError> {
         request_token,
         fast,
         resume: el.get_child("resume", NS_SM).cloned(),
+        upgrades: crate::stream::sasl_upgrade::requested(el),
     })
 }
 
@@ -186,8 +189,14 @@ pub fn downgrade_hash(hash: ScramHash, mechanisms: &[&str], cb_types: Option<&[&
     encode(&hash.hash(s.as_bytes()))
 }
 
-/// The `<authentication/>` stream feature.
-pub fn authentication_feature(mechanisms: &[&str], fast: &[&str], sm: bool) -> Element {
+/// The `<authentication/>` stream feature; `upgrades`: the SCRAM hashes
+/// XEP-0480 tasks are offered for.
+pub fn authentication_feature(
+    mechanisms: &[&str],
+    fast: &[&str],
+    sm: bool,
+    upgrades: &[ScramHash],
+) -> Element {
     let mut a = Element::new("authentication", NS_SASL2);
     for m in mechanisms {
         a.append_child(Element::new("mechanism", NS_SASL2).with_text(*m));
@@ -211,6 +220,9 @@ pub fn authentication_feature(mechanisms: &[&str], fast: &[&str], sm: bool) -> E
         inline.append_child(Element::new("sm", NS_SM));
     }
     a.append_child(inline);
+    for u in crate::stream::sasl_upgrade::advertised(upgrades) {
+        a.append_child(u);
+    }
     a
 }
 

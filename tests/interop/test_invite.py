@@ -18,7 +18,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from slixmpp.stanza import StreamFeatures
 
 from interop_conftest import WaxwingServer
 from interop_client import DEFAULT_PLUGINS, STEP_TIMEOUT, connect, make_client, run, start_connect
@@ -66,22 +65,16 @@ def test_slixmpp_registers_in_band_with_an_invitation(closed_server):
     assert uri == f"xmpp:alice@{server.domain}?roster;preauth={token};ibr=y"
     features = server.stream_features()
     assert "urn:xmpp:invite" in features, features
-    assert "http://jabber.org/features/iq-register" not in features, features
+    # In-band registration stays advertised where open registration is off
+    # (as Prosody's invite-only mode does): a client holding a token needs
+    # it to start registering; without a token the IQs are refused.
+    assert "http://jabber.org/features/iq-register" in features, features
     user = f"inv{uuid.uuid4().hex[:10]}"
     password = "invited-Pa55"
 
     async def scenario():
         client = make_client(server, user, password=password, plugins=PLUGINS)
         plugin = client.plugin["xep_0077"]
-        # The host offers XEP-0445's urn:xmpp:invite, not iq-register: what
-        # a client that knows XEP-0445 does — register when it holds a
-        # token — is told to slixmpp by adding iq-register to the features.
-        def offer_registration(stanza):
-            if isinstance(stanza, StreamFeatures) and stanza.xml.find("{urn:xmpp:invite}register") is not None:
-                stanza.enable("register")
-            return stanza
-
-        client.add_filter("in", offer_registration)
         fetch_form = plugin.get_registration
         preauth_replies = []
 
@@ -180,3 +173,35 @@ def test_the_landing_page_in_chromium_creates_an_account(closed_server, browser,
             assert roster["roster"]["items"][client_jid(server, "bob")]["subscription"] == "both", str(roster)
 
     run(log_in())
+
+
+def test_slixmpp_creates_an_invitation_with_the_adhoc_command(closed_server):
+    """XEP-0401's urn:xmpp:invite#invite through slixmpp's xep_0050: the
+    command completes at once with a result form carrying the xmpp: URI;
+    by default a user's invitation makes contacts, not accounts (no ibr=y),
+    and the account-invitation command is listed for administrators only
+    (alice is one in the interop configuration, bob is not)."""
+    server = closed_server
+
+    async def scenario():
+        async with connect(server, "alice", plugins=DEFAULT_PLUGINS + ("xep_0050",)) as alice:
+            items = await alice.plugin["xep_0050"].get_commands(server.domain, timeout=STEP_TIMEOUT)
+            assert "urn:xmpp:invite#create-account" in [i[1] for i in items["disco_items"]["items"]]
+        async with connect(server, "bob", plugins=DEFAULT_PLUGINS + ("xep_0050",)) as bob:
+            commands = bob.plugin["xep_0050"]
+            items = await commands.get_commands(server.domain, timeout=STEP_TIMEOUT)
+            nodes = [i[1] for i in items["disco_items"]["items"]]
+            assert "urn:xmpp:invite#invite" in nodes, nodes
+            assert "urn:xmpp:invite#create-account" not in nodes, nodes
+            result = await commands.send_command(server.domain, "urn:xmpp:invite#invite", timeout=STEP_TIMEOUT)
+            command = result["command"]
+            assert command["status"] == "completed", str(result)
+            values = command["form"].get_values()
+            # (slixmpp reads a result form's hidden field as a list)
+            assert values["FORM_TYPE"] in ("urn:xmpp:invite#invitation", ["urn:xmpp:invite#invitation"]), values
+            uri = values["uri"]
+            assert uri.startswith(f"xmpp:bob@{server.domain}?roster;preauth="), uri
+            assert not uri.endswith(";ibr=y"), uri
+            assert values.get("expire"), values
+
+    run(scenario())

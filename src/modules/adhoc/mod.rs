@@ -12,6 +12,7 @@
 pub mod actions;
 pub mod admin;
 pub mod ctl;
+pub mod invite;
 pub mod motd;
 
 use std::collections::HashMap;
@@ -139,15 +140,30 @@ fn command_error(condition: StanzaErrorCondition, app: &str) -> StanzaError {
 }
 
 /// Every command the server offers, in list order.
-fn commands() -> &'static [Command] {
-    admin::COMMANDS
+fn commands() -> impl Iterator<Item = &'static Command> {
+    admin::COMMANDS.iter().chain(invite::COMMANDS)
+}
+
+/// Runs one stage of `node`, in the file whose command it is.
+async fn run(
+    server: &Server,
+    host: &str,
+    node: &str,
+    requester: &Jid,
+    submitted: Option<&Element>,
+) -> Result<Stage, StanzaError> {
+    if invite::COMMANDS.iter().any(|c| c.node == node) {
+        invite::run(server, node, requester, submitted).await
+    } else {
+        admin::run(server, host, node, requester, submitted).await
+    }
 }
 
 /// The `<item/>`s of the command list that `requester` may run.
 pub fn command_items(server: &Server, to: &str, requester: &Jid) -> Element {
     let mut q =
         Element::new("query", crate::modules::disco::NS_ITEMS).with_attr("node", NS_COMMANDS);
-    for c in commands().iter().filter(|c| (c.allowed)(server, requester)) {
+    for c in commands().filter(|c| (c.allowed)(server, requester)) {
         q.append_child(
             Element::new("item", crate::modules::disco::NS_ITEMS)
                 .with_attr("jid", to)
@@ -162,9 +178,7 @@ pub fn command_items(server: &Server, to: &str, requester: &Jid) -> Element {
 /// the asker may not run, as if it did not exist.
 pub fn command_info(server: &Server, node: &str, requester: &Jid) -> Option<Element> {
     use crate::modules::disco::NS_INFO;
-    let c = commands()
-        .iter()
-        .find(|c| c.node == node && (c.allowed)(server, requester))?;
+    let c = commands().find(|c| c.node == node && (c.allowed)(server, requester))?;
     Some(
         Element::new("query", NS_INFO)
             .with_attr("node", node)
@@ -244,7 +258,6 @@ impl AdHoc {
         }
         let node = req.payload.attr("node").unwrap_or_default();
         let command = commands()
-            .iter()
             .find(|c| c.node == node)
             .ok_or(StanzaErrorCondition::ItemNotFound)?;
         if !(command.allowed)(req.server, req.from) {
@@ -284,7 +297,7 @@ impl AdHoc {
                     "bad-action",
                 ));
             }
-            return match admin::run(req.server, &host, node, req.from, submitted).await? {
+            return match run(req.server, &host, node, req.from, submitted).await? {
                 Stage::Completed(note) => {
                     let id = format!("{:x}", req.server.next_id());
                     Ok(Some(with_opt(reply(&id, "completed"), note)))
@@ -321,7 +334,7 @@ impl AdHoc {
                 let form = submitted.ok_or_else(|| {
                     command_error(StanzaErrorCondition::BadRequest, "bad-payload")
                 })?;
-                match admin::run(req.server, &host, node, req.from, Some(form)).await? {
+                match run(req.server, &host, node, req.from, Some(form)).await? {
                     Stage::Completed(note) => Ok(Some(with_opt(reply(id, "completed"), note))),
                     Stage::Form(_) => Err(StanzaErrorCondition::InternalServerError.into()),
                 }

@@ -1,6 +1,9 @@
 //! The message of the day (XEP-0133 set-motd / edit-motd / delete-motd):
 //! one text per host, stored in the `motd` table and sent as a headline
-//! from the host to each session as it sends its initial presence.
+//! from the host to the first session of an account that sends its initial
+//! presence after the text changed — once per change, not at every login
+//! (as ejabberd does); `motd_seen` remembers, per account, a digest of the
+//! text it was sent.
 //!
 //! Every login would otherwise read the table, so the text is cached per
 //! host (one entry per configured host at most, with "none" cached too);
@@ -53,12 +56,28 @@ impl Motd {
     }
 
     /// Sends `host`'s message of the day to a session that just became
-    /// available, if there is one.
+    /// available, if there is one and its account was not sent this text
+    /// yet.
     pub async fn deliver(&self, server: &Server, jid: &FullJid) {
         let host = jid.domain().as_str();
         let Some(text) = self.get(server, host).await else {
             return;
         };
+        let Some(user) = jid.node() else {
+            return;
+        };
+        match (server.store)
+            .motd_mark_seen(host, user.as_str(), &digest(&text))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                // Better missed once than repeated at every login.
+                tracing::error!(error = %e, "recording the message of the day sent");
+                return;
+            }
+        }
         let message = Element::new("message", "jabber:client")
             .with_attr("from", host)
             .with_attr("to", jid.as_str())
@@ -68,4 +87,14 @@ impl Motd {
             .with_child(Element::new("body", "jabber:client").with_text(&*text));
         let _ = server.sessions.send_to_full(jid, OutStanza::new(message));
     }
+}
+
+/// What names a text in `motd_seen`: hex of the first 16 bytes of its
+/// SHA-256 (a fixed 32 characters whatever the text's length).
+fn digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

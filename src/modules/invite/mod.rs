@@ -53,12 +53,17 @@ struct Refused(u32);
 pub struct Invitations;
 
 /// Creates and stores an invitation for `domain`; returns the token (shown
-/// once: only its hash is kept) and the record.
+/// once: only its hash is kept) and the record. `admin`: an account
+/// invitation (XEP-0401 "Account Creation", from an operator or an
+/// administrator): its URI is `xmpp:host?register`, even with an inviter
+/// to subscribe to. `may_create_account`: the token admits registration
+/// (always for an account invitation).
 pub async fn create(
     store: &Store,
     domain: &str,
     inviter: Option<&BareJid>,
     admin: bool,
+    may_create_account: bool,
     expires_in: Option<u64>,
     max_uses: i64,
 ) -> Result<(String, InviteRecord), StorageError> {
@@ -68,7 +73,7 @@ pub async fn create(
         token_hash: token::hash(&token),
         domain: domain.to_owned(),
         inviter: inviter.map(|j| j.to_string()),
-        may_create_account: true,
+        may_create_account: may_create_account || admin,
         admin,
         expires: expires_in.map(|s| created.saturating_add(s as i64)),
         uses: 0,

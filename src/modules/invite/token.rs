@@ -25,11 +25,13 @@ pub fn well_formed(s: &str) -> bool {
     (16..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The `xmpp:` URI of an invitation: an account invite names the host
+/// The `xmpp:` URI of an invitation: an account invite (no inviter, or
+/// the admin flag: XEP-0401 "Account Creation") names the host
 /// (`?register`), a contact invite the inviter (`?roster`, with `ibr=y`
 /// when the invitee may create an account here).
 pub fn uri(invite: &InviteRecord, token: &str) -> String {
     match &invite.inviter {
+        _ if invite.admin => format!("xmpp:{}?register;preauth={token}", invite.domain),
         None => format!("xmpp:{}?register;preauth={token}", invite.domain),
         Some(inviter) if invite.may_create_account => {
             format!("xmpp:{inviter}?roster;preauth={token};ibr=y")
@@ -106,5 +108,7 @@ mod tests {
             "xmpp:romeo@example.com?roster;preauth=T;ibr=y"
         );
         assert_eq!(landing_url("https://x/", "T"), "https://x/invite/T");
+        r.admin = true;
+        assert_eq!(uri(&r, "T"), "xmpp:example.com?register;preauth=T");
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::timeout;
 mod sasl2;
 mod session;
 pub mod transport;
+mod upgrade;
 
 use session::Attached;
 
@@ -375,12 +376,20 @@ impl<S: ClientStream> Connection<S> {
                     !cb.available.is_empty(),
                     self.server.config().c2s.allow_plain,
                 );
+                // Where open registration is off, invitation tokens still
+                // create accounts in-band: the iq-register feature stays
+                // advertised (as Prosody's invite-only mode does), since
+                // clients such as Conversations look for it before they
+                // present a token; a registration without one is refused.
+                let invitations = (self.server.features)
+                    .get::<crate::modules::invite::Invitations>()
+                    .is_some();
                 let mut f = rules::features_unauthenticated(
                     *tls,
                     self.server.config().c2s.require_encryption,
                     &mechs,
                     &cb_names,
-                    self.registration_allowed(),
+                    self.registration_allowed() || invitations,
                 );
                 // RFC 6120 §5.3.1: where TLS is mandatory, STARTTLS is the
                 // only feature of the first stage.

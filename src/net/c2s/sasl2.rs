@@ -86,6 +86,7 @@ impl<S: ClientStream> Connection<S> {
             &names,
             &fast,
             self.sm_available(),
+            &self.upgrades_offered(mechs),
         ))
     }
 
@@ -127,6 +128,24 @@ impl<S: ClientStream> Connection<S> {
         // The name as the client sent it (also when it could not be parsed).
         let mechanism = el.attr("mechanism").unwrap_or("");
         (self.server.metrics.auth).record(Profile::Sasl2, mechanism, result.is_ok());
+        // XEP-0480: the tasks asked for, after a password exchange only
+        // (a FAST token must not become a password). A failed task fails
+        // the authentication and counts as a failed attempt.
+        let result = match result {
+            Ok((mut authed, req)) if authed.token_expiry.is_none() => {
+                match self
+                    .upgrade_tasks(&authed.username, &req.upgrades, &mut authed.additional_data)
+                    .await?
+                {
+                    Ok(()) => Ok((authed, req)),
+                    Err(e) => {
+                        *failures += 1;
+                        Err(e)
+                    }
+                }
+            }
+            r => r,
+        };
         let (authed, req) = match result {
             Ok(r) => r,
             Err(e) => {
