@@ -62,7 +62,7 @@ impl Write for LogWriter {
 
 fn postgres_url() -> String {
     std::env::var("WAXWING_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/wt_push".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A server with two app-server components, `tweak` applied.
