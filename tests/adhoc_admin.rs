@@ -758,8 +758,8 @@ async fn the_message_of_the_day_is_sent_at_login() {
     )
     .await;
     assert_eq!(command(&done).attr("status"), Some("completed"));
-    let mut bob2 = Client::login(server.plain_addr, "bob", "pw-b", Some("b2")).await;
-    let m = bob2.next_named("message").await;
+    // Bob is online: the changed text reaches him at once (§4.23).
+    let m = bob.next_named("message").await;
     assert_eq!(
         m.get_child("body", "jabber:client").unwrap().text(),
         "Changed"
@@ -807,6 +807,51 @@ async fn motd_at_login(server: &TestServer, user: &str, resource: &str) -> Optio
         .iter()
         .find(|e| e.is("message", "jabber:client") && e.attr("type") == Some("headline"))
         .map(|m| m.get_child("body", "jabber:client").unwrap().text())
+}
+
+/// XEP-0133 §4.23: users online when the message of the day is set get it
+/// at once, each account once, and not again at their next login.
+#[tokio::test]
+async fn a_new_message_of_the_day_reaches_online_users_at_once() {
+    let server = TestServer::start_with(admin_config).await;
+    server.add_user("alice", "pw-a").await;
+    server.add_user("bob", "pw-b").await;
+    let mut alice = Client::login(server.plain_addr, "alice", "pw-a", Some("a")).await;
+    let mut bob1 = Client::login(server.plain_addr, "bob", "pw-b", Some("one")).await;
+    let mut bob2 = Client::login(server.plain_addr, "bob", "pw-b", Some("two")).await;
+    bob1.barrier().await;
+    bob2.barrier().await;
+    let (since1, since2) = (bob1.mark(), bob2.mark());
+    run(
+        &mut alice,
+        "set-motd",
+        "<field var='motd'><value>Maintenance at noon</value></field>",
+    )
+    .await;
+    let headline = |e: &Element| {
+        e.is("message", "jabber:client")
+            && e.attr("type") == Some("headline")
+            && e.get_child("body", "jabber:client")
+                .is_some_and(|b| b.text() == "Maintenance at noon")
+    };
+    let got = |c: &Client, since: usize| c.received[since..].iter().filter(|e| headline(e)).count();
+    // Whichever of bob's sessions the server picked, exactly one has it.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        bob1.barrier().await;
+        bob2.barrier().await;
+        let n = got(&bob1, since1) + got(&bob2, since2);
+        if n >= 1 {
+            assert_eq!(n, 1, "bob's account got it more than once");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never got the message of the day"
+        );
+    }
+    // Already sent: the next login does not repeat it.
+    assert_eq!(motd_at_login(&server, "bob", "three").await, None);
 }
 
 /// Once per change, as ejabberd does: the first login after a text is set

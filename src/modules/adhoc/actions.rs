@@ -281,7 +281,38 @@ pub async fn set_motd(server: &Server, host: &str, text: &str) -> ActionResult<(
         adhoc.motd.remember(host, Some(text));
     }
     tracing::info!(host, "message of the day set");
+    send_motd_to_online(server, host);
     Ok(())
+}
+
+/// XEP-0133 §4.23: a new message of the day goes at once to the users
+/// online on `host` (the others get it at their next login). `deliver`
+/// marks each account as sent, so one with several sessions gets it once
+/// and not again at its next login. In a task: one upsert per account
+/// online must not hold up the admin's answer.
+fn send_motd_to_online(server: &Server, host: &str) {
+    let Some(server) = server.arc() else {
+        return;
+    };
+    let online: Vec<jid::FullJid> = server
+        .sessions
+        .list()
+        .into_iter()
+        .filter(|s| s.available && s.jid.domain().as_str() == host)
+        .map(|s| s.jid)
+        .collect();
+    if online.is_empty() {
+        return;
+    }
+    let tasks = server.background.clone();
+    tasks.spawn(async move {
+        let Some(adhoc) = server.features.get::<super::AdHoc>() else {
+            return;
+        };
+        for jid in online {
+            adhoc.motd.deliver(&server, &jid).await;
+        }
+    });
 }
 
 /// Removes `host`'s message of the day; whether there was one.
