@@ -242,6 +242,12 @@ impl Server {
         self.tls.load_full()
     }
 
+    /// The first configured host: what a stream's errors come from before
+    /// its header names a domain.
+    pub fn first_domain(&self) -> String {
+        self.config().domains().first().cloned().unwrap_or_default()
+    }
+
     /// The served domains, normalised.
     pub fn domains(&self) -> Arc<HashSet<String>> {
         self.domains.load_full()

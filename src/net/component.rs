@@ -29,12 +29,7 @@ pub async fn run(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, _slot: C
     let id = server.next_id();
     let limits = server.config().limits.stream();
     // Until the header names a component, errors come from the first host.
-    let host = server
-        .config()
-        .domains()
-        .first()
-        .cloned()
-        .unwrap_or_default();
+    let host = server.first_domain();
     let mut conn = Connection {
         server: server.clone(),
         stream: XmlStream::new(Transport::Plain(tcp), limits, NS_COMPONENT, None, host),

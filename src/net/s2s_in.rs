@@ -39,12 +39,7 @@ pub async fn run(
     let started = Instant::now();
     let id = server.next_id();
     let limits = server.config().limits.stream();
-    let host = server
-        .config()
-        .domains()
-        .first()
-        .cloned()
-        .unwrap_or_default();
+    let host = server.first_domain();
     let link = server
         .s2s_links
         .open(id, Direction::Inbound, Some(peer), "");

@@ -347,6 +347,58 @@ pub fn s2s_client_config(
     Ok(Arc::new(cfg))
 }
 
+/// Accepts any server certificate, still checking the handshake
+/// signatures (the peer holds the key of what it sent). Only for probes
+/// that judge the certificate elsewhere or not at all (`ctl check`'s port
+/// checks), never for a stream that carries anything.
+#[derive(Debug)]
+struct AnyServerCert(HandshakeSignatures);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> SignatureCheck {
+        self.0.tls12(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> SignatureCheck {
+        self.0.tls13(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
+/// A client configuration for probing our own listeners: any certificate
+/// accepted (see `AnyServerCert`), no client certificate.
+pub fn probe_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(HandshakeSignatures(provider))))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// Asks s2s peers for a certificate without requiring one, and accepts any
 /// at the TLS level (it only proves the peer holds the key); whether it is
 /// trusted, and for which domain, is decided later by

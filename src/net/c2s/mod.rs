@@ -56,12 +56,7 @@ pub async fn run(
     slot: ConnectionSlot,
 ) {
     let limits = server.config().limits.stream();
-    let domain = server
-        .config()
-        .domains()
-        .first()
-        .cloned()
-        .unwrap_or_default();
+    let domain = server.first_domain();
     let stream = XmlStream::new(
         Transport::Plain(tcp),
         limits,
@@ -90,12 +85,7 @@ pub fn serve<S: ClientStream>(
 ) -> impl std::future::Future<Output = ()> {
     let started = Instant::now();
     let id = server.next_id();
-    let domain = server
-        .config()
-        .domains()
-        .first()
-        .cloned()
-        .unwrap_or_default();
+    let domain = server.first_domain();
     let mut conn = Connection {
         server,
         stream,
