@@ -224,6 +224,7 @@ async fn expired_unknown_and_revoked_tokens_are_refused() {
             uses: 0,
             max_uses: 1,
             created: 0,
+            username: None,
         })
         .await
         .unwrap();
@@ -517,6 +518,7 @@ async fn unknown_expired_and_junk_tokens_get_404() {
             uses: 0,
             max_uses: 1,
             created: 0,
+            username: None,
         })
         .await
         .unwrap();
@@ -739,28 +741,99 @@ async fn users_invite_contacts_and_admins_invite_accounts_with_adhoc_commands() 
         subscription(&server, "alice", "juliet").await.as_deref(),
         Some("both")
     );
-    // A name chosen in advance is not supported (it would need reserving).
-    let form = execute(&mut alice, ACCOUNT_NODE, "a4").await;
+}
+
+/// Submits the account-invitation form with `name`; the answer.
+async fn invite_named(alice: &mut Client, name: &str, id: &str) -> Element {
+    let form = execute(alice, ACCOUNT_NODE, &format!("{id}-x")).await;
     let sid = form
         .get_child("command", NS_COMMANDS)
         .unwrap()
         .attr("sessionid")
         .unwrap()
         .to_string();
-    let r = alice
+    alice
         .iq(
             &format!(
-                "<iq type='set' id='a5' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ACCOUNT_NODE}' sessionid='{sid}' action='complete'><x xmlns='{NS_DATA}' type='submit'><field var='username'><value>tybalt</value></field></x></command></iq>"
+                "<iq type='set' id='{id}' to='{DOMAIN}'><command xmlns='{NS_COMMANDS}' node='{ACCOUNT_NODE}' sessionid='{sid}' action='complete'><x xmlns='{NS_DATA}' type='submit'><field var='username'><value>{name}</value></field></x></command></iq>"
             ),
-            "a5",
+            id,
         )
-        .await;
+        .await
+}
+
+/// An account invitation that names the account (XEP-0401 "Account
+/// Creation"): the URI carries the name; the name is reserved — open
+/// registration and other tokens get `conflict` — and the token registers
+/// that name only; a name taken or already reserved is refused when the
+/// invitation is made.
+#[tokio::test]
+async fn an_account_invitation_reserves_the_name_it_gives() {
+    let server = TestServer::start_with(|c| {
+        adhoc_config(c);
+        // Open registration too: the reservation must hold against it.
+        c.host[0].allow_registration = true;
+    })
+    .await;
+    server.add_user("alice", "admin-pw").await;
+    let mut alice = Client::login(server.plain_addr, "alice", "admin-pw", Some("a")).await;
+    let r = invite_named(&mut alice, "Tybalt", "n1").await;
+    let uri = form_value(&r, "uri").unwrap_or_else(|| panic!("{}", show(&r)));
+    let token = token_in(&uri);
+    // Normalised (nodeprep), carried in the URI.
+    assert_eq!(
+        uri,
+        format!("xmpp:tybalt@localhost?register;preauth={token}")
+    );
+    // Reserved: a second invitation for the name, and an account taken,
+    // are refused.
+    let r = invite_named(&mut alice, "tybalt", "n2").await;
     assert_eq!(
         stanza_error(&r).as_deref(),
-        Some("feature-not-implemented"),
+        Some("conflict"),
         "{}",
         show(&r)
     );
+    let r = invite_named(&mut alice, "alice", "n3").await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("conflict"),
+        "{}",
+        show(&r)
+    );
+    let r = invite_named(&mut alice, "bad@name", "n4").await;
+    assert_eq!(
+        stanza_error(&r).as_deref(),
+        Some("not-acceptable"),
+        "{}",
+        show(&r)
+    );
+    // Open registration cannot take it.
+    let (mut c, _) = tls_stream(&server).await;
+    let taken = register(&mut c, "tybalt", "sneaky", "o1").await;
+    assert_eq!(
+        stanza_error(&taken).as_deref(),
+        Some("conflict"),
+        "{}",
+        show(&taken)
+    );
+    // The token registers that name only...
+    let (mut c, _) = tls_stream(&server).await;
+    let ok = preauth(&mut c, &token, "p1").await;
+    assert_eq!(ok.attr("type"), Some("result"), "{}", show(&ok));
+    let other = register(&mut c, "mercutio", "pw", "r1").await;
+    assert_eq!(
+        stanza_error(&other).as_deref(),
+        Some("not-acceptable"),
+        "{}",
+        show(&other)
+    );
+    assert!(!can_log_in(&server, "mercutio", "pw").await);
+    // ...and its use was not spent by the refusal.
+    let done = register(&mut c, "tybalt", "capulet", "r2").await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", show(&done));
+    assert!(can_log_in(&server, "tybalt", "capulet").await);
+    assert!(!can_log_in(&server, "tybalt", "sneaky").await);
 }
 
 /// `[invite] user_invites_create_accounts`: the user's invitation carries
@@ -789,6 +862,7 @@ async fn user_invitations_may_create_accounts_are_capped_and_dead_ones_purged() 
             uses: 0,
             max_uses: 1,
             created: 0,
+            username: None,
         })
         .await
         .unwrap();

@@ -105,13 +105,16 @@ async fn execute(config: &Config, store: &Store, command: InviteCommand) -> Resu
             }
             let (tok, record) = invite::create(
                 store,
-                &domain,
-                inviter.as_ref(),
-                admin,
-                // The operator's invitations always admit registration.
-                true,
-                Some(expires),
-                i64::from(uses),
+                invite::Spec {
+                    domain: &domain,
+                    inviter: inviter.as_ref(),
+                    admin,
+                    // The operator's invitations always admit registration.
+                    may_create_account: true,
+                    expires_in: Some(expires),
+                    max_uses: i64::from(uses),
+                    username: None,
+                },
             )
             .await
             .map_err(|e| e.to_string())?;

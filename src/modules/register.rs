@@ -239,6 +239,23 @@ async fn create(
             return Err(StanzaErrorCondition::InternalServerError.into());
         }
     }
+    // A name an account invitation reserves is its token's alone (XEP-0401
+    // "Account Creation"); that token's registration has taken its use
+    // already, so its own reservation no longer counts here.
+    let now = crate::modules::time::unix_now();
+    match server.store.invite_reserves(domain, node, now).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(Refusal::new(
+                StanzaErrorCondition::Conflict,
+                "that account name is reserved for an invitation",
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checking reserved account names");
+            return Err(StanzaErrorCondition::InternalServerError.into());
+        }
+    }
     let record = derive(server, jid, password).await?;
     match server.store.create_account(&record).await {
         Ok(true) => Ok(()),

@@ -20,6 +20,9 @@ pub struct InviteRecord {
     pub uses: i64,
     pub max_uses: i64,
     pub created: i64,
+    /// The account name an account invitation reserves (normalised
+    /// localpart); None: the invitee chooses.
+    pub username: Option<String>,
 }
 
 impl InviteRecord {
@@ -29,13 +32,14 @@ impl InviteRecord {
     }
 }
 
-const COLUMNS: &str =
-    "token_hash, domain, inviter, may_create_account, admin, expires, uses, max_uses, created";
+const COLUMNS: &str = "token_hash, domain, inviter, may_create_account, admin, expires, uses, \
+     max_uses, created, username";
 
 impl Store {
     pub async fn invite_add(&self, invite: &InviteRecord) -> Result<(), StorageError> {
-        let q =
-            format!("INSERT INTO invites ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+        let q = format!(
+            "INSERT INTO invites ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
         on_pool!(self, pool => sqlx::query(&q)
             .bind(&invite.token_hash)
             .bind(&invite.domain)
@@ -46,6 +50,7 @@ impl Store {
             .bind(invite.uses)
             .bind(invite.max_uses)
             .bind(invite.created)
+            .bind(&invite.username)
             .execute(pool)
             .await
             .map(|_| ())?);
@@ -96,6 +101,25 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()))
+    }
+
+    /// Is `username` on `domain` reserved at `now` by an invitation that
+    /// can still be used (XEP-0401: until it is used or expires)?
+    pub async fn invite_reserves(
+        &self,
+        domain: &str,
+        username: &str,
+        now: i64,
+    ) -> Result<bool, StorageError> {
+        const Q: &str = "SELECT COUNT(*) FROM invites WHERE domain = $1 AND username = $2 \
+             AND uses < max_uses AND (expires IS NULL OR expires > $3)";
+        let row: (i64,) = on_pool!(self, pool => sqlx::query_as(Q)
+            .bind(domain)
+            .bind(username)
+            .bind(now)
+            .fetch_one(pool)
+            .await?);
+        Ok(row.0 > 0)
     }
 
     /// How many invitations `inviter` (a bare JID) has that can still be

@@ -69,27 +69,58 @@ pub async fn run(
         (INVITE, _) => {
             let accounts =
                 server.config().invite.user_invites_create_accounts || is_admin(server, requester);
-            let result = create(server, &bare, Some(&bare), false, accounts).await?;
+            let result = create(server, &bare, Some(&bare), false, accounts, None).await?;
             Ok(Stage::Completed(Some(result)))
         }
         (CREATE_ACCOUNT, None) => Ok(Stage::Form(account_form())),
         (CREATE_ACCOUNT, Some(x)) => {
-            // Naming the account in advance would need the name reserved
-            // until the token expires (§6.2): not done, so refused rather
-            // than promised.
-            if !value(x, "username").is_empty() {
-                return Err(StanzaError::with_text(
-                    StanzaErrorCondition::FeatureNotImplemented,
-                    "choosing the account name is not supported: leave it empty",
-                ));
-            }
+            let username = match value(x, "username").as_str() {
+                "" => None,
+                name => Some(reservable(server, bare.domain().as_str(), name).await?),
+            };
             let subscribe = matches!(value(x, "roster-subscription").as_str(), "1" | "true");
             let inviter = subscribe.then_some(&bare);
-            let result = create(server, &bare, inviter, true, true).await?;
+            let result = create(server, &bare, inviter, true, true, username.as_deref()).await?;
             Ok(Stage::Completed(Some(result)))
         }
         _ => Err(StanzaErrorCondition::ItemNotFound.into()),
     }
+}
+
+/// `name` as the account name an invitation reserves on `domain`
+/// (normalised): a valid localpart, no account of that name, and no live
+/// invitation holding it already (XEP-0401: reserved until the token is
+/// used or expires).
+async fn reservable(server: &Server, domain: &str, name: &str) -> Result<String, StanzaError> {
+    let node = jid::NodePart::new(name)
+        .map(|n| n.to_string())
+        .map_err(|_| {
+            StanzaError::with_text(
+                StanzaErrorCondition::NotAcceptable,
+                "the account name is not valid in an XMPP address",
+            )
+        })?;
+    let internal = |e: crate::storage::StorageError| {
+        tracing::error!(error = %e, "checking an account name for an invitation");
+        StanzaError::from(StanzaErrorCondition::InternalServerError)
+    };
+    let taken = server
+        .store
+        .account_exists(domain, &node)
+        .await
+        .map_err(internal)?
+        || server
+            .store
+            .invite_reserves(domain, &node, unix_now())
+            .await
+            .map_err(internal)?;
+    if taken {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::Conflict,
+            "that account name is taken or reserved by another invitation",
+        ));
+    }
+    Ok(node)
 }
 
 /// Makes the invitation and its result form.
@@ -99,6 +130,7 @@ async fn create(
     inviter: Option<&BareJid>,
     account: bool,
     may_create_account: bool,
+    username: Option<&str>,
 ) -> Result<Element, StanzaError> {
     let store = &server.store;
     let now = unix_now();
@@ -131,12 +163,15 @@ async fn create(
     let domain = requester.domain().as_str();
     let (tok, record) = invite::create(
         store,
-        domain,
-        inviter,
-        account,
-        may_create_account,
-        Some(config.expiry),
-        1,
+        invite::Spec {
+            domain,
+            inviter,
+            admin: account,
+            may_create_account,
+            expires_in: Some(config.expiry),
+            max_uses: 1,
+            username,
+        },
     )
     .await
     .map_err(internal)?;
@@ -170,7 +205,10 @@ fn account_form() -> Element {
             Element::new("field", NS_DATA)
                 .with_attr("var", "username")
                 .with_attr("type", "text-single")
-                .with_attr("label", "Account name (leave empty: the invitee chooses)"),
+                .with_attr(
+                    "label",
+                    "Account name, reserved for the invitee (leave empty: the invitee chooses)",
+                ),
         )
         .with_child(
             Element::new("field", NS_DATA)

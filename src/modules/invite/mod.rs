@@ -52,33 +52,40 @@ struct Refused(u32);
 #[derive(Default)]
 pub struct Invitations;
 
-/// Creates and stores an invitation for `domain`; returns the token (shown
-/// once: only its hash is kept) and the record. `admin`: an account
-/// invitation (XEP-0401 "Account Creation", from an operator or an
-/// administrator): its URI is `xmpp:host?register`, even with an inviter
-/// to subscribe to. `may_create_account`: the token admits registration
-/// (always for an account invitation).
-pub async fn create(
-    store: &Store,
-    domain: &str,
-    inviter: Option<&BareJid>,
-    admin: bool,
-    may_create_account: bool,
-    expires_in: Option<u64>,
-    max_uses: i64,
-) -> Result<(String, InviteRecord), StorageError> {
+/// What an invitation is for (see [`create`]).
+pub struct Spec<'a> {
+    /// The host the invitee may join.
+    pub domain: &'a str,
+    /// Whose contact the invitee becomes.
+    pub inviter: Option<&'a BareJid>,
+    /// An account invitation (XEP-0401 "Account Creation", from an
+    /// operator or an administrator): its URI is `xmpp:host?register`,
+    /// even with an inviter to subscribe to.
+    pub admin: bool,
+    /// The token admits registration (always for an account invitation).
+    pub may_create_account: bool,
+    pub expires_in: Option<u64>,
+    pub max_uses: i64,
+    /// The account name reserved for the invitee (normalised localpart).
+    pub username: Option<&'a str>,
+}
+
+/// Creates and stores an invitation; returns the token (shown once: only
+/// its hash is kept) and the record.
+pub async fn create(store: &Store, spec: Spec<'_>) -> Result<(String, InviteRecord), StorageError> {
     let token = token::generate();
     let created = now();
     let record = InviteRecord {
         token_hash: token::hash(&token),
-        domain: domain.to_owned(),
-        inviter: inviter.map(|j| j.to_string()),
-        may_create_account: may_create_account || admin,
-        admin,
-        expires: expires_in.map(|s| created.saturating_add(s as i64)),
+        domain: spec.domain.to_owned(),
+        inviter: spec.inviter.map(|j| j.to_string()),
+        may_create_account: spec.may_create_account || spec.admin,
+        admin: spec.admin,
+        expires: spec.expires_in.map(|s| created.saturating_add(s as i64)),
         uses: 0,
-        max_uses,
+        max_uses: spec.max_uses,
         created,
+        username: spec.username.map(str::to_owned),
     };
     store.invite_add(&record).await?;
     Ok((token, record))
@@ -290,6 +297,26 @@ pub async fn register_with(
     let Some(registration) = server.features.get::<Registration>() else {
         return Err(StanzaErrorCondition::ServiceUnavailable.into());
     };
+    // An invitation that names the account admits that account only.
+    let reserved = match server.store.invite(token_hash).await {
+        Ok(r) => r.and_then(|r| r.username),
+        Err(e) => {
+            tracing::error!(error = %e, "reading an invitation");
+            return Err(StanzaErrorCondition::InternalServerError.into());
+        }
+    };
+    if let Some(name) = reserved {
+        let asked = iq
+            .get_child("query", NS_REGISTER)
+            .and_then(|q| register::field(q, "username"))
+            .and_then(|u| jid::NodePart::new(&u).ok().map(|n| n.to_string()));
+        if asked.as_deref() != Some(name.as_str()) {
+            return Err(Refusal {
+                condition: StanzaErrorCondition::NotAcceptable,
+                text: Some("this invitation is for another account name"),
+            });
+        }
+    }
     match server.store.invite_redeem(token_hash, now()).await {
         Ok(true) => {}
         Ok(false) => return Err(refused),

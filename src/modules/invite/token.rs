@@ -30,9 +30,14 @@ pub fn well_formed(s: &str) -> bool {
 /// (`?register`), a contact invite the inviter (`?roster`, with `ibr=y`
 /// when the invitee may create an account here).
 pub fn uri(invite: &InviteRecord, token: &str) -> String {
+    // An account invitation that names the account carries it (§4.2).
+    let account = match &invite.username {
+        Some(name) => format!("{name}@{}", invite.domain),
+        None => invite.domain.clone(),
+    };
     match &invite.inviter {
-        _ if invite.admin => format!("xmpp:{}?register;preauth={token}", invite.domain),
-        None => format!("xmpp:{}?register;preauth={token}", invite.domain),
+        _ if invite.admin => format!("xmpp:{account}?register;preauth={token}"),
+        None => format!("xmpp:{account}?register;preauth={token}"),
         Some(inviter) if invite.may_create_account => {
             format!("xmpp:{inviter}?roster;preauth={token};ibr=y")
         }
@@ -100,8 +105,12 @@ mod tests {
             uses: 0,
             max_uses: 1,
             created: 0,
+            username: None,
         };
         assert_eq!(uri(&r, "T"), "xmpp:example.com?register;preauth=T");
+        r.username = Some("juliet".into());
+        assert_eq!(uri(&r, "T"), "xmpp:juliet@example.com?register;preauth=T");
+        r.username = None;
         r.inviter = Some("romeo@example.com".into());
         assert_eq!(
             uri(&r, "T"),
