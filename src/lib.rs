@@ -6,6 +6,7 @@ pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod components;
+pub mod cluster;
 pub mod config;
 pub mod feature;
 pub mod hashing;
