@@ -145,6 +145,27 @@ impl Node {
             .collect()
     }
 
+    /// SIGTERM, and waits for a clean exit (the node leaves the cluster).
+    fn terminate(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{status}\n{}", self.log_tail());
+                return;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("not running").id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
     fn kill_9(&mut self) {
         let mut child = self.child.take().expect("not running");
         child.kill().unwrap();
@@ -160,6 +181,33 @@ impl Drop for Node {
         }
         if std::thread::panicking() {
             eprintln!("--- {} log ---\n{}", self.c2s, self.log_tail());
+        }
+    }
+}
+
+/// The test's Redis keys (its own prefix).
+fn redis_keys(prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_connection().expect("Redis must be reachable");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// Deletes the test's Redis keys however it ends.
+struct RedisKeys(String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let keys = redis_keys(&self.0);
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
         }
     }
 }
@@ -259,6 +307,7 @@ async fn subscribe_both(a: &mut Client, a_full: &str, b: &mut Client, b_full: &s
 async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     let tag = rand::random::<u32>();
     let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
     let (alice, bob, carol) = (format!("ca{tag}"), format!("cb{tag}"), format!("cc{tag}"));
     {
         let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
@@ -363,8 +412,17 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     .await;
     assert_eq!(p.get_child("show", NS_CLIENT).map(|s| s.text()).as_deref(), Some("away"));
 
-    // n3 dies: carol's unavailable presence reaches alice on n1 within
-    // the TTL, one refresh period and a bounded margin for the reaping.
+    // n3 stops reading (SIGSTOP), so a message for carol waits in its
+    // inbox, unread; then n3 dies. Carol's unavailable presence reaches
+    // alice on n1 within the TTL, one refresh period and a bounded margin
+    // for the reaping; the message left in n3's inbox is re-routed
+    // (offline storage: carol has no other resource).
+    nodes[2].signal("-STOP");
+    a.send_str(&format!(
+        "<message to='{c_full}' type='chat' id='m5'><body>in the inbox</body></message>"
+    ))
+    .await;
+    a.barrier().await;
     let killed = Instant::now();
     nodes[2].kill_9();
     let margin = Duration::from_millis(TTL_MS + TTL_MS / 3 + 2_000);
@@ -383,11 +441,18 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     .await;
     a.barrier().await;
     let mut c = Client::login(nodes[1].c2s, &carol, "pw", Some("c2")).await;
-    let m = await_stanza(&mut c, Duration::from_secs(5), "the offline message", |e| {
-        e.is("message", NS_CLIENT) && body(e).as_deref() == Some("while away")
-    })
-    .await;
-    assert_eq!(m.attr("from"), Some(a_full.as_str()));
+    // In either order: the inbox is re-routed after the presence went out.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = await_stanza(&mut c, Duration::from_secs(5), "the offline messages", |e| {
+            e.is("message", NS_CLIENT) && body(e).is_some()
+        })
+        .await;
+        assert_eq!(m.attr("from"), Some(a_full.as_str()));
+        got.extend(body(&m));
+    }
+    got.sort();
+    assert_eq!(got, ["in the inbox", "while away"]);
 
     // n3 is gone from the cluster once reaped.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -401,4 +466,26 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         assert!(Instant::now() < deadline, "n3 still listed: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A clean leave (SIGTERM): bob's session on n2 ends, alice hears it,
+    // and n2 is no member any more.
+    let t = Instant::now();
+    nodes[1].terminate();
+    eprintln!("n2 stopped in {:?}", t.elapsed());
+    await_stanza(&mut a, Duration::from_secs(5), "bob's unavailable", |e| {
+        is_presence_from(e, &b_full, Some("unavailable"))
+    })
+    .await;
+    let status = nodes[0].cluster_status();
+    let names: Vec<&str> = status.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["n1"], "{status:?}");
+    // The last node leaves: nothing of the cluster stays in Redis but
+    // the reaping lock, which expires.
+    drop(a);
+    let t = Instant::now();
+    nodes[0].terminate();
+    eprintln!("n1 stopped in {:?}", t.elapsed());
+    let mut left = redis_keys(&prefix);
+    left.retain(|k| !k.starts_with(&format!("{prefix}:reap:")));
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -69,8 +69,10 @@ pub struct Cluster {
     /// Set when a change could not be queued, or Redis lost this node's
     /// entries: the writer then writes every local session again.
     resync: AtomicBool,
-    /// Stops the reading tasks (inbox, bus, liveness) at leave.
+    /// Stops the reading tasks (inbox, bus, liveness) at leave, and the
+    /// writers' retries.
     stop: CancellationToken,
+    /// The reading tasks, awaited at leave before the inbox is drained.
     tasks: TaskTracker,
 }
 
@@ -126,8 +128,10 @@ impl Cluster {
         let events = cluster.engine.subscribe().await?;
         cluster.replica.replace_all(cluster.engine.snapshot().await?);
         server.sessions.attach_remote(cluster.clone());
-        cluster.tasks.spawn(writer::run(server.clone(), cluster.clone(), writer_rx));
-        cluster.tasks.spawn(outbox::run(cluster.clone(), outbox_rx));
+        // The two writers run as long as the process (sessions ending at
+        // shutdown still send through them); `leave` flushes them.
+        tokio::spawn(writer::run(server.clone(), cluster.clone(), writer_rx));
+        tokio::spawn(outbox::run(cluster.clone(), outbox_rx));
         cluster.tasks.spawn(follow::run(cluster.clone(), events));
         // A previous run that was killed left its sessions and inbox:
         // its users' contacts (on every node, hence after the replica is
