@@ -2884,6 +2884,39 @@ mod tests {
     }
 
     #[test]
+    fn cluster_needs_a_node_id_and_postgres() {
+        let base = "[[host]]\ndomain = \"x.test\"\n";
+        let pg = "[database]\nurl = \"postgres://u@h/db\"\n";
+        assert!(Config::parse(base).unwrap().cluster.is_none());
+        let c = Config::parse(&format!("{base}{pg}[cluster]\nnode_id = \"n-1\"\n")).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(
+            (cluster.key_prefix.as_str(), cluster.liveness_ttl_ms),
+            ("waxwing", 10_000)
+        );
+        let problems = |src: String| Config::parse(&src).unwrap_err();
+        // SQLite (the default database) is one node's file.
+        let p = problems(format!("{base}[cluster]\nnode_id = \"n1\"\n"));
+        assert!(p.iter().any(|p| p.message.contains("PostgreSQL")), "{p:?}");
+        let p = problems(format!("{base}{pg}[cluster]\n"));
+        assert!(
+            p.iter().any(|p| p.message.contains("node_id is required")),
+            "{p:?}"
+        );
+        for bad in ["N1", "", "a_b", &"x".repeat(33)] {
+            let p = problems(format!("{base}{pg}[cluster]\nnode_id = \"{bad}\"\n"));
+            assert!(
+                p.iter().any(|p| p.message.contains("node_id")),
+                "{bad}: {p:?}"
+            );
+        }
+        let p = problems(format!(
+            "{base}{pg}[cluster]\nnode_id = \"n1\"\nredis = \"http://x\"\n"
+        ));
+        assert!(p.iter().any(|p| p.message.contains("redis")), "{p:?}");
+    }
+
+    #[test]
     fn admin_socket_defaults_beside_the_database() {
         let mut c = Config::default();
         assert_eq!(c.admin_socket(), Some(PathBuf::from("data/waxwing.sock")));

@@ -252,8 +252,7 @@ pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
     /// Calls `f` with each remote resource of `bare` and its state.
     fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState));
     /// Queues `stanza` for a remote full JID; None when no node holds it.
-    fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>)
-        -> Option<Result<(), DeliveryError>>;
+    fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>>;
 }
 
 /// The registry's key: a bare JID that can be looked up by its text, so a

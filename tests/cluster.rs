@@ -110,12 +110,20 @@ impl Node {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("waxwing serve exited during start: {status}\n{}", self.log_tail());
+                panic!(
+                    "waxwing serve exited during start: {status}\n{}",
+                    self.log_tail()
+                );
             }
             if std::net::TcpStream::connect_timeout(&self.c2s, Duration::from_secs(1)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} not accepting\n{}", self.c2s, self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "{} not accepting\n{}",
+                self.c2s,
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -149,21 +157,33 @@ impl Node {
     fn terminate(&mut self) {
         let mut child = self.child.take().expect("not running");
         let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(status.success(), "{status}\n{}", self.log_tail());
                 return;
             }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("not running").id().to_string();
-        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
     }
 
     fn kill_9(&mut self) {
@@ -223,14 +243,22 @@ async fn add_user(store: &Store, user: &str) {
 }
 
 /// The next stanza matching `f`, others skipped; panics after `within`.
-async fn await_stanza(c: &mut Client, within: Duration, what: &str, f: impl Fn(&Element) -> bool) -> Element {
+async fn await_stanza(
+    c: &mut Client,
+    within: Duration,
+    what: &str,
+    f: impl Fn(&Element) -> bool,
+) -> Element {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, c.next_element()).await {
             Ok(e) if f(&e) => return e,
             Ok(_) => continue,
-            Err(_) => panic!("{}: no {what} within {within:?}", c.jid.as_deref().unwrap_or("?")),
+            Err(_) => panic!(
+                "{}: no {what} within {within:?}",
+                c.jid.as_deref().unwrap_or("?")
+            ),
         }
     }
 }
@@ -261,7 +289,10 @@ async fn until_routable(from: &mut Client, to: &mut Client, to_bare: &str) {
             to.barrier().await;
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{to_bare} never routable");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{to_bare} never routable"
+        );
     }
 }
 
@@ -316,10 +347,14 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         }
         store.close().await;
     }
-    let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22"), ("n3", "127.0.0.23")]
-        .into_iter()
-        .map(|(id, ip)| Node::new(id, ip, &prefix))
-        .collect();
+    let mut nodes: Vec<Node> = [
+        ("n1", "127.0.0.21"),
+        ("n2", "127.0.0.22"),
+        ("n3", "127.0.0.23"),
+    ]
+    .into_iter()
+    .map(|(id, ip)| Node::new(id, ip, &prefix))
+    .collect();
     for n in &mut nodes {
         n.spawn();
     }
@@ -327,8 +362,15 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         n.wait_ready();
     }
     let status = nodes[0].cluster_status();
-    let names: Vec<(&str, &str)> = status.iter().map(|(n, a, _)| (n.as_str(), a.as_str())).collect();
-    assert_eq!(names, [("n1", "yes"), ("n2", "yes"), ("n3", "yes")], "{status:?}");
+    let names: Vec<(&str, &str)> = status
+        .iter()
+        .map(|(n, a, _)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("n1", "yes"), ("n2", "yes"), ("n3", "yes")],
+        "{status:?}"
+    );
 
     let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
     let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b1")).await;
@@ -353,35 +395,44 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         "<message to='{b_full}' type='chat' id='m1'><body>full</body></message>"
     ))
     .await;
-    let m = await_stanza(&mut b, Duration::from_secs(5), "chat to the full JID", |e| {
-        e.is("message", NS_CLIENT) && body(e).as_deref() == Some("full")
-    })
+    let m = await_stanza(
+        &mut b,
+        Duration::from_secs(5),
+        "chat to the full JID",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("full"),
+    )
     .await;
     assert_eq!(m.attr("from"), Some(a_full.as_str()));
     b.send_str(&format!(
         "<message to='{a_bare}' type='chat' id='m2'><body>bare</body></message>"
     ))
     .await;
-    let m = await_stanza(&mut a, Duration::from_secs(5), "chat to the bare JID", |e| {
-        e.is("message", NS_CLIENT) && body(e).as_deref() == Some("bare")
-    })
+    let m = await_stanza(
+        &mut a,
+        Duration::from_secs(5),
+        "chat to the bare JID",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("bare"),
+    )
     .await;
     assert_eq!(m.attr("from"), Some(b_full.as_str()));
 
     // The bare-JID rule sees every node's resources: a second resource
     // of bob's on n3 with a higher priority takes bare-JID chat.
     let mut b2 = Client::login_without_presence(nodes[2].c2s, &bob, "pw", Some("b2")).await;
-    b2.send_str("<presence><priority>5</priority></presence>").await;
-    let b2_full = format!("{b_bare}/b2");
+    b2.send_str("<presence><priority>5</priority></presence>")
+        .await;
     // n1 knows of b2 once a headline (to every available resource) reaches it.
     until_routable(&mut a, &mut b2, &b_bare).await;
     a.send_str(&format!(
         "<message to='{b_bare}' type='chat' id='m3'><body>top</body></message>"
     ))
     .await;
-    let m = await_stanza(&mut b2, Duration::from_secs(5), "chat to the top resource", |e| {
-        e.is("message", NS_CLIENT) && body(e).as_deref() == Some("top")
-    })
+    let m = await_stanza(
+        &mut b2,
+        Duration::from_secs(5),
+        "chat to the top resource",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("top"),
+    )
     .await;
     assert_eq!(m.attr("to"), Some(b_bare.as_str()));
     // b1 (lower priority) did not get it: what n1 sends n2 arrives in
@@ -410,7 +461,10 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         is_presence_from(e, &a_full, None)
     })
     .await;
-    assert_eq!(p.get_child("show", NS_CLIENT).map(|s| s.text()).as_deref(), Some("away"));
+    assert_eq!(
+        p.get_child("show", NS_CLIENT).map(|s| s.text()).as_deref(),
+        Some("away")
+    );
 
     // n3 stops reading (SIGSTOP), so a message for carol waits in its
     // inbox, unread; then n3 dies. Carol's unavailable presence reaches
@@ -444,9 +498,12 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     // In either order: the inbox is re-routed after the presence went out.
     let mut got = Vec::new();
     while got.len() < 2 {
-        let m = await_stanza(&mut c, Duration::from_secs(5), "the offline messages", |e| {
-            e.is("message", NS_CLIENT) && body(e).is_some()
-        })
+        let m = await_stanza(
+            &mut c,
+            Duration::from_secs(5),
+            "the offline messages",
+            |e| e.is("message", NS_CLIENT) && body(e).is_some(),
+        )
         .await;
         assert_eq!(m.attr("from"), Some(a_full.as_str()));
         got.extend(body(&m));
@@ -460,7 +517,10 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         let status = nodes[0].cluster_status();
         let names: Vec<&str> = status.iter().map(|(n, _, _)| n.as_str()).collect();
         if names == ["n1", "n2"] {
-            assert!(status.iter().all(|(_, alive, _)| alive == "yes"), "{status:?}");
+            assert!(
+                status.iter().all(|(_, alive, _)| alive == "yes"),
+                "{status:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "n3 still listed: {status:?}");

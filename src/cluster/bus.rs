@@ -59,8 +59,12 @@ pub struct NodeStatus {
 pub trait Membership: Send + Sync {
     /// Registers `node` (or refreshes it) as alive for `ttl_ms`; whether
     /// it was registered and alive before.
-    fn heartbeat<'a>(&'a self, node: &'a str, ttl_ms: u64, sessions: usize)
-        -> BoxFuture<'a, BusResult<bool>>;
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        ttl_ms: u64,
+        sessions: usize,
+    ) -> BoxFuture<'a, BusResult<bool>>;
     /// Is `node`'s liveness key there?
     fn is_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<bool>>;
     /// Every registered node, alive or not.
@@ -78,8 +82,10 @@ pub trait SessionDirectory: Send + Sync {
     /// Every session of every node, to rebuild a replica.
     fn snapshot(&self) -> BoxFuture<'_, BusResult<Vec<(String, FullJid, ResourceState)>>>;
     /// Removes and returns every session `node` held (a dead node's).
-    fn take_node<'a>(&'a self, node: &'a str)
-        -> BoxFuture<'a, BusResult<Vec<(FullJid, ResourceState)>>>;
+    fn take_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, BusResult<Vec<(FullJid, ResourceState)>>>;
 }
 
 /// Change events to every node, and one inbox of stanzas per node.
@@ -95,14 +101,22 @@ pub trait Bus: Send + Sync {
     /// Makes `node`'s inbox ready to read (what it left unread included).
     fn open_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
     /// Waits up to `block_ms` for new entries of `node`'s inbox.
-    fn receive<'a>(&'a self, node: &'a str, max: usize, block_ms: u64)
-        -> BoxFuture<'a, BusResult<Vec<InboxEntry>>>;
+    fn receive<'a>(
+        &'a self,
+        node: &'a str,
+        max: usize,
+        block_ms: u64,
+    ) -> BoxFuture<'a, BusResult<Vec<InboxEntry>>>;
     /// Done with these entries (queued locally or re-routed).
     fn ack<'a>(&'a self, node: &'a str, ids: &'a [String]) -> BoxFuture<'a, BusResult<()>>;
     /// Entries of `node`'s inbox not yet acknowledged, after `after` (an
     /// entry id; None from the start): a dead node's leftovers.
-    fn unacked<'a>(&'a self, node: &'a str, after: Option<&'a str>, max: usize)
-        -> BoxFuture<'a, BusResult<Vec<InboxEntry>>>;
+    fn unacked<'a>(
+        &'a self,
+        node: &'a str,
+        after: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, BusResult<Vec<InboxEntry>>>;
     /// Deletes `node`'s inbox.
     fn drop_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
 }

@@ -52,7 +52,10 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
                 cluster.replica.drop_node(node);
             }
         }
-        for dead in members.iter().filter(|m| !m.alive && m.node != cluster.node) {
+        for dead in members
+            .iter()
+            .filter(|m| !m.alive && m.node != cluster.node)
+        {
             if let Err(e) = super::reap::reap(&server, &cluster, &dead.node).await {
                 tracing::warn!(node = %dead.node, error = %e, "cluster: dead node not cleaned up");
             }

@@ -87,7 +87,10 @@ impl Cluster {
     /// of this node left, loads the other nodes' sessions, registers, and
     /// starts the node's tasks. Fails when Redis cannot be reached or a
     /// live node already has this id.
-    pub async fn join(server: &Arc<Server>, config: &ClusterConfig) -> Result<Arc<Cluster>, String> {
+    pub async fn join(
+        server: &Arc<Server>,
+        config: &ClusterConfig,
+    ) -> Result<Arc<Cluster>, String> {
         let engine: Arc<dyn Engine> = Arc::new(
             redis::RedisCluster::connect(&config.redis, &config.key_prefix, config.inbox_max)
                 .await?,
@@ -126,7 +129,9 @@ impl Cluster {
         // Subscribed before the snapshot is read, so no change falls
         // between them.
         let events = cluster.engine.subscribe().await?;
-        cluster.replica.replace_all(cluster.engine.snapshot().await?);
+        cluster
+            .replica
+            .replace_all(cluster.engine.snapshot().await?);
         server.sessions.attach_remote(cluster.clone());
         // The two writers run as long as the process (sessions ending at
         // shutdown still send through them); `leave` flushes them.
@@ -138,9 +143,16 @@ impl Cluster {
         // loaded) hear they are gone, its stanzas are re-routed.
         reap::reap(server, &cluster, &node).await?;
         cluster.engine.open_inbox(&node).await?;
-        cluster.engine.heartbeat(&node, ttl.as_millis() as u64, 0).await?;
-        cluster.tasks.spawn(inbox::run(server.clone(), cluster.clone()));
-        cluster.tasks.spawn(liveness::run(server.clone(), cluster.clone()));
+        cluster
+            .engine
+            .heartbeat(&node, ttl.as_millis() as u64, 0)
+            .await?;
+        cluster
+            .tasks
+            .spawn(inbox::run(server.clone(), cluster.clone()));
+        cluster
+            .tasks
+            .spawn(liveness::run(server.clone(), cluster.clone()));
         tracing::info!(node = %node, "joined the cluster");
         Ok(cluster)
     }
@@ -254,11 +266,7 @@ impl RemoteSessions for Cluster {
         self.replica.for_each(bare, f)
     }
 
-    fn forward(
-        &self,
-        to: &FullJid,
-        stanza: &Arc<OutStanza>,
-    ) -> Option<Result<(), DeliveryError>> {
+    fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>> {
         let node = self.replica.node_of(to)?;
         // A message read from offline storage stays there until its
         // reader acknowledges it, which only this node would see: it is

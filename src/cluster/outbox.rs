@@ -34,7 +34,10 @@ pub(super) async fn run(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<OutMsg>) {
                     Err(e) => {
                         tracing::warn!(error = %e, stanzas = batch.len(), "cluster: inbox append failed; retrying");
                         if !super::backoff(&cluster.stop, &mut attempt).await {
-                            tracing::error!(stanzas = batch.len(), "cluster: stanzas for other nodes dropped at leave");
+                            tracing::error!(
+                                stanzas = batch.len(),
+                                "cluster: stanzas for other nodes dropped at leave"
+                            );
                             break;
                         }
                     }

@@ -22,7 +22,10 @@ pub async fn reap(server: &Server, cluster: &Cluster, node: &str) -> BusResult<(
     let engine = cluster.engine();
     // Held for a TTL: if this node dies while reaping, another takes over
     // (the dead node stays a member until its reaping is complete).
-    if !engine.try_lock(&format!("reap:{node}"), cluster.ttl_ms()).await? {
+    if !engine
+        .try_lock(&format!("reap:{node}"), cluster.ttl_ms())
+        .await?
+    {
         return Ok(());
     }
     if node != cluster.node && engine.is_alive(node).await? {
@@ -35,7 +38,11 @@ pub async fn reap(server: &Server, cluster: &Cluster, node: &str) -> BusResult<(
         }])
         .await?;
     if !sessions.is_empty() {
-        tracing::info!(node, sessions = sessions.len(), "cluster: reaping a dead node's sessions");
+        tracing::info!(
+            node,
+            sessions = sessions.len(),
+            "cluster: reaping a dead node's sessions"
+        );
     }
     for (jid, state) in &sessions {
         let bare: BareJid = jid.to_bare();
@@ -75,7 +82,11 @@ pub async fn drain_inbox(server: &Server, cluster: &Cluster, node: &str) -> BusR
         }
     }
     if count > 0 {
-        tracing::info!(node, stanzas = count, "cluster: re-routed an inbox's leftovers");
+        tracing::info!(
+            node,
+            stanzas = count,
+            "cluster: re-routed an inbox's leftovers"
+        );
     }
     engine.drop_inbox(node).await
 }

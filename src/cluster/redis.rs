@@ -1,14 +1,14 @@
 //! Membership, session directory and bus on Redis.
 //!
 //! Keys (all under the configured prefix `p`):
-//! - `p:node:<id>`      liveness: the node's session count, `PX` the TTL
-//! - `p:nodes`          set of registered node ids
-//! - `p:sess:<bare>`    hash resource → `node \t priority \t flags \t presence`
-//! - `p:nodesess:<id>`  set of bare JIDs the node holds sessions of (so a
-//!                      dead node is cleaned without scanning every hash)
-//! - `p:inbox:<id>`     stream of stanzas for the node (group `nodes`)
-//! - `p:reap:<id>`      lock: one survivor cleans a dead node up
-//! - `p:events`         pub/sub channel of session changes
+//! - `p:node:<id>`: liveness, the node's session count, `PX` the TTL
+//! - `p:nodes`: set of registered node ids
+//! - `p:sess:<bare>`: hash resource → `node \t priority \t flags \t presence`
+//! - `p:nodesess:<id>`: set of bare JIDs the node holds sessions of (so a
+//!   dead node is cleaned without scanning every hash)
+//! - `p:inbox:<id>`: stream of stanzas for the node (group `nodes`)
+//! - `p:reap:<id>`: lock, one survivor cleans a dead node up
+//! - `p:events`: pub/sub channel of session changes
 
 use std::time::Duration;
 
@@ -19,7 +19,6 @@ use futures_util::{FutureExt, StreamExt};
 use jid::FullJid;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-
 
 use super::bus::{Bus, BusResult, Change, InboxEntry, Membership, NodeStatus, SessionDirectory};
 use super::codec;
@@ -516,4 +515,3 @@ impl Bus for RedisCluster {
         .boxed()
     }
 }
-

@@ -163,13 +163,21 @@ mod tests {
         r.apply(bound("b", "u@x/2", 2));
         r.apply(bound("me", "u@x/3", 3));
         let mut seen = Vec::new();
-        r.for_each("u@x", &mut |res, s| seen.push((res.to_string(), s.priority)));
+        r.for_each("u@x", &mut |res, s| {
+            seen.push((res.to_string(), s.priority))
+        });
         seen.sort();
         assert_eq!(seen, [("1".to_string(), 1), ("2".to_string(), 2)]);
-        assert_eq!(r.node_of(&FullJid::new("u@x/2").unwrap()).as_deref(), Some("b"));
+        assert_eq!(
+            r.node_of(&FullJid::new("u@x/2").unwrap()).as_deref(),
+            Some("b")
+        );
         // The same full JID bound on another node moves there.
         r.apply(bound("a", "u@x/2", 5));
-        assert_eq!(r.node_of(&FullJid::new("u@x/2").unwrap()).as_deref(), Some("a"));
+        assert_eq!(
+            r.node_of(&FullJid::new("u@x/2").unwrap()).as_deref(),
+            Some("a")
+        );
         // An unbind from a node that no longer holds it changes nothing.
         r.apply(Change::Unbound {
             node: "b".into(),

@@ -13,7 +13,11 @@ use crate::server::Server;
 /// Changes written per round trip at most.
 const BATCH: usize = 256;
 
-pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>, mut rx: mpsc::Receiver<WriterMsg>) {
+pub(super) async fn run(
+    server: Arc<Server>,
+    cluster: Arc<Cluster>,
+    mut rx: mpsc::Receiver<WriterMsg>,
+) {
     let mut changes = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -33,14 +37,21 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>, mut rx: mpsc
         if cluster.resync.swap(false, Ordering::Relaxed) {
             // Whatever was lost, the registry has the truth now.
             changes.clear();
-            changes.extend(server.sessions.local_states().into_iter().map(|(jid, state)| {
-                Change::Bound {
-                    node: cluster.node.clone(),
-                    jid,
-                    state,
-                }
-            }));
-            tracing::info!(sessions = changes.len(), "cluster: writing every local session again");
+            changes.extend(
+                server
+                    .sessions
+                    .local_states()
+                    .into_iter()
+                    .map(|(jid, state)| Change::Bound {
+                        node: cluster.node.clone(),
+                        jid,
+                        state,
+                    }),
+            );
+            tracing::info!(
+                sessions = changes.len(),
+                "cluster: writing every local session again"
+            );
         }
         if !changes.is_empty() {
             write(&cluster, &changes).await;
