@@ -527,6 +527,37 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // n3 comes back under the same id and joins without the others
+    // restarting: a session on it is reached from n1 again.
+    nodes[2].spawn();
+    nodes[2].wait_ready();
+    drop(c);
+    let mut c3 = Client::login(nodes[2].c2s, &carol, "pw", Some("c3")).await;
+    until_routable(&mut a, &mut c3, &c_bare).await;
+    a.send_str(&format!(
+        "<message to='{c_bare}/c3' type='chat' id='m6'><body>welcome back</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut c3,
+        Duration::from_secs(5),
+        "chat on the rejoined node",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("welcome back"),
+    )
+    .await;
+    let status = nodes[0].cluster_status();
+    let names: Vec<(&str, &str)> = status
+        .iter()
+        .map(|(n, a, _)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("n1", "yes"), ("n2", "yes"), ("n3", "yes")],
+        "{status:?}"
+    );
+    drop(c3);
+    nodes[2].terminate();
+
     // A clean leave (SIGTERM): bob's session on n2 ends, alice hears it,
     // and n2 is no member any more.
     let t = Instant::now();

@@ -141,7 +141,7 @@ impl Cluster {
         // A previous run that was killed left its sessions and inbox:
         // its users' contacts (on every node, hence after the replica is
         // loaded) hear they are gone, its stanzas are re-routed.
-        reap::reap(server, &cluster, &node).await?;
+        reap::reap_own(server, &cluster).await?;
         cluster.engine.open_inbox(&node).await?;
         cluster
             .engine

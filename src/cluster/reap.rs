@@ -28,9 +28,35 @@ pub async fn reap(server: &Server, cluster: &Cluster, node: &str) -> BusResult<(
     {
         return Ok(());
     }
-    if node != cluster.node && engine.is_alive(node).await? {
+    if engine.is_alive(node).await? {
         return Ok(());
     }
+    reap_locked(server, cluster, node).await
+}
+
+/// At join, what an earlier run of this node left. A survivor may be
+/// reaping it right now: the lock is waited for (at most its TTL), or a
+/// reaper still at work could take the new run's sessions for the old
+/// one's. Holding the lock through the join also keeps survivors from
+/// reaping the new run before its first heartbeat.
+pub async fn reap_own(server: &Server, cluster: &Cluster) -> BusResult<()> {
+    let engine = cluster.engine();
+    let lock = format!("reap:{}", cluster.node);
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(cluster.ttl_ms() + 1_000);
+    while !engine.try_lock(&lock, cluster.ttl_ms()).await? {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the lock {lock} is still held after its TTL (another node with this id?)"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    reap_locked(server, cluster, &cluster.node).await
+}
+
+async fn reap_locked(server: &Server, cluster: &Cluster, node: &str) -> BusResult<()> {
+    let engine = cluster.engine();
     let sessions = engine.take_node(node).await?;
     engine
         .publish(&[Change::NodeDown {
