@@ -42,6 +42,10 @@ struct Node {
 
 impl Node {
     fn new(id: &str, ip: &str, prefix: &str) -> Node {
+        Node::with_redis(id, ip, prefix, &redis_url())
+    }
+
+    fn with_redis(id: &str, ip: &str, prefix: &str, redis: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let c2s: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
         let tls: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
@@ -62,7 +66,7 @@ impl Node {
                 q(postgres_url()),
                 q(dir.path().join("certs").display().to_string()),
                 q(dir.path().join("waxwing.sock").display().to_string()),
-                q(redis_url()),
+                q(redis.to_string()),
             ),
         )
         .unwrap();
@@ -579,4 +583,129 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     let mut left = redis_keys(&prefix);
     left.retain(|k| !k.starts_with(&format!("{prefix}:reap:")));
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A Redis server of the test's own, on a free port, that it may kill and
+/// start again (the shared one must not be restarted).
+struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let mut r = PrivateRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: everything it held is gone (no persistence).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Redis restarted empty: the nodes register again, write their sessions
+/// again and reload their replicas; chat and presence across nodes work
+/// again without restarting a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_recover_when_redis_restarts_empty() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let mut redis_server = PrivateRedis::start();
+    let (alice, bob) = (format!("ra{tag}"), format!("rb{tag}"));
+    {
+        let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+        for u in [&alice, &bob] {
+            add_user(&store, u).await;
+        }
+        store.close().await;
+    }
+    let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22")]
+        .into_iter()
+        .map(|(id, ip)| Node::with_redis(id, ip, &prefix, &redis_server.url()))
+        .collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let (a_bare, b_bare) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
+    let (a_full, b_full) = (format!("{a_bare}/a1"), format!("{b_bare}/b1"));
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b1")).await;
+    until_routable(&mut a, &mut b, &b_bare).await;
+    until_routable(&mut b, &mut a, &a_bare).await;
+    subscribe_both(&mut a, &a_full, &mut b, &b_full).await;
+
+    redis_server.kill();
+    redis_server.spawn();
+
+    // Both nodes write their sessions again into the empty Redis; a chat
+    // to the full JID goes through the new inbox.
+    until_routable(&mut a, &mut b, &b_bare).await;
+    until_routable(&mut b, &mut a, &a_bare).await;
+    a.send_str(&format!(
+        "<message to='{b_full}' type='chat' id='r1'><body>after the restart</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut b,
+        Duration::from_secs(10),
+        "chat after the restart",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("after the restart"),
+    )
+    .await;
+    b.send_str("<presence><show>dnd</show></presence>").await;
+    await_stanza(&mut a, Duration::from_secs(10), "bob's dnd", |e| {
+        is_presence_from(e, &b_full, None)
+            && e.get_child("show", NS_CLIENT).map(|s| s.text()).as_deref() == Some("dnd")
+    })
+    .await;
+    let status = nodes[0].cluster_status();
+    let names: Vec<(&str, &str)> = status
+        .iter()
+        .map(|(n, a, _)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(names, [("n1", "yes"), ("n2", "yes")], "{status:?}");
 }

@@ -45,13 +45,10 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
                 continue;
             }
         };
-        // A node that left without its NodeDown reaching us is no
-        // member any more; one whose key expired is dead.
-        for node in cluster.replica.counts().keys() {
-            if !members.iter().any(|m| &m.node == node && m.alive) {
-                cluster.replica.drop_node(node);
-            }
-        }
+        // Only members whose key expired are dropped and reaped: a node
+        // missing from the members altogether has left (its `D` reached
+        // us, or the replica was reloaded since), or is registering again
+        // after Redis lost everything, and its sessions are on their way.
         for dead in members
             .iter()
             .filter(|m| !m.alive && m.node != cluster.node)
