@@ -74,15 +74,16 @@ ensure_postgres() {
         createdb -h 127.0.0.1 -U postgres "$PG_DB"
 }
 
-# Redis for the cluster tests (tests/cluster.rs: three nodes sharing it;
-# each test run uses a key prefix of its own). Started as a daemon on
-# 127.0.0.1:6379 when nothing answers there.
+# Redis for the cluster tests (tests/cluster.rs: three nodes sharing it,
+# each test run with a key prefix of its own; the Redis-restart test runs a
+# redis-server of its own, so the binary is needed too). Started as a
+# daemon on 127.0.0.1:6379 when nothing answers there.
 ensure_redis() {
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        apt_install redis-server redis-tools || return 1
+    fi
     if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
         return 0
-    fi
-    if ! command -v redis-server >/dev/null 2>&1; then
-        apt_install redis-server redis-tools || return 1
     fi
     redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no \
         >/dev/null || return 1

@@ -709,3 +709,117 @@ async fn nodes_recover_when_redis_restarts_empty() {
         .collect();
     assert_eq!(names, [("n1", "yes"), ("n2", "yes")], "{status:?}");
 }
+
+/// Calls per command since the server started (`INFO commandstats`).
+fn command_calls(url: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// Bytes Redis read and wrote since it started (`INFO stats`).
+fn net_bytes(url: &str) -> (u64, u64) {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut conn).unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0u64)
+    };
+    (
+        field("total_net_input_bytes"),
+        field("total_net_output_bytes"),
+    )
+}
+
+/// What one chat message between nodes costs in Redis, measured on a
+/// Redis of the test's own (background heartbeats included): the inbox
+/// commands are XADD on the sender, XREADGROUP, XACK and XDEL on the
+/// receiver, batched, so at most those four per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_between_nodes_costs_a_few_redis_commands() {
+    const MESSAGES: usize = 500;
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let redis_server = PrivateRedis::start();
+    let (alice, bob) = (format!("ma{tag}"), format!("mb{tag}"));
+    {
+        let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+        for u in [&alice, &bob] {
+            add_user(&store, u).await;
+        }
+        store.close().await;
+    }
+    let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22")]
+        .into_iter()
+        .map(|(id, ip)| Node::with_redis(id, ip, &prefix, &redis_server.url()))
+        .collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b1")).await;
+    until_routable(&mut a, &mut b, &b_bare).await;
+    let before = command_calls(&redis_server.url());
+    let bytes_before = net_bytes(&redis_server.url());
+    let started = Instant::now();
+    let mut batch = String::new();
+    for i in 0..MESSAGES {
+        batch.push_str(&format!(
+            "<message to='{b_bare}/b1' type='chat' id='x{i}'><body>n{i}</body></message>"
+        ));
+    }
+    a.send_str(&batch).await;
+    let mut got = 0;
+    while got < MESSAGES {
+        let e = await_stanza(&mut b, Duration::from_secs(20), "the burst", |e| {
+            e.is("message", NS_CLIENT) && e.attr("type") == Some("chat")
+        })
+        .await;
+        assert_eq!(body(&e), Some(format!("n{got}")), "in order");
+        got += 1;
+    }
+    let elapsed = started.elapsed();
+    let after = command_calls(&redis_server.url());
+    let bytes_after = net_bytes(&redis_server.url());
+    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    let inbox: u64 = ["xadd", "xreadgroup", "xack", "xdel"]
+        .iter()
+        .map(|c| delta(c))
+        .sum();
+    let all: u64 = after.keys().map(|c| delta(c)).sum::<u64>() - delta("info");
+    eprintln!(
+        "{MESSAGES} messages n1 -> n2 in {elapsed:?}: {} inbox commands per message \
+         (xadd {}, xreadgroup {}, xack {}, xdel {}), {} Redis commands per message in all; \
+         {} bytes into Redis and {} out of it per message",
+        inbox as f64 / MESSAGES as f64,
+        delta("xadd"),
+        delta("xreadgroup"),
+        delta("xack"),
+        delta("xdel"),
+        all as f64 / MESSAGES as f64,
+        (bytes_after.0 - bytes_before.0) / MESSAGES as u64,
+        (bytes_after.1 - bytes_before.1) / MESSAGES as u64,
+    );
+    assert_eq!(delta("xadd"), MESSAGES as u64, "one XADD per message");
+    assert!(inbox <= 4 * MESSAGES as u64, "{inbox}");
+    assert!(all <= 5 * MESSAGES as u64, "{all}");
+}
