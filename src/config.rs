@@ -886,6 +886,16 @@ pub struct TlsConfig {
     /// off. About 300 bytes each; the oldest is dropped when full. Default
     /// 1,024; 0 turns it off.
     pub session_cache: usize,
+    /// Threads that run TLS handshakes (`net::handshakes`), apart from the
+    /// ones that run open streams, so a storm of new connections cannot
+    /// delay the traffic of the open ones. Default 2; 0 runs handshakes on
+    /// the main workers. Read at start.
+    pub handshake_threads: usize,
+    /// The nice value (0–19) of those threads: how far the kernel favours
+    /// open streams over handshakes when the CPU is short. Default 10
+    /// (about a tenth of the CPU for handshakes under contention, all of it
+    /// otherwise). Read at start.
+    pub handshake_nice: i32,
 }
 
 /// Client-to-server listeners and stream policy.
@@ -1075,6 +1085,8 @@ impl Default for TlsConfig {
             dev_cert_dir: PathBuf::from("certs"),
             session_tickets: true,
             session_cache: 1024,
+            handshake_threads: 2,
+            handshake_nice: 10,
         }
     }
 }
@@ -1605,6 +1617,8 @@ const TLS: &[Field] = &[
             max: 1_000_000,
         },
     ),
+    f("handshake_threads", Kind::Int { min: 0, max: 64 }),
+    f("handshake_nice", Kind::Int { min: 0, max: 19 }),
 ];
 const C2S: &[Field] = &[
     f("listen", Kind::Addrs),

@@ -11,6 +11,7 @@
 
 mod chat;
 mod first;
+mod frame;
 mod im;
 mod muc;
 mod pep;
