@@ -249,6 +249,9 @@ pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
     /// left). Called under the registry's lock, so changes to one JID are
     /// reported in order; it must not block.
     fn local_changed(&self, jid: &FullJid, state: Option<&ResourceState>, last_local: bool);
+    /// A new local session took `jid` (bind): one of it on another node
+    /// is replaced.
+    fn bound_here(&self, jid: &FullJid);
     /// Calls `f` with each remote resource of `bare` and its state.
     fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState));
     /// Queues `stanza` for a remote full JID; None when no node holds it.
@@ -368,6 +371,9 @@ impl SessionRegistry {
             if let Some(r) = list.last() {
                 self.report(jid, r);
             }
+            if let Some(remote) = self.remote() {
+                remote.bound_here(jid);
+            }
             old
         };
         if let Some(old) = old {
@@ -431,6 +437,39 @@ impl SessionRegistry {
         r.priority = priority;
         self.report(jid, r);
         was
+    }
+
+    /// A session of `jid` was bound on another node of the cluster: the
+    /// local one is replaced as a local bind replaces one (newest wins):
+    /// unbound with no departure (no `SessionEnded`: the user is online
+    /// there, and its end would broadcast unavailable), then told
+    /// `conflict`.
+    pub fn replaced_elsewhere(&self, jid: &FullJid) {
+        let old = {
+            let mut map = self.write();
+            let bare = bare_of(jid);
+            let Some(list) = map.get_mut(bare) else {
+                return;
+            };
+            let Some(i) = list
+                .iter()
+                .position(|r| r.resource == jid.resource().as_str())
+            else {
+                return;
+            };
+            let old = list.swap_remove(i);
+            let last_local = list.is_empty();
+            if last_local {
+                map.remove(bare);
+            }
+            if let Some(remote) = self.remote() {
+                remote.local_changed(jid, None, last_local);
+            }
+            old
+        };
+        let _ = old
+            .tx
+            .send_beyond_capacity(Outbound::Close(StreamErrorCondition::Conflict));
     }
 
     /// Marks the session as interested in roster pushes.

@@ -823,3 +823,62 @@ async fn a_message_between_nodes_costs_a_few_redis_commands() {
     assert!(inbox <= 4 * MESSAGES as u64, "{inbox}");
     assert!(all <= 5 * MESSAGES as u64, "{all}");
 }
+
+/// One full JID bound on two nodes: the newest binding wins, as on one
+/// node. The old session gets `conflict`, and stanzas from any node reach
+/// the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_bound_again_on_another_node_replaces_the_old_session() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, bob) = (format!("xa{tag}"), format!("xb{tag}"));
+    {
+        let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+        for u in [&alice, &bob] {
+            add_user(&store, u).await;
+        }
+        store.close().await;
+    }
+    let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22")]
+        .into_iter()
+        .map(|(id, ip)| Node::new(id, ip, &prefix))
+        .collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let b_full = format!("{b_bare}/same");
+    // alice on n2; bob's "same" first on n2, then again on n1.
+    let mut a = Client::login(nodes[1].c2s, &alice, "pw", Some("a1")).await;
+    let mut old = Client::login(nodes[1].c2s, &bob, "pw", Some("same")).await;
+    until_routable(&mut a, &mut old, &b_bare).await;
+    let mut new = Client::login(nodes[0].c2s, &bob, "pw", Some("same")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let condition = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = tokio::time::timeout(left, old.next_element())
+            .await
+            .expect("the old session was never replaced");
+        if e.name() == "error" {
+            break e.children().next().map(|c| c.name().to_string());
+        }
+    };
+    assert_eq!(condition.as_deref(), Some("conflict"));
+    // From n2, where the old session was: the full JID is on n1 now.
+    until_routable(&mut a, &mut new, &b_bare).await;
+    a.send_str(&format!(
+        "<message to='{b_full}' type='chat' id='s1'><body>to the new one</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut new,
+        Duration::from_secs(5),
+        "chat to the new session",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("to the new one"),
+    )
+    .await;
+}

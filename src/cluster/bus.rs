@@ -34,15 +34,24 @@ pub enum Change {
     NodeDown { node: String },
 }
 
-/// One stanza waiting in a node's inbox.
+/// What an inbox entry carries for its full JID.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// A stanza, serialized once by the sending node (`jabber:client`).
+    Stanza(Bytes),
+    /// The sending node bound a new session of the full JID: the
+    /// receiving node's one is replaced (newest wins, as on one node).
+    Replaced,
+}
+
+/// One entry waiting in a node's inbox.
 #[derive(Debug, Clone)]
 pub struct InboxEntry {
     /// The engine's id of the entry (acknowledged by it).
     pub id: String,
     /// The full JID it is for.
     pub to: String,
-    /// The stanza, serialized once by the sending node (`jabber:client`).
-    pub stanza: Bytes,
+    pub delivery: Delivery,
 }
 
 /// A node as `ctl cluster status` shows it.
@@ -96,8 +105,8 @@ pub trait Bus: Send + Sync {
     /// connection is lost (what was announced meanwhile is lost too, so
     /// the caller rebuilds from the directory).
     fn subscribe(&self) -> BoxFuture<'_, BusResult<BoxStream<'static, Change>>>;
-    /// Appends stanzas to nodes' inboxes: (node, full JID, stanza).
-    fn send<'a>(&'a self, batch: &'a [(String, String, Bytes)]) -> BoxFuture<'a, BusResult<()>>;
+    /// Appends entries to nodes' inboxes: (node, full JID, delivery).
+    fn send<'a>(&'a self, batch: &'a [(String, String, Delivery)]) -> BoxFuture<'a, BusResult<()>>;
     /// Makes `node`'s inbox ready to read (what it left unread included).
     fn open_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
     /// Waits up to `block_ms` for new entries of `node`'s inbox.

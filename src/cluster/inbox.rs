@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use jid::FullJid;
 
-use super::bus::InboxEntry;
+use super::bus::{Delivery, InboxEntry};
 use super::Cluster;
 use crate::server::Server;
 use crate::sessions::OutStanza;
@@ -50,14 +50,22 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
     }
 }
 
-/// Queues one inbox entry for its local session, else re-routes it as a
-/// stanza left by a session that ended (`router::reroute_one`).
+/// Queues one inbox entry's stanza for its local session, else re-routes
+/// it as a stanza left by a session that ended (`router::reroute_one`);
+/// replaces the local session a `Replaced` entry names.
 pub async fn deliver(server: &Server, entry: InboxEntry) {
     let Ok(to) = FullJid::new(&entry.to) else {
         tracing::warn!(to = %entry.to, "cluster: inbox entry without a full JID dropped");
         return;
     };
-    let data = OutStanza::serialized(entry.stanza);
+    let bytes = match entry.delivery {
+        Delivery::Stanza(bytes) => bytes,
+        Delivery::Replaced => {
+            server.sessions.replaced_elsewhere(&to);
+            return;
+        }
+    };
+    let data = OutStanza::serialized(bytes);
     if server.sessions.send_to_local(&to, data.clone()).is_err() {
         crate::router::reroute_one(server, &to, &data).await;
     }

@@ -52,8 +52,8 @@ enum WriterMsg {
 
 /// What the outbox is handed.
 enum OutMsg {
-    /// (node, full JID, stanza).
-    Stanza(Arc<str>, String, bytes::Bytes),
+    /// (node, full JID, what for it).
+    Entry(Arc<str>, String, bus::Delivery),
     Flush(oneshot::Sender<()>),
 }
 
@@ -262,6 +262,18 @@ impl RemoteSessions for Cluster {
         }
     }
 
+    fn bound_here(&self, jid: &FullJid) {
+        // Newest wins across nodes as on one: the node that held this
+        // full JID drops its session (without a departure: the user is
+        // online here), and this replica forgets it at once.
+        if let Some(node) = self.replica.take(jid) {
+            let msg = OutMsg::Entry(node, jid.to_string(), bus::Delivery::Replaced);
+            if self.outbox.try_send(msg).is_err() {
+                tracing::warn!(%jid, "cluster: the replaced session on another node was not told");
+            }
+        }
+    }
+
     fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState)) {
         self.replica.for_each(bare, f)
     }
@@ -274,7 +286,11 @@ impl RemoteSessions for Cluster {
         if stanza.stored_id().is_some() {
             return Some(Err(DeliveryError::Offline));
         }
-        let msg = OutMsg::Stanza(node, to.to_string(), stanza.bytes().clone());
+        let msg = OutMsg::Entry(
+            node,
+            to.to_string(),
+            bus::Delivery::Stanza(stanza.bytes().clone()),
+        );
         Some(self.outbox.try_send(msg).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,

@@ -17,7 +17,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<OutMsg>) {
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                OutMsg::Stanza(node, to, bytes) => batch.push((node.to_string(), to, bytes)),
+                OutMsg::Entry(node, to, delivery) => batch.push((node.to_string(), to, delivery)),
                 OutMsg::Flush(done) => flushes.push(done),
             }
             next = if batch.len() < BATCH {

@@ -104,7 +104,11 @@ pub async fn drain_inbox(server: &Server, cluster: &Cluster, node: &str) -> BusR
         after = Some(last.id.clone());
         count += entries.len();
         for entry in entries {
-            super::inbox::deliver(server, entry).await;
+            // A replacement for a session of the gone node: nothing to do
+            // (and here, the session it names may be the new one).
+            if entry.delivery != super::bus::Delivery::Replaced {
+                super::inbox::deliver(server, entry).await;
+            }
         }
     }
     if count > 0 {

@@ -20,7 +20,9 @@ use jid::FullJid;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
-use super::bus::{Bus, BusResult, Change, InboxEntry, Membership, NodeStatus, SessionDirectory};
+use super::bus::{
+    Bus, BusResult, Change, Delivery, InboxEntry, Membership, NodeStatus, SessionDirectory,
+};
 use super::codec;
 use crate::sessions::{bare_of, ResourceState};
 
@@ -99,9 +101,14 @@ fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
                     .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
                     .unwrap_or_default()
             };
+            let delivery = if e.map.contains_key("r") {
+                Delivery::Replaced
+            } else {
+                Delivery::Stanza(Bytes::from(field("s")))
+            };
             InboxEntry {
                 to: String::from_utf8_lossy(&field("to")).into_owned(),
-                stanza: Bytes::from(field("s")),
+                delivery,
                 id: e.id,
             }
         })
@@ -386,23 +393,26 @@ impl Bus for RedisCluster {
         .boxed()
     }
 
-    fn send<'a>(&'a self, batch: &'a [(String, String, Bytes)]) -> BoxFuture<'a, BusResult<()>> {
+    fn send<'a>(&'a self, batch: &'a [(String, String, Delivery)]) -> BoxFuture<'a, BusResult<()>> {
         async move {
             let mut pipe = redis::pipe();
-            for (node, to, stanza) in batch {
+            for (node, to, delivery) in batch {
                 // Trimmed only beyond the bound (approximately, which is
                 // cheap): a node that stopped reading loses its oldest.
-                pipe.cmd("XADD")
+                let cmd = pipe
+                    .cmd("XADD")
                     .arg(self.key("inbox", node))
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(self.inbox_max)
                     .arg("*")
                     .arg("to")
-                    .arg(to.as_str())
-                    .arg("s")
-                    .arg(stanza.as_ref())
-                    .ignore();
+                    .arg(to.as_str());
+                match delivery {
+                    Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
+                    Delivery::Replaced => cmd.arg("r").arg(1),
+                }
+                .ignore();
             }
             let mut c = self.conn.clone();
             pipe.query_async::<()>(&mut c).await.map_err(err)

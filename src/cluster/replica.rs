@@ -122,6 +122,21 @@ impl Replica {
             .map(|r| r.node.clone())
     }
 
+    /// Forgets a remote resource; the node that held it.
+    pub fn take(&self, jid: &FullJid) -> Option<Arc<str>> {
+        let mut map = self.write();
+        let bare = bare_of(jid);
+        let list = map.get_mut(bare)?;
+        let i = list
+            .iter()
+            .position(|r| r.resource == jid.resource().as_str())?;
+        let gone = list.swap_remove(i);
+        if list.is_empty() {
+            map.remove(bare);
+        }
+        Some(gone.node)
+    }
+
     /// Calls `f` with each remote resource of `bare`.
     pub fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState)) {
         if let Some(list) = self.read().get(bare) {
