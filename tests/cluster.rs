@@ -882,3 +882,43 @@ async fn a_resource_bound_again_on_another_node_replaces_the_old_session() {
     )
     .await;
 }
+
+/// `waxwing check-config` refuses a cluster on SQLite: every node must see
+/// the same accounts and messages, which one node's file cannot give.
+#[test]
+fn check_config_refuses_a_cluster_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waxwing.toml");
+    let write = |database: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[host]]\ndomain = \"{DOMAIN}\"\n[database]\nurl = \"{database}\"\n\
+                 [cluster]\nnode_id = \"n1\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_waxwing"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    write("sqlite://waxwing.db");
+    let out = check();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("[cluster] needs a PostgreSQL"), "{text}");
+    write("postgres://postgres@127.0.0.1/none");
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
