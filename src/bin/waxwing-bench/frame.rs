@@ -12,6 +12,11 @@
 //! goes to the full parser, which keeps every check.
 
 use std::ops::Range;
+use std::sync::atomic::AtomicBool;
+
+/// Readers frame the stream once their parser stands between stanzas;
+/// `--parse-every-delivery` clears it (every stanza through the parser).
+pub static FAST: AtomicBool = AtomicBool::new(true);
 
 /// The framer met markup it leaves to the full parser.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,6 +139,64 @@ impl Framer {
     }
 }
 
+/// The start tag of `frame` (from after the name to before `>` or `/>`)
+/// when the frame is an element named `name`.
+pub fn start_tag<'a>(frame: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = frame.strip_prefix(b"<")?.strip_prefix(name)?;
+    if !matches!(
+        rest.first(),
+        Some(b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/')
+    ) {
+        return None;
+    }
+    let mut quote = 0u8;
+    for (i, &c) in rest.iter().enumerate() {
+        if quote != 0 {
+            if c == quote {
+                quote = 0;
+            }
+        } else if c == b'\'' || c == b'"' {
+            quote = c;
+        } else if c == b'>' {
+            let tag = &rest[..i];
+            return Some(tag.strip_suffix(b"/").unwrap_or(tag));
+        }
+    }
+    None
+}
+
+/// The raw value of attribute `key` in a start tag from [`start_tag`].
+/// None when it is absent, when the tag is not the plain `key='value'`
+/// shape this reads, or when the value holds a reference (`&`): the caller
+/// leaves such a stanza to the parser.
+pub fn attr<'a>(tag: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut rest = tag;
+    loop {
+        rest = rest.trim_ascii_start();
+        if rest.is_empty() {
+            return None;
+        }
+        let eq = rest.iter().position(|&c| c == b'=')?;
+        let name = rest[..eq].trim_ascii_end();
+        let after = rest[eq + 1..].trim_ascii_start();
+        let quote = *after.first()?;
+        if quote != b'\'' && quote != b'"' {
+            return None;
+        }
+        let len = after[1..].iter().position(|&c| c == quote)?;
+        let value = &after[1..1 + len];
+        if name == key {
+            return (!value.contains(&b'&')).then_some(value);
+        }
+        rest = &after[len + 2..];
+    }
+}
+
+/// Where `needle` first occurs in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +244,27 @@ mod tests {
                 "{cut}"
             );
         }
+    }
+
+    #[test]
+    fn reads_start_tags_and_attributes() {
+        let m = b"<message from='r@c/n' type=\"groupchat\" id = 'a>b'><body>x</body></message>";
+        let tag = start_tag(m, b"message").unwrap();
+        assert_eq!(attr(tag, b"type"), Some(&b"groupchat"[..]));
+        assert_eq!(attr(tag, b"id"), Some(&b"a>b"[..]));
+        assert_eq!(attr(tag, b"from"), Some(&b"r@c/n"[..]));
+        assert_eq!(attr(tag, b"to"), None);
+        assert!(start_tag(m, b"mess").is_none());
+        assert!(start_tag(b"<presence/>", b"message").is_none());
+        assert_eq!(start_tag(b"<presence/>", b"presence"), Some(&b""[..]));
+        // A value with a reference is left to the parser; so is a broken tag.
+        let tag = start_tag(b"<message id='a&amp;b' type='chat'/>", b"message").unwrap();
+        assert_eq!(attr(tag, b"id"), None);
+        assert_eq!(attr(tag, b"type"), Some(&b"chat"[..]));
+        assert_eq!(attr(b" id=unquoted", b"id"), None);
+        // A name inside another attribute's value is not an attribute.
+        let tag = start_tag(b"<message to=\"x id='1'\" id='2'/>", b"message").unwrap();
+        assert_eq!(attr(tag, b"id"), Some(&b"2"[..]));
     }
 
     #[test]

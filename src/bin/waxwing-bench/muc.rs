@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use waxwing::sasl::SaltedPasswordCache;
 use waxwing::xml::{Element, StreamEvent};
 
-use crate::frame::Framer;
+use crate::frame::{self, Framer};
 use crate::stats::{self, LatencyHistogram};
 use crate::xmpp::{self, Target};
 use crate::{pct_ms, rep, Report, SharedReport};
@@ -121,7 +121,7 @@ struct MucArgs {
 /// Entry point for `waxwing-bench muc …`.
 pub fn main() {
     let args = MucArgs::parse_from(std::env::args().skip(1));
-    FAST_FRAMING.store(!args.parse_every_delivery, Relaxed);
+    frame::FAST.store(!args.parse_every_delivery, Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -147,7 +147,7 @@ pub fn main() {
         let mut r = rep(&report);
         let removed = REMOVED.load(Relaxed);
         r.num("occupants_removed_by_server", removed);
-        r.num("fast_framing", u64::from(FAST_FRAMING.load(Relaxed)));
+        r.num("fast_framing", u64::from(frame::FAST.load(Relaxed)));
         // Streams that met markup the framer leaves to the parser (a
         // server sending comments or CDATA): fine, only slower.
         r.num("fast_framing_ended", FAST_FRAMING_ENDED.load(Relaxed));
@@ -260,7 +260,7 @@ async fn reader(
                 Ok(None) => break,
             }
         }
-        if framer.is_none() && !xs_parser.mid_element() && FAST_FRAMING.load(Relaxed) {
+        if framer.is_none() && !xs_parser.mid_element() && frame::FAST.load(Relaxed) {
             framer = Some(Framer::default());
         }
         let n = match rd.read(&mut buf).await {
@@ -323,8 +323,6 @@ fn drain(
     }
 }
 
-/// `--parse-every-delivery` clears it: every stanza through the parser.
-static FAST_FRAMING: AtomicBool = AtomicBool::new(true);
 /// Streams whose fast mode ended on markup the framer leaves to the parser.
 static FAST_FRAMING_ENDED: AtomicU64 = AtomicU64::new(0);
 
@@ -334,28 +332,20 @@ static FAST_FRAMING_ENDED: AtomicU64 = AtomicU64::new(0);
 /// for anything else or any doubt: an error, a body with attributes or
 /// entities, another shape.
 fn fast_delivery(s: &Sess, frame: &[u8], chat: &Chat) -> bool {
-    let Some(head) = frame.strip_prefix(b"<message") else {
+    let Some(tag) = frame::start_tag(frame, b"message") else {
         return false;
     };
-    let Some(tag_end) = start_tag_end(head) else {
-        return false;
-    };
-    let tag = &head[..tag_end];
-    let groupchat =
-        find(tag, b"type='groupchat'").is_some() || find(tag, b"type=\"groupchat\"").is_some();
-    if !groupchat || !matches!(head.first(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+    if frame::attr(tag, b"type") != Some(b"groupchat") {
         return false;
     }
-    let rest = &head[tag_end..];
-    let Some(open) = find(rest, b"<body>") else {
+    let Some(open) = frame::find(frame, b"<body>") else {
         return false;
     };
-    let text = &rest[open + 6..];
-    let Some(close) = find(text, b"</body>") else {
+    let text = &frame[open + 6..];
+    let Some(close) = frame::find(text, b"</body>") else {
         return false;
     };
-    let text = &text[..close];
-    let Some(fields) = text.strip_prefix(b"mb ") else {
+    let Some(fields) = text[..close].strip_prefix(b"mb ") else {
         return false;
     };
     let mut nums = [0u64; 4];
@@ -369,28 +359,6 @@ fn fast_delivery(s: &Sess, frame: &[u8], chat: &Chat) -> bool {
     let [run, sender, _seq, ts] = nums;
     record_delivery(s, chat, run, sender, ts);
     true
-}
-
-/// Where the start tag at the beginning of `b` ends (index of its `>`),
-/// skipping quoted attribute values.
-fn start_tag_end(b: &[u8]) -> Option<usize> {
-    let mut quote = 0u8;
-    for (i, &c) in b.iter().enumerate() {
-        if quote != 0 {
-            if c == quote {
-                quote = 0;
-            }
-        } else if c == b'\'' || c == b'"' {
-            quote = c;
-        } else if c == b'>' {
-            return Some(i);
-        }
-    }
-    None
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn digits(b: &[u8]) -> Option<u64> {
