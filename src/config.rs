@@ -82,6 +82,10 @@ pub struct ClusterConfig {
     /// towards other nodes' inboxes; beyond that a sender gets
     /// `resource-constraint` rather than Redis growing. Default 100,000.
     pub inbox_max: usize,
+    /// Most bytes of stanzas waiting to be appended to other nodes'
+    /// inboxes (Redis slow or away); beyond that a sender gets
+    /// `resource-constraint`. Default 64 MiB.
+    pub outbox_max_bytes: usize,
 }
 
 impl Default for ClusterConfig {
@@ -92,6 +96,7 @@ impl Default for ClusterConfig {
             key_prefix: "waxwing".into(),
             liveness_ttl_ms: 10_000,
             inbox_max: 100_000,
+            outbox_max_bytes: 64 << 20,
         }
     }
 }
@@ -2384,6 +2389,13 @@ const CLUSTER: &[Field] = &[
         Kind::Int {
             min: 100,
             max: 100_000_000,
+        },
+    ),
+    f(
+        "outbox_max_bytes",
+        Kind::Int {
+            min: 1 << 20,
+            max: 1 << 40,
         },
     ),
 ];

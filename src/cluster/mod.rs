@@ -66,6 +66,10 @@ pub struct Cluster {
     replica: Replica,
     writer: mpsc::Sender<WriterMsg>,
     outbox: mpsc::Sender<OutMsg>,
+    /// Bytes of stanzas in the outbox, bounded by `outbox_max_bytes`
+    /// (the entry count alone would let it hold `inbox_max` big stanzas).
+    outbox_bytes: std::sync::atomic::AtomicUsize,
+    outbox_max_bytes: usize,
     /// Set when a change could not be queued, or Redis lost this node's
     /// entries: the writer then writes every local session again.
     resync: AtomicBool,
@@ -122,6 +126,8 @@ impl Cluster {
             replica: Replica::new(&node),
             writer: writer_tx,
             outbox: outbox_tx,
+            outbox_bytes: Default::default(),
+            outbox_max_bytes: config.outbox_max_bytes,
             resync: AtomicBool::new(false),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -286,14 +292,23 @@ impl RemoteSessions for Cluster {
         if stanza.stored_id().is_some() {
             return Some(Err(DeliveryError::Offline));
         }
+        let size = stanza.bytes().len();
+        let held = self.outbox_bytes.fetch_add(size, Ordering::Relaxed);
+        if held + size > self.outbox_max_bytes {
+            self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Some(Err(DeliveryError::QueueFull));
+        }
         let msg = OutMsg::Entry(
             node,
             to.to_string(),
             bus::Delivery::Stanza(stanza.bytes().clone()),
         );
-        Some(self.outbox.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
+        Some(self.outbox.try_send(msg).map_err(|e| {
+            self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
+            }
         }))
     }
 }

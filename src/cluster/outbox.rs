@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::bus::Delivery;
 use super::{Cluster, OutMsg};
 
 /// Stanzas appended per round trip at most.
@@ -43,6 +44,16 @@ pub(super) async fn run(cluster: Arc<Cluster>, mut rx: mpsc::Receiver<OutMsg>) {
                     }
                 }
             }
+            let sent: usize = batch
+                .iter()
+                .map(|(_, _, d)| match d {
+                    Delivery::Stanza(b) => b.len(),
+                    Delivery::Replaced => 0,
+                })
+                .sum();
+            cluster
+                .outbox_bytes
+                .fetch_sub(sent, std::sync::atomic::Ordering::Relaxed);
             batch.clear();
         }
         for done in flushes.drain(..) {
