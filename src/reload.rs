@@ -246,6 +246,8 @@ fn merge(running: &Config, fresh: Config) -> (Config, Vec<String>) {
     );
     differs("[upload]", &next.upload, &fresh.upload);
     differs("[metrics]", &next.metrics, &fresh.metrics);
+    // A node joins with its id and Redis at start (`cluster::Cluster::join`).
+    differs("[cluster]", &next.cluster, &fresh.cluster);
     (next, needs_restart)
 }
 
