@@ -1,12 +1,12 @@
 //! The `waxwing` binary: everything lives in the library; see `cli`.
 
-/// jemalloc rather than glibc's malloc. Stream management keeps each
-/// written stanza until the client acknowledges it and then frees a batch
-/// of them; under glibc that pattern (frees in batches, often on another
-/// worker thread than the allocation) made allocator work the largest cost
-/// of a message: chat with stream management on ran at 70% of the rate
-/// without it, 89% with jemalloc, and both got faster (BENCHMARKS.md,
-/// "Stream management, the allocator and the handshake pool").
+/// With `--features jemalloc` the server allocates with jemalloc: about a
+/// fifth less CPU per message than glibc's malloc in the chat benchmarks,
+/// and much lower group chat latency near saturation, for about 1 KiB more
+/// per idle session (jemalloc's size classes round allocations up).
+/// Measured in BENCHMARKS.md ("Stream management, the allocator and the
+/// handshake pool"). Off by default: the idle-memory budget comes first.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -72,6 +72,17 @@ impl OutStanza {
         })
     }
 
+    /// A stanza kept as bytes (stream management's unacknowledged ones)
+    /// made a stanza again, with when it was first queued.
+    pub fn restored(bytes: Bytes, queued_at: u64, stored_id: Option<i64>) -> Arc<OutStanza> {
+        Arc::new(OutStanza {
+            bytes,
+            element: std::sync::OnceLock::new(),
+            queued_at,
+            stored_id,
+        })
+    }
+
     /// The offline-storage row this stanza still lives in, if any.
     pub fn stored_id(&self) -> Option<i64> {
         self.stored_id
@@ -94,31 +105,6 @@ impl OutStanza {
                 .next()
             })
             .as_ref()
-    }
-
-    /// This stanza holding only its bytes: itself with its element dropped
-    /// when nobody else holds it (the common case once it is written),
-    /// else a new handle on the same bytes.
-    pub fn into_bytes_only(mut self: Arc<Self>) -> Arc<OutStanza> {
-        match Arc::get_mut(&mut self) {
-            Some(this) => {
-                this.element.take();
-                self
-            }
-            None => self.bytes_only(),
-        }
-    }
-
-    /// The same stanza holding only its bytes (parsed again if looked at):
-    /// what stream management keeps until the client acknowledges it, so
-    /// the element's many small allocations are freed once it is written.
-    pub fn bytes_only(&self) -> Arc<OutStanza> {
-        Arc::new(OutStanza {
-            bytes: self.bytes.clone(),
-            element: std::sync::OnceLock::new(),
-            queued_at: self.queued_at,
-            stored_id: self.stored_id,
-        })
     }
 
     /// When it was queued, in unix seconds.

@@ -141,7 +141,7 @@ impl StreamManagementFeature {
         // Told from a task: parking happens where nothing may wait.
         if server.features.wants(EventKind::SessionParked) {
             let jid = session.jid.clone();
-            let unacknowledged: Vec<Arc<OutStanza>> = session.sm.unacked().cloned().collect();
+            let unacknowledged: Vec<Arc<OutStanza>> = session.sm.unacked_stanzas();
             let server = server.clone();
             server.background.clone().spawn(async move {
                 let mut event = Event::SessionParked {

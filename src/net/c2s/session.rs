@@ -147,7 +147,7 @@ impl Writer {
         for st in stanzas {
             counted.sent_serialized(StreamKind::C2s, st.bytes());
             out.element(st.bytes());
-            sm.sent_one(st.into_bytes_only());
+            sm.sent_one(&st);
         }
         let max = server.config().stream_management.max_unacked;
         let max_bytes = server.config().limits.session_queue_bytes;
@@ -457,8 +457,8 @@ impl<S: ClientStream> Connection<S> {
         }
         // What the client did not acknowledge, again; it stays counted
         // and unacknowledged until it is.
-        for st in sm.unacked() {
-            self.stream.write_raw(st.bytes());
+        for bytes in sm.unacked() {
+            self.stream.write_raw(bytes);
         }
         sm.request_pending = sm.unacked_len() > 0;
         if sm.request_pending {
