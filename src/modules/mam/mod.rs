@@ -244,7 +244,7 @@ impl Mam {
     /// Nothing is kept for an account that does not exist (a remote
     /// server naming users at random); one with a session exists.
     async fn account_exists(&self, server: &Server, user: &BareJid) -> bool {
-        if !server.sessions.available_resources(user).is_empty() {
+        if server.sessions.has_available(user) {
             return true;
         }
         let (d, u) = (
