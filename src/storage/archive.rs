@@ -414,8 +414,8 @@ impl Store {
                 let path = opts.get_filename().to_path_buf();
                 // An in-memory database (`sqlite::memory:`, tests) exists in
                 // this process's pool only: no file to open beside it.
-                let in_memory = path.as_os_str() == ":memory:"
-                    || path.to_string_lossy().starts_with("file:");
+                let in_memory =
+                    path.as_os_str() == ":memory:" || path.to_string_lossy().starts_with("file:");
                 if in_memory {
                     let opts = (*opts)
                         .clone()
@@ -423,7 +423,10 @@ impl Store {
                     ArchiveConn::SqliteSqlx(opts.connect().await?)
                 } else {
                     let conn = tokio::task::spawn_blocking(move || {
-                        let busy_ms = SQLITE_BUSY_TIMEOUT.as_millis().try_into().unwrap_or(u32::MAX);
+                        let busy_ms = SQLITE_BUSY_TIMEOUT
+                            .as_millis()
+                            .try_into()
+                            .unwrap_or(u32::MAX);
                         SqliteArchiveConn::open(&path, synchronous_full, cache_kib, busy_ms)
                     })
                     .await

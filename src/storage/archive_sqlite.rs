@@ -45,7 +45,11 @@ fn row_insert(n: usize) -> String {
         "INSERT INTO archive (owner_id, id, ts, peer, resource, outgoing, payload) VALUES ",
     );
     for i in 0..n {
-        sql.push_str(if i == 0 { "(?,?,?,?,?,?,?)" } else { ",(?,?,?,?,?,?,?)" });
+        sql.push_str(if i == 0 {
+            "(?,?,?,?,?,?,?)"
+        } else {
+            ",(?,?,?,?,?,?,?)"
+        });
     }
     sql
 }
@@ -280,7 +284,7 @@ fn prepare(db: *mut ffi::sqlite3, sql: &str) -> Result<Stmt, StorageError> {
             db,
             sql.as_ptr() as *const c_char,
             sql.len() as c_int,
-            ffi::SQLITE_PREPARE_PERSISTENT as u32,
+            ffi::SQLITE_PREPARE_PERSISTENT,
             &mut stmt,
             ptr::null_mut(),
         )
