@@ -74,6 +74,26 @@ ensure_postgres() {
         createdb -h 127.0.0.1 -U postgres "$PG_DB"
 }
 
+# Redis for the cluster tests (tests/cluster.rs: three nodes sharing it,
+# each test run with a key prefix of its own; the Redis-restart test runs a
+# redis-server of its own, so the binary is needed too). Started as a
+# daemon on 127.0.0.1:6379 when nothing answers there.
+ensure_redis() {
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        apt_install redis-server redis-tools || return 1
+    fi
+    if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+        return 0
+    fi
+    redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no \
+        >/dev/null || return 1
+    for _ in $(seq 1 30); do
+        redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 # Prosody and ejabberd (Debian packages) for tests/interop/federation. They run there as
 # their own users with configs in a temporary directory; the packaged system instances
 # would listen on 0.0.0.0:5222/5269 (and ejabberd's node ejabberd@localhost), so they are
@@ -148,6 +168,9 @@ ensure_compose || fail "docker-compose"
 
 step "setup: PostgreSQL at 127.0.0.1:5432 (WAXWING_TEST_POSTGRES=$WAXWING_TEST_POSTGRES)"
 ensure_postgres || fail "postgresql"
+
+step "setup: Redis at 127.0.0.1:6379 (cluster tests)"
+ensure_redis || fail "redis"
 
 step "setup: Prosody and ejabberd for the federation interop tests (packaged instances stopped)"
 ensure_federation_peers || fail "prosody/ejabberd"

@@ -42,14 +42,17 @@ pub enum Request {
     ComponentsList,
     SessionsList,
     Stats,
+    /// The nodes of the cluster (asks Redis, so answered apart).
+    ClusterStatus,
 }
 
 impl Request {
-    pub const ALL: [Request; 4] = [
+    pub const ALL: [Request; 5] = [
         Request::S2sList,
         Request::ComponentsList,
         Request::SessionsList,
         Request::Stats,
+        Request::ClusterStatus,
     ];
 
     /// The request line (without `\n`).
@@ -59,6 +62,7 @@ impl Request {
             Request::ComponentsList => "components list",
             Request::SessionsList => "sessions list",
             Request::Stats => "stats",
+            Request::ClusterStatus => "cluster status",
         }
     }
 
@@ -78,6 +82,7 @@ impl Request {
             Request::ComponentsList => &["DOMAIN", "CONNECTED", "CONN", "PEER", "AGE(s)"],
             Request::SessionsList => &["JID", "CONN", "AVAILABLE", "PRIORITY", "AGE(s)"],
             Request::Stats => &["KEY", "VALUE"],
+            Request::ClusterStatus => &["NODE", "ALIVE", "SESSIONS"],
         }
     }
 
@@ -149,6 +154,8 @@ pub fn answer(server: &Server, request: Request) -> Vec<Vec<String>> {
                 ]
             })
             .collect(),
+        // Answered by `cluster_status` (it waits on Redis); never here.
+        Request::ClusterStatus => Vec::new(),
         Request::Stats => {
             let (inbound, outbound) = server.s2s_links.count_by_direction();
             let (external, dialback) = server.s2s.authenticated();
@@ -285,6 +292,25 @@ fn handle(server: &Server, line: &str) -> Result<Vec<Vec<String>>, String> {
             ))
         }
     }
+}
+
+/// `cluster status`: every registered node, alive or not, with its
+/// session count.
+async fn cluster_status(server: &Server) -> Result<Vec<Vec<String>>, String> {
+    let Some(cluster) = server.cluster.get() else {
+        return Err("this server is not in a cluster (no [cluster] section)".into());
+    };
+    let nodes = cluster
+        .status(server)
+        .await
+        .map_err(|e| format!("Redis: {e}"))?;
+    Ok(nodes
+        .into_iter()
+        .map(|n| {
+            let alive = if n.alive { "yes" } else { "no" };
+            vec![n.node, alive.into(), n.sessions.to_string()]
+        })
+        .collect())
 }
 
 /// Why the admin socket could not be set up.
@@ -465,6 +491,8 @@ async fn serve(server: &Server, mut stream: UnixStream) {
             // first; the listings after.
             let result = if line.trim() == "reload" {
                 reload(server).await
+            } else if Request::parse(&line) == Some(Request::ClusterStatus) {
+                cluster_status(server).await
             } else {
                 match crate::modules::adhoc::ctl::answer(server, &line).await {
                     Some(r) => r,

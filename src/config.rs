@@ -57,6 +57,48 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Invitations created by users with XEP-0401's ad-hoc commands.
     pub invite: InviteConfig,
+    /// Several nodes serving the same domains (`crate::cluster`); off
+    /// when the section is absent.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this node's place among the nodes that share the
+/// PostgreSQL store and a Redis server (liveness, session directory, bus).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster: 1 to 32 of `a-z 0-9 -`.
+    pub node_id: String,
+    /// The Redis server (`redis://host:port/db`).
+    pub redis: String,
+    /// Prefix of every Redis key and channel, so several clusters (or
+    /// tests) can share one Redis. Default "waxwing".
+    pub key_prefix: String,
+    /// How long a node counts as alive after its last liveness refresh,
+    /// in milliseconds (refreshed every third of it). Default 10,000:
+    /// a dead node's users look offline to their contacts within it.
+    pub liveness_ttl_ms: u64,
+    /// Most stanzas waiting in this node's inbox stream, and in its queue
+    /// towards other nodes' inboxes; beyond that a sender gets
+    /// `resource-constraint` rather than Redis growing. Default 100,000.
+    pub inbox_max: usize,
+    /// Most bytes of stanzas waiting to be appended to other nodes'
+    /// inboxes (Redis slow or away); beyond that a sender gets
+    /// `resource-constraint`. Default 64 MiB.
+    pub outbox_max_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            redis: "redis://127.0.0.1:6379".into(),
+            key_prefix: "waxwing".into(),
+            liveness_ttl_ms: 10_000,
+            inbox_max: 100_000,
+            outbox_max_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Invitations users create from their client (XEP-0401 ad-hoc commands
@@ -849,6 +891,16 @@ pub struct TlsConfig {
     /// off. About 300 bytes each; the oldest is dropped when full. Default
     /// 1,024; 0 turns it off.
     pub session_cache: usize,
+    /// Threads that run TLS handshakes (`net::handshakes`), apart from the
+    /// ones that run open streams, so a storm of new connections cannot
+    /// delay the traffic of the open ones. Default 2; 0 runs handshakes on
+    /// the main workers. Read at start.
+    pub handshake_threads: usize,
+    /// The nice value (0–19) of those threads: how far the kernel favours
+    /// open streams over handshakes when the CPU is short. Default 10
+    /// (about a tenth of the CPU for handshakes under contention, all of it
+    /// otherwise). Read at start.
+    pub handshake_nice: i32,
 }
 
 /// Client-to-server listeners and stream policy.
@@ -1006,6 +1058,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             metrics: MetricsConfig::default(),
             invite: InviteConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -1037,6 +1090,8 @@ impl Default for TlsConfig {
             dev_cert_dir: PathBuf::from("certs"),
             session_tickets: true,
             session_cache: 1024,
+            handshake_threads: 2,
+            handshake_nice: 10,
         }
     }
 }
@@ -1303,6 +1358,28 @@ impl Config {
                 ),
             });
         }
+        if let Some(cluster) = &self.cluster {
+            let line = doc
+                .get("cluster")
+                .and_then(|t| t.span())
+                .map(|s| line_of(src, s.start));
+            if cluster.node_id.is_empty() {
+                problems.push(Problem {
+                    line,
+                    message: "[cluster]: node_id is required".into(),
+                });
+            }
+            // Every node must see the same accounts, rosters and offline
+            // messages: a file of its own would split the domain.
+            if !self.database.url.starts_with("postgres") {
+                problems.push(Problem {
+                    line,
+                    message: "[cluster] needs a PostgreSQL [database] url shared by every node \
+                              (SQLite is one node's file)"
+                        .into(),
+                });
+            }
+        }
         if self.c2s.listen.is_empty() && self.c2s.listen_tls.is_empty() {
             problems.push(Problem {
                 line: None,
@@ -1545,6 +1622,8 @@ const TLS: &[Field] = &[
             max: 1_000_000,
         },
     ),
+    f("handshake_threads", Kind::Int { min: 0, max: 64 }),
+    f("handshake_nice", Kind::Int { min: 0, max: 19 }),
 ];
 const C2S: &[Field] = &[
     f("listen", Kind::Addrs),
@@ -2292,7 +2371,61 @@ const SCHEMA: &[Field] = &[
     f("upload", Kind::Table(UPLOAD)),
     f("metrics", Kind::Table(METRICS)),
     f("invite", Kind::Table(INVITE)),
+    f("cluster", Kind::Table(CLUSTER)),
 ];
+const CLUSTER: &[Field] = &[
+    f("node_id", Kind::Str(node_id)),
+    f("redis", Kind::Str(redis_url)),
+    f("key_prefix", Kind::Str(key_prefix)),
+    f(
+        "liveness_ttl_ms",
+        Kind::Int {
+            min: 300,
+            max: 600_000,
+        },
+    ),
+    f(
+        "inbox_max",
+        Kind::Int {
+            min: 100,
+            max: 100_000_000,
+        },
+    ),
+    f(
+        "outbox_max_bytes",
+        Kind::Int {
+            min: 1 << 20,
+            max: 1 << 40,
+        },
+    ),
+];
+
+fn node_id(s: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("node_id is 1 to 32 of a-z, 0-9 and -".into())
+    }
+}
+
+fn redis_url(s: &str) -> Result<(), String> {
+    if s.starts_with("redis://") || s.starts_with("unix://") {
+        Ok(())
+    } else {
+        Err("redis must be a redis:// or unix:// URL".into())
+    }
+}
+
+fn key_prefix(s: &str) -> Result<(), String> {
+    if !s.is_empty() && s.len() <= 64 && !s.chars().any(|c| c.is_whitespace()) {
+        Ok(())
+    } else {
+        Err("key_prefix is 1 to 64 characters without spaces".into())
+    }
+}
 const INVITE: &[Field] = &[
     f("account_invites", Kind::Str(account_invites)),
     f("user_invites_create_accounts", Kind::Bool),
@@ -2774,6 +2907,39 @@ mod tests {
             missing.is_empty(),
             "not in waxwing.example.toml: {missing:?}"
         );
+    }
+
+    #[test]
+    fn cluster_needs_a_node_id_and_postgres() {
+        let base = "[[host]]\ndomain = \"x.test\"\n";
+        let pg = "[database]\nurl = \"postgres://u@h/db\"\n";
+        assert!(Config::parse(base).unwrap().cluster.is_none());
+        let c = Config::parse(&format!("{base}{pg}[cluster]\nnode_id = \"n-1\"\n")).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(
+            (cluster.key_prefix.as_str(), cluster.liveness_ttl_ms),
+            ("waxwing", 10_000)
+        );
+        let problems = |src: String| Config::parse(&src).unwrap_err();
+        // SQLite (the default database) is one node's file.
+        let p = problems(format!("{base}[cluster]\nnode_id = \"n1\"\n"));
+        assert!(p.iter().any(|p| p.message.contains("PostgreSQL")), "{p:?}");
+        let p = problems(format!("{base}{pg}[cluster]\n"));
+        assert!(
+            p.iter().any(|p| p.message.contains("node_id is required")),
+            "{p:?}"
+        );
+        for bad in ["N1", "", "a_b", &"x".repeat(33)] {
+            let p = problems(format!("{base}{pg}[cluster]\nnode_id = \"{bad}\"\n"));
+            assert!(
+                p.iter().any(|p| p.message.contains("node_id")),
+                "{bad}: {p:?}"
+            );
+        }
+        let p = problems(format!(
+            "{base}{pg}[cluster]\nnode_id = \"n1\"\nredis = \"http://x\"\n"
+        ));
+        assert!(p.iter().any(|p| p.message.contains("redis")), "{p:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod feature;

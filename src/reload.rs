@@ -142,7 +142,11 @@ pub async fn apply(server: &Arc<Server>, fresh: Config) -> Result<Report, String
 fn merge(running: &Config, fresh: Config) -> (Config, Vec<String>) {
     let mut next = running.clone();
     next.host = fresh.host.clone();
-    next.tls = fresh.tls.clone();
+    next.tls = crate::config::TlsConfig {
+        handshake_threads: running.tls.handshake_threads,
+        handshake_nice: running.tls.handshake_nice,
+        ..fresh.tls.clone()
+    };
     next.contact = fresh.contact.clone();
     next.limits = crate::config::Limits {
         hashing_workers: running.limits.hashing_workers,
@@ -198,6 +202,16 @@ fn merge(running: &Config, fresh: Config) -> (Config, Vec<String>) {
     );
     differs("[admin] socket", &next.admin.socket, &fresh.admin.socket);
     differs(
+        "[tls] handshake_threads",
+        &next.tls.handshake_threads,
+        &fresh.tls.handshake_threads,
+    );
+    differs(
+        "[tls] handshake_nice",
+        &next.tls.handshake_nice,
+        &fresh.tls.handshake_nice,
+    );
+    differs(
         "[limits] hashing_workers",
         &next.limits.hashing_workers,
         &fresh.limits.hashing_workers,
@@ -232,6 +246,8 @@ fn merge(running: &Config, fresh: Config) -> (Config, Vec<String>) {
     );
     differs("[upload]", &next.upload, &fresh.upload);
     differs("[metrics]", &next.metrics, &fresh.metrics);
+    // A node joins with its id and Redis at start (`cluster::Cluster::join`).
+    differs("[cluster]", &next.cluster, &fresh.cluster);
     (next, needs_restart)
 }
 

@@ -74,6 +74,8 @@ pub struct Server {
     pub metrics: crate::metrics::Metrics,
     /// One reload at a time.
     pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// This node's part in a cluster (`[cluster]`), set at start.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Server {
@@ -165,6 +167,7 @@ impl Server {
             config: ArcSwap::from_pointee(config),
             config_path: Default::default(),
             reloading: Default::default(),
+            cluster: Default::default(),
             store,
             sessions: SessionRegistry::default(),
             features,
@@ -357,6 +360,12 @@ impl RunningServer {
         // Before any listener: what features run in the background (the
         // archive writer) is there for the first stanza.
         server.features.start(&server);
+        // Before any listener too: the first session bound is announced,
+        // and bare-JID routing sees the other nodes' sessions from the start.
+        if let Some(cluster) = &config.cluster {
+            let joined = crate::cluster::Cluster::join(&server, cluster).await?;
+            let _ = server.cluster.set(joined);
+        }
         let mut c2s_addrs = Vec::new();
         let mut c2s_tls_addrs = Vec::new();
         for (addrs, direct_tls, out) in [
@@ -442,6 +451,11 @@ impl RunningServer {
         };
         if tokio::time::timeout(grace, both).await.is_err() {
             tracing::warn!("some connections did not close within {grace:?}");
+        }
+        // After the sessions ended (their unavailable presence sent), and
+        // before the store closes (the inbox's leftovers may go offline).
+        if let Some(cluster) = self.server.cluster.get() {
+            cluster.leave(&self.server).await;
         }
         self.server.store.close().await;
     }

@@ -223,6 +223,39 @@ pub struct Departed {
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
     by_bare: RwLock<HashMap<Account, Vec<BoundResource>>>,
+    /// The sessions other nodes of a cluster hold (`crate::cluster`), set
+    /// once at start; None on a single server. The registry is the one
+    /// place the router and every feature ask "who is online", so the
+    /// cluster plugs in here and nowhere else on the routing path.
+    remote: std::sync::OnceLock<Arc<dyn RemoteSessions>>,
+}
+
+/// A session's routing state as other nodes see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceState {
+    /// Its last available presence; None until initial presence.
+    pub presence: Option<Element>,
+    pub priority: i8,
+    /// Requested the roster (gets roster pushes).
+    pub interested: bool,
+}
+
+/// Sessions held elsewhere (the other nodes of a cluster), seen through
+/// this registry: bare-JID delivery, probes and roster pushes include
+/// them, and a stanza for one of them is forwarded to its node.
+pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
+    /// A local session changed (`Some`: bound or updated; `None`:
+    /// unbound, `last_local` when no local resource of its bare JID is
+    /// left). Called under the registry's lock, so changes to one JID are
+    /// reported in order; it must not block.
+    fn local_changed(&self, jid: &FullJid, state: Option<&ResourceState>, last_local: bool);
+    /// A new local session took `jid` (bind): one of it on another node
+    /// is replaced.
+    fn bound_here(&self, jid: &FullJid);
+    /// Calls `f` with each remote resource of `bare` and its state.
+    fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState));
+    /// Queues `stanza` for a remote full JID; None when no node holds it.
+    fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>>;
 }
 
 /// The registry's key: a bare JID that can be looked up by its text, so a
@@ -259,6 +292,59 @@ pub fn bare_of(jid: &FullJid) -> &str {
 }
 
 impl SessionRegistry {
+    /// Lets the registry see and reach the sessions of other nodes (once,
+    /// at start; a second call is ignored).
+    pub fn attach_remote(&self, remote: Arc<dyn RemoteSessions>) {
+        let _ = self.remote.set(remote);
+    }
+
+    fn remote(&self) -> Option<&Arc<dyn RemoteSessions>> {
+        self.remote.get()
+    }
+
+    /// Reports a local session's state to the cluster, if any.
+    fn report(&self, jid: &FullJid, r: &BoundResource) {
+        if let Some(remote) = self.remote() {
+            let state = ResourceState {
+                presence: r.presence.clone(),
+                priority: r.priority,
+                interested: r.interested,
+            };
+            remote.local_changed(jid, Some(&state), false);
+        }
+    }
+
+    /// Every local session's state (a cluster node writes them all again
+    /// after Redis lost them).
+    pub fn local_states(&self) -> Vec<(FullJid, ResourceState)> {
+        let map = self.read();
+        map.iter()
+            .flat_map(|(Account(bare), l)| {
+                l.iter().filter_map(move |r| {
+                    Some((
+                        bare.with_resource_str(&r.resource).ok()?,
+                        ResourceState {
+                            presence: r.presence.clone(),
+                            priority: r.priority,
+                            interested: r.interested,
+                        },
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Queues a stanza for one full JID held by this node only (what
+    /// another node forwarded here must not be sent on again).
+    pub fn send_to_local(&self, jid: &FullJid, data: Arc<OutStanza>) -> Result<(), DeliveryError> {
+        let map = self.read();
+        let r = map
+            .get(bare_of(jid))
+            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            .ok_or(DeliveryError::Offline)?;
+        queue(&r.tx, data)
+    }
+
     /// Binds `jid` to a session. If that full JID was already bound, the old
     /// session is told to close with `conflict` (newest wins, as Prosody
     /// and ejabberd do by default).
@@ -282,6 +368,12 @@ impl SessionRegistry {
                 bound_at: std::time::Instant::now(),
                 extensions: SessionExtensions::default(),
             });
+            if let Some(r) = list.last() {
+                self.report(jid, r);
+            }
+            if let Some(remote) = self.remote() {
+                remote.bound_here(jid);
+            }
             old
         };
         if let Some(old) = old {
@@ -302,9 +394,15 @@ impl SessionRegistry {
         let list = map.get_mut(bare)?;
         let i = list.iter().position(|r| r.session_id == session_id)?;
         let gone = list.swap_remove(i);
-        let last_resource = list.is_empty();
-        if last_resource {
+        let last_local = list.is_empty();
+        if last_local {
             map.remove(bare);
+        }
+        // Resources on other nodes count: the user is still online there.
+        let mut last_resource = last_local;
+        if let Some(remote) = self.remote() {
+            remote.local_changed(jid, None, last_local);
+            remote.for_each(bare, &mut |_, _| last_resource = false);
         }
         Some(Departed {
             presence: gone.presence,
@@ -327,13 +425,51 @@ impl SessionRegistry {
         presence: Option<Element>,
         priority: i8,
     ) -> bool {
-        self.with_resource(jid, session_id, |r| {
-            let was = r.presence.is_some();
-            r.presence = presence;
-            r.priority = priority;
-            was
-        })
-        .unwrap_or(false)
+        let mut map = self.write();
+        let Some(r) = map
+            .get_mut(bare_of(jid))
+            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
+        else {
+            return false;
+        };
+        let was = r.presence.is_some();
+        r.presence = presence;
+        r.priority = priority;
+        self.report(jid, r);
+        was
+    }
+
+    /// A session of `jid` was bound on another node of the cluster: the
+    /// local one is replaced as a local bind replaces one (newest wins):
+    /// unbound with no departure (no `SessionEnded`: the user is online
+    /// there, and its end would broadcast unavailable), then told
+    /// `conflict`.
+    pub fn replaced_elsewhere(&self, jid: &FullJid) {
+        let old = {
+            let mut map = self.write();
+            let bare = bare_of(jid);
+            let Some(list) = map.get_mut(bare) else {
+                return;
+            };
+            let Some(i) = list
+                .iter()
+                .position(|r| r.resource == jid.resource().as_str())
+            else {
+                return;
+            };
+            let old = list.swap_remove(i);
+            let last_local = list.is_empty();
+            if last_local {
+                map.remove(bare);
+            }
+            if let Some(remote) = self.remote() {
+                remote.local_changed(jid, None, last_local);
+            }
+            old
+        };
+        let _ = old
+            .tx
+            .send_beyond_capacity(Outbound::Close(StreamErrorCondition::Conflict));
     }
 
     /// Marks the session as interested in roster pushes.
@@ -343,7 +479,10 @@ impl SessionRegistry {
             .get_mut(bare_of(jid))
             .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
         {
-            r.interested = true;
+            if !r.interested {
+                r.interested = true;
+                self.report(jid, r);
+            }
         }
     }
 
@@ -443,7 +582,8 @@ impl SessionRegistry {
 
     /// Full JIDs of the user's resources that requested the roster.
     pub fn interested_resources(&self, bare: &BareJid) -> Vec<FullJid> {
-        self.read()
+        let mut out: Vec<FullJid> = self
+            .read()
             .get(bare.as_str())
             .map(|l| {
                 l.iter()
@@ -451,11 +591,44 @@ impl SessionRegistry {
                     .filter_map(|r| bare.with_resource_str(&r.resource).ok())
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(remote) = self.remote() {
+            remote.for_each(bare.as_str(), &mut |resource, state| {
+                if state.interested {
+                    out.extend(bare.with_resource_str(resource).ok());
+                }
+            });
+        }
+        out
     }
 
     /// The last presence of each available resource of `bare`.
     pub fn presences(&self, bare: &BareJid) -> Vec<(FullJid, Element)> {
+        let mut out: Vec<(FullJid, Element)> = self
+            .read()
+            .get(bare.as_str())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|r| {
+                        let p = r.presence.clone()?;
+                        Some((bare.with_resource_str(&r.resource).ok()?, p))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(remote) = self.remote() {
+            remote.for_each(bare.as_str(), &mut |resource, state| {
+                if let (Some(p), Ok(full)) = (&state.presence, bare.with_resource_str(resource)) {
+                    out.push((full, p.clone()));
+                }
+            });
+        }
+        out
+    }
+
+    /// The last presence of each available resource of `bare` held by
+    /// this node (what only the node holding a session may re-send).
+    pub fn local_presences(&self, bare: &BareJid) -> Vec<(FullJid, Element)> {
         self.read()
             .get(bare.as_str())
             .map(|l| {
@@ -469,26 +642,24 @@ impl SessionRegistry {
             .unwrap_or_default()
     }
 
-    fn with_resource<T>(
-        &self,
-        jid: &FullJid,
-        session_id: u64,
-        f: impl FnOnce(&mut BoundResource) -> T,
-    ) -> Option<T> {
-        let mut map = self.write();
-        map.get_mut(bare_of(jid))
-            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
-            .map(f)
-    }
-
-    /// Queues a stanza for one full JID.
+    /// Queues a stanza for one full JID: its local session, else (in a
+    /// cluster) the node that holds it.
     pub fn send_to_full(&self, jid: &FullJid, data: Arc<OutStanza>) -> Result<(), DeliveryError> {
-        let map = self.read();
-        let r = map
-            .get(bare_of(jid))
-            .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
-            .ok_or(DeliveryError::Offline)?;
-        queue(&r.tx, data)
+        {
+            let map = self.read();
+            if let Some(r) = map
+                .get(bare_of(jid))
+                .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            {
+                return queue(&r.tx, data);
+            }
+        }
+        match self.remote() {
+            Some(remote) => remote
+                .forward(jid, &data)
+                .unwrap_or(Err(DeliveryError::Offline)),
+            None => Err(DeliveryError::Offline),
+        }
     }
 
     /// Queues stanzas from the front of `batch` for one full JID while its
@@ -535,8 +706,9 @@ impl SessionRegistry {
 
     /// Full JIDs of the available resources of `bare`, with their priority.
     pub fn available_resources(&self, bare: &BareJid) -> Vec<(FullJid, i8)> {
-        let map = self.read();
-        map.get(bare.as_str())
+        let mut out: Vec<(FullJid, i8)> = self
+            .read()
+            .get(bare.as_str())
             .map(|l| {
                 l.iter()
                     .filter(|r| r.presence.is_some())
@@ -547,7 +719,19 @@ impl SessionRegistry {
                     })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // Other nodes' resources join before the one rule below picks
+        // among them, so a bare JID gets the same choice on every node.
+        if let Some(remote) = self.remote() {
+            remote.for_each(bare.as_str(), &mut |resource, state| {
+                if state.presence.is_some() {
+                    if let Ok(full) = bare.with_resource_str(resource) {
+                        out.push((full, state.priority));
+                    }
+                }
+            });
+        }
+        out
     }
 
     /// RFC 6121 §8.5.2: the resources of `bare` that get `stanza` sent to

@@ -19,6 +19,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 . "$HERE/common.sh"
+# WAXWING_HANDSHAKE_THREADS=N sets [tls] handshake_threads (0: TLS handshakes on the main workers,
+# as before the handshake pool existed; unset: the server's default).
 # WAXWING_BENCH_IP lets two benchmark runs (two checkouts) share the machine without sharing a port.
 IP=${WAXWING_BENCH_IP:-127.0.0.4} PORT=5222 DOMAIN=waxwing.bench
 D=$BENCH_DIR/waxwing
@@ -42,6 +44,7 @@ max_connections = 8
 cert = "$D/certs/$DOMAIN.crt"
 key = "$D/certs/$DOMAIN.key"
 dev_cert_dir = "$D/certs"
+$( [ -z "${WAXWING_HANDSHAKE_THREADS:-}" ] || printf 'handshake_threads = %s\n' "$WAXWING_HANDSHAKE_THREADS" )
 [c2s]
 listen = ["$IP:$PORT"]
 listen_tls = []

@@ -60,6 +60,11 @@ pub enum CtlCommand {
     },
     /// Counters of the running server.
     Stats,
+    /// The nodes of the running server's cluster (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Make the running server read its configuration file again (as
     /// SIGHUP does): hosts, certificates, limits and admins change
     /// without dropping sessions; what needs a restart is named.
@@ -101,6 +106,12 @@ pub enum CtlCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Every node, alive or not, and its session count.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ListCommand {
     /// One line per item, under a header row.
     List,
@@ -205,6 +216,7 @@ pub fn run(config: Config, command: CtlCommand) -> ExitCode {
             CtlCommand::Components { .. } => return ask(&config, Request::ComponentsList).await,
             CtlCommand::Sessions { .. } => return ask(&config, Request::SessionsList).await,
             CtlCommand::Stats => return ask(&config, Request::Stats).await,
+            CtlCommand::Cluster { .. } => return ask(&config, Request::ClusterStatus).await,
             CtlCommand::Import { path, dry_run } => {
                 return super::migrate::run(
                     &config,

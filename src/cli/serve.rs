@@ -22,6 +22,12 @@ pub fn serve(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) =
+        crate::net::handshakes::start(config.tls.handshake_threads, config.tls.handshake_nice)
+    {
+        eprintln!("cannot start the TLS handshake threads: {e}");
+        return ExitCode::FAILURE;
+    }
     rt.block_on(async {
         let server = match Server::new(config).await {
             Ok(s) => s,

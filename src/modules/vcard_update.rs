@@ -270,7 +270,7 @@ fn photo_of_metadata(publish: &Element) -> Option<Photo> {
 /// do so after an avatar change): the presence feature broadcasts it and
 /// stores it for probes, and [`apply`] puts in the new hash.
 async fn rebroadcast(server: &Server, account: &BareJid) {
-    for (full, mut presence) in server.sessions.presences(account) {
+    for (full, mut presence) in server.sessions.local_presences(account) {
         // The hash we put in last time goes; the new one comes back.
         while presence.remove_child("x", NS_UPDATE).is_some() {}
         presence.remove_attr("to");

@@ -3,6 +3,7 @@
 
 pub mod c2s;
 pub mod component;
+pub mod handshakes;
 pub mod s2s_caps;
 pub mod s2s_in;
 pub mod s2s_links;

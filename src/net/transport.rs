@@ -142,7 +142,7 @@ impl Transport {
         let Transport::Plain(tcp) = std::mem::replace(self, Transport::Upgrading) else {
             return Err(io::ErrorKind::InvalidInput.into());
         };
-        let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+        let tls = super::handshakes::accept(config, tcp).await?;
         *self = Transport::Tls(Box::new(tls));
         Ok(())
     }

@@ -190,9 +190,8 @@ async fn accept(
                 }
                 Some(tls) => {
                     let timeout = Duration::from_secs(server.config().http.header_timeout);
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await
-                    else {
+                    let handshake = crate::net::handshakes::accept(tls, tcp);
+                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await else {
                         return;
                     };
                     let info = ConnInfo {

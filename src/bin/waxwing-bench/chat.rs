@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use waxwing::xml::{escape_attr, Element, StreamEvent, StreamParser};
 
+use crate::frame::{self, Framer};
 use crate::stats::LatencyHistogram;
 use crate::xmpp::{self, is_stanza, Failure, Session, SmSession, Step, Target, XmlStream};
 
@@ -280,6 +281,7 @@ struct Reader {
     dead: bool,
     got_end: bool,
     sm: Option<Arc<SmLink>>,
+    framer: Option<Framer>,
 }
 
 /// One connection of a session: its reader and the shared write half.
@@ -304,6 +306,7 @@ impl Conn {
                 dead: false,
                 got_end: false,
                 sm,
+                framer: None,
             },
             writer: tokio::sync::Mutex::new(wr),
         }
@@ -327,12 +330,17 @@ impl ChatIn<'_> {
         let Some((run, seq, ts)) = el.attr("id").and_then(parse_id) else {
             return;
         };
+        self.on_message(run, seq, ts, el.attr("type") == Some("error"));
+    }
+
+    /// A message of the chat (by its id `wb<run>.<seq>.<time>`), delivered
+    /// or bounced.
+    fn on_message(&self, run: u64, seq: u64, ts: u64, bounce: bool) {
         if run != self.plan.run {
             self.counters.stale.fetch_add(1, Relaxed);
             return;
         }
         // A bounce comes back to the sender: it is about our outgoing direction.
-        let bounce = el.attr("type") == Some("error");
         let dir = &self.plan.dirs[if bounce { self.out_dir } else { self.in_dir }];
         match dir.first_arrival(seq) {
             None => {
@@ -387,12 +395,55 @@ impl Reader {
                         self.dead = true;
                         counters.disconnected.fetch_add(1, Relaxed);
                     }
-                    Ok(n) => {
-                        self.parser.feed(&self.scratch[..n]);
-                        self.drain_events(chat.as_ref(), counters);
-                    }
+                    Ok(n) => self.take_in(n, chat.as_ref(), counters),
                 },
             }
+        }
+    }
+
+    /// Handles `n` bytes just read into `scratch`. Once the parser stands
+    /// between two stanzas, they go through a [`Framer`] first, and during a
+    /// chat a plain delivery of it is recognised from its bytes (frame.rs
+    /// says why); everything else reaches the parser whole.
+    fn take_in(&mut self, n: usize, chat: Option<&ChatIn<'_>>, counters: &Counters) {
+        if self.framer.is_none() && frame::FAST.load(Relaxed) && !self.parser.mid_element() {
+            self.framer = Some(Framer::default());
+        }
+        let Some(mut f) = self.framer.take() else {
+            self.parser.feed(&self.scratch[..n]);
+            self.drain_events(chat, counters);
+            return;
+        };
+        f.feed(&self.scratch[..n]);
+        while let Some(frame) = f.next() {
+            let Ok(r) = frame else {
+                // Markup the framer leaves to the parser: so does the rest.
+                self.parser.feed(f.rest());
+                self.drain_events(chat, counters);
+                return;
+            };
+            let bytes = f.bytes(r);
+            if let (Some(c), Some((run, seq, ts))) = (chat, chat_delivery(bytes)) {
+                if let Some(sm) = &self.sm {
+                    sm.h.fetch_add(1, Release);
+                }
+                c.on_message(run, seq, ts, false);
+                continue;
+            }
+            self.parser.feed(bytes);
+            self.drain_events(chat, counters);
+            if self.dead {
+                break;
+            }
+        }
+        self.framer = Some(f);
+    }
+
+    /// Gives what the framer holds back to the parser (before reading
+    /// with the parser alone).
+    fn leave_fast_mode(&mut self) {
+        if let Some(f) = self.framer.take() {
+            self.parser.feed(f.rest());
         }
     }
 
@@ -465,6 +516,8 @@ impl Reader {
 
     /// After our `</stream:stream>`: reads until the server's end of stream or EOF.
     async fn until_end(&mut self, counters: &Counters) {
+        self.leave_fast_mode();
+        self.drain_events(None, counters);
         while !self.got_end {
             match self.rd.read(&mut self.scratch).await {
                 Ok(0) | Err(_) => return,
@@ -572,6 +625,19 @@ fn push_message(buf: &mut Vec<u8>, plan: &ChatPlan, to: &str, seq: u64, ts: u64)
         "<message type='chat' to='{to}' id='wb{}.{seq}.{ts}'><body>{}</body></message>",
         plan.run, plan.body
     );
+}
+
+/// A message of the chat delivered to us, read from its bytes: not an
+/// error, not a carbon copy, its id the tool's. None leaves the frame to the
+/// parser.
+fn chat_delivery(frame: &[u8]) -> Option<(u64, u64, u64)> {
+    let tag = frame::start_tag(frame, b"message")?;
+    if frame::attr(tag, b"type") == Some(b"error")
+        || frame::find(frame, b"urn:xmpp:carbons").is_some()
+    {
+        return None;
+    }
+    parse_id(std::str::from_utf8(frame::attr(tag, b"id")?).ok()?)
 }
 
 fn parse_id(id: &str) -> Option<(u64, u64, u64)> {

@@ -11,6 +11,7 @@
 
 mod chat;
 mod first;
+mod frame;
 mod im;
 mod muc;
 mod pep;
@@ -109,6 +110,12 @@ struct Args {
     /// reconnects the way a phone does, presenting its last session's ticket.
     #[arg(long)]
     tls_resume: bool,
+    /// Build an element of every stanza received, chat deliveries included
+    /// (the tool's behaviour before frame.rs, which recognises deliveries
+    /// from their bytes: parsing each cost about as much CPU as the server
+    /// spent delivering it, on the same cores).
+    #[arg(long)]
+    parse_every_delivery: bool,
     /// Stop everything after this many seconds, whatever the phase.
     #[arg(long, default_value_t = 600)]
     max_time: u64,
@@ -226,6 +233,10 @@ fn main() {
         return first::main();
     }
     let args = Args::parse();
+    frame::FAST.store(
+        !args.parse_every_delivery,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use waxwing::sasl::SaltedPasswordCache;
 use waxwing::xml::{Element, StreamEvent};
 
+use crate::frame::{self, Framer};
 use crate::stats::{self, LatencyHistogram};
 use crate::xmpp::{self, Target};
 use crate::{pct_ms, rep, Report, SharedReport};
@@ -110,11 +111,17 @@ struct MucArgs {
     max_time: u64,
     #[arg(long, default_value = "")]
     label: String,
+    /// Build an element of every stanza received, group chat deliveries
+    /// included (the tool's behaviour before frame.rs; costs about as much
+    /// CPU per delivery as a server spends producing it).
+    #[arg(long)]
+    parse_every_delivery: bool,
 }
 
 /// Entry point for `waxwing-bench muc …`.
 pub fn main() {
     let args = MucArgs::parse_from(std::env::args().skip(1));
+    frame::FAST.store(!args.parse_every_delivery, Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,6 +147,10 @@ pub fn main() {
         let mut r = rep(&report);
         let removed = REMOVED.load(Relaxed);
         r.num("occupants_removed_by_server", removed);
+        r.num("fast_framing", u64::from(frame::FAST.load(Relaxed)));
+        // Streams that met markup the framer leaves to the parser (a
+        // server sending comments or CDATA): fine, only slower.
+        r.num("fast_framing_ended", FAST_FRAMING_ENDED.load(Relaxed));
         if removed > 0 {
             r.line(format!(
                 "NOTE: the service removed {removed} occupant(s) on its own (333/307/332)"
@@ -224,7 +235,10 @@ impl Sess {
 }
 
 /// Reads one session's stream until it ends: occupant presences counted,
-/// control events passed on, group chat deliveries timed.
+/// control events passed on, group chat deliveries timed. Once the parser
+/// stands between two stanzas, the bytes go through a [`Framer`] first: a
+/// group chat delivery of this tool is recognised from its bytes, anything
+/// else is handed to the parser whole (see frame.rs for why).
 async fn reader(
     s: Arc<Sess>,
     mut rd: tokio::io::ReadHalf<xmpp::Conn>,
@@ -233,6 +247,7 @@ async fn reader(
     chat: Arc<Chat>,
 ) {
     let mut buf = vec![0u8; 16384];
+    let mut framer: Option<Framer> = None;
     loop {
         loop {
             match xs_parser.next_event() {
@@ -245,13 +260,126 @@ async fn reader(
                 Ok(None) => break,
             }
         }
-        match rd.read(&mut buf).await {
+        if framer.is_none() && !xs_parser.mid_element() && frame::FAST.load(Relaxed) {
+            framer = Some(Framer::default());
+        }
+        let n = match rd.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 s.alive.store(false, Relaxed);
                 return;
             }
-            Ok(n) => xs_parser.feed(&buf[..n]),
+            Ok(n) => n,
+        };
+        let Some(f) = &mut framer else {
+            xs_parser.feed(&buf[..n]);
+            continue;
+        };
+        f.feed(&buf[..n]);
+        let mut unsupported = false;
+        while let Some(frame) = f.next() {
+            match frame {
+                Ok(r) => {
+                    let bytes = f.bytes(r);
+                    if !fast_delivery(&s, bytes, &chat) {
+                        xs_parser.feed(bytes);
+                        drain(&mut xs_parser, &s, &tx, &chat);
+                        if !s.alive.load(Relaxed) {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => {
+                    xs_parser.feed(f.rest());
+                    unsupported = true;
+                    break;
+                }
+            }
         }
+        if unsupported {
+            // Fast mode is over for this stream; the loop's top drains.
+            framer = None;
+            FAST_FRAMING_ENDED.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Handles what a complete frame gave the parser (its end tag included).
+fn drain(
+    xs_parser: &mut waxwing::xml::StreamParser,
+    s: &Sess,
+    tx: &mpsc::UnboundedSender<Ctl>,
+    chat: &Chat,
+) {
+    loop {
+        match xs_parser.next_event() {
+            Ok(Some(StreamEvent::Stanza(el))) => on_stanza(s, &el, tx, chat),
+            Ok(Some(StreamEvent::End)) | Err(_) => {
+                s.alive.store(false, Relaxed);
+                return;
+            }
+            Ok(Some(StreamEvent::Header(_))) => {}
+            Ok(None) => return,
+        }
+    }
+}
+
+/// Streams whose fast mode ended on markup the framer leaves to the parser.
+static FAST_FRAMING_ENDED: AtomicU64 = AtomicU64::new(0);
+
+/// A group chat delivery of this run, recognised from its bytes: the
+/// start tag says `type='groupchat'`, and a plain `<body>` holds the
+/// tool's `mb RUN SENDER SEQ TIME PADDING`. False (the caller parses the frame)
+/// for anything else or any doubt: an error, a body with attributes or
+/// entities, another shape.
+fn fast_delivery(s: &Sess, frame: &[u8], chat: &Chat) -> bool {
+    let Some(tag) = frame::start_tag(frame, b"message") else {
+        return false;
+    };
+    if frame::attr(tag, b"type") != Some(b"groupchat") {
+        return false;
+    }
+    let Some(open) = frame::find(frame, b"<body>") else {
+        return false;
+    };
+    let text = &frame[open + 6..];
+    let Some(close) = frame::find(text, b"</body>") else {
+        return false;
+    };
+    let Some(fields) = text[..close].strip_prefix(b"mb ") else {
+        return false;
+    };
+    let mut nums = [0u64; 4];
+    let mut it = fields.split(|&b| b == b' ');
+    for n in &mut nums {
+        match it.next().and_then(digits) {
+            Some(v) => *n = v,
+            None => return false,
+        }
+    }
+    let [run, sender, _seq, ts] = nums;
+    record_delivery(s, chat, run, sender, ts);
+    true
+}
+
+fn digits(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Counts one delivery of the run (or a stale one of an earlier run).
+fn record_delivery(s: &Sess, chat: &Chat, run: u64, sender: u64, ts: u64) {
+    if run != chat.run.load(Relaxed) {
+        chat.stale.fetch_add(1, Relaxed);
+        return;
+    }
+    let now = now_us();
+    chat.delivered.fetch_add(1, Relaxed);
+    chat.last_delivery_us.fetch_max(now, Relaxed);
+    chat.hist.record(now.saturating_sub(ts));
+    if sender as usize == s.idx {
+        s.window.add_permits(1);
     }
 }
 
@@ -285,17 +413,7 @@ fn on_stanza(s: &Sess, el: &Element, tx: &mpsc::UnboundedSender<Ctl>, chat: &Cha
             else {
                 return;
             };
-            if run != chat.run.load(Relaxed) {
-                chat.stale.fetch_add(1, Relaxed);
-                return;
-            }
-            let now = now_us();
-            chat.delivered.fetch_add(1, Relaxed);
-            chat.last_delivery_us.fetch_max(now, Relaxed);
-            chat.hist.record(now.saturating_sub(ts));
-            if sender as usize == s.idx {
-                s.window.add_permits(1);
-            }
+            record_delivery(s, chat, run, sender, ts);
         }
         "presence" => {
             let from = el.attr("from").unwrap_or_default();

@@ -1,0 +1,136 @@
+//! What a cluster needs from the shared engine, as three small traits:
+//! membership (liveness), the session directory, and the bus (change
+//! events and one inbox per node). `redis.rs` implements them on Redis;
+//! another engine (NATS) would implement the same three.
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use jid::FullJid;
+
+use crate::sessions::ResourceState;
+
+/// What the shared engine said when it failed (logged, then retried).
+pub type BusResult<T> = Result<T, String>;
+
+/// A change to the sessions of one node, written to the directory and
+/// announced on the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// `jid` is bound on `node`, in `state`.
+    Bound {
+        node: String,
+        jid: FullJid,
+        state: ResourceState,
+    },
+    /// `jid` is no longer bound on `node`; `last_local` when `node` holds
+    /// no other resource of its bare JID.
+    Unbound {
+        node: String,
+        jid: FullJid,
+        last_local: bool,
+    },
+    /// Every session of `node` is gone (it left, or died and was reaped).
+    NodeDown { node: String },
+}
+
+/// What an inbox entry carries for its full JID.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// A stanza, serialized once by the sending node (`jabber:client`).
+    Stanza(Bytes),
+    /// The sending node bound a new session of the full JID: the
+    /// receiving node's one is replaced (newest wins, as on one node).
+    Replaced,
+}
+
+/// One entry waiting in a node's inbox.
+#[derive(Debug, Clone)]
+pub struct InboxEntry {
+    /// The engine's id of the entry (acknowledged by it).
+    pub id: String,
+    /// The full JID it is for.
+    pub to: String,
+    pub delivery: Delivery,
+}
+
+/// A node as `ctl cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node: String,
+    /// Its liveness key is there.
+    pub alive: bool,
+    /// Sessions it held at its last refresh.
+    pub sessions: usize,
+}
+
+/// Which nodes exist and which are alive (a liveness key with a TTL).
+pub trait Membership: Send + Sync {
+    /// Registers `node` (or refreshes it) as alive for `ttl_ms`; whether
+    /// it was registered and alive before.
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        ttl_ms: u64,
+        sessions: usize,
+    ) -> BoxFuture<'a, BusResult<bool>>;
+    /// Is `node`'s liveness key there?
+    fn is_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<bool>>;
+    /// Every registered node, alive or not.
+    fn members(&self) -> BoxFuture<'_, BusResult<Vec<NodeStatus>>>;
+    /// Takes a lock named `name` for `ttl_ms` unless someone holds it.
+    fn try_lock<'a>(&'a self, name: &'a str, ttl_ms: u64) -> BoxFuture<'a, BusResult<bool>>;
+    /// Removes `node` from the cluster (its liveness key and its entry).
+    fn forget<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
+}
+
+/// Which node holds which full JID, written by the owning node only.
+pub trait SessionDirectory: Send + Sync {
+    /// Writes `Bound`/`Unbound` changes (others are ignored).
+    fn apply<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<()>>;
+    /// Every session of every node, to rebuild a replica.
+    fn snapshot(&self) -> BoxFuture<'_, BusResult<Vec<(String, FullJid, ResourceState)>>>;
+    /// Removes and returns every session `node` held (a dead node's).
+    fn take_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, BusResult<Vec<(FullJid, ResourceState)>>>;
+}
+
+/// Change events to every node, and one inbox of stanzas per node.
+pub trait Bus: Send + Sync {
+    /// Announces changes to every node.
+    fn publish<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<()>>;
+    /// The changes announced from now on; the stream ends when the
+    /// connection is lost (what was announced meanwhile is lost too, so
+    /// the caller rebuilds from the directory).
+    fn subscribe(&self) -> BoxFuture<'_, BusResult<BoxStream<'static, Change>>>;
+    /// Appends entries to nodes' inboxes: (node, full JID, delivery).
+    fn send<'a>(&'a self, batch: &'a [(String, String, Delivery)]) -> BoxFuture<'a, BusResult<()>>;
+    /// Makes `node`'s inbox ready to read (what it left unread included).
+    fn open_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
+    /// Waits up to `block_ms` for new entries of `node`'s inbox.
+    fn receive<'a>(
+        &'a self,
+        node: &'a str,
+        max: usize,
+        block_ms: u64,
+    ) -> BoxFuture<'a, BusResult<Vec<InboxEntry>>>;
+    /// Done with these entries (queued locally or re-routed).
+    fn ack<'a>(&'a self, node: &'a str, ids: &'a [String]) -> BoxFuture<'a, BusResult<()>>;
+    /// Entries of `node`'s inbox not yet acknowledged, after `after` (an
+    /// entry id; None from the start): a dead node's leftovers.
+    fn unacked<'a>(
+        &'a self,
+        node: &'a str,
+        after: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, BusResult<Vec<InboxEntry>>>;
+    /// Deletes `node`'s inbox.
+    fn drop_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
+}
+
+/// Everything a cluster node needs from the shared engine.
+pub trait Engine: Membership + SessionDirectory + Bus {}
+
+impl<T: Membership + SessionDirectory + Bus> Engine for T {}

@@ -1,0 +1,72 @@
+//! Reads this node's inbox: each stanza goes to its local session, or,
+//! when that session is gone, by the re-routing rule (other resources,
+//! else offline storage); it is acknowledged only after that.
+
+use std::sync::Arc;
+
+use jid::FullJid;
+
+use super::bus::{Delivery, InboxEntry};
+use super::Cluster;
+use crate::server::Server;
+use crate::sessions::OutStanza;
+
+/// Entries read per round trip at most.
+const BATCH: usize = 256;
+/// How long one read waits for new entries.
+const BLOCK_MS: u64 = 2_000;
+
+pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
+    let mut attempt = 0;
+    loop {
+        let read = tokio::select! {
+            _ = cluster.stop.cancelled() => return,
+            r = cluster.engine().receive(&cluster.node, BATCH, BLOCK_MS) => r,
+        };
+        match read {
+            Ok(entries) => {
+                attempt = 0;
+                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                for entry in entries {
+                    deliver(&server, entry).await;
+                }
+                if let Err(e) = cluster.engine().ack(&cluster.node, &ids).await {
+                    // Unacknowledged entries stay in the stream: a later
+                    // drain (leave or reap) re-routes them again.
+                    tracing::warn!(error = %e, "cluster: inbox not acknowledged");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: inbox read failed");
+                if e.contains("NOGROUP") {
+                    // Redis lost the stream (restarted): make it again.
+                    let _ = cluster.engine().open_inbox(&cluster.node).await;
+                }
+                if !super::backoff(&cluster.stop, &mut attempt).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Queues one inbox entry's stanza for its local session, else re-routes
+/// it as a stanza left by a session that ended (`router::reroute_one`);
+/// replaces the local session a `Replaced` entry names.
+pub async fn deliver(server: &Server, entry: InboxEntry) {
+    let Ok(to) = FullJid::new(&entry.to) else {
+        tracing::warn!(to = %entry.to, "cluster: inbox entry without a full JID dropped");
+        return;
+    };
+    let bytes = match entry.delivery {
+        Delivery::Stanza(bytes) => bytes,
+        Delivery::Replaced => {
+            server.sessions.replaced_elsewhere(&to);
+            return;
+        }
+    };
+    let data = OutStanza::serialized(bytes);
+    if server.sessions.send_to_local(&to, data.clone()).is_err() {
+        crate::router::reroute_one(server, &to, &data).await;
+    }
+}

@@ -1,0 +1,325 @@
+//! Cluster mode (issue #16, first slice): several `waxwing serve` nodes
+//! serve the same domains over one PostgreSQL store, with Redis (behind
+//! the traits of `bus`) for liveness, the session directory and the bus.
+//!
+//! The core sees the cluster in one place: the session registry
+//! (`sessions::RemoteSessions`, implemented by [`Cluster`]), which reports
+//! local session changes, merges remote resources into the bare-JID rule
+//! and forwards stanzas for remote full JIDs. The rest lives here, one
+//! job per file: `writer` (changes → directory and bus), `follow` (bus →
+//! replica), `outbox` (stanzas → other nodes' inboxes), `inbox` (own
+//! inbox → local sessions), `liveness` (heartbeat, dead-node detection),
+//! `reap` (a dead or departing node's sessions and inbox).
+
+pub mod bus;
+pub mod codec;
+mod follow;
+mod inbox;
+mod liveness;
+mod outbox;
+pub mod reap;
+pub mod redis;
+pub mod replica;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jid::FullJid;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ClusterConfig;
+use crate::server::Server;
+use crate::sessions::{DeliveryError, OutStanza, RemoteSessions, ResourceState};
+use bus::{Change, Engine, NodeStatus};
+use replica::Replica;
+
+/// Local session changes waiting to be written; beyond this the writer
+/// is told to write every local session again instead (`resync`).
+const CHANGE_QUEUE: usize = 65_536;
+
+/// What the directory writer is handed.
+enum WriterMsg {
+    Change(Change),
+    /// Answered once everything before it is written.
+    Flush(oneshot::Sender<()>),
+    /// Wakes the writer to look at `resync`.
+    Nudge,
+}
+
+/// What the outbox is handed.
+enum OutMsg {
+    /// (node, full JID, what for it).
+    Entry(Arc<str>, String, bus::Delivery),
+    Flush(oneshot::Sender<()>),
+}
+
+/// This node's part in the cluster.
+pub struct Cluster {
+    /// This node's id.
+    pub node: String,
+    ttl: Duration,
+    engine: Arc<dyn Engine>,
+    replica: Replica,
+    writer: mpsc::Sender<WriterMsg>,
+    outbox: mpsc::Sender<OutMsg>,
+    /// Bytes of stanzas in the outbox, bounded by `outbox_max_bytes`
+    /// (the entry count alone would let it hold `inbox_max` big stanzas).
+    outbox_bytes: std::sync::atomic::AtomicUsize,
+    outbox_max_bytes: usize,
+    /// Set when a change could not be queued, or Redis lost this node's
+    /// entries: the writer then writes every local session again.
+    resync: AtomicBool,
+    /// Stops the reading tasks (inbox, bus, liveness) at leave, and the
+    /// writers' retries.
+    stop: CancellationToken,
+    /// The reading tasks, awaited at leave before the inbox is drained.
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.node).finish()
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster: connects to Redis, cleans up what an earlier run
+    /// of this node left, loads the other nodes' sessions, registers, and
+    /// starts the node's tasks. Fails when Redis cannot be reached or a
+    /// live node already has this id.
+    pub async fn join(
+        server: &Arc<Server>,
+        config: &ClusterConfig,
+    ) -> Result<Arc<Cluster>, String> {
+        let engine: Arc<dyn Engine> = Arc::new(
+            redis::RedisCluster::connect(&config.redis, &config.key_prefix, config.inbox_max)
+                .await?,
+        );
+        Cluster::join_with(server, config, engine).await
+    }
+
+    /// Joins through any engine (Redis, or another implementing `bus`).
+    pub async fn join_with(
+        server: &Arc<Server>,
+        config: &ClusterConfig,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Arc<Cluster>, String> {
+        let node = config.node_id.clone();
+        let ttl = Duration::from_millis(config.liveness_ttl_ms);
+        if engine.is_alive(&node).await? {
+            return Err(format!(
+                "[cluster] node_id '{node}' is in use by a live node (or one that died less than \
+                 {} ms ago)",
+                config.liveness_ttl_ms
+            ));
+        }
+        let (writer_tx, writer_rx) = mpsc::channel(CHANGE_QUEUE);
+        let (outbox_tx, outbox_rx) = mpsc::channel(config.inbox_max);
+        let cluster = Arc::new(Cluster {
+            node: node.clone(),
+            ttl,
+            engine,
+            replica: Replica::new(&node),
+            writer: writer_tx,
+            outbox: outbox_tx,
+            outbox_bytes: Default::default(),
+            outbox_max_bytes: config.outbox_max_bytes,
+            resync: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        // Subscribed before the snapshot is read, so no change falls
+        // between them.
+        let events = cluster.engine.subscribe().await?;
+        cluster
+            .replica
+            .replace_all(cluster.engine.snapshot().await?);
+        server.sessions.attach_remote(cluster.clone());
+        // The two writers run as long as the process (sessions ending at
+        // shutdown still send through them); `leave` flushes them.
+        tokio::spawn(writer::run(server.clone(), cluster.clone(), writer_rx));
+        tokio::spawn(outbox::run(cluster.clone(), outbox_rx));
+        cluster.tasks.spawn(follow::run(cluster.clone(), events));
+        // A previous run that was killed left its sessions and inbox:
+        // its users' contacts (on every node, hence after the replica is
+        // loaded) hear they are gone, its stanzas are re-routed.
+        reap::reap_own(server, &cluster).await?;
+        cluster.engine.open_inbox(&node).await?;
+        cluster
+            .engine
+            .heartbeat(&node, ttl.as_millis() as u64, 0)
+            .await?;
+        cluster
+            .tasks
+            .spawn(inbox::run(server.clone(), cluster.clone()));
+        cluster
+            .tasks
+            .spawn(liveness::run(server.clone(), cluster.clone()));
+        tracing::info!(node = %node, "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// Leaves cleanly (shutdown, after the local sessions ended): what
+    /// was queued for Redis is written, the node is removed so others
+    /// stop routing here, and stanzas left in its inbox are re-routed.
+    pub async fn leave(&self, server: &Server) {
+        self.stop.cancel();
+        for flushed in [self.flush_writer().await, self.flush_outbox().await] {
+            if !flushed {
+                tracing::warn!("cluster: not everything reached Redis before leaving");
+            }
+        }
+        let down = [Change::NodeDown {
+            node: self.node.clone(),
+        }];
+        if let Err(e) = self.engine.forget(&self.node).await {
+            tracing::warn!(error = %e, "cluster: could not unregister");
+        }
+        if let Err(e) = self.engine.publish(&down).await {
+            tracing::warn!(error = %e, "cluster: could not announce leaving");
+        }
+        // The reading tasks end at `stop`; the inbox is drained after.
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        if let Err(e) = reap::drain_inbox(server, self, &self.node).await {
+            tracing::warn!(error = %e, "cluster: inbox not drained");
+        }
+        if let Err(e) = self.engine.take_node(&self.node).await {
+            tracing::warn!(error = %e, "cluster: directory entries left");
+        }
+        tracing::info!(node = %self.node, "left the cluster");
+    }
+
+    async fn flush_writer(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriterMsg::Flush(tx)).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), rx).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn flush_outbox(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.outbox.send(OutMsg::Flush(tx)).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), rx).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Every node with its liveness and session count (`ctl cluster
+    /// status`); this node's count is the live one.
+    pub async fn status(&self, server: &Server) -> Result<Vec<NodeStatus>, String> {
+        let mut nodes = self.engine.members().await?;
+        match nodes.iter_mut().find(|n| n.node == self.node) {
+            Some(me) => me.sessions = server.sessions.count(),
+            None => nodes.push(NodeStatus {
+                node: self.node.clone(),
+                alive: false,
+                sessions: server.sessions.count(),
+            }),
+        }
+        Ok(nodes)
+    }
+
+    /// The engine (for the tasks of this module).
+    fn engine(&self) -> &dyn Engine {
+        &*self.engine
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    /// Asks the writer to write every local session again.
+    fn request_resync(&self) {
+        self.resync.store(true, Ordering::Relaxed);
+        let _ = self.writer.try_send(WriterMsg::Nudge);
+    }
+}
+
+impl RemoteSessions for Cluster {
+    fn local_changed(&self, jid: &FullJid, state: Option<&ResourceState>, last_local: bool) {
+        let change = match state {
+            Some(state) => Change::Bound {
+                node: self.node.clone(),
+                jid: jid.clone(),
+                state: state.clone(),
+            },
+            None => Change::Unbound {
+                node: self.node.clone(),
+                jid: jid.clone(),
+                last_local,
+            },
+        };
+        if self.writer.try_send(WriterMsg::Change(change)).is_err() {
+            // Too many changes waiting (Redis slow or away): rather than
+            // grow, the writer will write the whole local state again.
+            self.resync.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn bound_here(&self, jid: &FullJid) {
+        // Newest wins across nodes as on one: the node that held this
+        // full JID drops its session (without a departure: the user is
+        // online here), and this replica forgets it at once.
+        if let Some(node) = self.replica.take(jid) {
+            let msg = OutMsg::Entry(node, jid.to_string(), bus::Delivery::Replaced);
+            if self.outbox.try_send(msg).is_err() {
+                tracing::warn!(%jid, "cluster: the replaced session on another node was not told");
+            }
+        }
+    }
+
+    fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState)) {
+        self.replica.for_each(bare, f)
+    }
+
+    fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>> {
+        let node = self.replica.node_of(to)?;
+        // A message read from offline storage stays there until its
+        // reader acknowledges it, which only this node would see: it is
+        // not handed to another node (that node's own login reads it).
+        if stanza.stored_id().is_some() {
+            return Some(Err(DeliveryError::Offline));
+        }
+        let size = stanza.bytes().len();
+        let held = self.outbox_bytes.fetch_add(size, Ordering::Relaxed);
+        if held + size > self.outbox_max_bytes {
+            self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Some(Err(DeliveryError::QueueFull));
+        }
+        let msg = OutMsg::Entry(
+            node,
+            to.to_string(),
+            bus::Delivery::Stanza(stanza.bytes().clone()),
+        );
+        Some(self.outbox.try_send(msg).map_err(|e| {
+            self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
+            }
+        }))
+    }
+}
+
+/// Waits before trying Redis again after a failure: 200 ms doubling to
+/// 2 s, or until `stop`. Returns false once stopped.
+async fn backoff(stop: &CancellationToken, attempt: &mut u32) -> bool {
+    let delay = Duration::from_millis((200u64 << (*attempt).min(4)).min(2_000));
+    *attempt += 1;
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}

@@ -1,0 +1,527 @@
+//! Membership, session directory and bus on Redis.
+//!
+//! Keys (all under the configured prefix `p`):
+//! - `p:node:<id>`: liveness, the node's session count, `PX` the TTL
+//! - `p:nodes`: set of registered node ids
+//! - `p:sess:<bare>`: hash resource → `node \t priority \t flags \t presence`
+//! - `p:nodesess:<id>`: set of bare JIDs the node holds sessions of (so a
+//!   dead node is cleaned without scanning every hash)
+//! - `p:inbox:<id>`: stream of stanzas for the node (group `nodes`)
+//! - `p:reap:<id>`: lock, one survivor cleans a dead node up
+//! - `p:events`: pub/sub channel of session changes
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
+use jid::FullJid;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+
+use super::bus::{
+    Bus, BusResult, Change, Delivery, InboxEntry, Membership, NodeStatus, SessionDirectory,
+};
+use super::codec;
+use crate::sessions::{bare_of, ResourceState};
+
+/// The consumer group every inbox is read through.
+const GROUP: &str = "nodes";
+
+/// Deletes a directory field only while it still names `ARGV[2]` as its
+/// node: a resource bound again on another node since is not touched.
+const DELETE_IF_NODE: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
+    if v and string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. '\\t' then \
+    return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
+
+/// The Redis side of a cluster node.
+pub struct RedisCluster {
+    client: redis::Client,
+    /// Commands, multiplexed on one connection that reconnects by itself.
+    conn: ConnectionManager,
+    /// Blocking inbox reads only: a `BLOCK`ed command would hold up every
+    /// command behind it on the shared connection.
+    reader: ConnectionManager,
+    prefix: String,
+    inbox_max: usize,
+}
+
+fn err(e: redis::RedisError) -> String {
+    e.to_string()
+}
+
+impl RedisCluster {
+    /// Connects (twice: commands, and blocking inbox reads).
+    pub async fn connect(url: &str, prefix: &str, inbox_max: usize) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(err)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(3))
+            .set_response_timeout(Duration::from_secs(5))
+            .set_max_delay(2_000);
+        let conn = client
+            .get_connection_manager_with_config(config.clone())
+            .await
+            .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+        // Its reads block up to a few seconds by design.
+        let reader = client
+            .get_connection_manager_with_config(
+                config.set_response_timeout(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+        Ok(RedisCluster {
+            client,
+            conn,
+            reader,
+            prefix: prefix.to_string(),
+            inbox_max,
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+}
+
+fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
+    ids.into_iter()
+        .map(|e| {
+            let field = |name: &str| -> Vec<u8> {
+                e.map
+                    .get(name)
+                    .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                    .unwrap_or_default()
+            };
+            let delivery = if e.map.contains_key("r") {
+                Delivery::Replaced
+            } else {
+                Delivery::Stanza(Bytes::from(field("s")))
+            };
+            InboxEntry {
+                to: String::from_utf8_lossy(&field("to")).into_owned(),
+                delivery,
+                id: e.id,
+            }
+        })
+        .collect()
+}
+
+impl Membership for RedisCluster {
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        ttl_ms: u64,
+        sessions: usize,
+    ) -> BoxFuture<'a, BusResult<bool>> {
+        async move {
+            let mut c = self.conn.clone();
+            let (was,): (bool,) = redis::pipe()
+                .cmd("EXISTS")
+                .arg(self.key("node", node))
+                .cmd("SET")
+                .arg(self.key("node", node))
+                .arg(sessions)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("SADD")
+                .arg(self.nodes_key())
+                .arg(node)
+                .ignore()
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(was)
+        }
+        .boxed()
+    }
+
+    fn is_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<bool>> {
+        async move {
+            let mut c = self.conn.clone();
+            redis::cmd("EXISTS")
+                .arg(self.key("node", node))
+                .query_async::<bool>(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+
+    fn members(&self) -> BoxFuture<'_, BusResult<Vec<NodeStatus>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.nodes_key())
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            ids.sort();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut get = redis::cmd("MGET");
+            for id in &ids {
+                get.arg(self.key("node", id));
+            }
+            let counts: Vec<Option<usize>> = get.query_async(&mut c).await.map_err(err)?;
+            Ok(ids
+                .into_iter()
+                .zip(counts)
+                .map(|(node, count)| NodeStatus {
+                    node,
+                    alive: count.is_some(),
+                    sessions: count.unwrap_or(0),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn try_lock<'a>(&'a self, name: &'a str, ttl_ms: u64) -> BoxFuture<'a, BusResult<bool>> {
+        async move {
+            let mut c = self.conn.clone();
+            let set: Option<String> = redis::cmd("SET")
+                .arg(format!("{}:{name}", self.prefix))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(set.is_some())
+        }
+        .boxed()
+    }
+
+    fn forget<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut c = self.conn.clone();
+            redis::pipe()
+                .cmd("DEL")
+                .arg(self.key("node", node))
+                .ignore()
+                .cmd("SREM")
+                .arg(self.nodes_key())
+                .arg(node)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+}
+
+impl SessionDirectory for RedisCluster {
+    fn apply<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut pipe = redis::pipe();
+            for change in changes {
+                match change {
+                    Change::Bound { node, jid, state } => {
+                        let bare = bare_of(jid);
+                        pipe.cmd("HSET")
+                            .arg(self.key("sess", bare))
+                            .arg(jid.resource().as_str())
+                            .arg(codec::encode_state(node, state))
+                            .ignore()
+                            .cmd("SADD")
+                            .arg(self.key("nodesess", node))
+                            .arg(bare)
+                            .ignore();
+                    }
+                    Change::Unbound {
+                        node,
+                        jid,
+                        last_local,
+                    } => {
+                        let bare = bare_of(jid);
+                        pipe.cmd("EVAL")
+                            .arg(DELETE_IF_NODE)
+                            .arg(1)
+                            .arg(self.key("sess", bare))
+                            .arg(jid.resource().as_str())
+                            .arg(node)
+                            .ignore();
+                        if *last_local {
+                            pipe.cmd("SREM")
+                                .arg(self.key("nodesess", node))
+                                .arg(bare)
+                                .ignore();
+                        }
+                    }
+                    Change::NodeDown { .. } => {}
+                }
+            }
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(err)
+        }
+        .boxed()
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, BusResult<Vec<(String, FullJid, ResourceState)>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let nodes: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.nodes_key())
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            let mut bares = std::collections::BTreeSet::new();
+            for node in &nodes {
+                let list: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(self.key("nodesess", node))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(err)?;
+                bares.extend(list);
+            }
+            let bares: Vec<String> = bares.into_iter().collect();
+            let mut out = Vec::new();
+            // Hashes in pipelined batches: one round trip per 500 users.
+            for chunk in bares.chunks(500) {
+                let mut pipe = redis::pipe();
+                for bare in chunk {
+                    pipe.cmd("HGETALL").arg(self.key("sess", bare));
+                }
+                let hashes: Vec<Vec<(String, String)>> =
+                    pipe.query_async(&mut c).await.map_err(err)?;
+                for (bare, fields) in chunk.iter().zip(hashes) {
+                    for (resource, value) in fields {
+                        let Some((node, state)) = codec::decode_state(&value) else {
+                            continue;
+                        };
+                        if let Ok(jid) = FullJid::new(&format!("{bare}/{resource}")) {
+                            out.push((node, jid, state));
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn take_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, BusResult<Vec<(FullJid, ResourceState)>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let set = self.key("nodesess", node);
+            let bares: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(&set)
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for bare in bares {
+                let key = self.key("sess", &bare);
+                let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(err)?;
+                for (resource, value) in fields {
+                    if codec::value_node(&value) != node {
+                        continue;
+                    }
+                    let deleted: i64 = redis::cmd("EVAL")
+                        .arg(DELETE_IF_NODE)
+                        .arg(1)
+                        .arg(&key)
+                        .arg(&resource)
+                        .arg(node)
+                        .query_async(&mut c)
+                        .await
+                        .map_err(err)?;
+                    let parsed = codec::decode_state(&value);
+                    if let (1, Some((_, state)), Ok(jid)) =
+                        (deleted, parsed, FullJid::new(&format!("{bare}/{resource}")))
+                    {
+                        out.push((jid, state));
+                    }
+                }
+            }
+            redis::cmd("DEL")
+                .arg(&set)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(out)
+        }
+        .boxed()
+    }
+}
+
+impl Bus for RedisCluster {
+    fn publish<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut pipe = redis::pipe();
+            for change in changes {
+                pipe.cmd("PUBLISH")
+                    .arg(self.channel())
+                    .arg(codec::encode_change(change))
+                    .ignore();
+            }
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(err)
+        }
+        .boxed()
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, BusResult<BoxStream<'static, Change>>> {
+        async move {
+            let mut pubsub = self.client.get_async_pubsub().await.map_err(err)?;
+            pubsub.subscribe(self.channel()).await.map_err(err)?;
+            let stream = pubsub.into_on_message().filter_map(|msg| async move {
+                codec::decode_change(std::str::from_utf8(msg.get_payload_bytes()).ok()?)
+            });
+            Ok(stream.boxed())
+        }
+        .boxed()
+    }
+
+    fn send<'a>(&'a self, batch: &'a [(String, String, Delivery)]) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut pipe = redis::pipe();
+            for (node, to, delivery) in batch {
+                // Trimmed only beyond the bound (approximately, which is
+                // cheap): a node that stopped reading loses its oldest.
+                let cmd = pipe
+                    .cmd("XADD")
+                    .arg(self.key("inbox", node))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.inbox_max)
+                    .arg("*")
+                    .arg("to")
+                    .arg(to.as_str());
+                match delivery {
+                    Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
+                    Delivery::Replaced => cmd.arg("r").arg(1),
+                }
+                .ignore();
+            }
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(err)
+        }
+        .boxed()
+    }
+
+    fn open_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut c = self.conn.clone();
+            // From id 0: what a previous run of this node left unread is
+            // read now, not skipped.
+            let made: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.key("inbox", node))
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut c)
+                .await;
+            match made {
+                Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                other => other.map_err(err),
+            }
+        }
+        .boxed()
+    }
+
+    fn receive<'a>(
+        &'a self,
+        node: &'a str,
+        max: usize,
+        block_ms: u64,
+    ) -> BoxFuture<'a, BusResult<Vec<InboxEntry>>> {
+        async move {
+            let mut c = self.reader.clone();
+            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(node)
+                .arg("COUNT")
+                .arg(max)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(self.key("inbox", node))
+                .arg(">")
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(reply
+                .map(|r| r.keys.into_iter().flat_map(|k| entries(k.ids)).collect())
+                .unwrap_or_default())
+        }
+        .boxed()
+    }
+
+    fn ack<'a>(&'a self, node: &'a str, ids: &'a [String]) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let key = self.key("inbox", node);
+            // Deleted once acknowledged: what stays in the stream is
+            // exactly what a dead node left undone.
+            let mut pipe = redis::pipe();
+            pipe.cmd("XACK").arg(&key).arg(GROUP).arg(ids).ignore();
+            pipe.cmd("XDEL").arg(&key).arg(ids).ignore();
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(err)
+        }
+        .boxed()
+    }
+
+    fn unacked<'a>(
+        &'a self,
+        node: &'a str,
+        after: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, BusResult<Vec<InboxEntry>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let start = match after {
+                Some(id) => format!("({id}"),
+                None => "-".to_string(),
+            };
+            let reply: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(self.key("inbox", node))
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(entries(reply.ids))
+        }
+        .boxed()
+    }
+
+    fn drop_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut c = self.conn.clone();
+            redis::cmd("DEL")
+                .arg(self.key("inbox", node))
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+}

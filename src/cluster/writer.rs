@@ -1,0 +1,87 @@
+//! Writes local session changes to the directory and announces them on
+//! the bus, in batches, in the order they happened.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::bus::Change;
+use super::{Cluster, WriterMsg};
+use crate::server::Server;
+
+/// Changes written per round trip at most.
+const BATCH: usize = 256;
+
+pub(super) async fn run(
+    server: Arc<Server>,
+    cluster: Arc<Cluster>,
+    mut rx: mpsc::Receiver<WriterMsg>,
+) {
+    let mut changes = Vec::with_capacity(BATCH);
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                WriterMsg::Change(c) => changes.push(c),
+                WriterMsg::Flush(done) => flushes.push(done),
+                WriterMsg::Nudge => {}
+            }
+            next = if changes.len() < BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if cluster.resync.swap(false, Ordering::Relaxed) {
+            // Whatever was lost, the registry has the truth now.
+            changes.clear();
+            changes.extend(
+                server
+                    .sessions
+                    .local_states()
+                    .into_iter()
+                    .map(|(jid, state)| Change::Bound {
+                        node: cluster.node.clone(),
+                        jid,
+                        state,
+                    }),
+            );
+            tracing::info!(
+                sessions = changes.len(),
+                "cluster: writing every local session again"
+            );
+        }
+        if !changes.is_empty() {
+            write(&cluster, &changes).await;
+            changes.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Writes until Redis takes it (or the node is leaving and gives up).
+async fn write(cluster: &Cluster, changes: &[Change]) {
+    let mut attempt = 0;
+    for chunk in changes.chunks(BATCH) {
+        loop {
+            let engine = cluster.engine();
+            let result = match engine.apply(chunk).await {
+                Ok(()) => engine.publish(chunk).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: session directory not written; retrying");
+                    if !super::backoff(&cluster.stop, &mut attempt).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

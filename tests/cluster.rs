@@ -1,0 +1,924 @@
+//! Cluster mode (issue #16, first slice): three `waxwing serve` processes
+//! on 127.0.0.21-23 serving one domain over one PostgreSQL database
+//! (WAXWING_TEST_POSTGRES) and the local Redis (its own key prefix).
+//! Users on different nodes chat (full and bare JID), subscribe and see
+//! each other's presence; a node killed with SIGKILL: its user's contact
+//! on another node gets the unavailable presence within the liveness TTL
+//! plus a bounded margin, and a message sent to that user afterwards is
+//! kept offline and arrives when they log in on another node.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use waxwing::storage::Store;
+use waxwing::xml::{Element, NS_CLIENT};
+
+/// Short, so the test is fast: the dead node is noticed within it plus
+/// one refresh period (a third of it).
+const TTL_MS: u64 = 1500;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn postgres_url() -> String {
+    std::env::var("WAXWING_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("WAXWING_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// One `waxwing serve` process of the cluster.
+struct Node {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    c2s: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new(id: &str, ip: &str, prefix: &str) -> Node {
+        Node::with_redis(id, ip, prefix, &redis_url())
+    }
+
+    fn with_redis(id: &str, ip: &str, prefix: &str, redis: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let c2s: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
+        let tls: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("waxwing.toml");
+        let q = |s: String| format!("{s:?}");
+        std::fs::write(
+            &config,
+            format!(
+                "log_level = \"info,waxwing::cluster=debug\"\n\
+                 [[host]]\ndomain = \"{DOMAIN}\"\n\
+                 [database]\nurl = {}\n\
+                 [tls]\ndev_cert_dir = {}\n\
+                 [c2s]\nlisten = [\"{c2s}\"]\nlisten_tls = [\"{tls}\"]\n\
+                 [http]\nlisten = []\nlisten_tls = []\n\
+                 [admin]\nsocket = {}\n\
+                 [cluster]\nnode_id = \"{id}\"\nredis = {}\nkey_prefix = \"{prefix}\"\n\
+                 liveness_ttl_ms = {TTL_MS}\n",
+                q(postgres_url()),
+                q(dir.path().join("certs").display().to_string()),
+                q(dir.path().join("waxwing.sock").display().to_string()),
+                q(redis.to_string()),
+            ),
+        )
+        .unwrap();
+        Node {
+            dir,
+            config,
+            c2s,
+            child: None,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_waxwing"));
+        c.current_dir(self.dir.path()).stdin(Stdio::null());
+        c
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("waxwing.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Starts it; does not wait (`wait_ready` does), so nodes start
+    /// side by side.
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = self
+            .command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "waxwing serve exited during start: {status}\n{}",
+                    self.log_tail()
+                );
+            }
+            if std::net::TcpStream::connect_timeout(&self.c2s, Duration::from_secs(1)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not accepting\n{}",
+                self.c2s,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `waxwing ctl cluster status` on this node: (node, alive, sessions).
+    fn cluster_status(&self) -> Vec<(String, String, String)> {
+        let out = self
+            .command()
+            .args(["ctl", "--config"])
+            .arg(&self.config)
+            .args(["cluster", "status"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctl cluster status: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut w = l.split_whitespace().map(String::from);
+                Some((w.next()?, w.next()?, w.next()?))
+            })
+            .collect()
+    }
+
+    /// SIGTERM, and waits for a clean exit (the node leaves the cluster).
+    fn terminate(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{status}\n{}", self.log_tail());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("not running").id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.c2s, self.log_tail());
+        }
+    }
+}
+
+/// The test's Redis keys (its own prefix).
+fn redis_keys(prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_connection().expect("Redis must be reachable");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// Deletes the test's Redis keys however it ends.
+struct RedisKeys(String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let keys = redis_keys(&self.0);
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+async fn add_user(store: &Store, user: &str) {
+    let jid = jid::BareJid::new(&format!("{user}@{DOMAIN}")).unwrap();
+    let rec = tokio::task::spawn_blocking(move || {
+        waxwing::accounts::derive_record(&jid, "pw", 4096).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(store.create_account(&rec).await.unwrap());
+}
+
+/// The next stanza matching `f`, others skipped; panics after `within`.
+async fn await_stanza(
+    c: &mut Client,
+    within: Duration,
+    what: &str,
+    f: impl Fn(&Element) -> bool,
+) -> Element {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, c.next_element()).await {
+            Ok(e) if f(&e) => return e,
+            Ok(_) => continue,
+            Err(_) => panic!(
+                "{}: no {what} within {within:?}",
+                c.jid.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+}
+
+/// Until `from`'s node routes to `to`'s bare JID (it has seen `to`'s
+/// available presence): headlines to a bare JID are dropped, never
+/// stored, when no resource is available, so each try either arrives or
+/// vanishes. Bounded by a deadline.
+async fn until_routable(from: &mut Client, to: &mut Client, to_bare: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        let body = format!("sync-{n}");
+        from.send_str(&format!(
+            "<message to='{to_bare}' type='headline'><body>{body}</body></message>"
+        ))
+        .await;
+        let got = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                let e = to.next_element().await;
+                if e.is("message", NS_CLIENT) && e.attr("type") == Some("headline") {
+                    return e;
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            // Earlier tries may still come: drain them with a barrier.
+            to.barrier().await;
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{to_bare} never routable"
+        );
+    }
+}
+
+fn body(e: &Element) -> Option<String> {
+    e.get_child("body", NS_CLIENT).map(|b| b.text())
+}
+
+fn is_presence_from(e: &Element, from: &str, kind: Option<&str>) -> bool {
+    e.is("presence", NS_CLIENT) && e.attr("from") == Some(from) && e.attr("type") == kind
+}
+
+/// `x` subscribes to `y`, `y` approves, and `x` gets `y`'s presence.
+async fn subscribe_one(x: &mut Client, x_bare: &str, y: &mut Client, y_full: &str) {
+    let y_bare = y_full.split('/').next().unwrap();
+    x.send_str(&format!("<presence to='{y_bare}' type='subscribe'/>"))
+        .await;
+    await_stanza(y, Duration::from_secs(10), "subscribe", |e| {
+        e.is("presence", NS_CLIENT)
+            && e.attr("type") == Some("subscribe")
+            && e.attr("from") == Some(x_bare)
+    })
+    .await;
+    y.send_str(&format!("<presence to='{x_bare}' type='subscribed'/>"))
+        .await;
+    // Approved: the subscriber gets the contact's current presence,
+    // from the contact's node.
+    await_stanza(x, Duration::from_secs(10), "available presence", |e| {
+        is_presence_from(e, y_full, None)
+    })
+    .await;
+}
+
+/// Mutual subscription between `a` and `b`, each seeing the other's
+/// available presence.
+async fn subscribe_both(a: &mut Client, a_full: &str, b: &mut Client, b_full: &str) {
+    let a_bare = a_full.split('/').next().unwrap();
+    let b_bare = b_full.split('/').next().unwrap();
+    subscribe_one(a, a_bare, b, b_full).await;
+    subscribe_one(b, b_bare, a, a_full).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_one_domain_and_survive_a_kill() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, bob, carol) = (format!("ca{tag}"), format!("cb{tag}"), format!("cc{tag}"));
+    {
+        let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+        for u in [&alice, &bob, &carol] {
+            add_user(&store, u).await;
+        }
+        store.close().await;
+    }
+    let mut nodes: Vec<Node> = [
+        ("n1", "127.0.0.21"),
+        ("n2", "127.0.0.22"),
+        ("n3", "127.0.0.23"),
+    ]
+    .into_iter()
+    .map(|(id, ip)| Node::new(id, ip, &prefix))
+    .collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let status = nodes[0].cluster_status();
+    let names: Vec<(&str, &str)> = status
+        .iter()
+        .map(|(n, a, _)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("n1", "yes"), ("n2", "yes"), ("n3", "yes")],
+        "{status:?}"
+    );
+
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b1")).await;
+    let mut c = Client::login(nodes[2].c2s, &carol, "pw", Some("c1")).await;
+    let (a_bare, b_bare, c_bare) = (
+        format!("{alice}@{DOMAIN}"),
+        format!("{bob}@{DOMAIN}"),
+        format!("{carol}@{DOMAIN}"),
+    );
+    let (a_full, b_full, c_full) = (
+        format!("{a_bare}/a1"),
+        format!("{b_bare}/b1"),
+        format!("{c_bare}/c1"),
+    );
+    until_routable(&mut a, &mut b, &b_bare).await;
+    until_routable(&mut b, &mut a, &a_bare).await;
+    until_routable(&mut a, &mut c, &c_bare).await;
+    until_routable(&mut c, &mut a, &a_bare).await;
+
+    // Chat across nodes: to a full JID, and to a bare JID.
+    a.send_str(&format!(
+        "<message to='{b_full}' type='chat' id='m1'><body>full</body></message>"
+    ))
+    .await;
+    let m = await_stanza(
+        &mut b,
+        Duration::from_secs(5),
+        "chat to the full JID",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("full"),
+    )
+    .await;
+    assert_eq!(m.attr("from"), Some(a_full.as_str()));
+    b.send_str(&format!(
+        "<message to='{a_bare}' type='chat' id='m2'><body>bare</body></message>"
+    ))
+    .await;
+    let m = await_stanza(
+        &mut a,
+        Duration::from_secs(5),
+        "chat to the bare JID",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("bare"),
+    )
+    .await;
+    assert_eq!(m.attr("from"), Some(b_full.as_str()));
+
+    // The bare-JID rule sees every node's resources: a second resource
+    // of bob's on n3 with a higher priority takes bare-JID chat.
+    let mut b2 = Client::login_without_presence(nodes[2].c2s, &bob, "pw", Some("b2")).await;
+    b2.send_str("<presence><priority>5</priority></presence>")
+        .await;
+    // n1 knows of b2 once a headline (to every available resource) reaches it.
+    until_routable(&mut a, &mut b2, &b_bare).await;
+    a.send_str(&format!(
+        "<message to='{b_bare}' type='chat' id='m3'><body>top</body></message>"
+    ))
+    .await;
+    let m = await_stanza(
+        &mut b2,
+        Duration::from_secs(5),
+        "chat to the top resource",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("top"),
+    )
+    .await;
+    assert_eq!(m.attr("to"), Some(b_bare.as_str()));
+    // b1 (lower priority) did not get it: what n1 sends n2 arrives in
+    // order, so everything before this headline is what b1 was sent.
+    a.send_str(&format!(
+        "<message to='{b_bare}' type='headline'><body>fence</body></message>"
+    ))
+    .await;
+    let mut seen_top = false;
+    loop {
+        let e = b.next_element().await;
+        seen_top |= body(&e).as_deref() == Some("top");
+        if body(&e).as_deref() == Some("fence") {
+            break;
+        }
+    }
+    assert!(!seen_top, "the lower-priority resource got bare-JID chat");
+    b2.send_str("<presence type='unavailable'/>").await;
+    drop(b2);
+
+    // Subscriptions and presence across nodes.
+    subscribe_both(&mut a, &a_full, &mut b, &b_full).await;
+    subscribe_both(&mut a, &a_full, &mut c, &c_full).await;
+    a.send_str("<presence><show>away</show></presence>").await;
+    let p = await_stanza(&mut b, Duration::from_secs(5), "alice's away", |e| {
+        is_presence_from(e, &a_full, None)
+    })
+    .await;
+    assert_eq!(
+        p.get_child("show", NS_CLIENT).map(|s| s.text()).as_deref(),
+        Some("away")
+    );
+
+    // n3 stops reading (SIGSTOP), so a message for carol waits in its
+    // inbox, unread; then n3 dies. Carol's unavailable presence reaches
+    // alice on n1 within the TTL, one refresh period and a bounded margin
+    // for the reaping; the message left in n3's inbox is re-routed
+    // (offline storage: carol has no other resource).
+    nodes[2].signal("-STOP");
+    a.send_str(&format!(
+        "<message to='{c_full}' type='chat' id='m5'><body>in the inbox</body></message>"
+    ))
+    .await;
+    a.barrier().await;
+    let killed = Instant::now();
+    nodes[2].kill_9();
+    let margin = Duration::from_millis(TTL_MS + TTL_MS / 3 + 2_000);
+    await_stanza(&mut a, margin, "carol's unavailable", |e| {
+        is_presence_from(e, &c_full, Some("unavailable"))
+    })
+    .await;
+    let detected = killed.elapsed();
+    eprintln!("dead node's unavailable presence after {detected:?} (TTL {TTL_MS} ms)");
+    assert!(detected < margin);
+
+    // A message to carol now waits offline, and arrives at her login on n2.
+    a.send_str(&format!(
+        "<message to='{c_bare}' type='chat' id='m4'><body>while away</body></message>"
+    ))
+    .await;
+    a.barrier().await;
+    let mut c = Client::login(nodes[1].c2s, &carol, "pw", Some("c2")).await;
+    // In either order: the inbox is re-routed after the presence went out.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = await_stanza(
+            &mut c,
+            Duration::from_secs(5),
+            "the offline messages",
+            |e| e.is("message", NS_CLIENT) && body(e).is_some(),
+        )
+        .await;
+        assert_eq!(m.attr("from"), Some(a_full.as_str()));
+        got.extend(body(&m));
+    }
+    got.sort();
+    assert_eq!(got, ["in the inbox", "while away"]);
+
+    // n3 is gone from the cluster once reaped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = nodes[0].cluster_status();
+        let names: Vec<&str> = status.iter().map(|(n, _, _)| n.as_str()).collect();
+        if names == ["n1", "n2"] {
+            assert!(
+                status.iter().all(|(_, alive, _)| alive == "yes"),
+                "{status:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "n3 still listed: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // n3 comes back under the same id and joins without the others
+    // restarting: a session on it is reached from n1 again.
+    nodes[2].spawn();
+    nodes[2].wait_ready();
+    drop(c);
+    let mut c3 = Client::login(nodes[2].c2s, &carol, "pw", Some("c3")).await;
+    until_routable(&mut a, &mut c3, &c_bare).await;
+    a.send_str(&format!(
+        "<message to='{c_bare}/c3' type='chat' id='m6'><body>welcome back</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut c3,
+        Duration::from_secs(5),
+        "chat on the rejoined node",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("welcome back"),
+    )
+    .await;
+    let status = nodes[0].cluster_status();
+    let names: Vec<(&str, &str)> = status
+        .iter()
+        .map(|(n, a, _)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("n1", "yes"), ("n2", "yes"), ("n3", "yes")],
+        "{status:?}"
+    );
+    drop(c3);
+    nodes[2].terminate();
+
+    // A clean leave (SIGTERM): bob's session on n2 ends, alice hears it,
+    // and n2 is no member any more.
+    let t = Instant::now();
+    nodes[1].terminate();
+    eprintln!("n2 stopped in {:?}", t.elapsed());
+    await_stanza(&mut a, Duration::from_secs(5), "bob's unavailable", |e| {
+        is_presence_from(e, &b_full, Some("unavailable"))
+    })
+    .await;
+    let status = nodes[0].cluster_status();
+    let names: Vec<&str> = status.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["n1"], "{status:?}");
+    // The last node leaves: nothing of the cluster stays in Redis but
+    // the reaping lock, which expires.
+    drop(a);
+    let t = Instant::now();
+    nodes[0].terminate();
+    eprintln!("n1 stopped in {:?}", t.elapsed());
+    let mut left = redis_keys(&prefix);
+    left.retain(|k| !k.starts_with(&format!("{prefix}:reap:")));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A Redis server of the test's own, on a free port, that it may kill and
+/// start again (the shared one must not be restarted).
+struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let mut r = PrivateRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: everything it held is gone (no persistence).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Redis restarted empty: the nodes register again, write their sessions
+/// again and reload their replicas; chat and presence across nodes work
+/// again without restarting a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_recover_when_redis_restarts_empty() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let mut redis_server = PrivateRedis::start();
+    let (alice, bob) = (format!("ra{tag}"), format!("rb{tag}"));
+    {
+        let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+        for u in [&alice, &bob] {
+            add_user(&store, u).await;
+        }
+        store.close().await;
+    }
+    let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22")]
+        .into_iter()
+        .map(|(id, ip)| Node::with_redis(id, ip, &prefix, &redis_server.url()))
+        .collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let (a_bare, b_bare) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
+    let (a_full, b_full) = (format!("{a_bare}/a1"), format!("{b_bare}/b1"));
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b1")).await;
+    until_routable(&mut a, &mut b, &b_bare).await;
+    until_routable(&mut b, &mut a, &a_bare).await;
+    subscribe_both(&mut a, &a_full, &mut b, &b_full).await;
+
+    redis_server.kill();
+    redis_server.spawn();
+
+    // Both nodes write their sessions again into the empty Redis; a chat
+    // to the full JID goes through the new inbox.
+    until_routable(&mut a, &mut b, &b_bare).await;
+    until_routable(&mut b, &mut a, &a_bare).await;
+    a.send_str(&format!(
+        "<message to='{b_full}' type='chat' id='r1'><body>after the restart</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut b,
+        Duration::from_secs(10),
+        "chat after the restart",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("after the restart"),
+    )
+    .await;
+    b.send_str("<presence><show>dnd</show></presence>").await;
+    await_stanza(&mut a, Duration::from_secs(10), "bob's dnd", |e| {
+        is_presence_from(e, &b_full, None)
+            && e.get_child("show", NS_CLIENT).map(|s| s.text()).as_deref() == Some("dnd")
+    })
+    .await;
+    let status = nodes[0].cluster_status();
+    let names: Vec<(&str, &str)> = status
+        .iter()
+        .map(|(n, a, _)| (n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(names, [("n1", "yes"), ("n2", "yes")], "{status:?}");
+}
+
+/// Calls per command since the server started (`INFO commandstats`).
+fn command_calls(url: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// Bytes Redis read and wrote since it started (`INFO stats`).
+fn net_bytes(url: &str) -> (u64, u64) {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut conn).unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0u64)
+    };
+    (
+        field("total_net_input_bytes"),
+        field("total_net_output_bytes"),
+    )
+}
+
+/// What one chat message between nodes costs in Redis, measured on a
+/// Redis of the test's own (background heartbeats included): the inbox
+/// commands are XADD on the sender, XREADGROUP, XACK and XDEL on the
+/// receiver, batched, so at most those four per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_between_nodes_costs_a_few_redis_commands() {
+    const MESSAGES: usize = 500;
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let redis_server = PrivateRedis::start();
+    let (alice, bob) = (format!("ma{tag}"), format!("mb{tag}"));
+    {
+        let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+        for u in [&alice, &bob] {
+            add_user(&store, u).await;
+        }
+        store.close().await;
+    }
+    let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22")]
+        .into_iter()
+        .map(|(id, ip)| Node::with_redis(id, ip, &prefix, &redis_server.url()))
+        .collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b1")).await;
+    until_routable(&mut a, &mut b, &b_bare).await;
+    let before = command_calls(&redis_server.url());
+    let bytes_before = net_bytes(&redis_server.url());
+    let started = Instant::now();
+    let mut batch = String::new();
+    for i in 0..MESSAGES {
+        batch.push_str(&format!(
+            "<message to='{b_bare}/b1' type='chat' id='x{i}'><body>n{i}</body></message>"
+        ));
+    }
+    a.send_str(&batch).await;
+    let mut got = 0;
+    while got < MESSAGES {
+        let e = await_stanza(&mut b, Duration::from_secs(20), "the burst", |e| {
+            e.is("message", NS_CLIENT) && e.attr("type") == Some("chat")
+        })
+        .await;
+        assert_eq!(body(&e), Some(format!("n{got}")), "in order");
+        got += 1;
+    }
+    let elapsed = started.elapsed();
+    let after = command_calls(&redis_server.url());
+    let bytes_after = net_bytes(&redis_server.url());
+    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    let inbox: u64 = ["xadd", "xreadgroup", "xack", "xdel"]
+        .iter()
+        .map(|c| delta(c))
+        .sum();
+    let all: u64 = after.keys().map(|c| delta(c)).sum::<u64>() - delta("info");
+    eprintln!(
+        "{MESSAGES} messages n1 -> n2 in {elapsed:?}: {} inbox commands per message \
+         (xadd {}, xreadgroup {}, xack {}, xdel {}), {} Redis commands per message in all; \
+         {} bytes into Redis and {} out of it per message",
+        inbox as f64 / MESSAGES as f64,
+        delta("xadd"),
+        delta("xreadgroup"),
+        delta("xack"),
+        delta("xdel"),
+        all as f64 / MESSAGES as f64,
+        (bytes_after.0 - bytes_before.0) / MESSAGES as u64,
+        (bytes_after.1 - bytes_before.1) / MESSAGES as u64,
+    );
+    assert_eq!(delta("xadd"), MESSAGES as u64, "one XADD per message");
+    assert!(inbox <= 4 * MESSAGES as u64, "{inbox}");
+    assert!(all <= 5 * MESSAGES as u64, "{all}");
+}
+
+/// One full JID bound on two nodes: the newest binding wins, as on one
+/// node. The old session gets `conflict`, and stanzas from any node reach
+/// the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_bound_again_on_another_node_replaces_the_old_session() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, bob) = (format!("xa{tag}"), format!("xb{tag}"));
+    {
+        let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+        for u in [&alice, &bob] {
+            add_user(&store, u).await;
+        }
+        store.close().await;
+    }
+    let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22")]
+        .into_iter()
+        .map(|(id, ip)| Node::new(id, ip, &prefix))
+        .collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let b_full = format!("{b_bare}/same");
+    // alice on n2; bob's "same" first on n2, then again on n1.
+    let mut a = Client::login(nodes[1].c2s, &alice, "pw", Some("a1")).await;
+    let mut old = Client::login(nodes[1].c2s, &bob, "pw", Some("same")).await;
+    until_routable(&mut a, &mut old, &b_bare).await;
+    let mut new = Client::login(nodes[0].c2s, &bob, "pw", Some("same")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let condition = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = tokio::time::timeout(left, old.next_element())
+            .await
+            .expect("the old session was never replaced");
+        if e.name() == "error" {
+            break e.children().next().map(|c| c.name().to_string());
+        }
+    };
+    assert_eq!(condition.as_deref(), Some("conflict"));
+    // From n2, where the old session was: the full JID is on n1 now.
+    until_routable(&mut a, &mut new, &b_bare).await;
+    a.send_str(&format!(
+        "<message to='{b_full}' type='chat' id='s1'><body>to the new one</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut new,
+        Duration::from_secs(5),
+        "chat to the new session",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("to the new one"),
+    )
+    .await;
+}
+
+/// `waxwing check-config` refuses a cluster on SQLite: every node must see
+/// the same accounts and messages, which one node's file cannot give.
+#[test]
+fn check_config_refuses_a_cluster_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waxwing.toml");
+    let write = |database: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[host]]\ndomain = \"{DOMAIN}\"\n[database]\nurl = \"{database}\"\n\
+                 [cluster]\nnode_id = \"n1\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_waxwing"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    write("sqlite://waxwing.db");
+    let out = check();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("[cluster] needs a PostgreSQL"), "{text}");
+    write("postgres://postgres@127.0.0.1/none");
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
