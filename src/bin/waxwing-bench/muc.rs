@@ -116,6 +116,11 @@ struct MucArgs {
     /// CPU per delivery as a server spends producing it).
     #[arg(long)]
     parse_every_delivery: bool,
+    /// Phase 3 again at these delivery rates (per second, comma-separated),
+    /// after the run at half the saturation rate: latency at a load named
+    /// in advance rather than relative to what the machine saturates at.
+    #[arg(long, value_delimiter = ',')]
+    paced: Vec<f64>,
 }
 
 /// Entry point for `waxwing-bench muc …`.
@@ -796,6 +801,11 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         if half > 0.0 {
             let paced = chat_run(&b, &plan, Some(half), "half_saturation").await;
             rep(&report).raw("half_saturation", paced.1);
+        }
+        for &rate in &args.paced {
+            let label = format!("paced_{rate:.0}");
+            let paced = chat_run(&b, &plan, Some(rate), &label).await;
+            rep(&report).raw(&label, paced.1);
         }
     }
 
