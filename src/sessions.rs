@@ -681,6 +681,15 @@ impl SessionRegistry {
             .is_some_and(|l| l.iter().any(|r| r.resource == jid.resource().as_str()))
     }
 
+    /// Has `bare` a resource that sent available presence? (What
+    /// [`available_resources`](Self::available_resources) answers when not
+    /// empty, without building the list.)
+    pub fn has_available(&self, bare: &BareJid) -> bool {
+        self.read()
+            .get(bare.as_str())
+            .is_some_and(|l| l.iter().any(|r| r.presence.is_some()))
+    }
+
     /// Full JIDs of the available resources of `bare`, with their priority.
     pub fn available_resources(&self, bare: &BareJid) -> Vec<(FullJid, i8)> {
         let mut out: Vec<(FullJid, i8)> = self

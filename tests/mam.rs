@@ -775,7 +775,8 @@ async fn cleanup(ts: TestServer) {
                 outgoing: false,
                 payload: format!(
                     "<message xmlns='jabber:client' type='chat'><body>{i}</body></message>"
-                ),
+                )
+                .into(),
             }
         })
         .collect();

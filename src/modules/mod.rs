@@ -143,11 +143,14 @@ pub async fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
 /// private XML): each element carries its own `xmlns`, so the text reads
 /// back the same wherever it is parsed.
 pub fn xml_for_storage<'a>(elements: impl IntoIterator<Item = &'a Element>) -> String {
-    let mut out = Vec::new();
+    // Most stanzas fit: no growing the buffer step by step.
+    let mut out = Vec::with_capacity(512);
     for e in elements {
         e.write_to(&mut out, "");
     }
-    String::from_utf8_lossy(&out).into_owned()
+    // The writer writes UTF-8 (an element's text is Rust strings): taken
+    // as it is, not copied.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Parses what [`xml_for_storage`] wrote. `max_depth` is the stanza depth

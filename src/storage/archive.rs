@@ -14,13 +14,16 @@
 //! cache whenever another connection wrote since its last use).
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{
     ConnectOptions, Connection, PgConnection, Postgres, QueryBuilder, Sqlite, SqliteConnection,
 };
 
-use super::{StorageError, Store};
+use super::archive_sqlite::SqliteArchiveConn;
+use super::{StorageError, Store, SQLITE_BUSY_TIMEOUT};
 
 /// Whose archive a row belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,7 +54,9 @@ pub struct ArchiveRow {
     pub peer: String,
     pub resource: String,
     pub outgoing: bool,
-    pub payload: String,
+    /// The stanza serialized; shared by the rows of one message (the
+    /// sender's and the recipient's hold the same stanza).
+    pub payload: Arc<str>,
 }
 
 /// An archived stanza as a query returns it.
@@ -175,13 +180,13 @@ macro_rules! bind_all {
 
 /// The owners of a batch, each once with how many rows it adds, and for
 /// each row the index of its owner in that list.
-struct Owners<'a> {
-    list: Vec<(&'a ArchiveOwner, i64)>,
-    of_row: Vec<usize>,
+pub(super) struct Owners<'a> {
+    pub(super) list: Vec<(&'a ArchiveOwner, i64)>,
+    pub(super) of_row: Vec<usize>,
 }
 
 impl<'a> Owners<'a> {
-    fn of(rows: &'a [ArchiveRow]) -> Owners<'a> {
+    pub(super) fn of(rows: &'a [ArchiveRow]) -> Owners<'a> {
         let mut index: HashMap<&ArchiveOwner, usize> = HashMap::new();
         let mut list: Vec<(&ArchiveOwner, i64)> = Vec::new();
         let mut of_row = Vec::with_capacity(rows.len());
@@ -274,7 +279,7 @@ async fn insert_sqlite(
                 .push_bind(&r.peer)
                 .push_bind(&r.resource)
                 .push_bind(r.outgoing)
-                .push_bind(&r.payload);
+                .push_bind(&*r.payload);
         });
         qb.build().execute(&mut *tx).await?;
     }
@@ -329,7 +334,7 @@ async fn insert_postgres(conn: &mut PgConnection, rows: &[ArchiveRow]) -> Result
         .bind(rows.iter().map(|r| r.peer.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.resource.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.outgoing).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &*r.payload).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -339,23 +344,50 @@ async fn insert_postgres(conn: &mut PgConnection, rows: &[ArchiveRow]) -> Result
 /// A connection of the archive writer's own (see the module's comment).
 #[derive(Debug)]
 pub enum ArchiveConn {
-    Sqlite(SqliteConnection),
+    /// On SQLite, driven through the C API (`archive_sqlite`); None while
+    /// a batch runs on a blocking thread, or after that thread panicked.
+    Sqlite(Option<Box<SqliteArchiveConn>>),
+    /// A pooled store opened in memory: the writer's own file cannot be
+    /// opened beside it, so sqlx's own connection.
+    SqliteSqlx(SqliteConnection),
     Postgres(PgConnection),
 }
 
 impl ArchiveConn {
-    /// Inserts rows in one transaction (the archive writer's batch).
-    pub async fn insert(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+    /// Inserts `rows[range]` in one transaction (the archive writer's
+    /// batch, shared so that it can move to a blocking thread and back).
+    pub async fn insert(
+        &mut self,
+        rows: &Arc<Vec<ArchiveRow>>,
+        range: Range<usize>,
+    ) -> Result<(), StorageError> {
         match self {
-            ArchiveConn::Sqlite(c) => insert_sqlite(c, rows).await,
-            ArchiveConn::Postgres(c) => insert_postgres(c, rows).await,
+            ArchiveConn::Sqlite(slot) => {
+                let mut conn = slot
+                    .take()
+                    .ok_or_else(|| StorageError::Invalid("archive connection lost".into()))?;
+                let rows = Arc::clone(rows);
+                // SQLite blocks: off the async workers, one hand-over a batch.
+                let (conn, r) = tokio::task::spawn_blocking(move || {
+                    let r = conn.insert(&rows[range]);
+                    (conn, r)
+                })
+                .await
+                .map_err(|e| StorageError::Invalid(format!("archive writer thread: {e}")))?;
+                *slot = Some(conn);
+                r
+            }
+            ArchiveConn::SqliteSqlx(c) => insert_sqlite(c, &rows[range]).await,
+            ArchiveConn::Postgres(c) => insert_postgres(c, &rows[range]).await,
         }
     }
 
     /// Closes the connection (errors are of no use at this point).
     pub async fn close(self) {
         let _ = match self {
-            ArchiveConn::Sqlite(c) => c.close().await,
+            // Dropping it finalizes the statements and closes the handle.
+            ArchiveConn::Sqlite(_) => Ok(()),
+            ArchiveConn::SqliteSqlx(c) => c.close().await,
             ArchiveConn::Postgres(c) => c.close().await,
         };
     }
@@ -369,14 +401,38 @@ enum Pooled {
 
 impl Store {
     /// Opens a connection for the archive writer, outside the pool, with
-    /// the pool's options; on SQLite with a page cache of `cache_kib`.
-    pub async fn archive_conn(&self, cache_kib: u64) -> Result<ArchiveConn, StorageError> {
+    /// the pool's options; on SQLite with a page cache of `cache_kib` and
+    /// `synchronous` FULL or NORMAL as the pool's.
+    pub async fn archive_conn(
+        &self,
+        cache_kib: u64,
+        synchronous_full: bool,
+    ) -> Result<ArchiveConn, StorageError> {
         Ok(match self {
             Store::Sqlite(pool) => {
-                let opts = (*pool.connect_options())
-                    .clone()
-                    .pragma("cache_size", format!("-{}", cache_kib.max(1)));
-                ArchiveConn::Sqlite(opts.connect().await?)
+                let opts = pool.connect_options();
+                let path = opts.get_filename().to_path_buf();
+                // An in-memory database (`sqlite::memory:`, tests) exists in
+                // this process's pool only: no file to open beside it.
+                let in_memory =
+                    path.as_os_str() == ":memory:" || path.to_string_lossy().starts_with("file:");
+                if in_memory {
+                    let opts = (*opts)
+                        .clone()
+                        .pragma("cache_size", format!("-{}", cache_kib.max(1)));
+                    ArchiveConn::SqliteSqlx(opts.connect().await?)
+                } else {
+                    let conn = tokio::task::spawn_blocking(move || {
+                        let busy_ms = SQLITE_BUSY_TIMEOUT
+                            .as_millis()
+                            .try_into()
+                            .unwrap_or(u32::MAX);
+                        SqliteArchiveConn::open(&path, synchronous_full, cache_kib, busy_ms)
+                    })
+                    .await
+                    .map_err(|e| StorageError::Invalid(format!("archive writer thread: {e}")))??;
+                    ArchiveConn::Sqlite(Some(Box::new(conn)))
+                }
             }
             Store::Postgres(pool) => ArchiveConn::Postgres(pool.connect_options().connect().await?),
         })

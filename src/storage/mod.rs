@@ -19,6 +19,7 @@ macro_rules! on_pool {
 mod accounts;
 mod administration;
 mod archive;
+mod archive_sqlite;
 mod clients;
 mod import;
 mod invites;
@@ -66,6 +67,9 @@ pub enum StorageError {
     Invalid(String),
 }
 
+/// How long a SQLite connection waits for another one's write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -105,7 +109,7 @@ impl Store {
                 } else {
                     SqliteSynchronous::Normal
                 })
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
             if let Some(dir) = opts.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(|e| {

@@ -104,7 +104,7 @@ async fn seed(store: &Store, args: &Args) -> Result<Duration, String> {
             peer,
             resource: "phone".into(),
             outgoing: false,
-            payload,
+            payload: payload.into(),
         });
         if batch.len() == batch.capacity() {
             store

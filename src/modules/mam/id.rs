@@ -35,12 +35,15 @@ impl IdSource {
                 Err(p) => prev = p,
             }
         };
-        let mut id = time_prefix(ts);
-        let mut rng = rand::thread_rng();
-        for _ in 0..RANDOM_CHARS {
-            id.push(ALPHABET[rng.gen_range(0..32)] as char);
+        // One draw gives the 40 random bits, 5 to a character.
+        let mut bits: u64 = rand::thread_rng().gen();
+        let mut out = [0u8; TIME_CHARS + RANDOM_CHARS];
+        write_time(ts, &mut out[..TIME_CHARS]);
+        for slot in &mut out[TIME_CHARS..] {
+            *slot = ALPHABET[(bits & 31) as usize];
+            bits >>= 5;
         }
-        (id, ts)
+        (ascii(&out), ts)
     }
 }
 
@@ -55,13 +58,23 @@ pub fn now_micros() -> i64 {
 /// The prefix every id of time `ts` starts with; also the smallest id of
 /// that time, so `id >= time_prefix(t)` is "at or after t".
 pub fn time_prefix(ts: i64) -> String {
-    let mut v = ts.clamp(0, (1 << (5 * TIME_CHARS)) - 1) as u64;
     let mut out = [b'0'; TIME_CHARS];
+    write_time(ts, &mut out);
+    ascii(&out)
+}
+
+/// Writes the `TIME_CHARS` characters of time `ts` into `out`.
+fn write_time(ts: i64, out: &mut [u8]) {
+    let mut v = ts.clamp(0, (1 << (5 * TIME_CHARS)) - 1) as u64;
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(v & 31) as usize];
         v >>= 5;
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Characters of `ALPHABET` as a string.
+fn ascii(chars: &[u8]) -> String {
+    chars.iter().map(|&c| c as char).collect()
 }
 
 /// Is `id` shaped like one of ours? (Anything else cannot be in the

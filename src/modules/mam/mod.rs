@@ -187,6 +187,13 @@ impl Mam {
     ) {
         let from = origin.sender();
         let peer = from.to_bare();
+        // Both rows hold the same stanza: serialized once, shared.
+        let mut shared: Option<Arc<str>> = None;
+        let mut payload = || {
+            shared
+                .get_or_insert_with(|| crate::modules::xml_for_storage([&*stanza]).into())
+                .clone()
+        };
         let mut rows = Vec::with_capacity(2);
         let mut stamp = None;
         if self.account_exists(server, to).await && self.keeps(server, to, peer.as_str()).await {
@@ -201,13 +208,14 @@ impl Mam {
                     .map(|r| r.as_str().to_string())
                     .unwrap_or_default(),
                 outgoing: false,
-                payload: crate::modules::xml_for_storage([&*stanza]),
+                payload: payload(),
             });
             stamp = Some(id);
         }
-        // A message to oneself is one message, archived once.
-        if let Some(sender) = origin.session().filter(|s| s.to_bare() != *to) {
-            let user = sender.to_bare();
+        // A message to oneself is one message, archived once. A session
+        // origin is the sender: its bare JID is `peer`.
+        let user = origin.session().map(|_| peer.clone());
+        if let Some(user) = user.filter(|u| u != to) {
             if self.keeps(server, &user, to.as_str()).await {
                 let (id, ts) = self.ids.next();
                 rows.push(ArchiveRow {
@@ -221,7 +229,7 @@ impl Mam {
                         .and_then(|t| t.resource().map(|r| r.as_str().to_string()))
                         .unwrap_or_default(),
                     outgoing: true,
-                    payload: crate::modules::xml_for_storage([&*stanza]),
+                    payload: payload(),
                 });
             }
         }
@@ -236,7 +244,7 @@ impl Mam {
     /// Nothing is kept for an account that does not exist (a remote
     /// server naming users at random); one with a session exists.
     async fn account_exists(&self, server: &Server, user: &BareJid) -> bool {
-        if !server.sessions.available_resources(user).is_empty() {
+        if server.sessions.has_available(user) {
             return true;
         }
         let (d, u) = (
@@ -267,7 +275,7 @@ impl Mam {
                 .map(|r| r.as_str().to_string())
                 .unwrap_or_default(),
             outgoing: true,
-            payload: crate::modules::xml_for_storage([&copy]),
+            payload: crate::modules::xml_for_storage([&copy]).into(),
         };
         self.write(server, vec![row]).await;
     }

@@ -22,6 +22,7 @@
 //! cache on SQLite), opened at start and again after a failure; without
 //! one it uses the pool.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
@@ -64,11 +65,13 @@ impl Writer {
         let store = server.store.clone();
         let batch = config.batch.max(1);
         let cache_kib = config.writer_cache_kib;
+        let synchronous_full = server.config().database.sqlite_synchronous == "full";
         let shutdown = server.shutdown.clone();
         server.background.spawn(run(
             Db {
                 store: store.clone(),
                 cache_kib,
+                synchronous_full,
                 conn: None,
                 timers: server.metrics.storage.clone(),
             },
@@ -123,22 +126,34 @@ fn log_failure(e: &StorageError, rows: usize) {
 struct Db {
     store: Store,
     cache_kib: u64,
+    synchronous_full: bool,
     conn: Option<ArchiveConn>,
     /// Each batch's commit time goes to the metrics.
     timers: StorageTimers,
 }
 
 impl Db {
-    async fn insert(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+    async fn insert(
+        &mut self,
+        rows: &Arc<Vec<ArchiveRow>>,
+        range: Range<usize>,
+    ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
-        let r = self.insert_untimed(rows).await;
+        let r = self.insert_untimed(rows, range).await;
         (self.timers).observe(StorageOp::ArchiveInsert, started.elapsed());
         r
     }
 
-    async fn insert_untimed(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+    async fn insert_untimed(
+        &mut self,
+        rows: &Arc<Vec<ArchiveRow>>,
+        range: Range<usize>,
+    ) -> Result<(), StorageError> {
         if self.conn.is_none() {
-            match self.store.archive_conn(self.cache_kib).await {
+            match (self.store)
+                .archive_conn(self.cache_kib, self.synchronous_full)
+                .await
+            {
                 Ok(c) => self.conn = Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "archive writer: own connection; using the pool")
@@ -146,12 +161,14 @@ impl Db {
             }
         }
         let Some(conn) = &mut self.conn else {
-            return self.store.archive_insert(rows).await;
+            return self.store.archive_insert(&rows[range]).await;
         };
-        let r = conn.insert(rows).await;
+        let r = conn.insert(rows, range).await;
         if r.is_err() {
             // Whatever broke, the next batch starts on a new connection.
-            self.conn = None;
+            if let Some(c) = self.conn.take() {
+                c.close().await;
+            }
         }
         r
     }
@@ -213,18 +230,18 @@ async fn commit(db: &mut Db, jobs: Vec<Job>) {
         sizes.push(j.rows.len());
         rows.extend(j.rows);
     }
-    match db.insert(&rows).await {
+    let rows = Arc::new(rows);
+    match db.insert(&rows, 0..rows.len()).await {
         Ok(()) => {}
         Err(e) if sizes.len() > 1 => {
             // One bad row must not cost the others: each message on its own.
             tracing::warn!(error = %e, "archive batch failed; writing its messages one by one");
             let mut at = 0;
             for n in sizes {
-                let one = &rows[at..at + n];
-                at += n;
-                if let Err(e) = db.insert(one).await {
+                if let Err(e) = db.insert(&rows, at..at + n).await {
                     log_failure(&e, n);
                 }
+                at += n;
             }
         }
         Err(e) => log_failure(&e, rows.len()),

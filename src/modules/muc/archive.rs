@@ -116,7 +116,7 @@ pub fn row(room: &BareJid, nick: &str, id: String, ts: i64, stanza: &Element) ->
         peer: room.as_str().to_string(),
         resource: nick.to_string(),
         outgoing: false,
-        payload: crate::modules::xml_for_storage([stanza]),
+        payload: crate::modules::xml_for_storage([stanza]).into(),
     }
 }
 

@@ -1,0 +1,307 @@
+//! The archive writer's own SQLite connection, driven through SQLite's C
+//! API (the same bundled library sqlx links).
+//!
+//! Why not sqlx here: measured under callgrind (BENCHMARKS.md, "Archive
+//! writes without sqlx"), sqlx spent more instructions per archived row
+//! than SQLite did — the SQL text of every multi-row statement built and
+//! hashed again each batch, every text value copied twice before SQLite
+//! copied it a third time, and a hop to sqlx's worker thread per
+//! statement. This connection prepares its statements once, binds the
+//! rows' strings where they lie (`SQLITE_STATIC`: SQLite reads them during
+//! the step, before the borrow ends), and runs one prepared statement per
+//! row and per owner inside one transaction per batch. The caller runs a
+//! batch on a blocking thread (one hand-over per batch, not per statement).
+//!
+//! Only the writer's batches go through here; every other archive
+//! statement stays on sqlx.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::Path;
+use std::ptr;
+
+use libsqlite3_sys as ffi;
+
+use super::archive::Owners;
+use super::{ArchiveRow, StorageError};
+
+/// Adds an owner's rows to its count, creating the owner, and gives its id.
+const OWNER_UPSERT: &str = "INSERT INTO archive_owners (kind, domain, username, n) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (kind, domain, username) \
+     DO UPDATE SET n = archive_owners.n + excluded.n RETURNING owner_id";
+
+/// Rows per insert statement, largest first: a batch is cut into
+/// statements of these sizes, each prepared once. A statement costs SQLite
+/// a fixed share (opening and closing a cursor per index, a statement
+/// journal) that many rows per statement spread; 32 rows × 7 values stays
+/// far below SQLite's parameter limit.
+const ROW_CHUNKS: [usize; 3] = [32, 8, 1];
+
+/// Values per archive row.
+const ROW_VALUES: usize = 7;
+
+/// The insert of `n` archive rows.
+fn row_insert(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO archive (owner_id, id, ts, peer, resource, outgoing, payload) VALUES ",
+    );
+    for i in 0..n {
+        sql.push_str(if i == 0 {
+            "(?,?,?,?,?,?,?)"
+        } else {
+            ",(?,?,?,?,?,?,?)"
+        });
+    }
+    sql
+}
+
+/// One prepared statement, finalized on drop.
+struct Stmt(*mut ffi::sqlite3_stmt);
+
+impl Drop for Stmt {
+    fn drop(&mut self) {
+        // SAFETY: prepared on this connection, finalized once; a null
+        // pointer is a no-op for sqlite3_finalize.
+        unsafe { ffi::sqlite3_finalize(self.0) };
+    }
+}
+
+/// An open connection and its prepared statements.
+pub struct SqliteArchiveConn {
+    // Declared before `db`: statements are finalized before the close.
+    begin: Stmt,
+    commit: Stmt,
+    rollback: Stmt,
+    owner: Stmt,
+    /// One insert per size of `ROW_CHUNKS`, in that order.
+    rows: Vec<Stmt>,
+    db: Db,
+}
+
+/// The connection handle, closed on drop (after the statements).
+struct Db(*mut ffi::sqlite3);
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // SAFETY: opened by sqlite3_open_v2 (even a failed open returns a
+        // handle to close), after every statement was finalized (`Stmt`
+        // fields drop first); sqlite3_close accepts null.
+        unsafe { ffi::sqlite3_close(self.0) };
+    }
+}
+
+// SAFETY: the bundled SQLite is built thread-safe (SQLITE_THREADSAFE=1),
+// and this value is used by one thread at a time (it is moved to the
+// blocking thread that runs a batch and back, never shared), which is
+// what SQLITE_OPEN_NOMUTEX requires.
+unsafe impl Send for SqliteArchiveConn {}
+
+impl std::fmt::Debug for SqliteArchiveConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteArchiveConn")
+    }
+}
+
+/// The connection's last error as a storage error.
+fn error(db: *mut ffi::sqlite3, rc: c_int, doing: &str) -> StorageError {
+    // SAFETY: sqlite3_errmsg returns a NUL-terminated string owned by the
+    // connection, valid until the next call on it; copied at once.
+    let msg = unsafe {
+        let p = ffi::sqlite3_errmsg(db);
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    StorageError::Invalid(format!("sqlite archive writer, {doing}: {msg} (code {rc})"))
+}
+
+impl SqliteArchiveConn {
+    /// Opens the database file at `path` (created and migrated already by
+    /// the pool) with `synchronous` FULL or NORMAL and `cache_kib` of page
+    /// cache, waiting up to `busy_ms` for another writer's lock.
+    pub fn open(
+        path: &Path,
+        synchronous_full: bool,
+        cache_kib: u64,
+        busy_ms: u32,
+    ) -> Result<SqliteArchiveConn, StorageError> {
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| StorageError::Invalid("database path holds a NUL byte".into()))?;
+        let mut handle = ptr::null_mut();
+        // SAFETY: a valid C string and an out-pointer; the handle is owned
+        // by `Db` from here on, whatever the result.
+        let rc = unsafe {
+            ffi::sqlite3_open_v2(
+                c_path.as_ptr(),
+                &mut handle,
+                ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
+                ptr::null(),
+            )
+        };
+        let db = Db(handle);
+        if rc != ffi::SQLITE_OK {
+            return Err(error(db.0, rc, "open"));
+        }
+        // SAFETY: an open handle.
+        unsafe { ffi::sqlite3_busy_timeout(db.0, busy_ms.min(i32::MAX as u32) as c_int) };
+        let sync = if synchronous_full { "FULL" } else { "NORMAL" };
+        exec(
+            db.0,
+            &format!(
+                "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{};",
+                cache_kib.max(1)
+            ),
+        )?;
+        Ok(SqliteArchiveConn {
+            begin: prepare(db.0, "BEGIN IMMEDIATE")?,
+            commit: prepare(db.0, "COMMIT")?,
+            rollback: prepare(db.0, "ROLLBACK")?,
+            owner: prepare(db.0, OWNER_UPSERT)?,
+            rows: ROW_CHUNKS
+                .iter()
+                .map(|&n| prepare(db.0, &row_insert(n)))
+                .collect::<Result<_, _>>()?,
+            db,
+        })
+    }
+
+    /// Inserts `rows` and adds them to their owners' counts, in one
+    /// transaction: all or nothing.
+    pub fn insert(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let owners = Owners::of(rows);
+        self.done(&self.begin, "begin")?;
+        let written = self.write(rows, &owners);
+        let r = written.and_then(|()| self.done(&self.commit, "commit"));
+        if r.is_err() {
+            // Nothing of the batch stays; the connection is ready for the next.
+            // SAFETY: an open handle.
+            if unsafe { ffi::sqlite3_get_autocommit(self.db.0) } == 0 {
+                let _ = self.done(&self.rollback, "rollback");
+            }
+        }
+        r
+    }
+
+    fn write(&self, rows: &[ArchiveRow], owners: &Owners<'_>) -> Result<(), StorageError> {
+        let db = self.db.0;
+        let mut ids = Vec::with_capacity(owners.list.len());
+        let s = self.owner.0;
+        for (owner, added) in &owners.list {
+            // SAFETY: a statement of this connection; the bound strings
+            // outlive the step and the reset that follows it.
+            let id = unsafe {
+                let mut rc = ffi::sqlite3_bind_int(s, 1, owner.kind as c_int);
+                rc |= bind_text(s, 2, &owner.domain);
+                rc |= bind_text(s, 3, &owner.username);
+                rc |= ffi::sqlite3_bind_int64(s, 4, *added);
+                if rc != ffi::SQLITE_OK {
+                    ffi::sqlite3_reset(s);
+                    return Err(error(db, rc, "bind owner"));
+                }
+                let rc = ffi::sqlite3_step(s);
+                let id = (rc == ffi::SQLITE_ROW).then(|| ffi::sqlite3_column_int64(s, 0));
+                let reset = ffi::sqlite3_reset(s);
+                match id {
+                    Some(id) if reset == ffi::SQLITE_OK => id,
+                    _ => return Err(error(db, rc, "owner")),
+                }
+            };
+            ids.push(id);
+        }
+        let mut at = 0;
+        while at < rows.len() {
+            let left = rows.len() - at;
+            let Some(k) = ROW_CHUNKS.iter().position(|&c| c <= left) else {
+                break;
+            };
+            let stmt = &self.rows[k];
+            let s = stmt.0;
+            for (j, (r, &i)) in rows[at..at + ROW_CHUNKS[k]]
+                .iter()
+                .zip(&owners.of_row[at..])
+                .enumerate()
+            {
+                let b = (j * ROW_VALUES) as c_int;
+                // SAFETY: as above.
+                unsafe {
+                    let mut rc = ffi::sqlite3_bind_int64(s, b + 1, ids[i]);
+                    rc |= bind_text(s, b + 2, &r.id);
+                    rc |= ffi::sqlite3_bind_int64(s, b + 3, r.ts);
+                    rc |= bind_text(s, b + 4, &r.peer);
+                    rc |= bind_text(s, b + 5, &r.resource);
+                    rc |= ffi::sqlite3_bind_int(s, b + 6, c_int::from(r.outgoing));
+                    rc |= bind_text(s, b + 7, &r.payload);
+                    if rc != ffi::SQLITE_OK {
+                        ffi::sqlite3_reset(s);
+                        return Err(error(db, rc, "bind row"));
+                    }
+                }
+            }
+            self.done(stmt, "rows")?;
+            at += ROW_CHUNKS[k];
+        }
+        Ok(())
+    }
+
+    /// Runs a statement that returns no row, and resets it.
+    fn done(&self, stmt: &Stmt, doing: &str) -> Result<(), StorageError> {
+        // SAFETY: a statement of this connection, with its values bound.
+        let (rc, reset) = unsafe {
+            let rc = ffi::sqlite3_step(stmt.0);
+            (rc, ffi::sqlite3_reset(stmt.0))
+        };
+        if rc == ffi::SQLITE_DONE && reset == ffi::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(error(self.db.0, rc, doing))
+        }
+    }
+}
+
+/// Binds `s` without a copy: SQLite reads it during the next step only,
+/// and every caller resets the statement before the borrow ends.
+unsafe fn bind_text(stmt: *mut ffi::sqlite3_stmt, i: c_int, s: &str) -> c_int {
+    ffi::sqlite3_bind_text64(
+        stmt,
+        i,
+        s.as_ptr() as *const c_char,
+        s.len() as u64,
+        ffi::SQLITE_STATIC(),
+        ffi::SQLITE_UTF8 as u8,
+    )
+}
+
+fn prepare(db: *mut ffi::sqlite3, sql: &str) -> Result<Stmt, StorageError> {
+    let mut stmt = ptr::null_mut();
+    // SAFETY: an open handle and a buffer of the given length; the
+    // statement is owned by `Stmt` from here on.
+    let rc = unsafe {
+        ffi::sqlite3_prepare_v3(
+            db,
+            sql.as_ptr() as *const c_char,
+            sql.len() as c_int,
+            ffi::SQLITE_PREPARE_PERSISTENT,
+            &mut stmt,
+            ptr::null_mut(),
+        )
+    };
+    let stmt = Stmt(stmt);
+    if rc != ffi::SQLITE_OK || stmt.0.is_null() {
+        return Err(error(db, rc, "prepare"));
+    }
+    Ok(stmt)
+}
+
+fn exec(db: *mut ffi::sqlite3, sql: &str) -> Result<(), StorageError> {
+    let c = CString::new(sql).map_err(|_| StorageError::Invalid("NUL in SQL".into()))?;
+    // SAFETY: an open handle and a C string; no callback.
+    let rc = unsafe { ffi::sqlite3_exec(db, c.as_ptr(), None, ptr::null_mut(), ptr::null_mut()) };
+    if rc != ffi::SQLITE_OK {
+        return Err(error(db, rc, "set up"));
+    }
+    Ok(())
+}
