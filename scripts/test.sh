@@ -181,6 +181,9 @@ cargo fmt --all --check || fail "cargo fmt"
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings || fail "cargo clippy"
 
+step "cargo clippy --features jemalloc --bin waxwing (the opt-in allocator still builds)"
+cargo clippy --quiet --features jemalloc --bin waxwing -- -D warnings || fail "cargo clippy --features jemalloc"
+
 step "cargo build --bins"
 built=1
 cargo build --quiet --bins || { fail "cargo build"; built=0; }

@@ -275,7 +275,8 @@ mod tests {
     #[test]
     fn the_bytes_come_back_in_order_and_the_buffer_is_reused() {
         let mut sm = StreamManagement::new("x".into(), true, 60);
-        let mk = |i: usize| OutStanza::stored(bytes::Bytes::from(format!("<m n='{i}'/>")), i as i64);
+        let mk =
+            |i: usize| OutStanza::stored(bytes::Bytes::from(format!("<m n='{i}'/>")), i as i64);
         for i in 0..10 {
             sm.sent_one(&mk(i));
         }
@@ -284,7 +285,10 @@ mod tests {
             .unacked()
             .map(|b| String::from_utf8(b.to_vec()).unwrap())
             .collect();
-        assert_eq!(left, (4..10).map(|i| format!("<m n='{i}'/>")).collect::<Vec<_>>());
+        assert_eq!(
+            left,
+            (4..10).map(|i| format!("<m n='{i}'/>")).collect::<Vec<_>>()
+        );
         let again = sm.unacked_stanzas();
         assert_eq!(again[0].stored_id(), Some(4));
         assert_eq!(again[0].bytes().as_ref(), b"<m n='4'/>");
