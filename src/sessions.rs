@@ -590,18 +590,7 @@ impl SessionRegistry {
 
     /// The last presence of each available resource of `bare`.
     pub fn presences(&self, bare: &BareJid) -> Vec<(FullJid, Element)> {
-        let mut out: Vec<(FullJid, Element)> = self
-            .read()
-            .get(bare.as_str())
-            .map(|l| {
-                l.iter()
-                    .filter_map(|r| {
-                        let p = r.presence.clone()?;
-                        Some((bare.with_resource_str(&r.resource).ok()?, p))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut out = self.local_presences(bare);
         if let Some(remote) = self.remote() {
             remote.for_each(bare.as_str(), &mut |resource, state| {
                 if let (Some(p), Ok(full)) = (&state.presence, bare.with_resource_str(resource)) {
