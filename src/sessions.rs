@@ -177,6 +177,17 @@ struct BoundResource {
     extensions: SessionExtensions,
 }
 
+impl BoundResource {
+    /// Its routing state as other nodes see it.
+    fn state(&self) -> ResourceState {
+        ResourceState {
+            presence: self.presence.clone(),
+            priority: self.priority,
+            interested: self.interested,
+        }
+    }
+}
+
 /// A session's extension data, shared by its connection's task and the
 /// features acting on it from other tasks. Lock it briefly, never across
 /// an await.
@@ -235,9 +246,10 @@ pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
     /// left). Called under the registry's lock, so changes to one JID are
     /// reported in order; it must not block.
     fn local_changed(&self, jid: &FullJid, state: Option<&ResourceState>, last_local: bool);
-    /// A new local session took `jid` (bind): one of it on another node
-    /// is replaced.
-    fn bound_here(&self, jid: &FullJid);
+    /// A new local session took `jid` (bind), in `state`: reported like
+    /// `local_changed`, and a claim of the full JID across nodes (one of
+    /// it on another node is replaced: newest wins).
+    fn bound_here(&self, jid: &FullJid, state: &ResourceState);
     /// Calls `f` with each remote resource of `bare` and its state.
     fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState));
     /// Queues `stanza` for a remote full JID; None when no node holds it.
@@ -291,12 +303,7 @@ impl SessionRegistry {
     /// Reports a local session's state to the cluster, if any.
     fn report(&self, jid: &FullJid, r: &BoundResource) {
         if let Some(remote) = self.remote() {
-            let state = ResourceState {
-                presence: r.presence.clone(),
-                priority: r.priority,
-                interested: r.interested,
-            };
-            remote.local_changed(jid, Some(&state), false);
+            remote.local_changed(jid, Some(&r.state()), false);
         }
     }
 
@@ -354,11 +361,8 @@ impl SessionRegistry {
                 bound_at: std::time::Instant::now(),
                 extensions: SessionExtensions::default(),
             });
-            if let Some(r) = list.last() {
-                self.report(jid, r);
-            }
-            if let Some(remote) = self.remote() {
-                remote.bound_here(jid);
+            if let (Some(r), Some(remote)) = (list.last(), self.remote()) {
+                remote.bound_here(jid, &r.state());
             }
             old
         };

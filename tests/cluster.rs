@@ -46,6 +46,10 @@ impl Node {
     }
 
     fn with_redis(id: &str, ip: &str, prefix: &str, redis: &str) -> Node {
+        Node::with_ttl(id, ip, prefix, redis, TTL_MS)
+    }
+
+    fn with_ttl(id: &str, ip: &str, prefix: &str, redis: &str, ttl_ms: u64) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let c2s: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
         let tls: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
@@ -62,7 +66,7 @@ impl Node {
                  [http]\nlisten = []\nlisten_tls = []\n\
                  [admin]\nsocket = {}\n\
                  [cluster]\nnode_id = \"{id}\"\nredis = {}\nkey_prefix = \"{prefix}\"\n\
-                 liveness_ttl_ms = {TTL_MS}\n",
+                 liveness_ttl_ms = {ttl_ms}\n",
                 q(postgres_url()),
                 q(dir.path().join("certs").display().to_string()),
                 q(dir.path().join("waxwing.sock").display().to_string()),
@@ -644,9 +648,9 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// Redis restarted empty: the nodes register again, write their sessions
-/// again and reload their replicas; chat and presence across nodes work
-/// again without restarting a node.
+/// Redis restarted empty (within the liveness TTL): the nodes register
+/// again, write their sessions again and reload their replicas; chat and
+/// presence across nodes work again without restarting a node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_recover_when_redis_restarts_empty() {
     let tag = rand::random::<u32>();
@@ -662,7 +666,10 @@ async fn nodes_recover_when_redis_restarts_empty() {
     }
     let mut nodes: Vec<Node> = [("n1", "127.0.0.21"), ("n2", "127.0.0.22")]
         .into_iter()
-        .map(|(id, ip)| Node::with_redis(id, ip, &prefix, &redis_server.url()))
+        // A TTL longer than the restart takes: a node that cannot refresh
+        // for a whole TTL fences itself (closes its sessions), which the
+        // next test covers; this one is about Redis losing its data.
+        .map(|(id, ip)| Node::with_ttl(id, ip, &prefix, &redis_server.url(), 10_000))
         .collect();
     for n in &mut nodes {
         n.spawn();
@@ -921,4 +928,313 @@ fn check_config_refuses_a_cluster_on_sqlite() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Cluster keys seen from a test: the directory field of one full JID.
+fn directory_field(url: &str, prefix: &str, bare: &str, resource: &str) -> Option<String> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("HGET")
+        .arg(format!("{prefix}:sess:{bare}"))
+        .arg(resource)
+        .query(&mut conn)
+        .unwrap()
+}
+
+/// Starts `n` nodes n1, n2, … on 127.0.0.21, … and waits until all accept.
+fn start_nodes(n: usize, prefix: &str, redis: &[String], ttl_ms: u64) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            Node::with_ttl(
+                &format!("n{}", i + 1),
+                &format!("127.0.0.{}", 21 + i),
+                prefix,
+                &redis[i],
+                ttl_ms,
+            )
+        })
+        .collect();
+    for node in &mut nodes {
+        node.spawn();
+    }
+    for node in &mut nodes {
+        node.wait_ready();
+    }
+    nodes
+}
+
+async fn add_users(users: &[&String]) {
+    let store = Store::open(&postgres_url(), 2).await.expect("PostgreSQL");
+    for u in users {
+        add_user(&store, u).await;
+    }
+    store.close().await;
+}
+
+/// A stanza for a node that is no longer alive is not appended to its
+/// inbox (which may have been drained already: it would never be read)
+/// but re-routed by the sender. The sender's replica still names node n9
+/// for bob's resource `ghost` — as right after n9 died and was reaped,
+/// before the sender heard — while n9 has no liveness key: a chat that
+/// the bare-JID rule gives the ghost (priority 10) reaches bob's real
+/// resource, re-routed, and n9's inbox is never made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stanza_for_a_node_no_longer_alive_is_rerouted_not_lost() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, bob) = (format!("da{tag}"), format!("db{tag}"));
+    add_users(&[&alice, &bob]).await;
+    let _nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let mut a = Client::login(_nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut b = Client::login(_nodes[1].c2s, &bob, "pw", Some("real")).await;
+    until_routable(&mut a, &mut b, &b_bare).await;
+
+    // The ghost, announced as n9 would have announced it.
+    let ghost = jid::FullJid::new(&format!("{b_bare}/ghost")).unwrap();
+    let state = waxwing::sessions::ResourceState {
+        presence: Some(
+            Element::new("presence", NS_CLIENT)
+                .with_child(Element::new("priority", NS_CLIENT).with_text("10")),
+        ),
+        priority: 10,
+        interested: false,
+    };
+    let event = waxwing::cluster::codec::encode_change(&waxwing::cluster::bus::Change::Bound {
+        node: "n9".into(),
+        jid: ghost,
+        state,
+        claim: false,
+    });
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}:events"))
+        .arg(event)
+        .query(&mut conn)
+        .unwrap();
+
+    // Until n1 has heard of the ghost, bare-JID chat goes to `real`
+    // directly; the first one given to the ghost comes back re-routed
+    // (stamped with a delay). Without the liveness check it would wait
+    // in n9's inbox for ever, and no re-routed chat would come.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        a.send_str(&format!(
+            "<message to='{b_bare}' type='chat' id='g{n}'><body>g{n}</body></message>"
+        ))
+        .await;
+        let m = await_stanza(
+            &mut b,
+            Duration::from_secs(5),
+            "the chat, directly or re-routed",
+            |e| e.is("message", NS_CLIENT) && body(e) == Some(format!("g{n}")),
+        )
+        .await;
+        if m.get_child("delay", "urn:xmpp:delay").is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n1 never routed to the ghost"
+        );
+    }
+    let inbox: bool = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:inbox:n9"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(!inbox, "an entry was appended to a dead node's inbox");
+}
+
+/// Two binds of one full JID racing on two nodes, before either node's
+/// replica can know of the other (Redis holds every write back meanwhile:
+/// `CLIENT PAUSE … WRITE`): the directory orders the claims, and exactly
+/// one session stays — the later claim — the other gets `conflict`,
+/// whichever node it is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_binds_of_one_full_jid_on_two_nodes_leave_one_session() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let redis_server = PrivateRedis::start();
+    let bob = format!("rb{tag}");
+    add_users(&[&bob]).await;
+    // A TTL well beyond the pause, so that no node fences itself.
+    let nodes = start_nodes(
+        2,
+        &prefix,
+        &[redis_server.url(), redis_server.url()],
+        10_000,
+    );
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let mut conn = redis::Client::open(redis_server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(5000)
+        .arg("WRITE")
+        .query(&mut conn)
+        .unwrap();
+    let (mut x, mut y) = tokio::join!(
+        Client::login(nodes[0].c2s, &bob, "pw", Some("same")),
+        Client::login(nodes[1].c2s, &bob, "pw", Some("same")),
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut conn)
+        .unwrap();
+
+    async fn ended(c: &mut Client) -> String {
+        c.expect_stream_error().await
+    }
+    let (loser, condition) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            c = ended(&mut x) => (0, c),
+            c = ended(&mut y) => (1, c),
+        }
+    })
+    .await
+    .expect("both sessions of one full JID stayed");
+    assert_eq!(condition, "conflict");
+    // The other one is alive and is the directory's.
+    let (winner, winner_node) = if loser == 0 {
+        (&mut y, "n2")
+    } else {
+        (&mut x, "n1")
+    };
+    winner.barrier().await;
+    let field = directory_field(&redis_server.url(), &prefix, &b_bare, "same")
+        .expect("the winner is in the directory");
+    assert!(field.starts_with(&format!("{winner_node}\t")), "{field:?}");
+    eprintln!("the claim on {winner_node} won");
+}
+
+/// A TCP relay to Redis that the test can cut: open connections are
+/// closed and new ones refused until it is restored (one node's link to
+/// Redis lost, the others' intact).
+struct CutRelay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CutRelay {
+    async fn start(target_port: u16) -> CutRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let relay = tokio::spawn(async move {
+                    let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                });
+                o.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        CutRelay { port, cut, open }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for relay in self.open.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Self-fencing: n1 loses Redis for longer than the TTL, so n2 reaps it
+/// (alice's contact hears she is gone, a chat to her goes offline). n1
+/// must not keep serving alice's session as if nothing happened: it ends
+/// it with `system-shutdown` within the TTL, and when its link comes back
+/// it joins again without writing that session back; alice logs in
+/// again and gets what was sent to her meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_beyond_the_ttl_fences_itself() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let redis_server = PrivateRedis::start();
+    let relay = CutRelay::start(redis_server.port).await;
+    let (alice, bob) = (format!("fa{tag}"), format!("fb{tag}"));
+    add_users(&[&alice, &bob]).await;
+    let nodes = start_nodes(2, &prefix, &[relay.url(), redis_server.url()], TTL_MS);
+    let (a_bare, b_bare) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
+    let (a_full, b_full) = (format!("{a_bare}/a1"), format!("{b_bare}/b1"));
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b1")).await;
+    until_routable(&mut a, &mut b, &b_bare).await;
+    until_routable(&mut b, &mut a, &a_bare).await;
+    subscribe_both(&mut a, &a_full, &mut b, &b_full).await;
+
+    relay.cut();
+    let cut = Instant::now();
+    let condition = tokio::time::timeout(
+        Duration::from_millis(TTL_MS + 2_000),
+        a.expect_stream_error(),
+    )
+    .await
+    .expect("n1 kept serving alice's session after losing Redis");
+    assert_eq!(condition, "system-shutdown");
+    eprintln!(
+        "n1 fenced itself {:?} after the cut (TTL {TTL_MS} ms)",
+        cut.elapsed()
+    );
+    await_stanza(
+        &mut b,
+        Duration::from_millis(TTL_MS + TTL_MS / 3 + 3_000),
+        "alice's unavailable (n1 reaped)",
+        |e| is_presence_from(e, &a_full, Some("unavailable")),
+    )
+    .await;
+    b.send_str(&format!(
+        "<message to='{a_bare}' type='chat' id='f1'><body>while fenced</body></message>"
+    ))
+    .await;
+    b.barrier().await;
+
+    relay.restore();
+    // n1 joins again; alice logs in there, is reached from n2, and gets
+    // what was kept for her.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while nodes[1]
+        .cluster_status()
+        .iter()
+        .all(|(n, alive, _)| n != "n1" || alive != "yes")
+    {
+        assert!(Instant::now() < deadline, "n1 never joined again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a2")).await;
+    let m = await_stanza(&mut a, Duration::from_secs(5), "the offline chat", |e| {
+        e.is("message", NS_CLIENT) && body(e).is_some()
+    })
+    .await;
+    assert_eq!(body(&m).as_deref(), Some("while fenced"));
+    until_routable(&mut b, &mut a, &a_bare).await;
+    // The fenced session was not written back.
+    assert_eq!(
+        directory_field(&redis_server.url(), &prefix, &a_bare, "a1"),
+        None
+    );
+    assert!(directory_field(&redis_server.url(), &prefix, &a_bare, "a2").is_some());
 }

@@ -22,6 +22,10 @@ pub enum Change {
         node: String,
         jid: FullJid,
         state: ResourceState,
+        /// A new binding (not a presence or roster change of one): it
+        /// takes the full JID from any other node (newest wins). Not
+        /// carried on the bus: only the directory write needs it.
+        claim: bool,
     },
     /// `jid` is no longer bound on `node`; `last_local` when `node` holds
     /// no other resource of its bare JID.
@@ -32,6 +36,19 @@ pub enum Change {
     },
     /// Every session of `node` is gone (it left, or died and was reaped).
     NodeDown { node: String },
+}
+
+/// What the directory did with one change (`SessionDirectory::apply`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Written (an `Unbound` or `NodeDown` is always reported so).
+    Written,
+    /// A `Bound` that took the full JID from this other node, whose
+    /// session must now be replaced.
+    Displaced(String),
+    /// A `Bound` update (not a claim) of a full JID another node has
+    /// claimed since: not written, the session here is being replaced.
+    Stale,
 }
 
 /// What an inbox entry carries for its full JID.
@@ -86,8 +103,12 @@ pub trait Membership: Send + Sync {
 
 /// Which node holds which full JID, written by the owning node only.
 pub trait SessionDirectory: Send + Sync {
-    /// Writes `Bound`/`Unbound` changes (others are ignored).
-    fn apply<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<()>>;
+    /// Writes `Bound`/`Unbound` changes (others are ignored), each
+    /// atomically: a `Bound` claim takes the full JID from whichever node
+    /// held it (reported as `Displaced`), a `Bound` update is written only
+    /// while the full JID is this node's or nobody's (else `Stale`). One
+    /// answer per change, in order.
+    fn apply<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<Vec<Applied>>>;
     /// Every session of every node, to rebuild a replica.
     fn snapshot(&self) -> BoxFuture<'_, BusResult<Vec<(String, FullJid, ResourceState)>>>;
     /// Removes and returns every session `node` held (a dead node's).
@@ -105,8 +126,15 @@ pub trait Bus: Send + Sync {
     /// connection is lost (what was announced meanwhile is lost too, so
     /// the caller rebuilds from the directory).
     fn subscribe(&self) -> BoxFuture<'_, BusResult<BoxStream<'static, Change>>>;
-    /// Appends entries to nodes' inboxes: (node, full JID, delivery).
-    fn send<'a>(&'a self, batch: &'a [(String, String, Delivery)]) -> BoxFuture<'a, BusResult<()>>;
+    /// Appends entries to nodes' inboxes: (node, full JID, delivery). Each
+    /// append is atomic with the target's liveness: an entry for a node
+    /// whose liveness key is gone (dead, reaped or leaving: its inbox may
+    /// be drained already) is not appended. One answer per entry, in
+    /// order: appended or not.
+    fn send<'a>(
+        &'a self,
+        batch: &'a [(String, String, Delivery)],
+    ) -> BoxFuture<'a, BusResult<Vec<bool>>>;
     /// Makes `node`'s inbox ready to read (what it left unread included).
     fn open_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
     /// Waits up to `block_ms` for new entries of `node`'s inbox.

@@ -50,7 +50,9 @@ pub fn value_node(value: &str) -> &str {
 /// A change as one bus message.
 pub fn encode_change(change: &Change) -> String {
     match change {
-        Change::Bound { node, jid, state } => format!("B\t{jid}\t{}", encode_state(node, state)),
+        Change::Bound {
+            node, jid, state, ..
+        } => format!("B\t{jid}\t{}", encode_state(node, state)),
         Change::Unbound {
             node,
             jid,
@@ -72,6 +74,7 @@ pub fn decode_change(text: &str) -> Option<Change> {
                 node,
                 jid: FullJid::new(jid).ok()?,
                 state,
+                claim: false,
             })
         }
         "U" => {
@@ -110,11 +113,13 @@ mod tests {
                     priority: -3,
                     interested: true,
                 },
+                claim: false,
             },
             Change::Bound {
                 node: "n2".into(),
                 jid: FullJid::new("b@x/phone").unwrap(),
                 state: ResourceState::default(),
+                claim: false,
             },
             Change::Unbound {
                 node: "n2".into(),

@@ -19,11 +19,32 @@ const BLOCK_MS: u64 = 2_000;
 pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
     let mut attempt = 0;
     loop {
+        // A fenced node may have been reaped: what others append now goes
+        // to a new inbox once it joins again, and nothing is delivered to
+        // the sessions it has closed.
+        while cluster.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            let woken = cluster.unfenced.notified();
+            if !cluster.fenced.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            tokio::select! {
+                _ = cluster.stop.cancelled() => return,
+                _ = woken => {}
+            }
+        }
         let read = tokio::select! {
             _ = cluster.stop.cancelled() => return,
             r = cluster.engine().receive(&cluster.node, BATCH, BLOCK_MS) => r,
         };
         match read {
+            Ok(entries) if cluster.fenced.load(std::sync::atomic::Ordering::Acquire) => {
+                // Read just as the node fenced itself: left unacknowledged
+                // in the stream, which the reaper re-routes.
+                tracing::debug!(
+                    entries = entries.len(),
+                    "cluster: fenced; inbox entries left"
+                );
+            }
             Ok(entries) => {
                 attempt = 0;
                 let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();

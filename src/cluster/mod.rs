@@ -73,6 +73,15 @@ pub struct Cluster {
     /// Set when a change could not be queued, or Redis lost this node's
     /// entries: the writer then writes every local session again.
     resync: AtomicBool,
+    /// Set while this node could not refresh its liveness key for longer
+    /// than the TTL (`liveness`): others may have reaped it, so it has
+    /// closed its sessions and does not read its inbox.
+    fenced: AtomicBool,
+    /// Wakes the inbox reader when the node is no longer fenced.
+    unfenced: tokio::sync::Notify,
+    /// The sessions (ids) the last fence closed: never written to the
+    /// directory again, even if one is still ending when Redis answers.
+    fenced_sessions: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// Stops the reading tasks (inbox, bus, liveness) at leave, and the
     /// writers' retries.
     stop: CancellationToken,
@@ -129,6 +138,9 @@ impl Cluster {
             outbox_bytes: Default::default(),
             outbox_max_bytes: config.outbox_max_bytes,
             resync: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            unfenced: tokio::sync::Notify::new(),
+            fenced_sessions: Default::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -142,7 +154,7 @@ impl Cluster {
         // The two writers run as long as the process (sessions ending at
         // shutdown still send through them); `leave` flushes them.
         tokio::spawn(writer::run(server.clone(), cluster.clone(), writer_rx));
-        tokio::spawn(outbox::run(cluster.clone(), outbox_rx));
+        tokio::spawn(outbox::run(server.clone(), cluster.clone(), outbox_rx));
         cluster.tasks.spawn(follow::run(cluster.clone(), events));
         // A previous run that was killed left its sessions and inbox:
         // its users' contacts (on every node, hence after the replica is
@@ -240,6 +252,27 @@ impl Cluster {
         self.ttl.as_millis() as u64
     }
 
+    /// Tells `node` that its session of `jid` is replaced by a newer one
+    /// here (an inbox entry: it closes it with `conflict`).
+    fn replace_on(&self, node: &str, jid: &FullJid) {
+        let msg = OutMsg::Entry(node.into(), jid.to_string(), bus::Delivery::Replaced);
+        if self.outbox.try_send(msg).is_err() {
+            tracing::warn!(%jid, node, "cluster: the replaced session on another node was not told");
+        }
+    }
+
+    /// Is the local session of `jid` one to write to the directory: bound
+    /// (not ended since its change was queued) and not closed by a fence?
+    fn writable(&self, server: &Server, jid: &FullJid) -> bool {
+        server.sessions.session_id(jid).is_some_and(|id| {
+            !self
+                .fenced_sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+        })
+    }
+
     /// Asks the writer to write every local session again.
     fn request_resync(&self) {
         self.resync.store(true, Ordering::Relaxed);
@@ -254,6 +287,7 @@ impl RemoteSessions for Cluster {
                 node: self.node.clone(),
                 jid: jid.clone(),
                 state: state.clone(),
+                claim: false,
             },
             None => Change::Unbound {
                 node: self.node.clone(),
@@ -268,15 +302,24 @@ impl RemoteSessions for Cluster {
         }
     }
 
-    fn bound_here(&self, jid: &FullJid) {
-        // Newest wins across nodes as on one: the node that held this
-        // full JID drops its session (without a departure: the user is
-        // online here), and this replica forgets it at once.
-        if let Some(node) = self.replica.take(jid) {
-            let msg = OutMsg::Entry(node, jid.to_string(), bus::Delivery::Replaced);
-            if self.outbox.try_send(msg).is_err() {
-                tracing::warn!(%jid, "cluster: the replaced session on another node was not told");
-            }
+    fn bound_here(&self, jid: &FullJid, state: &ResourceState) {
+        // Newest wins across nodes as on one. The claim is decided in
+        // the directory, atomically (`SessionDirectory::apply`): two binds
+        // racing on two nodes, before either replica knows of the other,
+        // are ordered there and the writer tells the loser's node. This
+        // replica forgets the remote one at once.
+        self.replica.take(jid);
+        let change = Change::Bound {
+            node: self.node.clone(),
+            jid: jid.clone(),
+            state: state.clone(),
+            claim: true,
+        };
+        if self.writer.try_send(WriterMsg::Change(change)).is_err() {
+            // The resync writes it as an update: a session of this full
+            // JID on another node is then not told (logged).
+            tracing::warn!(%jid, "cluster: change queue full; a claim is written as an update");
+            self.resync.store(true, Ordering::Relaxed);
         }
     }
 

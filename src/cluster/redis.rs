@@ -6,7 +6,8 @@
 //! - `p:sess:<bare>`: hash resource → `node \t priority \t flags \t presence`
 //! - `p:nodesess:<id>`: set of bare JIDs the node holds sessions of (so a
 //!   dead node is cleaned without scanning every hash)
-//! - `p:inbox:<id>`: stream of stanzas for the node (group `nodes`)
+//! - `p:inbox:<id>`: stream of stanzas for the node (group `nodes`),
+//!   appended to only while `p:node:<id>` exists (`APPEND_IF_ALIVE`)
 //! - `p:reap:<id>`: lock, one survivor cleans a dead node up
 //! - `p:events`: pub/sub channel of session changes
 
@@ -21,7 +22,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::bus::{
-    Bus, BusResult, Change, Delivery, InboxEntry, Membership, NodeStatus, SessionDirectory,
+    Applied, Bus, BusResult, Change, Delivery, InboxEntry, Membership, NodeStatus, SessionDirectory,
 };
 use super::codec;
 use crate::sessions::{bare_of, ResourceState};
@@ -35,6 +36,52 @@ const DELETE_IF_NODE: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
     if v and string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. '\\t' then \
     return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
+/// Appends entries to a node's inbox only while its liveness key is
+/// there, in one step: once the key is gone the node may have been reaped
+/// and its inbox drained, and an entry appended after that would never be
+/// read. KEYS: liveness, inbox; ARGV: MAXLEN bound, then (full JID,
+/// field, value) per entry. Returns 1 when appended, 0 when the node is
+/// not alive (nothing appended). One call per target node and batch, so
+/// the node's reader, woken after the call, gets the batch at once.
+const APPEND_IF_ALIVE: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+    for i = 2, #ARGV, 3 do \
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'to', ARGV[i], ARGV[i + 1], ARGV[i + 2]) \
+    end return 1";
+
+/// Writes a session's directory field, compare-and-set on its node.
+/// KEYS: `sess:<bare>`, `nodesess:<node>`; ARGV: resource, node, value,
+/// bare JID, `1` for a claim (a new binding). A claim always writes and
+/// returns the node it took the field from (`''` if none or itself); an
+/// update writes only while the field is the node's or absent, else
+/// returns nil (the session is being replaced by a newer one).
+const CLAIM: &str = "local old = redis.call('HGET', KEYS[1], ARGV[1]) \
+    local owner = '' \
+    if old then owner = string.match(old, '^[^\t]*') end \
+    if owner == ARGV[2] then owner = '' end \
+    if owner ~= '' and ARGV[5] ~= '1' then return false end \
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) \
+    redis.call('SADD', KEYS[2], ARGV[4]) \
+    return owner";
+
+/// A Lua script run by its SHA-1 (`EVALSHA`), so its text is sent only
+/// when Redis does not know it (after a restart: `SCRIPT LOAD`, then the
+/// command is tried again).
+struct Lua {
+    text: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    fn new(text: &'static str) -> Lua {
+        use sha1::Digest;
+        let sha = sha1::Sha1::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Lua { text, sha }
+    }
+}
+
 /// The Redis side of a cluster node.
 pub struct RedisCluster {
     client: redis::Client,
@@ -45,6 +92,8 @@ pub struct RedisCluster {
     reader: ConnectionManager,
     prefix: String,
     inbox_max: usize,
+    append: Lua,
+    claim: Lua,
 }
 
 fn err(e: redis::RedisError) -> String {
@@ -76,7 +125,31 @@ impl RedisCluster {
             reader,
             prefix: prefix.to_string(),
             inbox_max,
+            append: Lua::new(APPEND_IF_ALIVE),
+            claim: Lua::new(CLAIM),
         })
+    }
+
+    /// Runs a pipeline of `EVALSHA`s (and idempotent commands): when Redis
+    /// lost the scripts (restarted), loads them and runs it once more —
+    /// a script Redis does not know fails without running, and the other
+    /// commands may run twice, so they must be idempotent.
+    async fn query_scripts<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> BusResult<T> {
+        let mut c = self.conn.clone();
+        match pipe.query_async(&mut c).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                let mut load = redis::pipe();
+                for lua in [&self.append, &self.claim] {
+                    load.cmd("SCRIPT").arg("LOAD").arg(lua.text).ignore();
+                }
+                load.query_async::<()>(&mut c).await.map_err(err)?;
+                pipe.query_async(&mut c).await.map_err(err)
+            }
+            other => other.map_err(err),
+        }
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -224,22 +297,28 @@ impl Membership for RedisCluster {
 }
 
 impl SessionDirectory for RedisCluster {
-    fn apply<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<()>> {
+    fn apply<'a>(&'a self, changes: &'a [Change]) -> BoxFuture<'a, BusResult<Vec<Applied>>> {
         async move {
             let mut pipe = redis::pipe();
             for change in changes {
                 match change {
-                    Change::Bound { node, jid, state } => {
+                    Change::Bound {
+                        node,
+                        jid,
+                        state,
+                        claim,
+                    } => {
                         let bare = bare_of(jid);
-                        pipe.cmd("HSET")
+                        pipe.cmd("EVALSHA")
+                            .arg(&self.claim.sha)
+                            .arg(2)
                             .arg(self.key("sess", bare))
-                            .arg(jid.resource().as_str())
-                            .arg(codec::encode_state(node, state))
-                            .ignore()
-                            .cmd("SADD")
                             .arg(self.key("nodesess", node))
+                            .arg(jid.resource().as_str())
+                            .arg(node)
+                            .arg(codec::encode_state(node, state))
                             .arg(bare)
-                            .ignore();
+                            .arg(if *claim { "1" } else { "0" });
                     }
                     Change::Unbound {
                         node,
@@ -264,8 +343,22 @@ impl SessionDirectory for RedisCluster {
                     Change::NodeDown { .. } => {}
                 }
             }
-            let mut c = self.conn.clone();
-            pipe.query_async::<()>(&mut c).await.map_err(err)
+            // One answer per `Bound` (the others' are ignored).
+            let mut claims: std::vec::IntoIter<Option<String>> = self
+                .query_scripts::<Vec<Option<String>>>(&pipe)
+                .await?
+                .into_iter();
+            Ok(changes
+                .iter()
+                .map(|change| match change {
+                    Change::Bound { .. } => match claims.next() {
+                        Some(None) => Applied::Stale,
+                        Some(Some(owner)) if !owner.is_empty() => Applied::Displaced(owner),
+                        _ => Applied::Written,
+                    },
+                    _ => Applied::Written,
+                })
+                .collect())
         }
         .boxed()
     }
@@ -393,29 +486,48 @@ impl Bus for RedisCluster {
         .boxed()
     }
 
-    fn send<'a>(&'a self, batch: &'a [(String, String, Delivery)]) -> BoxFuture<'a, BusResult<()>> {
+    fn send<'a>(
+        &'a self,
+        batch: &'a [(String, String, Delivery)],
+    ) -> BoxFuture<'a, BusResult<Vec<bool>>> {
         async move {
+            // Grouped by target node, in order within each.
+            let mut nodes: Vec<&str> = Vec::new();
+            for (node, _, _) in batch {
+                if !nodes.contains(&node.as_str()) {
+                    nodes.push(node);
+                }
+            }
             let mut pipe = redis::pipe();
-            for (node, to, delivery) in batch {
+            for node in &nodes {
                 // Trimmed only beyond the bound (approximately, which is
                 // cheap): a node that stopped reading loses its oldest.
                 let cmd = pipe
-                    .cmd("XADD")
+                    .cmd("EVALSHA")
+                    .arg(&self.append.sha)
+                    .arg(2)
+                    .arg(self.key("node", node))
                     .arg(self.key("inbox", node))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.inbox_max)
-                    .arg("*")
-                    .arg("to")
-                    .arg(to.as_str());
-                match delivery {
-                    Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
-                    Delivery::Replaced => cmd.arg("r").arg(1),
+                    .arg(self.inbox_max);
+                for (_, to, delivery) in batch.iter().filter(|(n, _, _)| n == node) {
+                    cmd.arg(to.as_str());
+                    match delivery {
+                        Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
+                        Delivery::Replaced => cmd.arg("r").arg(1),
+                    };
                 }
-                .ignore();
             }
-            let mut c = self.conn.clone();
-            pipe.query_async::<()>(&mut c).await.map_err(err)
+            let appended: Vec<i64> = self.query_scripts(&pipe).await?;
+            Ok(batch
+                .iter()
+                .map(|(node, _, _)| {
+                    nodes
+                        .iter()
+                        .position(|n| n == node)
+                        .and_then(|i| appended.get(i))
+                        == Some(&1)
+                })
+                .collect())
         }
         .boxed()
     }

@@ -48,7 +48,9 @@ impl Replica {
         match change {
             Change::Bound { node, .. } | Change::Unbound { node, .. } if node == self.me => {}
             Change::NodeDown { node } if node == self.me => {}
-            Change::Bound { node, jid, state } => self.put(&node, &jid, state),
+            Change::Bound {
+                node, jid, state, ..
+            } => self.put(&node, &jid, state),
             Change::Unbound { node, jid, .. } => {
                 let mut map = self.write();
                 let bare = bare_of(&jid);
@@ -168,6 +170,7 @@ mod tests {
                 priority,
                 ..Default::default()
             },
+            claim: false,
         }
     }
 

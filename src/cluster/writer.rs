@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::bus::Change;
+use super::bus::{Applied, Change};
 use super::{Cluster, WriterMsg};
 use crate::server::Server;
 
@@ -46,6 +46,7 @@ pub(super) async fn run(
                         node: cluster.node.clone(),
                         jid,
                         state,
+                        claim: false,
                     }),
             );
             tracing::info!(
@@ -54,7 +55,7 @@ pub(super) async fn run(
             );
         }
         if !changes.is_empty() {
-            write(&cluster, &changes).await;
+            write(&server, &cluster, &changes).await;
             changes.clear();
         }
         for done in flushes.drain(..) {
@@ -63,14 +64,44 @@ pub(super) async fn run(
     }
 }
 
-/// Writes until Redis takes it (or the node is leaving and gives up).
-async fn write(cluster: &Cluster, changes: &[Change]) {
+/// Writes until Redis takes it (or the node is leaving and gives up),
+/// then announces what was written and has the sessions that a claim
+/// displaced on other nodes replaced.
+async fn write(server: &Server, cluster: &Cluster, changes: &[Change]) {
     let mut attempt = 0;
     for chunk in changes.chunks(BATCH) {
         loop {
+            // A session that ended since its change was queued (while
+            // Redis was away, or closed by self-fencing) is not written:
+            // it would come back into the directory with nobody to end it.
+            let chunk: Vec<Change> = chunk
+                .iter()
+                .filter(|c| match c {
+                    Change::Bound { jid, .. } => cluster.writable(server, jid),
+                    _ => true,
+                })
+                .cloned()
+                .collect();
             let engine = cluster.engine();
-            let result = match engine.apply(chunk).await {
-                Ok(()) => engine.publish(chunk).await,
+            let result = match engine.apply(&chunk).await {
+                Ok(applied) => {
+                    let mut written = Vec::with_capacity(chunk.len());
+                    for (change, applied) in chunk.into_iter().zip(applied) {
+                        match applied {
+                            Applied::Written => written.push(change),
+                            // Replaced by a newer session elsewhere; its
+                            // replacement is on its way here.
+                            Applied::Stale => {}
+                            Applied::Displaced(node) => {
+                                if let Change::Bound { jid, .. } = &change {
+                                    cluster.replace_on(&node, jid);
+                                }
+                                written.push(change);
+                            }
+                        }
+                    }
+                    engine.publish(&written).await
+                }
                 Err(e) => Err(e),
             };
             match result {
