@@ -2,6 +2,10 @@
 //! answers it waits for. A request gets a fresh id; the result or error
 //! that comes back from the addressee, and only from it, wakes the waiter;
 //! one that never comes times out. The number waiting is bounded.
+//!
+//! In a cluster the id also names the sending node (`wx<n>-<node>`): the
+//! answer comes back to the node the addressee is attached to, which may
+//! be another one, and that node hands it to the one that waits for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +60,11 @@ impl IqTracker {
             .attr("to")
             .and_then(|t| Jid::new(t).ok())
             .ok_or(IqFailure::NotSent)?;
-        let id = format!("wx{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = match server.sessions.cluster_node() {
+            Some(node) => format!("wx{n}-{node}"),
+            None => format!("wx{n}"),
+        };
         iq.set_attr("id", &id);
         iq.set_attr("from", from);
         let (tx, rx) = oneshot::channel();
@@ -86,10 +94,17 @@ impl IqTracker {
     /// Takes a result or error addressed to the server; true if it
     /// answered a waiting request. Answers from anyone but the addressee
     /// are ignored (RFC 6120 §8.2.3: the reply comes from the `to`).
-    pub fn answer(&self, from: &Jid, iq: &Element) -> bool {
+    /// One whose id names another node of the cluster is handed to that
+    /// node (which checks it the same way).
+    pub fn answer(&self, server: &Server, from: &Jid, iq: &Element) -> bool {
         let Some(id) = iq.attr("id") else {
             return false;
         };
+        if let (Some(node), Some(me)) = (sender_node(id), server.sessions.cluster_node()) {
+            if node != me {
+                return server.sessions.answer_elsewhere(node, from, iq);
+            }
+        }
         let mut map = self.lock();
         match map.get(id) {
             Some(p) if &p.to == from || (p.to.resource().is_none() && p.to == from.to_bare()) => {}
@@ -112,6 +127,12 @@ impl IqTracker {
     }
 }
 
+/// The node an id of ours names (`wx<n>-<node>`), if any.
+fn sender_node(id: &str) -> Option<&str> {
+    let (n, node) = id.strip_prefix("wx")?.split_once('-')?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !node.is_empty()).then_some(node)
+}
+
 struct Forget<'a> {
     tracker: &'a IqTracker,
     id: &'a str,
@@ -120,5 +141,18 @@ struct Forget<'a> {
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.tracker.lock().remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_name_their_node() {
+        assert_eq!(super::sender_node("wx12-n1"), Some("n1"));
+        assert_eq!(super::sender_node("wx12-node-a"), Some("node-a"));
+        assert_eq!(super::sender_node("wx12"), None);
+        assert_eq!(super::sender_node("wx-n1"), None);
+        assert_eq!(super::sender_node("wxa-n1"), None);
+        assert_eq!(super::sender_node("x12-n1"), None);
     }
 }

@@ -546,7 +546,7 @@ async fn answer_iq(server: &Server, origin: Origin<'_>, iq: &Element, target: Iq
         Some("set") => true,
         Some("result") | Some("error") => {
             if target == IqTarget::Server {
-                server.iq_tracker.answer(origin.sender(), iq);
+                server.iq_tracker.answer(server, origin.sender(), iq);
             }
             return;
         }

@@ -254,6 +254,11 @@ pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
     fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState));
     /// Queues `stanza` for a remote full JID; None when no node holds it.
     fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>>;
+    /// This node's id (named in the ids of IQs the server sends).
+    fn node(&self) -> &str;
+    /// Hands an answer (from `from`) to an IQ that `node` sent to that
+    /// node's IQ tracker; false when it cannot be queued.
+    fn answer_elsewhere(&self, node: &str, from: &jid::Jid, iq: &Element) -> bool;
 }
 
 /// The registry's key: a bare JID that can be looked up by its text, so a
@@ -298,6 +303,18 @@ impl SessionRegistry {
 
     fn remote(&self) -> Option<&Arc<dyn RemoteSessions>> {
         self.remote.get()
+    }
+
+    /// This node's id in a cluster (None on a single server).
+    pub fn cluster_node(&self) -> Option<&str> {
+        self.remote().map(|r| r.node())
+    }
+
+    /// Hands an answer to an IQ another node sent to that node (see
+    /// `RemoteSessions::answer_elsewhere`); false on a single server.
+    pub fn answer_elsewhere(&self, node: &str, from: &jid::Jid, iq: &Element) -> bool {
+        self.remote()
+            .is_some_and(|r| r.answer_elsewhere(node, from, iq))
     }
 
     /// Reports a local session's state to the cluster, if any.

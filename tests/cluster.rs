@@ -1238,3 +1238,69 @@ async fn a_node_cut_off_from_redis_beyond_the_ttl_fences_itself() {
     );
     assert!(directory_field(&redis_server.url(), &prefix, &a_bare, "a2").is_some());
 }
+
+/// An IQ the server sends names its node in its id, so that the answer,
+/// which arrives at the node the addressee is attached to, is handed back
+/// to the node that waits for it. Node n1 (in this process, so the test
+/// can make it send an IQ) pings bob, whose session is on n2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_to_a_server_iq_arriving_at_another_node_reaches_the_sender() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let bob = format!("ib{tag}");
+    add_users(&[&bob]).await;
+    let p = prefix.clone();
+    let mut n1 = TestServer::start_with(move |c| {
+        c.database.url = postgres_url();
+        c.cluster = Some(waxwing::config::ClusterConfig {
+            node_id: "n1".into(),
+            redis: redis_url(),
+            key_prefix: p,
+            liveness_ttl_ms: TTL_MS,
+            ..Default::default()
+        });
+    })
+    .await;
+    let mut n2 = Node::new("n2", "127.0.0.22", &prefix);
+    n2.spawn();
+    n2.wait_ready();
+    let b_bare = jid::BareJid::new(&format!("{bob}@{DOMAIN}")).unwrap();
+    let b_full = format!("{b_bare}/b1");
+    let mut b = Client::login(n2.c2s, &bob, "pw", Some("b1")).await;
+    // Until n1 has heard of bob's session.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n1.server().sessions.available_resources(&b_bare).is_empty() {
+        assert!(Instant::now() < deadline, "n1 never saw bob's session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = n1.server().clone();
+    let to = b_full.clone();
+    let request = tokio::spawn(async move {
+        let ping = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "get")
+            .with_attr("to", to.as_str())
+            .with_child(Element::new("ping", "urn:xmpp:ping"));
+        s.iq_tracker
+            .request(&s, DOMAIN, ping, Duration::from_secs(5))
+            .await
+    });
+    let ping = await_stanza(&mut b, Duration::from_secs(5), "the server's ping", |e| {
+        e.is("iq", NS_CLIENT) && e.attr("type") == Some("get")
+    })
+    .await;
+    let id = ping.attr("id").unwrap().to_string();
+    assert!(id.ends_with("-n1"), "{id}");
+    // Answered to n2, the node bob is attached to.
+    b.send_str(&format!("<iq type='result' id='{id}' to='{DOMAIN}'/>"))
+        .await;
+    let answer = request
+        .await
+        .unwrap()
+        .expect("the answer reached the node that sent the IQ");
+    assert_eq!(answer.attr("from"), Some(b_full.as_str()));
+    assert_eq!(n1.server().iq_tracker.waiting(), 0);
+    drop(b);
+    n2.terminate();
+    n1.stop().await;
+}

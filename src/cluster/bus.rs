@@ -59,6 +59,9 @@ pub enum Delivery {
     /// The sending node bound a new session of the full JID: the
     /// receiving node's one is replaced (newest wins, as on one node).
     Replaced,
+    /// An answer (result or error) to an IQ the receiving node sent; the
+    /// entry's `to` is who answered (any JID), for its IQ tracker.
+    Answer(Bytes),
 }
 
 /// One entry waiting in a node's inbox.

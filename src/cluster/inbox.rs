@@ -75,6 +75,10 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
 /// it as a stanza left by a session that ended (`router::reroute_one`);
 /// replaces the local session a `Replaced` entry names.
 pub async fn deliver(server: &Server, entry: InboxEntry) {
+    if let Delivery::Answer(bytes) = &entry.delivery {
+        answer(server, &entry.to, bytes);
+        return;
+    }
     let Ok(to) = FullJid::new(&entry.to) else {
         tracing::warn!(to = %entry.to, "cluster: inbox entry without a full JID dropped");
         return;
@@ -85,9 +89,23 @@ pub async fn deliver(server: &Server, entry: InboxEntry) {
             server.sessions.replaced_elsewhere(&to);
             return;
         }
+        Delivery::Answer(_) => return,
     };
     let data = OutStanza::serialized(bytes);
     if server.sessions.send_to_local(&to, data.clone()).is_err() {
         crate::router::reroute_one(server, &to, &data).await;
+    }
+}
+
+/// An answer another node received to an IQ this node sent.
+fn answer(server: &Server, from: &str, bytes: &bytes::Bytes) {
+    let data = OutStanza::serialized(bytes.clone());
+    match (jid::Jid::new(from), data.element()) {
+        (Ok(from), Some(iq)) => {
+            if !server.iq_tracker.answer(server, &from, iq) {
+                tracing::debug!(%from, "cluster: answer to an IQ nobody waits for");
+            }
+        }
+        _ => tracing::warn!(from, "cluster: unreadable IQ answer dropped"),
     }
 }

@@ -255,8 +255,7 @@ impl Cluster {
     /// Tells `node` that its session of `jid` is replaced by a newer one
     /// here (an inbox entry: it closes it with `conflict`).
     fn replace_on(&self, node: &str, jid: &FullJid) {
-        let msg = OutMsg::Entry(node.into(), jid.to_string(), bus::Delivery::Replaced);
-        if self.outbox.try_send(msg).is_err() {
+        if !self.send_entry(node, jid.to_string(), bus::Delivery::Replaced) {
             tracing::warn!(%jid, node, "cluster: the replaced session on another node was not told");
         }
     }
@@ -327,6 +326,18 @@ impl RemoteSessions for Cluster {
         self.replica.for_each(bare, f)
     }
 
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn answer_elsewhere(&self, node: &str, from: &jid::Jid, iq: &crate::xml::Element) -> bool {
+        // An id naming a node that is not alive (or none: forged) appends
+        // nothing (`Bus::send`); one naming a live node is checked there
+        // against the addressee like any answer.
+        let bytes = OutStanza::new(iq.clone()).bytes().clone();
+        self.send_entry(node, from.to_string(), bus::Delivery::Answer(bytes))
+    }
+
     fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>> {
         let node = self.replica.node_of(to)?;
         // A message read from offline storage stays there until its
@@ -353,6 +364,16 @@ impl RemoteSessions for Cluster {
                 mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
             }
         }))
+    }
+}
+
+impl Cluster {
+    /// Queues one entry for `node` (not counted against the stanza bytes:
+    /// replacements and IQ answers are few and small).
+    fn send_entry(&self, node: &str, to: String, delivery: bus::Delivery) -> bool {
+        self.outbox
+            .try_send(OutMsg::Entry(node.into(), to, delivery))
+            .is_ok()
     }
 }
 

@@ -57,7 +57,7 @@ pub(super) async fn run(
                 .iter()
                 .map(|(_, _, d)| match d {
                     Delivery::Stanza(b) => b.len(),
-                    Delivery::Replaced => 0,
+                    Delivery::Replaced | Delivery::Answer(_) => 0,
                 })
                 .sum();
             cluster
@@ -90,7 +90,8 @@ pub(super) async fn run(
 /// died (its inbox may be drained already) or left, and this node's
 /// replica did not know yet. The stanza is re-routed as for a session
 /// that ended (other resources, else offline storage). A replacement for
-/// a session of a dead node has nothing left to replace.
+/// a session of a dead node has nothing left to replace, an answer to
+/// an IQ of a dead node nobody waiting for it.
 async fn not_alive(server: &Server, to: &str, delivery: Delivery) {
     let Delivery::Stanza(bytes) = delivery else {
         return;

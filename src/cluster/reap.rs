@@ -106,7 +106,8 @@ pub async fn drain_inbox(server: &Server, cluster: &Cluster, node: &str) -> BusR
         for entry in entries {
             // A replacement for a session of the gone node: nothing to do
             // (and here, the session it names may be the new one).
-            if entry.delivery != super::bus::Delivery::Replaced {
+            // An answer to an IQ of the gone node: nobody waits for it.
+            if matches!(entry.delivery, super::bus::Delivery::Stanza(_)) {
                 super::inbox::deliver(server, entry).await;
             }
         }

@@ -176,6 +176,8 @@ fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
             };
             let delivery = if e.map.contains_key("r") {
                 Delivery::Replaced
+            } else if e.map.contains_key("a") {
+                Delivery::Answer(Bytes::from(field("a")))
             } else {
                 Delivery::Stanza(Bytes::from(field("s")))
             };
@@ -514,6 +516,7 @@ impl Bus for RedisCluster {
                     match delivery {
                         Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
                         Delivery::Replaced => cmd.arg("r").arg(1),
+                        Delivery::Answer(iq) => cmd.arg("a").arg(iq.as_ref()),
                     };
                 }
             }
