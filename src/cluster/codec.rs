@@ -2,9 +2,10 @@
 //! the directory and sent on the bus: tab-separated, the presence last
 //! (its text may hold tabs), so a value is parsed without a schema.
 
+use bytes::Bytes;
 use jid::FullJid;
 
-use super::bus::Change;
+use super::bus::{Change, Delivery};
 use crate::sessions::ResourceState;
 
 /// `node \t priority \t flags \t presence`: a directory value.
@@ -132,5 +133,114 @@ mod tests {
             assert_eq!(decode_change(&encode_change(&c)), Some(c));
         }
         assert_eq!(decode_change("Z\tsomething"), None);
+    }
+}
+
+/// Several inbox entries for one node packed into one stream entry (field
+/// `p`), so a batch — a presence broadcast to many contacts' resources,
+/// a burst of chat — costs one append. A record is a kind byte (`s`
+/// stanza, `=` the same stanza bytes as the record before, `r` replaced,
+/// `a` an IQ answer), the full JID (u32 big-endian length, bytes), and for
+/// `s` and `a` the value (u32 length, bytes).
+pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut previous: Option<&Bytes> = None;
+    for (to, delivery) in entries {
+        let put = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        };
+        let (kind, value) = match delivery {
+            // One stanza to several resources of one contact is serialized
+            // once by the router: its bytes are shared, and sent once.
+            Delivery::Stanza(b)
+                if previous.is_some_and(|p| p.as_ptr() == b.as_ptr() && p.len() == b.len()) =>
+            {
+                (b'=', None)
+            }
+            Delivery::Stanza(b) => {
+                previous = Some(b);
+                (b's', Some(b))
+            }
+            Delivery::Replaced => (b'r', None),
+            Delivery::Answer(b) => (b'a', Some(b)),
+        };
+        out.push(kind);
+        put(&mut out, to.as_bytes());
+        if let Some(v) = value {
+            put(&mut out, v);
+        }
+    }
+    out
+}
+
+/// The records of a packed entry (None if it is malformed: a newer
+/// node's kind, or cut short).
+pub fn unpack(packed: &Bytes) -> Option<Vec<(String, Delivery)>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let mut previous: Option<Bytes> = None;
+    let take = |at: &mut usize| -> Option<Bytes> {
+        let len = u32::from_be_bytes(packed.get(*at..*at + 4)?.try_into().ok()?) as usize;
+        let start = *at + 4;
+        let value = packed.get(start..start.checked_add(len)?)?;
+        let value = packed.slice_ref(value);
+        *at = start + len;
+        Some(value)
+    };
+    while at < packed.len() {
+        let kind = packed[at];
+        at += 1;
+        let to = String::from_utf8(take(&mut at)?.to_vec()).ok()?;
+        let delivery = match kind {
+            b's' => {
+                let b = take(&mut at)?;
+                previous = Some(b.clone());
+                Delivery::Stanza(b)
+            }
+            b'=' => Delivery::Stanza(previous.clone()?),
+            b'r' => Delivery::Replaced,
+            b'a' => Delivery::Answer(take(&mut at)?),
+            _ => return None,
+        };
+        out.push((to, delivery));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    #[test]
+    fn packed_entries_round_trip_and_shared_bytes_go_once() {
+        let shared = Bytes::from_static(b"<presence to='c@x'/>");
+        let other = Bytes::from_static(b"<presence to='d@x'/>");
+        let entries = [
+            ("c@x/1", Delivery::Stanza(shared.clone())),
+            ("c@x/2", Delivery::Stanza(shared.clone())),
+            ("d@x/1", Delivery::Stanza(other.clone())),
+            ("e@x/1", Delivery::Replaced),
+            ("f@x/1", Delivery::Answer(Bytes::from_static(b"<iq/>"))),
+        ];
+        let refs: Vec<(&str, &Delivery)> = entries.iter().map(|(t, d)| (*t, d)).collect();
+        let packed = Bytes::from(pack(&refs));
+        // The shared stanza once, the other once.
+        assert_eq!(
+            packed
+                .windows(shared.len())
+                .filter(|w| *w == &shared[..])
+                .count(),
+            1
+        );
+        let back = unpack(&packed).unwrap();
+        let expected: Vec<(String, Delivery)> = entries
+            .iter()
+            .map(|(t, d)| (t.to_string(), d.clone()))
+            .collect();
+        assert_eq!(back, expected);
+        // Cut short, or an unknown kind: refused, not misread.
+        assert!(unpack(&packed.slice(..packed.len() - 1)).is_none());
+        assert!(unpack(&Bytes::from_static(b"z\0\0\0\0")).is_none());
     }
 }

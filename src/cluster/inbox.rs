@@ -47,7 +47,9 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
             }
             Ok(entries) => {
                 attempt = 0;
-                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                let mut ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                // A packed entry's records share its id.
+                ids.dedup();
                 for entry in entries {
                     deliver(&server, entry).await;
                 }

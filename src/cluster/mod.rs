@@ -54,6 +54,9 @@ enum WriterMsg {
 enum OutMsg {
     /// (node, full JID, what for it).
     Entry(Arc<str>, String, bus::Delivery),
+    /// Entries queued together (`grouped`): in one batch, hence one inbox
+    /// entry per target node.
+    Group(Vec<(Arc<str>, String, bus::Delivery)>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -68,7 +71,7 @@ pub struct Cluster {
     outbox: mpsc::Sender<OutMsg>,
     /// Bytes of stanzas in the outbox, bounded by `outbox_max_bytes`
     /// (the entry count alone would let it hold `inbox_max` big stanzas).
-    outbox_bytes: std::sync::atomic::AtomicUsize,
+    outbox_bytes: Arc<std::sync::atomic::AtomicUsize>,
     outbox_max_bytes: usize,
     /// Set when a change could not be queued, or Redis lost this node's
     /// entries: the writer then writes every local session again.
@@ -352,11 +355,22 @@ impl RemoteSessions for Cluster {
             self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
             return Some(Err(DeliveryError::QueueFull));
         }
-        let msg = OutMsg::Entry(
-            node,
-            to.to_string(),
-            bus::Delivery::Stanza(stanza.bytes().clone()),
-        );
+        let delivery = bus::Delivery::Stanza(stanza.bytes().clone());
+        // Inside `grouped`: held, and sent with the rest of the fan-out.
+        let held = HELD.try_with(|h| {
+            let mut h = h.borrow_mut();
+            let held = h.get_or_insert_with(|| Held {
+                outbox: self.outbox.clone(),
+                bytes: self.outbox_bytes.clone(),
+                entries: Vec::new(),
+            });
+            held.entries
+                .push((node.clone(), to.to_string(), delivery.clone()));
+        });
+        if held.is_ok() {
+            return Some(Ok(()));
+        }
+        let msg = OutMsg::Entry(node, to.to_string(), delivery);
         Some(self.outbox.try_send(msg).map_err(|e| {
             self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
             match e {
@@ -375,6 +389,53 @@ impl Cluster {
             .try_send(OutMsg::Entry(node.into(), to, delivery))
             .is_ok()
     }
+}
+
+/// Stanzas forwarded inside [`grouped`], held until it ends, with the
+/// outbox they go to.
+struct Held {
+    outbox: mpsc::Sender<OutMsg>,
+    /// The cluster's count of stanza bytes in the outbox, which these
+    /// entries are counted in already.
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+    entries: Vec<(Arc<str>, String, bus::Delivery)>,
+}
+
+tokio::task_local! {
+    static HELD: std::cell::RefCell<Option<Held>>;
+}
+
+/// Runs `f` (one fan-out: a presence broadcast) holding back what it
+/// forwards to other nodes, then hands it all to the outbox at once: one
+/// batch, so one inbox entry per target node carrying every recipient
+/// there, instead of one append per contact resource. Without a cluster,
+/// or outside a task, it only runs `f`.
+pub async fn grouped<T>(f: impl std::future::Future<Output = T>) -> T {
+    let (out, held) = HELD
+        .scope(std::cell::RefCell::new(None), async {
+            let out = f.await;
+            (out, HELD.with(|h| h.borrow_mut().take()))
+        })
+        .await;
+    if let Some(held) = held {
+        if !held.entries.is_empty() {
+            let count = held.entries.len();
+            let size: usize = held
+                .entries
+                .iter()
+                .map(|(_, _, d)| match d {
+                    bus::Delivery::Stanza(b) => b.len(),
+                    _ => 0,
+                })
+                .sum();
+            if held.outbox.try_send(OutMsg::Group(held.entries)).is_err() {
+                held.bytes.fetch_sub(size, Ordering::Relaxed);
+                // As a forward to a full queue: presence is not retried.
+                tracing::warn!(count, "cluster: outbox full; a grouped fan-out dropped");
+            }
+        }
+    }
+    out
 }
 
 /// Waits before trying Redis again after a failure: 200 ms doubling to

@@ -28,6 +28,11 @@ pub(super) async fn run(
         while let Some(msg) = next {
             match msg {
                 OutMsg::Entry(node, to, delivery) => batch.push((node.to_string(), to, delivery)),
+                OutMsg::Group(entries) => batch.extend(
+                    entries
+                        .into_iter()
+                        .map(|(node, to, delivery)| (node.to_string(), to, delivery)),
+                ),
                 OutMsg::Flush(done) => flushes.push(done),
             }
             next = if batch.len() < BATCH {

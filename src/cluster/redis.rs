@@ -6,7 +6,8 @@
 //! - `p:sess:<bare>`: hash resource → `node \t priority \t flags \t presence`
 //! - `p:nodesess:<id>`: set of bare JIDs the node holds sessions of (so a
 //!   dead node is cleaned without scanning every hash)
-//! - `p:inbox:<id>`: stream of stanzas for the node (group `nodes`),
+//! - `p:inbox:<id>`: stream of stanzas for the node (group `nodes`), one
+//!   entry per sender's batch (`to`+`s`/`r`/`a`, or several packed in `p`),
 //!   appended to only while `p:node:<id>` exists (`APPEND_IF_ALIVE`)
 //! - `p:reap:<id>`: lock, one survivor cleans a dead node up
 //! - `p:events`: pub/sub channel of session changes
@@ -36,17 +37,15 @@ const DELETE_IF_NODE: &str = "local v = redis.call('HGET', KEYS[1], ARGV[1]) \
     if v and string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. '\\t' then \
     return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
-/// Appends entries to a node's inbox only while its liveness key is
+/// Appends one entry to a node's inbox only while its liveness key is
 /// there, in one step: once the key is gone the node may have been reaped
 /// and its inbox drained, and an entry appended after that would never be
-/// read. KEYS: liveness, inbox; ARGV: MAXLEN bound, then (full JID,
-/// field, value) per entry. Returns 1 when appended, 0 when the node is
-/// not alive (nothing appended). One call per target node and batch, so
-/// the node's reader, woken after the call, gets the batch at once.
+/// read. KEYS: liveness, inbox; ARGV: MAXLEN bound, then the entry's
+/// field/value pairs. Returns 1 when appended, 0 when the node is not
+/// alive (nothing appended).
 const APPEND_IF_ALIVE: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
-    for i = 2, #ARGV, 3 do \
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'to', ARGV[i], ARGV[i + 1], ARGV[i + 2]) \
-    end return 1";
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2)) \
+    return 1";
 
 /// Writes a session's directory field, compare-and-set on its node.
 /// KEYS: `sess:<bare>`, `nodesess:<node>`; ARGV: resource, node, value,
@@ -166,28 +165,43 @@ impl RedisCluster {
 }
 
 fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
-    ids.into_iter()
-        .map(|e| {
-            let field = |name: &str| -> Vec<u8> {
-                e.map
-                    .get(name)
-                    .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
-                    .unwrap_or_default()
-            };
-            let delivery = if e.map.contains_key("r") {
-                Delivery::Replaced
-            } else if e.map.contains_key("a") {
-                Delivery::Answer(Bytes::from(field("a")))
-            } else {
-                Delivery::Stanza(Bytes::from(field("s")))
-            };
-            InboxEntry {
-                to: String::from_utf8_lossy(&field("to")).into_owned(),
-                delivery,
-                id: e.id,
+    let mut out = Vec::with_capacity(ids.len());
+    for e in ids {
+        let field = |name: &str| -> Vec<u8> {
+            e.map
+                .get(name)
+                .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                .unwrap_or_default()
+        };
+        if e.map.contains_key("p") {
+            // Several entries in one: each keeps the stream entry's id
+            // (acknowledged together).
+            match codec::unpack(&Bytes::from(field("p"))) {
+                Some(records) => out.extend(records.into_iter().map(|(to, delivery)| InboxEntry {
+                    id: e.id.clone(),
+                    to,
+                    delivery,
+                })),
+                None => {
+                    tracing::warn!(id = %e.id, "cluster: unreadable packed inbox entry dropped")
+                }
             }
-        })
-        .collect()
+            continue;
+        }
+        let delivery = if e.map.contains_key("r") {
+            Delivery::Replaced
+        } else if e.map.contains_key("a") {
+            Delivery::Answer(Bytes::from(field("a")))
+        } else {
+            Delivery::Stanza(Bytes::from(field("s")))
+        };
+        out.push(InboxEntry {
+            to: String::from_utf8_lossy(&field("to")).into_owned(),
+            delivery,
+            id: e.id,
+        });
+    }
+    out
 }
 
 impl Membership for RedisCluster {
@@ -511,13 +525,25 @@ impl Bus for RedisCluster {
                     .arg(self.key("node", node))
                     .arg(self.key("inbox", node))
                     .arg(self.inbox_max);
-                for (_, to, delivery) in batch.iter().filter(|(n, _, _)| n == node) {
-                    cmd.arg(to.as_str());
-                    match delivery {
-                        Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
-                        Delivery::Replaced => cmd.arg("r").arg(1),
-                        Delivery::Answer(iq) => cmd.arg("a").arg(iq.as_ref()),
-                    };
+                let mine: Vec<(&str, &Delivery)> = batch
+                    .iter()
+                    .filter(|(n, _, _)| n == node)
+                    .map(|(_, to, d)| (to.as_str(), d))
+                    .collect();
+                // One entry per node and batch: one stanza as it is,
+                // several packed (`codec::pack`).
+                match mine[..] {
+                    [(to, delivery)] => {
+                        cmd.arg("to").arg(to);
+                        match delivery {
+                            Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
+                            Delivery::Replaced => cmd.arg("r").arg(1),
+                            Delivery::Answer(iq) => cmd.arg("a").arg(iq.as_ref()),
+                        };
+                    }
+                    _ => {
+                        cmd.arg("p").arg(codec::pack(&mine));
+                    }
                 }
             }
             let appended: Vec<i64> = self.query_scripts(&pipe).await?;

@@ -330,20 +330,25 @@ async fn unavailable(
 /// Sends `presence` from `origin` to every contact subscribed to the user and
 /// to the user's own available resources; contacts either side has blocked
 /// get nothing (XEP-0191 §3.3).
+/// In a cluster, what goes to other nodes leaves as one bus entry per
+/// node (`cluster::grouped`).
 async fn broadcast(server: &Server, origin: &FullJid, items: &[roster::Item], presence: &Element) {
     let user = origin.to_bare();
-    for item in items.iter().filter(|i| i.from()) {
-        if let Ok(contact) = BareJid::new(&item.record.contact) {
-            if may_exchange(server, &user, &contact).await {
-                send_to_resources(
-                    server,
-                    &contact,
-                    &addressed(presence, origin, contact.as_str()),
-                );
+    crate::cluster::grouped(async {
+        for item in items.iter().filter(|i| i.from()) {
+            if let Ok(contact) = BareJid::new(&item.record.contact) {
+                if may_exchange(server, &user, &contact).await {
+                    send_to_resources(
+                        server,
+                        &contact,
+                        &addressed(presence, origin, contact.as_str()),
+                    );
+                }
             }
         }
-    }
-    send_to_resources(server, &user, &addressed(presence, origin, user.as_str()));
+        send_to_resources(server, &user, &addressed(presence, origin, user.as_str()));
+    })
+    .await
 }
 
 /// Neither side has blocked the other.
