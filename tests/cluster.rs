@@ -830,7 +830,11 @@ async fn a_message_between_nodes_costs_a_few_redis_commands() {
     // At most one append per message (one per target node and batch).
     assert!(delta("xadd") <= MESSAGES as u64, "{}", delta("xadd"));
     assert!(inbox <= 4 * MESSAGES as u64, "{inbox}");
-    assert!(all <= 5 * MESSAGES as u64, "{all}");
+    // Counted by Redis, a script's inner commands included: at worst (no
+    // batching at all) EVALSHA with its EXISTS and XADD on the sender,
+    // XREADGROUP, XACK and XDEL on the receiver — six per message; plus
+    // the heartbeats meanwhile.
+    assert!(all <= 6 * MESSAGES as u64 + 200, "{all}");
 }
 
 /// One full JID bound on two nodes: the newest binding wins, as on one
