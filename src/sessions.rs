@@ -165,6 +165,9 @@ struct BoundResource {
     priority: i8,
     /// Requested the roster, so it gets roster pushes (RFC 6121 §2.1.6).
     interested: bool,
+    /// Has carbons on (XEP-0280; the carbons feature keeps the truth in
+    /// the extensions, this copy is what other nodes of a cluster see).
+    carbons: bool,
     /// JIDs this session sent directed available presence to, which get
     /// unavailable when it goes offline (RFC 6121 §4.6). Hashed and capped
     /// by the caller; a lock of its own, so noting one takes only the
@@ -184,6 +187,7 @@ impl BoundResource {
             presence: self.presence.clone(),
             priority: self.priority,
             interested: self.interested,
+            carbons: self.carbons,
         }
     }
 }
@@ -235,6 +239,8 @@ pub struct ResourceState {
     pub priority: i8,
     /// Requested the roster (gets roster pushes).
     pub interested: bool,
+    /// Has carbons on (gets carbon copies, XEP-0280).
+    pub carbons: bool,
 }
 
 /// Sessions held elsewhere (the other nodes of a cluster), seen through
@@ -331,14 +337,7 @@ impl SessionRegistry {
         map.iter()
             .flat_map(|(Account(bare), l)| {
                 l.iter().filter_map(move |r| {
-                    Some((
-                        bare.with_resource_str(&r.resource).ok()?,
-                        ResourceState {
-                            presence: r.presence.clone(),
-                            priority: r.priority,
-                            interested: r.interested,
-                        },
-                    ))
+                    Some((bare.with_resource_str(&r.resource).ok()?, r.state()))
                 })
             })
             .collect()
@@ -374,6 +373,7 @@ impl SessionRegistry {
                 presence: None,
                 priority: 0,
                 interested: false,
+                carbons: false,
                 directed: Mutex::default(),
                 bound_at: std::time::Instant::now(),
                 extensions: SessionExtensions::default(),
@@ -477,6 +477,29 @@ impl SessionRegistry {
         let _ = old
             .tx
             .send_beyond_capacity(Outbound::Close(StreamErrorCondition::Conflict));
+    }
+
+    /// Records whether the session has carbons on (reported to the other
+    /// nodes of a cluster, which copy to it).
+    pub fn set_carbons(&self, jid: &FullJid, on: bool) {
+        let mut map = self.write();
+        if let Some(r) = map
+            .get_mut(bare_of(jid))
+            .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
+        {
+            if r.carbons != on {
+                r.carbons = on;
+                self.report(jid, r);
+            }
+        }
+    }
+
+    /// Calls `f` with each resource of `bare` held by another node of the
+    /// cluster, and its state (nothing on a single server).
+    pub fn for_each_remote(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState)) {
+        if let Some(remote) = self.remote() {
+            remote.for_each(bare, f);
+        }
     }
 
     /// Marks the session as interested in roster pushes.

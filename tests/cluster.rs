@@ -1005,6 +1005,7 @@ async fn a_stanza_for_a_node_no_longer_alive_is_rerouted_not_lost() {
         ),
         priority: 10,
         interested: false,
+        carbons: false,
     };
     let event = waxwing::cluster::codec::encode_change(&waxwing::cluster::bus::Change::Bound {
         node: "n9".into(),
@@ -1369,4 +1370,68 @@ async fn a_presence_broadcast_is_one_bus_entry_per_node() {
         bytes_after.1 - bytes_before.1,
     );
     assert_eq!(delta("xadd"), 1, "one inbox entry for the one node");
+}
+
+/// Message Carbons (XEP-0280) reach a carbons-enabled resource on another
+/// node: alice's a1 on n1 and a2 on n2 both enable carbons; a chat bob (on
+/// n1) sends to a1, and one a1 sends to bob, are copied to a2 on n2
+/// (`<received/>`, `<sent/>`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carbons_reach_a_resource_on_another_node() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, bob) = (format!("ka{tag}"), format!("kb{tag}"));
+    add_users(&[&alice, &bob]).await;
+    let nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    let (a_bare, b_bare) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
+    let mut b = Client::login(nodes[0].c2s, &bob, "pw", Some("b1")).await;
+    let mut a1 = Client::login_without_presence(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    let mut a2 = Client::login_without_presence(nodes[1].c2s, &alice, "pw", Some("a2")).await;
+    for c in [&mut a1, &mut a2] {
+        let r = c
+            .iq(
+                "<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+                "carbons",
+            )
+            .await;
+        assert_eq!(r.attr("type"), Some("result"));
+        // After carbons: once n1 routes to a2, it knows a2 has them on.
+        c.send_str("<presence/>").await;
+    }
+    until_routable(&mut b, &mut a2, &a_bare).await;
+
+    let copied = |kind: &'static str, text: &'static str| {
+        move |e: &Element| {
+            e.is("message", NS_CLIENT)
+                && e.get_child(kind, "urn:xmpp:carbons:2")
+                    .and_then(|k| k.get_child("forwarded", "urn:xmpp:forward:0"))
+                    .and_then(|f| f.get_child("message", NS_CLIENT))
+                    .and_then(body)
+                    .as_deref()
+                    == Some(text)
+        }
+    };
+    b.send_str(&format!(
+        "<message to='{a_bare}/a1' type='chat' id='k1'><body>to a1</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut a2,
+        Duration::from_secs(5),
+        "the received copy on n2",
+        copied("received", "to a1"),
+    )
+    .await;
+    a1.send_str(&format!(
+        "<message to='{b_bare}' type='chat' id='k2'><body>from a1</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut a2,
+        Duration::from_secs(5),
+        "the sent copy on n2",
+        copied("sent", "from a1"),
+    )
+    .await;
 }

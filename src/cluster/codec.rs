@@ -10,7 +10,13 @@ use crate::sessions::ResourceState;
 
 /// `node \t priority \t flags \t presence`: a directory value.
 pub fn encode_state(node: &str, state: &ResourceState) -> String {
-    let flags = if state.interested { "i" } else { "-" };
+    // `i` interested, `c` carbons on; `-` neither.
+    let flags = match (state.interested, state.carbons) {
+        (false, false) => "-",
+        (true, false) => "i",
+        (false, true) => "c",
+        (true, true) => "ic",
+    };
     let presence = state
         .presence
         .as_ref()
@@ -24,7 +30,8 @@ pub fn decode_state(value: &str) -> Option<(String, ResourceState)> {
     let mut parts = value.splitn(4, '\t');
     let node = parts.next()?.to_string();
     let priority = parts.next()?.parse().ok()?;
-    let interested = parts.next()? == "i";
+    let flags = parts.next()?;
+    let (interested, carbons) = (flags.contains('i'), flags.contains('c'));
     let presence = match parts.next()? {
         "" => None,
         xml => Some(
@@ -39,6 +46,7 @@ pub fn decode_state(value: &str) -> Option<(String, ResourceState)> {
             presence,
             priority,
             interested,
+            carbons,
         },
     ))
 }
@@ -113,6 +121,7 @@ mod tests {
                     presence: Some(presence),
                     priority: -3,
                     interested: true,
+                    carbons: true,
                 },
                 claim: false,
             },

@@ -5,7 +5,9 @@
 //!
 //! Whether a resource has carbons on is session data (its extensions in
 //! the session registry): it follows the session, and a new binding of
-//! the same resource starts with carbons off.
+//! the same resource starts with carbons off. In a cluster the registry
+//! also reports it to the other nodes (`sessions::set_carbons`), whose
+//! copies for it are forwarded like any stanza.
 //!
 //! The copies come from the events the router fires after it routed a
 //! message: `MessageDelivered` (received copies, to the account's
@@ -161,6 +163,8 @@ fn answer(req: &IqRequest<'_>) -> super::IqOutcome {
     ext.lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(CarbonsEnabled(on));
+    // Other nodes of a cluster copy to this resource too.
+    req.server.sessions.set_carbons(full, on);
     Ok(None)
 }
 
@@ -186,6 +190,15 @@ fn enabled_resources(server: &Server, account: &str, wanted: impl Fn(&str) -> bo
         .sessions
         .for_each_extensions(account, |resource, ext| {
             if ext.get::<CarbonsEnabled>().is_some_and(|c| c.0) && wanted(resource) {
+                names.push(resource.to_string());
+            }
+        });
+    // Resources on other nodes of a cluster, as their nodes reported them;
+    // the copy is forwarded there like any stanza.
+    server
+        .sessions
+        .for_each_remote(account, &mut |resource, state| {
+            if state.carbons && wanted(resource) && !names.iter().any(|n| n == resource) {
                 names.push(resource.to_string());
             }
         });
