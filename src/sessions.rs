@@ -188,6 +188,7 @@ impl BoundResource {
             priority: self.priority,
             interested: self.interested,
             carbons: self.carbons,
+            session: self.session_id,
         }
     }
 }
@@ -241,6 +242,9 @@ pub struct ResourceState {
     pub interested: bool,
     /// Has carbons on (gets carbon copies, XEP-0280).
     pub carbons: bool,
+    /// The session's id on its node (0: unknown), so that a replacement
+    /// names the one session it is for.
+    pub session: u64,
 }
 
 /// Sessions held elsewhere (the other nodes of a cluster), seen through
@@ -450,18 +454,18 @@ impl SessionRegistry {
     /// local one is replaced as a local bind replaces one (newest wins):
     /// unbound with no departure (no `SessionEnded`: the user is online
     /// there, and its end would broadcast unavailable), then told
-    /// `conflict`.
-    pub fn replaced_elsewhere(&self, jid: &FullJid) {
+    /// `conflict`. Only the session `session` (its id; 0: whichever is
+    /// bound): one bound again here since is newer than the one replaced.
+    pub fn replaced_elsewhere(&self, jid: &FullJid, session: u64) {
         let old = {
             let mut map = self.write();
             let bare = bare_of(jid);
             let Some(list) = map.get_mut(bare) else {
                 return;
             };
-            let Some(i) = list
-                .iter()
-                .position(|r| r.resource == jid.resource().as_str())
-            else {
+            let Some(i) = list.iter().position(|r| {
+                r.resource == jid.resource().as_str() && (session == 0 || r.session_id == session)
+            }) else {
                 return;
             };
             let old = list.swap_remove(i);
@@ -919,6 +923,29 @@ mod tests {
         reg.unbind(&jid, 2);
         assert_eq!(reg.count(), 0);
         assert!(reg.list().is_empty());
+    }
+
+    /// A replacement from another node names the session it displaced:
+    /// one bound here again since (newer than the other node's) stays.
+    #[test]
+    fn a_replacement_from_elsewhere_closes_only_the_session_it_names() {
+        let reg = SessionRegistry::default();
+        let jid = FullJid::new("a@x/r").unwrap();
+        let (tx1, _rx1) = crate::queue::queue(4, usize::MAX);
+        let (tx3, rx3) = crate::queue::queue(4, usize::MAX);
+        reg.bind(&jid, 1, tx1);
+        reg.bind(&jid, 3, tx3);
+        // Displaced on the other node was session 1, replaced here since.
+        reg.replaced_elsewhere(&jid, 1);
+        assert_eq!(reg.session_id(&jid), Some(3));
+        assert!(rx3.try_recv().is_none());
+        // The one it names is closed with conflict.
+        reg.replaced_elsewhere(&jid, 3);
+        assert_eq!(reg.session_id(&jid), None);
+        assert!(matches!(
+            rx3.try_recv(),
+            Some(Outbound::Close(StreamErrorCondition::Conflict))
+        ));
     }
 
     #[test]

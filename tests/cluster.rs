@@ -1006,6 +1006,7 @@ async fn a_stanza_for_a_node_no_longer_alive_is_rerouted_not_lost() {
         priority: 10,
         interested: false,
         carbons: false,
+        session: 0,
     };
     let event = waxwing::cluster::codec::encode_change(&waxwing::cluster::bus::Change::Bound {
         node: "n9".into(),

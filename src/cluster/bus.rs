@@ -43,9 +43,9 @@ pub enum Change {
 pub enum Applied {
     /// Written (an `Unbound` or `NodeDown` is always reported so).
     Written,
-    /// A `Bound` that took the full JID from this other node, whose
-    /// session must now be replaced.
-    Displaced(String),
+    /// A `Bound` that took the full JID from another node: (that node,
+    /// the id there of the session that must now be replaced).
+    Displaced(String, u64),
     /// A `Bound` update (not a claim) of a full JID another node has
     /// claimed since: not written, the session here is being replaced.
     Stale,
@@ -57,8 +57,9 @@ pub enum Delivery {
     /// A stanza, serialized once by the sending node (`jabber:client`).
     Stanza(Bytes),
     /// The sending node bound a new session of the full JID: the
-    /// receiving node's one is replaced (newest wins, as on one node).
-    Replaced,
+    /// receiving node's one with this session id is replaced (newest
+    /// wins, as on one node); one bound there again since is not.
+    Replaced(u64),
     /// An answer (result or error) to an IQ the receiving node sent; the
     /// entry's `to` is who answered (any JID), for its IQ tracker.
     Answer(Bytes),

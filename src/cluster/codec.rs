@@ -8,7 +8,7 @@ use jid::FullJid;
 use super::bus::{Change, Delivery};
 use crate::sessions::ResourceState;
 
-/// `node \t priority \t flags \t presence`: a directory value.
+/// `node \t priority \t flags \t session \t presence`: a directory value.
 pub fn encode_state(node: &str, state: &ResourceState) -> String {
     // `i` interested, `c` carbons on; `-` neither.
     let flags = match (state.interested, state.carbons) {
@@ -22,16 +22,20 @@ pub fn encode_state(node: &str, state: &ResourceState) -> String {
         .as_ref()
         .map(|p| String::from_utf8_lossy(&p.to_bytes(crate::xml::NS_CLIENT)).into_owned())
         .unwrap_or_default();
-    format!("{node}\t{}\t{flags}\t{presence}", state.priority)
+    format!(
+        "{node}\t{}\t{flags}\t{}\t{presence}",
+        state.priority, state.session
+    )
 }
 
 /// Parses a directory value back: (node, state).
 pub fn decode_state(value: &str) -> Option<(String, ResourceState)> {
-    let mut parts = value.splitn(4, '\t');
+    let mut parts = value.splitn(5, '\t');
     let node = parts.next()?.to_string();
     let priority = parts.next()?.parse().ok()?;
     let flags = parts.next()?;
     let (interested, carbons) = (flags.contains('i'), flags.contains('c'));
+    let session = parts.next()?.parse().ok()?;
     let presence = match parts.next()? {
         "" => None,
         xml => Some(
@@ -47,6 +51,7 @@ pub fn decode_state(value: &str) -> Option<(String, ResourceState)> {
             priority,
             interested,
             carbons,
+            session,
         },
     ))
 }
@@ -122,6 +127,7 @@ mod tests {
                     priority: -3,
                     interested: true,
                     carbons: true,
+                    session: 7,
                 },
                 claim: false,
             },
@@ -150,7 +156,8 @@ mod tests {
 /// a burst of chat — costs one append. A record is a kind byte (`s`
 /// stanza, `=` the same stanza bytes as the record before, `r` replaced,
 /// `a` an IQ answer), the full JID (u32 big-endian length, bytes), and for
-/// `s` and `a` the value (u32 length, bytes).
+/// `s`, `a` and `r` the value (u32 length, bytes; for `r` the session id
+/// in decimal).
 pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut previous: Option<&Bytes> = None;
@@ -159,6 +166,7 @@ pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
             out.extend_from_slice(b);
         };
+        let session_text;
         let (kind, value) = match delivery {
             // One stanza to several resources of one contact is serialized
             // once by the router: its bytes are shared, and sent once.
@@ -171,7 +179,10 @@ pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
                 previous = Some(b);
                 (b's', Some(b))
             }
-            Delivery::Replaced => (b'r', None),
+            Delivery::Replaced(session) => {
+                session_text = Bytes::from(session.to_string());
+                (b'r', Some(&session_text))
+            }
             Delivery::Answer(b) => (b'a', Some(b)),
         };
         out.push(kind);
@@ -181,6 +192,15 @@ pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A session id as an entry carries it (decimal; 0 when unreadable:
+/// whichever session is bound).
+pub fn session_of(text: &[u8]) -> u64 {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The records of a packed entry (None if it is malformed: a newer
@@ -208,7 +228,7 @@ pub fn unpack(packed: &Bytes) -> Option<Vec<(String, Delivery)>> {
                 Delivery::Stanza(b)
             }
             b'=' => Delivery::Stanza(previous.clone()?),
-            b'r' => Delivery::Replaced,
+            b'r' => Delivery::Replaced(session_of(&take(&mut at)?)),
             b'a' => Delivery::Answer(take(&mut at)?),
             _ => return None,
         };
@@ -229,7 +249,7 @@ mod pack_tests {
             ("c@x/1", Delivery::Stanza(shared.clone())),
             ("c@x/2", Delivery::Stanza(shared.clone())),
             ("d@x/1", Delivery::Stanza(other.clone())),
-            ("e@x/1", Delivery::Replaced),
+            ("e@x/1", Delivery::Replaced(42)),
             ("f@x/1", Delivery::Answer(Bytes::from_static(b"<iq/>"))),
         ];
         let refs: Vec<(&str, &Delivery)> = entries.iter().map(|(t, d)| (*t, d)).collect();

@@ -87,8 +87,8 @@ pub async fn deliver(server: &Server, entry: InboxEntry) {
     };
     let bytes = match entry.delivery {
         Delivery::Stanza(bytes) => bytes,
-        Delivery::Replaced => {
-            server.sessions.replaced_elsewhere(&to);
+        Delivery::Replaced(session) => {
+            server.sessions.replaced_elsewhere(&to, session);
             return;
         }
         Delivery::Answer(_) => return,

@@ -257,8 +257,8 @@ impl Cluster {
 
     /// Tells `node` that its session of `jid` is replaced by a newer one
     /// here (an inbox entry: it closes it with `conflict`).
-    fn replace_on(&self, node: &str, jid: &FullJid) {
-        if !self.send_entry(node, jid.to_string(), bus::Delivery::Replaced) {
+    fn replace_on(&self, node: &str, jid: &FullJid, session: u64) {
+        if !self.send_entry(node, jid.to_string(), bus::Delivery::Replaced(session)) {
             tracing::warn!(%jid, node, "cluster: the replaced session on another node was not told");
         }
     }

@@ -62,7 +62,7 @@ pub(super) async fn run(
                 .iter()
                 .map(|(_, _, d)| match d {
                     Delivery::Stanza(b) => b.len(),
-                    Delivery::Replaced | Delivery::Answer(_) => 0,
+                    Delivery::Replaced(_) | Delivery::Answer(_) => 0,
                 })
                 .sum();
             cluster

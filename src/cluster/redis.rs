@@ -50,7 +50,8 @@ const APPEND_IF_ALIVE: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return
 /// Writes a session's directory field, compare-and-set on its node.
 /// KEYS: `sess:<bare>`, `nodesess:<node>`; ARGV: resource, node, value,
 /// bare JID, `1` for a claim (a new binding). A claim always writes and
-/// returns the node it took the field from (`''` if none or itself); an
+/// returns the value it took from another node (`''` if none or its own:
+/// the node and session to replace); an
 /// update writes only while the field is the node's or absent, else
 /// returns nil (the session is being replaced by a newer one).
 const CLAIM: &str = "local old = redis.call('HGET', KEYS[1], ARGV[1]) \
@@ -60,7 +61,8 @@ const CLAIM: &str = "local old = redis.call('HGET', KEYS[1], ARGV[1]) \
     if owner ~= '' and ARGV[5] ~= '1' then return false end \
     redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) \
     redis.call('SADD', KEYS[2], ARGV[4]) \
-    return owner";
+    if owner == '' then return '' end \
+    return old";
 
 /// A Lua script run by its SHA-1 (`EVALSHA`), so its text is sent only
 /// when Redis does not know it (after a restart: `SCRIPT LOAD`, then the
@@ -189,7 +191,7 @@ fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
             continue;
         }
         let delivery = if e.map.contains_key("r") {
-            Delivery::Replaced
+            Delivery::Replaced(codec::session_of(&field("r")))
         } else if e.map.contains_key("a") {
             Delivery::Answer(Bytes::from(field("a")))
         } else {
@@ -369,7 +371,11 @@ impl SessionDirectory for RedisCluster {
                 .map(|change| match change {
                     Change::Bound { .. } => match claims.next() {
                         Some(None) => Applied::Stale,
-                        Some(Some(owner)) if !owner.is_empty() => Applied::Displaced(owner),
+                        Some(Some(old)) if !old.is_empty() => {
+                            let node = codec::value_node(&old).to_string();
+                            let session = codec::decode_state(&old).map_or(0, |(_, s)| s.session);
+                            Applied::Displaced(node, session)
+                        }
                         _ => Applied::Written,
                     },
                     _ => Applied::Written,
@@ -537,7 +543,7 @@ impl Bus for RedisCluster {
                         cmd.arg("to").arg(to);
                         match delivery {
                             Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
-                            Delivery::Replaced => cmd.arg("r").arg(1),
+                            Delivery::Replaced(session) => cmd.arg("r").arg(*session),
                             Delivery::Answer(iq) => cmd.arg("a").arg(iq.as_ref()),
                         };
                     }

@@ -92,9 +92,9 @@ async fn write(server: &Server, cluster: &Cluster, changes: &[Change]) {
                             // Replaced by a newer session elsewhere; its
                             // replacement is on its way here.
                             Applied::Stale => {}
-                            Applied::Displaced(node) => {
+                            Applied::Displaced(node, session) => {
                                 if let Change::Bound { jid, .. } = &change {
-                                    cluster.replace_on(&node, jid);
+                                    cluster.replace_on(&node, jid, session);
                                 }
                                 written.push(change);
                             }
