@@ -405,6 +405,16 @@ impl XmlStream {
             }
             return self.read_into_parser();
         }
+        // One timer for the three things that can come due (the deadline,
+        // the driver's wake-up, idleness), not a timer each: this select's
+        // futures are the state an idle stream's task keeps for its whole
+        // life, and each `Sleep` weighs as much as the rest together.
+        let idle_at = self.last_activity + idle;
+        let wake_at = self.wake_at.take();
+        let timer_at = [self.deadline, wake_at]
+            .into_iter()
+            .flatten()
+            .fold(idle_at, Instant::min);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -424,11 +434,16 @@ impl XmlStream {
                 r.map_err(|e| End::Io(e.to_string()))?;
                 self.read_into_parser()
             }
-            _ = Self::deadline_passed(self.deadline) => Err(self.deadline_end().await),
-            // A wake-up the driver asked for (stream management's ack
-            // request): nothing to do here, the driver looks after it.
-            _ = Self::deadline_passed(self.wake_at.take()) => Ok(()),
-            _ = tokio::time::sleep_until((self.last_activity + idle).into()) => {
+            _ = tokio::time::sleep_until(timer_at.into()) => {
+                let now = Instant::now();
+                if self.deadline.is_some_and(|at| now >= at) {
+                    return Err(self.deadline_end().await);
+                }
+                if now < idle_at {
+                    // The driver's wake-up (stream management's ack
+                    // request): nothing to do here, the driver looks after it.
+                    return Ok(());
+                }
                 match self.idle_rule {
                     IdleRule::SilentPeer => {
                         Err(self.close_with(StreamErrorCondition::ConnectionTimeout, None).await)

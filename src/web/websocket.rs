@@ -411,7 +411,10 @@ impl ClientStream for WsStream {
         if self.event.is_some() {
             return Ok(());
         }
-        let wake = self.wake_at.take();
+        // One timer for the driver's wake-up and idleness (as on TCP: each
+        // `Sleep` would stay in every idle session's task).
+        let idle_at = Instant::now() + idle;
+        let timer_at = self.wake_at.take().map_or(idle_at, |at| at.min(idle_at));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -433,13 +436,11 @@ impl ClientStream for WsStream {
                 }
             }
             r = self.fill() => r,
-            _ = async {
-                match wake {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
+            _ = tokio::time::sleep_until(timer_at.into()) => {
+                if Instant::now() < idle_at {
+                    // The driver's wake-up: the driver looks after it.
+                    return Ok(());
                 }
-            } => Ok(()),
-            _ = tokio::time::sleep(idle) => {
                 Err(self.close_with(StreamErrorCondition::ConnectionTimeout, None).await)
             }
         }

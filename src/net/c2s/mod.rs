@@ -48,13 +48,15 @@ const MAX_AUTH_ATTEMPTS_PER_STREAM: u32 = 5;
 
 /// Runs a client connection over TCP (plain until STARTTLS, or direct
 /// TLS) to its end.
-pub async fn run(
+///
+/// Not an `async fn`, for the reason given at `serve`.
+pub fn run(
     server: Arc<Server>,
     tcp: TcpStream,
     peer: SocketAddr,
     direct_tls: bool,
     slot: ConnectionSlot,
-) {
+) -> impl std::future::Future<Output = ()> {
     let limits = server.config().limits.stream();
     let domain = server.first_domain();
     let stream = XmlStream::new(
@@ -64,7 +66,7 @@ pub async fn run(
         Some("1.0"),
         domain,
     );
-    serve(server, stream, peer, direct_tls, slot).await
+    serve(server, stream, peer, direct_tls, slot)
 }
 
 /// Runs a client connection over any transport to its end: negotiation,
@@ -108,7 +110,8 @@ pub fn serve<S: ClientStream>(
         if let Some(a) = attached {
             // Before the socket's shutdown, which may wait on a dead peer: a
             // resumption elsewhere is waiting for the session.
-            conn.finish(a).await;
+            // Boxed for the same reason as negotiation: it runs once, at the end.
+            Box::pin(conn.finish(*a)).await;
         }
         conn.stream.shutdown().await;
         tracing::info!(
@@ -143,13 +146,17 @@ struct Connection<S> {
 }
 
 impl<S: ClientStream> Connection<S> {
-    async fn run(&mut self, direct_tls: bool) -> (End, Option<Attached>) {
+    async fn run(&mut self, direct_tls: bool) -> (End, Option<Box<Attached>>) {
         let login_timeout = Duration::from_secs(self.server.config().c2s.login_timeout);
         // Boxed: negotiation's state (SASL, SASL2, bind, resume) is larger
         // than a bound session's and lives only until login; inline, every
         // idle session's task would stay that size for its whole life.
         let negotiated = match timeout(login_timeout, Box::pin(self.negotiate(direct_tls))).await {
-            Ok(r) => r,
+            // The session's state on the heap: an async fn keeps a slot for
+            // every value it ever held across an await (the negotiation's
+            // result, the session moved out of it), so inline it would be
+            // stored two or three times over in every idle session's task.
+            Ok(r) => r.map(Box::new),
             Err(_) => Err(self
                 .stream
                 .close_with(

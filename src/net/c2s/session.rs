@@ -262,7 +262,10 @@ impl<S: ClientStream> Connection<S> {
     ) -> Result<(), StreamErrorCondition> {
         if StanzaKind::of(&el, NS_CLIENT).is_some() {
             (self.server.metrics.stanzas).received(StreamKind::C2s, el.name());
-            router::route_from_client(&self.server, &a.jid, el).await?;
+            // Boxed: routing's state (the largest of a bound session's) is
+            // needed only while a stanza is routed; inline, every idle
+            // session's task would keep room for it (~1.7 KB) for its life.
+            Box::pin(router::route_from_client(&self.server, &a.jid, el)).await?;
             if let Some(sm) = &mut a.w.sm {
                 sm.handled_one();
             }
