@@ -76,7 +76,9 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// How long a node counts as alive after its last liveness refresh,
     /// in milliseconds (refreshed every third of it). Default 10,000:
-    /// a dead node's users look offline to their contacts within it.
+    /// a dead node's users look offline to their contacts within it, and
+    /// a node that could not refresh for that long closes its sessions
+    /// (self-fencing).
     pub liveness_ttl_ms: u64,
     /// Most stanzas waiting in this node's inbox stream, and in its queue
     /// towards other nodes' inboxes; beyond that a sender gets
