@@ -7,6 +7,8 @@
 #   DURATION [20] IDLE [10] WINDOW [16] MAX_TIME [900] EXTRA [] (more waxwing-bench flags)
 #   QUIET_WAIT [300] seconds to wait for other load to settle before each run
 #   LABEL [server name] label for the JSON line and the result file names
+#   BENCH_NICE [0] scheduling priority of waxwing-bench (negative: ahead of the server's threads, so
+#     that the tool's readers are not left runnable and unscheduled while they time an answer)
 # Results: bench/results/<server>-<UTC time>.txt (summary) and .json (the JSON line).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +46,7 @@ run_one() {
     --rates "$RATES" --window "$WINDOW" --duration "$DURATION" --idle "$IDLE"
     --max-time "$MAX_TIME" --label "${LABEL:-$name}" $EXTRA)
   echo "+ ${cmd[*]}" | tee "$OUT/${LABEL:-$name}-$stamp.txt"
-  ( ulimit -n "$(fd_limit)"; "${cmd[@]}" ) 2>&1 | tee -a "$OUT/${LABEL:-$name}-$stamp.txt" || true
+  ( ulimit -n "$(fd_limit)"; nice -n "${BENCH_NICE:-0}" "${cmd[@]}" ) 2>&1 | tee -a "$OUT/${LABEL:-$name}-$stamp.txt" || true
   tail -1 "$OUT/${LABEL:-$name}-$stamp.txt" > "$OUT/${LABEL:-$name}-$stamp.json"
   "$ROOT/bench/peers/$script" stop
 }
