@@ -13,6 +13,8 @@
 #   JOIN_SIZE [500] JOIN_REPEAT [20] ROOMS [10] ROOM_SIZE [50] SENDERS [5]
 #   WINDOW [4] DURATION [10] BIG_SIZE [5000] BIG_JOIN_REPEAT [5]
 #   PHASE_TIME [90] MAX_TIME [230] QUIET_WAIT [20] EXTRA [] (more tool flags)
+#   BENCH_NICE [0]: the tool's scheduling priority (negative: ahead of the server, so that its
+#   readers time what they receive when it arrives; see bench/run.sh)
 #   WAXWING_BENCH_IP [127.0.0.24]: the address every server of this script
 #   listens on (one at a time), apart from other benchmark runs.
 # Results: bench/results/muc-<server>-<commit>-<UTC time>.txt, the last line JSON.
@@ -71,7 +73,7 @@ run_one() {
     echo "# $name $( [ "$name" = waxwing ] && echo "$COMMIT" || dpkg-query -W -f='${Version}' "$name"), load average $(cut -d' ' -f1-3 /proc/loadavg)${quiet:+; $quiet}"
   } | tee "$file"
   # The tool stops itself at MAX_TIME; `timeout` is the backstop.
-  ( ulimit -n "$(fd_limit)"; timeout --kill-after=10 $((MAX_TIME + 30)) "${cmd[@]}" ) 2>&1 | tee -a "$file" || true
+  ( ulimit -n "$(fd_limit)"; nice -n "${BENCH_NICE:-0}" timeout --kill-after=10 $((MAX_TIME + 30)) "${cmd[@]}" ) 2>&1 | tee -a "$file" || true
   "$ROOT/bench/peers/$name.sh" stop
   RUNNING=""
   echo "→ $file"
