@@ -304,6 +304,26 @@ async fn until_routable(from: &mut Client, to: &mut Client, to_bare: &str) {
     }
 }
 
+/// `from` sends a chat with body `text` to `to`; returns it as `at`
+/// receives it (other stanzas skipped), or panics after `within`.
+async fn chat_arrives(
+    from: &mut Client,
+    to: &str,
+    id: &str,
+    text: &str,
+    at: &mut Client,
+    within: Duration,
+) -> Element {
+    from.send_str(&format!(
+        "<message to='{to}' type='chat' id='{id}'><body>{text}</body></message>"
+    ))
+    .await;
+    await_stanza(at, within, &format!("the chat '{text}'"), |e| {
+        e.is("message", NS_CLIENT) && body(e).as_deref() == Some(text)
+    })
+    .await
+}
+
 fn body(e: &Element) -> Option<String> {
     e.get_child("body", NS_CLIENT).map(|b| b.text())
 }
@@ -399,27 +419,23 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     until_routable(&mut c, &mut a, &a_bare).await;
 
     // Chat across nodes: to a full JID, and to a bare JID.
-    a.send_str(&format!(
-        "<message to='{b_full}' type='chat' id='m1'><body>full</body></message>"
-    ))
-    .await;
-    let m = await_stanza(
+    let m = chat_arrives(
+        &mut a,
+        &b_full,
+        "m1",
+        "full",
         &mut b,
         Duration::from_secs(5),
-        "chat to the full JID",
-        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("full"),
     )
     .await;
     assert_eq!(m.attr("from"), Some(a_full.as_str()));
-    b.send_str(&format!(
-        "<message to='{a_bare}' type='chat' id='m2'><body>bare</body></message>"
-    ))
-    .await;
-    let m = await_stanza(
+    let m = chat_arrives(
+        &mut b,
+        &a_bare,
+        "m2",
+        "bare",
         &mut a,
         Duration::from_secs(5),
-        "chat to the bare JID",
-        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("bare"),
     )
     .await;
     assert_eq!(m.attr("from"), Some(b_full.as_str()));
@@ -431,15 +447,13 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
         .await;
     // n1 knows of b2 once a headline (to every available resource) reaches it.
     until_routable(&mut a, &mut b2, &b_bare).await;
-    a.send_str(&format!(
-        "<message to='{b_bare}' type='chat' id='m3'><body>top</body></message>"
-    ))
-    .await;
-    let m = await_stanza(
+    let m = chat_arrives(
+        &mut a,
+        &b_bare,
+        "m3",
+        "top",
         &mut b2,
         Duration::from_secs(5),
-        "chat to the top resource",
-        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("top"),
     )
     .await;
     assert_eq!(m.attr("to"), Some(b_bare.as_str()));
@@ -542,15 +556,13 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     drop(c);
     let mut c3 = Client::login(nodes[2].c2s, &carol, "pw", Some("c3")).await;
     until_routable(&mut a, &mut c3, &c_bare).await;
-    a.send_str(&format!(
-        "<message to='{c_bare}/c3' type='chat' id='m6'><body>welcome back</body></message>"
-    ))
-    .await;
-    await_stanza(
+    chat_arrives(
+        &mut a,
+        &format!("{c_bare}/c3"),
+        "m6",
+        "welcome back",
         &mut c3,
         Duration::from_secs(5),
-        "chat on the rejoined node",
-        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("welcome back"),
     )
     .await;
     let status = nodes[0].cluster_status();
@@ -692,15 +704,13 @@ async fn nodes_recover_when_redis_restarts_empty() {
     // to the full JID goes through the new inbox.
     until_routable(&mut a, &mut b, &b_bare).await;
     until_routable(&mut b, &mut a, &a_bare).await;
-    a.send_str(&format!(
-        "<message to='{b_full}' type='chat' id='r1'><body>after the restart</body></message>"
-    ))
-    .await;
-    await_stanza(
+    chat_arrives(
+        &mut a,
+        &b_full,
+        "r1",
+        "after the restart",
         &mut b,
         Duration::from_secs(10),
-        "chat after the restart",
-        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("after the restart"),
     )
     .await;
     b.send_str("<presence><show>dnd</show></presence>").await;
@@ -883,15 +893,13 @@ async fn a_resource_bound_again_on_another_node_replaces_the_old_session() {
     assert_eq!(condition.as_deref(), Some("conflict"));
     // From n2, where the old session was: the full JID is on n1 now.
     until_routable(&mut a, &mut new, &b_bare).await;
-    a.send_str(&format!(
-        "<message to='{b_full}' type='chat' id='s1'><body>to the new one</body></message>"
-    ))
-    .await;
-    await_stanza(
+    chat_arrives(
+        &mut a,
+        &b_full,
+        "s1",
+        "to the new one",
         &mut new,
         Duration::from_secs(5),
-        "chat to the new session",
-        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("to the new one"),
     )
     .await;
 }
