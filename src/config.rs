@@ -587,6 +587,11 @@ pub struct MamConfig {
     pub batch: usize,
     /// Page cache of the archive writer's own SQLite connection, in KiB.
     pub writer_cache_kib: u64,
+    /// On SQLite: WAL pages after which a thread of its own checkpoints
+    /// the WAL into the database (the writer checkpoints itself past four
+    /// times this, so the WAL stays bounded). 0: SQLite's own automatic
+    /// checkpoint, on the writer's thread.
+    pub checkpoint_pages: u32,
 }
 
 impl Default for MamConfig {
@@ -602,9 +607,10 @@ impl Default for MamConfig {
             max_ids: 50,
             max_index: 1_000,
             max_pref_jids: 1_000,
-            queue: 8_192,
-            batch: 8_192,
+            queue: 32_768,
+            batch: 65_536,
             writer_cache_kib: 32_768,
+            checkpoint_pages: 8_192,
         }
     }
 }
@@ -2225,6 +2231,13 @@ const MAM: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 16_777_216,
+        },
+    ),
+    f(
+        "checkpoint_pages",
+        Kind::Int {
+            min: 0,
+            max: 4_000_000,
         },
     ),
 ];

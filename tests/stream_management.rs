@@ -499,3 +499,63 @@ async fn too_many_unacknowledged_stanzas_close_the_stream_and_the_session_waits(
     again.read_messages(4).await;
     assert_eq!(again.bodies, numbered(1..=4));
 }
+
+/// A client that asks for an ack and closes its stream in the same write
+/// gets the answer before the server's end of the stream, and the answer
+/// counts only stanzas whose archive rows are committed (the answer may be
+/// owed while the archive writer commits; it is never dropped).
+#[tokio::test]
+async fn an_ack_asked_just_before_closing_is_answered_after_the_archive_commit() {
+    let server = TestServer::start().await;
+    server.add_user("kim", "pw").await;
+    server.add_user("lee", "pw").await;
+    let mut k = SmClient::login(&server, "kim", "r").await;
+    // Online, so the messages are delivered, not stored offline (which
+    // would wait for the lock below before `<r/>` is even read).
+    let _l = SmClient::login(&server, "lee", "r").await;
+    // Another connection holds the database's write lock, so the archive
+    // writer's commit waits (SQLite's busy timeout) and the answer to
+    // `<r/>` is owed when the stream's end arrives.
+    let waxwing::storage::Store::Sqlite(pool) = server.store() else {
+        unreachable!("the test server runs on SQLite")
+    };
+    let mut lock = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut out = String::new();
+    for b in numbered(1..=20) {
+        out.push_str(&chat("lee@localhost", &b));
+    }
+    out.push_str("<r xmlns='urn:xmpp:sm:3'/></stream:stream>");
+    k.c.send_str(&out).await;
+    // Time for the server to read it all (not needed for the answer to
+    // be right, only for the end to arrive while the answer is owed).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
+    drop(lock);
+    let a = loop {
+        let e = k.c.next_element().await;
+        if e.is("a", NS_SM) {
+            break e;
+        }
+    };
+    assert_eq!(a.attr("h"), Some("20"));
+    // Acknowledged, so archived for both sides by now.
+    let owner = |u: &str| waxwing::storage::ArchiveOwner {
+        kind: waxwing::storage::ArchiveKind::User,
+        domain: "localhost".into(),
+        username: u.into(),
+    };
+    let all = waxwing::storage::ArchiveFilter::default();
+    for u in ["kim", "lee"] {
+        assert_eq!(
+            server.store().archive_count(&owner(u), &all).await.unwrap(),
+            20,
+            "{u}"
+        );
+    }
+    k.c.expect_closed().await;
+    still_serves_user(&server, "lee").await;
+}

@@ -11,6 +11,7 @@
 # WAXWING_MAM=true archives messages (XEP-0313); off by default, as in every run recorded
 # before the archive existed and as in the peers' bench configs; WAXWING_MAM=omit writes no
 # [mam] section (for a binary older than the archive, which would refuse it).
+# WAXWING_MAM_CONFIG='batch = 65536\nqueue = 32768' adds lines to that [mam] section.
 # WAXWING_HTTPS_PORT=5443 also serves HTTPS (XMPP over WebSocket) on $IP at that port, for
 # `waxwing-bench --ws-port` (bench/websocket.sh).
 # WAXWING_DB=postgres://USER@HOST:PORT/DB stores everything in that (existing) PostgreSQL
@@ -64,7 +65,7 @@ auth_failure_window = 60
 scram_iterations = 4096
 registrations_per_ip = 1000000
 $( if [ -z "${WAXWING_HTTPS_PORT:-}" ]; then printf '[http]\nlisten = []\nlisten_tls = []\n'; else printf '[http]\nlisten = []\nlisten_tls = ["%s:%s"]\nmax_connections = 100000\n' "$IP" "$WAXWING_HTTPS_PORT"; fi )
-$( [ "${WAXWING_MAM:-false}" = omit ] || printf '[mam]\nenabled = %s\n' "${WAXWING_MAM:-false}" )
+$( [ "${WAXWING_MAM:-false}" = omit ] || printf '[mam]\nenabled = %s\n%b\n' "${WAXWING_MAM:-false}" "${WAXWING_MAM_CONFIG:-}" )
 CFG
   # BENCH_MUC=1: the MUC service for bench/muc.sh, set as the peers are —
   # no history, no room archive, rooms big enough for the biggest room.

@@ -407,6 +407,7 @@ impl Store {
         &self,
         cache_kib: u64,
         synchronous_full: bool,
+        checkpoint_pages: u32,
     ) -> Result<ArchiveConn, StorageError> {
         Ok(match self {
             Store::Sqlite(pool) => {
@@ -427,7 +428,13 @@ impl Store {
                             .as_millis()
                             .try_into()
                             .unwrap_or(u32::MAX);
-                        SqliteArchiveConn::open(&path, synchronous_full, cache_kib, busy_ms)
+                        SqliteArchiveConn::open(
+                            &path,
+                            synchronous_full,
+                            cache_kib,
+                            busy_ms,
+                            checkpoint_pages,
+                        )
                     })
                     .await
                     .map_err(|e| StorageError::Invalid(format!("archive writer thread: {e}")))??;

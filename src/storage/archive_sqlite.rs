@@ -18,6 +18,8 @@
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::Path;
 use std::ptr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use libsqlite3_sys as ffi;
 
@@ -74,7 +76,13 @@ pub struct SqliteArchiveConn {
     owner: Stmt,
     /// One insert per size of `ROW_CHUNKS`, in that order.
     rows: Vec<Stmt>,
+    /// Checkpoints on a thread of its own, when set.
+    checkpointer: Option<Checkpointer>,
     db: Db,
+    /// Frames in the WAL after the last commit, set by the WAL hook.
+    /// Boxed: SQLite holds its address. Declared after `db` so the hook's
+    /// connection is closed before it is freed.
+    wal_frames: Box<AtomicI32>,
 }
 
 /// The connection handle, closed on drop (after the statements).
@@ -125,26 +133,11 @@ impl SqliteArchiveConn {
         synchronous_full: bool,
         cache_kib: u64,
         busy_ms: u32,
+        checkpoint_pages: u32,
     ) -> Result<SqliteArchiveConn, StorageError> {
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| StorageError::Invalid("database path holds a NUL byte".into()))?;
-        let mut handle = ptr::null_mut();
-        // SAFETY: a valid C string and an out-pointer; the handle is owned
-        // by `Db` from here on, whatever the result.
-        let rc = unsafe {
-            ffi::sqlite3_open_v2(
-                c_path.as_ptr(),
-                &mut handle,
-                ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
-                ptr::null(),
-            )
-        };
-        let db = Db(handle);
-        if rc != ffi::SQLITE_OK {
-            return Err(error(db.0, rc, "open"));
-        }
-        // SAFETY: an open handle.
-        unsafe { ffi::sqlite3_busy_timeout(db.0, busy_ms.min(i32::MAX as u32) as c_int) };
+        let db = open_handle(&c_path, busy_ms)?;
         let sync = if synchronous_full { "FULL" } else { "NORMAL" };
         exec(
             db.0,
@@ -153,7 +146,25 @@ impl SqliteArchiveConn {
                 cache_kib.max(1)
             ),
         )?;
+        let wal_frames = Box::new(AtomicI32::new(0));
+        let checkpointer = match checkpoint_pages {
+            0 => None,
+            n => {
+                // SAFETY: an open handle; the hook's argument is the boxed
+                // counter, which outlives the handle (field order).
+                unsafe {
+                    ffi::sqlite3_wal_hook(
+                        db.0,
+                        Some(count_frames),
+                        &*wal_frames as *const AtomicI32 as *mut std::ffi::c_void,
+                    )
+                };
+                Some(Checkpointer::start(path, synchronous_full, busy_ms, n)?)
+            }
+        };
         Ok(SqliteArchiveConn {
+            checkpointer,
+            wal_frames,
             begin: prepare(db.0, "BEGIN IMMEDIATE")?,
             commit: prepare(db.0, "COMMIT")?,
             rollback: prepare(db.0, "ROLLBACK")?,
@@ -176,6 +187,9 @@ impl SqliteArchiveConn {
         self.done(&self.begin, "begin")?;
         let written = self.write(rows, &owners);
         let r = written.and_then(|()| self.done(&self.commit, "commit"));
+        if r.is_ok() {
+            self.after_commit();
+        }
         if r.is_err() {
             // Nothing of the batch stays; the connection is ready for the next.
             // SAFETY: an open handle.
@@ -212,6 +226,14 @@ impl SqliteArchiveConn {
             };
             ids.push(id);
         }
+        // Each owner's rows together, in id order: a statement then
+        // touches a page or two of each index instead of one per row, so
+        // SQLite's statement journal (which keeps a copy of every page a
+        // multi-row statement changes) and the index seeks stay small.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            (owners.of_row[a], &rows[a].id).cmp(&(owners.of_row[b], &rows[b].id))
+        });
         let mut at = 0;
         while at < rows.len() {
             let left = rows.len() - at;
@@ -220,11 +242,8 @@ impl SqliteArchiveConn {
             };
             let stmt = &self.rows[k];
             let s = stmt.0;
-            for (j, (r, &i)) in rows[at..at + ROW_CHUNKS[k]]
-                .iter()
-                .zip(&owners.of_row[at..])
-                .enumerate()
-            {
+            for (j, &n) in order[at..at + ROW_CHUNKS[k]].iter().enumerate() {
+                let (r, i) = (&rows[n], owners.of_row[n]);
                 let b = (j * ROW_VALUES) as c_int;
                 // SAFETY: as above.
                 unsafe {
@@ -245,6 +264,27 @@ impl SqliteArchiveConn {
             at += ROW_CHUNKS[k];
         }
         Ok(())
+    }
+
+    /// Hands the WAL to the checkpointer once it holds `pages` frames;
+    /// past four times that (the checkpointer is behind, e.g. a slow
+    /// disk), checkpoints here, so the WAL stays bounded and the writer
+    /// slows down with the disk instead of running ahead of it.
+    fn after_commit(&self) {
+        let Some(c) = &self.checkpointer else { return };
+        let frames = self.wal_frames.load(Ordering::Relaxed);
+        if frames < c.pages {
+            return;
+        }
+        if frames >= c.pages.saturating_mul(4) {
+            // SAFETY: an open handle, outside any transaction.
+            unsafe { checkpoint(self.db.0) };
+            return;
+        }
+        // Full: a checkpoint is already asked for.
+        if let Err(TrySendError::Disconnected(())) = c.wake.try_send(()) {
+            tracing::warn!("archive checkpointer stopped");
+        }
     }
 
     /// Runs a statement that returns no row, and resets it.
@@ -305,3 +345,101 @@ fn exec(db: *mut ffi::sqlite3, sql: &str) -> Result<(), StorageError> {
     }
     Ok(())
 }
+
+/// Opens the database file read-write (never creating it), waiting up to
+/// `busy_ms` for another connection's lock.
+fn open_handle(path: &CStr, busy_ms: u32) -> Result<Db, StorageError> {
+    let mut handle = ptr::null_mut();
+    // SAFETY: a valid C string and an out-pointer; the handle is owned
+    // by `Db` from here on, whatever the result.
+    let rc = unsafe {
+        ffi::sqlite3_open_v2(
+            path.as_ptr(),
+            &mut handle,
+            ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
+            ptr::null(),
+        )
+    };
+    let db = Db(handle);
+    if rc != ffi::SQLITE_OK {
+        return Err(error(db.0, rc, "open"));
+    }
+    // SAFETY: an open handle.
+    unsafe { ffi::sqlite3_busy_timeout(db.0, busy_ms.min(i32::MAX as u32) as c_int) };
+    Ok(db)
+}
+
+/// The WAL hook: keeps the frame count for `after_commit`. Returning
+/// SQLITE_OK, it replaces SQLite's automatic checkpoint on this connection.
+unsafe extern "C" fn count_frames(
+    arg: *mut std::ffi::c_void,
+    _db: *mut ffi::sqlite3,
+    _name: *const c_char,
+    frames: c_int,
+) -> c_int {
+    // SAFETY: `arg` is the connection's boxed counter (see `open`).
+    (*(arg as *const AtomicI32)).store(frames, Ordering::Relaxed);
+    ffi::SQLITE_OK
+}
+
+/// A passive checkpoint: copies what it can of the WAL into the database
+/// without waiting for readers or the writer.
+unsafe fn checkpoint(db: *mut ffi::sqlite3) -> c_int {
+    ffi::sqlite3_wal_checkpoint_v2(
+        db,
+        ptr::null(),
+        ffi::SQLITE_CHECKPOINT_PASSIVE,
+        ptr::null_mut(),
+        ptr::null_mut(),
+    )
+}
+
+/// A thread with a connection of its own that checkpoints the WAL when the
+/// writer asks. Why apart: a checkpoint writes the pages back into the
+/// database file and syncs it, which waits for the disk; on the writer's
+/// thread that wait held up every commit behind it (BENCHMARKS.md). The
+/// thread ends when the writer's connection drops the sender.
+struct Checkpointer {
+    wake: SyncSender<()>,
+    pages: i32,
+}
+
+impl Checkpointer {
+    fn start(
+        path: &Path,
+        synchronous_full: bool,
+        busy_ms: u32,
+        pages: u32,
+    ) -> Result<Checkpointer, StorageError> {
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| StorageError::Invalid("database path holds a NUL byte".into()))?;
+        let db = open_handle(&c_path, busy_ms)?;
+        let sync = if synchronous_full { "FULL" } else { "NORMAL" };
+        exec(db.0, &format!("PRAGMA synchronous = {sync};"))?;
+        let (wake, asked) = mpsc::sync_channel::<()>(1);
+        let db = SendDb(db);
+        std::thread::Builder::new()
+            .name("waxwing-checkpoint".into())
+            .spawn(move || {
+                let db = db;
+                while asked.recv().is_ok() {
+                    // SAFETY: this thread's own open handle.
+                    let rc = unsafe { checkpoint(db.0 .0) };
+                    if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_BUSY {
+                        tracing::warn!(error = %error(db.0 .0, rc, "checkpoint"), "archive checkpoint");
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Invalid(format!("checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            wake,
+            pages: pages.min(i32::MAX as u32) as i32,
+        })
+    }
+}
+
+/// The checkpointer's connection, moved to its thread once.
+struct SendDb(Db);
+// SAFETY: used by the one thread it is moved to, never shared (what
+// SQLITE_OPEN_NOMUTEX requires).
+unsafe impl Send for SendDb {}

@@ -65,6 +65,7 @@ impl Writer {
         let store = server.store.clone();
         let batch = config.batch.max(1);
         let cache_kib = config.writer_cache_kib;
+        let checkpoint_pages = config.checkpoint_pages;
         let synchronous_full = server.config().database.sqlite_synchronous == "full";
         let shutdown = server.shutdown.clone();
         server.background.spawn(run(
@@ -72,6 +73,7 @@ impl Writer {
                 store: store.clone(),
                 cache_kib,
                 synchronous_full,
+                checkpoint_pages,
                 conn: None,
                 timers: server.metrics.storage.clone(),
             },
@@ -127,6 +129,7 @@ struct Db {
     store: Store,
     cache_kib: u64,
     synchronous_full: bool,
+    checkpoint_pages: u32,
     conn: Option<ArchiveConn>,
     /// Each batch's commit time goes to the metrics.
     timers: StorageTimers,
@@ -151,7 +154,7 @@ impl Db {
     ) -> Result<(), StorageError> {
         if self.conn.is_none() {
             match (self.store)
-                .archive_conn(self.cache_kib, self.synchronous_full)
+                .archive_conn(self.cache_kib, self.synchronous_full, self.checkpoint_pages)
                 .await
             {
                 Ok(c) => self.conn = Some(c),

@@ -5,8 +5,12 @@
 //! client to resume from a new connection; any other ends for good, and
 //! what it never got is re-routed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use jid::FullJid;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +44,34 @@ pub(super) struct Attached {
     /// What writes to the client (apart, so the queue can be read while
     /// it is borrowed).
     pub w: Writer,
+    /// Acks the client asked for before the features had stored what
+    /// they cover; answered once they have, the stream read meanwhile.
+    pub owed: Option<Box<OwedAcks>>,
 }
+
+/// Answers to `<r/>` waiting for the features' durable storage
+/// ([`Features::flushed`](crate::feature::Features::flushed)). Waiting
+/// inline would stop reading the stream for a whole archive commit at
+/// every `<r/>`: the sender's next stanzas, and the stanzas queued for
+/// it, would stall behind it.
+pub(super) struct OwedAcks {
+    /// `<a h/>` values, oldest first (at most [`MAX_OWED_ACKS`]).
+    h: Vec<u32>,
+    /// Done once everything handled before the last `<r/>` is stored.
+    flushed: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Writes the owed answers, oldest first.
+fn write_acks<S: ClientStream>(stream: &mut S, owed: Option<Box<OwedAcks>>) {
+    for h in owed.map(|o| o.h).unwrap_or_default() {
+        stream.write(&Element::new("a", NS_SM).with_attr("h", h.to_string()));
+    }
+}
+
+/// Answers kept per session while storage catches up: a client asking
+/// more often before the first is answered gets one answer, with the
+/// latest count, for the surplus (h is cumulative, XEP-0198 §4).
+const MAX_OWED_ACKS: usize = 16;
 
 /// Unacknowledged stanzas that make stream management ask for an ack at
 /// once.
@@ -85,6 +116,7 @@ impl Attached {
             rx,
             takeover: CancellationToken::new(),
             closed_by_client: false,
+            owed: None,
             w: Writer {
                 tail_since: None,
                 extensions,
@@ -196,6 +228,9 @@ impl<S: ClientStream> Connection<S> {
                     }
                     Ok(Some(StreamEvent::End)) => {
                         a.closed_by_client = true;
+                        // A client that asked for an ack and closed still
+                        // gets its answer before our end of the stream.
+                        self.pay_owed_acks(a).await;
                         return self.stream.close_stream().await;
                     }
                     Ok(Some(StreamEvent::Header(_))) => {
@@ -222,9 +257,16 @@ impl<S: ClientStream> Connection<S> {
             let pumped = {
                 let w = &mut a.w;
                 let mut write = |item: Outbound, out: &mut S::Out| w.write_item(&server, item, out);
+                let owed = &mut a.owed;
                 tokio::select! {
                     biased;
                     _ = a.takeover.cancelled() => None,
+                    _ = async { owed.as_mut().expect("guarded").flushed.as_mut().await },
+                        if owed.is_some() =>
+                    {
+                        write_acks(&mut self.stream, owed.take());
+                        Some(Ok(()))
+                    }
                     r = self.stream.pump_with(&a.rx, &mut write, &server.shutdown, idle) => Some(r),
                 }
             };
@@ -272,10 +314,8 @@ impl<S: ClientStream> Connection<S> {
             return Ok(());
         }
         if el.ns() == NS_SM {
-            if el.name() == "r" {
-                // An ack says the stanzas were handled: what features keep
-                // of them (the archive) must be on disk first.
-                self.server.features.flushed().await;
+            if el.name() == "r" && a.w.sm.is_some() && self.owe_ack(a) {
+                return Ok(());
             }
             if let Some(stored_through) = self.stream_management(a, &el)? {
                 let mut event = Event::Acknowledged {
@@ -304,6 +344,48 @@ impl<S: ClientStream> Connection<S> {
         let cond = a.w.write_now(&self.server, release, &mut out);
         self.stream.write_out(out);
         cond.map_or(Ok(()), Err)
+    }
+
+    /// An ack says the stanzas were handled, so what features keep of them
+    /// (the archive) must be stored first: when it is not yet, the answer
+    /// to this `<r/>` is owed (true) and written when it is.
+    fn owe_ack(&mut self, a: &mut Attached) -> bool {
+        let Some(sm) = &a.w.sm else { return false };
+        let h = sm.handled();
+        if let Some(owed) = &mut a.owed {
+            // The new wait covers the earlier ones too.
+            owed.flushed = self.flushed();
+            if owed.h.len() < MAX_OWED_ACKS {
+                owed.h.push(h);
+            } else if let Some(last) = owed.h.last_mut() {
+                *last = h;
+            }
+            return true;
+        }
+        let mut flushed = self.flushed();
+        if (&mut flushed).now_or_never().is_some() {
+            return false;
+        }
+
+        a.owed = Some(Box::new(OwedAcks {
+            h: vec![h],
+            flushed,
+        }));
+        true
+    }
+
+    /// Waits for what the owed acks cover to be stored, and writes them.
+    async fn pay_owed_acks(&mut self, a: &mut Attached) {
+        if let Some(owed) = &mut a.owed {
+            owed.flushed.as_mut().await;
+        }
+        write_acks(&mut self.stream, a.owed.take());
+    }
+
+    /// The features' durable storage of what was handed to them so far.
+    fn flushed(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let server = self.server.clone();
+        Box::pin(async move { server.features.flushed().await })
     }
 
     /// `<enable/>`, `<r/>`, `<a/>` on a bound stream (XEP-0198 §3, §4).
