@@ -559,3 +559,59 @@ async fn an_ack_asked_just_before_closing_is_answered_after_the_archive_commit()
     k.c.expect_closed().await;
     still_serves_user(&server, "lee").await;
 }
+
+/// `<resumed h/>` acknowledges what the session handled, so it too waits
+/// for the archive to have committed those stanzas: with the database's
+/// write lock held by another connection, no `<resumed/>` comes; once the
+/// lock goes, it comes and the archive already holds every message.
+#[tokio::test]
+async fn resumed_waits_for_the_archive_to_commit_what_it_acknowledges() {
+    let server = TestServer::start().await;
+    server.add_user("kim", "pw").await;
+    server.add_user("lee", "pw").await;
+    let mut kim = SmClient::login(&server, "kim", "r").await;
+    let _lee = SmClient::login(&server, "lee", "r").await;
+    // The new connection logs in first (a login writes to the database).
+    let mut c = authenticated(&server, "kim").await;
+    let waxwing::storage::Store::Sqlite(pool) = server.store() else {
+        unreachable!("the test server runs on SQLite")
+    };
+    let mut lock = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    for b in numbered(1..=20) {
+        // To the bound resource: delivered, not stored offline (which
+        // would wait for the lock itself).
+        kim.c.send_str(&chat("lee@localhost/r", &b)).await;
+    }
+    // Handled (the archive writer is what waits for the lock).
+    kim.c.barrier().await;
+    let id = kim.id.clone();
+    drop(kim);
+    c.send_str(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    let early = tokio::time::timeout(std::time::Duration::from_millis(700), c.next_element()).await;
+    assert!(
+        early.is_err(),
+        "<resumed/> before the archive committed: {:?}",
+        early.map(|e| show(&e))
+    );
+    sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
+    drop(lock);
+    let resumed = c.next_element().await;
+    assert!(resumed.is("resumed", NS_SM), "{}", show(&resumed));
+    let owner = waxwing::storage::ArchiveOwner {
+        kind: waxwing::storage::ArchiveKind::User,
+        domain: "localhost".into(),
+        username: "kim".into(),
+    };
+    let all = waxwing::storage::ArchiveFilter::default();
+    assert_eq!(
+        server.store().archive_count(&owner, &all).await.unwrap(),
+        20
+    );
+}

@@ -314,7 +314,7 @@ impl<S: ClientStream> Connection<S> {
             return Ok(());
         }
         if el.ns() == NS_SM {
-            if el.name() == "r" && a.w.sm.is_some() && self.owe_ack(a) {
+            if el.name() == "r" && self.owe_ack(a) {
                 return Ok(());
             }
             if let Some(stored_through) = self.stream_management(a, &el)? {
@@ -366,7 +366,6 @@ impl<S: ClientStream> Connection<S> {
         if (&mut flushed).now_or_never().is_some() {
             return false;
         }
-
         a.owed = Some(Box::new(OwedAcks {
             h: vec![h],
             flushed,
@@ -523,6 +522,9 @@ impl<S: ClientStream> Connection<S> {
                 )
                 .await);
         }
+        // `h` acknowledges what the session handled: what features keep of
+        // it (the archive) must be stored first, as for an answer to `<r/>`.
+        self.server.features.flushed().await;
         let extensions = self.server.sessions.extensions(&jid).unwrap_or_default();
         let resumed = Element::new("resumed", NS_SM)
             .with_attr("previd", &sm.id)
