@@ -150,6 +150,13 @@ impl SqliteArchiveConn {
         let checkpointer = match checkpoint_pages {
             0 => None,
             n => {
+                // After a burst the WAL file keeps its size unless told:
+                // cut back to what the checkpoint threshold holds when the
+                // WAL starts over.
+                exec(
+                    db.0,
+                    &format!("PRAGMA journal_size_limit = {};", u64::from(n) * 4096),
+                )?;
                 // SAFETY: an open handle; the hook's argument is the boxed
                 // counter, which outlives the handle (field order).
                 unsafe {
