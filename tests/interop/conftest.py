@@ -65,10 +65,26 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
+_next_port = [0]
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768-60999 on Linux).
+
+    A port from bind(0) lies in that range, so a client's outgoing connection
+    could take it between this check and the server's bind ("Address already
+    in use" at start). 26000-30999 is clear of it, of the Rust tests' ports
+    (20000-24999) and of RabbitMQ's 25672."""
+    for _ in range(5000):
+        port = 26000 + _next_port[0] % 5000
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 26000-30999")
 
 
 def toml_str(value: str) -> str:

@@ -136,6 +136,10 @@ def converse_chats_with_slixmpp(server, tmp_path, transport: str, **endpoint: st
                     # (XEP-0066 out-of-band data), fetched here.
                     wanted = asyncio.ensure_future(first_chat_message())
                     await asyncio.wait({finished, wanted}, return_when=asyncio.FIRST_COMPLETED)
+                    if not wanted.done():
+                        # The script ends as soon as its own page shows the
+                        # link; the peer's copy can still be on its way.
+                        await asyncio.wait({wanted}, timeout=15)
                     if wanted.done():
                         link = wanted.result()
                         fetched = await asyncio.to_thread(fetch, str(link["body"]).strip())
