@@ -89,21 +89,43 @@ fn file_pages(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).unwrap().len() / 4096
 }
 
-#[tokio::test]
-async fn the_checkpoint_thread_copies_the_wal_into_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, path) = sqlite_store(&dir).await;
+/// What the file grows by once the batch below is checkpointed into it.
+const GROWTH: u64 = 60;
+
+/// A database with one committed batch of ~90 WAL pages (150 rows of
+/// 1.5 KB, two a page) written by a writer connection with
+/// `checkpoint_pages`: the store, the file, its size in pages before the
+/// batch, and the connection (still open, so nothing checkpoints on close).
+async fn one_batch(
+    dir: &tempfile::TempDir,
+    checkpoint_pages: u32,
+) -> (
+    Store,
+    std::path::PathBuf,
+    u64,
+    waxwing::storage::ArchiveConn,
+) {
+    let (store, path) = sqlite_store(dir).await;
     let before = file_pages(&path);
-    // Checkpoint from 64 WAL pages on; the writer would checkpoint itself
-    // only past 256. One batch of ~90 pages (two 1.5 KB rows a page) lies
-    // between the two, so the database file can grow only by the
-    // checkpoint thread's work.
-    let mut conn = store.archive_conn(4096, false, 64).await.unwrap();
+    let mut conn = store
+        .archive_conn(4096, false, checkpoint_pages)
+        .await
+        .unwrap();
     let rows = Arc::new(interleaved(&["big"], 150, 1500, 0));
     conn.insert(&rows, 0..rows.len()).await.unwrap();
+    (store, path, before, conn)
+}
+
+#[tokio::test]
+async fn the_checkpoint_thread_copies_the_wal_into_the_database() {
+    // Checkpoint from 64 WAL pages on; the writer would checkpoint itself
+    // only past 256. The batch lies between the two, so the database file
+    // can grow only by the checkpoint thread's work.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path, before, conn) = one_batch(&dir, 64).await;
     let grown = async {
         loop {
-            if file_pages(&path) >= before + 60 {
+            if file_pages(&path) >= before + GROWTH {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -130,13 +152,9 @@ async fn without_the_checkpoint_thread_nothing_is_copied_below_sqlite_s_threshol
     // checkpoints on its own only from 1,000 WAL pages, so the same batch
     // leaves the database file as it was.
     let dir = tempfile::tempdir().unwrap();
-    let (store, path) = sqlite_store(&dir).await;
-    let before = file_pages(&path);
-    let mut conn = store.archive_conn(4096, false, 0).await.unwrap();
-    let rows = Arc::new(interleaved(&["big"], 150, 1500, 0));
-    conn.insert(&rows, 0..rows.len()).await.unwrap();
+    let (store, path, before, conn) = one_batch(&dir, 0).await;
     assert!(
-        file_pages(&path) < before + 60,
+        file_pages(&path) < before + GROWTH,
         "{} pages from {before}",
         file_pages(&path)
     );

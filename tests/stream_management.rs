@@ -500,6 +500,39 @@ async fn too_many_unacknowledged_stanzas_close_the_stream_and_the_session_waits(
     assert_eq!(again.bodies, numbered(1..=4));
 }
 
+/// The database's write lock, held by a connection of the test's own: the
+/// archive writer's commits wait for it (SQLite's busy timeout).
+struct WriteLock(sqlx::pool::PoolConnection<sqlx::Sqlite>);
+
+impl WriteLock {
+    async fn take(server: &TestServer) -> WriteLock {
+        let waxwing::storage::Store::Sqlite(pool) = server.store() else {
+            unreachable!("the test server runs on SQLite")
+        };
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        WriteLock(conn)
+    }
+
+    async fn release(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut *self.0).await.unwrap();
+    }
+}
+
+/// Messages in `user`'s archive.
+async fn archived(server: &TestServer, user: &str) -> i64 {
+    let owner = waxwing::storage::ArchiveOwner {
+        kind: waxwing::storage::ArchiveKind::User,
+        domain: "localhost".into(),
+        username: user.into(),
+    };
+    let all = waxwing::storage::ArchiveFilter::default();
+    server.store().archive_count(&owner, &all).await.unwrap()
+}
+
 /// A client that asks for an ack and closes its stream in the same write
 /// gets the answer before the server's end of the stream, and the answer
 /// counts only stanzas whose archive rows are committed (the answer may be
@@ -516,14 +549,7 @@ async fn an_ack_asked_just_before_closing_is_answered_after_the_archive_commit()
     // Another connection holds the database's write lock, so the archive
     // writer's commit waits (SQLite's busy timeout) and the answer to
     // `<r/>` is owed when the stream's end arrives.
-    let waxwing::storage::Store::Sqlite(pool) = server.store() else {
-        unreachable!("the test server runs on SQLite")
-    };
-    let mut lock = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = WriteLock::take(&server).await;
     let mut out = String::new();
     for b in numbered(1..=20) {
         out.push_str(&chat("lee@localhost", &b));
@@ -533,8 +559,7 @@ async fn an_ack_asked_just_before_closing_is_answered_after_the_archive_commit()
     // Time for the server to read it all (not needed for the answer to
     // be right, only for the end to arrive while the answer is owed).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
-    drop(lock);
+    lock.release().await;
     let a = loop {
         let e = k.c.next_element().await;
         if e.is("a", NS_SM) {
@@ -543,18 +568,8 @@ async fn an_ack_asked_just_before_closing_is_answered_after_the_archive_commit()
     };
     assert_eq!(a.attr("h"), Some("20"));
     // Acknowledged, so archived for both sides by now.
-    let owner = |u: &str| waxwing::storage::ArchiveOwner {
-        kind: waxwing::storage::ArchiveKind::User,
-        domain: "localhost".into(),
-        username: u.into(),
-    };
-    let all = waxwing::storage::ArchiveFilter::default();
     for u in ["kim", "lee"] {
-        assert_eq!(
-            server.store().archive_count(&owner(u), &all).await.unwrap(),
-            20,
-            "{u}"
-        );
+        assert_eq!(archived(&server, u).await, 20, "{u}");
     }
     k.c.expect_closed().await;
     still_serves_user(&server, "lee").await;
@@ -573,14 +588,7 @@ async fn resumed_waits_for_the_archive_to_commit_what_it_acknowledges() {
     let _lee = SmClient::login(&server, "lee", "r").await;
     // The new connection logs in first (a login writes to the database).
     let mut c = authenticated(&server, "kim").await;
-    let waxwing::storage::Store::Sqlite(pool) = server.store() else {
-        unreachable!("the test server runs on SQLite")
-    };
-    let mut lock = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = WriteLock::take(&server).await;
     for b in numbered(1..=20) {
         // To the bound resource: delivered, not stored offline (which
         // would wait for the lock itself).
@@ -600,18 +608,8 @@ async fn resumed_waits_for_the_archive_to_commit_what_it_acknowledges() {
         "<resumed/> before the archive committed: {:?}",
         early.map(|e| show(&e))
     );
-    sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
-    drop(lock);
+    lock.release().await;
     let resumed = c.next_element().await;
     assert!(resumed.is("resumed", NS_SM), "{}", show(&resumed));
-    let owner = waxwing::storage::ArchiveOwner {
-        kind: waxwing::storage::ArchiveKind::User,
-        domain: "localhost".into(),
-        username: "kim".into(),
-    };
-    let all = waxwing::storage::ArchiveFilter::default();
-    assert_eq!(
-        server.store().archive_count(&owner, &all).await.unwrap(),
-        20
-    );
+    assert_eq!(archived(&server, "kim").await, 20);
 }

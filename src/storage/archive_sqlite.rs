@@ -135,17 +135,8 @@ impl SqliteArchiveConn {
         busy_ms: u32,
         checkpoint_pages: u32,
     ) -> Result<SqliteArchiveConn, StorageError> {
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| StorageError::Invalid("database path holds a NUL byte".into()))?;
-        let db = open_handle(&c_path, busy_ms)?;
-        let sync = if synchronous_full { "FULL" } else { "NORMAL" };
-        exec(
-            db.0,
-            &format!(
-                "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{};",
-                cache_kib.max(1)
-            ),
-        )?;
+        let db = open_handle(path, synchronous_full, busy_ms)?;
+        exec(db.0, &format!("PRAGMA cache_size = -{};", cache_kib.max(1)))?;
         let wal_frames = Box::new(AtomicI32::new(0));
         let checkpointer = match checkpoint_pages {
             0 => None,
@@ -353,9 +344,12 @@ fn exec(db: *mut ffi::sqlite3, sql: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Opens the database file read-write (never creating it), waiting up to
-/// `busy_ms` for another connection's lock.
-fn open_handle(path: &CStr, busy_ms: u32) -> Result<Db, StorageError> {
+/// Opens the database file read-write (never creating it) with
+/// `synchronous` FULL or NORMAL, waiting up to `busy_ms` for another
+/// connection's lock.
+fn open_handle(path: &Path, synchronous_full: bool, busy_ms: u32) -> Result<Db, StorageError> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| StorageError::Invalid("database path holds a NUL byte".into()))?;
     let mut handle = ptr::null_mut();
     // SAFETY: a valid C string and an out-pointer; the handle is owned
     // by `Db` from here on, whatever the result.
@@ -373,6 +367,8 @@ fn open_handle(path: &CStr, busy_ms: u32) -> Result<Db, StorageError> {
     }
     // SAFETY: an open handle.
     unsafe { ffi::sqlite3_busy_timeout(db.0, busy_ms.min(i32::MAX as u32) as c_int) };
+    let sync = if synchronous_full { "FULL" } else { "NORMAL" };
+    exec(db.0, &format!("PRAGMA synchronous = {sync};"))?;
     Ok(db)
 }
 
@@ -418,11 +414,7 @@ impl Checkpointer {
         busy_ms: u32,
         pages: u32,
     ) -> Result<Checkpointer, StorageError> {
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| StorageError::Invalid("database path holds a NUL byte".into()))?;
-        let db = open_handle(&c_path, busy_ms)?;
-        let sync = if synchronous_full { "FULL" } else { "NORMAL" };
-        exec(db.0, &format!("PRAGMA synchronous = {sync};"))?;
+        let db = open_handle(path, synchronous_full, busy_ms)?;
         let (wake, asked) = mpsc::sync_channel::<()>(1);
         let db = SendDb(db);
         std::thread::Builder::new()
