@@ -115,7 +115,7 @@ async fn row_counts(store: &Store) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for table in Store::USER_TABLES
         .iter()
-        .chain(&["accounts", "archive", "user_data"])
+        .chain(&["accounts", "archive_blocks", "user_data"])
     {
         let q = format!("SELECT COUNT(*) FROM {table}");
         let (n,): (i64,) = match store {

@@ -119,9 +119,9 @@ impl Store {
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
-                // Archive rows name their owner by number: before the owners go.
+                // Archive blocks name their owner by number: before the owners go.
                 sqlx::query(
-                    "DELETE FROM archive WHERE owner_id IN \
+                    "DELETE FROM archive_blocks WHERE owner_id IN \
                      (SELECT owner_id FROM archive_owners WHERE domain = $1 AND username = $2)",
                 )
                 .bind(domain)

@@ -9,7 +9,7 @@
 //! statement. This connection prepares its statements once, binds the
 //! rows' strings where they lie (`SQLITE_STATIC`: SQLite reads them during
 //! the step, before the borrow ends), and runs one prepared statement per
-//! row and per owner inside one transaction per batch. The caller runs a
+//! block and per owner inside one transaction per batch. The caller runs a
 //! batch on a blocking thread (one hand-over per batch, not per statement).
 //!
 //! Only the writer's batches go through here; every other archive
@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use libsqlite3_sys as ffi;
 
-use super::archive::Owners;
+use super::archive::{blocks_of, Owners};
 use super::{ArchiveRow, StorageError};
 
 /// Adds an owner's rows to its count, creating the owner, and gives its id.
@@ -31,30 +31,10 @@ const OWNER_UPSERT: &str = "INSERT INTO archive_owners (kind, domain, username, 
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (kind, domain, username) \
      DO UPDATE SET n = archive_owners.n + excluded.n RETURNING owner_id";
 
-/// Rows per insert statement, largest first: a batch is cut into
-/// statements of these sizes, each prepared once. A statement costs SQLite
-/// a fixed share (opening and closing a cursor per index, a statement
-/// journal) that many rows per statement spread; 32 rows × 7 values stays
-/// far below SQLite's parameter limit.
-const ROW_CHUNKS: [usize; 3] = [32, 8, 1];
-
-/// Values per archive row.
-const ROW_VALUES: usize = 7;
-
-/// The insert of `n` archive rows.
-fn row_insert(n: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO archive (owner_id, id, ts, peer, resource, outgoing, payload) VALUES ",
-    );
-    for i in 0..n {
-        sql.push_str(if i == 0 {
-            "(?,?,?,?,?,?,?)"
-        } else {
-            ",(?,?,?,?,?,?,?)"
-        });
-    }
-    sql
-}
+/// The insert of one block.
+const BLOCK_INSERT: &str =
+    "INSERT INTO archive_blocks (owner_id, peer, first_id, last_id, n, rows) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// One prepared statement, finalized on drop.
 struct Stmt(*mut ffi::sqlite3_stmt);
@@ -74,8 +54,7 @@ pub struct SqliteArchiveConn {
     commit: Stmt,
     rollback: Stmt,
     owner: Stmt,
-    /// One insert per size of `ROW_CHUNKS`, in that order.
-    rows: Vec<Stmt>,
+    block: Stmt,
     /// Checkpoints on a thread of its own, when set.
     checkpointer: Option<Checkpointer>,
     db: Db,
@@ -167,10 +146,7 @@ impl SqliteArchiveConn {
             commit: prepare(db.0, "COMMIT")?,
             rollback: prepare(db.0, "ROLLBACK")?,
             owner: prepare(db.0, OWNER_UPSERT)?,
-            rows: ROW_CHUNKS
-                .iter()
-                .map(|&n| prepare(db.0, &row_insert(n)))
-                .collect::<Result<_, _>>()?,
+            block: prepare(db.0, BLOCK_INSERT)?,
             db,
         })
     }
@@ -224,42 +200,29 @@ impl SqliteArchiveConn {
             };
             ids.push(id);
         }
-        // Each owner's rows together, in id order: a statement then
-        // touches a page or two of each index instead of one per row, so
-        // SQLite's statement journal (which keeps a copy of every page a
-        // multi-row statement changes) and the index seeks stay small.
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_unstable_by(|&a, &b| {
-            (owners.of_row[a], &rows[a].id).cmp(&(owners.of_row[b], &rows[b].id))
-        });
-        let mut at = 0;
-        while at < rows.len() {
-            let left = rows.len() - at;
-            let Some(k) = ROW_CHUNKS.iter().position(|&c| c <= left) else {
-                break;
-            };
-            let stmt = &self.rows[k];
-            let s = stmt.0;
-            for (j, &n) in order[at..at + ROW_CHUNKS[k]].iter().enumerate() {
-                let (r, i) = (&rows[n], owners.of_row[n]);
-                let b = (j * ROW_VALUES) as c_int;
-                // SAFETY: as above.
-                unsafe {
-                    let mut rc = ffi::sqlite3_bind_int64(s, b + 1, ids[i]);
-                    rc |= bind_text(s, b + 2, &r.id);
-                    rc |= ffi::sqlite3_bind_int64(s, b + 3, r.ts);
-                    rc |= bind_text(s, b + 4, &r.peer);
-                    rc |= bind_text(s, b + 5, &r.resource);
-                    rc |= ffi::sqlite3_bind_int(s, b + 6, c_int::from(r.outgoing));
-                    rc |= bind_text(s, b + 7, &r.payload);
-                    if rc != ffi::SQLITE_OK {
-                        ffi::sqlite3_reset(s);
-                        return Err(error(db, rc, "bind row"));
-                    }
+        let s = self.block.0;
+        for b in blocks_of(rows, owners, &ids) {
+            // SAFETY: as above; the block's bytes live until the loop's
+            // next turn, after the reset.
+            unsafe {
+                let mut rc = ffi::sqlite3_bind_int64(s, 1, b.owner_id);
+                rc |= bind_text(s, 2, b.peer);
+                rc |= bind_text(s, 3, b.first_id);
+                rc |= bind_text(s, 4, b.last_id);
+                rc |= ffi::sqlite3_bind_int64(s, 5, b.n);
+                rc |= ffi::sqlite3_bind_blob64(
+                    s,
+                    6,
+                    b.rows.as_ptr() as *const std::ffi::c_void,
+                    b.rows.len() as u64,
+                    ffi::SQLITE_STATIC(),
+                );
+                if rc != ffi::SQLITE_OK {
+                    ffi::sqlite3_reset(s);
+                    return Err(error(db, rc, "bind block"));
                 }
             }
-            self.done(stmt, "rows")?;
-            at += ROW_CHUNKS[k];
+            self.done(&self.block, "block")?;
         }
         Ok(())
     }

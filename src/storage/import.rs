@@ -9,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use super::archive::{insert_blocks_postgres, insert_blocks_sqlite};
+use super::archive_block::{self as block, BlockInput, RowView};
 use super::roster::{from_row, RosterRow, COLUMNS};
 use super::{ScramRecord, StorageError, Store};
 use crate::migrate::pie::{ArchivedMessage, PieUser};
@@ -135,7 +137,7 @@ impl Store {
         let own = format!("{n}@{d}");
         let mut c = ImportCounts::default();
         macro_rules! run {
-            ($pool:expr, $iter:ty) => {{
+            ($pool:expr, $iter:ty, $insert:ident) => {{
                 let mut tx = $pool.begin().await?;
                 // The account.
                 let exists: Option<(String,)> =
@@ -406,32 +408,41 @@ impl Store {
                     .bind(n)
                     .fetch_one(&mut *tx)
                     .await?;
-                    let mut added = 0i64;
+                    let mut fresh: Vec<BlockInput<'_>> = Vec::new();
                     for (m, id) in u.archive.iter().zip(rec.archive_ids) {
                         let m: &ArchivedMessage = m;
-                        let (k,): (i64,) = sqlx::query_as(
-                            "SELECT COUNT(*) FROM archive WHERE owner_id = $1 AND id = $2",
+                        let holding: Vec<(Vec<u8>,)> = sqlx::query_as(
+                            "SELECT rows FROM archive_blocks WHERE owner_id = $1 \
+                             AND first_id >= $2 AND first_id <= $3 AND last_id >= $3",
                         )
                         .bind(owner)
+                        .bind(block::floor_for(id))
                         .bind(id)
-                        .fetch_one(&mut *tx)
+                        .fetch_all(&mut *tx)
                         .await?;
-                        if k > 0 {
+                        let mut known = false;
+                        for (bytes,) in &holding {
+                            known |= block::decode(bytes)?.iter().any(|r| r.id == id);
+                        }
+                        if known || fresh.iter().any(|f| f.row.id == id) {
                             c.archive.unchanged += 1;
                             continue;
                         }
-                        sqlx::query("INSERT INTO archive (owner_id, id, ts, peer, resource, outgoing, payload) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                            .bind(owner)
-                            .bind(id)
-                            .bind(m.ts)
-                            .bind(&m.peer)
-                            .bind(&m.resource)
-                            .bind(m.outgoing)
-                            .bind(&m.payload)
-                            .execute(&mut *tx)
-                            .await?;
-                        added += 1;
+                        fresh.push(BlockInput {
+                            owner_id: owner,
+                            peer: &m.peer,
+                            row: RowView {
+                                id,
+                                ts: m.ts,
+                                resource: &m.resource,
+                                outgoing: m.outgoing,
+                                payload: &m.payload,
+                            },
+                        });
                     }
+                    let added = fresh.len() as i64;
+                    let blocks = block::build(&mut fresh);
+                    $insert(&mut tx, &blocks, false).await?;
                     c.archive.created += added as u64;
                     if added > 0 {
                         sqlx::query("UPDATE archive_owners SET n = n + $2 WHERE owner_id = $1")
@@ -450,8 +461,8 @@ impl Store {
             }};
         }
         match self {
-            Store::Sqlite(pool) => run!(pool, i64),
-            Store::Postgres(pool) => run!(pool, i32),
+            Store::Sqlite(pool) => run!(pool, i64, insert_blocks_sqlite),
+            Store::Postgres(pool) => run!(pool, i32, insert_blocks_postgres),
         }
         Ok(c)
     }
@@ -550,24 +561,23 @@ impl Store {
                 .map(str::to_string)
                 .collect();
         }
-        let rows: Vec<(String, i64, String, String, bool, String)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT a.id, a.ts, a.peer, a.resource, a.outgoing, a.payload FROM archive a \
-                            JOIN archive_owners o ON o.owner_id = a.owner_id \
-                            WHERE o.kind = $1 AND o.domain = $2 AND o.username = $3 ORDER BY a.id")
-                .bind(super::ArchiveKind::User as i16).bind(domain).bind(username).fetch_all(pool).await?
-        });
-        u.archive = rows
+        let owner = super::ArchiveOwner {
+            kind: super::ArchiveKind::User,
+            domain: domain.to_string(),
+            username: username.to_string(),
+        };
+        u.archive = self
+            .archive_all(&owner)
+            .await?
             .into_iter()
-            .map(
-                |(id, ts, peer, resource, outgoing, payload)| ArchivedMessage {
-                    id,
-                    ts,
-                    peer,
-                    resource,
-                    outgoing,
-                    payload,
-                },
-            )
+            .map(|(peer, a)| ArchivedMessage {
+                id: a.id,
+                ts: a.ts,
+                peer,
+                resource: a.resource,
+                outgoing: a.outgoing,
+                payload: a.payload,
+            })
             .collect();
         Ok(Some(u))
     }

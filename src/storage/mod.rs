@@ -19,6 +19,8 @@ macro_rules! on_pool {
 mod accounts;
 mod administration;
 mod archive;
+mod archive_block;
+mod archive_legacy;
 mod archive_sqlite;
 mod clients;
 mod import;
@@ -147,6 +149,8 @@ impl Store {
                     .connect_with(opts)
                     .await?;
                 SQLITE_MIGRATIONS.run(&pool).await?;
+                // Under the lock too: a second process waits for it.
+                Store::Sqlite(pool.clone()).convert_legacy_archive().await?;
                 Ok::<_, StorageError>(pool)
             }
             .await;
@@ -161,7 +165,9 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
-            Store::Postgres(pool)
+            let store = Store::Postgres(pool);
+            store.convert_legacy_archive().await?;
+            store
         } else {
             return Err(StorageError::Invalid(format!(
                 "unsupported database url '{url}' (use sqlite:// or postgres://)"
@@ -185,7 +191,7 @@ impl Store {
         "pubsub_items",
         "pubsub_subscriptions",
         "pubsub_affiliations",
-        // The rows of `archive` go with their owner (`delete_account`).
+        // The blocks of `archive_blocks` go with their owner (`delete_account`).
         "archive_owners",
         // A new account of a deleted one's name starts enabled.
         "disabled_accounts",

@@ -144,14 +144,14 @@ async fn size_on_disk(store: &Store, sqlite_file: Option<&std::path::Path>) -> R
             Ok(std::fs::metadata(path).map_err(|e| e.to_string())?.len())
         }
         Store::Postgres(pool) => {
-            for table in ["archive", "archive_owners"] {
+            for table in ["archive_blocks", "archive_owners"] {
                 sqlx::query(&format!("VACUUM ANALYZE {table}"))
                     .execute(pool)
                     .await
                     .map_err(|e| e.to_string())?;
             }
             let (n,): (i64,) = sqlx::query_as(
-                "SELECT pg_total_relation_size('archive') + pg_total_relation_size('archive_owners')",
+                "SELECT pg_total_relation_size('archive_blocks') + pg_total_relation_size('archive_owners')",
             )
                 .fetch_one(pool)
                 .await
@@ -247,7 +247,7 @@ async fn bench(args: Args, dir: &std::path::Path) -> Result<(), String> {
     // A rerun on the same PostgreSQL database starts from nothing.
     if let Store::Postgres(pool) = &store {
         for q in [
-            "DELETE FROM archive WHERE owner_id IN \
+            "DELETE FROM archive_blocks WHERE owner_id IN \
              (SELECT owner_id FROM archive_owners WHERE domain = $1)",
             "DELETE FROM archive_owners WHERE domain = $1",
             "DELETE FROM scram_credentials WHERE domain = $1",

@@ -72,6 +72,20 @@ fn write_time(ts: i64, out: &mut [u8]) {
     }
 }
 
+/// The time (microseconds since the Unix epoch) an id of ours carries in
+/// its prefix; None for anything not shaped like one of ours.
+pub fn time_of(id: &str) -> Option<i64> {
+    if !well_formed(id) {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for b in id.bytes().take(TIME_CHARS) {
+        let digit = ALPHABET.iter().position(|&c| c == b)? as i64;
+        v = (v << 5) | digit;
+    }
+    Some(v)
+}
+
 /// Characters of `ALPHABET` as a string.
 fn ascii(chars: &[u8]) -> String {
     chars.iter().map(|&c| c as char).collect()
@@ -100,5 +114,9 @@ mod tests {
         assert!(time_prefix(31) < time_prefix(32));
         assert!(ids[0].0.starts_with(&time_prefix(ids[0].1)));
         assert!(!well_formed("../etc"));
+        for (i, ts) in &ids {
+            assert_eq!(time_of(i), Some(*ts));
+        }
+        assert_eq!(time_of("../etc"), None);
     }
 }
