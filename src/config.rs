@@ -582,6 +582,9 @@ pub struct MamConfig {
     /// Messages waiting for the archive writer; when full, the senders
     /// whose messages are archived wait (their stream is not read meanwhile).
     pub queue: usize,
+    /// Bytes of rows waiting for the archive writer (besides `queue`); a
+    /// message larger than this still goes in alone.
+    pub queue_bytes: usize,
     /// Most archive rows written in one transaction (a message is one or
     /// two rows).
     pub batch: usize,
@@ -608,6 +611,7 @@ impl Default for MamConfig {
             max_index: 1_000,
             max_pref_jids: 1_000,
             queue: 32_768,
+            queue_bytes: 64 << 20,
             batch: 65_536,
             writer_cache_kib: 32_768,
             checkpoint_pages: 8_192,
@@ -2217,6 +2221,13 @@ const MAM: &[Field] = &[
         Kind::Int {
             min: 1,
             max: 1_000_000,
+        },
+    ),
+    f(
+        "queue_bytes",
+        Kind::Int {
+            min: 1024,
+            max: 1 << 32,
         },
     ),
     f(

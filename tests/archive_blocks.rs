@@ -14,7 +14,19 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use waxwing::modules::mam::id::time_prefix;
-use waxwing::storage::{ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, Store};
+use waxwing::storage::{
+    ArchiveBatch, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, RowRef, Store,
+};
+
+/// `rows` as the archive writer hands them over, a message each.
+fn batch_of(rows: &[ArchiveRow]) -> Arc<ArchiveBatch> {
+    let mut b = ArchiveBatch::new();
+    for r in rows {
+        b.push(&RowRef::from(r));
+        b.end_message();
+    }
+    Arc::new(b)
+}
 
 /// Times start here (microseconds; early 2027).
 const T0: i64 = 1_800_000_000_000_000;
@@ -186,8 +198,8 @@ async fn exercise(store: &Store) {
     let mut conn = store.archive_conn(1024, false, 64).await.unwrap();
     for (k, batch) in batches(&mut rng, 20, 150).into_iter().enumerate() {
         if k % 2 == 0 {
-            let shared = Arc::new(batch.clone());
-            conn.insert(&shared, 0..shared.len()).await.unwrap();
+            let shared = batch_of(&batch);
+            conn.insert(&shared, 0..shared.rows()).await.unwrap();
         } else {
             store.archive_insert(&batch).await.unwrap();
         }
@@ -290,7 +302,7 @@ async fn postgres_blocks_answer_like_the_model() {
     let store = Store::open(&url, 4).await.unwrap();
     exercise(&store).await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {name}"))
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&admin)
         .await
         .unwrap();

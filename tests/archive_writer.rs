@@ -5,7 +5,19 @@
 
 use std::sync::Arc;
 
-use waxwing::storage::{ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, Store};
+use waxwing::storage::{
+    ArchiveBatch, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, RowRef, Store,
+};
+
+/// `rows` as the archive writer hands them over, a message each.
+fn batch_of(rows: &[ArchiveRow]) -> Arc<ArchiveBatch> {
+    let mut b = ArchiveBatch::new();
+    for r in rows {
+        b.push(&RowRef::from(r));
+        b.end_message();
+    }
+    Arc::new(b)
+}
 
 fn owner(u: &str) -> ArchiveOwner {
     ArchiveOwner {
@@ -52,8 +64,8 @@ async fn interleaved_owners_come_back_in_order_with_exact_counts() {
     let mut conn = store.archive_conn(1024, false, 64).await.unwrap();
     // Three batches, each every owner's rows mixed together.
     for batch in 0..3 {
-        let rows = Arc::new(interleaved(&owners, 40, 10, batch));
-        conn.insert(&rows, 0..rows.len()).await.unwrap();
+        let rows = batch_of(&interleaved(&owners, 40, 10, batch));
+        conn.insert(&rows, 0..rows.rows()).await.unwrap();
     }
     conn.close().await;
     for u in owners {
@@ -111,8 +123,8 @@ async fn one_batch(
         .archive_conn(4096, false, checkpoint_pages)
         .await
         .unwrap();
-    let rows = Arc::new(interleaved(&["big"], 150, 1500, 0));
-    conn.insert(&rows, 0..rows.len()).await.unwrap();
+    let rows = batch_of(&interleaved(&["big"], 150, 1500, 0));
+    conn.insert(&rows, 0..rows.rows()).await.unwrap();
     (store, path, before, conn)
 }
 

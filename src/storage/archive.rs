@@ -23,6 +23,7 @@ use sqlx::{
     ConnectOptions, Connection, PgConnection, Postgres, QueryBuilder, Sqlite, SqliteConnection,
 };
 
+use super::archive_batch::{ArchiveBatch, RowRef};
 use super::archive_block::{self as block, BlockInput, NewBlock, RowView};
 use super::archive_sqlite::SqliteArchiveConn;
 use super::{StorageError, Store, SQLITE_BUSY_TIMEOUT};
@@ -339,21 +340,35 @@ fn sort_items(items: &mut [ArchivedItem], newest_first: bool) {
     }
 }
 
+/// An owner as a batch names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct OwnerKey<'a> {
+    pub(super) kind: ArchiveKind,
+    pub(super) domain: &'a str,
+    pub(super) username: &'a str,
+}
+
 /// The owners of a batch, each once with how many rows it adds, and for
 /// each row the index of its owner in that list.
 pub(super) struct Owners<'a> {
-    pub(super) list: Vec<(&'a ArchiveOwner, i64)>,
+    pub(super) list: Vec<(OwnerKey<'a>, i64)>,
     pub(super) of_row: Vec<usize>,
 }
 
 impl<'a> Owners<'a> {
-    pub(super) fn of(rows: &'a [ArchiveRow]) -> Owners<'a> {
-        let mut index: HashMap<&ArchiveOwner, usize> = HashMap::new();
-        let mut list: Vec<(&ArchiveOwner, i64)> = Vec::new();
+    pub(super) fn of(rows: &[RowRef<'a>]) -> Owners<'a> {
+        let mut index: HashMap<OwnerKey<'a>, usize, foldhash::fast::RandomState> =
+            HashMap::with_hasher(Default::default());
+        let mut list: Vec<(OwnerKey<'a>, i64)> = Vec::new();
         let mut of_row = Vec::with_capacity(rows.len());
         for r in rows {
-            let i = *index.entry(&r.owner).or_insert_with(|| {
-                list.push((&r.owner, 0));
+            let key = OwnerKey {
+                kind: r.kind,
+                domain: r.domain,
+                username: r.username,
+            };
+            let i = *index.entry(key).or_insert_with(|| {
+                list.push((key, 0));
                 list.len() - 1
             });
             list[i].1 += 1;
@@ -367,7 +382,7 @@ impl<'a> Owners<'a> {
         self.list
             .iter()
             .enumerate()
-            .map(|(i, (o, _))| ((o.kind as i16, o.domain.as_str(), o.username.as_str()), i))
+            .map(|(i, (o, _))| ((o.kind as i16, o.domain, o.username), i))
             .collect()
     }
 }
@@ -375,26 +390,23 @@ impl<'a> Owners<'a> {
 /// The blocks of a batch, once its owners have ids (`ids[i]` for the
 /// owner at `owners.list[i]`).
 pub(super) fn blocks_of<'a>(
-    rows: &'a [ArchiveRow],
+    rows: &[RowRef<'a>],
+    encoded: Option<&[&'a [u8]]>,
     owners: &Owners<'_>,
     ids: &[i64],
 ) -> Vec<NewBlock<'a>> {
-    let mut inputs: Vec<BlockInput<'a>> = rows
+    let inputs: Vec<BlockInput<'a>> = rows
         .iter()
         .zip(&owners.of_row)
-        .map(|(r, &i)| BlockInput {
+        .enumerate()
+        .map(|(k, (r, &i))| BlockInput {
             owner_id: ids[i],
-            peer: &r.peer,
-            row: RowView {
-                id: &r.id,
-                ts: r.ts,
-                resource: &r.resource,
-                outgoing: r.outgoing,
-                payload: &r.payload,
-            },
+            peer: r.peer,
+            row: r.view(),
+            encoded: encoded.and_then(|e| e.get(k).copied()),
         })
         .collect();
-    block::build(&mut inputs)
+    block::build(&inputs)
 }
 
 /// Adds each owner's rows to its count (creating the owner), returning
@@ -475,7 +487,7 @@ pub(super) async fn insert_blocks_postgres(
 /// Inserts `rows` and counts them, in one transaction, on SQLite.
 async fn insert_sqlite(
     conn: &mut SqliteConnection,
-    rows: &[ArchiveRow],
+    rows: &[RowRef<'_>],
 ) -> Result<(), StorageError> {
     if rows.is_empty() {
         return Ok(());
@@ -488,8 +500,8 @@ async fn insert_sqlite(
             QueryBuilder::new("INSERT INTO archive_owners (kind, domain, username, n) ");
         qb.push_values(chunk, |mut b, (owner, added)| {
             b.push_bind(owner.kind as i16)
-                .push_bind(&owner.domain)
-                .push_bind(&owner.username)
+                .push_bind(owner.domain)
+                .push_bind(owner.username)
                 .push_bind(*added);
         });
         qb.push(OWNERS_UPSERT_TAIL);
@@ -500,7 +512,7 @@ async fn insert_sqlite(
         );
     }
     let ids = take_ids(&owners, returned)?;
-    let blocks = blocks_of(rows, &owners, &ids);
+    let blocks = blocks_of(rows, None, &owners, &ids);
     insert_blocks_sqlite(&mut tx, &blocks, false).await?;
     tx.commit().await?;
     Ok(())
@@ -509,7 +521,7 @@ async fn insert_sqlite(
 /// Inserts `rows` and counts them, in one transaction, on PostgreSQL:
 /// two statements whatever the batch (arrays unnested), each prepared once
 /// per connection.
-async fn insert_postgres(conn: &mut PgConnection, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+async fn insert_postgres(conn: &mut PgConnection, rows: &[RowRef<'_>]) -> Result<(), StorageError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -530,21 +542,21 @@ async fn insert_postgres(conn: &mut PgConnection, rows: &[ArchiveRow]) -> Result
             owners
                 .list
                 .iter()
-                .map(|(o, _)| o.domain.as_str())
+                .map(|(o, _)| o.domain)
                 .collect::<Vec<_>>(),
         )
         .bind(
             owners
                 .list
                 .iter()
-                .map(|(o, _)| o.username.as_str())
+                .map(|(o, _)| o.username)
                 .collect::<Vec<_>>(),
         )
         .bind(owners.list.iter().map(|(_, n)| *n).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
     let ids = take_ids(&owners, returned)?;
-    let blocks = blocks_of(rows, &owners, &ids);
+    let blocks = blocks_of(rows, None, &owners, &ids);
     insert_blocks_postgres(&mut tx, &blocks, false).await?;
     tx.commit().await?;
     Ok(())
@@ -563,11 +575,12 @@ pub enum ArchiveConn {
 }
 
 impl ArchiveConn {
-    /// Inserts `rows[range]` in one transaction (the archive writer's
-    /// batch, shared so that it can move to a blocking thread and back).
+    /// Inserts the rows `range` of `batch` in one transaction (the
+    /// archive writer's batch, shared so that it can move to a blocking
+    /// thread and back).
     pub async fn insert(
         &mut self,
-        rows: &Arc<Vec<ArchiveRow>>,
+        batch: &Arc<ArchiveBatch>,
         range: Range<usize>,
     ) -> Result<(), StorageError> {
         match self {
@@ -575,10 +588,15 @@ impl ArchiveConn {
                 let mut conn = slot
                     .take()
                     .ok_or_else(|| StorageError::Invalid("archive connection lost".into()))?;
-                let rows = Arc::clone(rows);
+                let batch = Arc::clone(batch);
                 // SQLite blocks: off the async workers, one hand-over a batch.
                 let (conn, r) = tokio::task::spawn_blocking(move || {
-                    let r = conn.insert(&rows[range]);
+                    let r = batch.decode_encoded().and_then(|(rows, encoded)| {
+                        conn.insert(
+                            rows.get(range.clone()).unwrap_or_default(),
+                            encoded.get(range).unwrap_or_default(),
+                        )
+                    });
                     (conn, r)
                 })
                 .await
@@ -586,8 +604,14 @@ impl ArchiveConn {
                 *slot = Some(conn);
                 r
             }
-            ArchiveConn::SqliteSqlx(c) => insert_sqlite(c, &rows[range]).await,
-            ArchiveConn::Postgres(c) => insert_postgres(c, &rows[range]).await,
+            ArchiveConn::SqliteSqlx(c) => {
+                let rows = batch.decode()?;
+                insert_sqlite(c, rows.get(range).unwrap_or_default()).await
+            }
+            ArchiveConn::Postgres(c) => {
+                let rows = batch.decode()?;
+                insert_postgres(c, rows.get(range).unwrap_or_default()).await
+            }
         }
     }
 
@@ -656,6 +680,17 @@ impl Store {
 
     /// Inserts rows in one transaction, on a pooled connection.
     pub async fn archive_insert(&self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+        let refs: Vec<RowRef<'_>> = rows.iter().map(RowRef::from).collect();
+        self.archive_insert_refs(&refs).await
+    }
+
+    /// Inserts a batch's rows in one transaction, on a pooled connection.
+    pub async fn archive_insert_batch(&self, batch: &ArchiveBatch) -> Result<(), StorageError> {
+        self.archive_insert_refs(&batch.decode()?).await
+    }
+
+    /// Inserts rows in one transaction, on a pooled connection.
+    pub async fn archive_insert_refs(&self, rows: &[RowRef<'_>]) -> Result<(), StorageError> {
         if rows.is_empty() {
             return Ok(());
         }

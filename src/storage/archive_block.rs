@@ -15,6 +15,8 @@
 //! a range of the (owner, first id) index, however blocks of different
 //! peers or batches interleave.
 
+use std::collections::HashMap;
+
 use super::StorageError;
 use crate::modules::mam::id;
 
@@ -49,7 +51,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
@@ -59,6 +61,11 @@ pub fn encode_row(out: &mut Vec<u8>, row: &RowView<'_>) {
     if out.is_empty() {
         out.push(FORMAT);
     }
+    put_row(out, row);
+}
+
+/// Appends `row`'s encoding (what a block holds per stanza).
+pub(super) fn put_row(out: &mut Vec<u8>, row: &RowView<'_>) {
     put_str(out, row.id);
     // Zigzag: small magnitudes either side of zero stay short.
     put_varint(out, ((row.ts << 1) ^ (row.ts >> 63)) as u64);
@@ -68,13 +75,13 @@ pub fn encode_row(out: &mut Vec<u8>, row: &RowView<'_>) {
 }
 
 /// Reads a block's bytes from the front.
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
+    pub(super) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Option<u64> {
+    pub(super) fn varint(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = *self.buf.get(self.at)?;
@@ -87,19 +94,19 @@ impl<'a> Reader<'a> {
         None
     }
 
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(super) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
         let s = self.buf.get(self.at..end)?;
         self.at = end;
         Some(s)
     }
 
-    fn str(&mut self) -> Option<&'a str> {
+    pub(super) fn str(&mut self) -> Option<&'a str> {
         let n = usize::try_from(self.varint()?).ok()?;
         std::str::from_utf8(self.bytes(n)?).ok()
     }
 
-    fn row(&mut self) -> Option<RowView<'a>> {
+    pub(super) fn row(&mut self) -> Option<RowView<'a>> {
         let id = self.str()?;
         let z = self.varint()?;
         let ts = ((z >> 1) as i64) ^ -((z & 1) as i64);
@@ -155,6 +162,9 @@ pub struct BlockInput<'a> {
     pub owner_id: i64,
     pub peer: &'a str,
     pub row: RowView<'a>,
+    /// `row` encoded already (as [`put_row`] writes it), when it comes
+    /// from a batch: copied as it is.
+    pub encoded: Option<&'a [u8]>,
 }
 
 /// A block to insert.
@@ -172,14 +182,12 @@ pub struct NewBlock<'a> {
 /// owner and peer cut where a block would pass [`MAX_ROWS`], [`MAX_BYTES`]
 /// or [`SPAN_US`]. An id not shaped like ours (no time to bound a block
 /// by) gets a block of its own.
-pub fn build<'a>(inputs: &mut [BlockInput<'a>]) -> Vec<NewBlock<'a>> {
-    inputs.sort_unstable_by(|a, b| {
-        (a.owner_id, a.peer, a.row.id).cmp(&(b.owner_id, b.peer, b.row.id))
-    });
+pub fn build<'a>(inputs: &[BlockInput<'a>]) -> Vec<NewBlock<'a>> {
     let mut out: Vec<NewBlock<'a>> = Vec::new();
     // The open block's first time, when it may take more stanzas.
     let mut open_since: Option<i64> = None;
-    for input in inputs.iter() {
+    for &i in &in_block_order(inputs) {
+        let input = &inputs[i as usize];
         let t = id::time_of(input.row.id);
         let joins = match (out.last(), open_since, t) {
             (Some(b), Some(since), Some(t)) => {
@@ -203,12 +211,65 @@ pub fn build<'a>(inputs: &mut [BlockInput<'a>]) -> Vec<NewBlock<'a>> {
             });
         }
         if let Some(b) = out.last_mut() {
-            encode_row(&mut b.rows, &input.row);
+            match input.encoded {
+                Some(bytes) => {
+                    if b.rows.is_empty() {
+                        b.rows.push(FORMAT);
+                    }
+                    b.rows.extend_from_slice(bytes);
+                }
+                None => encode_row(&mut b.rows, &input.row),
+            }
             b.n += 1;
             b.last_id = input.row.id;
         }
     }
     out
+}
+
+/// The positions of `inputs` ordered by (owner, peer, id). Done as a count
+/// sort by (owner, peer) then a sort of each run by id, which is usually
+/// sorted already (a batch arrives in about the order ids were handed
+/// out): far fewer string comparisons than one sort over all three keys.
+fn in_block_order(inputs: &[BlockInput<'_>]) -> Vec<u32> {
+    let mut groups: HashMap<(i64, &str), u32, foldhash::fast::RandomState> =
+        HashMap::with_hasher(Default::default());
+    let group_of: Vec<u32> = inputs
+        .iter()
+        .map(|i| {
+            let next = groups.len() as u32;
+            *groups.entry((i.owner_id, i.peer)).or_insert(next)
+        })
+        .collect();
+    // Each group's place among the groups in (owner, peer) order.
+    let mut sorted: Vec<(&(i64, &str), &u32)> = groups.iter().collect();
+    sorted.sort_unstable();
+    let mut start = vec![0u32; groups.len() + 1];
+    let mut rank = vec![0u32; groups.len()];
+    for (r, (_, &g)) in sorted.iter().enumerate() {
+        rank[g as usize] = r as u32;
+    }
+    for &g in &group_of {
+        start[rank[g as usize] as usize + 1] += 1;
+    }
+    for r in 1..start.len() {
+        start[r] += start[r - 1];
+    }
+    let mut order = vec![0u32; inputs.len()];
+    let mut next = start.clone();
+    for (i, &g) in group_of.iter().enumerate() {
+        let r = rank[g as usize] as usize;
+        order[next[r] as usize] = i as u32;
+        next[r] += 1;
+    }
+    for w in start.windows(2) {
+        let run = &mut order[w[0] as usize..w[1] as usize];
+        let id = |k: &u32| inputs[*k as usize].row.id;
+        if !run.is_sorted_by_key(id) {
+            run.sort_unstable_by_key(id);
+        }
+    }
+    order
 }
 
 /// The lowest first id a block holding an id at or above `bound` can have
@@ -291,20 +352,23 @@ mod tests {
                 owner_id: 1 + (i % 3 == 0) as i64,
                 peer,
                 row: view(id, "<m/>"),
+                encoded: None,
             });
         }
         inputs.push(BlockInput {
             owner_id: 1,
             peer: "bob",
             row: view(&far, "<m/>"),
+            encoded: None,
         });
         inputs.push(BlockInput {
             owner_id: 1,
             peer: "bob",
             row: view("not-ours", "<m/>"),
+            encoded: None,
         });
         inputs.reverse();
-        let blocks = build(&mut inputs);
+        let blocks = build(&inputs);
         assert_eq!(blocks.iter().map(|b| b.n).sum::<i64>(), 602);
         for b in &blocks {
             let rows = decode(&b.rows).unwrap();

@@ -34,6 +34,7 @@ fn inputs(rows: &[LegacyRow]) -> Vec<BlockInput<'_>> {
                     outgoing: *outgoing,
                     payload,
                 },
+                encoded: None,
             },
         )
         .collect()
@@ -68,8 +69,7 @@ impl Store {
                     let rows: Vec<LegacyRow> =
                         sqlx::query_as(READ).bind(CHUNK).fetch_all(&mut *tx).await?;
                     if let Some((owner, id, ..)) = rows.last() {
-                        let mut inputs = inputs(&rows);
-                        let blocks = block::build(&mut inputs);
+                        let blocks = block::build(&inputs(&rows));
                         // A second process converting at once: its blocks win.
                         $insert(&mut tx, &blocks, true).await?;
                         sqlx::query(DONE)

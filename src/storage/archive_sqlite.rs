@@ -24,7 +24,8 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use libsqlite3_sys as ffi;
 
 use super::archive::{blocks_of, Owners};
-use super::{ArchiveRow, StorageError};
+use super::archive_batch::RowRef;
+use super::StorageError;
 
 /// Adds an owner's rows to its count, creating the owner, and gives its id.
 const OWNER_UPSERT: &str = "INSERT INTO archive_owners (kind, domain, username, n) \
@@ -153,13 +154,13 @@ impl SqliteArchiveConn {
 
     /// Inserts `rows` and adds them to their owners' counts, in one
     /// transaction: all or nothing.
-    pub fn insert(&mut self, rows: &[ArchiveRow]) -> Result<(), StorageError> {
+    pub fn insert(&mut self, rows: &[RowRef<'_>], encoded: &[&[u8]]) -> Result<(), StorageError> {
         if rows.is_empty() {
             return Ok(());
         }
         let owners = Owners::of(rows);
         self.done(&self.begin, "begin")?;
-        let written = self.write(rows, &owners);
+        let written = self.write(rows, encoded, &owners);
         let r = written.and_then(|()| self.done(&self.commit, "commit"));
         if r.is_ok() {
             self.after_commit();
@@ -174,7 +175,12 @@ impl SqliteArchiveConn {
         r
     }
 
-    fn write(&self, rows: &[ArchiveRow], owners: &Owners<'_>) -> Result<(), StorageError> {
+    fn write(
+        &self,
+        rows: &[RowRef<'_>],
+        encoded: &[&[u8]],
+        owners: &Owners<'_>,
+    ) -> Result<(), StorageError> {
         let db = self.db.0;
         let mut ids = Vec::with_capacity(owners.list.len());
         let s = self.owner.0;
@@ -183,8 +189,8 @@ impl SqliteArchiveConn {
             // outlive the step and the reset that follows it.
             let id = unsafe {
                 let mut rc = ffi::sqlite3_bind_int(s, 1, owner.kind as c_int);
-                rc |= bind_text(s, 2, &owner.domain);
-                rc |= bind_text(s, 3, &owner.username);
+                rc |= bind_text(s, 2, owner.domain);
+                rc |= bind_text(s, 3, owner.username);
                 rc |= ffi::sqlite3_bind_int64(s, 4, *added);
                 if rc != ffi::SQLITE_OK {
                     ffi::sqlite3_reset(s);
@@ -201,7 +207,8 @@ impl SqliteArchiveConn {
             ids.push(id);
         }
         let s = self.block.0;
-        for b in blocks_of(rows, owners, &ids) {
+        let encoded = (encoded.len() == rows.len()).then_some(encoded);
+        for b in blocks_of(rows, encoded, owners, &ids) {
             // SAFETY: as above; the block's bytes live until the loop's
             // next turn, after the reset.
             unsafe {

@@ -438,10 +438,11 @@ impl Store {
                                 outgoing: m.outgoing,
                                 payload: &m.payload,
                             },
+                            encoded: None,
                         });
                     }
                     let added = fresh.len() as i64;
-                    let blocks = block::build(&mut fresh);
+                    let blocks = block::build(&fresh);
                     $insert(&mut tx, &blocks, false).await?;
                     c.archive.created += added as u64;
                     if added > 0 {

@@ -19,6 +19,7 @@ macro_rules! on_pool {
 mod accounts;
 mod administration;
 mod archive;
+mod archive_batch;
 mod archive_block;
 mod archive_legacy;
 mod archive_sqlite;
@@ -38,6 +39,7 @@ pub use accounts::{AccountRecord, ScramRecord};
 pub use archive::{
     ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem,
 };
+pub use archive_batch::{ArchiveBatch, RowRef};
 pub use clients::{ClientRecord, FastToken};
 pub use import::{ImportCounts, ImportUser, Tally};
 pub use invites::InviteRecord;

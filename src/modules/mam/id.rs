@@ -20,9 +20,26 @@ pub struct IdSource {
     last: AtomicI64,
 }
 
+/// An id, held in place (no allocation until it is needed as a String).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Id([u8; TIME_CHARS + RANDOM_CHARS]);
+
+impl Id {
+    pub fn as_str(&self) -> &str {
+        // Only ALPHABET's ASCII bytes are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 impl IdSource {
     /// A new id and its time (microseconds since the Unix epoch).
     pub fn next(&self) -> (String, i64) {
+        let (id, ts) = self.next_id();
+        (id.as_str().to_string(), ts)
+    }
+
+    /// [`IdSource::next`] without the String.
+    pub fn next_id(&self) -> (Id, i64) {
         let now = now_micros();
         let mut prev = self.last.load(Ordering::Relaxed);
         let ts = loop {
@@ -43,7 +60,7 @@ impl IdSource {
             *slot = ALPHABET[(bits & 31) as usize];
             bits >>= 5;
         }
-        (ascii(&out), ts)
+        (Id(out), ts)
     }
 }
 
@@ -80,21 +97,31 @@ pub fn time_of(id: &str) -> Option<i64> {
     }
     let mut v: i64 = 0;
     for b in id.bytes().take(TIME_CHARS) {
-        let digit = ALPHABET.iter().position(|&c| c == b)? as i64;
-        v = (v << 5) | digit;
+        v = (v << 5) | i64::from(DIGITS[b as usize]);
     }
     Some(v)
 }
 
 /// Characters of `ALPHABET` as a string.
 fn ascii(chars: &[u8]) -> String {
-    chars.iter().map(|&c| c as char).collect()
+    String::from_utf8(chars.to_vec()).unwrap_or_default()
 }
+
+/// The value of each byte in `ALPHABET`, 32 for every other byte.
+const DIGITS: [u8; 256] = {
+    let mut t = [32u8; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Is `id` shaped like one of ours? (Anything else cannot be in the
 /// archive, and is not worth a database look-up.)
 pub fn well_formed(id: &str) -> bool {
-    id.len() == TIME_CHARS + RANDOM_CHARS && id.bytes().all(|b| ALPHABET.contains(&b))
+    id.len() == TIME_CHARS + RANDOM_CHARS && id.bytes().all(|b| DIGITS[b as usize] < 32)
 }
 
 #[cfg(test)]

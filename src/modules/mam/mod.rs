@@ -20,6 +20,7 @@ pub mod prefs;
 pub mod query;
 mod writer;
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use jid::{BareJid, FullJid, Jid};
@@ -29,7 +30,7 @@ use crate::modules::{IqFuture, IqRequest, IqTarget};
 use crate::router::Origin;
 use crate::server::Server;
 use crate::stanza::{StanzaError, StanzaErrorCondition};
-use crate::storage::{ArchiveKind, ArchiveOwner, ArchiveRow};
+use crate::storage::{ArchiveKind, ArchiveOwner, RowRef};
 use crate::xml::Element;
 
 pub use writer::Writer;
@@ -46,6 +47,40 @@ pub struct Mam {
 }
 
 /// The archive owner of a user.
+/// The resource of a JID as a stanza's address names it, normalized as a
+/// parsed JID's is. Most resources are printable ASCII, which the
+/// resourcepart's normalization (PRECIS OpaqueString) leaves as it is: no
+/// parse for those.
+fn resource_of(jid: &str) -> Cow<'_, str> {
+    match jid.split_once('/') {
+        None => Cow::Borrowed(""),
+        Some((_, r)) if !r.is_empty() && r.bytes().all(|b| (0x21..0x7f).contains(&b)) => {
+            Cow::Borrowed(r)
+        }
+        Some(_) => Cow::Owned(
+            Jid::new(jid)
+                .ok()
+                .and_then(|j| j.resource().map(|r| r.as_str().to_string()))
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// A row of `user`'s archive with its owner filled in (the rest to fill).
+fn owner_ref(user: &BareJid) -> RowRef<'_> {
+    RowRef {
+        kind: ArchiveKind::User,
+        domain: user.domain().as_str(),
+        username: user.node().map(|n| n.as_str()).unwrap_or_default(),
+        peer: "",
+        id: "",
+        ts: 0,
+        resource: "",
+        outgoing: false,
+        payload: "",
+    }
+}
+
 pub fn owner_of(user: &BareJid) -> ArchiveOwner {
     ArchiveOwner {
         kind: ArchiveKind::User,
@@ -187,57 +222,61 @@ impl Mam {
     ) {
         let from = origin.sender();
         let peer = from.to_bare();
-        // Both rows hold the same stanza: serialized once, shared.
-        let mut shared: Option<Arc<str>> = None;
-        let mut payload = || {
-            shared
-                .get_or_insert_with(|| crate::modules::xml_for_storage([&*stanza]).into())
-                .clone()
+        // Which archives keep it: the recipient's, and (from a local
+        // session) the sender's. A message to oneself is one message,
+        // archived once; a session origin is the sender, `peer`.
+        let incoming =
+            self.account_exists(server, to).await && self.keeps(server, to, peer.as_str()).await;
+        let sender = origin.session().map(|_| &peer).filter(|u| *u != to);
+        let outgoing = match sender {
+            Some(user) => self.keeps(server, user, to.as_str()).await,
+            None => false,
         };
-        let mut rows = Vec::with_capacity(2);
-        let mut stamp = None;
-        if self.account_exists(server, to).await && self.keeps(server, to, peer.as_str()).await {
-            let (id, ts) = self.ids.next();
-            rows.push(ArchiveRow {
-                owner: owner_of(to),
-                id: id.clone(),
-                ts,
-                peer: peer.to_string(),
-                resource: from
-                    .resource()
-                    .map(|r| r.as_str().to_string())
-                    .unwrap_or_default(),
+        if !incoming && !outgoing {
+            return;
+        }
+        // Both rows hold the same stanza, serialized once (before the
+        // stanza-id is added: the sender's copy must not carry it).
+        let payload = crate::modules::xml_for_storage([&*stanza]);
+        let to_resource = if outgoing {
+            resource_of(stanza.attr("to").unwrap_or_default())
+        } else {
+            Cow::Borrowed("")
+        };
+        let mut ids = [None, None];
+        let mut rows: [Option<RowRef<'_>>; 2] = [None, None];
+        if incoming {
+            ids[0] = Some(self.ids.next_id());
+        }
+        if outgoing {
+            ids[1] = Some(self.ids.next_id());
+        }
+        if let Some((id, ts)) = &ids[0] {
+            rows[0] = Some(RowRef {
+                peer: peer.as_str(),
+                id: id.as_str(),
+                ts: *ts,
+                resource: from.resource().map(|r| r.as_str()).unwrap_or_default(),
                 outgoing: false,
-                payload: payload(),
+                payload: &payload,
+                ..owner_ref(to)
             });
-            stamp = Some(id);
         }
-        // A message to oneself is one message, archived once. A session
-        // origin is the sender: its bare JID is `peer`.
-        let user = origin.session().map(|_| peer.clone());
-        if let Some(user) = user.filter(|u| u != to) {
-            if self.keeps(server, &user, to.as_str()).await {
-                let (id, ts) = self.ids.next();
-                rows.push(ArchiveRow {
-                    owner: owner_of(&user),
-                    id,
-                    ts,
-                    peer: to.to_string(),
-                    resource: stanza
-                        .attr("to")
-                        .and_then(|t| Jid::new(t).ok())
-                        .and_then(|t| t.resource().map(|r| r.as_str().to_string()))
-                        .unwrap_or_default(),
-                    outgoing: true,
-                    payload: payload(),
-                });
-            }
+        if let (Some((id, ts)), Some(user)) = (&ids[1], sender) {
+            rows[1] = Some(RowRef {
+                peer: to.as_str(),
+                id: id.as_str(),
+                ts: *ts,
+                resource: &to_resource,
+                outgoing: true,
+                payload: &payload,
+                ..owner_ref(user)
+            });
         }
-        if !rows.is_empty() {
-            self.write(server, rows).await;
-        }
-        if let Some(id) = stamp {
-            stanza.append_child(eligible::stanza_id(to.as_str(), &id));
+        let rows: Vec<RowRef<'_>> = rows.into_iter().flatten().collect();
+        self.write(server, &rows).await;
+        if let Some((id, _)) = &ids[0] {
+            stanza.append_child(eligible::stanza_id(to.as_str(), id.as_str()));
         }
     }
 
@@ -265,26 +304,24 @@ impl Mam {
         let mut copy = stanza.clone();
         eligible::strip_stanza_ids(&mut copy, peer.as_str());
         let (id, ts) = self.ids.next();
-        let row = ArchiveRow {
-            owner: owner_of(&user),
-            id,
+        let payload = crate::modules::xml_for_storage([&copy]);
+        let row = RowRef {
+            peer: peer.as_str(),
+            id: &id,
             ts,
-            peer: peer.to_string(),
-            resource: to
-                .resource()
-                .map(|r| r.as_str().to_string())
-                .unwrap_or_default(),
+            resource: to.resource().map(|r| r.as_str()).unwrap_or_default(),
             outgoing: true,
-            payload: crate::modules::xml_for_storage([&copy]).into(),
+            payload: &payload,
+            ..owner_ref(&user)
         };
-        self.write(server, vec![row]).await;
+        self.write(server, &[row]).await;
     }
 
-    async fn write(&self, server: &Server, rows: Vec<ArchiveRow>) {
+    async fn write(&self, server: &Server, rows: &[RowRef<'_>]) {
         match self.writer.get() {
             Some(w) => w.write(rows).await,
             // A server that was never started (embedded, tests): directly.
-            None => writer::write_direct(&server.store, &rows).await,
+            None => writer::write_direct(&server.store, rows).await,
         }
     }
 
@@ -358,4 +395,20 @@ impl Mam {
 fn internal(e: crate::storage::StorageError) -> StanzaError {
     tracing::error!(error = %e, "archive preferences");
     StanzaErrorCondition::InternalServerError.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_of;
+
+    #[test]
+    fn a_resource_is_read_as_a_parsed_jid_has_it() {
+        assert_eq!(resource_of("bob@example.org"), "");
+        assert_eq!(resource_of("bob@example.org/phone"), "phone");
+        assert_eq!(resource_of("example.org/a/b"), "a/b");
+        assert_eq!(resource_of("bob@example.org/"), "");
+        // Not plain ASCII: as the JID parser normalizes it.
+        assert_eq!(resource_of("bob@example.org/my phone"), "my phone");
+        assert_eq!(resource_of("bob@example.org/Te\u{301}l"), "T\u{e9}l");
+    }
 }

@@ -25,87 +25,134 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{StorageOp, StorageTimers};
 use crate::server::Server;
-use crate::storage::{ArchiveConn, ArchiveRow, StorageError, Store};
+use crate::storage::{ArchiveBatch, ArchiveConn, RowRef, StorageError, Store};
 
-/// One message's rows, with their place in the queue.
-struct Job {
-    seq: u64,
-    rows: Vec<ArchiveRow>,
+/// What waits for the writer task: the rows handed over since it last
+/// took them, and the sequence number of the last message among them.
+#[derive(Debug, Default)]
+struct Pending {
+    batch: ArchiveBatch,
+    last: u64,
+    /// Set at shutdown, once the task has taken what waited: senders write
+    /// directly from then on.
+    closed: bool,
+}
+
+/// The queue between senders and the task.
+#[derive(Debug)]
+struct Queue {
+    pending: Mutex<Pending>,
+    /// Wakes the task: something waits.
+    work: Notify,
+    /// Wakes senders waiting for room: the task took what waited.
+    room: Notify,
+    /// Messages that may wait (`[mam] queue`).
+    max_messages: usize,
+    /// Bytes that may wait (`[mam] queue_bytes`); a message larger than
+    /// this still goes in alone.
+    max_bytes: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The handle the feature writes through.
 #[derive(Debug)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
     store: Store,
-    /// The last sequence number handed out; taken with the queue's slot
-    /// under this lock, so queue order and number order agree.
-    last: Mutex<u64>,
     /// The last sequence number committed (or given up on, logged).
     committed: watch::Receiver<u64>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Job({} rows)", self.rows.len())
-    }
 }
 
 impl Writer {
     /// Starts the writer task on the server's background tracker.
     pub fn spawn(server: &Arc<Server>) -> Writer {
         let config = &server.config().mam;
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let queue = Arc::new(Queue {
+            pending: Mutex::new(Pending::default()),
+            work: Notify::new(),
+            room: Notify::new(),
+            max_messages: config.queue.max(1),
+            max_bytes: config.queue_bytes.max(1),
+        });
         let (mark, committed) = watch::channel(0);
         let store = server.store.clone();
-        let batch = config.batch.max(1);
-        let cache_kib = config.writer_cache_kib;
-        let checkpoint_pages = config.checkpoint_pages;
-        let synchronous_full = server.config().database.sqlite_synchronous == "full";
-        let shutdown = server.shutdown.clone();
         server.background.spawn(run(
             Db {
                 store: store.clone(),
-                cache_kib,
-                synchronous_full,
-                checkpoint_pages,
+                cache_kib: config.writer_cache_kib,
+                synchronous_full: server.config().database.sqlite_synchronous == "full",
+                checkpoint_pages: config.checkpoint_pages,
                 conn: None,
                 timers: server.metrics.storage.clone(),
             },
-            rx,
-            batch,
-            shutdown,
+            Arc::clone(&queue),
+            config.batch.max(1),
+            server.shutdown.clone(),
             mark,
         ));
         Writer {
-            tx,
+            queue,
             store,
-            last: Mutex::new(0),
             committed,
         }
     }
 
-    /// Hands `rows` to the writer task, waiting only for room in its
-    /// queue (a failed commit is logged: the message still goes on).
-    pub async fn write(&self, rows: Vec<ArchiveRow>) {
-        let Ok(slot) = self.tx.reserve().await else {
-            // The task has stopped (shutdown): write here.
-            write_direct(&self.store, &rows).await;
-            return;
-        };
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        *last += 1;
-        slot.send(Job { seq: *last, rows });
+    /// Hands one message's rows to the writer task, waiting only for room
+    /// in its queue (a failed commit is logged: the message still goes on).
+    pub async fn write(&self, rows: &[RowRef<'_>]) {
+        let q = &self.queue;
+        loop {
+            // Registered before the check, so the task's wake-up between
+            // the check and the wait is not missed.
+            let room = q.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            // Some(true): handed over; Some(false): the task is gone.
+            let outcome = {
+                let mut p = q.lock();
+                let full = !p.batch.is_empty()
+                    && (p.batch.messages() >= q.max_messages || p.batch.size() >= q.max_bytes);
+                if p.closed {
+                    Some(false)
+                } else if full {
+                    None
+                } else {
+                    for r in rows {
+                        p.batch.push(r);
+                    }
+                    p.batch.end_message();
+                    p.last += 1;
+                    Some(true)
+                }
+            };
+            match outcome {
+                Some(true) => {
+                    q.work.notify_one();
+                    return;
+                }
+                Some(false) => {
+                    write_direct(&self.store, rows).await;
+                    return;
+                }
+                None => {}
+            }
+            room.await;
+        }
     }
 
     /// Waits until everything handed over before the call is committed.
     pub async fn flushed(&self) {
-        let target = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let target = self.queue.lock().last;
         let mut committed = self.committed.clone();
         // An error means the task is gone; what it took was committed or
         // logged, and later rows are written directly.
@@ -114,8 +161,8 @@ impl Writer {
 }
 
 /// Writes without the task (it has stopped at shutdown).
-pub async fn write_direct(store: &Store, rows: &[ArchiveRow]) {
-    if let Err(e) = store.archive_insert(rows).await {
+pub async fn write_direct(store: &Store, rows: &[RowRef<'_>]) {
+    if let Err(e) = store.archive_insert_refs(rows).await {
         log_failure(&e, rows.len());
     }
 }
@@ -138,18 +185,18 @@ struct Db {
 impl Db {
     async fn insert(
         &mut self,
-        rows: &Arc<Vec<ArchiveRow>>,
+        batch: &Arc<ArchiveBatch>,
         range: Range<usize>,
     ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
-        let r = self.insert_untimed(rows, range).await;
+        let r = self.insert_untimed(batch, range).await;
         (self.timers).observe(StorageOp::ArchiveInsert, started.elapsed());
         r
     }
 
     async fn insert_untimed(
         &mut self,
-        rows: &Arc<Vec<ArchiveRow>>,
+        batch: &Arc<ArchiveBatch>,
         range: Range<usize>,
     ) -> Result<(), StorageError> {
         if self.conn.is_none() {
@@ -164,9 +211,12 @@ impl Db {
             }
         }
         let Some(conn) = &mut self.conn else {
-            return self.store.archive_insert(&rows[range]).await;
+            let rows = batch.decode()?;
+            return (self.store)
+                .archive_insert_refs(rows.get(range).unwrap_or_default())
+                .await;
         };
-        let r = conn.insert(rows, range).await;
+        let r = conn.insert(batch, range).await;
         if r.is_err() {
             // Whatever broke, the next batch starts on a new connection.
             if let Some(c) = self.conn.take() {
@@ -179,74 +229,127 @@ impl Db {
 
 async fn run(
     mut db: Db,
-    mut rx: mpsc::Receiver<Job>,
-    batch: usize,
+    queue: Arc<Queue>,
+    most_rows: usize,
     shutdown: CancellationToken,
     mark: watch::Sender<u64>,
 ) {
+    // The batch the task commits while senders fill the other; the two
+    // swap, so their buffers are reused.
+    let mut taken = ArchiveBatch::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            job = rx.recv() => job,
-            _ = shutdown.cancelled() => None,
+        let last = {
+            let mut p = queue.lock();
+            if p.batch.is_empty() {
+                None
+            } else {
+                std::mem::swap(&mut p.batch, &mut taken);
+                Some(p.last)
+            }
         };
-        let Some(first) = first else { break };
-        let jobs = gather(first, &mut rx, batch);
-        let last = jobs.last().map_or(0, |j| j.seq);
-        commit(&mut db, jobs).await;
+        let Some(last) = last else {
+            tokio::select! {
+                biased;
+                _ = queue.work.notified() => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        };
+        queue.room.notify_waiters();
+        taken = commit(&mut db, taken, most_rows).await;
         mark.send_replace(last);
     }
-    // Shutdown: no new jobs (senders write directly from now on); what is
-    // queued still goes in before the store closes.
-    rx.close();
-    while let Some(first) = rx.recv().await {
-        let jobs = gather(first, &mut rx, batch);
-        let last = jobs.last().map_or(0, |j| j.seq);
-        commit(&mut db, jobs).await;
-        mark.send_replace(last);
+    // Shutdown: senders write directly from now on; what waits still goes
+    // in before the store closes.
+    let last = {
+        let mut p = queue.lock();
+        p.closed = true;
+        std::mem::swap(&mut p.batch, &mut taken);
+        p.last
+    };
+    queue.room.notify_waiters();
+    if !taken.is_empty() {
+        commit(&mut db, taken, most_rows).await;
     }
+    mark.send_replace(last);
     if let Some(conn) = db.conn.take() {
         conn.close().await;
     }
 }
 
-/// `first` and whatever else waits, up to `batch` rows.
-fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, batch: usize) -> Vec<Job> {
-    let mut n = first.rows.len();
-    let mut jobs = vec![first];
-    while n < batch {
-        match rx.try_recv() {
-            Ok(job) => {
-                n += job.rows.len();
-                jobs.push(job);
-            }
-            Err(_) => break,
+/// The row ranges of `batch` to commit, each whole messages and at most
+/// `most` rows (unless one message alone has more).
+fn slices(batch: &ArchiveBatch, most: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut end) = (0, 0);
+    for m in batch.message_ranges() {
+        if m.end - start > most && end > start {
+            out.push(start..end);
+            start = end;
         }
+        end = m.end;
     }
-    jobs
+    if end > start {
+        out.push(start..end);
+    }
+    out
 }
 
-async fn commit(db: &mut Db, jobs: Vec<Job>) {
-    let mut sizes = Vec::with_capacity(jobs.len());
-    let mut rows = Vec::with_capacity(jobs.iter().map(|j| j.rows.len()).sum());
-    for j in jobs {
-        sizes.push(j.rows.len());
-        rows.extend(j.rows);
-    }
-    let rows = Arc::new(rows);
-    match db.insert(&rows, 0..rows.len()).await {
-        Ok(()) => {}
-        Err(e) if sizes.len() > 1 => {
-            // One bad row must not cost the others: each message on its own.
-            tracing::warn!(error = %e, "archive batch failed; writing its messages one by one");
-            let mut at = 0;
-            for n in sizes {
-                if let Err(e) = db.insert(&rows, at..at + n).await {
-                    log_failure(&e, n);
+/// Commits `batch` and gives it back emptied (its buffers are reused).
+async fn commit(db: &mut Db, batch: ArchiveBatch, most_rows: usize) -> ArchiveBatch {
+    let ranges = slices(&batch, most_rows);
+    let batch = Arc::new(batch);
+    for range in ranges {
+        match db.insert(&batch, range.clone()).await {
+            Ok(()) => {}
+            Err(e) => {
+                // One bad row must not cost the others: each message on its own.
+                tracing::warn!(error = %e, "archive batch failed; writing its messages one by one");
+                let messages: Vec<Range<usize>> = batch
+                    .message_ranges()
+                    .filter(|m| m.start >= range.start && m.end <= range.end)
+                    .collect();
+                for m in messages {
+                    if let Err(e) = db.insert(&batch, m.clone()).await {
+                        log_failure(&e, m.len());
+                    }
                 }
-                at += n;
             }
         }
-        Err(e) => log_failure(&e, rows.len()),
+    }
+    let mut batch = Arc::try_unwrap(batch).unwrap_or_default();
+    batch.clear();
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ArchiveKind;
+
+    #[test]
+    fn commits_are_cut_between_messages() {
+        let row = RowRef {
+            kind: ArchiveKind::User,
+            domain: "d",
+            username: "u",
+            peer: "p",
+            id: "i",
+            ts: 0,
+            resource: "",
+            outgoing: false,
+            payload: "",
+        };
+        let mut batch = ArchiveBatch::new();
+        // Messages of 2, 1, 2, 2, 1 rows.
+        for n in [2, 1, 2, 2, 1] {
+            for _ in 0..n {
+                batch.push(&row);
+            }
+            batch.end_message();
+        }
+        assert_eq!(slices(&batch, 3), vec![0..3, 3..5, 5..8]);
+        assert_eq!(slices(&batch, 100), vec![0..8]);
+        assert_eq!(slices(&batch, 1), vec![0..2, 2..3, 3..5, 5..7, 7..8]);
+        assert!(slices(&ArchiveBatch::new(), 5).is_empty());
     }
 }
