@@ -341,9 +341,13 @@ socket = {j(str(dir / "waxwing.sock"))}
     def row_counts(self) -> dict[str, int]:
         con = sqlite3.connect(self.db)
         try:
-            return {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                    for t in ("accounts", "scram_credentials", "roster_items", "user_data", "offline_messages",
-                              "pubsub_nodes", "pubsub_items", "archive")}
+            counts = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                      for t in ("accounts", "scram_credentials", "roster_items", "user_data", "offline_messages",
+                                "pubsub_nodes", "pubsub_items", "archive_blocks")}
+            # The archive keeps stanzas in blocks: their count is the owners'.
+            counts["archived stanzas"] = con.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM archive_owners").fetchone()[0]
+            return counts
         finally:
             con.close()
 
