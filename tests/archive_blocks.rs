@@ -8,7 +8,11 @@
 //! before and after purges, trims, retention and replaced payloads. On a
 //! real SQLite file and on a PostgreSQL database of its own.
 
+mod common;
+
 use std::sync::Arc;
+
+use common::db::OwnPostgres;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -287,23 +291,10 @@ async fn sqlite_blocks_answer_like_the_model() {
 
 #[tokio::test]
 async fn postgres_blocks_answer_like_the_model() {
-    let base = std::env::var("WAXWING_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     // A database of its own: retention here cuts every owner's archive.
-    let name = format!("wx_blocks_{}", rand::thread_rng().gen::<u32>());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("PostgreSQL must be reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-    let store = Store::open(&url, 4).await.unwrap();
+    let db = OwnPostgres::create("wx_blocks").await;
+    let store = Store::open(&db.url, 4).await.unwrap();
     exercise(&store).await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    db.drop_database().await;
 }

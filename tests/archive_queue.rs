@@ -10,7 +10,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use waxwing::storage::Store;
 use waxwing::xml::NS_CLIENT;
 
 const COUNT: usize = 200;
@@ -56,14 +55,7 @@ async fn a_full_archive_queue_holds_the_sender_back_and_loses_nothing() {
     server.add_user("ben", "pw").await;
     let mut ben = Client::login(server.plain_addr, "ben", "pw", Some("r")).await;
     let mut ann = Client::login(server.plain_addr, "ann", "pw", Some("r")).await;
-    let Store::Sqlite(pool) = server.store() else {
-        unreachable!("the test server runs on SQLite")
-    };
-    let mut lock = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = db::WriteLock::take(&server).await;
     let mut burst = String::new();
     for i in 0..COUNT {
         // To the bound resource: delivered, not stored offline (which
@@ -78,8 +70,7 @@ async fn a_full_archive_queue_holds_the_sender_back_and_loses_nothing() {
         early < 40,
         "{early} of {COUNT} delivered while the writer could not commit: the queue is not bounded"
     );
-    sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
-    drop(lock);
+    lock.release().await;
     let late = received_until_quiet(&mut ben, Duration::from_millis(1500)).await;
     assert_eq!(early + late, COUNT, "every message delivered once");
     // Both archives hold them all.

@@ -4,9 +4,12 @@
 //! answer kept; then new rows go in beside the old ones. On a real SQLite
 //! file and on a fresh PostgreSQL database of its own.
 
+mod common;
+
 use std::borrow::Cow;
 
-use rand::Rng;
+use common::db::OwnPostgres;
+
 use sqlx::migrate::Migrator;
 use waxwing::storage::{ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, Store};
 
@@ -178,19 +181,10 @@ async fn sqlite_archive_is_reshaped_with_its_rows() {
 
 #[tokio::test]
 async fn postgres_archive_is_reshaped_with_its_rows() {
-    let base = std::env::var("WAXWING_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     // A database of its own, made and dropped here: the shared one has
     // every migration applied already.
-    let name = format!("wx_shape_{}", rand::thread_rng().gen::<u32>());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("PostgreSQL must be reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+    let db = OwnPostgres::create("wx_shape").await;
+    let url = db.url.clone();
     {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         old_migrator("postgres").await.run(&pool).await.unwrap();
@@ -219,12 +213,5 @@ async fn postgres_archive_is_reshaped_with_its_rows() {
     let store = Store::open(&url, 2).await.unwrap();
     check_after(&store).await;
     store.close().await;
-    // FORCE: a pool connection still being opened when the pool closed
-    // can outlive `close()`, and a plain DROP then waits 5 s and fails
-    // ("being accessed by other users"), which says nothing about what
-    // this test checks.
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    db.drop_database().await;
 }

@@ -502,26 +502,6 @@ async fn too_many_unacknowledged_stanzas_close_the_stream_and_the_session_waits(
 
 /// The database's write lock, held by a connection of the test's own: the
 /// archive writer's commits wait for it (SQLite's busy timeout).
-struct WriteLock(sqlx::pool::PoolConnection<sqlx::Sqlite>);
-
-impl WriteLock {
-    async fn take(server: &TestServer) -> WriteLock {
-        let waxwing::storage::Store::Sqlite(pool) = server.store() else {
-            unreachable!("the test server runs on SQLite")
-        };
-        let mut conn = pool.acquire().await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        WriteLock(conn)
-    }
-
-    async fn release(mut self) {
-        sqlx::query("ROLLBACK").execute(&mut *self.0).await.unwrap();
-    }
-}
-
 /// Messages in `user`'s archive.
 async fn archived(server: &TestServer, user: &str) -> i64 {
     let owner = waxwing::storage::ArchiveOwner {
@@ -549,7 +529,7 @@ async fn an_ack_asked_just_before_closing_is_answered_after_the_archive_commit()
     // Another connection holds the database's write lock, so the archive
     // writer's commit waits (SQLite's busy timeout) and the answer to
     // `<r/>` is owed when the stream's end arrives.
-    let lock = WriteLock::take(&server).await;
+    let lock = db::WriteLock::take(&server).await;
     let mut out = String::new();
     for b in numbered(1..=20) {
         out.push_str(&chat("lee@localhost", &b));
@@ -588,7 +568,7 @@ async fn resumed_waits_for_the_archive_to_commit_what_it_acknowledges() {
     let _lee = SmClient::login(&server, "lee", "r").await;
     // The new connection logs in first (a login writes to the database).
     let mut c = authenticated(&server, "kim").await;
-    let lock = WriteLock::take(&server).await;
+    let lock = db::WriteLock::take(&server).await;
     for b in numbered(1..=20) {
         // To the bound resource: delivered, not stored offline (which
         // would wait for the lock itself).

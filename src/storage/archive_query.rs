@@ -239,22 +239,30 @@ fn sort_items(items: &mut [ArchivedItem], newest_first: bool) {
 }
 
 impl Store {
-    /// The integer id of `owner`, None while it has never archived.
-    pub(super) async fn archive_owner_id(
+    /// The integer id of `owner` and its stanza count, None while it has
+    /// never archived.
+    async fn archive_owner_row(
         &self,
         owner: &ArchiveOwner,
-    ) -> Result<Option<i64>, StorageError> {
-        const Q: &str =
-            "SELECT owner_id FROM archive_owners WHERE kind = $1 AND domain = $2 AND username = $3";
-        let id: Option<(i64,)> = on_pool!(self, pool => {
+    ) -> Result<Option<(i64, i64)>, StorageError> {
+        const Q: &str = "SELECT owner_id, n FROM archive_owners \
+             WHERE kind = $1 AND domain = $2 AND username = $3";
+        Ok(on_pool!(self, pool => {
             sqlx::query_as(Q)
                 .bind(owner.kind as i16)
                 .bind(&owner.domain)
                 .bind(&owner.username)
                 .fetch_optional(pool)
                 .await?
-        });
-        Ok(id.map(|(id,)| id))
+        }))
+    }
+
+    /// The integer id of `owner`, None while it has never archived.
+    pub(super) async fn archive_owner_id(
+        &self,
+        owner: &ArchiveOwner,
+    ) -> Result<Option<i64>, StorageError> {
+        Ok(self.archive_owner_row(owner).await?.map(|(id, _)| id))
     }
 
     async fn fetch_blocks(&self, sql: &Sql) -> Result<Vec<StoredBlock>, StorageError> {
@@ -414,23 +422,13 @@ impl Store {
         owner: &ArchiveOwner,
         filter: &ArchiveFilter,
     ) -> Result<i64, StorageError> {
-        if filter.is_everything() {
-            // Kept with the rows: one look-up, however large the archive.
-            const Q: &str =
-                "SELECT n FROM archive_owners WHERE kind = $1 AND domain = $2 AND username = $3";
-            let n: Option<(i64,)> = on_pool!(self, pool => {
-                sqlx::query_as(Q)
-                    .bind(owner.kind as i16)
-                    .bind(&owner.domain)
-                    .bind(&owner.username)
-                    .fetch_optional(pool)
-                    .await?
-            });
-            return Ok(n.map_or(0, |(n,)| n));
-        }
-        let Some(owner_id) = self.archive_owner_id(owner).await? else {
+        let Some((owner_id, n)) = self.archive_owner_row(owner).await? else {
             return Ok(0);
         };
+        if filter.is_everything() {
+            // Kept with the blocks: one look-up, however large the archive.
+            return Ok(n);
+        }
         if !filter.ids.is_empty() {
             return Ok(self.archive_by_ids(owner_id, filter, false).await?.len() as i64);
         }

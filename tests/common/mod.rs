@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod db;
 pub mod muc;
 pub mod process;
 pub mod push_app;
