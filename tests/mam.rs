@@ -716,6 +716,69 @@ async fn preferences(ts: TestServer) {
     assert_eq!(stanza_error(&r).as_deref(), Some("bad-request"));
 }
 
+/// Preferences outlive a restart: after it, the server learns which users
+/// have preferences of their own (one scan, before its first archiving
+/// decision) and reads theirs; a user without any has the default. `url`
+/// is the database both servers use.
+async fn preferences_after_restart(url: String) {
+    let start = || TestServer::start_with(|c| c.database.url = url.clone());
+    let mut ts = start().await;
+    let [a, b, c] = users(&ts, ["ra", "rb", "rc"]).await;
+    {
+        let mut ca = login(&ts, &a, "r").await;
+        set_prefs(&mut ca, "never", &[], &[]).await;
+        let mut cc = login(&ts, &c, "r").await;
+        set_prefs(&mut cc, "always", &[], &[&jid(&b)]).await;
+    }
+    ts.stop().await;
+    let ts = start().await;
+    let mut cb = login(&ts, &b, "r").await;
+    let mut ca = login(&ts, &a, "r").await;
+    let mut cc = login(&ts, &c, "r").await;
+    // b (no preferences: the default, always) writes to a (never) and to c
+    // (always, but never b); then c writes to a.
+    cb.send_str(&format!(
+        "<message type='chat' to='{}'><body>b to a</body></message>",
+        jid(&a)
+    ))
+    .await;
+    cb.send_str(&format!(
+        "<message type='chat' to='{}'><body>b to c</body></message>",
+        jid(&c)
+    ))
+    .await;
+    cc.send_str(&format!(
+        "<message type='chat' to='{}'><body>c to a</body></message>",
+        jid(&a)
+    ))
+    .await;
+    cb.barrier().await;
+    cc.barrier().await;
+    ca.barrier().await;
+    assert!(query(&mut ca, "", "").await.bodies().is_empty(), "a: never");
+    assert_eq!(
+        query(&mut cc, "", "").await.bodies(),
+        ["c to a"],
+        "c: always, never b"
+    );
+    assert_eq!(
+        query(&mut cb, "", "").await.bodies(),
+        ["b to a", "b to c"],
+        "b: the default"
+    );
+}
+
+#[tokio::test]
+async fn preferences_after_restart_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    preferences_after_restart(format!("sqlite://{}/keep.db", dir.path().display())).await
+}
+
+#[tokio::test]
+async fn preferences_after_restart_postgres() {
+    preferences_after_restart(postgres_url()).await
+}
+
 macro_rules! on_both {
     ($name:ident, $sqlite:ident, $postgres:ident) => {
         #[tokio::test]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use jid::{FullJid, Jid};
 
+use super::holders::Holders;
 use super::{IqFuture, IqOutcome, IqRequest, IqTarget};
 use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::routes::Route;
@@ -272,6 +273,19 @@ pub struct BlocklistCache {
     /// Serialises changes, so two resources blocking at once cannot lose
     /// one another's update. Changes are rare; reads never take it.
     changes: tokio::sync::Mutex<()>,
+    /// Which users have a list stored at all (most have none): a user
+    /// known to have none gets the empty list without a database read.
+    holders: ListHolders,
+}
+
+/// The [`Holders`] of stored blocklists.
+#[derive(Debug)]
+struct ListHolders(Holders);
+
+impl Default for ListHolders {
+    fn default() -> ListHolders {
+        ListHolders(Holders::new(STORE_KEY))
+    }
 }
 
 impl BlocklistCache {
@@ -305,10 +319,14 @@ impl BlocklistCache {
             return Ok(Arc::default());
         };
         let seen = self.generation.load(Ordering::Acquire);
-        let stored = server
-            .store
-            .user_data_get(owner.domain().as_str(), node.as_str(), STORE_KEY)
-            .await?;
+        let stored = if self.holders.0.may_have(server, bare).await {
+            server
+                .store
+                .user_data_get(owner.domain().as_str(), node.as_str(), STORE_KEY)
+                .await?
+        } else {
+            None
+        };
         let list = Arc::new(
             stored
                 .map(|s| Blocklist::from_stored(&s))
@@ -344,11 +362,13 @@ impl BlocklistCache {
                 .store
                 .user_data_delete(domain, node, STORE_KEY)
                 .await?;
+            self.holders.0.removed(bare_str(owner));
         } else {
             server
                 .store
                 .user_data_put(domain, node, STORE_KEY, &list.to_stored())
                 .await?;
+            self.holders.0.added(bare_str(owner));
         }
         let mut lists = self.write_lists();
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -362,6 +382,7 @@ impl BlocklistCache {
         let mut lists = self.write_lists();
         self.generation.fetch_add(1, Ordering::AcqRel);
         lists.remove(bare_str(owner));
+        self.holders.0.removed(bare_str(owner));
     }
 
     /// Records that `resource` requested the blocklist.

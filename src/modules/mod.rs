@@ -14,6 +14,7 @@ pub mod contact;
 pub mod csi;
 pub mod disco;
 pub mod extdisco;
+pub mod holders;
 pub mod invite;
 pub mod last;
 pub mod mam;

@@ -138,4 +138,15 @@ impl Store {
             Store::Postgres(p) => run!(sqlx::Postgres, p),
         })
     }
+
+    /// The accounts (domain, username) that have a value under `key`. One
+    /// scan of the table (it is keyed by account first): for a feature to
+    /// learn at start which accounts have a document at all.
+    pub async fn user_data_holders(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        const Q: &str = "SELECT domain, username FROM user_data WHERE key = $1";
+        Ok(on_pool!(self, pool => sqlx::query_as(Q).bind(key).fetch_all(pool).await?))
+    }
 }

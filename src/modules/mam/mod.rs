@@ -185,14 +185,14 @@ impl Feature for Mam {
 impl Mam {
     /// Does `user`'s archive keep messages with `peer` (bare)?
     async fn keeps(&self, server: &Server, user: &BareJid, peer: &str) -> bool {
-        let prefs = match self.prefs.get(server, user).await {
-            Ok(p) => p,
+        let decision = match self.prefs.decide(server, user, peer).await {
+            Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "reading archive preferences");
                 return false;
             }
         };
-        match prefs.decide(peer) {
+        match decision {
             prefs::Decision::Archive => true,
             prefs::Decision::Skip => false,
             prefs::Decision::IfInRoster => {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use jid::{BareJid, Jid};
 
+use crate::modules::holders::Holders;
 use crate::server::Server;
 use crate::stanza::{StanzaError, StanzaErrorCondition};
 use crate::storage::StorageError;
@@ -73,11 +74,7 @@ impl Prefs {
         } else if self.always.iter().any(|j| j == peer) {
             Decision::Archive
         } else {
-            match self.default {
-                Mode::Always => Decision::Archive,
-                Mode::Never => Decision::Skip,
-                Mode::Roster => Decision::IfInRoster,
-            }
+            self.default.decision()
         }
     }
 
@@ -129,10 +126,23 @@ impl Prefs {
     }
 }
 
-/// The preferences in force, cached per user.
-#[derive(Debug, Default)]
+/// The preferences in force, cached per user. Most users never set any:
+/// who did is learnt with one scan (`modules::holders`), and anyone else
+/// has the configured default without a database read.
+#[derive(Debug)]
 pub struct PrefsCache {
-    by_user: Mutex<HashMap<BareJid, Arc<Prefs>>>,
+    /// Preferences read or set, at most [`CACHE_USERS`] users.
+    by_user: Mutex<HashMap<BareJid, Arc<Prefs>, foldhash::fast::RandomState>>,
+    holders: Holders,
+}
+
+impl Default for PrefsCache {
+    fn default() -> PrefsCache {
+        PrefsCache {
+            by_user: Mutex::default(),
+            holders: Holders::new(KEY),
+        }
+    }
 }
 
 fn parts(user: &BareJid) -> (&str, &str) {
@@ -143,14 +153,36 @@ fn parts(user: &BareJid) -> (&str, &str) {
 }
 
 impl PrefsCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, Arc<Prefs>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<BareJid, Arc<Prefs>, foldhash::fast::RandomState>> {
         self.by_user.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What `user`'s preferences say of `peer` (bare JID), without a copy
+    /// of them when they are cached or the default.
+    pub async fn decide(
+        &self,
+        server: &Server,
+        user: &BareJid,
+        peer: &str,
+    ) -> Result<Decision, StorageError> {
+        if let Some(p) = self.lock().get(user) {
+            return Ok(p.decide(peer));
+        }
+        if !self.holders.may_have(server, user.as_str()).await {
+            return Ok(default_mode(server).decision());
+        }
+        Ok(self.get(server, user).await?.decide(peer))
     }
 
     /// `user`'s preferences (the configured default if they set none).
     pub async fn get(&self, server: &Server, user: &BareJid) -> Result<Arc<Prefs>, StorageError> {
         if let Some(p) = self.lock().get(user) {
             return Ok(p.clone());
+        }
+        if !self.holders.may_have(server, user.as_str()).await {
+            return Ok(Arc::new(default_prefs(server)));
         }
         let (d, u) = parts(user);
         let stored = server.store.user_data_get(d, u, KEY).await?;
@@ -178,20 +210,42 @@ impl PrefsCache {
         let (d, u) = parts(user);
         let text = crate::modules::xml_for_storage([&prefs.to_element()]);
         server.store.user_data_put(d, u, KEY, &text).await?;
-        self.lock().insert(user.clone(), Arc::new(prefs));
+        self.holders.added(user.as_str());
+        let mut map = self.lock();
+        if map.len() >= CACHE_USERS {
+            map.clear();
+        }
+        map.insert(user.clone(), Arc::new(prefs));
         Ok(())
     }
 
     /// Forgets a deleted account's preferences.
     pub fn forget(&self, user: &BareJid) {
         self.lock().remove(user);
+        self.holders.removed(user.as_str());
+    }
+}
+
+/// The configured default mode.
+fn default_mode(server: &Server) -> Mode {
+    Mode::parse(&server.config().mam.default).unwrap_or(Mode::Always)
+}
+
+impl Mode {
+    /// The decision of a user with this default and empty lists.
+    fn decision(self) -> Decision {
+        match self {
+            Mode::Always => Decision::Archive,
+            Mode::Never => Decision::Skip,
+            Mode::Roster => Decision::IfInRoster,
+        }
     }
 }
 
 /// The preferences of a user who set none.
 pub fn default_prefs(server: &Server) -> Prefs {
     Prefs {
-        default: Mode::parse(&server.config().mam.default).unwrap_or(Mode::Always),
+        default: default_mode(server),
         always: Vec::new(),
         never: Vec::new(),
     }
