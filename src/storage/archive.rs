@@ -168,18 +168,32 @@ pub(super) fn blocks_of<'a>(
     owners: &Owners<'_>,
     ids: &[i64],
 ) -> Vec<NewBlock<'a>> {
-    let inputs: Vec<BlockInput<'a>> = rows
-        .iter()
-        .zip(&owners.of_row)
-        .enumerate()
-        .map(|(k, (r, &i))| BlockInput {
-            owner_id: ids[i],
-            peer: r.peer,
-            row: r.view(),
-            encoded: encoded.and_then(|e| e.get(k).copied()),
-        })
-        .collect();
+    let mut inputs = Vec::new();
+    block_inputs(rows, encoded, owners, ids, &mut inputs);
     block::build(&inputs)
+}
+
+/// What [`block::build`] takes for each row of a batch, into `inputs`
+/// (emptied first).
+pub(super) fn block_inputs<'a>(
+    rows: &[RowRef<'a>],
+    encoded: Option<&[&'a [u8]]>,
+    owners: &Owners<'_>,
+    ids: &[i64],
+    inputs: &mut Vec<BlockInput<'a>>,
+) {
+    inputs.clear();
+    inputs.extend(
+        rows.iter()
+            .zip(&owners.of_row)
+            .enumerate()
+            .map(|(k, (r, &i))| BlockInput {
+                owner_id: ids[i],
+                peer: r.peer,
+                row: r.view(),
+                encoded: encoded.and_then(|e| e.get(k).copied()),
+            }),
+    );
 }
 
 /// Adds each owner's rows to its count (creating the owner), returning
@@ -206,7 +220,11 @@ fn take_ids(
     Ok(ids)
 }
 
-/// Inserts blocks on SQLite through sqlx (multi-row statements).
+/// Inserts blocks on SQLite through sqlx (multi-row statements). With
+/// `if_new`, a block whose owner already has one with its first id is
+/// left out: SQLite has no unique index on (owner_id, first_id) to
+/// conflict on (its migration 20261206100009 says why), and its single
+/// writer makes the check and the insert one step.
 pub(super) async fn insert_blocks_sqlite(
     conn: &mut SqliteConnection,
     blocks: &[NewBlock<'_>],
@@ -216,6 +234,9 @@ pub(super) async fn insert_blocks_sqlite(
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO archive_blocks (owner_id, peer, first_id, last_id, n, rows) ",
         );
+        if if_new {
+            qb.push("SELECT * FROM (");
+        }
         qb.push_values(chunk, |mut b, blk| {
             b.push_bind(blk.owner_id)
                 .push_bind(blk.peer)
@@ -225,7 +246,10 @@ pub(super) async fn insert_blocks_sqlite(
                 .push_bind(&blk.rows[..]);
         });
         if if_new {
-            qb.push(" ON CONFLICT (owner_id, first_id) DO NOTHING");
+            qb.push(
+                ") AS v WHERE NOT EXISTS (SELECT 1 FROM archive_blocks b \
+                 WHERE b.owner_id = v.column1 AND b.first_id = v.column3)",
+            );
         }
         qb.build().execute(&mut *conn).await?;
     }
@@ -364,12 +388,7 @@ impl ArchiveConn {
                 let batch = Arc::clone(batch);
                 // SQLite blocks: off the async workers, one hand-over a batch.
                 let (conn, r) = tokio::task::spawn_blocking(move || {
-                    let r = batch.decode_encoded().and_then(|(rows, encoded)| {
-                        conn.insert(
-                            rows.get(range.clone()).unwrap_or_default(),
-                            encoded.get(range).unwrap_or_default(),
-                        )
-                    });
+                    let r = conn.insert_batch(&batch, range);
                     (conn, r)
                 })
                 .await
@@ -480,7 +499,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::chunked;
+    use super::{chunked, insert_blocks_sqlite, NewBlock};
+    use crate::storage::Store;
 
     #[test]
     fn batches_are_cut_into_few_statement_shapes() {
@@ -491,5 +511,50 @@ mod tests {
             assert!(chunks.iter().all(|c| [256, 32, 4, 1].contains(&c.len())));
             assert_eq!(chunks.concat(), items);
         }
+    }
+
+    /// What the conversion of an old archive relies on: with `if_new`, a
+    /// block whose owner has one with that first id already is left out
+    /// (SQLite has no unique index to conflict on), the others go in.
+    #[tokio::test]
+    async fn an_insert_if_new_leaves_out_blocks_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/a.db", dir.path().display()), 1)
+            .await
+            .unwrap();
+        let Store::Sqlite(pool) = &store else {
+            unreachable!()
+        };
+        let block = |owner_id, first_id| NewBlock {
+            owner_id,
+            peer: "p@d",
+            first_id,
+            last_id: first_id,
+            n: 1,
+            rows: vec![1],
+        };
+        let mut conn = pool.acquire().await.unwrap();
+        insert_blocks_sqlite(&mut conn, &[block(1, "a"), block(2, "a")], false)
+            .await
+            .unwrap();
+        insert_blocks_sqlite(
+            &mut conn,
+            &[block(1, "a"), block(2, "b"), block(3, "a"), block(2, "a")],
+            true,
+        )
+        .await
+        .unwrap();
+        let mut have: Vec<(i64, String)> =
+            sqlx::query_as("SELECT owner_id, first_id FROM archive_blocks")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        have.sort();
+        let want = [(1, "a"), (2, "a"), (2, "b"), (3, "a")];
+        assert_eq!(
+            have,
+            want.map(|(o, f)| (o, f.to_string())).to_vec(),
+            "each (owner, first id) once"
+        );
     }
 }

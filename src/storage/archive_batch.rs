@@ -137,19 +137,29 @@ impl ArchiveBatch {
 
     /// Its rows, read in place.
     pub fn decode(&self) -> Result<Vec<RowRef<'_>>, StorageError> {
-        Ok(self.decode_encoded()?.0)
+        let (mut rows, mut encoded) = (Vec::new(), Vec::new());
+        self.decode_into(&mut rows, &mut encoded)?;
+        Ok(rows)
     }
 
     /// Its rows, read in place, and each row's encoding as a block holds
-    /// it (copied into blocks as it is).
-    pub(super) fn decode_encoded(&self) -> Result<(Vec<RowRef<'_>>, Vec<&[u8]>), StorageError> {
+    /// it (copied into blocks as it is), into vectors the caller keeps
+    /// (emptied first): the archive writer reuses them from one
+    /// commit to the next instead of touching fresh memory each time.
+    pub(super) fn decode_into<'b>(
+        &'b self,
+        out: &mut Vec<RowRef<'b>>,
+        encoded: &mut Vec<&'b [u8]>,
+    ) -> Result<(), StorageError> {
         let corrupt = || StorageError::Invalid("archive batch is corrupt".into());
         let mut r = Reader {
             buf: &self.bytes,
             at: 0,
         };
-        let mut out = Vec::with_capacity(self.rows);
-        let mut encoded = Vec::with_capacity(self.rows);
+        out.clear();
+        encoded.clear();
+        out.reserve(self.rows);
+        encoded.reserve(self.rows);
         while r.at < self.bytes.len() {
             let kind = match r.bytes(1).ok_or_else(corrupt)?[0] {
                 0 => ArchiveKind::User,
@@ -174,8 +184,20 @@ impl ArchiveBatch {
                 payload: v.payload,
             });
         }
-        Ok((out, encoded))
+        Ok(())
     }
+}
+
+/// An empty vector with `v`'s allocation, for items of another lifetime
+/// (or any type of the same size and alignment, which the standard
+/// library's in-place `collect` reuses the buffer for; otherwise simply a
+/// new vector). What lets the archive writer keep vectors of borrowed rows
+/// across batches.
+pub(super) fn reuse<A, B>(mut v: Vec<A>) -> Vec<B> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }
 
 #[cfg(test)]

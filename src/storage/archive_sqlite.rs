@@ -16,6 +16,7 @@
 //! statement stays on sqlx.
 
 use std::ffi::{c_char, c_int, CStr, CString};
+use std::ops::Range;
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -23,8 +24,9 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use libsqlite3_sys as ffi;
 
-use super::archive::{blocks_of, Owners};
-use super::archive_batch::RowRef;
+use super::archive::{block_inputs, Owners};
+use super::archive_batch::{reuse, ArchiveBatch, RowRef};
+use super::archive_block::{build_into, BlockInput};
 use super::StorageError;
 
 /// Adds an owner's rows to its count, creating the owner, and gives its id.
@@ -58,11 +60,26 @@ pub struct SqliteArchiveConn {
     block: Stmt,
     /// Checkpoints on a thread of its own, when set.
     checkpointer: Option<Checkpointer>,
+    scratch: Scratch,
     db: Db,
     /// Frames in the WAL after the last commit, set by the WAL hook.
     /// Boxed: SQLite holds its address. Declared after `db` so the hook's
     /// connection is closed before it is freed.
     wal_frames: Box<AtomicI32>,
+}
+
+/// What a commit decodes and builds, kept from one commit to the next
+/// (emptied, not freed): the writer's vectors of tens of thousands of rows
+/// and its megabytes of blocks, allocated afresh each commit, cost it more
+/// in page faults and `realloc` than the work itself (`perf`, issue #11).
+/// They hold at most what the largest batch needed.
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<RowRef<'static>>,
+    encoded: Vec<&'static [u8]>,
+    inputs: Vec<BlockInput<'static>>,
+    /// The blocks' bytes, one after the other.
+    arena: Vec<u8>,
 }
 
 /// The connection handle, closed on drop (after the statements).
@@ -142,6 +159,7 @@ impl SqliteArchiveConn {
         };
         Ok(SqliteArchiveConn {
             checkpointer,
+            scratch: Scratch::default(),
             wal_frames,
             begin: prepare(db.0, "BEGIN IMMEDIATE")?,
             commit: prepare(db.0, "COMMIT")?,
@@ -150,6 +168,26 @@ impl SqliteArchiveConn {
             block: prepare(db.0, BLOCK_INSERT)?,
             db,
         })
+    }
+
+    /// Inserts the rows `range` of `batch`, as [`insert`](Self::insert)
+    /// does, decoding them into the kept vectors.
+    pub fn insert_batch(
+        &mut self,
+        batch: &ArchiveBatch,
+        range: Range<usize>,
+    ) -> Result<(), StorageError> {
+        let mut rows = reuse(std::mem::take(&mut self.scratch.rows));
+        let mut encoded = reuse(std::mem::take(&mut self.scratch.encoded));
+        let r = batch.decode_into(&mut rows, &mut encoded).and_then(|()| {
+            self.insert(
+                rows.get(range.clone()).unwrap_or_default(),
+                encoded.get(range).unwrap_or_default(),
+            )
+        });
+        self.scratch.rows = reuse(rows);
+        self.scratch.encoded = reuse(encoded);
+        r
     }
 
     /// Inserts `rows` and adds them to their owners' counts, in one
@@ -176,7 +214,7 @@ impl SqliteArchiveConn {
     }
 
     fn write(
-        &self,
+        &mut self,
         rows: &[RowRef<'_>],
         encoded: &[&[u8]],
         owners: &Owners<'_>,
@@ -208,7 +246,13 @@ impl SqliteArchiveConn {
         }
         let s = self.block.0;
         let encoded = (encoded.len() == rows.len()).then_some(encoded);
-        for b in blocks_of(rows, encoded, owners, &ids) {
+        let mut inputs = reuse(std::mem::take(&mut self.scratch.inputs));
+        block_inputs(rows, encoded, owners, &ids, &mut inputs);
+        let blocks = build_into(&inputs, &mut self.scratch.arena);
+        self.scratch.inputs = reuse(inputs);
+        let arena = &self.scratch.arena;
+        for b in blocks {
+            let bytes = &arena[b.bytes];
             // SAFETY: as above; the block's bytes live until the loop's
             // next turn, after the reset.
             unsafe {
@@ -220,8 +264,8 @@ impl SqliteArchiveConn {
                 rc |= ffi::sqlite3_bind_blob64(
                     s,
                     6,
-                    b.rows.as_ptr() as *const std::ffi::c_void,
-                    b.rows.len() as u64,
+                    bytes.as_ptr() as *const std::ffi::c_void,
+                    bytes.len() as u64,
                     ffi::SQLITE_STATIC(),
                 );
                 if rc != ffi::SQLITE_OK {

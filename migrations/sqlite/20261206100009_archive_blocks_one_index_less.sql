@@ -1,0 +1,11 @@
+-- One index less for the archive writer to keep (issue #11): the unique
+-- (owner_id, first_id) index duplicated the head of archive_blocks_span
+-- (owner_id, first_id, last_id, n), which serves every look-up it served.
+-- Each block cost three index entries, each landing at its owner's place
+-- in its index, so a commit wrote three index pages per active owner; now
+-- two. First ids stay unique without it: they are archive ids (time and
+-- 40 random bits, handed out in order), and the one insert that may meet
+-- an existing block (the conversion of an old archive) checks first
+-- (storage/archive.rs, insert_blocks_sqlite). PostgreSQL keeps its unique
+-- index: there it carries last_id and n (INCLUDE) and so is the only one.
+DROP INDEX archive_blocks_key;
