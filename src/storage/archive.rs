@@ -150,6 +150,57 @@ impl<'a> Owners<'a> {
         Owners { list, of_row }
     }
 
+    /// [`Owners::of`], and each row's group (its owner and peer), numbered
+    /// in order of first appearance, with one hash look-up per row. Why
+    /// not a map keyed by the rows' own strings: those lie in the batch,
+    /// megabytes long, and comparing a row with its group's first row read
+    /// memory long out of the cache; here each key is copied once, into
+    /// `key` and then the map, and a row's look-up compares it with that
+    /// copy (the archive writer, issue #11).
+    pub(super) fn grouped(rows: &[RowRef<'a>], key: &mut String) -> (Owners<'a>, Vec<u32>) {
+        let mut groups: HashMap<String, u32, foldhash::fast::RandomState> =
+            HashMap::with_hasher(Default::default());
+        let mut owner_of_group: Vec<usize> = Vec::new();
+        let mut owners: HashMap<OwnerKey<'a>, usize, foldhash::fast::RandomState> =
+            HashMap::with_hasher(Default::default());
+        let mut list: Vec<(OwnerKey<'a>, i64)> = Vec::new();
+        let mut of_row = Vec::with_capacity(rows.len());
+        let mut group_of_row = Vec::with_capacity(rows.len());
+        for r in rows {
+            // Kind, then three strings each ended by a NUL, which no JID
+            // part holds: distinct rows give distinct keys.
+            key.clear();
+            key.push(char::from(b'0' + r.kind as u8));
+            for part in [r.domain, r.username, r.peer] {
+                key.push_str(part);
+                key.push('\0');
+            }
+            let g = match groups.get(key.as_str()) {
+                Some(&g) => g,
+                None => {
+                    let owner = OwnerKey {
+                        kind: r.kind,
+                        domain: r.domain,
+                        username: r.username,
+                    };
+                    let i = *owners.entry(owner).or_insert_with(|| {
+                        list.push((owner, 0));
+                        list.len() - 1
+                    });
+                    let g = owner_of_group.len() as u32;
+                    owner_of_group.push(i);
+                    groups.insert(key.clone(), g);
+                    g
+                }
+            };
+            let i = owner_of_group[g as usize];
+            list[i].1 += 1;
+            of_row.push(i);
+            group_of_row.push(g);
+        }
+        (Owners { list, of_row }, group_of_row)
+    }
+
     /// Where each owner stands in `list`, by the key the database returns.
     fn positions(&self) -> HashMap<(i16, &str, &str), usize> {
         self.list
@@ -499,7 +550,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{chunked, insert_blocks_sqlite, NewBlock};
+    use super::{chunked, insert_blocks_sqlite, NewBlock, Owners, RowRef};
+    use crate::storage::ArchiveKind;
     use crate::storage::Store;
 
     #[test]
@@ -511,6 +563,40 @@ mod tests {
             assert!(chunks.iter().all(|c| [256, 32, 4, 1].contains(&c.len())));
             assert_eq!(chunks.concat(), items);
         }
+    }
+
+    /// One look-up per row gives the same owners as `Owners::of`, and one
+    /// group per (owner, peer), numbered in order of first appearance.
+    #[test]
+    fn rows_are_grouped_by_owner_and_peer() {
+        let row = |username, peer| RowRef {
+            kind: ArchiveKind::User,
+            domain: "d",
+            username,
+            peer,
+            id: "i",
+            ts: 0,
+            resource: "",
+            outgoing: false,
+            payload: "",
+        };
+        let rows = [
+            row("ann", "bob@d"),
+            row("bob", "ann@d"),
+            row("ann", "bob@d"),
+            row("ann", "cy@d"),
+            RowRef {
+                kind: ArchiveKind::Room,
+                ..row("ann", "bob@d")
+            },
+            // Parts that run together differently are other keys.
+            row("an", "nbob@d"),
+        ];
+        let (owners, groups) = Owners::grouped(&rows, &mut String::new());
+        let plain = Owners::of(&rows);
+        assert_eq!(owners.list, plain.list);
+        assert_eq!(owners.of_row, plain.of_row);
+        assert_eq!(groups, [0, 1, 0, 2, 3, 4]);
     }
 
     /// What the conversion of an old archive relies on: with `if_new`, a

@@ -15,6 +15,7 @@
 //! a range of the (owner, first id) index, however blocks of different
 //! peers or batches interleave.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -197,7 +198,7 @@ pub struct BlockSpan<'a> {
 /// by) gets a block of its own.
 pub fn build<'a>(inputs: &[BlockInput<'a>]) -> Vec<NewBlock<'a>> {
     let mut arena = Vec::new();
-    build_into(inputs, &mut arena)
+    build_into(inputs, None, &mut arena)
         .into_iter()
         .map(|b| NewBlock {
             owner_id: b.owner_id,
@@ -216,12 +217,24 @@ pub fn build<'a>(inputs: &[BlockInput<'a>]) -> Vec<NewBlock<'a>> {
 /// cost it more in `realloc` and in page faults on fresh memory than the
 /// copying itself (`perf`, issue #11). The writer keeps its arena from one
 /// commit to the next.
-pub fn build_into<'a>(inputs: &[BlockInput<'a>], arena: &mut Vec<u8>) -> Vec<BlockSpan<'a>> {
+///
+/// `groups`, when the caller has it, numbers each input's (owner, peer)
+/// from 0 in order of first appearance (equal pairs, equal numbers): the
+/// grouping is not worked out again.
+pub fn build_into<'a>(
+    inputs: &[BlockInput<'a>],
+    groups: Option<&[u32]>,
+    arena: &mut Vec<u8>,
+) -> Vec<BlockSpan<'a>> {
     arena.clear();
     let mut out: Vec<BlockSpan<'a>> = Vec::new();
     // The open block's first time, when it may take more stanzas.
     let mut open_since: Option<i64> = None;
-    for &i in &in_block_order(inputs) {
+    let groups = match groups {
+        Some(g) if g.len() == inputs.len() => Some(g),
+        _ => None,
+    };
+    for &i in &in_block_order(inputs, groups) {
         let input = &inputs[i as usize];
         let t = id::time_of(input.row.id);
         let joins = match (out.last(), open_since, t) {
@@ -263,25 +276,49 @@ pub fn build_into<'a>(inputs: &[BlockInput<'a>], arena: &mut Vec<u8>) -> Vec<Blo
 /// sort by (owner, peer) then a sort of each run by id, which is usually
 /// sorted already (a batch arrives in about the order ids were handed
 /// out): far fewer string comparisons than one sort over all three keys.
-fn in_block_order(inputs: &[BlockInput<'_>]) -> Vec<u32> {
-    let mut groups: HashMap<(i64, &str), u32, foldhash::fast::RandomState> =
-        HashMap::with_hasher(Default::default());
-    let group_of: Vec<u32> = inputs
-        .iter()
-        .map(|i| {
-            let next = groups.len() as u32;
-            *groups.entry((i.owner_id, i.peer)).or_insert(next)
-        })
-        .collect();
+fn in_block_order(inputs: &[BlockInput<'_>], known: Option<&[u32]>) -> Vec<u32> {
+    // Each group's number, and its first input.
+    let (group_of, firsts): (Cow<'_, [u32]>, Vec<u32>) = match known {
+        Some(g) => {
+            let mut firsts: Vec<u32> = Vec::new();
+            for (i, &k) in g.iter().enumerate() {
+                if k as usize == firsts.len() {
+                    firsts.push(i as u32);
+                }
+            }
+            (Cow::Borrowed(g), firsts)
+        }
+        None => {
+            let mut groups: HashMap<(i64, &str), u32, foldhash::fast::RandomState> =
+                HashMap::with_hasher(Default::default());
+            let mut firsts = Vec::new();
+            let group_of = inputs
+                .iter()
+                .enumerate()
+                .map(|(k, i)| {
+                    let next = groups.len() as u32;
+                    *groups.entry((i.owner_id, i.peer)).or_insert_with(|| {
+                        firsts.push(k as u32);
+                        next
+                    })
+                })
+                .collect();
+            (Cow::Owned(group_of), firsts)
+        }
+    };
     // Each group's place among the groups in (owner, peer) order.
-    let mut sorted: Vec<(&(i64, &str), &u32)> = groups.iter().collect();
-    sorted.sort_unstable();
-    let mut start = vec![0u32; groups.len() + 1];
-    let mut rank = vec![0u32; groups.len()];
-    for (r, (_, &g)) in sorted.iter().enumerate() {
+    let key = |g: u32| {
+        let i = &inputs[firsts[g as usize] as usize];
+        (i.owner_id, i.peer)
+    };
+    let mut sorted: Vec<u32> = (0..firsts.len() as u32).collect();
+    sorted.sort_unstable_by_key(|&g| key(g));
+    let mut start = vec![0u32; firsts.len() + 1];
+    let mut rank = vec![0u32; firsts.len()];
+    for (r, &g) in sorted.iter().enumerate() {
         rank[g as usize] = r as u32;
     }
-    for &g in &group_of {
+    for &g in group_of.iter() {
         start[rank[g as usize] as usize + 1] += 1;
     }
     for r in 1..start.len() {
@@ -429,5 +466,48 @@ mod tests {
             .collect();
         assert_eq!(two_bob.len(), 1);
         assert_eq!(two_bob[0].n, 100);
+
+        // With the grouping given (as the writer gives it), the same blocks.
+        let mut seen: Vec<(i64, &str)> = Vec::new();
+        let groups: Vec<u32> = inputs
+            .iter()
+            .map(
+                |i| match seen.iter().position(|k| *k == (i.owner_id, i.peer)) {
+                    Some(g) => g as u32,
+                    None => {
+                        seen.push((i.owner_id, i.peer));
+                        seen.len() as u32 - 1
+                    }
+                },
+            )
+            .collect();
+        let mut arena = Vec::new();
+        let given: Vec<_> = build_into(&inputs, Some(&groups), &mut arena)
+            .into_iter()
+            .map(|b| {
+                (
+                    b.owner_id,
+                    b.peer,
+                    b.first_id,
+                    b.last_id,
+                    b.n,
+                    arena[b.bytes].to_vec(),
+                )
+            })
+            .collect();
+        let built: Vec<_> = blocks
+            .iter()
+            .map(|b| {
+                (
+                    b.owner_id,
+                    b.peer,
+                    b.first_id,
+                    b.last_id,
+                    b.n,
+                    b.rows.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(given, built);
     }
 }

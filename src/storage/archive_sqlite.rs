@@ -80,6 +80,8 @@ struct Scratch {
     inputs: Vec<BlockInput<'static>>,
     /// The blocks' bytes, one after the other.
     arena: Vec<u8>,
+    /// A row's group key, as `Owners::grouped` builds it.
+    key: String,
 }
 
 /// The connection handle, closed on drop (after the statements).
@@ -196,9 +198,9 @@ impl SqliteArchiveConn {
         if rows.is_empty() {
             return Ok(());
         }
-        let owners = Owners::of(rows);
+        let (owners, groups) = Owners::grouped(rows, &mut self.scratch.key);
         self.done(&self.begin, "begin")?;
-        let written = self.write(rows, encoded, &owners);
+        let written = self.write(rows, encoded, &owners, &groups);
         let r = written.and_then(|()| self.done(&self.commit, "commit"));
         if r.is_ok() {
             self.after_commit();
@@ -218,6 +220,7 @@ impl SqliteArchiveConn {
         rows: &[RowRef<'_>],
         encoded: &[&[u8]],
         owners: &Owners<'_>,
+        groups: &[u32],
     ) -> Result<(), StorageError> {
         let db = self.db.0;
         let mut ids = Vec::with_capacity(owners.list.len());
@@ -248,7 +251,7 @@ impl SqliteArchiveConn {
         let encoded = (encoded.len() == rows.len()).then_some(encoded);
         let mut inputs = reuse(std::mem::take(&mut self.scratch.inputs));
         block_inputs(rows, encoded, owners, &ids, &mut inputs);
-        let blocks = build_into(&inputs, &mut self.scratch.arena);
+        let blocks = build_into(&inputs, Some(groups), &mut self.scratch.arena);
         self.scratch.inputs = reuse(inputs);
         let arena = &self.scratch.arena;
         for b in blocks {

@@ -61,9 +61,12 @@ pub fn strip_stanza_ids(stanza: &mut Element, by: &str) -> bool {
     stanza.nodes().len() != before
 }
 
-/// The `<stanza-id/>` of archive `by`.
+/// The `<stanza-id/>` of archive `by`. Built for every archived message:
+/// its namespace is one shared string, not a new copy each time.
 pub fn stanza_id(by: &str, id: &str) -> Element {
-    Element::new("stanza-id", NS_SID)
+    static NS: std::sync::LazyLock<std::sync::Arc<str>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::from(NS_SID));
+    Element::new("stanza-id", std::sync::Arc::clone(&NS))
         .with_attr("by", by)
         .with_attr("id", id)
 }
