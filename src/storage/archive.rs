@@ -130,28 +130,11 @@ pub(super) struct Owners<'a> {
 
 impl<'a> Owners<'a> {
     pub(super) fn of(rows: &[RowRef<'a>]) -> Owners<'a> {
-        let mut index: HashMap<OwnerKey<'a>, usize, foldhash::fast::RandomState> =
-            HashMap::with_hasher(Default::default());
-        let mut list: Vec<(OwnerKey<'a>, i64)> = Vec::new();
-        let mut of_row = Vec::with_capacity(rows.len());
-        for r in rows {
-            let key = OwnerKey {
-                kind: r.kind,
-                domain: r.domain,
-                username: r.username,
-            };
-            let i = *index.entry(key).or_insert_with(|| {
-                list.push((key, 0));
-                list.len() - 1
-            });
-            list[i].1 += 1;
-            of_row.push(i);
-        }
-        Owners { list, of_row }
+        Owners::grouped(rows, &mut String::new()).0
     }
 
-    /// [`Owners::of`], and each row's group (its owner and peer), numbered
-    /// in order of first appearance, with one hash look-up per row. Why
+    /// The owners of `rows`, and each row's group (its owner and peer),
+    /// numbered in order of first appearance, with one look-up per row. Why
     /// not a map keyed by the rows' own strings: those lie in the batch,
     /// megabytes long, and comparing a row with its group's first row read
     /// memory long out of the cache; here each key is copied once, into
@@ -550,7 +533,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{chunked, insert_blocks_sqlite, NewBlock, Owners, RowRef};
+    use super::{chunked, insert_blocks_sqlite, NewBlock, OwnerKey, Owners, RowRef};
     use crate::storage::ArchiveKind;
     use crate::storage::Store;
 
@@ -565,7 +548,7 @@ mod tests {
         }
     }
 
-    /// One look-up per row gives the same owners as `Owners::of`, and one
+    /// One look-up per row gives each owner once with its rows, and one
     /// group per (owner, peer), numbered in order of first appearance.
     #[test]
     fn rows_are_grouped_by_owner_and_peer() {
@@ -593,9 +576,21 @@ mod tests {
             row("an", "nbob@d"),
         ];
         let (owners, groups) = Owners::grouped(&rows, &mut String::new());
-        let plain = Owners::of(&rows);
-        assert_eq!(owners.list, plain.list);
-        assert_eq!(owners.of_row, plain.of_row);
+        let owner = |kind, username| OwnerKey {
+            kind,
+            domain: "d",
+            username,
+        };
+        assert_eq!(
+            owners.list,
+            [
+                (owner(ArchiveKind::User, "ann"), 3),
+                (owner(ArchiveKind::User, "bob"), 1),
+                (owner(ArchiveKind::Room, "ann"), 1),
+                (owner(ArchiveKind::User, "an"), 1),
+            ]
+        );
+        assert_eq!(owners.of_row, [0, 1, 0, 0, 2, 3]);
         assert_eq!(groups, [0, 1, 0, 2, 3, 4]);
     }
 
