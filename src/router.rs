@@ -148,8 +148,10 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
     };
     if let Some(j) = &to {
         // Route and deliver with the normalised form, so every recipient
-        // sees one spelling of an address.
-        stanza.set_attr("to", j.as_str());
+        // sees one spelling of an address (most already are: no copy then).
+        if stanza.attr("to") != Some(j.as_str()) {
+            stanza.set_attr("to", j.as_str());
+        }
     }
 
     let Some(to) = to else {

@@ -37,6 +37,8 @@ pub mod version;
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 pub use crate::feature::iq::{ready, IqFuture, IqOutcome, IqRequest, IqTarget};
 use crate::feature::{Disco, Feature};
 use crate::stanza::StanzaErrorCondition;
@@ -144,8 +146,9 @@ pub async fn dispatch(req: &IqRequest<'_>) -> IqOutcome {
 /// private XML): each element carries its own `xmlns`, so the text reads
 /// back the same wherever it is parsed.
 pub fn xml_for_storage<'a>(elements: impl IntoIterator<Item = &'a Element>) -> String {
-    // Most stanzas fit: no growing the buffer step by step.
-    let mut out = Vec::with_capacity(512);
+    // Sized once: no growing the buffer step by step.
+    let elements: SmallVec<[&Element; 2]> = elements.into_iter().collect();
+    let mut out = Vec::with_capacity(elements.iter().map(|e| e.written_len_hint("")).sum());
     for e in elements {
         e.write_to(&mut out, "");
     }

@@ -667,7 +667,9 @@ impl Document {
         let plain = |k: &&str| *k != "xmlns" && !k.starts_with("xmlns:");
         let count = attrs.iter().filter(|(k, _)| plain(k)).count();
         self.charge(heap_cost(count.saturating_mul(ATTR_PAIR)))?;
-        el.attrs.reserve_exact(count);
+        // A stanza gets its `from` stamped by the router: room for it now,
+        // not a `realloc` of the list then.
+        el.attrs.reserve_exact(count + usize::from(own > 0));
         // Prefixes of prefixed attributes whose binding the element carries.
         let mut carried: Vec<&str> = Vec::new();
         let mut carried_set: HashSet<&str> = HashSet::new();

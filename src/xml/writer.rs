@@ -8,6 +8,10 @@
 use super::element::{Element, Node};
 use super::parser::StreamHeader;
 use super::NS_STREAMS;
+use smallvec::SmallVec;
+
+/// How deep a tree's walk goes before its stack moves to the heap.
+const WALK_DEPTH: usize = 16;
 
 /// Append `s` escaped for character data: `&`, `<`, `>` (so `]]>` cannot appear) and
 /// `\r` (as `&#xD;`, which a parser's line-end normalization would otherwise turn into `\n`).
@@ -212,8 +216,9 @@ impl Element {
             return;
         }
         // An explicit stack instead of recursion: depth is bounded for parsed trees,
-        // but not for trees built in code.
-        let mut stack: Vec<(&Element, usize, &str)> = Vec::with_capacity(8);
+        // but not for trees built in code. Stanzas are shallow: it stays on
+        // the thread's stack (no allocation per stanza written).
+        let mut stack: SmallVec<[(&Element, usize, &str); WALK_DEPTH]> = SmallVec::new();
         stack.push((self, 0, child_ns));
         while let Some(top) = stack.last_mut() {
             let (el, next, scope) = (top.0, top.1, top.2);
@@ -244,9 +249,42 @@ impl Element {
 
     /// Serialize into a new buffer; see [`write_to`](Self::write_to).
     pub fn to_bytes(&self, parent_ns: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+        let mut out = Vec::with_capacity(self.written_len_hint(parent_ns));
         self.write_to(&mut out, parent_ns);
         out
+    }
+
+    /// About how many bytes [`write_to`](Self::write_to) writes with
+    /// `parent_ns` in scope: what a
+    /// buffer for it should start with, so it is allocated once instead of
+    /// grown (each growth is a `realloc`, which takes the allocator's
+    /// arena lock; with two routing threads freeing each other's stanzas
+    /// that lock is contended, issue #11). Names, attributes and text,
+    /// with room for a namespace declaration at the top and a little for
+    /// escaping; not exact.
+    pub fn written_len_hint(&self, parent_ns: &str) -> usize {
+        let mut n = 0;
+        // Each element with the namespace it is written in.
+        let mut stack: SmallVec<[(&Element, &str); WALK_DEPTH]> = SmallVec::new();
+        stack.push((self, parent_ns));
+        while let Some((el, parent_ns)) = stack.pop() {
+            // `<name` `>` `</name>`, ` xmlns='ns'` where it changes, each
+            // ` key='value'`.
+            n += 2 * el.name.len() + 5;
+            if *el.ns != *parent_ns {
+                n += el.ns.len() + 9;
+            }
+            for (k, v) in &el.attrs {
+                n += k.len() + v.len() + 4;
+            }
+            for child in &el.children {
+                match child {
+                    Node::Text(t) => n += t.len(),
+                    Node::Element(e) => stack.push((e, &el.ns)),
+                }
+            }
+        }
+        n + n / 16
     }
 }
 
@@ -346,6 +384,38 @@ mod tests {
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
              xmlns:stream='http://etherx.jabber.org/streams' id='abc' xml:lang='en'></stream:stream>"
         );
+    }
+
+    #[test]
+    fn the_length_hint_covers_what_a_stanza_writes() {
+        let message = Element::new("message", NS_CLIENT)
+            .with_attr("from", "juliet@example.com/balcony")
+            .with_attr("to", "romeo@example.net")
+            .with_attr("type", "chat")
+            .with_child(Element::new("body", NS_CLIENT).with_text("Wherefore art thou?"))
+            .with_child(
+                Element::new("stanza-id", "urn:xmpp:sid:0")
+                    .with_attr("by", "romeo@example.net")
+                    .with_attr("id", "1k1vpjzkw8cbgmdv5pe"),
+            );
+        let iq = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "result")
+            .with_child(
+                Element::new("query", "jabber:iq:roster").with_child(
+                    Element::new("item", "jabber:iq:roster")
+                        .with_attr("jid", "nurse@example.com")
+                        .with_child(
+                            Element::new("group", "jabber:iq:roster").with_text("Servants"),
+                        ),
+                ),
+            );
+        for (el, scope) in [(&message, NS_CLIENT), (&message, ""), (&iq, NS_CLIENT)] {
+            let written = el.to_bytes(scope).len();
+            let hint = el.written_len_hint(scope);
+            // Enough for the buffer to be allocated once, not far more.
+            assert!(hint >= written, "hint {hint} < {written}");
+            assert!(hint <= written + written / 4, "hint {hint} for {written}");
+        }
     }
 
     #[test]

@@ -273,8 +273,10 @@ impl Mam {
                 ..owner_ref(user)
             });
         }
-        let rows: Vec<RowRef<'_>> = rows.into_iter().flatten().collect();
+        let rows: smallvec::SmallVec<[RowRef<'_>; 2]> = rows.into_iter().flatten().collect();
         self.write(server, &rows).await;
+        // The rows borrow the stanza's `to`; done with before it changes.
+        drop(rows);
         if let Some((id, _)) = &ids[0] {
             stanza.append_child(eligible::stanza_id(to.as_str(), id.as_str()));
         }

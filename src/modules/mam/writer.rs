@@ -111,42 +111,44 @@ impl Writer {
     /// in its queue (a failed commit is logged: the message still goes on).
     pub async fn write(&self, rows: &[RowRef<'_>]) {
         let q = &self.queue;
-        loop {
+        // Most hand-overs find room: no waiter is registered for those.
+        let mut outcome = self.try_hand_over(rows);
+        while outcome.is_none() {
             // Registered before the check, so the task's wake-up between
             // the check and the wait is not missed.
             let room = q.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            // Some(true): handed over; Some(false): the task is gone.
-            let outcome = {
-                let mut p = q.lock();
-                let full = !p.batch.is_empty()
-                    && (p.batch.messages() >= q.max_messages || p.batch.size() >= q.max_bytes);
-                if p.closed {
-                    Some(false)
-                } else if full {
-                    None
-                } else {
-                    for r in rows {
-                        p.batch.push(r);
-                    }
-                    p.batch.end_message();
-                    p.last += 1;
-                    Some(true)
-                }
-            };
-            match outcome {
-                Some(true) => {
-                    q.work.notify_one();
-                    return;
-                }
-                Some(false) => {
-                    write_direct(&self.store, rows).await;
-                    return;
-                }
-                None => {}
+            outcome = self.try_hand_over(rows);
+            if outcome.is_none() {
+                room.await;
+                outcome = self.try_hand_over(rows);
             }
-            room.await;
+        }
+        match outcome {
+            Some(true) => q.work.notify_one(),
+            _ => write_direct(&self.store, rows).await,
+        }
+    }
+
+    /// Queues `rows` as one message if there is room: Some(true) if it
+    /// did, None if the queue is full, Some(false) if the task is gone.
+    fn try_hand_over(&self, rows: &[RowRef<'_>]) -> Option<bool> {
+        let q = &self.queue;
+        let mut p = q.lock();
+        let full = !p.batch.is_empty()
+            && (p.batch.messages() >= q.max_messages || p.batch.size() >= q.max_bytes);
+        if p.closed {
+            Some(false)
+        } else if full {
+            None
+        } else {
+            for r in rows {
+                p.batch.push(r);
+            }
+            p.batch.end_message();
+            p.last += 1;
+            Some(true)
         }
     }
 
