@@ -12,8 +12,9 @@
 //!    (a sender sends its next when its own reflection comes back);
 //!    deliveries counted at every receiver, per second.
 //! 3. **paced**: the same rooms at half the saturation delivery rate,
-//!    open loop; latency from each message's scheduled send time, so a
-//!    stall anywhere shows (no coordinated omission).
+//!    open loop, the senders taking turns at an even pace; latency from
+//!    each message's scheduled send time, so a stall anywhere shows (no
+//!    coordinated omission).
 //! 4. **big**: one room of `--big-size` occupants: the server's RSS per
 //!    occupant (before and after the joins), the join time of one more,
 //!    and its saturated delivery rate.
@@ -972,8 +973,17 @@ async fn chat_run(
     let end = start + Duration::from_secs(a.duration);
     let start_us = now_us() + 100_000;
     let mut tasks = Vec::new();
+    // Paced senders take turns (sender n's first message is due n/(senders
+    // × rate) after the start): an open-loop load at a steady rate, as
+    // the one-to-one chat run paces its directions. All on the same
+    // schedule, every sender's message came due at the same instant, and
+    // the server met its fan-out in bursts of senders × occupants
+    // deliveries (2,500 at once every 5.4 ms at the default half rate).
+    let mut nth = 0usize;
     for (room, list, _) in plan {
         for &i in list {
+            let turn = nth as f64 / senders.max(1) as f64;
+            nth += 1;
             let s = b.sessions[i].clone();
             let chat = chat.clone();
             let (room, pad) = (room.clone(), pad.clone());
@@ -987,12 +997,15 @@ async fn chat_run(
                 loop {
                     let ts = match per_sender {
                         Some(r) => {
-                            let due = start + Duration::from_secs_f64(seq as f64 / r);
+                            let at = (turn + seq as f64) / r;
+                            let due = start + Duration::from_secs_f64(at);
                             if due >= end {
                                 break;
                             }
                             tokio::time::sleep_until(due.into()).await;
-                            start_us + (seq as f64 / r * 1e6) as u64
+                            // Its due time, not when it was written: a
+                            // sender that falls behind does not hide it.
+                            start_us + (at * 1e6) as u64
                         }
                         None => {
                             let Ok(p) = s.window.acquire().await else { break };
