@@ -12,6 +12,7 @@ pub mod s2s_receive;
 pub mod tls;
 pub mod tls_set;
 mod transport;
+mod write_buffers;
 mod xmlstream;
 pub use xmlstream::StreamLimits;
 

@@ -191,9 +191,18 @@ impl XmlStream {
         self
     }
 
+    /// A spare buffer to write into, when the stream holds none (it gave
+    /// its own back at the last flush).
+    fn out_ready(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = super::write_buffers::take();
+        }
+    }
+
     /// Queues an element for the next flush; one in a namespace the
     /// header binds to a prefix is written with it.
     pub fn write(&mut self, el: &Element) {
+        self.out_ready();
         match self.prefixes.iter().find(|(_, ns)| *ns == el.ns()) {
             Some((prefix, _)) => el.write_prefixed_to(&mut self.out, self.ns, prefix),
             None => el.write_to(&mut self.out, self.ns),
@@ -202,6 +211,7 @@ impl XmlStream {
 
     /// Queues bytes already serialized for this stream.
     pub fn write_raw(&mut self, data: &[u8]) {
+        self.out_ready();
         self.out.extend_from_slice(data);
     }
 
@@ -278,8 +288,9 @@ impl XmlStream {
         let r = if !self.out.is_empty() {
             let r = tokio::time::timeout(limit, self.transport.write_all(&self.out)).await;
             // Give the buffer back: most streams sit idle between writes,
-            // and an idle stream should own no write buffer.
-            self.out = Vec::new();
+            // and an idle stream should own no write buffer. The thread
+            // keeps it for the next stream that writes.
+            super::write_buffers::give(std::mem::take(&mut self.out));
             r
         } else {
             tokio::time::timeout(limit, self.transport.flush()).await
@@ -350,6 +361,7 @@ impl XmlStream {
         rx: &QueueReceiver<T>,
         write: &mut impl FnMut(T, &mut Vec<u8>) -> Option<StreamErrorCondition>,
     ) -> Option<StreamErrorCondition> {
+        self.out_ready();
         while self.out.len() < MAX_BATCH {
             if let Some(cond) = write(rx.try_recv()?, &mut self.out) {
                 return Some(cond);
@@ -425,6 +437,7 @@ impl XmlStream {
                     self.last_activity = Instant::now();
                 }
                 // Batch whatever else is already queued into the same write.
+                self.out_ready();
                 match write(msg, &mut self.out).or_else(|| self.drain_queue_with(rx, write)) {
                     Some(cond) => Err(self.close_with(cond, None).await),
                     None => Ok(()),
