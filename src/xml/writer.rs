@@ -255,13 +255,12 @@ impl Element {
     }
 
     /// About how many bytes [`write_to`](Self::write_to) writes with
-    /// `parent_ns` in scope: what a
-    /// buffer for it should start with, so it is allocated once instead of
-    /// grown (each growth is a `realloc`, which takes the allocator's
-    /// arena lock; with two routing threads freeing each other's stanzas
-    /// that lock is contended, issue #11). Names, attributes and text,
-    /// with room for a namespace declaration at the top and a little for
-    /// escaping; not exact.
+    /// `parent_ns` in scope: what a buffer for it should start with, so it
+    /// is allocated once instead of grown (each growth is a `realloc`,
+    /// which takes glibc's arena lock; with two routing threads freeing
+    /// each other's stanzas that lock is contended, issue #11). Counts
+    /// names, attributes, text and namespace declarations, plus a
+    /// sixteenth for escaping; not exact.
     pub fn written_len_hint(&self, parent_ns: &str) -> usize {
         let mut n = 0;
         // Each element with the namespace it is written in.

@@ -110,10 +110,25 @@ def converse_chats_with_slixmpp(server, tmp_path, transport: str, **endpoint: st
         async with connect(server, peer, presence=True) as slix:
             proc = await asyncio.create_subprocess_exec(
                 "node", str(HERE / "converse.mjs"), cwd=HERE, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-            finished = asyncio.ensure_future(proc.communicate())
+
+            async def output() -> tuple[bytes, bytes]:
+                out, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
+                await proc.wait()
+                return out, err
+
+            finished = asyncio.ensure_future(output())
+
+            def release() -> None:
+                # The script keeps its page open, once the link shows, until
+                # told here that the peer has its copy (or gave up): the page
+                # shows its own message before the BOSH request carrying it
+                # may have gone, and closing the browser then lost it.
+                if not proc.stdin.is_closing():
+                    proc.stdin.write(b"done\n")
+                    proc.stdin.close()
 
             async def first_chat_message():
                 while True:
@@ -137,8 +152,8 @@ def converse_chats_with_slixmpp(server, tmp_path, transport: str, **endpoint: st
                     wanted = asyncio.ensure_future(first_chat_message())
                     await asyncio.wait({finished, wanted}, return_when=asyncio.FIRST_COMPLETED)
                     if not wanted.done():
-                        # The script ends as soon as its own page shows the
-                        # link; the peer's copy can still be on its way.
+                        # The script ended early (its report says why); a
+                        # copy on its way still counts.
                         await asyncio.wait({wanted}, timeout=15)
                     if wanted.done():
                         link = wanted.result()
@@ -149,8 +164,10 @@ def converse_chats_with_slixmpp(server, tmp_path, transport: str, **endpoint: st
                         wanted.cancel()
                 else:
                     wanted.cancel()
+                release()
                 out, err = await asyncio.wait_for(finished, 90)
             finally:
+                release()
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()

@@ -94,12 +94,32 @@ async function main() {
     await page.screenshot({ path: shot, fullPage: true });
     step('screenshot saved');
     console.log(JSON.stringify({ ok: true, sent: text, uploaded: url, steps }));
+    // The page shows its own message at once, perhaps before the BOSH
+    // request that carries it has gone: the browser stays open until the
+    // test has the peer's copy (a line on standard input, or its end), or
+    // 20 s.
+    await toldDone(20000);
   } catch (e) {
     console.log(JSON.stringify({ ok: false, error: String(e), steps, console: console_lines.slice(-40) }));
   } finally {
     await browser.close();
     site.close();
   }
+}
+
+function toldDone(ms) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      process.stdin.destroy();
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    process.stdin.once('data', done);
+    process.stdin.once('end', done);
+    process.stdin.once('error', done);
+    process.stdin.resume();
+  });
 }
 
 main().catch((e) => { console.log(JSON.stringify({ ok: false, error: String(e), steps })); process.exit(1); });
