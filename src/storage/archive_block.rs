@@ -170,7 +170,7 @@ pub struct BlockInput<'a> {
 }
 
 /// A block to insert.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct NewBlock<'a> {
     pub owner_id: i64,
     pub peer: &'a str,
@@ -192,6 +192,20 @@ pub struct BlockSpan<'a> {
     pub bytes: Range<usize>,
 }
 
+impl<'a> BlockSpan<'a> {
+    /// The block with its bytes copied out of `arena`.
+    pub fn to_new_block(&self, arena: &[u8]) -> NewBlock<'a> {
+        NewBlock {
+            owner_id: self.owner_id,
+            peer: self.peer,
+            first_id: self.first_id,
+            last_id: self.last_id,
+            n: self.n,
+            rows: arena[self.bytes.clone()].to_vec(),
+        }
+    }
+}
+
 /// Groups stanzas into blocks: sorted by (owner, peer, id), each run of one
 /// owner and peer cut where a block would pass [`MAX_ROWS`], [`MAX_BYTES`]
 /// or [`SPAN_US`]. An id not shaped like ours (no time to bound a block
@@ -199,15 +213,8 @@ pub struct BlockSpan<'a> {
 pub fn build<'a>(inputs: &[BlockInput<'a>]) -> Vec<NewBlock<'a>> {
     let mut arena = Vec::new();
     build_into(inputs, None, &mut arena)
-        .into_iter()
-        .map(|b| NewBlock {
-            owner_id: b.owner_id,
-            peer: b.peer,
-            first_id: b.first_id,
-            last_id: b.last_id,
-            n: b.n,
-            rows: arena[b.bytes].to_vec(),
-        })
+        .iter()
+        .map(|b| b.to_new_block(&arena))
         .collect()
 }
 
@@ -482,32 +489,10 @@ mod tests {
             )
             .collect();
         let mut arena = Vec::new();
-        let given: Vec<_> = build_into(&inputs, Some(&groups), &mut arena)
-            .into_iter()
-            .map(|b| {
-                (
-                    b.owner_id,
-                    b.peer,
-                    b.first_id,
-                    b.last_id,
-                    b.n,
-                    arena[b.bytes].to_vec(),
-                )
-            })
-            .collect();
-        let built: Vec<_> = blocks
+        let given: Vec<NewBlock<'_>> = build_into(&inputs, Some(&groups), &mut arena)
             .iter()
-            .map(|b| {
-                (
-                    b.owner_id,
-                    b.peer,
-                    b.first_id,
-                    b.last_id,
-                    b.n,
-                    b.rows.clone(),
-                )
-            })
+            .map(|b| b.to_new_block(&arena))
             .collect();
-        assert_eq!(given, built);
+        assert_eq!(given, blocks);
     }
 }
