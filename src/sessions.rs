@@ -247,6 +247,16 @@ pub struct ResourceState {
     pub session: u64,
 }
 
+/// What waits in storage for a user's next available session (the
+/// initial presence reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kept {
+    /// An offline message (XEP-0160).
+    Message,
+    /// A pending subscription request (RFC 6121 §3.1.3).
+    SubscriptionRequest,
+}
+
 /// Sessions held elsewhere (the other nodes of a cluster), seen through
 /// this registry: bare-JID delivery, probes and roster pushes include
 /// them, and a stanza for one of them is forwarded to its node.
@@ -262,6 +272,15 @@ pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
     fn bound_here(&self, jid: &FullJid, state: &ResourceState);
     /// Calls `f` with each remote resource of `bare` and its state.
     fn for_each(&self, bare: &str, f: &mut dyn FnMut(&str, &ResourceState));
+    /// Tells the other nodes that `what` was committed to storage for
+    /// `user`'s next available session, here, while no resource was known
+    /// to take it (a session that became available on another node may
+    /// not be known here yet, and may have read that storage already).
+    fn kept_for_later<'a>(
+        &'a self,
+        user: &'a BareJid,
+        what: Kept,
+    ) -> futures_util::future::BoxFuture<'a, ()>;
     /// Queues `stanza` for a remote full JID; None when no node holds it.
     fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>>;
     /// This node's id (named in the ids of IQs the server sends).
@@ -325,6 +344,13 @@ impl SessionRegistry {
     pub fn answer_elsewhere(&self, node: &str, from: &jid::Jid, iq: &Element) -> bool {
         self.remote()
             .is_some_and(|r| r.answer_elsewhere(node, from, iq))
+    }
+
+    /// See `RemoteSessions::kept_for_later`; nothing on a single server.
+    pub async fn announce_kept_for_later(&self, user: &BareJid, what: Kept) {
+        if let Some(remote) = self.remote() {
+            remote.kept_for_later(user, what).await;
+        }
     }
 
     /// Reports a local session's state to the cluster, if any.

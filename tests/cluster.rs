@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use waxwing::storage::Store;
-use waxwing::xml::{Element, NS_CLIENT};
+use waxwing::xml::{Element, StreamEvent, NS_CLIENT};
 
 /// Short, so the test is fast: the dead node is noticed within it plus
 /// one refresh period (a third of it).
@@ -516,20 +516,38 @@ async fn three_nodes_serve_one_domain_and_survive_a_kill() {
     ))
     .await;
     a.barrier().await;
+    let mut old_c = c;
     let mut c = Client::login(nodes[1].c2s, &carol, "pw", Some("c2")).await;
     // In either order: the inbox is re-routed after the presence went out.
     let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while got.len() < 2 {
-        let m = await_stanza(
-            &mut c,
-            Duration::from_secs(5),
-            "the offline messages",
-            |e| e.is("message", NS_CLIENT) && body(e).is_some(),
-        )
-        .await;
-        assert_eq!(m.attr("from"), Some(a_full.as_str()));
-        got.extend(body(&m));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, c.next_element()).await {
+            Ok(m) if m.is("message", NS_CLIENT) && body(&m).is_some() => {
+                assert_eq!(m.attr("from"), Some(a_full.as_str()));
+                got.extend(body(&m));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                // What the killed node's session had read and the test not:
+                // tells a message delivered before the stop from one lost.
+                let mut unread = Vec::new();
+                while let Ok(Some(ev)) =
+                    tokio::time::timeout(Duration::from_millis(300), old_c.next_event()).await
+                {
+                    if let StreamEvent::Stanza(e) = ev {
+                        unread.extend(body(&e));
+                    }
+                }
+                panic!(
+                    "carol's new session got {got:?} of the two offline messages in 5 s; \
+                     her session on the killed node had unread {unread:?}"
+                );
+            }
+        }
     }
+    drop(old_c);
     got.sort();
     assert_eq!(got, ["in the inbox", "while away"]);
 
@@ -1443,4 +1461,137 @@ async fn carbons_reach_a_resource_on_another_node() {
         copied("sent", "from a1"),
     )
     .await;
+}
+
+/// What a node keeps for a user's next initial presence (an offline
+/// message, a pending subscription request) while it knows of no
+/// available resource, when the user's session on another node has read
+/// that storage already (its initial presence not yet in the storing
+/// node's replica): the storing node announces it (`K` on the bus), and
+/// the node holding the session hands it over again. Both halves, each
+/// made certain rather than raced: n1 announces what it keeps for a user
+/// it knows no session of; and what is announced for carol reaches her
+/// session on n2 again (a row committed after her login read the queue;
+/// a pending request she was shown at login, shown again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_kept_behind_a_new_session_on_another_node_reaches_it() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, carol) = (format!("oa{tag}"), format!("oc{tag}"));
+    add_users(&[&alice, &carol]).await;
+    let nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    let (a_bare, c_bare) = (format!("{alice}@{DOMAIN}"), format!("{carol}@{DOMAIN}"));
+    let mut events = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    events
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut events = events.as_pubsub();
+    events.subscribe(format!("{prefix}:events")).unwrap();
+    let mut announced = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(msg) = events.get_message() {
+                let text: String = msg.get_payload().unwrap();
+                if text == format!("K\t{c_bare}\t{what}") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n1 kept something ({what}) for carol without announcing it"
+            );
+        }
+    };
+
+    // Carol has no session: n1 keeps alice's chat and her subscription
+    // request, and says so.
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a1")).await;
+    a.send_str(&format!(
+        "<message to='{c_bare}' type='chat' id='o1'><body>first</body></message>"
+    ))
+    .await;
+    a.barrier().await;
+    announced("m");
+    a.send_str(&format!("<presence to='{c_bare}' type='subscribe'/>"))
+        .await;
+    a.barrier().await;
+    announced("s");
+
+    // Carol logs in on n2; her initial presence reads both.
+    let is_request = |e: &Element| {
+        e.is("presence", NS_CLIENT)
+            && e.attr("type") == Some("subscribe")
+            && e.attr("from") == Some(a_bare.as_str())
+    };
+    let mut c = Client::login(nodes[1].c2s, &carol, "pw", Some("c1")).await;
+    let (mut chat, mut request) = (false, false);
+    while !(chat && request) {
+        let e = await_stanza(&mut c, Duration::from_secs(5), "chat and request", |e| {
+            body(e).as_deref() == Some("first") || is_request(e)
+        })
+        .await;
+        chat |= body(&e).is_some();
+        request |= is_request(&e);
+    }
+    c.barrier().await;
+
+    // A row committed after that reading (as by a node that did not know
+    // of her session yet), then that node's announcement.
+    let store = Store::open(&postgres_url(), 1).await.expect("PostgreSQL");
+    let late = format!(
+        "<message xmlns='jabber:client' from='{a_bare}/a1' to='{c_bare}' type='chat'>\
+         <body>late</body></message>"
+    );
+    assert!(store
+        .offline_push(DOMAIN, &carol, &late, 100, 1 << 20)
+        .await
+        .unwrap());
+    store.close().await;
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut announce = |what: &str| {
+        let _: () = redis::cmd("PUBLISH")
+            .arg(format!("{prefix}:events"))
+            .arg(format!("K\t{c_bare}\t{what}"))
+            .query(&mut conn)
+            .unwrap();
+    };
+    announce("m");
+    let m = await_stanza(
+        &mut c,
+        Duration::from_secs(5),
+        "the late offline chat",
+        |e| e.is("message", NS_CLIENT) && body(e).is_some(),
+    )
+    .await;
+    assert_eq!(body(&m).as_deref(), Some("late"));
+    // The pending request, shown again.
+    announce("s");
+    await_stanza(
+        &mut c,
+        Duration::from_secs(5),
+        "the request again",
+        is_request,
+    )
+    .await;
+    // The queue was handed over once (its row deleted): announced again,
+    // it hands over nothing, so the next chat carol sees is one sent now
+    // (a second copy of "late" would most likely come before it).
+    announce("m");
+    c.barrier().await;
+    a.send_str(&format!(
+        "<message to='{c_bare}/c1' type='chat' id='o3'><body>fence</body></message>"
+    ))
+    .await;
+    let m = await_stanza(&mut c, Duration::from_secs(5), "the fence", |e| {
+        e.is("message", NS_CLIENT) && body(e).is_some()
+    })
+    .await;
+    assert_eq!(body(&m).as_deref(), Some("fence"));
 }

@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use jid::FullJid;
 
-use crate::sessions::ResourceState;
+use crate::sessions::{Kept, ResourceState};
 
 /// What the shared engine said when it failed (logged, then retried).
 pub type BusResult<T> = Result<T, String>;
@@ -36,12 +36,21 @@ pub enum Change {
     },
     /// Every session of `node` is gone (it left, or died and was reaped).
     NodeDown { node: String },
+    /// Not a session change, only announced: a node committed `what`
+    /// (an offline message, a pending subscription request) to storage
+    /// for `user`'s next available session while it knew of no resource
+    /// to take it. A session of `user` that became available on another
+    /// node just before may have read that storage before the commit
+    /// (the storing node's replica did not show it yet); its node hands
+    /// it over again (`Event::KeptForLater`).
+    KeptForLater { user: String, what: Kept },
 }
 
 /// What the directory did with one change (`SessionDirectory::apply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// Written (an `Unbound` or `NodeDown` is always reported so).
+    /// Written (an `Unbound`, `NodeDown` or `KeptForLater` is always
+    /// reported so).
     Written,
     /// A `Bound` that took the full JID from another node: (that node,
     /// the id there of the session that must now be replaced).

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use jid::FullJid;
 
 use super::bus::{Change, Delivery};
-use crate::sessions::ResourceState;
+use crate::sessions::{Kept, ResourceState};
 
 /// `node \t priority \t flags \t session \t presence`: a directory value.
 pub fn encode_state(node: &str, state: &ResourceState) -> String {
@@ -73,6 +73,13 @@ pub fn encode_change(change: &Change) -> String {
             last_local,
         } => format!("U\t{jid}\t{node}\t{}", u8::from(*last_local)),
         Change::NodeDown { node } => format!("D\t{node}"),
+        Change::KeptForLater { user, what } => {
+            let what = match what {
+                Kept::Message => "m",
+                Kept::SubscriptionRequest => "s",
+            };
+            format!("K\t{user}\t{what}")
+        }
     }
 }
 
@@ -105,6 +112,18 @@ pub fn decode_change(text: &str) -> Option<Change> {
         "D" => Some(Change::NodeDown {
             node: rest.to_string(),
         }),
+        "K" => {
+            let (user, what) = rest.split_once('\t')?;
+            let what = match what {
+                "m" => Kept::Message,
+                "s" => Kept::SubscriptionRequest,
+                _ => return None,
+            };
+            Some(Change::KeptForLater {
+                user: user.to_string(),
+                what,
+            })
+        }
         _ => None,
     }
 }
@@ -143,6 +162,14 @@ mod tests {
                 last_local: true,
             },
             Change::NodeDown { node: "n3".into() },
+            Change::KeptForLater {
+                user: "carol@x".into(),
+                what: Kept::Message,
+            },
+            Change::KeptForLater {
+                user: "carol@x".into(),
+                what: Kept::SubscriptionRequest,
+            },
         ];
         for c in changes {
             assert_eq!(decode_change(&encode_change(&c)), Some(c));

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use jid::FullJid;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
 use crate::server::Server;
-use crate::sessions::{DeliveryError, OutStanza, RemoteSessions, ResourceState};
+use crate::sessions::{DeliveryError, Kept, OutStanza, RemoteSessions, ResourceState};
 use bus::{Change, Engine, NodeStatus};
 use replica::Replica;
 
@@ -90,6 +91,9 @@ pub struct Cluster {
     stop: CancellationToken,
     /// The reading tasks, awaited at leave before the inbox is drained.
     tasks: TaskTracker,
+    /// What waits to be handed over again to users' local sessions
+    /// (`follow`): one pending hand-over per user and kind.
+    handovers: std::sync::Mutex<std::collections::HashSet<(String, Kept)>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -146,6 +150,7 @@ impl Cluster {
             fenced_sessions: Default::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            handovers: Default::default(),
         });
         // Subscribed before the snapshot is read, so no change falls
         // between them.
@@ -158,7 +163,9 @@ impl Cluster {
         // shutdown still send through them); `leave` flushes them.
         tokio::spawn(writer::run(server.clone(), cluster.clone(), writer_rx));
         tokio::spawn(outbox::run(server.clone(), cluster.clone(), outbox_rx));
-        cluster.tasks.spawn(follow::run(cluster.clone(), events));
+        cluster
+            .tasks
+            .spawn(follow::run(server.clone(), cluster.clone(), events));
         // A previous run that was killed left its sessions and inbox:
         // its users' contacts (on every node, hence after the replica is
         // loaded) hear they are gone, its stanzas are re-routed.
@@ -275,6 +282,10 @@ impl Cluster {
         })
     }
 
+    fn handovers(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, Kept)>> {
+        self.handovers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Asks the writer to write every local session again.
     fn request_resync(&self) {
         self.resync.store(true, Ordering::Relaxed);
@@ -339,6 +350,24 @@ impl RemoteSessions for Cluster {
         // against the addressee like any answer.
         let bytes = OutStanza::new(iq.clone()).bytes().clone();
         self.send_entry(node, from.to_string(), bus::Delivery::Answer(bytes))
+    }
+
+    fn kept_for_later<'a>(&'a self, user: &'a jid::BareJid, what: Kept) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let notice = [Change::KeptForLater {
+                user: user.to_string(),
+                what,
+            }];
+            // Bounded: the sender's routing waits for it. Lost (Redis
+            // away), what was kept waits for the user's next login.
+            match tokio::time::timeout(self.ttl, self.engine.publish(&notice)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%user, error = %e, "cluster: offline notice not announced")
+                }
+                Err(_) => tracing::warn!(%user, "cluster: offline notice not announced in time"),
+            }
+        })
     }
 
     fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>> {

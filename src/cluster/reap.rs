@@ -118,6 +118,8 @@ pub async fn drain_inbox(server: &Server, cluster: &Cluster, node: &str) -> BusR
             stanzas = count,
             "cluster: re-routed an inbox's leftovers"
         );
+    } else {
+        tracing::debug!(node, "cluster: nothing left in the inbox");
     }
     engine.drop_inbox(node).await
 }

@@ -358,7 +358,7 @@ impl SessionDirectory for RedisCluster {
                                 .ignore();
                         }
                     }
-                    Change::NodeDown { .. } => {}
+                    Change::NodeDown { .. } | Change::KeptForLater { .. } => {}
                 }
             }
             // One answer per `Bound` (the others' are ignored).

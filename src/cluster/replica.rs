@@ -66,6 +66,8 @@ impl Replica {
             Change::NodeDown { node } => {
                 self.drop_node(&node);
             }
+            // Acted on by `follow`, not a session of the replica.
+            Change::KeptForLater { .. } => {}
         }
     }
 

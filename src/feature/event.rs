@@ -9,7 +9,7 @@ use jid::{BareJid, FullJid, Jid};
 
 use super::Extensions;
 use crate::router::Origin;
-use crate::sessions::{Departed, OutStanza};
+use crate::sessions::{Departed, Kept, OutStanza};
 use crate::stanza::{StanzaError, StanzaKind};
 use crate::xml::Element;
 
@@ -44,6 +44,7 @@ pub enum EventKind {
     IqSetDone,
     LocalDelivery,
     Unreached,
+    KeptForLater,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -52,7 +53,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -71,6 +72,7 @@ impl EventKind {
         EventKind::IqSetDone,
         EventKind::LocalDelivery,
         EventKind::Unreached,
+        EventKind::KeptForLater,
         EventKind::Outbound,
     ];
 }
@@ -209,6 +211,11 @@ pub enum Event<'a> {
         stanza: &'a Element,
         stored: bool,
     },
+    /// Another node of the cluster committed `what` to storage for the
+    /// next available session of `user`, who has an available session
+    /// here that may have read that storage before the commit (the other
+    /// node did not know of it yet): what waits is handed over again.
+    KeptForLater { user: &'a BareJid, what: Kept },
 }
 
 impl Event<'_> {
@@ -233,6 +240,7 @@ impl Event<'_> {
             Event::IqSetDone { .. } => EventKind::IqSetDone,
             Event::LocalDelivery { .. } => EventKind::LocalDelivery,
             Event::Unreached { .. } => EventKind::Unreached,
+            Event::KeptForLater { .. } => EventKind::KeptForLater,
         }
     }
 }

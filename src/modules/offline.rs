@@ -12,7 +12,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::feature::{Disco, Event, EventKind, Feature, HookFuture, Verdict};
 use crate::metrics::StorageOp;
 use crate::server::Server;
-use crate::sessions::OutStanza;
+use crate::sessions::{Kept, OutStanza};
 use crate::stanza::{StanzaError, StanzaErrorCondition};
 use crate::storage::StorageError;
 use crate::xml::{Element, NS_CLIENT};
@@ -56,6 +56,7 @@ impl Feature for Offline {
             (EventKind::SessionAvailable, 0),
             (EventKind::Acknowledged, 0),
             (EventKind::SessionEnded, 0),
+            (EventKind::KeptForLater, 0),
         ]
     }
 
@@ -97,6 +98,17 @@ impl Feature for Offline {
                     self.session_ended(server, jid).await;
                     Verdict::Continue
                 }
+                Event::KeptForLater {
+                    user,
+                    what: Kept::Message,
+                } => {
+                    if let Some(taker) = local_taker(server, user) {
+                        if let Err(e) = self.deliver(server, &taker).await {
+                            tracing::error!(error = %e, "offline hand-over");
+                        }
+                    }
+                    Verdict::Continue
+                }
                 _ => Verdict::Continue,
             }
         })
@@ -105,6 +117,19 @@ impl Feature for Offline {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// The local session that takes `user`'s offline queue now, if one does:
+/// the top-priority resources by the bare-JID rule, the first of them by
+/// JID (so in a cluster every node picks the same one, and at most the
+/// node holding it hands the queue over), when that one is here.
+fn local_taker(server: &Server, user: &BareJid) -> Option<FullJid> {
+    server
+        .sessions
+        .message_targets(user, "chat")
+        .into_iter()
+        .min_by(|a, b| a.as_str().cmp(b.as_str()))
+        .filter(|taker| server.sessions.is_bound(taker))
 }
 
 /// Messages handed to a session per storage round trip.
@@ -179,7 +204,7 @@ impl Offline {
         // decision ("nobody available") and the push: if a resource became
         // available meanwhile and already fetched its queue, this message
         // would otherwise wait for the next login.
-        let _guard = self.locks.lock(to).await;
+        let guard = self.locks.lock(to).await;
         let push = server.store.offline_push(
             domain,
             user,
@@ -200,16 +225,20 @@ impl Offline {
         // A resource that came online while the message was being routed gets
         // it now, as the bare-JID rules would have given it (the top priority,
         // not negative).
-        if let Some(full) = server
-            .sessions
-            .message_targets(to, "chat")
-            .into_iter()
-            .next()
-        {
+        if let Some(full) = local_taker(server, to) {
             if let Err(e) = self.deliver_locked(server, &full).await {
                 tracing::error!(error = %e, "offline hand-over");
             }
+            return Ok(());
         }
+        drop(guard);
+        // One on another node of a cluster is that node's to serve: its
+        // session may have read the queue before this commit, while this
+        // node did not know of it yet (on a single server, nothing).
+        server
+            .sessions
+            .announce_kept_for_later(to, Kept::Message)
+            .await;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use crate::feature::{Event, EventKind, Feature, HookFuture, Verdict};
 use crate::router::{deliver, deliver_local, Origin};
 use crate::routes::Route;
 use crate::server::Server;
-use crate::sessions::Departed;
+use crate::sessions::{Departed, Kept};
 use crate::stanza::{error_reply, StanzaErrorCondition};
 use crate::storage::StorageError;
 use crate::xml::{Element, NS_CLIENT};
@@ -28,7 +28,11 @@ impl Feature for Presence {
     }
 
     fn subscriptions(&self) -> &'static [(EventKind, i32)] {
-        &[(EventKind::Presence, 0), (EventKind::SessionEnded, 0)]
+        &[
+            (EventKind::Presence, 0),
+            (EventKind::SessionEnded, 0),
+            (EventKind::KeptForLater, 0),
+        ]
     }
 
     fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
@@ -49,6 +53,15 @@ impl Feature for Presence {
                 }
                 Event::SessionEnded { jid, departed } => {
                     session_ended(server, jid, departed).await;
+                    Verdict::Continue
+                }
+                Event::KeptForLater {
+                    user,
+                    what: Kept::SubscriptionRequest,
+                } => {
+                    if let Err(e) = pending_again(server, user).await {
+                        tracing::error!(error = %e, "presence storage");
+                    }
                     Verdict::Continue
                 }
                 _ => Verdict::Continue,
@@ -149,6 +162,15 @@ async fn subscription_to_local(
         Inbound::Deliver => {
             send_to_resources(server, user, &stanza);
             if kind == SubscriptionKind::Subscribe {
+                if server.sessions.available_resources(user).is_empty() {
+                    // Kept for the user's next initial presence, which
+                    // may have come already on another node of a cluster
+                    // that this one does not know of yet.
+                    server
+                        .sessions
+                        .announce_kept_for_later(user, Kept::SubscriptionRequest)
+                        .await;
+                }
                 let mut event = Event::SubscriptionRequest { user, contact };
                 server.features.fire(server, &mut event).await;
             }
@@ -261,6 +283,24 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
             },
         )
         .await;
+    Ok(())
+}
+
+/// Another node of a cluster kept a subscription request for `user`
+/// while it knew of no available resource: the local available ones,
+/// whose initial presence may have read the pending requests before it
+/// was stored, get them again (a request seen twice is only asked again).
+async fn pending_again(server: &Server, user: &BareJid) -> Result<(), StorageError> {
+    let resources = server.sessions.local_presences(user);
+    if resources.is_empty() {
+        return Ok(());
+    }
+    let requests = roster::pending_requests(server, user).await?;
+    for (full, _) in &resources {
+        for request in &requests {
+            let _ = deliver_local(server, full, request);
+        }
+    }
     Ok(())
 }
 
