@@ -346,14 +346,19 @@ impl Offline {
         if !was_owner {
             return;
         }
-        let next = server
-            .sessions
-            .message_targets(&bare, "chat")
-            .into_iter()
-            .next();
-        if let Some(next) = next {
-            if let Err(e) = self.deliver(server, &next).await {
-                tracing::error!(error = %e, "offline hand-over");
+        match local_taker(server, &bare) {
+            Some(next) => {
+                if let Err(e) = self.deliver(server, &next).await {
+                    tracing::error!(error = %e, "offline hand-over");
+                }
+            }
+            // A resource on another node of a cluster reads the rows
+            // itself, told as for a message kept now.
+            None => {
+                server
+                    .sessions
+                    .announce_kept_for_later(&bare, Kept::Message)
+                    .await
             }
         }
     }
