@@ -6,9 +6,13 @@
 //!
 //! The namespace URI is an `Arc<str>`: the parser hands every element in one declared
 //! namespace the same allocation, so a stanza of many elements costs one copy of each
-//! URI, however long, not one per element.
+//! URI, however long, not one per element. Names and attributes are `CompactString`s,
+//! held inline up to 24 bytes: a tag name, an attribute name, an id, a `type` and most
+//! JIDs cost no heap allocation (and no free on whichever thread drops the stanza).
 
 use std::sync::Arc;
+
+use compact_str::CompactString;
 
 /// One child of an element: a nested element or a run of character data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,16 +31,16 @@ pub enum Node {
 /// anywhere and keep its meaning.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
-    pub(super) name: String,
+    pub(super) name: CompactString,
     pub(super) ns: Arc<str>,
-    pub(super) attrs: Vec<(String, String)>,
+    pub(super) attrs: Vec<(CompactString, CompactString)>,
     pub(super) children: Vec<Node>,
 }
 
 impl Element {
     /// An empty element with local name `name` in namespace `ns` ("" for none).
     /// `ns` may be a `&str`, a `String` or an already shared `Arc<str>`.
-    pub fn new(name: impl Into<String>, ns: impl Into<Arc<str>>) -> Self {
+    pub fn new(name: impl Into<CompactString>, ns: impl Into<Arc<str>>) -> Self {
         Element {
             name: name.into(),
             ns: ns.into(),
@@ -46,7 +50,11 @@ impl Element {
     }
 
     /// Builder form of [`set_attr`](Self::set_attr).
-    pub fn with_attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_attr(
+        mut self,
+        key: impl Into<CompactString>,
+        value: impl Into<CompactString>,
+    ) -> Self {
         self.set_attr(key, value);
         self
     }
@@ -92,7 +100,7 @@ impl Element {
     }
 
     /// Set an attribute, replacing an existing one with the same qualified name.
-    pub fn set_attr(&mut self, key: impl Into<String>, value: impl Into<String>) {
+    pub fn set_attr(&mut self, key: impl Into<CompactString>, value: impl Into<CompactString>) {
         let key = key.into();
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| *k == key) {
@@ -104,7 +112,7 @@ impl Element {
     /// Remove an attribute, returning its value if it was there.
     pub fn remove_attr(&mut self, key: &str) -> Option<String> {
         let i = self.attrs.iter().position(|(k, _)| k == key)?;
-        Some(self.attrs.remove(i).1)
+        Some(self.attrs.remove(i).1.into_string())
     }
 
     /// Element children only, in document order.

@@ -29,6 +29,8 @@ use quick_xml::events::attributes::{AttrError, Attribute, Attributes};
 use super::element::{Element, Node};
 use super::scanner::{is_xml_space, Scanner, TokenKind};
 use super::scope::NsScope;
+use compact_str::CompactString;
+
 use super::{heap_cost, NS_STREAMS, NS_XML};
 
 /// Why the stream cannot go on; each maps to the RFC 6120 stream error of the same name
@@ -286,8 +288,12 @@ struct Document {
 /// One attribute of a tag as written: qualified name and raw (undecoded) value.
 type RawAttr<'a> = (&'a str, &'a str);
 
+/// A tag's attributes as written: on the stack for a usual tag (a stanza
+/// has a handful), so reading one costs no allocation.
+type RawAttrs<'a> = smallvec::SmallVec<[RawAttr<'a>; LINEAR_SCAN_MAX]>;
+
 /// Size of one attribute in an element's list (its two strings' heads).
-const ATTR_PAIR: usize = std::mem::size_of::<(String, String)>();
+const ATTR_PAIR: usize = std::mem::size_of::<(CompactString, CompactString)>();
 
 /// At or below this many attributes a pairwise duplicate check is cheaper than hashing.
 const LINEAR_SCAN_MAX: usize = 8;
@@ -494,8 +500,8 @@ impl Document {
         &self,
         content: &'a str,
         name_len: usize,
-    ) -> Result<Vec<RawAttr<'a>>, ParseError> {
-        let mut attrs: Vec<RawAttr<'a>> = Vec::new();
+    ) -> Result<RawAttrs<'a>, ParseError> {
+        let mut attrs = RawAttrs::new();
         let mut projected = 0usize;
         let mut parsed = Attributes::new(content, name_len);
         // quick-xml's own duplicate check compares each attribute with every earlier one.
@@ -675,9 +681,9 @@ impl Document {
         let mut carried_set: HashSet<&str> = HashSet::new();
         for &(key, value) in attrs.iter().filter(|(k, _)| plain(k)) {
             check_name(key)?;
-            let value = decode(value, true)?;
-            self.charge(heap_cost(key.len()) + heap_cost(value.capacity()))?;
-            el.attrs.push((key.to_owned(), value));
+            let value = decode_attr(value)?;
+            self.charge(heap_cost(key.len()) + heap_cost(value.len()))?;
+            el.attrs.push((CompactString::from(key), value));
             let (prefix, _) = split_qname(key);
             if prefix.is_empty() || prefix == "xml" {
                 continue;
@@ -711,7 +717,7 @@ impl Document {
                     + heap_cost(uri.len()),
             )?;
             el.attrs.reserve_exact(grow);
-            el.attrs.push((decl, uri.to_string()));
+            el.attrs.push((decl.into(), CompactString::from(&*uri)));
         }
         Ok(el)
     }
@@ -831,6 +837,19 @@ fn normalize_attr_space(s: &str) -> Cow<'_, str> {
 
 /// Raw text or attribute value to its value: normalize white space, then resolve the
 /// predefined entities and character references.
+/// An attribute value, decoded as [`decode`] does; one that needs no change
+/// (no reference, no whitespace to normalize: nearly all) is copied straight
+/// into the element's string, inline when short, without a `String` between.
+fn decode_attr(raw: &str) -> Result<CompactString, ParseError> {
+    if !raw
+        .bytes()
+        .any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r'))
+    {
+        return Ok(CompactString::from(raw));
+    }
+    decode(raw, true).map(CompactString::from)
+}
+
 fn decode(raw: &str, attr: bool) -> Result<String, ParseError> {
     let normalized = if attr {
         normalize_attr_space(raw)
