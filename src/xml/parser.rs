@@ -682,7 +682,9 @@ impl Document {
         for &(key, value) in attrs.iter().filter(|(k, _)| plain(k)) {
             check_name(key)?;
             let value = decode_attr(value)?;
-            self.charge(heap_cost(key.len()) + heap_cost(value.len()))?;
+            // A decoded value keeps its buffer's capacity; an inline one is
+            // charged its inline size (24), never less than before.
+            self.charge(heap_cost(key.len()) + heap_cost(value.capacity()))?;
             el.attrs.push((CompactString::from(key), value));
             let (prefix, _) = split_qname(key);
             if prefix.is_empty() || prefix == "xml" {
