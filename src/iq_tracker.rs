@@ -7,6 +7,7 @@
 //! answer comes back to the node the addressee is attached to, which may
 //! be another one, and that node hands it to the one that waits for it.
 
+use crate::stanza::bare::Bare;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -107,7 +108,7 @@ impl IqTracker {
         }
         let mut map = self.lock();
         match map.get(id) {
-            Some(p) if &p.to == from || (p.to.resource().is_none() && p.to == from.to_bare()) => {}
+            Some(p) if &p.to == from || (p.to.resource().is_none() && p.to == from.bare()) => {}
             _ => return false,
         }
         match map.remove(id) {

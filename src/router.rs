@@ -5,6 +5,7 @@
 //! server (s2s), or bounce it. Every origin shares one path; only the
 //! `from` check and where errors go back differ.
 
+use crate::stanza::bare::Bare;
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 
@@ -79,7 +80,7 @@ pub async fn route_from_client(
     if let Some(from) = stanza.attr("from") {
         let ok = match Jid::new(from).map(Jid::try_into_full) {
             Ok(Ok(f)) => &f == origin,
-            Ok(Err(b)) => b == origin.to_bare(),
+            Ok(Err(b)) => b == origin.bare(),
             Err(_) => false,
         };
         if !ok {
@@ -211,7 +212,7 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
         return;
     }
     if kind == StanzaKind::Message && server.features.wants(EventKind::LocalDelivery) {
-        local_delivery(server, origin, &to.to_bare(), &mut stanza).await;
+        local_delivery(server, origin, &to.bare(), &mut stanza).await;
     }
     match to.try_into_full() {
         Ok(full) => to_full(server, origin, kind, &full, stanza).await,
@@ -269,7 +270,7 @@ pub fn deliver(server: &Server, stanza: &Element, to: &Jid) -> Result<(), Delive
                 .sessions
                 .send_to_full(full, OutStanza::new(stanza.clone())),
             Err(_) => {
-                let bare = to.to_bare();
+                let bare = to.bare();
                 let targets = server.sessions.targets(&bare, stanza);
                 if targets.is_empty() {
                     return Err(DeliveryError::Offline);
@@ -327,7 +328,7 @@ async fn handle_addressed_to_self(
             presence_event(server, origin, None, stanza).await;
         }
         StanzaKind::Message => {
-            let bare = session.to_bare();
+            let bare = session.bare();
             let mut stanza = stanza.clone();
             local_delivery(server, origin, &bare, &mut stanza).await;
             to_bare(server, origin, kind, &bare, stanza).await
@@ -352,7 +353,7 @@ async fn to_bare(
 ) {
     match kind {
         StanzaKind::Iq => {
-            let own = origin.session().is_some_and(|s| s.to_bare() == *to);
+            let own = origin.session().is_some_and(|s| s.bare() == *to);
             answer_iq(server, origin, &stanza, IqTarget::Account { own }).await;
         }
         // Presence never reaches here: the presence feature routes it.
@@ -497,7 +498,7 @@ async fn to_full(
     match sent {
         Ok(()) => {
             if kind == StanzaKind::Message {
-                let account = to.to_bare();
+                let account = to.bare();
                 let resources = std::slice::from_ref(to);
                 delivered_to_local(server, origin, &account, to, resources, stanza).await;
             }
@@ -511,7 +512,7 @@ async fn to_full(
         // RFC 6121 §8.5.3.2: no such resource.
         Err(DeliveryError::Offline | DeliveryError::Unreachable) => match kind {
             StanzaKind::Message => match stanza.attr("type").unwrap_or("normal") {
-                "chat" | "normal" => message_to_bare(server, origin, &to.to_bare(), stanza).await,
+                "chat" | "normal" => message_to_bare(server, origin, &to.bare(), stanza).await,
                 "groupchat" => {
                     bounce(
                         server,
@@ -521,7 +522,7 @@ async fn to_full(
                     );
                     // The room learns the occupant is gone; the user's
                     // phone may still want to hear of it (push).
-                    unreached(server, origin, &to.to_bare(), stanza, false).await;
+                    unreached(server, origin, &to.bare(), stanza, false).await;
                 }
                 _ => {}
             },
@@ -677,7 +678,7 @@ pub async fn reroute_one(server: &Server, gone: &FullJid, queued: &OutStanza) {
     }
     // The session is unbound by now: a resource of the same name bound
     // since is a new session, which may take it.
-    let bare = gone.to_bare();
+    let bare = gone.bare();
     let data = OutStanza::new(stanza);
     let Some(stanza) = data.element() else {
         return;

@@ -1,6 +1,7 @@
 //! The registry of bound resources: which full JIDs are online on this
 //! server, their presence priority, and the queue that reaches each one.
 
+use crate::stanza::bare::Bare;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -391,7 +392,7 @@ impl SessionRegistry {
         let resource = jid.resource().as_str().to_string();
         let old = {
             let mut map = self.write();
-            let list = map.entry(Account(jid.to_bare())).or_default();
+            let list = map.entry(Account(jid.bare())).or_default();
             let old = list
                 .iter()
                 .position(|r| r.resource == resource)

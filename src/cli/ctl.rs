@@ -3,6 +3,7 @@
 //! listings of what a running server holds, asked through its admin socket
 //! (`crate::admin`), which need no database.
 
+use crate::stanza::bare::Bare;
 use std::io::BufRead;
 use std::process::ExitCode;
 
@@ -326,7 +327,7 @@ async fn act(config: &Config, verb: &str, arg: &str, bare: bool) -> ExitCode {
         }
     } else if verb == "session kick" {
         match jid::Jid::new(arg) {
-            Ok(j) if account_jid(config, j.to_bare().as_str()).is_ok() => j.to_string(),
+            Ok(j) if account_jid(config, j.bare().as_str()).is_ok() => j.to_string(),
             _ => {
                 eprintln!("error: '{arg}' is not an account or session JID of a configured host");
                 return ExitCode::FAILURE;

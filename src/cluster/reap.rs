@@ -5,6 +5,7 @@
 //! activity and the rest do what they do on any logout), and re-routes
 //! what its inbox still held.
 
+use crate::stanza::bare::Bare;
 use jid::BareJid;
 
 use super::bus::{BusResult, Change};
@@ -71,7 +72,7 @@ async fn reap_locked(server: &Server, cluster: &Cluster, node: &str) -> BusResul
         );
     }
     for (jid, state) in &sessions {
-        let bare: BareJid = jid.to_bare();
+        let bare: BareJid = jid.bare();
         let departed = Departed {
             presence: state.presence.clone(),
             // Directed presences are known only to the node that died.

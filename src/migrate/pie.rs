@@ -12,6 +12,7 @@
 //! an `urn:xmpp:blocking` list (what Waxwing writes), and the archive in
 //! `urn:xmpp:pie:0#mam`.
 
+use crate::stanza::bare::Bare;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use jid::{BareJid, Jid};
@@ -181,7 +182,7 @@ pub fn parse_scram(el: &Element) -> Result<ScramRecord, String> {
 
 /// A normalised bare JID, or None.
 fn bare(s: &str) -> Option<String> {
-    Jid::new(s.trim()).ok().map(|j| j.to_bare().to_string())
+    Jid::new(s.trim()).ok().map(|j| j.bare().to_string())
 }
 
 /// Moves a stanza written in the PIE file's default namespace (or none,
@@ -699,14 +700,14 @@ fn archived(result: &Element, own: &str) -> Option<ArchivedMessage> {
     let msg = client_stanza(msg.clone());
     let from = msg.attr("from").and_then(|f| Jid::new(f).ok());
     let to = msg.attr("to").and_then(|t| Jid::new(t).ok());
-    let from_bare = from.as_ref().map(|j| j.to_bare().to_string());
+    let from_bare = from.as_ref().map(|j| j.bare().to_string());
     let outgoing = from_bare.as_deref() == Some(own);
     let other = if outgoing { to } else { from };
     let other = other?;
     Some(ArchivedMessage {
         id: result.attr("id").unwrap_or_default().to_string(),
         ts: stamp,
-        peer: other.to_bare().to_string(),
+        peer: other.bare().to_string(),
         resource: other.resource().map(|r| r.to_string()).unwrap_or_default(),
         outgoing,
         // As the archive writer keeps stanzas.

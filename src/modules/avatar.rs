@@ -5,6 +5,7 @@
 //! (`Event::IqSetDone`) and writes the other store directly, so neither
 //! triggers the other again.
 
+use crate::stanza::bare::Bare;
 use base64::Engine;
 use jid::BareJid;
 use sha1::{Digest, Sha1};
@@ -68,7 +69,7 @@ impl Feature for AvatarConversion {
                 if !server.config().pep.enabled {
                     return Verdict::Continue;
                 }
-                let owner = from.to_bare();
+                let owner = from.bare();
                 if payload.is("vCard", vcard::NS) {
                     vcard_to_pep(server, &owner, payload).await;
                 } else {

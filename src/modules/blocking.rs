@@ -7,6 +7,7 @@
 //! every routed stanza: for a user who blocks nobody the check is one hash
 //! look-up and never touches the database.
 
+use crate::stanza::bare::Bare;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -689,7 +690,7 @@ async fn presence_after_change(server: &Server, owner: &Jid, jid: &Jid, blocked:
     if jid.node().is_none() || server.route(jid.domain().as_str()) != Route::Host {
         return;
     }
-    let (user, contact) = (owner.to_bare(), jid.to_bare());
+    let (user, contact) = (owner.bare(), jid.bare());
     match super::roster::is_subscribed_from(server, &user, &contact).await {
         Ok(true) => {}
         Ok(false) => return,

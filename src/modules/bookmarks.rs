@@ -6,6 +6,7 @@
 //! the other two are rewritten from it, directly in storage or through the
 //! engine, so no write triggers another conversion.
 
+use crate::stanza::bare::Bare;
 use std::collections::BTreeMap;
 
 use jid::{BareJid, Jid};
@@ -67,7 +68,7 @@ impl Feature for BookmarksConversion {
         Box::pin(async move {
             if let Event::IqSetDone { from, payload, .. } = event {
                 if server.config().pep.enabled {
-                    let owner = from.to_bare();
+                    let owner = from.bare();
                     match source(payload) {
                         Some(Source::Private(storage)) => {
                             from_legacy(server, &owner, storage, Legacy::Private).await
@@ -147,7 +148,7 @@ fn from_storage(storage: &Element) -> BTreeMap<String, Conference> {
         .children()
         .filter(|c| c.is("conference", NS_LEGACY))
         .filter_map(|c| {
-            let jid = Jid::new(c.attr("jid")?).ok()?.to_bare().to_string();
+            let jid = Jid::new(c.attr("jid")?).ok()?.bare().to_string();
             Some((
                 jid,
                 Conference {

@@ -20,6 +20,7 @@
 //! can make the server write is bounded by the number of the account's
 //! own resources.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid, Jid};
 
 use super::{IqFuture, IqRequest, IqTarget};
@@ -123,7 +124,7 @@ impl Feature for Carbons {
             // its end) had its copies when it was first delivered.
             Event::Undeliverable {
                 origin, to, stanza, ..
-            } if origin.session().is_none_or(|s| s.to_bare() != **to) => {
+            } if origin.session().is_none_or(|s| s.bare() != **to) => {
                 received_copies(server, to, &[], stanza)
             }
             _ => {}
@@ -246,7 +247,7 @@ fn sent_copies(server: &Server, from: &FullJid, to: &Jid, stanza: &Element) {
     if names.is_empty() || !eligible(stanza, Direction::Sent) {
         return;
     }
-    let account = from.to_bare();
+    let account = from.bare();
     for target in names
         .iter()
         .filter_map(|r| account.with_resource_str(r).ok())

@@ -11,6 +11,7 @@
 //! against XEP-0494 version 0.1.0 (2024-09-17).
 
 use crate::modules::time::unix_now as now;
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid};
 
 use super::stream_management::{end_parked, StreamManagementFeature};
@@ -91,7 +92,7 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if !own || !req.server.sessions.is_bound(from) {
         return Err(StanzaErrorCondition::Forbidden.into());
     }
-    let bare = from.to_bare();
+    let bare = from.bare();
     match (req.is_set, req.payload.name()) {
         (false, "list") => list(req.server, &bare).await.map(Some),
         (true, "revoke") => {
@@ -218,7 +219,7 @@ pub async fn may_resume(server: &Server, jid: &FullJid) -> bool {
     let Some(bound) = bound else {
         return true;
     };
-    let bare = jid.to_bare();
+    let bare = jid.bare();
     let (domain, user) = account_parts(&bare);
     match server.store.client(domain, user, &bound.client_id).await {
         Ok(Some(row)) => row.generation == bound.generation,

@@ -22,6 +22,7 @@
 //! active again (XEP-0352 §6), and what the session held is written
 //! after the stanzas stream management sends again.
 
+use crate::stanza::bare::Bare;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -244,7 +245,7 @@ fn holdable(st: &Element) -> Option<Key> {
                 return Some(match (sent, key) {
                     (true, Key::ChatState(_)) => {
                         let to = inner.attr("to").and_then(|t| Jid::new(t).ok())?;
-                        Key::SentChatState(to.to_bare().to_string())
+                        Key::SentChatState(to.bare().to_string())
                     }
                     (_, key) => key,
                 });
@@ -292,7 +293,7 @@ fn chat_state_only(st: &Element) -> Option<Key> {
     Some(Key::ChatState(if st.attr("type") == Some("groupchat") {
         from.to_string()
     } else {
-        from.to_bare().to_string()
+        from.bare().to_string()
     }))
 }
 
@@ -303,7 +304,7 @@ fn carbon_copy(st: &Element) -> Option<(bool, &Element)> {
     use super::carbons::{NS as NS_CARBONS, NS_FORWARD};
     let to = FullJid::new(st.attr("to")?).ok()?;
     let from = BareJid::new(st.attr("from")?).ok()?;
-    if from != to.to_bare() {
+    if from != to.bare() {
         return None;
     }
     let (sent, wrapper) = match (

@@ -2,6 +2,7 @@
 //! account's identity and features for its owner and its contacts; an
 //! account's PEP nodes (`pep::disco`) for whoever may see them.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, Jid};
 
 use super::{IqOutcome, IqRequest, IqTarget, Module};
@@ -22,8 +23,8 @@ pub const MODULE: Module = Module {
 /// The account a disco query at a bare JID is about.
 fn account_of(req: &IqRequest<'_>) -> Option<BareJid> {
     match req.iq.attr("to") {
-        Some(to) => Jid::new(to).ok().map(|j| j.to_bare()),
-        None => Some(req.from.to_bare()),
+        Some(to) => Jid::new(to).ok().map(|j| j.bare()),
+        None => Some(req.from.bare()),
     }
 }
 
@@ -85,7 +86,7 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
             if !own {
                 let account = account_of(req).ok_or(StanzaErrorCondition::JidMalformed)?;
                 let contact =
-                    super::roster::is_subscribed_from(req.server, &account, &req.from.to_bare())
+                    super::roster::is_subscribed_from(req.server, &account, &req.from.bare())
                         .await
                         .map_err(|e| {
                             tracing::error!(error = %e, "roster");

@@ -10,6 +10,7 @@
 //! own users get them (a session of one of our hosts asking its server).
 
 use crate::modules::time::unix_now;
+use crate::stanza::bare::Bare;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -64,9 +65,7 @@ fn answer(req: &IqRequest<'_>) -> IqOutcome {
     req.require_server_get()?;
     // Our own users only: credentials open a relay that costs bandwidth.
     let user = match req.from.try_as_full() {
-        Ok(f) if f.node().is_some() && req.server.is_local_domain(f.domain().as_str()) => {
-            f.to_bare()
-        }
+        Ok(f) if f.node().is_some() && req.server.is_local_domain(f.domain().as_str()) => f.bare(),
         _ => return Err(StanzaErrorCondition::Forbidden.into()),
     };
     let now = unix_now();

@@ -2,6 +2,7 @@
 //! the time since their last session ended — answered only to requesters
 //! the user shares presence with.
 
+use crate::stanza::bare::Bare;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jid::BareJid;
@@ -51,7 +52,7 @@ impl Feature for LastActivity {
         Box::pin(async move {
             if let Event::SessionEnded { jid, departed } = event {
                 if departed.last_resource {
-                    record_logout(server, &jid.to_bare()).await;
+                    record_logout(server, &jid.bare()).await;
                 }
             }
             Verdict::Continue
@@ -89,8 +90,7 @@ fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
                     return Ok(Some(query(0)));
                 };
                 if !own {
-                    match super::roster::is_subscribed_from(req.server, &to, &req.from.to_bare())
-                        .await
+                    match super::roster::is_subscribed_from(req.server, &to, &req.from.bare()).await
                     {
                         Ok(true) => {}
                         Ok(false) => return Err(StanzaErrorCondition::Forbidden.into()),

@@ -3,6 +3,7 @@
 //! and handed to the user's first session that sends initial presence, in
 //! order; rows are deleted only once the session has them.
 
+use crate::stanza::bare::Bare;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -245,7 +246,7 @@ impl Offline {
     /// Hands every waiting message to the session `to`, oldest first.
     /// Stops (keeping the rest) if the session's queue is full or gone.
     async fn deliver(&self, server: &Server, to: &FullJid) -> Result<(), StorageError> {
-        let _guard = self.locks.lock(&to.to_bare()).await;
+        let _guard = self.locks.lock(&to.bare()).await;
         self.deliver_locked(server, to).await
     }
 
@@ -257,7 +258,7 @@ impl Offline {
             to.domain().as_str(),
             to.node().map(|n| n.as_str()).unwrap_or_default(),
         );
-        let bare = to.to_bare();
+        let bare = to.bare();
         let acks = server.sessions.acknowledges_delivery(to);
         // Rows in flight to another live session are its, until it acks
         // them or ends.
@@ -308,7 +309,7 @@ impl Offline {
 
     /// The session acknowledged stored rows up to `through`: delete them.
     async fn acknowledged(&self, server: &Server, jid: &FullJid, through: i64) {
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         let (domain, user) = (
             jid.domain().as_str(),
             jid.node().map(|n| n.as_str()).unwrap_or_default(),
@@ -334,7 +335,7 @@ impl Offline {
     /// all: they are free again, and go to another available resource now
     /// (or wait for the next login).
     async fn session_ended(&self, server: &Server, jid: &FullJid) {
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         let was_owner = {
             let mut flight = self.flight();
             let owned = flight.get(&bare).is_some_and(|(owner, _)| owner == jid);

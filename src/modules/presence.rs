@@ -3,6 +3,7 @@
 //! messages), updates, directed presence, subscription stanzas between
 //! users, and the unavailable broadcast when a session ends for any reason.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid, Jid};
 
 use super::blocking;
@@ -87,7 +88,7 @@ async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, stanza:
             let Some(kind) = SubscriptionKind::from_type(Some(t)) else {
                 return;
             };
-            subscription_from_client(server, origin, to.to_bare(), kind, stanza).await
+            subscription_from_client(server, origin, to.bare(), kind, stanza).await
         }
         // RFC 6121 §4.3: probes are the server's business.
         (Some(_), Some("probe")) => Ok(()),
@@ -107,7 +108,7 @@ async fn from_client(server: &Server, origin: &FullJid, to: Option<Jid>, stanza:
 /// state machine, probes answered from the recipient's roster, and
 /// everything else delivered like directed presence.
 async fn from_remote(server: &Server, from: &Jid, to: Jid, mut stanza: Element) {
-    let (user, contact) = (to.to_bare(), from.to_bare());
+    let (user, contact) = (to.bare(), from.bare());
     if user.node().is_none() {
         // Presence to the server itself has no recipient.
         return;
@@ -221,7 +222,7 @@ async fn available(server: &Server, origin: &FullJid, stanza: Element) -> Result
     let was_available = server
         .sessions
         .set_presence(origin, id, Some(kept.clone()), priority);
-    let user = origin.to_bare();
+    let user = origin.bare();
     let items = roster::items(server, &user).await?;
     broadcast(server, origin, &items, &kept).await;
     if !was_available {
@@ -357,7 +358,7 @@ async fn unavailable(
     }
     let mut kept = stanza;
     kept.remove_attr("to");
-    let items = roster::items(server, &origin.to_bare()).await?;
+    let items = roster::items(server, &origin.bare()).await?;
     broadcast(server, origin, &items, &kept).await;
     for to in server.sessions.take_directed(origin) {
         if let Ok(j) = Jid::new(&to) {
@@ -373,7 +374,7 @@ async fn unavailable(
 /// In a cluster, what goes to other nodes leaves as one bus entry per
 /// node (`cluster::grouped`).
 async fn broadcast(server: &Server, origin: &FullJid, items: &[roster::Item], presence: &Element) {
-    let user = origin.to_bare();
+    let user = origin.bare();
     crate::cluster::grouped(async {
         for item in items.iter().filter(|i| i.from()) {
             if let Ok(contact) = BareJid::new(&item.record.contact) {
@@ -450,7 +451,7 @@ async fn subscription_from_client(
     kind: SubscriptionKind,
     mut stanza: Element,
 ) -> Result<(), StorageError> {
-    let user = origin.to_bare();
+    let user = origin.bare();
     if contact == user {
         return Ok(());
     }
@@ -545,7 +546,7 @@ pub fn send_unavailable_to(server: &Server, user: &BareJid, contact: &BareJid) {
 /// A session ended (clean close, error, timeout, kill) and was unbound:
 /// if it was available, broadcast unavailable (§4.5.2).
 async fn session_ended(server: &Server, jid: &FullJid, departed: &Departed) {
-    let user = jid.to_bare();
+    let user = jid.bare();
     if departed.presence.is_some() {
         let p = Element::new("presence", NS_CLIENT).with_attr("type", "unavailable");
         match roster::items(server, &user).await {

@@ -7,6 +7,7 @@
 //! negotiation fires (the stream has no bound JID yet); the rest answers
 //! IQs like any feature.
 
+use crate::stanza::bare::Bare;
 use std::net::IpAddr;
 
 use jid::{BareJid, NodePart};
@@ -277,7 +278,7 @@ async fn answer(req: &IqRequest<'_>) -> IqOutcome {
     if req.payload.name() != "query" {
         return Err(StanzaErrorCondition::BadRequest.into());
     }
-    let account = req.from.to_bare();
+    let account = req.from.bare();
     let username = account.node().map(|n| n.as_str()).unwrap_or_default();
     if !req.is_set {
         // §3.1: an entity that is registered is told so, with its username.

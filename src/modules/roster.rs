@@ -3,6 +3,7 @@
 //! outbound (user → contact) and inbound (contact → user) subscription
 //! stanzas, as RFC 6121 Appendix A tabulates it.
 
+use crate::stanza::bare::Bare;
 use jid::BareJid;
 
 use super::{IqFuture, IqOutcome, IqRequest, IqTarget, Module};
@@ -232,7 +233,7 @@ fn handle<'a>(req: &'a IqRequest<'a>) -> IqFuture<'a> {
         if req.payload.name() != "query" {
             return Err(StanzaErrorCondition::BadRequest.into());
         }
-        let user = req.from.to_bare();
+        let user = req.from.bare();
         let r = if req.is_set {
             set(req, &user).await
         } else {

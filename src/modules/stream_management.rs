@@ -15,6 +15,7 @@
 //! half-dead TCP stream): the old driver is told to let go (its takeover
 //! token) and parks the session at once; the resumer waits for that.
 
+use crate::stanza::bare::Bare;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,7 +131,7 @@ impl StreamManagementFeature {
     pub fn park(&self, server: &Arc<Server>, session: Parked) {
         let id = session.sm.id.clone();
         let wait = Duration::from_secs(session.sm.max_secs);
-        let owner = session.jid.to_bare();
+        let owner = session.jid.bare();
         // Only this session's entry: the resource may be bound anew already.
         let ours = server.sessions.session_id(&session.jid) == Some(session.session_id);
         if let Some(ext) = server.sessions.extensions(&session.jid).filter(|_| ours) {

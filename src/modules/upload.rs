@@ -13,6 +13,7 @@
 //! files go after `expire_days`, open slots after `slot_lifetime`.
 
 use crate::modules::time::unix_now as now;
+use crate::stanza::bare::Bare;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -299,7 +300,7 @@ async fn slot(server: &Server, iq: &Element, req: &Element) -> Result<Element, S
         .and_then(|f| {
             jid::BareJid::new(f)
                 .ok()
-                .or_else(|| jid::FullJid::new(f).ok().map(|j| j.to_bare()))
+                .or_else(|| jid::FullJid::new(f).ok().map(|j| j.bare()))
         })
         .ok_or(StanzaErrorCondition::Forbidden)?;
     let user = from

@@ -16,6 +16,7 @@
 //! presence. Directed presence is not re-sent (XEP-0398 §5.1 leaves that
 //! to the client).
 
+use crate::stanza::bare::Bare;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -129,7 +130,7 @@ impl Feature for VcardUpdate {
                 origin: Origin::Session(full),
                 stanza,
                 ..
-            } if stanza.attr("type").is_none() => match self.cached(full.to_bare().as_str()) {
+            } if stanza.attr("type").is_none() => match self.cached(full.bare().as_str()) {
                 Some(photo) => {
                     apply(stanza, &photo);
                     Some(Verdict::Continue)
@@ -159,11 +160,11 @@ impl Feature for VcardUpdate {
                     stanza,
                     ..
                 } => {
-                    let photo = self.load(server, &full.to_bare()).await;
+                    let photo = self.load(server, &full.bare()).await;
                     apply(stanza, &photo);
                 }
                 Event::IqSetDone { from, payload, .. } => {
-                    let account = from.to_bare();
+                    let account = from.bare();
                     let new = if payload.is("vCard", vcard::NS) {
                         photo_of_vcard(payload)
                     } else {

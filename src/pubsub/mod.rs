@@ -8,6 +8,7 @@
 pub mod config;
 pub mod event;
 
+use crate::stanza::bare::Bare;
 use jid::Jid;
 
 use crate::modules::{xml_for_storage, xml_from_storage};
@@ -250,7 +251,7 @@ impl Service<'_> {
 
     /// The affiliation the owner gave `jid` on a node ("none" if none).
     pub async fn affiliation(&self, node: &str, jid: &Jid) -> Result<String, StanzaError> {
-        let bare = jid.to_bare().to_string();
+        let bare = jid.bare().to_string();
         Ok(self
             .store
             .pubsub_affiliations(self.domain, self.username, node)
@@ -319,7 +320,7 @@ impl Service<'_> {
                         .pubsub_subscribers(self.domain, self.username, node)
                         .await
                         .map_err(internal)?
-                        .contains(&who.jid.to_bare().to_string())
+                        .contains(&who.jid.bare().to_string())
             }
             PublishModel::Open => affiliation != "outcast",
         };
@@ -428,7 +429,7 @@ impl Service<'_> {
             Some(id) if id.len() > 256 => return Err(Cond::NotAcceptable.into()),
             _ => new_item_id(),
         };
-        let publisher = who.jid.to_bare().to_string();
+        let publisher = who.jid.bare().to_string();
         self.store
             .pubsub_item_put(
                 self.domain,
@@ -640,7 +641,7 @@ impl Service<'_> {
 
     /// §5.6: the requester's subscriptions on this service.
     async fn own_subscriptions(&self, who: &Requester<'_>) -> Outcome {
-        let bare = who.jid.to_bare().to_string();
+        let bare = who.jid.bare().to_string();
         let mut subs = Element::new("subscriptions", NS);
         for (node, jid) in self
             .store
@@ -669,7 +670,7 @@ impl Service<'_> {
                 .collect()
         } else {
             self.store
-                .pubsub_affiliations_of(self.domain, self.username, &who.jid.to_bare().to_string())
+                .pubsub_affiliations_of(self.domain, self.username, &who.jid.bare().to_string())
                 .await
                 .map_err(internal)?
         };
@@ -870,7 +871,7 @@ impl Service<'_> {
             return Err(Cond::ResourceConstraint.into());
         }
         for a in entries {
-            let jid = parse_jid(a.attr("jid"))?.to_bare();
+            let jid = parse_jid(a.attr("jid"))?.bare();
             let affiliation = a.attr("affiliation").unwrap_or_default();
             if !matches!(affiliation, "member" | "publisher" | "outcast" | "none") {
                 return Err(Cond::BadRequest.into());
@@ -918,7 +919,7 @@ fn subscriber_jid(who: &Requester<'_>, verb: &Element) -> Result<Jid, StanzaErro
         None => return Err(error(Cond::BadRequest, "jid-required")),
         Some(j) => Jid::new(j).map_err(|_| error(Cond::BadRequest, "invalid-jid"))?,
     };
-    if jid.to_bare() != who.jid.to_bare() {
+    if jid.bare() != who.jid.bare() {
         return Err(error(Cond::BadRequest, "invalid-jid"));
     }
     Ok(jid)

@@ -1,6 +1,8 @@
 //! Stanza vocabulary: the three stanza kinds, RFC 6120 stream-error and
 //! stanza-error conditions as closed enums, and error replies.
 
+pub mod bare;
+
 use crate::xml::{Element, NS_CLIENT, NS_STREAMS};
 
 /// Namespace of stream error conditions (RFC 6120 §4.9.3).

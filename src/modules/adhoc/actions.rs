@@ -2,6 +2,7 @@
 //! call these, and so can the admin socket (`waxwing ctl`), so a client
 //! and a shell change the same things the same way.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, Jid};
 
 use crate::accounts;
@@ -38,7 +39,7 @@ pub fn local_account(server: &Server, text: &str) -> ActionResult<BareJid> {
             format!("{text} is not an account of this server"),
         ));
     }
-    Ok(jid.to_bare())
+    Ok(jid.bare())
 }
 
 fn parts(jid: &BareJid) -> (&str, &str) {
@@ -147,13 +148,13 @@ pub async fn change_password(server: &Server, jid: &BareJid, password: String) -
 /// Ends a session (full JID) or every session of an account (bare JID)
 /// with a `policy-violation` stream error; how many were ended.
 pub fn end_sessions(server: &Server, jid: &Jid) -> usize {
-    let bare = jid.to_bare();
+    let bare = jid.bare();
     let ended: Vec<_> = server
         .sessions
         .list()
         .into_iter()
         .filter(|s| {
-            s.jid.to_bare() == bare
+            s.jid.bare() == bare
                 && jid
                     .resource()
                     .is_none_or(|r| r.as_str() == s.jid.resource().as_str())
@@ -173,7 +174,7 @@ pub fn online_users(server: &Server, host: &str) -> Vec<BareJid> {
         .sessions
         .list()
         .into_iter()
-        .map(|s| s.jid.to_bare())
+        .map(|s| s.jid.bare())
         .filter(|b| b.domain().as_str() == host)
         .collect();
     users.dedup();

@@ -3,6 +3,7 @@
 //! the XEP's, so clients' admin menus (Gajim, Psi) find them. Each command
 //! shows one form and acts on its submission through [`super::actions`].
 
+use crate::stanza::bare::Bare;
 use jid::Jid;
 
 use super::actions;
@@ -34,7 +35,7 @@ const MAX_JIDS: usize = 100;
 
 /// Is `requester` named in `[admin] admins`?
 pub fn is_admin(server: &Server, requester: &Jid) -> bool {
-    let bare = requester.to_bare();
+    let bare = requester.bare();
     server
         .config()
         .admin
@@ -407,7 +408,7 @@ pub async fn run(
                 let bare = actions::local_account(server, &j)?;
                 // Keeps the resource of a full JID: it ends that one session.
                 let jid = Jid::new(j.trim()).map_err(|_| StanzaErrorCondition::JidMalformed)?;
-                debug_assert_eq!(jid.to_bare(), bare);
+                debug_assert_eq!(jid.bare(), bare);
                 targets.push(jid);
             }
             let ended: usize = targets

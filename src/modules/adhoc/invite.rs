@@ -14,6 +14,7 @@
 //! (administrators are not counted); spent and expired invitations are
 //! purged a bounded batch at a time as new ones are made.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, Jid};
 
 use super::admin::is_admin;
@@ -64,7 +65,7 @@ pub async fn run(
     requester: &Jid,
     submitted: Option<&Element>,
 ) -> Result<Stage, StanzaError> {
-    let bare = requester.to_bare();
+    let bare = requester.bare();
     match (node, submitted) {
         (INVITE, _) => {
             let accounts =

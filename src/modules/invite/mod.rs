@@ -16,6 +16,7 @@
 
 pub mod token;
 
+use crate::stanza::bare::Bare;
 use std::net::IpAddr;
 
 use jid::{BareJid, Jid};
@@ -217,8 +218,8 @@ impl Feature for Invitations {
                     // From a local user, a remote server's or a component's:
                     // XEP-0379 invitees may live anywhere.
                     let from = match origin {
-                        Origin::Session(full) => full.to_bare(),
-                        other => other.sender().to_bare(),
+                        Origin::Session(full) => full.bare(),
+                        other => other.sender().bare(),
                     };
                     if stanza.attr("type") == Some("subscribe") && from.node().is_some() {
                         if let Some(token) = stanza
@@ -348,7 +349,7 @@ pub async fn register_with(
 /// out; the token's use is taken and `to`'s side pre-approves, so the
 /// presence module answers the request at once.
 async fn preapprove(server: &Server, from: &BareJid, to: &Jid, token: &str) {
-    let to = to.to_bare();
+    let to = to.bare();
     if !token::well_formed(token) || !server.is_local_domain(to.domain().as_str()) {
         return;
     }

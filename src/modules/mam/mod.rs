@@ -20,6 +20,7 @@ pub mod prefs;
 pub mod query;
 mod writer;
 
+use crate::stanza::bare::Bare;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
@@ -221,7 +222,7 @@ impl Mam {
         stanza: &mut Element,
     ) {
         let from = origin.sender();
-        let peer = from.to_bare();
+        let peer = from.bare();
         // Which archives keep it: the recipient's, and (from a local
         // session) the sender's. A message to oneself is one message,
         // archived once; a session origin is the sender, `peer`.
@@ -297,8 +298,8 @@ impl Mam {
 
     /// Archives a message a local user sent, in their own archive.
     async fn archive_outgoing(&self, server: &Server, from: &FullJid, to: &Jid, stanza: &Element) {
-        let user = from.to_bare();
-        let peer = to.to_bare();
+        let user = from.bare();
+        let peer = to.bare();
         if !self.keeps(server, &user, peer.as_str()).await {
             return;
         }
@@ -337,7 +338,7 @@ impl Mam {
         let Ok(requester) = req.from.clone().try_into_full() else {
             return Err(StanzaErrorCondition::Forbidden.into());
         };
-        let user = requester.to_bare();
+        let user = requester.bare();
         let server = req.server;
         let config = &server.config().mam;
         match (req.payload.name(), req.is_set) {

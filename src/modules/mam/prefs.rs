@@ -2,6 +2,7 @@
 //! default mode and JIDs always or never archived, one document per user
 //! in the key-value store, cached.
 
+use crate::stanza::bare::Bare;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -104,7 +105,7 @@ impl Prefs {
                 for j in l.children().filter(|c| c.is("jid", NS_MAM)) {
                     let jid = Jid::new(j.text().trim())
                         .map_err(|_| StanzaError::from(StanzaErrorCondition::JidMalformed))?;
-                    let bare = jid.to_bare().to_string();
+                    let bare = jid.bare().to_string();
                     if !out.contains(&bare) {
                         out.push(bare);
                     }

@@ -2,6 +2,7 @@
 //! form and the RSM set parsed into a [`Query`], run as one page read and
 //! exact counts, answered with result messages and a `<fin/>`.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid, Jid};
 use time::format_description::well_known::Rfc3339;
 
@@ -85,7 +86,7 @@ pub fn parse(
                 }
                 "with" => {
                     let jid = Jid::new(&single(field)?).map_err(|_| bad("'with' is not a JID"))?;
-                    filter.peer = Some(jid.to_bare().to_string());
+                    filter.peer = Some(jid.bare().to_string());
                     if let Some(r) = jid.resource() {
                         filter.resource = Some(r.as_str().to_string());
                     }

@@ -5,6 +5,7 @@
 //! 104/172/173 notices, 322 when a room becomes members-only) and
 //! destruction with reason and alternate venue.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid};
 
 use super::config::Whois;
@@ -35,7 +36,7 @@ pub fn room_iq(
 ) -> Outcome {
     // §10.1.3: until its owner configures it, the room is there for its
     // owners only.
-    if room.locked && room.affiliation(&from.to_bare()) != Affiliation::Owner {
+    if room.locked && room.affiliation(&from.bare()) != Affiliation::Owner {
         return err(StanzaErrorCondition::ItemNotFound);
     }
     match (payload.ns(), is_set) {
@@ -147,7 +148,7 @@ fn disco_items(room: &Room, from: &FullJid) -> Element {
 
 /// The requester's affiliation and role.
 fn standing(room: &Room, from: &FullJid) -> (Affiliation, Role) {
-    let aff = room.affiliation(&from.to_bare());
+    let aff = room.affiliation(&from.bare());
     let role = room.occupant_of(from).map(|o| o.role).unwrap_or(Role::None);
     (aff, role)
 }
@@ -267,7 +268,7 @@ fn admin_set(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, payload: &Eleme
             let Some(jid) = item
                 .attr("jid")
                 .and_then(|j| jid::Jid::new(j).ok())
-                .map(|j| j.to_bare())
+                .map(|j| j.bare())
             else {
                 return err(StanzaErrorCondition::BadRequest);
             };
@@ -409,7 +410,7 @@ fn affiliation_changed(
 
 /// §10.2: the configuration form, for owners.
 fn owner_get(ctx: &Ctx<'_>, room: &Room, from: &FullJid) -> Outcome {
-    if room.affiliation(&from.to_bare()) != Affiliation::Owner {
+    if room.affiliation(&from.bare()) != Affiliation::Owner {
         return err(StanzaErrorCondition::Forbidden);
     }
     Ok(Some(
@@ -419,7 +420,7 @@ fn owner_get(ctx: &Ctx<'_>, room: &Room, from: &FullJid) -> Outcome {
 
 /// §10.1–10.2: a submitted or cancelled configuration; §10.9 destroy.
 fn owner_set(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, payload: &Element) -> Outcome {
-    if room.affiliation(&from.to_bare()) != Affiliation::Owner {
+    if room.affiliation(&from.bare()) != Affiliation::Owner {
         return err(StanzaErrorCondition::Forbidden);
     }
     if let Some(d) = payload.get_child("destroy", NS_OWNER) {

@@ -6,6 +6,7 @@
 //! (they wait on the database) and deliver their results themselves.
 //! The room's every use of the archive is in this file.
 
+use crate::stanza::bare::Bare;
 use std::sync::Arc;
 
 use jid::{BareJid, FullJid, Jid};
@@ -124,7 +125,7 @@ pub fn row(room: &BareJid, nick: &str, id: String, ts: i64, stanza: &Element) ->
 /// members and up in a members-only one (§XEP-0313 6.1.2 leaves it to
 /// the room's access rules).
 pub fn may_query(room: &Room, from: &FullJid) -> bool {
-    let aff = room.affiliation(&from.to_bare());
+    let aff = room.affiliation(&from.bare());
     if room.config.members_only {
         aff >= Affiliation::Member
     } else {

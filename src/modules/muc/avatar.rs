@@ -8,6 +8,7 @@
 //! The vCard is held serialized (bounded by `[muc] max_avatar_bytes`)
 //! and written with the room's other rows when the room is persistent.
 
+use crate::stanza::bare::Bare;
 use base64::Engine;
 use jid::FullJid;
 
@@ -89,7 +90,7 @@ pub fn iq(
             .unwrap_or_else(|| Element::new("vCard", NS_VCARD));
         return Ok(Some(card));
     }
-    if room.affiliation(&from.to_bare()) != Affiliation::Owner {
+    if room.affiliation(&from.bare()) != Affiliation::Owner {
         return Err(StanzaError::with_text(
             StanzaErrorCondition::Forbidden,
             "only owners set the room's vCard",

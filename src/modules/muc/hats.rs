@@ -8,6 +8,7 @@
 //! with the room's configuration text (`hat=` lines), so a persistent
 //! room keeps them across restarts. At most `[muc] max_hats` per room.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid};
 
 use super::presence::{announce, Announcement};
@@ -68,7 +69,7 @@ pub fn hats_of(room: &Room, real: &BareJid) -> Option<Element> {
 /// The commands an owner sees in the room's command list (disco#items of
 /// node `http://jabber.org/protocol/commands`).
 pub fn command_items(room: &Room, from: &FullJid) -> Vec<Element> {
-    if room.affiliation(&from.to_bare()) != Affiliation::Owner {
+    if room.affiliation(&from.bare()) != Affiliation::Owner {
         return Vec::new();
     }
     [(DON, "Assign a hat"), (DOFF, "Remove a hat")]
@@ -109,7 +110,7 @@ pub fn command(
     if node != DON && node != DOFF {
         return Err(StanzaErrorCondition::ItemNotFound.into());
     }
-    if room.affiliation(&from.to_bare()) != Affiliation::Owner {
+    if room.affiliation(&from.bare()) != Affiliation::Owner {
         return Err(StanzaErrorCondition::Forbidden.into());
     }
     let session = command
@@ -153,7 +154,7 @@ pub fn command(
     let bad = |t: &str| StanzaError::with_text(StanzaErrorCondition::BadRequest, t);
     let jid = field(form, "accountjid")
         .and_then(|j| jid::Jid::new(&j).ok())
-        .map(|j| j.to_bare())
+        .map(|j| j.bare())
         .ok_or_else(|| bad("accountjid must be a JID"))?;
     let uri = field(form, "hat").unwrap_or_default();
     if uri.is_empty() || uri.len() > MAX_TEXT {

@@ -4,6 +4,7 @@
 //! occupants, the subject, mediated invitations and declines, and the
 //! history a joiner gets (§7.2.14, with XEP-0203 delays).
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid, Jid};
 
 use super::config::AllowPm;
@@ -302,7 +303,7 @@ fn invitations(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
         let Some(to) = decline.attr("to").and_then(|t| Jid::new(t).ok()) else {
             return refuse(ctx, stanza, StanzaErrorCondition::BadRequest);
         };
-        let mut d = Element::new("decline", NS_USER).with_attr("from", from.to_bare().as_str());
+        let mut d = Element::new("decline", NS_USER).with_attr("from", from.bare().as_str());
         if let Some(r) = decline.get_child("reason", NS_USER) {
             d.append_child(r.clone());
         }
@@ -344,7 +345,7 @@ fn invitations(ctx: &mut Ctx<'_>, room: &mut Room, from: &FullJid, stanza: &Elem
     }
     for (to, reason) in targets {
         if room.config.members_only {
-            let bare = to.to_bare();
+            let bare = to.bare();
             if room.affiliation(&bare) == Affiliation::None
                 && room.affiliations.len() < ctx.limits.max_affiliations
             {

@@ -4,6 +4,7 @@
 //! /321/322/332/333 (removed: kicked, banned, affiliation, members-only,
 //! shutdown, technical), with the item each viewer may see.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid};
 
 use super::fanout::Prepared;
@@ -180,7 +181,7 @@ pub fn check_nick(ctx: &Ctx<'_>, nick: &str) -> Result<(), StanzaError> {
 /// §10.1.1: may `from` create a room, by the service's `create` policy?
 /// The service's admins always may.
 pub fn may_create(ctx: &Ctx<'_>, from: &FullJid) -> bool {
-    let bare = from.to_bare();
+    let bare = from.bare();
     let listed = |l: &[String]| l.iter().any(|j| BareJid::new(j).is_ok_and(|j| j == bare));
     if listed(&ctx.limits.admins) {
         return true;
@@ -220,7 +221,7 @@ pub fn available(
     if let Err(e) = check_nick(ctx, nick) {
         return refuse(ctx, &to_nick, from, e);
     }
-    let real = from.to_bare();
+    let real = from.bare();
     let aff = room.affiliation(&real);
     let x = stanza.get_child("x", NS_MUC);
     let existing = room.occupants.get(nick);
@@ -558,7 +559,7 @@ pub fn not_joined(ctx: &mut Ctx<'_>, room: &Room, from: &FullJid, nick: &str) {
             Element::new("x", NS_USER)
                 .with_child(
                     Element::new("item", NS_USER)
-                        .with_attr("affiliation", room.affiliation(&from.to_bare()).as_str())
+                        .with_attr("affiliation", room.affiliation(&from.bare()).as_str())
                         .with_attr("role", "none"),
                 )
                 .with_child(Element::new("status", NS_USER).with_attr("code", "110"))

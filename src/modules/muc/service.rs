@@ -5,6 +5,7 @@
 //! (`persist`). The service's own disco (§6.1–6.3, the room list paged
 //! by `room_list`) and unique room names (§10.1.4) are answered here.
 
+use crate::stanza::bare::Bare;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -193,7 +194,7 @@ impl Service {
             && to.resource().is_some()
             && matches!(stanza.attr("type"), Some("result" | "error"))
         {
-            if let Some(room) = self.rooms.get_mut(to.to_bare().as_str()) {
+            if let Some(room) = self.rooms.get_mut(to.bare().as_str()) {
                 super::iq_relay::answered(server, room, &from, &stanza);
             }
             return;
@@ -202,7 +203,7 @@ impl Service {
         let Ok(from) = from.try_into_full() else {
             return reply_error(server, &stanza, StanzaErrorCondition::NotAcceptable.into());
         };
-        let key = to.to_bare().as_str().to_string();
+        let key = to.bare().as_str().to_string();
         if stanza.name() == "iq"
             && to.resource().is_none()
             && matches!(stanza.attr("type"), Some("get" | "set"))
@@ -259,7 +260,7 @@ impl Service {
                 // An affiliated user's nick is remembered (mentions).
                 if let Some(room) = rooms.get_mut(&key) {
                     if let Some(n) = room.nick_of(&from) {
-                        super::persist::remember_nick(room, from.to_bare().as_str(), &n);
+                        super::persist::remember_nick(room, from.bare().as_str(), &n);
                     }
                 }
             }
@@ -569,7 +570,7 @@ fn presence_to_room(
         };
         let mut room = Room::new(jid, RoomConfig::new(ctx.limits));
         room.locked = true;
-        room.set_affiliation(&from.to_bare(), Affiliation::Owner, String::new());
+        room.set_affiliation(&from.bare(), Affiliation::Owner, String::new());
         rooms.insert(key.to_string(), room);
         created = true;
     }
@@ -611,7 +612,7 @@ fn iq_to_room(
         // A locked room's vCard is its owners' too (admin::room_iq says
         // item-not-found to the others).
         None if super::avatar::is_vcard(payload)
-            && (!room.locked || room.affiliation(&from.to_bare()) == Affiliation::Owner) =>
+            && (!room.locked || room.affiliation(&from.bare()) == Affiliation::Owner) =>
         {
             super::avatar::iq(ctx, room, from, is_set, payload)
         }

@@ -4,6 +4,7 @@
 //! which `ver` each full JID announced last. PEP notifications go to the
 //! resources whose features include `<node>+notify` (XEP-0163 §4.2.1).
 
+use crate::stanza::bare::Bare;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -70,7 +71,7 @@ impl ContactCaps {
         max_queries: usize,
     ) -> Announced {
         let mut inner = self.lock();
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         let resource = jid.resource().as_str();
         let is_new = !inner
             .by_bare
@@ -131,7 +132,7 @@ impl ContactCaps {
     /// `jid` went unavailable (or its session ended).
     pub fn forget(&self, jid: &FullJid) {
         let mut inner = self.lock();
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         let Some(m) = inner.by_bare.get_mut(&bare) else {
             return;
         };
@@ -148,7 +149,7 @@ impl ContactCaps {
         let inner = self.lock();
         let ver = &inner
             .by_bare
-            .get(&jid.to_bare())?
+            .get(&jid.bare())?
             .get(jid.resource().as_str())?
             .ver;
         inner.by_ver.get(ver).cloned()
@@ -159,7 +160,7 @@ impl ContactCaps {
         let inner = self.lock();
         let Some(seen) = inner
             .by_bare
-            .get(&jid.to_bare())
+            .get(&jid.bare())
             .and_then(|m| m.get(jid.resource().as_str()))
         else {
             return false;
@@ -190,7 +191,7 @@ impl ContactCaps {
         let mut inner = self.lock();
         inner
             .by_bare
-            .get_mut(&jid.to_bare())
+            .get_mut(&jid.bare())
             .and_then(|m| m.get_mut(jid.resource().as_str()))
             .is_some_and(|s| s.served.insert(owner.clone()))
     }

@@ -5,6 +5,7 @@
 //! the access model decides); a node it may not see is answered as one
 //! that does not exist, so node names do not leak.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, Jid};
 
 use super::{service, Asker};
@@ -27,7 +28,7 @@ fn internal(e: crate::storage::StorageError) -> StanzaError {
 
 /// disco#items at `owner`'s bare JID: the nodes `from` may see.
 pub async fn items(server: &Server, owner: &BareJid, from: &Jid, is_owner: bool) -> IqOutcome {
-    let asker = Asker::of(server, owner, &from.to_bare(), is_owner).await?;
+    let asker = Asker::of(server, owner, &from.bare(), is_owner).await?;
     let who = asker.requester(from);
     let svc = service(server, owner);
     let mut q = Element::new("query", NS_ITEMS);
@@ -56,7 +57,7 @@ pub async fn node_info(
     let Some(config) = svc.node(node).await.map_err(internal)? else {
         return Err(StanzaErrorCondition::ItemNotFound.into());
     };
-    let asker = Asker::of(server, owner, &from.to_bare(), is_owner).await?;
+    let asker = Asker::of(server, owner, &from.bare(), is_owner).await?;
     if !svc.may_see(&asker.requester(from), node, &config).await {
         return Err(StanzaErrorCondition::ItemNotFound.into());
     }

@@ -9,6 +9,7 @@ pub mod caps;
 pub mod disco;
 mod notify;
 
+use crate::stanza::bare::Bare;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -188,8 +189,8 @@ impl Feature for Pep {
                     }
                 }
                 let owner = match iq.attr("to") {
-                    Some(to) => Jid::new(to).ok().map(|j| j.to_bare()),
-                    None => Some(from.to_bare()),
+                    Some(to) => Jid::new(to).ok().map(|j| j.bare()),
+                    None => Some(from.bare()),
                 };
                 if let (Some(owner), Some((node, jid))) = (owner, subscription_of(payload)) {
                     notify::subscribed(server, &owner, node, &jid).await;
@@ -217,7 +218,7 @@ impl Pep {
         let (from, owner) = match (origin, to) {
             (Origin::Session(full), None) => (full.clone(), None),
             (Origin::Remote { from }, Some(to)) => match from.clone().try_into_full() {
-                Ok(full) if to.node().is_some() => (full, Some(to.to_bare())),
+                Ok(full) if to.node().is_some() => (full, Some(to.bare())),
                 _ => return,
             },
             _ => return,
@@ -376,8 +377,8 @@ impl Asker {
 /// The account an IQ is for: its `to`, or the sender's own without one.
 fn owner_of(req: &IqRequest<'_>) -> Option<BareJid> {
     match req.iq.attr("to") {
-        Some(to) => Jid::new(to).ok().map(|j| j.to_bare()),
-        None => Some(req.from.to_bare()),
+        Some(to) => Jid::new(to).ok().map(|j| j.bare()),
+        None => Some(req.from.bare()),
     }
 }
 
@@ -390,7 +391,7 @@ async fn handle_iq(req: &IqRequest<'_>) -> crate::feature::iq::IqOutcome {
         return Err(StanzaErrorCondition::JidMalformed.into());
     };
     let is_owner = req.target == IqTarget::Account { own: true };
-    let asker = Asker::of(server, &owner, &req.from.to_bare(), is_owner).await?;
+    let asker = Asker::of(server, &owner, &req.from.bare(), is_owner).await?;
     let who = asker.requester(req.from);
     let mut changes = Vec::new();
     let answer = service(server, &owner)

@@ -1,6 +1,7 @@
 //! Who hears of a change to a personal node, and the last items a
 //! resource gets when it becomes available (XEP-0163 §4.3).
 
+use crate::stanza::bare::Bare;
 use std::collections::HashSet;
 
 use jid::{BareJid, FullJid, Jid};
@@ -117,7 +118,7 @@ async fn recipients(
         let Ok(jid) = Jid::new(&s) else {
             continue;
         };
-        if !bares.contains(&jid.to_bare()) {
+        if !bares.contains(&jid.bare()) {
             out.push(jid);
         }
     }
@@ -132,7 +133,7 @@ pub async fn last_items_on_presence(server: &Server, from: &FullJid, owner: Opti
     let owners = match owner {
         Some(o) => vec![o],
         None => {
-            let bare = from.to_bare();
+            let bare = from.bare();
             let mut owners = vec![bare.clone()];
             if let Ok(items) = roster::items(server, &bare).await {
                 owners.extend(
@@ -158,7 +159,7 @@ pub async fn last_items_to(server: &Server, to: &FullJid, owners: &[BareJid]) {
     let Some(features) = pep.caps().features(to) else {
         return;
     };
-    let bare = to.to_bare();
+    let bare = to.bare();
     for owner in owners {
         if !pep.caps().serve(to, owner) {
             continue;

@@ -23,6 +23,7 @@ mod notification;
 mod publisher;
 mod remote_disable;
 
+use crate::stanza::bare::Bare;
 use std::sync::Arc;
 
 use jid::{BareJid, Jid};
@@ -124,7 +125,7 @@ impl Feature for Push {
                 // for resumption counted it when it arrived or when it was
                 // parked. (One without stream management was connected
                 // when it arrived, as far as anyone knew.)
-                let rerouted = matches!(origin, Origin::Session(s) if s.to_bare() == **to);
+                let rerouted = matches!(origin, Origin::Session(s) if s.bare() == **to);
                 // Only what offline storage kept is waiting for the user;
                 // a group chat message is never kept, but the room's
                 // archive has it for the client that wakes up.
@@ -150,14 +151,14 @@ impl Feature for Push {
                 jid,
                 unacknowledged,
             } if still_awaiting_resumption(server, jid) => {
-                self.unacknowledged(server, &jid.to_bare(), unacknowledged)
+                self.unacknowledged(server, &jid.bare(), unacknowledged)
             }
             Event::SubscriptionRequest { user, .. } if !any_attached(server, user) => {
                 self.publisher
                     .notify(server, user, Unseen::SubscriptionRequest);
             }
             Event::SessionBound { jid } | Event::SessionResumed { jid, .. } => {
-                self.publisher.seen(&jid.to_bare());
+                self.publisher.seen(&jid.bare());
             }
             Event::AccountDeleted { user } => {
                 self.publisher.seen(user);
@@ -179,7 +180,7 @@ impl Feature for Push {
             let Some((node, jid)) = remote_disable::affiliation_removed(stanza) else {
                 return Verdict::Continue;
             };
-            let user = to.to_bare();
+            let user = to.bare();
             if remote_disable::disable(server, origin.sender(), &user, node, jid).await {
                 self.publisher.forget_account_errors(&user);
                 // Told to the server, not to the user's clients.
@@ -285,7 +286,7 @@ impl Push {
         if !req.is_set {
             return Err(StanzaErrorCondition::BadRequest.into());
         }
-        let account = req.from.to_bare();
+        let account = req.from.bare();
         let (domain, user) = (
             account.domain().as_str(),
             account.node().map(|n| n.as_str()).unwrap_or_default(),

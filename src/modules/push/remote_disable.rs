@@ -9,6 +9,7 @@
 //! Such a message is the server's business and goes no further; one
 //! that does not match a registration is routed like any other.
 
+use crate::stanza::bare::Bare;
 use jid::{BareJid, Jid};
 
 use crate::server::Server;
@@ -40,7 +41,7 @@ pub fn affiliation_removed(message: &Element) -> Option<(&str, &str)> {
 /// Removes `user`'s registration at `from` for `node` if `from` is its app
 /// server and `jid` the user; true if one was removed.
 pub async fn disable(server: &Server, from: &Jid, user: &BareJid, node: &str, jid: &str) -> bool {
-    if Jid::new(jid).map(|j| j.to_bare()).ok().as_ref() != Some(user) {
+    if Jid::new(jid).map(|j| j.bare()).ok().as_ref() != Some(user) {
         return false;
     }
     let (domain, username) = (
@@ -57,7 +58,7 @@ pub async fn disable(server: &Server, from: &Jid, user: &BareJid, node: &str, ji
     // The sender is the registered service itself (a component or a
     // remote server can only send from its own domain).
     let Some(reg) = registrations.iter().find(|r| {
-        r.node == node && (r.service == from.as_str() || r.service == from.to_bare().as_str())
+        r.node == node && (r.service == from.as_str() || r.service == from.bare().as_str())
     }) else {
         return false;
     };

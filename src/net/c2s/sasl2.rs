@@ -6,6 +6,7 @@
 //! `<success/>`. The rules are in `stream::sasl2`.
 
 use crate::modules::time::unix_now as now;
+use crate::stanza::bare::Bare;
 use jid::{BareJid, FullJid};
 
 use super::session::Attached;
@@ -587,7 +588,7 @@ impl<S: ClientStream> Connection<S> {
             if !config.location.is_empty() {
                 enabled.set_attr("location", &config.location);
             }
-            feature.attach(&id, a.jid.to_bare(), a.takeover.clone());
+            feature.attach(&id, a.jid.bare(), a.takeover.clone());
         }
         a.w.sm = Some(StreamManagement::new(id, resumable, max));
         a.w.extensions

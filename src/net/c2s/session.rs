@@ -5,6 +5,7 @@
 //! client to resume from a new connection; any other ends for good, and
 //! what it never got is re-routed.
 
+use crate::stanza::bare::Bare;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -421,7 +422,7 @@ impl<S: ClientStream> Connection<S> {
                         enabled.set_attr("location", &config.location);
                     }
                     if let Some(f) = feature {
-                        f.attach(&id, a.jid.to_bare(), a.takeover.clone());
+                        f.attach(&id, a.jid.bare(), a.takeover.clone());
                     }
                 }
                 a.w.sm = Some(StreamManagement::new(id, resumable, max));
