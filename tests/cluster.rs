@@ -1002,6 +1002,32 @@ async fn add_users(users: &[&String]) {
     store.close().await;
 }
 
+/// What most two-node tests start from: a key prefix of their own (its
+/// keys deleted when done), two accounts named `{a}{tag}` and `{b}{tag}`,
+/// and nodes n1 and n2 on the local Redis.
+struct TwoNodes {
+    prefix: String,
+    users: (String, String),
+    // Before the keys: the nodes stop first, then their keys go.
+    nodes: Vec<Node>,
+    _keys: RedisKeys,
+}
+
+async fn two_nodes(a: &str, b: &str) -> TwoNodes {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let keys = RedisKeys(prefix.clone());
+    let users = (format!("{a}{tag}"), format!("{b}{tag}"));
+    add_users(&[&users.0, &users.1]).await;
+    let nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    TwoNodes {
+        prefix,
+        users,
+        nodes,
+        _keys: keys,
+    }
+}
+
 /// A stanza for a node that is no longer alive is not appended to its
 /// inbox (which may have been drained already: it would never be read)
 /// but re-routed by the sender. The sender's replica still names node n9
@@ -1011,12 +1037,9 @@ async fn add_users(users: &[&String]) {
 /// resource, re-routed, and n9's inbox is never made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stanza_for_a_node_no_longer_alive_is_rerouted_not_lost() {
-    let tag = rand::random::<u32>();
-    let prefix = format!("wxtest-{tag}");
-    let _keys = RedisKeys(prefix.clone());
-    let (alice, bob) = (format!("da{tag}"), format!("db{tag}"));
-    add_users(&[&alice, &bob]).await;
-    let _nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    let setup = two_nodes("da", "db").await;
+    let (prefix, _nodes) = (&setup.prefix, &setup.nodes);
+    let (alice, bob) = setup.users.clone();
     let b_bare = format!("{bob}@{DOMAIN}");
     let mut a = Client::login(_nodes[0].c2s, &alice, "pw", Some("a1")).await;
     let mut b = Client::login(_nodes[1].c2s, &bob, "pw", Some("real")).await;
@@ -1405,12 +1428,9 @@ async fn a_presence_broadcast_is_one_bus_entry_per_node() {
 /// (`<received/>`, `<sent/>`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carbons_reach_a_resource_on_another_node() {
-    let tag = rand::random::<u32>();
-    let prefix = format!("wxtest-{tag}");
-    let _keys = RedisKeys(prefix.clone());
-    let (alice, bob) = (format!("ka{tag}"), format!("kb{tag}"));
-    add_users(&[&alice, &bob]).await;
-    let nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    let setup = two_nodes("ka", "kb").await;
+    let nodes = &setup.nodes;
+    let (alice, bob) = setup.users.clone();
     let (a_bare, b_bare) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
     let mut b = Client::login(nodes[0].c2s, &bob, "pw", Some("b1")).await;
     let mut a1 = Client::login_without_presence(nodes[0].c2s, &alice, "pw", Some("a1")).await;
@@ -1475,12 +1495,9 @@ async fn carbons_reach_a_resource_on_another_node() {
 /// a pending request she was shown at login, shown again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_kept_behind_a_new_session_on_another_node_reaches_it() {
-    let tag = rand::random::<u32>();
-    let prefix = format!("wxtest-{tag}");
-    let _keys = RedisKeys(prefix.clone());
-    let (alice, carol) = (format!("oa{tag}"), format!("oc{tag}"));
-    add_users(&[&alice, &carol]).await;
-    let nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    let setup = two_nodes("oa", "oc").await;
+    let (prefix, nodes) = (&setup.prefix, &setup.nodes);
+    let (alice, carol) = setup.users.clone();
     let (a_bare, c_bare) = (format!("{alice}@{DOMAIN}"), format!("{carol}@{DOMAIN}"));
     let mut events = redis::Client::open(redis_url())
         .unwrap()

@@ -363,9 +363,11 @@ impl RemoteSessions for Cluster {
             match tokio::time::timeout(self.ttl, self.engine.publish(&notice)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(%user, error = %e, "cluster: offline notice not announced")
+                    tracing::warn!(%user, error = %e, "cluster: kept-for-later notice not announced")
                 }
-                Err(_) => tracing::warn!(%user, "cluster: offline notice not announced in time"),
+                Err(_) => {
+                    tracing::warn!(%user, "cluster: kept-for-later notice not announced in time")
+                }
             }
         })
     }

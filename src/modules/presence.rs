@@ -163,10 +163,13 @@ async fn subscription_to_local(
         Inbound::Deliver => {
             send_to_resources(server, user, &stanza);
             if kind == SubscriptionKind::Subscribe {
-                if server.sessions.available_resources(user).is_empty() {
-                    // Kept for the user's next initial presence, which
-                    // may have come already on another node of a cluster
-                    // that this one does not know of yet.
+                // Kept for the user's next initial presence, which may
+                // have come already on another node of a cluster that this
+                // one does not know of yet. A single server has no one to
+                // tell: the resource list is not even looked at then.
+                if server.sessions.cluster_node().is_some()
+                    && server.sessions.available_resources(user).is_empty()
+                {
                     server
                         .sessions
                         .announce_kept_for_later(user, Kept::SubscriptionRequest)
