@@ -211,11 +211,12 @@ async fn route(server: &Server, origin: Origin<'_>, kind: StanzaKind, mut stanza
         to_server(server, origin, kind, &stanza).await;
         return;
     }
+    let mut serialized = None;
     if kind == StanzaKind::Message && server.features.wants(EventKind::LocalDelivery) {
-        local_delivery(server, origin, &to.bare(), &mut stanza).await;
+        serialized = local_delivery(server, origin, &to.bare(), &mut stanza).await;
     }
     match to.try_into_full() {
-        Ok(full) => to_full(server, origin, kind, &full, stanza).await,
+        Ok(full) => to_full(server, origin, kind, &full, stanza, serialized).await,
         Err(bare) => to_bare(server, origin, kind, &bare, stanza).await,
     }
 }
@@ -233,11 +234,40 @@ async fn presence_event(
 
 /// Lets the features change a message for a local account before any
 /// resource or storage gets it (the archive's stanza-id); free when none
-/// listens.
-async fn local_delivery(server: &Server, origin: Origin<'_>, to: &BareJid, stanza: &mut Element) {
+/// listens. Returns the message serialized for its recipient if a feature
+/// had those bytes at hand.
+async fn local_delivery(
+    server: &Server,
+    origin: Origin<'_>,
+    to: &BareJid,
+    stanza: &mut Element,
+) -> Option<Bytes> {
+    let mut serialized = None;
     if server.features.wants(EventKind::LocalDelivery) {
-        let mut event = Event::LocalDelivery { origin, to, stanza };
+        let mut event = Event::LocalDelivery {
+            origin,
+            to,
+            stanza,
+            serialized: &mut serialized,
+        };
         server.features.fire(server, &mut event).await;
+    }
+    serialized
+}
+
+/// The stanza to queue for a session, with the bytes a feature already
+/// made of it (`Event::LocalDelivery`) when there are some.
+fn out_stanza(stanza: Element, serialized: Option<Bytes>) -> std::sync::Arc<OutStanza> {
+    match serialized {
+        Some(bytes) => {
+            debug_assert_eq!(
+                bytes,
+                Bytes::from(stanza.to_bytes(crate::xml::NS_CLIENT)),
+                "a feature's bytes for a stanza are not the stanza's"
+            );
+            OutStanza::with_bytes(stanza, bytes)
+        }
+        None => OutStanza::new(stanza),
     }
 }
 
@@ -489,8 +519,9 @@ async fn to_full(
     kind: StanzaKind,
     to: &FullJid,
     stanza: Element,
+    serialized: Option<Bytes>,
 ) {
-    let data = OutStanza::new(stanza);
+    let data = out_stanza(stanza, serialized);
     let sent = server.sessions.send_to_full(to, data.clone());
     let Some(stanza) = data.element() else {
         return;

@@ -53,6 +53,17 @@ impl OutStanza {
         })
     }
 
+    /// `element` with its serialization in `jabber:client` made already
+    /// (the caller vouches that they match).
+    pub fn with_bytes(element: Element, bytes: Bytes) -> Arc<OutStanza> {
+        Arc::new(OutStanza {
+            bytes,
+            element: std::sync::OnceLock::from(Some(element)),
+            queued_at: unix_now(),
+            stored_id: None,
+        })
+    }
+
     /// A stanza already serialized (`jabber:client` as default namespace).
     pub fn serialized(bytes: Bytes) -> Arc<OutStanza> {
         Arc::new(OutStanza {

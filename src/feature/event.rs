@@ -199,6 +199,12 @@ pub enum Event<'a> {
         origin: Origin<'a>,
         to: &'a BareJid,
         stanza: &'a mut Element,
+        /// `stanza` as its recipient gets it (serialized with
+        /// `jabber:client` as the default namespace), when a feature
+        /// had the bytes at hand: the router then does not serialize it
+        /// again. A feature that changes `stanza` sets it anew or clears
+        /// it; debug builds check it against `stanza` on delivery.
+        serialized: &'a mut Option<bytes::Bytes>,
     },
     /// A message for the local account `to` reached none of its
     /// resources, and what became of it is settled: offline storage kept

@@ -14,6 +14,7 @@
 //! what was handed over before (`Feature::flushed`).
 
 pub mod cleanup;
+mod delivered;
 pub mod eligible;
 pub mod id;
 pub mod prefs;
@@ -162,8 +163,13 @@ impl Feature for Mam {
     fn on_event<'a>(&'a self, server: &'a Server, event: &'a mut Event<'_>) -> HookFuture<'a> {
         Box::pin(async move {
             match event {
-                Event::LocalDelivery { origin, to, stanza } => {
-                    self.archive_local(server, *origin, to, stanza).await;
+                Event::LocalDelivery {
+                    origin,
+                    to,
+                    stanza,
+                    serialized,
+                } => {
+                    **serialized = self.archive_local(server, *origin, to, stanza).await;
                 }
                 Event::MessageSent { from, to, stanza } => {
                     self.archive_outgoing(server, from, to, stanza).await;
@@ -213,14 +219,16 @@ impl Mam {
 
     /// Archives a message for the local account `to`, and stamps it with
     /// the archive's id; from a local user, in the sender's archive too,
-    /// in the same commit (one commit per message, not two).
+    /// in the same commit (one commit per message, not two). Returns the
+    /// stanza as its recipient gets it, made from the archive's bytes
+    /// (`delivered`), when it could be.
     async fn archive_local(
         &self,
         server: &Server,
         origin: Origin<'_>,
         to: &BareJid,
         stanza: &mut Element,
-    ) {
+    ) -> Option<bytes::Bytes> {
         let from = origin.sender();
         let peer = from.bare();
         // Which archives keep it: the recipient's, and (from a local
@@ -234,7 +242,7 @@ impl Mam {
             None => false,
         };
         if !incoming && !outgoing {
-            return;
+            return None;
         }
         // Both rows hold the same stanza, serialized once (before the
         // stanza-id is added: the sender's copy must not carry it).
@@ -278,9 +286,15 @@ impl Mam {
         self.write(server, &rows).await;
         // The rows borrow the stanza's `to`; done with before it changes.
         drop(rows);
-        if let Some((id, _)) = &ids[0] {
-            stanza.append_child(eligible::stanza_id(to.as_str(), id.as_str()));
+        let stamp = ids[0]
+            .as_ref()
+            .map(|(id, _)| eligible::stanza_id(to.as_str(), id.as_str()));
+        // What the recipient gets, from the bytes at hand.
+        let serialized = delivered::from_stored(&payload, stanza, stamp.as_ref());
+        if let Some(stamp) = stamp {
+            stanza.append_child(stamp);
         }
+        serialized
     }
 
     /// Nothing is kept for an account that does not exist (a remote

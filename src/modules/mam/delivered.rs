@@ -1,0 +1,106 @@
+//! The bytes a recipient gets, made from the bytes the archive keeps.
+//!
+//! Why (issue #11): an archived chat message was serialized twice on the
+//! routing thread, once for the archive (`xml_for_storage`: the root
+//! carries `xmlns='jabber:client'`) and once more for the recipient's
+//! stream (`OutStanza::new`: `jabber:client` is the stream's default, so
+//! the root has no `xmlns`), each time walking and escaping the whole
+//! tree. The two differ only in that root `xmlns` and in the
+//! `<stanza-id/>` appended after the archive's copy was taken; the
+//! children are written alike, since both see `jabber:client` as their
+//! default namespace. So the recipient's bytes are the archive's with the
+//! `xmlns` cut out and the `<stanza-id/>` written in before the end tag.
+
+use bytes::Bytes;
+
+use crate::xml::{Element, NS_CLIENT};
+
+/// How the archive's serialization of a `jabber:client` message begins.
+const STORED_START: &[u8] = b"<message xmlns='jabber:client'";
+const END: &[u8] = b"</message>";
+
+/// `stanza` as `OutStanza::new` would write it once `added` (if any) is
+/// appended to it, from `stored`: `stanza` as `xml_for_storage` wrote it
+/// before. None when `stanza` is not a plain `jabber:client` message with
+/// children (the router then serializes it as usual).
+pub fn from_stored(stored: &str, stanza: &Element, added: Option<&Element>) -> Option<Bytes> {
+    if stanza.ns() != NS_CLIENT || stanza.name() != "message" {
+        return None;
+    }
+    let stored = stored.as_bytes();
+    let rest = stored.strip_prefix(STORED_START)?;
+    // The start tag goes on with an attribute or ends; anything else
+    // means the `xmlns` written was not the one expected.
+    if !matches!(rest.first(), Some(b' ' | b'>')) {
+        return None;
+    }
+    let inner = rest.strip_suffix(END)?;
+    let added_len = added.map_or(0, |a| a.written_len_hint(NS_CLIENT));
+    let mut out = Vec::with_capacity(b"<message".len() + inner.len() + added_len + END.len());
+    out.extend_from_slice(b"<message");
+    out.extend_from_slice(inner);
+    if let Some(a) = added {
+        a.write_to(&mut out, NS_CLIENT);
+    }
+    out.extend_from_slice(END);
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::mam::eligible::stanza_id;
+
+    fn parse(xml: &str) -> Element {
+        crate::modules::xml_from_storage(xml, 16).unwrap().remove(0)
+    }
+
+    /// What the router would have written, for each kind of message.
+    #[test]
+    fn the_recipients_bytes_are_what_the_router_would_write() {
+        for xml in [
+            "<message to='juliet@capulet.lit/balcony' type='chat' id='a1'><body>Art thou not Romeo?</body></message>",
+            "<message to='juliet@capulet.lit' from='romeo@montague.lit/orchard'><body>a &amp; b &lt; c \"d\" 'e'</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "<message><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'><key rid='2'>AAAA</key></header><payload>BBBB</payload></encrypted><store xmlns='urn:xmpp:hints'/></message>",
+            "<message to='a@b' id='x&apos;y'><body xml:lang='en'>\n tabs\tand\rreturns </body><thread>t1</thread></message>",
+        ] {
+            let stanza = parse(xml);
+            let stored = crate::modules::xml_for_storage([&stanza]);
+            let sid = stanza_id("juliet@capulet.lit", "1k1wagssh7z0yf6d4ab");
+            let made = from_stored(&stored, &stanza, Some(&sid)).expect(xml);
+            let mut stamped = stanza.clone();
+            stamped.append_child(sid);
+            assert_eq!(made, Bytes::from(stamped.to_bytes(NS_CLIENT)), "{xml}");
+
+            let made = from_stored(&stored, &stanza, None).expect(xml);
+            assert_eq!(made, Bytes::from(stanza.to_bytes(NS_CLIENT)), "{xml}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_left_to_the_router() {
+        // No children: written `<message …/>`, nothing to insert into.
+        let empty = parse("<message to='a@b'/>");
+        let stored = crate::modules::xml_for_storage([&empty]);
+        assert_eq!(from_stored(&stored, &empty, None), None);
+        // Not jabber:client (from a server-to-server stream).
+        let s2s = Element::new("message", "jabber:server")
+            .with_child(Element::new("body", "jabber:server").with_text("hi"));
+        let stored = crate::modules::xml_for_storage([&s2s]);
+        assert_eq!(from_stored(&stored, &s2s, None), None);
+        // Bytes that are not this message's storage form.
+        let m = parse("<message><body>hi</body></message>");
+        assert_eq!(
+            from_stored("<message><body>hi</body></message>", &m, None),
+            None
+        );
+        assert_eq!(
+            from_stored(
+                "<message xmlns='jabber:clientx'><body>hi</body></message>",
+                &m,
+                None
+            ),
+            None
+        );
+    }
+}
