@@ -212,6 +212,17 @@ impl Server {
         self.config.load_full()
     }
 
+    /// The configuration, for a look on a hot path: unlike [`config`]
+    /// (a clone of the `Arc`, whose count every thread shares, so each
+    /// call moves its cache line between cores), the guard touches no
+    /// shared count. Not to be held for long: a reload waits for no one,
+    /// but each thread has few guards to give before they cost a clone.
+    ///
+    /// [`config`]: Server::config
+    pub fn config_now(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// Where the configuration was read from (reloads read it again).
     pub fn config_path(&self) -> Option<std::path::PathBuf> {
         self.config_path

@@ -229,7 +229,7 @@ impl PrefsCache {
 
 /// The configured default mode.
 fn default_mode(server: &Server) -> Mode {
-    Mode::parse(&server.config().mam.default).unwrap_or(Mode::Always)
+    Mode::parse(&server.config_now().mam.default).unwrap_or(Mode::Always)
 }
 
 impl Mode {

@@ -182,8 +182,12 @@ impl Writer {
             out.element(st.bytes());
             sm.sent_one(&st);
         }
-        let max = server.config().stream_management.max_unacked;
-        let max_bytes = server.config().limits.session_queue_bytes;
+        let config = server.config_now();
+        let (max, max_bytes) = (
+            config.stream_management.max_unacked,
+            config.limits.session_queue_bytes,
+        );
+        drop(config);
         if sm.unacked_len() > max || sm.unacked_weight() > max_bytes {
             // A client that stops acknowledging is treated as gone: its
             // session waits for a resumption, holding what it did not ack.
