@@ -328,13 +328,6 @@ impl std::borrow::Borrow<str> for Account {
     }
 }
 
-/// The bare part of a full JID's text (a JID's resource starts at its
-/// first `/`, which neither node nor domain may contain).
-pub fn bare_of(jid: &FullJid) -> &str {
-    let s = jid.as_str();
-    &s[..s.len() - jid.resource().as_str().len() - 1]
-}
-
 impl SessionRegistry {
     /// Lets the registry see and reach the sessions of other nodes (once,
     /// at start; a second call is ignored).
@@ -390,7 +383,7 @@ impl SessionRegistry {
     pub fn send_to_local(&self, jid: &FullJid, data: Arc<OutStanza>) -> Result<(), DeliveryError> {
         let map = self.read();
         let r = map
-            .get(bare_of(jid))
+            .get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .ok_or(DeliveryError::Offline)?;
         queue(&r.tx, data)
@@ -438,7 +431,7 @@ impl SessionRegistry {
     /// the presence state it leaves behind (None if it was not bound, or
     /// was replaced by a newer session).
     pub fn unbind(&self, jid: &FullJid, session_id: u64) -> Option<Departed> {
-        let bare = bare_of(jid);
+        let bare = jid.bare_str();
         let mut map = self.write();
         let list = map.get_mut(bare)?;
         let i = list.iter().position(|r| r.session_id == session_id)?;
@@ -476,7 +469,7 @@ impl SessionRegistry {
     ) -> bool {
         let mut map = self.write();
         let Some(r) = map
-            .get_mut(bare_of(jid))
+            .get_mut(jid.bare_str())
             .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
         else {
             return false;
@@ -497,7 +490,7 @@ impl SessionRegistry {
     pub fn replaced_elsewhere(&self, jid: &FullJid, session: u64) {
         let old = {
             let mut map = self.write();
-            let bare = bare_of(jid);
+            let bare = jid.bare_str();
             let Some(list) = map.get_mut(bare) else {
                 return;
             };
@@ -526,7 +519,7 @@ impl SessionRegistry {
     pub fn set_carbons(&self, jid: &FullJid, on: bool) {
         let mut map = self.write();
         if let Some(r) = map
-            .get_mut(bare_of(jid))
+            .get_mut(jid.bare_str())
             .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
         {
             if r.carbons != on {
@@ -548,7 +541,7 @@ impl SessionRegistry {
     pub fn set_interested(&self, jid: &FullJid) {
         let mut map = self.write();
         if let Some(r) = map
-            .get_mut(bare_of(jid))
+            .get_mut(jid.bare_str())
             .and_then(|l| l.iter_mut().find(|r| r.resource == jid.resource().as_str()))
         {
             if !r.interested {
@@ -570,7 +563,7 @@ impl SessionRegistry {
     ) -> Result<(), DirectedFull> {
         let map = self.read();
         let Some(r) = map
-            .get(bare_of(jid))
+            .get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
         else {
             return Ok(());
@@ -608,7 +601,7 @@ impl SessionRegistry {
     /// Forgets and returns the session's directed-presence recipients.
     pub fn take_directed(&self, jid: &FullJid) -> Vec<String> {
         let map = self.read();
-        map.get(bare_of(jid))
+        map.get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .map(|r| {
                 let mut set = r.directed.lock().unwrap_or_else(|e| e.into_inner());
@@ -620,7 +613,7 @@ impl SessionRegistry {
     /// The extension data of the session bound to a full JID.
     pub fn extensions(&self, jid: &FullJid) -> Option<SessionExtensions> {
         self.read()
-            .get(bare_of(jid))
+            .get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .map(|r| r.extensions.clone())
     }
@@ -647,7 +640,7 @@ impl SessionRegistry {
     /// The connection id bound to a full JID.
     pub fn session_id(&self, jid: &FullJid) -> Option<u64> {
         self.read()
-            .get(bare_of(jid))
+            .get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .map(|r| r.session_id)
     }
@@ -709,7 +702,7 @@ impl SessionRegistry {
         {
             let map = self.read();
             if let Some(r) = map
-                .get(bare_of(jid))
+                .get(jid.bare_str())
                 .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             {
                 return queue(&r.tx, data);
@@ -733,7 +726,7 @@ impl SessionRegistry {
     ) -> Result<usize, DeliveryError> {
         let map = self.read();
         let r = map
-            .get(bare_of(jid))
+            .get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .ok_or(DeliveryError::Offline)?;
         r.tx.try_send_from(batch)
@@ -744,7 +737,7 @@ impl SessionRegistry {
     /// (a big room's presences for a joiner) that waits for room in it.
     pub fn queue_of(&self, jid: &FullJid) -> Option<QueueSender<Outbound>> {
         let map = self.read();
-        map.get(bare_of(jid))
+        map.get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
             .map(|r| r.tx.clone())
     }
@@ -752,7 +745,7 @@ impl SessionRegistry {
     /// Is this full JID bound?
     pub fn is_bound(&self, jid: &FullJid) -> bool {
         self.read()
-            .get(bare_of(jid))
+            .get(jid.bare_str())
             .is_some_and(|l| l.iter().any(|r| r.resource == jid.resource().as_str()))
     }
 
@@ -849,7 +842,7 @@ impl SessionRegistry {
     pub fn close(&self, jid: &FullJid, cond: StreamErrorCondition) {
         let map = self.read();
         if let Some(r) = map
-            .get(bare_of(jid))
+            .get(jid.bare_str())
             .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
         {
             let _ = r.tx.send_beyond_capacity(Outbound::Close(cond));

@@ -26,7 +26,8 @@ use super::bus::{
     Applied, Bus, BusResult, Change, Delivery, InboxEntry, Membership, NodeStatus, SessionDirectory,
 };
 use super::codec;
-use crate::sessions::{bare_of, ResourceState};
+use crate::sessions::ResourceState;
+use crate::stanza::bare::Bare;
 
 /// The consumer group every inbox is read through.
 const GROUP: &str = "nodes";
@@ -326,7 +327,7 @@ impl SessionDirectory for RedisCluster {
                         state,
                         claim,
                     } => {
-                        let bare = bare_of(jid);
+                        let bare = jid.bare_str();
                         pipe.cmd("EVALSHA")
                             .arg(&self.claim.sha)
                             .arg(2)
@@ -343,7 +344,7 @@ impl SessionDirectory for RedisCluster {
                         jid,
                         last_local,
                     } => {
-                        let bare = bare_of(jid);
+                        let bare = jid.bare_str();
                         pipe.cmd("EVAL")
                             .arg(DELETE_IF_NODE)
                             .arg(1)

@@ -8,7 +8,8 @@ use std::sync::{Arc, RwLock};
 use jid::FullJid;
 
 use super::bus::Change;
-use crate::sessions::{bare_of, ResourceState};
+use crate::sessions::ResourceState;
+use crate::stanza::bare::Bare;
 
 /// One remote resource.
 #[derive(Debug)]
@@ -53,7 +54,7 @@ impl Replica {
             } => self.put(&node, &jid, state),
             Change::Unbound { node, jid, .. } => {
                 let mut map = self.write();
-                let bare = bare_of(&jid);
+                let bare = jid.bare_str();
                 if let Some(list) = map.get_mut(bare) {
                     list.retain(|r| {
                         !(r.resource == jid.resource().as_str() && &*r.node == node.as_str())
@@ -73,7 +74,7 @@ impl Replica {
 
     fn put(&self, node: &str, jid: &FullJid, state: ResourceState) {
         let mut map = self.write();
-        let list = map.entry(bare_of(jid).to_string()).or_default();
+        let list = map.entry(jid.bare_str().to_string()).or_default();
         let resource = jid.resource().as_str();
         // One full JID lives on one node: the latest to bind it wins,
         // as locally.
@@ -120,7 +121,7 @@ impl Replica {
     /// The node holding `jid`, if another one does.
     pub fn node_of(&self, jid: &FullJid) -> Option<Arc<str>> {
         self.read()
-            .get(bare_of(jid))?
+            .get(jid.bare_str())?
             .iter()
             .find(|r| r.resource == jid.resource().as_str())
             .map(|r| r.node.clone())
@@ -129,7 +130,7 @@ impl Replica {
     /// Forgets a remote resource; the node that held it.
     pub fn take(&self, jid: &FullJid) -> Option<Arc<str>> {
         let mut map = self.write();
-        let bare = bare_of(jid);
+        let bare = jid.bare_str();
         let list = map.get_mut(bare)?;
         let i = list
             .iter()

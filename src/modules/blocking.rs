@@ -249,15 +249,6 @@ impl Blocklist {
     }
 }
 
-/// The bare part of a JID's normalised string, without allocating.
-fn bare_str(jid: &Jid) -> &str {
-    let s = jid.as_str();
-    match jid.resource() {
-        Some(res) => &s[..s.len() - res.as_str().len() - 1],
-        None => s,
-    }
-}
-
 /// Blocklists of recently active users, and which resources asked for theirs.
 #[derive(Debug, Default)]
 pub struct BlocklistCache {
@@ -294,13 +285,13 @@ impl BlocklistCache {
     /// first need; a storage failure is logged and counts as "not blocked",
     /// since refusing all traffic for an unreadable list would be worse.
     pub async fn blocks(&self, server: &Server, owner: &Jid, other: &Jid) -> bool {
-        if let Some(hit) = self.cached(bare_str(owner), other) {
+        if let Some(hit) = self.cached(owner.bare_str(), other) {
             return hit;
         }
         match self.load(server, owner).await {
             Ok(list) => list.blocks(other),
             Err(e) => {
-                tracing::warn!(user = %bare_str(owner), "cannot read blocklist: {e}");
+                tracing::warn!(user = %owner.bare_str(), "cannot read blocklist: {e}");
                 false
             }
         }
@@ -312,7 +303,7 @@ impl BlocklistCache {
 
     /// `owner`'s list, from memory or from the store.
     pub async fn load(&self, server: &Server, owner: &Jid) -> Result<Arc<Blocklist>, StorageError> {
-        let bare = bare_str(owner);
+        let bare = owner.bare_str();
         if let Some(l) = self.read_lists().get(bare) {
             return Ok(l.clone());
         }
@@ -363,17 +354,17 @@ impl BlocklistCache {
                 .store
                 .user_data_delete(domain, node, STORE_KEY)
                 .await?;
-            self.holders.0.removed(bare_str(owner));
+            self.holders.0.removed(owner.bare_str());
         } else {
             server
                 .store
                 .user_data_put(domain, node, STORE_KEY, &list.to_stored())
                 .await?;
-            self.holders.0.added(bare_str(owner));
+            self.holders.0.added(owner.bare_str());
         }
         let mut lists = self.write_lists();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        lists.insert(bare_str(owner).to_string(), Arc::new(list));
+        lists.insert(owner.bare_str().to_string(), Arc::new(list));
         Ok(())
     }
 
@@ -382,14 +373,14 @@ impl BlocklistCache {
     pub fn forget(&self, owner: &Jid) {
         let mut lists = self.write_lists();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        lists.remove(bare_str(owner));
-        self.holders.0.removed(bare_str(owner));
+        lists.remove(owner.bare_str());
+        self.holders.0.removed(owner.bare_str());
     }
 
     /// Records that `resource` requested the blocklist.
     fn add_interested(&self, server: &Server, resource: &FullJid) {
         let mut map = self.interested.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(bare_str(resource).to_string()).or_default();
+        let list = map.entry(resource.bare_str().to_string()).or_default();
         list.retain(|r| r != resource && server.sessions.is_bound(r));
         list.push(resource.clone());
     }
@@ -397,7 +388,7 @@ impl BlocklistCache {
     /// The bound resources of `owner` that requested the blocklist.
     fn interested(&self, server: &Server, owner: &Jid) -> Vec<FullJid> {
         let mut map = self.interested.lock().unwrap_or_else(|e| e.into_inner());
-        let bare = bare_str(owner);
+        let bare = owner.bare_str();
         let Some(list) = map.get_mut(bare) else {
             return Vec::new();
         };
@@ -470,8 +461,8 @@ fn filter_cached(
         to,
         kind,
         stanza,
-        || cache.cached(bare_str(origin), to),
-        || cache.cached(bare_str(to), origin),
+        || cache.cached(origin.bare_str(), to),
+        || cache.cached(to.bare_str(), origin),
     )
 }
 
@@ -490,7 +481,7 @@ fn decide(
     recipient_blocks: impl FnOnce() -> Option<bool>,
 ) -> Option<Filter> {
     // XEP-0191 §5: a user's own resources are never blocked from one another.
-    if bare_str(origin) == bare_str(to) {
+    if origin.bare_str() == to.bare_str() {
         return Some(Filter::Pass);
     }
     let to_local = server.route(to.domain().as_str()) == Route::Host;
@@ -512,7 +503,7 @@ fn decide(
 pub async fn is_blocked(server: &Server, owner: &Jid, other: &Jid) -> bool {
     match cache_of(server) {
         Some(cache) => {
-            bare_str(owner) != bare_str(other) && cache.blocks(server, owner, other).await
+            owner.bare_str() != other.bare_str() && cache.blocks(server, owner, other).await
         }
         None => false,
     }

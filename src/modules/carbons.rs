@@ -234,7 +234,7 @@ fn received_copies(server: &Server, account: &BareJid, resources: &[FullJid], st
 /// carbons-enabled resources get a `<sent/>` copy. A message to the own
 /// account is left to the received copies (each resource gets it once).
 fn sent_copies(server: &Server, from: &FullJid, to: &Jid, stanza: &Element) {
-    let account = crate::sessions::bare_of(from);
+    let account = from.bare_str();
     let to_own_account = to
         .as_str()
         .strip_prefix(account)

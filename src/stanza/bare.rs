@@ -11,12 +11,23 @@ use jid::{BareJid, Jid};
 
 /// The bare JID (localpart and domain) of a JID.
 pub trait Bare {
+    /// As a JID of its own.
     fn bare(&self) -> BareJid;
+    /// As text, borrowed from the JID: for a look-up, no copy at all.
+    fn bare_str(&self) -> &str;
 }
 
 impl Bare for Jid {
     fn bare(&self) -> BareJid {
         self.clone().into_bare()
+    }
+
+    fn bare_str(&self) -> &str {
+        let s = self.as_str();
+        match self.resource() {
+            Some(res) => &s[..s.len() - res.as_str().len() - 1],
+            None => s,
+        }
     }
 }
 
@@ -37,6 +48,7 @@ mod tests {
             let jid = Jid::new(s).unwrap();
             assert_eq!(jid.bare(), jid.to_bare(), "{s}");
             assert_eq!(jid.bare().as_str(), jid.to_bare().as_str(), "{s}");
+            assert_eq!(jid.bare_str(), jid.to_bare().as_str(), "{s}");
         }
         let full = FullJid::new("romeo@montague.lit/orchard").unwrap();
         assert_eq!(full.bare(), BareJid::new("romeo@montague.lit").unwrap());
