@@ -779,6 +779,58 @@ async fn preferences_after_restart_postgres() {
     preferences_after_restart(postgres_url()).await
 }
 
+/// What the archive returns is the message as it was routed: namespace,
+/// `from`, `to` (full or bare) and the rest, in the sender's archive and
+/// in the recipient's. (The archive may keep a message without its
+/// envelope and put it back on reading: storage/archive_envelope.rs.)
+async fn archived_addresses(ts: TestServer) {
+    let [a, b] = users(&ts, ["ea", "eb"]).await;
+    let mut orchard = login(&ts, &a, "orchard").await;
+    // A resource XML must escape is kept as it is.
+    let mut odd = login(&ts, &a, "o&apos;neil &amp; &lt;co&gt;").await;
+    let mut balcony = login(&ts, &b, "balcony").await;
+    let (ja, jb) = (jid(&a), jid(&b));
+    let chat = |to: &str, id: &str, body: &str| {
+        format!(
+            "<message type='chat' to='{to}' id='{id}' xml:lang='en'><body>{body}</body></message>"
+        )
+    };
+    orchard
+        .send_str(&chat(&format!("{jb}/balcony"), "m1", "to the balcony"))
+        .await;
+    orchard.barrier().await;
+    orchard.send_str(&chat(&jb, "m2", "to juliet")).await;
+    orchard.barrier().await;
+    odd.send_str(&chat(&jb, "m3", "from an odd place")).await;
+    odd.barrier().await;
+    balcony
+        .send_str(&format!(
+            "<message type='chat' to='{ja}/orchard' id='m4' xml:lang='en'><body>reply</body></message>"
+        ))
+        .await;
+    balcony.barrier().await;
+    let odd_jid = format!("{ja}/o'neil & <co>");
+    let expected = [
+        (format!("{ja}/orchard"), format!("{jb}/balcony"), "m1"),
+        (format!("{ja}/orchard"), jb.clone(), "m2"),
+        (odd_jid, jb.clone(), "m3"),
+        (format!("{jb}/balcony"), format!("{ja}/orchard"), "m4"),
+    ];
+    for c in [&mut orchard, &mut balcony] {
+        let ans = query(c, "", "").await;
+        assert_eq!(ans.count(), 4);
+        for (m, (from, to, id)) in ans.results.iter().map(forwarded).zip(&expected) {
+            assert_eq!(m.ns(), NS_CLIENT, "{}", show(m));
+            assert_eq!(m.attr("from"), Some(from.as_str()), "{}", show(m));
+            assert_eq!(m.attr("to"), Some(to.as_str()), "{}", show(m));
+            assert_eq!(m.attr("id"), Some(*id), "{}", show(m));
+            assert_eq!(m.attr("type"), Some("chat"));
+            assert_eq!(m.attr("xml:lang"), Some("en"), "{}", show(m));
+            assert_eq!(m.attrs().count(), 5, "{}", show(m));
+        }
+    }
+}
+
 macro_rules! on_both {
     ($name:ident, $sqlite:ident, $postgres:ident) => {
         #[tokio::test]
@@ -794,6 +846,7 @@ macro_rules! on_both {
 
 on_both!(paging_through_1000, paging_sqlite, paging_postgres);
 on_both!(filters, filters_sqlite, filters_postgres);
+on_both!(archived_addresses, addresses_sqlite, addresses_postgres);
 on_both!(stanza_id_on_delivery, stanza_id_sqlite, stanza_id_postgres);
 on_both!(preferences, preferences_sqlite, preferences_postgres);
 

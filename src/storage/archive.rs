@@ -562,6 +562,7 @@ mod tests {
             resource: "",
             outgoing: false,
             payload: "",
+            own_resource: None,
         };
         let rows = [
             row("ann", "bob@d"),

@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 
+use super::archive_envelope as envelope;
 use super::StorageError;
 use crate::modules::mam::id;
 
@@ -31,8 +32,17 @@ pub const MAX_ROWS: usize = 256;
 /// Encoded bytes a block stops growing at.
 pub const MAX_BYTES: usize = 64 * 1024;
 
-/// The first byte of every block: its encoding.
-const FORMAT: u8 = 1;
+/// The first byte of every block: its encoding. Format 2 added rows
+/// kept without their envelope (`archive_envelope`); format 1 blocks,
+/// written before, read alike.
+const FORMAT: u8 = 2;
+const FORMAT_1: u8 = 1;
+
+/// A row's flags byte: the owner sent it.
+const OUTGOING: u8 = 1;
+/// A row's flags byte: its payload is kept without its envelope, and the
+/// owner's resource follows the flags.
+const SPLIT: u8 = 2;
 
 /// One archived stanza inside a block, borrowed from the block's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +52,30 @@ pub struct RowView<'a> {
     pub ts: i64,
     pub resource: &'a str,
     pub outgoing: bool,
+    /// The stanza as stored: whole, or without its envelope when
+    /// `own_resource` is Some ([`RowView::stanza`] puts it back).
     pub payload: &'a str,
+    /// For a payload kept without its envelope: the owner's resource (""
+    /// for the bare JID).
+    pub own_resource: Option<&'a str>,
+}
+
+impl<'a> RowView<'a> {
+    /// The stanza, whole, for a row of the archive of `username@domain`
+    /// with `peer`.
+    pub fn stanza(&self, username: &str, domain: &str, peer: &str) -> Cow<'a, str> {
+        envelope::stanza(
+            self.payload,
+            self.own_resource,
+            &envelope::Sides {
+                username,
+                domain,
+                peer,
+                peer_resource: self.resource,
+                outgoing: self.outgoing,
+            },
+        )
+    }
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -68,12 +101,34 @@ pub fn encode_row(out: &mut Vec<u8>, row: &RowView<'_>) {
 
 /// Appends `row`'s encoding (what a block holds per stanza).
 pub(super) fn put_row(out: &mut Vec<u8>, row: &RowView<'_>) {
+    put_head(out, row, row.own_resource);
+    put_str(out, row.payload);
+}
+
+/// Appends `row`'s encoding with its payload kept as `split` (the payload
+/// without its envelope).
+pub(super) fn put_row_split(out: &mut Vec<u8>, row: &RowView<'_>, split: &envelope::Split<'_>) {
+    put_head(out, row, Some(split.own_resource));
+    put_varint(out, split.kept_len() as u64);
+    for p in split.pieces() {
+        out.extend_from_slice(p.as_bytes());
+    }
+}
+
+/// A row's encoding up to its payload.
+fn put_head(out: &mut Vec<u8>, row: &RowView<'_>, own_resource: Option<&str>) {
     put_str(out, row.id);
     // Zigzag: small magnitudes either side of zero stay short.
     put_varint(out, ((row.ts << 1) ^ (row.ts >> 63)) as u64);
     put_str(out, row.resource);
-    out.push(u8::from(row.outgoing));
-    put_str(out, row.payload);
+    let outgoing = if row.outgoing { OUTGOING } else { 0 };
+    match own_resource {
+        None => out.push(outgoing),
+        Some(r) => {
+            out.push(outgoing | SPLIT);
+            put_str(out, r);
+        }
+    }
 }
 
 /// Reads a block's bytes from the front.
@@ -113,18 +168,22 @@ impl<'a> Reader<'a> {
         let z = self.varint()?;
         let ts = ((z >> 1) as i64) ^ -((z & 1) as i64);
         let resource = self.str()?;
-        let outgoing = match self.bytes(1)?[0] {
-            0 => false,
-            1 => true,
-            _ => return None,
+        let flags = self.bytes(1)?[0];
+        if flags & !(OUTGOING | SPLIT) != 0 {
+            return None;
+        }
+        let own_resource = match flags & SPLIT {
+            0 => None,
+            _ => Some(self.str()?),
         };
         let payload = self.str()?;
         Some(RowView {
             id,
             ts,
             resource,
-            outgoing,
+            outgoing: flags & OUTGOING != 0,
             payload,
+            own_resource,
         })
     }
 }
@@ -133,7 +192,7 @@ impl<'a> Reader<'a> {
 pub fn decode(block: &[u8]) -> Result<Vec<RowView<'_>>, StorageError> {
     let corrupt = || StorageError::Invalid("archive block is corrupt".into());
     match block.first() {
-        Some(&FORMAT) => {}
+        Some(&FORMAT | &FORMAT_1) => {}
         Some(other) => {
             return Err(StorageError::Invalid(format!(
                 "archive block of unknown format {other}"
@@ -376,6 +435,7 @@ mod tests {
             resource: "phone",
             outgoing: true,
             payload,
+            own_resource: None,
         }
     }
 

@@ -5,7 +5,7 @@
 
 use super::archive::{ArchiveFilter, ArchiveKind, ArchiveOwner};
 use super::archive_block::{self as block, RowView};
-use super::archive_query::{bind_vals, Sql, StoredBlock, Val, BLOCK_COLUMNS};
+use super::archive_query::{bind_vals, Sql, StoredBlock, Val, Want, BLOCK_COLUMNS};
 use super::{StorageError, Store};
 
 impl Store {
@@ -43,6 +43,7 @@ impl Store {
                         continue;
                     };
                     r.payload = payload;
+                    r.own_resource = None;
                     sqlx::query(
                         "UPDATE archive_blocks SET rows = $3 WHERE owner_id = $1 AND first_id = $2",
                     )
@@ -209,7 +210,7 @@ impl Store {
         let keep = usize::try_from(keep).unwrap_or(usize::MAX).max(1);
         // The oldest row kept; everything before it goes.
         let newest = self
-            .archive_collect(owner_id, &ArchiveFilter::default(), true, keep, false)
+            .archive_collect(owner_id, &ArchiveFilter::default(), true, keep, Want::Ids)
             .await?;
         match newest.get(keep - 1) {
             Some(oldest_kept) => self.archive_purge(owner, Some(&oldest_kept.id)).await,
@@ -241,7 +242,7 @@ impl Store {
                         ts: r.ts,
                         resource: r.resource.to_string(),
                         outgoing: r.outgoing,
-                        payload: r.payload.to_string(),
+                        payload: r.stanza(&owner.username, &owner.domain, peer).into_owned(),
                     },
                 ));
             }

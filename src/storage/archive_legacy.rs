@@ -37,6 +37,7 @@ fn inputs(rows: &[LegacyRow]) -> Vec<BlockInput<'_>> {
                     resource,
                     outgoing: *outgoing,
                     payload,
+                    own_resource: None,
                 },
                 encoded: None,
             },

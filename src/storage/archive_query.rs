@@ -146,11 +146,22 @@ pub(super) use bind_vals;
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct StoredBlock {
     pub(super) first_id: String,
+    /// Whom the block's stanzas were exchanged with: what a stanza kept
+    /// without its envelope needs back.
+    pub(super) peer: String,
     pub(super) rows: Vec<u8>,
 }
 
 pub(super) const BLOCK_COLUMNS: &str =
-    "SELECT first_id, rows FROM archive_blocks WHERE owner_id = $1";
+    "SELECT first_id, peer, rows FROM archive_blocks WHERE owner_id = $1";
+
+/// What a query returns of each stanza it finds.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Want<'o> {
+    Ids,
+    /// The stanzas too, of this owner's archive.
+    Stanzas(&'o ArchiveOwner),
+}
 
 /// The blocks of one owner (and peer) whose first ids lie in
 /// `[from, below)`, read in first-id order a few at a time, so a query that
@@ -292,7 +303,7 @@ impl Store {
         &self,
         owner_id: i64,
         filter: &ArchiveFilter,
-        payloads: bool,
+        want: Want<'_>,
     ) -> Result<Vec<ArchivedItem>, StorageError> {
         let matcher = Matcher::of(filter);
         let mut wanted: Vec<&str> = filter.ids.iter().map(String::as_str).collect();
@@ -312,7 +323,7 @@ impl Store {
                     .into_iter()
                     .find(|r| r.id == id && matcher.matches(r))
                 {
-                    items.push(item(&r, payloads));
+                    items.push(item(&r, &b.peer, want));
                     break;
                 }
             }
@@ -330,13 +341,13 @@ impl Store {
         filter: &ArchiveFilter,
         newest_first: bool,
         limit: usize,
-        payloads: bool,
+        want: Want<'_>,
     ) -> Result<Vec<ArchivedItem>, StorageError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut items = if !filter.ids.is_empty() {
-            self.archive_by_ids(owner_id, filter, payloads).await?
+            self.archive_by_ids(owner_id, filter, want).await?
         } else {
             let matcher = Matcher::of(filter);
             let mut scan = Scan::new(
@@ -365,7 +376,7 @@ impl Store {
                 }
                 for r in block::decode(&b.rows)? {
                     if matcher.matches(&r) {
-                        items.push(item(&r, payloads));
+                        items.push(item(&r, &b.peer, want));
                     }
                 }
             }
@@ -388,8 +399,14 @@ impl Store {
         let Some(owner_id) = self.archive_owner_id(owner).await? else {
             return Ok(Vec::new());
         };
-        self.archive_collect(owner_id, filter, newest_first, limit as usize, true)
-            .await
+        self.archive_collect(
+            owner_id,
+            filter,
+            newest_first,
+            limit as usize,
+            Want::Stanzas(owner),
+        )
+        .await
     }
 
     /// The id of the `offset`th row (from 0, oldest first) matching
@@ -409,7 +426,7 @@ impl Store {
         // The last of the first `want`: the one at the offset, or the newest
         // of fewer.
         let mut ids = self
-            .archive_collect(owner_id, filter, false, want, false)
+            .archive_collect(owner_id, filter, false, want, Want::Ids)
             .await?;
         Ok(ids.pop().map(|i| i.id))
     }
@@ -430,7 +447,10 @@ impl Store {
             return Ok(n);
         }
         if !filter.ids.is_empty() {
-            return Ok(self.archive_by_ids(owner_id, filter, false).await?.len() as i64);
+            return Ok(self
+                .archive_by_ids(owner_id, filter, Want::Ids)
+                .await?
+                .len() as i64);
         }
         let matcher = Matcher::of(filter);
         if filter.resource.is_some() {
@@ -521,14 +541,13 @@ impl Store {
 }
 
 /// A query's item from a stanza of a block.
-fn item(r: &RowView<'_>, payload: bool) -> ArchivedItem {
+fn item(r: &RowView<'_>, peer: &str, want: Want<'_>) -> ArchivedItem {
     ArchivedItem {
         id: r.id.to_string(),
         ts: r.ts,
-        payload: if payload {
-            r.payload.to_string()
-        } else {
-            String::new()
+        payload: match want {
+            Want::Stanzas(o) => r.stanza(&o.username, &o.domain, peer).into_owned(),
+            Want::Ids => String::new(),
         },
     }
 }

@@ -437,6 +437,7 @@ impl Store {
                                 resource: &m.resource,
                                 outgoing: m.outgoing,
                                 payload: &m.payload,
+                                own_resource: None,
                             },
                             encoded: None,
                         });

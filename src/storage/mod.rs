@@ -22,6 +22,7 @@ mod archive;
 mod archive_batch;
 mod archive_block;
 mod archive_change;
+mod archive_envelope;
 mod archive_legacy;
 mod archive_query;
 mod archive_sqlite;

@@ -80,6 +80,7 @@ fn owner_ref(user: &BareJid) -> RowRef<'_> {
         resource: "",
         outgoing: false,
         payload: "",
+        own_resource: None,
     }
 }
 

@@ -143,10 +143,7 @@ impl Writer {
         } else if full {
             None
         } else {
-            for r in rows {
-                p.batch.push(r);
-            }
-            p.batch.end_message();
+            p.batch.push_rows(rows);
             p.last += 1;
             Some(true)
         }
@@ -340,6 +337,7 @@ mod tests {
             resource: "",
             outgoing: false,
             payload: "",
+            own_resource: None,
         };
         let mut batch = ArchiveBatch::new();
         // Messages of 2, 1, 2, 2, 1 rows.
