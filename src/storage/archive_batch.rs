@@ -13,8 +13,7 @@
 
 use std::ops::Range;
 
-use super::archive_block::{put_row, put_row_split, put_str, Reader, RowView};
-use super::archive_envelope as envelope;
+use super::archive_block::{put_row, put_str, Reader, RowView};
 use super::{ArchiveKind, ArchiveRow, StorageError};
 
 /// One archive row, borrowed: from an [`ArchiveRow`] or from a batch.
@@ -54,21 +53,6 @@ impl<'a> From<&'a ArchiveRow> for RowRef<'a> {
 }
 
 impl<'a> RowRef<'a> {
-    /// Its payload without the envelope, for a whole user's message whose
-    /// envelope the row names (`envelope`: its payload's, found already).
-    fn split(&self, envelope: Option<&envelope::Envelope<'a>>) -> Option<envelope::Split<'a>> {
-        if self.kind != ArchiveKind::User || self.own_resource.is_some() {
-            return None;
-        }
-        envelope?.split(&envelope::Sides {
-            username: self.username,
-            domain: self.domain,
-            peer: self.peer,
-            peer_resource: self.resource,
-            outgoing: self.outgoing,
-        })
-    }
-
     /// The part a block keeps.
     pub(super) fn view(&self) -> RowView<'a> {
         RowView {
@@ -97,44 +81,22 @@ impl ArchiveBatch {
         ArchiveBatch::default()
     }
 
-    /// Appends one row to the message being added; a user's chat
-    /// message goes in without its envelope where it can
-    /// (`archive_envelope`), so every copy of it made from here on, up
-    /// to the database's, is that much shorter.
+    /// Appends one row to the message being added.
     pub fn push(&mut self, r: &RowRef<'_>) {
-        let envelope = (r.kind == ArchiveKind::User && r.own_resource.is_none())
-            .then(|| envelope::parse(r.payload))
-            .flatten();
-        self.push_with(r, envelope.as_ref());
-    }
-
-    /// Appends the rows of one message and ends it. Rows with one payload
-    /// (a message archived for sender and recipient) share the search
-    /// for its envelope.
-    pub fn push_rows(&mut self, rows: &[RowRef<'_>]) {
-        let mut found: Option<(&str, Option<envelope::Envelope<'_>>)> = None;
-        for r in rows {
-            let same = found.as_ref().is_some_and(|(p, _)| {
-                std::ptr::eq(p.as_ptr(), r.payload.as_ptr()) && p.len() == r.payload.len()
-            });
-            if !same {
-                found = Some((r.payload, envelope::parse(r.payload)));
-            }
-            self.push_with(r, found.as_ref().and_then(|(_, e)| e.as_ref()));
-        }
-        self.end_message();
-    }
-
-    fn push_with(&mut self, r: &RowRef<'_>, envelope: Option<&envelope::Envelope<'_>>) {
         self.bytes.push(r.kind as u8);
         put_str(&mut self.bytes, r.domain);
         put_str(&mut self.bytes, r.username);
         put_str(&mut self.bytes, r.peer);
-        match r.split(envelope) {
-            Some(split) => put_row_split(&mut self.bytes, &r.view(), &split),
-            None => put_row(&mut self.bytes, &r.view()),
-        }
+        put_row(&mut self.bytes, &r.view());
         self.rows += 1;
+    }
+
+    /// Appends the rows of one message and ends it.
+    pub fn push_rows(&mut self, rows: &[RowRef<'_>]) {
+        for r in rows {
+            self.push(r);
+        }
+        self.end_message();
     }
 
     /// Ends the message being added (its rows stay together when a failed
@@ -294,11 +256,11 @@ mod tests {
         assert!(batch.decode().unwrap().is_empty());
     }
 
-    /// A user's chat message goes in without its envelope and reads back
-    /// whole; the same message in a room's archive goes in as it is.
+    /// A row kept without its envelope goes through the batch and a block
+    /// as it is, and reads back whole.
     #[test]
-    fn a_users_message_is_kept_without_its_envelope() {
-        let xml = "<message xmlns='jabber:client' type='chat' to='bob@d/tablet' id='m1' from='ann@d/phone'><body>hi</body></message>";
+    fn a_row_without_its_envelope_stays_so() {
+        let kept = "<message type='chat' id='m1'><body>hi</body></message>";
         let received = RowRef {
             kind: ArchiveKind::User,
             domain: "d",
@@ -308,44 +270,26 @@ mod tests {
             ts: 42,
             resource: "phone",
             outgoing: false,
-            payload: xml,
-            own_resource: None,
+            payload: kept,
+            own_resource: Some("tablet"),
         };
         let sent = RowRef {
             username: "ann",
             peer: "bob@d",
             resource: "tablet",
             outgoing: true,
-            ..received
-        };
-        let in_room = RowRef {
-            kind: ArchiveKind::Room,
+            own_resource: Some("phone"),
             ..received
         };
         let mut batch = ArchiveBatch::new();
-        // Sender's and recipient's rows share the payload's envelope.
         batch.push_rows(&[received, sent]);
-        batch.push(&in_room);
-        batch.end_message();
-        assert_eq!(batch.messages(), 2);
-        assert!(batch.size() < 3 * xml.len());
+        assert_eq!(batch.messages(), 1);
         let rows = batch.decode().unwrap();
-        let kept = "<message type='chat' id='m1'><body>hi</body></message>";
-        assert_eq!(
-            (rows[0].payload, rows[0].own_resource),
-            (kept, Some("tablet"))
-        );
-        assert_eq!(
-            (rows[1].payload, rows[1].own_resource),
-            (kept, Some("phone"))
-        );
-        assert_eq!(rows[2], in_room);
+        assert_eq!(rows, vec![received, sent]);
         let whole = "<message xmlns='jabber:client' from='ann@d/phone' to='bob@d/tablet' type='chat' id='m1'><body>hi</body></message>";
-        for r in &rows[..2] {
+        for r in &rows {
             assert_eq!(r.view().stanza(r.username, r.domain, r.peer), whole);
         }
-        let r = &rows[2];
-        assert_eq!(r.view().stanza(r.username, r.domain, r.peer), xml);
         // Encoded again (the pool's path), a row stays as it was read.
         let mut block = Vec::new();
         super::super::archive_block::encode_row(&mut block, &rows[0].view());

@@ -105,16 +105,6 @@ pub(super) fn put_row(out: &mut Vec<u8>, row: &RowView<'_>) {
     put_str(out, row.payload);
 }
 
-/// Appends `row`'s encoding with its payload kept as `split` (the payload
-/// without its envelope).
-pub(super) fn put_row_split(out: &mut Vec<u8>, row: &RowView<'_>, split: &envelope::Split<'_>) {
-    put_head(out, row, Some(split.own_resource));
-    put_varint(out, split.kept_len() as u64);
-    for p in split.pieces() {
-        out.extend_from_slice(p.as_bytes());
-    }
-}
-
 /// A row's encoding up to its payload.
 fn put_head(out: &mut Vec<u8>, row: &RowView<'_>, own_resource: Option<&str>) {
     put_str(out, row.id);

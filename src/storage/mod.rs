@@ -43,6 +43,7 @@ pub use archive::{
     ArchiveConn, ArchiveFilter, ArchiveKind, ArchiveOwner, ArchiveRow, ArchivedItem,
 };
 pub use archive_batch::{ArchiveBatch, RowRef};
+pub use archive_block::RowView;
 pub use clients::{ClientRecord, FastToken};
 pub use import::{ImportCounts, ImportUser, Tally};
 pub use invites::InviteRecord;

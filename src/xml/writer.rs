@@ -149,6 +149,7 @@ fn write_start<'a>(
     e: &'a Element,
     scope_ns: &'a str,
     prefix: Option<&str>,
+    omit: &[&str],
     out: &mut Vec<u8>,
 ) -> &'a str {
     out.push(b'<');
@@ -169,7 +170,7 @@ fn write_start<'a>(
     for (k, v) in &e.attrs {
         // `xmlns` is the element's namespace, written above; a stray one set by hand
         // would make a duplicate attribute.
-        if k != "xmlns" {
+        if k != "xmlns" && !omit.contains(&&**k) {
             write_attr(out, k, v);
         }
     }
@@ -198,7 +199,21 @@ impl Element {
     /// Elements in [`NS_STREAMS`] are written with the `stream:` prefix and no `xmlns`
     /// (the stream header declares it). An attribute named exactly `xmlns` is skipped.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
-        self.write_tree(out, parent_ns, None)
+        self.write_tree(out, parent_ns, None, &[]);
+    }
+
+    /// Serialize as [`write_to`](Self::write_to), without the attributes
+    /// of this element (not its children) named in `omit`; returns the
+    /// length of its start tag. What the archive keeps of a message
+    /// without its envelope (`modules::mam::envelope`).
+    pub fn write_omitting(&self, out: &mut Vec<u8>, parent_ns: &str, omit: &[&str]) -> usize {
+        self.write_tree(out, parent_ns, None, omit)
+    }
+
+    /// Write this element's start tag alone (`<name …>`, or `<name …/>`
+    /// without children), as [`write_to`](Self::write_to) begins.
+    pub fn write_start_tag(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        write_start(self, parent_ns, prefix_of(self, None), &[], out);
     }
 
     /// Serialize as [`write_to`](Self::write_to), but this element (not its
@@ -206,14 +221,23 @@ impl Element {
     /// namespace: dialback elements are written `<db:result/>`, as some
     /// servers (ejabberd) recognise them only by that name.
     pub fn write_prefixed_to(&self, out: &mut Vec<u8>, parent_ns: &str, prefix: &str) {
-        self.write_tree(out, parent_ns, Some(prefix))
+        self.write_tree(out, parent_ns, Some(prefix), &[]);
     }
 
-    fn write_tree(&self, out: &mut Vec<u8>, parent_ns: &str, root_prefix: Option<&str>) {
+    /// Writes the tree; returns the length of the root's start tag.
+    fn write_tree(
+        &self,
+        out: &mut Vec<u8>,
+        parent_ns: &str,
+        root_prefix: Option<&str>,
+        omit: &[&str],
+    ) -> usize {
         let root_prefix = prefix_of(self, root_prefix);
-        let child_ns = write_start(self, parent_ns, root_prefix, out);
+        let start = out.len();
+        let child_ns = write_start(self, parent_ns, root_prefix, omit, out);
+        let start_tag = out.len() - start;
         if self.children.is_empty() {
-            return;
+            return start_tag;
         }
         // An explicit stack instead of recursion: depth is bounded for parsed trees,
         // but not for trees built in code. Stanzas are shallow: it stays on
@@ -229,7 +253,7 @@ impl Element {
                 }
                 Some(Node::Element(child)) => {
                     top.1 += 1;
-                    let inner = write_start(child, scope, prefix_of(child, None), out);
+                    let inner = write_start(child, scope, prefix_of(child, None), &[], out);
                     if !child.children.is_empty() {
                         stack.push((child, 0, inner));
                     }
@@ -245,6 +269,7 @@ impl Element {
                 }
             }
         }
+        start_tag
     }
 
     /// Serialize into a new buffer; see [`write_to`](Self::write_to).

@@ -46,6 +46,35 @@ pub fn from_stored(stored: &str, stanza: &Element, added: Option<&Element>) -> O
     Some(Bytes::from(out))
 }
 
+/// `stanza` as `OutStanza::new` would write it once `added` (if any) is
+/// appended to it, from `kept`: `stanza` as the archive keeps it without
+/// its envelope (`envelope.rs`), whose start tag is `start_tag` bytes
+/// long. The start tag is written again, whole, from the stanza; the rest
+/// is copied. None when `stanza` has no children (nothing to insert into).
+pub fn from_kept(
+    kept: &str,
+    start_tag: usize,
+    stanza: &Element,
+    added: Option<&Element>,
+) -> Option<Bytes> {
+    if stanza.ns() != NS_CLIENT || stanza.name() != "message" {
+        return None;
+    }
+    let inner = kept.as_bytes().get(start_tag..)?.strip_suffix(END)?;
+    let added_len = added.map_or(0, |a| a.written_len_hint(NS_CLIENT));
+    let mut out = Vec::with_capacity(start_tag + 64 + inner.len() + added_len + END.len());
+    stanza.write_start_tag(&mut out, NS_CLIENT);
+    if out.last() != Some(&b'>') || out.ends_with(b"/>") {
+        return None;
+    }
+    out.extend_from_slice(inner);
+    if let Some(a) = added {
+        a.write_to(&mut out, NS_CLIENT);
+    }
+    out.extend_from_slice(END);
+    Some(Bytes::from(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +104,45 @@ mod tests {
             let made = from_stored(&stored, &stanza, None).expect(xml);
             assert_eq!(made, Bytes::from(stanza.to_bytes(NS_CLIENT)), "{xml}");
         }
+    }
+
+    /// From a message kept without its envelope: the same bytes.
+    #[test]
+    fn the_recipients_bytes_from_a_message_without_its_envelope() {
+        for xml in [
+            "<message to='juliet@capulet.lit/balcony' type='chat' id='a1' from='romeo@montague.lit/orchard'><body>Art thou not Romeo?</body></message>",
+            "<message to='juliet@capulet.lit' from='romeo@montague.lit/orchard' xml:lang='en'><body>a &amp; b &lt; c</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        ] {
+            let stanza = parse(xml);
+            let w = super::super::envelope::write(
+                &stanza,
+                "romeo@montague.lit",
+                "orchard",
+                "juliet@capulet.lit",
+                super::super::resource_of(stanza.attr("to").unwrap()).as_ref(),
+            );
+            let cut = w.cut.expect(xml);
+            let sid = stanza_id("juliet@capulet.lit", "1k1wagssh7z0yf6d4ab");
+            let made = from_kept(&w.payload, cut.start_tag, &stanza, Some(&sid)).expect(xml);
+            let mut stamped = stanza.clone();
+            stamped.append_child(sid);
+            assert_eq!(made, Bytes::from(stamped.to_bytes(NS_CLIENT)), "{xml}");
+            let made = from_kept(&w.payload, cut.start_tag, &stanza, None).expect(xml);
+            assert_eq!(made, Bytes::from(stanza.to_bytes(NS_CLIENT)), "{xml}");
+        }
+        // A wrong start tag length, or no children: left to the router.
+        let stanza = parse("<message to='a@b' from='c@d'><body>x</body></message>");
+        let w = super::super::envelope::write(&stanza, "c@d", "", "a@b", "");
+        assert_eq!(
+            from_kept(&w.payload, w.payload.len() + 1, &stanza, None),
+            None
+        );
+        let empty = parse("<message to='a@b' from='c@d'/>");
+        let w = super::super::envelope::write(&empty, "c@d", "", "a@b", "");
+        assert_eq!(
+            from_kept(&w.payload, w.cut.unwrap().start_tag, &empty, None),
+            None
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod cleanup;
 mod delivered;
 pub mod eligible;
+mod envelope;
 pub mod id;
 pub mod prefs;
 pub mod query;
@@ -246,13 +247,18 @@ impl Mam {
             return None;
         }
         // Both rows hold the same stanza, serialized once (before the
-        // stanza-id is added: the sender's copy must not carry it).
-        let payload = crate::modules::xml_for_storage([&*stanza]);
-        let to_resource = if outgoing {
-            resource_of(stanza.attr("to").unwrap_or_default())
-        } else {
-            Cow::Borrowed("")
-        };
+        // stanza-id is added: the sender's copy must not carry it), without
+        // its envelope where the rows name it (envelope.rs).
+        let from_resource = from.resource().map(|r| r.as_str()).unwrap_or_default();
+        let to_resource = resource_of(stanza.attr("to").unwrap_or_default());
+        let written = envelope::write(
+            stanza,
+            peer.as_str(),
+            from_resource,
+            to.as_str(),
+            &to_resource,
+        );
+        let payload = written.payload.as_str();
         let mut ids = [None, None];
         let mut rows: [Option<RowRef<'_>>; 2] = [None, None];
         if incoming {
@@ -266,9 +272,10 @@ impl Mam {
                 peer: peer.as_str(),
                 id: id.as_str(),
                 ts: *ts,
-                resource: from.resource().map(|r| r.as_str()).unwrap_or_default(),
+                resource: from_resource,
                 outgoing: false,
-                payload: &payload,
+                payload,
+                own_resource: written.cut.map(|c| c.to_resource),
                 ..owner_ref(to)
             });
         }
@@ -279,19 +286,25 @@ impl Mam {
                 ts: *ts,
                 resource: &to_resource,
                 outgoing: true,
-                payload: &payload,
+                payload,
+                own_resource: written.cut.map(|c| c.from_resource),
                 ..owner_ref(user)
             });
         }
         let rows: smallvec::SmallVec<[RowRef<'_>; 2]> = rows.into_iter().flatten().collect();
         self.write(server, &rows).await;
-        // The rows borrow the stanza's `to`; done with before it changes.
-        drop(rows);
         let stamp = ids[0]
             .as_ref()
             .map(|(id, _)| eligible::stanza_id(to.as_str(), id.as_str()));
         // What the recipient gets, from the bytes at hand.
-        let serialized = delivered::from_stored(&payload, stanza, stamp.as_ref());
+        let serialized = match written.cut {
+            Some(cut) => delivered::from_kept(payload, cut.start_tag, stanza, stamp.as_ref()),
+            None => delivered::from_stored(payload, stanza, stamp.as_ref()),
+        };
+        // The rows and the cut borrow the stanza; done with before it changes.
+        drop(rows);
+        drop(written);
+        drop(to_resource);
         if let Some(stamp) = stamp {
             stanza.append_child(stamp);
         }
