@@ -41,7 +41,7 @@ pub struct Sides<'a> {
     pub outgoing: bool,
 }
 
-/// The stanza a row without its envelope holds: `kept` (the text [`split`]
+/// The stanza a row without its envelope holds: `kept` (the text its writer
 /// kept, starting `<message`) with the envelope of `sides` and
 /// `own_resource` put back. None if `kept` is not such a text.
 pub fn restore(kept: &str, own_resource: &str, sides: &Sides<'_>) -> Option<String> {
