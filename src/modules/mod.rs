@@ -157,6 +157,13 @@ pub fn xml_for_storage<'a>(elements: impl IntoIterator<Item = &'a Element>) -> S
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// The one element of `xml`, parsed as [`xml_from_storage`] does: what
+/// unit tests build their stanzas from.
+#[cfg(test)]
+pub fn parsed(xml: &str) -> crate::xml::Element {
+    xml_from_storage(xml, 16).unwrap().remove(0)
+}
+
 /// Parses what [`xml_for_storage`] wrote. `max_depth` is the stanza depth
 /// limit the payloads were accepted under; None if the text is not such
 /// XML (the store was edited by hand, or is corrupt).

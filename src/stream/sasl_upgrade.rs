@@ -125,9 +125,7 @@ pub fn salted_password(el: &Element, hash: ScramHash) -> Result<Vec<u8>, SaslErr
 mod tests {
     use super::*;
 
-    fn parse(xml: &str) -> Element {
-        crate::modules::xml_from_storage(xml, 16).unwrap().remove(0)
-    }
+    use crate::modules::parsed as parse;
 
     #[test]
     fn task_names_round_trip_and_refuse_plus() {

@@ -30,7 +30,9 @@ mod tests;
 
 pub use element::{Element, Node};
 pub use parser::{ParseError, ParserLimits, StreamEvent, StreamHeader, StreamParser};
-pub use writer::{escape_attr, escape_text, write_stream_end, write_stream_header};
+pub use writer::{
+    attr_needs_no_escaping, escape_attr, escape_text, write_stream_end, write_stream_header,
+};
 
 /// Heap bytes one allocation of `bytes` really takes, for the parser's memory
 /// budget: a general-purpose allocator (glibc's, for one) adds an 8-byte header,

@@ -29,7 +29,12 @@ pub fn escape_text(s: &str, out: &mut Vec<u8>) {
 /// carriage return become character references because attribute-value normalization
 /// would otherwise turn them into spaces.
 pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
-    escape_with(s, out, |b| match b {
+    escape_with(s, out, attr_reference);
+}
+
+/// What [`escape_attr`] writes for `b`, if not `b` itself.
+fn attr_reference(b: u8) -> Option<&'static [u8]> {
+    match b {
         b'&' => Some(b"&amp;"),
         b'<' => Some(b"&lt;"),
         b'>' => Some(b"&gt;"),
@@ -39,7 +44,12 @@ pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
         b'\n' => Some(b"&#xA;"),
         b'\r' => Some(b"&#xD;"),
         _ => None,
-    });
+    }
+}
+
+/// Whether [`escape_attr`] writes `s` as it is.
+pub fn attr_needs_no_escaping(s: &str) -> bool {
+    s.bytes().all(|b| attr_reference(b).is_none())
 }
 
 /// Copy unescaped runs in one go; most text needs no escaping at all.

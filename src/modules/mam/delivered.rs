@@ -35,15 +35,25 @@ pub fn from_stored(stored: &str, stanza: &Element, added: Option<&Element>) -> O
         return None;
     }
     let inner = rest.strip_suffix(END)?;
-    let added_len = added.map_or(0, |a| a.written_len_hint(NS_CLIENT));
-    let mut out = Vec::with_capacity(b"<message".len() + inner.len() + added_len + END.len());
+    let mut out = Vec::with_capacity(b"<message".len() + inner.len() + tail_len(added));
     out.extend_from_slice(b"<message");
+    Some(finish(out, inner, added))
+}
+
+/// Bytes after the children: `added` and the end tag.
+fn tail_len(added: Option<&Element>) -> usize {
+    added.map_or(0, |a| a.written_len_hint(NS_CLIENT)) + END.len()
+}
+
+/// `out` (a start tag) with the children's bytes `inner`, `added` and the
+/// end tag.
+fn finish(mut out: Vec<u8>, inner: &[u8], added: Option<&Element>) -> Bytes {
     out.extend_from_slice(inner);
     if let Some(a) = added {
         a.write_to(&mut out, NS_CLIENT);
     }
     out.extend_from_slice(END);
-    Some(Bytes::from(out))
+    Bytes::from(out)
 }
 
 /// `stanza` as `OutStanza::new` would write it once `added` (if any) is
@@ -57,22 +67,14 @@ pub fn from_kept(
     stanza: &Element,
     added: Option<&Element>,
 ) -> Option<Bytes> {
-    if stanza.ns() != NS_CLIENT || stanza.name() != "message" {
+    if stanza.ns() != NS_CLIENT || stanza.name() != "message" || stanza.nodes().is_empty() {
         return None;
     }
     let inner = kept.as_bytes().get(start_tag..)?.strip_suffix(END)?;
-    let added_len = added.map_or(0, |a| a.written_len_hint(NS_CLIENT));
-    let mut out = Vec::with_capacity(start_tag + 64 + inner.len() + added_len + END.len());
+    // The whole start tag is at most a few attributes longer than the kept one.
+    let mut out = Vec::with_capacity(start_tag + 64 + inner.len() + tail_len(added));
     stanza.write_start_tag(&mut out, NS_CLIENT);
-    if out.last() != Some(&b'>') || out.ends_with(b"/>") {
-        return None;
-    }
-    out.extend_from_slice(inner);
-    if let Some(a) = added {
-        a.write_to(&mut out, NS_CLIENT);
-    }
-    out.extend_from_slice(END);
-    Some(Bytes::from(out))
+    Some(finish(out, inner, added))
 }
 
 #[cfg(test)]
@@ -80,9 +82,7 @@ mod tests {
     use super::*;
     use crate::modules::mam::eligible::stanza_id;
 
-    fn parse(xml: &str) -> Element {
-        crate::modules::xml_from_storage(xml, 16).unwrap().remove(0)
-    }
+    use crate::modules::parsed as parse;
 
     /// What the router would have written, for each kind of message.
     #[test]

@@ -75,9 +75,7 @@ pub fn stanza_id(by: &str, id: &str) -> Element {
 mod tests {
     use super::*;
 
-    fn parse(xml: &str) -> Element {
-        crate::modules::xml_from_storage(xml, 16).unwrap().remove(0)
-    }
+    use crate::modules::parsed as parse;
 
     #[test]
     fn the_rules() {

@@ -17,7 +17,7 @@
 //! each bare or with the resource the rows record, and hold no character
 //! the writer would escape (the envelope is put back as it is).
 
-use crate::xml::{Element, NS_CLIENT};
+use crate::xml::{attr_needs_no_escaping, Element, NS_CLIENT};
 
 /// The root attributes a kept message is written without (`xmlns` is left
 /// out by writing it in `jabber:client`'s scope).
@@ -51,13 +51,6 @@ fn resource_after<'a>(jid: &'a str, bare: &str) -> Option<&'a str> {
     }
 }
 
-/// Written into an attribute as it is: no byte the writer escapes there.
-fn plain(value: &str) -> bool {
-    !value
-        .bytes()
-        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"' | b'\t' | b'\n' | b'\r'))
-}
-
 /// `stanza` as the archive of `sender` and of `recipient` (bare JIDs)
 /// keeps it. `from_resource` and `to_resource` are the resources the
 /// rows record for its `from` and `to` ("" for none): the envelope is cut
@@ -77,7 +70,7 @@ pub(super) fn write<'s>(
         let (from, to) = (stanza.attr("from")?, stanza.attr("to")?);
         let from_res = resource_after(from, sender).filter(|r| *r == from_resource)?;
         let to_res = resource_after(to, recipient).filter(|r| *r == to_resource)?;
-        (plain(from) && plain(to)).then_some((from_res, to_res))
+        (attr_needs_no_escaping(from) && attr_needs_no_escaping(to)).then_some((from_res, to_res))
     })
     .flatten();
     let Some((from_resource, to_resource)) = cut else {
@@ -105,9 +98,7 @@ mod tests {
     use super::*;
     use crate::storage::RowView;
 
-    fn parse(xml: &str) -> Element {
-        crate::modules::xml_from_storage(xml, 16).unwrap().remove(0)
-    }
+    use crate::modules::parsed as parse;
 
     /// The same element, whatever the order of the root's attributes.
     fn same(a: &Element, b: &Element) -> bool {

@@ -84,9 +84,7 @@ pub async fn disable(server: &Server, from: &Jid, user: &BareJid, node: &str, ji
 mod tests {
     use super::*;
 
-    fn parse(xml: &str) -> Element {
-        crate::modules::xml_from_storage(xml, 16).unwrap().remove(0)
-    }
+    use crate::modules::parsed as parse;
 
     #[test]
     fn both_forms_are_read() {
