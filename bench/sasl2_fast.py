@@ -7,11 +7,22 @@ the previous connection; the server's `[tls] session_tickets`), against a
 waxwing server this script starts on a temporary SQLite database.
 
     python3 bench/sasl2_fast.py [--bin target/release/waxwing] [--logins 300]
-        [--modes scram,fast,fast-resumed,scram-resumed] [--callgrind] [--rtt]
+        [--modes scram,fast,fast-resumed,scram-resumed,fast-sm,fast-sm-resumed,
+         scram-sm]
+        [--callgrind] [--rtt]
 
 Modes: `scram` and `fast` do a full TLS handshake each time;
 `fast-resumed` and `scram-resumed` resume the TLS session of the
 connection before (the server signs nothing).
+
+`fast-sm` and `fast-sm-resumed` (and `scram-sm` for comparison, SCRAM with
+the same inline resumption) are the reconnect issue #12 times: a
+phone's network drops (the socket is closed with no `</stream:stream>`),
+and it comes back with FAST and the XEP-0198 `<resume/>` inline in SASL2
+(with Bind 2 beside it, as Conversations sends it), and checks that the
+session was resumed; each reconnect resumes the session the one before
+left. "login" is TCP connect to `<success/>` with `<resumed/>`; the server's
+CPU includes ending the dropped connection and resuming the session.
 
 Server CPU is read from /proc/<pid>/stat (utime + stime) around each run,
 so it covers everything the server did for those logins (TLS included).
@@ -157,7 +168,7 @@ def connect(port, tls, direct_port=None):
     return c
 
 
-def scram_login(port, tls, user, pw, extra="", keep=False):
+def scram_login(port, tls, user, pw, extra="", keep=False, times=False):
     t0 = time.perf_counter()
     c = connect(port, tls)
     nonce = b64(os.urandom(18))
@@ -180,7 +191,7 @@ def scram_login(port, tls, user, pw, extra="", keep=False):
     if b"<success" not in m.group(0):
         raise RuntimeError(m.group(0))
     if keep:
-        return c, m.group(0).decode()
+        return c, ((m.group(0).decode(), t0, t1, t2) if times else m.group(0).decode())
     c.close()
     return m.group(0).decode(), t2 - t1, t2 - t0
 
@@ -204,6 +215,43 @@ def fast_login(port, tls, user, token, count):
     t2 = time.perf_counter()
     c.close()
     return t2 - t1, t2 - t0
+
+
+SM_BIND = ("<bind xmlns='urn:xmpp:bind:0'><tag>bench</tag>"
+           "<enable xmlns='urn:xmpp:sm:3' resume='true'/></bind>")
+
+
+class Resumable:
+    """A stream-managed session that drops its connection and resumes."""
+
+    def __init__(self, port, tls, user, fast=True):
+        self.port, self.tls, self.user, self.fast = port, tls, user, fast
+        self.conn, success = scram_login(port, tls, user, "pw", SM_BIND + TOKEN_REQ, keep=True)
+        self.token = token_of(success)
+        self.sm_id = re.search(r"<enabled[^>]*id=['\"]([^'\"]+)", success).group(1)
+        self.count = 0
+
+    def reconnect(self):
+        self.conn.s.close()  # the network goes: no </stream:stream>
+        resume = "<resume xmlns='urn:xmpp:sm:3' previd='%s' h='0'/>" % self.sm_id
+        if not self.fast:
+            c, success = scram_login(self.port, self.tls, self.user, "pw", resume + SM_BIND,
+                                     keep=True, times=True)
+            success, t0, t1, t2 = success
+        else:
+            t0 = time.perf_counter()
+            c = connect(self.port, self.tls)
+            t1 = time.perf_counter()
+            self.count += 1
+            success = fast_authenticate(c, self.user, self.token, self.count, resume + SM_BIND)
+            t2 = time.perf_counter()
+        if "<resumed" not in success:
+            raise RuntimeError("not resumed: " + success)
+        self.sm_id = re.search(r"previd=['\"]([^'\"]+)", success).group(1)
+        if isinstance(c.s, ssl.SSLSocket):
+            self.tls.keep(c.s)
+        self.conn = c
+        return t2 - t1, t2 - t0
 
 
 def cpu_ticks(pid):
@@ -338,9 +386,13 @@ def main():
             results = {}
             for mode in modes:
                 tls = Tls(resume=mode.endswith("-resumed"))
+                resumable = None
                 # One login outside the measure: the session to resume, and
                 # the server's caches warm for this mode.
-                if mode.startswith("fast"):
+                if mode.startswith(("fast-sm", "scram-sm")):
+                    resumable = Resumable(port, tls, "bench", fast=mode.startswith("fast"))
+                    resumable.reconnect()
+                elif mode.startswith("fast"):
                     count += 1
                     fast_login(port, tls, "bench", token, count)
                 else:
@@ -353,7 +405,9 @@ def main():
                                    check=True, stdout=subprocess.DEVNULL)
                 cpu_before = cpu_ticks(server.pid)
                 for _ in range(args.logins):
-                    if mode.startswith("fast"):
+                    if resumable:
+                        a, l = resumable.reconnect()
+                    elif mode.startswith("fast"):
                         count += 1
                         a, l = fast_login(port, tls, "bench", token, count)
                     else:
@@ -361,6 +415,8 @@ def main():
                     auth.append(a)
                     login.append(l)
                 cpu = (cpu_ticks(server.pid) - cpu_before) / hz / args.logins
+                if resumable:
+                    resumable.conn.close()
                 line = ("%-13s logins=%d tls_resumed=%d server_cpu_per_login_ms=%.3f "
                         "auth_p50_ms=%.2f auth_p99_ms=%.2f login_p50_ms=%.2f login_p99_ms=%.2f" % (
                             mode, args.logins, tls.reused, cpu * 1e3, pct(auth, 50) * 1e3,
