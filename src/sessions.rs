@@ -300,6 +300,15 @@ pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
     /// Hands an answer (from `from`) to an IQ that `node` sent to that
     /// node's IQ tracker; false when it cannot be queued.
     fn answer_elsewhere(&self, node: &str, from: &jid::Jid, iq: &Element) -> bool;
+    /// Asks the nodes holding resources of `owner` to hand over the
+    /// stream-managed session `previd` (a resumption arrived here); the
+    /// session encoded by `modules::sm_handover`, or None.
+    fn take_over<'a>(
+        &'a self,
+        owner: &'a BareJid,
+        previd: &'a str,
+        h: u32,
+    ) -> futures_util::future::BoxFuture<'a, Option<bytes::Bytes>>;
 }
 
 /// The registry's key: a bare JID that can be looked up by its text, so a
@@ -393,6 +402,20 @@ impl SessionRegistry {
     /// session is told to close with `conflict` (newest wins, as Prosody
     /// and ejabberd do by default).
     pub fn bind(&self, jid: &FullJid, session_id: u64, tx: QueueSender<Outbound>) {
+        self.bind_with(jid, session_id, tx, &ResourceState::default(), Vec::new());
+    }
+
+    /// Binds `jid` as [`bind`](Self::bind) does, with the state a session
+    /// had on another node of a cluster that handed it over
+    /// (`modules::sm_handover`): one claim carries it all.
+    pub fn bind_with(
+        &self,
+        jid: &FullJid,
+        session_id: u64,
+        tx: QueueSender<Outbound>,
+        state: &ResourceState,
+        directed: Vec<String>,
+    ) {
         let resource = jid.resource().as_str().to_string();
         let old = {
             let mut map = self.write();
@@ -405,11 +428,11 @@ impl SessionRegistry {
                 resource,
                 session_id,
                 tx,
-                presence: None,
-                priority: 0,
-                interested: false,
-                carbons: false,
-                directed: Mutex::default(),
+                presence: state.presence.clone(),
+                priority: state.priority,
+                interested: state.interested,
+                carbons: state.carbons,
+                directed: Mutex::new(directed.into_iter().map(Box::from).collect()),
                 bound_at: std::time::Instant::now(),
                 extensions: SessionExtensions::default(),
             });
@@ -431,20 +454,11 @@ impl SessionRegistry {
     /// the presence state it leaves behind (None if it was not bound, or
     /// was replaced by a newer session).
     pub fn unbind(&self, jid: &FullJid, session_id: u64) -> Option<Departed> {
-        let bare = jid.bare_str();
-        let mut map = self.write();
-        let list = map.get_mut(bare)?;
-        let i = list.iter().position(|r| r.session_id == session_id)?;
-        let gone = list.swap_remove(i);
-        let last_local = list.is_empty();
-        if last_local {
-            map.remove(bare);
-        }
+        let (gone, last_local) = self.take_binding(jid, session_id)?;
         // Resources on other nodes count: the user is still online there.
         let mut last_resource = last_local;
         if let Some(remote) = self.remote() {
-            remote.local_changed(jid, None, last_local);
-            remote.for_each(bare, &mut |_, _| last_resource = false);
+            remote.for_each(jid.bare_str(), &mut |_, _| last_resource = false);
         }
         Some(Departed {
             presence: gone.presence,
@@ -455,6 +469,60 @@ impl SessionRegistry {
             ),
             last_resource,
         })
+    }
+
+    /// Removes the binding of `jid` if it still belongs to `session_id`,
+    /// telling the other nodes of a cluster; the binding, and whether it
+    /// was the account's last one here.
+    fn take_binding(&self, jid: &FullJid, session_id: u64) -> Option<(BoundResource, bool)> {
+        let bare = jid.bare_str();
+        let mut map = self.write();
+        let list = map.get_mut(bare)?;
+        let i = list.iter().position(|r| r.session_id == session_id)?;
+        let gone = list.swap_remove(i);
+        let last_local = list.is_empty();
+        if last_local {
+            map.remove(bare);
+        }
+        if let Some(remote) = self.remote() {
+            remote.local_changed(jid, None, last_local);
+        }
+        Some((gone, last_local))
+    }
+
+    /// Takes the session `session_id` of `jid` out of the registry to hand
+    /// it to another node of a cluster (`modules::sm_handover`): unbound
+    /// with no departure, as [`replaced_elsewhere`](Self::replaced_elsewhere)
+    /// does (the user stays online, on that node), and nothing said to its
+    /// queue, whose owner drains it. Returns its state and its
+    /// directed-presence recipients.
+    pub fn hand_over(
+        &self,
+        jid: &FullJid,
+        session_id: u64,
+    ) -> Option<(ResourceState, Vec<String>)> {
+        let (gone, _) = self.take_binding(jid, session_id)?;
+        let state = gone.state();
+        let directed = into_list(
+            gone.directed
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        Some((state, directed))
+    }
+
+    /// Asks the other nodes of a cluster for the stream-managed session
+    /// `previd` of `owner`, for a resumption that arrived here; the
+    /// client's `h` goes with the request. The session handed over,
+    /// encoded (`modules::sm_handover`), or None: no cluster, no node
+    /// holds it, or none answered in time.
+    pub async fn take_over_elsewhere(
+        &self,
+        owner: &BareJid,
+        previd: &str,
+        h: u32,
+    ) -> Option<bytes::Bytes> {
+        self.remote()?.take_over(owner, previd, h).await
     }
 
     /// Records the session's broadcast presence: `Some` when available

@@ -1612,3 +1612,204 @@ async fn what_is_kept_behind_a_new_session_on_another_node_reaches_it() {
     .await;
     assert_eq!(body(&m).as_deref(), Some("fence"));
 }
+
+/// A client whose network dropped comes back through another node (a
+/// load balancer picked n2; its session is on n1) and resumes its
+/// stream-managed session there: n1 hands it over. It gets again what it
+/// never acknowledged (a chat written to it before the drop) and what was
+/// queued for it meanwhile (a chat sent while it was away), each once;
+/// from then on chats to its full JID reach it on n2 from both nodes; the
+/// directory names n2; and its contact never saw it go unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_managed_session_resumes_on_another_node() {
+    let setup = two_nodes("sa", "sb").await;
+    let (prefix, nodes) = (&setup.prefix, &setup.nodes);
+    let (alice, bob) = setup.users.clone();
+    let (a_bare, b_bare) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
+    let b_full = format!("{b_bare}/phone");
+    let mut desk = Client::login(nodes[1].c2s, &alice, "pw", Some("desk")).await;
+    let mut laptop =
+        Client::login_without_presence(nodes[0].c2s, &alice, "pw", Some("laptop")).await;
+    let mut b = Client::login(nodes[0].c2s, &bob, "pw", Some("phone")).await;
+    subscribe_both(&mut desk, &format!("{a_bare}/desk"), &mut b, &b_full).await;
+    b.send_str("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let enabled = await_stanza(&mut b, Duration::from_secs(5), "<enabled/>", |e| {
+        e.is("enabled", NS_SM)
+    })
+    .await;
+    let id = enabled.attr("id").expect("a resumption id").to_string();
+    // Written to bob on n1 (from alice's desk on n2), never acknowledged.
+    chat_arrives(
+        &mut desk,
+        &b_full,
+        "s1",
+        "one",
+        &mut b,
+        Duration::from_secs(10),
+    )
+    .await;
+    let watched = desk.mark();
+    drop(b);
+    // Sent while bob is away, from n1 itself: queued in n1's session.
+    laptop
+        .send_str(&format!(
+            "<message to='{b_full}' type='chat' id='s2'><body>two</body></message>"
+        ))
+        .await;
+    laptop.barrier().await;
+
+    let (mut c, answer) = resume_at(nodes[1].c2s, &bob, &id).await;
+    assert!(answer.is("resumed", NS_SM), "{}", show(&answer));
+    assert_eq!(answer.attr("previd"), Some(id.as_str()));
+    // Bob sent nothing since <enable/>.
+    assert_eq!(answer.attr("h"), Some("0"));
+    // Every chat bob gets from now on, in order: nothing may come twice.
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        bodies.push(next_chat(&mut c).await);
+    }
+    assert_eq!(bodies, ["one", "two"]);
+    // Routed to n2 now: from n2 (local) and from n1 (forwarded).
+    desk.send_str(&format!(
+        "<message to='{b_full}' type='chat' id='s3'><body>three</body></message>"
+    ))
+    .await;
+    bodies.push(next_chat(&mut c).await);
+    laptop
+        .send_str(&format!(
+            "<message to='{b_full}' type='chat' id='s4'><body>four</body></message>"
+        ))
+        .await;
+    bodies.push(next_chat(&mut c).await);
+    assert_eq!(bodies, ["one", "two", "three", "four"]);
+    let field = directory_field(&redis_url(), prefix, &b_bare, "phone").expect("bob's entry");
+    assert!(field.starts_with("n2\t"), "directory: {field:?}");
+    let since = c.mark();
+    c.barrier().await;
+    let more: Vec<String> = c.received[since..]
+        .iter()
+        .filter(|e| e.is("message", NS_CLIENT))
+        .map(show)
+        .collect();
+    assert!(more.is_empty(), "after the four chats: {more:?}");
+    desk.barrier().await;
+    let gone: Vec<String> = desk.received[watched..]
+        .iter()
+        .filter(|e| is_presence_from(e, &b_full, Some("unavailable")))
+        .map(show)
+        .collect();
+    assert!(gone.is_empty(), "alice saw bob go: {gone:?}");
+}
+
+/// The body of the next chat message `c` gets (other stanzas skipped).
+async fn next_chat(c: &mut Client) -> String {
+    let e = await_stanza(c, Duration::from_secs(10), "a chat", |e| {
+        e.is("message", NS_CLIENT) && e.attr("type") == Some("chat")
+    })
+    .await;
+    body(&e).unwrap_or_default()
+}
+
+const NS_SM: &str = "urn:xmpp:sm:3";
+
+/// A new connection to `addr` that authenticates as `user` and sends
+/// `<resume previd=id h=0/>`; the connection and the answer (`<resumed/>`
+/// or `<failed/>`).
+async fn resume_at(addr: SocketAddr, user: &str, id: &str) -> (Client, Element) {
+    let mut c = Client::connect(addr).await;
+    c.starttls().await;
+    let outcome = c
+        .scram(waxwing::sasl::ScramHash::Sha256, user, "pw", false)
+        .await;
+    assert_eq!(outcome.name(), "success", "{}", show(&outcome));
+    c.open_stream().await;
+    c.next_element().await;
+    c.send_str(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    let answer = await_stanza(
+        &mut c,
+        Duration::from_secs(15),
+        "<resumed/> or <failed/>",
+        |e| e.ns() == NS_SM && matches!(e.name(), "resumed" | "failed"),
+    )
+    .await;
+    (c, answer)
+}
+
+/// Logs `user` in at `addr` and enables resumable stream management;
+/// the client and the resumption id.
+async fn resumable_login(addr: SocketAddr, user: &str, resource: &str) -> (Client, String) {
+    let mut c = Client::login(addr, user, "pw", Some(resource)).await;
+    c.send_str("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let enabled = await_stanza(&mut c, Duration::from_secs(5), "<enabled/>", |e| {
+        e.is("enabled", NS_SM)
+    })
+    .await;
+    let id = enabled.attr("id").expect("a resumption id").to_string();
+    (c, id)
+}
+
+/// The node holding a stream-managed session is killed (SIGKILL): a
+/// resumption on another node fails (`<failed/>`, item-not-found), and
+/// the chat written to the session that its client never acknowledged is
+/// not lost: it is in the account's archive, where the client's catch-up
+/// (XEP-0313) finds it from the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_node_died_is_not_resumed_and_its_chat_is_archived() {
+    let mut setup = two_nodes("sk", "sl").await;
+    let (alice, bob) = setup.users.clone();
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let b_full = format!("{b_bare}/phone");
+    let mut desk = Client::login(setup.nodes[1].c2s, &alice, "pw", Some("desk")).await;
+    let (mut b, id) = resumable_login(setup.nodes[0].c2s, &bob, "phone").await;
+    until_routable(&mut desk, &mut b, &b_bare).await;
+    let text = "written before the crash";
+    chat_arrives(
+        &mut desk,
+        &b_full,
+        "k1",
+        text,
+        &mut b,
+        Duration::from_secs(10),
+    )
+    .await;
+    setup.nodes[0].kill_9();
+    drop(b);
+
+    let (mut c, answer) = resume_at(setup.nodes[1].c2s, &bob, &id).await;
+    assert!(answer.is("failed", NS_SM), "{}", show(&answer));
+    assert!(
+        answer
+            .get_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            .is_some(),
+        "{}",
+        show(&answer)
+    );
+    c.bind(Some("phone")).await;
+    c.send_str("<iq type='set' id='mam1'><query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>")
+        .await;
+    let mut archived = Vec::new();
+    loop {
+        let e = await_stanza(
+            &mut c,
+            Duration::from_secs(10),
+            "the archive's answer",
+            |e| e.attr("id") == Some("mam1") || e.is("message", NS_CLIENT),
+        )
+        .await;
+        if e.attr("id") == Some("mam1") {
+            assert_eq!(e.attr("type"), Some("result"), "{}", show(&e));
+            break;
+        }
+        let inner = e
+            .get_child("result", "urn:xmpp:mam:2")
+            .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+            .and_then(|f| f.get_child("message", NS_CLIENT));
+        archived.extend(inner.and_then(body));
+    }
+    assert!(archived.iter().any(|b| b == text), "archive: {archived:?}");
+}

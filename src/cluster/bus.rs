@@ -72,6 +72,11 @@ pub enum Delivery {
     /// An answer (result or error) to an IQ the receiving node sent; the
     /// entry's `to` is who answered (any JID), for its IQ tracker.
     Answer(Bytes),
+    /// A request for a stream-managed session a client resumes on the
+    /// sending node (`cluster::takeover`); `to` is the account.
+    TakeOver(Bytes),
+    /// The answer to a `TakeOver`: the session, or that it is not here.
+    HandedOver(Bytes),
 }
 
 /// One entry waiting in a node's inbox.

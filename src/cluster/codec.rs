@@ -182,8 +182,8 @@ mod tests {
 /// `p`), so a batch — a presence broadcast to many contacts' resources,
 /// a burst of chat — costs one append. A record is a kind byte (`s`
 /// stanza, `=` the same stanza bytes as the record before, `r` replaced,
-/// `a` an IQ answer), the full JID (u32 big-endian length, bytes), and for
-/// `s`, `a` and `r` the value (u32 length, bytes; for `r` the session id
+/// `a` an IQ answer, `o` a take-over request, `h` its answer), the full JID
+/// (u32 big-endian length, bytes), and for all but `=` the value (u32 length, bytes; for `r` the session id
 /// in decimal).
 pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -211,6 +211,8 @@ pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
                 (b'r', Some(&session_text))
             }
             Delivery::Answer(b) => (b'a', Some(b)),
+            Delivery::TakeOver(b) => (b'o', Some(b)),
+            Delivery::HandedOver(b) => (b'h', Some(b)),
         };
         out.push(kind);
         put(&mut out, to.as_bytes());
@@ -257,6 +259,8 @@ pub fn unpack(packed: &Bytes) -> Option<Vec<(String, Delivery)>> {
             b'=' => Delivery::Stanza(previous.clone()?),
             b'r' => Delivery::Replaced(session_of(&take(&mut at)?)),
             b'a' => Delivery::Answer(take(&mut at)?),
+            b'o' => Delivery::TakeOver(take(&mut at)?),
+            b'h' => Delivery::HandedOver(take(&mut at)?),
             _ => return None,
         };
         out.push((to, delivery));

@@ -51,7 +51,13 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
                 // A packed entry's records share its id.
                 ids.dedup();
                 for entry in entries {
-                    deliver(&server, entry).await;
+                    match &entry.delivery {
+                        Delivery::TakeOver(request) => {
+                            super::takeover::on_request(&server, &cluster, request)
+                        }
+                        Delivery::HandedOver(answer) => cluster.handed_over(answer),
+                        _ => deliver(&server, entry).await,
+                    }
                 }
                 if let Err(e) = cluster.engine().ack(&cluster.node, &ids).await {
                     // Unacknowledged entries stay in the stream: a later
@@ -91,7 +97,8 @@ pub async fn deliver(server: &Server, entry: InboxEntry) {
             server.sessions.replaced_elsewhere(&to, session);
             return;
         }
-        Delivery::Answer(_) => return,
+        // Not for a session; the reader handles them (`run`).
+        Delivery::Answer(_) | Delivery::TakeOver(_) | Delivery::HandedOver(_) => return,
     };
     let data = OutStanza::serialized(bytes);
     if server.sessions.send_to_local(&to, data.clone()).is_err() {

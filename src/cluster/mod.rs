@@ -20,6 +20,7 @@ mod outbox;
 pub mod reap;
 pub mod redis;
 pub mod replica;
+mod takeover;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +95,8 @@ pub struct Cluster {
     /// What waits to be handed over again to users' local sessions
     /// (`follow`): one pending hand-over per user and kind.
     handovers: std::sync::Mutex<std::collections::HashSet<(String, Kept)>>,
+    /// Stream-managed sessions this node asked other nodes for.
+    takeovers: takeover::TakeOvers,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -151,6 +154,7 @@ impl Cluster {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handovers: Default::default(),
+            takeovers: Default::default(),
         });
         // Subscribed before the snapshot is read, so no change falls
         // between them.
@@ -350,6 +354,15 @@ impl RemoteSessions for Cluster {
         // against the addressee like any answer.
         let bytes = OutStanza::new(iq.clone()).bytes().clone();
         self.send_entry(node, from.to_string(), bus::Delivery::Answer(bytes))
+    }
+
+    fn take_over<'a>(
+        &'a self,
+        owner: &'a jid::BareJid,
+        previd: &'a str,
+        h: u32,
+    ) -> BoxFuture<'a, Option<bytes::Bytes>> {
+        Box::pin(self.take_over_session(owner, previd, h))
     }
 
     fn kept_for_later<'a>(&'a self, user: &'a jid::BareJid, what: Kept) -> BoxFuture<'a, ()> {

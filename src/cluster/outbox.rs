@@ -62,7 +62,7 @@ pub(super) async fn run(
                 .iter()
                 .map(|(_, _, d)| match d {
                     Delivery::Stanza(b) => b.len(),
-                    Delivery::Replaced(_) | Delivery::Answer(_) => 0,
+                    _ => 0,
                 })
                 .sum();
             cluster
@@ -80,6 +80,9 @@ pub(super) async fn run(
                     let dropped = cluster.replica.drop_node(&node);
                     tracing::debug!(%node, dropped, "cluster: a node that is not alive was routed to");
                     gone.push(node);
+                }
+                if let Delivery::TakeOver(request) = &delivery {
+                    cluster.take_over_not_delivered(request);
                 }
                 not_alive(&server, &to, delivery).await;
             }

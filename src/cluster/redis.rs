@@ -195,6 +195,10 @@ fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
             Delivery::Replaced(codec::session_of(&field("r")))
         } else if e.map.contains_key("a") {
             Delivery::Answer(Bytes::from(field("a")))
+        } else if e.map.contains_key("o") {
+            Delivery::TakeOver(Bytes::from(field("o")))
+        } else if e.map.contains_key("h") {
+            Delivery::HandedOver(Bytes::from(field("h")))
         } else {
             Delivery::Stanza(Bytes::from(field("s")))
         };
@@ -546,6 +550,8 @@ impl Bus for RedisCluster {
                             Delivery::Stanza(stanza) => cmd.arg("s").arg(stanza.as_ref()),
                             Delivery::Replaced(session) => cmd.arg("r").arg(*session),
                             Delivery::Answer(iq) => cmd.arg("a").arg(iq.as_ref()),
+                            Delivery::TakeOver(r) => cmd.arg("o").arg(r.as_ref()),
+                            Delivery::HandedOver(s) => cmd.arg("h").arg(s.as_ref()),
                         };
                     }
                     _ => {

@@ -151,6 +151,17 @@ impl Replica {
         }
     }
 
+    /// The nodes holding a resource of `bare`, each once.
+    pub fn nodes_of(&self, bare: &str) -> Vec<Arc<str>> {
+        let mut nodes: Vec<Arc<str>> = Vec::new();
+        for r in self.read().get(bare).into_iter().flatten() {
+            if !nodes.contains(&r.node) {
+                nodes.push(r.node.clone());
+            }
+        }
+        nodes
+    }
+
     /// Remote sessions per node.
     pub fn counts(&self) -> HashMap<String, usize> {
         let mut out = HashMap::new();

@@ -28,6 +28,7 @@ pub mod push;
 pub mod register;
 pub mod roster;
 pub mod session;
+pub mod sm_handover;
 pub mod stream_management;
 pub mod time;
 pub mod upload;

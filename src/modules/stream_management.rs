@@ -315,15 +315,39 @@ pub async fn end_for_good(
     unacked: Vec<Arc<OutStanza>>,
 ) {
     crate::sessions::end_session(server, jid, session_id).await;
-    let queued = rx
-        .close_and_drain()
-        .into_iter()
-        .filter_map(|item| match item {
-            Outbound::Stanza(st) => Some(st),
-            Outbound::Close(_) => None,
-        });
+    let queued = close_and_drain(rx);
     let undelivered: Vec<Arc<OutStanza>> = unacked.into_iter().chain(queued).collect();
     for st in &undelivered {
         crate::router::reroute_one(server, jid, st).await;
     }
+}
+
+/// Closes a session's queue and returns the stanzas still in it, in order.
+pub fn close_and_drain(rx: &QueueReceiver<Outbound>) -> Vec<Arc<OutStanza>> {
+    rx.close_and_drain()
+        .into_iter()
+        .filter_map(|item| match item {
+            Outbound::Stanza(st) => Some(st),
+            Outbound::Close(_) => None,
+        })
+        .collect()
+}
+
+/// Applies the client's `h` to a session being resumed: what it
+/// acknowledges is forgotten, and offline-storage rows among it may go
+/// (`Event::Acknowledged`). An `h` beyond what was sent is refused.
+pub async fn acknowledge_on_resume(
+    server: &Server,
+    jid: &FullJid,
+    sm: &mut StreamManagement,
+    h: u32,
+) -> Result<(), crate::stream::sm::TooHigh> {
+    if let Some(stored_through) = sm.acknowledge(h)? {
+        let mut event = Event::Acknowledged {
+            jid,
+            stored_through,
+        };
+        server.features.fire(server, &mut event).await;
+    }
+    Ok(())
 }

@@ -131,6 +131,31 @@ impl StreamManagement {
         all
     }
 
+    /// A session's counting as another node of a cluster left it
+    /// (`modules::sm_handover`): `handled` and `sent` as they stood there,
+    /// `unacked` the last of the `sent` stanzas, oldest first.
+    pub fn handed_over(
+        id: String,
+        resumable: bool,
+        max_secs: u64,
+        handled: u32,
+        sent: u32,
+        unacked: &[Arc<OutStanza>],
+    ) -> StreamManagement {
+        let mut sm = StreamManagement::new(id, resumable, max_secs);
+        sm.handled = handled;
+        sm.sent = sent.wrapping_sub(unacked.len() as u32);
+        for st in unacked {
+            sm.sent_one(st);
+        }
+        sm
+    }
+
+    /// Stanzas written to the client so far, modulo 2^32.
+    pub fn sent(&self) -> u32 {
+        self.sent
+    }
+
     /// `<a h='…'/>`.
     pub fn answer(&self) -> Element {
         Element::new("a", NS_SM).with_attr("h", self.handled.to_string())

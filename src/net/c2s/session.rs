@@ -21,8 +21,9 @@ use super::{ClientStream, Connection};
 use crate::feature::Event;
 use crate::feature::Verdict;
 use crate::metrics::StreamKind;
+use crate::modules::sm_handover;
 use crate::modules::stream_management::{
-    end_for_good, end_parked, Parked, ResumeError, StreamManagementFeature,
+    acknowledge_on_resume, end_for_good, end_parked, Parked, ResumeError, StreamManagementFeature,
 };
 use crate::net::xmlstream::{random_id, End};
 use crate::queue::QueueReceiver;
@@ -486,7 +487,13 @@ impl<S: ClientStream> Connection<S> {
         };
         let parked = match feature.resume(owner, previd).await {
             Ok(p) => p,
-            Err(ResumeError::NotFound) => return Ok(Err(failed("item-not-found", None))),
+            // Another node of a cluster may hold it (modules::sm_handover).
+            Err(ResumeError::NotFound) => {
+                match sm_handover::take_over(&self.server, owner, previd, h, self.id).await {
+                    Some(p) => p,
+                    None => return Ok(Err(failed("item-not-found", None))),
+                }
+            }
         };
         // A new login of the same resource replaced the session meanwhile:
         // it is over, and its stanzas go where that login can get them.
@@ -508,15 +515,10 @@ impl<S: ClientStream> Connection<S> {
             rx,
             mut sm,
         } = parked;
-        let acked = sm.acknowledge(h);
-        if let Ok(Some(stored_through)) = acked {
-            let mut event = Event::Acknowledged {
-                jid: &jid,
-                stored_through,
-            };
-            self.server.features.fire(&self.server, &mut event).await;
-        }
-        if acked.is_err() {
+        if acknowledge_on_resume(&self.server, &jid, &mut sm, h)
+            .await
+            .is_err()
+        {
             let unacked = sm.take_unacked();
             end_for_good(&self.server, &jid, session_id, &rx, unacked).await;
             return Err(self
