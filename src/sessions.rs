@@ -738,6 +738,14 @@ impl SessionRegistry {
     /// The last presence of each available resource of `bare`.
     pub fn presences(&self, bare: &BareJid) -> Vec<(FullJid, Element)> {
         let mut out = self.local_presences(bare);
+        out.extend(self.remote_presences(bare));
+        out
+    }
+
+    /// The last presence of each available resource of `bare` held by
+    /// another node of a cluster (none on a single server).
+    pub fn remote_presences(&self, bare: &BareJid) -> Vec<(FullJid, Element)> {
+        let mut out = Vec::new();
         if let Some(remote) = self.remote() {
             remote.for_each(bare.as_str(), &mut |resource, state| {
                 if let (Some(p), Ok(full)) = (&state.presence, bare.with_resource_str(resource)) {

@@ -1813,3 +1813,136 @@ async fn a_session_whose_node_died_is_not_resumed_and_its_chat_is_archived() {
     }
     assert!(archived.iter().any(|b| b == text), "archive: {archived:?}");
 }
+
+/// PEP from any node (XEP-0163): alice publishes an OMEMO device list on
+/// n1; her contact bob, on n2, whose verified capabilities ask for
+/// device-list notifications (`+notify`), gets the notification (n1
+/// learns his capabilities by a disco#info query that crosses to n2 and
+/// whose answer comes back to n1); and a second resource of bob that
+/// becomes available later, on n1, gets the last item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pep_notifications_reach_contacts_on_another_node() {
+    const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+    const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+    const NS_DISCO: &str = "http://jabber.org/protocol/disco#info";
+    const DEVICELIST: &str = "eu.siacs.conversations.axolotl.devicelist";
+    let setup = two_nodes("pa", "pb").await;
+    let nodes = &setup.nodes;
+    let (alice, bob) = setup.users.clone();
+    let (a_bare, b_bare) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b")).await;
+    subscribe_both(
+        &mut a,
+        &format!("{a_bare}/a"),
+        &mut b,
+        &format!("{b_bare}/b"),
+    )
+    .await;
+
+    // Bob's client wants device-list notifications.
+    let mut info = Element::new("query", NS_DISCO).with_child(
+        Element::new("identity", NS_DISCO)
+            .with_attr("category", "client")
+            .with_attr("type", "phone")
+            .with_attr("name", "cluster-test"),
+    );
+    for f in [NS_DISCO, &format!("{DEVICELIST}+notify")] {
+        info.append_child(Element::new("feature", NS_DISCO).with_attr("var", f));
+    }
+    let ver = waxwing::modules::caps::verification_string(&info);
+    let caps = format!(
+        "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://test' ver='{ver}'/>"
+    );
+    b.send_str(&format!("<presence>{caps}</presence>")).await;
+    let publish = |n: u32| {
+        format!(
+            "<iq type='set' id='pub{n}'><pubsub xmlns='{NS_PUBSUB}'><publish node='{DEVICELIST}'>\
+             <item id='current'><list xmlns='eu.siacs.conversations.axolotl'><device id='{n}'/>\
+             </list></item></publish></pubsub></iq>"
+        )
+    };
+    // Reads until the device-list event from alice, answering the
+    // server's capability queries (from either node) on the way.
+    async fn event(c: &mut Client, info: &Element, from: &str) -> Element {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = tokio::time::timeout(left, c.next_element())
+                .await
+                .expect("the device-list notification within 10 s");
+            if e.is("iq", NS_CLIENT) && e.attr("type") == Some("get") {
+                if let Some(q) = e.get_child("query", "http://jabber.org/protocol/disco#info") {
+                    let mut answer = info.clone();
+                    answer.set_attr("node", q.attr("node").unwrap_or_default());
+                    let mut reply = Element::new("iq", NS_CLIENT)
+                        .with_attr("type", "result")
+                        .with_attr("id", e.attr("id").unwrap_or_default())
+                        .with_child(answer);
+                    if let Some(to) = e.attr("from") {
+                        reply.set_attr("to", to);
+                    }
+                    c.send_str(&show(&reply)).await;
+                }
+                continue;
+            }
+            if e.is("message", NS_CLIENT)
+                && e.attr("from") == Some(from)
+                && e.get_child("event", "http://jabber.org/protocol/pubsub#event")
+                    .is_some()
+            {
+                return e;
+            }
+        }
+    }
+    // Bob's own node asks his client first; then alice publishes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let e = b.next_element().await;
+            if e.get_child("query", NS_DISCO).is_some() && e.attr("type") == Some("get") {
+                let mut reply = Element::new("iq", NS_CLIENT)
+                    .with_attr("type", "result")
+                    .with_attr("id", e.attr("id").unwrap_or_default())
+                    .with_child(info.clone());
+                if let Some(to) = e.attr("from") {
+                    reply.set_attr("to", to);
+                }
+                b.send_str(&show(&reply)).await;
+                return;
+            }
+        }
+    })
+    .await;
+    let r = a.iq(&publish(1), "pub1").await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let e = event(&mut b, &info, &a_bare).await;
+    let items = e
+        .get_child("event", NS_EVENT)
+        .and_then(|ev| ev.get_child("items", NS_EVENT));
+    assert_eq!(
+        items.and_then(|i| i.attr("node")),
+        Some(DEVICELIST),
+        "{}",
+        show(&e)
+    );
+    // Once: a second publish is one more notification, not two.
+    let r = a.iq(&publish(2), "pub2").await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let e = event(&mut b, &info, &a_bare).await;
+    assert!(show(&e).contains("device id='2'"), "{}", show(&e));
+    let since = b.mark();
+    a.barrier().await;
+    b.barrier().await;
+    let more: Vec<String> = b.received[since..]
+        .iter()
+        .filter(|e| e.get_child("event", NS_EVENT).is_some())
+        .map(show)
+        .collect();
+    assert!(more.is_empty(), "after the second publish: {more:?}");
+
+    // Bob's second resource comes online on n1: the last item.
+    let mut b2 = Client::login_without_presence(nodes[0].c2s, &bob, "pw", Some("b2")).await;
+    b2.send_str(&format!("<presence>{caps}</presence>")).await;
+    let e = event(&mut b2, &info, &a_bare).await;
+    assert!(show(&e).contains("device id='2'"), "{}", show(&e));
+}

@@ -231,6 +231,24 @@ impl Pep {
             }
             Some(_) => return,
         }
+        self.note_caps(server, from, owner, stanza, false);
+    }
+
+    /// Notes the capabilities an available presence of `from` announces
+    /// (`owner`: the local user a remote resource's presence was sent to),
+    /// and starts what follows: a disco#info query for a new `ver`, the
+    /// last items `from` has not had yet. `at_publish`: noted as `owner`
+    /// publishes (`notify`), whose notification reaches `from` by itself
+    /// when its `ver` is known here; only a `ver` learned afterwards sends
+    /// `owner`'s last items.
+    pub(crate) fn note_caps(
+        &self,
+        server: &Server,
+        from: FullJid,
+        owner: Option<BareJid>,
+        stanza: &Element,
+        at_publish: bool,
+    ) {
         let Some(c) = stanza.get_child("c", super::caps::NS) else {
             return;
         };
@@ -249,6 +267,7 @@ impl Pep {
         let (node, ver) = (node.to_owned(), ver.to_owned());
         match announced {
             Announced::Full | Announced::Asking => {}
+            Announced::Same | Announced::Known(_) if at_publish => {}
             // Unchanged caps: only a remote resource's presence reaching
             // another local user of ours is news (that user's items).
             Announced::Same => {

@@ -95,6 +95,7 @@ async fn recipients(
             continue;
         }
         let resources = if server.is_local_domain(contact.domain().as_str()) {
+            note_other_nodes_caps(server, pep, owner, &contact);
             server
                 .sessions
                 .available_resources(&contact)
@@ -123,6 +124,19 @@ async fn recipients(
         }
     }
     out
+}
+
+/// A local contact's resources held by other nodes of a cluster sent
+/// their capabilities with their presence to those nodes, not to this
+/// one: read from the presence the cluster reports for them, as if it had
+/// arrived here. A `ver` this node knows counts at once; a new one is asked
+/// about (the answer finds its way back, `iq_tracker`), and `owner`'s last
+/// items follow once it is learned — the notification this change would
+/// have been, if it is still the last item.
+fn note_other_nodes_caps(server: &Server, pep: &Pep, owner: &BareJid, contact: &BareJid) {
+    for (full, presence) in server.sessions.remote_presences(contact) {
+        pep.note_caps(server, full, Some(owner.clone()), &presence, true);
+    }
 }
 
 /// A resource became available (or announced new capabilities): the last
