@@ -79,6 +79,8 @@ max_rooms_per_user = 1000
 archive = false
 CFG
   fi
+  # WAXWING_EXTRA_CONFIG='[cluster]\nnode_id = "n1"\n…' appends sections (bench/cluster.sh).
+  [ -z "${WAXWING_EXTRA_CONFIG:-}" ] || printf '%b\n' "$WAXWING_EXTRA_CONFIG" >> "$D/waxwing.toml"
   chown -R waxwing:waxwing "$D"
 }
 

@@ -205,19 +205,25 @@ fn still_awaiting_resumption(server: &Server, jid: &jid::FullJid) -> bool {
     })
 }
 
-/// Did the message reach only sessions whose connection is gone?
+/// Did the message reach only sessions whose connection is gone? A
+/// session held by another node of a cluster counts as attached: this
+/// node cannot see its connection (that node knows; without this, every
+/// message to a user online elsewhere looked like one for a user away,
+/// and cost a look-up of their push registrations).
 fn all_awaiting_resumption(server: &Server, account: &BareJid, resources: &[jid::FullJid]) -> bool {
     use crate::modules::stream_management::AwaitingResumption;
     let mut attached = false;
+    let mut here = 0;
     server
         .sessions
         .for_each_extensions(account.as_str(), |resource, ext| {
             let got_it = resources.iter().any(|r| r.resource().as_str() == resource);
-            if got_it && ext.get::<AwaitingResumption>().is_none() {
-                attached = true;
+            if got_it {
+                here += 1;
+                attached |= ext.get::<AwaitingResumption>().is_none();
             }
         });
-    !attached
+    !attached && here == resources.len()
 }
 
 /// Is any session of `account` attached to a connection?
