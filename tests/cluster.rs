@@ -98,6 +98,13 @@ impl Node {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Adds `text` (TOML sections) to its configuration, before it starts.
+    fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(text);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     /// Starts it; does not wait (`wait_ready` does), so nodes start
     /// side by side.
     fn spawn(&mut self) {
@@ -1945,4 +1952,77 @@ async fn pep_notifications_reach_contacts_on_another_node() {
     b2.send_str(&format!("<presence>{caps}</presence>")).await;
     let e = event(&mut b2, &info, &a_bare).await;
     assert!(show(&e).contains("device id='2'"), "{}", show(&e));
+}
+
+/// Push from the node holding the session (XEP-0357): bob's
+/// stream-managed session on n2 waits for resumption, with a push
+/// registration at an app server (a component connected to n2). Alice,
+/// on n1, writes to him: n1 sees bob's resource as attached (it cannot see
+/// its connection) and forwards the message; n2, where it is queued for a
+/// session whose connection is gone, publishes the notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_waiting_on_another_node_is_pushed_for() {
+    const APP: &str = "push.localhost";
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, bob) = (format!("ua{tag}"), format!("ub{tag}"));
+    add_users(&[&alice, &bob]).await;
+    let app_addr: SocketAddr = format!("127.0.0.22:{}", free_port()).parse().unwrap();
+    let mut nodes = vec![
+        Node::new("n1", "127.0.0.21", &prefix),
+        Node::new("n2", "127.0.0.22", &prefix),
+    ];
+    nodes[1].append_config(&format!(
+        "[component_listener]\nlisten = [\"{app_addr}\"]\n\
+         [[component]]\ndomain = \"{APP}\"\nsecret = \"app-secret\"\n\
+         [push]\nmin_interval = 0\n"
+    ));
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let mut app = Client::component(app_addr, APP, "app-secret").await;
+    let b_bare = format!("{bob}@{DOMAIN}");
+    let (mut b, _id) = resumable_login(nodes[1].c2s, &bob, "phone").await;
+    let r = b
+        .iq(
+            &format!(
+                "<iq type='set' id='push'><enable xmlns='urn:xmpp:push:0' jid='{APP}' node='bob-phone'/></iq>"
+            ),
+            "push",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("desk")).await;
+    until_routable(&mut a, &mut b, &b_bare).await;
+    drop(b);
+    // n2 parks the session when it sees the socket gone; until then a
+    // message still looks delivered. Written until a publish comes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let publish = loop {
+        a.send_str(&format!(
+            "<message to='{b_bare}/phone' type='chat'><body>wake up</body></message>"
+        ))
+        .await;
+        let got = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                let e = app.next_element().await;
+                if e.name() == "iq" && e.attr("type") == Some("set") {
+                    return e;
+                }
+            }
+        })
+        .await;
+        if let Ok(iq) = got {
+            break iq;
+        }
+        assert!(Instant::now() < deadline, "no push from n2 within 10 s");
+    };
+    assert_eq!(publish.attr("from"), Some(DOMAIN), "{}", show(&publish));
+    let xml = show(&publish);
+    assert!(xml.contains("node='bob-phone'"), "{xml}");
+    assert!(xml.contains(&format!("{alice}@{DOMAIN}/desk")), "{xml}");
 }

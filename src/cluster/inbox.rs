@@ -8,6 +8,7 @@ use jid::FullJid;
 
 use super::bus::{Delivery, InboxEntry};
 use super::Cluster;
+use crate::feature::{Event, EventKind};
 use crate::server::Server;
 use crate::sessions::OutStanza;
 
@@ -103,6 +104,16 @@ pub async fn deliver(server: &Server, entry: InboxEntry) {
     let data = OutStanza::serialized(bytes);
     if server.sessions.send_to_local(&to, data.clone()).is_err() {
         crate::router::reroute_one(server, &to, &data).await;
+        return;
+    }
+    // Only messages matter to what listens (push); the routing node fired
+    // everything else.
+    if data.bytes().starts_with(b"<message") && server.features.wants(EventKind::ForwardedHere) {
+        let mut event = Event::ForwardedHere {
+            jid: &to,
+            stanza: &data,
+        };
+        server.features.fire(server, &mut event).await;
     }
 }
 

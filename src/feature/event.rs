@@ -45,6 +45,7 @@ pub enum EventKind {
     LocalDelivery,
     Unreached,
     KeptForLater,
+    ForwardedHere,
     /// Not an [`Event`]: subscribers' `Feature::outbound` runs for every
     /// stanza about to be written to a client (kept synchronous: it is on
     /// the hot path).
@@ -53,7 +54,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::PreRoute,
         EventKind::Presence,
         EventKind::MessageSent,
@@ -73,6 +74,7 @@ impl EventKind {
         EventKind::LocalDelivery,
         EventKind::Unreached,
         EventKind::KeptForLater,
+        EventKind::ForwardedHere,
         EventKind::Outbound,
     ];
 }
@@ -222,6 +224,15 @@ pub enum Event<'a> {
     /// here that may have read that storage before the commit (the other
     /// node did not know of it yet): what waits is handed over again.
     KeptForLater { user: &'a BareJid, what: Kept },
+    /// Another node of the cluster routed `stanza` to the local session
+    /// `jid`, which has it in its queue now. That node fired the routing
+    /// events (`MessageDelivered`: carbons, its push decision) already;
+    /// only what depends on the session's state here remains (push for a
+    /// session waiting for resumption).
+    ForwardedHere {
+        jid: &'a FullJid,
+        stanza: &'a OutStanza,
+    },
 }
 
 impl Event<'_> {
@@ -247,6 +258,7 @@ impl Event<'_> {
             Event::LocalDelivery { .. } => EventKind::LocalDelivery,
             Event::Unreached { .. } => EventKind::Unreached,
             Event::KeptForLater { .. } => EventKind::KeptForLater,
+            Event::ForwardedHere { .. } => EventKind::ForwardedHere,
         }
     }
 }

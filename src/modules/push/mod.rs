@@ -86,6 +86,7 @@ impl Feature for Push {
             // sender got an error) wakes nobody.
             (EventKind::Unreached, 0),
             (EventKind::MessageDelivered, 50),
+            (EventKind::ForwardedHere, 0),
             (EventKind::SessionParked, 0),
             (EventKind::SubscriptionRequest, 0),
             // A client is back: what it missed is on its screen now.
@@ -145,6 +146,15 @@ impl Feature for Push {
                 && all_awaiting_resumption(server, account, resources) =>
             {
                 self.consider(server, account, stanza);
+            }
+            // A message another node of a cluster routed to a session of
+            // ours that waits for resumption: that node saw the session
+            // as attached (it cannot see its connection), so the push is
+            // decided here.
+            Event::ForwardedHere { jid, stanza } if still_awaiting_resumption(server, jid) => {
+                if let Some(element) = stanza.element() {
+                    self.consider(server, &jid.bare(), element);
+                }
             }
             // Told from a task: the session may be resumed already.
             Event::SessionParked {
