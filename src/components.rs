@@ -37,6 +37,20 @@ pub struct ComponentRegistry {
     /// Normalised domain → shared secret.
     secrets: HashMap<String, String>,
     connected: RwLock<HashMap<String, Connected>>,
+    /// The components other nodes of a cluster serve (`crate::cluster`),
+    /// set once at start; None on a single server.
+    remote: std::sync::OnceLock<std::sync::Arc<dyn RemoteComponents>>,
+}
+
+/// Components connected to other nodes of a cluster: a stanza for one is
+/// handed to its node; this node's connections and disconnections are
+/// told to the others.
+pub trait RemoteComponents: Send + Sync + std::fmt::Debug {
+    /// A component connected to this node (`up`) or left it.
+    fn local_changed(&self, domain: &str, up: bool);
+    /// Queues `data` (written for a component stream) for the component
+    /// `domain` on the node serving it; None when no node serves it.
+    fn forward(&self, domain: &str, data: &Bytes) -> Option<Result<(), DeliveryError>>;
 }
 
 /// Why a component could not be attached.
@@ -49,7 +63,20 @@ impl ComponentRegistry {
         ComponentRegistry {
             secrets: components.into_iter().collect(),
             connected: RwLock::new(HashMap::new()),
+            remote: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets the registry reach components other nodes serve (once, at
+    /// start; a second call is ignored).
+    pub fn attach_remote(&self, remote: std::sync::Arc<dyn RemoteComponents>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Tells the other nodes of a cluster which components connected here
+    /// (all of them again, after the cluster lost what it knew).
+    pub fn connected_domains(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     /// Is `domain` (normalised) a configured component?
@@ -93,6 +120,9 @@ impl ComponentRegistry {
                 since: Instant::now(),
             },
         );
+        if let Some(remote) = self.remote.get() {
+            remote.local_changed(domain, true);
+        }
         Ok(())
     }
 
@@ -116,7 +146,24 @@ impl ComponentRegistry {
         let mut map = self.write();
         if map.get(domain).is_some_and(|c| c.session_id == session_id) {
             map.remove(domain);
+            if let Some(remote) = self.remote.get() {
+                remote.local_changed(domain, false);
+            }
         }
+    }
+
+    /// Queues `data` for the component's connection to this node only
+    /// (what another node of a cluster forwarded here).
+    pub fn send_here(&self, domain: &str, data: Bytes) -> Result<(), DeliveryError> {
+        let map = self.read();
+        let c = map.get(domain).ok_or(DeliveryError::Offline)?;
+        c.tx.try_send(Outbound::Stanza(crate::sessions::OutStanza::serialized(
+            data,
+        )))
+        .map_err(|e| match e {
+            QueueError::Full => DeliveryError::QueueFull,
+            QueueError::Closed => DeliveryError::Offline,
+        })
     }
 
     /// Is a connection serving `domain` now?
@@ -129,17 +176,15 @@ impl ComponentRegistry {
         self.read().len()
     }
 
-    /// Queues a stanza already serialized for a component stream.
+    /// Queues a stanza already serialized for a component stream: to the
+    /// connection here, else to the node of a cluster serving it.
     pub fn send(&self, domain: &str, data: Bytes) -> Result<(), DeliveryError> {
-        let map = self.read();
-        let c = map.get(domain).ok_or(DeliveryError::Offline)?;
-        c.tx.try_send(Outbound::Stanza(crate::sessions::OutStanza::serialized(
-            data,
-        )))
-        .map_err(|e| match e {
-            QueueError::Full => DeliveryError::QueueFull,
-            QueueError::Closed => DeliveryError::Offline,
-        })
+        if !self.is_connected(domain) {
+            if let Some(result) = self.remote.get().and_then(|r| r.forward(domain, &data)) {
+                return result;
+            }
+        }
+        self.send_here(domain, data)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Connected>> {

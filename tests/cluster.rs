@@ -2026,3 +2026,106 @@ async fn a_session_waiting_on_another_node_is_pushed_for() {
     assert!(xml.contains("node='bob-phone'"), "{xml}");
     assert!(xml.contains(&format!("{alice}@{DOMAIN}/desk")), "{xml}");
 }
+
+/// An external component (XEP-0114) connected to one node is reachable
+/// from every node: bob, on n2, writes to a component connected to n1
+/// and gets its answer; when the component moves to n2, alice's message
+/// from n1 follows it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_on_one_node_is_reachable_from_the_others() {
+    const SVC: &str = "svc.localhost";
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (alice, bob) = (format!("ca{tag}"), format!("cb{tag}"));
+    add_users(&[&alice, &bob]).await;
+    let mut nodes = vec![
+        Node::new("n1", "127.0.0.21", &prefix),
+        Node::new("n2", "127.0.0.22", &prefix),
+    ];
+    let mut listeners = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let addr: SocketAddr = format!("127.0.0.{}:{}", 21 + i, free_port())
+            .parse()
+            .unwrap();
+        n.append_config(&format!(
+            "[component_listener]\nlisten = [\"{addr}\"]\n\
+             [[component]]\ndomain = \"{SVC}\"\nsecret = \"svc-secret\"\n"
+        ));
+        listeners.push(addr);
+    }
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let b_full = format!("{bob}@{DOMAIN}/b");
+    let mut svc = Client::component(listeners[0], SVC, "svc-secret").await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b")).await;
+    // Until n2 has heard that n1 serves the component.
+    let got = reaches_component(&mut b, &mut svc, SVC, "from n2").await;
+    assert_eq!(got.attr("from"), Some(b_full.as_str()), "{}", show(&got));
+    svc.send_str(&format!(
+        "<message from='{SVC}' to='{b_full}' type='chat'><body>hello from n1</body></message>"
+    ))
+    .await;
+    await_stanza(
+        &mut b,
+        Duration::from_secs(10),
+        "the component's answer",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("hello from n1"),
+    )
+    .await;
+
+    // The component moves to n2.
+    drop(svc);
+    let mut svc = loop {
+        let mut c = Client::component_handshake_sent(listeners[1], SVC, "svc-secret").await;
+        let answer = c.next_event().await;
+        if matches!(&answer, Some(StreamEvent::Stanza(e)) if e.name() == "handshake") {
+            break c;
+        }
+        // n1 has not seen the old connection go yet: n2 refuses a second one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a")).await;
+    let got = reaches_component(&mut a, &mut svc, SVC, "from n1").await;
+    assert_eq!(
+        got.attr("from"),
+        Some(format!("{alice}@{DOMAIN}/a").as_str()),
+        "{}",
+        show(&got)
+    );
+}
+
+/// `from` writes `text` to the component `svc` until `at` (the
+/// component's stream) gets it; the message as the component got it.
+async fn reaches_component(from: &mut Client, at: &mut Client, svc: &str, text: &str) -> Element {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        from.send_str(&format!(
+            "<message to='{svc}' type='chat'><body>{text}</body></message>"
+        ))
+        .await;
+        let got = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                let e = at.next_element().await;
+                if e.name() == "message" && body_any(&e).as_deref() == Some(text) {
+                    return e;
+                }
+            }
+        })
+        .await;
+        if let Ok(e) = got {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "{svc} never reached: {text}");
+    }
+}
+
+/// The body of a message in any namespace (a component's stream is
+/// `jabber:component:accept`).
+fn body_any(e: &Element) -> Option<String> {
+    e.children().find(|c| c.name() == "body").map(|b| b.text())
+}

@@ -44,6 +44,13 @@ pub enum Change {
     /// (the storing node's replica did not show it yet); its node hands
     /// it over again (`Event::KeptForLater`).
     KeptForLater { user: String, what: Kept },
+    /// `node` serves the external component `domain` now (`up`), or no
+    /// longer.
+    Component {
+        node: String,
+        domain: String,
+        up: bool,
+    },
 }
 
 /// What the directory did with one change (`SessionDirectory::apply`).
@@ -77,6 +84,9 @@ pub enum Delivery {
     TakeOver(Bytes),
     /// The answer to a `TakeOver`: the session, or that it is not here.
     HandedOver(Bytes),
+    /// A stanza for the external component `to` (a domain) connected to
+    /// the receiving node, written for its stream.
+    Component(Bytes),
 }
 
 /// One entry waiting in a node's inbox.
@@ -176,7 +186,24 @@ pub trait Bus: Send + Sync {
     fn drop_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
 }
 
-/// Everything a cluster node needs from the shared engine.
-pub trait Engine: Membership + SessionDirectory + Bus {}
+/// Which node serves which external component (XEP-0114), written by
+/// that node; announced on the bus as `Change::Component`.
+pub trait ComponentDirectory: Send + Sync {
+    /// Records that `node` serves `domain` (`up`), or no longer (removed
+    /// only while it names `node`), and announces it.
+    fn set_component<'a>(
+        &'a self,
+        node: &'a str,
+        domain: &'a str,
+        up: bool,
+    ) -> BoxFuture<'a, BusResult<()>>;
+    /// Every component served, and its node.
+    fn components(&self) -> BoxFuture<'_, BusResult<Vec<(String, String)>>>;
+    /// Forgets what `node` served (a dead node's, or this node's earlier run).
+    fn drop_node_components<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
+}
 
-impl<T: Membership + SessionDirectory + Bus> Engine for T {}
+/// Everything a cluster node needs from the shared engine.
+pub trait Engine: Membership + SessionDirectory + Bus + ComponentDirectory {}
+
+impl<T: Membership + SessionDirectory + Bus + ComponentDirectory> Engine for T {}

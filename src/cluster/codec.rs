@@ -80,6 +80,9 @@ pub fn encode_change(change: &Change) -> String {
             };
             format!("K\t{user}\t{what}")
         }
+        Change::Component { node, domain, up } => {
+            format!("C\t{domain}\t{node}\t{}", u8::from(*up))
+        }
     }
 }
 
@@ -123,6 +126,13 @@ pub fn decode_change(text: &str) -> Option<Change> {
                 user: user.to_string(),
                 what,
             })
+        }
+        "C" => {
+            let mut parts = rest.split('\t');
+            let domain = parts.next()?.to_string();
+            let node = parts.next()?.to_string();
+            let up = parts.next()? == "1";
+            Some(Change::Component { node, domain, up })
         }
         _ => None,
     }
@@ -170,6 +180,16 @@ mod tests {
                 user: "carol@x".into(),
                 what: Kept::SubscriptionRequest,
             },
+            Change::Component {
+                node: "n1".into(),
+                domain: "svc.x".into(),
+                up: true,
+            },
+            Change::Component {
+                node: "n2".into(),
+                domain: "svc.x".into(),
+                up: false,
+            },
         ];
         for c in changes {
             assert_eq!(decode_change(&encode_change(&c)), Some(c));
@@ -182,7 +202,8 @@ mod tests {
 /// `p`), so a batch — a presence broadcast to many contacts' resources,
 /// a burst of chat — costs one append. A record is a kind byte (`s`
 /// stanza, `=` the same stanza bytes as the record before, `r` replaced,
-/// `a` an IQ answer, `o` a take-over request, `h` its answer), the full JID
+/// `a` an IQ answer, `o` a take-over request, `h` its answer, `k` a stanza
+/// for a component), the full JID
 /// (u32 big-endian length, bytes), and for all but `=` the value (u32 length, bytes; for `r` the session id
 /// in decimal).
 pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
@@ -213,6 +234,7 @@ pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
             Delivery::Answer(b) => (b'a', Some(b)),
             Delivery::TakeOver(b) => (b'o', Some(b)),
             Delivery::HandedOver(b) => (b'h', Some(b)),
+            Delivery::Component(b) => (b'k', Some(b)),
         };
         out.push(kind);
         put(&mut out, to.as_bytes());
@@ -261,6 +283,7 @@ pub fn unpack(packed: &Bytes) -> Option<Vec<(String, Delivery)>> {
             b'a' => Delivery::Answer(take(&mut at)?),
             b'o' => Delivery::TakeOver(take(&mut at)?),
             b'h' => Delivery::HandedOver(take(&mut at)?),
+            b'k' => Delivery::Component(take(&mut at)?),
             _ => return None,
         };
         out.push((to, delivery));
@@ -282,6 +305,12 @@ mod pack_tests {
             ("d@x/1", Delivery::Stanza(other.clone())),
             ("e@x/1", Delivery::Replaced(42)),
             ("f@x/1", Delivery::Answer(Bytes::from_static(b"<iq/>"))),
+            ("g@x", Delivery::TakeOver(Bytes::from_static(b"request"))),
+            ("g@x", Delivery::HandedOver(Bytes::from_static(b"session"))),
+            (
+                "svc.x",
+                Delivery::Component(Bytes::from_static(b"<message/>")),
+            ),
         ];
         let refs: Vec<(&str, &Delivery)> = entries.iter().map(|(t, d)| (*t, d)).collect();
         let packed = Bytes::from(pack(&refs));

@@ -51,6 +51,10 @@ pub(super) async fn run(
             Ok(stream) => match engine.snapshot().await {
                 Ok(all) => {
                     cluster.replica.replace_all(all);
+                    match engine.components().await {
+                        Ok(c) => cluster.replica.replace_components(c),
+                        Err(e) => tracing::warn!(error = %e, "cluster: components not readable"),
+                    }
                     events = Some(stream);
                     tracing::info!("cluster: bus subscription back; replica reloaded");
                 }

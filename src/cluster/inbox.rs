@@ -57,6 +57,7 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
                             super::takeover::on_request(&server, &cluster, request)
                         }
                         Delivery::HandedOver(answer) => cluster.handed_over(answer),
+                        Delivery::Component(data) => to_component(&server, &entry.to, data),
                         _ => deliver(&server, entry).await,
                     }
                 }
@@ -99,7 +100,10 @@ pub async fn deliver(server: &Server, entry: InboxEntry) {
             return;
         }
         // Not for a session; the reader handles them (`run`).
-        Delivery::Answer(_) | Delivery::TakeOver(_) | Delivery::HandedOver(_) => return,
+        Delivery::Answer(_)
+        | Delivery::TakeOver(_)
+        | Delivery::HandedOver(_)
+        | Delivery::Component(_) => return,
     };
     let data = OutStanza::serialized(bytes);
     if server.sessions.send_to_local(&to, data.clone()).is_err() {
@@ -127,5 +131,15 @@ fn answer(server: &Server, from: &str, bytes: &bytes::Bytes) {
             }
         }
         _ => tracing::warn!(from, "cluster: unreadable IQ answer dropped"),
+    }
+}
+
+/// A stanza another node routed to a component connected here. Gone
+/// meanwhile (it disconnected): dropped, as a stanza for a component that
+/// is not connected is on a single server (the sender got no error then
+/// either: the other node queued it in good faith).
+fn to_component(server: &Server, domain: &str, data: &bytes::Bytes) {
+    if let Err(e) = server.components.send_here(domain, data.clone()) {
+        tracing::debug!(domain, error = ?e, "cluster: a stanza for a component dropped");
     }
 }

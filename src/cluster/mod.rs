@@ -163,6 +163,10 @@ impl Cluster {
             .replica
             .replace_all(cluster.engine.snapshot().await?);
         server.sessions.attach_remote(cluster.clone());
+        cluster
+            .replica
+            .replace_components(cluster.engine.components().await?);
+        server.components.attach_remote(cluster.clone());
         // The two writers run as long as the process (sessions ending at
         // shutdown still send through them); `leave` flushes them.
         tokio::spawn(writer::run(server.clone(), cluster.clone(), writer_rx));
@@ -421,6 +425,34 @@ impl RemoteSessions for Cluster {
                 mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
             }
+        }))
+    }
+}
+
+impl crate::components::RemoteComponents for Cluster {
+    fn local_changed(&self, domain: &str, up: bool) {
+        // Written from a task of its own (the caller holds the registry's
+        // lock); a component that connects and leaves faster than Redis
+        // answers may be announced out of order, and is put right by its
+        // next connection.
+        let (engine, node, domain) = (self.engine.clone(), self.node.clone(), domain.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = engine.set_component(&node, &domain, up).await {
+                tracing::warn!(%domain, up, error = %e, "cluster: component change not written");
+            }
+        });
+    }
+
+    fn forward(&self, domain: &str, data: &bytes::Bytes) -> Option<Result<(), DeliveryError>> {
+        let node = self.replica.component_node(domain)?;
+        let entry = OutMsg::Entry(
+            node,
+            domain.to_string(),
+            bus::Delivery::Component(data.clone()),
+        );
+        Some(self.outbox.try_send(entry).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
         }))
     }
 }

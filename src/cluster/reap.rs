@@ -59,6 +59,7 @@ pub async fn reap_own(server: &Server, cluster: &Cluster) -> BusResult<()> {
 async fn reap_locked(server: &Server, cluster: &Cluster, node: &str) -> BusResult<()> {
     let engine = cluster.engine();
     let sessions = engine.take_node(node).await?;
+    engine.drop_node_components(node).await?;
     engine
         .publish(&[Change::NodeDown {
             node: node.to_string(),

@@ -23,7 +23,8 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::bus::{
-    Applied, Bus, BusResult, Change, Delivery, InboxEntry, Membership, NodeStatus, SessionDirectory,
+    Applied, Bus, BusResult, Change, ComponentDirectory, Delivery, InboxEntry, Membership,
+    NodeStatus, SessionDirectory,
 };
 use super::codec;
 use crate::sessions::ResourceState;
@@ -165,6 +166,85 @@ impl RedisCluster {
     fn channel(&self) -> String {
         format!("{}:events", self.prefix)
     }
+
+    fn components_key(&self) -> String {
+        format!("{}:comps", self.prefix)
+    }
+}
+
+/// Removes a component's field only while it names the given node.
+const COMPONENT_GONE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
+    return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
+
+impl ComponentDirectory for RedisCluster {
+    fn set_component<'a>(
+        &'a self,
+        node: &'a str,
+        domain: &'a str,
+        up: bool,
+    ) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut pipe = redis::pipe();
+            if up {
+                pipe.cmd("HSET")
+                    .arg(self.components_key())
+                    .arg(domain)
+                    .arg(node)
+                    .ignore();
+            } else {
+                pipe.cmd("EVAL")
+                    .arg(COMPONENT_GONE)
+                    .arg(1)
+                    .arg(self.components_key())
+                    .arg(domain)
+                    .arg(node)
+                    .ignore();
+            }
+            let change = Change::Component {
+                node: node.to_string(),
+                domain: domain.to_string(),
+                up,
+            };
+            pipe.cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(codec::encode_change(&change))
+                .ignore();
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(err)
+        }
+        .boxed()
+    }
+
+    fn components(&self) -> BoxFuture<'_, BusResult<Vec<(String, String)>>> {
+        async move {
+            let mut c = self.conn.clone();
+            redis::cmd("HGETALL")
+                .arg(self.components_key())
+                .query_async(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+
+    fn drop_node_components<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let all = self.components().await?;
+            let mut pipe = redis::pipe();
+            for (domain, _) in all.iter().filter(|(_, n)| n == node) {
+                pipe.cmd("EVAL")
+                    .arg(COMPONENT_GONE)
+                    .arg(1)
+                    .arg(self.components_key())
+                    .arg(domain)
+                    .arg(node)
+                    .ignore();
+            }
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(err)
+        }
+        .boxed()
+    }
 }
 
 fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
@@ -199,6 +279,8 @@ fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
             Delivery::TakeOver(Bytes::from(field("o")))
         } else if e.map.contains_key("h") {
             Delivery::HandedOver(Bytes::from(field("h")))
+        } else if e.map.contains_key("k") {
+            Delivery::Component(Bytes::from(field("k")))
         } else {
             Delivery::Stanza(Bytes::from(field("s")))
         };
@@ -363,7 +445,9 @@ impl SessionDirectory for RedisCluster {
                                 .ignore();
                         }
                     }
-                    Change::NodeDown { .. } | Change::KeptForLater { .. } => {}
+                    Change::NodeDown { .. }
+                    | Change::KeptForLater { .. }
+                    | Change::Component { .. } => {}
                 }
             }
             // One answer per `Bound` (the others' are ignored).
@@ -552,6 +636,7 @@ impl Bus for RedisCluster {
                             Delivery::Answer(iq) => cmd.arg("a").arg(iq.as_ref()),
                             Delivery::TakeOver(r) => cmd.arg("o").arg(r.as_ref()),
                             Delivery::HandedOver(s) => cmd.arg("h").arg(s.as_ref()),
+                            Delivery::Component(s) => cmd.arg("k").arg(s.as_ref()),
                         };
                     }
                     _ => {

@@ -25,6 +25,8 @@ struct Remote {
 pub struct Replica {
     me: String,
     by_bare: RwLock<HashMap<String, Vec<Remote>>>,
+    /// External components other nodes serve: domain → node.
+    components: RwLock<HashMap<String, Arc<str>>>,
 }
 
 impl Replica {
@@ -32,6 +34,7 @@ impl Replica {
         Replica {
             me: me.to_string(),
             by_bare: RwLock::default(),
+            components: RwLock::default(),
         }
     }
 
@@ -69,6 +72,15 @@ impl Replica {
             }
             // Acted on by `follow`, not a session of the replica.
             Change::KeptForLater { .. } => {}
+            Change::Component { node, .. } if node == self.me => {}
+            Change::Component { node, domain, up } => {
+                let mut map = self.components_mut();
+                if up {
+                    map.insert(domain, node.into());
+                } else if map.get(&domain).is_some_and(|n| **n == *node) {
+                    map.remove(&domain);
+                }
+            }
         }
     }
 
@@ -105,8 +117,33 @@ impl Replica {
         *self.write() = map;
     }
 
-    /// Forgets every session of `node`; returns how many there were.
+    /// The components other nodes serve, as the directory lists them
+    /// (domain, node).
+    pub fn replace_components(&self, all: Vec<(String, String)>) {
+        *self.components_mut() = all
+            .into_iter()
+            .filter(|(_, node)| *node != self.me)
+            .map(|(domain, node)| (domain, node.into()))
+            .collect();
+    }
+
+    /// The node serving the component `domain`, if another one does.
+    pub fn component_node(&self, domain: &str) -> Option<Arc<str>> {
+        self.components
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(domain)
+            .cloned()
+    }
+
+    fn components_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<str>>> {
+        self.components.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every session (and component) of `node`; returns how many
+    /// sessions there were.
     pub fn drop_node(&self, node: &str) -> usize {
+        self.components_mut().retain(|_, n| **n != *node);
         let mut map = self.write();
         let mut dropped = 0;
         map.retain(|_, list| {

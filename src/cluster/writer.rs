@@ -53,6 +53,16 @@ pub(super) async fn run(
                 sessions = changes.len(),
                 "cluster: writing every local session again"
             );
+            // And the components connected here.
+            for domain in server.components.connected_domains() {
+                if let Err(e) = cluster
+                    .engine()
+                    .set_component(&cluster.node, &domain, true)
+                    .await
+                {
+                    tracing::warn!(%domain, error = %e, "cluster: component not written again");
+                }
+            }
         }
         if !changes.is_empty() {
             write(&server, &cluster, &changes).await;
