@@ -981,6 +981,17 @@ fn directory_field(url: &str, prefix: &str, bare: &str, resource: &str) -> Optio
 
 /// Starts `n` nodes n1, n2, … on 127.0.0.21, … and waits until all accept.
 fn start_nodes(n: usize, prefix: &str, redis: &[String], ttl_ms: u64) -> Vec<Node> {
+    start_nodes_with(n, prefix, redis, ttl_ms, |_| String::new())
+}
+
+/// [`start_nodes`], with `extra(i)` added to node i's configuration.
+fn start_nodes_with(
+    n: usize,
+    prefix: &str,
+    redis: &[String],
+    ttl_ms: u64,
+    extra: impl Fn(usize) -> String,
+) -> Vec<Node> {
     let mut nodes: Vec<Node> = (0..n)
         .map(|i| {
             Node::with_ttl(
@@ -992,6 +1003,9 @@ fn start_nodes(n: usize, prefix: &str, redis: &[String], ttl_ms: u64) -> Vec<Nod
             )
         })
         .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        node.append_config(&extra(i));
+    }
     for node in &mut nodes {
         node.spawn();
     }
@@ -1021,12 +1035,17 @@ struct TwoNodes {
 }
 
 async fn two_nodes(a: &str, b: &str) -> TwoNodes {
+    two_nodes_with(a, b, |_| String::new()).await
+}
+
+/// [`two_nodes`], with `extra(i)` added to node i's configuration.
+async fn two_nodes_with(a: &str, b: &str, extra: impl Fn(usize) -> String) -> TwoNodes {
     let tag = rand::random::<u32>();
     let prefix = format!("wxtest-{tag}");
     let keys = RedisKeys(prefix.clone());
     let users = (format!("{a}{tag}"), format!("{b}{tag}"));
     add_users(&[&users.0, &users.1]).await;
-    let nodes = start_nodes(2, &prefix, &[redis_url(), redis_url()], TTL_MS);
+    let nodes = start_nodes_with(2, &prefix, &[redis_url(), redis_url()], TTL_MS, extra);
     TwoNodes {
         prefix,
         users,
@@ -1963,27 +1982,18 @@ async fn pep_notifications_reach_contacts_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_waiting_on_another_node_is_pushed_for() {
     const APP: &str = "push.localhost";
-    let tag = rand::random::<u32>();
-    let prefix = format!("wxtest-{tag}");
-    let _keys = RedisKeys(prefix.clone());
-    let (alice, bob) = (format!("ua{tag}"), format!("ub{tag}"));
-    add_users(&[&alice, &bob]).await;
     let app_addr: SocketAddr = format!("127.0.0.22:{}", free_port()).parse().unwrap();
-    let mut nodes = vec![
-        Node::new("n1", "127.0.0.21", &prefix),
-        Node::new("n2", "127.0.0.22", &prefix),
-    ];
-    nodes[1].append_config(&format!(
-        "[component_listener]\nlisten = [\"{app_addr}\"]\n\
-         [[component]]\ndomain = \"{APP}\"\nsecret = \"app-secret\"\n\
-         [push]\nmin_interval = 0\n"
-    ));
-    for n in &mut nodes {
-        n.spawn();
-    }
-    for n in &mut nodes {
-        n.wait_ready();
-    }
+    let setup = two_nodes_with("ua", "ub", |i| match i {
+        1 => format!(
+            "[component_listener]\nlisten = [\"{app_addr}\"]\n\
+             [[component]]\ndomain = \"{APP}\"\nsecret = \"app-secret\"\n\
+             [push]\nmin_interval = 0\n"
+        ),
+        _ => String::new(),
+    })
+    .await;
+    let nodes = &setup.nodes;
+    let (alice, bob) = setup.users.clone();
     let mut app = Client::component(app_addr, APP, "app-secret").await;
     let b_bare = format!("{bob}@{DOMAIN}");
     let (mut b, _id) = resumable_login(nodes[1].c2s, &bob, "phone").await;
@@ -2034,32 +2044,23 @@ async fn a_session_waiting_on_another_node_is_pushed_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_on_one_node_is_reachable_from_the_others() {
     const SVC: &str = "svc.localhost";
-    let tag = rand::random::<u32>();
-    let prefix = format!("wxtest-{tag}");
-    let _keys = RedisKeys(prefix.clone());
-    let (alice, bob) = (format!("ca{tag}"), format!("cb{tag}"));
-    add_users(&[&alice, &bob]).await;
-    let mut nodes = vec![
-        Node::new("n1", "127.0.0.21", &prefix),
-        Node::new("n2", "127.0.0.22", &prefix),
-    ];
-    let mut listeners = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let addr: SocketAddr = format!("127.0.0.{}:{}", 21 + i, free_port())
-            .parse()
-            .unwrap();
-        n.append_config(&format!(
-            "[component_listener]\nlisten = [\"{addr}\"]\n\
-             [[component]]\ndomain = \"{SVC}\"\nsecret = \"svc-secret\"\n"
-        ));
-        listeners.push(addr);
-    }
-    for n in &mut nodes {
-        n.spawn();
-    }
-    for n in &mut nodes {
-        n.wait_ready();
-    }
+    let listeners: Vec<SocketAddr> = (0..2)
+        .map(|i| {
+            format!("127.0.0.{}:{}", 21 + i, free_port())
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let setup = two_nodes_with("ca", "cb", |i| {
+        format!(
+            "[component_listener]\nlisten = [\"{}\"]\n\
+             [[component]]\ndomain = \"{SVC}\"\nsecret = \"svc-secret\"\n",
+            listeners[i]
+        )
+    })
+    .await;
+    let nodes = &setup.nodes;
+    let (alice, bob) = setup.users.clone();
     let b_full = format!("{bob}@{DOMAIN}/b");
     let mut svc = Client::component(listeners[0], SVC, "svc-secret").await;
     let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b")).await;

@@ -170,6 +170,17 @@ impl RedisCluster {
     fn components_key(&self) -> String {
         format!("{}:comps", self.prefix)
     }
+
+    /// Adds to `pipe` the removal of `domain`'s entry if it names `node`.
+    fn component_gone(&self, pipe: &mut redis::Pipeline, domain: &str, node: &str) {
+        pipe.cmd("EVAL")
+            .arg(COMPONENT_GONE)
+            .arg(1)
+            .arg(self.components_key())
+            .arg(domain)
+            .arg(node)
+            .ignore();
+    }
 }
 
 /// Removes a component's field only while it names the given node.
@@ -192,13 +203,7 @@ impl ComponentDirectory for RedisCluster {
                     .arg(node)
                     .ignore();
             } else {
-                pipe.cmd("EVAL")
-                    .arg(COMPONENT_GONE)
-                    .arg(1)
-                    .arg(self.components_key())
-                    .arg(domain)
-                    .arg(node)
-                    .ignore();
+                self.component_gone(&mut pipe, domain, node);
             }
             let change = Change::Component {
                 node: node.to_string(),
@@ -232,13 +237,7 @@ impl ComponentDirectory for RedisCluster {
             let all = self.components().await?;
             let mut pipe = redis::pipe();
             for (domain, _) in all.iter().filter(|(_, n)| n == node) {
-                pipe.cmd("EVAL")
-                    .arg(COMPONENT_GONE)
-                    .arg(1)
-                    .arg(self.components_key())
-                    .arg(domain)
-                    .arg(node)
-                    .ignore();
+                self.component_gone(&mut pipe, domain, node);
             }
             let mut c = self.conn.clone();
             pipe.query_async::<()>(&mut c).await.map_err(err)
