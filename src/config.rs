@@ -1391,6 +1391,19 @@ impl Config {
                         .into(),
                 });
             }
+            // A remote server checks a dialback key by connecting to the
+            // domain, which may reach another node: every node must derive
+            // keys from one secret, not a random one of its own.
+            let federates = !(self.s2s.listen.is_empty() && self.s2s.listen_tls.is_empty());
+            if federates && self.s2s.dialback_secret.is_empty() {
+                problems.push(Problem {
+                    line,
+                    message: "[cluster] with federation ([s2s] listen) needs [s2s] \
+                              dialback_secret, the same on every node (a remote server may \
+                              check one node's dialback key at another)"
+                        .into(),
+                });
+            }
         }
         if self.c2s.listen.is_empty() && self.c2s.listen_tls.is_empty() {
             problems.push(Problem {
@@ -2966,6 +2979,15 @@ mod tests {
             "{base}{pg}[cluster]\nnode_id = \"n1\"\nredis = \"http://x\"\n"
         ));
         assert!(p.iter().any(|p| p.message.contains("redis")), "{p:?}");
+        // Federating nodes share one dialback secret.
+        let s2s = "[s2s]\nlisten = [\"127.0.0.1:5269\"]\n";
+        let p = problems(format!("{base}{pg}{s2s}[cluster]\nnode_id = \"n1\"\n"));
+        assert!(
+            p.iter().any(|p| p.message.contains("dialback_secret")),
+            "{p:?}"
+        );
+        let shared = "[s2s]\nlisten = [\"127.0.0.1:5269\"]\ndialback_secret = \"s\"\n";
+        assert!(Config::parse(&format!("{base}{pg}{shared}[cluster]\nnode_id = \"n1\"\n")).is_ok());
     }
 
     #[test]
