@@ -981,16 +981,17 @@ fn directory_field(url: &str, prefix: &str, bare: &str, resource: &str) -> Optio
 
 /// Starts `n` nodes n1, n2, … on 127.0.0.21, … and waits until all accept.
 fn start_nodes(n: usize, prefix: &str, redis: &[String], ttl_ms: u64) -> Vec<Node> {
-    start_nodes_with(n, prefix, redis, ttl_ms, |_| String::new())
+    start_nodes_with(n, prefix, redis, ttl_ms, |_, _| String::new())
 }
 
-/// [`start_nodes`], with `extra(i)` added to node i's configuration.
+/// [`start_nodes`], with `extra(i, node)` added to node i's configuration
+/// (it may prepare the node's files too).
 fn start_nodes_with(
     n: usize,
     prefix: &str,
     redis: &[String],
     ttl_ms: u64,
-    extra: impl Fn(usize) -> String,
+    extra: impl Fn(usize, &Node) -> String,
 ) -> Vec<Node> {
     let mut nodes: Vec<Node> = (0..n)
         .map(|i| {
@@ -1004,7 +1005,7 @@ fn start_nodes_with(
         })
         .collect();
     for (i, node) in nodes.iter().enumerate() {
-        node.append_config(&extra(i));
+        node.append_config(&extra(i, node));
     }
     for node in &mut nodes {
         node.spawn();
@@ -1035,11 +1036,11 @@ struct TwoNodes {
 }
 
 async fn two_nodes(a: &str, b: &str) -> TwoNodes {
-    two_nodes_with(a, b, |_| String::new()).await
+    two_nodes_with(a, b, |_, _| String::new()).await
 }
 
-/// [`two_nodes`], with `extra(i)` added to node i's configuration.
-async fn two_nodes_with(a: &str, b: &str, extra: impl Fn(usize) -> String) -> TwoNodes {
+/// [`two_nodes`], with `extra(i, node)` added to node i's configuration.
+async fn two_nodes_with(a: &str, b: &str, extra: impl Fn(usize, &Node) -> String) -> TwoNodes {
     let tag = rand::random::<u32>();
     let prefix = format!("wxtest-{tag}");
     let keys = RedisKeys(prefix.clone());
@@ -1983,7 +1984,7 @@ async fn pep_notifications_reach_contacts_on_another_node() {
 async fn a_session_waiting_on_another_node_is_pushed_for() {
     const APP: &str = "push.localhost";
     let app_addr: SocketAddr = format!("127.0.0.22:{}", free_port()).parse().unwrap();
-    let setup = two_nodes_with("ua", "ub", |i| match i {
+    let setup = two_nodes_with("ua", "ub", |i, _| match i {
         1 => format!(
             "[component_listener]\nlisten = [\"{app_addr}\"]\n\
              [[component]]\ndomain = \"{APP}\"\nsecret = \"app-secret\"\n\
@@ -2051,7 +2052,7 @@ async fn a_component_on_one_node_is_reachable_from_the_others() {
                 .unwrap()
         })
         .collect();
-    let setup = two_nodes_with("ca", "cb", |i| {
+    let setup = two_nodes_with("ca", "cb", |i, _| {
         format!(
             "[component_listener]\nlisten = [\"{}\"]\n\
              [[component]]\ndomain = \"{SVC}\"\nsecret = \"svc-secret\"\n",
@@ -2129,4 +2130,94 @@ async fn reaches_component(from: &mut Client, at: &mut Client, svc: &str, text: 
 /// `jabber:component:accept`).
 fn body_any(e: &Element) -> Option<String> {
     e.children().find(|c| c.name() == "body").map(|b| b.text())
+}
+
+/// Federation from every node (RFC 6120 server-to-server, dialback): a
+/// remote server (`remote.test`, in this process) reaches the cluster's
+/// domain at n1 only. Its user writes to alice (on n1) and bob (on n2):
+/// both get it, n1 forwarding bob's. Each answers from its own node, n2
+/// over a stream of its own, which the remote server checks by dialback
+/// against the domain, that is at n1: n1 verifies n2's key because every
+/// node derives keys from the one `[s2s] dialback_secret`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_every_node_federate_with_a_remote_server() {
+    const REMOTE: &str = "remote.test";
+    let certs = tempfile::tempdir().unwrap();
+    let ours = cert_dir(&certs, DOMAIN);
+    let theirs = cert_dir(&certs, REMOTE);
+    let remote_s2s = free_port();
+    let s2s: Vec<SocketAddr> = (0..2)
+        .map(|i| {
+            format!("127.0.0.{}:{}", 21 + i, free_port())
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let setup = two_nodes_with("fa", "fb", |i, node| {
+        // One certificate for the domain on every node.
+        let dir = node.dir.path().join("certs");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["dev-cert.pem", "dev-key.pem"] {
+            std::fs::copy(ours.join(f), dir.join(f)).unwrap();
+        }
+        format!(
+            "[s2s]\nlisten = [\"{}\"]\nca_file = {:?}\nsasl_external = false\nbidi = false\n\
+             dialback_secret = \"one-secret-for-the-cluster\"\n\
+             [s2s.hosts]\n\"{REMOTE}\" = \"127.0.0.1:{remote_s2s}\"\n",
+            s2s[i],
+            theirs.join("dev-cert.pem").display().to_string()
+        )
+    })
+    .await;
+    let nodes = &setup.nodes;
+    let (alice, bob) = setup.users.clone();
+    let (theirs_dir, ours_pem) = (theirs.clone(), ours.join("dev-cert.pem"));
+    let remote = TestServer::start_with(move |c| {
+        c.host = vec![waxwing::config::HostConfig {
+            domain: REMOTE.into(),
+            cert: None,
+            key: None,
+            allow_registration: false,
+        }];
+        c.tls.dev_cert_dir = theirs_dir;
+        c.s2s.listen = vec![SocketAddr::from(([127, 0, 0, 1], remote_s2s))];
+        c.s2s.ca_file = ours_pem.display().to_string();
+        c.s2s.sasl_external = false;
+        c.s2s.bidi = false;
+        c.s2s.connect_timeout = 5;
+        c.s2s.dialback_secret = "the-remote-secret".into();
+        // The cluster's domain is at n1 only.
+        c.s2s.hosts.insert(DOMAIN.into(), s2s[0].to_string());
+    })
+    .await;
+    remote.add_user_at(REMOTE, "r", "pw").await;
+    let mut r = Client::login_at(remote.plain_addr, REMOTE, "r", "pw", Some("pc")).await;
+    let r_full = format!("r@{REMOTE}/pc");
+    let mut a = Client::login(nodes[0].c2s, &alice, "pw", Some("a")).await;
+    let mut b = Client::login(nodes[1].c2s, &bob, "pw", Some("b")).await;
+    for (to, c) in [(&alice, &mut a), (&bob, &mut b)] {
+        r.send_str(&format!(
+            "<message to='{to}@{DOMAIN}/{}' type='chat'><body>to {to}</body></message>",
+            if *to == alice { "a" } else { "b" }
+        ))
+        .await;
+        let got = await_stanza(c, Duration::from_secs(15), "the remote user's chat", |e| {
+            e.is("message", NS_CLIENT) && body(e) == Some(format!("to {to}"))
+        })
+        .await;
+        assert_eq!(got.attr("from"), Some(r_full.as_str()), "{}", show(&got));
+    }
+    for (name, c) in [("alice", &mut a), ("bob", &mut b)] {
+        c.send_str(&format!(
+            "<message to='{r_full}' type='chat'><body>from {name}</body></message>"
+        ))
+        .await;
+        await_stanza(
+            &mut r,
+            Duration::from_secs(15),
+            "an answer from the cluster",
+            |e| e.is("message", NS_CLIENT) && body(e) == Some(format!("from {name}")),
+        )
+        .await;
+    }
 }
