@@ -165,10 +165,13 @@ pub trait Bus: Send + Sync {
     ) -> BoxFuture<'a, BusResult<Vec<bool>>>;
     /// Makes `node`'s inbox ready to read (what it left unread included).
     fn open_inbox<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
-    /// Waits up to `block_ms` for new entries of `node`'s inbox.
+    /// Acknowledges `done` (entries of the previous read, handled), then
+    /// waits up to `block_ms` for new entries of `node`'s inbox — one
+    /// round trip for both.
     fn receive<'a>(
         &'a self,
         node: &'a str,
+        done: &'a [String],
         max: usize,
         block_ms: u64,
     ) -> BoxFuture<'a, BusResult<Vec<InboxEntry>>>;

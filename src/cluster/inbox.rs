@@ -19,11 +19,27 @@ const BLOCK_MS: u64 = 2_000;
 
 pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
     let mut attempt = 0;
+    // Entries handled and not yet deleted from the stream: deleted with
+    // the next read (`Bus::receive`), or before leaving this loop.
+    let mut done: Vec<String> = Vec::new();
+    let settle = |done: Vec<String>| {
+        let cluster = cluster.clone();
+        async move {
+            if !done.is_empty() {
+                if let Err(e) = cluster.engine().ack(&cluster.node, &done).await {
+                    // Left in the stream: a later drain (leave or reap)
+                    // re-routes them again.
+                    tracing::warn!(error = %e, "cluster: inbox not acknowledged");
+                }
+            }
+        }
+    };
     loop {
         // A fenced node may have been reaped: what others append now goes
         // to a new inbox once it joins again, and nothing is delivered to
         // the sessions it has closed.
         while cluster.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            settle(std::mem::take(&mut done)).await;
             let woken = cluster.unfenced.notified();
             if !cluster.fenced.load(std::sync::atomic::Ordering::Acquire) {
                 break;
@@ -34,9 +50,15 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
             }
         }
         let read = tokio::select! {
-            _ = cluster.stop.cancelled() => return,
-            r = cluster.engine().receive(&cluster.node, BATCH, BLOCK_MS) => r,
+            _ = cluster.stop.cancelled() => {
+                settle(done).await;
+                return;
+            }
+            r = cluster.engine().receive(&cluster.node, &done, BATCH, BLOCK_MS) => r,
         };
+        if read.is_ok() {
+            done.clear();
+        }
         match read {
             Ok(entries) if cluster.fenced.load(std::sync::atomic::Ordering::Acquire) => {
                 // Read just as the node fenced itself: left unacknowledged
@@ -61,10 +83,11 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
                         _ => deliver(&server, entry).await,
                     }
                 }
-                if let Err(e) = cluster.engine().ack(&cluster.node, &ids).await {
-                    // Unacknowledged entries stay in the stream: a later
-                    // drain (leave or reap) re-routes them again.
-                    tracing::warn!(error = %e, "cluster: inbox not acknowledged");
+                // Deleted with the next read, or at once if the node
+                // fenced meanwhile (it stops reading).
+                done = ids;
+                if cluster.fenced.load(std::sync::atomic::Ordering::Acquire) {
+                    settle(std::mem::take(&mut done)).await;
                 }
             }
             Err(e) => {
