@@ -78,7 +78,7 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
                         Delivery::TakeOver(request) => {
                             super::takeover::on_request(&server, &cluster, request)
                         }
-                        Delivery::HandedOver(answer) => cluster.handed_over(answer),
+                        Delivery::HandedOver(answer) => cluster.handed_over(&server, answer),
                         Delivery::Component(data) => to_component(&server, &entry.to, data),
                         _ => deliver(&server, entry).await,
                     }

@@ -398,9 +398,7 @@ impl RemoteSessions for Cluster {
             return Some(Err(DeliveryError::Offline));
         }
         let size = stanza.bytes().len();
-        let held = self.outbox_bytes.fetch_add(size, Ordering::Relaxed);
-        if held + size > self.outbox_max_bytes {
-            self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+        if !self.reserve(size) {
             return Some(Err(DeliveryError::QueueFull));
         }
         let delivery = bus::Delivery::Stanza(stanza.bytes().clone());
@@ -445,21 +443,42 @@ impl crate::components::RemoteComponents for Cluster {
 
     fn forward(&self, domain: &str, data: &bytes::Bytes) -> Option<Result<(), DeliveryError>> {
         let node = self.replica.component_node(domain)?;
+        // Counted like stanzas for sessions: a flood of big stanzas for a
+        // component elsewhere is bounded by bytes, not only by entries.
+        if !self.reserve(data.len()) {
+            return Some(Err(DeliveryError::QueueFull));
+        }
         let entry = OutMsg::Entry(
             node,
             domain.to_string(),
             bus::Delivery::Component(data.clone()),
         );
-        Some(self.outbox.try_send(entry).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
+        Some(self.outbox.try_send(entry).map_err(|e| {
+            self.outbox_bytes.fetch_sub(data.len(), Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => DeliveryError::Offline,
+            }
         }))
     }
 }
 
 impl Cluster {
+    /// Counts `size` bytes of a stanza against the outbox's bound
+    /// (`outbox_max_bytes`); false, with nothing counted, when it would
+    /// pass it. The outbox gives them back once the stanza is appended.
+    fn reserve(&self, size: usize) -> bool {
+        let held = self.outbox_bytes.fetch_add(size, Ordering::Relaxed);
+        if held + size > self.outbox_max_bytes {
+            self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Queues one entry for `node` (not counted against the stanza bytes:
-    /// replacements and IQ answers are few and small).
+    /// replacements, IQ answers and take-overs are few — one handed-over
+    /// session per resumption, bounded by that session's own limits).
     fn send_entry(&self, node: &str, to: String, delivery: bus::Delivery) -> bool {
         self.outbox
             .try_send(OutMsg::Entry(node.into(), to, delivery))

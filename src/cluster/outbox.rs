@@ -61,7 +61,7 @@ pub(super) async fn run(
             let sent: usize = batch
                 .iter()
                 .map(|(_, _, d)| match d {
-                    Delivery::Stanza(b) => b.len(),
+                    Delivery::Stanza(b) | Delivery::Component(b) => b.len(),
                     _ => 0,
                 })
                 .sum();

@@ -44,10 +44,12 @@ impl TakeOvers {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An answer to request `id` (none waits any more: dropped).
-    fn answer(&self, id: u64, session: Option<Bytes>) {
-        if let Some(tx) = self.lock().get(&id) {
-            let _ = tx.try_send(session);
+    /// An answer to request `id`; given back when nobody waits for it
+    /// any more.
+    fn answer(&self, id: u64, session: Option<Bytes>) -> Option<Option<Bytes>> {
+        match self.lock().get(&id) {
+            Some(tx) => tx.try_send(session).err().map(|e| e.into_inner()),
+            None => Some(session),
         }
     }
 }
@@ -121,18 +123,30 @@ impl Cluster {
     /// A `TakeOver` entry for a node that is not alive: counted as its no.
     pub(super) fn take_over_not_delivered(&self, request: &Bytes) {
         if let Some(r) = decode_request(request) {
-            self.takeovers.answer(r.id, None);
+            let _ = self.takeovers.answer(r.id, None);
         }
     }
 
     /// A `HandedOver` entry: the answer to one of this node's requests.
-    pub(super) fn handed_over(&self, answer: &Bytes) {
+    /// A session that comes after its asker gave up (the holder took
+    /// longer than [`WAIT`]) has left its node already: it is ended here,
+    /// its stanzas re-routed, rather than lost.
+    pub(super) fn handed_over(&self, server: &Arc<Server>, answer: &Bytes) {
         if answer.len() < 8 {
             return;
         }
         let id = u64::from_be_bytes(answer[..8].try_into().unwrap_or_default());
         let session = (answer.len() > 8).then(|| answer.slice(8..));
-        self.takeovers.answer(id, session);
+        let Some(Some(late)) = self.takeovers.answer(id, session) else {
+            return;
+        };
+        let Some(handed) = sm_handover::decode(&late) else {
+            return;
+        };
+        tracing::info!(jid = %handed.jid, "cluster: a session handed over too late ends here");
+        let server = server.clone();
+        let tasks = server.background.clone();
+        tasks.spawn(async move { end_handed(&server, handed).await });
     }
 }
 
