@@ -9,6 +9,8 @@ server-to-server with certificates from a test CA made here.
     unreachable.test 127.0.0.14  nothing listens   (bounce case)
     dialback.test   127.0.0.15   a second Waxwing  cert from the test CA, [s2s] sasl_external = false
     rogue.test      127.0.0.16   nothing listens   a raw s2s client's domain (test_spoofing.py)
+    cluster.test    127.0.0.17   Waxwing node n1   cert from the test CA; with node n2 on
+                    127.0.0.18   127.0.0.18, one cluster (PostgreSQL, Redis) serving cluster.test
                     127.0.0.19   DNS (UDP 53) for Prosody, see fed_dns.py
 
 Every server listens on port 5222 (c2s, STARTTLS required) and 5269 (s2s,
@@ -74,7 +76,10 @@ COMPONENT_PORT = 5347
 # Component of prosody.test; each domain's certificate covers its subdomains.
 WAXWING_MUC = ("conference.waxwing.test", WAXWING[1])
 PROSODY_MUC = ("conference.prosody.test", PROSODY[1])
-ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE, DIALBACK, ROGUE, ECHO_COMPONENT,
+# A Waxwing cluster (issue #16): the domain resolves to node n1 only; node n2 serves it too.
+CLUSTER = ("cluster.test", "127.0.0.17")
+CLUSTER_N2 = "127.0.0.18"
+ALL_DOMAINS = (WAXWING, PROSODY, EJABBERD, UNTRUSTED, UNREACHABLE, DIALBACK, ROGUE, CLUSTER, ECHO_COMPONENT,
                WAXWING_MUC, PROSODY_MUC)
 DNS_IP = "127.0.0.19"
 C2S_PORT, C2S_TLS_PORT, S2S_PORT = 5222, 5223, 5269
@@ -510,7 +515,8 @@ modules:
 
 
 def waxwing_config(dir: Path, domain: str, ip: str, *, cert: Path, key: Path, ca: Path,
-                   sasl_external: bool = True) -> str:
+                   sasl_external: bool = True, database: str | None = None, s2s_extra: str = "",
+                   extra: str = "") -> str:
     hosts = "\n".join(f"{toml_str(d)} = {toml_str(f'{a}:{S2S_PORT}')}" for d, a in ALL_DOMAINS
                       if d != domain and a != ip)
     component = "" if domain != WAXWING[0] else f"""
@@ -533,7 +539,7 @@ cert = {toml_str(str(cert))}
 key = {toml_str(str(key))}
 
 [database]
-url = {toml_str(f"sqlite://{dir / 'waxwing.db'}")}
+url = {toml_str(database or f"sqlite://{dir / 'waxwing.db'}")}
 
 [tls]
 dev_cert_dir = {toml_str(str(dir / 'dev-certs'))}
@@ -550,11 +556,11 @@ listen_tls = []
 listen = [{toml_str(f"{ip}:{S2S_PORT}")}]
 # the test CA only: untrusted.test's certificate fails, so it must use dialback
 ca_file = {toml_str(str(ca))}
-{external}
+{external}{s2s_extra}
 # where each peer domain lives (instead of SRV/A lookups)
 [s2s.hosts]
 {hosts}
-{component}"""
+{component}{extra}"""
 
 
 # Waxwing's info lines (tracing-subscriber's fmt format: message, then fields; the target
@@ -583,23 +589,34 @@ def parse_fields(text: str) -> dict[str, str]:
 class WaxwingPeer(Peer):
     kind = "waxwing"
 
-    def __init__(self, fed, domain: str, ip: str, *, cert: Path, key: Path, sasl_external: bool = True):
+    def __init__(self, fed, domain: str, ip: str, *, cert: Path, key: Path, sasl_external: bool = True,
+                 dir_name: str | None = None):
         super().__init__(fed, domain, ip, ca_for_clients=fed.pki.ca)
+        if dir_name is not None:
+            self.dir = fed.dir / dir_name
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = self.dir / "server.log"
         self.cert, self.key, self.sasl_external = cert, key, sasl_external
         self.bin = waxwing_bin()
         self.config_path = self.dir / "waxwing.toml"
         self.proc: subprocess.Popen | None = None
         self.users_added = False
 
+    def config(self) -> str:
+        return waxwing_config(self.dir, self.domain, self.host, cert=self.cert, key=self.key, ca=self.fed.pki.ca,
+                              sasl_external=self.sasl_external)
+
+    def add_users(self) -> None:
+        for user, password in self.users.items():
+            run_checked([str(self.bin), "ctl", "--config", str(self.config_path), "user", "add",
+                         self.jid(user), password], cwd=self.dir)
+
     def start(self) -> None:
         if not self.bin.exists():
             raise RuntimeError(f"{self.bin} does not exist: run `cargo build --bins` (or set WAXWING_BIN)")
-        self.config_path.write_text(waxwing_config(self.dir, self.domain, self.host, cert=self.cert, key=self.key,
-                                                   ca=self.fed.pki.ca, sasl_external=self.sasl_external))
+        self.config_path.write_text(self.config())
         if not self.users_added:
-            for user, password in self.users.items():
-                run_checked([str(self.bin), "ctl", "--config", str(self.config_path), "user", "add",
-                             self.jid(user), password], cwd=self.dir)
+            self.add_users()
             self.users_added = True
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(self.bin), "serve", "--config", str(self.config_path)], cwd=self.dir,
@@ -653,6 +670,43 @@ class WaxwingPeer(Peer):
         return self.log_size()
 
 
+class WaxwingClusterNode(WaxwingPeer):
+    """One node of a Waxwing cluster serving cluster.test (issue #16): every node shares
+    the PostgreSQL database (WAXWING_TEST_POSTGRES), the local Redis (a key prefix of
+    this session's own), the certificate and the dialback secret."""
+
+    kind = "waxwing-cluster"
+
+    def __init__(self, fed, ip: str, node_id: str, *, cert: Path, key: Path, prefix: str):
+        super().__init__(fed, CLUSTER[0], ip, cert=cert, key=key, sasl_external=False,
+                         dir_name=f"{CLUSTER[0]}-{node_id}")
+        self.node_id, self.prefix = node_id, prefix
+        self.database = os.environ.get("WAXWING_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
+        self.redis = os.environ.get("WAXWING_TEST_REDIS", "redis://127.0.0.1:6379")
+
+    def config(self) -> str:
+        return waxwing_config(
+            self.dir, self.domain, self.host, cert=self.cert, key=self.key, ca=self.fed.pki.ca,
+            sasl_external=False, database=self.database,
+            s2s_extra=f"dialback_secret = {toml_str('one-secret-for-every-node')}\n",
+            extra=f"""
+[cluster]
+node_id = {toml_str(self.node_id)}
+redis = {toml_str(self.redis)}
+key_prefix = {toml_str(self.prefix)}
+""")
+
+    def add_users(self) -> None:
+        # One database for both nodes and for runs before this one: an account that
+        # exists already (same password) is fine.
+        for user, password in self.users.items():
+            done = subprocess.run([str(self.bin), "ctl", "--config", str(self.config_path), "user", "add",
+                                   self.jid(user), password], cwd=self.dir, capture_output=True, text=True,
+                                  timeout=60, stdin=subprocess.DEVNULL)
+            if done.returncode != 0 and "exist" not in (done.stdout + done.stderr):
+                raise RuntimeError(f"ctl user add {self.jid(user)}: {done.stdout}{done.stderr}")
+
+
 # --- the federation: started lazily, one of each for the session --------------------------
 
 
@@ -667,6 +721,8 @@ class Federation:
         os.chmod(self.hosts_file, 0o644)
         self.peers: dict[str, Peer] = {}
         self.failed: dict[str, str] = {}
+        # Redis keys of this session's cluster (deleted at close).
+        self.cluster_prefix = f"wxfed-{os.getpid()}-{int(time.time())}"
         self.dns: DnsServer | None = None
         self._resolv_conf: Path | None | bool = False  # False: not decided yet
 
@@ -718,6 +774,12 @@ class Federation:
         if name == "waxwing_dialback":
             cert, key = self.pki.issue(DIALBACK[0])
             return WaxwingPeer(self, *DIALBACK, cert=cert, key=key, sasl_external=False)
+        if name in ("cluster_n1", "cluster_n2"):
+            cert, key = self.pki.issue(CLUSTER[0])
+            prefix = self.cluster_prefix
+            if name == "cluster_n1":
+                return WaxwingClusterNode(self, CLUSTER[1], "n1", cert=cert, key=key, prefix=prefix)
+            return WaxwingClusterNode(self, CLUSTER_N2, "n2", cert=cert, key=key, prefix=prefix)
         raise KeyError(name)
 
     def close(self) -> None:
@@ -728,6 +790,11 @@ class Federation:
                 print(f"stopping {peer.kind}: {e}")
         if self.dns is not None:
             self.dns.stop()
+        if any(isinstance(p, WaxwingClusterNode) for p in self.peers.values()) and shutil.which("redis-cli"):
+            keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{self.cluster_prefix}:*"],
+                                  capture_output=True, text=True, timeout=30).stdout.split()
+            if keys:
+                subprocess.run(["redis-cli", "del", *keys], capture_output=True, timeout=30)
         if os.environ.get("WAXWING_INTEROP_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
@@ -771,6 +838,16 @@ def _waxwing(federation, request, name: str) -> WaxwingPeer:
         pytest.fail(f"waxwing ({peer.domain}) exited ({peer.proc.returncode})\n{peer.full_log()}", pytrace=False)
     request.node.stash.setdefault(LOGS_KEY, []).append((peer, size(peer.log_path)))
     return peer
+
+
+@pytest.fixture
+def waxwing_cluster(federation, request):
+    """A Waxwing cluster serving cluster.test: nodes n1 (127.0.0.17, where the domain
+    resolves) and n2 (127.0.0.18). Needs PostgreSQL and Redis (scripts/test.sh starts
+    both)."""
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli not found: the cluster needs Redis (scripts/test.sh installs it)")
+    return (_waxwing(federation, request, "cluster_n1"), _waxwing(federation, request, "cluster_n2"))
 
 
 @pytest.fixture
