@@ -157,13 +157,7 @@ impl ComponentRegistry {
     pub fn send_here(&self, domain: &str, data: Bytes) -> Result<(), DeliveryError> {
         let map = self.read();
         let c = map.get(domain).ok_or(DeliveryError::Offline)?;
-        c.tx.try_send(Outbound::Stanza(crate::sessions::OutStanza::serialized(
-            data,
-        )))
-        .map_err(|e| match e {
-            QueueError::Full => DeliveryError::QueueFull,
-            QueueError::Closed => DeliveryError::Offline,
-        })
+        queue_to(c, data)
     }
 
     /// Is a connection serving `domain` now?
@@ -179,12 +173,16 @@ impl ComponentRegistry {
     /// Queues a stanza already serialized for a component stream: to the
     /// connection here, else to the node of a cluster serving it.
     pub fn send(&self, domain: &str, data: Bytes) -> Result<(), DeliveryError> {
-        if !self.is_connected(domain) {
-            if let Some(result) = self.remote.get().and_then(|r| r.forward(domain, &data)) {
-                return result;
+        {
+            let map = self.read();
+            if let Some(c) = map.get(domain) {
+                return queue_to(c, data);
             }
         }
-        self.send_here(domain, data)
+        match self.remote.get().and_then(|r| r.forward(domain, &data)) {
+            Some(result) => result,
+            None => Err(DeliveryError::Offline),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Connected>> {
@@ -196,6 +194,17 @@ impl ComponentRegistry {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Connected>> {
         self.connected.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Queues `data` for a component's connection.
+fn queue_to(c: &Connected, data: Bytes) -> Result<(), DeliveryError> {
+    c.tx.try_send(Outbound::Stanza(crate::sessions::OutStanza::serialized(
+        data,
+    )))
+    .map_err(|e| match e {
+        QueueError::Full => DeliveryError::QueueFull,
+        QueueError::Closed => DeliveryError::Offline,
+    })
 }
 
 #[cfg(test)]

@@ -475,10 +475,20 @@ impl SessionRegistry {
     /// telling the other nodes of a cluster; the binding, and whether it
     /// was the account's last one here.
     fn take_binding(&self, jid: &FullJid, session_id: u64) -> Option<(BoundResource, bool)> {
+        self.take_binding_where(jid, |r| r.session_id == session_id)
+    }
+
+    /// Removes the first binding of `jid`'s account that `which` picks,
+    /// as [`take_binding`](Self::take_binding) does.
+    fn take_binding_where(
+        &self,
+        jid: &FullJid,
+        which: impl Fn(&BoundResource) -> bool,
+    ) -> Option<(BoundResource, bool)> {
         let bare = jid.bare_str();
         let mut map = self.write();
         let list = map.get_mut(bare)?;
-        let i = list.iter().position(|r| r.session_id == session_id)?;
+        let i = list.iter().position(which)?;
         let gone = list.swap_remove(i);
         let last_local = list.is_empty();
         if last_local {
@@ -556,26 +566,10 @@ impl SessionRegistry {
     /// `conflict`. Only the session `session` (its id; 0: whichever is
     /// bound): one bound again here since is newer than the one replaced.
     pub fn replaced_elsewhere(&self, jid: &FullJid, session: u64) {
-        let old = {
-            let mut map = self.write();
-            let bare = jid.bare_str();
-            let Some(list) = map.get_mut(bare) else {
-                return;
-            };
-            let Some(i) = list.iter().position(|r| {
-                r.resource == jid.resource().as_str() && (session == 0 || r.session_id == session)
-            }) else {
-                return;
-            };
-            let old = list.swap_remove(i);
-            let last_local = list.is_empty();
-            if last_local {
-                map.remove(bare);
-            }
-            if let Some(remote) = self.remote() {
-                remote.local_changed(jid, None, last_local);
-            }
-            old
+        let Some((old, _)) = self.take_binding_where(jid, |r| {
+            r.resource == jid.resource().as_str() && (session == 0 || r.session_id == session)
+        }) else {
+            return;
         };
         let _ = old
             .tx

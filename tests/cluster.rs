@@ -979,6 +979,18 @@ fn directory_field(url: &str, prefix: &str, bare: &str, resource: &str) -> Optio
         .unwrap()
 }
 
+/// A free port on each of the first `n` nodes' addresses (127.0.0.21, …),
+/// for a listener of their own beside c2s.
+fn node_addresses(n: usize) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|i| {
+            format!("127.0.0.{}:{}", 21 + i, free_port())
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// Starts `n` nodes n1, n2, … on 127.0.0.21, … and waits until all accept.
 fn start_nodes(n: usize, prefix: &str, redis: &[String], ttl_ms: u64) -> Vec<Node> {
     start_nodes_with(n, prefix, redis, ttl_ms, |_, _| String::new())
@@ -1983,7 +1995,7 @@ async fn pep_notifications_reach_contacts_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_waiting_on_another_node_is_pushed_for() {
     const APP: &str = "push.localhost";
-    let app_addr: SocketAddr = format!("127.0.0.22:{}", free_port()).parse().unwrap();
+    let app_addr = node_addresses(2)[1];
     let setup = two_nodes_with("ua", "ub", |i, _| match i {
         1 => format!(
             "[component_listener]\nlisten = [\"{app_addr}\"]\n\
@@ -2045,13 +2057,7 @@ async fn a_session_waiting_on_another_node_is_pushed_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_on_one_node_is_reachable_from_the_others() {
     const SVC: &str = "svc.localhost";
-    let listeners: Vec<SocketAddr> = (0..2)
-        .map(|i| {
-            format!("127.0.0.{}:{}", 21 + i, free_port())
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let listeners = node_addresses(2);
     let setup = two_nodes_with("ca", "cb", |i, _| {
         format!(
             "[component_listener]\nlisten = [\"{}\"]\n\
@@ -2146,13 +2152,7 @@ async fn users_on_every_node_federate_with_a_remote_server() {
     let ours = cert_dir(&certs, DOMAIN);
     let theirs = cert_dir(&certs, REMOTE);
     let remote_s2s = free_port();
-    let s2s: Vec<SocketAddr> = (0..2)
-        .map(|i| {
-            format!("127.0.0.{}:{}", 21 + i, free_port())
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let s2s = node_addresses(2);
     let setup = two_nodes_with("fa", "fb", |i, node| {
         // One certificate for the domain on every node.
         let dir = node.dir.path().join("certs");

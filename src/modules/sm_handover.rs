@@ -27,8 +27,7 @@ use jid::{BareJid, FullJid};
 
 use super::carbons::CarbonsEnabled;
 use super::stream_management::{
-    acknowledge_on_resume, close_and_drain, end_for_good, end_parked, Parked,
-    StreamManagementFeature,
+    close_and_drain, end_for_good, take_back, Parked, StreamManagementFeature,
 };
 use crate::server::Server;
 use crate::sessions::{OutStanza, Outbound, ResourceState};
@@ -73,30 +72,12 @@ pub async fn hand_over(
 ) -> Option<HandedOver> {
     let feature = server.features.get::<StreamManagementFeature>()?;
     let parked = feature.resume(owner, previd).await.ok()?;
-    // Replaced by a new login meanwhile, or its client revoked: over.
-    if server.sessions.session_id(&parked.jid) != Some(parked.session_id)
-        || !super::clients::may_resume(server, &parked.jid).await
-    {
-        end_parked(server, parked).await;
-        return None;
-    }
     let Parked {
         jid,
         session_id,
         rx,
         mut sm,
-    } = parked;
-    if acknowledge_on_resume(server, &jid, &mut sm, h)
-        .await
-        .is_err()
-    {
-        let unacked = sm.take_unacked();
-        end_for_good(server, &jid, session_id, &rx, unacked).await;
-        return None;
-    }
-    // The `h` the new node will report covers what features keep (the
-    // archive): stored first, as for an answer to `<r/>`.
-    server.features.flushed().await;
+    } = take_back(server, parked, h).await.ok()?;
     let Some((state, directed)) = server.sessions.hand_over(&jid, session_id) else {
         let unacked = sm.take_unacked();
         end_for_good(server, &jid, session_id, &rx, unacked).await;

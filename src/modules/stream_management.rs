@@ -333,21 +333,53 @@ pub fn close_and_drain(rx: &QueueReceiver<Outbound>) -> Vec<Arc<OutStanza>> {
         .collect()
 }
 
-/// Applies the client's `h` to a session being resumed: what it
-/// acknowledges is forgotten, and offline-storage rows among it may go
-/// (`Event::Acknowledged`). An `h` beyond what was sent is refused.
-pub async fn acknowledge_on_resume(
-    server: &Server,
-    jid: &FullJid,
-    sm: &mut StreamManagement,
-    h: u32,
-) -> Result<(), crate::stream::sm::TooHigh> {
-    if let Some(stored_through) = sm.acknowledge(h)? {
-        let mut event = Event::Acknowledged {
-            jid,
-            stored_through,
-        };
-        server.features.fire(server, &mut event).await;
+/// Why a parked session taken for a resumption cannot be resumed (it was
+/// ended by [`take_back`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotResumed {
+    /// A new login of the same resource replaced it meanwhile, or its
+    /// client was revoked (`<failed><item-not-found/>`).
+    Gone,
+    /// The client's `h` is beyond what was sent (§4: a stream error).
+    TooHigh,
+}
+
+/// Checks a parked session taken for a resumption (here, or for another
+/// node: `sm_handover`) and applies the client's `h`: what it
+/// acknowledges is forgotten, offline-storage rows among it may go
+/// (`Event::Acknowledged`), and what features keep of what the session
+/// handled (the archive) is stored before the `h` reported back. A session
+/// that cannot be resumed is ended, its stanzas re-routed.
+pub async fn take_back(server: &Server, parked: Parked, h: u32) -> Result<Parked, NotResumed> {
+    // A new login of the same resource replaced the session meanwhile: it
+    // is over, and its stanzas go where that login can get them.
+    if server.sessions.session_id(&parked.jid) != Some(parked.session_id) {
+        end_parked(server, parked).await;
+        return Err(NotResumed::Gone);
     }
-    Ok(())
+    // Its client was revoked (perhaps by `ctl` while the server could not
+    // be told): the session ends instead.
+    if !crate::modules::clients::may_resume(server, &parked.jid).await {
+        tracing::info!(jid = %parked.jid, "stream management: resumption refused, the client was revoked");
+        end_parked(server, parked).await;
+        return Err(NotResumed::Gone);
+    }
+    let mut parked = parked;
+    match parked.sm.acknowledge(h) {
+        Ok(Some(stored_through)) => {
+            let mut event = Event::Acknowledged {
+                jid: &parked.jid,
+                stored_through,
+            };
+            server.features.fire(server, &mut event).await;
+        }
+        Ok(None) => {}
+        Err(_) => {
+            let unacked = parked.sm.take_unacked();
+            end_for_good(server, &parked.jid, parked.session_id, &parked.rx, unacked).await;
+            return Err(NotResumed::TooHigh);
+        }
+    }
+    server.features.flushed().await;
+    Ok(parked)
 }

@@ -23,7 +23,7 @@ use crate::feature::Verdict;
 use crate::metrics::StreamKind;
 use crate::modules::sm_handover;
 use crate::modules::stream_management::{
-    acknowledge_on_resume, end_for_good, end_parked, Parked, ResumeError, StreamManagementFeature,
+    end_for_good, take_back, NotResumed, Parked, ResumeError, StreamManagementFeature,
 };
 use crate::net::xmlstream::{random_id, End};
 use crate::queue::QueueReceiver;
@@ -495,43 +495,24 @@ impl<S: ClientStream> Connection<S> {
                 }
             }
         };
-        // A new login of the same resource replaced the session meanwhile:
-        // it is over, and its stanzas go where that login can get them.
-        if self.server.sessions.session_id(&parked.jid) != Some(parked.session_id) {
-            end_parked(&self.server, parked).await;
-            return Ok(Err(failed("item-not-found", None)));
-        }
-        // Its client was revoked (perhaps by `ctl` while the server could
-        // not be told): the session ends instead.
-        if !crate::modules::clients::may_resume(&self.server, &parked.jid).await {
-            tracing::info!(conn = self.id, peer = %self.peer, jid = %parked.jid,
-                "c2s resumption refused: the client was revoked");
-            end_parked(&self.server, parked).await;
-            return Ok(Err(failed("item-not-found", None)));
-        }
         let Parked {
             jid,
             session_id,
             rx,
             mut sm,
-        } = parked;
-        if acknowledge_on_resume(&self.server, &jid, &mut sm, h)
-            .await
-            .is_err()
-        {
-            let unacked = sm.take_unacked();
-            end_for_good(&self.server, &jid, session_id, &rx, unacked).await;
-            return Err(self
-                .stream
-                .close_with(
-                    StreamErrorCondition::UndefinedCondition,
-                    Some("acknowledged more than was sent"),
-                )
-                .await);
-        }
-        // `h` acknowledges what the session handled: what features keep of
-        // it (the archive) must be stored first, as for an answer to `<r/>`.
-        self.server.features.flushed().await;
+        } = match take_back(&self.server, parked, h).await {
+            Ok(p) => p,
+            Err(NotResumed::Gone) => return Ok(Err(failed("item-not-found", None))),
+            Err(NotResumed::TooHigh) => {
+                return Err(self
+                    .stream
+                    .close_with(
+                        StreamErrorCondition::UndefinedCondition,
+                        Some("acknowledged more than was sent"),
+                    )
+                    .await)
+            }
+        };
         let extensions = self.server.sessions.extensions(&jid).unwrap_or_default();
         let resumed = Element::new("resumed", NS_SM)
             .with_attr("previd", &sm.id)
