@@ -82,7 +82,7 @@ impl Request {
             Request::ComponentsList => &["DOMAIN", "CONNECTED", "CONN", "PEER", "AGE(s)"],
             Request::SessionsList => &["JID", "CONN", "AVAILABLE", "PRIORITY", "AGE(s)"],
             Request::Stats => &["KEY", "VALUE"],
-            Request::ClusterStatus => &["NODE", "ALIVE", "SESSIONS"],
+            Request::ClusterStatus => &["NODE", "ALIVE", "SESSIONS", "ROOMS"],
         }
     }
 
@@ -295,7 +295,7 @@ fn handle(server: &Server, line: &str) -> Result<Vec<Vec<String>>, String> {
 }
 
 /// `cluster status`: every registered node, alive or not, with its
-/// session count.
+/// session count and the chat rooms it holds the lease of.
 async fn cluster_status(server: &Server) -> Result<Vec<Vec<String>>, String> {
     let Some(cluster) = server.cluster.get() else {
         return Err("this server is not in a cluster (no [cluster] section)".into());
@@ -308,7 +308,12 @@ async fn cluster_status(server: &Server) -> Result<Vec<Vec<String>>, String> {
         .into_iter()
         .map(|n| {
             let alive = if n.alive { "yes" } else { "no" };
-            vec![n.node, alive.into(), n.sessions.to_string()]
+            vec![
+                n.node,
+                alive.into(),
+                n.sessions.to_string(),
+                n.rooms.to_string(),
+            ]
         })
         .collect())
 }

@@ -168,6 +168,26 @@ impl Node {
             .collect()
     }
 
+    /// `waxwing ctl cluster status` on this node: (node, rooms held).
+    fn cluster_status_rooms(&self) -> Vec<(String, usize)> {
+        let out = self
+            .command()
+            .args(["ctl", "--config"])
+            .arg(&self.config)
+            .args(["cluster", "status"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                Some((w.first()?.to_string(), w.get(3)?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// SIGTERM, and waits for a clean exit (the node leaves the cluster).
     fn terminate(&mut self) {
         let mut child = self.child.take().expect("not running");
@@ -2218,6 +2238,197 @@ async fn users_on_every_node_federate_with_a_remote_server() {
             "an answer from the cluster",
             |e| e.is("message", NS_CLIENT) && body(e) == Some(format!("from {name}")),
         )
+        .await;
+    }
+}
+
+// ---- Chat rooms across nodes (issue #16: one node serves a room) ----
+
+const NS_MUC: &str = "http://jabber.org/protocol/muc";
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+fn muc_codes(e: &Element) -> Vec<u16> {
+    e.get_child("x", NS_MUC_USER)
+        .map(|x| {
+            x.children()
+                .filter(|c| c.is("status", NS_MUC_USER))
+                .filter_map(|c| c.attr("code")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Joins `room` as `nick` (the join must succeed); returns the nicks of
+/// the occupants the joiner was shown, once the subject (the end of a
+/// join) arrives.
+async fn muc_join(c: &mut Client, room: &str, nick: &str) -> Vec<String> {
+    c.send_str(&format!(
+        "<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'/></presence>"
+    ))
+    .await;
+    let mut others = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = tokio::time::timeout(left, c.next_element())
+            .await
+            .unwrap_or_else(|_| panic!("{nick}: no end of the join of {room}"));
+        let Some(from) = e.attr("from").filter(|f| f.starts_with(room)) else {
+            continue;
+        };
+        assert_ne!(e.attr("type"), Some("error"), "join refused: {}", show(&e));
+        if e.name() == "presence" && !muc_codes(&e).contains(&110) {
+            others.push(from.rsplit('/').next().unwrap_or_default().to_string());
+        } else if e.name() == "message" && e.get_child("subject", NS_CLIENT).is_some() {
+            others.sort();
+            return others;
+        }
+    }
+}
+
+/// Makes `room` as `owner` (nick "owner"), persistent and unlocked.
+async fn muc_create_persistent(c: &mut Client, room: &str) {
+    muc_join(c, room, "owner").await;
+    let r = c
+        .iq(
+            &format!(
+                "<iq type='set' id='cfg' to='{room}'><query xmlns='{NS_MUC}#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'>\
+                 <field var='FORM_TYPE'><value>{NS_MUC}#roomconfig</value></field>\
+                 <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
+                 </x></query></iq>"
+            ),
+            "cfg",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+}
+
+/// The group chat `text` as `at` receives it from the room (others
+/// skipped), or panics.
+async fn groupchat_arrives(at: &mut Client, room: &str, text: &str) -> Element {
+    await_stanza(
+        at,
+        Duration::from_secs(10),
+        &format!("'{text}' in {room}"),
+        |e| {
+            e.is("message", NS_CLIENT)
+                && e.attr("type") == Some("groupchat")
+                && e.attr("from").is_some_and(|f| f.starts_with(room))
+                && body(e).as_deref() == Some(text)
+        },
+    )
+    .await
+}
+
+/// The lease of `room` in Redis: (node, fencing number).
+fn room_lease(prefix: &str, room: &str) -> Option<(String, u64)> {
+    let mut c = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}:rooms"))
+        .arg(room)
+        .query(&mut c)
+        .unwrap();
+    let (node, fence) = v?
+        .split_once('\t')
+        .map(|(n, f)| (n.to_string(), f.to_string()))?;
+    Some((node, fence.parse().unwrap()))
+}
+
+/// A room with occupants on three nodes is one room: the node of its
+/// first stanza takes its lease and serves it; the others hand its
+/// stanzas to that node, and what it sends occupants elsewhere crosses
+/// the bus. Joins show every occupant, group chat from any node reaches
+/// all, a private message crosses, and `ctl cluster status` counts the
+/// room on its node. (Each node served its own copy before: b's join
+/// on n2 made a new, locked room.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_with_occupants_on_three_nodes_is_one_room() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let users = [format!("ra{tag}"), format!("rb{tag}"), format!("rc{tag}")];
+    add_users(&[&users[0], &users[1], &users[2]]).await;
+    let redis = [redis_url(), redis_url(), redis_url()];
+    let nodes = start_nodes(3, &prefix, &redis, TTL_MS);
+    let room = format!("hall{tag}@conference.{DOMAIN}");
+
+    let mut a = Client::login(nodes[0].c2s, &users[0], "pw", Some("a")).await;
+    let mut b = Client::login(nodes[1].c2s, &users[1], "pw", Some("b")).await;
+    let mut c = Client::login(nodes[2].c2s, &users[2], "pw", Some("c")).await;
+    muc_create_persistent(&mut a, &room).await;
+    assert_eq!(
+        room_lease(&prefix, &room).map(|l| l.0).as_deref(),
+        Some("n1")
+    );
+
+    assert_eq!(muc_join(&mut b, &room, "bee").await, ["owner"]);
+    await_stanza(&mut a, Duration::from_secs(10), "bee's join", |e| {
+        is_presence_from(e, &format!("{room}/bee"), None)
+    })
+    .await;
+    assert_eq!(muc_join(&mut c, &room, "cee").await, ["bee", "owner"]);
+    for x in [&mut a, &mut b] {
+        await_stanza(x, Duration::from_secs(10), "cee's join", |e| {
+            is_presence_from(e, &format!("{room}/cee"), None)
+        })
+        .await;
+    }
+
+    // Group chat from each node reaches every node.
+    for (i, text) in ["from n3", "from n2", "from n1"].into_iter().enumerate() {
+        let sender = match i {
+            0 => &mut c,
+            1 => &mut b,
+            _ => &mut a,
+        };
+        sender
+            .send_str(&format!(
+                "<message to='{room}' type='groupchat'><body>{text}</body></message>"
+            ))
+            .await;
+        for x in [&mut a, &mut b, &mut c] {
+            let got = groupchat_arrives(x, &room, text).await;
+            assert!(
+                got.get_child("stanza-id", "urn:xmpp:sid:0").is_some(),
+                "{}",
+                show(&got)
+            );
+        }
+    }
+
+    // A private message from n2 to the occupant on n1.
+    b.send_str(&format!(
+        "<message to='{room}/owner' type='chat'><body>psst</body></message>"
+    ))
+    .await;
+    let pm = await_stanza(
+        &mut a,
+        Duration::from_secs(10),
+        "the private message",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("psst"),
+    )
+    .await;
+    assert_eq!(pm.attr("from"), Some(format!("{room}/bee").as_str()));
+
+    // The room is n1's alone.
+    let status = nodes[2].cluster_status_rooms();
+    assert!(status.contains(&("n1".to_string(), 1)), "{status:?}");
+    assert!(
+        !status.iter().any(|(n, r)| n != "n1" && *r > 0),
+        "{status:?}"
+    );
+
+    // c leaves from n3: the others see it.
+    c.send_str(&format!("<presence to='{room}/cee' type='unavailable'/>"))
+        .await;
+    for x in [&mut a, &mut b] {
+        await_stanza(x, Duration::from_secs(10), "cee's departure", |e| {
+            is_presence_from(e, &format!("{room}/cee"), Some("unavailable"))
+        })
         .await;
     }
 }

@@ -87,6 +87,9 @@ pub enum Delivery {
     /// A stanza for the external component `to` (a domain) connected to
     /// the receiving node, written for its stream.
     Component(Bytes),
+    /// A stanza for the chat room `to` (a bare JID) whose lease the
+    /// receiving node holds, as its sender's node received it.
+    Room(Bytes),
 }
 
 /// One entry waiting in a node's inbox.
@@ -107,6 +110,8 @@ pub struct NodeStatus {
     pub alive: bool,
     /// Sessions it held at its last refresh.
     pub sessions: usize,
+    /// Chat rooms whose lease names it.
+    pub rooms: usize,
 }
 
 /// Which nodes exist and which are alive (a liveness key with a TTL).
@@ -206,7 +211,25 @@ pub trait ComponentDirectory: Send + Sync {
     fn drop_node_components<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<()>>;
 }
 
-/// Everything a cluster node needs from the shared engine.
-pub trait Engine: Membership + SessionDirectory + Bus + ComponentDirectory {}
+/// Which node holds each chat room's lease (issue #16): a room is served
+/// by one node at a time, for as long as that node is alive.
+pub trait RoomDirectory: Send + Sync {
+    /// The room's lease: its holder and fencing number. When no live node
+    /// holds it (or `node` itself is named: it lost the room's state), it
+    /// is given to `node` with a new fencing number, larger than any
+    /// given before and than `at_least` (the number PostgreSQL last saw,
+    /// in case Redis forgot).
+    fn claim_room<'a>(
+        &'a self,
+        room: &'a str,
+        node: &'a str,
+        at_least: u64,
+    ) -> BoxFuture<'a, BusResult<(String, u64)>>;
+    /// How many rooms each node holds a lease of (`ctl cluster status`).
+    fn room_counts(&self) -> BoxFuture<'_, BusResult<std::collections::HashMap<String, usize>>>;
+}
 
-impl<T: Membership + SessionDirectory + Bus + ComponentDirectory> Engine for T {}
+/// Everything a cluster node needs from the shared engine.
+pub trait Engine: Membership + SessionDirectory + Bus + ComponentDirectory + RoomDirectory {}
+
+impl<T: Membership + SessionDirectory + Bus + ComponentDirectory + RoomDirectory> Engine for T {}

@@ -203,7 +203,7 @@ mod tests {
 /// a burst of chat — costs one append. A record is a kind byte (`s`
 /// stanza, `=` the same stanza bytes as the record before, `r` replaced,
 /// `a` an IQ answer, `o` a take-over request, `h` its answer, `k` a stanza
-/// for a component), the full JID
+/// for a component, `m` a stanza for a room), the full JID
 /// (u32 big-endian length, bytes), and for all but `=` the value (u32 length, bytes; for `r` the session id
 /// in decimal).
 pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
@@ -235,6 +235,7 @@ pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
             Delivery::TakeOver(b) => (b'o', Some(b)),
             Delivery::HandedOver(b) => (b'h', Some(b)),
             Delivery::Component(b) => (b'k', Some(b)),
+            Delivery::Room(b) => (b'm', Some(b)),
         };
         out.push(kind);
         put(&mut out, to.as_bytes());
@@ -284,6 +285,7 @@ pub fn unpack(packed: &Bytes) -> Option<Vec<(String, Delivery)>> {
             b'o' => Delivery::TakeOver(take(&mut at)?),
             b'h' => Delivery::HandedOver(take(&mut at)?),
             b'k' => Delivery::Component(take(&mut at)?),
+            b'm' => Delivery::Room(take(&mut at)?),
             _ => return None,
         };
         out.push((to, delivery));

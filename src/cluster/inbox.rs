@@ -108,9 +108,12 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
 /// it as a stanza left by a session that ended (`router::reroute_one`);
 /// replaces the local session a `Replaced` entry names.
 pub async fn deliver(server: &Server, entry: InboxEntry) {
-    if let Delivery::Answer(bytes) = &entry.delivery {
-        answer(server, &entry.to, bytes);
-        return;
+    match entry.delivery {
+        Delivery::Answer(bytes) => return answer(server, &entry.to, &bytes),
+        // Also from a drain (a dead node's inbox): the local service
+        // serves it or hands it to the room's holder now.
+        Delivery::Room(bytes) => return super::rooms::to_room_service(server, &entry.to, bytes),
+        _ => {}
     }
     let Ok(to) = FullJid::new(&entry.to) else {
         tracing::warn!(to = %entry.to, "cluster: inbox entry without a full JID dropped");
@@ -126,7 +129,8 @@ pub async fn deliver(server: &Server, entry: InboxEntry) {
         Delivery::Answer(_)
         | Delivery::TakeOver(_)
         | Delivery::HandedOver(_)
-        | Delivery::Component(_) => return,
+        | Delivery::Component(_)
+        | Delivery::Room(_) => return,
     };
     let data = OutStanza::serialized(bytes);
     if server.sessions.send_to_local(&to, data.clone()).is_err() {

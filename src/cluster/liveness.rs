@@ -121,6 +121,7 @@ pub(super) async fn run(server: Arc<Server>, cluster: Arc<Cluster>) {
 /// answers — a repeat of the reaper's, harmless).
 fn fence(server: &Server, cluster: &Cluster) {
     cluster.fenced.store(true, Ordering::Release);
+    cluster.fence_count.fetch_add(1, Ordering::AcqRel);
     let sessions = server.sessions.all();
     tracing::error!(
         node = %cluster.node,

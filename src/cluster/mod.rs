@@ -20,6 +20,7 @@ mod outbox;
 pub mod reap;
 pub mod redis;
 pub mod replica;
+mod rooms;
 mod takeover;
 mod writer;
 
@@ -82,6 +83,9 @@ pub struct Cluster {
     /// than the TTL (`liveness`): others may have reaped it, so it has
     /// closed its sessions and does not read its inbox.
     fenced: AtomicBool,
+    /// Counts the fences (`liveness`): the chat service drops the rooms
+    /// it held before one, since others may hold them now.
+    fence_count: std::sync::atomic::AtomicU64,
     /// Wakes the inbox reader when the node is no longer fenced.
     unfenced: tokio::sync::Notify,
     /// The sessions (ids) the last fence closed: never written to the
@@ -149,6 +153,7 @@ impl Cluster {
             outbox_max_bytes: config.outbox_max_bytes,
             resync: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
+            fence_count: Default::default(),
             unfenced: tokio::sync::Notify::new(),
             fenced_sessions: Default::default(),
             stop: CancellationToken::new(),
@@ -256,7 +261,12 @@ impl Cluster {
                 node: self.node.clone(),
                 alive: false,
                 sessions: server.sessions.count(),
+                rooms: 0,
             }),
+        }
+        let rooms = self.engine.room_counts().await?;
+        for n in &mut nodes {
+            n.rooms = rooms.get(&n.node).copied().unwrap_or(0);
         }
         Ok(nodes)
     }

@@ -61,7 +61,7 @@ pub(super) async fn run(
             let sent: usize = batch
                 .iter()
                 .map(|(_, _, d)| match d {
-                    Delivery::Stanza(b) | Delivery::Component(b) => b.len(),
+                    Delivery::Stanza(b) | Delivery::Component(b) | Delivery::Room(b) => b.len(),
                     _ => 0,
                 })
                 .sum();
@@ -99,10 +99,15 @@ pub(super) async fn run(
 /// replica did not know yet. The stanza is re-routed as for a session
 /// that ended (other resources, else offline storage). A replacement for
 /// a session of a dead node has nothing left to replace, an answer to
-/// an IQ of a dead node nobody waiting for it.
+/// an IQ of a dead node nobody waiting for it. A stanza for a room goes
+/// back to the local chat service.
 async fn not_alive(server: &Server, to: &str, delivery: Delivery) {
-    let Delivery::Stanza(bytes) = delivery else {
-        return;
+    let bytes = match delivery {
+        Delivery::Stanza(bytes) => bytes,
+        // The room's holder died: the service claims the room (or finds
+        // its new holder) and serves the stanza.
+        Delivery::Room(bytes) => return super::rooms::to_room_service(server, to, bytes),
+        _ => return,
     };
     let Ok(to) = FullJid::new(to) else {
         return;

@@ -24,7 +24,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::bus::{
     Applied, Bus, BusResult, Change, ComponentDirectory, Delivery, InboxEntry, Membership,
-    NodeStatus, SessionDirectory,
+    NodeStatus, RoomDirectory, SessionDirectory,
 };
 use super::codec;
 use crate::sessions::ResourceState;
@@ -65,6 +65,27 @@ const CLAIM: &str = "local old = redis.call('HGET', KEYS[1], ARGV[1]) \
     redis.call('SADD', KEYS[2], ARGV[4]) \
     if owner == '' then return '' end \
     return old";
+
+/// A room's lease. KEYS: `rooms` (room → `node \t fence`), `roomfence`
+/// (room → last fence given); ARGV: room, claiming node, least fence,
+/// the liveness keys' prefix. The lease stays with its holder while that
+/// node's liveness key exists (a room has no TTL of its own: its lease
+/// lasts as long as its node); else — nobody, a dead node, or the
+/// claimer itself, which lost the room's state — it goes to the claimer
+/// with a fence larger than every earlier one and than ARGV[3].
+const ROOM_CLAIM: &str = "local cur = redis.call('HGET', KEYS[1], ARGV[1]) \
+    if cur then \
+      local owner = string.match(cur, '^[^\t]*') \
+      if owner ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. owner) == 1 then return cur end \
+    end \
+    local f = redis.call('HINCRBY', KEYS[2], ARGV[1], 1) \
+    if f <= tonumber(ARGV[3]) then \
+      f = tonumber(ARGV[3]) + 1 \
+      redis.call('HSET', KEYS[2], ARGV[1], f) \
+    end \
+    local v = ARGV[2] .. '\t' .. f \
+    redis.call('HSET', KEYS[1], ARGV[1], v) \
+    return v";
 
 /// A Lua script run by its SHA-1 (`EVALSHA`), so its text is sent only
 /// when Redis does not know it (after a restart: `SCRIPT LOAD`, then the
@@ -187,6 +208,59 @@ impl RedisCluster {
 const COMPONENT_GONE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
     return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
+impl RoomDirectory for RedisCluster {
+    fn claim_room<'a>(
+        &'a self,
+        room: &'a str,
+        node: &'a str,
+        at_least: u64,
+    ) -> BoxFuture<'a, BusResult<(String, u64)>> {
+        async move {
+            let mut c = self.conn.clone();
+            // Rare (a node's first stanza for a room): sent as text.
+            let lease: String = redis::cmd("EVAL")
+                .arg(ROOM_CLAIM)
+                .arg(2)
+                .arg(format!("{}:rooms", self.prefix))
+                .arg(format!("{}:roomfence", self.prefix))
+                .arg(room)
+                .arg(node)
+                .arg(at_least)
+                .arg(format!("{}:node:", self.prefix))
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            let (owner, fence) = lease
+                .split_once('\t')
+                .ok_or_else(|| format!("room lease unreadable: {lease}"))?;
+            let fence = fence
+                .parse()
+                .map_err(|_| format!("room lease unreadable: {lease}"))?;
+            Ok((owner.to_string(), fence))
+        }
+        .boxed()
+    }
+
+    fn room_counts(&self) -> BoxFuture<'_, BusResult<std::collections::HashMap<String, usize>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let leases: Vec<String> = redis::cmd("HVALS")
+                .arg(format!("{}:rooms", self.prefix))
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            let mut counts = std::collections::HashMap::new();
+            for lease in leases {
+                if let Some((node, _)) = lease.split_once('\t') {
+                    *counts.entry(node.to_string()).or_insert(0) += 1;
+                }
+            }
+            Ok(counts)
+        }
+        .boxed()
+    }
+}
+
 impl ComponentDirectory for RedisCluster {
     fn set_component<'a>(
         &'a self,
@@ -280,6 +354,8 @@ fn entries(ids: Vec<StreamId>) -> Vec<InboxEntry> {
             Delivery::HandedOver(Bytes::from(field("h")))
         } else if e.map.contains_key("k") {
             Delivery::Component(Bytes::from(field("k")))
+        } else if e.map.contains_key("m") {
+            Delivery::Room(Bytes::from(field("m")))
         } else {
             Delivery::Stanza(Bytes::from(field("s")))
         };
@@ -358,6 +434,7 @@ impl Membership for RedisCluster {
                     node,
                     alive: count.is_some(),
                     sessions: count.unwrap_or(0),
+                    rooms: 0,
                 })
                 .collect())
         }
@@ -636,6 +713,7 @@ impl Bus for RedisCluster {
                             Delivery::TakeOver(r) => cmd.arg("o").arg(r.as_ref()),
                             Delivery::HandedOver(s) => cmd.arg("h").arg(s.as_ref()),
                             Delivery::Component(s) => cmd.arg("k").arg(s.as_ref()),
+                            Delivery::Room(s) => cmd.arg("m").arg(s.as_ref()),
                         };
                     }
                     _ => {

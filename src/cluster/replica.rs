@@ -27,6 +27,9 @@ pub struct Replica {
     by_bare: RwLock<HashMap<String, Vec<Remote>>>,
     /// External components other nodes serve: domain → node.
     components: RwLock<HashMap<String, Arc<str>>>,
+    /// Counts the times a node was dropped or everything reloaded: what
+    /// was remembered of other nodes (a room's holder) may be stale.
+    departures: std::sync::atomic::AtomicU64,
 }
 
 impl Replica {
@@ -35,7 +38,18 @@ impl Replica {
             me: me.to_string(),
             by_bare: RwLock::default(),
             components: RwLock::default(),
+            departures: Default::default(),
         }
+    }
+
+    /// Changes whenever a node is dropped or the replica reloaded.
+    pub fn departures(&self) -> u64 {
+        self.departures.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn departed(&self) {
+        self.departures
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Remote>>> {
@@ -115,6 +129,7 @@ impl Replica {
         }
         let map = std::mem::take(fresh.by_bare.get_mut().unwrap_or_else(|e| e.into_inner()));
         *self.write() = map;
+        self.departed();
     }
 
     /// The components other nodes serve, as the directory lists them
@@ -143,6 +158,7 @@ impl Replica {
     /// Forgets every session (and component) of `node`; returns how many
     /// sessions there were.
     pub fn drop_node(&self, node: &str) -> usize {
+        self.departed();
         self.components_mut().retain(|_, n| **n != *node);
         let mut map = self.write();
         let mut dropped = 0;

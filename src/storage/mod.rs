@@ -73,6 +73,10 @@ pub enum StorageError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// A cluster node wrote a room it no longer owns (its fencing number
+    /// is below the stored one); nothing was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// How long a SQLite connection waits for another one's write lock.

@@ -63,26 +63,89 @@ const DELETE_AFF: &str =
 const UPSERT_VCARD: &str = "INSERT INTO muc_vcards (service, room, vcard) VALUES ($1, $2, $3) \
      ON CONFLICT (service, room) DO UPDATE SET vcard = excluded.vcard";
 const DELETE_VCARD: &str = "DELETE FROM muc_vcards WHERE service = $1 AND room = $2";
+/// Raises the room's fencing number to the writer's, or returns no row
+/// when the stored one is larger: the writer's lease is stale.
+const RAISE_FENCE: &str = "INSERT INTO muc_fences (service, room, fence) VALUES ($1, $2, $3) \
+     ON CONFLICT (service, room) DO UPDATE SET fence = excluded.fence \
+     WHERE muc_fences.fence <= excluded.fence RETURNING fence";
+
+/// The first statement of a room's write transaction in cluster mode
+/// (`fence` is the writer's lease number; `None` on a single server):
+/// a writer whose lease another node has replaced is refused, and the
+/// transaction rolled back with nothing written.
+macro_rules! check_fence {
+    ($tx:expr, $service:expr, $room:expr, $fence:expr) => {
+        if let Some(fence) = $fence {
+            let raised: Option<(i64,)> = sqlx::query_as(RAISE_FENCE)
+                .bind($service)
+                .bind($room)
+                .bind(fence)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            if raised.is_none() {
+                return Err(StorageError::Fenced(format!(
+                    "room {}@{}: lease {fence} is stale",
+                    $room, $service
+                )));
+            }
+        }
+    };
+}
 
 impl Store {
     /// Every persistent room of a service, with its affiliations, nicks
     /// and vCard.
     pub async fn muc_rooms(&self, service: &str) -> Result<Vec<StoredRoom>, StorageError> {
+        self.load_rooms(service, "").await
+    }
+
+    /// One persistent room, if stored (a cluster node loads a room when
+    /// it takes it over).
+    pub async fn muc_room(
+        &self,
+        service: &str,
+        room: &str,
+    ) -> Result<Option<StoredRoom>, StorageError> {
+        if room.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.load_rooms(service, room).await?.pop())
+    }
+
+    /// The room's fencing number as last written (0: never written in
+    /// cluster mode). A new lease must be larger.
+    pub async fn muc_fence(&self, service: &str, room: &str) -> Result<i64, StorageError> {
+        const FENCE: &str = "SELECT fence FROM muc_fences WHERE service = $1 AND room = $2";
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(FENCE)
+            .bind(service)
+            .bind(room)
+            .fetch_optional(pool)
+            .await?);
+        Ok(row.map(|r| r.0).unwrap_or(0))
+    }
+
+    /// The rooms of `service`: all of them when `only` is empty, else
+    /// that one.
+    async fn load_rooms(&self, service: &str, only: &str) -> Result<Vec<StoredRoom>, StorageError> {
         const ROOMS: &str = "SELECT room, config, subject, subject_by FROM muc_rooms \
-             WHERE service = $1 ORDER BY room";
+             WHERE service = $1 AND ($2 = '' OR room = $2) ORDER BY room";
         const AFFS: &str = "SELECT room, jid, affiliation, reason, nick FROM muc_affiliations \
-             WHERE service = $1 ORDER BY room, jid";
-        const VCARDS: &str = "SELECT room, vcard FROM muc_vcards WHERE service = $1";
+             WHERE service = $1 AND ($2 = '' OR room = $2) ORDER BY room, jid";
+        const VCARDS: &str =
+            "SELECT room, vcard FROM muc_vcards WHERE service = $1 AND ($2 = '' OR room = $2)";
         let rooms: Vec<(String, String, String, String)> = on_pool!(self, pool => sqlx::query_as(ROOMS)
             .bind(service)
+            .bind(only)
             .fetch_all(pool)
             .await?);
         let affs: Vec<(String, String, String, String, String)> = on_pool!(self, pool => sqlx::query_as(AFFS)
             .bind(service)
+            .bind(only)
             .fetch_all(pool)
             .await?);
         let vcards: Vec<(String, String)> = on_pool!(self, pool => sqlx::query_as(VCARDS)
             .bind(service)
+            .bind(only)
             .fetch_all(pool)
             .await?);
         let mut out: Vec<StoredRoom> = rooms
@@ -116,15 +179,17 @@ impl Store {
 
     /// Writes a room whole (configuration, subject, affiliations, vCard)
     /// in one transaction, replacing what was stored: for a room that
-    /// has just become persistent.
+    /// has just become persistent. `fence`: the writer's lease (cluster).
     pub async fn muc_save_room(
         &self,
         service: &str,
         room: &StoredRoom,
+        fence: Option<i64>,
     ) -> Result<(), StorageError> {
         const CLEAR: &str = "DELETE FROM muc_affiliations WHERE service = $1 AND room = $2";
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            check_fence!(tx, service, &room.room, fence);
             sqlx::query(UPSERT_ROOM)
                 .bind(service)
                 .bind(&room.room)
@@ -168,18 +233,20 @@ impl Store {
 
     /// Writes what changed in a stored room, in one transaction: the
     /// room's row, one upsert or delete per changed affiliation, the
-    /// vCard.
+    /// vCard. `fence`: the writer's lease (cluster).
     pub async fn muc_save_delta(
         &self,
         service: &str,
         room: &str,
         delta: &RoomDelta,
+        fence: Option<i64>,
     ) -> Result<(), StorageError> {
         if delta.is_empty() {
             return Ok(());
         }
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            check_fence!(tx, service, room, fence);
             if let Some((config, subject, subject_by)) = &delta.row {
                 sqlx::query(UPSERT_ROOM)
                     .bind(service)
@@ -232,12 +299,19 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a room (destroyed, or no longer persistent).
-    pub async fn muc_delete_room(&self, service: &str, room: &str) -> Result<(), StorageError> {
+    /// Forgets a room (destroyed, or no longer persistent); its fencing
+    /// number stays. `fence`: the writer's lease (cluster).
+    pub async fn muc_delete_room(
+        &self,
+        service: &str,
+        room: &str,
+        fence: Option<i64>,
+    ) -> Result<(), StorageError> {
         const ROOM: &str = "DELETE FROM muc_rooms WHERE service = $1 AND room = $2";
         const AFFS: &str = "DELETE FROM muc_affiliations WHERE service = $1 AND room = $2";
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            check_fence!(tx, service, room, fence);
             sqlx::query(ROOM).bind(service).bind(room).execute(&mut *tx).await?;
             sqlx::query(AFFS).bind(service).bind(room).execute(&mut *tx).await?;
             sqlx::query(DELETE_VCARD).bind(service).bind(room).execute(&mut *tx).await?;

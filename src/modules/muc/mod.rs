@@ -13,7 +13,8 @@
 //! every occupant), `persist` (what a persistent room writes: whole once,
 //! then only the changed rows), `avatar` (the room's vCard, XEP-0486),
 //! `mentions` (push for absent members named in a message), `room_list`
-//! (the service's disco#items with RSM paging).
+//! (the service's disco#items with RSM paging), `placement` (which
+//! cluster node serves a room).
 
 pub mod admin;
 pub mod archive;
@@ -28,6 +29,7 @@ pub mod message;
 pub mod moderate;
 pub mod nick;
 pub mod persist;
+pub mod placement;
 pub mod presence;
 pub mod room;
 pub mod room_list;

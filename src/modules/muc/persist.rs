@@ -101,27 +101,37 @@ fn delta(room: &Room) -> RoomDelta {
 
 /// Writes a persistent, configured room's changes: whole the first
 /// time, then only what changed. On failure the changes stay pending
-/// and go with the next write.
-pub async fn write(server: &Server, room: &mut Room) {
+/// and go with the next write. `fence`: this node's lease on the room
+/// (cluster); true when the write was refused because another node holds
+/// a newer one.
+pub async fn write(server: &Server, room: &mut Room, fence: Option<i64>) -> bool {
     let service = room.jid.domain().as_str().to_string();
     let name = room.jid.node().map(|n| n.to_string()).unwrap_or_default();
     let result = if !room.stored {
-        server.store.muc_save_room(&service, &whole(room)).await
+        server
+            .store
+            .muc_save_room(&service, &whole(room), fence)
+            .await
     } else if room.dirty || !room.pending.is_empty() {
         server
             .store
-            .muc_save_delta(&service, &name, &delta(room))
+            .muc_save_delta(&service, &name, &delta(room), fence)
             .await
     } else {
-        return;
+        return false;
     };
     match result {
         Ok(()) => {
             room.stored = true;
             room.dirty = false;
             room.pending = Pending::default();
+            false
         }
-        Err(e) => tracing::error!(error = %e, room = %room.jid, "muc: storing a room"),
+        Err(crate::storage::StorageError::Fenced(_)) => true,
+        Err(e) => {
+            tracing::error!(error = %e, room = %room.jid, "muc: storing a room");
+            false
+        }
     }
 }
 

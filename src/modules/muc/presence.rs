@@ -336,11 +336,14 @@ fn self_codes(ctx: &Ctx<'_>, room: &Room, created: bool, modified: bool) -> Vec<
 /// The presence of every occupant but `nick` to a joining session. A
 /// local session's list is streamed (`fanout::JoinStreams`): built as its
 /// queue takes it, with what the room sends it meanwhile held behind. A
-/// remote one's goes out at once, one stanza at a time (its s2s queue is
+/// remote one's (s2s, or a session on another cluster node) goes out at
+/// once, one stanza at a time (its s2s queue, or the cluster's outbox, is
 /// the bound).
 fn send_occupants_to(ctx: &mut Ctx<'_>, room: &Room, nick: &str, role: Role, to: &FullJid) {
     let show = room.shows_jids_to(role);
-    if ctx.server.route(to.domain().as_str()) == crate::routes::Route::Host {
+    if ctx.server.route(to.domain().as_str()) == crate::routes::Route::Host
+        && ctx.server.sessions.session_id(to).is_some()
+    {
         ctx.streams.start(room, nick, show, to);
         return;
     }

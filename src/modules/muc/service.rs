@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::config::RoomConfig;
 use super::moderate::{self, Request};
+use super::placement::{Place, Placement};
 use super::presence;
 use super::room::{Affiliation, Ctx, Room};
 use super::{message, NS_MUC, NS_OCCUPANT_ID, NS_PING, NS_SELF_PING, NS_SID, NS_UNIQUE};
@@ -91,7 +92,12 @@ async fn run(
     let held = server.config().limits.session_queue + server.config().muc.max_history + 2;
     let (streams, mut wakes) = super::fanout::JoinStreams::new(held);
     let mut service = Service::new(&server, &secret, streams);
-    for domain in service_domains(&server.config()) {
+    // In a cluster a room is loaded by the node that takes its lease.
+    let clustered = server.config().cluster.is_some();
+    for domain in service_domains(&server.config())
+        .into_iter()
+        .filter(|_| !clustered)
+    {
         match server.store.muc_rooms(&domain).await {
             Ok(rooms) => {
                 for stored in rooms {
@@ -110,8 +116,10 @@ async fn run(
                 service.shutdown(&server);
                 return;
             }
+            // What a stanza sends occupants on other cluster nodes goes
+            // as one bus entry per node (`cluster::grouped`).
             stanza = rx.recv() => match stanza {
-                Some(s) => service.handle(&server, s).await,
+                Some(s) => crate::cluster::grouped(service.handle(&server, s)).await,
                 None => return,
             },
             Some(c) = control.recv() => service.control(&server, c).await,
@@ -154,6 +162,9 @@ struct Service {
     secret: Vec<u8>,
     limits: MucConfig,
     streams: super::fanout::JoinStreams,
+    /// In a cluster, which node serves which room (set at the first
+    /// stanza: the cluster joins after the features start).
+    placement: Option<Placement>,
 }
 
 impl Service {
@@ -175,7 +186,102 @@ impl Service {
             secret: mac.finalize().into_bytes().to_vec(),
             limits: server.config().muc.clone(),
             streams,
+            placement: None,
         }
+    }
+
+    /// In a cluster: serves the room's stanza here if this node holds the
+    /// room's lease (taking it if nobody does, and loading the room),
+    /// else hands it to the holder. True when it is for this node.
+    async fn served_here(&mut self, server: &Arc<Server>, key: &str, stanza: &Element) -> bool {
+        if self.placement.is_none() {
+            let Some(cluster) = server.cluster.get() else {
+                return true;
+            };
+            self.placement = Some(Placement::new(cluster.clone()));
+        }
+        let Some(placement) = self.placement.as_mut() else {
+            return true;
+        };
+        for room in placement.lost() {
+            tracing::warn!(
+                room,
+                "muc: this node fenced itself; the room is left to others"
+            );
+            self.rooms.remove(&room);
+        }
+        let Ok(room) = jid::BareJid::new(key) else {
+            return false;
+        };
+        let (domain, name) = (
+            room.domain().as_str(),
+            room.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        let at_least = async {
+            match server.store.muc_fence(domain, name).await {
+                Ok(f) => f.max(0) as u64,
+                Err(e) => {
+                    // Redis's own counter still grows; a refused write
+                    // later is the worst that can follow.
+                    tracing::error!(error = %e, room = key, "muc: fencing number not readable");
+                    0
+                }
+            }
+        };
+        match placement.place(key, at_least).await {
+            Ok(Place::Here(false)) => true,
+            Ok(Place::Here(true)) => {
+                // Taken just now: the database has the room if it is
+                // persistent; a copy left in memory from an earlier lease
+                // is stale.
+                self.rooms.remove(key);
+                match server.store.muc_room(domain, name).await {
+                    Ok(Some(stored)) => {
+                        if let Some(r) = super::persist::load(domain, &stored, &self.limits) {
+                            self.rooms.insert(key.to_string(), r);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, room = key, "muc: room not loadable");
+                        placement.release(key);
+                        reply_error(
+                            server,
+                            stanza,
+                            StanzaErrorCondition::InternalServerError.into(),
+                        );
+                        return false;
+                    }
+                }
+                tracing::debug!(room = key, "muc: room lease taken");
+                true
+            }
+            Ok(Place::Elsewhere(node)) => {
+                let bytes = bytes::Bytes::from(stanza.to_bytes(crate::xml::NS_CLIENT));
+                if !placement.hand_to(&node, key, bytes) {
+                    reply_error(
+                        server,
+                        stanza,
+                        StanzaErrorCondition::ResourceConstraint.into(),
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, room = key, "muc: room lease not readable");
+                reply_error(
+                    server,
+                    stanza,
+                    StanzaErrorCondition::InternalServerError.into(),
+                );
+                false
+            }
+        }
+    }
+
+    /// The fencing number writes of `key` carry (None on a single server).
+    fn fence(&self, key: &str) -> Option<i64> {
+        self.placement.as_ref().and_then(|p| p.fence(key))
     }
 
     async fn handle(&mut self, server: &Arc<Server>, stanza: Element) {
@@ -187,6 +293,9 @@ impl Service {
         };
         if to.node().is_none() {
             return self.service_stanza(server, &stanza, &from, &to);
+        }
+        if !self.served_here(server, to.bare().as_str(), &stanza).await {
+            return;
         }
         // The answer to an IQ relayed to an occupant (it may come from a
         // bare JID: a vCard is the account's).
@@ -240,6 +349,7 @@ impl Service {
             limits,
             archive,
             streams,
+            ..
         } = self;
         let mut ctx = Ctx {
             server,
@@ -353,6 +463,7 @@ impl Service {
     /// After a stanza: a destroyed room, or a temporary one left empty,
     /// is forgotten; what changed in a persistent one is written.
     async fn settle(&mut self, server: &Server, key: &str) {
+        let fence = self.fence(key);
         let Some(room) = self.rooms.get_mut(key) else {
             return;
         };
@@ -362,10 +473,13 @@ impl Service {
         if room.destroyed && self.archive.is_some() {
             super::archive::purge(server, &room.jid).await;
         }
+        let mut fenced = false;
         if forget || !room.config.persistent {
             if room.stored {
-                if let Err(e) = server.store.muc_delete_room(&service, &name).await {
-                    tracing::error!(error = %e, room = %key, "muc: deleting a room");
+                match server.store.muc_delete_room(&service, &name, fence).await {
+                    Err(crate::storage::StorageError::Fenced(_)) => fenced = true,
+                    Err(e) => tracing::error!(error = %e, room = %key, "muc: deleting a room"),
+                    Ok(()) => {}
                 }
                 room.stored = false;
             }
@@ -373,10 +487,18 @@ impl Service {
             room.dirty = false;
             room.pending = Default::default();
         } else if !room.locked {
-            super::persist::write(server, room).await;
+            fenced = super::persist::write(server, room, fence).await;
         }
-        if forget {
+        if fenced {
+            // Another node holds the room now (this one was paused or cut
+            // off past its liveness): its state here is stale.
+            tracing::warn!(room = %key, "muc: write refused by the fencing check; the room is another node's now");
+        }
+        if forget || fenced {
             self.rooms.remove(key);
+            if let Some(p) = self.placement.as_mut() {
+                p.release(key);
+            }
         }
     }
 

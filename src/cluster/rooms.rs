@@ -1,0 +1,78 @@
+//! The chat service's side of the cluster (`modules::muc::placement`):
+//! room leases in Redis (`RoomDirectory`), and a room's stanzas handed
+//! to the node holding its lease through that node's inbox (field `m`),
+//! counted against the outbox's byte bound like any stanza.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use super::bus::Delivery;
+use super::{Cluster, OutMsg};
+use crate::modules::muc::placement::RoomPlacement;
+use crate::server::Server;
+
+impl RoomPlacement for Cluster {
+    fn claim<'a>(
+        &'a self,
+        room: &'a str,
+        at_least: u64,
+    ) -> BoxFuture<'a, Result<(String, u64), String>> {
+        self.engine.claim_room(room, &self.node, at_least)
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    fn hand_to(&self, node: &str, room: &str, stanza: Bytes) -> bool {
+        let size = stanza.len();
+        if !self.reserve(size) {
+            return false;
+        }
+        let entry = OutMsg::Entry(node.into(), room.to_string(), Delivery::Room(stanza));
+        if self.outbox.try_send(entry).is_err() {
+            self.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn departures(&self) -> u64 {
+        self.replica.departures()
+    }
+
+    fn fences(&self) -> u64 {
+        self.fence_count.load(Ordering::Acquire)
+    }
+}
+
+/// A stanza for a room, from the inbox (its sender's node thought this
+/// node held the room) or handed back by the outbox (the holder was not
+/// alive): given to the local chat service, which serves it if it holds
+/// the lease or can take it, else hands it on to the holder.
+pub(super) fn to_room_service(server: &Server, room: &str, bytes: Bytes) {
+    let stanza = crate::sessions::OutStanza::serialized(bytes);
+    let (Some(element), Ok(to)) = (stanza.element(), jid::BareJid::new(room)) else {
+        tracing::warn!(room, "cluster: unreadable stanza for a room dropped");
+        return;
+    };
+    let crate::routes::Route::Service(i) = server.route(to.domain().as_str()) else {
+        tracing::warn!(
+            room,
+            "cluster: a stanza for a room of a service not served here dropped"
+        );
+        return;
+    };
+    if let Err(e) = server.features.deliver_to_service(i, server, element) {
+        // The service's queue is full: as for a stanza from a local
+        // session, the sender hears of it.
+        tracing::debug!(room, error = ?e, "cluster: a stanza for a room not queued");
+        let error: crate::stanza::StanzaError =
+            crate::stanza::StanzaErrorCondition::ResourceConstraint.into();
+        if let Some(reply) = error.reply_to(element) {
+            crate::router::deliver_bounce(server, &reply);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Which node serves a room, in a cluster (issue #16). A room's state
+//! lives on one node at a time: the holder of its lease, which the
+//! cluster keeps in Redis ([`RoomPlacement`], implemented by
+//! `cluster::Cluster`). A stanza for a room reaches whichever node its
+//! sender is attached to; the service there serves it when it holds the
+//! lease, else hands it to the holder's inbox. A room nobody holds (new,
+//! or its node died) is claimed by the first node that gets a stanza for
+//! it, which loads it from the database.
+//!
+//! Each lease carries a fencing number, larger for every new lease; every
+//! write of the room's rows carries it, and PostgreSQL refuses one below
+//! the largest it has seen (`storage::muc`): a node paused past its
+//! liveness, whose rooms were taken over meanwhile, cannot overwrite
+//! what the new holder wrote. A refused write makes the node forget the
+//! room.
+//!
+//! On a single server there is no placement: every room is served here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+/// What the cluster offers the chat service.
+pub trait RoomPlacement: Send + Sync {
+    /// The room's lease: its holder's node and fencing number. Given to
+    /// this node when no live node holds it, with a number larger than
+    /// `at_least` (what the database last saw).
+    fn claim<'a>(
+        &'a self,
+        room: &'a str,
+        at_least: u64,
+    ) -> BoxFuture<'a, Result<(String, u64), String>>;
+    /// This node's id.
+    fn node_id(&self) -> &str;
+    /// Queues `stanza` (serialized, `jabber:client`) for the room's
+    /// holder `node`; false when it could not be queued (the bus's
+    /// outbox is full).
+    fn hand_to(&self, node: &str, room: &str, stanza: Bytes) -> bool;
+    /// Changes whenever this node learns that a node is gone: the holders
+    /// it remembered may be dead.
+    fn departures(&self) -> u64;
+    /// Changes whenever this node fenced itself (it could not refresh
+    /// its liveness for a whole TTL): its leases may have been taken.
+    fn fences(&self) -> u64;
+}
+
+/// Where a room's stanza is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// Here; `true` when the lease was taken just now (the room is to be
+    /// loaded from the database).
+    Here(bool),
+    /// On that node.
+    Elsewhere(Arc<str>),
+}
+
+/// The service's view of room leases.
+pub struct Placement {
+    remote: Arc<dyn RoomPlacement>,
+    /// Rooms whose lease this node holds, with their fencing number.
+    held: HashMap<String, u64>,
+    /// Holders of other rooms, as last claimed; forgotten when a node
+    /// goes (`departures`).
+    elsewhere: HashMap<String, Arc<str>>,
+    departures: u64,
+    fences: u64,
+}
+
+impl Placement {
+    pub fn new(remote: Arc<dyn RoomPlacement>) -> Placement {
+        Placement {
+            departures: remote.departures(),
+            fences: remote.fences(),
+            remote,
+            held: HashMap::new(),
+            elsewhere: HashMap::new(),
+        }
+    }
+
+    /// The rooms this node must drop because it fenced itself since the
+    /// last look (another node may hold them now); forgets their leases.
+    pub fn lost(&mut self) -> Vec<String> {
+        let fences = self.remote.fences();
+        if fences == self.fences {
+            return Vec::new();
+        }
+        self.fences = fences;
+        self.elsewhere.clear();
+        self.held.drain().map(|(room, _)| room).collect()
+    }
+
+    /// Where `room` is served; claims it when no live node holds it.
+    /// `at_least` is asked only then (the database's fencing number).
+    pub async fn place<F>(&mut self, room: &str, at_least: F) -> Result<Place, String>
+    where
+        F: std::future::Future<Output = u64>,
+    {
+        if self.held.contains_key(room) {
+            return Ok(Place::Here(false));
+        }
+        let departures = self.remote.departures();
+        if departures != self.departures {
+            self.departures = departures;
+            self.elsewhere.clear();
+        }
+        if let Some(node) = self.elsewhere.get(room) {
+            return Ok(Place::Elsewhere(node.clone()));
+        }
+        let at_least = at_least.await;
+        let (node, fence) = self.remote.claim(room, at_least).await?;
+        if node == self.remote.node_id() {
+            self.held.insert(room.to_string(), fence);
+            return Ok(Place::Here(true));
+        }
+        let node: Arc<str> = node.into();
+        // Bounded by the rooms this node hears of; a burst of names nobody
+        // uses again is forgotten whole rather than kept.
+        if self.elsewhere.len() >= MAX_REMEMBERED {
+            self.elsewhere.clear();
+        }
+        self.elsewhere.insert(room.to_string(), node.clone());
+        Ok(Place::Elsewhere(node))
+    }
+
+    /// The fencing number of a room held here (writes carry it).
+    pub fn fence(&self, room: &str) -> Option<i64> {
+        self.held.get(room).map(|f| *f as i64)
+    }
+
+    /// Forgets a room held here: destroyed, left empty, or refused by the
+    /// fencing check (another node holds it now).
+    pub fn release(&mut self, room: &str) {
+        self.held.remove(room);
+    }
+
+    /// Hands a stanza to the node serving its room.
+    pub fn hand_to(&self, node: &str, room: &str, stanza: Bytes) -> bool {
+        self.remote.hand_to(node, room, stanza)
+    }
+}
+
+/// Holders of other nodes' rooms remembered at most.
+const MAX_REMEMBERED: usize = 100_000;
