@@ -2432,3 +2432,111 @@ async fn a_room_with_occupants_on_three_nodes_is_one_room() {
         .await;
     }
 }
+
+/// Makes `room` as `owner` (nick "owner"): an instant room, temporary.
+async fn muc_create_instant(c: &mut Client, room: &str) {
+    muc_join(c, room, "owner").await;
+    let r = c
+        .iq(
+            &format!(
+                "<iq type='set' id='inst' to='{room}'><query xmlns='{NS_MUC}#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ),
+            "inst",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+}
+
+/// The node holding two rooms (one persistent, one temporary) is killed
+/// (SIGKILL). Its users' occupants leave the rooms (333, seen by the
+/// others); the occupants on the surviving nodes stay without a rejoin:
+/// a group chat one of them sent after the kill reaches the other once a
+/// survivor holds the room (the message waited in the dead node's inbox,
+/// which the reaper hands to its own chat service), the room's lease has
+/// moved with a larger fencing number, the persistent room kept its
+/// configuration and owner, and the temporary one its occupants. Fails
+/// without the occupant records: b is no occupant of the room taken over
+/// and its message is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_survive_the_death_of_their_node() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let users = [format!("ka{tag}"), format!("kb{tag}"), format!("kc{tag}")];
+    add_users(&[&users[0], &users[1], &users[2]]).await;
+    let redis = [redis_url(), redis_url(), redis_url()];
+    let mut nodes = start_nodes(3, &prefix, &redis, TTL_MS);
+    let kept = format!("kept{tag}@conference.{DOMAIN}");
+    let temp = format!("temp{tag}@conference.{DOMAIN}");
+
+    let mut a = Client::login(nodes[0].c2s, &users[0], "pw", Some("a")).await;
+    let mut b = Client::login(nodes[1].c2s, &users[1], "pw", Some("b")).await;
+    let mut c = Client::login(nodes[2].c2s, &users[2], "pw", Some("c")).await;
+    muc_create_persistent(&mut a, &kept).await;
+    muc_create_instant(&mut a, &temp).await;
+    for room in [&kept, &temp] {
+        assert_eq!(muc_join(&mut b, room, "bee").await, ["owner"]);
+        assert_eq!(muc_join(&mut c, room, "cee").await, ["bee", "owner"]);
+    }
+    let (_, fence_before) = room_lease(&prefix, &kept).expect("a lease");
+    // Everything the joins recorded is in Redis before the kill.
+    c.barrier().await;
+    b.barrier().await;
+
+    let killed = Instant::now();
+    nodes[0].kill_9();
+    for room in [&kept, &temp] {
+        b.send_str(&format!(
+            "<message to='{room}' type='groupchat'><body>after the kill</body></message>"
+        ))
+        .await;
+        groupchat_arrives(&mut c, room, "after the kill").await;
+        eprintln!("{room}: served again {:?} after the kill", killed.elapsed());
+        for x in [&mut b, &mut c] {
+            let gone = await_stanza(x, Duration::from_secs(10), "the owner's departure", |e| {
+                is_presence_from(e, &format!("{room}/owner"), Some("unavailable"))
+            })
+            .await;
+            assert!(muc_codes(&gone).contains(&333), "{}", show(&gone));
+        }
+    }
+    let (holder, fence_after) = room_lease(&prefix, &kept).expect("a lease");
+    assert_ne!(holder, "n1");
+    assert!(fence_after > fence_before, "{fence_before} → {fence_after}");
+
+    // The persistent room kept its owner: a's affiliation is listed.
+    let owners = b
+        .iq(
+            &format!(
+                "<iq type='get' id='own' to='{kept}'><query xmlns='{NS_MUC}#admin'>\
+                 <item affiliation='owner'/></query></iq>"
+            ),
+            "own",
+        )
+        .await;
+    // Only owners may list owners: a participant is refused, which says
+    // the room is there and knows b.
+    assert_eq!(owners.attr("type"), Some("error"), "{}", show(&owners));
+    assert!(
+        owners.get_child("error", NS_CLIENT).is_some_and(|e| e
+            .get_child("forbidden", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            .is_some()),
+        "{}",
+        show(&owners)
+    );
+    // a logs in again on a survivor and is still the owner.
+    let mut a2 = Client::login(nodes[2].c2s, &users[0], "pw", Some("a2")).await;
+    let shown = muc_join(&mut a2, &kept, "owner").await;
+    assert_eq!(shown, ["bee", "cee"]);
+    let owners = a2
+        .iq(
+            &format!(
+                "<iq type='get' id='own' to='{kept}'><query xmlns='{NS_MUC}#admin'>\
+                 <item affiliation='owner'/></query></iq>"
+            ),
+            "own",
+        )
+        .await;
+    assert_eq!(owners.attr("type"), Some("result"), "{}", show(&owners));
+}

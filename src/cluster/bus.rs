@@ -227,7 +227,16 @@ pub trait RoomDirectory: Send + Sync {
     ) -> BoxFuture<'a, BusResult<(String, u64)>>;
     /// How many rooms each node holds a lease of (`ctl cluster status`).
     fn room_counts(&self) -> BoxFuture<'_, BusResult<std::collections::HashMap<String, usize>>>;
+    /// Writes rooms' occupant records in order: per room, (field, the
+    /// record or None to delete it), or everything deleted (`true`).
+    fn write_room_records<'a>(&'a self, batch: &'a [RoomRecords]) -> BoxFuture<'a, BusResult<()>>;
+    /// A room's records.
+    fn room_records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, BusResult<Vec<(String, Bytes)>>>;
 }
+
+/// What changed in one room's records: (room, (field, record or None),
+/// delete them all first).
+pub type RoomRecords = (String, Vec<(String, Option<Bytes>)>, bool);
 
 /// Everything a cluster node needs from the shared engine.
 pub trait Engine: Membership + SessionDirectory + Bus + ComponentDirectory + RoomDirectory {}

@@ -101,6 +101,8 @@ pub struct Cluster {
     handovers: std::sync::Mutex<std::collections::HashSet<(String, Kept)>>,
     /// Stream-managed sessions this node asked other nodes for.
     takeovers: takeover::TakeOvers,
+    /// Rooms' occupant records for Redis (`rooms::write_records`).
+    room_records: mpsc::Sender<bus::RoomRecords>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -142,6 +144,7 @@ impl Cluster {
         }
         let (writer_tx, writer_rx) = mpsc::channel(CHANGE_QUEUE);
         let (outbox_tx, outbox_rx) = mpsc::channel(config.inbox_max);
+        let (records_tx, records_rx) = mpsc::channel(CHANGE_QUEUE);
         let cluster = Arc::new(Cluster {
             node: node.clone(),
             ttl,
@@ -160,6 +163,7 @@ impl Cluster {
             tasks: TaskTracker::new(),
             handovers: Default::default(),
             takeovers: Default::default(),
+            room_records: records_tx,
         });
         // Subscribed before the snapshot is read, so no change falls
         // between them.
@@ -176,6 +180,7 @@ impl Cluster {
         // shutdown still send through them); `leave` flushes them.
         tokio::spawn(writer::run(server.clone(), cluster.clone(), writer_rx));
         tokio::spawn(outbox::run(server.clone(), cluster.clone(), outbox_rx));
+        tokio::spawn(rooms::write_records(cluster.clone(), records_rx));
         cluster
             .tasks
             .spawn(follow::run(server.clone(), cluster.clone(), events));

@@ -109,7 +109,12 @@ pub async fn drain_inbox(server: &Server, cluster: &Cluster, node: &str) -> BusR
             // A replacement for a session of the gone node: nothing to do
             // (and here, the session it names may be the new one).
             // An answer to an IQ of the gone node: nobody waits for it.
-            if matches!(entry.delivery, super::bus::Delivery::Stanza(_)) {
+            // A stanza for a room it held: the chat service here serves
+            // it (taking the room over) or hands it to the new holder.
+            if matches!(
+                entry.delivery,
+                super::bus::Delivery::Stanza(_) | super::bus::Delivery::Room(_)
+            ) {
                 super::inbox::deliver(server, entry).await;
             }
         }

@@ -24,7 +24,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::bus::{
     Applied, Bus, BusResult, Change, ComponentDirectory, Delivery, InboxEntry, Membership,
-    NodeStatus, RoomDirectory, SessionDirectory,
+    NodeStatus, RoomDirectory, RoomRecords, SessionDirectory,
 };
 use super::codec;
 use crate::sessions::ResourceState;
@@ -237,6 +237,45 @@ impl RoomDirectory for RedisCluster {
                 .parse()
                 .map_err(|_| format!("room lease unreadable: {lease}"))?;
             Ok((owner.to_string(), fence))
+        }
+        .boxed()
+    }
+
+    fn write_room_records<'a>(&'a self, batch: &'a [RoomRecords]) -> BoxFuture<'a, BusResult<()>> {
+        async move {
+            let mut pipe = redis::pipe();
+            for (room, changes, gone) in batch {
+                let key = self.key("occ", room);
+                if *gone {
+                    pipe.cmd("DEL").arg(&key).ignore();
+                }
+                for (field, record) in changes {
+                    match record {
+                        Some(r) => pipe
+                            .cmd("HSET")
+                            .arg(&key)
+                            .arg(field)
+                            .arg(r.as_ref())
+                            .ignore(),
+                        None => pipe.cmd("HDEL").arg(&key).arg(field).ignore(),
+                    };
+                }
+            }
+            let mut c = self.conn.clone();
+            pipe.query_async::<()>(&mut c).await.map_err(err)
+        }
+        .boxed()
+    }
+
+    fn room_records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, BusResult<Vec<(String, Bytes)>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(self.key("occ", room))
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(all.into_iter().map(|(f, v)| (f, Bytes::from(v))).collect())
         }
         .boxed()
     }

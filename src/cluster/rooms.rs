@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::bus::Delivery;
+use super::bus::{Delivery, RoomRecords};
 use super::{Cluster, OutMsg};
 use crate::modules::muc::placement::RoomPlacement;
 use crate::server::Server;
@@ -45,6 +45,56 @@ impl RoomPlacement for Cluster {
 
     fn fences(&self) -> u64 {
         self.fence_count.load(Ordering::Acquire)
+    }
+
+    fn record(&self, room: &str, changes: Vec<(String, Option<Bytes>)>, gone: bool) {
+        if self
+            .room_records
+            .try_send((room.to_string(), changes, gone))
+            .is_err()
+        {
+            // Redis slow or away for long: a node taking the room over
+            // would find an older list (occupants that left reappear
+            // until their next stanza fails; new ones are missing).
+            tracing::warn!(
+                room,
+                "cluster: room records queue full; a change not recorded"
+            );
+        }
+    }
+
+    fn records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<(String, Bytes)>, String>> {
+        self.engine.room_records(room)
+    }
+
+    fn session_alive(&self, jid: &jid::FullJid) -> bool {
+        self.replica.node_of(jid).is_some()
+    }
+}
+
+/// Writes rooms' occupant records in the order they were queued, in
+/// pipelined batches; retried with a back-off while Redis is away.
+pub(super) async fn write_records(
+    cluster: std::sync::Arc<Cluster>,
+    mut rx: tokio::sync::mpsc::Receiver<RoomRecords>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut attempt = 0;
+        while let Err(e) = cluster.engine.write_room_records(&batch).await {
+            tracing::warn!(error = %e, rooms = batch.len(), "cluster: room records not written; retrying");
+            if !super::backoff(&cluster.stop, &mut attempt).await {
+                return;
+            }
+        }
+        batch.clear();
     }
 }
 

@@ -28,6 +28,7 @@ pub mod mentions;
 pub mod message;
 pub mod moderate;
 pub mod nick;
+pub mod occupancy;
 pub mod persist;
 pub mod placement;
 pub mod presence;

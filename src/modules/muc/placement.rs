@@ -16,8 +16,10 @@
 //!
 //! On a single server there is no placement: every room is served here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+use super::room::Room;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -44,6 +46,14 @@ pub trait RoomPlacement: Send + Sync {
     /// Changes whenever this node fenced itself (it could not refresh
     /// its liveness for a whole TTL): its leases may have been taken.
     fn fences(&self) -> u64;
+    /// Queues, in order, the records of a room's occupants that changed
+    /// (`occupancy`: nick → the record, None when it left); `gone`
+    /// deletes them all (the room is forgotten).
+    fn record(&self, room: &str, changes: Vec<(String, Option<Bytes>)>, gone: bool);
+    /// A room's records, for the node taking it over.
+    fn records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<(String, Bytes)>, String>>;
+    /// Whether another live node holds this session.
+    fn session_alive(&self, jid: &jid::FullJid) -> bool;
 }
 
 /// Where a room's stanza is served.
@@ -66,6 +76,8 @@ pub struct Placement {
     elsewhere: HashMap<String, Arc<str>>,
     departures: u64,
     fences: u64,
+    /// Held rooms whose occupants were all recorded once.
+    recorded: HashSet<String>,
 }
 
 impl Placement {
@@ -76,6 +88,7 @@ impl Placement {
             remote,
             held: HashMap::new(),
             elsewhere: HashMap::new(),
+            recorded: HashSet::new(),
         }
     }
 
@@ -88,6 +101,7 @@ impl Placement {
         }
         self.fences = fences;
         self.elsewhere.clear();
+        self.recorded.clear();
         self.held.drain().map(|(room, _)| room).collect()
     }
 
@@ -133,6 +147,52 @@ impl Placement {
     /// fencing check (another node holds it now).
     pub fn release(&mut self, room: &str) {
         self.held.remove(room);
+        self.recorded.remove(room);
+    }
+
+    /// Records what a stanza changed in a room held here: its occupants
+    /// announced (`touched`), and a temporary room's configuration and
+    /// affiliations when they changed (a persistent one's are in the
+    /// database).
+    pub fn record_changes(&mut self, room: &Room, mut touched: HashSet<String>) {
+        let key = room.jid.as_str();
+        if !self.held.contains_key(key) || room.locked {
+            return;
+        }
+        // The first record of a room (just unlocked, or taken over) has
+        // every occupant: those who entered while it was locked too.
+        if !self.recorded.contains(key) {
+            self.recorded.insert(key.to_string());
+            touched.extend(room.occupants.keys().cloned());
+        }
+        // A temporary room's own record goes with any change to it, so
+        // the first one after it is unlocked writes it.
+        let own_changed = room.dirty || !room.pending.is_empty() || !touched.is_empty();
+        let mut changes = super::occupancy::changes(room, touched);
+        if !room.config.persistent && own_changed {
+            let own = super::occupancy::encode_room(&room.to_stored());
+            changes.push((super::occupancy::ROOM_FIELD.to_string(), Some(own)));
+        }
+        if !changes.is_empty() {
+            self.remote.record(key, changes, false);
+        }
+    }
+
+    /// Deletes a forgotten room's records.
+    pub fn forget_records(&self, room: &str) {
+        if self.held.contains_key(room) {
+            self.remote.record(room, Vec::new(), true);
+        }
+    }
+
+    /// A room's records (the node taking it over reads them).
+    pub async fn records(&self, room: &str) -> Result<Vec<(String, Bytes)>, String> {
+        self.remote.records(room).await
+    }
+
+    /// Whether another live node holds the session.
+    pub fn session_alive(&self, jid: &jid::FullJid) -> bool {
+        self.remote.session_alive(jid)
     }
 
     /// Hands a stanza to the node serving its room.

@@ -103,6 +103,7 @@ pub fn announce(
     a: &Announcement,
     only_self: Option<&FullJid>,
 ) {
+    ctx.touched.insert(occ.nick.clone());
     let aff = room.affiliation(&occ.real);
     if let Some(s) = only_self {
         // Another resource joining under the same nick: it alone hears.
@@ -453,6 +454,7 @@ pub fn remove_session(
     if occ.sessions.len() > 1 {
         occ.sessions.retain(|s| &s.jid != session);
         let occ = occ.clone();
+        ctx.touched.insert(occ.nick.clone());
         // Only the leaving session hears of it; the occupant stays.
         let mut own = occ.clone();
         own.sessions = vec![OccupantSession {

@@ -189,6 +189,9 @@ pub struct Ctx<'a> {
     /// Joiners whose occupant list is still going out: what the room
     /// sends them waits behind it.
     pub streams: &'a mut super::fanout::JoinStreams,
+    /// Nicks whose occupant changed (its presence was announced): a
+    /// cluster records them after the stanza (`occupancy`).
+    pub touched: HashSet<String>,
 }
 
 impl Ctx<'_> {

@@ -165,6 +165,8 @@ struct Service {
     /// In a cluster, which node serves which room (set at the first
     /// stanza: the cluster joins after the features start).
     placement: Option<Placement>,
+    /// Sessions of a room just taken over that are alive nowhere.
+    restored_gone: Vec<FullJid>,
 }
 
 impl Service {
@@ -187,6 +189,7 @@ impl Service {
             limits: server.config().muc.clone(),
             streams,
             placement: None,
+            restored_gone: Vec::new(),
         }
     }
 
@@ -235,13 +238,51 @@ impl Service {
                 // persistent; a copy left in memory from an earlier lease
                 // is stale.
                 self.rooms.remove(key);
+                let records = match placement.records(key).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, room = key, "muc: occupants of a room taken over not readable");
+                        Vec::new()
+                    }
+                };
                 match server.store.muc_room(domain, name).await {
-                    Ok(Some(stored)) => {
-                        if let Some(r) = super::persist::load(domain, &stored, &self.limits) {
-                            self.rooms.insert(key.to_string(), r);
+                    Ok(stored) => {
+                        let room = match stored {
+                            Some(stored) => super::persist::load(domain, &stored, &self.limits),
+                            // A temporary room lives on in its record.
+                            None => records
+                                .iter()
+                                .find(|(nick, _)| nick == super::occupancy::ROOM_FIELD)
+                                .and_then(|(_, b)| super::occupancy::decode_room(name, b))
+                                .and_then(|stored| {
+                                    let mut r =
+                                        super::persist::load(domain, &stored, &self.limits)?;
+                                    r.config.persistent = false;
+                                    r.stored = false;
+                                    Some(r)
+                                }),
+                        };
+                        if let Some(mut room) = room {
+                            let alive = |jid: &FullJid| {
+                                server.sessions.session_id(jid).is_some()
+                                    || placement.session_alive(jid)
+                            };
+                            let gone = super::occupancy::restore(
+                                &mut room,
+                                records,
+                                alive,
+                                &mut self.joined,
+                            );
+                            tracing::info!(
+                                room = key,
+                                occupants = room.occupants.len(),
+                                gone = gone.len(),
+                                "muc: room taken over"
+                            );
+                            self.restored_gone = gone;
+                            self.rooms.insert(key.to_string(), room);
                         }
                     }
-                    Ok(None) => {}
                     Err(e) => {
                         tracing::error!(error = %e, room = key, "muc: room not loadable");
                         placement.release(key);
@@ -341,6 +382,9 @@ impl Service {
             }
         }
         let archiving = self.archive.is_some();
+        // Occupants of a room just taken over whose node died: removed
+        // as lost (333) after this stanza.
+        let gone = std::mem::take(&mut self.restored_gone);
         let Service {
             rooms,
             joined,
@@ -357,11 +401,12 @@ impl Service {
             joined,
             ids,
             secret,
-            lost: Vec::new(),
+            lost: gone,
             archiving,
             archive_rows: Vec::new(),
             mentions: Vec::new(),
             streams,
+            touched: Default::default(),
         };
         let nick = to.resource().map(|r| r.as_str().to_string());
         match stanza.name() {
@@ -405,7 +450,11 @@ impl Service {
         }
         let rows = std::mem::take(&mut ctx.archive_rows);
         let mentions = std::mem::take(&mut ctx.mentions);
+        let touched = std::mem::take(&mut ctx.touched);
         drop(ctx);
+        if let (Some(p), Some(room)) = (self.placement.as_mut(), self.rooms.get(&key)) {
+            p.record_changes(room, touched);
+        }
         if let Some(a) = archive {
             a.write(rows).await;
         }
@@ -450,6 +499,7 @@ impl Service {
                     archive_rows: Vec::new(),
                     mentions: Vec::new(),
                     streams: &mut self.streams,
+                    touched: Default::default(),
                 };
                 super::admin::destroy(&mut ctx, r, &request);
                 drop(ctx);
@@ -497,6 +547,9 @@ impl Service {
         if forget || fenced {
             self.rooms.remove(key);
             if let Some(p) = self.placement.as_mut() {
+                if forget {
+                    p.forget_records(key);
+                }
                 p.release(key);
             }
         }
@@ -575,6 +628,7 @@ impl Service {
             secret,
             limits,
             streams,
+            placement,
             ..
         } = self;
         let mut ctx = Ctx {
@@ -588,6 +642,7 @@ impl Service {
             archive_rows: Vec::new(),
             mentions: Vec::new(),
             streams,
+            touched: Default::default(),
         };
         let a = presence::Announcement {
             unavailable: true,
@@ -595,7 +650,27 @@ impl Service {
             ..Default::default()
         };
         for room in rooms.values_mut() {
-            presence::empty_room(&mut ctx, room, &a);
+            let Some(placement) = placement.as_mut() else {
+                presence::empty_room(&mut ctx, room, &a);
+                continue;
+            };
+            // In a cluster the room outlives this node: another node takes
+            // it over with its recorded occupants. Only this node's users
+            // leave (their sessions end with it), seen by everyone.
+            let here: Vec<String> = room
+                .occupants
+                .values()
+                .filter(|o| {
+                    o.sessions
+                        .iter()
+                        .all(|s| server.sessions.session_id(&s.jid).is_some())
+                })
+                .map(|o| o.nick.clone())
+                .collect();
+            for nick in here {
+                presence::remove_occupant(&mut ctx, room, &nick, &a);
+            }
+            placement.record_changes(room, std::mem::take(&mut ctx.touched));
         }
     }
 }
