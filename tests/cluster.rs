@@ -2540,3 +2540,199 @@ async fn rooms_survive_the_death_of_their_node() {
         .await;
     assert_eq!(owners.attr("type"), Some("result"), "{}", show(&owners));
 }
+
+/// A TCP relay to PostgreSQL whose traffic can be held: bytes read while
+/// it is paused are written only when it resumes (a database that stops
+/// answering one node, as a stall or a partition would).
+struct PauseRelay {
+    port: u16,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl PauseRelay {
+    async fn start(target: String) -> PauseRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (paused, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(out) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = out.into_split();
+                tokio::spawn(Self::pipe(ri, wo, watch.clone()));
+                tokio::spawn(Self::pipe(ro, wi, watch.clone()));
+            }
+        });
+        PauseRelay { port, paused }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut paused: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if paused.wait_for(|p| !*p).await.is_err() {
+                return;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn pause(&self, on: bool) {
+        self.paused.send_replace(on);
+    }
+}
+
+/// The PostgreSQL URL with its host and port replaced by `addr`.
+fn postgres_url_via(addr: &str) -> String {
+    let url = postgres_url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (user, rest) = rest.split_once('@').unwrap();
+    let (_, path) = rest.split_once('/').unwrap();
+    format!("{scheme}://{user}@{addr}/{path}")
+}
+
+fn redis_exists(key: &str) -> bool {
+    let mut c = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("EXISTS").arg(key).query::<i64>(&mut c).unwrap() == 1
+}
+
+/// Fencing: n1 holds a persistent room and is writing its new subject
+/// when its database stalls and it is stopped (SIGSTOP) past its
+/// liveness. n2 takes the room over (a larger fencing number) and writes
+/// its own subject. When n1 runs again (SIGCONT) and its write reaches
+/// PostgreSQL, it is refused by the fencing check: the stored subject is
+/// n2's, and n1 drops the room. Without the check n1's stale subject
+/// overwrites n2's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_holder_s_write_is_refused_by_the_fencing_check() {
+    let setup = two_nodes("fa", "fb").await;
+    let prefix = setup.prefix.clone();
+    // Dropped before the setup's keys: the nodes stop first.
+    let mut nodes = setup.nodes;
+    // n1 again, its database behind a relay that can hold its traffic.
+    let pg = postgres_url();
+    let authority = pg
+        .split_once('@')
+        .unwrap()
+        .1
+        .split_once('/')
+        .unwrap()
+        .0
+        .to_string();
+    let relay = PauseRelay::start(authority).await;
+    nodes[0].terminate();
+    let via = postgres_url_via(&format!("127.0.0.1:{}", relay.port));
+    let config = std::fs::read_to_string(&nodes[0].config).unwrap();
+    std::fs::write(
+        &nodes[0].config,
+        config.replace(&format!("{pg:?}"), &format!("{via:?}")),
+    )
+    .unwrap();
+    nodes[0].spawn();
+    nodes[0].wait_ready();
+
+    let tag = rand::random::<u32>();
+    let room = format!("fence{tag}@conference.{DOMAIN}");
+    let (name, service) = room.split_once('@').unwrap();
+    let mut a = Client::login(nodes[0].c2s, &setup.users.0, "pw", Some("a")).await;
+    let mut b = Client::login(nodes[1].c2s, &setup.users.1, "pw", Some("b")).await;
+    muc_join(&mut a, &room, "owner").await;
+    let r = a
+        .iq(
+            &format!(
+                "<iq type='set' id='cfg' to='{room}'><query xmlns='{NS_MUC}#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'>\
+                 <field var='FORM_TYPE'><value>{NS_MUC}#roomconfig</value></field>\
+                 <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
+                 <field var='muc#roomconfig_changesubject'><value>1</value></field>\
+                 </x></query></iq>"
+            ),
+            "cfg",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    muc_join(&mut b, &room, "bee").await;
+    let store = Store::open(&postgres_url(), 2).await.unwrap();
+    let fence_of = |store: Store| async move { store.muc_fence(service, name).await.unwrap() };
+    let first = fence_of(store.clone()).await;
+    assert!(first > 0, "the room's write carried no fence");
+
+    // n1's database stalls; its new subject is broadcast, its write held.
+    relay.pause(true);
+    a.send_str(&format!(
+        "<message to='{room}' type='groupchat'><subject>stale</subject></message>"
+    ))
+    .await;
+    await_stanza(&mut b, Duration::from_secs(10), "the stale subject", |e| {
+        e.get_child("subject", NS_CLIENT)
+            .is_some_and(|s| s.text() == "stale")
+    })
+    .await;
+    nodes[0].signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_exists(&format!("{prefix}:node:n1")) {
+        assert!(Instant::now() < deadline, "n1's liveness never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // n2 takes the room over and writes its subject with a larger fence.
+    b.send_str(&format!(
+        "<message to='{room}' type='groupchat'><subject>fresh</subject></message>"
+    ))
+    .await;
+    await_stanza(&mut b, Duration::from_secs(10), "the fresh subject", |e| {
+        e.get_child("subject", NS_CLIENT)
+            .is_some_and(|s| s.text() == "fresh")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = store.muc_room(service, name).await.unwrap().unwrap();
+        if stored.subject == "fresh" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n2 never wrote: {stored:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = fence_of(store.clone()).await;
+    assert!(second > first, "{first} → {second}");
+    assert_eq!(
+        room_lease(&prefix, &room).map(|l| l.0).as_deref(),
+        Some("n2")
+    );
+
+    // n1 runs again; its held write reaches PostgreSQL and is refused.
+    nodes[0].signal("-CONT");
+    relay.pause(false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(nodes[0].log_path())
+        .unwrap_or_default()
+        .contains("refused by the fencing check")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "n1's write never refused:\n{}",
+            nodes[0].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = store.muc_room(service, name).await.unwrap().unwrap();
+    assert_eq!(stored.subject, "fresh");
+    assert_eq!(fence_of(store.clone()).await, second);
+    store.close().await;
+}

@@ -527,6 +527,24 @@ pub async fn grouped<T>(f: impl std::future::Future<Output = T>) -> T {
             (out, HELD.with(|h| h.borrow_mut().take()))
         })
         .await;
+    send_held(held);
+    out
+}
+
+/// [`grouped`] for a fan-out that does not wait (a room's stanza): what
+/// it forwards leaves when `f` returns, not after whatever its caller
+/// awaits next (a database write).
+pub fn grouped_now<T>(f: impl FnOnce() -> T) -> T {
+    let (out, held) = HELD.sync_scope(std::cell::RefCell::new(None), || {
+        let out = f();
+        (out, HELD.with(|h| h.borrow_mut().take()))
+    });
+    send_held(held);
+    out
+}
+
+/// Hands what a fan-out held back to the outbox, as one batch.
+fn send_held(held: Option<Held>) {
     if let Some(held) = held {
         if !held.entries.is_empty() {
             let count = held.entries.len();
@@ -545,7 +563,6 @@ pub async fn grouped<T>(f: impl std::future::Future<Output = T>) -> T {
             }
         }
     }
-    out
 }
 
 /// Waits before trying Redis again after a failure: 200 ms doubling to

@@ -116,10 +116,8 @@ async fn run(
                 service.shutdown(&server);
                 return;
             }
-            // What a stanza sends occupants on other cluster nodes goes
-            // as one bus entry per node (`cluster::grouped`).
             stanza = rx.recv() => match stanza {
-                Some(s) => crate::cluster::grouped(service.handle(&server, s)).await,
+                Some(s) => service.handle(&server, s).await,
                 None => return,
             },
             Some(c) = control.recv() => service.control(&server, c).await,
@@ -409,45 +407,49 @@ impl Service {
             touched: Default::default(),
         };
         let nick = to.resource().map(|r| r.as_str().to_string());
-        match stanza.name() {
-            "presence" => {
-                presence_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza);
-                // An affiliated user's nick is remembered (mentions).
+        // What goes to occupants on other cluster nodes leaves as one bus
+        // entry per node, before anything below waits on the database.
+        crate::cluster::grouped_now(|| {
+            match stanza.name() {
+                "presence" => {
+                    presence_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza);
+                    // An affiliated user's nick is remembered (mentions).
+                    if let Some(room) = rooms.get_mut(&key) {
+                        if let Some(n) = room.nick_of(&from) {
+                            super::persist::remember_nick(room, from.bare().as_str(), &n);
+                        }
+                    }
+                }
+                "message" => match rooms.get_mut(&key) {
+                    None => reply_error(server, &stanza, StanzaErrorCondition::ItemNotFound.into()),
+                    Some(room) => match &nick {
+                        Some(n) => message::private(&mut ctx, room, &from, n, &stanza),
+                        None => message::to_room(&mut ctx, room, &from, &stanza),
+                    },
+                },
+                "iq" => match (retraction, rooms.get_mut(&key)) {
+                    (Some(r), Some(room)) => {
+                        moderate::apply(&mut ctx, room, r);
+                        answer(server, &stanza, Ok(None));
+                    }
+                    _ => iq_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
+                },
+                _ => {}
+            }
+            // Sessions that could not take what the room sent leave it (333);
+            // their removal may find more, a few rounds at most.
+            for _ in 0..4 {
+                let lost = std::mem::take(&mut ctx.lost);
+                if lost.is_empty() {
+                    break;
+                }
                 if let Some(room) = rooms.get_mut(&key) {
-                    if let Some(n) = room.nick_of(&from) {
-                        super::persist::remember_nick(room, from.bare().as_str(), &n);
+                    for s in &lost {
+                        presence::drop_lost(&mut ctx, room, s);
                     }
                 }
             }
-            "message" => match rooms.get_mut(&key) {
-                None => reply_error(server, &stanza, StanzaErrorCondition::ItemNotFound.into()),
-                Some(room) => match &nick {
-                    Some(n) => message::private(&mut ctx, room, &from, n, &stanza),
-                    None => message::to_room(&mut ctx, room, &from, &stanza),
-                },
-            },
-            "iq" => match (retraction, rooms.get_mut(&key)) {
-                (Some(r), Some(room)) => {
-                    moderate::apply(&mut ctx, room, r);
-                    answer(server, &stanza, Ok(None));
-                }
-                _ => iq_to_room(&mut ctx, rooms, &key, &from, nick.as_deref(), &stanza),
-            },
-            _ => {}
-        }
-        // Sessions that could not take what the room sent leave it (333);
-        // their removal may find more, a few rounds at most.
-        for _ in 0..4 {
-            let lost = std::mem::take(&mut ctx.lost);
-            if lost.is_empty() {
-                break;
-            }
-            if let Some(room) = rooms.get_mut(&key) {
-                for s in &lost {
-                    presence::drop_lost(&mut ctx, room, s);
-                }
-            }
-        }
+        });
         let rows = std::mem::take(&mut ctx.archive_rows);
         let mentions = std::mem::take(&mut ctx.mentions);
         let touched = std::mem::take(&mut ctx.touched);
