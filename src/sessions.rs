@@ -295,6 +295,16 @@ pub trait RemoteSessions: Send + Sync + std::fmt::Debug {
     ) -> futures_util::future::BoxFuture<'a, ()>;
     /// Queues `stanza` for a remote full JID; None when no node holds it.
     fn forward(&self, to: &FullJid, stanza: &Arc<OutStanza>) -> Option<Result<(), DeliveryError>>;
+    /// Queues a stanza serialized without `to` for a remote full JID (a
+    /// room's broadcast): the node holding it puts `to` in at byte `at`,
+    /// and recipients on one node share the bytes. None when no node
+    /// holds it.
+    fn forward_unaddressed(
+        &self,
+        to: &FullJid,
+        stanza: &bytes::Bytes,
+        at: usize,
+    ) -> Option<Result<(), DeliveryError>>;
     /// This node's id (named in the ids of IQs the server sends).
     fn node(&self) -> &str;
     /// Hands an answer (from `from`) to an IQ that `node` sent to that
@@ -781,6 +791,33 @@ impl SessionRegistry {
         match self.remote() {
             Some(remote) => remote
                 .forward(jid, &data)
+                .unwrap_or(Err(DeliveryError::Offline)),
+            None => Err(DeliveryError::Offline),
+        }
+    }
+
+    /// Queues a stanza serialized without `to` (`fanout::Prepared`): to a
+    /// local session as `local()` makes it, to one on another node as it
+    /// is, addressed there.
+    pub fn send_unaddressed(
+        &self,
+        jid: &FullJid,
+        stanza: &bytes::Bytes,
+        at: usize,
+        local: impl FnOnce() -> Arc<OutStanza>,
+    ) -> Result<(), DeliveryError> {
+        {
+            let map = self.read();
+            if let Some(r) = map
+                .get(jid.bare_str())
+                .and_then(|l| l.iter().find(|r| r.resource == jid.resource().as_str()))
+            {
+                return queue(&r.tx, local());
+            }
+        }
+        match self.remote() {
+            Some(remote) => remote
+                .forward_unaddressed(jid, stanza, at)
                 .unwrap_or(Err(DeliveryError::Offline)),
             None => Err(DeliveryError::Offline),
         }

@@ -2342,8 +2342,9 @@ fn room_lease(prefix: &str, room: &str) -> Option<(String, u64)> {
 /// first stanza takes its lease and serves it; the others hand its
 /// stanzas to that node, and what it sends occupants elsewhere crosses
 /// the bus. Joins show every occupant, group chat from any node reaches
-/// all, a private message crosses, and `ctl cluster status` counts the
-/// room on its node. (Each node served its own copy before: b's join
+/// all, a private message crosses, the service's room list on another
+/// node has the room, and `ctl cluster status` counts the room on its
+/// node. (Each node served its own copy before: b's join
 /// on n2 made a new, locked room.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_with_occupants_on_three_nodes_is_one_room() {
@@ -2413,6 +2414,22 @@ async fn a_room_with_occupants_on_three_nodes_is_one_room() {
     )
     .await;
     assert_eq!(pm.attr("from"), Some(format!("{room}/bee").as_str()));
+
+    // The service's room list on n3 has the room n1 holds.
+    let items = c
+        .iq(
+            &format!(
+                "<iq type='get' id='items' to='conference.{DOMAIN}'>\
+                 <query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+            ),
+            "items",
+        )
+        .await;
+    let listed: Vec<&str> = items
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .map(|q| q.children().filter_map(|i| i.attr("jid")).collect())
+        .unwrap_or_default();
+    assert!(listed.contains(&room.as_str()), "{}", show(&items));
 
     // The room is n1's alone.
     let status = nodes[2].cluster_status_rooms();

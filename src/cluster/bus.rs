@@ -90,6 +90,22 @@ pub enum Delivery {
     /// A stanza for the chat room `to` (a bare JID) whose lease the
     /// receiving node holds, as its sender's node received it.
     Room(Bytes),
+    /// A stanza serialized without `to` (a room's broadcast), for the full
+    /// JID `to`: the receiving node puts `to="…"` in at byte `at`. Records
+    /// of one entry that share the bytes carry them once (`codec::pack`);
+    /// the reader gets a `Stanza`.
+    Unaddressed { stanza: Bytes, at: u32 },
+}
+
+impl Delivery {
+    /// The stanza bytes it holds (what the outbox's byte bound counts).
+    pub fn stanza_len(&self) -> usize {
+        match self {
+            Delivery::Stanza(b) | Delivery::Component(b) | Delivery::Room(b) => b.len(),
+            Delivery::Unaddressed { stanza, .. } => stanza.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// One entry waiting in a node's inbox.
@@ -232,11 +248,22 @@ pub trait RoomDirectory: Send + Sync {
     fn write_room_records<'a>(&'a self, batch: &'a [RoomRecords]) -> BoxFuture<'a, BusResult<()>>;
     /// A room's records.
     fn room_records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, BusResult<Vec<(String, Bytes)>>>;
+    /// The rooms listed (public and unlocked) on every node: (room, name).
+    fn room_list(&self) -> BoxFuture<'_, BusResult<Vec<(String, String)>>>;
 }
 
-/// What changed in one room's records: (room, (field, record or None),
-/// delete them all first).
-pub type RoomRecords = (String, Vec<(String, Option<Bytes>)>, bool);
+/// What changed in one room's records.
+#[derive(Debug, Clone, Default)]
+pub struct RoomRecords {
+    pub room: String,
+    /// (field, the record now, or None to delete it).
+    pub changes: Vec<(String, Option<Bytes>)>,
+    /// Delete every record first (the room is forgotten).
+    pub gone: bool,
+    /// The room's line in the cluster's room list (`p:roomlist`):
+    /// `Some(Some(name))` listed, `Some(None)` not listed, None unchanged.
+    pub listing: Option<Option<String>>,
+}
 
 /// Everything a cluster node needs from the shared engine.
 pub trait Engine: Membership + SessionDirectory + Bus + ComponentDirectory + RoomDirectory {}

@@ -203,19 +203,39 @@ mod tests {
 /// a burst of chat — costs one append. A record is a kind byte (`s`
 /// stanza, `=` the same stanza bytes as the record before, `r` replaced,
 /// `a` an IQ answer, `o` a take-over request, `h` its answer, `k` a stanza
-/// for a component, `m` a stanza for a room), the full JID
+/// for a component, `m` a stanza for a room, `u` a stanza without `to`
+/// — its value the byte where `to` goes, u32 big-endian, then the
+/// bytes — and `^` the same as the `u` before, for another recipient), the full JID
 /// (u32 big-endian length, bytes), and for all but `=` the value (u32 length, bytes; for `r` the session id
 /// in decimal).
 pub fn pack(entries: &[(&str, &Delivery)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut previous: Option<&Bytes> = None;
+    let mut unaddressed: Option<&Bytes> = None;
     for (to, delivery) in entries {
         let put = |out: &mut Vec<u8>, b: &[u8]| {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
             out.extend_from_slice(b);
         };
         let session_text;
+        let with_at;
         let (kind, value) = match delivery {
+            // A room's broadcast to several occupants on the node: its bytes
+            // go once, each record naming only its recipient.
+            Delivery::Unaddressed { stanza, .. }
+                if unaddressed
+                    .is_some_and(|p| p.as_ptr() == stanza.as_ptr() && p.len() == stanza.len()) =>
+            {
+                (b'^', None)
+            }
+            Delivery::Unaddressed { stanza, at } => {
+                unaddressed = Some(stanza);
+                let mut v = Vec::with_capacity(4 + stanza.len());
+                v.extend_from_slice(&at.to_be_bytes());
+                v.extend_from_slice(stanza);
+                with_at = Bytes::from(v);
+                (b'u', Some(&with_at))
+            }
             // One stanza to several resources of one contact is serialized
             // once by the router: its bytes are shared, and sent once.
             Delivery::Stanza(b)
@@ -261,6 +281,8 @@ pub fn unpack(packed: &Bytes) -> Option<Vec<(String, Delivery)>> {
     let mut out = Vec::new();
     let mut at = 0usize;
     let mut previous: Option<Bytes> = None;
+    // The last unaddressed stanza and where its `to` goes.
+    let mut unaddressed: Option<(Bytes, usize)> = None;
     let take = |at: &mut usize| -> Option<Bytes> {
         let len = u32::from_be_bytes(packed.get(*at..*at + 4)?.try_into().ok()?) as usize;
         let start = *at + 4;
@@ -286,6 +308,16 @@ pub fn unpack(packed: &Bytes) -> Option<Vec<(String, Delivery)>> {
             b'h' => Delivery::HandedOver(take(&mut at)?),
             b'k' => Delivery::Component(take(&mut at)?),
             b'm' => Delivery::Room(take(&mut at)?),
+            // Addressed here, as the reader expects a stanza.
+            b'u' | b'^' => {
+                if kind == b'u' {
+                    let v = take(&mut at)?;
+                    let to_at = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
+                    unaddressed = Some((v.slice(4..), to_at));
+                }
+                let (stanza, to_at) = unaddressed.as_ref()?;
+                Delivery::Stanza(Bytes::from(crate::xml::with_to(stanza, *to_at, &to)))
+            }
             _ => return None,
         };
         out.push((to, delivery));
@@ -333,5 +365,40 @@ mod pack_tests {
         // Cut short, or an unknown kind: refused, not misread.
         assert!(unpack(&packed.slice(..packed.len() - 1)).is_none());
         assert!(unpack(&Bytes::from_static(b"z\0\0\0\0")).is_none());
+    }
+
+    #[test]
+    fn a_room_broadcast_goes_once_and_is_addressed_per_record() {
+        let bytes = Bytes::from_static(b"<message type='groupchat'><body>hello</body></message>");
+        let at = "<message".len() as u32;
+        let room = Delivery::Unaddressed {
+            stanza: bytes.clone(),
+            at,
+        };
+        let entries = [("a@x/1", &room), ("b@x/2", &room), ("c@x/3", &room)];
+        let packed = Bytes::from(pack(&entries));
+        let body = b"<body>hello</body>";
+        assert_eq!(packed.windows(body.len()).filter(|w| w == body).count(), 1);
+        let back = unpack(&packed).unwrap();
+        let got: Vec<(String, Vec<u8>)> = back
+            .into_iter()
+            .map(|(to, d)| match d {
+                Delivery::Stanza(b) => (to, b.to_vec()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        for (to, stanza) in got {
+            assert_eq!(
+                String::from_utf8(stanza).unwrap(),
+                format!("<message to=\"{to}\" type='groupchat'><body>hello</body></message>")
+            );
+        }
+        // A `^` with no `u` before it is refused.
+        let lone = [("a@x/1", &Delivery::Replaced(1))];
+        let mut bad = pack(&lone);
+        bad.push(b'^');
+        bad.extend_from_slice(&5u32.to_be_bytes());
+        bad.extend_from_slice(b"b@x/2");
+        assert!(unpack(&Bytes::from(bad)).is_none());
     }
 }

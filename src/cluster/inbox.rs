@@ -130,7 +130,9 @@ pub async fn deliver(server: &Server, entry: InboxEntry) {
         | Delivery::TakeOver(_)
         | Delivery::HandedOver(_)
         | Delivery::Component(_)
-        | Delivery::Room(_) => return,
+        | Delivery::Room(_)
+        // Addressed as it was read (`codec::unpack`): never here.
+        | Delivery::Unaddressed { .. } => return,
     };
     let data = OutStanza::serialized(bytes);
     if server.sessions.send_to_local(&to, data.clone()).is_err() {

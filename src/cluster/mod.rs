@@ -412,11 +412,37 @@ impl RemoteSessions for Cluster {
         if stanza.stored_id().is_some() {
             return Some(Err(DeliveryError::Offline));
         }
-        let size = stanza.bytes().len();
+        self.forward_delivery(node, to, bus::Delivery::Stanza(stanza.bytes().clone()))
+    }
+
+    fn forward_unaddressed(
+        &self,
+        to: &FullJid,
+        stanza: &bytes::Bytes,
+        at: usize,
+    ) -> Option<Result<(), DeliveryError>> {
+        let node = self.replica.node_of(to)?;
+        let delivery = bus::Delivery::Unaddressed {
+            stanza: stanza.clone(),
+            at: at as u32,
+        };
+        self.forward_delivery(node, to, delivery)
+    }
+}
+
+impl Cluster {
+    /// Queues a stanza for a session on `node` (held inside `grouped`),
+    /// counted against the outbox's byte bound.
+    fn forward_delivery(
+        &self,
+        node: Arc<str>,
+        to: &FullJid,
+        delivery: bus::Delivery,
+    ) -> Option<Result<(), DeliveryError>> {
+        let size = delivery.stanza_len();
         if !self.reserve(size) {
             return Some(Err(DeliveryError::QueueFull));
         }
-        let delivery = bus::Delivery::Stanza(stanza.bytes().clone());
         // Inside `grouped`: held, and sent with the rest of the fan-out.
         let held = HELD.try_with(|h| {
             let mut h = h.borrow_mut();
@@ -548,14 +574,7 @@ fn send_held(held: Option<Held>) {
     if let Some(held) = held {
         if !held.entries.is_empty() {
             let count = held.entries.len();
-            let size: usize = held
-                .entries
-                .iter()
-                .map(|(_, _, d)| match d {
-                    bus::Delivery::Stanza(b) => b.len(),
-                    _ => 0,
-                })
-                .sum();
+            let size: usize = held.entries.iter().map(|(_, _, d)| d.stanza_len()).sum();
             if held.outbox.try_send(OutMsg::Group(held.entries)).is_err() {
                 held.bytes.fetch_sub(size, Ordering::Relaxed);
                 // As a forward to a full queue: presence is not retried.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use jid::FullJid;
@@ -58,13 +59,7 @@ pub(super) async fn run(
                     }
                 }
             };
-            let sent: usize = batch
-                .iter()
-                .map(|(_, _, d)| match d {
-                    Delivery::Stanza(b) | Delivery::Component(b) | Delivery::Room(b) => b.len(),
-                    _ => 0,
-                })
-                .sum();
+            let sent: usize = batch.iter().map(|(_, _, d)| d.stanza_len()).sum();
             cluster
                 .outbox_bytes
                 .fetch_sub(sent, std::sync::atomic::Ordering::Relaxed);
@@ -104,6 +99,9 @@ pub(super) async fn run(
 async fn not_alive(server: &Server, to: &str, delivery: Delivery) {
     let bytes = match delivery {
         Delivery::Stanza(bytes) => bytes,
+        Delivery::Unaddressed { stanza, at } => {
+            Bytes::from(crate::xml::with_to(&stanza, at as usize, to))
+        }
         // The room's holder died: the service claims the room (or finds
         // its new holder) and serves the stanza.
         Delivery::Room(bytes) => return super::rooms::to_room_service(server, to, bytes),

@@ -244,12 +244,18 @@ impl RoomDirectory for RedisCluster {
     fn write_room_records<'a>(&'a self, batch: &'a [RoomRecords]) -> BoxFuture<'a, BusResult<()>> {
         async move {
             let mut pipe = redis::pipe();
-            for (room, changes, gone) in batch {
-                let key = self.key("occ", room);
-                if *gone {
+            let list = format!("{}:roomlist", self.prefix);
+            for r in batch {
+                let key = self.key("occ", &r.room);
+                if r.gone {
                     pipe.cmd("DEL").arg(&key).ignore();
                 }
-                for (field, record) in changes {
+                match &r.listing {
+                    Some(Some(name)) => pipe.cmd("HSET").arg(&list).arg(&r.room).arg(name).ignore(),
+                    Some(None) => pipe.cmd("HDEL").arg(&list).arg(&r.room).ignore(),
+                    None => &mut pipe,
+                };
+                for (field, record) in &r.changes {
                     match record {
                         Some(r) => pipe
                             .cmd("HSET")
@@ -276,6 +282,18 @@ impl RoomDirectory for RedisCluster {
                 .await
                 .map_err(err)?;
             Ok(all.into_iter().map(|(f, v)| (f, Bytes::from(v))).collect())
+        }
+        .boxed()
+    }
+
+    fn room_list(&self) -> BoxFuture<'_, BusResult<Vec<(String, String)>>> {
+        async move {
+            let mut c = self.conn.clone();
+            redis::cmd("HGETALL")
+                .arg(format!("{}:roomlist", self.prefix))
+                .query_async(&mut c)
+                .await
+                .map_err(err)
         }
         .boxed()
     }
@@ -753,6 +771,9 @@ impl Bus for RedisCluster {
                             Delivery::HandedOver(s) => cmd.arg("h").arg(s.as_ref()),
                             Delivery::Component(s) => cmd.arg("k").arg(s.as_ref()),
                             Delivery::Room(s) => cmd.arg("m").arg(s.as_ref()),
+                            // Packed even alone: the reader addresses it
+                            // while unpacking (`p` is read first).
+                            Delivery::Unaddressed { .. } => cmd.arg("p").arg(codec::pack(&mine)),
                         };
                     }
                     _ => {

@@ -47,12 +47,20 @@ impl RoomPlacement for Cluster {
         self.fence_count.load(Ordering::Acquire)
     }
 
-    fn record(&self, room: &str, changes: Vec<(String, Option<Bytes>)>, gone: bool) {
-        if self
-            .room_records
-            .try_send((room.to_string(), changes, gone))
-            .is_err()
-        {
+    fn record(
+        &self,
+        room: &str,
+        changes: Vec<(String, Option<Bytes>)>,
+        gone: bool,
+        listing: Option<Option<String>>,
+    ) {
+        let records = RoomRecords {
+            room: room.to_string(),
+            changes,
+            gone,
+            listing,
+        };
+        if self.room_records.try_send(records).is_err() {
             // Redis slow or away for long: a node taking the room over
             // would find an older list (occupants that left reappear
             // until their next stanza fails; new ones are missing).
@@ -65,6 +73,10 @@ impl RoomPlacement for Cluster {
 
     fn records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<(String, Bytes)>, String>> {
         self.engine.room_records(room)
+    }
+
+    fn room_list(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, String>> {
+        self.engine.room_list()
     }
 
     fn session_alive(&self, jid: &jid::FullJid) -> bool {

@@ -31,7 +31,8 @@ mod tests;
 pub use element::{Element, Node};
 pub use parser::{ParseError, ParserLimits, StreamEvent, StreamHeader, StreamParser};
 pub use writer::{
-    attr_needs_no_escaping, escape_attr, escape_text, write_stream_end, write_stream_header,
+    attr_needs_no_escaping, escape_attr, escape_text, with_to, write_stream_end,
+    write_stream_header,
 };
 
 /// Heap bytes one allocation of `bytes` really takes, for the parser's memory

@@ -32,6 +32,21 @@ pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
     escape_with(s, out, attr_reference);
 }
 
+/// A serialized stanza without `to`, with `to="…"` put in at byte `at`
+/// (just after the element's name): a room's broadcast is serialized once
+/// and addressed per recipient this way. Exactly the size it ends up (a
+/// JID rarely needs escaping), so `Bytes` takes the buffer as it is.
+pub fn with_to(stanza: &[u8], at: usize, to: &str) -> Vec<u8> {
+    let at = at.min(stanza.len());
+    let mut out = Vec::with_capacity(stanza.len() + to.len() + 6);
+    out.extend_from_slice(&stanza[..at]);
+    out.extend_from_slice(b" to=\"");
+    escape_attr(to, &mut out);
+    out.push(b'"');
+    out.extend_from_slice(&stanza[at..]);
+    out
+}
+
 /// What [`escape_attr`] writes for `b`, if not `b` itself.
 fn attr_reference(b: u8) -> Option<&'static [u8]> {
     match b {

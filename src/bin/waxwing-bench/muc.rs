@@ -69,6 +69,15 @@ struct MucArgs {
     /// PID of the server process, for RSS and CPU from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// More nodes of one cluster serving the same domain on the same
+    /// port (comma-separated addresses): session i logs in at the
+    /// (i mod nodes)-th of --host and these, so a room's occupants are
+    /// spread over the nodes.
+    #[arg(long, value_delimiter = ',')]
+    also_hosts: Vec<String>,
+    /// Their PIDs: CPU and RSS are summed over every node.
+    #[arg(long, value_delimiter = ',')]
+    also_pids: Vec<u32>,
     #[arg(long, default_value_t = 200)]
     login_concurrency: usize,
     /// Joins in flight at once while rooms fill.
@@ -620,12 +629,37 @@ impl Bench {
     }
 
     fn cpu(&self) -> Option<u64> {
-        self.args.server_pid.and_then(|p| stats::cpu_ticks(Some(p)))
+        let first = self
+            .args
+            .server_pid
+            .and_then(|p| stats::cpu_ticks(Some(p)))?;
+        Some(
+            first
+                + self
+                    .args
+                    .also_pids
+                    .iter()
+                    .filter_map(|p| stats::cpu_ticks(Some(*p)))
+                    .sum::<u64>(),
+        )
     }
 
     fn rss(&self) -> Option<u64> {
-        self.args.server_pid.and_then(stats::rss_kib)
+        nodes_rss(&self.args)
     }
+}
+
+/// The server's RSS, summed over every node of a cluster.
+fn nodes_rss(args: &MucArgs) -> Option<u64> {
+    let first = args.server_pid.and_then(stats::rss_kib)?;
+    Some(
+        first
+            + args
+                .also_pids
+                .iter()
+                .filter_map(|p| stats::rss_kib(*p))
+                .sum::<u64>(),
+    )
 }
 
 /// Runs futures concurrently on this task (the joins only wait on I/O).
@@ -655,16 +689,32 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         .muc_domain
         .clone()
         .unwrap_or_else(|| format!("conference.{}", args.domain));
-    let target = Arc::new(Target {
-        addr,
-        domain: args.domain.clone(),
-        tls_name: ServerName::try_from(args.domain.clone()).map_err(|e| e.to_string())?,
-        connector: xmpp::tls_connector(false),
-        password: args.password.clone(),
-        scram_cache: Arc::new(SaltedPasswordCache::new()),
-        sasl: xmpp::SaslChoice::Scram,
-        ws: None,
-    });
+    let mut addrs = vec![addr];
+    for host in &args.also_hosts {
+        let a = (host.as_str(), args.port)
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
+        if !a.ip().is_loopback() {
+            return Err("benchmarks only target loopback addresses".into());
+        }
+        addrs.push(a);
+    }
+    let scram_cache = Arc::new(SaltedPasswordCache::new());
+    let mut targets = Vec::with_capacity(addrs.len());
+    for addr in &addrs {
+        targets.push(Arc::new(Target {
+            addr: *addr,
+            domain: args.domain.clone(),
+            tls_name: ServerName::try_from(args.domain.clone()).map_err(|e| e.to_string())?,
+            connector: xmpp::tls_connector(false),
+            password: args.password.clone(),
+            scram_cache: scram_cache.clone(),
+            sasl: xmpp::SaslChoice::Scram,
+            ws: None,
+        }));
+    }
     let n = (args.join_size + 1)
         .max(args.rooms * args.room_size)
         .max(if args.big_size > 0 {
@@ -692,7 +742,7 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         ));
     }
     let started = Instant::now();
-    let rss0 = args.server_pid.and_then(stats::rss_kib);
+    let rss0 = nodes_rss(&args);
     let chat = Arc::new(Chat {
         run: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
@@ -709,7 +759,7 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
     let sem = Arc::new(Semaphore::new(args.login_concurrency.max(1)));
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
-        let (sem, target) = (sem.clone(), target.clone());
+        let (sem, target) = (sem.clone(), targets[i % targets.len()].clone());
         let user = format!("{}{}", args.prefix, i % args.accounts.max(1));
         let resource = format!("r{}", i / args.accounts.max(1));
         handles.push(tokio::spawn(async move {
@@ -744,7 +794,7 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         sessions.push(s);
     }
     let login_s = t0.elapsed().as_secs_f64();
-    let rss_logged_in = args.server_pid.and_then(stats::rss_kib);
+    let rss_logged_in = nodes_rss(&args);
     {
         let mut r = rep(&report);
         r.float("login_s", login_s);

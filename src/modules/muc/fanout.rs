@@ -21,7 +21,7 @@ use super::room::Room;
 use crate::routes::Route;
 use crate::server::Server;
 use crate::sessions::{DeliveryError, OutStanza, Outbound};
-use crate::xml::{escape_attr, Element, NS_CLIENT};
+use crate::xml::{Element, NS_CLIENT};
 
 /// A stanza without `to`, ready to go to any number of occupants.
 #[derive(Debug, Clone)]
@@ -82,23 +82,20 @@ impl Prepared {
     /// The stanza for one local session: `to` spliced in after the
     /// element's name, no element built.
     fn for_session(&self, to: &FullJid) -> Arc<OutStanza> {
-        // Exactly the size it ends up (a JID rarely needs escaping), so the
-        // buffer becomes `Bytes` as it is: a spare byte of capacity would
-        // cost `Bytes` one more allocation per recipient.
-        let mut out = Vec::with_capacity(self.bytes.len() + to.as_str().len() + 6);
-        out.extend_from_slice(&self.bytes[..self.name_end]);
-        out.extend_from_slice(b" to=\"");
-        escape_attr(to.as_str(), &mut out);
-        out.push(b'"');
-        out.extend_from_slice(&self.bytes[self.name_end..]);
+        let out = crate::xml::with_to(&self.bytes, self.name_end, to.as_str());
         OutStanza::serialized(Bytes::from(out.into_boxed_slice()))
     }
 
     /// Queues it for `to`.
     pub fn send(&self, server: &Server, to: &FullJid) -> Result<(), DeliveryError> {
         // Nearly every occupant is a session here: the registry answers
-        // first, and only a JID it does not know costs a route look-up.
-        match server.sessions.send_to_full(to, self.for_session(to)) {
+        // first (a session on another cluster node gets the bytes without
+        // `to`, shared by every recipient there), and only a JID it does
+        // not know costs a route look-up.
+        match server
+            .sessions
+            .send_unaddressed(to, &self.bytes, self.name_end, || self.for_session(to))
+        {
             Err(DeliveryError::Offline) if server.route(to.domain().as_str()) != Route::Host => {}
             done => return done,
         }

@@ -48,8 +48,17 @@ pub trait RoomPlacement: Send + Sync {
     fn fences(&self) -> u64;
     /// Queues, in order, the records of a room's occupants that changed
     /// (`occupancy`: nick → the record, None when it left); `gone`
-    /// deletes them all (the room is forgotten).
-    fn record(&self, room: &str, changes: Vec<(String, Option<Bytes>)>, gone: bool);
+    /// deletes them all (the room is forgotten); `listing` changes the
+    /// room's line in the cluster's room list (Some(None): removed).
+    fn record(
+        &self,
+        room: &str,
+        changes: Vec<(String, Option<Bytes>)>,
+        gone: bool,
+        listing: Option<Option<String>>,
+    );
+    /// The rooms listed on every node: (room JID, name).
+    fn room_list(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, String>>;
     /// A room's records, for the node taking it over.
     fn records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Vec<(String, Bytes)>, String>>;
     /// Whether another live node holds this session.
@@ -78,6 +87,9 @@ pub struct Placement {
     fences: u64,
     /// Held rooms whose occupants were all recorded once.
     recorded: HashSet<String>,
+    /// Held rooms as this node last put them in the cluster's room
+    /// list (name), so an unchanged room costs no write.
+    listed: HashMap<String, String>,
 }
 
 impl Placement {
@@ -89,6 +101,7 @@ impl Placement {
             held: HashMap::new(),
             elsewhere: HashMap::new(),
             recorded: HashSet::new(),
+            listed: HashMap::new(),
         }
     }
 
@@ -102,6 +115,7 @@ impl Placement {
         self.fences = fences;
         self.elsewhere.clear();
         self.recorded.clear();
+        self.listed.clear();
         self.held.drain().map(|(room, _)| room).collect()
     }
 
@@ -148,6 +162,7 @@ impl Placement {
     pub fn release(&mut self, room: &str) {
         self.held.remove(room);
         self.recorded.remove(room);
+        self.listed.remove(room);
     }
 
     /// Records what a stanza changed in a room held here: its occupants
@@ -173,16 +188,37 @@ impl Placement {
             let own = super::occupancy::encode_room(&room.to_stored());
             changes.push((super::occupancy::ROOM_FIELD.to_string(), Some(own)));
         }
-        if !changes.is_empty() {
-            self.remote.record(key, changes, false);
+        let listing = self.listing_change(room);
+        if !changes.is_empty() || listing.is_some() {
+            self.remote.record(key, changes, false, listing);
         }
     }
 
-    /// Deletes a forgotten room's records.
+    /// The room's line in the cluster's room list, if it changed since
+    /// this node last wrote it.
+    fn listing_change(&mut self, room: &Room) -> Option<Option<String>> {
+        let key = room.jid.as_str();
+        let want = super::room_list::is_listed(room).then(|| room.config.name.clone());
+        if want.as_ref() == self.listed.get(key) {
+            return None;
+        }
+        match &want {
+            Some(name) => self.listed.insert(key.to_string(), name.clone()),
+            None => self.listed.remove(key),
+        };
+        Some(want)
+    }
+
+    /// Deletes a forgotten room's records and its line in the room list.
     pub fn forget_records(&self, room: &str) {
         if self.held.contains_key(room) {
-            self.remote.record(room, Vec::new(), true);
+            self.remote.record(room, Vec::new(), true, Some(None));
         }
+    }
+
+    /// The rooms listed on every node: (room JID, name).
+    pub async fn room_list(&self) -> Result<Vec<(String, String)>, String> {
+        self.remote.room_list().await
     }
 
     /// A room's records (the node taking it over reads them).

@@ -50,9 +50,17 @@ fn parse(query: &Element) -> Result<Request, StanzaError> {
     })
 }
 
+/// A room as the list shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    pub jid: &'a str,
+    /// Its `muc#roomconfig_roomname` ('' = none).
+    pub name: &'a str,
+}
+
 /// The `k` smallest (or largest) by JID, in order.
-fn ends(mut v: Vec<&Room>, k: usize, largest: bool) -> Vec<&Room> {
-    let by_jid = |a: &&Room, b: &&Room| -> Ordering { a.jid.as_str().cmp(b.jid.as_str()) };
+fn ends(mut v: Vec<Listed<'_>>, k: usize, largest: bool) -> Vec<Listed<'_>> {
+    let by_jid = |a: &Listed, b: &Listed| -> Ordering { a.jid.cmp(b.jid) };
     if k < v.len() {
         if largest {
             let at = v.len() - k;
@@ -67,6 +75,11 @@ fn ends(mut v: Vec<&Room>, k: usize, largest: bool) -> Vec<&Room> {
     v
 }
 
+/// Whether a room is in the list: public and unlocked.
+pub fn is_listed(room: &Room) -> bool {
+    room.config.public && !room.locked
+}
+
 /// The disco#items answer for `query`: public rooms (neither hidden nor
 /// locked) of `domain` among `rooms`.
 pub fn answer<'a>(
@@ -75,26 +88,40 @@ pub fn answer<'a>(
     query: &Element,
     page_cap: usize,
 ) -> Result<Element, StanzaError> {
-    let req = parse(query)?;
-    let listed: Vec<&Room> = rooms
-        .filter(|r| r.config.public && !r.locked && r.jid.domain().as_str() == domain)
+    let listed = rooms
+        .filter(|r| is_listed(r) && r.jid.domain().as_str() == domain)
+        .map(|r| Listed {
+            jid: r.jid.as_str(),
+            name: r.config.name.as_str(),
+        })
         .collect();
+    answer_listed(listed, query, page_cap)
+}
+
+/// The disco#items answer for `query` over the rooms `listed` (a
+/// cluster's list, kept in Redis by the rooms' holders).
+pub fn answer_listed(
+    listed: Vec<Listed<'_>>,
+    query: &Element,
+    page_cap: usize,
+) -> Result<Element, StanzaError> {
+    let req = parse(query)?;
     let count = listed.len();
     let max = req.max.unwrap_or(page_cap).min(page_cap);
     let (page, first_index) = if let Some(after) = &req.after {
-        let later: Vec<&Room> = listed
+        let later: Vec<Listed> = listed
             .into_iter()
-            .filter(|r| r.jid.as_str() > after.as_str())
+            .filter(|r| r.jid > after.as_str())
             .collect();
         let index = count - later.len();
         (ends(later, max, false), index)
     } else if let Some(before) = &req.before {
-        let earlier: Vec<&Room> = if before.is_empty() {
+        let earlier: Vec<Listed> = if before.is_empty() {
             listed
         } else {
             listed
                 .into_iter()
-                .filter(|r| r.jid.as_str() < before.as_str())
+                .filter(|r| r.jid < before.as_str())
                 .collect()
         };
         let page = ends(earlier.clone(), max, true);
@@ -113,9 +140,9 @@ pub fn answer<'a>(
     };
     let mut q = Element::new("query", NS_ITEMS);
     for r in &page {
-        let mut item = Element::new("item", NS_ITEMS).with_attr("jid", r.jid.as_str());
-        if !r.config.name.is_empty() {
-            item.set_attr("name", r.config.name.as_str());
+        let mut item = Element::new("item", NS_ITEMS).with_attr("jid", r.jid);
+        if !r.name.is_empty() {
+            item.set_attr("name", r.name);
         }
         q.append_child(item);
     }
@@ -126,9 +153,9 @@ pub fn answer<'a>(
             set.append_child(
                 Element::new("first", NS_RSM)
                     .with_attr("index", first_index.to_string())
-                    .with_text(first.jid.as_str()),
+                    .with_text(first.jid),
             );
-            set.append_child(Element::new("last", NS_RSM).with_text(last.jid.as_str()));
+            set.append_child(Element::new("last", NS_RSM).with_text(last.jid));
         }
         set.append_child(Element::new("count", NS_RSM).with_text(count.to_string()));
         q.append_child(set);

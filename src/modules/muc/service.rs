@@ -195,11 +195,8 @@ impl Service {
     /// room's lease (taking it if nobody does, and loading the room),
     /// else hands it to the holder. True when it is for this node.
     async fn served_here(&mut self, server: &Arc<Server>, key: &str, stanza: &Element) -> bool {
-        if self.placement.is_none() {
-            let Some(cluster) = server.cluster.get() else {
-                return true;
-            };
-            self.placement = Some(Placement::new(cluster.clone()));
+        if !self.clustered(server) {
+            return true;
         }
         let Some(placement) = self.placement.as_mut() else {
             return true;
@@ -318,6 +315,56 @@ impl Service {
         }
     }
 
+    /// Whether this node is in a cluster (the placement is set up at the
+    /// first stanza: the cluster joins after the features start).
+    fn clustered(&mut self, server: &Server) -> bool {
+        if self.placement.is_none() {
+            let Some(cluster) = server.cluster.get() else {
+                return false;
+            };
+            self.placement = Some(Placement::new(cluster.clone()));
+        }
+        true
+    }
+
+    /// In a cluster, the service's room list (disco#items, §6.3) is every
+    /// node's: the rooms' holders keep it in Redis. True when answered.
+    async fn cluster_room_list(&mut self, server: &Server, stanza: &Element, to: &Jid) -> bool {
+        let mut children = stanza.children();
+        let (Some(query), None) = (children.next(), children.next()) else {
+            return false;
+        };
+        if stanza.name() != "iq"
+            || stanza.attr("type") != Some("get")
+            || !query.is("query", NS_ITEMS)
+            || query.attr("node").is_some()
+            || !self.clustered(server)
+        {
+            return false;
+        }
+        let Some(placement) = self.placement.as_ref() else {
+            return false;
+        };
+        let outcome = match placement.room_list().await {
+            Ok(all) => {
+                let suffix = format!("@{}", to.domain());
+                let listed = all
+                    .iter()
+                    .filter(|(jid, _)| jid.ends_with(&suffix))
+                    .map(|(jid, name)| super::room_list::Listed { jid, name })
+                    .collect();
+                super::room_list::answer_listed(listed, query, self.limits.max_room_list_page)
+                    .map(Some)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "muc: the cluster's room list is not readable");
+                Err(StanzaErrorCondition::InternalServerError.into())
+            }
+        };
+        answer(server, stanza, outcome);
+        true
+    }
+
     /// The fencing number writes of `key` carry (None on a single server).
     fn fence(&self, key: &str) -> Option<i64> {
         self.placement.as_ref().and_then(|p| p.fence(key))
@@ -331,6 +378,9 @@ impl Service {
             return;
         };
         if to.node().is_none() {
+            if self.cluster_room_list(server, &stanza, &to).await {
+                return;
+            }
             return self.service_stanza(server, &stanza, &from, &to);
         }
         if !self.served_here(server, to.bare().as_str(), &stanza).await {
