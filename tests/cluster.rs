@@ -2753,3 +2753,58 @@ async fn a_stale_holder_s_write_is_refused_by_the_fencing_check() {
     assert_eq!(fence_of(store.clone()).await, second);
     store.close().await;
 }
+
+/// A rolling upgrade: the node holding a room leaves cleanly (SIGTERM)
+/// and starts again. Its own user's occupant leaves the room (332, seen
+/// by the others, recorded before the node is gone); the occupants on
+/// the other nodes stay and chat on, served by the node that takes the
+/// room over; back up, the node serves its user in the room held
+/// elsewhere now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_lives_through_a_rolling_restart_of_its_node() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let users = [format!("ua{tag}"), format!("ub{tag}"), format!("uc{tag}")];
+    add_users(&[&users[0], &users[1], &users[2]]).await;
+    let redis = [redis_url(), redis_url(), redis_url()];
+    let mut nodes = start_nodes(3, &prefix, &redis, TTL_MS);
+    let room = format!("roll{tag}@conference.{DOMAIN}");
+
+    let mut a = Client::login(nodes[0].c2s, &users[0], "pw", Some("a")).await;
+    let mut b = Client::login(nodes[1].c2s, &users[1], "pw", Some("b")).await;
+    let mut c = Client::login(nodes[2].c2s, &users[2], "pw", Some("c")).await;
+    muc_create_persistent(&mut a, &room).await;
+    muc_join(&mut b, &room, "bee").await;
+    muc_join(&mut c, &room, "cee").await;
+    b.barrier().await;
+
+    nodes[0].terminate();
+    for x in [&mut b, &mut c] {
+        let gone = await_stanza(x, Duration::from_secs(10), "the owner's departure", |e| {
+            is_presence_from(e, &format!("{room}/owner"), Some("unavailable"))
+        })
+        .await;
+        assert!(muc_codes(&gone).contains(&332), "{}", show(&gone));
+    }
+    b.send_str(&format!(
+        "<message to='{room}' type='groupchat'><body>still here</body></message>"
+    ))
+    .await;
+    groupchat_arrives(&mut c, &room, "still here").await;
+    groupchat_arrives(&mut b, &room, "still here").await;
+    let holder = room_lease(&prefix, &room).expect("a lease").0;
+    assert_ne!(holder, "n1");
+
+    // n1 back: its user joins the room another node holds now.
+    nodes[0].spawn();
+    nodes[0].wait_ready();
+    let mut a2 = Client::login(nodes[0].c2s, &users[0], "pw", Some("a2")).await;
+    assert_eq!(muc_join(&mut a2, &room, "owner").await, ["bee", "cee"]);
+    a2.send_str(&format!(
+        "<message to='{room}' type='groupchat'><body>back</body></message>"
+    ))
+    .await;
+    groupchat_arrives(&mut c, &room, "back").await;
+    groupchat_arrives(&mut a2, &room, "back").await;
+}

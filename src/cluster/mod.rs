@@ -102,7 +102,7 @@ pub struct Cluster {
     /// Stream-managed sessions this node asked other nodes for.
     takeovers: takeover::TakeOvers,
     /// Rooms' occupant records for Redis (`rooms::write_records`).
-    room_records: mpsc::Sender<bus::RoomRecords>,
+    room_records: mpsc::Sender<rooms::RecordMsg>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -208,7 +208,13 @@ impl Cluster {
     /// stop routing here, and stanzas left in its inbox are re-routed.
     pub async fn leave(&self, server: &Server) {
         self.stop.cancel();
-        for flushed in [self.flush_writer().await, self.flush_outbox().await] {
+        // The rooms' records first: the next holders read them.
+        let records = self.flush_records().await;
+        for flushed in [
+            records,
+            self.flush_writer().await,
+            self.flush_outbox().await,
+        ] {
             if !flushed {
                 tracing::warn!("cluster: not everything reached Redis before leaving");
             }
@@ -237,6 +243,22 @@ impl Cluster {
     async fn flush_writer(&self) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.writer.send(WriterMsg::Flush(tx)).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), rx).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn flush_records(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .room_records
+            .send(rooms::RecordMsg::Flush(tx))
+            .await
+            .is_err()
+        {
             return false;
         }
         matches!(

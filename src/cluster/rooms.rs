@@ -60,7 +60,11 @@ impl RoomPlacement for Cluster {
             gone,
             listing,
         };
-        if self.room_records.try_send(records).is_err() {
+        if self
+            .room_records
+            .try_send(RecordMsg::Write(records))
+            .is_err()
+        {
             // Redis slow or away for long: a node taking the room over
             // would find an older list (occupants that left reappear
             // until their next stanza fails; new ones are missing).
@@ -88,26 +92,46 @@ impl RoomPlacement for Cluster {
 /// pipelined batches; retried with a back-off while Redis is away.
 pub(super) async fn write_records(
     cluster: std::sync::Arc<Cluster>,
-    mut rx: tokio::sync::mpsc::Receiver<RoomRecords>,
+    mut rx: tokio::sync::mpsc::Receiver<RecordMsg>,
 ) {
     let mut batch = Vec::new();
+    let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < 256 {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                RecordMsg::Write(r) => batch.push(r),
+                RecordMsg::Flush(done) => flushes.push(done),
             }
+            next = if batch.len() < 256 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         let mut attempt = 0;
-        while let Err(e) = cluster.engine.write_room_records(&batch).await {
-            tracing::warn!(error = %e, rooms = batch.len(), "cluster: room records not written; retrying");
-            if !super::backoff(&cluster.stop, &mut attempt).await {
-                return;
+        while !batch.is_empty() {
+            match cluster.engine.write_room_records(&batch).await {
+                Ok(()) => batch.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, rooms = batch.len(), "cluster: room records not written; retrying");
+                    if !super::backoff(&cluster.stop, &mut attempt).await {
+                        return;
+                    }
+                }
             }
         }
-        batch.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
     }
+}
+
+/// What the room records writer is handed.
+pub(super) enum RecordMsg {
+    Write(RoomRecords),
+    /// Answered once everything before it is written (at leave).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A stanza for a room, from the inbox (its sender's node thought this
