@@ -2808,3 +2808,80 @@ async fn a_room_lives_through_a_rolling_restart_of_its_node() {
     groupchat_arrives(&mut c, &room, "back").await;
     groupchat_arrives(&mut a2, &room, "back").await;
 }
+
+/// The web transport in a cluster: a browser's WebSocket session on n1
+/// is a session like any other: a TCP user on n2 chats with it both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_session_on_one_node_chats_with_a_user_on_another() {
+    let tag = rand::random::<u32>();
+    let prefix = format!("wxtest-{tag}");
+    let _keys = RedisKeys(prefix.clone());
+    let (webby, tcpy) = (format!("wa{tag}"), format!("wb{tag}"));
+    add_users(&[&webby, &tcpy]).await;
+    let http: SocketAddr = format!("127.0.0.21:{}", free_port()).parse().unwrap();
+    let nodes = start_nodes_with(
+        2,
+        &prefix,
+        &[redis_url(), redis_url()],
+        TTL_MS,
+        |i, node| {
+            if i == 0 {
+                let config = std::fs::read_to_string(&node.config).unwrap();
+                let config = config.replace(
+                    "[http]\nlisten = []",
+                    &format!("[http]\nlisten = [\"{http}\"]"),
+                );
+                std::fs::write(&node.config, config).unwrap();
+            }
+            String::new()
+        },
+    );
+    let mut ws = common::ws::Ws::connect(http).await;
+    let web_full = ws.login(&webby, "pw", "browser").await;
+    ws.send("<presence xmlns='jabber:client'/>").await;
+    let mut tcp = Client::login(nodes[1].c2s, &tcpy, "pw", Some("desk")).await;
+    let tcp_full = format!("{tcpy}@{DOMAIN}/desk");
+
+    // Until n2 knows the browser's session (headlines to a bare JID with
+    // no resource known are dropped, never stored).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tcp.send_str(&format!(
+            "<message to='{webby}@{DOMAIN}' type='headline'><body>sync</body></message>"
+        ))
+        .await;
+        let got = tokio::time::timeout(Duration::from_millis(300), ws.next_message()).await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the browser never routable from n2"
+        );
+    }
+    tcp.send_str(&format!(
+        "<message to='{web_full}' type='chat'><body>hello browser</body></message>"
+    ))
+    .await;
+    let m = loop {
+        let m = ws.next_message().await;
+        if common::ws::body(&m) != "sync" {
+            break m;
+        }
+    };
+    assert_eq!(common::ws::body(&m), "hello browser");
+    assert_eq!(m.attr("from"), Some(tcp_full.as_str()));
+
+    ws.send(&format!(
+        "<message xmlns='jabber:client' to='{tcp_full}' type='chat'><body>hello desk</body></message>"
+    ))
+    .await;
+    let m = await_stanza(
+        &mut tcp,
+        Duration::from_secs(10),
+        "the browser's chat",
+        |e| e.is("message", NS_CLIENT) && body(e).as_deref() == Some("hello desk"),
+    )
+    .await;
+    assert_eq!(m.attr("from"), Some(web_full.as_str()));
+}

@@ -8,6 +8,7 @@ pub mod muc;
 pub mod process;
 pub mod push_app;
 pub mod sasl2;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -258,8 +258,12 @@ impl Service {
                                 }),
                         };
                         if let Some(mut room) = room {
+                            // A user of another server (s2s) cannot be
+                            // checked: kept, as its server would tell the
+                            // room when it goes.
                             let alive = |jid: &FullJid| {
-                                server.sessions.session_id(jid).is_some()
+                                server.route(jid.domain().as_str()) != crate::routes::Route::Host
+                                    || server.sessions.session_id(jid).is_some()
                                     || placement.session_alive(jid)
                             };
                             let gone = super::occupancy::restore(
@@ -708,14 +712,17 @@ impl Service {
             };
             // In a cluster the room outlives this node: another node takes
             // it over with its recorded occupants. Only this node's users
-            // leave (their sessions end with it), seen by everyone.
+            // leave (their sessions end with it, and may have ended
+            // already: any session of ours no other node holds), seen by
+            // everyone; users on other nodes and servers stay.
             let here: Vec<String> = room
                 .occupants
                 .values()
                 .filter(|o| {
-                    o.sessions
-                        .iter()
-                        .all(|s| server.sessions.session_id(&s.jid).is_some())
+                    o.sessions.iter().all(|s| {
+                        server.route(s.jid.domain().as_str()) == crate::routes::Route::Host
+                            && !placement.session_alive(&s.jid)
+                    })
                 })
                 .map(|o| o.nick.clone())
                 .collect();
