@@ -243,9 +243,16 @@ pub trait RoomDirectory: Send + Sync {
     ) -> BoxFuture<'a, BusResult<(String, u64)>>;
     /// How many rooms each node holds a lease of (`ctl cluster status`).
     fn room_counts(&self) -> BoxFuture<'_, BusResult<std::collections::HashMap<String, usize>>>;
-    /// Writes rooms' occupant records in order: per room, (field, the
-    /// record or None to delete it), or everything deleted (`true`).
-    fn write_room_records<'a>(&'a self, batch: &'a [RoomRecords]) -> BoxFuture<'a, BusResult<()>>;
+    /// Writes the occupant records of rooms `node` holds, in order.
+    fn write_room_records<'a>(
+        &'a self,
+        node: &'a str,
+        batch: &'a [RoomRecords],
+    ) -> BoxFuture<'a, BusResult<()>>;
+    /// The rooms `node` took leases of (and did not forget since), and
+    /// forgets the list: the reaper of a dead node hands them to its own
+    /// chat service.
+    fn take_node_rooms<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<Vec<String>>>;
     /// A room's records.
     fn room_records<'a>(&'a self, room: &'a str) -> BoxFuture<'a, BusResult<Vec<(String, Bytes)>>>;
     /// The rooms listed (public and unlocked) on every node: (room, name).

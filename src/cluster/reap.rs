@@ -2,8 +2,8 @@
 //! run): one survivor, under a lock, removes its sessions from the
 //! directory, tells their contacts they are unavailable (the same
 //! `SessionEnded` event a local session's end fires, so presence, last
-//! activity and the rest do what they do on any logout), and re-routes
-//! what its inbox still held.
+//! activity and the rest do what they do on any logout), re-routes what
+//! its inbox still held, and takes over the chat rooms it held.
 
 use crate::stanza::bare::Bare;
 use jid::BareJid;
@@ -87,6 +87,7 @@ async fn reap_locked(server: &Server, cluster: &Cluster, node: &str) -> BusResul
         server.features.fire(server, &mut event).await;
     }
     drain_inbox(server, cluster, node).await?;
+    super::rooms::adopt_rooms_of(server, cluster, node).await;
     if node != cluster.node {
         engine.forget(node).await?;
     }

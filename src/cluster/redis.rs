@@ -68,7 +68,8 @@ const CLAIM: &str = "local old = redis.call('HGET', KEYS[1], ARGV[1]) \
 
 /// A room's lease. KEYS: `rooms` (room → `node \t fence`), `roomfence`
 /// (room → last fence given); ARGV: room, claiming node, least fence,
-/// the liveness keys' prefix. The lease stays with its holder while that
+/// the liveness keys' prefix, the prefix of the sets of rooms each node
+/// took (`noderooms:<node>`, which the reaper of a dead node reads). The lease stays with its holder while that
 /// node's liveness key exists (a room has no TTL of its own: its lease
 /// lasts as long as its node); else — nobody, a dead node, or the
 /// claimer itself, which lost the room's state — it goes to the claimer
@@ -85,6 +86,7 @@ const ROOM_CLAIM: &str = "local cur = redis.call('HGET', KEYS[1], ARGV[1]) \
     end \
     local v = ARGV[2] .. '\t' .. f \
     redis.call('HSET', KEYS[1], ARGV[1], v) \
+    redis.call('SADD', ARGV[5] .. ARGV[2], ARGV[1]) \
     return v";
 
 /// A Lua script run by its SHA-1 (`EVALSHA`), so its text is sent only
@@ -227,6 +229,7 @@ impl RoomDirectory for RedisCluster {
                 .arg(node)
                 .arg(at_least)
                 .arg(format!("{}:node:", self.prefix))
+                .arg(format!("{}:noderooms:", self.prefix))
                 .query_async(&mut c)
                 .await
                 .map_err(err)?;
@@ -241,14 +244,23 @@ impl RoomDirectory for RedisCluster {
         .boxed()
     }
 
-    fn write_room_records<'a>(&'a self, batch: &'a [RoomRecords]) -> BoxFuture<'a, BusResult<()>> {
+    fn write_room_records<'a>(
+        &'a self,
+        node: &'a str,
+        batch: &'a [RoomRecords],
+    ) -> BoxFuture<'a, BusResult<()>> {
         async move {
             let mut pipe = redis::pipe();
             let list = format!("{}:roomlist", self.prefix);
             for r in batch {
                 let key = self.key("occ", &r.room);
                 if r.gone {
+                    // Forgotten: nothing for a reaper to take over.
                     pipe.cmd("DEL").arg(&key).ignore();
+                    pipe.cmd("SREM")
+                        .arg(self.key("noderooms", node))
+                        .arg(&r.room)
+                        .ignore();
                 }
                 match &r.listing {
                     Some(Some(name)) => pipe.cmd("HSET").arg(&list).arg(&r.room).arg(name).ignore(),
@@ -282,6 +294,25 @@ impl RoomDirectory for RedisCluster {
                 .await
                 .map_err(err)?;
             Ok(all.into_iter().map(|(f, v)| (f, Bytes::from(v))).collect())
+        }
+        .boxed()
+    }
+
+    fn take_node_rooms<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BusResult<Vec<String>>> {
+        async move {
+            let key = self.key("noderooms", node);
+            let mut c = self.conn.clone();
+            let (rooms,): (Vec<String>,) = redis::pipe()
+                .atomic()
+                .cmd("SMEMBERS")
+                .arg(&key)
+                .cmd("DEL")
+                .arg(&key)
+                .ignore()
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(rooms)
         }
         .boxed()
     }

@@ -111,7 +111,11 @@ pub(super) async fn write_records(
         }
         let mut attempt = 0;
         while !batch.is_empty() {
-            match cluster.engine.write_room_records(&batch).await {
+            match cluster
+                .engine
+                .write_room_records(&cluster.node, &batch)
+                .await
+            {
                 Ok(()) => batch.clear(),
                 Err(e) => {
                     tracing::warn!(error = %e, rooms = batch.len(), "cluster: room records not written; retrying");
@@ -159,6 +163,38 @@ pub(super) fn to_room_service(server: &Server, room: &str, bytes: Bytes) {
             crate::stanza::StanzaErrorCondition::ResourceConstraint.into();
         if let Some(reply) = error.reply_to(element) {
             crate::router::deliver_bounce(server, &reply);
+        }
+    }
+}
+
+/// The reaper's part for rooms: every room the dead `node` held is handed
+/// to this node's chat service, which takes it over now (its dead
+/// occupants leave within the liveness TTL, not at the room's next
+/// stanza). All go to the reaper's node; rooms spread again as nodes
+/// restart and take new ones.
+pub(super) async fn adopt_rooms_of(server: &Server, cluster: &Cluster, node: &str) {
+    let rooms = match cluster.engine.take_node_rooms(node).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Each is taken over at its next stanza instead.
+            tracing::warn!(node, error = %e, "cluster: a dead node's rooms not listed");
+            return;
+        }
+    };
+    let Some(muc) = server.features.get::<crate::modules::muc::Muc>() else {
+        return;
+    };
+    if !rooms.is_empty() {
+        tracing::info!(
+            node,
+            rooms = rooms.len(),
+            "cluster: taking over a dead node's rooms"
+        );
+    }
+    for room in rooms {
+        if let Err(e) = muc.control.adopt(room).await {
+            tracing::warn!(node, error = %e, "cluster: a dead node's room not taken over");
+            return;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Administration of the chat service from the admin socket (`waxwing
 //! ctl room list|destroy`): requests queued to the service's task, which
-//! owns every room, and answered on a oneshot. Only `ctl` reaches this
-//! queue; nothing from the network does.
+//! owns every room, and answered on a oneshot. Only `ctl` and a cluster
+//! node's reaper reach this queue; nothing from the network does.
 
 use std::sync::Mutex;
 
@@ -17,6 +17,10 @@ pub enum Control {
         reason: Option<String>,
         done: oneshot::Sender<bool>,
     },
+    /// A cluster node's reaper: a room whose holder died is taken over
+    /// now (claimed, loaded, its dead occupants removed), not at its next
+    /// stanza, so its survivors see them leave within the liveness TTL.
+    Adopt(String),
 }
 
 /// Requests queued at once; more are refused as busy.
@@ -55,6 +59,15 @@ impl ControlQueue {
             .map_err(|_| "the chat service stopped".to_string())?;
         rooms.sort();
         Ok(rooms)
+    }
+
+    /// Has the service take over `room`, whose holder died (waits for
+    /// room in the queue: the reaper has many rooms to hand over).
+    pub async fn adopt(&self, room: String) -> Result<(), String> {
+        self.sender()?
+            .send(Control::Adopt(room))
+            .await
+            .map_err(|_| "the chat service stopped".to_string())
     }
 
     /// Destroys `room` (a bare room JID); false when there is no such room.

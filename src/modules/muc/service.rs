@@ -195,11 +195,45 @@ impl Service {
     /// room's lease (taking it if nobody does, and loading the room),
     /// else hands it to the holder. True when it is for this node.
     async fn served_here(&mut self, server: &Arc<Server>, key: &str, stanza: &Element) -> bool {
+        match self.locate(server, key).await {
+            Ok(None) => true,
+            Ok(Some(node)) => {
+                let bytes = bytes::Bytes::from(stanza.to_bytes(crate::xml::NS_CLIENT));
+                let handed = self
+                    .placement
+                    .as_ref()
+                    .is_some_and(|p| p.hand_to(&node, key, bytes));
+                if !handed {
+                    reply_error(
+                        server,
+                        stanza,
+                        StanzaErrorCondition::ResourceConstraint.into(),
+                    );
+                }
+                false
+            }
+            Err(condition) => {
+                reply_error(server, stanza, condition.into());
+                false
+            }
+        }
+    }
+
+    /// Where a room is served: here (None; on a single server always),
+    /// or the node holding it. A room nobody held is taken and loaded
+    /// here (persistent: from the database; temporary: from its record),
+    /// with its recorded occupants; those alive nowhere wait in
+    /// `restored_gone` to be removed as lost.
+    async fn locate(
+        &mut self,
+        server: &Server,
+        key: &str,
+    ) -> Result<Option<Arc<str>>, StanzaErrorCondition> {
         if !self.clustered(server) {
-            return true;
+            return Ok(None);
         }
         let Some(placement) = self.placement.as_mut() else {
-            return true;
+            return Ok(None);
         };
         for room in placement.lost() {
             tracing::warn!(
@@ -209,7 +243,7 @@ impl Service {
             self.rooms.remove(&room);
         }
         let Ok(room) = jid::BareJid::new(key) else {
-            return false;
+            return Err(StanzaErrorCondition::JidMalformed);
         };
         let (domain, name) = (
             room.domain().as_str(),
@@ -227,7 +261,12 @@ impl Service {
             }
         };
         match placement.place(key, at_least).await {
-            Ok(Place::Here(false)) => true,
+            Ok(Place::Here(false)) => Ok(None),
+            Ok(Place::Elsewhere(node)) => Ok(Some(node)),
+            Err(e) => {
+                tracing::warn!(error = %e, room = key, "muc: room lease not readable");
+                Err(StanzaErrorCondition::InternalServerError)
+            }
             Ok(Place::Here(true)) => {
                 // Taken just now: the database has the room if it is
                 // persistent; a copy left in memory from an earlier lease
@@ -240,81 +279,48 @@ impl Service {
                         Vec::new()
                     }
                 };
-                match server.store.muc_room(domain, name).await {
-                    Ok(stored) => {
-                        let room = match stored {
-                            Some(stored) => super::persist::load(domain, &stored, &self.limits),
-                            // A temporary room lives on in its record.
-                            None => records
-                                .iter()
-                                .find(|(nick, _)| nick == super::occupancy::ROOM_FIELD)
-                                .and_then(|(_, b)| super::occupancy::decode_room(name, b))
-                                .and_then(|stored| {
-                                    let mut r =
-                                        super::persist::load(domain, &stored, &self.limits)?;
-                                    r.config.persistent = false;
-                                    r.stored = false;
-                                    Some(r)
-                                }),
-                        };
-                        if let Some(mut room) = room {
-                            // A user of another server (s2s) cannot be
-                            // checked: kept, as its server would tell the
-                            // room when it goes.
-                            let alive = |jid: &FullJid| {
-                                server.route(jid.domain().as_str()) != crate::routes::Route::Host
-                                    || server.sessions.session_id(jid).is_some()
-                                    || placement.session_alive(jid)
-                            };
-                            let gone = super::occupancy::restore(
-                                &mut room,
-                                records,
-                                alive,
-                                &mut self.joined,
-                            );
-                            tracing::info!(
-                                room = key,
-                                occupants = room.occupants.len(),
-                                gone = gone.len(),
-                                "muc: room taken over"
-                            );
-                            self.restored_gone = gone;
-                            self.rooms.insert(key.to_string(), room);
-                        }
-                    }
+                let stored = match server.store.muc_room(domain, name).await {
+                    Ok(stored) => stored,
                     Err(e) => {
                         tracing::error!(error = %e, room = key, "muc: room not loadable");
                         placement.release(key);
-                        reply_error(
-                            server,
-                            stanza,
-                            StanzaErrorCondition::InternalServerError.into(),
-                        );
-                        return false;
+                        return Err(StanzaErrorCondition::InternalServerError);
                     }
-                }
-                tracing::debug!(room = key, "muc: room lease taken");
-                true
-            }
-            Ok(Place::Elsewhere(node)) => {
-                let bytes = bytes::Bytes::from(stanza.to_bytes(crate::xml::NS_CLIENT));
-                if !placement.hand_to(&node, key, bytes) {
-                    reply_error(
-                        server,
-                        stanza,
-                        StanzaErrorCondition::ResourceConstraint.into(),
+                };
+                let room = match stored {
+                    Some(stored) => super::persist::load(domain, &stored, &self.limits),
+                    // A temporary room lives on in its record.
+                    None => records
+                        .iter()
+                        .find(|(nick, _)| nick == super::occupancy::ROOM_FIELD)
+                        .and_then(|(_, b)| super::occupancy::decode_room(name, b))
+                        .and_then(|stored| {
+                            let mut r = super::persist::load(domain, &stored, &self.limits)?;
+                            r.config.persistent = false;
+                            r.stored = false;
+                            Some(r)
+                        }),
+                };
+                if let Some(mut room) = room {
+                    // A user of another server (s2s) cannot be checked:
+                    // kept, as its server would tell the room when it goes.
+                    let alive = |jid: &FullJid| {
+                        server.route(jid.domain().as_str()) != crate::routes::Route::Host
+                            || server.sessions.session_id(jid).is_some()
+                            || placement.session_alive(jid)
+                    };
+                    let gone =
+                        super::occupancy::restore(&mut room, records, alive, &mut self.joined);
+                    tracing::info!(
+                        room = key,
+                        occupants = room.occupants.len(),
+                        gone = gone.len(),
+                        "muc: room taken over"
                     );
+                    self.restored_gone = gone;
+                    self.rooms.insert(key.to_string(), room);
                 }
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, room = key, "muc: room lease not readable");
-                reply_error(
-                    server,
-                    stanza,
-                    StanzaErrorCondition::InternalServerError.into(),
-                );
-                false
+                Ok(None)
             }
         }
     }
@@ -490,18 +496,8 @@ impl Service {
                 },
                 _ => {}
             }
-            // Sessions that could not take what the room sent leave it (333);
-            // their removal may find more, a few rounds at most.
-            for _ in 0..4 {
-                let lost = std::mem::take(&mut ctx.lost);
-                if lost.is_empty() {
-                    break;
-                }
-                if let Some(room) = rooms.get_mut(&key) {
-                    for s in &lost {
-                        presence::drop_lost(&mut ctx, room, s);
-                    }
-                }
+            if let Some(room) = rooms.get_mut(&key) {
+                drop_lost_rounds(&mut ctx, room);
             }
         });
         let rows = std::mem::take(&mut ctx.archive_rows);
@@ -534,6 +530,35 @@ impl Service {
                     })
                     .collect();
                 let _ = done.send(rooms);
+            }
+            Control::Adopt(room) => {
+                if self.locate(server, &room).await != Ok(None) {
+                    return;
+                }
+                // Its dead occupants leave now, seen by the others.
+                let lost = std::mem::take(&mut self.restored_gone);
+                let mut ctx = Ctx {
+                    server,
+                    limits: &self.limits,
+                    joined: &mut self.joined,
+                    ids: &self.ids,
+                    secret: &self.secret,
+                    lost,
+                    archiving: self.archive.is_some(),
+                    archive_rows: Vec::new(),
+                    mentions: Vec::new(),
+                    streams: &mut self.streams,
+                    touched: Default::default(),
+                };
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    crate::cluster::grouped_now(|| drop_lost_rounds(&mut ctx, r));
+                }
+                let touched = std::mem::take(&mut ctx.touched);
+                drop(ctx);
+                if let (Some(p), Some(r)) = (self.placement.as_mut(), self.rooms.get(&room)) {
+                    p.record_changes(r, touched);
+                }
+                self.settle(server, &room).await;
             }
             Control::Destroy { room, reason, done } => {
                 let Some(r) = self.rooms.get_mut(&room) else {
@@ -730,6 +755,20 @@ impl Service {
                 presence::remove_occupant(&mut ctx, room, &nick, &a);
             }
             placement.record_changes(room, std::mem::take(&mut ctx.touched));
+        }
+    }
+}
+
+/// Sessions that could not take what the room sent leave it (333);
+/// their removal may find more, a few rounds at most.
+fn drop_lost_rounds(ctx: &mut Ctx<'_>, room: &mut Room) {
+    for _ in 0..4 {
+        let lost = std::mem::take(&mut ctx.lost);
+        if lost.is_empty() {
+            break;
+        }
+        for s in &lost {
+            presence::drop_lost(ctx, room, s);
         }
     }
 }
