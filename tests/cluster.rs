@@ -2343,8 +2343,8 @@ fn room_lease(prefix: &str, room: &str) -> Option<(String, u64)> {
 /// stanzas to that node, and what it sends occupants elsewhere crosses
 /// the bus. Joins show every occupant, group chat from any node reaches
 /// all, a private message crosses, the service's room list on another
-/// node has the room, and `ctl cluster status` counts the room on its
-/// node. (Each node served its own copy before: b's join
+/// node has the room, `ctl cluster status` counts the room on its node,
+/// and a stanza to a room nobody uses leaves no lease behind. (Each node served its own copy before: b's join
 /// on n2 made a new, locked room.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_with_occupants_on_three_nodes_is_one_room() {
@@ -2438,6 +2438,25 @@ async fn a_room_with_occupants_on_three_nodes_is_one_room() {
         !status.iter().any(|(n, r)| n != "n1" && *r > 0),
         "{status:?}"
     );
+
+    // A stanza to a room name nobody uses leaves no lease behind (what
+    // Redis keeps follows the rooms that exist).
+    let nosuch = format!("nosuch{tag}@conference.{DOMAIN}");
+    let r = c
+        .iq(
+            &format!(
+                "<iq type='get' id='ghost' to='{nosuch}'>\
+                 <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            ),
+            "ghost",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{}", show(&r));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while room_lease(&prefix, &nosuch).is_some() {
+        assert!(Instant::now() < deadline, "the unused room's lease stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // c leaves from n3: the others see it.
     c.send_str(&format!("<presence to='{room}/cee' type='unavailable'/>"))

@@ -265,8 +265,9 @@ pub struct RoomRecords {
     pub room: String,
     /// (field, the record now, or None to delete it).
     pub changes: Vec<(String, Option<Bytes>)>,
-    /// Delete every record first (the room is forgotten).
-    pub gone: bool,
+    /// The room is forgotten: every record goes first, and the lease
+    /// while it is still this node's with this fencing number.
+    pub gone: Option<u64>,
     /// The room's line in the cluster's room list (`p:roomlist`):
     /// `Some(Some(name))` listed, `Some(None)` not listed, None unchanged.
     pub listing: Option<Option<String>>,

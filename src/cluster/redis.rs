@@ -89,6 +89,15 @@ const ROOM_CLAIM: &str = "local cur = redis.call('HGET', KEYS[1], ARGV[1]) \
     redis.call('SADD', ARGV[5] .. ARGV[2], ARGV[1]) \
     return v";
 
+/// Gives a forgotten room's lease back: deleted, with its fencing
+/// counter, only while it is exactly the releasing node's lease (a node
+/// that claimed the room again since holds a newer fence, and keeps it).
+/// A later claim starts from the database's number. KEYS: `rooms`,
+/// `roomfence`; ARGV: room, `node \t fence`.
+const ROOM_RELEASE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
+    redis.call('HDEL', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1]) return 1 end \
+    return 0";
+
 /// A Lua script run by its SHA-1 (`EVALSHA`), so its text is sent only
 /// when Redis does not know it (after a restart: `SCRIPT LOAD`, then the
 /// command is tried again).
@@ -254,12 +263,21 @@ impl RoomDirectory for RedisCluster {
             let list = format!("{}:roomlist", self.prefix);
             for r in batch {
                 let key = self.key("occ", &r.room);
-                if r.gone {
-                    // Forgotten: nothing for a reaper to take over.
+                if let Some(fence) = r.gone {
+                    // Forgotten: nothing for a reaper to take over, no
+                    // lease left behind.
                     pipe.cmd("DEL").arg(&key).ignore();
                     pipe.cmd("SREM")
                         .arg(self.key("noderooms", node))
                         .arg(&r.room)
+                        .ignore();
+                    pipe.cmd("EVAL")
+                        .arg(ROOM_RELEASE)
+                        .arg(2)
+                        .arg(format!("{}:rooms", self.prefix))
+                        .arg(format!("{}:roomfence", self.prefix))
+                        .arg(&r.room)
+                        .arg(format!("{node}\t{fence}"))
                         .ignore();
                 }
                 match &r.listing {

@@ -51,7 +51,7 @@ impl RoomPlacement for Cluster {
         &self,
         room: &str,
         changes: Vec<(String, Option<Bytes>)>,
-        gone: bool,
+        gone: Option<u64>,
         listing: Option<Option<String>>,
     ) {
         let records = RoomRecords {

@@ -48,13 +48,15 @@ pub trait RoomPlacement: Send + Sync {
     fn fences(&self) -> u64;
     /// Queues, in order, the records of a room's occupants that changed
     /// (`occupancy`: nick → the record, None when it left); `gone`
-    /// deletes them all (the room is forgotten); `listing` changes the
-    /// room's line in the cluster's room list (Some(None): removed).
+    /// (the fencing number of this node's lease) forgets the room: its
+    /// records go, and its lease while it is still that one; `listing`
+    /// changes the room's line in the cluster's room list (Some(None):
+    /// removed).
     fn record(
         &self,
         room: &str,
         changes: Vec<(String, Option<Bytes>)>,
-        gone: bool,
+        gone: Option<u64>,
         listing: Option<Option<String>>,
     );
     /// The rooms listed on every node: (room JID, name).
@@ -190,7 +192,7 @@ impl Placement {
         }
         let listing = self.listing_change(room);
         if !changes.is_empty() || listing.is_some() {
-            self.remote.record(key, changes, false, listing);
+            self.remote.record(key, changes, None, listing);
         }
     }
 
@@ -209,11 +211,16 @@ impl Placement {
         Some(want)
     }
 
-    /// Deletes a forgotten room's records and its line in the room list.
-    pub fn forget_records(&self, room: &str) {
-        if self.held.contains_key(room) {
-            self.remote.record(room, Vec::new(), true, Some(None));
+    /// Forgets a room held here (destroyed, left empty, or never made: a
+    /// stanza for a name nobody uses): its records, its line in the room
+    /// list and its lease go, so what Redis keeps follows the rooms that
+    /// exist, not every name anyone sent a stanza to.
+    pub fn forget(&mut self, room: &str) {
+        if let Some(fence) = self.held.get(room) {
+            self.remote
+                .record(room, Vec::new(), Some(*fence), Some(None));
         }
+        self.release(room);
     }
 
     /// The rooms listed on every node: (room JID, name).

@@ -596,6 +596,11 @@ impl Service {
     async fn settle(&mut self, server: &Server, key: &str) {
         let fence = self.fence(key);
         let Some(room) = self.rooms.get_mut(key) else {
+            // A lease taken for a stanza that made no room (a join refused,
+            // an IQ to a name nobody uses): given back.
+            if let Some(p) = self.placement.as_mut() {
+                p.forget(key);
+            }
             return;
         };
         let service = room.jid.domain().as_str().to_string();
@@ -629,9 +634,10 @@ impl Service {
             self.rooms.remove(key);
             if let Some(p) = self.placement.as_mut() {
                 if forget {
-                    p.forget_records(key);
+                    p.forget(key);
+                } else {
+                    p.release(key);
                 }
-                p.release(key);
             }
         }
     }
