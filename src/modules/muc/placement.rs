@@ -92,6 +92,8 @@ pub struct Placement {
     /// Held rooms as this node last put them in the cluster's room
     /// list (name), so an unchanged room costs no write.
     listed: HashMap<String, String>,
+    /// The cluster's room list as last read, and when.
+    room_list: Option<(std::time::Instant, Arc<Vec<(String, String)>>)>,
 }
 
 impl Placement {
@@ -104,6 +106,7 @@ impl Placement {
             elsewhere: HashMap::new(),
             recorded: HashSet::new(),
             listed: HashMap::new(),
+            room_list: None,
         }
     }
 
@@ -223,9 +226,18 @@ impl Placement {
         self.release(room);
     }
 
-    /// The rooms listed on every node: (room JID, name).
-    pub async fn room_list(&self) -> Result<Vec<(String, String)>, String> {
-        self.remote.room_list().await
+    /// The rooms listed on every node: (room JID, name). Read from Redis
+    /// at most once a second (a flood of disco#items requests costs one
+    /// read of the whole list per second, not one per request).
+    pub async fn room_list(&mut self) -> Result<Arc<Vec<(String, String)>>, String> {
+        if let Some((at, list)) = &self.room_list {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return Ok(list.clone());
+            }
+        }
+        let list = Arc::new(self.remote.room_list().await?);
+        self.room_list = Some((std::time::Instant::now(), list.clone()));
+        Ok(list)
     }
 
     /// A room's records (the node taking it over reads them).

@@ -352,7 +352,7 @@ impl Service {
         {
             return false;
         }
-        let Some(placement) = self.placement.as_ref() else {
+        let Some(placement) = self.placement.as_mut() else {
             return false;
         };
         let outcome = match placement.room_list().await {
