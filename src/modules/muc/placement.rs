@@ -93,7 +93,7 @@ pub struct Placement {
     /// list (name), so an unchanged room costs no write.
     listed: HashMap<String, String>,
     /// The cluster's room list as last read, and when.
-    room_list: Option<(std::time::Instant, Arc<Vec<(String, String)>>)>,
+    room_list: Option<(std::time::Instant, RoomList)>,
 }
 
 impl Placement {
@@ -229,7 +229,7 @@ impl Placement {
     /// The rooms listed on every node: (room JID, name). Read from Redis
     /// at most once a second (a flood of disco#items requests costs one
     /// read of the whole list per second, not one per request).
-    pub async fn room_list(&mut self) -> Result<Arc<Vec<(String, String)>>, String> {
+    pub async fn room_list(&mut self) -> Result<RoomList, String> {
         if let Some((at, list)) = &self.room_list {
             if at.elapsed() < std::time::Duration::from_secs(1) {
                 return Ok(list.clone());
@@ -255,6 +255,9 @@ impl Placement {
         self.remote.hand_to(node, room, stanza)
     }
 }
+
+/// The cluster's room list: (room JID, name).
+pub type RoomList = Arc<Vec<(String, String)>>;
 
 /// Holders of other nodes' rooms remembered at most.
 const MAX_REMEMBERED: usize = 100_000;
