@@ -2244,64 +2244,41 @@ async fn users_on_every_node_federate_with_a_remote_server() {
 
 // ---- Chat rooms across nodes (issue #16: one node serves a room) ----
 
-const NS_MUC: &str = "http://jabber.org/protocol/muc";
-const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+use common::muc::NS_ADMIN;
 
-fn muc_codes(e: &Element) -> Vec<u16> {
-    e.get_child("x", NS_MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.is("status", NS_MUC_USER))
-                .filter_map(|c| c.attr("code")?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// A room's name (its JID's node), as the shared MUC steps take it.
+fn room_name(room: &str) -> &str {
+    room.split('@').next().unwrap_or(room)
 }
 
-/// Joins `room` as `nick` (the join must succeed); returns the nicks of
-/// the occupants the joiner was shown, once the subject (the end of a
-/// join) arrives.
+/// Joins `room` (a JID) as `nick`; returns the nicks of the occupants the
+/// joiner was shown, sorted.
 async fn muc_join(c: &mut Client, room: &str, nick: &str) -> Vec<String> {
-    c.send_str(&format!(
-        "<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'/></presence>"
-    ))
-    .await;
-    let mut others = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let e = tokio::time::timeout(left, c.next_element())
-            .await
-            .unwrap_or_else(|_| panic!("{nick}: no end of the join of {room}"));
-        let Some(from) = e.attr("from").filter(|f| f.starts_with(room)) else {
-            continue;
-        };
-        assert_ne!(e.attr("type"), Some("error"), "join refused: {}", show(&e));
-        if e.name() == "presence" && !muc_codes(&e).contains(&110) {
-            others.push(from.rsplit('/').next().unwrap_or_default().to_string());
-        } else if e.name() == "message" && e.get_child("subject", NS_CLIENT).is_some() {
-            others.sort();
-            return others;
-        }
-    }
+    let joined = common::muc::join(c, room_name(room), nick).await;
+    let mut others: Vec<String> = joined
+        .others
+        .iter()
+        .filter_map(|p| p.attr("from")?.rsplit('/').next().map(String::from))
+        .collect();
+    others.sort();
+    others
 }
 
-/// Makes `room` as `owner` (nick "owner"), persistent and unlocked.
-async fn muc_create_persistent(c: &mut Client, room: &str) {
-    muc_join(c, room, "owner").await;
-    let r = c
-        .iq(
-            &format!(
-                "<iq type='set' id='cfg' to='{room}'><query xmlns='{NS_MUC}#owner'>\
-                 <x xmlns='jabber:x:data' type='submit'>\
-                 <field var='FORM_TYPE'><value>{NS_MUC}#roomconfig</value></field>\
-                 <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
-                 </x></query></iq>"
-            ),
-            "cfg",
-        )
-        .await;
-    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+/// Makes `room` as `owner` (nick "owner"), unlocked, with `fields` set.
+async fn muc_create(c: &mut Client, room: &str, fields: &[(&str, &str)]) {
+    common::muc::create_room(c, room_name(room), fields).await;
+}
+
+/// The room's owners as `c` asks for them (an IQ result, or the error).
+async fn owner_list(c: &mut Client, room: &str) -> Element {
+    c.iq(
+        &format!(
+            "<iq type='get' id='own' to='{room}'><query xmlns='{NS_ADMIN}'>\
+             <item affiliation='owner'/></query></iq>"
+        ),
+        "own",
+    )
+    .await
 }
 
 /// The group chat `text` as `at` receives it from the room (others
@@ -2360,7 +2337,7 @@ async fn a_room_with_occupants_on_three_nodes_is_one_room() {
     let mut a = Client::login(nodes[0].c2s, &users[0], "pw", Some("a")).await;
     let mut b = Client::login(nodes[1].c2s, &users[1], "pw", Some("b")).await;
     let mut c = Client::login(nodes[2].c2s, &users[2], "pw", Some("c")).await;
-    muc_create_persistent(&mut a, &room).await;
+    muc_create(&mut a, &room, &[("muc#roomconfig_persistentroom", "1")]).await;
     assert_eq!(
         room_lease(&prefix, &room).map(|l| l.0).as_deref(),
         Some("n1")
@@ -2469,21 +2446,6 @@ async fn a_room_with_occupants_on_three_nodes_is_one_room() {
     }
 }
 
-/// Makes `room` as `owner` (nick "owner"): an instant room, temporary.
-async fn muc_create_instant(c: &mut Client, room: &str) {
-    muc_join(c, room, "owner").await;
-    let r = c
-        .iq(
-            &format!(
-                "<iq type='set' id='inst' to='{room}'><query xmlns='{NS_MUC}#owner'>\
-                 <x xmlns='jabber:x:data' type='submit'/></query></iq>"
-            ),
-            "inst",
-        )
-        .await;
-    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
-}
-
 /// The node holding two rooms (one persistent, one temporary) is killed
 /// (SIGKILL). The reaper's node takes both over at once: the dead node's
 /// user leaves the rooms (333, seen by the others, with nothing sent to
@@ -2508,8 +2470,8 @@ async fn rooms_survive_the_death_of_their_node() {
     let mut a = Client::login(nodes[0].c2s, &users[0], "pw", Some("a")).await;
     let mut b = Client::login(nodes[1].c2s, &users[1], "pw", Some("b")).await;
     let mut c = Client::login(nodes[2].c2s, &users[2], "pw", Some("c")).await;
-    muc_create_persistent(&mut a, &kept).await;
-    muc_create_instant(&mut a, &temp).await;
+    muc_create(&mut a, &kept, &[("muc#roomconfig_persistentroom", "1")]).await;
+    muc_create(&mut a, &temp, &[]).await;
     for room in [&kept, &temp] {
         assert_eq!(muc_join(&mut b, room, "bee").await, ["owner"]);
         assert_eq!(muc_join(&mut c, room, "cee").await, ["bee", "owner"]);
@@ -2534,7 +2496,7 @@ async fn rooms_survive_the_death_of_their_node() {
                     .any(|o| is_presence_from(e, o, Some("unavailable")))
             })
             .await;
-            assert!(muc_codes(&gone).contains(&333), "{}", show(&gone));
+            assert!(common::muc::codes(&gone).contains(&333), "{}", show(&gone));
             let from = gone.attr("from").unwrap_or_default().to_string();
             if !seen.contains(&from) {
                 seen.push(from);
@@ -2557,15 +2519,7 @@ async fn rooms_survive_the_death_of_their_node() {
     assert!(fence_after > fence_before, "{fence_before} → {fence_after}");
 
     // The persistent room kept its owner: a's affiliation is listed.
-    let owners = b
-        .iq(
-            &format!(
-                "<iq type='get' id='own' to='{kept}'><query xmlns='{NS_MUC}#admin'>\
-                 <item affiliation='owner'/></query></iq>"
-            ),
-            "own",
-        )
-        .await;
+    let owners = owner_list(&mut b, &kept).await;
     // Only owners may list owners: a participant is refused, which says
     // the room is there and knows b.
     assert_eq!(owners.attr("type"), Some("error"), "{}", show(&owners));
@@ -2580,15 +2534,7 @@ async fn rooms_survive_the_death_of_their_node() {
     let mut a2 = Client::login(nodes[2].c2s, &users[0], "pw", Some("a2")).await;
     let shown = muc_join(&mut a2, &kept, "owner").await;
     assert_eq!(shown, ["bee", "cee"]);
-    let owners = a2
-        .iq(
-            &format!(
-                "<iq type='get' id='own' to='{kept}'><query xmlns='{NS_MUC}#admin'>\
-                 <item affiliation='owner'/></query></iq>"
-            ),
-            "own",
-        )
-        .await;
+    let owners = owner_list(&mut a2, &kept).await;
     assert_eq!(owners.attr("type"), Some("result"), "{}", show(&owners));
 }
 
@@ -2702,21 +2648,15 @@ async fn a_stale_holder_s_write_is_refused_by_the_fencing_check() {
     let (name, service) = room.split_once('@').unwrap();
     let mut a = Client::login(nodes[0].c2s, &setup.users.0, "pw", Some("a")).await;
     let mut b = Client::login(nodes[1].c2s, &setup.users.1, "pw", Some("b")).await;
-    muc_join(&mut a, &room, "owner").await;
-    let r = a
-        .iq(
-            &format!(
-                "<iq type='set' id='cfg' to='{room}'><query xmlns='{NS_MUC}#owner'>\
-                 <x xmlns='jabber:x:data' type='submit'>\
-                 <field var='FORM_TYPE'><value>{NS_MUC}#roomconfig</value></field>\
-                 <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
-                 <field var='muc#roomconfig_changesubject'><value>1</value></field>\
-                 </x></query></iq>"
-            ),
-            "cfg",
-        )
-        .await;
-    assert_eq!(r.attr("type"), Some("result"), "{}", show(&r));
+    muc_create(
+        &mut a,
+        &room,
+        &[
+            ("muc#roomconfig_persistentroom", "1"),
+            ("muc#roomconfig_changesubject", "1"),
+        ],
+    )
+    .await;
     muc_join(&mut b, &room, "bee").await;
     let store = Store::open(&postgres_url(), 2).await.unwrap();
     let fence_of = |store: Store| async move { store.muc_fence(service, name).await.unwrap() };
@@ -2808,7 +2748,7 @@ async fn a_room_lives_through_a_rolling_restart_of_its_node() {
     let mut a = Client::login(nodes[0].c2s, &users[0], "pw", Some("a")).await;
     let mut b = Client::login(nodes[1].c2s, &users[1], "pw", Some("b")).await;
     let mut c = Client::login(nodes[2].c2s, &users[2], "pw", Some("c")).await;
-    muc_create_persistent(&mut a, &room).await;
+    muc_create(&mut a, &room, &[("muc#roomconfig_persistentroom", "1")]).await;
     muc_join(&mut b, &room, "bee").await;
     muc_join(&mut c, &room, "cee").await;
     b.barrier().await;
@@ -2819,7 +2759,7 @@ async fn a_room_lives_through_a_rolling_restart_of_its_node() {
             is_presence_from(e, &format!("{room}/owner"), Some("unavailable"))
         })
         .await;
-        assert!(muc_codes(&gone).contains(&332), "{}", show(&gone));
+        assert!(common::muc::codes(&gone).contains(&332), "{}", show(&gone));
     }
     b.send_str(&format!(
         "<message to='{room}' type='groupchat'><body>still here</body></message>"

@@ -814,3 +814,30 @@ pub async fn still_serves_user(server: &TestServer, user: &str) {
 pub async fn still_serves(server: &TestServer) {
     still_serves_user(server, "canary").await
 }
+
+/// Parses a text with nothing around it (a WebSocket message, a BOSH
+/// body): a namespace it does not declare itself is an error here, as it
+/// is for a browser's parser.
+pub fn standalone(text: &str) -> Vec<Element> {
+    let mut parser = waxwing::xml::StreamParser::new(waxwing::xml::ParserLimits {
+        max_stanza_bytes: 1 << 22,
+        max_depth: 32,
+        max_elements: 10_000,
+        max_attributes: 64,
+        max_ns_declarations: 16,
+        max_ns_in_scope: 64,
+        max_name_bytes: 256,
+        max_ns_uri_bytes: 512,
+        max_stanza_memory: 1 << 24,
+    });
+    // A stream header with no default namespace and no prefixes.
+    parser.feed(b"<root>");
+    parser.feed(text.as_bytes());
+    let mut out = Vec::new();
+    while let Ok(Some(ev)) = parser.next_event() {
+        if let waxwing::xml::StreamEvent::Stanza(e) = ev {
+            out.push(e);
+        }
+    }
+    out
+}

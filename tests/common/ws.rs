@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use waxwing::xml::Element;
 
-use super::{b64, show};
+use super::{b64, show, standalone};
 
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -153,32 +153,6 @@ impl Ws {
             }
         }
     }
-}
-
-/// Parses one message's text with nothing around it: a namespace it does
-/// not declare itself is an error here, as it is for a browser's parser.
-pub fn standalone(text: &str) -> Vec<Element> {
-    let mut parser = waxwing::xml::StreamParser::new(waxwing::xml::ParserLimits {
-        max_stanza_bytes: 1 << 20,
-        max_depth: 32,
-        max_elements: 10_000,
-        max_attributes: 64,
-        max_ns_declarations: 16,
-        max_ns_in_scope: 64,
-        max_name_bytes: 256,
-        max_ns_uri_bytes: 512,
-        max_stanza_memory: 1 << 24,
-    });
-    // A stream header with no default namespace and no prefixes.
-    parser.feed(b"<root>");
-    parser.feed(text.as_bytes());
-    let mut out = Vec::new();
-    while let Ok(Some(ev)) = parser.next_event() {
-        if let waxwing::xml::StreamEvent::Stanza(e) = ev {
-            out.push(e);
-        }
-    }
-    out
 }
 
 pub fn body(e: &Element) -> String {

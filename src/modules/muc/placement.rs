@@ -202,16 +202,25 @@ impl Placement {
     /// The room's line in the cluster's room list, if it changed since
     /// this node last wrote it.
     fn listing_change(&mut self, room: &Room) -> Option<Option<String>> {
+        // Every stanza of a held room asks: compared before anything is
+        // copied.
         let key = room.jid.as_str();
-        let want = super::room_list::is_listed(room).then(|| room.config.name.clone());
-        if want.as_ref() == self.listed.get(key) {
+        let listed = super::room_list::is_listed(room);
+        let name = room.config.name.as_str();
+        let unchanged = match self.listed.get(key) {
+            Some(n) => listed && n == name,
+            None => !listed,
+        };
+        if unchanged {
             return None;
         }
-        match &want {
-            Some(name) => self.listed.insert(key.to_string(), name.clone()),
-            None => self.listed.remove(key),
-        };
-        Some(want)
+        if listed {
+            self.listed.insert(key.to_string(), name.to_string());
+            Some(Some(name.to_string()))
+        } else {
+            self.listed.remove(key);
+            Some(None)
+        }
     }
 
     /// Forgets a room held here (destroyed, left empty, or never made: a
