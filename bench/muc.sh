@@ -17,6 +17,8 @@
 #   readers time what they receive when it arrives; see bench/run.sh)
 #   WAXWING_BENCH_IP [127.0.0.24]: the address every server of this script
 #   listens on (one at a time), apart from other benchmark runs.
+#   WAXWING_BENCH_BIN [target/release/waxwing-bench]: another build of the tool
+#   (to compare two tools, or two servers with one tool, on the same tree).
 # Results: bench/results/muc-<server>-<commit>-<UTC time>.txt, the last line JSON.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +33,7 @@ export ACCOUNTS=${ACCOUNTS:-1000} WAXWING_ACCOUNTS=${ACCOUNTS:-1000}
 : "${JOIN_SIZE:=500}" "${JOIN_REPEAT:=20}" "${ROOMS:=10}" "${ROOM_SIZE:=50}" "${SENDERS:=5}"
 : "${WINDOW:=4}" "${DURATION:=10}" "${BIG_SIZE:=5000}" "${BIG_JOIN_REPEAT:=5}"
 : "${PHASE_TIME:=90}" "${MAX_TIME:=230}" "${QUIET_WAIT:=20}" "${EXTRA:=}"
-BIN=$ROOT/target/release/waxwing-bench
+BIN=${WAXWING_BENCH_BIN:-$ROOT/target/release/waxwing-bench}
 OUT=$ROOT/bench/results
 mkdir -p "$OUT"
 cd "$ROOT"

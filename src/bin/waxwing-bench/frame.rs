@@ -86,6 +86,13 @@ impl Framer {
     /// its last byte has arrived.
     pub fn next(&mut self) -> Option<Result<Range<usize>, Unsupported>> {
         while self.pos < self.buf.len() {
+            // Most bytes are text or attribute values, which change nothing
+            // until the byte that ends them: jump there (SIMD search) and
+            // let the byte-wise step below handle that byte. A delivery is
+            // framed in a few searches instead of a step per byte.
+            if !self.skip() {
+                return None;
+            }
             let b = self.buf[self.pos];
             self.pos += 1;
             let Some(tag) = &mut self.tag else {
@@ -136,6 +143,50 @@ impl Framer {
             tag.prev = b;
         }
         None
+    }
+}
+
+impl Framer {
+    /// Moves `pos` to the next byte that can change the framing state,
+    /// keeping `prev` as the byte-wise walk would have left it. False when
+    /// no such byte is buffered yet (everything up to the end is skipped).
+    fn skip(&mut self) -> bool {
+        let rest = &self.buf[self.pos..];
+        let found = match &mut self.tag {
+            // Text inside an element: only `<` matters.
+            None if self.depth > 0 => memchr::memchr(b'<', rest),
+            // Between stanzas every byte is checked (whitespace only).
+            None => Some(0),
+            // Inside an attribute value: only its closing quote.
+            Some(tag) if tag.quote != 0 => memchr::memchr(tag.quote, rest),
+            // The byte after `<` decides `<?`, `<!`, `</`.
+            Some(tag) if tag.first => Some(0),
+            // In a tag: a quote or `>`; `>` needs the byte before it (`/>`).
+            Some(tag) => {
+                let at = memchr::memchr3(b'\'', b'"', b'>', rest);
+                if let Some(i) = at.filter(|&i| i > 0) {
+                    tag.prev = rest[i - 1];
+                }
+                at
+            }
+        };
+        match found {
+            Some(i) => {
+                self.pos += i;
+                true
+            }
+            None => {
+                if let Some(tag) = &mut self.tag {
+                    if tag.quote == 0 && !tag.first {
+                        if let Some(&last) = rest.last() {
+                            tag.prev = last;
+                        }
+                    }
+                }
+                self.pos = self.buf.len();
+                false
+            }
+        }
     }
 }
 
@@ -194,7 +245,7 @@ pub fn attr<'a>(tag: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
 
 /// Where `needle` first occurs in `hay`.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]
@@ -231,6 +282,23 @@ mod tests {
                 Ok("</stream:stream>".into()),
             ]
         );
+    }
+
+    #[test]
+    fn frames_quoted_and_empty_split_anywhere_in_two_or_three() {
+        // Cuts inside attribute values, text, before `/>` and between
+        // `/` and `>`: the skipping scan must keep its state across feeds.
+        let xml: &[u8] = b"<m t='a>b' u=\"c'd\"><b>x / y &gt; z</b><e a='/>'/></m><p/>";
+        let want = vec![
+            Ok("<m t='a>b' u=\"c'd\"><b>x / y &gt; z</b><e a='/>'/></m>".to_string()),
+            Ok("<p/>".to_string()),
+        ];
+        for i in 1..xml.len() {
+            assert_eq!(frames(&[&xml[..i], &xml[i..]]), want, "{i}");
+            for j in i + 1..xml.len() {
+                assert_eq!(frames(&[&xml[..i], &xml[i..j], &xml[j..]]), want, "{i} {j}");
+            }
+        }
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub fn main() {
     frame::FAST.store(!args.parse_every_delivery, Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("bench-worker")
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -203,6 +204,16 @@ struct Chat {
     sent: AtomicU64,
     last_delivery_us: AtomicU64,
     hist: LatencyHistogram,
+    /// The run's start on the stamp clock, and per 100 ms of scheduled send
+    /// time the slowest delivery and the deliveries over 20 ms: shows
+    /// whether a tail is a few stalls or spread over the run.
+    run_start_us: AtomicU64,
+    slots: Vec<(AtomicU64, AtomicU64)>,
+    /// Paced runs: how late senders wrote (µs after the due time), the
+    /// worst and how many over 10 ms. A tail here is the tool's own (its
+    /// threads kept off the CPU), not the server's.
+    send_late_max: AtomicU64,
+    send_late_over: AtomicU64,
     /// Senders stop sending when set.
     stop: AtomicBool,
 }
@@ -392,11 +403,27 @@ fn record_delivery(s: &Sess, chat: &Chat, run: u64, sender: u64, ts: u64) {
     let now = now_us();
     chat.delivered.fetch_add(1, Relaxed);
     chat.last_delivery_us.fetch_max(now, Relaxed);
-    chat.hist.record(now.saturating_sub(ts));
+    let lat = now.saturating_sub(ts);
+    chat.hist.record(lat);
+    let slot = ts.saturating_sub(chat.run_start_us.load(Relaxed)) / SLOT_US;
+    if let Some((max, over)) = chat.slots.get(slot as usize) {
+        // A read first: the slot's line is written only by a new maximum,
+        // not by every delivery of both reader threads.
+        if lat > max.load(Relaxed) {
+            max.fetch_max(lat, Relaxed);
+        }
+        if lat > 20_000 {
+            over.fetch_add(1, Relaxed);
+        }
+    }
     if sender as usize == s.idx {
         s.window.add_permits(1);
     }
 }
+
+/// The timeline's slots (100 ms each, the first 120 s of a run).
+const SLOT_US: u64 = 100_000;
+const TIMELINE_SLOTS: usize = 1200;
 
 /// Occupants the service removed from a room on its own (333, 307, 332).
 static REMOVED: AtomicU64 = AtomicU64::new(0);
@@ -751,6 +778,10 @@ async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
         sent: AtomicU64::new(0),
         last_delivery_us: AtomicU64::new(0),
         hist: LatencyHistogram::new(),
+        run_start_us: AtomicU64::new(0),
+        slots: (0..TIMELINE_SLOTS).map(|_| Default::default()).collect(),
+        send_late_max: AtomicU64::new(0),
+        send_late_over: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
 
@@ -1012,6 +1043,12 @@ async fn chat_run(
         c.store(0, Relaxed);
     }
     chat.hist.reset();
+    chat.send_late_max.store(0, Relaxed);
+    chat.send_late_over.store(0, Relaxed);
+    for (max, over) in &chat.slots {
+        max.store(0, Relaxed);
+        over.store(0, Relaxed);
+    }
     chat.stop.store(false, Relaxed);
     let senders: usize = plan.iter().map(|p| p.1.len()).sum();
     // Messages per second for each sender, so that deliveries add up to `rate`.
@@ -1022,6 +1059,7 @@ async fn chat_run(
     let start = Instant::now() + Duration::from_millis(100);
     let end = start + Duration::from_secs(a.duration);
     let start_us = now_us() + 100_000;
+    chat.run_start_us.store(start_us, Relaxed);
     let mut tasks = Vec::new();
     // Paced senders take turns (sender n's first message is due n/(senders
     // × rate) after the start): an open-loop load at a steady rate, as
@@ -1055,7 +1093,15 @@ async fn chat_run(
                             tokio::time::sleep_until(due.into()).await;
                             // Its due time, not when it was written: a
                             // sender that falls behind does not hide it.
-                            start_us + (at * 1e6) as u64
+                            let ts = start_us + (at * 1e6) as u64;
+                            let late = now_us().saturating_sub(ts);
+                            if late > chat.send_late_max.load(Relaxed) {
+                                chat.send_late_max.fetch_max(late, Relaxed);
+                            }
+                            if late > 10_000 {
+                                chat.send_late_over.fetch_add(1, Relaxed);
+                            }
+                            ts
                         }
                         None => {
                             let Ok(p) = s.window.acquire().await else { break };
@@ -1184,6 +1230,39 @@ async fn chat_run(
                 ""
             }
         ));
+    }
+    // The five slowest 100 ms slots: when (s into the run), the slowest
+    // delivery (ms) and how many went over 20 ms.
+    let mut worst: Vec<(u64, usize, u64)> = chat
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, (m, o))| (m.load(Relaxed), i, o.load(Relaxed)))
+        .filter(|w| w.0 > 0)
+        .collect();
+    worst.sort_unstable_by(|x, y| y.cmp(x));
+    let over: u64 = chat.slots.iter().map(|s| s.1.load(Relaxed)).sum();
+    lines.push(format!(
+        "  over 20 ms: {over}; slowest 100 ms slots (s: max ms, over 20 ms): {}",
+        worst
+            .iter()
+            .take(5)
+            .map(|(m, i, o)| format!("{:.1}: {:.1}, {o}", *i as f64 / 10.0, *m as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    j.num("over_20ms", over);
+    if rate.is_some() {
+        let (late, n) = (
+            chat.send_late_max.load(Relaxed),
+            chat.send_late_over.load(Relaxed),
+        );
+        lines.push(format!(
+            "  senders: latest write {:.1} ms after its due time; {n} writes over 10 ms late",
+            late as f64 / 1000.0
+        ));
+        j.float("send_late_max_ms", late as f64 / 1000.0);
+        j.num("sends_late_over_10ms", n);
     }
     let mut r = rep(&b.report);
     for l in lines {
