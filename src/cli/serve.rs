@@ -12,7 +12,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub fn serve(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
     init_logging(&config.log_level);
+    // Named so that `top -H`, perf and the scheduler's tracepoints tell the
+    // server's workers from a load tool's on the same machine.
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("waxwing-worker")
         .enable_all()
         .build()
     {
