@@ -6,7 +6,7 @@
 # Samples /proc/PID/task/*/stat 4 s into the saturated chat and 4 s later,
 # and prints the run's messages received/s, then each busy thread's share of
 # a core and its µs per received message. The routing threads and the
-# archive writer's blocking thread are all named tokio-rt-worker (the writer
+# archive writer's blocking thread are all named waxwing-worker (the writer
 # is the one at ~20%); the SQLite checkpointer is waxwing-checkpoint.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
