@@ -15,6 +15,11 @@
 #   PHASE_TIME [90] MAX_TIME [230] QUIET_WAIT [20] EXTRA [] (more tool flags)
 #   BENCH_NICE [0]: the tool's scheduling priority (negative: ahead of the server, so that its
 #   readers time what they receive when it arrives; see bench/run.sh)
+#   SERVER_CPUS, TOOL_CPUS [unset]: pin the server's threads and the tool to these CPUs
+#   (taskset lists, e.g. SERVER_CPUS=0 TOOL_CPUS=1), so a tail can be told from the two
+#   taking turns on the same cores. Unset, both share every core (the recorded runs).
+#   The server's runtime sized its worker pool before the pinning: a one-CPU pin still
+#   runs all of its workers, on that CPU.
 #   WAXWING_BENCH_IP [127.0.0.24]: the address every server of this script
 #   listens on (one at a time), apart from other benchmark runs.
 #   WAXWING_BENCH_BIN [target/release/waxwing-bench]: another build of the tool
@@ -60,6 +65,7 @@ run_one() {
   RUNNING=$name
   "$ROOT/bench/peers/$name.sh" start
   local pid; pid=$("$ROOT/bench/peers/$name.sh" pid)
+  [ -z "${SERVER_CPUS:-}" ] || taskset -a -p -c "$SERVER_CPUS" "$pid" >/dev/null
   wait_port "$WAXWING_BENCH_IP" 5222 60
   local stamp; stamp=$(date -u +%Y%m%dT%H%M%SZ)
   local file=$OUT/muc-$name-$COMMIT-$stamp.txt
@@ -72,10 +78,10 @@ run_one() {
     --max-time "$MAX_TIME" --label "$name" $EXTRA)
   {
     echo "+ ${cmd[*]}"
-    echo "# $name $( [ "$name" = waxwing ] && echo "$COMMIT" || dpkg-query -W -f='${Version}' "$name"), load average $(cut -d' ' -f1-3 /proc/loadavg)${quiet:+; $quiet}"
+    echo "# $name $( [ "$name" = waxwing ] && echo "$COMMIT" || dpkg-query -W -f='${Version}' "$name"), load average $(cut -d' ' -f1-3 /proc/loadavg)${quiet:+; $quiet}${SERVER_CPUS:+; server pinned to CPUs $SERVER_CPUS}${TOOL_CPUS:+; tool pinned to CPUs $TOOL_CPUS}"
   } | tee "$file"
   # The tool stops itself at MAX_TIME; `timeout` is the backstop.
-  ( ulimit -n "$(fd_limit)"; nice -n "${BENCH_NICE:-0}" timeout --kill-after=10 $((MAX_TIME + 30)) "${cmd[@]}" ) 2>&1 | tee -a "$file" || true
+  ( ulimit -n "$(fd_limit)"; ${TOOL_CPUS:+taskset -c $TOOL_CPUS} nice -n "${BENCH_NICE:-0}" timeout --kill-after=10 $((MAX_TIME + 30)) "${cmd[@]}" ) 2>&1 | tee -a "$file" || true
   "$ROOT/bench/peers/$name.sh" stop
   RUNNING=""
   echo "→ $file"

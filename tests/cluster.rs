@@ -2281,6 +2281,16 @@ async fn owner_list(c: &mut Client, room: &str) -> Element {
     .await
 }
 
+/// A disco query (`ns`: disco#info or disco#items) from `c` to `to`: the
+/// IQ result, or the error.
+async fn disco(c: &mut Client, to: &str, ns: &str, id: &str) -> Element {
+    c.iq(
+        &format!("<iq type='get' id='{id}' to='{to}'><query xmlns='{ns}'/></iq>"),
+        id,
+    )
+    .await
+}
+
 /// The group chat `text` as `at` receives it from the room (others
 /// skipped), or panics.
 async fn groupchat_arrives(at: &mut Client, room: &str, text: &str) -> Element {
@@ -2393,15 +2403,13 @@ async fn a_room_with_occupants_on_three_nodes_is_one_room() {
     assert_eq!(pm.attr("from"), Some(format!("{room}/bee").as_str()));
 
     // The service's room list on n3 has the room n1 holds.
-    let items = c
-        .iq(
-            &format!(
-                "<iq type='get' id='items' to='conference.{DOMAIN}'>\
-                 <query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
-            ),
-            "items",
-        )
-        .await;
+    let items = disco(
+        &mut c,
+        &format!("conference.{DOMAIN}"),
+        "http://jabber.org/protocol/disco#items",
+        "items",
+    )
+    .await;
     let listed: Vec<&str> = items
         .get_child("query", "http://jabber.org/protocol/disco#items")
         .map(|q| q.children().filter_map(|i| i.attr("jid")).collect())
@@ -2419,15 +2427,13 @@ async fn a_room_with_occupants_on_three_nodes_is_one_room() {
     // A stanza to a room name nobody uses leaves no lease behind (what
     // Redis keeps follows the rooms that exist).
     let nosuch = format!("nosuch{tag}@conference.{DOMAIN}");
-    let r = c
-        .iq(
-            &format!(
-                "<iq type='get' id='ghost' to='{nosuch}'>\
-                 <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
-            ),
-            "ghost",
-        )
-        .await;
+    let r = disco(
+        &mut c,
+        &nosuch,
+        "http://jabber.org/protocol/disco#info",
+        "ghost",
+    )
+    .await;
     assert_eq!(r.attr("type"), Some("error"), "{}", show(&r));
     let deadline = Instant::now() + Duration::from_secs(5);
     while room_lease(&prefix, &nosuch).is_some() {

@@ -633,7 +633,7 @@ fn push_message(buf: &mut Vec<u8>, plan: &ChatPlan, to: &str, seq: u64, ts: u64)
 fn chat_delivery(frame: &[u8]) -> Option<(u64, u64, u64)> {
     let tag = frame::start_tag(frame, b"message")?;
     if frame::attr(tag, b"type") == Some(b"error")
-        || frame::find(frame, b"urn:xmpp:carbons").is_some()
+        || frame::find(frame, &frame::CARBONS_NS).is_some()
     {
         return None;
     }

@@ -205,7 +205,7 @@ struct Chat {
     last_delivery_us: AtomicU64,
     hist: LatencyHistogram,
     /// The run's start on the stamp clock, and per 100 ms of scheduled send
-    /// time the slowest delivery and the deliveries over 20 ms: shows
+    /// time the slowest delivery and the deliveries over `LATE_US`: shows
     /// whether a tail is a few stalls or spread over the run.
     run_start_us: AtomicU64,
     slots: Vec<(AtomicU64, AtomicU64)>,
@@ -364,11 +364,11 @@ fn fast_delivery(s: &Sess, frame: &[u8], chat: &Chat) -> bool {
     if frame::attr(tag, b"type") != Some(b"groupchat") {
         return false;
     }
-    let Some(open) = frame::find(frame, b"<body>") else {
+    let Some(open) = frame::find(frame, &frame::BODY_OPEN) else {
         return false;
     };
     let text = &frame[open + 6..];
-    let Some(close) = frame::find(text, b"</body>") else {
+    let Some(close) = frame::find(text, &frame::BODY_CLOSE) else {
         return false;
     };
     let Some(fields) = text[..close].strip_prefix(b"mb ") else {
@@ -412,7 +412,7 @@ fn record_delivery(s: &Sess, chat: &Chat, run: u64, sender: u64, ts: u64) {
         if lat > max.load(Relaxed) {
             max.fetch_max(lat, Relaxed);
         }
-        if lat > 20_000 {
+        if lat > LATE_US {
             over.fetch_add(1, Relaxed);
         }
     }
@@ -424,6 +424,9 @@ fn record_delivery(s: &Sess, chat: &Chat, run: u64, sender: u64, ts: u64) {
 /// The timeline's slots (100 ms each, the first 120 s of a run).
 const SLOT_US: u64 = 100_000;
 const TIMELINE_SLOTS: usize = 1200;
+/// A delivery later than this counts as late in the timeline: issue #13's
+/// p99 target for group chat at half the saturation rate.
+const LATE_US: u64 = 20_000;
 
 /// Occupants the service removed from a room on its own (333, 307, 332).
 static REMOVED: AtomicU64 = AtomicU64::new(0);
@@ -1232,7 +1235,7 @@ async fn chat_run(
         ));
     }
     // The five slowest 100 ms slots: when (s into the run), the slowest
-    // delivery (ms) and how many went over 20 ms.
+    // delivery (ms) and how many went over LATE_US.
     let mut worst: Vec<(u64, usize, u64)> = chat
         .slots
         .iter()
@@ -1243,13 +1246,14 @@ async fn chat_run(
     worst.sort_unstable_by(|x, y| y.cmp(x));
     let over: u64 = chat.slots.iter().map(|s| s.1.load(Relaxed)).sum();
     lines.push(format!(
-        "  over 20 ms: {over}; slowest 100 ms slots (s: max ms, over 20 ms): {}",
+        "  over {late} ms: {over}; slowest 100 ms slots (s: max ms, over {late} ms): {}",
         worst
             .iter()
             .take(5)
             .map(|(m, i, o)| format!("{:.1}: {:.1}, {o}", *i as f64 / 10.0, *m as f64 / 1000.0))
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; "),
+        late = LATE_US / 1000,
     ));
     j.num("over_20ms", over);
     if rate.is_some() {
