@@ -8,12 +8,10 @@
 //! STARTTLS, SASL EXTERNAL or dialback). `--warm` more messages follow over the
 //! stream now open, for comparison. Prints one JSON line last.
 
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rustls::pki_types::ServerName;
 use waxwing::sasl::SaltedPasswordCache;
 
 use crate::xmpp::{self, Session, Target};
@@ -51,12 +49,7 @@ struct FirstArgs {
 
 pub fn main() {
     let args = FirstArgs::parse_from(std::env::args().skip(1));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(args)) {
+    match xmpp::runtime().block_on(run(args)) {
         Ok(json) => println!("{json}"),
         Err(e) => {
             eprintln!("waxwing-bench first: {e}");
@@ -67,24 +60,8 @@ pub fn main() {
 }
 
 fn target(host: &str, port: u16, domain: &str, password: &str) -> Result<Target, String> {
-    let addr = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    if !addr.ip().is_loopback() {
-        return Err("benchmarks only target loopback addresses".into());
-    }
-    Ok(Target {
-        addr,
-        domain: domain.to_owned(),
-        tls_name: ServerName::try_from(domain.to_owned()).map_err(|e| e.to_string())?,
-        connector: xmpp::tls_connector(false),
-        password: password.to_owned(),
-        scram_cache: Arc::new(SaltedPasswordCache::new()),
-        sasl: xmpp::SaslChoice::Scram,
-        ws: None,
-    })
+    let addr = xmpp::loopback_addr(host, port)?;
+    Target::scram(addr, domain, password, Arc::new(SaltedPasswordCache::new()))
 }
 
 /// Sends one message and waits for it at `rx`; returns milliseconds.

@@ -9,12 +9,10 @@
 //! and reused after.
 
 use std::collections::HashSet;
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use waxwing::sasl::SaltedPasswordCache;
 
@@ -53,36 +51,20 @@ struct ImArgs {
 /// Entry point for `waxwing-bench im …`.
 pub fn main() {
     let args = ImArgs::parse_from(std::env::args().skip(1));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(args)) {
+    if let Err(e) = xmpp::runtime().block_on(run(args)) {
         eprintln!("waxwing-bench im: {e}");
         std::process::exit(1);
     }
 }
 
 fn target(a: &ImArgs) -> Result<Target, String> {
-    let addr = (a.host.as_str(), a.port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    if !addr.ip().is_loopback() {
-        return Err("benchmarks only target loopback addresses".into());
-    }
-    Ok(Target {
+    let addr = xmpp::loopback_addr(&a.host, a.port)?;
+    Target::scram(
         addr,
-        domain: a.domain.clone(),
-        tls_name: ServerName::try_from(a.domain.clone()).map_err(|e| e.to_string())?,
-        connector: xmpp::tls_connector(false),
-        password: a.password.clone(),
-        scram_cache: Arc::new(SaltedPasswordCache::new()),
-        sasl: xmpp::SaslChoice::Scram,
-        ws: None,
-    })
+        &a.domain,
+        &a.password,
+        Arc::new(SaltedPasswordCache::new()),
+    )
 }
 
 fn jid(a: &ImArgs, local: &str) -> String {

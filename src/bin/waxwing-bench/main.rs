@@ -20,13 +20,11 @@ mod ws;
 mod xmpp;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use waxwing::sasl::SaltedPasswordCache;
@@ -237,11 +235,7 @@ fn main() {
         !args.parse_every_delivery,
         std::sync::atomic::Ordering::Relaxed,
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = xmpp::runtime();
     let report: SharedReport = Arc::new(Mutex::new(Report::default()));
     let max_time = Duration::from_secs(args.max_time);
     let outcome = rt.block_on(async {
@@ -266,21 +260,6 @@ fn main() {
     println!("{}", rep(&report).json());
     // Open sessions and tasks are dropped by exiting; the servers see resets.
     std::process::exit(code);
-}
-
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let addr = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {host}: no address"))?;
-    // This tool generates load: it must only ever hit this machine.
-    if !addr.ip().is_loopback() {
-        return Err(format!(
-            "{addr} is not a loopback address; refusing to send load there"
-        ));
-    }
-    Ok(addr)
 }
 
 /// Result of one session's login, sent to the coordinator.
@@ -344,44 +323,38 @@ fn ws_target(args: &Args) -> Result<Option<xmpp::WsTarget>, String> {
         return Err("--ws-port does not combine with --peer-host".into());
     }
     Ok(Some(xmpp::WsTarget {
-        addr: resolve(&args.host, port)?,
+        addr: xmpp::loopback_addr(&args.host, port)?,
         path: args.ws_path.clone(),
     }))
 }
 
 async fn run(args: Args, report: SharedReport) -> Result<(), String> {
-    let addr = resolve(&args.host, args.port)?;
+    let addr = xmpp::loopback_addr(&args.host, args.port)?;
     if args.accounts == 0 || args.sessions == 0 {
         return Err("--accounts and --sessions must be > 0".into());
     }
     if args.resume > 0 && !args.sm {
         return Err("--resume needs --sm (resumption is part of stream management)".into());
     }
-    let tls_name = ServerName::try_from(args.domain.clone())
-        .map_err(|e| format!("--domain {}: {e}", args.domain))?;
-    let target = Arc::new(Target {
-        addr,
-        domain: args.domain.clone(),
-        tls_name,
+    // The main command's options on the subcommands' target.
+    let with_options = |t: Target| Target {
         connector: xmpp::tls_connector(args.tls_resume),
-        password: args.password.clone(),
-        scram_cache: Arc::new(SaltedPasswordCache::new()),
         sasl: args.sasl,
+        ..t
+    };
+    let cache = || Arc::new(SaltedPasswordCache::new());
+    let target = Arc::new(Target {
         ws: ws_target(&args)?,
+        ..with_options(Target::scram(addr, &args.domain, &args.password, cache())?)
     });
     let peer = match (&args.peer_host, &args.peer_domain) {
         (None, None) => None,
-        (Some(h), Some(d)) => Some(Arc::new(Target {
-            addr: resolve(h, args.peer_port)?,
-            domain: d.clone(),
-            tls_name: ServerName::try_from(d.clone())
-                .map_err(|e| format!("--peer-domain {d}: {e}"))?,
-            connector: xmpp::tls_connector(args.tls_resume),
-            password: args.password.clone(),
-            scram_cache: Arc::new(SaltedPasswordCache::new()),
-            sasl: args.sasl,
-            ws: None,
-        })),
+        (Some(h), Some(d)) => Some(Arc::new(with_options(Target::scram(
+            xmpp::loopback_addr(h, args.peer_port)?,
+            d,
+            &args.password,
+            cache(),
+        )?))),
         _ => return Err("--peer-host and --peer-domain go together".into()),
     };
     let tck = stats::clk_tck();

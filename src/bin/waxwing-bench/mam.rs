@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rand::Rng;
-use rustls::pki_types::ServerName;
 use waxwing::config::Config;
 use waxwing::modules::mam::id::{time_prefix, TIME_CHARS};
 use waxwing::sasl::SaltedPasswordCache;
@@ -304,16 +303,12 @@ async fn bench(args: Args, dir: &std::path::Path) -> Result<(), String> {
     config.log_level = "warn".into();
     let server = Server::with_store(config, store).map_err(|e| e.to_string())?;
     let running = RunningServer::start(server).await?;
-    let target = xmpp::Target {
-        addr: running.c2s_addrs[0],
-        domain: DOMAIN.into(),
-        tls_name: ServerName::try_from(DOMAIN.to_string()).map_err(|e| e.to_string())?,
-        connector: xmpp::tls_connector(false),
-        password: PASSWORD.into(),
-        scram_cache: Arc::new(SaltedPasswordCache::new()),
-        sasl: xmpp::SaslChoice::Scram,
-        ws: None,
-    };
+    let target = xmpp::Target::scram(
+        running.c2s_addrs[0],
+        DOMAIN,
+        PASSWORD,
+        Arc::new(SaltedPasswordCache::new()),
+    )?;
     let mut session = xmpp::login(&target, "u0", "bench")
         .await
         .map_err(|f| format!("login: {f:?}"))?;

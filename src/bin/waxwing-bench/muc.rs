@@ -23,14 +23,12 @@
 //! for no history (`<history maxstanzas='0'/>`), so no server sends any.
 //! Prints a human summary and, last, one JSON line.
 
-use std::net::ToSocketAddrs;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use waxwing::sasl::SaltedPasswordCache;
@@ -137,12 +135,7 @@ struct MucArgs {
 pub fn main() {
     let args = MucArgs::parse_from(std::env::args().skip(1));
     frame::FAST.store(!args.parse_every_delivery, Relaxed);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench-worker")
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = xmpp::runtime();
     let report: SharedReport = Arc::default();
     let max = Duration::from_secs(args.max_time);
     let outcome = rt.block_on(async { tokio::time::timeout(max, run(args, report.clone())).await });
@@ -707,43 +700,24 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
 }
 
 async fn run(args: MucArgs, report: SharedReport) -> Result<(), String> {
-    let addr = (args.host.as_str(), args.port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    if !addr.ip().is_loopback() {
-        return Err("benchmarks only target loopback addresses".into());
-    }
+    let addr = xmpp::loopback_addr(&args.host, args.port)?;
     let muc = args
         .muc_domain
         .clone()
         .unwrap_or_else(|| format!("conference.{}", args.domain));
     let mut addrs = vec![addr];
     for host in &args.also_hosts {
-        let a = (host.as_str(), args.port)
-            .to_socket_addrs()
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or("no address")?;
-        if !a.ip().is_loopback() {
-            return Err("benchmarks only target loopback addresses".into());
-        }
-        addrs.push(a);
+        addrs.push(xmpp::loopback_addr(host, args.port)?);
     }
     let scram_cache = Arc::new(SaltedPasswordCache::new());
     let mut targets = Vec::with_capacity(addrs.len());
     for addr in &addrs {
-        targets.push(Arc::new(Target {
-            addr: *addr,
-            domain: args.domain.clone(),
-            tls_name: ServerName::try_from(args.domain.clone()).map_err(|e| e.to_string())?,
-            connector: xmpp::tls_connector(false),
-            password: args.password.clone(),
-            scram_cache: scram_cache.clone(),
-            sasl: xmpp::SaslChoice::Scram,
-            ws: None,
-        }));
+        targets.push(Arc::new(Target::scram(
+            *addr,
+            &args.domain,
+            &args.password,
+            scram_cache.clone(),
+        )?));
     }
     let n = (args.join_size + 1)
         .max(args.rooms * args.room_size)

@@ -11,13 +11,11 @@
 //! notifications, and per publish until the last contact has it; one JSON
 //! line last.
 
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use clap::Parser;
-use rustls::pki_types::ServerName;
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 use waxwing::sasl::SaltedPasswordCache;
@@ -53,36 +51,20 @@ struct PepArgs {
 /// Entry point for `waxwing-bench pep …`.
 pub fn main() {
     let args = PepArgs::parse_from(std::env::args().skip(1));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(args)) {
+    if let Err(e) = xmpp::runtime().block_on(run(args)) {
         eprintln!("waxwing-bench pep: {e}");
         std::process::exit(1);
     }
 }
 
 fn target(a: &PepArgs) -> Result<Target, String> {
-    let addr = (a.host.as_str(), a.port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    if !addr.ip().is_loopback() {
-        return Err("benchmarks only target loopback addresses".into());
-    }
-    Ok(Target {
+    let addr = xmpp::loopback_addr(&a.host, a.port)?;
+    Target::scram(
         addr,
-        domain: a.domain.clone(),
-        tls_name: ServerName::try_from(a.domain.clone()).map_err(|e| e.to_string())?,
-        connector: xmpp::tls_connector(false),
-        password: a.password.clone(),
-        scram_cache: Arc::new(SaltedPasswordCache::new()),
-        sasl: xmpp::SaslChoice::Scram,
-        ws: None,
-    })
+        &a.domain,
+        &a.password,
+        Arc::new(SaltedPasswordCache::new()),
+    )
 }
 
 /// The contacts' disco#info, and its XEP-0115 verification string

@@ -157,7 +157,57 @@ pub struct Target {
     pub ws: Option<WsTarget>,
 }
 
+/// `host:port` resolved, refused unless it is a loopback address: the
+/// tool generates load, and must only ever hit this machine.
+pub fn loopback_addr(host: &str, port: u16) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {host}: no address"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address; refusing to send load there"
+        ));
+    }
+    Ok(addr)
+}
+
+/// The runtime the tool runs on: two workers (the machine's two cores),
+/// named so that a profile or `top -H` tells them from the server's.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-worker")
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 impl Target {
+    /// `domain`'s server at `addr`: STARTTLS without TLS resumption, SCRAM
+    /// logins, over TCP. The subcommands' target; the main command's
+    /// options change some of it.
+    pub fn scram(
+        addr: std::net::SocketAddr,
+        domain: &str,
+        password: &str,
+        scram_cache: Arc<SaltedPasswordCache>,
+    ) -> Result<Target, String> {
+        Ok(Target {
+            addr,
+            domain: domain.to_owned(),
+            tls_name: ServerName::try_from(domain.to_owned())
+                .map_err(|e| format!("domain {domain}: {e}"))?,
+            connector: tls_connector(false),
+            password: password.to_owned(),
+            scram_cache,
+            sasl: SaslChoice::Scram,
+            ws: None,
+        })
+    }
+
     /// The same target with a TLS session store of its own, as one real
     /// client has: its reconnection presents the ticket of its own last
     /// session. (One store shared by every benchmark session keeps only a
