@@ -286,31 +286,33 @@ pub async fn check(
 
 /// Asks the running server through its admin socket and prints the answer.
 async fn ask(config: &Config, request: Request) -> ExitCode {
-    let Some(path) = config.admin_socket() else {
-        eprintln!("the admin channel is disabled ([admin] socket = \"\")");
-        return ExitCode::FAILURE;
-    };
-    match crate::admin::request(&path, request.line()).await {
+    match call(config, request.line()).await {
         Ok(rows) => {
             print!("{}", render(request, &rows));
             ExitCode::SUCCESS
         }
-        Err(CallError::NoServer) => {
-            eprintln!(
+        Err(code) => code,
+    }
+}
+
+/// Sends one request line to the running server's admin socket: its rows,
+/// or the failure, already said on stderr.
+async fn call(config: &Config, line: &str) -> Result<Vec<Vec<String>>, ExitCode> {
+    let Some(path) = config.admin_socket() else {
+        eprintln!("the admin channel is disabled ([admin] socket = \"\")");
+        return Err(ExitCode::FAILURE);
+    };
+    crate::admin::request(&path, line).await.map_err(|e| {
+        match e {
+            CallError::NoServer => eprintln!(
                 "no running server at {} (is it started with this config?)",
                 path.display()
-            );
-            ExitCode::FAILURE
+            ),
+            CallError::Server(e) => eprintln!("error: the server answered: {e}"),
+            CallError::Io(e) => eprintln!("error: {e}"),
         }
-        Err(CallError::Server(e)) => {
-            eprintln!("error: the server answered: {e}");
-            ExitCode::FAILURE
-        }
-        Err(CallError::Io(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        ExitCode::FAILURE
+    })
 }
 
 /// Sends a request that changes the running server (`crate::modules::
@@ -344,32 +346,14 @@ async fn act(config: &Config, verb: &str, arg: &str, bare: bool) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let Some(path) = config.admin_socket() else {
-        eprintln!("the admin channel is disabled ([admin] socket = \"\")");
-        return ExitCode::FAILURE;
-    };
-    match crate::admin::request(&path, &line).await {
+    match call(config, &line).await {
         Ok(rows) => {
             for row in rows {
                 println!("{}", row.join(" "));
             }
             ExitCode::SUCCESS
         }
-        Err(CallError::NoServer) => {
-            eprintln!(
-                "no running server at {} (is it started with this config?)",
-                path.display()
-            );
-            ExitCode::FAILURE
-        }
-        Err(CallError::Server(e)) => {
-            eprintln!("error: the server answered: {e}");
-            ExitCode::FAILURE
-        }
-        Err(CallError::Io(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 
