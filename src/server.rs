@@ -451,6 +451,9 @@ impl RunningServer {
     pub async fn shutdown(self, grace: Duration) {
         tracing::info!(sessions = self.server.sessions.count(), "shutting down");
         self.server.shutdown.cancel();
+        // Bound client sessions hear it through their queues; one bound
+        // after this line sees the cancelled token when its loop starts.
+        (self.server.sessions).close_all(crate::stanza::StreamErrorCondition::SystemShutdown);
         if let Some(admin) = &self.admin {
             admin.remove();
         }

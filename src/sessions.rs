@@ -956,6 +956,17 @@ impl SessionRegistry {
         }
     }
 
+    /// Ends every bound session with `cond`, after what is already queued
+    /// for it: how shutdown reaches bound client sessions, through their
+    /// own queues, so their loops need not poll the server's shared
+    /// shutdown token (a mutex every session's wake-up on every core
+    /// touched) at each wake-up.
+    pub fn close_all(&self, cond: StreamErrorCondition) {
+        for r in self.read().values().flatten() {
+            let _ = r.tx.send_beyond_capacity(Outbound::Close(cond));
+        }
+    }
+
     /// Every bound full JID (for `ctl` and shutdown).
     pub fn all(&self) -> Vec<FullJid> {
         let map = self.read();

@@ -201,7 +201,7 @@ impl Connection {
                 item.write_to(out)
             };
             let pumped = (self.stream)
-                .pump_with(rx, &mut write, &self.server.shutdown, idle)
+                .pump_with(rx, &mut write, Some(&self.server.shutdown), idle)
                 .await;
             if let Err(end) = pumped {
                 return end;

@@ -168,7 +168,7 @@ impl Connection {
                 let mut write =
                     |item, out: &mut Vec<u8>| super::s2s_out::write_counted(server, item, out);
                 let pumped = (self.stream)
-                    .pump_with(&self.queued, &mut write, &server.shutdown, idle)
+                    .pump_with(&self.queued, &mut write, Some(&server.shutdown), idle)
                     .await;
                 if let Err(end) = pumped {
                     return end;

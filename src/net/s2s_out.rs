@@ -384,7 +384,7 @@ pub async fn session(
         }
         let mut write = |item, out: &mut Vec<u8>| write_counted(server, item, out);
         if let Err(end) = stream
-            .pump_with(rx, &mut write, &server.shutdown, idle)
+            .pump_with(rx, &mut write, Some(&server.shutdown), idle)
             .await
         {
             return end;

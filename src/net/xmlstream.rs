@@ -383,18 +383,21 @@ impl XmlStream {
         self.pump_with(
             rx,
             &mut |item: T, out: &mut Vec<u8>| item.write_to(out),
-            shutdown,
+            Some(shutdown),
             idle,
         )
         .await
     }
 
     /// [`XmlStream::pump`] with a writer of one's own for queued items.
+    /// Without `shutdown`, shutdown must come through `rx` (a bound client
+    /// session: `SessionRegistry::close_all`); with it, the token is polled
+    /// at each wake-up.
     pub async fn pump_with<T: Weigh>(
         &mut self,
         rx: &QueueReceiver<T>,
         write: &mut impl FnMut(T, &mut Vec<u8>) -> Option<StreamErrorCondition>,
-        shutdown: &CancellationToken,
+        shutdown: Option<&CancellationToken>,
         idle: Duration,
     ) -> Flow<()> {
         self.parser.shrink();
@@ -402,7 +405,7 @@ impl XmlStream {
         if self.unread {
             // The socket may hold more: read on without waiting, but let
             // queued outbound stanzas and shutdown through between chunks.
-            if shutdown.is_cancelled() {
+            if shutdown.is_some_and(|s| s.is_cancelled()) {
                 return Err(self
                     .close_with(StreamErrorCondition::SystemShutdown, None)
                     .await);
@@ -429,7 +432,7 @@ impl XmlStream {
             .fold(idle_at, Instant::min);
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
+            _ = cancelled(shutdown), if shutdown.is_some() => {
                 Err(self.close_with(StreamErrorCondition::SystemShutdown, None).await)
             }
             msg = rx.recv() => {
@@ -469,6 +472,14 @@ impl XmlStream {
                 }
             }
         }
+    }
+}
+
+/// Resolves once `token` is cancelled; never without one.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -222,6 +222,15 @@ impl<S: ClientStream> Connection<S> {
     pub(super) async fn session(&mut self, a: &mut Attached) -> End {
         let idle = Duration::from_secs(self.server.config().c2s.idle_timeout);
         let server = self.server.clone();
+        // Shutdown reaches a bound session through its queue
+        // (`SessionRegistry::close_all`); one bound after that ran finds
+        // the token cancelled here.
+        if server.shutdown.is_cancelled() {
+            return self
+                .stream
+                .close_with(StreamErrorCondition::SystemShutdown, None)
+                .await;
+        }
         loop {
             // Handle every complete stanza already buffered.
             loop {

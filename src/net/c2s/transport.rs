@@ -176,10 +176,13 @@ impl ClientStream for XmlStream {
         &mut self,
         rx: &QueueReceiver<T>,
         write: &mut (impl FnMut(T, &mut Vec<u8>) -> Option<StreamErrorCondition> + Send),
-        shutdown: &CancellationToken,
+        _shutdown: &CancellationToken,
         idle: Duration,
     ) -> Flow<()> {
-        XmlStream::pump_with(self, rx, write, shutdown, idle).await
+        // Not polled here: a bound session over TCP hears shutdown through
+        // its queue (`SessionRegistry::close_all`), so its wake-ups do not
+        // all take the shared token's locks.
+        XmlStream::pump_with(self, rx, write, None, idle).await
     }
 
     fn wake_at(&mut self, at: Instant) {
