@@ -632,9 +632,7 @@ fn push_message(buf: &mut Vec<u8>, plan: &ChatPlan, to: &str, seq: u64, ts: u64)
 /// parser.
 fn chat_delivery(frame: &[u8]) -> Option<(u64, u64, u64)> {
     let tag = frame::start_tag(frame, b"message")?;
-    if frame::attr(tag, b"type") == Some(b"error")
-        || frame::find(frame, &frame::CARBONS_NS).is_some()
-    {
+    if frame::attr(tag, b"type") == Some(b"error") || frame::CARBONS_NS.find(frame).is_some() {
         return None;
     }
     parse_id(std::str::from_utf8(frame::attr(tag, b"id")?).ok()?)

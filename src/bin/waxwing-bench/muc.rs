@@ -203,7 +203,7 @@ struct Chat {
     run_start_us: AtomicU64,
     slots: Vec<(AtomicU64, AtomicU64)>,
     /// Paced runs: how late senders wrote (µs after the due time), the
-    /// worst and how many over 10 ms. A tail here is the tool's own (its
+    /// worst and how many over `SEND_LATE_US`. A tail here is the tool's own (its
     /// threads kept off the CPU), not the server's.
     send_late_max: AtomicU64,
     send_late_over: AtomicU64,
@@ -357,11 +357,11 @@ fn fast_delivery(s: &Sess, frame: &[u8], chat: &Chat) -> bool {
     if frame::attr(tag, b"type") != Some(b"groupchat") {
         return false;
     }
-    let Some(open) = frame::find(frame, &frame::BODY_OPEN) else {
+    let Some(open) = frame::BODY_OPEN.find(frame) else {
         return false;
     };
     let text = &frame[open + 6..];
-    let Some(close) = frame::find(text, &frame::BODY_CLOSE) else {
+    let Some(close) = frame::BODY_CLOSE.find(text) else {
         return false;
     };
     let Some(fields) = text[..close].strip_prefix(b"mb ") else {
@@ -400,11 +400,7 @@ fn record_delivery(s: &Sess, chat: &Chat, run: u64, sender: u64, ts: u64) {
     chat.hist.record(lat);
     let slot = ts.saturating_sub(chat.run_start_us.load(Relaxed)) / SLOT_US;
     if let Some((max, over)) = chat.slots.get(slot as usize) {
-        // A read first: the slot's line is written only by a new maximum,
-        // not by every delivery of both reader threads.
-        if lat > max.load(Relaxed) {
-            max.fetch_max(lat, Relaxed);
-        }
+        raise(max, lat);
         if lat > LATE_US {
             over.fetch_add(1, Relaxed);
         }
@@ -414,12 +410,22 @@ fn record_delivery(s: &Sess, chat: &Chat, run: u64, sender: u64, ts: u64) {
     }
 }
 
+/// Raises `max` to `v`. A read first: the line is written only by a new
+/// maximum, not by every delivery of both reader threads.
+fn raise(max: &AtomicU64, v: u64) {
+    if v > max.load(Relaxed) {
+        max.fetch_max(v, Relaxed);
+    }
+}
+
 /// The timeline's slots (100 ms each, the first 120 s of a run).
 const SLOT_US: u64 = 100_000;
 const TIMELINE_SLOTS: usize = 1200;
 /// A delivery later than this counts as late in the timeline: issue #13's
 /// p99 target for group chat at half the saturation rate.
 const LATE_US: u64 = 20_000;
+/// A paced sender's write later than this after its due time counts as late.
+const SEND_LATE_US: u64 = 10_000;
 
 /// Occupants the service removed from a room on its own (333, 307, 332).
 static REMOVED: AtomicU64 = AtomicU64::new(0);
@@ -1072,10 +1078,8 @@ async fn chat_run(
                             // sender that falls behind does not hide it.
                             let ts = start_us + (at * 1e6) as u64;
                             let late = now_us().saturating_sub(ts);
-                            if late > chat.send_late_max.load(Relaxed) {
-                                chat.send_late_max.fetch_max(late, Relaxed);
-                            }
-                            if late > 10_000 {
+                            raise(&chat.send_late_max, late);
+                            if late > SEND_LATE_US {
                                 chat.send_late_over.fetch_add(1, Relaxed);
                             }
                             ts
@@ -1236,8 +1240,9 @@ async fn chat_run(
             chat.send_late_over.load(Relaxed),
         );
         lines.push(format!(
-            "  senders: latest write {:.1} ms after its due time; {n} writes over 10 ms late",
-            late as f64 / 1000.0
+            "  senders: latest write {:.1} ms after its due time; {n} writes over {} ms late",
+            late as f64 / 1000.0,
+            SEND_LATE_US / 1000
         ));
         j.float("send_late_max_ms", late as f64 / 1000.0);
         j.num("sends_late_over_10ms", n);
