@@ -16,7 +16,7 @@ const WALK_DEPTH: usize = 16;
 /// Append `s` escaped for character data: `&`, `<`, `>` (so `]]>` cannot appear) and
 /// `\r` (as `&#xD;`, which a parser's line-end normalization would otherwise turn into `\n`).
 pub fn escape_text(s: &str, out: &mut Vec<u8>) {
-    escape_with(s, out, |b| match b {
+    escape_with(s, out, &TEXT_SPECIAL, |b| match b {
         b'&' => Some(b"&amp;"),
         b'<' => Some(b"&lt;"),
         b'>' => Some(b"&gt;"),
@@ -25,11 +25,29 @@ pub fn escape_text(s: &str, out: &mut Vec<u8>) {
     });
 }
 
+/// The bytes [`escape_text`] and [`escape_attr`] replace, as tables: the
+/// scan for the next one is a load and a test per byte, where a `match`
+/// per byte cost about twenty instructions (a room's fan-out escapes each
+/// recipient's JID once per delivery; callgrind put it at a tenth of a
+/// delivery's instructions).
+const TEXT_SPECIAL: [bool; 256] = special(b"&<>\r");
+const ATTR_SPECIAL: [bool; 256] = special(b"&<>'\"\t\n\r");
+
+const fn special(bytes: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
 /// Append `s` escaped for an attribute value in either quote style. Tab, newline and
 /// carriage return become character references because attribute-value normalization
 /// would otherwise turn them into spaces.
 pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
-    escape_with(s, out, attr_reference);
+    escape_with(s, out, &ATTR_SPECIAL, attr_reference);
 }
 
 /// A serialized stanza without `to`, with `to="…"` put in at byte `at`
@@ -64,20 +82,28 @@ fn attr_reference(b: u8) -> Option<&'static [u8]> {
 
 /// Whether [`escape_attr`] writes `s` as it is.
 pub fn attr_needs_no_escaping(s: &str) -> bool {
-    s.bytes().all(|b| attr_reference(b).is_none())
+    s.bytes().all(|b| !ATTR_SPECIAL[b as usize])
 }
 
 /// Copy unescaped runs in one go; most text needs no escaping at all.
+/// `special` marks the bytes `map` replaces.
 #[inline]
-fn escape_with(s: &str, out: &mut Vec<u8>, map: impl Fn(u8) -> Option<&'static [u8]>) {
+fn escape_with(
+    s: &str,
+    out: &mut Vec<u8>,
+    special: &[bool; 256],
+    map: impl Fn(u8) -> Option<&'static [u8]>,
+) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if let Some(rep) = map(b) {
-            out.extend_from_slice(&bytes[start..i]);
-            out.extend_from_slice(rep);
-            start = i + 1;
+    while let Some(skip) = bytes[start..].iter().position(|&b| special[b as usize]) {
+        let i = start + skip;
+        out.extend_from_slice(&bytes[start..i]);
+        match map(bytes[i]) {
+            Some(rep) => out.extend_from_slice(rep),
+            None => out.push(bytes[i]),
         }
+        start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
 }
@@ -354,6 +380,30 @@ mod tests {
         let mut out = Vec::new();
         escape_attr("a<b>&c'\"\t\n\r", &mut out);
         assert_eq!(s(out), "a&lt;b&gt;&amp;c&apos;&quot;&#x9;&#xA;&#xD;");
+    }
+
+    #[test]
+    fn exactly_the_special_characters_are_replaced() {
+        for b in 0u8..128 {
+            let c = (b as char).to_string();
+            let (mut text, mut attr) = (Vec::new(), Vec::new());
+            escape_text(&c, &mut text);
+            escape_attr(&c, &mut attr);
+            assert_eq!(
+                text != c.as_bytes(),
+                b"&<>\r".contains(&b),
+                "text, byte {b}"
+            );
+            assert_eq!(
+                attr != c.as_bytes(),
+                b"&<>'\"\t\n\r".contains(&b),
+                "attr, byte {b}"
+            );
+            assert_eq!(attr_needs_no_escaping(&c), attr == c.as_bytes(), "byte {b}");
+        }
+        let mut out = Vec::new();
+        escape_attr("\u{e9}t\u{e9} & caf\u{e9}", &mut out);
+        assert_eq!(s(out), "\u{e9}t\u{e9} &amp; caf\u{e9}");
     }
 
     #[test]
