@@ -3,8 +3,10 @@
 //! buffer while idle, batched writes, stream headers and closing (RFC 6120
 //! §4.4, §4.9.1.1), and the wait-for-work step of a bound stream.
 
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::transport::{ReadOutcome, Transport};
@@ -125,6 +127,12 @@ pub struct XmlStream {
     /// When set, `pump` returns at that time even with nothing to do, so a
     /// driver can act on a timer of its own. Cleared by each `pump`.
     pub wake_at: Option<Instant>,
+    /// The one timer `pump` waits on, kept from one wait to the next and
+    /// moved, not made anew: a new one was put into the runtime's timer
+    /// wheel and taken out again at every wake-up (each under the wheel's
+    /// lock), while moving a timer later, as activity moves idleness
+    /// later, is a store. Made at the first wait.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl XmlStream {
@@ -151,6 +159,7 @@ impl XmlStream {
             write_failed: false,
             deadline: None,
             wake_at: None,
+            timer: None,
         }
     }
 
@@ -421,15 +430,27 @@ impl XmlStream {
             return self.read_into_parser();
         }
         // One timer for the three things that can come due (the deadline,
-        // the driver's wake-up, idleness), not a timer each: this select's
-        // futures are the state an idle stream's task keeps for its whole
-        // life, and each `Sleep` weighs as much as the rest together.
+        // the driver's wake-up, idleness), not a timer each: an idle
+        // stream keeps it for its whole life, and a `Sleep` weighs as much
+        // as the rest of this wait's state together.
         let idle_at = self.last_activity + idle;
         let wake_at = self.wake_at.take();
-        let timer_at = [self.deadline, wake_at]
+        let timer_at: tokio::time::Instant = [self.deadline, wake_at]
             .into_iter()
             .flatten()
-            .fold(idle_at, Instant::min);
+            .fold(idle_at, Instant::min)
+            .into();
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != timer_at {
+                    timer.as_mut().reset(timer_at);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(timer_at))),
+        };
         tokio::select! {
             biased;
             _ = cancelled(shutdown), if shutdown.is_some() => {
@@ -450,7 +471,7 @@ impl XmlStream {
                 r.map_err(|e| End::Io(e.to_string()))?;
                 self.read_into_parser()
             }
-            _ = tokio::time::sleep_until(timer_at.into()) => {
+            _ = timer.as_mut() => {
                 let now = Instant::now();
                 if self.deadline.is_some_and(|at| now >= at) {
                     return Err(self.deadline_end().await);
