@@ -19,7 +19,7 @@ for _ in $(seq 1 240); do
   grep -q "^idle" "/tmp/archive-run-$LABEL.log" 2>/dev/null && break
 done
 sleep 4
-P=$(pgrep -f "waxwing serve" | head -1)
+P=$(pgrep -f "waxwing[^ ]* serve" | head -1)  # also a WAXWING_BIN named otherwise (waxwing-new)
 snap() { for t in /proc/"$P"/task/*; do echo "$(basename "$t") $(tr ' ' _ < "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done; }
 snap > "$OUT.0"; sleep 4; snap > "$OUT.1"
 while pgrep -f "archive_run.sh $LABEL" > /dev/null; do sleep 0.5; done

@@ -78,7 +78,7 @@ run_one() {
     --max-time "$MAX_TIME" --label "$name" $EXTRA)
   {
     echo "+ ${cmd[*]}"
-    echo "# $name $( [ "$name" = waxwing ] && echo "$COMMIT" || dpkg-query -W -f='${Version}' "$name"), load average $(cut -d' ' -f1-3 /proc/loadavg)${quiet:+; $quiet}${SERVER_CPUS:+; server pinned to CPUs $SERVER_CPUS}${TOOL_CPUS:+; tool pinned to CPUs $TOOL_CPUS}"
+    echo "# $name $( [ "$name" = waxwing ] && echo "$COMMIT" || dpkg-query -W -f='${Version}' "$name"), load average $(cut -d' ' -f1-3 /proc/loadavg)${WAXWING_BIN:+; server binary $WAXWING_BIN}${quiet:+; $quiet}${SERVER_CPUS:+; server pinned to CPUs $SERVER_CPUS}${TOOL_CPUS:+; tool pinned to CPUs $TOOL_CPUS}"
   } | tee "$file"
   # The tool stops itself at MAX_TIME; `timeout` is the backstop.
   ( ulimit -n "$(fd_limit)"; ${TOOL_CPUS:+taskset -c $TOOL_CPUS} nice -n "${BENCH_NICE:-0}" timeout --kill-after=10 $((MAX_TIME + 30)) "${cmd[@]}" ) 2>&1 | tee -a "$file" || true
