@@ -440,17 +440,11 @@ impl XmlStream {
             .flatten()
             .fold(idle_at, Instant::min)
             .into();
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if timer.deadline() != timer_at {
-                    timer.as_mut().reset(timer_at);
-                }
-                timer
-            }
-            None => self
-                .timer
-                .insert(Box::pin(tokio::time::sleep_until(timer_at))),
-        };
+        let timer =
+            (self.timer).get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timer_at)));
+        if timer.deadline() != timer_at {
+            timer.as_mut().reset(timer_at);
+        }
         tokio::select! {
             biased;
             _ = cancelled(shutdown), if shutdown.is_some() => {

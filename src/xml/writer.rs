@@ -16,38 +16,14 @@ const WALK_DEPTH: usize = 16;
 /// Append `s` escaped for character data: `&`, `<`, `>` (so `]]>` cannot appear) and
 /// `\r` (as `&#xD;`, which a parser's line-end normalization would otherwise turn into `\n`).
 pub fn escape_text(s: &str, out: &mut Vec<u8>) {
-    escape_with(s, out, &TEXT_SPECIAL, |b| match b {
-        b'&' => Some(b"&amp;"),
-        b'<' => Some(b"&lt;"),
-        b'>' => Some(b"&gt;"),
-        b'\r' => Some(b"&#xD;"),
-        _ => None,
-    });
-}
-
-/// The bytes [`escape_text`] and [`escape_attr`] replace, as tables: the
-/// scan for the next one is a load and a test per byte, where a `match`
-/// per byte cost about twenty instructions (a room's fan-out escapes each
-/// recipient's JID once per delivery; callgrind put it at a tenth of a
-/// delivery's instructions).
-const TEXT_SPECIAL: [bool; 256] = special(b"&<>\r");
-const ATTR_SPECIAL: [bool; 256] = special(b"&<>'\"\t\n\r");
-
-const fn special(bytes: &[u8]) -> [bool; 256] {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < bytes.len() {
-        table[bytes[i] as usize] = true;
-        i += 1;
-    }
-    table
+    escape_with(s, out, &TEXT);
 }
 
 /// Append `s` escaped for an attribute value in either quote style. Tab, newline and
 /// carriage return become character references because attribute-value normalization
 /// would otherwise turn them into spaces.
 pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
-    escape_with(s, out, &ATTR_SPECIAL, attr_reference);
+    escape_with(s, out, &ATTR);
 }
 
 /// A serialized stanza without `to`, with `to="…"` put in at byte `at`
@@ -65,44 +41,74 @@ pub fn with_to(stanza: &[u8], at: usize, to: &str) -> Vec<u8> {
     out
 }
 
-/// What [`escape_attr`] writes for `b`, if not `b` itself.
-fn attr_reference(b: u8) -> Option<&'static [u8]> {
-    match b {
-        b'&' => Some(b"&amp;"),
-        b'<' => Some(b"&lt;"),
-        b'>' => Some(b"&gt;"),
-        b'\'' => Some(b"&apos;"),
-        b'"' => Some(b"&quot;"),
-        b'\t' => Some(b"&#x9;"),
-        b'\n' => Some(b"&#xA;"),
-        b'\r' => Some(b"&#xD;"),
-        _ => None,
+/// Whether [`escape_attr`] writes `s` as it is.
+pub fn attr_needs_no_escaping(s: &str) -> bool {
+    s.bytes().all(|b| !ATTR.special[b as usize])
+}
+
+/// What one context escapes: its replacements, and a table marking their
+/// bytes, made from them. The scan for the next byte to replace is a load
+/// and a test per byte, where a `match` per byte cost about twenty
+/// instructions (a room's fan-out escapes each recipient's JID once per
+/// delivery; callgrind put it at a tenth of a delivery's instructions).
+struct Escapes {
+    replacements: &'static [(u8, &'static [u8])],
+    special: [bool; 256],
+}
+
+impl Escapes {
+    const fn new(replacements: &'static [(u8, &'static [u8])]) -> Escapes {
+        let mut special = [false; 256];
+        let mut i = 0;
+        while i < replacements.len() {
+            special[replacements[i].0 as usize] = true;
+            i += 1;
+        }
+        Escapes {
+            replacements,
+            special,
+        }
+    }
+
+    /// What `b`, a marked byte, is written as.
+    fn replacement(&self, b: u8) -> &'static [u8] {
+        self.replacements
+            .iter()
+            .find(|(c, _)| *c == b)
+            .map_or(&[][..], |(_, r)| *r)
     }
 }
 
-/// Whether [`escape_attr`] writes `s` as it is.
-pub fn attr_needs_no_escaping(s: &str) -> bool {
-    s.bytes().all(|b| !ATTR_SPECIAL[b as usize])
-}
+const TEXT: Escapes = Escapes::new(&[
+    (b'&', b"&amp;"),
+    (b'<', b"&lt;"),
+    (b'>', b"&gt;"),
+    (b'\r', b"&#xD;"),
+]);
+
+const ATTR: Escapes = Escapes::new(&[
+    (b'&', b"&amp;"),
+    (b'<', b"&lt;"),
+    (b'>', b"&gt;"),
+    (b'\'', b"&apos;"),
+    (b'"', b"&quot;"),
+    (b'\t', b"&#x9;"),
+    (b'\n', b"&#xA;"),
+    (b'\r', b"&#xD;"),
+]);
 
 /// Copy unescaped runs in one go; most text needs no escaping at all.
-/// `special` marks the bytes `map` replaces.
 #[inline]
-fn escape_with(
-    s: &str,
-    out: &mut Vec<u8>,
-    special: &[bool; 256],
-    map: impl Fn(u8) -> Option<&'static [u8]>,
-) {
+fn escape_with(s: &str, out: &mut Vec<u8>, escapes: &Escapes) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    while let Some(skip) = bytes[start..].iter().position(|&b| special[b as usize]) {
+    while let Some(skip) = bytes[start..]
+        .iter()
+        .position(|&b| escapes.special[b as usize])
+    {
         let i = start + skip;
         out.extend_from_slice(&bytes[start..i]);
-        match map(bytes[i]) {
-            Some(rep) => out.extend_from_slice(rep),
-            None => out.push(bytes[i]),
-        }
+        out.extend_from_slice(escapes.replacement(bytes[i]));
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
