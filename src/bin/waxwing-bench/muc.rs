@@ -673,6 +673,17 @@ impl Bench {
         )
     }
 
+    /// Run-queue wait of the server's threads (every node's), in ns.
+    fn run_delay(&self) -> Option<u64> {
+        let first = stats::run_delay_ns(Some(self.args.server_pid?))?;
+        Some(
+            first
+                + (self.args.also_pids.iter())
+                    .filter_map(|p| stats::run_delay_ns(Some(*p)))
+                    .sum::<u64>(),
+        )
+    }
+
     fn rss(&self) -> Option<u64> {
         nodes_rss(&self.args)
     }
@@ -1114,6 +1125,7 @@ async fn chat_run(
     let c0 = b.cpu();
     let s0 = stats::cpu_ticks(None);
     let m0 = stats::machine_busy_ticks();
+    let q0 = (b.run_delay(), stats::run_delay_ns(None));
     tokio::time::sleep_until(end.into()).await;
     // Stragglers: until every sent message reached every occupant, at most 5 s.
     let expected = |sent: u64| -> u64 {
@@ -1131,6 +1143,7 @@ async fn chat_run(
     let c1 = b.cpu();
     let s1 = stats::cpu_ticks(None);
     let m1 = stats::machine_busy_ticks();
+    let q1 = (b.run_delay(), stats::run_delay_ns(None));
     for t in &tasks {
         t.abort();
     }
@@ -1210,6 +1223,17 @@ async fn chat_run(
             } else {
                 ""
             }
+        ));
+    }
+    if let ((Some(sx), Some(tx)), (Some(sy), Some(ty))) = (q0, q1) {
+        let share = |x: u64, y: u64| y.saturating_sub(x) as f64 / 1e9 / wall;
+        let (server, tool) = (share(sx, sy), share(tx, ty));
+        j.float("server_cpu_wait", server);
+        j.float("bench_cpu_wait", tool);
+        lines.push(format!(
+            "  waiting for a CPU (runnable, not running): server {:.0}%, bench tool {:.0}% of a core",
+            server * 100.0,
+            tool * 100.0
         ));
     }
     // The five slowest 100 ms slots: when (s into the run), the slowest

@@ -108,6 +108,31 @@ pub fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Time the threads of a process (None: this one) spent runnable but
+/// waiting for a CPU, in nanoseconds, summed over its threads
+/// (`/proc/<pid>/task/*/schedstat`, second field). A thread that ended
+/// takes its share with it, so a difference of two readings is a floor.
+/// Next to CPU used, it tells a tail that comes from the cores being
+/// full (both processes queued behind each other) from one that does not.
+pub fn run_delay_ns(pid: Option<u32>) -> Option<u64> {
+    let dir = match pid {
+        Some(p) => format!("/proc/{p}/task"),
+        None => "/proc/self/task".to_owned(),
+    };
+    let mut total = 0u64;
+    for task in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += s
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// Busy CPU time of the whole machine (all cores, everything but idle and
 /// iowait), in clock ticks: with the server's and this tool's own share taken
 /// out, what is left is other load that disturbed the measurement.
