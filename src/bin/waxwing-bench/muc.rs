@@ -19,7 +19,9 @@
 //!    occupant (before and after the joins), the join time of one more,
 //!    and its saturated delivery rate.
 //!
-//! Server CPU per delivery comes from `/proc/<pid>/stat`. Every join asks
+//! Server CPU per delivery comes from `/proc/<pid>/stat`; how long the
+//! server's threads and the tool's own waited for a CPU (runnable, not
+//! running) from `/proc/<pid>/task/*/schedstat`. Every join asks
 //! for no history (`<history maxstanzas='0'/>`), so no server sends any.
 //! Prints a human summary and, last, one JSON line.
 
