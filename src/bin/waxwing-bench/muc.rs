@@ -659,31 +659,14 @@ impl Bench {
         n
     }
 
+    /// The server's CPU time, in clock ticks (every node's).
     fn cpu(&self) -> Option<u64> {
-        let first = self
-            .args
-            .server_pid
-            .and_then(|p| stats::cpu_ticks(Some(p)))?;
-        Some(
-            first
-                + self
-                    .args
-                    .also_pids
-                    .iter()
-                    .filter_map(|p| stats::cpu_ticks(Some(*p)))
-                    .sum::<u64>(),
-        )
+        over_nodes(&self.args, |p| stats::cpu_ticks(Some(p)))
     }
 
     /// Run-queue wait of the server's threads (every node's), in ns.
     fn run_delay(&self) -> Option<u64> {
-        let first = stats::run_delay_ns(Some(self.args.server_pid?))?;
-        Some(
-            first
-                + (self.args.also_pids.iter())
-                    .filter_map(|p| stats::run_delay_ns(Some(*p)))
-                    .sum::<u64>(),
-        )
+        over_nodes(&self.args, |p| stats::run_delay_ns(Some(p)))
     }
 
     fn rss(&self) -> Option<u64> {
@@ -693,15 +676,14 @@ impl Bench {
 
 /// The server's RSS, summed over every node of a cluster.
 fn nodes_rss(args: &MucArgs) -> Option<u64> {
-    let first = args.server_pid.and_then(stats::rss_kib)?;
-    Some(
-        first
-            + args
-                .also_pids
-                .iter()
-                .filter_map(|p| stats::rss_kib(*p))
-                .sum::<u64>(),
-    )
+    over_nodes(args, stats::rss_kib)
+}
+
+/// A reading of the server summed over every node of a cluster: None
+/// without the first node's; a node that cannot be read counts nothing.
+fn over_nodes(args: &MucArgs, read: impl Fn(u32) -> Option<u64>) -> Option<u64> {
+    let first = read(args.server_pid?)?;
+    Some(first + args.also_pids.iter().filter_map(|p| read(*p)).sum::<u64>())
 }
 
 /// Runs futures concurrently on this task (the joins only wait on I/O).
